@@ -1,0 +1,243 @@
+//! The RSerPool wire codec (RFC 5352-5354): bytes ⇄ typed ASAP and ENRP messages,
+//! byte-exact with rsplib (../shared/spec/wire-format.md). Nothing else lives here.
+//!
+//! ASAP and ENRP reuse message type numbers, so the protocol is an input to
+//! [`decode`]: it comes from the SCTP PPID or from the socket a message arrived on.
+
+mod asap;
+mod checksum;
+mod codec;
+mod enrp;
+mod error;
+mod framing;
+mod params;
+
+pub use asap::{
+    AsapMessage, BusinessCard, Cookie, DeregistrationResponse, EndpointKeepAlive, ErrorReport,
+    HandleResolution, HandleResolutionResponse, PoolElementRef, Registration, RegistrationResponse,
+    ServerAnnounce,
+};
+pub use checksum::{ChecksumAccumulator, handlespace_checksum, pe_sum};
+pub use codec::{MAX_UNKNOWN_PARAMETERS, round_up4};
+pub use enrp::{EnrpBody, EnrpMessage, PoolEntries, UpdateAction};
+pub use error::{EncodeError, MAX_CAUSE_COPY, WireError, WireErrorKind};
+pub use framing::{FramingError, MAX_FRAME, StreamDeframer, frame_length};
+pub use params::{
+    CauseCode, ErrorCause, Hex, MAX_POOL_HANDLE_LENGTH, MAX_TRANSPORT_ADDRESSES, OperationError,
+    Policy, PolicyType, PoolElement, PoolElementId, PoolHandle, PoolHandleError, RegistrarId,
+    ServerInformation, Transport, TransportProtocol, TransportUse, UnknownParameter,
+};
+
+use codec::Reader;
+use std::fmt;
+
+/// Which of the two protocols a message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
+pub enum Protocol {
+    /// ASAP, PPID 11, port 3863.
+    Asap,
+    /// ENRP, PPID 12, port 9901.
+    Enrp,
+}
+
+impl Protocol {
+    /// The SCTP payload protocol identifier (IANA).
+    pub const fn ppid(self) -> u32 {
+        match self {
+            Self::Asap => 11,
+            Self::Enrp => 12,
+        }
+    }
+
+    /// The protocol for a PPID, also accepting rsplib's pre-IANA values
+    /// (discrepancies.md item 2).
+    pub const fn from_ppid(ppid: u32) -> Option<Self> {
+        match ppid {
+            11 | 0xfaee_b5d1 => Some(Self::Asap),
+            12 | 0xfaee_b5d2 => Some(Self::Enrp),
+            _ => None,
+        }
+    }
+
+    /// The IANA port (SCTP, and TCP for ASAP).
+    pub const fn port(self) -> u16 {
+        match self {
+            Self::Asap => 3863,
+            Self::Enrp => 9901,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Asap => "ASAP",
+            Self::Enrp => "ENRP",
+        })
+    }
+}
+
+/// A decoded message with what the header and the parameter walk left over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Decoded<M> {
+    /// The message.
+    pub message: M,
+    /// The raw flags byte (bits not defined for the type are ignored, kept for logs).
+    pub flags: u8,
+    /// Unrecognized parameters whose action bits said "skip". Those with
+    /// [`UnknownParameter::must_report`] must be reported to the sender (cause 0x0001)
+    /// while the message is processed normally.
+    pub unknown_parameters: Vec<UnknownParameter>,
+}
+
+impl<M> Decoded<M> {
+    /// The error causes to send back for skipped parameters with the report bit.
+    pub fn report_causes(&self) -> Vec<ErrorCause> {
+        self.unknown_parameters
+            .iter()
+            .filter(|p| p.must_report())
+            .map(|p| ErrorCause::with_copy(CauseCode::UNRECOGNIZED_PARAMETER, &p.raw))
+            .collect()
+    }
+}
+
+/// An ASAP or ENRP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(tag = "protocol", rename_all = "lowercase")
+)]
+pub enum Message {
+    /// An ASAP message.
+    Asap(AsapMessage),
+    /// An ENRP message.
+    Enrp(EnrpMessage),
+}
+
+impl Message {
+    /// The protocol of the message.
+    pub const fn protocol(&self) -> Protocol {
+        match self {
+            Self::Asap(_) => Protocol::Asap,
+            Self::Enrp(_) => Protocol::Enrp,
+        }
+    }
+
+    /// The RFC name of the message type.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Asap(m) => m.name(),
+            Self::Enrp(m) => m.body.name(),
+        }
+    }
+
+    /// Encodes the message, putting kept unrecognized parameters back in place.
+    pub fn encode_with_unknown(
+        &self,
+        unknown: &[UnknownParameter],
+    ) -> Result<Vec<u8>, EncodeError> {
+        match self {
+            Self::Asap(m) => m.encode_with_unknown(unknown),
+            Self::Enrp(m) => m.encode_with_unknown(unknown),
+        }
+    }
+
+    /// Encodes the message.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        self.encode_with_unknown(&[])
+    }
+}
+
+/// Decodes exactly one message of the given protocol.
+///
+/// `bytes` is one SCTP user message, one UDP datagram, or one frame cut from a byte
+/// stream by [`StreamDeframer`]. The padding of the last parameter may be missing;
+/// anything after it is an error.
+pub fn decode(protocol: Protocol, bytes: &[u8]) -> Result<Decoded<Message>, WireError> {
+    match protocol {
+        Protocol::Asap => AsapMessage::decode(bytes).map(|d| Decoded {
+            message: Message::Asap(d.message),
+            flags: d.flags,
+            unknown_parameters: d.unknown_parameters,
+        }),
+        Protocol::Enrp => EnrpMessage::decode(bytes).map(|d| Decoded {
+            message: Message::Enrp(d.message),
+            flags: d.flags,
+            unknown_parameters: d.unknown_parameters,
+        }),
+    }
+}
+
+/// The common 4-byte header and the body it delimits (wire-format.md §1, §7 step 1).
+#[derive(Debug)]
+pub(crate) struct MessageHeader<'a> {
+    pub(crate) message_type: u8,
+    pub(crate) flags: u8,
+    pub(crate) body: Reader<'a>,
+    whole: &'a [u8],
+}
+
+impl<'a> MessageHeader<'a> {
+    pub(crate) fn read(bytes: &'a [u8]) -> Result<Self, WireError> {
+        let mut reader = Reader::new(bytes, 0);
+        let message_type = reader.u8("message header")?;
+        let flags = reader.u8("message header")?;
+        let length = reader.u16("message header")?;
+        let length_usize = usize::from(length);
+        if length_usize < 4 {
+            return Err(WireError::new(
+                2,
+                WireErrorKind::MessageLengthTooSmall { length },
+            ));
+        }
+        if length_usize > bytes.len() {
+            return Err(WireError::new(
+                2,
+                WireErrorKind::MessageLengthExceedsInput {
+                    length,
+                    available: bytes.len(),
+                },
+            ));
+        }
+        let padded = round_up4(length_usize);
+        if bytes.len() > padded {
+            return Err(WireError::new(
+                padded,
+                WireErrorKind::TrailingBytes {
+                    count: bytes.len() - padded,
+                },
+            ));
+        }
+        let body = reader.take(bytes.len() - 4, "message body")?;
+        Ok(Self {
+            message_type,
+            flags,
+            body: Reader::new(body, 4),
+            whole: bytes,
+        })
+    }
+
+    /// The error for a message type the protocol does not define, with a bounded copy
+    /// of the whole message for cause 0x0002.
+    pub(crate) fn unrecognized(&self, protocol: Protocol) -> WireError {
+        WireError::new(
+            0,
+            WireErrorKind::UnrecognizedMessage {
+                protocol,
+                message_type: self.message_type,
+                message: self
+                    .whole
+                    .get(..MAX_CAUSE_COPY)
+                    .unwrap_or(self.whole)
+                    .to_vec(),
+            },
+        )
+    }
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The project's test command (README "Testing"; .ci/run calls exactly this).
+# Installs what the tests need, then: rustfmt check, clippy with warnings denied, the
+# whole test suite, and a short run of the fuzz target.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Debian packages: tshark (the independent Wireshark check of our bytes).
+missing=()
+command -v tshark >/dev/null || missing+=(tshark)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing ${missing[*]}"
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | as_root debconf-set-selections
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Cargo tools.
+command -v cargo-fuzz >/dev/null || { echo "== installing cargo-fuzz"; cargo install cargo-fuzz --locked --quiet; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+(cd fuzz && cargo fmt -- --check)
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+echo "== cargo test"
+# Tests that need an external tool fail instead of skipping when this is set.
+export RSERPOOL_REQUIRE_TSHARK=1
+cargo test --workspace --all-features
+
+echo "== fuzz target: build and a short run from the spec vectors"
+corpus=$(mktemp -d)
+trap 'rm -rf "$corpus"' EXIT
+(cd fuzz && cargo fuzz run --sanitizer none decode "$corpus" seeds/decode -- -max_total_time="${FUZZ_SECONDS:-20}" -print_final_stats=1 2>&1 | tail -n 3)
+
+echo "== all checks passed"
