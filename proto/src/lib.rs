@@ -1,10 +1,17 @@
 //! The sans-IO RSerPool core (RFC 5351-5356).
 //!
-//! No sockets, no clock, no threads, no global randomness: callers pass bytes and
-//! time in, and take bytes and timeouts out. See ../shared/ARCHITECTURE.md §2.
+//! No sockets, no clock, no threads, no global randomness: callers pass bytes, time and
+//! a seed in, and take bytes and timeouts out. See ../shared/ARCHITECTURE.md §2.
 
 #![warn(clippy::indexing_slicing, missing_docs)]
 
+pub mod engine;
+pub mod handlespace;
+pub mod policy;
+pub mod rng;
 pub mod wire;
 
+pub use engine::AssocId;
+pub use handlespace::{Handlespace, PoolElementKey};
+pub use rng::SeededRng;
 pub use wire::{PoolElementId, PoolHandle, RegistrarId};

@@ -48,6 +48,12 @@ pub struct PoolHandle {
 pub struct PoolHandleError(pub usize);
 
 impl PoolHandle {
+    /// Sorts before every valid handle (a zero length cannot be constructed).
+    pub(crate) const MIN: Self = Self {
+        length: 0,
+        bytes: [0; MAX_POOL_HANDLE_LENGTH],
+    };
+
     /// A pool handle from its bytes.
     pub fn new(handle: &[u8]) -> Result<Self, PoolHandleError> {
         let length = u8::try_from(handle.len())

@@ -1,0 +1,993 @@
+//! The handlespace: every pool and pool element a registrar (or a pool user's cache)
+//! knows, with the indexes its procedures need (asap.md §5-6, enrp.md §5,
+//! policies.md).
+//!
+//! Every operation a registrar performs is O(log n) or better:
+//! * by pool handle (`BTreeMap`), and by PE identifier within a pool (`BTreeMap`, which
+//!   also gives the fixed (pool handle, PE id) order used for handle-table paging);
+//! * by registration-life expiry and by keep-alive deadline (`BTreeSet` of instants);
+//! * by association, to drop everything registered over a dead association at once;
+//! * by owner (home registrar), with an incrementally maintained PE checksum per owner
+//!   and one over the whole handlespace (wire-format.md §8);
+//! * per pool, a selection structure for its policy (`crate::policy`): a sorted set for
+//!   ordered policies, a Fenwick tree of shares for weighted ones.
+//!
+//! The handlespace applies the pool consistency rules (the first PE fixes the pool's
+//! policy type, transport protocol and transport use) and the configured bounds; it
+//! does not decide who may change a PE (that is the registrar's job).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+mod slab;
+
+use slab::Slab;
+
+use crate::engine::AssocId;
+use crate::policy::{self, Family, Fenwick, SelectionState};
+use crate::rng::SeededRng;
+use crate::wire::{
+    CauseCode, ChecksumAccumulator, ErrorCause, PolicyType, PoolElement, PoolElementId, PoolHandle,
+    RegistrarId, TransportUse,
+};
+
+/// Bounds on the handlespace, so that no peer can make it grow without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Pools in the handlespace.
+    pub max_pools: usize,
+    /// Pool elements in one pool.
+    pub max_pool_elements_per_pool: usize,
+    /// Pool elements in the whole handlespace.
+    pub max_pool_elements: usize,
+    /// Addresses in one PE's user transport.
+    pub max_addresses_per_pool_element: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_pools: 100_000,
+            max_pool_elements_per_pool: 100_000,
+            max_pool_elements: 1_000_000,
+            max_addresses_per_pool_element: crate::wire::MAX_TRANSPORT_ADDRESSES,
+        }
+    }
+}
+
+/// A pool element's place in the handlespace: its pool and its identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PoolElementKey {
+    /// The pool.
+    pub pool_handle: PoolHandle,
+    /// The PE within it.
+    pub pe_id: PoolElementId,
+}
+
+/// Why a registration (or an update arriving over ENRP) was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The pool uses another policy type (cause 0x0005).
+    #[error("pool uses policy type 0x{pool:08x}, not 0x{offered:08x}", pool = .pool.0, offered = .offered.0)]
+    InconsistentPolicy {
+        /// The pool's policy type.
+        pool: PolicyType,
+        /// The policy offered, as a parameter TLV for the error cause.
+        offered: PolicyType,
+        /// The offending policy parameter.
+        parameter: Vec<u8>,
+    },
+    /// The pool uses another transport protocol (cause 0x0007).
+    #[error("pool uses transport parameter type 0x{pool:04x}, not 0x{offered:04x}")]
+    InconsistentTransport {
+        /// The pool's transport parameter type.
+        pool: u16,
+        /// The offered one.
+        offered: u16,
+        /// The offending transport parameter.
+        parameter: Vec<u8>,
+    },
+    /// The pool's PEs have another transport use (control channel or not; cause 0x0008).
+    #[error("pool uses transport use {pool:?}, not {offered:?}")]
+    InconsistentDataControl {
+        /// The pool's.
+        pool: TransportUse,
+        /// The offered one.
+        offered: TransportUse,
+    },
+    /// A policy type this implementation cannot run (cause 0x0003 with the parameter).
+    #[error("unsupported policy type 0x{:08x}", .policy_type.0)]
+    UnsupportedPolicy {
+        /// The type.
+        policy_type: PolicyType,
+        /// The offending policy parameter.
+        parameter: Vec<u8>,
+    },
+    /// A configured bound would be exceeded (cause 0x0006).
+    #[error("{what} limit of {limit} reached")]
+    LimitReached {
+        /// Which bound.
+        what: &'static str,
+        /// Its value.
+        limit: usize,
+    },
+}
+
+impl Refusal {
+    /// The error cause that tells the registering PE (RFC codes only; the offending
+    /// parameter goes into causes 0x0003, 0x0005 and 0x0007, which Wireshark decodes).
+    pub fn cause(&self) -> ErrorCause {
+        match self {
+            Self::InconsistentPolicy { parameter, .. } => {
+                ErrorCause::with_copy(CauseCode::INCONSISTENT_POOLING_POLICY, parameter)
+            }
+            Self::InconsistentTransport { parameter, .. } => {
+                ErrorCause::with_copy(CauseCode::INCONSISTENT_TRANSPORT_TYPE, parameter)
+            }
+            Self::InconsistentDataControl { .. } => {
+                ErrorCause::new(CauseCode::INCONSISTENT_DATA_CONTROL)
+            }
+            Self::UnsupportedPolicy { parameter, .. } => {
+                ErrorCause::with_copy(CauseCode::INVALID_VALUES, parameter)
+            }
+            Self::LimitReached { .. } => ErrorCause::new(CauseCode::LACK_OF_RESOURCES),
+        }
+    }
+}
+
+/// What an accepted registration or update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    /// A new PE.
+    Added,
+    /// An existing PE was updated (re-registration or a newer ENRP update).
+    Updated {
+        /// Its home registrar changed.
+        owner_changed: bool,
+    },
+}
+
+/// One pool element as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolElementEntry {
+    /// The PE as registered or distributed: identifier, home registrar (the owner),
+    /// registration life, user transport, policy with its values, ASAP transport.
+    pub element: PoolElement,
+    /// The association it was registered over (PEs this registrar owns).
+    pub association: Option<AssocId>,
+    /// ENDPOINT_UNREACHABLE reports since the last registration (asap.md §6.5).
+    pub unreachable_reports: u32,
+    /// When it was last registered or updated.
+    pub last_update: Instant,
+    /// When the registration life runs out without a refresh.
+    pub expires_at: Instant,
+    /// The next keep-alive action (send or ack timeout) for a PE this registrar owns.
+    pub keepalive_at: Option<Instant>,
+    /// How many times selection has handed it out.
+    pub selections: u64,
+    state: SelectionState,
+}
+
+impl PoolElementEntry {
+    /// The PE's home registrar.
+    pub fn owner(&self) -> RegistrarId {
+        self.element.home_registrar
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct OrderKey {
+    primary: u64,
+    secondary: u64,
+    seq: u64,
+    slot: u32,
+}
+
+#[derive(Debug, Clone)]
+enum Selector {
+    Ordered(BTreeSet<OrderKey>),
+    Weighted(Fenwick),
+}
+
+/// Where a PE is stored: its pool's slot and its slot in the pool. The internal
+/// indexes key on this 8-byte value rather than on the 40-byte (pool handle, PE id), to
+/// keep the handlespace under 1 KiB per PE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Loc {
+    pool: u32,
+    slot: u32,
+}
+
+/// One pool: its fixed properties, its PEs and their selection structure.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    handle: PoolHandle,
+    policy_type: PolicyType,
+    transport_type: u16,
+    transport_use: TransportUse,
+    /// PEs by slot.
+    slots: Slab<PoolElementEntry>,
+    by_id: BTreeMap<PoolElementId, u32>,
+    selector: Selector,
+}
+
+impl Pool {
+    fn new(handle: PoolHandle, element: &PoolElement) -> Self {
+        let policy_type = element.policy.policy_type();
+        Self {
+            handle,
+            policy_type,
+            transport_type: element.user_transport.protocol.param_type(),
+            transport_use: element.user_transport.protocol.transport_use(),
+            slots: Slab::default(),
+            by_id: BTreeMap::new(),
+            selector: match Family::of(policy_type) {
+                Family::Ordered => Selector::Ordered(BTreeSet::new()),
+                Family::Weighted => Selector::Weighted(Fenwick::default()),
+            },
+        }
+    }
+
+    /// The pool handle.
+    pub fn handle(&self) -> &PoolHandle {
+        &self.handle
+    }
+
+    /// The pool's policy type (fixed by its first PE).
+    pub fn policy_type(&self) -> PolicyType {
+        self.policy_type
+    }
+
+    /// The pool's transport use (fixed by its first PE).
+    pub fn transport_use(&self) -> TransportUse {
+        self.transport_use
+    }
+
+    /// Number of PEs.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// No PEs (an empty pool is removed at once, so only transiently true).
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// A PE by identifier.
+    pub fn get(&self, pe_id: PoolElementId) -> Option<&PoolElementEntry> {
+        let slot = *self.by_id.get(&pe_id)?;
+        self.entry(slot)
+    }
+
+    /// The PEs in identifier order.
+    pub fn elements(&self) -> impl Iterator<Item = &PoolElementEntry> {
+        self.by_id.values().filter_map(|&slot| self.entry(slot))
+    }
+
+    fn entry(&self, slot: u32) -> Option<&PoolElementEntry> {
+        self.slots.get(slot)
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut PoolElementEntry> {
+        self.slots.get_mut(slot)
+    }
+
+    fn order_key(entry: &PoolElementEntry, slot: u32) -> OrderKey {
+        let (primary, secondary) = policy::order_key(&entry.element.policy, &entry.state);
+        OrderKey {
+            primary,
+            secondary,
+            seq: entry.state.seq,
+            slot,
+        }
+    }
+
+    /// Takes a PE out of the selection structure (before its state changes).
+    fn unindex(&mut self, slot: u32) {
+        // Borrow the slot and the selector separately (disjoint fields).
+        let Some(entry) = self.slots.get(slot) else {
+            return;
+        };
+        match &mut self.selector {
+            Selector::Ordered(set) => {
+                let key = Self::order_key(entry, slot);
+                set.remove(&key);
+            }
+            Selector::Weighted(fenwick) => fenwick.set(slot as usize, 0),
+        }
+    }
+
+    /// Puts a PE (back) into the selection structure.
+    fn index(&mut self, slot: u32) {
+        let Some(entry) = self.slots.get(slot) else {
+            return;
+        };
+        match &mut self.selector {
+            Selector::Ordered(set) => {
+                let key = Self::order_key(entry, slot);
+                set.insert(key);
+            }
+            Selector::Weighted(fenwick) => {
+                let share = policy::share(&entry.element.policy, &entry.state);
+                while fenwick.len() <= slot as usize {
+                    fenwick.push(0);
+                }
+                fenwick.set(slot as usize, share);
+            }
+        }
+    }
+
+    /// The WRR round the pool is serving: the lowest round among weighted members.
+    fn current_round(&self) -> u64 {
+        match &self.selector {
+            Selector::Ordered(set) => set
+                .first()
+                .filter(|_| self.policy_type == PolicyType::WEIGHTED_ROUND_ROBIN)
+                .map_or(0, |key| {
+                    if key.primary == u64::MAX {
+                        0
+                    } else {
+                        key.primary
+                    }
+                }),
+            Selector::Weighted(_) => 0,
+        }
+    }
+
+    fn insert(&mut self, entry: PoolElementEntry) -> u32 {
+        let pe_id = entry.element.id;
+        let slot = self.slots.insert(entry);
+        self.by_id.insert(pe_id, slot);
+        self.index(slot);
+        slot
+    }
+
+    fn remove(&mut self, pe_id: PoolElementId) -> Option<PoolElementEntry> {
+        let slot = self.by_id.remove(&pe_id)?;
+        self.unindex(slot);
+        self.slots.remove(slot)
+    }
+
+    /// Checks that a PE fits this pool (policies.md §6).
+    fn check_consistency(&self, element: &PoolElement) -> Result<(), Refusal> {
+        let policy_type = element.policy.policy_type();
+        if policy_type != self.policy_type {
+            return Err(Refusal::InconsistentPolicy {
+                pool: self.policy_type,
+                offered: policy_type,
+                parameter: element.policy.to_parameter_bytes(),
+            });
+        }
+        let transport_type = element.user_transport.protocol.param_type();
+        if transport_type != self.transport_type {
+            return Err(Refusal::InconsistentTransport {
+                pool: self.transport_type,
+                offered: transport_type,
+                parameter: element
+                    .user_transport
+                    .to_parameter_bytes()
+                    .unwrap_or_default(),
+            });
+        }
+        let transport_use = element.user_transport.protocol.transport_use();
+        if transport_use != self.transport_use {
+            return Err(Refusal::InconsistentDataControl {
+                pool: self.transport_use,
+                offered: transport_use,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Owner {
+    checksum: ChecksumAccumulator,
+    members: BTreeSet<Loc>,
+}
+
+/// All pools and PEs, with their indexes.
+#[derive(Debug, Clone)]
+pub struct Handlespace {
+    /// Pools by slot.
+    pools: Slab<Pool>,
+    by_handle: BTreeMap<PoolHandle, u32>,
+    by_expiry: BTreeSet<(Instant, Loc)>,
+    by_keepalive: BTreeSet<(Instant, Loc)>,
+    by_association: BTreeSet<(AssocId, Loc)>,
+    owners: BTreeMap<RegistrarId, Owner>,
+    checksum: ChecksumAccumulator,
+    /// Source of sequence numbers for round-robin tie-breaking.
+    next_seq: u64,
+    pool_element_count: usize,
+    limits: Limits,
+}
+
+impl Default for Handlespace {
+    fn default() -> Self {
+        Self::new(Limits::default())
+    }
+}
+
+/// A registration life as a duration (milliseconds on the wire).
+fn life(element: &PoolElement) -> Duration {
+    Duration::from_millis(u64::from(element.registration_life_ms))
+}
+
+impl Handlespace {
+    /// An empty handlespace with the given bounds.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            pools: Slab::default(),
+            by_handle: BTreeMap::new(),
+            by_expiry: BTreeSet::new(),
+            by_keepalive: BTreeSet::new(),
+            by_association: BTreeSet::new(),
+            owners: BTreeMap::new(),
+            checksum: ChecksumAccumulator::default(),
+            next_seq: 0,
+            pool_element_count: 0,
+            limits,
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Number of pools.
+    pub fn pool_count(&self) -> usize {
+        self.by_handle.len()
+    }
+
+    /// Number of PEs in all pools.
+    pub fn pool_element_count(&self) -> usize {
+        self.pool_element_count
+    }
+
+    fn pool_at(&self, index: u32) -> Option<&Pool> {
+        self.pools.get(index)
+    }
+
+    fn pool_at_mut(&mut self, index: u32) -> Option<&mut Pool> {
+        self.pools.get_mut(index)
+    }
+
+    /// A pool by handle.
+    pub fn pool(&self, pool_handle: &PoolHandle) -> Option<&Pool> {
+        self.pool_at(*self.by_handle.get(pool_handle)?)
+    }
+
+    /// All pools in handle order.
+    pub fn pools(&self) -> impl Iterator<Item = (&PoolHandle, &Pool)> {
+        self.by_handle
+            .iter()
+            .filter_map(|(handle, &index)| Some((handle, self.pool_at(index)?)))
+    }
+
+    fn locate(&self, key: &PoolElementKey) -> Option<Loc> {
+        let pool = *self.by_handle.get(&key.pool_handle)?;
+        let slot = *self.pool_at(pool)?.by_id.get(&key.pe_id)?;
+        Some(Loc { pool, slot })
+    }
+
+    fn key_of(&self, loc: Loc) -> Option<PoolElementKey> {
+        let pool = self.pool_at(loc.pool)?;
+        Some(PoolElementKey {
+            pool_handle: pool.handle,
+            pe_id: pool.entry(loc.slot)?.element.id,
+        })
+    }
+
+    fn entry_at(&self, loc: Loc) -> Option<&PoolElementEntry> {
+        self.pool_at(loc.pool)?.entry(loc.slot)
+    }
+
+    fn entry_at_mut(&mut self, loc: Loc) -> Option<&mut PoolElementEntry> {
+        self.pool_at_mut(loc.pool)?.entry_mut(loc.slot)
+    }
+
+    /// A PE by key.
+    pub fn get(&self, key: &PoolElementKey) -> Option<&PoolElementEntry> {
+        self.entry_at(self.locate(key)?)
+    }
+
+    /// PEs in (pool handle, PE id) order, starting after `after` (or at the start):
+    /// the stable order of handle-table paging (enrp.md §5.5).
+    pub fn iter_after(
+        &self,
+        after: Option<PoolElementKey>,
+    ) -> impl Iterator<Item = (&PoolHandle, &PoolElementEntry)> {
+        let (pool_start, pe_start) = match after {
+            Some(key) => (
+                Bound::Included(key.pool_handle),
+                Some((key.pool_handle, key.pe_id)),
+            ),
+            None => (Bound::Unbounded, None),
+        };
+        self.by_handle
+            .range((pool_start, Bound::Unbounded))
+            .filter_map(|(handle, &index)| Some((handle, self.pool_at(index)?)))
+            .flat_map(move |(handle, pool)| {
+                let lower = match pe_start {
+                    Some((start_pool, start_pe)) if start_pool == *handle => {
+                        Bound::Excluded(start_pe)
+                    }
+                    _ => Bound::Unbounded,
+                };
+                pool.by_id
+                    .range((lower, Bound::Unbounded))
+                    .filter_map(move |(_, &slot)| pool.entry(slot).map(|e| (handle, e)))
+            })
+    }
+
+    /// Adds a PE or updates it (re-registration, ENRP update), checking the pool's
+    /// consistency and the bounds. The expiry is `now` + registration life; the
+    /// keep-alive deadline is kept on update, and so is the association unless given.
+    pub fn upsert(
+        &mut self,
+        pool_handle: PoolHandle,
+        element: PoolElement,
+        association: Option<AssocId>,
+        now: Instant,
+    ) -> Result<Upserted, Refusal> {
+        if !policy::is_supported(element.policy.policy_type()) {
+            return Err(Refusal::UnsupportedPolicy {
+                policy_type: element.policy.policy_type(),
+                parameter: element.policy.to_parameter_bytes(),
+            });
+        }
+        if element.user_transport.addresses.len() > self.limits.max_addresses_per_pool_element {
+            return Err(Refusal::LimitReached {
+                what: "addresses per pool element",
+                limit: self.limits.max_addresses_per_pool_element,
+            });
+        }
+        let key = PoolElementKey {
+            pool_handle,
+            pe_id: element.id,
+        };
+        let Some(loc) = self.locate(&key) else {
+            return self.add(key, element, association, now);
+        };
+        let Some(pool) = self.pool_at(loc.pool) else {
+            return self.add(key, element, association, now);
+        };
+        match pool.check_consistency(&element) {
+            Ok(()) => self.update(loc, element, association, now),
+            // The pool's only member may redefine it (policies.md §6 rule 5): the pool
+            // is emptied and re-created.
+            Err(_) if pool.len() == 1 => {
+                let old = self.remove(&key);
+                let association = association.or(old.as_ref().and_then(|o| o.association));
+                let result = self.add(key, element, association, now);
+                if let (Err(_), Some(old)) = (&result, old) {
+                    // Cannot fail: the old entry alone defined the pool.
+                    let _restored = self.add(key, old.element, old.association, now);
+                }
+                result.map(|_| Upserted::Updated {
+                    owner_changed: false,
+                })
+            }
+            Err(refusal) => Err(refusal),
+        }
+    }
+
+    fn add(
+        &mut self,
+        key: PoolElementKey,
+        element: PoolElement,
+        association: Option<AssocId>,
+        now: Instant,
+    ) -> Result<Upserted, Refusal> {
+        if self.pool_element_count >= self.limits.max_pool_elements {
+            return Err(Refusal::LimitReached {
+                what: "pool elements",
+                limit: self.limits.max_pool_elements,
+            });
+        }
+        let pool_index = match self.by_handle.get(&key.pool_handle) {
+            Some(&index) => {
+                let pool = self.pool_at(index).ok_or(Refusal::LimitReached {
+                    what: "pools",
+                    limit: self.limits.max_pools,
+                })?;
+                pool.check_consistency(&element)?;
+                if pool.len() >= self.limits.max_pool_elements_per_pool {
+                    return Err(Refusal::LimitReached {
+                        what: "pool elements per pool",
+                        limit: self.limits.max_pool_elements_per_pool,
+                    });
+                }
+                index
+            }
+            None => {
+                if self.by_handle.len() >= self.limits.max_pools {
+                    return Err(Refusal::LimitReached {
+                        what: "pools",
+                        limit: self.limits.max_pools,
+                    });
+                }
+                self.create_pool(key.pool_handle, &element)
+            }
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let expires_at = now + life(&element);
+        let owner = element.home_registrar;
+        let Some(pool) = self.pool_at_mut(pool_index) else {
+            return Err(Refusal::LimitReached {
+                what: "pools",
+                limit: self.limits.max_pools,
+            });
+        };
+        let mut state = SelectionState {
+            seq,
+            ..SelectionState::default()
+        };
+        policy::on_registered(None, &element.policy, &mut state, pool.current_round());
+        let slot = pool.insert(PoolElementEntry {
+            element,
+            association,
+            unreachable_reports: 0,
+            last_update: now,
+            expires_at,
+            keepalive_at: None,
+            selections: 0,
+            state,
+        });
+        let loc = Loc {
+            pool: pool_index,
+            slot,
+        };
+        self.pool_element_count += 1;
+        self.by_expiry.insert((expires_at, loc));
+        if let Some(association) = association {
+            self.by_association.insert((association, loc));
+        }
+        self.add_to_owner(owner, &key, loc);
+        Ok(Upserted::Added)
+    }
+
+    fn create_pool(&mut self, handle: PoolHandle, element: &PoolElement) -> u32 {
+        let index = self.pools.insert(Pool::new(handle, element));
+        self.by_handle.insert(handle, index);
+        index
+    }
+
+    fn update(
+        &mut self,
+        loc: Loc,
+        element: PoolElement,
+        association: Option<AssocId>,
+        now: Instant,
+    ) -> Result<Upserted, Refusal> {
+        let key = PoolElementKey {
+            pool_handle: self.pool_at(loc.pool).map_or(PoolHandle::MIN, |p| p.handle),
+            pe_id: element.id,
+        };
+        let Some(pool) = self.pool_at_mut(loc.pool) else {
+            return self.add(key, element, association, now);
+        };
+        let round = pool.current_round();
+        pool.unindex(loc.slot);
+        let Some(entry) = pool.entry_mut(loc.slot) else {
+            return self.add(key, element, association, now);
+        };
+        let old_owner = entry.element.home_registrar;
+        let old_association = entry.association;
+        let old_expiry = entry.expires_at;
+        policy::on_registered(
+            Some(&entry.element.policy),
+            &element.policy,
+            &mut entry.state,
+            round,
+        );
+        entry.expires_at = now + life(&element);
+        entry.last_update = now;
+        entry.unreachable_reports = 0;
+        if association.is_some() {
+            entry.association = association;
+        }
+        entry.element = element;
+        let new_owner = entry.element.home_registrar;
+        let new_association = entry.association;
+        let new_expiry = entry.expires_at;
+        pool.index(loc.slot);
+
+        self.by_expiry.remove(&(old_expiry, loc));
+        self.by_expiry.insert((new_expiry, loc));
+        if old_association != new_association {
+            if let Some(old) = old_association {
+                self.by_association.remove(&(old, loc));
+            }
+            if let Some(new) = new_association {
+                self.by_association.insert((new, loc));
+            }
+        }
+        let owner_changed = old_owner != new_owner;
+        if owner_changed {
+            self.remove_from_owner(old_owner, &key, loc);
+            self.add_to_owner(new_owner, &key, loc);
+        }
+        Ok(Upserted::Updated { owner_changed })
+    }
+
+    /// Removes a PE (deregistration, expiry, keep-alive failure, DEL_PE); drops its pool
+    /// when it was the last member.
+    pub fn remove(&mut self, key: &PoolElementKey) -> Option<PoolElementEntry> {
+        let loc = self.locate(key)?;
+        let pool = self.pool_at_mut(loc.pool)?;
+        let entry = pool.remove(key.pe_id)?;
+        if pool.is_empty() {
+            self.by_handle.remove(&key.pool_handle);
+            self.pools.remove(loc.pool);
+        }
+        self.pool_element_count -= 1;
+        self.by_expiry.remove(&(entry.expires_at, loc));
+        if let Some(at) = entry.keepalive_at {
+            self.by_keepalive.remove(&(at, loc));
+        }
+        if let Some(association) = entry.association {
+            self.by_association.remove(&(association, loc));
+        }
+        self.remove_from_owner(entry.element.home_registrar, key, loc);
+        Some(entry)
+    }
+
+    /// Removes every PE registered over an association (it failed or shut down).
+    pub fn remove_association(
+        &mut self,
+        association: AssocId,
+    ) -> Vec<(PoolElementKey, PoolElementEntry)> {
+        let keys: Vec<PoolElementKey> = self.association_members(association).collect();
+        keys.into_iter()
+            .filter_map(|key| self.remove(&key).map(|entry| (key, entry)))
+            .collect()
+    }
+
+    /// The keys of the PEs registered over an association.
+    pub fn association_members(
+        &self,
+        association: AssocId,
+    ) -> impl Iterator<Item = PoolElementKey> + '_ {
+        self.by_association
+            .range((association, Loc { pool: 0, slot: 0 })..)
+            .take_while(move |(a, _)| *a == association)
+            .filter_map(|(_, loc)| self.key_of(*loc))
+    }
+
+    fn add_to_owner(&mut self, owner: RegistrarId, key: &PoolElementKey, loc: Loc) {
+        self.checksum.add(&key.pool_handle, key.pe_id);
+        let entry = self.owners.entry(owner).or_default();
+        entry.checksum.add(&key.pool_handle, key.pe_id);
+        entry.members.insert(loc);
+    }
+
+    fn remove_from_owner(&mut self, owner: RegistrarId, key: &PoolElementKey, loc: Loc) {
+        self.checksum.remove(&key.pool_handle, key.pe_id);
+        if let Some(entry) = self.owners.get_mut(&owner) {
+            entry.checksum.remove(&key.pool_handle, key.pe_id);
+            entry.members.remove(&loc);
+            if entry.members.is_empty() {
+                self.owners.remove(&owner);
+            }
+        }
+    }
+
+    /// Makes `new_owner` the home registrar of a PE (takeover, H-flag keep-alive).
+    pub fn set_owner(&mut self, key: &PoolElementKey, new_owner: RegistrarId) -> bool {
+        let Some(loc) = self.locate(key) else {
+            return false;
+        };
+        let Some(entry) = self.entry_at_mut(loc) else {
+            return false;
+        };
+        let old_owner = entry.element.home_registrar;
+        if old_owner == new_owner {
+            return true;
+        }
+        entry.element.home_registrar = new_owner;
+        self.remove_from_owner(old_owner, key, loc);
+        self.add_to_owner(new_owner, key, loc);
+        true
+    }
+
+    /// Moves every PE of `old_owner` to `new_owner` (ENRP takeover) and returns them.
+    pub fn take_over(
+        &mut self,
+        old_owner: RegistrarId,
+        new_owner: RegistrarId,
+    ) -> Vec<PoolElementKey> {
+        let keys: Vec<PoolElementKey> = self.owned_by(old_owner).collect();
+        for key in &keys {
+            self.set_owner(key, new_owner);
+        }
+        keys
+    }
+
+    /// The PEs whose home is `owner`.
+    pub fn owned_by(&self, owner: RegistrarId) -> impl Iterator<Item = PoolElementKey> + '_ {
+        self.owners
+            .get(&owner)
+            .into_iter()
+            .flat_map(|o| o.members.iter())
+            .filter_map(|loc| self.key_of(*loc))
+    }
+
+    /// How many PEs `owner` owns.
+    pub fn owned_count(&self, owner: RegistrarId) -> usize {
+        self.owners.get(&owner).map_or(0, |o| o.members.len())
+    }
+
+    /// The PE checksum over the PEs owned by `owner` (0xFFFF when none), as sent in
+    /// ENRP_PRESENCE.
+    pub fn owner_checksum(&self, owner: RegistrarId) -> u16 {
+        self.owners
+            .get(&owner)
+            .map_or(ChecksumAccumulator::default(), |o| o.checksum)
+            .value()
+    }
+
+    /// The PE checksum over the whole handlespace.
+    pub fn checksum(&self) -> u16 {
+        self.checksum.value()
+    }
+
+    /// The registrars that own PEs here.
+    pub fn owners(&self) -> impl Iterator<Item = RegistrarId> + '_ {
+        self.owners.keys().copied()
+    }
+
+    /// The earliest registration-life expiry.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.by_expiry.first().map(|(at, _)| *at)
+    }
+
+    /// A PE whose registration life ran out by `now`, if any.
+    pub fn expired(&self, now: Instant) -> Option<PoolElementKey> {
+        self.by_expiry
+            .first()
+            .filter(|(at, _)| *at <= now)
+            .and_then(|(_, loc)| self.key_of(*loc))
+    }
+
+    /// Sets (or clears) the keep-alive deadline of a PE.
+    pub fn set_keepalive(&mut self, key: &PoolElementKey, at: Option<Instant>) {
+        let Some(loc) = self.locate(key) else {
+            return;
+        };
+        let Some(entry) = self.entry_at_mut(loc) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.keepalive_at, at);
+        if let Some(old) = old {
+            self.by_keepalive.remove(&(old, loc));
+        }
+        if let Some(at) = at {
+            self.by_keepalive.insert((at, loc));
+        }
+    }
+
+    /// The earliest keep-alive deadline.
+    pub fn next_keepalive(&self) -> Option<Instant> {
+        self.by_keepalive.first().map(|(at, _)| *at)
+    }
+
+    /// A PE whose keep-alive deadline has passed by `now`, if any.
+    pub fn keepalive_due(&self, now: Instant) -> Option<PoolElementKey> {
+        self.by_keepalive
+            .first()
+            .filter(|(at, _)| *at <= now)
+            .and_then(|(_, loc)| self.key_of(*loc))
+    }
+
+    /// Counts one ENDPOINT_UNREACHABLE report; returns the new count.
+    pub fn report_unreachable(&mut self, key: &PoolElementKey) -> Option<u32> {
+        let loc = self.locate(key)?;
+        let entry = self.entry_at_mut(loc)?;
+        entry.unreachable_reports = entry.unreachable_reports.saturating_add(1);
+        Some(entry.unreachable_reports)
+    }
+
+    /// Selects up to `count` PEs of a pool with its policy, best first, and advances
+    /// the selection state of the first `max_increment` of them (`None`: the policy's
+    /// default, policies.md §4). `None` if the pool does not exist.
+    pub fn select(
+        &mut self,
+        pool_handle: &PoolHandle,
+        count: usize,
+        max_increment: Option<usize>,
+        rng: &mut SeededRng,
+    ) -> Option<Vec<&PoolElementEntry>> {
+        let index = *self.by_handle.get(pool_handle)?;
+        let mut next_seq = self.next_seq;
+        let pool = self.pools.get_mut(index)?;
+        let increments = max_increment
+            .unwrap_or_else(|| policy::default_max_increment(pool.policy_type))
+            .min(count);
+        let slots: Vec<u32> = match &mut pool.selector {
+            Selector::Ordered(set) => set.iter().take(count).map(|key| key.slot).collect(),
+            Selector::Weighted(fenwick) => draw(fenwick, pool.by_id.values(), count, rng),
+        };
+        for &slot in slots.iter().take(increments) {
+            pool.unindex(slot);
+            if let Some(entry) = pool.entry_mut(slot) {
+                policy::on_selected(&entry.element.policy, &mut entry.state);
+                entry.state.seq = next_seq;
+                entry.selections += 1;
+            }
+            next_seq += 1;
+            pool.index(slot);
+        }
+        self.next_seq = next_seq;
+        let pool = self.pool_at(index)?;
+        Some(
+            slots
+                .into_iter()
+                .filter_map(|slot| pool.entry(slot))
+                .collect(),
+        )
+    }
+
+    /// Recomputes the whole and per-owner checksums from scratch (for audits and tests
+    /// of the incremental values).
+    pub fn recomputed_checksums(&self) -> (u16, BTreeMap<RegistrarId, u16>) {
+        let mut whole = ChecksumAccumulator::default();
+        let mut owners: BTreeMap<RegistrarId, ChecksumAccumulator> = BTreeMap::new();
+        for (handle, entry) in self.iter_after(None) {
+            whole.add(handle, entry.element.id);
+            owners
+                .entry(entry.element.home_registrar)
+                .or_default()
+                .add(handle, entry.element.id);
+        }
+        (
+            whole.value(),
+            owners
+                .into_iter()
+                .map(|(id, acc)| (id, acc.value()))
+                .collect(),
+        )
+    }
+}
+
+/// Draws up to `count` slots without replacement, proportionally to their shares, then
+/// fills up with zero-share slots in identifier order. The fill-up scans the pool, but
+/// stops as soon as the answer is full.
+fn draw<'a>(
+    fenwick: &mut Fenwick,
+    all_slots: impl Iterator<Item = &'a u32>,
+    count: usize,
+    rng: &mut SeededRng,
+) -> Vec<u32> {
+    let mut drawn: Vec<(u32, u64)> = Vec::with_capacity(count);
+    while drawn.len() < count {
+        let total = fenwick.total();
+        if total == 0 {
+            break;
+        }
+        let Some(slot) = fenwick.find(rng.below(total)) else {
+            break;
+        };
+        let share = fenwick.get(slot);
+        fenwick.set(slot, 0);
+        drawn.push((u32::try_from(slot).unwrap_or(u32::MAX), share));
+    }
+    for &(slot, share) in &drawn {
+        fenwick.set(slot as usize, share);
+    }
+    let mut slots: Vec<u32> = drawn.into_iter().map(|(slot, _)| slot).collect();
+    if slots.len() < count {
+        let fill: Vec<u32> = all_slots
+            .copied()
+            .filter(|&slot| fenwick.get(slot as usize) == 0 && !slots.contains(&slot))
+            .take(count - slots.len())
+            .collect();
+        slots.extend(fill);
+    }
+    slots
+}
