@@ -7,7 +7,12 @@
 
 pub mod engine;
 pub mod handlespace;
+pub mod hunt;
 pub mod policy;
+pub mod pool_element;
+pub mod pool_user;
+mod rate;
+pub mod registrar;
 pub mod rng;
 pub mod wire;
 

@@ -893,6 +893,15 @@ impl Handlespace {
         Some(entry.unreachable_reports)
     }
 
+    /// Forgets the ENDPOINT_UNREACHABLE reports of a PE (it proved alive).
+    pub fn clear_unreachable(&mut self, key: &PoolElementKey) {
+        if let Some(loc) = self.locate(key)
+            && let Some(entry) = self.entry_at_mut(loc)
+        {
+            entry.unreachable_reports = 0;
+        }
+    }
+
     /// Selects up to `count` PEs of a pool with its policy, best first, and advances
     /// the selection state of the first `max_increment` of them (`None`: the policy's
     /// default, policies.md §4). `None` if the pool does not exist.

@@ -1,0 +1,625 @@
+//! The pool element's ASAP side (asap.md §5): registration with a registrar found by
+//! server hunt, re-registration on a timer and on policy changes, keep-alive answers
+//! (the H flag moves the PE to a new home registrar), deregistration, and failover to
+//! another registrar when the home one is lost.
+//!
+//! One engine can hold several PEs (in one or several pools), as an rsplib ASAP
+//! instance does; they share the registrar association.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo, TimerProfile};
+use crate::hunt::{Hunt, HuntConfig, Lost};
+use crate::rng::SeededRng;
+use crate::wire::{
+    AsapMessage, CauseCode, EndpointKeepAlive, ErrorReport, OperationError, Policy, PoolElement,
+    PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId, Registration, Transport,
+};
+
+/// Timers and the registrar list of a pool element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolElementConfig {
+    /// Finding registrars.
+    pub hunt: HuntConfig,
+    /// T2: how long to wait for ASAP_REGISTRATION_RESPONSE.
+    pub registration_timeout: Duration,
+    /// MAX-REG-ATTEMPT: registrations sent to one registrar before hunting another.
+    pub max_registration_attempts: u32,
+    /// T3: how long to wait for ASAP_DEREGISTRATION_RESPONSE.
+    pub deregistration_timeout: Duration,
+    /// Deregistrations sent before giving up (the registration then just expires).
+    pub max_deregistration_attempts: u32,
+    /// Wait before trying again after a refusal that may pass (lack of resources).
+    pub refusal_retry_delay: Duration,
+}
+
+impl PoolElementConfig {
+    /// The profile's values (asap.md §9): RFC T2/T3 30 s and 2 attempts, or rsplib's
+    /// 3 s and 1 attempt.
+    pub fn new(profile: TimerProfile, hunt: HuntConfig) -> Self {
+        let (timeout, attempts) = match profile {
+            TimerProfile::Rfc => (Duration::from_secs(30), 2),
+            TimerProfile::Rsplib => (Duration::from_secs(3), 1),
+        };
+        Self {
+            hunt,
+            registration_timeout: timeout,
+            max_registration_attempts: attempts,
+            deregistration_timeout: timeout,
+            max_deregistration_attempts: attempts,
+            refusal_retry_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What one PE registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolElementSpec {
+    /// The pool to join.
+    pub pool_handle: PoolHandle,
+    /// The PE identifier; `None` draws a random non-zero one.
+    pub id: Option<PoolElementId>,
+    /// Where pool users reach it.
+    pub user_transport: Transport,
+    /// Its policy and current values.
+    pub policy: Policy,
+    /// T4: how often it re-registers.
+    pub reregistration_interval: Duration,
+    /// The registration life it advertises; `None` = 3 × the re-registration interval
+    /// (as rsplib does).
+    pub registration_life: Option<Duration>,
+}
+
+/// What happened to the PEs of this engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolElementEvent {
+    /// The PE is registered (first time, or after a failover to another registrar).
+    Registered {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// The PE.
+        pe_id: PoolElementId,
+        /// The home registrar, if its ID is known.
+        registrar: Option<RegistrarId>,
+    },
+    /// A registrar refused the registration.
+    RegistrationRefused {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// The PE.
+        pe_id: PoolElementId,
+        /// Why (the first cause of the Operation Error).
+        cause: Option<CauseCode>,
+        /// Whether the engine keeps trying (the cause may pass) or waits for a
+        /// re-registration interval (configuration conflict).
+        retrying: bool,
+    },
+    /// The PE is deregistered (answered, or the attempts ran out) and forgotten.
+    Deregistered {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// The PE.
+        pe_id: PoolElementId,
+        /// The registrar answered (false: attempts ran out or no registrar).
+        confirmed: bool,
+    },
+    /// A registrar became the home of this engine's PEs by a keep-alive with the H flag.
+    HomeRegistrarChanged {
+        /// The new home.
+        registrar: RegistrarId,
+    },
+    /// The association to the home registrar was lost; a hunt is under way.
+    RegistrarLost,
+    /// Something a peer sent could not be used (logged by the driver).
+    Warning(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PendingKind {
+    Registration,
+    Deregistration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    kind: PendingKind,
+    deadline: Instant,
+    attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    spec: PoolElementSpec,
+    id: PoolElementId,
+    /// Has a registration been accepted (by the current or a previous registrar)?
+    registered: bool,
+    /// The request awaiting an answer.
+    pending: Option<Pending>,
+    /// When to re-register (T4), or to retry after a refusal.
+    next_registration: Option<Instant>,
+    /// Deregistration requested.
+    leaving: bool,
+}
+
+/// The pool element engine.
+#[derive(Debug)]
+pub struct PoolElementEngine {
+    config: PoolElementConfig,
+    hunt: Hunt,
+    members: BTreeMap<PoolElementId, Member>,
+    /// Associations registrars opened to us (takeover keep-alives), with their peers.
+    peers: BTreeMap<AssocId, PeerInfo>,
+    ids: AssocIds,
+    rng: SeededRng,
+    out: VecDeque<Output<PoolElementEvent>>,
+}
+
+impl PoolElementEngine {
+    /// An engine with no PEs yet.
+    pub fn new(config: PoolElementConfig, seed: u64) -> Self {
+        Self {
+            hunt: Hunt::new(config.hunt.clone()),
+            config,
+            members: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            ids: AssocIds::default(),
+            rng: SeededRng::new(seed),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Registers a PE (hunting for a registrar first if needed); returns its ID.
+    pub fn register(&mut self, spec: PoolElementSpec, now: Instant) -> PoolElementId {
+        let id = match spec.id {
+            Some(id) if id.0 != 0 && !self.members.contains_key(&id) => id,
+            _ => self.fresh_id(),
+        };
+        self.members.insert(
+            id,
+            Member {
+                spec,
+                id,
+                registered: false,
+                pending: None,
+                next_registration: None,
+                leaving: false,
+            },
+        );
+        self.send_registration(id, now, 1);
+        id
+    }
+
+    fn fresh_id(&mut self) -> PoolElementId {
+        loop {
+            let id = PoolElementId(self.rng.nonzero_u32());
+            if !self.members.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Changes a PE's policy values (e.g. a new load) and re-registers at once
+    /// (asap.md §5.4).
+    pub fn update_policy(&mut self, pe_id: PoolElementId, policy: Policy, now: Instant) {
+        if let Some(member) = self.members.get_mut(&pe_id) {
+            member.spec.policy = policy;
+            if !member.leaving {
+                self.send_registration(pe_id, now, 1);
+            }
+        }
+    }
+
+    /// Deregisters a PE; it is forgotten when the registrar answers or the attempts run
+    /// out ([`PoolElementEvent::Deregistered`]).
+    pub fn deregister(&mut self, pe_id: PoolElementId, now: Instant) {
+        let Some(member) = self.members.get_mut(&pe_id) else {
+            return;
+        };
+        member.leaving = true;
+        member.next_registration = None;
+        if member.registered || member.pending.is_some() {
+            self.send_deregistration(pe_id, now, 1);
+        } else {
+            self.forget(pe_id, false);
+        }
+    }
+
+    /// Deregisters every PE (graceful shutdown).
+    pub fn deregister_all(&mut self, now: Instant) {
+        let ids: Vec<PoolElementId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.deregister(id, now);
+        }
+    }
+
+    /// The PEs this engine holds, with whether each is registered.
+    pub fn pool_elements(&self) -> impl Iterator<Item = (PoolElementId, &PoolHandle, bool)> {
+        self.members
+            .values()
+            .map(|m| (m.id, &m.spec.pool_handle, m.registered && !m.leaving))
+    }
+
+    /// The home registrar's ID, if a registrar association is up and its ID known.
+    pub fn home_registrar(&self) -> Option<RegistrarId> {
+        self.hunt.current_registrar().and_then(|(_, id)| id)
+    }
+
+    fn registration_life_ms(spec: &PoolElementSpec) -> u32 {
+        let life = spec
+            .registration_life
+            .unwrap_or(spec.reregistration_interval.saturating_mul(3));
+        u32::try_from(life.as_millis())
+            .unwrap_or(u32::MAX)
+            .clamp(1, 0x7fff_ffff)
+    }
+
+    fn transmit(&mut self, assoc: AssocId, message: &AsapMessage) {
+        match message.encode() {
+            Ok(payload) => self.out.push_back(Output::Transmit {
+                assoc,
+                protocol: Protocol::Asap,
+                payload,
+            }),
+            Err(error) => self
+                .out
+                .push_back(Output::Event(PoolElementEvent::Warning(format!(
+                    "cannot encode {}: {error}",
+                    message.name()
+                )))),
+        }
+    }
+
+    fn send_registration(&mut self, pe_id: PoolElementId, now: Instant, attempt: u32) {
+        let Some(assoc) = self.hunt.current() else {
+            self.hunt
+                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+            return;
+        };
+        let home = self.home_registrar().unwrap_or(RegistrarId::UNKNOWN);
+        let Some(member) = self.members.get_mut(&pe_id) else {
+            return;
+        };
+        let message = AsapMessage::Registration(Registration {
+            pool_handle: member.spec.pool_handle,
+            pool_element: PoolElement {
+                id: member.id,
+                home_registrar: home,
+                registration_life_ms: Self::registration_life_ms(&member.spec),
+                user_transport: member.spec.user_transport.clone(),
+                policy: member.spec.policy.clone(),
+                asap_transport: None,
+            },
+        });
+        member.pending = Some(Pending {
+            kind: PendingKind::Registration,
+            deadline: now + self.config.registration_timeout,
+            attempts: attempt,
+        });
+        member.next_registration = None;
+        self.transmit(assoc, &message);
+    }
+
+    fn send_deregistration(&mut self, pe_id: PoolElementId, now: Instant, attempt: u32) {
+        let Some(assoc) = self.hunt.current() else {
+            self.hunt
+                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+            return;
+        };
+        let Some(member) = self.members.get_mut(&pe_id) else {
+            return;
+        };
+        member.pending = Some(Pending {
+            kind: PendingKind::Deregistration,
+            deadline: now + self.config.deregistration_timeout,
+            attempts: attempt,
+        });
+        let message = AsapMessage::Deregistration(PoolElementRef {
+            pool_handle: member.spec.pool_handle,
+            pe_id,
+        });
+        self.transmit(assoc, &message);
+    }
+
+    fn forget(&mut self, pe_id: PoolElementId, confirmed: bool) {
+        if let Some(member) = self.members.remove(&pe_id) {
+            self.out
+                .push_back(Output::Event(PoolElementEvent::Deregistered {
+                    pool_handle: member.spec.pool_handle,
+                    pe_id,
+                    confirmed,
+                }));
+        }
+    }
+
+    /// Sends every PE's outstanding business to a (new) current registrar.
+    fn resume_all(&mut self, now: Instant) {
+        let ids: Vec<(PoolElementId, bool)> =
+            self.members.values().map(|m| (m.id, m.leaving)).collect();
+        for (id, leaving) in ids {
+            if leaving {
+                self.send_deregistration(id, now, 1);
+            } else {
+                self.send_registration(id, now, 1);
+            }
+        }
+    }
+
+    fn on_registration_response(
+        &mut self,
+        pool_handle: PoolHandle,
+        pe_id: PoolElementId,
+        reject: bool,
+        error: Option<&OperationError>,
+        now: Instant,
+    ) {
+        let registrar = self.home_registrar();
+        let Some(member) = self.members.get_mut(&pe_id) else {
+            return;
+        };
+        if member.spec.pool_handle != pool_handle || member.leaving {
+            return;
+        }
+        member.pending = None;
+        if !reject {
+            let first = !member.registered;
+            member.registered = true;
+            member.next_registration = Some(now + member.spec.reregistration_interval);
+            if first {
+                self.out
+                    .push_back(Output::Event(PoolElementEvent::Registered {
+                        pool_handle,
+                        pe_id,
+                        registrar,
+                    }));
+            }
+            return;
+        }
+        let cause = error.and_then(OperationError::first_code);
+        member.registered = false;
+        // asap.md §5.2 step 5: what another attempt can cure.
+        let retrying = match cause {
+            Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER) => {
+                let mut renamed = self.members.remove(&pe_id);
+                let new_id = self.fresh_id();
+                if let Some(member) = renamed.as_mut() {
+                    member.id = new_id;
+                    member.next_registration = Some(now);
+                }
+                if let Some(member) = renamed {
+                    self.members.insert(new_id, member);
+                }
+                true
+            }
+            Some(code) if code.is_address_problem() => {
+                member.next_registration = Some(now + self.config.refusal_retry_delay);
+                self.hunt
+                    .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+                true
+            }
+            Some(CauseCode::LACK_OF_RESOURCES) => {
+                member.next_registration = Some(now + self.config.refusal_retry_delay);
+                true
+            }
+            _ => {
+                member.next_registration = Some(now + member.spec.reregistration_interval);
+                false
+            }
+        };
+        self.out
+            .push_back(Output::Event(PoolElementEvent::RegistrationRefused {
+                pool_handle,
+                pe_id,
+                cause,
+                retrying,
+            }));
+    }
+
+    fn on_keep_alive(&mut self, assoc: AssocId, keep_alive: &EndpointKeepAlive) {
+        // asap.md §5.6: the PEs concerned: the one named, else all of this pool.
+        let concerned: Vec<PoolElementId> = self
+            .members
+            .values()
+            .filter(|m| m.spec.pool_handle == keep_alive.pool_handle && !m.leaving)
+            .filter(|m| keep_alive.pe_id.is_none_or(|id| id == m.id))
+            .map(|m| m.id)
+            .collect();
+        if concerned.is_empty() {
+            return;
+        }
+        if keep_alive.home && self.hunt.current() != Some(assoc) {
+            let endpoint = self.peers.get(&assoc).map(PeerInfo::endpoint);
+            if let Some(endpoint) = endpoint {
+                self.peers.remove(&assoc);
+                self.hunt
+                    .adopt(assoc, endpoint, keep_alive.server_id, &mut self.out);
+                self.out
+                    .push_back(Output::Event(PoolElementEvent::HomeRegistrarChanged {
+                        registrar: keep_alive.server_id,
+                    }));
+            }
+        } else if self.hunt.current() == Some(assoc) {
+            self.hunt.learn_id(assoc, keep_alive.server_id);
+        }
+        // Always answer on the association the keep-alive came in on (discrepancies.md
+        // item 33).
+        for pe_id in concerned {
+            let ack = AsapMessage::EndpointKeepAliveAck(PoolElementRef {
+                pool_handle: keep_alive.pool_handle,
+                pe_id,
+            });
+            self.transmit(assoc, &ack);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let members = self.members.values().flat_map(|m| {
+            [m.pending.map(|p| p.deadline), m.next_registration]
+                .into_iter()
+                .flatten()
+        });
+        members.chain(self.hunt.next_deadline()).min()
+    }
+}
+
+impl Engine for PoolElementEngine {
+    type Event = PoolElementEvent;
+
+    fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
+        if self.hunt.on_up(assoc, &mut self.out) {
+            self.resume_all(now);
+        } else {
+            // A registrar opened an association to our ASAP endpoint (takeover).
+            self.peers.insert(assoc, peer);
+        }
+    }
+
+    fn handle_association_down(&mut self, assoc: AssocId, now: Instant) {
+        self.peers.remove(&assoc);
+        if self.hunt.on_down(assoc, now) == Lost::Current {
+            for member in self.members.values_mut() {
+                member.pending = None;
+            }
+            self.out
+                .push_back(Output::Event(PoolElementEvent::RegistrarLost));
+            self.hunt
+                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+        }
+    }
+
+    fn handle_message(&mut self, assoc: AssocId, protocol: Protocol, bytes: &[u8], now: Instant) {
+        if protocol != Protocol::Asap {
+            return;
+        }
+        let decoded = match AsapMessage::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                if let Some(cause) = error.reply_cause()
+                    && bytes.first() != Some(&0x0e)
+                {
+                    let reply = AsapMessage::Error(ErrorReport {
+                        error: OperationError::single(cause),
+                    });
+                    self.transmit(assoc, &reply);
+                }
+                self.out
+                    .push_back(Output::Event(PoolElementEvent::Warning(format!(
+                        "malformed ASAP message on {assoc}: {error}"
+                    ))));
+                return;
+            }
+        };
+        let is_registrar = self.hunt.current() == Some(assoc) || self.peers.contains_key(&assoc);
+        match decoded.message {
+            AsapMessage::RegistrationResponse(r) if is_registrar => {
+                self.on_registration_response(
+                    r.pool_handle,
+                    r.pe_id,
+                    r.reject,
+                    r.error.as_ref(),
+                    now,
+                );
+            }
+            AsapMessage::DeregistrationResponse(r) if is_registrar => {
+                let confirmed = self
+                    .members
+                    .get(&r.pe_id)
+                    .is_some_and(|m| m.leaving && m.spec.pool_handle == r.pool_handle);
+                if confirmed {
+                    self.forget(r.pe_id, true);
+                }
+            }
+            AsapMessage::EndpointKeepAlive(keep_alive) => self.on_keep_alive(assoc, &keep_alive),
+            AsapMessage::Error(report) => {
+                self.out
+                    .push_back(Output::Event(PoolElementEvent::Warning(format!(
+                        "ASAP_ERROR from {assoc}: {:?}",
+                        report.error.first_code()
+                    ))));
+            }
+            other => self
+                .out
+                .push_back(Output::Event(PoolElementEvent::Warning(format!(
+                    "unexpected {} on {assoc}",
+                    other.name()
+                )))),
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        protocol: Protocol,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        if protocol != Protocol::Asap {
+            return;
+        }
+        if let Ok(decoded) = AsapMessage::decode(bytes)
+            && let AsapMessage::ServerAnnounce(announce) = decoded.message
+        {
+            self.hunt.on_announce(
+                from,
+                &announce,
+                now,
+                &mut self.ids,
+                &mut self.rng,
+                &mut self.out,
+            );
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.hunt
+            .on_timeout(now, &mut self.ids, &mut self.rng, &mut self.out);
+        let due: Vec<(PoolElementId, Option<Pending>, bool, bool)> = self
+            .members
+            .values()
+            .filter(|m| {
+                m.pending.is_some_and(|p| p.deadline <= now)
+                    || m.next_registration.is_some_and(|t| t <= now)
+            })
+            .map(|m| (m.id, m.pending, m.leaving, m.registered))
+            .collect();
+        let mut hunt_again = false;
+        for (id, pending, leaving, _registered) in due {
+            match pending {
+                Some(p) if p.deadline <= now => match p.kind {
+                    PendingKind::Registration
+                        if p.attempts < self.config.max_registration_attempts =>
+                    {
+                        self.send_registration(id, now, p.attempts + 1);
+                    }
+                    PendingKind::Registration => {
+                        // T2 exhausted: another registrar (asap.md §5.2 step 6).
+                        if let Some(member) = self.members.get_mut(&id) {
+                            member.pending = None;
+                        }
+                        hunt_again = true;
+                    }
+                    PendingKind::Deregistration
+                        if p.attempts < self.config.max_deregistration_attempts =>
+                    {
+                        self.send_deregistration(id, now, p.attempts + 1);
+                    }
+                    PendingKind::Deregistration => self.forget(id, false),
+                },
+                Some(_) => {}
+                None if !leaving => self.send_registration(id, now, 1),
+                None => {}
+            }
+        }
+        if hunt_again {
+            self.hunt
+                .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+        }
+    }
+
+    fn poll_output(&mut self) -> Output<PoolElementEvent> {
+        self.out
+            .pop_front()
+            .unwrap_or_else(|| Output::Timeout(self.next_deadline()))
+    }
+}

@@ -1,0 +1,520 @@
+//! The pool user's ASAP side (asap.md §6): handle resolution at a registrar found by
+//! server hunt, with T1 retransmission and failover to another registrar; a cache (a
+//! handlespace of its own) whose entries go stale after the stale-cache value; and
+//! ENDPOINT_UNREACHABLE reports.
+//!
+//! Responses carry no request identifier: a response answers the oldest outstanding
+//! request for its pool on the association it arrived on (associations are ordered).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo, TimerProfile};
+use crate::handlespace::{Handlespace, Limits, PoolElementKey};
+use crate::hunt::{Hunt, HuntConfig, Lost};
+use crate::rng::SeededRng;
+use crate::wire::{
+    AsapMessage, CauseCode, ErrorReport, HandleResolution, HandleResolutionResponse,
+    OperationError, PolicyType, PoolElement, PoolElementId, PoolElementRef, PoolHandle, Protocol,
+    RegistrarId,
+};
+
+/// Timers, cache and registrar list of a pool user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolUserConfig {
+    /// Finding registrars.
+    pub hunt: HuntConfig,
+    /// T1: how long to wait for a registrar's answer.
+    pub request_timeout: Duration,
+    /// MAX-REQUEST-RETRANSMIT: resends to one registrar before hunting another.
+    pub max_request_retransmits: u32,
+    /// How long a resolution may be answered from the cache (0: ask every time, as
+    /// rsplib's tools do).
+    pub stale_cache: Duration,
+    /// Failed hunt rounds after which waiting requests fail with "no registrar".
+    pub fail_after_hunt_rounds: u32,
+    /// Most requests waiting at once; more are refused at once.
+    pub max_pending_requests: usize,
+    /// Bounds of the cache.
+    pub cache_limits: Limits,
+}
+
+impl PoolUserConfig {
+    /// The profile's values (asap.md §9): RFC T1 15 s with 2 retransmissions, or
+    /// rsplib's 3 s with none. No caching by default.
+    pub fn new(profile: TimerProfile, hunt: HuntConfig) -> Self {
+        let (timeout, retransmits) = match profile {
+            TimerProfile::Rfc => (Duration::from_secs(15), 2),
+            TimerProfile::Rsplib => (Duration::from_secs(3), 0),
+        };
+        Self {
+            hunt,
+            request_timeout: timeout,
+            max_request_retransmits: retransmits,
+            stale_cache: Duration::ZERO,
+            fail_after_hunt_rounds: 1,
+            max_pending_requests: 4096,
+            cache_limits: Limits::default(),
+        }
+    }
+}
+
+/// Identifies one resolve request in [`PoolUserEvent::Resolved`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// PEs of a pool, best first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// The pool.
+    pub pool_handle: PoolHandle,
+    /// The pool's policy type, if the answer named it.
+    pub policy_type: Option<PolicyType>,
+    /// The PEs in the order to try them.
+    pub pool_elements: Vec<PoolElement>,
+    /// Answered from the cache without asking a registrar.
+    pub from_cache: bool,
+}
+
+/// Why a resolution failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    /// The registrar knows no such pool (cause 0x0009).
+    #[error("unknown pool handle")]
+    UnknownPool,
+    /// The registrar answered with another error.
+    #[error("registrar refused: {0}")]
+    Refused(CauseCode),
+    /// No registrar could be reached.
+    #[error("no registrar reachable")]
+    NoRegistrar,
+    /// Too many requests are waiting already.
+    #[error("too many requests waiting")]
+    Overloaded,
+}
+
+/// What the pool user reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolUserEvent {
+    /// A resolve request finished.
+    Resolved {
+        /// The request.
+        request: RequestId,
+        /// PEs, or why not.
+        result: Result<Resolution, ResolveError>,
+    },
+    /// An association to a registrar is up.
+    RegistrarUp,
+    /// The registrar association was lost; hunting.
+    RegistrarLost,
+    /// Something a peer sent could not be used.
+    Warning(String),
+}
+
+#[derive(Debug, Clone)]
+struct Request {
+    pool_handle: PoolHandle,
+    items: Option<u32>,
+    /// The association and deadline it was last sent with, and how often.
+    sent: Option<(AssocId, Instant, u32)>,
+}
+
+/// The pool user engine.
+#[derive(Debug)]
+pub struct PoolUserEngine {
+    config: PoolUserConfig,
+    hunt: Hunt,
+    cache: Handlespace,
+    requests: BTreeMap<RequestId, Request>,
+    next_request: u64,
+    ids: AssocIds,
+    rng: SeededRng,
+    out: VecDeque<Output<PoolUserEvent>>,
+}
+
+impl PoolUserEngine {
+    /// A pool user with an empty cache.
+    pub fn new(config: PoolUserConfig, seed: u64) -> Self {
+        Self {
+            hunt: Hunt::new(config.hunt.clone()),
+            cache: Handlespace::new(config.cache_limits),
+            config,
+            requests: BTreeMap::new(),
+            next_request: 1,
+            ids: AssocIds::default(),
+            rng: SeededRng::new(seed),
+            out: VecDeque::new(),
+        }
+    }
+
+    /// Resolves a pool handle: from the cache if it is fresh, else at a registrar.
+    /// `items` asks for that many PEs (`u32::MAX`: all); `None` leaves it to the
+    /// registrar. The answer comes as [`PoolUserEvent::Resolved`].
+    pub fn resolve(
+        &mut self,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+        now: Instant,
+    ) -> RequestId {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.purge_cache(now);
+        if !self.config.stale_cache.is_zero()
+            && let Some(resolution) = self.select_cached(&pool_handle, items)
+        {
+            self.resolved(request, Ok(resolution));
+            return request;
+        }
+        if self.requests.len() >= self.config.max_pending_requests {
+            self.resolved(request, Err(ResolveError::Overloaded));
+            return request;
+        }
+        self.requests.insert(
+            request,
+            Request {
+                pool_handle,
+                items,
+                sent: None,
+            },
+        );
+        self.send_request(request, now, 1);
+        request
+    }
+
+    /// Reports a PE the user could not reach (asap.md §6.3): it leaves the cache and
+    /// the registrar is told.
+    pub fn report_unreachable(&mut self, pool_handle: PoolHandle, pe_id: PoolElementId) {
+        self.cache.remove(&PoolElementKey { pool_handle, pe_id });
+        if let Some(assoc) = self.hunt.current() {
+            self.transmit(
+                assoc,
+                &AsapMessage::EndpointUnreachable(PoolElementRef { pool_handle, pe_id }),
+            );
+        }
+    }
+
+    /// The cached PEs of a pool (fresh or not), in identifier order.
+    pub fn cached(&self, pool_handle: &PoolHandle) -> Vec<&PoolElement> {
+        self.cache
+            .pool(pool_handle)
+            .map(|pool| pool.elements().map(|e| &e.element).collect())
+            .unwrap_or_default()
+    }
+
+    /// Is a registrar association up?
+    pub fn has_registrar(&self) -> bool {
+        self.hunt.current().is_some()
+    }
+
+    /// The current registrar's ID, if known.
+    pub fn registrar(&self) -> Option<RegistrarId> {
+        self.hunt.current_registrar().and_then(|(_, id)| id)
+    }
+
+    fn purge_cache(&mut self, now: Instant) {
+        while let Some(key) = self.cache.expired(now) {
+            self.cache.remove(&key);
+        }
+    }
+
+    fn select_cached(
+        &mut self,
+        pool_handle: &PoolHandle,
+        items: Option<u32>,
+    ) -> Option<Resolution> {
+        let count = items.map_or(usize::MAX, |n| n as usize);
+        let policy_type = self.cache.pool(pool_handle)?.policy_type();
+        // The pool user applies the pool's policy to its cache (policies.md §5).
+        let chosen = self
+            .cache
+            .select(pool_handle, count, Some(1), &mut self.rng)?;
+        let pool_elements: Vec<PoolElement> = chosen.iter().map(|e| e.element.clone()).collect();
+        (!pool_elements.is_empty()).then_some(Resolution {
+            pool_handle: *pool_handle,
+            policy_type: Some(policy_type),
+            pool_elements,
+            from_cache: true,
+        })
+    }
+
+    fn resolved(&mut self, request: RequestId, result: Result<Resolution, ResolveError>) {
+        self.out
+            .push_back(Output::Event(PoolUserEvent::Resolved { request, result }));
+    }
+
+    fn transmit(&mut self, assoc: AssocId, message: &AsapMessage) {
+        match message.encode() {
+            Ok(payload) => self.out.push_back(Output::Transmit {
+                assoc,
+                protocol: Protocol::Asap,
+                payload,
+            }),
+            Err(error) => self
+                .out
+                .push_back(Output::Event(PoolUserEvent::Warning(format!(
+                    "cannot encode {}: {error}",
+                    message.name()
+                )))),
+        }
+    }
+
+    fn send_request(&mut self, request: RequestId, now: Instant, attempt: u32) {
+        let Some(assoc) = self.hunt.current() else {
+            self.hunt
+                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+            return;
+        };
+        let Some(pending) = self.requests.get_mut(&request) else {
+            return;
+        };
+        pending.sent = Some((assoc, now + self.config.request_timeout, attempt));
+        let message = AsapMessage::HandleResolution(HandleResolution {
+            pool_handle: pending.pool_handle,
+            items: pending.items,
+        });
+        self.transmit(assoc, &message);
+    }
+
+    fn on_response(&mut self, assoc: AssocId, response: HandleResolutionResponse, now: Instant) {
+        let request = self
+            .requests
+            .iter()
+            .find(|(_, r)| {
+                r.pool_handle == response.pool_handle && r.sent.is_some_and(|(a, _, _)| a == assoc)
+            })
+            .map(|(id, _)| *id);
+        let Some(request) = request else {
+            self.out
+                .push_back(Output::Event(PoolUserEvent::Warning(format!(
+                    "unsolicited handle resolution response for {}",
+                    response.pool_handle
+                ))));
+            return;
+        };
+        self.requests.remove(&request);
+        if let Some(error) = &response.error {
+            let result = match error.first_code() {
+                Some(CauseCode::UNKNOWN_POOL_HANDLE) | None => ResolveError::UnknownPool,
+                Some(code) => ResolveError::Refused(code),
+            };
+            self.resolved(request, Err(result));
+            return;
+        }
+        if response.pool_elements.is_empty() {
+            self.resolved(request, Err(ResolveError::UnknownPool));
+            return;
+        }
+        if !self.config.stale_cache.is_zero() {
+            self.store(&response, now);
+        }
+        self.resolved(
+            request,
+            Ok(Resolution {
+                pool_handle: response.pool_handle,
+                policy_type: response.policy.as_ref().map(|p| p.policy_type()),
+                pool_elements: response.pool_elements,
+                from_cache: false,
+            }),
+        );
+    }
+
+    /// Stores an answer in the cache, each entry fresh for the stale-cache value.
+    fn store(&mut self, response: &HandleResolutionResponse, now: Instant) {
+        let stale_ms = u32::try_from(self.config.stale_cache.as_millis()).unwrap_or(u32::MAX);
+        for pe in &response.pool_elements {
+            let mut cached = pe.clone();
+            cached.registration_life_ms = stale_ms;
+            if self
+                .cache
+                .upsert(response.pool_handle, cached.clone(), None, now)
+                .is_err()
+            {
+                // The pool was re-created with another policy: start the cache afresh.
+                let stale: Vec<PoolElementKey> = self
+                    .cache
+                    .pool(&response.pool_handle)
+                    .map(|pool| {
+                        pool.elements()
+                            .map(|e| PoolElementKey {
+                                pool_handle: response.pool_handle,
+                                pe_id: e.element.id,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for key in stale {
+                    self.cache.remove(&key);
+                }
+                let _ = self.cache.upsert(response.pool_handle, cached, None, now);
+            }
+        }
+    }
+
+    fn fail_waiting(&mut self, error: ResolveError) {
+        let waiting: Vec<RequestId> = self.requests.keys().copied().collect();
+        self.requests.clear();
+        for request in waiting {
+            self.resolved(request, Err(error));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let requests = self
+            .requests
+            .values()
+            .filter_map(|r| r.sent.map(|(_, deadline, _)| deadline));
+        let cache = (!self.config.stale_cache.is_zero())
+            .then(|| self.cache.next_expiry())
+            .flatten();
+        requests.chain(cache).chain(self.hunt.next_deadline()).min()
+    }
+}
+
+impl Engine for PoolUserEngine {
+    type Event = PoolUserEvent;
+
+    fn handle_association_up(&mut self, assoc: AssocId, _peer: PeerInfo, now: Instant) {
+        if self.hunt.on_up(assoc, &mut self.out) {
+            self.out
+                .push_back(Output::Event(PoolUserEvent::RegistrarUp));
+            let waiting: Vec<RequestId> = self.requests.keys().copied().collect();
+            for request in waiting {
+                self.send_request(request, now, 1);
+            }
+        } else {
+            // Nobody should open associations to a pool user.
+            self.out.push_back(Output::Close { assoc });
+        }
+    }
+
+    fn handle_association_down(&mut self, assoc: AssocId, now: Instant) {
+        if self.hunt.on_down(assoc, now) == Lost::Current {
+            for request in self.requests.values_mut() {
+                request.sent = None;
+            }
+            self.out
+                .push_back(Output::Event(PoolUserEvent::RegistrarLost));
+            if !self.requests.is_empty() {
+                self.hunt
+                    .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+            }
+        } else if self.hunt.current().is_none()
+            && self.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
+            && !self.requests.is_empty()
+        {
+            // A whole hunt round failed (asap.md §4.3 step 5).
+            self.fail_waiting(ResolveError::NoRegistrar);
+        }
+    }
+
+    fn handle_message(&mut self, assoc: AssocId, protocol: Protocol, bytes: &[u8], now: Instant) {
+        if protocol != Protocol::Asap {
+            return;
+        }
+        match AsapMessage::decode(bytes) {
+            Ok(decoded) => match decoded.message {
+                AsapMessage::HandleResolutionResponse(response) => {
+                    self.on_response(assoc, response, now);
+                }
+                AsapMessage::Error(report) => {
+                    self.out
+                        .push_back(Output::Event(PoolUserEvent::Warning(format!(
+                            "ASAP_ERROR from the registrar: {:?}",
+                            report.error.first_code()
+                        ))));
+                }
+                other => self
+                    .out
+                    .push_back(Output::Event(PoolUserEvent::Warning(format!(
+                        "unexpected {} from the registrar",
+                        other.name()
+                    )))),
+            },
+            Err(error) => {
+                if let Some(cause) = error.reply_cause()
+                    && bytes.first() != Some(&0x0e)
+                {
+                    self.transmit(
+                        assoc,
+                        &AsapMessage::Error(ErrorReport {
+                            error: OperationError::single(cause),
+                        }),
+                    );
+                }
+                self.out
+                    .push_back(Output::Event(PoolUserEvent::Warning(format!(
+                        "malformed ASAP message from the registrar: {error}"
+                    ))));
+            }
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        protocol: Protocol,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        if protocol != Protocol::Asap {
+            return;
+        }
+        if let Ok(decoded) = AsapMessage::decode(bytes)
+            && let AsapMessage::ServerAnnounce(announce) = decoded.message
+        {
+            self.hunt.on_announce(
+                from,
+                &announce,
+                now,
+                &mut self.ids,
+                &mut self.rng,
+                &mut self.out,
+            );
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.hunt
+            .on_timeout(now, &mut self.ids, &mut self.rng, &mut self.out);
+        if self.hunt.current().is_none()
+            && self.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
+            && !self.requests.is_empty()
+        {
+            self.fail_waiting(ResolveError::NoRegistrar);
+        }
+        self.purge_cache(now);
+        let due: Vec<(RequestId, u32)> = self
+            .requests
+            .iter()
+            .filter_map(|(id, r)| {
+                r.sent
+                    .filter(|(_, deadline, _)| *deadline <= now)
+                    .map(|(_, _, attempts)| (*id, attempts))
+            })
+            .collect();
+        let mut hunt_again = false;
+        for (request, attempts) in due {
+            if attempts <= self.config.max_request_retransmits {
+                self.send_request(request, now, attempts + 1);
+            } else {
+                // T1 exhausted: try another registrar (asap.md §6.1 step 3).
+                if let Some(r) = self.requests.get_mut(&request) {
+                    r.sent = None;
+                }
+                hunt_again = true;
+            }
+        }
+        if hunt_again {
+            self.hunt
+                .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+        }
+    }
+
+    fn poll_output(&mut self) -> Output<PoolUserEvent> {
+        self.out
+            .pop_front()
+            .unwrap_or_else(|| Output::Timeout(self.next_deadline()))
+    }
+}

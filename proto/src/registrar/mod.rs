@@ -1,0 +1,796 @@
+//! The registrar ("ENRP server"): the ASAP server side (asap.md §5.3-6.5) and the
+//! handle-table responder of ENRP (enrp.md §5.5).
+//!
+//! It owns a [`Handlespace`]. PEs register over an association; the registrar checks
+//! them (security.md §3), supervises the PEs it owns with keep-alives, answers handle
+//! resolutions with the pool's policy, counts unreachability reports, announces itself,
+//! and drops everything registered over an association that goes down.
+
+mod config;
+
+pub use config::RegistrarConfig;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use crate::engine::{AssocId, Engine, Output, PeerInfo};
+use crate::handlespace::{Handlespace, PoolElementEntry, PoolElementKey, Refusal, Upserted};
+use crate::rate::TokenBucket;
+use crate::rng::SeededRng;
+use crate::wire::{
+    AsapMessage, CauseCode, DeregistrationResponse, EndpointKeepAlive, EnrpBody, EnrpMessage,
+    ErrorCause, ErrorReport, HandleResolution, HandleResolutionResponse, OperationError,
+    PoolElement, PoolElementRef, PoolEntries, PoolHandle, Protocol, RegistrarId, Registration,
+    RegistrationResponse, ServerAnnounce,
+};
+
+/// Why a PE left the handlespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum RemovalReason {
+    /// ASAP_DEREGISTRATION.
+    Deregistered,
+    /// Its registration association went down.
+    AssociationLost,
+    /// No keep-alive acknowledgement in time.
+    KeepAliveTimeout,
+    /// Its registration life ran out without a refresh.
+    Expired,
+    /// Enough pool users reported it unreachable.
+    Unreachable,
+}
+
+/// What the registrar reports to its driver (for logs and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrarEvent {
+    /// A PE registered (or re-registered, `new` false).
+    Registered {
+        /// The PE.
+        key: PoolElementKey,
+        /// First registration.
+        new: bool,
+    },
+    /// A registration was refused.
+    Refused {
+        /// The PE.
+        key: PoolElementKey,
+        /// The cause sent back.
+        cause: CauseCode,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A PE left the handlespace.
+    Removed {
+        /// The PE.
+        key: PoolElementKey,
+        /// Why.
+        reason: RemovalReason,
+    },
+    /// A handle resolution was answered.
+    Resolved {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// PEs returned (0: unknown pool or rate-limited).
+        count: usize,
+    },
+    /// A peer sent something that could not be used.
+    Malformed {
+        /// The association.
+        assoc: AssocId,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The registrar closed an association (too much bad input).
+    Closed {
+        /// The association.
+        assoc: AssocId,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug)]
+struct Association {
+    peer: PeerInfo,
+    malformed: u32,
+    resolutions: Option<TokenBucket>,
+    reports: Option<TokenBucket>,
+    /// Where the next handle-table response to this requester continues.
+    table_cursor: Option<PoolElementKey>,
+}
+
+/// The registrar engine.
+#[derive(Debug)]
+pub struct RegistrarEngine {
+    config: RegistrarConfig,
+    id: RegistrarId,
+    handlespace: Handlespace,
+    associations: BTreeMap<AssocId, Association>,
+    /// Owned PEs whose keep-alive is outstanding.
+    awaiting_ack: BTreeMap<PoolElementKey, Instant>,
+    /// Distinct pool-user associations that reported each PE unreachable.
+    reporters: BTreeMap<PoolElementKey, Vec<AssocId>>,
+    next_announce: Option<Instant>,
+    rng: SeededRng,
+    out: VecDeque<Output<RegistrarEvent>>,
+}
+
+impl RegistrarEngine {
+    /// A registrar with an empty handlespace. Its ID is the configured one, or drawn
+    /// from the seed.
+    pub fn new(config: RegistrarConfig, seed: u64, now: Instant) -> Self {
+        let mut rng = SeededRng::new(seed);
+        let id = config
+            .id
+            .filter(|id| *id != RegistrarId::UNKNOWN)
+            .unwrap_or_else(|| RegistrarId(rng.nonzero_u32()));
+        Self {
+            handlespace: Handlespace::new(config.limits),
+            next_announce: config.announce_interval.map(|_| now),
+            config,
+            id,
+            associations: BTreeMap::new(),
+            awaiting_ack: BTreeMap::new(),
+            reporters: BTreeMap::new(),
+            rng,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// This registrar's identifier.
+    pub fn id(&self) -> RegistrarId {
+        self.id
+    }
+
+    /// The handlespace (read-only).
+    pub fn handlespace(&self) -> &Handlespace {
+        &self.handlespace
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RegistrarConfig {
+        &self.config
+    }
+
+    /// Sets where this registrar accepts ASAP and ENRP associations (known once the
+    /// driver has bound its sockets); announces carry the ASAP endpoints.
+    pub fn set_endpoints(
+        &mut self,
+        asap: Vec<crate::wire::Transport>,
+        enrp: Option<crate::wire::Transport>,
+    ) {
+        self.config.asap_transports = asap;
+        self.config.enrp_transport = enrp;
+    }
+
+    fn event(&mut self, event: RegistrarEvent) {
+        self.out.push_back(Output::Event(event));
+    }
+
+    fn send_asap(&mut self, assoc: AssocId, message: &AsapMessage) {
+        match message.encode() {
+            Ok(payload) => self.out.push_back(Output::Transmit {
+                assoc,
+                protocol: Protocol::Asap,
+                payload,
+            }),
+            Err(error) => self.event(RegistrarEvent::Malformed {
+                assoc,
+                detail: format!("cannot encode {}: {error}", message.name()),
+            }),
+        }
+    }
+
+    fn send_enrp(&mut self, assoc: AssocId, body: EnrpBody, receiver: RegistrarId) {
+        let message = EnrpMessage {
+            sender: self.id,
+            receiver,
+            body,
+        };
+        match message.encode() {
+            Ok(payload) => self.out.push_back(Output::Transmit {
+                assoc,
+                protocol: Protocol::Enrp,
+                payload,
+            }),
+            Err(error) => self.event(RegistrarEvent::Malformed {
+                assoc,
+                detail: format!("cannot encode {}: {error}", message.body.name()),
+            }),
+        }
+    }
+
+    /// Counts a bad message; an association that keeps sending them is closed.
+    fn malformed(&mut self, assoc: AssocId, detail: String) {
+        self.event(RegistrarEvent::Malformed { assoc, detail });
+        let Some(association) = self.associations.get_mut(&assoc) else {
+            return;
+        };
+        association.malformed += 1;
+        if association.malformed > self.config.max_malformed_messages {
+            self.out.push_back(Output::Close { assoc });
+            self.event(RegistrarEvent::Closed {
+                assoc,
+                reason: "too many malformed messages",
+            });
+            self.drop_association(assoc);
+        }
+    }
+
+    fn reply_error_asap(&mut self, assoc: AssocId, cause: ErrorCause) {
+        let message = AsapMessage::Error(ErrorReport {
+            error: OperationError::single(cause),
+        });
+        self.send_asap(assoc, &message);
+    }
+
+    // ASAP: registration (asap.md §5.3, security.md §3.1).
+
+    fn on_registration(&mut self, assoc: AssocId, registration: Registration, now: Instant) {
+        let key = PoolElementKey {
+            pool_handle: registration.pool_handle,
+            pe_id: registration.pool_element.id,
+        };
+        match self.admit(assoc, registration.pool_element, &key, now) {
+            Ok(upserted) => {
+                self.awaiting_ack.remove(&key);
+                self.reporters.remove(&key);
+                self.handlespace
+                    .set_keepalive(&key, Some(now + self.config.keepalive_interval));
+                let response = AsapMessage::RegistrationResponse(RegistrationResponse {
+                    reject: false,
+                    pool_handle: key.pool_handle,
+                    pe_id: key.pe_id,
+                    error: None,
+                });
+                self.send_asap(assoc, &response);
+                self.event(RegistrarEvent::Registered {
+                    key,
+                    new: upserted == Upserted::Added,
+                });
+            }
+            Err((cause, reason)) => {
+                let code = cause.code;
+                let response = AsapMessage::RegistrationResponse(RegistrationResponse {
+                    reject: true,
+                    pool_handle: key.pool_handle,
+                    pe_id: key.pe_id,
+                    error: Some(OperationError::single(cause)),
+                });
+                self.send_asap(assoc, &response);
+                self.event(RegistrarEvent::Refused {
+                    key,
+                    cause: code,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Checks a registration and stores it; the refusal carries the cause to send.
+    fn admit(
+        &mut self,
+        assoc: AssocId,
+        mut element: PoolElement,
+        key: &PoolElementKey,
+        now: Instant,
+    ) -> Result<Upserted, (ErrorCause, String)> {
+        let invalid = |reason: &str| {
+            (
+                ErrorCause::new(CauseCode::INVALID_VALUES),
+                reason.to_owned(),
+            )
+        };
+        let Some(association) = self.associations.get(&assoc) else {
+            return Err(invalid("registration on an unknown association"));
+        };
+        if element.id.0 == 0 {
+            return Err(invalid("PE identifier 0"));
+        }
+        if element.asap_transport.is_some() {
+            return Err(invalid("ASAP transport parameter in a registration"));
+        }
+        if element.user_transport.port == 0 {
+            return Err(invalid("user transport port 0"));
+        }
+        if element.registration_life_ms == 0 {
+            return Err(invalid("registration life 0"));
+        }
+        let peer = association.peer.clone();
+        // Keep only user addresses the association proves (security.md T3).
+        let transport_tlv = element
+            .user_transport
+            .to_parameter_bytes()
+            .unwrap_or_default();
+        element.user_transport.addresses.retain(|address| {
+            usable_address(address) && (!self.config.verify_addresses || peer_has(&peer, address))
+        });
+        if element.user_transport.addresses.is_empty() {
+            return Err((
+                ErrorCause::with_copy(CauseCode::INVALID_VALUES, &transport_tlv),
+                "no user transport address that the association proves".to_owned(),
+            ));
+        }
+        // An ID held by another live association of ours is someone else's PE (T3).
+        if let Some(existing) = self.handlespace.get(key)
+            && existing.owner() == self.id
+            && let Some(other) = existing.association
+            && other != assoc
+            && self.associations.contains_key(&other)
+        {
+            return Err((
+                ErrorCause::new(CauseCode::NON_UNIQUE_PE_IDENTIFIER),
+                format!("PE identifier in use by {other}"),
+            ));
+        }
+        let is_new_here = self
+            .handlespace
+            .get(key)
+            .is_none_or(|e| e.association != Some(assoc));
+        if is_new_here
+            && self.handlespace.association_members(assoc).count()
+                >= self.config.max_pool_elements_per_association
+        {
+            return Err((
+                ErrorCause::new(CauseCode::LACK_OF_RESOURCES),
+                format!(
+                    "association already holds {} PEs",
+                    self.config.max_pool_elements_per_association
+                ),
+            ));
+        }
+        element.home_registrar = self.id;
+        element.asap_transport = (!peer.addresses.is_empty()).then(|| {
+            peer.transport
+                .transport_parameter(peer.addresses.clone(), peer.port)
+        });
+        self.handlespace
+            .upsert(key.pool_handle, element, Some(assoc), now)
+            .map_err(|refusal: Refusal| (refusal.cause(), refusal.to_string()))
+    }
+
+    fn on_deregistration(&mut self, assoc: AssocId, target: PoolElementRef) {
+        let key = PoolElementKey {
+            pool_handle: target.pool_handle,
+            pe_id: target.pe_id,
+        };
+        let error = match self.handlespace.get(&key) {
+            // Deregistering an unknown PE succeeds (asap.md §3.4).
+            None => None,
+            Some(entry) if entry.association == Some(assoc) => {
+                self.remove(&key, RemovalReason::Deregistered);
+                None
+            }
+            // Only the PE's own association may remove it (security.md §3.2).
+            Some(_) => Some(OperationError::single(ErrorCause::new(
+                CauseCode::SECURITY_REJECTION,
+            ))),
+        };
+        let response = AsapMessage::DeregistrationResponse(DeregistrationResponse {
+            pool_handle: key.pool_handle,
+            pe_id: key.pe_id,
+            error,
+        });
+        self.send_asap(assoc, &response);
+    }
+
+    fn remove(&mut self, key: &PoolElementKey, reason: RemovalReason) -> Option<PoolElementEntry> {
+        let entry = self.handlespace.remove(key)?;
+        self.awaiting_ack.remove(key);
+        self.reporters.remove(key);
+        self.event(RegistrarEvent::Removed { key: *key, reason });
+        Some(entry)
+    }
+
+    // ASAP: handle resolution (asap.md §6.4).
+
+    fn on_handle_resolution(&mut self, assoc: AssocId, request: HandleResolution, now: Instant) {
+        let allowed = self
+            .associations
+            .get_mut(&assoc)
+            .and_then(|a| a.resolutions.as_mut())
+            .is_none_or(|bucket| bucket.allow(now));
+        let count = match request.items {
+            None | Some(0) => self.config.default_items,
+            Some(items) => items.min(self.config.max_items),
+        } as usize;
+        let selected: Option<Vec<PoolElement>> = if allowed {
+            self.handlespace
+                .select(&request.pool_handle, count, None, &mut self.rng)
+                .map(|entries| {
+                    entries
+                        .into_iter()
+                        .map(|e| PoolElement {
+                            asap_transport: None,
+                            ..e.element.clone()
+                        })
+                        .collect()
+                })
+        } else {
+            None
+        };
+        let response = match selected {
+            Some(mut pool_elements) if !pool_elements.is_empty() => loop {
+                // The pool's policy: rsplib copies the first selected PE's parameter.
+                let response = AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
+                    pool_handle: request.pool_handle,
+                    policy: pool_elements.first().map(|pe| pe.policy.clone()),
+                    pool_elements: pool_elements.clone(),
+                    error: None,
+                });
+                // Many multi-homed PEs may not fit in one message: send fewer.
+                if response.encode().is_ok() || pool_elements.len() <= 1 {
+                    break response;
+                }
+                pool_elements.truncate(pool_elements.len() / 2);
+            },
+            _ => {
+                let cause = if allowed {
+                    CauseCode::UNKNOWN_POOL_HANDLE
+                } else {
+                    CauseCode::LACK_OF_RESOURCES
+                };
+                AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
+                    pool_handle: request.pool_handle,
+                    policy: None,
+                    pool_elements: Vec::new(),
+                    error: Some(OperationError::single(ErrorCause::new(cause))),
+                })
+            }
+        };
+        let returned = match &response {
+            AsapMessage::HandleResolutionResponse(r) => r.pool_elements.len(),
+            _ => 0,
+        };
+        self.send_asap(assoc, &response);
+        self.event(RegistrarEvent::Resolved {
+            pool_handle: request.pool_handle,
+            count: returned,
+        });
+    }
+
+    // ASAP: unreachability reports (asap.md §6.5, security.md T13).
+
+    fn on_unreachable(&mut self, assoc: AssocId, report: PoolElementRef, now: Instant) {
+        let allowed = self
+            .associations
+            .get_mut(&assoc)
+            .and_then(|a| a.reports.as_mut())
+            .is_none_or(|bucket| bucket.allow(now));
+        let key = PoolElementKey {
+            pool_handle: report.pool_handle,
+            pe_id: report.pe_id,
+        };
+        let Some(entry) = self.handlespace.get(&key) else {
+            return;
+        };
+        let owned = entry.owner() == self.id;
+        // Several reports from one pool user count once.
+        let reporters = self.reporters.entry(key).or_default();
+        if !allowed || reporters.contains(&assoc) {
+            return;
+        }
+        reporters.push(assoc);
+        let Some(count) = self.handlespace.report_unreachable(&key) else {
+            return;
+        };
+        if count < self.config.max_bad_pe_reports {
+            return;
+        }
+        if owned {
+            // Probe instead of trusting the reports: remove only if the PE does not
+            // answer a keep-alive in time.
+            if !self.awaiting_ack.contains_key(&key) {
+                self.send_keepalive(&key, now);
+            }
+        } else {
+            // A PE another registrar owns: remove it here, as rsplib does; its owner
+            // supervises it and will announce it again if it is alive.
+            self.remove(&key, RemovalReason::Unreachable);
+        }
+    }
+
+    // ASAP: keep-alive supervision (asap.md §5.5).
+
+    fn send_keepalive(&mut self, key: &PoolElementKey, now: Instant) {
+        let Some(assoc) = self.handlespace.get(key).and_then(|e| e.association) else {
+            // No association to probe over: the registration life decides.
+            self.handlespace.set_keepalive(key, None);
+            return;
+        };
+        let message = AsapMessage::EndpointKeepAlive(EndpointKeepAlive {
+            home: false,
+            server_id: self.id,
+            pool_handle: key.pool_handle,
+            pe_id: Some(key.pe_id),
+        });
+        self.send_asap(assoc, &message);
+        self.awaiting_ack.insert(*key, now);
+        self.handlespace
+            .set_keepalive(key, Some(now + self.config.keepalive_timeout));
+    }
+
+    fn on_keepalive_ack(&mut self, assoc: AssocId, ack: PoolElementRef, now: Instant) {
+        let key = PoolElementKey {
+            pool_handle: ack.pool_handle,
+            pe_id: ack.pe_id,
+        };
+        let ours = self
+            .handlespace
+            .get(&key)
+            .is_some_and(|e| e.owner() == self.id && e.association == Some(assoc));
+        if ours && self.awaiting_ack.remove(&key).is_some() {
+            self.reporters.remove(&key);
+            self.handlespace.clear_unreachable(&key);
+            self.handlespace
+                .set_keepalive(&key, Some(now + self.config.keepalive_interval));
+        }
+    }
+
+    // ENRP: the handle table (enrp.md §5.5).
+
+    fn on_handle_table_request(
+        &mut self,
+        assoc: AssocId,
+        requester: RegistrarId,
+        own_children_only: bool,
+    ) {
+        let cursor = self
+            .associations
+            .get_mut(&assoc)
+            .and_then(|a| a.table_cursor.take());
+        let owner = own_children_only.then_some(self.id);
+        let mut pools: Vec<PoolEntries> = Vec::new();
+        let mut taken = 0usize;
+        let mut bytes = 12usize;
+        let mut last = None;
+        let mut more = false;
+        for (handle, entry) in self.handlespace.iter_after(cursor) {
+            if owner.is_some_and(|o| entry.owner() != o) {
+                continue;
+            }
+            let element_size = pool_element_size(&entry.element);
+            let new_pool = pools.last().is_none_or(|p| p.pool_handle != *handle);
+            let size = element_size + if new_pool { 36 } else { 0 };
+            if taken >= self.config.handle_table_page_size
+                || bytes + size > self.config.handle_table_max_bytes
+            {
+                more = true;
+                break;
+            }
+            if new_pool {
+                pools.push(PoolEntries {
+                    pool_handle: *handle,
+                    pool_elements: Vec::new(),
+                });
+            }
+            if let Some(pool) = pools.last_mut() {
+                pool.pool_elements.push(entry.element.clone());
+            }
+            taken += 1;
+            bytes += size;
+            last = Some(PoolElementKey {
+                pool_handle: *handle,
+                pe_id: entry.element.id,
+            });
+        }
+        if more && let Some(association) = self.associations.get_mut(&assoc) {
+            association.table_cursor = last;
+        }
+        let body = EnrpBody::HandleTableResponse {
+            reject: false,
+            more,
+            pools,
+        };
+        self.send_enrp(assoc, body, requester);
+    }
+
+    fn on_enrp(&mut self, assoc: AssocId, bytes: &[u8]) {
+        let message = match EnrpMessage::decode(bytes) {
+            Ok(decoded) => decoded.message,
+            Err(error) => {
+                if let Some(cause) = error.reply_cause()
+                    && bytes.first() != Some(&0x0a)
+                {
+                    let body = EnrpBody::Error {
+                        error: OperationError::single(cause),
+                    };
+                    self.send_enrp(assoc, body, RegistrarId::UNKNOWN);
+                }
+                self.malformed(assoc, format!("malformed ENRP message: {error}"));
+                return;
+            }
+        };
+        if message.sender == self.id {
+            return;
+        }
+        // Registrar peering (presence, updates, takeover) is not built yet: only the
+        // handle table is served, to `rserpool dump` and the like.
+        if let EnrpBody::HandleTableRequest { own_children_only } = message.body {
+            self.on_handle_table_request(assoc, message.sender, own_children_only);
+        }
+    }
+
+    fn on_asap(&mut self, assoc: AssocId, bytes: &[u8], now: Instant) {
+        let decoded = match AsapMessage::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                // Never answer an ASAP_ERROR with an ASAP_ERROR.
+                if let Some(cause) = error.reply_cause()
+                    && bytes.first() != Some(&0x0e)
+                {
+                    self.reply_error_asap(assoc, cause);
+                }
+                self.malformed(assoc, format!("malformed ASAP message: {error}"));
+                return;
+            }
+        };
+        for cause in decoded.report_causes() {
+            self.reply_error_asap(assoc, cause);
+        }
+        match decoded.message {
+            AsapMessage::Registration(registration) => {
+                self.on_registration(assoc, registration, now)
+            }
+            AsapMessage::Deregistration(target) => self.on_deregistration(assoc, target),
+            AsapMessage::HandleResolution(request) => {
+                self.on_handle_resolution(assoc, request, now)
+            }
+            AsapMessage::EndpointKeepAliveAck(ack) => self.on_keepalive_ack(assoc, ack, now),
+            AsapMessage::EndpointUnreachable(report) => self.on_unreachable(assoc, report, now),
+            AsapMessage::Error(report) => self.event(RegistrarEvent::Malformed {
+                assoc,
+                detail: format!("peer sent ASAP_ERROR {:?}", report.error.first_code()),
+            }),
+            other => self.malformed(assoc, format!("{} is not for a registrar", other.name())),
+        }
+    }
+
+    fn drop_association(&mut self, assoc: AssocId) {
+        self.associations.remove(&assoc);
+        let removed = self.handlespace.remove_association(assoc);
+        for (key, _) in removed {
+            self.awaiting_ack.remove(&key);
+            self.reporters.remove(&key);
+            self.event(RegistrarEvent::Removed {
+                key,
+                reason: RemovalReason::AssociationLost,
+            });
+        }
+        for reporters in self.reporters.values_mut() {
+            reporters.retain(|a| *a != assoc);
+        }
+    }
+
+    fn announce(&mut self, now: Instant) {
+        let message = AsapMessage::ServerAnnounce(ServerAnnounce {
+            server_id: self.id,
+            transports: self.config.asap_transports.clone(),
+            server_information: None,
+        });
+        if let Ok(payload) = message.encode() {
+            self.out.push_back(Output::Datagram {
+                protocol: Protocol::Asap,
+                payload,
+            });
+        }
+        if let Some(interval) = self.config.announce_interval {
+            // T6 jittered by ±12.5 % (asap.md §4.2).
+            let jitter = interval / 4;
+            self.next_announce = Some(now + interval - interval / 8 + self.rng.fraction_of(jitter));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.handlespace.next_keepalive(),
+            self.handlespace.next_expiry(),
+            self.next_announce,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// Addresses no PE can be reached at.
+fn usable_address(address: &IpAddr) -> bool {
+    !(address.is_unspecified() || address.is_multicast())
+}
+
+/// Is `address` one of the association's peer addresses (or are they unknown)?
+fn peer_has(peer: &PeerInfo, address: &IpAddr) -> bool {
+    peer.addresses.is_empty()
+        || peer
+            .addresses
+            .iter()
+            .any(|a| a.to_canonical() == address.to_canonical())
+}
+
+/// An upper bound of a Pool Element parameter's encoded size.
+fn pool_element_size(element: &PoolElement) -> usize {
+    let transport = |addresses: usize| 8 + 20 * addresses;
+    16 + transport(element.user_transport.addresses.len())
+        + 8
+        + 4 * element.policy.values().len()
+        + element
+            .asap_transport
+            .as_ref()
+            .map_or(0, |t| transport(t.addresses.len()))
+}
+
+impl Engine for RegistrarEngine {
+    type Event = RegistrarEvent;
+
+    fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, _now: Instant) {
+        let association = Association {
+            resolutions: self
+                .config
+                .max_handle_resolutions_per_second
+                .map(TokenBucket::new),
+            reports: self
+                .config
+                .max_unreachable_reports_per_second
+                .map(TokenBucket::new),
+            peer: PeerInfo {
+                addresses: peer.addresses.iter().map(IpAddr::to_canonical).collect(),
+                ..peer
+            },
+            malformed: 0,
+            table_cursor: None,
+        };
+        self.associations.insert(assoc, association);
+    }
+
+    fn handle_association_down(&mut self, assoc: AssocId, _now: Instant) {
+        self.drop_association(assoc);
+    }
+
+    fn handle_message(&mut self, assoc: AssocId, protocol: Protocol, bytes: &[u8], now: Instant) {
+        if !self.associations.contains_key(&assoc) {
+            return;
+        }
+        match protocol {
+            Protocol::Asap => self.on_asap(assoc, bytes, now),
+            Protocol::Enrp => self.on_enrp(assoc, bytes),
+        }
+    }
+
+    fn handle_datagram(
+        &mut self,
+        _from: SocketAddr,
+        _protocol: Protocol,
+        _bytes: &[u8],
+        _now: Instant,
+    ) {
+        // Other registrars' announces and presences: used by registrar peering, which is
+        // not built yet.
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        while let Some(key) = self.handlespace.keepalive_due(now) {
+            if self.awaiting_ack.contains_key(&key) {
+                self.remove(&key, RemovalReason::KeepAliveTimeout);
+            } else {
+                self.send_keepalive(&key, now);
+            }
+        }
+        while let Some(key) = self.handlespace.expired(now) {
+            self.remove(&key, RemovalReason::Expired);
+        }
+        if self.next_announce.is_some_and(|at| at <= now) {
+            self.announce(now);
+        }
+    }
+
+    fn poll_output(&mut self) -> Output<RegistrarEvent> {
+        self.out
+            .pop_front()
+            .unwrap_or_else(|| Output::Timeout(self.next_deadline()))
+    }
+}

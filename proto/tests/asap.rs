@@ -1,0 +1,633 @@
+//! ASAP procedures (../shared/spec/asap.md) with real engines in the deterministic
+//! simulator: registration, re-registration, deregistration, keep-alive supervision,
+//! handle resolution, unreachability reports, server hunt and failover, with message
+//! loss, registrar crashes and PE crashes.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+
+mod sim;
+
+use std::time::{Duration, Instant};
+
+use rserpool_proto::PoolElementKey;
+use rserpool_proto::engine::{Engine, TimerProfile};
+use rserpool_proto::hunt::HuntConfig;
+use rserpool_proto::pool_element::{
+    PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
+};
+use rserpool_proto::pool_user::{
+    PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, ResolveError,
+};
+use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent, RemovalReason};
+use rserpool_proto::wire::{
+    CauseCode, Policy, PoolElementId, PoolHandle, RegistrarId, Transport, TransportProtocol,
+    TransportUse,
+};
+use sim::{NodeEvent, NodeId, Role, Sim};
+
+fn pool() -> PoolHandle {
+    PoolHandle::new(b"EchoPool").unwrap()
+}
+
+fn add_registrar(sim: &mut Sim, id: u32) -> NodeId {
+    let config = RegistrarConfig {
+        id: Some(RegistrarId(id)),
+        announce_interval: None,
+        ..RegistrarConfig::default()
+    };
+    let engine = RegistrarEngine::new(config, sim.seed ^ u64::from(id), sim.now);
+    sim.add(Role::Registrar(engine))
+}
+
+fn hunt(registrars: &[NodeId]) -> HuntConfig {
+    HuntConfig::new(
+        registrars
+            .iter()
+            .map(|&r| Sim::registrar_endpoint(r))
+            .collect(),
+        Duration::from_secs(2),
+    )
+}
+
+/// A PE node registering one PE in EchoPool at the given registrars.
+fn add_pe(
+    sim: &mut Sim,
+    registrars: &[NodeId],
+    policy: Policy,
+    interval_secs: u64,
+) -> (NodeId, PoolElementId) {
+    let config = PoolElementConfig::new(TimerProfile::Rsplib, hunt(registrars));
+    let node = sim.nodes.len();
+    let engine = PoolElementEngine::new(config, sim.seed ^ (node as u64) << 8);
+    let n = sim.add(Role::Pe(engine));
+    let spec = PoolElementSpec {
+        pool_handle: pool(),
+        id: None,
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+            port: 7000,
+            addresses: vec![Sim::address_of(n)],
+        },
+        policy,
+        reregistration_interval: Duration::from_secs(interval_secs),
+        registration_life: None,
+    };
+    let id = sim.with(n, |role, now| match role {
+        Role::Pe(pe) => pe.register(spec, now),
+        _ => unreachable!(),
+    });
+    (n, id)
+}
+
+fn add_pu(sim: &mut Sim, registrars: &[NodeId], profile: TimerProfile) -> NodeId {
+    let config = PoolUserConfig::new(profile, hunt(registrars));
+    let engine = PoolUserEngine::new(config, sim.seed ^ 0x5555);
+    sim.add(Role::Pu(engine))
+}
+
+fn resolve(sim: &mut Sim, pu: NodeId, items: Option<u32>) -> RequestId {
+    sim.with(pu, |role, now| match role {
+        Role::Pu(pu) => pu.resolve(pool(), items, now),
+        _ => unreachable!(),
+    })
+}
+
+/// The result of a resolve request, once it has come.
+fn resolution(
+    sim: &Sim,
+    pu: NodeId,
+    request: RequestId,
+) -> Option<Result<Vec<PoolElementId>, ResolveError>> {
+    sim.events(pu).iter().find_map(|(_, e)| match e {
+        NodeEvent::Pu(PoolUserEvent::Resolved { request: r, result }) if *r == request => Some(
+            result
+                .clone()
+                .map(|res| res.pool_elements.iter().map(|pe| pe.id).collect()),
+        ),
+        _ => None,
+    })
+}
+
+fn registered_ids(sim: &Sim, registrar: NodeId) -> Vec<PoolElementId> {
+    sim.registrar(registrar)
+        .handlespace()
+        .pool(&pool())
+        .map(|p| p.elements().map(|e| e.element.id).collect())
+        .unwrap_or_default()
+}
+
+fn key(pe: PoolElementId) -> PoolElementKey {
+    PoolElementKey {
+        pool_handle: pool(),
+        pe_id: pe,
+    }
+}
+
+/// asap.md §5.2-5.3, §6.1, §6.4: PEs register, the registrar becomes their home, and a
+/// pool user resolves the pool in policy order.
+#[test]
+fn registration_and_handle_resolution() {
+    let mut sim = Sim::new(1);
+    let r = add_registrar(&mut sim, 0x11);
+    let (pe_a, id_a) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    let (_pe_b, id_b) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    let pu = add_pu(&mut sim, &[r], TimerProfile::Rsplib);
+    sim.run_for(Duration::from_millis(100));
+
+    let mut ids = registered_ids(&sim, r);
+    ids.sort();
+    let mut expected = vec![id_a, id_b];
+    expected.sort();
+    assert_eq!(ids, expected, "seed {}", sim.seed);
+    let entry = sim
+        .registrar(r)
+        .handlespace()
+        .get(&key(id_a))
+        .unwrap()
+        .clone();
+    assert_eq!(entry.owner(), RegistrarId(0x11));
+    // The ASAP transport is derived from the association (wire-format.md §4.6).
+    let asap = entry.element.asap_transport.unwrap();
+    assert_eq!(
+        (asap.addresses[0], asap.port),
+        (Sim::address_of(pe_a), sim::PE_ASAP_PORT)
+    );
+    assert!(
+        sim.events(pe_a)
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Pe(PoolElementEvent::Registered { .. })))
+    );
+
+    let first = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(10));
+    let second = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(10));
+    let first = resolution(&sim, pu, first).unwrap().unwrap();
+    let second = resolution(&sim, pu, second).unwrap().unwrap();
+    assert_eq!(first.len(), 2);
+    // Round robin: the second answer starts with the other PE (policies.md §3.1).
+    assert_eq!(second, [first[1], first[0]]);
+}
+
+/// asap.md §6.4 / wire-format.md §4.12: the Handle Resolution option's item count;
+/// an unknown pool is Operation Error 0x0009.
+#[test]
+fn resolution_honours_the_item_count_and_reports_unknown_pools() {
+    let mut sim = Sim::new(2);
+    let r = add_registrar(&mut sim, 0x11);
+    for _ in 0..5 {
+        add_pe(&mut sim, &[r], Policy::Random, 30);
+    }
+    let pu = add_pu(&mut sim, &[r], TimerProfile::Rsplib);
+    sim.run_for(Duration::from_millis(100));
+    let default = resolve(&mut sim, pu, None);
+    let two = resolve(&mut sim, pu, Some(2));
+    let all = resolve(&mut sim, pu, Some(u32::MAX));
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(
+        resolution(&sim, pu, default).unwrap().unwrap().len(),
+        3,
+        "registrar default"
+    );
+    assert_eq!(resolution(&sim, pu, two).unwrap().unwrap().len(), 2);
+    assert_eq!(resolution(&sim, pu, all).unwrap().unwrap().len(), 5);
+
+    let unknown = sim.with(pu, |role, now| match role {
+        Role::Pu(pu) => pu.resolve(PoolHandle::new(b"NoSuchPool").unwrap(), None, now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(
+        resolution(&sim, pu, unknown).unwrap(),
+        Err(ResolveError::UnknownPool)
+    );
+}
+
+/// asap.md §5.4: a PE re-registers every T4 and so outlives its registration life;
+/// a policy change re-registers at once.
+#[test]
+fn reregistration_keeps_the_pe_and_carries_new_loads() {
+    let mut sim = Sim::new(3);
+    let r = add_registrar(&mut sim, 0x11);
+    let (pe, id) = add_pe(&mut sim, &[r], Policy::LeastUsed { load: 100 }, 2);
+    sim.run_for(Duration::from_secs(20)); // registration life is 6 s
+    assert_eq!(registered_ids(&sim, r), [id]);
+    let registrations = sim
+        .events(r)
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Registrar(RegistrarEvent::Registered { .. })))
+        .count();
+    assert!(
+        registrations >= 9,
+        "re-registered every 2 s: {registrations}"
+    );
+
+    sim.with(pe, |role, now| match role {
+        Role::Pe(p) => p.update_policy(id, Policy::LeastUsed { load: 9_999 }, now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_millis(10));
+    let entry = sim.registrar(r).handlespace().get(&key(id)).unwrap();
+    assert_eq!(entry.element.policy, Policy::LeastUsed { load: 9_999 });
+}
+
+/// asap.md §5.7 and §3.4: deregistration removes the PE; deregistering an unknown PE
+/// is answered with success.
+#[test]
+fn deregistration() {
+    let mut sim = Sim::new(4);
+    let r = add_registrar(&mut sim, 0x11);
+    let (pe, id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_millis(50));
+    sim.with(pe, |role, now| match role {
+        Role::Pe(p) => p.deregister(id, now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_millis(50));
+    assert!(registered_ids(&sim, r).is_empty());
+    assert!(sim.events(pe).iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::Pe(PoolElementEvent::Deregistered {
+            confirmed: true,
+            ..
+        })
+    )));
+    assert!(sim.events(r).iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::Registrar(RegistrarEvent::Removed {
+            reason: RemovalReason::Deregistered,
+            ..
+        })
+    )));
+}
+
+/// asap.md §5.5 / discrepancies.md item 31: a crashed PE's association goes down and
+/// its PEs leave at once.
+#[test]
+fn pe_crash_removes_it_at_once() {
+    let mut sim = Sim::new(5);
+    let r = add_registrar(&mut sim, 0x11);
+    let (pe_a, _) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    let (_, id_b) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_millis(50));
+    sim.crash(pe_a);
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(registered_ids(&sim, r), [id_b]);
+}
+
+/// asap.md §5.5: a PE that stops answering (frozen, association still up) is removed
+/// after the keep-alive interval plus the keep-alive timeout.
+#[test]
+fn keepalive_supervision_removes_a_silent_pe() {
+    let mut sim = Sim::new(6);
+    let r = add_registrar(&mut sim, 0x11);
+    let (pe, id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_secs(12));
+    assert_eq!(
+        registered_ids(&sim, r),
+        [id],
+        "answers keep-alives while alive"
+    );
+    sim.freeze(pe);
+    let frozen_at = sim.elapsed();
+    sim.run_for(Duration::from_secs(11));
+    assert!(registered_ids(&sim, r).is_empty());
+    let (removed_at, _) = sim
+        .events(r)
+        .iter()
+        .find(|(_, e)| {
+            matches!(
+                e,
+                NodeEvent::Registrar(RegistrarEvent::Removed {
+                    reason: RemovalReason::KeepAliveTimeout,
+                    ..
+                })
+            )
+        })
+        .unwrap();
+    assert!(
+        *removed_at - frozen_at <= Duration::from_secs(10),
+        "{removed_at:?} {frozen_at:?}"
+    );
+}
+
+/// asap.md §6.5, security.md T13: three reports from distinct pool users make the
+/// registrar probe the PE; a live PE stays, a dead one goes. Repeated reports from one
+/// pool user count once.
+#[test]
+fn unreachability_reports_trigger_a_probe() {
+    let mut sim = Sim::new(7);
+    let r = add_registrar(&mut sim, 0x11);
+    let (live, live_id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 300);
+    let (silent, silent_id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 300);
+    let pus: Vec<NodeId> = (0..3)
+        .map(|_| add_pu(&mut sim, &[r], TimerProfile::Rsplib))
+        .collect();
+    sim.run_for(Duration::from_millis(100));
+    for &pu in &pus {
+        resolve(&mut sim, pu, None); // brings the association up
+    }
+    sim.run_for(Duration::from_millis(100));
+    // One pool user reporting many times is not enough.
+    for _ in 0..5 {
+        sim.with(pus[0], |role, _| match role {
+            Role::Pu(pu) => pu.report_unreachable(pool(), silent_id),
+            _ => unreachable!(),
+        });
+    }
+    sim.freeze(silent);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        sim.registrar(r)
+            .handlespace()
+            .get(&key(silent_id))
+            .unwrap()
+            .unreachable_reports,
+        1
+    );
+    for &pu in &pus[1..] {
+        for id in [live_id, silent_id] {
+            sim.with(pu, |role, _| match role {
+                Role::Pu(pu) => pu.report_unreachable(pool(), id),
+                _ => unreachable!(),
+            });
+        }
+    }
+    sim.with(pus[0], |role, _| match role {
+        Role::Pu(pu) => pu.report_unreachable(pool(), live_id),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_secs(6));
+    assert_eq!(registered_ids(&sim, r), [live_id], "seed {}", sim.seed);
+    assert_eq!(
+        sim.registrar(r)
+            .handlespace()
+            .get(&key(live_id))
+            .unwrap()
+            .unreachable_reports,
+        0
+    );
+    let _ = live;
+}
+
+/// asap.md §5.8, §4.3: when the home registrar dies, the PE hunts another and
+/// re-registers with the same ID; a pool user fails over too.
+#[test]
+fn registrar_crash_fails_over_to_another_registrar() {
+    let mut sim = Sim::new(8);
+    let r1 = add_registrar(&mut sim, 0x11);
+    let r2 = add_registrar(&mut sim, 0x22);
+    let (pe, id) = add_pe(&mut sim, &[r1], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_millis(50));
+    assert_eq!(registered_ids(&sim, r1), [id]);
+    // The PE only knows r1 until now; give it r2 too by building it with both.
+    let (pe2, id2) = add_pe(&mut sim, &[r1, r2], Policy::RoundRobin, 30);
+    let pu = add_pu(&mut sim, &[r1, r2], TimerProfile::Rsplib);
+    sim.run_for(Duration::from_millis(50));
+    let home = if registered_ids(&sim, r1).contains(&id2) {
+        r1
+    } else {
+        r2
+    };
+    let other = if home == r1 { r2 } else { r1 };
+    sim.crash(home);
+    sim.run_for(Duration::from_secs(3));
+    assert!(
+        registered_ids(&sim, other).contains(&id2),
+        "seed {}",
+        sim.seed
+    );
+    assert!(
+        sim.events(pe2)
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Pe(PoolElementEvent::RegistrarLost)))
+    );
+    let request = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_secs(3));
+    let answer = resolution(&sim, pu, request).unwrap().unwrap();
+    assert!(answer.contains(&id2));
+    let _ = pe;
+}
+
+/// asap.md §5.2 step 6 and §6.1 step 3, with message loss: T2 and T1 retransmission
+/// and re-hunting still get the PE registered and the pool resolved.
+#[test]
+fn message_loss_is_survived_by_retransmission() {
+    for seed in 10..20 {
+        let mut sim = Sim::new(seed);
+        sim.loss = 0.3;
+        let r = add_registrar(&mut sim, 0x11);
+        let (_, id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 5);
+        let pu = add_pu(&mut sim, &[r], TimerProfile::Rfc);
+        sim.run_for(Duration::from_secs(60));
+        assert_eq!(registered_ids(&sim, r), [id], "seed {seed}");
+        let mut answered = false;
+        for _ in 0..5 {
+            let request = resolve(&mut sim, pu, None);
+            sim.run_for(Duration::from_secs(60));
+            if let Some(Ok(ids)) = resolution(&sim, pu, request) {
+                assert_eq!(ids, [id]);
+                answered = true;
+                break;
+            }
+        }
+        assert!(
+            answered,
+            "seed {seed}: no resolution in 5 tries despite retransmission"
+        );
+    }
+}
+
+/// asap.md §5.3 step 4, §5.2 step 5: a PE whose policy conflicts with the pool is
+/// refused with cause 0x0005 and told so.
+#[test]
+fn inconsistent_policy_is_refused() {
+    let mut sim = Sim::new(9);
+    let r = add_registrar(&mut sim, 0x11);
+    add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_millis(50));
+    let (pe, _) = add_pe(&mut sim, &[r], Policy::LeastUsed { load: 0 }, 30);
+    sim.run_for(Duration::from_millis(50));
+    assert!(sim.events(pe).iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::Pe(PoolElementEvent::RegistrationRefused {
+            cause: Some(CauseCode::INCONSISTENT_POOLING_POLICY),
+            retrying: false,
+            ..
+        })
+    )));
+    assert_eq!(registered_ids(&sim, r).len(), 1);
+}
+
+/// security.md T3: a PE that advertises an address its association does not have is
+/// refused (the address check of asap.md §5.3 step 3).
+#[test]
+fn foreign_user_addresses_are_refused() {
+    let mut sim = Sim::new(10);
+    let r = add_registrar(&mut sim, 0x11);
+    let config = PoolElementConfig::new(TimerProfile::Rsplib, hunt(&[r]));
+    let n = sim.add(Role::Pe(PoolElementEngine::new(config, 1)));
+    let spec = PoolElementSpec {
+        pool_handle: pool(),
+        id: None,
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+            port: 7000,
+            addresses: vec!["192.0.2.99".parse().unwrap()],
+        },
+        policy: Policy::RoundRobin,
+        reregistration_interval: Duration::from_secs(30),
+        registration_life: None,
+    };
+    sim.with(n, |role, now| match role {
+        Role::Pe(pe) => pe.register(spec, now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_millis(50));
+    assert!(registered_ids(&sim, r).is_empty());
+    assert!(sim.events(n).iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::Pe(PoolElementEvent::RegistrationRefused {
+            cause: Some(CauseCode::INVALID_VALUES),
+            ..
+        })
+    )));
+}
+
+/// asap.md §4.1, §4.3: a PE without static registrars finds one by its announces.
+#[test]
+fn announces_lead_to_a_registrar() {
+    let mut sim = Sim::new(11);
+    let config = RegistrarConfig {
+        id: Some(RegistrarId(0x33)),
+        asap_transports: vec![
+            rserpool_proto::engine::TransportKind::Tcp
+                .transport_parameter(vec![Sim::address_of(0)], sim::ASAP_PORT),
+        ],
+        ..RegistrarConfig::default()
+    };
+    let r = sim.add(Role::Registrar(RegistrarEngine::new(config, 1, sim.now)));
+    let (_, id) = add_pe(&mut sim, &[], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(registered_ids(&sim, r), [id]);
+}
+
+/// A pool user with no reachable registrar fails its request after one hunt round
+/// instead of hanging (asap.md §4.3 step 5).
+#[test]
+fn no_registrar_fails_the_request() {
+    let mut sim = Sim::new(12);
+    let r = add_registrar(&mut sim, 0x11);
+    sim.crash(r);
+    let pu = add_pu(&mut sim, &[r], TimerProfile::Rsplib);
+    let request = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(
+        resolution(&sim, pu, request),
+        Some(Err(ResolveError::NoRegistrar))
+    );
+}
+
+/// asap.md §5.6: a keep-alive with the H flag on a new association makes its sender
+/// the PE's home; the acknowledgement goes back on that association. Driven by hand,
+/// as a registrar that took the PE over would.
+#[test]
+fn home_flag_moves_the_pe_to_a_new_registrar() {
+    use rserpool_proto::engine::{AssocId, Output, PeerInfo, TransportKind};
+    use rserpool_proto::wire::{AsapMessage, EndpointKeepAlive, Protocol};
+    let t0 = Instant::now();
+    let registrar = Sim::registrar_endpoint(0);
+    let mut pe = PoolElementEngine::new(
+        PoolElementConfig::new(
+            TimerProfile::Rsplib,
+            HuntConfig::new(vec![registrar.clone()], Duration::from_secs(2)),
+        ),
+        7,
+    );
+    let spec = PoolElementSpec {
+        pool_handle: pool(),
+        id: Some(PoolElementId(0x1a2b_3c4d)),
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+            port: 7000,
+            addresses: vec![Sim::address_of(1)],
+        },
+        policy: Policy::RoundRobin,
+        reregistration_interval: Duration::from_secs(30),
+        registration_life: None,
+    };
+    let id = pe.register(spec, t0);
+    let mut outputs = Vec::new();
+    let drain = |pe: &mut PoolElementEngine, outputs: &mut Vec<Output<PoolElementEvent>>| loop {
+        match pe.poll_output() {
+            Output::Timeout(_) => break,
+            other => outputs.push(other),
+        }
+    };
+    drain(&mut pe, &mut outputs);
+    let Some(Output::Connect { assoc: home, .. }) = outputs.first().cloned() else {
+        panic!("expected a connect: {outputs:?}")
+    };
+    let peer = |port| PeerInfo {
+        transport: TransportKind::Tcp,
+        addresses: vec![Sim::address_of(0)],
+        port,
+        protocol: Protocol::Asap,
+        rtt: None,
+    };
+    pe.handle_association_up(home, peer(3863), t0);
+    drain(&mut pe, &mut outputs);
+    // A second registrar opens an association to the PE and claims it.
+    let newcomer = AssocId(1);
+    pe.handle_association_up(newcomer, peer(40_000), t0);
+    let keep_alive = AsapMessage::EndpointKeepAlive(EndpointKeepAlive {
+        home: true,
+        server_id: RegistrarId(0x99),
+        pool_handle: pool(),
+        pe_id: Some(id),
+    });
+    outputs.clear();
+    pe.handle_message(newcomer, Protocol::Asap, &keep_alive.encode().unwrap(), t0);
+    drain(&mut pe, &mut outputs);
+    assert!(
+        outputs.contains(&Output::Close { assoc: home }),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs.contains(&Output::Event(PoolElementEvent::HomeRegistrarChanged {
+            registrar: RegistrarId(0x99)
+        }))
+    );
+    let ack = outputs.iter().find_map(|o| match o {
+        Output::Transmit { assoc, payload, .. } => {
+            Some((*assoc, AsapMessage::decode(payload).unwrap().message))
+        }
+        _ => None,
+    });
+    assert!(
+        matches!(ack, Some((a, AsapMessage::EndpointKeepAliveAck(r))) if a == newcomer && r.pe_id == id)
+    );
+    assert_eq!(pe.home_registrar(), Some(RegistrarId(0x99)));
+}
+
+/// The same seed gives the same run (ARCHITECTURE.md §2).
+#[test]
+fn runs_are_deterministic() {
+    let run = |seed| {
+        let mut sim = Sim::new(seed);
+        sim.loss = 0.2;
+        let r = add_registrar(&mut sim, 0x11);
+        for _ in 0..4 {
+            add_pe(&mut sim, &[r], Policy::WeightedRandom { weight: 3 }, 3);
+        }
+        let pu = add_pu(&mut sim, &[r], TimerProfile::Rfc);
+        sim.run_for(Duration::from_secs(5));
+        let requests: Vec<RequestId> = (0..10).map(|_| resolve(&mut sim, pu, None)).collect();
+        sim.run_for(Duration::from_secs(60));
+        requests
+            .iter()
+            .map(|q| resolution(&sim, pu, *q))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(21), run(21));
+}
