@@ -1,6 +1,9 @@
 //! The command line (clap derive). Only subcommands that are built are listed.
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// rserpool: Reliable Server Pooling (RFC 5351-5356) in Rust.
 #[derive(Debug, Parser)]
@@ -12,12 +15,145 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run a registrar (ENRP server): PEs register with it, pool users resolve at it.
+    Registrar(RegistrarArgs),
+    /// Register an existing TCP/HTTP service as a pool element, health-checked.
+    Pe(PeArgs),
+    /// Resolve a pool handle at a registrar and print its pool elements.
+    Resolve(ResolveArgs),
+    /// Print a registrar's handlespace (like rsplib's hsdump).
+    Dump(DumpArgs),
     /// Decode one ASAP or ENRP message given as hex, and print it.
     Decode(DecodeArgs),
 }
 
-/// Arguments of `rserpool decode`.
-#[derive(Debug, clap::Args)]
+/// Logging options shared by the long-running roles.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LogArgs {
+    /// Log filter (overrides the file's log.level), e.g. `debug` or `rserpool=debug`.
+    #[arg(long, env = "RSERPOOL_LOG")]
+    pub(crate) log_level: Option<String>,
+    /// Log format (overrides log.format).
+    #[arg(long, value_enum)]
+    pub(crate) log_format: Option<LogFormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum ProfileArg {
+    /// RFC 5352/5353 timers.
+    Rfc,
+    /// rsplib's faster timers (for mixing with rsplib peers).
+    Rsplib,
+}
+
+/// `rserpool registrar`.
+#[derive(Debug, Args)]
+pub(crate) struct RegistrarArgs {
+    /// YAML configuration (section `registrar`); flags override it.
+    #[arg(long, short, env = "RSERPOOL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// ASAP listening address (default 0.0.0.0:3863).
+    #[arg(long)]
+    pub(crate) asap: Option<SocketAddr>,
+    /// ENRP listening address (default 0.0.0.0:9901).
+    #[arg(long)]
+    pub(crate) enrp: Option<SocketAddr>,
+    /// Registrar ID (0x... or decimal; random by default).
+    #[arg(long)]
+    pub(crate) id: Option<String>,
+    /// Timer profile.
+    #[arg(long, value_enum)]
+    pub(crate) profile: Option<ProfileArg>,
+    /// Announce group GROUP:PORT, or `off` (default 239.0.0.50:3863 on the ASAP
+    /// address's interface).
+    #[arg(long)]
+    pub(crate) announce: Option<String>,
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+}
+
+/// `rserpool pe`.
+#[derive(Debug, Args)]
+pub(crate) struct PeArgs {
+    /// YAML configuration (section `pe`); with --pool/--backend, one more service.
+    #[arg(long, short, env = "RSERPOOL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// The pool handle to register into.
+    #[arg(long, requires = "backend")]
+    pub(crate) pool: Option<String>,
+    /// The service's address (a concrete IP, which pool users will connect to).
+    #[arg(long, requires = "pool")]
+    pub(crate) backend: Option<SocketAddr>,
+    /// Policy in rsplib's syntax: RoundRobin, WeightedRoundRobin:3,
+    /// LeastUsedDegradation:0.1, Priority:5, ...
+    #[arg(long, default_value = "RoundRobin")]
+    pub(crate) policy: String,
+    /// A registrar's ASAP address (repeatable; default 127.0.0.1:3863).
+    #[arg(long = "registrar")]
+    pub(crate) registrars: Vec<SocketAddr>,
+    /// Health check: tcp, http:/PATH or none.
+    #[arg(long, default_value = "tcp")]
+    pub(crate) health: String,
+    /// Time between health checks.
+    #[arg(long, default_value = "2s")]
+    pub(crate) health_interval: String,
+    /// Time between re-registrations (registration life is 3 times this).
+    #[arg(long, default_value = "30s")]
+    pub(crate) reregistration_interval: String,
+    /// The agent's ASAP endpoint, where registrars reach it (default 0.0.0.0:0).
+    #[arg(long)]
+    pub(crate) asap: Option<SocketAddr>,
+    /// Timer profile.
+    #[arg(long, value_enum)]
+    pub(crate) profile: Option<ProfileArg>,
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+}
+
+/// `rserpool resolve`.
+#[derive(Debug, Args)]
+pub(crate) struct ResolveArgs {
+    /// The pool handle.
+    pub(crate) pool_handle: String,
+    /// A registrar's ASAP address (repeatable; default 127.0.0.1:3863).
+    #[arg(long = "registrar")]
+    pub(crate) registrars: Vec<SocketAddr>,
+    /// How many pool elements to ask for (default: the registrar's choice).
+    #[arg(long)]
+    pub(crate) count: Option<u32>,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Give up after this long.
+    #[arg(long, default_value = "10s")]
+    pub(crate) timeout: String,
+    /// YAML configuration (section `pool_user`).
+    #[arg(long, short, env = "RSERPOOL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// `rserpool dump`.
+#[derive(Debug, Args)]
+pub(crate) struct DumpArgs {
+    /// The registrar's ENRP address (default 127.0.0.1:9901).
+    #[arg(long = "registrar", default_value = "127.0.0.1:9901")]
+    pub(crate) registrar: SocketAddr,
+    /// Print JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Give up after this long.
+    #[arg(long, default_value = "10s")]
+    pub(crate) timeout: String,
+}
+
+/// `rserpool decode`.
+#[derive(Debug, Args)]
 pub(crate) struct DecodeArgs {
     /// Which protocol the bytes are (ASAP and ENRP reuse message type numbers).
     #[arg(long, value_enum)]

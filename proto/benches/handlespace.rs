@@ -5,7 +5,12 @@
 //! the heap bytes held after 200 000 PEs are inserted (counted by a wrapping global
 //! allocator), divided by 200 000, plus 16 bytes of malloc bookkeeping per allocation.
 
-#![allow(clippy::unwrap_used, missing_docs, reason = "benchmark code")]
+#![allow(
+    clippy::unwrap_used,
+    missing_docs,
+    clippy::disallowed_methods,
+    reason = "benchmark code; a real clock for test deadlines and measurements"
+)]
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};

@@ -47,6 +47,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::disallowed_methods, reason = "any instant serves as the epoch")]
     fn bursts_then_refills_at_the_rate() {
         let t0 = Instant::now();
         let mut bucket = TokenBucket::new(10);

@@ -3,7 +3,12 @@
 //! handle resolution, unreachability reports, server hunt and failover, with message
 //! loss, registrar crashes and PE crashes.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "test code; a real clock for test deadlines and measurements"
+)]
 
 mod sim;
 

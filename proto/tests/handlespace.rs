@@ -1,7 +1,12 @@
 //! The handlespace (../shared/spec/asap.md §5-6, enrp.md §5, policies.md §6): pool
 //! consistency, bounds, indexes, ownership and checksums.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "test code; a real clock for test deadlines and measurements"
+)]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};

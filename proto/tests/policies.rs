@@ -1,7 +1,12 @@
 //! Pool member selection policies (../shared/spec/policies.md), exercised through the
 //! handlespace's selection as the registrar and the pool user use it.
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "test code; a real clock for test deadlines and measurements"
+)]
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};

@@ -433,6 +433,11 @@ impl Handlespace {
         }
     }
 
+    /// Changes the bounds; they apply to later additions (nothing is evicted).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
     /// The bounds in force.
     pub fn limits(&self) -> Limits {
         self.limits

@@ -27,6 +27,7 @@
 //!   from PEs, accumulated by registrars over ENRP). The selection arithmetic is rsplib's.
 
 mod fenwick;
+pub mod spec;
 
 pub(crate) use fenwick::Fenwick;
 

@@ -157,6 +157,21 @@ impl RegistrarEngine {
         &self.config
     }
 
+    /// Applies new tunables (timers, thresholds, limits) from a configuration reload.
+    /// The ID and the endpoints stay: they cannot change while the registrar runs.
+    pub fn reconfigure(&mut self, mut config: RegistrarConfig, now: Instant) {
+        config.id = Some(self.id);
+        config.asap_transports = std::mem::take(&mut self.config.asap_transports);
+        config.enrp_transport = self.config.enrp_transport.take();
+        self.next_announce = match (config.announce_interval, self.next_announce) {
+            (None, _) => None,
+            (Some(_), None) => Some(now),
+            (Some(_), at) => at,
+        };
+        self.handlespace.set_limits(config.limits);
+        self.config = config;
+    }
+
     /// Sets where this registrar accepts ASAP and ENRP associations (known once the
     /// driver has bound its sockets); announces carry the ASAP endpoints.
     pub fn set_endpoints(

@@ -6,6 +6,10 @@
 //! Every random choice draws from one seed; tests print it so a failure reproduces.
 
 #![allow(
+    clippy::disallowed_methods,
+    reason = "a real clock for test deadlines and measurements"
+)]
+#![allow(
     dead_code,
     unreachable_pub,
     reason = "each test binary uses part of the simulator"

@@ -1,0 +1,573 @@
+//! The configuration file: YAML, strict (an unknown key is an error naming its path),
+//! validated once into typed settings. This is the only module that names the YAML
+//! crate. Every key has a default, so an empty file (or none) is a working setup, and
+//! command-line flags override the file.
+//!
+//! Durations are written with a unit: `250ms`, `5s`, `2m`, `1h`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use rserpool_proto::engine::TimerProfile;
+use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
+use serde::{Deserialize, Deserializer};
+
+/// A configuration that cannot be used; the process exits with status 64.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConfigError {
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {key}: {reason}")]
+    Parse {
+        path: String,
+        key: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole file: one optional section per role.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConfigFile {
+    pub(crate) log: LogConfig,
+    pub(crate) registrar: RegistrarSection,
+    pub(crate) pe: PeSection,
+    pub(crate) pool_user: PoolUserSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `rserpool=debug,warn`, ...
+    pub(crate) level: String,
+    pub(crate) format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The timer profile, as written in the file.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Profile {
+    #[default]
+    Rfc,
+    Rsplib,
+}
+
+impl From<Profile> for TimerProfile {
+    fn from(profile: Profile) -> Self {
+        match profile {
+            Profile::Rfc => Self::Rfc,
+            Profile::Rsplib => Self::Rsplib,
+        }
+    }
+}
+
+/// A multicast channel: `off`, or `GROUP:PORT` (IPv4), optionally with the interface
+/// address to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Multicast {
+    Off,
+    Group(SocketAddrV4),
+}
+
+impl<'de> Deserialize<'de> for Multicast {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_multicast(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) fn parse_multicast(text: &str) -> Result<Multicast, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Multicast::Off);
+    }
+    let group: SocketAddrV4 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is neither `off` nor an IPv4 GROUP:PORT"))?;
+    if !group.ip().is_multicast() {
+        return Err(format!("{} is not a multicast address", group.ip()));
+    }
+    Ok(Multicast::Group(group))
+}
+
+/// ASAP announces (registrar side: sent; PE and pool user side: listened to).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AnnounceConfig {
+    pub(crate) group: Multicast,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) interval: Duration,
+    pub(crate) ttl: u32,
+    /// The interface address for multicast; by default the address the ASAP socket is
+    /// bound to. Announces are off when that is a wildcard and no interface is given,
+    /// so that nothing leaves through an unintended interface.
+    pub(crate) interface: Option<Ipv4Addr>,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        Self {
+            group: Multicast::Group(SocketAddrV4::new(Ipv4Addr::new(239, 0, 0, 50), 3863)),
+            interval: Duration::from_secs(1),
+            ttl: 30,
+            interface: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsConfig {
+    pub(crate) max_pools: usize,
+    pub(crate) max_pool_elements_per_pool: usize,
+    pub(crate) max_pool_elements: usize,
+    pub(crate) max_addresses_per_pool_element: usize,
+    pub(crate) max_pool_elements_per_association: usize,
+    /// Per association and second; absent: unlimited.
+    pub(crate) max_handle_resolutions_per_second: Option<u32>,
+    pub(crate) max_unreachable_reports_per_second: Option<u32>,
+    pub(crate) max_malformed_messages: u32,
+    /// Open ASAP and ENRP connections; more are closed at once.
+    pub(crate) max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let engine = rserpool_proto::registrar::RegistrarConfig::default();
+        Self {
+            max_pools: engine.limits.max_pools,
+            max_pool_elements_per_pool: engine.limits.max_pool_elements_per_pool,
+            max_pool_elements: engine.limits.max_pool_elements,
+            max_addresses_per_pool_element: engine.limits.max_addresses_per_pool_element,
+            max_pool_elements_per_association: engine.max_pool_elements_per_association,
+            max_handle_resolutions_per_second: None,
+            max_unreachable_reports_per_second: None,
+            max_malformed_messages: engine.max_malformed_messages,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RegistrarSection {
+    /// The registrar ID (`0x...` or decimal); random when absent.
+    #[serde(deserialize_with = "optional_id")]
+    pub(crate) id: Option<RegistrarId>,
+    pub(crate) profile: Profile,
+    /// Where ASAP associations are accepted (TCP mapping).
+    pub(crate) asap: SocketAddr,
+    /// Where ENRP associations are accepted (TCP mapping).
+    pub(crate) enrp: SocketAddr,
+    pub(crate) announce: AnnounceConfig,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) keepalive_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) keepalive_timeout: Duration,
+    pub(crate) max_bad_pe_reports: u32,
+    pub(crate) default_items: u32,
+    pub(crate) max_items: u32,
+    pub(crate) verify_addresses: bool,
+    pub(crate) handle_table_page_size: usize,
+    pub(crate) limits: LimitsConfig,
+}
+
+impl Default for RegistrarSection {
+    fn default() -> Self {
+        let engine = rserpool_proto::registrar::RegistrarConfig::default();
+        Self {
+            id: None,
+            profile: Profile::Rfc,
+            asap: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3863)),
+            enrp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9901)),
+            announce: AnnounceConfig::default(),
+            keepalive_interval: engine.keepalive_interval,
+            keepalive_timeout: engine.keepalive_timeout,
+            max_bad_pe_reports: engine.max_bad_pe_reports,
+            default_items: engine.default_items,
+            max_items: engine.max_items,
+            verify_addresses: engine.verify_addresses,
+            handle_table_page_size: engine.handle_table_page_size,
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+/// How the `pe` agent checks its backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HealthCheck {
+    /// Always healthy.
+    None,
+    /// A TCP connect succeeds.
+    Tcp,
+    /// An HTTP GET of the path answers 2xx or 3xx.
+    Http(String),
+}
+
+impl<'de> Deserialize<'de> for HealthCheck {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_health(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) fn parse_health(text: &str) -> Result<HealthCheck, String> {
+    match text {
+        "none" => Ok(HealthCheck::None),
+        "tcp" => Ok(HealthCheck::Tcp),
+        _ => match text.strip_prefix("http:") {
+            Some(path) if path.starts_with('/') => Ok(HealthCheck::Http(path.to_owned())),
+            _ => Err(format!(
+                "health check {text:?}: use tcp, http:/PATH or none"
+            )),
+        },
+    }
+}
+
+/// One backend the `pe` agent registers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceConfig {
+    #[serde(deserialize_with = "pool_handle")]
+    pub(crate) pool: PoolHandle,
+    pub(crate) backend: SocketAddr,
+    #[serde(default = "round_robin", deserialize_with = "policy")]
+    pub(crate) policy: Policy,
+    #[serde(default = "tcp_check")]
+    pub(crate) health: HealthCheck,
+    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    pub(crate) health_interval: Duration,
+    #[serde(default = "one_second", deserialize_with = "duration")]
+    pub(crate) health_timeout: Duration,
+    /// Failed checks in a row before the PE is deregistered.
+    #[serde(default = "one")]
+    pub(crate) fall: u32,
+    /// Passed checks in a row before it registers again.
+    #[serde(default = "one")]
+    pub(crate) rise: u32,
+    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+    pub(crate) reregistration_interval: Duration,
+}
+
+fn round_robin() -> Policy {
+    Policy::RoundRobin
+}
+fn tcp_check() -> HealthCheck {
+    HealthCheck::Tcp
+}
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PeSection {
+    /// Registrars' ASAP addresses.
+    pub(crate) registrars: Vec<SocketAddr>,
+    pub(crate) profile: Profile,
+    /// The agent's own ASAP endpoint (registrars reach it after a takeover); port 0
+    /// picks a free port.
+    pub(crate) asap: SocketAddr,
+    /// Listen for registrar announces on this group (`off` for static registrars only).
+    pub(crate) announce: Multicast,
+    /// The interface address to listen for announces on (required with a group).
+    pub(crate) announce_interface: Option<Ipv4Addr>,
+    pub(crate) services: Vec<ServiceConfig>,
+}
+
+impl Default for PeSection {
+    fn default() -> Self {
+        Self {
+            registrars: Vec::new(),
+            profile: Profile::Rfc,
+            asap: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            announce: Multicast::Off,
+            announce_interface: None,
+            services: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PoolUserSection {
+    pub(crate) registrars: Vec<SocketAddr>,
+    pub(crate) profile: Profile,
+    pub(crate) announce: Multicast,
+    /// The interface address to listen for announces on (required with a group).
+    pub(crate) announce_interface: Option<Ipv4Addr>,
+    /// How long a resolution may be answered from the cache (0s: ask every time).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) stale_cache: Duration,
+}
+
+impl Default for PoolUserSection {
+    fn default() -> Self {
+        Self {
+            registrars: Vec::new(),
+            profile: Profile::Rfc,
+            announce: Multicast::Off,
+            announce_interface: None,
+            stale_cache: Duration::ZERO,
+        }
+    }
+}
+
+/// Parses a duration with a unit: `250ms`, `5s`, `1.5s`, `2m`, `1h`.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (e.g. 250ms, 5s, 2m)"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "" => return Err(format!("{text:?} needs a unit: ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?} (use ms, s, m or h)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn policy<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Policy, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    rserpool_proto::policy::spec::parse(&text).map_err(serde::de::Error::custom)
+}
+
+fn pool_handle<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PoolHandle, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    PoolHandle::new(text.as_bytes()).map_err(serde::de::Error::custom)
+}
+
+/// Parses a registrar ID: `0x` and hex, or decimal; never 0.
+pub(crate) fn parse_id(text: &str) -> Result<RegistrarId, String> {
+    let value = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .map_err(|_| format!("{text:?} is not a 32-bit ID (hex with 0x, or decimal)"))?;
+    if value == 0 {
+        return Err("a registrar ID cannot be 0 (0 means unknown)".into());
+    }
+    Ok(RegistrarId(value))
+}
+
+fn optional_id<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<RegistrarId>, D::Error> {
+    let value = serde_json_like::IdValue::deserialize(deserializer)?;
+    let text = match value {
+        serde_json_like::IdValue::Number(n) => n.to_string(),
+        serde_json_like::IdValue::Text(t) => t,
+    };
+    parse_id(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+mod serde_json_like {
+    /// An ID written as a YAML number or a string (`0x11223344`).
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum IdValue {
+        Number(u64),
+        Text(String),
+    }
+}
+
+/// Reads and validates a configuration file.
+pub(crate) fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.display().to_string(),
+        error,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses configuration text; `origin` names it in errors.
+pub(crate) fn parse(text: &str, origin: &str) -> Result<ConfigFile, ConfigError> {
+    let mut failed_at = None;
+    let result = serde_saphyr::with_deserializer_from_str(text, |deserializer| {
+        let mut track = serde_path_to_error::Track::new();
+        let result = ConfigFile::deserialize(serde_path_to_error::Deserializer::new(
+            deserializer,
+            &mut track,
+        ));
+        if result.is_err() {
+            failed_at = Some(track.path().to_string());
+        }
+        result
+    });
+    let config = result.map_err(|error| {
+        // The library's message spans several lines (a source snippet); keep the first.
+        let message = error.to_string();
+        let first = message.lines().next().unwrap_or_default();
+        ConfigError::Parse {
+            path: origin.to_owned(),
+            key: failed_at.unwrap_or_else(|| ".".into()),
+            reason: first.trim_start_matches("error: ").to_owned(),
+        }
+    })?;
+    validate(&config)?;
+    Ok(config)
+}
+
+fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
+    tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .map_err(|e| ConfigError::Invalid(format!("log.level {:?}: {e}", config.log.level)))?;
+    let r = &config.registrar;
+    if r.keepalive_interval.is_zero() || r.keepalive_timeout.is_zero() {
+        return Err(ConfigError::Invalid(
+            "registrar.keepalive_interval and keepalive_timeout must be above 0".into(),
+        ));
+    }
+    if r.max_items == 0 || r.default_items == 0 || r.handle_table_page_size == 0 {
+        return Err(ConfigError::Invalid(
+            "registrar.default_items, max_items and handle_table_page_size must be above 0".into(),
+        ));
+    }
+    for (section, group, interface) in [
+        ("pe", &config.pe.announce, config.pe.announce_interface),
+        (
+            "pool_user",
+            &config.pool_user.announce,
+            config.pool_user.announce_interface,
+        ),
+    ] {
+        if matches!(group, Multicast::Group(_)) && interface.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "{section}.announce needs {section}.announce_interface (the address of the interface to listen on)"
+            )));
+        }
+    }
+    for (i, service) in config.pe.services.iter().enumerate() {
+        if service.backend.port() == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "pe.services[{i}].backend needs a port"
+            )));
+        }
+        if service.fall == 0 || service.rise == 0 || service.health_interval.is_zero() {
+            return Err(ConfigError::Invalid(format!(
+                "pe.services[{i}]: fall, rise and health_interval must be above 0"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The address a multicast channel should use, given the socket's bind address.
+pub(crate) fn multicast_interface(bind: IpAddr, configured: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    configured.or(match bind {
+        IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every example in config/ parses (ARCHITECTURE.md house style 11).
+    #[test]
+    fn every_example_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                if let Err(error) = load(&path) {
+                    panic!("{error}");
+                }
+                count += 1;
+            }
+        }
+        assert!(count >= 4, "examples found: {count}");
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_name_their_path() {
+        let error = parse("registrar:\n  limits:\n    max_pol: 3\n", "test.yaml").unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with(
+                "test.yaml: registrar.limits.max_pol: line 3 column 5: unknown field `max_pol`"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "one line: {text}");
+        let error = parse(
+            "pe:\n  services:\n    - pool: P\n      backend: 127.0.0.1:80\n      helth: tcp\n",
+            "x",
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("pe.services[0].helth"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn values_are_validated() {
+        assert!(parse("registrar:\n  keepalive_interval: 5\n", "x").is_err());
+        assert!(parse("registrar:\n  announce:\n    group: 10.0.0.1:3863\n", "x").is_err());
+        assert!(parse("registrar:\n  id: 0\n", "x").is_err());
+        assert!(parse("log:\n  level: \"rserpool=loud\"\n", "x").is_err());
+        let config = parse(
+            "registrar:\n  id: 0x11223344\n  announce:\n    group: \"off\"\n",
+            "x",
+        )
+        .unwrap_or_default();
+        assert_eq!(config.registrar.id, Some(RegistrarId(0x1122_3344)));
+        assert_eq!(config.registrar.announce.group, Multicast::Off);
+        assert_eq!(parse("", "x").unwrap_or_default(), ConfigFile::default());
+    }
+}

@@ -1,0 +1,146 @@
+//! The one event loop that runs any protocol engine (ARCHITECTURE.md §2): it feeds the
+//! engine carrier events, timer expiries and role commands, each with the time, and
+//! after every mutation drains the engine's outputs into the transports.
+//!
+//! Time is tokio's, so a paused tokio clock reaches every engine timer. Role commands
+//! are closures run on the driver's task: a command and the events it causes are
+//! ordered without locks.
+
+use std::time::Instant;
+
+use rserpool_proto::engine::{Engine, Output};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::transport::{EngineInput, Incoming, Transports};
+
+/// A role command: runs on the driver's task with the engine and the current time.
+pub(crate) type Command<E> = Box<dyn FnOnce(&mut E, Instant) + Send>;
+
+/// The current time as the engines see it.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Commands queued for one driver before senders wait.
+pub(crate) const COMMAND_QUEUE: usize = 1024;
+
+/// Runs `engine` until `shutdown`, reporting its events to `sink`.
+pub(crate) async fn run<E, S>(
+    mut engine: E,
+    mut transports: Transports,
+    mut incoming: mpsc::Receiver<Incoming>,
+    mut commands: mpsc::Receiver<Command<E>>,
+    mut sink: S,
+    shutdown: CancellationToken,
+) where
+    E: Engine,
+    S: FnMut(E::Event),
+{
+    let mut deadline = drain(&mut engine, &mut transports, &mut sink);
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(command) = commands.recv() => command(&mut engine, now()),
+            Some(event) = incoming.recv() => {
+                if let Some(input) = transports.accept(event) {
+                    feed(&mut engine, input);
+                }
+            }
+            () = sleep => engine.handle_timeout(now()),
+        }
+        deadline = drain(&mut engine, &mut transports, &mut sink);
+    }
+    transports.close_all();
+}
+
+fn feed<E: Engine>(engine: &mut E, input: EngineInput) {
+    let now = now();
+    match input {
+        EngineInput::Up { assoc, peer } => engine.handle_association_up(assoc, peer, now),
+        EngineInput::Down { assoc } => engine.handle_association_down(assoc, now),
+        EngineInput::Message {
+            assoc,
+            protocol,
+            payload,
+        } => engine.handle_message(assoc, protocol, &payload, now),
+        EngineInput::Datagram {
+            from,
+            protocol,
+            payload,
+        } => engine.handle_datagram(from, protocol, &payload, now),
+    }
+}
+
+/// Performs the engine's outputs until it says when to call back. Associations whose
+/// send queue overflowed are reported down (and the outputs that causes drained too).
+fn drain<E: Engine>(
+    engine: &mut E,
+    transports: &mut Transports,
+    sink: &mut impl FnMut(E::Event),
+) -> Option<Instant> {
+    loop {
+        let mut stuck = Vec::new();
+        let deadline = loop {
+            match engine.poll_output() {
+                Output::Transmit { assoc, payload, .. } => {
+                    if let Err(assoc) = transports.send(assoc, payload) {
+                        stuck.push(assoc);
+                    }
+                }
+                Output::Datagram { protocol, payload } => transports.datagram(protocol, &payload),
+                Output::Connect {
+                    assoc,
+                    to,
+                    protocol,
+                } => transports.connect(assoc, to, protocol),
+                Output::Close { assoc } => transports.close(assoc),
+                Output::Event(event) => sink(event),
+                Output::Timeout(deadline) => break deadline,
+            }
+        };
+        if stuck.is_empty() {
+            return deadline;
+        }
+        for assoc in stuck {
+            engine.handle_association_down(assoc, now());
+        }
+    }
+}
+
+/// A running engine's command queue.
+#[derive(Debug)]
+pub(crate) struct Handle<E> {
+    commands: mpsc::Sender<Command<E>>,
+}
+
+impl<E> Clone for Handle<E> {
+    fn clone(&self) -> Self {
+        Self {
+            commands: self.commands.clone(),
+        }
+    }
+}
+
+impl<E: Engine + 'static> Handle<E> {
+    /// A queue and its receiving end, for [`run`].
+    pub(crate) fn new() -> (Self, mpsc::Receiver<Command<E>>) {
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        (Self { commands }, receiver)
+    }
+
+    /// Runs a command on the engine; false if the driver has stopped.
+    pub(crate) async fn command(
+        &self,
+        command: impl FnOnce(&mut E, Instant) + Send + 'static,
+    ) -> bool {
+        self.commands.send(Box::new(command)).await.is_ok()
+    }
+}

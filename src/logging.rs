@@ -1,0 +1,39 @@
+//! Structured logs (tracing): text or JSON lines on standard error, with a filter that a
+//! configuration reload can change at runtime.
+
+use std::io::IsTerminal as _;
+
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
+
+use crate::config::LogFormat;
+
+/// Changes the log filter of the running process.
+#[derive(Debug, Clone)]
+pub(crate) struct Logging {
+    filter: reload::Handle<EnvFilter, Registry>,
+}
+
+impl Logging {
+    /// Installs the global subscriber. Called once per process.
+    pub(crate) fn init(level: &str, format: LogFormat) -> Result<Self, String> {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))?;
+        let (filter, handle) = reload::Layer::new(filter);
+        let json = format == LogFormat::Json;
+        let ansi = std::io::stderr().is_terminal();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(json.then(|| fmt::layer().json().with_writer(std::io::stderr)))
+            .with((!json).then(|| fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)))
+            .try_init()
+            .map_err(|e| format!("cannot install the logger: {e}"))?;
+        Ok(Self { filter: handle })
+    }
+
+    /// Replaces the filter (configuration reload).
+    pub(crate) fn set_level(&self, level: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))?;
+        self.filter.reload(filter).map_err(|e| e.to_string())
+    }
+}

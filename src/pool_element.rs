@@ -1,0 +1,364 @@
+//! `rserpool pe`: registers existing TCP/HTTP services as pool elements (data only,
+//! transport TCP), health-checks them, deregisters a service while it is unhealthy and
+//! registers it again when it recovers. On SIGTERM/SIGINT every PE is deregistered
+//! before the agent exits.
+//!
+//! The agent listens on an ASAP endpoint of its own and opens its registrar
+//! associations from that port, so a registrar that takes the PEs over can reach it
+//! (asap.md §5.2 step 1).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rserpool_proto::engine::TransportKind;
+use rserpool_proto::hunt::HuntConfig;
+use rserpool_proto::pool_element::{
+    PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
+};
+use rserpool_proto::wire::{PoolElementId, Protocol, Transport, TransportProtocol, TransportUse};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::RunError;
+use crate::cli::PeArgs;
+use crate::config::{self, ConfigFile, HealthCheck, Multicast, ServiceConfig};
+use crate::driver::{self, Handle};
+use crate::logging::Logging;
+use crate::pool_user::endpoints;
+use crate::signals::{Request, Signals};
+use crate::transport::{IncomingIds, Transports, multicast, tcp};
+
+/// How long deregistration may take at shutdown.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+
+fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
+    let mut file = match &args.config {
+        Some(path) => config::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let section = &mut file.pe;
+    if let (Some(pool), Some(backend)) = (&args.pool, args.backend) {
+        let pool = rserpool_proto::wire::PoolHandle::new(pool.as_bytes())
+            .map_err(|e| RunError::Usage(format!("--pool {pool:?}: {e}")))?;
+        section.services.push(ServiceConfig {
+            pool,
+            backend,
+            policy: rserpool_proto::policy::spec::parse(&args.policy)
+                .map_err(|e| RunError::Usage(e.to_string()))?,
+            health: config::parse_health(&args.health).map_err(RunError::Usage)?,
+            health_interval: config::parse_duration(&args.health_interval)
+                .map_err(RunError::Usage)?,
+            health_timeout: Duration::from_secs(1),
+            fall: 1,
+            rise: 1,
+            reregistration_interval: config::parse_duration(&args.reregistration_interval)
+                .map_err(RunError::Usage)?,
+        });
+    }
+    if !args.registrars.is_empty() {
+        section.registrars = args.registrars.clone();
+    }
+    if section.registrars.is_empty() && section.announce == Multicast::Off {
+        section.registrars = vec![crate::DEFAULT_REGISTRAR];
+    }
+    if let Some(asap) = args.asap {
+        section.asap = asap;
+    }
+    if let Some(profile) = args.profile {
+        section.profile = crate::profile(profile);
+    }
+    crate::apply_log_args(&mut file.log, &args.log);
+    if file.pe.services.is_empty() {
+        return Err(RunError::Usage(
+            "nothing to register: give --pool and --backend, or pe.services in the configuration"
+                .into(),
+        ));
+    }
+    for service in &file.pe.services {
+        if service.backend.ip().is_unspecified() {
+            return Err(RunError::Usage(format!(
+                "backend {}: give the address pool users should connect to, not a wildcard",
+                service.backend
+            )));
+        }
+    }
+    Ok(file)
+}
+
+/// A health check's verdict.
+async fn check(service: &ServiceConfig) -> bool {
+    let probe = async {
+        match &service.health {
+            HealthCheck::None => true,
+            HealthCheck::Tcp => TcpStream::connect(service.backend).await.is_ok(),
+            HealthCheck::Http(path) => http_ok(service.backend, path).await,
+        }
+    };
+    tokio::time::timeout(service.health_timeout, probe)
+        .await
+        .unwrap_or(false)
+}
+
+/// An HTTP/1.0 GET answered with 2xx or 3xx.
+async fn http_ok(backend: SocketAddr, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(backend).await else {
+        return false;
+    };
+    let request = format!(
+        "GET {path} HTTP/1.0\r\nHost: {backend}\r\nUser-Agent: rserpool-pe\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let mut filled = 0;
+    while filled < 12 {
+        match stream
+            .read(head.get_mut(filled..).unwrap_or_default())
+            .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(count) => filled += count,
+        }
+    }
+    let line = String::from_utf8_lossy(head.get(..filled).unwrap_or_default());
+    let status = line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok());
+    status.is_some_and(|code| (200..400).contains(&code))
+}
+
+/// A change in a service's health, after `rise`/`fall` checks in a row.
+#[derive(Debug)]
+struct HealthChange {
+    service: usize,
+    healthy: bool,
+}
+
+async fn watch(
+    index: usize,
+    service: ServiceConfig,
+    changes: mpsc::Sender<HealthChange>,
+    shutdown: CancellationToken,
+) {
+    let mut healthy = false;
+    let mut streak = 0u32;
+    let mut ticker = tokio::time::interval(service.health_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let ok = check(&service).await;
+        if ok == healthy {
+            streak = 0;
+            continue;
+        }
+        streak += 1;
+        let needed = if ok { service.rise } else { service.fall };
+        if streak >= needed {
+            healthy = ok;
+            streak = 0;
+            if changes
+                .send(HealthChange {
+                    service: index,
+                    healthy,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+fn spec(service: &ServiceConfig, id: PoolElementId) -> PoolElementSpec {
+    PoolElementSpec {
+        pool_handle: service.pool,
+        id: Some(id),
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+            port: service.backend.port(),
+            addresses: vec![service.backend.ip()],
+        },
+        policy: service.policy.clone(),
+        reregistration_interval: service.reregistration_interval,
+        registration_life: None,
+    }
+}
+
+pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
+    let file = settings(&args)?;
+    let _logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
+    let section = file.pe.clone();
+    let shutdown = CancellationToken::new();
+    let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+    let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
+
+    let listener = tcp::bind(section.asap).map_err(|e| RunError::Bind(section.asap, e))?;
+    let asap = listener
+        .local_addr()
+        .map_err(|e| RunError::Bind(section.asap, e))?;
+    transports.asap_local = Some(asap);
+    tokio::spawn(tcp::accept_loop(
+        listener,
+        Protocol::Asap,
+        IncomingIds::default(),
+        incoming_tx.clone(),
+        64,
+        shutdown.clone(),
+    ));
+    if let (Multicast::Group(group), Some(interface)) =
+        (&section.announce, section.announce_interface)
+    {
+        let channel = multicast::Channel::open(
+            Protocol::Asap,
+            *group,
+            interface,
+            1,
+            incoming_tx,
+            shutdown.clone(),
+        )
+        .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
+        transports.add_multicast(Protocol::Asap, channel);
+    }
+
+    let mut hunt = HuntConfig::new(endpoints(&section.registrars), Duration::from_secs(5));
+    hunt.transport = TransportKind::Tcp;
+    let engine = PoolElementEngine::new(
+        PoolElementConfig::new(section.profile.into(), hunt),
+        crate::seed(),
+    );
+    let (events_tx, mut events) = mpsc::channel::<PoolElementEvent>(1024);
+    let (handle, commands) = Handle::<PoolElementEngine>::new();
+    let driver = tokio::spawn(driver::run(
+        engine,
+        transports,
+        incoming_rx,
+        commands,
+        move |event| {
+            if events_tx.try_send(event).is_err() {
+                tracing::warn!("event queue full: an event was dropped");
+            }
+        },
+        shutdown.clone(),
+    ));
+
+    let mut rng = rserpool_proto::SeededRng::new(crate::seed());
+    let ids: Vec<PoolElementId> = section
+        .services
+        .iter()
+        .map(|_| PoolElementId(rng.nonzero_u32()))
+        .collect();
+    let (changes_tx, mut changes) = mpsc::channel(64);
+    for (index, service) in section.services.iter().enumerate() {
+        tokio::spawn(watch(
+            index,
+            service.clone(),
+            changes_tx.clone(),
+            shutdown.clone(),
+        ));
+    }
+    let registrars: Vec<String> = section.registrars.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        role = "pe",
+        asap = %asap,
+        registrars = %registrars.join(","),
+        services = section.services.len(),
+        "ready"
+    );
+
+    let mut signals = Signals::install().map_err(RunError::Io)?;
+    loop {
+        tokio::select! {
+            request = signals.next() => match request {
+                Request::Stop => break,
+                Request::Reload => tracing::info!("SIGHUP: the pe agent has nothing to reload; restart it to change services"),
+            },
+            Some(change) = changes.recv() => {
+                let (Some(service), Some(&id)) = (section.services.get(change.service), ids.get(change.service)) else { continue };
+                let spec = spec(service, id);
+                if change.healthy {
+                    tracing::info!(pool = %service.pool, backend = %service.backend, pe = %id, "backend healthy: registering");
+                    handle.command(move |engine, now| { engine.register(spec, now); }).await;
+                } else {
+                    tracing::warn!(pool = %service.pool, backend = %service.backend, pe = %id, "backend unhealthy: deregistering");
+                    handle.command(move |engine, now| engine.deregister(id, now)).await;
+                }
+            }
+            Some(event) = events.recv() => log_event(&event),
+        }
+    }
+
+    // Graceful stop: deregister every PE, waiting for the answers up to a deadline.
+    tracing::info!("stopping: deregistering pool elements");
+    handle
+        .command(|engine, now| engine.deregister_all(now))
+        .await;
+    let deadline = tokio::time::sleep(SHUTDOWN_DEADLINE);
+    tokio::pin!(deadline);
+    let mut remaining = handle_count(&handle).await;
+    while remaining > 0 {
+        tokio::select! {
+            () = &mut deadline => {
+                tracing::warn!(remaining, "deregistration not confirmed in time; the registrations will expire");
+                break;
+            }
+            Some(event) = events.recv() => {
+                log_event(&event);
+                remaining = handle_count(&handle).await;
+            }
+        }
+    }
+    shutdown.cancel();
+    let _ = driver.await;
+    Ok(())
+}
+
+/// How many PEs the engine still holds.
+async fn handle_count(handle: &Handle<PoolElementEngine>) -> usize {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    handle
+        .command(move |engine, _| {
+            let _ = tx.send(engine.pool_elements().count());
+        })
+        .await;
+    rx.await.unwrap_or(0)
+}
+
+fn log_event(event: &PoolElementEvent) {
+    match event {
+        PoolElementEvent::Registered {
+            pool_handle,
+            pe_id,
+            registrar,
+        } => {
+            tracing::info!(pool = %pool_handle, pe = %pe_id, registrar = ?registrar, "registered");
+        }
+        PoolElementEvent::RegistrationRefused {
+            pool_handle,
+            pe_id,
+            cause,
+            retrying,
+        } => {
+            tracing::error!(pool = %pool_handle, pe = %pe_id, cause = ?cause, retrying, "registration refused");
+        }
+        PoolElementEvent::Deregistered {
+            pool_handle,
+            pe_id,
+            confirmed,
+        } => {
+            tracing::info!(pool = %pool_handle, pe = %pe_id, confirmed, "deregistered");
+        }
+        PoolElementEvent::HomeRegistrarChanged { registrar } => {
+            tracing::info!(%registrar, "new home registrar");
+        }
+        PoolElementEvent::RegistrarLost => tracing::warn!("registrar association lost; hunting"),
+        PoolElementEvent::Warning(warning) => tracing::warn!(%warning, "pool element"),
+    }
+}

@@ -1,0 +1,117 @@
+//! The pool user as a service for the rest of the process: `resolve` (and the gateways)
+//! ask it for pool elements and report unreachable ones; it runs the pool-user engine
+//! on a driver of its own.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rserpool_proto::engine::{Endpoint, TransportKind};
+use rserpool_proto::hunt::HuntConfig;
+use rserpool_proto::pool_user::{
+    PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, Resolution, ResolveError,
+};
+use rserpool_proto::wire::{PoolHandle, Protocol};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::RunError;
+use crate::config::{Multicast, PoolUserSection};
+use crate::driver::{self, Handle};
+use crate::transport::{Transports, multicast};
+
+type Waiters = Arc<Mutex<HashMap<RequestId, oneshot::Sender<Result<Resolution, ResolveError>>>>>;
+
+/// A running pool user.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolUser {
+    handle: Handle<PoolUserEngine>,
+    waiters: Waiters,
+}
+
+/// The registrar list as endpoints of the TCP mapping.
+pub(crate) fn endpoints(registrars: &[SocketAddr]) -> Vec<Endpoint> {
+    registrars
+        .iter()
+        .map(|address| Endpoint::new(TransportKind::Tcp, *address))
+        .collect()
+}
+
+impl PoolUser {
+    /// Starts a pool user for the registrars of `section`.
+    pub(crate) fn start(
+        section: &PoolUserSection,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, RunError> {
+        let hunt = HuntConfig::new(endpoints(&section.registrars), Duration::from_secs(5));
+        let mut config = PoolUserConfig::new(section.profile.into(), hunt);
+        config.stale_cache = section.stale_cache;
+        let engine = PoolUserEngine::new(config, crate::seed());
+        let (incoming_tx, incoming_rx) = mpsc::channel(1024);
+        let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
+        if let (Multicast::Group(group), Some(interface)) =
+            (&section.announce, section.announce_interface)
+        {
+            let channel = multicast::Channel::open(
+                Protocol::Asap,
+                *group,
+                interface,
+                1,
+                incoming_tx,
+                shutdown.clone(),
+            )
+            .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
+            transports.add_multicast(Protocol::Asap, channel);
+        }
+        let waiters: Waiters = Arc::default();
+        let sink_waiters = waiters.clone();
+        let sink = move |event: PoolUserEvent| match event {
+            PoolUserEvent::Resolved { request, result } => {
+                let waiter = sink_waiters
+                    .lock()
+                    .ok()
+                    .and_then(|mut w| w.remove(&request));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(result);
+                }
+            }
+            PoolUserEvent::RegistrarUp => tracing::debug!("registrar association up"),
+            PoolUserEvent::RegistrarLost => tracing::warn!("registrar association lost; hunting"),
+            PoolUserEvent::Warning(warning) => tracing::warn!(%warning, "pool user"),
+        };
+        let (handle, commands) = Handle::new();
+        tokio::spawn(driver::run(
+            engine,
+            transports,
+            incoming_rx,
+            commands,
+            sink,
+            shutdown.clone(),
+        ));
+        Ok(Self { handle, waiters })
+    }
+
+    /// Resolves a pool handle (`items`: how many PEs, `None`: the registrar's choice).
+    pub(crate) async fn resolve(
+        &self,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+    ) -> Result<Resolution, ResolveError> {
+        let (tx, rx) = oneshot::channel();
+        let waiters = self.waiters.clone();
+        let sent = self
+            .handle
+            .command(move |engine, now| {
+                let request = engine.resolve(pool_handle, items, now);
+                if let Ok(mut waiters) = waiters.lock() {
+                    waiters.insert(request, tx);
+                }
+            })
+            .await;
+        if !sent {
+            return Err(ResolveError::NoRegistrar);
+        }
+        rx.await.unwrap_or(Err(ResolveError::NoRegistrar))
+    }
+}

@@ -1,0 +1,241 @@
+//! `rserpool registrar`: wires the registrar engine to its listeners, the announce
+//! channel, the configuration and the signals.
+
+use std::net::{IpAddr, SocketAddr};
+
+use rserpool_proto::engine::TransportKind;
+use rserpool_proto::handlespace::Limits;
+use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent};
+use rserpool_proto::wire::Protocol;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::RunError;
+use crate::cli::RegistrarArgs;
+use crate::config::{self, ConfigFile, Multicast, RegistrarSection};
+use crate::driver::{self, Handle};
+use crate::logging::Logging;
+use crate::signals::{Request, Signals};
+use crate::transport::{IncomingIds, Transports, multicast, tcp};
+
+/// The configuration file (if any) with the command-line overrides applied.
+fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
+    let mut file = match &args.config {
+        Some(path) => config::load(path)?,
+        None => ConfigFile::default(),
+    };
+    apply_overrides(&mut file, args)?;
+    Ok(file)
+}
+
+fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), RunError> {
+    let section = &mut file.registrar;
+    if let Some(asap) = args.asap {
+        section.asap = asap;
+    }
+    if let Some(enrp) = args.enrp {
+        section.enrp = enrp;
+    }
+    if let Some(id) = &args.id {
+        section.id = Some(config::parse_id(id).map_err(RunError::Usage)?);
+    }
+    if let Some(profile) = args.profile {
+        section.profile = crate::profile(profile);
+    }
+    if let Some(announce) = &args.announce {
+        section.announce.group = config::parse_multicast(announce).map_err(RunError::Usage)?;
+    }
+    crate::apply_log_args(&mut file.log, &args.log);
+    Ok(())
+}
+
+/// The engine's settings from the file's section.
+fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
+    let limits = &section.limits;
+    RegistrarConfig {
+        id: section.id,
+        keepalive_interval: section.keepalive_interval,
+        keepalive_timeout: section.keepalive_timeout,
+        announce_interval: match section.announce.group {
+            Multicast::Off => None,
+            Multicast::Group(_) => Some(section.announce.interval),
+        },
+        max_bad_pe_reports: section.max_bad_pe_reports,
+        default_items: section.default_items,
+        max_items: section.max_items,
+        limits: Limits {
+            max_pools: limits.max_pools,
+            max_pool_elements_per_pool: limits.max_pool_elements_per_pool,
+            max_pool_elements: limits.max_pool_elements,
+            max_addresses_per_pool_element: limits.max_addresses_per_pool_element,
+        },
+        max_pool_elements_per_association: limits.max_pool_elements_per_association,
+        max_handle_resolutions_per_second: limits.max_handle_resolutions_per_second,
+        max_unreachable_reports_per_second: limits.max_unreachable_reports_per_second,
+        verify_addresses: section.verify_addresses,
+        max_malformed_messages: limits.max_malformed_messages,
+        handle_table_page_size: section.handle_table_page_size,
+        ..RegistrarConfig::default()
+    }
+}
+
+/// The addresses to advertise for a bound socket: its own, or the multicast interface
+/// when bound to a wildcard.
+fn advertised(bound: SocketAddr, interface: Option<std::net::Ipv4Addr>) -> Vec<IpAddr> {
+    if bound.ip().is_unspecified() {
+        interface.map(IpAddr::V4).into_iter().collect()
+    } else {
+        vec![bound.ip()]
+    }
+}
+
+pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
+    let file = settings(&args)?;
+    let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
+    let section = file.registrar.clone();
+    let shutdown = CancellationToken::new();
+    let (incoming_tx, incoming_rx) = mpsc::channel(4096);
+    let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
+
+    let asap = tcp::bind(section.asap).map_err(|e| RunError::Bind(section.asap, e))?;
+    let enrp = tcp::bind(section.enrp).map_err(|e| RunError::Bind(section.enrp, e))?;
+    let asap_address = asap
+        .local_addr()
+        .map_err(|e| RunError::Bind(section.asap, e))?;
+    let enrp_address = enrp
+        .local_addr()
+        .map_err(|e| RunError::Bind(section.enrp, e))?;
+
+    let mut engine_settings = engine_config(&section);
+    let interface = config::multicast_interface(asap_address.ip(), section.announce.interface);
+    let announce = match (&section.announce.group, interface) {
+        (Multicast::Group(group), Some(interface)) => {
+            let channel = multicast::Channel::open(
+                Protocol::Asap,
+                *group,
+                interface,
+                section.announce.ttl,
+                incoming_tx.clone(),
+                shutdown.clone(),
+            )
+            .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
+            transports.add_multicast(Protocol::Asap, channel);
+            format!("{group} via {interface}")
+        }
+        (Multicast::Group(group), None) => {
+            tracing::warn!(%group, "announces are off: the ASAP address is a wildcard; set registrar.announce.interface to pick the interface");
+            engine_settings.announce_interval = None;
+            "off".to_owned()
+        }
+        (Multicast::Off, _) => "off".to_owned(),
+    };
+
+    let mut engine = RegistrarEngine::new(engine_settings, crate::seed(), driver::now());
+    engine.set_endpoints(
+        vec![
+            TransportKind::Tcp
+                .transport_parameter(advertised(asap_address, interface), asap_address.port()),
+        ],
+        Some(
+            TransportKind::Tcp
+                .transport_parameter(advertised(enrp_address, interface), enrp_address.port()),
+        ),
+    );
+    let id = engine.id();
+
+    let ids = IncomingIds::default();
+    let max_connections = section.limits.max_connections;
+    tokio::spawn(tcp::accept_loop(
+        asap,
+        Protocol::Asap,
+        ids.clone(),
+        incoming_tx.clone(),
+        max_connections,
+        shutdown.clone(),
+    ));
+    tokio::spawn(tcp::accept_loop(
+        enrp,
+        Protocol::Enrp,
+        ids,
+        incoming_tx,
+        max_connections,
+        shutdown.clone(),
+    ));
+
+    let (handle, commands) = Handle::<RegistrarEngine>::new();
+    let driver = tokio::spawn(driver::run(
+        engine,
+        transports,
+        incoming_rx,
+        commands,
+        log_event,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        role = "registrar",
+        id = %id,
+        asap = %asap_address,
+        enrp = %enrp_address,
+        announce = %announce,
+        profile = ?section.profile,
+        "ready"
+    );
+
+    let mut signals = Signals::install().map_err(RunError::Io)?;
+    loop {
+        match signals.next().await {
+            Request::Stop => break,
+            Request::Reload => reload(&args, &logging, &handle).await,
+        }
+    }
+    tracing::info!("stopping: closing associations");
+    shutdown.cancel();
+    let _ = driver.await;
+    Ok(())
+}
+
+/// SIGHUP: re-reads the configuration and applies what can change while running (log
+/// filter, timers, thresholds, limits). On any error the old configuration stays.
+async fn reload(args: &RegistrarArgs, logging: &Logging, handle: &Handle<RegistrarEngine>) {
+    let file = match settings(args) {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::error!(%error, "configuration reload failed; keeping the running configuration");
+            return;
+        }
+    };
+    if let Err(error) = logging.set_level(&file.log.level) {
+        tracing::error!(%error, "log level not changed");
+    }
+    let settings = engine_config(&file.registrar);
+    handle
+        .command(move |engine, now| engine.reconfigure(settings, now))
+        .await;
+    tracing::info!(config = ?args.config.as_deref(), "configuration reloaded");
+}
+
+fn log_event(event: RegistrarEvent) {
+    match event {
+        RegistrarEvent::Registered { key, new: true } => {
+            tracing::info!(pool = %key.pool_handle, pe = %key.pe_id, "pool element registered");
+        }
+        RegistrarEvent::Registered { key, new: false } => {
+            tracing::debug!(pool = %key.pool_handle, pe = %key.pe_id, "pool element re-registered");
+        }
+        RegistrarEvent::Refused { key, cause, reason } => {
+            tracing::warn!(pool = %key.pool_handle, pe = %key.pe_id, %cause, %reason, "registration refused");
+        }
+        RegistrarEvent::Removed { key, reason } => {
+            tracing::info!(pool = %key.pool_handle, pe = %key.pe_id, ?reason, "pool element removed");
+        }
+        RegistrarEvent::Resolved { pool_handle, count } => {
+            tracing::debug!(pool = %pool_handle, count, "handle resolution");
+        }
+        RegistrarEvent::Malformed { assoc, detail } => {
+            tracing::warn!(%assoc, %detail, "bad input");
+        }
+        RegistrarEvent::Closed { assoc, reason } => {
+            tracing::warn!(%assoc, reason, "association closed");
+        }
+    }
+}

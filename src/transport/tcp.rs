@@ -1,0 +1,238 @@
+//! The TCP mapping (project-local, not a standard: the IETF TCP mapping draft expired
+//! unfinished, spec README §6). Each TCP connection is one association carrying one
+//! protocol, chosen by the port: ASAP on the ASAP port, ENRP on the ENRP port. Messages
+//! are sent bare, one after another; the receiver cuts them out of the stream by their
+//! length field (`StreamDeframer`), as Wireshark does on tcp/3863.
+//!
+//! TCP keep-alive (5 s idle, then 1 s probes, 3 of them) notices a vanished peer host;
+//! a killed peer process is noticed at once (the kernel closes its sockets).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
+use rserpool_proto::wire::{Protocol, StreamDeframer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::{Incoming, IncomingIds, Link, SEND_QUEUE};
+
+/// How long an outgoing connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn socket_for(address: SocketAddr) -> io::Result<TcpSocket> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    // Outgoing ASAP associations of a PE share its listening port (asap.md §5.2).
+    socket.set_reuseport(true)?;
+    Ok(socket)
+}
+
+/// Binds a listening socket for one protocol.
+pub(crate) fn bind(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket_for(address)?;
+    socket.bind(address)?;
+    socket.listen(1024)
+}
+
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+fn peer_info(stream: &TcpStream, protocol: Protocol) -> io::Result<PeerInfo> {
+    let peer = stream.peer_addr()?;
+    Ok(PeerInfo {
+        transport: TransportKind::Tcp,
+        addresses: vec![peer.ip().to_canonical()],
+        port: peer.port(),
+        protocol,
+        rtt: None,
+    })
+}
+
+/// Accepts associations for one protocol until shut down; beyond `max_connections`
+/// open at once, new connections are closed at once.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    protocol: Protocol,
+    ids: IncomingIds,
+    incoming: mpsc::Sender<Incoming>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = max_connections,
+                "connection limit reached: refusing a connection"
+            );
+            continue;
+        };
+        let Ok(peer) = peer_info(&stream, protocol) else {
+            continue;
+        };
+        tune(&stream);
+        let assoc = ids.next();
+        let incoming = incoming.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            run(assoc, stream, peer, incoming, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Opens an association to `to` (its addresses in order), optionally from `local`.
+pub(crate) async fn connect(
+    assoc: AssocId,
+    to: Endpoint,
+    protocol: Protocol,
+    local: Option<SocketAddr>,
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) {
+    let mut last_error = String::from("no address");
+    for address in to.addresses.iter().map(|ip| SocketAddr::new(*ip, to.port)) {
+        let attempt = async {
+            let socket = socket_for(address)?;
+            if let Some(local) = local.filter(|l| l.is_ipv4() == address.is_ipv4()) {
+                socket.bind(local)?;
+            }
+            socket.connect(address).await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(stream)) => {
+                let Ok(peer) = peer_info(&stream, protocol) else {
+                    continue;
+                };
+                tune(&stream);
+                run(assoc, stream, peer, incoming, shutdown).await;
+                return;
+            }
+            Ok(Err(error)) => last_error = format!("{address}: {error}"),
+            Err(_) => last_error = format!("{address}: timed out"),
+        }
+    }
+    let _ = incoming
+        .send(Incoming::Failed {
+            assoc,
+            reason: last_error,
+        })
+        .await;
+}
+
+/// Runs one association: reports it open, then reads and writes until it ends.
+async fn run(
+    assoc: AssocId,
+    stream: TcpStream,
+    peer: PeerInfo,
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) {
+    let protocol = peer.protocol;
+    let (sender, mut outgoing) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+    let cancel = shutdown.child_token();
+    let opened = Incoming::Opened {
+        assoc,
+        peer,
+        link: Link {
+            sender,
+            cancel: cancel.clone(),
+        },
+    };
+    if incoming.send(opened).await.is_err() {
+        return;
+    }
+    let (mut reader, mut writer) = stream.into_split();
+    let write_cancel = cancel.clone();
+    let writing = tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                () = write_cancel.cancelled() => break,
+                message = outgoing.recv() => message,
+            };
+            let Some(message) = message else { break };
+            if writer.write_all(&message).await.is_err() {
+                break;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let reason = read_loop(assoc, protocol, &mut reader, &incoming, &cancel).await;
+    cancel.cancel();
+    let _ = writing.await;
+    let _ = incoming.send(Incoming::Closed { assoc, reason }).await;
+}
+
+async fn read_loop(
+    assoc: AssocId,
+    protocol: Protocol,
+    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    incoming: &mpsc::Sender<Incoming>,
+    cancel: &CancellationToken,
+) -> String {
+    let mut deframer = StreamDeframer::new();
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::select! {
+            () = cancel.cancelled() => return "closed locally".into(),
+            read = reader.read(&mut buffer) => read,
+        };
+        let count = match read {
+            Ok(0) => {
+                return if deframer.pending() > 0 {
+                    "peer closed in the middle of a message".into()
+                } else {
+                    "peer closed".into()
+                };
+            }
+            Ok(count) => count,
+            Err(error) => return error.to_string(),
+        };
+        if let Err(error) = deframer.push(buffer.get(..count).unwrap_or_default()) {
+            return error.to_string();
+        }
+        loop {
+            match deframer.next_frame() {
+                Ok(Some(payload)) => {
+                    let message = Incoming::Message {
+                        assoc,
+                        protocol,
+                        payload,
+                    };
+                    if incoming.send(message).await.is_err() {
+                        return "driver gone".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return format!("unframeable stream: {error}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Helpers for end-to-end tests: run the real binary, wait for its structured "ready"
+//! line, kill it on drop; tiny HTTP backends that can be stopped and restarted.
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a real clock for test deadlines and measurements"
+)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test binary uses part of these helpers"
+)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_rserpool")
+}
+
+/// A running `rserpool` process; its stderr is collected.
+pub struct Process {
+    pub child: Child,
+    pub ready: BTreeMap<String, String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    /// Starts `rserpool ARGS` and waits (up to 20 s) for its "ready" line.
+    pub fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("RSERPOOL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn rserpool");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let lines = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(" ready ")
+                    || line.ends_with(" ready")
+                    || line.contains("ready role=")
+                {
+                    let _ = ready_tx.send(line.clone());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let line = ready_rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no ready line from rserpool {args:?}: {:?}",
+                    log.lock().unwrap()
+                )
+            });
+        let ready = line
+            .split_whitespace()
+            .filter_map(|field| field.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        Self { child, ready, log }
+    }
+
+    pub fn address(&self, field: &str) -> SocketAddr {
+        self.ready[field].parse().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn log_contains(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `rserpool ARGS` to completion: (exit code, stdout, stderr).
+pub fn run(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run rserpool");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.0 server answering 200 to everything, until stopped.
+pub struct Backend {
+    pub address: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Serves on a free port of 127.0.0.1.
+    pub fn start() -> Self {
+        Self::start_at("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Serves on `address` (to restart a stopped backend on its old port).
+    pub fn start_at(address: SocketAddr) -> Self {
+        let listener = TcpListener::bind(address).expect("bind backend");
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+                        let mut buffer = [0u8; 1024];
+                        let _ = stream.read(&mut buffer);
+                        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            address,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops serving and closes the port.
+    pub fn stop(mut self) -> SocketAddr {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        self.address
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A registrar on free loopback ports with multicast off.
+pub fn registrar(extra: &[&str]) -> Process {
+    let mut args = vec![
+        "registrar",
+        "--asap",
+        "127.0.0.1:0",
+        "--enrp",
+        "127.0.0.1:0",
+        "--announce",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args)
+}
+
+/// The PE identifiers `rserpool resolve --json` returns (empty when the pool is unknown).
+pub fn resolve_ids(registrar: SocketAddr, pool: &str) -> Vec<String> {
+    let registrar = registrar.to_string();
+    let (code, stdout, _) = run(&[
+        "resolve",
+        pool,
+        "--registrar",
+        &registrar,
+        "--count",
+        "100",
+        "--json",
+        "--timeout",
+        "5s",
+    ]);
+    if code != 0 {
+        return Vec::new();
+    }
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    json["pool_elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pe| pe["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Sends one raw message on a TCP connection.
+pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).unwrap();
+}
+
+/// Reads one framed message (None on close or timeout).
+pub fn receive(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).ok()?;
+    let length = usize::from(u16::from_be_bytes([header[2], header[3]]));
+    let mut rest = vec![0u8; ((length + 3) & !3).checked_sub(4)?];
+    stream.read_exact(&mut rest).ok()?;
+    Some([header.to_vec(), rest].concat())
+}

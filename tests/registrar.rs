@@ -1,0 +1,392 @@
+//! End-to-end: `rserpool registrar`, `pe`, `resolve` and `dump` as real processes on
+//! 127.0.0.1, talking the TCP mapping; hostile input over real sockets.
+
+#![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{Backend, Process, eventually, receive, registrar, run, send};
+use rserpool_proto::wire::{
+    AsapMessage, CauseCode, HandleResolution, Policy, PoolElement, PoolElementId, PoolHandle,
+    RegistrarId, Registration, Transport, TransportProtocol, TransportUse,
+};
+
+/// Backend port -> PE id, as `rserpool resolve --json` reports them.
+fn resolved(registrar: SocketAddr, pool: &str) -> BTreeMap<u16, String> {
+    let registrar = registrar.to_string();
+    let (code, stdout, _) = run(&[
+        "resolve",
+        pool,
+        "--registrar",
+        &registrar,
+        "--count",
+        "100",
+        "--json",
+        "--timeout",
+        "5s",
+    ]);
+    if code != 0 {
+        return BTreeMap::new();
+    }
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    json["pool_elements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pe| {
+            let port = u16::try_from(pe["user_transport"]["port"].as_u64().unwrap()).unwrap();
+            (port, pe["id"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+fn agent(registrar: SocketAddr, backend: SocketAddr) -> Process {
+    Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &backend.to_string(),
+        "--registrar",
+        &registrar.to_string(),
+        "--health",
+        "http:/health",
+        "--health-interval",
+        "300ms",
+    ])
+}
+
+/// The scenario: two `pe` agents in front of two HTTP backends; `resolve`
+/// returns both; kill -9 one agent and it disappears (its association goes down,
+/// asap.md §5.5); stop a backend and its agent deregisters it within its health-check
+/// interval; restart the backend and it comes back.
+#[test]
+fn pe_agents_register_fail_and_recover() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let backend_a = Backend::start();
+    let backend_b = Backend::start();
+    let (port_a, port_b) = (backend_a.address.port(), backend_b.address.port());
+    let mut agent_a = agent(asap, backend_a.address);
+    let _agent_b = agent(asap, backend_b.address);
+    assert!(
+        eventually(Duration::from_secs(10), || resolved(asap, "WebPool").len()
+            == 2),
+        "both PEs registered: {:?}",
+        registrar.log.lock().unwrap()
+    );
+
+    // `dump` shows both, with their home registrar and ASAP transport.
+    let (code, dump, _) = run(&[
+        "dump",
+        "--registrar",
+        &registrar.address("enrp").to_string(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(dump.contains("pool WebPool (2 PE)"), "{dump}");
+    assert!(
+        dump.contains(&format!("home {}", registrar.ready["id"])),
+        "{dump}"
+    );
+
+    agent_a.child.kill().unwrap();
+    let _ = agent_a.child.wait();
+    assert!(
+        eventually(Duration::from_secs(10), || resolved(asap, "WebPool")
+            .keys()
+            .copied()
+            .collect::<Vec<_>>()
+            == [port_b]),
+        "the killed agent's PE left within the keep-alive timeout"
+    );
+
+    let address_b = backend_b.stop();
+    assert!(
+        eventually(Duration::from_secs(5), || resolved(asap, "WebPool")
+            .is_empty()),
+        "the agent deregistered its unhealthy backend"
+    );
+    let _backend_b = Backend::start_at(address_b);
+    assert!(
+        eventually(Duration::from_secs(5), || resolved(asap, "WebPool")
+            .contains_key(&port_b)),
+        "the backend came back"
+    );
+    let _ = port_a;
+}
+
+/// SIGTERM makes the agent deregister before it exits.
+#[test]
+fn pe_agent_deregisters_on_sigterm() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let backend = Backend::start();
+    let mut agent = agent(asap, backend.address);
+    assert!(eventually(Duration::from_secs(10), || resolved(
+        asap, "WebPool"
+    )
+    .len()
+        == 1));
+    agent.signal("TERM");
+    let status = agent
+        .wait_exit(Duration::from_secs(10))
+        .expect("agent exits");
+    assert!(status.success());
+    assert!(
+        agent.log_contains("confirmed=true"),
+        "{:?}",
+        agent.log.lock().unwrap()
+    );
+    assert!(registrar.log_contains("reason=Deregistered"));
+}
+
+fn registration(pe: u32, handle: &str) -> Vec<u8> {
+    AsapMessage::Registration(Registration {
+        pool_handle: PoolHandle::new(handle.as_bytes()).unwrap(),
+        pool_element: PoolElement {
+            id: PoolElementId(pe),
+            home_registrar: RegistrarId::UNKNOWN,
+            registration_life_ms: 60_000,
+            user_transport: Transport {
+                protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+                port: 9000,
+                addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        },
+    })
+    .encode()
+    .unwrap()
+}
+
+/// Reads until the peer closes (true) or 5 s pass (false).
+fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Hostile input over a real socket: garbage, unframeable lengths, truncated and
+/// oversized messages, floods of registrations and resolutions. The registrar answers
+/// with errors or closes the offending connection, and keeps serving others.
+#[test]
+fn hostile_input_never_crashes_the_registrar() {
+    let dir = std::env::temp_dir().join(format!("rserpool-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("limits.yaml");
+    std::fs::write(
+        &config,
+        "registrar:\n  limits:\n    max_pool_elements_per_association: 50\n    max_handle_resolutions_per_second: 20\n    max_malformed_messages: 5\n",
+    )
+    .unwrap();
+    let registrar = registrar(&["--config", config.to_str().unwrap()]);
+    let asap = registrar.address("asap");
+
+    // A length below the 4-byte header cannot be framed: the connection is closed.
+    let mut broken = TcpStream::connect(asap).unwrap();
+    send(
+        &mut broken,
+        &[0x01, 0x00, 0x00, 0x02, 0xde, 0xad, 0xbe, 0xef],
+    );
+    assert!(closed_by_peer(&mut broken), "unframeable stream closed");
+
+    // Well-framed garbage: answered with ASAP_ERROR (unrecognized message), and after
+    // too many bad messages the connection is closed.
+    let mut noisy = TcpStream::connect(asap).unwrap();
+    for _ in 0..10 {
+        send(&mut noisy, &[0x77, 0x00, 0x00, 0x08, 1, 2, 3, 4]);
+    }
+    let reply = receive(&mut noisy).unwrap();
+    let AsapMessage::Error(report) = AsapMessage::decode(&reply).unwrap().message else {
+        panic!("expected ASAP_ERROR")
+    };
+    assert_eq!(
+        report.error.first_code(),
+        Some(CauseCode::UNRECOGNIZED_MESSAGE)
+    );
+    assert!(
+        closed_by_peer(&mut noisy),
+        "closed after too many malformed messages"
+    );
+
+    // A truncated message, and an oversized length, then the peer goes away.
+    let mut truncated = TcpStream::connect(asap).unwrap();
+    send(&mut truncated, &registration(1, "Hostile")[..20]);
+    drop(truncated);
+    let mut oversized = TcpStream::connect(asap).unwrap();
+    send(&mut oversized, &[0x05, 0x00, 0xff, 0xff]);
+    send(&mut oversized, &[0u8; 100]);
+    drop(oversized);
+
+    // A flood of registrations over one association: the first 50 are accepted, the
+    // rest refused with "lack of resources".
+    let mut flood = TcpStream::connect(asap).unwrap();
+    let mut accepted = 0;
+    let mut refused = 0;
+    for pe in 1..=120 {
+        send(&mut flood, &registration(pe, "Flood"));
+        let AsapMessage::RegistrationResponse(response) =
+            AsapMessage::decode(&receive(&mut flood).unwrap())
+                .unwrap()
+                .message
+        else {
+            panic!("expected a registration response")
+        };
+        if response.reject {
+            assert_eq!(
+                response.error.unwrap().first_code(),
+                Some(CauseCode::LACK_OF_RESOURCES)
+            );
+            refused += 1;
+        } else {
+            accepted += 1;
+        }
+    }
+    assert_eq!((accepted, refused), (50, 70));
+
+    // A burst of handle resolutions beyond the per-association rate is answered with
+    // "lack of resources", never with silence.
+    let mut resolver = TcpStream::connect(asap).unwrap();
+    let request = AsapMessage::HandleResolution(HandleResolution {
+        pool_handle: PoolHandle::new(b"Flood").unwrap(),
+        items: Some(3),
+    })
+    .encode()
+    .unwrap();
+    let mut answered = 0;
+    let mut limited = 0;
+    for _ in 0..60 {
+        send(&mut resolver, &request);
+        let AsapMessage::HandleResolutionResponse(response) =
+            AsapMessage::decode(&receive(&mut resolver).unwrap())
+                .unwrap()
+                .message
+        else {
+            panic!("expected a handle resolution response")
+        };
+        match response.error {
+            None => answered += 1,
+            Some(error) => {
+                assert_eq!(error.first_code(), Some(CauseCode::LACK_OF_RESOURCES));
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        answered >= 20 && limited >= 1,
+        "answered {answered}, limited {limited}"
+    );
+
+    // Another client is served throughout, and the process is alive.
+    assert_eq!(common::resolve_ids(asap, "Flood").len(), 50);
+    let mut registrar = registrar;
+    assert!(
+        registrar.child.try_wait().unwrap().is_none(),
+        "registrar still running"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A broken configuration exits with status 64 and a one-line reason naming the key.
+#[test]
+fn bad_configuration_exits_64_with_the_key_path() {
+    let dir = std::env::temp_dir().join(format!("rserpool-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("bad.yaml");
+    std::fs::write(&config, "registrar:\n  limits:\n    max_poools: 5\n").unwrap();
+    let (code, _, stderr) = run(&["registrar", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 64, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("registrar.limits.max_poools"), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "registrar",
+        "--config",
+        dir.join("missing.yaml").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 64, "{stderr}");
+    let (code, _, stderr) = run(&[
+        "registrar",
+        "--asap",
+        "127.0.0.1:0",
+        "--enrp",
+        "127.0.0.1:0",
+        "--id",
+        "0",
+    ]);
+    assert_eq!(code, 64, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SIGHUP reloads the configuration without dropping associations; SIGTERM stops.
+#[test]
+fn sighup_reloads_and_sigterm_stops() {
+    let dir = std::env::temp_dir().join(format!("rserpool-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("registrar.yaml");
+    std::fs::write(&config, "log:\n  level: info\n").unwrap();
+    let mut registrar = registrar(&["--config", config.to_str().unwrap()]);
+    let asap = registrar.address("asap");
+    let mut association = TcpStream::connect(asap).unwrap();
+    send(&mut association, &registration(7, "Kept"));
+    assert!(receive(&mut association).is_some());
+
+    std::fs::write(
+        &config,
+        "log:\n  level: debug\nregistrar:\n  default_items: 5\n",
+    )
+    .unwrap();
+    registrar.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || registrar
+        .log_contains("configuration reloaded")));
+    // The association survived the reload: the PE is still registered.
+    assert_eq!(common::resolve_ids(asap, "Kept").len(), 1);
+
+    std::fs::write(&config, "registrar:\n  no_such_key: 1\n").unwrap();
+    registrar.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || registrar
+        .log_contains("configuration reload failed")));
+    assert_eq!(common::resolve_ids(asap, "Kept").len(), 1, "still serving");
+
+    registrar.signal("TERM");
+    let status = registrar
+        .wait_exit(Duration::from_secs(5))
+        .expect("exits on SIGTERM");
+    assert!(status.success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Tools fail clearly: no registrar is exit 69, an unknown pool exit 1.
+#[test]
+fn tools_report_failures_with_distinct_exit_codes() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap").to_string();
+    let (code, _, stderr) = run(&["resolve", "NoSuchPool", "--registrar", &asap]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("unknown pool handle"), "{stderr}");
+    let (code, _, stderr) = run(&[
+        "resolve",
+        "Any",
+        "--registrar",
+        "127.0.0.1:1",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(code, 69, "{stderr}");
+    let (code, _, stderr) = run(&["dump", "--registrar", "127.0.0.1:1"]);
+    assert_eq!(code, 69, "{stderr}");
+}
