@@ -53,7 +53,8 @@ pub(crate) enum Incoming {
     },
 }
 
-/// The driver's end of one association: its send queue and its cancellation.
+/// The driver's end of one association: its send queue, and the token that closes it.
+/// Closing (cancel, then drop the link) flushes the queue first.
 #[derive(Debug)]
 pub(crate) struct Link {
     pub(crate) sender: mpsc::Sender<Vec<u8>>,

@@ -147,7 +147,20 @@ pub(crate) async fn connect(
         .await;
 }
 
+/// How long a write (or the flush of a closing association) may block on a peer that
+/// does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a locally closed association keeps discarding input after its last message,
+/// so that closing with unread input does not turn into a reset that destroys the
+/// replies just sent (a lingering close).
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Runs one association: reports it open, then reads and writes until it ends.
+///
+/// Closing is graceful when the engine asks for it (the link is dropped): queued
+/// messages are sent, then FIN, then input is discarded for a moment. When the peer
+/// ends the association or the process shuts down, writing stops at once.
 async fn run(
     assoc: AssocId,
     stream: TcpStream,
@@ -157,36 +170,51 @@ async fn run(
 ) {
     let protocol = peer.protocol;
     let (sender, mut outgoing) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
-    let cancel = shutdown.child_token();
+    let closed_locally = CancellationToken::new();
+    let abort = shutdown.child_token();
     let opened = Incoming::Opened {
         assoc,
         peer,
         link: Link {
             sender,
-            cancel: cancel.clone(),
+            cancel: closed_locally.clone(),
         },
     };
     if incoming.send(opened).await.is_err() {
         return;
     }
     let (mut reader, mut writer) = stream.into_split();
-    let write_cancel = cancel.clone();
+    let write_abort = abort.clone();
     let writing = tokio::spawn(async move {
         loop {
             let message = tokio::select! {
-                () = write_cancel.cancelled() => break,
+                () = write_abort.cancelled() => return,
                 message = outgoing.recv() => message,
             };
+            // None: the link was dropped and every queued message is written.
             let Some(message) = message else { break };
-            if writer.write_all(&message).await.is_err() {
-                break;
+            match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&message)).await {
+                Ok(Ok(())) => {}
+                _ => return,
             }
         }
         let _ = writer.shutdown().await;
     });
-    let reason = read_loop(assoc, protocol, &mut reader, &incoming, &cancel).await;
-    cancel.cancel();
-    let _ = writing.await;
+    let stop = closed_locally.clone();
+    let reason = read_loop(assoc, protocol, &mut reader, &incoming, &stop, &abort).await;
+    if closed_locally.is_cancelled() {
+        // Flush what the engine queued before closing, then linger.
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, writing).await;
+        let mut discard = [0u8; 4096];
+        let _ = tokio::time::timeout(LINGER, async {
+            while matches!(reader.read(&mut discard).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        abort.cancel();
+    } else {
+        abort.cancel();
+        let _ = writing.await;
+    }
     let _ = incoming.send(Incoming::Closed { assoc, reason }).await;
 }
 
@@ -195,13 +223,15 @@ async fn read_loop(
     protocol: Protocol,
     reader: &mut tokio::net::tcp::OwnedReadHalf,
     incoming: &mpsc::Sender<Incoming>,
-    cancel: &CancellationToken,
+    closed_locally: &CancellationToken,
+    abort: &CancellationToken,
 ) -> String {
     let mut deframer = StreamDeframer::new();
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let read = tokio::select! {
-            () = cancel.cancelled() => return "closed locally".into(),
+            () = closed_locally.cancelled() => return "closed locally".into(),
+            () = abort.cancelled() => return "shutting down".into(),
             read = reader.read(&mut buffer) => read,
         };
         let count = match read {
