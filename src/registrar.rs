@@ -120,14 +120,14 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
             )
             .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
             transports.add_multicast(Protocol::Asap, channel);
-            format!("{group} via {interface}")
+            (group.to_string(), interface.to_string())
         }
         (Multicast::Group(group), None) => {
             tracing::warn!(%group, "announces are off: the ASAP address is a wildcard; set registrar.announce.interface to pick the interface");
             engine_settings.announce_interval = None;
-            "off".to_owned()
+            ("off".to_owned(), "none".to_owned())
         }
-        (Multicast::Off, _) => "off".to_owned(),
+        (Multicast::Off, _) => ("off".to_owned(), "none".to_owned()),
     };
 
     let mut engine = RegistrarEngine::new(engine_settings, crate::seed(), driver::now());
@@ -176,7 +176,8 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         id = %id,
         asap = %asap_address,
         enrp = %enrp_address,
-        announce = %announce,
+        announce = %announce.0,
+        announce_interface = %announce.1,
         profile = ?section.profile,
         "ready"
     );

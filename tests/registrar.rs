@@ -391,3 +391,38 @@ fn tools_report_failures_with_distinct_exit_codes() {
     let (code, _, stderr) = run(&["dump", "--registrar", "127.0.0.1:1"]);
     assert_eq!(code, 69, "{stderr}");
 }
+
+/// asap.md §4: a `pe` agent with no static registrar finds one by its multicast
+/// announces (on the loopback interface, so nothing leaves the host).
+#[test]
+fn pe_agent_finds_a_registrar_by_its_announces() {
+    let port = 20_000 + u16::try_from(std::process::id() % 20_000).unwrap();
+    let group = format!("239.0.0.50:{port}");
+    let registrar = registrar(&["--announce", &group]);
+    assert_eq!(
+        registrar.ready["announce_interface"], "127.0.0.1",
+        "{:?}",
+        registrar.ready
+    );
+    let backend = Backend::start();
+    let dir = std::env::temp_dir().join(format!("rserpool-announce-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pe.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "pe:\n  announce: \"{group}\"\n  announce_interface: 127.0.0.1\n  services:\n    - pool: FoundPool\n      backend: {}\n      health_interval: 200ms\n",
+            backend.address
+        ),
+    )
+    .unwrap();
+    let _agent = Process::start(&["pe", "--config", config.to_str().unwrap()]);
+    let asap = registrar.address("asap");
+    assert!(
+        eventually(Duration::from_secs(10), || resolved(asap, "FoundPool")
+            .len()
+            == 1),
+        "registered through an announced registrar"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -199,7 +199,7 @@ impl Drop for Backend {
     }
 }
 
-/// A registrar on free loopback ports with multicast off.
+/// A registrar on free loopback ports, with announces off unless `extra` sets them.
 pub fn registrar(extra: &[&str]) -> Process {
     let mut args = vec![
         "registrar",
@@ -207,9 +207,10 @@ pub fn registrar(extra: &[&str]) -> Process {
         "127.0.0.1:0",
         "--enrp",
         "127.0.0.1:0",
-        "--announce",
-        "off",
     ];
+    if !extra.contains(&"--announce") {
+        args.extend(["--announce", "off"]);
+    }
     args.extend_from_slice(extra);
     Process::start(&args)
 }
