@@ -74,6 +74,13 @@ pub(crate) struct RegistrarArgs {
     /// address's interface).
     #[arg(long)]
     pub(crate) announce: Option<String>,
+    /// A peer registrar's ENRP address (repeatable).
+    #[arg(long = "peer")]
+    pub(crate) peers: Vec<SocketAddr>,
+    /// ENRP presence multicast group GROUP:PORT, or `off` (default 239.0.0.51:9901 on
+    /// the ENRP address's interface).
+    #[arg(long)]
+    pub(crate) enrp_multicast: Option<String>,
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }

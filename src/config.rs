@@ -189,6 +189,41 @@ pub(crate) struct RegistrarSection {
     pub(crate) verify_addresses: bool,
     pub(crate) handle_table_page_size: usize,
     pub(crate) limits: LimitsConfig,
+    /// Registrars to peer with (their ENRP addresses).
+    pub(crate) peers: Vec<SocketAddr>,
+    /// ENRP_PRESENCE multicast (discovery of peers).
+    pub(crate) enrp_multicast: EnrpMulticastConfig,
+    /// ENRP timers; each defaults to the profile's value.
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) peer_heartbeat_interval: Option<Duration>,
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) max_time_last_heard: Option<Duration>,
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) max_time_no_response: Option<Duration>,
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) mentor_discovery_timeout: Option<Duration>,
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) takeover_expiry: Option<Duration>,
+}
+
+/// ENRP_PRESENCE multicast: `off`, or a group, sent through the interface of the ENRP
+/// address (or the one given).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EnrpMulticastConfig {
+    pub(crate) group: Multicast,
+    pub(crate) ttl: u32,
+    pub(crate) interface: Option<Ipv4Addr>,
+}
+
+impl Default for EnrpMulticastConfig {
+    fn default() -> Self {
+        Self {
+            group: Multicast::Group(SocketAddrV4::new(Ipv4Addr::new(239, 0, 0, 51), 9901)),
+            ttl: 30,
+            interface: None,
+        }
+    }
 }
 
 impl Default for RegistrarSection {
@@ -208,6 +243,13 @@ impl Default for RegistrarSection {
             verify_addresses: engine.verify_addresses,
             handle_table_page_size: engine.handle_table_page_size,
             limits: LimitsConfig::default(),
+            peers: Vec::new(),
+            enrp_multicast: EnrpMulticastConfig::default(),
+            peer_heartbeat_interval: None,
+            max_time_last_heard: None,
+            max_time_no_response: None,
+            mentor_discovery_timeout: None,
+            takeover_expiry: None,
         }
     }
 }
@@ -369,6 +411,15 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn policy<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Policy, D::Error> {

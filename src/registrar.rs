@@ -45,6 +45,10 @@ fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), Ru
     if let Some(announce) = &args.announce {
         section.announce.group = config::parse_multicast(announce).map_err(RunError::Usage)?;
     }
+    if let Some(group) = &args.enrp_multicast {
+        section.enrp_multicast.group = config::parse_multicast(group).map_err(RunError::Usage)?;
+    }
+    section.peers.extend(args.peers.iter().copied());
     crate::apply_log_args(&mut file.log, &args.log);
     Ok(())
 }
@@ -52,6 +56,7 @@ fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), Ru
 /// The engine's settings from the file's section.
 fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
     let limits = &section.limits;
+    let profile = RegistrarConfig::new(section.profile.into());
     RegistrarConfig {
         id: section.id,
         keepalive_interval: section.keepalive_interval,
@@ -75,7 +80,21 @@ fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
         verify_addresses: section.verify_addresses,
         max_malformed_messages: limits.max_malformed_messages,
         handle_table_page_size: section.handle_table_page_size,
-        ..RegistrarConfig::default()
+        static_peers: crate::pool_user::endpoints(&section.peers),
+        peer_heartbeat_interval: section
+            .peer_heartbeat_interval
+            .unwrap_or(profile.peer_heartbeat_interval),
+        max_time_last_heard: section
+            .max_time_last_heard
+            .unwrap_or(profile.max_time_last_heard),
+        max_time_no_response: section
+            .max_time_no_response
+            .unwrap_or(profile.max_time_no_response),
+        mentor_discovery_timeout: section
+            .mentor_discovery_timeout
+            .unwrap_or(profile.mentor_discovery_timeout),
+        takeover_expiry: section.takeover_expiry.unwrap_or(profile.takeover_expiry),
+        ..profile
     }
 }
 
@@ -130,6 +149,30 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         (Multicast::Off, _) => ("off".to_owned(), "none".to_owned()),
     };
 
+    let enrp_interface =
+        config::multicast_interface(enrp_address.ip(), section.enrp_multicast.interface);
+    let enrp_multicast = match (&section.enrp_multicast.group, enrp_interface) {
+        (Multicast::Group(group), Some(interface)) => {
+            let channel = multicast::Channel::open(
+                Protocol::Enrp,
+                *group,
+                interface,
+                section.enrp_multicast.ttl,
+                incoming_tx.clone(),
+                shutdown.clone(),
+            )
+            .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
+            transports.add_multicast(Protocol::Enrp, channel);
+            engine_settings.enrp_multicast = true;
+            group.to_string()
+        }
+        (Multicast::Group(group), None) => {
+            tracing::warn!(%group, "ENRP multicast is off: the ENRP address is a wildcard; set registrar.enrp_multicast.interface to pick the interface");
+            "off".to_owned()
+        }
+        (Multicast::Off, _) => "off".to_owned(),
+    };
+
     let mut engine = RegistrarEngine::new(engine_settings, crate::seed(), driver::now());
     engine.set_endpoints(
         vec![
@@ -178,6 +221,8 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         enrp = %enrp_address,
         announce = %announce.0,
         announce_interface = %announce.1,
+        enrp_multicast = %enrp_multicast,
+        peers = section.peers.len(),
         profile = ?section.profile,
         "ready"
     );
@@ -237,6 +282,45 @@ fn log_event(event: RegistrarEvent) {
         }
         RegistrarEvent::Closed { assoc, reason } => {
             tracing::warn!(%assoc, reason, "association closed");
+        }
+        RegistrarEvent::Synchronized { pool_elements } => {
+            tracing::info!(pool_elements, "synchronized: serving ASAP");
+        }
+        RegistrarEvent::PeerUp { id, endpoint } => {
+            let endpoint = endpoint.map(|e| e.to_string()).unwrap_or_default();
+            tracing::info!(peer = %id, %endpoint, "peer registrar up");
+        }
+        RegistrarEvent::PeerLost { id } => tracing::warn!(peer = %id, "peer registrar lost"),
+        RegistrarEvent::TakeoverStarted { target } => {
+            tracing::warn!(peer = %target, "peer silent: starting takeover");
+        }
+        RegistrarEvent::TakeoverCompleted {
+            target,
+            pool_elements,
+        } => {
+            tracing::warn!(peer = %target, pool_elements, "took over the pool elements of a dead peer");
+        }
+        RegistrarEvent::TakeoverAbandoned { target } => {
+            tracing::info!(peer = %target, "takeover abandoned");
+        }
+        RegistrarEvent::TakeoverCancelled { target } => {
+            tracing::info!(peer = %target, "peer alive again: takeover cancelled");
+        }
+        RegistrarEvent::PeerTookOver {
+            target,
+            by,
+            pool_elements,
+        } => {
+            tracing::info!(peer = %target, by = %by, pool_elements, "another registrar took over a dead peer");
+        }
+        RegistrarEvent::AuditStarted { peer } => {
+            tracing::info!(%peer, "checksum mismatch: auditing");
+        }
+        RegistrarEvent::AuditCompleted { peer, purged } => {
+            tracing::info!(%peer, purged, "audit complete");
+        }
+        RegistrarEvent::IdCollision { assoc } => {
+            tracing::error!(%assoc, "another registrar uses this registrar's ID: give each registrar its own --id");
         }
     }
 }

@@ -273,6 +273,10 @@ impl PoolElementEngine {
 
     fn send_registration(&mut self, pe_id: PoolElementId, now: Instant, attempt: u32) {
         let Some(assoc) = self.hunt.current() else {
+            // Sent when a registrar association comes up (resume_all).
+            if let Some(member) = self.members.get_mut(&pe_id) {
+                member.next_registration = None;
+            }
             self.hunt
                 .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
             return;
@@ -416,7 +420,8 @@ impl PoolElementEngine {
             }));
     }
 
-    fn on_keep_alive(&mut self, assoc: AssocId, keep_alive: &EndpointKeepAlive) {
+    fn on_keep_alive(&mut self, assoc: AssocId, keep_alive: &EndpointKeepAlive, now: Instant) {
+        let mut adopted = false;
         // asap.md §5.6: the PEs concerned: the one named, else all of this pool.
         let concerned: Vec<PoolElementId> = self
             .members
@@ -438,6 +443,7 @@ impl PoolElementEngine {
                     .push_back(Output::Event(PoolElementEvent::HomeRegistrarChanged {
                         registrar: keep_alive.server_id,
                     }));
+                adopted = true;
             }
         } else if self.hunt.current() == Some(assoc) {
             self.hunt.learn_id(assoc, keep_alive.server_id);
@@ -450,6 +456,19 @@ impl PoolElementEngine {
                 pe_id,
             });
             self.transmit(assoc, &ack);
+        }
+        if adopted {
+            // Refresh the registrations at the new home now: PEs whose re-registration
+            // waited for a registrar would otherwise expire there.
+            let waiting: Vec<PoolElementId> = self
+                .members
+                .values()
+                .filter(|m| !m.leaving && m.pending.is_none() && m.next_registration.is_none())
+                .map(|m| m.id)
+                .collect();
+            for id in waiting {
+                self.send_registration(id, now, 1);
+            }
         }
     }
 
@@ -530,7 +549,9 @@ impl Engine for PoolElementEngine {
                     self.forget(r.pe_id, true);
                 }
             }
-            AsapMessage::EndpointKeepAlive(keep_alive) => self.on_keep_alive(assoc, &keep_alive),
+            AsapMessage::EndpointKeepAlive(keep_alive) => {
+                self.on_keep_alive(assoc, &keep_alive, now)
+            }
             AsapMessage::Error(report) => {
                 self.out
                     .push_back(Output::Event(PoolElementEvent::Warning(format!(

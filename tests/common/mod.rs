@@ -115,6 +115,16 @@ impl Drop for Process {
     }
 }
 
+/// A port that was free a moment ago on 127.0.0.1 (for configurations that must name
+/// their peers' ports before those start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `rserpool ARGS` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(binary())
@@ -199,17 +209,20 @@ impl Drop for Backend {
     }
 }
 
-/// A registrar on free loopback ports, with announces off unless `extra` sets them.
+/// A registrar on free loopback ports with announces and ENRP multicast off, unless
+/// `extra` sets those flags itself. (With multicast on, registrars of tests running in
+/// parallel would find each other.)
 pub fn registrar(extra: &[&str]) -> Process {
-    let mut args = vec![
-        "registrar",
-        "--asap",
-        "127.0.0.1:0",
-        "--enrp",
-        "127.0.0.1:0",
-    ];
-    if !extra.contains(&"--announce") {
-        args.extend(["--announce", "off"]);
+    let mut args = vec!["registrar"];
+    for (flag, value) in [
+        ("--asap", "127.0.0.1:0"),
+        ("--enrp", "127.0.0.1:0"),
+        ("--announce", "off"),
+        ("--enrp-multicast", "off"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
     }
     args.extend_from_slice(extra);
     Process::start(&args)

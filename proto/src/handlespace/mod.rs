@@ -898,6 +898,24 @@ impl Handlespace {
         Some(entry.unreachable_reports)
     }
 
+    /// Moves a PE to another association (or none): after a takeover, the registrar
+    /// supervises it over the association it opened to the PE.
+    pub fn set_association(&mut self, key: &PoolElementKey, association: Option<AssocId>) {
+        let Some(loc) = self.locate(key) else {
+            return;
+        };
+        let Some(entry) = self.entry_at_mut(loc) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.association, association);
+        if let Some(old) = old {
+            self.by_association.remove(&(old, loc));
+        }
+        if let Some(new) = association {
+            self.by_association.insert((new, loc));
+        }
+    }
+
     /// Forgets the ENDPOINT_UNREACHABLE reports of a PE (it proved alive).
     pub fn clear_unreachable(&mut self, key: &PoolElementKey) {
         if let Some(loc) = self.locate(key)

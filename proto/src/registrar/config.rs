@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::engine::{Endpoint, TimerProfile};
 use crate::handlespace::Limits;
 use crate::wire::{RegistrarId, Transport};
 
@@ -44,11 +45,49 @@ pub struct RegistrarConfig {
     pub asap_transports: Vec<Transport>,
     /// Where it accepts ENRP associations.
     pub enrp_transport: Option<Transport>,
+    /// Registrars to peer with from the start (their IDs are learned).
+    pub static_peers: Vec<Endpoint>,
+    /// Send ENRP_PRESENCE to the ENRP multicast channel each heartbeat too.
+    pub enrp_multicast: bool,
+    /// peer-heartbeat-cycle: the ENRP_PRESENCE period (jittered by ±12.5 %).
+    pub peer_heartbeat_interval: Duration,
+    /// MAX-TIME-LAST-HEARD: silence before a peer is probed.
+    pub max_time_last_heard: Duration,
+    /// MAX-TIME-NO-RESPONSE: how long a probe waits before the peer is taken over.
+    pub max_time_no_response: Duration,
+    /// How long start-up waits to hear from a mentor before serving alone.
+    pub mentor_discovery_timeout: Duration,
+    /// How long a takeover waits for the acknowledgements of every peer.
+    pub takeover_expiry: Duration,
+    /// The most peers kept (static and discovered).
+    pub max_peers: usize,
+    /// ASAP messages held while start-up synchronises; more are dropped.
+    pub max_deferred_messages: usize,
+    /// Act on takeover suggestions (T flag, an rsplib extension): take the PE over if
+    /// its current home suggests it.
+    pub accept_takeover_suggestions: bool,
+}
+
+impl RegistrarConfig {
+    /// The defaults with the profile's ENRP timers (enrp.md §6): RFC heartbeat 30 s,
+    /// last-heard 61 s, no-response 5 s; or rsplib's 2.444 s, 5 s, 5 s (rsplib peers
+    /// declare a registrar dead after about 10 s of silence).
+    pub fn new(profile: TimerProfile) -> Self {
+        let (heartbeat, last_heard) = match profile {
+            TimerProfile::Rfc => (Duration::from_secs(30), Duration::from_secs(61)),
+            TimerProfile::Rsplib => (Duration::from_millis(2_444), Duration::from_secs(5)),
+        };
+        Self {
+            peer_heartbeat_interval: heartbeat,
+            max_time_last_heard: last_heard,
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for RegistrarConfig {
-    /// rsplib's keep-alive and announce timers, which the RFC leaves to the
-    /// implementation (asap.md §9): the same in both timer profiles.
+    /// The `rfc` profile. Keep-alive and announce timers are rsplib's in both profiles:
+    /// the RFC leaves them to the implementation (asap.md §9).
     fn default() -> Self {
         Self {
             id: None,
@@ -68,6 +107,16 @@ impl Default for RegistrarConfig {
             handle_table_max_bytes: 60_000,
             asap_transports: Vec::new(),
             enrp_transport: None,
+            static_peers: Vec::new(),
+            enrp_multicast: false,
+            peer_heartbeat_interval: Duration::from_secs(30),
+            max_time_last_heard: Duration::from_secs(61),
+            max_time_no_response: Duration::from_secs(5),
+            mentor_discovery_timeout: Duration::from_secs(5),
+            takeover_expiry: Duration::from_secs(5),
+            max_peers: 256,
+            max_deferred_messages: 4096,
+            accept_takeover_suggestions: true,
         }
     }
 }

@@ -7,14 +7,16 @@
 //! and drops everything registered over an association that goes down.
 
 mod config;
+mod enrp;
 
 pub use config::RegistrarConfig;
+pub use enrp::PeerStatus;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::engine::{AssocId, Engine, Output, PeerInfo};
+use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo};
 use crate::handlespace::{Handlespace, PoolElementEntry, PoolElementKey, Refusal, Upserted};
 use crate::rate::TokenBucket;
 use crate::rng::SeededRng;
@@ -22,7 +24,7 @@ use crate::wire::{
     AsapMessage, CauseCode, DeregistrationResponse, EndpointKeepAlive, EnrpBody, EnrpMessage,
     ErrorCause, ErrorReport, HandleResolution, HandleResolutionResponse, OperationError,
     PoolElement, PoolElementRef, PoolEntries, PoolHandle, Protocol, RegistrarId, Registration,
-    RegistrationResponse, ServerAnnounce,
+    RegistrationResponse, ServerAnnounce, UpdateAction,
 };
 
 /// Why a PE left the handlespace.
@@ -43,6 +45,8 @@ pub enum RemovalReason {
     Expired,
     /// Enough pool users reported it unreachable.
     Unreachable,
+    /// Its home registrar deleted it (ENRP), or an audit found it gone there.
+    PeerUpdate,
 }
 
 /// What the registrar reports to its driver (for logs and metrics).
@@ -92,11 +96,79 @@ pub enum RegistrarEvent {
         /// Why.
         reason: &'static str,
     },
+    /// Start-up synchronisation is over: ASAP requests are served.
+    Synchronized {
+        /// PEs known after the mentor's table.
+        pool_elements: usize,
+    },
+    /// A peer registrar was heard from for the first time.
+    PeerUp {
+        /// Its ID.
+        id: RegistrarId,
+        /// Its ENRP endpoint.
+        endpoint: Option<crate::engine::Endpoint>,
+    },
+    /// A peer stopped answering and was forgotten (it owned no PEs, or another
+    /// registrar took it over).
+    PeerLost {
+        /// Its ID.
+        id: RegistrarId,
+    },
+    /// This registrar began taking a silent peer over.
+    TakeoverStarted {
+        /// The peer.
+        target: RegistrarId,
+    },
+    /// This registrar took a peer's PEs over.
+    TakeoverCompleted {
+        /// The peer.
+        target: RegistrarId,
+        /// PEs now owned here.
+        pool_elements: usize,
+    },
+    /// A takeover by this registrar was given up (expiry, or a lower ID won).
+    TakeoverAbandoned {
+        /// The peer.
+        target: RegistrarId,
+    },
+    /// A peer under takeover turned out to be alive.
+    TakeoverCancelled {
+        /// The peer.
+        target: RegistrarId,
+    },
+    /// Another registrar took a peer's PEs over.
+    PeerTookOver {
+        /// The dead peer.
+        target: RegistrarId,
+        /// The new home.
+        by: RegistrarId,
+        /// PEs moved.
+        pool_elements: usize,
+    },
+    /// A checksum mismatch started an audit of a peer.
+    AuditStarted {
+        /// The peer.
+        peer: RegistrarId,
+    },
+    /// An audit ended.
+    AuditCompleted {
+        /// The peer.
+        peer: RegistrarId,
+        /// PEs the peer no longer had, removed here.
+        purged: usize,
+    },
+    /// Another registrar uses this registrar's ID (enrp.md §5.1).
+    IdCollision {
+        /// Where it was heard.
+        assoc: AssocId,
+    },
 }
 
 #[derive(Debug)]
 struct Association {
     peer: PeerInfo,
+    /// The peer registrar on an ENRP association, once its messages name it.
+    registrar: Option<RegistrarId>,
     malformed: u32,
     resolutions: Option<TokenBucket>,
     reports: Option<TokenBucket>,
@@ -118,6 +190,18 @@ pub struct RegistrarEngine {
     next_announce: Option<Instant>,
     rng: SeededRng,
     out: VecDeque<Output<RegistrarEvent>>,
+    ids: AssocIds,
+    // ENRP (enrp.rs).
+    peers: Vec<enrp::Peer>,
+    phase: enrp::Phase,
+    mentor_sync: Option<RegistrarId>,
+    mentor_sync_deadline: Option<Instant>,
+    deferred: VecDeque<(AssocId, Vec<u8>)>,
+    next_heartbeat: Instant,
+    /// Associations opened to taken-over PEs, with the PEs to claim on them.
+    takeover_links: BTreeMap<AssocId, Vec<PoolElementKey>>,
+    /// Takeovers this registrar acknowledged: target -> initiator.
+    acked_takeovers: BTreeMap<RegistrarId, RegistrarId>,
 }
 
 impl RegistrarEngine {
@@ -129,17 +213,32 @@ impl RegistrarEngine {
             .id
             .filter(|id| *id != RegistrarId::UNKNOWN)
             .unwrap_or_else(|| RegistrarId(rng.nonzero_u32()));
-        Self {
+        let phase = Self::initial_phase(&config, now);
+        let mut engine = Self {
             handlespace: Handlespace::new(config.limits),
-            next_announce: config.announce_interval.map(|_| now),
-            config,
+            next_announce: None,
             id,
             associations: BTreeMap::new(),
             awaiting_ack: BTreeMap::new(),
             reporters: BTreeMap::new(),
             rng,
             out: VecDeque::new(),
+            ids: AssocIds::default(),
+            peers: Vec::new(),
+            phase,
+            mentor_sync: None,
+            mentor_sync_deadline: None,
+            deferred: VecDeque::new(),
+            next_heartbeat: now,
+            takeover_links: BTreeMap::new(),
+            acked_takeovers: BTreeMap::new(),
+            config,
+        };
+        if engine.phase == enrp::Phase::Normal {
+            engine.next_announce = engine.config.announce_interval.map(|_| now);
         }
+        engine.start_peering();
+        engine
     }
 
     /// This registrar's identifier.
@@ -264,6 +363,7 @@ impl RegistrarEngine {
                     error: None,
                 });
                 self.send_asap(assoc, &response);
+                self.announce_pool_element(&key, UpdateAction::ADD_PE);
                 self.event(RegistrarEvent::Registered {
                     key,
                     new: upserted == Upserted::Added,
@@ -331,12 +431,18 @@ impl RegistrarEngine {
                 "no user transport address that the association proves".to_owned(),
             ));
         }
-        // An ID held by another live association of ours is someone else's PE (T3).
+        // An ID held by another live association of ours, from another host, is someone
+        // else's PE (T3). From the same host it is the same PE on a new association.
         if let Some(existing) = self.handlespace.get(key)
             && existing.owner() == self.id
             && let Some(other) = existing.association
             && other != assoc
-            && self.associations.contains_key(&other)
+            && let Some(other_association) = self.associations.get(&other)
+            && !other_association
+                .peer
+                .addresses
+                .iter()
+                .any(|a| peer.addresses.contains(a))
         {
             return Err((
                 ErrorCause::new(CauseCode::NON_UNIQUE_PE_IDENTIFIER),
@@ -396,10 +502,19 @@ impl RegistrarEngine {
 
     fn remove(&mut self, key: &PoolElementKey, reason: RemovalReason) -> Option<PoolElementEntry> {
         let entry = self.handlespace.remove(key)?;
+        self.removed(key, &entry, reason);
+        Some(entry)
+    }
+
+    /// After a PE left: forget its supervision state, and if it was ours tell the peers
+    /// (DEL_PE with the full PE parameter, enrp.md §5.4).
+    fn removed(&mut self, key: &PoolElementKey, entry: &PoolElementEntry, reason: RemovalReason) {
         self.awaiting_ack.remove(key);
         self.reporters.remove(key);
+        if entry.owner() == self.id {
+            self.send_update(key.pool_handle, entry.element.clone(), UpdateAction::DEL_PE);
+        }
         self.event(RegistrarEvent::Removed { key: *key, reason });
-        Some(entry)
     }
 
     // ASAP: handle resolution (asap.md §6.4).
@@ -605,32 +720,6 @@ impl RegistrarEngine {
         self.send_enrp(assoc, body, requester);
     }
 
-    fn on_enrp(&mut self, assoc: AssocId, bytes: &[u8]) {
-        let message = match EnrpMessage::decode(bytes) {
-            Ok(decoded) => decoded.message,
-            Err(error) => {
-                if let Some(cause) = error.reply_cause()
-                    && bytes.first() != Some(&0x0a)
-                {
-                    let body = EnrpBody::Error {
-                        error: OperationError::single(cause),
-                    };
-                    self.send_enrp(assoc, body, RegistrarId::UNKNOWN);
-                }
-                self.malformed(assoc, format!("malformed ENRP message: {error}"));
-                return;
-            }
-        };
-        if message.sender == self.id {
-            return;
-        }
-        // Registrar peering (presence, updates, takeover) is not built yet: only the
-        // handle table is served, to `rserpool dump` and the like.
-        if let EnrpBody::HandleTableRequest { own_children_only } = message.body {
-            self.on_handle_table_request(assoc, message.sender, own_children_only);
-        }
-    }
-
     fn on_asap(&mut self, assoc: AssocId, bytes: &[u8], now: Instant) {
         let decoded = match AsapMessage::decode(bytes) {
             Ok(decoded) => decoded,
@@ -668,14 +757,10 @@ impl RegistrarEngine {
 
     fn drop_association(&mut self, assoc: AssocId) {
         self.associations.remove(&assoc);
+        self.deferred.retain(|(a, _)| *a != assoc);
         let removed = self.handlespace.remove_association(assoc);
-        for (key, _) in removed {
-            self.awaiting_ack.remove(&key);
-            self.reporters.remove(&key);
-            self.event(RegistrarEvent::Removed {
-                key,
-                reason: RemovalReason::AssociationLost,
-            });
+        for (key, entry) in removed {
+            self.removed(&key, &entry, RemovalReason::AssociationLost);
         }
         for reporters in self.reporters.values_mut() {
             reporters.retain(|a| *a != assoc);
@@ -706,6 +791,7 @@ impl RegistrarEngine {
             self.handlespace.next_keepalive(),
             self.handlespace.next_expiry(),
             self.next_announce,
+            self.enrp_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -742,8 +828,9 @@ fn pool_element_size(element: &PoolElement) -> usize {
 impl Engine for RegistrarEngine {
     type Event = RegistrarEvent;
 
-    fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, _now: Instant) {
+    fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
         let association = Association {
+            registrar: None,
             resolutions: self
                 .config
                 .max_handle_resolutions_per_second
@@ -760,10 +847,16 @@ impl Engine for RegistrarEngine {
             table_cursor: None,
         };
         self.associations.insert(assoc, association);
+        if self.takeover_links.contains_key(&assoc) {
+            self.takeover_link_up(assoc, now);
+        } else {
+            self.enrp_association_up(assoc, now);
+        }
     }
 
-    fn handle_association_down(&mut self, assoc: AssocId, _now: Instant) {
+    fn handle_association_down(&mut self, assoc: AssocId, now: Instant) {
         self.drop_association(assoc);
+        self.enrp_association_down(assoc, now);
     }
 
     fn handle_message(&mut self, assoc: AssocId, protocol: Protocol, bytes: &[u8], now: Instant) {
@@ -771,20 +864,23 @@ impl Engine for RegistrarEngine {
             return;
         }
         match protocol {
+            Protocol::Asap if self.defer_during_startup(assoc, bytes) => {}
             Protocol::Asap => self.on_asap(assoc, bytes, now),
-            Protocol::Enrp => self.on_enrp(assoc, bytes),
+            Protocol::Enrp => self.on_enrp(assoc, bytes, now),
         }
     }
 
     fn handle_datagram(
         &mut self,
-        _from: SocketAddr,
-        _protocol: Protocol,
-        _bytes: &[u8],
-        _now: Instant,
+        from: SocketAddr,
+        protocol: Protocol,
+        bytes: &[u8],
+        now: Instant,
     ) {
-        // Other registrars' announces and presences: used by registrar peering, which is
-        // not built yet.
+        // Other registrars' ASAP announces are of no use to a registrar.
+        if protocol == Protocol::Enrp {
+            self.on_enrp_datagram(from, bytes, now);
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
@@ -801,6 +897,7 @@ impl Engine for RegistrarEngine {
         if self.next_announce.is_some_and(|at| at <= now) {
             self.announce(now);
         }
+        self.enrp_timeouts(now);
     }
 
     fn poll_output(&mut self) -> Output<RegistrarEvent> {

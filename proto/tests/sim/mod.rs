@@ -181,6 +181,11 @@ pub struct Sim {
     deliveries: BTreeMap<usize, Delivery>,
     sequence: u64,
     pub latency: Duration,
+    /// Extra random delay per message, up to this much. Messages on one association
+    /// stay in order (as on SCTP and TCP); messages on different ones may not.
+    pub jitter: Duration,
+    /// The last delivery time scheduled per (node, association): keeps each link FIFO.
+    last_on_link: BTreeMap<(NodeId, AssocId), Instant>,
     /// Probability that a message on an association or a datagram is lost.
     pub loss: f64,
     partitions: BTreeSet<(NodeId, NodeId)>,
@@ -200,6 +205,8 @@ impl Sim {
             deliveries: BTreeMap::new(),
             sequence: 0,
             latency: Duration::from_millis(1),
+            jitter: Duration::ZERO,
+            last_on_link: BTreeMap::new(),
             loss: 0.0,
             partitions: BTreeSet::new(),
         }
@@ -246,6 +253,18 @@ impl Sim {
         self.sequence += 1;
         self.deliveries.insert(slot, delivery);
         self.queue.push(Reverse((at, self.sequence, slot)));
+    }
+
+    /// When a message sent now reaches its peer on `link`.
+    fn arrival(&mut self, link: (NodeId, AssocId)) -> Instant {
+        let jitter = self.rng.fraction_of(self.jitter);
+        let at = self.now + self.latency + jitter;
+        let at = self
+            .last_on_link
+            .get(&link)
+            .map_or(at, |last| at.max(*last));
+        self.last_on_link.insert(link, at);
+        at
     }
 
     fn lost(&mut self) -> bool {
@@ -449,6 +468,9 @@ impl Sim {
     /// Runs until `duration` of virtual time has passed.
     pub fn run_for(&mut self, duration: Duration) {
         let end = self.now + duration;
+        // An engine whose deadline never moves past `now` would spin here forever.
+        let mut steps_at_instant = 0u32;
+        let mut last_instant = self.now;
         loop {
             let next_delivery = self.queue.peek().map(|Reverse((at, _, _))| *at);
             let next_timer = self
@@ -468,6 +490,18 @@ impl Sim {
                 break;
             }
             self.now = self.now.max(next);
+            if self.now == last_instant {
+                steps_at_instant += 1;
+                assert!(
+                    steps_at_instant < 100_000,
+                    "livelock at {:?} (seed {}): node timer {next_timer:?}, delivery {next_delivery:?}",
+                    self.elapsed(),
+                    self.seed
+                );
+            } else {
+                last_instant = self.now;
+                steps_at_instant = 0;
+            }
             if next_delivery == Some(next) {
                 let Reverse((_, _, slot)) = self.queue.pop().unwrap();
                 let delivery = self.deliveries.remove(&slot).unwrap();
@@ -511,6 +545,17 @@ impl Sim {
                 );
             }
         }
+    }
+
+    /// Starts a crashed node again with a fresh engine (same address).
+    pub fn restart(&mut self, n: NodeId, role: Role) {
+        self.nodes[n].role = role;
+        self.nodes[n].alive = true;
+        self.nodes[n].frozen = false;
+        self.nodes[n].deadline = Some(self.now);
+        let now = self.now;
+        self.nodes[n].role.engine().timeout(now);
+        self.drain(n);
     }
 
     /// SIGSTOP: nothing is processed or answered, and the peers are not told.

@@ -1,0 +1,851 @@
+//! ENRP (../shared/spec/enrp.md) with real registrar engines in the deterministic
+//! simulator: start-up with a mentor, handle updates, audits, takeover of a crashed
+//! peer (3 and 5 registrars, and 2), concurrent takeovers, partitions, message loss and
+//! reordering, a dead registrar coming back with the same ID.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "test code"
+)]
+
+mod sim;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rserpool_proto::engine::{Endpoint, TimerProfile, TransportKind};
+use rserpool_proto::hunt::HuntConfig;
+use rserpool_proto::pool_element::{PoolElementConfig, PoolElementEngine, PoolElementSpec};
+use rserpool_proto::pool_user::{PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId};
+use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent};
+use rserpool_proto::wire::{
+    Policy, PoolElementId, PoolHandle, RegistrarId, Transport, TransportProtocol, TransportUse,
+};
+use sim::{NodeEvent, NodeId, Role, Sim};
+
+fn pool() -> PoolHandle {
+    PoolHandle::new(b"EchoPool").unwrap()
+}
+
+fn enrp_endpoint(n: NodeId) -> Endpoint {
+    Endpoint::new(
+        TransportKind::Tcp,
+        std::net::SocketAddr::new(Sim::address_of(n), sim::ENRP_PORT),
+    )
+}
+
+/// Registrar IDs: node n gets 0x100 + n, so lower nodes have lower IDs.
+fn registrar_id(n: NodeId) -> RegistrarId {
+    RegistrarId(0x100 + n as u32)
+}
+
+fn registrar_config(n: NodeId, peers: &[NodeId]) -> RegistrarConfig {
+    RegistrarConfig {
+        id: Some(registrar_id(n)),
+        announce_interval: None,
+        static_peers: peers
+            .iter()
+            .filter(|&&p| p != n)
+            .map(|&p| enrp_endpoint(p))
+            .collect(),
+        enrp_transport: Some(
+            TransportKind::Tcp.transport_parameter(vec![Sim::address_of(n)], sim::ENRP_PORT),
+        ),
+        ..RegistrarConfig::new(TimerProfile::Rsplib)
+    }
+}
+
+/// `count` registrars in a full static mesh (nodes 0..count).
+fn add_registrars(sim: &mut Sim, count: usize) -> Vec<NodeId> {
+    let nodes: Vec<NodeId> = (sim.nodes.len()..sim.nodes.len() + count).collect();
+    for &n in &nodes {
+        let engine =
+            RegistrarEngine::new(registrar_config(n, &nodes), sim.seed ^ n as u64, sim.now);
+        assert_eq!(sim.add(Role::Registrar(engine)), n);
+    }
+    nodes
+}
+
+fn hunt(registrars: &[NodeId]) -> HuntConfig {
+    HuntConfig::new(
+        registrars
+            .iter()
+            .map(|&r| Sim::registrar_endpoint(r))
+            .collect(),
+        Duration::from_secs(2),
+    )
+}
+
+fn add_pe(sim: &mut Sim, registrars: &[NodeId], interval_secs: u64) -> (NodeId, PoolElementId) {
+    let config = PoolElementConfig::new(TimerProfile::Rsplib, hunt(registrars));
+    let node = sim.nodes.len();
+    let n = sim.add(Role::Pe(PoolElementEngine::new(
+        config,
+        sim.seed ^ (node as u64) << 8,
+    )));
+    let spec = PoolElementSpec {
+        pool_handle: pool(),
+        id: None,
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+            port: 7000,
+            addresses: vec![Sim::address_of(n)],
+        },
+        policy: Policy::RoundRobin,
+        reregistration_interval: Duration::from_secs(interval_secs),
+        registration_life: None,
+    };
+    let id = sim.with(n, |role, now| match role {
+        Role::Pe(pe) => pe.register(spec, now),
+        _ => unreachable!(),
+    });
+    (n, id)
+}
+
+fn ids_at(sim: &Sim, r: NodeId) -> BTreeSet<PoolElementId> {
+    sim.registrar(r)
+        .handlespace()
+        .pool(&pool())
+        .map(|p| p.elements().map(|e| e.element.id).collect())
+        .unwrap_or_default()
+}
+
+fn owner_at(sim: &Sim, r: NodeId, pe: PoolElementId) -> Option<RegistrarId> {
+    sim.registrar(r)
+        .handlespace()
+        .get(&rserpool_proto::PoolElementKey {
+            pool_handle: pool(),
+            pe_id: pe,
+        })
+        .map(|e| e.owner())
+}
+
+fn checksums(sim: &Sim, registrars: &[NodeId]) -> Vec<u16> {
+    registrars
+        .iter()
+        .map(|&r| sim.registrar(r).handlespace().checksum())
+        .collect()
+}
+
+fn registrar_events(sim: &Sim, r: NodeId) -> Vec<RegistrarEvent> {
+    sim.events(r)
+        .iter()
+        .filter_map(|(_, e)| match e {
+            NodeEvent::Registrar(e) => Some(e.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// enrp.md §5.2-5.4: registrars find each other, and every PE registered at one is
+/// known to all, owned by the registrar it registered with.
+#[test]
+fn handle_updates_reach_every_registrar() {
+    let mut sim = Sim::new(1);
+    let registrars = add_registrars(&mut sim, 3);
+    sim.run_for(Duration::from_secs(6));
+    let pes: Vec<_> = (0..6)
+        .map(|i| add_pe(&mut sim, &[registrars[i % 3]], 3))
+        .collect();
+    sim.run_for(Duration::from_secs(3));
+    let all: BTreeSet<_> = pes.iter().map(|(_, id)| *id).collect();
+    for &r in &registrars {
+        assert_eq!(ids_at(&sim, r), all, "registrar {r}, seed {}", sim.seed);
+        assert!(sim.registrar(r).is_synchronized());
+        assert_eq!(sim.registrar(r).peers().len(), 2);
+    }
+    for (i, (_, id)) in pes.iter().enumerate() {
+        for &r in &registrars {
+            assert_eq!(
+                owner_at(&sim, r, *id),
+                Some(registrar_id(registrars[i % 3]))
+            );
+        }
+    }
+    let sums = checksums(&sim, &registrars);
+    assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
+    // Re-registrations keep it that way, and a deregistration reaches everyone.
+    sim.run_for(Duration::from_secs(10));
+    let (pe, id) = pes[0];
+    sim.with(pe, |role, now| match role {
+        Role::Pe(p) => p.deregister(id, now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_secs(1));
+    for &r in &registrars {
+        assert!(
+            !ids_at(&sim, r).contains(&id),
+            "DEL_PE reached registrar {r}"
+        );
+    }
+}
+
+/// enrp.md §5.6-5.7: a registrar is killed; after last-heard + no-response + takeover
+/// time its PEs are owned by a survivor, every survivor still has every PE, and the PEs
+/// themselves moved to the new home (keep-alive with the H flag).
+fn crash_and_takeover(count: usize, seed: u64) {
+    let mut sim = Sim::new(seed);
+    let registrars = add_registrars(&mut sim, count);
+    sim.run_for(Duration::from_secs(6));
+    // PEs know only the first registrar, so only a takeover can move them.
+    let pes: Vec<_> = (0..4)
+        .map(|_| add_pe(&mut sim, &[registrars[0]], 30))
+        .collect();
+    let others: Vec<_> = (0..2)
+        .map(|_| add_pe(&mut sim, &[registrars[1]], 30))
+        .collect();
+    sim.run_for(Duration::from_secs(3));
+    let all: BTreeSet<_> = pes.iter().chain(&others).map(|(_, id)| *id).collect();
+    sim.crash(registrars[0]);
+    // rsplib profile: last-heard 5 s + no-response 5 s + takeover, well within 20 s.
+    sim.run_for(Duration::from_secs(20));
+    let survivors = &registrars[1..];
+    for &r in survivors {
+        assert_eq!(ids_at(&sim, r), all, "registrar {r} lost PEs (seed {seed})");
+    }
+    let completed: Vec<(NodeId, RegistrarId)> = survivors
+        .iter()
+        .flat_map(|&r| {
+            registrar_events(&sim, r)
+                .into_iter()
+                .filter_map(move |e| match e {
+                    RegistrarEvent::TakeoverCompleted { target, .. } => Some((r, target)),
+                    _ => None,
+                })
+        })
+        .collect();
+    assert_eq!(
+        completed.len(),
+        1,
+        "exactly one registrar took over: {completed:?} (seed {seed})"
+    );
+    let (taker, target) = completed[0];
+    assert_eq!(target, registrar_id(registrars[0]));
+    for (pe, id) in &pes {
+        for &r in survivors {
+            assert_eq!(
+                owner_at(&sim, r, *id),
+                Some(registrar_id(taker)),
+                "seed {seed}"
+            );
+        }
+        assert_eq!(
+            sim.pool_element(*pe).home_registrar(),
+            Some(registrar_id(taker)),
+            "PE moved home (seed {seed})"
+        );
+    }
+    let sums = checksums(&sim, survivors);
+    assert!(
+        sums.windows(2).all(|w| w[0] == w[1]),
+        "{sums:?} (seed {seed})"
+    );
+}
+
+#[test]
+fn crashed_registrar_is_taken_over_among_three() {
+    for seed in 1..6 {
+        crash_and_takeover(3, seed);
+    }
+}
+
+#[test]
+fn crashed_registrar_is_taken_over_among_five() {
+    for seed in 1..4 {
+        crash_and_takeover(5, seed);
+    }
+}
+
+/// enrp.md §5.7: with two registrars the only peer that could acknowledge is the dead
+/// one, so the takeover completes at once (rsplib's never does).
+#[test]
+fn two_registrars_complete_a_takeover() {
+    crash_and_takeover(2, 7);
+}
+
+/// enrp.md §5.7, discrepancies.md item 34: when two registrars take over the same peer
+/// at the same time, the lower ID wins and exactly one takeover completes.
+#[test]
+fn concurrent_takeovers_have_one_winner() {
+    let mut sim = Sim::new(3);
+    // Messages take long enough that both survivors start before hearing the other.
+    sim.latency = Duration::from_millis(400);
+    let registrars = add_registrars(&mut sim, 3);
+    sim.run_for(Duration::from_secs(8));
+    let (_, id) = add_pe(&mut sim, &[registrars[0]], 30);
+    sim.run_for(Duration::from_secs(3));
+    sim.crash(registrars[0]);
+    sim.run_for(Duration::from_secs(25));
+    let started: Vec<NodeId> = registrars[1..]
+        .iter()
+        .copied()
+        .filter(|&r| {
+            registrar_events(&sim, r)
+                .iter()
+                .any(|e| matches!(e, RegistrarEvent::TakeoverStarted { .. }))
+        })
+        .collect();
+    assert_eq!(
+        started,
+        [registrars[1], registrars[2]],
+        "both started: a real race"
+    );
+    let winners: Vec<NodeId> = registrars[1..]
+        .iter()
+        .copied()
+        .filter(|&r| {
+            registrar_events(&sim, r)
+                .iter()
+                .any(|e| matches!(e, RegistrarEvent::TakeoverCompleted { .. }))
+        })
+        .collect();
+    assert_eq!(winners, [registrars[1]], "the lower ID wins");
+    assert!(
+        registrar_events(&sim, registrars[2])
+            .iter()
+            .any(|e| matches!(e, RegistrarEvent::TakeoverAbandoned { .. }))
+    );
+    for &r in &registrars[1..] {
+        assert_eq!(owner_at(&sim, r, id), Some(registrar_id(registrars[1])));
+    }
+}
+
+/// enrp.md §5.3, §5.8: a partition and its heal; afterwards the handlespaces converge
+/// (equal checksums) within a bounded number of heartbeat cycles.
+#[test]
+fn partition_and_heal_converge() {
+    for seed in 1..5 {
+        let mut sim = Sim::new(seed);
+        let registrars = add_registrars(&mut sim, 3);
+        sim.run_for(Duration::from_secs(6));
+        let pes: Vec<_> = (0..6)
+            .map(|i| add_pe(&mut sim, &[registrars[i % 3]], 4))
+            .collect();
+        sim.run_for(Duration::from_secs(3));
+        sim.partition(registrars[0], registrars[1]);
+        sim.partition(registrars[0], registrars[2]);
+        sim.run_for(Duration::from_secs(30));
+        sim.heal(registrars[0], registrars[1]);
+        sim.heal(registrars[0], registrars[2]);
+        // Ten heartbeat cycles of 2.4 s.
+        sim.run_for(Duration::from_secs(25));
+        let all: BTreeSet<_> = pes.iter().map(|(_, id)| *id).collect();
+        for &r in &registrars {
+            assert_eq!(ids_at(&sim, r), all, "registrar {r} (seed {seed})");
+        }
+        let sums = checksums(&sim, &registrars);
+        assert!(
+            sums.windows(2).all(|w| w[0] == w[1]),
+            "{sums:?} (seed {seed})"
+        );
+        // Every registrar agrees on every PE's owner.
+        for (_, id) in &pes {
+            let owners: BTreeSet<_> = registrars.iter().map(|&r| owner_at(&sim, r, *id)).collect();
+            assert_eq!(owners.len(), 1, "{owners:?} (seed {seed})");
+        }
+    }
+}
+
+/// enrp.md §5.4, §5.8 with message loss and reordering across associations: lost
+/// updates are repaired by audits once the loss stops.
+#[test]
+fn loss_and_reordering_are_repaired_by_audits() {
+    for seed in 1..5 {
+        let mut sim = Sim::new(seed);
+        let registrars = add_registrars(&mut sim, 3);
+        sim.run_for(Duration::from_secs(6));
+        sim.loss = 0.1;
+        sim.jitter = Duration::from_millis(300);
+        let mut pes: Vec<_> = (0..9)
+            .map(|i| add_pe(&mut sim, &[registrars[i % 3]], 2))
+            .collect();
+        sim.run_for(Duration::from_secs(10));
+        // Churn: some PEs leave while messages are lost.
+        for (pe, id) in pes.drain(..3) {
+            sim.with(pe, |role, now| match role {
+                Role::Pe(p) => p.deregister(id, now),
+                _ => unreachable!(),
+            });
+        }
+        sim.run_for(Duration::from_secs(10));
+        sim.loss = 0.0;
+        sim.run_for(Duration::from_secs(25));
+        let all: BTreeSet<_> = pes.iter().map(|(_, id)| *id).collect();
+        for &r in &registrars {
+            assert_eq!(ids_at(&sim, r), all, "registrar {r} (seed {seed})");
+        }
+        let sums = checksums(&sim, &registrars);
+        assert!(
+            sums.windows(2).all(|w| w[0] == w[1]),
+            "{sums:?} (seed {seed})"
+        );
+    }
+}
+
+/// enrp.md §5.2: a registrar that starts later downloads the handlespace from its
+/// mentor, paged with the M flag, before it serves ASAP: a handle resolution sent to it
+/// during start-up is answered after the download, with every PE.
+#[test]
+fn a_newcomer_downloads_the_handlespace_before_serving() {
+    let mut sim = Sim::new(5);
+    let registrars = add_registrars(&mut sim, 2);
+    sim.run_for(Duration::from_secs(6));
+    let pes: Vec<_> = (0..10)
+        .map(|_| add_pe(&mut sim, &[registrars[0]], 30))
+        .collect();
+    sim.run_for(Duration::from_secs(2));
+    // The newcomer knows only the first registrar; small pages exercise the M flag.
+    let n = sim.nodes.len();
+    let config = RegistrarConfig {
+        handle_table_page_size: 3,
+        ..registrar_config(n, &[registrars[0]])
+    };
+    let newcomer = sim.add(Role::Registrar(RegistrarEngine::new(config, 99, sim.now)));
+    let pu_config = PoolUserConfig::new(TimerProfile::Rsplib, hunt(&[newcomer]));
+    let pu = sim.add(Role::Pu(PoolUserEngine::new(pu_config, 3)));
+    let request: RequestId = sim.with(pu, |role, now| match role {
+        Role::Pu(p) => p.resolve(pool(), Some(100), now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_secs(3));
+    assert!(sim.registrar(newcomer).is_synchronized());
+    let synchronized = registrar_events(&sim, newcomer)
+        .into_iter()
+        .find_map(|e| match e {
+            RegistrarEvent::Synchronized { pool_elements } => Some(pool_elements),
+            _ => None,
+        });
+    assert_eq!(
+        synchronized,
+        Some(10),
+        "the whole table came before serving"
+    );
+    let answer = sim.events(pu).iter().find_map(|(_, e)| match e {
+        NodeEvent::Pu(PoolUserEvent::Resolved {
+            request: r,
+            result: Ok(res),
+        }) if *r == request => Some(res.pool_elements.len()),
+        _ => None,
+    });
+    assert_eq!(
+        answer,
+        Some(10),
+        "the deferred resolution saw the downloaded table"
+    );
+    // It learned the other peers from its mentor's list.
+    assert_eq!(sim.registrar(newcomer).peers().len(), 2);
+    let _ = pes;
+}
+
+/// enrp.md §5.1-5.2: a crashed registrar comes back with the same ID: it rejoins,
+/// learns the handlespace again, and all registrars converge.
+#[test]
+fn dead_registrar_returns_with_the_same_id() {
+    let mut sim = Sim::new(9);
+    let registrars = add_registrars(&mut sim, 3);
+    sim.run_for(Duration::from_secs(6));
+    let pes: Vec<_> = (0..4)
+        .map(|i| add_pe(&mut sim, &[registrars[i % 3]], 3))
+        .collect();
+    sim.run_for(Duration::from_secs(3));
+    sim.crash(registrars[0]);
+    sim.run_for(Duration::from_secs(20));
+    let config = registrar_config(registrars[0], &registrars);
+    sim.restart(
+        registrars[0],
+        Role::Registrar(RegistrarEngine::new(config, 1234, sim.now)),
+    );
+    sim.run_for(Duration::from_secs(25));
+    let all: BTreeSet<_> = pes.iter().map(|(_, id)| *id).collect();
+    for &r in &registrars {
+        assert_eq!(ids_at(&sim, r), all, "registrar {r}");
+    }
+    let sums = checksums(&sim, &registrars);
+    assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
+}
+
+/// enrp.md §5.7 step 4 and §5.3 step 8: a frozen registrar (alive, silent) is taken
+/// over; when it wakes, its presence ends takeover state and the PEs stay with their
+/// new home, all registrars agreeing.
+#[test]
+fn frozen_registrar_is_taken_over_and_rejoins() {
+    let mut sim = Sim::new(11);
+    let registrars = add_registrars(&mut sim, 3);
+    sim.run_for(Duration::from_secs(6));
+    // A registration life (90 s) longer than failure detection (about 10 s), as with
+    // rsplib's example interval of 30 s.
+    let (_, id) = add_pe(&mut sim, &[registrars[0]], 30);
+    sim.run_for(Duration::from_secs(3));
+    sim.freeze(registrars[0]);
+    sim.run_for(Duration::from_secs(20));
+    let owner = owner_at(&sim, registrars[1], id).unwrap();
+    assert_ne!(owner, registrar_id(registrars[0]));
+    sim.thaw(registrars[0]);
+    sim.run_for(Duration::from_secs(25));
+    let owners: BTreeSet<_> = registrars.iter().map(|&r| owner_at(&sim, r, id)).collect();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    let sums = checksums(&sim, &registrars);
+    assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
+}
+
+/// enrp.md §5.8: updates lost in a short partition (an ADD_PE and a DEL_PE) are
+/// repaired by the checksum audit within a few heartbeats, long before the 90 s
+/// registration lives would have done it.
+#[test]
+fn audits_repair_lost_updates() {
+    let mut sim = Sim::new(21);
+    let registrars = add_registrars(&mut sim, 2);
+    sim.run_for(Duration::from_secs(6));
+    let (leaving, leaving_id) = add_pe(&mut sim, &[registrars[0]], 30);
+    sim.run_for(Duration::from_secs(1));
+    assert!(ids_at(&sim, registrars[1]).contains(&leaving_id));
+    sim.partition(registrars[0], registrars[1]);
+    sim.with(leaving, |role, now| match role {
+        Role::Pe(p) => p.deregister(leaving_id, now),
+        _ => unreachable!(),
+    });
+    let (_, joining_id) = add_pe(&mut sim, &[registrars[0]], 30);
+    sim.run_for(Duration::from_secs(2));
+    sim.heal(registrars[0], registrars[1]);
+    sim.run_for(Duration::from_secs(8));
+    let at_peer = ids_at(&sim, registrars[1]);
+    assert!(
+        !at_peer.contains(&leaving_id),
+        "the lost DEL_PE was repaired"
+    );
+    assert!(
+        at_peer.contains(&joining_id),
+        "the lost ADD_PE was repaired"
+    );
+    assert!(
+        registrar_events(&sim, registrars[1])
+            .iter()
+            .any(|e| matches!(e, RegistrarEvent::AuditCompleted { purged: 1, .. }))
+    );
+}
+
+/// Drives one registrar by hand, as a peer registrar would talk to it.
+mod by_hand {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Instant;
+
+    use rserpool_proto::engine::{AssocId, Engine, Output, PeerInfo, TimerProfile, TransportKind};
+    use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent};
+    use rserpool_proto::wire::{
+        AsapMessage, EnrpBody, EnrpMessage, Policy, PoolElement, PoolElementId, PoolHandle,
+        Protocol, RegistrarId, ServerInformation, Transport, TransportProtocol, TransportUse,
+        UpdateAction,
+    };
+
+    const ME: RegistrarId = RegistrarId(0x10);
+
+    pub(super) struct Harness {
+        pub(super) engine: RegistrarEngine,
+        pub(super) now: Instant,
+        pub(super) outputs: Vec<Output<RegistrarEvent>>,
+    }
+
+    fn address(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
+    impl Harness {
+        pub(super) fn new() -> Self {
+            let now = Instant::now();
+            let config = RegistrarConfig {
+                id: Some(ME),
+                announce_interval: None,
+                ..RegistrarConfig::new(TimerProfile::Rsplib)
+            };
+            let mut harness = Self {
+                engine: RegistrarEngine::new(config, 1, now),
+                now,
+                outputs: Vec::new(),
+            };
+            harness.drain();
+            harness
+        }
+
+        pub(super) fn drain(&mut self) {
+            loop {
+                match self.engine.poll_output() {
+                    Output::Timeout(_) => return,
+                    other => self.outputs.push(other),
+                }
+            }
+        }
+
+        /// A peer registrar `id` at 10.0.0.`last` opens an ENRP association and says hello.
+        pub(super) fn peer(&mut self, assoc: u64, id: RegistrarId, last: u8) {
+            let peer = PeerInfo {
+                transport: TransportKind::Tcp,
+                addresses: vec![address(last)],
+                port: 40_000,
+                protocol: Protocol::Enrp,
+                rtt: None,
+            };
+            self.engine
+                .handle_association_up(AssocId(assoc), peer, self.now);
+            self.enrp(
+                assoc,
+                id,
+                EnrpBody::Presence {
+                    reply_required: false,
+                    checksum: Some(0xffff),
+                    server_information: Some(ServerInformation {
+                        server_id: id,
+                        transport: TransportKind::Tcp
+                            .transport_parameter(vec![address(last)], 9901),
+                    }),
+                },
+            );
+        }
+
+        pub(super) fn enrp(&mut self, assoc: u64, sender: RegistrarId, body: EnrpBody) {
+            let bytes = EnrpMessage {
+                sender,
+                receiver: ME,
+                body,
+            }
+            .encode()
+            .unwrap();
+            self.engine
+                .handle_message(AssocId(assoc), Protocol::Enrp, &bytes, self.now);
+            self.drain();
+        }
+    }
+
+    pub(super) fn pool_element(id: u32, home: RegistrarId) -> PoolElement {
+        PoolElement {
+            id: PoolElementId(id),
+            home_registrar: home,
+            registration_life_ms: 60_000,
+            user_transport: Transport {
+                protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+                port: 7000,
+                addresses: vec![address(50)],
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: Some(TransportKind::Tcp.transport_parameter(vec![address(50)], 4000)),
+        }
+    }
+
+    pub(super) fn update(
+        action: UpdateAction,
+        element: PoolElement,
+        takeover_suggested: bool,
+    ) -> EnrpBody {
+        EnrpBody::HandleUpdate {
+            takeover_suggested,
+            action,
+            pool_handle: PoolHandle::new(b"EchoPool").unwrap(),
+            pool_element: element,
+        }
+    }
+
+    pub(super) fn keep_alives(
+        outputs: &[Output<RegistrarEvent>],
+    ) -> Vec<(AssocId, bool, PoolElementId)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Transmit {
+                    assoc,
+                    protocol: Protocol::Asap,
+                    payload,
+                } => match AsapMessage::decode(payload).unwrap().message {
+                    AsapMessage::EndpointKeepAlive(k) => Some((*assoc, k.home, k.pe_id.unwrap())),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// enrp.md §5.4, security.md T5: an ADD_PE counts only from the registrar it names as
+/// the PE's home; a DEL_PE only from the PE's current home (rsplib accepts it from any).
+#[test]
+fn only_the_home_registrar_changes_its_pes() {
+    use by_hand::{Harness, pool_element, update};
+    use rserpool_proto::engine::Engine as _;
+    use rserpool_proto::wire::UpdateAction;
+    let (a, b) = (RegistrarId(0x20), RegistrarId(0x30));
+    let mut h = Harness::new();
+    h.peer(1, a, 2);
+    h.peer(2, b, 3);
+    // B cannot add a PE it says A owns.
+    h.enrp(
+        2,
+        b,
+        update(UpdateAction::ADD_PE, pool_element(0x77, a), false),
+    );
+    assert_eq!(h.engine.handlespace().pool_element_count(), 0);
+    h.enrp(
+        1,
+        a,
+        update(UpdateAction::ADD_PE, pool_element(0x77, a), false),
+    );
+    assert_eq!(h.engine.handlespace().pool_element_count(), 1);
+    // B cannot delete A's PE; A can.
+    h.enrp(
+        2,
+        b,
+        update(UpdateAction::DEL_PE, pool_element(0x77, a), false),
+    );
+    assert_eq!(h.engine.handlespace().pool_element_count(), 1);
+    h.enrp(
+        1,
+        a,
+        update(UpdateAction::DEL_PE, pool_element(0x77, a), false),
+    );
+    assert_eq!(h.engine.handlespace().pool_element_count(), 0);
+    // A registrar that is not a peer is not listened to at all.
+    h.engine.handle_association_up(
+        rserpool_proto::engine::AssocId(3),
+        rserpool_proto::engine::PeerInfo {
+            transport: rserpool_proto::engine::TransportKind::Tcp,
+            addresses: vec![],
+            port: 1,
+            protocol: rserpool_proto::wire::Protocol::Enrp,
+            rtt: None,
+        },
+        h.now,
+    );
+    h.enrp(
+        3,
+        RegistrarId(0x40),
+        update(
+            UpdateAction::ADD_PE,
+            pool_element(0x78, RegistrarId(0x40)),
+            false,
+        ),
+    );
+    assert_eq!(h.engine.handlespace().pool_element_count(), 0);
+}
+
+/// enrp.md §5.10: a takeover suggestion (T flag) from the PE's home is accepted: the
+/// registrar opens an association to the PE's ASAP endpoint and claims it with the H
+/// flag; from anyone else it is an ordinary (refused) update.
+#[test]
+fn takeover_suggestions_are_accepted_from_the_home_only() {
+    use by_hand::{Harness, keep_alives, pool_element, update};
+    use rserpool_proto::engine::Engine as _;
+    use rserpool_proto::engine::{Output, PeerInfo, TransportKind};
+    use rserpool_proto::wire::{Protocol, UpdateAction};
+    let (a, b) = (RegistrarId(0x20), RegistrarId(0x30));
+    let mut h = Harness::new();
+    h.peer(1, a, 2);
+    h.peer(2, b, 3);
+    h.outputs.clear();
+    h.enrp(
+        2,
+        b,
+        update(UpdateAction::ADD_PE, pool_element(0x77, a), true),
+    );
+    assert!(!h.outputs.iter().any(|o| matches!(
+        o,
+        Output::Connect {
+            protocol: Protocol::Asap,
+            ..
+        }
+    )));
+    h.enrp(
+        1,
+        a,
+        update(UpdateAction::ADD_PE, pool_element(0x77, a), true),
+    );
+    let connect = h.outputs.iter().find_map(|o| match o {
+        Output::Connect {
+            assoc,
+            to,
+            protocol: Protocol::Asap,
+        } => Some((*assoc, to.clone())),
+        _ => None,
+    });
+    let (assoc, to) = connect.expect("an association to the PE's ASAP endpoint");
+    assert_eq!(to.port, 4000);
+    h.outputs.clear();
+    h.engine.handle_association_up(
+        assoc,
+        PeerInfo {
+            transport: TransportKind::Tcp,
+            addresses: to.addresses.clone(),
+            port: 4000,
+            protocol: Protocol::Asap,
+            rtt: None,
+        },
+        h.now,
+    );
+    h.drain();
+    let claims = keep_alives(&h.outputs);
+    assert_eq!(
+        claims,
+        [(assoc, true, rserpool_proto::wire::PoolElementId(0x77))]
+    );
+    let key = rserpool_proto::PoolElementKey {
+        pool_handle: rserpool_proto::wire::PoolHandle::new(b"EchoPool").unwrap(),
+        pe_id: rserpool_proto::wire::PoolElementId(0x77),
+    };
+    assert_eq!(
+        h.engine.handlespace().get(&key).unwrap().owner(),
+        RegistrarId(0x10)
+    );
+}
+
+/// enrp.md §5.7: INIT_TAKEOVER naming this registrar is refuted with a presence, not
+/// acknowledged; TAKEOVER_SERVER is accepted only for a takeover this registrar
+/// acknowledged.
+#[test]
+fn takeover_messages_are_checked() {
+    use by_hand::{Harness, pool_element, update};
+    use rserpool_proto::engine::Output;
+    use rserpool_proto::wire::{EnrpBody, EnrpMessage, Protocol, UpdateAction};
+    let (a, b, c) = (RegistrarId(0x20), RegistrarId(0x30), RegistrarId(0x40));
+    let mut h = Harness::new();
+    h.peer(1, a, 2);
+    h.peer(2, b, 3);
+    h.peer(3, c, 4);
+    h.enrp(
+        3,
+        c,
+        update(UpdateAction::ADD_PE, pool_element(0x77, c), false),
+    );
+    h.outputs.clear();
+    h.enrp(
+        1,
+        a,
+        EnrpBody::InitTakeover {
+            target: RegistrarId(0x10),
+        },
+    );
+    let sent: Vec<EnrpBody> = h
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Transmit {
+                protocol: Protocol::Enrp,
+                payload,
+                ..
+            } => Some(EnrpMessage::decode(payload).unwrap().message.body),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        sent.iter().all(|b| matches!(b, EnrpBody::Presence { .. })) && !sent.is_empty(),
+        "{sent:?}"
+    );
+    // B claims C's PEs without an INIT_TAKEOVER: ignored.
+    h.enrp(2, b, EnrpBody::TakeoverServer { target: c });
+    let key = rserpool_proto::PoolElementKey {
+        pool_handle: rserpool_proto::wire::PoolHandle::new(b"EchoPool").unwrap(),
+        pe_id: rserpool_proto::wire::PoolElementId(0x77),
+    };
+    assert_eq!(h.engine.handlespace().get(&key).unwrap().owner(), c);
+    // With an INIT_TAKEOVER first (acknowledged), the PEs move to B.
+    h.enrp(2, b, EnrpBody::InitTakeover { target: c });
+    h.enrp(2, b, EnrpBody::TakeoverServer { target: c });
+    assert_eq!(h.engine.handlespace().get(&key).unwrap().owner(), b);
+}
