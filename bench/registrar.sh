@@ -21,7 +21,7 @@ asap=$(grep -o 'asap=[0-9.:]*' "$log" | cut -d= -f2)
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 before=$(cpu); t0=$(date +%s.%N)
-target/release/registrar-load "$asap" "$PES" "$PUS" "$REREG" "$SECONDS_"
+target/release/registrar-load --registrar "$asap" --pes "$PES" --pus "$PUS" --interval-ms "$REREG" --seconds "$SECONDS_"
 after=$(cpu); t1=$(date +%s.%N)
 awk -v b="$before" -v a="$after" -v t0="$t0" -v t1="$t1" -v hz="$ticks" \
     'BEGIN { printf "registrar CPU:         %.0f %% of one core (%.1f s CPU in %.1f s)\n", 100*(a-b)/hz/(t1-t0), (a-b)/hz, t1-t0 }'

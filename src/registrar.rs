@@ -234,6 +234,22 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
             Request::Reload => reload(&args, &logging, &handle).await,
         }
     }
+    let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
+    handle
+        .command(move |engine, _| {
+            let _ = stats_tx.send((engine.stats(), engine.handlespace().pool_element_count()));
+        })
+        .await;
+    if let Ok((stats, pool_elements)) = stats_rx.await {
+        tracing::info!(
+            asap_received = stats.asap_received,
+            asap_sent = stats.asap_sent,
+            enrp_received = stats.enrp_received,
+            enrp_sent = stats.enrp_sent,
+            pool_elements,
+            "totals"
+        );
+    }
     tracing::info!("stopping: closing associations");
     shutdown.cancel();
     let _ = driver.await;

@@ -263,6 +263,7 @@ impl RegistrarEngine {
                 body: presence,
             };
             if let Ok(payload) = message.encode() {
+                self.stats.enrp_sent += 1;
                 self.out.push_back(Output::Datagram {
                     protocol: Protocol::Enrp,
                     payload,

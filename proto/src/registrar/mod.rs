@@ -164,6 +164,20 @@ pub enum RegistrarEvent {
     },
 }
 
+/// Message counters (for metrics and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct RegistrarStats {
+    /// ASAP messages received on associations.
+    pub asap_received: u64,
+    /// ASAP messages sent.
+    pub asap_sent: u64,
+    /// ENRP messages received (associations and multicast).
+    pub enrp_received: u64,
+    /// ENRP messages sent (associations and multicast).
+    pub enrp_sent: u64,
+}
+
 #[derive(Debug)]
 struct Association {
     peer: PeerInfo,
@@ -202,6 +216,7 @@ pub struct RegistrarEngine {
     takeover_links: BTreeMap<AssocId, Vec<PoolElementKey>>,
     /// Takeovers this registrar acknowledged: target -> initiator.
     acked_takeovers: BTreeMap<RegistrarId, RegistrarId>,
+    stats: RegistrarStats,
 }
 
 impl RegistrarEngine {
@@ -232,6 +247,7 @@ impl RegistrarEngine {
             next_heartbeat: now,
             takeover_links: BTreeMap::new(),
             acked_takeovers: BTreeMap::new(),
+            stats: RegistrarStats::default(),
             config,
         };
         if engine.phase == enrp::Phase::Normal {
@@ -249,6 +265,11 @@ impl RegistrarEngine {
     /// The handlespace (read-only).
     pub fn handlespace(&self) -> &Handlespace {
         &self.handlespace
+    }
+
+    /// Message counters since start.
+    pub fn stats(&self) -> RegistrarStats {
+        self.stats
     }
 
     /// The configuration in force.
@@ -288,11 +309,14 @@ impl RegistrarEngine {
 
     fn send_asap(&mut self, assoc: AssocId, message: &AsapMessage) {
         match message.encode() {
-            Ok(payload) => self.out.push_back(Output::Transmit {
-                assoc,
-                protocol: Protocol::Asap,
-                payload,
-            }),
+            Ok(payload) => {
+                self.stats.asap_sent += 1;
+                self.out.push_back(Output::Transmit {
+                    assoc,
+                    protocol: Protocol::Asap,
+                    payload,
+                });
+            }
             Err(error) => self.event(RegistrarEvent::Malformed {
                 assoc,
                 detail: format!("cannot encode {}: {error}", message.name()),
@@ -307,11 +331,14 @@ impl RegistrarEngine {
             body,
         };
         match message.encode() {
-            Ok(payload) => self.out.push_back(Output::Transmit {
-                assoc,
-                protocol: Protocol::Enrp,
-                payload,
-            }),
+            Ok(payload) => {
+                self.stats.enrp_sent += 1;
+                self.out.push_back(Output::Transmit {
+                    assoc,
+                    protocol: Protocol::Enrp,
+                    payload,
+                });
+            }
             Err(error) => self.event(RegistrarEvent::Malformed {
                 assoc,
                 detail: format!("cannot encode {}: {error}", message.body.name()),
@@ -864,6 +891,10 @@ impl Engine for RegistrarEngine {
             return;
         }
         match protocol {
+            Protocol::Asap => self.stats.asap_received += 1,
+            Protocol::Enrp => self.stats.enrp_received += 1,
+        }
+        match protocol {
             Protocol::Asap if self.defer_during_startup(assoc, bytes) => {}
             Protocol::Asap => self.on_asap(assoc, bytes, now),
             Protocol::Enrp => self.on_enrp(assoc, bytes, now),
@@ -879,6 +910,7 @@ impl Engine for RegistrarEngine {
     ) {
         // Other registrars' ASAP announces are of no use to a registrar.
         if protocol == Protocol::Enrp {
+            self.stats.enrp_received += 1;
             self.on_enrp_datagram(from, bytes, now);
         }
     }

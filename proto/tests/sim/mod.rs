@@ -116,6 +116,7 @@ where
     }
 }
 
+#[allow(clippy::large_enum_variant, reason = "a handful of nodes per test")]
 pub enum Role {
     Registrar(RegistrarEngine),
     Pe(PoolElementEngine),
