@@ -849,3 +849,32 @@ fn takeover_messages_are_checked() {
     h.enrp(2, b, EnrpBody::TakeoverServer { target: c });
     assert_eq!(h.engine.handlespace().get(&key).unwrap().owner(), b);
 }
+
+/// enrp.md §5.3: registrars with no configured peers find each other by multicast
+/// presences, open associations, and share their PEs.
+#[test]
+fn registrars_discover_each_other_by_multicast() {
+    let mut sim = Sim::new(31);
+    let nodes: Vec<NodeId> = (0..2).collect();
+    for &n in &nodes {
+        let config = RegistrarConfig {
+            enrp_multicast: true,
+            ..registrar_config(n, &[])
+        };
+        sim.add(Role::Registrar(RegistrarEngine::new(
+            config, n as u64, sim.now,
+        )));
+    }
+    sim.run_for(Duration::from_secs(8));
+    for &r in &nodes {
+        assert_eq!(
+            sim.registrar(r).peers().len(),
+            1,
+            "registrar {r} found its peer"
+        );
+        assert!(sim.registrar(r).peers()[0].connected);
+    }
+    let (_, id) = add_pe(&mut sim, &[nodes[0]], 30);
+    sim.run_for(Duration::from_secs(1));
+    assert!(ids_at(&sim, nodes[1]).contains(&id));
+}
