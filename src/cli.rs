@@ -19,6 +19,8 @@ pub(crate) enum Command {
     Registrar(RegistrarArgs),
     /// Register an existing TCP/HTTP service as a pool element, health-checked.
     Pe(PeArgs),
+    /// Run the gateway: legacy TCP clients reach pool elements, with session failover.
+    Gateway(GatewayArgs),
     /// Resolve a pool handle at a registrar and print its pool elements.
     Resolve(ResolveArgs),
     /// Print a registrar's handlespace (like rsplib's hsdump).
@@ -42,6 +44,15 @@ pub(crate) struct LogArgs {
 pub(crate) enum LogFormatArg {
     Text,
     Json,
+}
+
+/// The demo services of `rserpool pe --serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ServeKind {
+    /// Line counter with cookies (control channel).
+    Counter,
+    /// Echo (plain byte stream).
+    Echo,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -92,11 +103,19 @@ pub(crate) struct PeArgs {
     #[arg(long, short, env = "RSERPOOL_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     /// The pool handle to register into.
-    #[arg(long, requires = "backend")]
+    #[arg(long)]
     pub(crate) pool: Option<String>,
     /// The service's address (a concrete IP, which pool users will connect to).
-    #[arg(long, requires = "pool")]
+    #[arg(long, requires = "pool", conflicts_with = "serve")]
     pub(crate) backend: Option<SocketAddr>,
+    /// Run a demo service in the agent itself instead of fronting a backend: `counter`
+    /// (a control channel; each line is answered with the session's line count, which
+    /// survives failover through cookies) or `echo` (a plain byte stream).
+    #[arg(long, value_enum, requires = "pool")]
+    pub(crate) serve: Option<ServeKind>,
+    /// Where the demo service listens (default 127.0.0.1:0).
+    #[arg(long, requires = "serve")]
+    pub(crate) listen: Option<SocketAddr>,
     /// Policy in rsplib's syntax: RoundRobin, WeightedRoundRobin:3,
     /// LeastUsedDegradation:0.1, Priority:5, ...
     #[arg(long, default_value = "RoundRobin")]
@@ -119,6 +138,29 @@ pub(crate) struct PeArgs {
     /// Timer profile.
     #[arg(long, value_enum)]
     pub(crate) profile: Option<ProfileArg>,
+    #[command(flatten)]
+    pub(crate) log: LogArgs,
+}
+
+/// `rserpool gateway`.
+#[derive(Debug, Args)]
+pub(crate) struct GatewayArgs {
+    /// YAML configuration (sections `gateway` and `pool_user`); flags add to it.
+    #[arg(long, short, env = "RSERPOOL_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// A registrar's ASAP address (repeatable; default 127.0.0.1:3863).
+    #[arg(long = "registrar")]
+    pub(crate) registrars: Vec<SocketAddr>,
+    /// A TCP listener: LISTEN_ADDR:PORT=POOL_HANDLE (repeatable).
+    #[arg(long = "tcp")]
+    pub(crate) tcp: Vec<String>,
+    /// Timer profile of the pool user.
+    #[arg(long, value_enum)]
+    pub(crate) profile: Option<ProfileArg>,
+    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9102; no
+    /// authentication: keep it on loopback or a management network).
+    #[arg(long)]
+    pub(crate) admin: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }

@@ -36,6 +36,74 @@ pub(crate) struct ConfigFile {
     pub(crate) registrar: RegistrarSection,
     pub(crate) pe: PeSection,
     pub(crate) pool_user: PoolUserSection,
+    pub(crate) gateway: GatewaySection,
+    pub(crate) admin: AdminSection,
+}
+
+/// The admin HTTP listener (`/metrics`, `/healthz`); off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AdminSection {
+    pub(crate) listen: Option<SocketAddr>,
+}
+
+/// The gateways (their pool user is configured in `pool_user`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct GatewaySection {
+    /// TCP listeners: each maps a listening address to a pool.
+    pub(crate) tcp: Vec<TcpListenerSection>,
+    /// How long SIGTERM waits for open sessions before closing them.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) drain_timeout: Duration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            tcp: Vec::new(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One TCP listener of the gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TcpListenerSection {
+    pub(crate) listen: SocketAddr,
+    #[serde(deserialize_with = "pool_handle")]
+    pub(crate) pool: PoolHandle,
+    #[serde(default = "five_seconds", deserialize_with = "duration")]
+    pub(crate) connect_timeout: Duration,
+    /// A PE silent this long while answers are due (or, with a control channel, at all)
+    /// has failed.
+    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+    pub(crate) response_timeout: Duration,
+    /// How long one failover may take before the client is given up.
+    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+    pub(crate) failover_deadline: Duration,
+    /// Client bytes kept for replay after a failover.
+    #[serde(default = "one_mebibyte")]
+    pub(crate) replay_buffer: usize,
+    /// Bytes queued towards one side before the other side is no longer read.
+    #[serde(default = "quarter_mebibyte")]
+    pub(crate) buffer: usize,
+    #[serde(default = "ten_thousand")]
+    pub(crate) max_connections: usize,
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn one_mebibyte() -> usize {
+    1 << 20
+}
+fn quarter_mebibyte() -> usize {
+    256 * 1024
+}
+fn ten_thousand() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -366,9 +434,10 @@ pub(crate) struct PoolUserSection {
     pub(crate) announce: Multicast,
     /// The interface address to listen for announces on (required with a group).
     pub(crate) announce_interface: Option<Ipv4Addr>,
-    /// How long a resolution may be answered from the cache (0s: ask every time).
-    #[serde(deserialize_with = "duration")]
-    pub(crate) stale_cache: Duration,
+    /// How long a resolution may be answered from the cache: `0s` asks every time;
+    /// the default is 0s for `resolve` and 1s for the gateways.
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) stale_cache: Option<Duration>,
 }
 
 impl Default for PoolUserSection {
@@ -378,7 +447,7 @@ impl Default for PoolUserSection {
             profile: Profile::Rfc,
             announce: Multicast::Off,
             announce_interface: None,
-            stale_cache: Duration::ZERO,
+            stale_cache: None,
         }
     }
 }
@@ -466,6 +535,26 @@ mod serde_json_like {
     }
 }
 
+/// The configuration of a pool-user command (`resolve`, `gateway`): the file if given,
+/// with `--registrar` flags replacing its registrars, and the default registrar when
+/// neither names one.
+pub(crate) fn load_pool_user(
+    path: Option<&Path>,
+    registrars: &[std::net::SocketAddr],
+) -> Result<ConfigFile, ConfigError> {
+    let mut file = match path {
+        Some(path) => load(path)?,
+        None => ConfigFile::default(),
+    };
+    if !registrars.is_empty() {
+        file.pool_user.registrars = registrars.to_vec();
+    }
+    if file.pool_user.registrars.is_empty() {
+        file.pool_user.registrars = vec![crate::DEFAULT_REGISTRAR];
+    }
+    Ok(file)
+}
+
 /// Reads and validates a configuration file.
 pub(crate) fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
@@ -540,6 +629,13 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
         if service.fall == 0 || service.rise == 0 || service.health_interval.is_zero() {
             return Err(ConfigError::Invalid(format!(
                 "pe.services[{i}]: fall, rise and health_interval must be above 0"
+            )));
+        }
+    }
+    for (i, listener) in config.gateway.tcp.iter().enumerate() {
+        if listener.buffer == 0 || listener.max_connections == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.tcp[{i}]: buffer and max_connections must be above 0"
             )));
         }
     }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::PeArgs;
-use crate::config::{self, ConfigFile, HealthCheck, Multicast, ServiceConfig};
+use crate::config::{self, ConfigFile, HealthCheck, Multicast, PeSection, ServiceConfig};
 use crate::driver::{self, Handle};
 use crate::logging::Logging;
 use crate::pool_user::endpoints;
@@ -192,14 +192,25 @@ fn spec(service: &ServiceConfig, id: PoolElementId) -> PoolElementSpec {
     }
 }
 
-pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
-    let file = settings(&args)?;
-    let _logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
-    let section = file.pe.clone();
-    let shutdown = CancellationToken::new();
+/// A running pool-element engine with its ASAP endpoint: shared by the `pe` agent and
+/// the native PE library (`service`).
+#[derive(Debug)]
+pub(crate) struct PeRuntime {
+    pub(crate) handle: Handle<PoolElementEngine>,
+    /// The engine's events (taken by whoever logs them).
+    pub(crate) events: Option<mpsc::Receiver<PoolElementEvent>>,
+    pub(crate) asap: SocketAddr,
+    pub(crate) driver: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the ASAP endpoint (registrar associations leave from its port), joins the
+/// announce channel if configured, and starts the engine on a driver.
+pub(crate) fn start_engine(
+    section: &PeSection,
+    shutdown: &CancellationToken,
+) -> Result<PeRuntime, RunError> {
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
-
     let listener = tcp::bind(section.asap).map_err(|e| RunError::Bind(section.asap, e))?;
     let asap = listener
         .local_addr()
@@ -227,14 +238,13 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
         transports.add_multicast(Protocol::Asap, channel);
     }
-
     let mut hunt = HuntConfig::new(endpoints(&section.registrars), Duration::from_secs(5));
     hunt.transport = TransportKind::Tcp;
     let engine = PoolElementEngine::new(
         PoolElementConfig::new(section.profile.into(), hunt),
         crate::seed(),
     );
-    let (events_tx, mut events) = mpsc::channel::<PoolElementEvent>(1024);
+    let (events_tx, events) = mpsc::channel::<PoolElementEvent>(1024);
     let (handle, commands) = Handle::<PoolElementEngine>::new();
     let driver = tokio::spawn(driver::run(
         engine,
@@ -248,6 +258,52 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         },
         shutdown.clone(),
     ));
+    Ok(PeRuntime {
+        handle,
+        events: Some(events),
+        asap,
+        driver,
+    })
+}
+
+/// Deregisters every PE and waits (up to a deadline) for the registrar's answers.
+pub(crate) async fn deregister_all(runtime: &PeRuntime) {
+    tracing::info!("stopping: deregistering pool elements");
+    runtime
+        .handle
+        .command(|engine, now| engine.deregister_all(now))
+        .await;
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
+    loop {
+        let remaining = handle_count(&runtime.handle).await;
+        if remaining == 0 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                remaining,
+                "deregistration not confirmed in time; the registrations will expire"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
+    if let Some(kind) = args.serve {
+        return crate::service::run_demo(kind, args).await;
+    }
+    let file = settings(&args)?;
+    let _logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
+    let section = file.pe.clone();
+    let shutdown = CancellationToken::new();
+    let mut runtime = start_engine(&section, &shutdown)?;
+    let (asap, handle) = (runtime.asap, runtime.handle.clone());
+    let mut events = runtime
+        .events
+        .take()
+        .ok_or_else(|| RunError::Usage("engine events taken".into()))?;
 
     let mut rng = rserpool_proto::SeededRng::new(crate::seed());
     let ids: Vec<PoolElementId> = section
@@ -295,28 +351,16 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         }
     }
 
-    // Graceful stop: deregister every PE, waiting for the answers up to a deadline.
-    tracing::info!("stopping: deregistering pool elements");
-    handle
-        .command(|engine, now| engine.deregister_all(now))
-        .await;
-    let deadline = tokio::time::sleep(SHUTDOWN_DEADLINE);
-    tokio::pin!(deadline);
-    let mut remaining = handle_count(&handle).await;
-    while remaining > 0 {
-        tokio::select! {
-            () = &mut deadline => {
-                tracing::warn!(remaining, "deregistration not confirmed in time; the registrations will expire");
-                break;
-            }
-            Some(event) = events.recv() => {
-                log_event(&event);
-                remaining = handle_count(&handle).await;
-            }
+    // Log the deregistration events while waiting for them.
+    let logger = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            log_event(&event);
         }
-    }
+    });
+    deregister_all(&runtime).await;
     shutdown.cancel();
-    let _ = driver.await;
+    let _ = logger.await;
+    let _ = runtime.driver.await;
     Ok(())
 }
 
@@ -331,7 +375,7 @@ async fn handle_count(handle: &Handle<PoolElementEngine>) -> usize {
     rx.await.unwrap_or(0)
 }
 
-fn log_event(event: &PoolElementEvent) {
+pub(crate) fn log_event(event: &PoolElementEvent) {
     match event {
         PoolElementEvent::Registered {
             pool_handle,

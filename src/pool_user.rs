@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rserpool_gateways::DirectoryError;
 use rserpool_proto::engine::{Endpoint, TransportKind};
 use rserpool_proto::hunt::HuntConfig;
 use rserpool_proto::pool_user::{
     PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, Resolution, ResolveError,
 };
-use rserpool_proto::wire::{PoolHandle, Protocol};
+use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle, Protocol};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -39,14 +40,16 @@ pub(crate) fn endpoints(registrars: &[SocketAddr]) -> Vec<Endpoint> {
 }
 
 impl PoolUser {
-    /// Starts a pool user for the registrars of `section`.
+    /// Starts a pool user for the registrars of `section`; `stale_cache` applies when the
+    /// section does not set one.
     pub(crate) fn start(
         section: &PoolUserSection,
+        stale_cache: Duration,
         shutdown: &CancellationToken,
     ) -> Result<Self, RunError> {
         let hunt = HuntConfig::new(endpoints(&section.registrars), Duration::from_secs(5));
         let mut config = PoolUserConfig::new(section.profile.into(), hunt);
-        config.stale_cache = section.stale_cache;
+        config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
         let engine = PoolUserEngine::new(config, crate::seed());
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
         let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
@@ -113,5 +116,29 @@ impl PoolUser {
             return Err(ResolveError::NoRegistrar);
         }
         rx.await.unwrap_or(Err(ResolveError::NoRegistrar))
+    }
+
+    /// Reports a PE that could not be reached: it leaves the cache and the registrar is
+    /// told.
+    pub(crate) async fn report_unreachable(&self, pool_handle: PoolHandle, pe_id: PoolElementId) {
+        self.handle
+            .command(move |engine, _| engine.report_unreachable(pool_handle, pe_id))
+            .await;
+    }
+}
+
+impl rserpool_gateways::Directory for PoolUser {
+    async fn resolve(&self, pool_handle: PoolHandle) -> Result<Vec<PoolElement>, DirectoryError> {
+        match Self::resolve(self, pool_handle, None).await {
+            Ok(resolution) => Ok(resolution.pool_elements),
+            Err(ResolveError::NoRegistrar | ResolveError::Overloaded) => {
+                Err(DirectoryError::Unavailable)
+            }
+            Err(_) => Err(DirectoryError::UnknownPool),
+        }
+    }
+
+    async fn report_unreachable(&self, pool_handle: PoolHandle, pe_id: PoolElementId) {
+        Self::report_unreachable(self, pool_handle, pe_id).await;
     }
 }

@@ -9,25 +9,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::ResolveArgs;
-use crate::config::{self, ConfigFile};
+use crate::config;
 use crate::pool_user::PoolUser;
 
 pub(crate) async fn run(args: ResolveArgs) -> Result<String, RunError> {
-    let mut file = match &args.config {
-        Some(path) => config::load(path)?,
-        None => ConfigFile::default(),
-    };
-    if !args.registrars.is_empty() {
-        file.pool_user.registrars = args.registrars.clone();
-    }
-    if file.pool_user.registrars.is_empty() {
-        file.pool_user.registrars = vec![crate::DEFAULT_REGISTRAR];
-    }
+    let file = config::load_pool_user(args.config.as_deref(), &args.registrars)?;
     let pool_handle = PoolHandle::new(args.pool_handle.as_bytes())
         .map_err(|e| RunError::Usage(format!("pool handle {:?}: {e}", args.pool_handle)))?;
     let timeout = config::parse_duration(&args.timeout).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
-    let pool_user = PoolUser::start(&file.pool_user, &shutdown)?;
+    let pool_user = PoolUser::start(&file.pool_user, std::time::Duration::ZERO, &shutdown)?;
     let result = tokio::time::timeout(timeout, pool_user.resolve(pool_handle, args.count))
         .await
         .unwrap_or(Err(ResolveError::NoRegistrar));

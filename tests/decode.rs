@@ -147,6 +147,14 @@ fn help_lists_only_built_subcommands() {
         .collect();
     assert_eq!(
         listed,
-        ["registrar", "pe", "resolve", "dump", "decode", "help"]
+        [
+            "registrar",
+            "pe",
+            "gateway",
+            "resolve",
+            "dump",
+            "decode",
+            "help"
+        ]
     );
 }

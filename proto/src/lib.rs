@@ -14,6 +14,7 @@ pub mod pool_user;
 mod rate;
 pub mod registrar;
 pub mod rng;
+pub mod session;
 pub mod wire;
 
 pub use engine::AssocId;

@@ -1,0 +1,498 @@
+//! The session layer (asap.md §7, and the failover rules in proto/src/session.rs):
+//! a session driven by hand against simulated PEs that crash at arbitrary points.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "test code"
+)]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use rserpool_proto::session::{
+    ControlDeframer, ControlFrame, PeFailure, Session, SessionConfig, SessionEvent, SessionOutput,
+    open_cookie, seal_cookie,
+};
+use rserpool_proto::wire::{
+    AsapMessage, Cookie, Policy, PoolElement, PoolElementId, PoolHandle, RegistrarId, Transport,
+    TransportProtocol, TransportUse,
+};
+
+fn pool() -> PoolHandle {
+    PoolHandle::new(b"CounterPool").unwrap()
+}
+
+fn pe(id: u32, control: bool) -> PoolElement {
+    PoolElement {
+        id: PoolElementId(id),
+        home_registrar: RegistrarId(1),
+        registration_life_ms: 30_000,
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(if control {
+                TransportUse::DataPlusControl
+            } else {
+                TransportUse::DataOnly
+            }),
+            port: 7000,
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, id as u8))],
+        },
+        policy: Policy::RoundRobin,
+        asap_transport: None,
+    }
+}
+
+/// The counter service of `rserpool pe --serve counter`, as a PE library user writes
+/// it: each client line is answered with the running count of lines; after each line
+/// it sends a cookie with the count, sealed with the input it consumed and the output
+/// it produced.
+#[derive(Debug, Default)]
+struct CounterPe {
+    deframer: ControlDeframer,
+    count: u64,
+    partial: Vec<u8>,
+    consumed: u64,
+    produced: u64,
+    /// Bytes to send back (already framed).
+    outbox: Vec<u8>,
+}
+
+impl CounterPe {
+    fn receive(&mut self, bytes: &[u8]) {
+        self.deframer.push(bytes);
+        while let Some(frame) = self.deframer.next_frame().unwrap() {
+            match frame {
+                ControlFrame::Asap(message) => {
+                    if let AsapMessage::CookieEcho(Cookie { cookie }) =
+                        AsapMessage::decode(&message).unwrap().message
+                    {
+                        let (consumed, produced, state) = open_cookie(&cookie).unwrap();
+                        self.count = u64::from_be_bytes(state.try_into().unwrap());
+                        self.consumed = consumed;
+                        self.produced = produced;
+                    }
+                }
+                ControlFrame::Data { payload, .. } => {
+                    // Like a real server: all the answers to one read go out in one
+                    // write, then one cookie covering them.
+                    let mut answers = Vec::new();
+                    for byte in payload {
+                        self.partial.push(byte);
+                        if byte == b'\n' {
+                            self.consumed += self.partial.len() as u64;
+                            self.partial.clear();
+                            self.count += 1;
+                            answers.extend(format!("{}\n", self.count).into_bytes());
+                        }
+                    }
+                    if !answers.is_empty() {
+                        self.produced += answers.len() as u64;
+                        self.outbox.extend(
+                            ControlFrame::Data {
+                                ppid: 0,
+                                payload: answers,
+                            }
+                            .encode(),
+                        );
+                        let cookie =
+                            seal_cookie(self.consumed, self.produced, &self.count.to_be_bytes());
+                        let message = AsapMessage::Cookie(Cookie { cookie }).encode().unwrap();
+                        self.outbox.extend(ControlFrame::Asap(message).encode());
+                    }
+                }
+                ControlFrame::Heartbeat => {}
+            }
+        }
+    }
+}
+
+/// A data-only echo service: answers each line with the same line.
+#[derive(Debug, Default)]
+struct EchoPe {
+    outbox: Vec<u8>,
+}
+
+impl EchoPe {
+    fn receive(&mut self, bytes: &[u8]) {
+        self.outbox.extend_from_slice(bytes);
+    }
+}
+
+/// Runs a session's outputs against a cluster of simulated PEs.
+struct World {
+    session: Session,
+    now: Instant,
+    directory: Vec<PoolElement>,
+    /// PE ids that refuse connections.
+    dead: Vec<u32>,
+    /// The connected PE: (id, counter or echo).
+    connected: Option<(u32, Service)>,
+    pending_connect: Option<u32>,
+    client_received: Vec<u8>,
+    client_closed: Option<bool>,
+    client_shutdown: bool,
+    reported: Vec<PoolElementId>,
+    events: Vec<SessionEvent>,
+}
+
+enum Service {
+    Counter(CounterPe),
+    Echo(EchoPe),
+}
+
+impl World {
+    fn new(directory: Vec<PoolElement>) -> Self {
+        let now = Instant::now();
+        Self {
+            session: Session::new(pool(), SessionConfig::default(), now),
+            now,
+            directory,
+            dead: Vec::new(),
+            connected: None,
+            pending_connect: None,
+            client_received: Vec::new(),
+            client_closed: None,
+            client_shutdown: false,
+            reported: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Performs the session's outputs until quiet; connections succeed or fail at once.
+    fn run(&mut self) {
+        loop {
+            while let Some(output) = self.session.poll() {
+                match output {
+                    SessionOutput::Resolve(_) => {
+                        let answer = self.directory.clone();
+                        self.session.resolved(answer, self.now);
+                    }
+                    SessionOutput::Connect(pe) => self.pending_connect = Some(pe.id.0),
+                    SessionOutput::SendToPe(bytes) => match &mut self.connected {
+                        Some((_, Service::Counter(c))) => c.receive(&bytes),
+                        Some((_, Service::Echo(e))) => e.receive(&bytes),
+                        None => {}
+                    },
+                    SessionOutput::ClosePe => self.connected = None,
+                    SessionOutput::ShutdownPe => {}
+                    SessionOutput::ReportUnreachable(id) => self.reported.push(id),
+                    SessionOutput::SendToClient(bytes) => self.client_received.extend(bytes),
+                    SessionOutput::ShutdownClient => self.client_shutdown = true,
+                    SessionOutput::CloseClient { failed } => self.client_closed = Some(failed),
+                    SessionOutput::Event(event) => self.events.push(event),
+                }
+            }
+            if let Some(id) = self.pending_connect.take() {
+                if self.dead.contains(&id) {
+                    self.session.pe_failed(PeFailure::Connect, self.now);
+                } else {
+                    let control = self
+                        .directory
+                        .iter()
+                        .find(|p| p.id.0 == id)
+                        .unwrap()
+                        .user_transport
+                        .protocol
+                        .transport_use()
+                        == TransportUse::DataPlusControl;
+                    let service = if control {
+                        Service::Counter(CounterPe::default())
+                    } else {
+                        Service::Echo(EchoPe::default())
+                    };
+                    self.connected = Some((id, service));
+                    self.session.pe_connected(self.now);
+                }
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// Delivers up to `limit` bytes the PE has produced to the session.
+    fn pe_speaks(&mut self, limit: usize) {
+        let outbox = match &mut self.connected {
+            Some((_, Service::Counter(c))) => &mut c.outbox,
+            Some((_, Service::Echo(e))) => &mut e.outbox,
+            None => return,
+        };
+        let take = limit.min(outbox.len());
+        let chunk: Vec<u8> = outbox.drain(..take).collect();
+        self.session.pe_data(&chunk, self.now);
+        self.run();
+    }
+
+    fn client_sends(&mut self, bytes: &[u8]) {
+        self.session.client_data(bytes, self.now);
+        self.run();
+    }
+
+    /// The current PE dies and stays dead (its unsent output is lost).
+    fn crash(&mut self, failure: PeFailure) {
+        if let Some((id, _)) = self.connected.take() {
+            self.dead.push(id);
+            self.session.pe_failed(failure, self.now);
+            self.run();
+        }
+    }
+
+    /// The current PE is killed and restarted at once: its state and unsent output are
+    /// lost, and it may serve again later.
+    fn kill(&mut self, failure: PeFailure) {
+        if self.connected.take().is_some() {
+            self.session.pe_failed(failure, self.now);
+            self.run();
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.session.timeout(self.now);
+        self.run();
+    }
+}
+
+fn counting(lines: u64) -> Vec<u8> {
+    (1..=lines)
+        .flat_map(|i| format!("{i}\n").into_bytes())
+        .collect()
+}
+
+/// A fresh session connects to the first PE the directory gives and relays both ways.
+#[test]
+fn a_session_relays_through_its_pe() {
+    let mut world = World::new(vec![pe(1, true), pe(2, true)]);
+    world.run();
+    world.client_sends(b"a\nb\n");
+    world.pe_speaks(usize::MAX);
+    assert_eq!(world.client_received, b"1\n2\n");
+    assert!(matches!(world.events[0], SessionEvent::Started { pe } if pe == PoolElementId(1)));
+}
+
+/// Rule 1: a PE that refuses the connection is reported and the next one used.
+#[test]
+fn refused_connections_move_on_transparently() {
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.dead.push(1);
+    world.run();
+    world.client_sends(b"hello\n");
+    world.pe_speaks(usize::MAX);
+    assert_eq!(world.client_received, b"hello\n");
+    assert_eq!(world.reported, [PoolElementId(1)]);
+}
+
+/// Rule 1: a data-only PE dying before it answered: the request goes to another PE.
+#[test]
+fn a_pe_dying_before_answering_is_retried() {
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.run();
+    world.client_sends(b"ping\n");
+    world.crash(PeFailure::Reset);
+    world.pe_speaks(usize::MAX);
+    assert_eq!(world.client_received, b"ping\n");
+    assert_eq!(world.client_closed, None);
+    assert!(world.events.iter().any(|e| matches!(
+        e,
+        SessionEvent::FailedOver {
+            with_cookie: false,
+            ..
+        }
+    )));
+}
+
+/// Rule 3: a data-only PE that already answered, dying: the client is closed, marked
+/// failed, with what it had (nothing repeated, nothing invented).
+#[test]
+fn a_data_only_pe_dying_after_answering_closes_the_client() {
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.run();
+    world.client_sends(b"one\n");
+    world.pe_speaks(2);
+    world.client_sends(b"two\n");
+    world.crash(PeFailure::Reset);
+    assert_eq!(world.client_received, b"on");
+    assert_eq!(world.client_closed, Some(true));
+    assert!(
+        world
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::Unrecoverable { .. }))
+    );
+}
+
+/// Rule 2: a counter PE with cookies dies mid-stream; the session re-homes with the
+/// cookie echoed first and the lines after it replayed; the client sees each count once.
+#[test]
+fn cookies_carry_a_session_across_a_crash() {
+    let mut world = World::new(vec![pe(1, true), pe(2, true), pe(3, true)]);
+    world.run();
+    world.client_sends(b"a\nb\nc\n");
+    world.pe_speaks(usize::MAX);
+    world.client_sends(b"d\ne\n");
+    // PE 1 processed d and e but dies before its answers reach the gateway.
+    world.crash(PeFailure::Reset);
+    world.pe_speaks(usize::MAX);
+    world.client_sends(b"f\n");
+    world.pe_speaks(usize::MAX);
+    assert_eq!(world.client_received, counting(6));
+    assert!(world.events.iter().any(|e| matches!(
+        e,
+        SessionEvent::FailedOver {
+            with_cookie: true,
+            ..
+        }
+    )));
+    assert_eq!(world.client_closed, None);
+}
+
+/// A control channel PE that goes silent (frozen) fails after the response timeout;
+/// heartbeats are sent while idle.
+#[test]
+fn a_silent_control_channel_pe_times_out() {
+    let mut world = World::new(vec![pe(1, true), pe(2, true)]);
+    world.run();
+    world.client_sends(b"a\n");
+    world.pe_speaks(usize::MAX);
+    world.advance(Duration::from_millis(1_100));
+    // The PE answers heartbeats: nothing fails while it talks.
+    world.pe_speaks(0);
+    world.client_sends(b"b\n");
+    // Frozen: it neither answers nor sends anything for the response timeout.
+    if let Some((_, Service::Counter(c))) = &mut world.connected {
+        c.outbox.clear();
+    }
+    world.connected = None; // frozen: whatever it is sent is lost
+    world.dead.push(1);
+    world.advance(Duration::from_secs(4));
+    world.pe_speaks(usize::MAX);
+    assert_eq!(world.client_received, counting(2));
+    assert!(world.events.iter().any(|e| matches!(
+        e,
+        SessionEvent::FailedOver {
+            failure: PeFailure::Timeout,
+            ..
+        }
+    )));
+}
+
+/// Bytes beyond the replay limit cannot be replayed: a later failure is unrecoverable.
+#[test]
+fn the_replay_limit_bounds_what_can_be_recovered() {
+    let now = Instant::now();
+    let config = SessionConfig {
+        replay_limit: 16,
+        ..SessionConfig::default()
+    };
+    let mut session = Session::new(pool(), config, now);
+    let _ = session.poll();
+    session.resolved(vec![pe(1, false), pe(2, false)], now);
+    let _ = session.poll();
+    session.pe_connected(now);
+    session.client_data(&[b'x'; 40], now);
+    session.pe_failed(PeFailure::Reset, now);
+    let outputs: Vec<SessionOutput> = std::iter::from_fn(|| session.poll()).collect();
+    assert!(
+        outputs.contains(&SessionOutput::CloseClient { failed: true }),
+        "{outputs:?}"
+    );
+}
+
+/// A new client with no PE to serve it is told so (closed) after a few retries instead
+/// of hanging.
+#[test]
+fn an_empty_pool_fails_new_clients_fast() {
+    let mut world = World::new(vec![]);
+    world.run();
+    for _ in 0..10 {
+        world.advance(Duration::from_secs(1));
+    }
+    assert_eq!(world.client_closed, Some(true));
+}
+
+/// asap.md §7.3: a business card's PEs are tried first on failover.
+#[test]
+fn business_cards_choose_the_next_pe() {
+    let mut world = World::new(vec![pe(1, true), pe(2, true), pe(3, true)]);
+    world.run();
+    let card = AsapMessage::BusinessCard(rserpool_proto::wire::BusinessCard {
+        pool_handle: pool(),
+        policy: None,
+        pool_elements: vec![pe(3, true)],
+    });
+    world.session.pe_data(
+        &ControlFrame::Asap(card.encode().unwrap()).encode(),
+        world.now,
+    );
+    world.run();
+    world.client_sends(b"a\n");
+    world.crash(PeFailure::Reset);
+    assert_eq!(world.connected.as_ref().map(|(id, _)| *id), Some(3));
+}
+
+/// The control channel framing round-trips and refuses oversized frames.
+#[test]
+fn control_frames_round_trip() {
+    let frames = [
+        ControlFrame::Data {
+            ppid: 33,
+            payload: b"pong".to_vec(),
+        },
+        ControlFrame::Heartbeat,
+        ControlFrame::Asap(vec![0x0b, 0, 0, 8, 0, 0x0d, 0, 4]),
+    ];
+    let mut bytes = Vec::new();
+    for frame in &frames {
+        bytes.extend(frame.encode());
+    }
+    let mut deframer = ControlDeframer::default();
+    let mut decoded = Vec::new();
+    for chunk in bytes.chunks(3) {
+        deframer.push(chunk);
+        while let Some(frame) = deframer.next_frame().unwrap() {
+            decoded.push(frame);
+        }
+    }
+    assert_eq!(decoded, frames);
+    let mut deframer = ControlDeframer::default();
+    deframer.push(&[0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
+    assert!(deframer.next_frame().is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// Whatever the chunking and wherever the PEs crash (input in flight, output half
+    /// delivered, between a line and its cookie), the client sees every count exactly
+    /// once and in order.
+    #[test]
+    fn counter_sessions_survive_crashes_anywhere(
+        lines in 1usize..60,
+        chunk in 1usize..9,
+        speak in 1usize..40,
+        crash_every in 2usize..12,
+        seed in any::<u64>(),
+    ) {
+        let directory: Vec<PoolElement> = (1..=3).map(|i| pe(i, true)).collect();
+        let mut world = World::new(directory);
+        world.run();
+        let input: Vec<u8> = (0..lines).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let mut step = 0usize;
+        let mut rng = seed;
+        for piece in input.chunks(chunk) {
+            world.client_sends(piece);
+            step += 1;
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            world.pe_speaks(speak + (rng >> 60) as usize);
+            if step.is_multiple_of(crash_every) {
+                world.kill(PeFailure::Reset);
+            }
+        }
+        for _ in 0..1000 {
+            world.pe_speaks(usize::MAX);
+        }
+        prop_assert_eq!(world.client_closed, None);
+        prop_assert_eq!(String::from_utf8(world.client_received.clone()).unwrap(), String::from_utf8(counting(lines as u64)).unwrap());
+    }
+}

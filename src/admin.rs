@@ -1,0 +1,116 @@
+//! The admin HTTP listener: `/metrics` (Prometheus text) and `/healthz`. Loopback by
+//! default in the examples; it has no authentication, so never bind it where untrusted
+//! clients reach it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::RunError;
+
+/// Admin connections served at once; more wait in the accept queue.
+const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// An admin connection idle (or slow to send its request) this long is closed.
+const ADMIN_IDLE: Duration = Duration::from_secs(10);
+
+/// Latency buckets in seconds: 1 ms to 30 s, for stalls and round trips.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process's metrics recorder (once) and serves it on `listen`. Returns
+/// the bound address.
+pub(crate) async fn start(
+    listen: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<SocketAddr, RunError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| RunError::Usage(format!("metrics: {e}")))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| RunError::Bind(listen, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| RunError::Bind(listen, e))?;
+    tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
+    tokio::spawn(serve(listener, Arc::new(handle), shutdown));
+    Ok(bound)
+}
+
+/// Histograms are folded in on render or upkeep; without scrapes they would grow.
+async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, handle: Arc<PrometheusHandle>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &handle)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(ADMIN_IDLE, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+fn respond(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
+        }
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (_, "/metrics" | "/healthz") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = hyper::header::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
+}

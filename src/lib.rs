@@ -1,0 +1,150 @@
+//! rserpool: Reliable Server Pooling (RFC 5351-5356). The `rserpool` binary's roles and
+//! tools live here; the public API is [`service`], the library for native pool
+//! elements. `main.rs` only calls [`run`].
+
+mod admin;
+mod cli;
+mod config;
+mod decode;
+mod driver;
+mod dump;
+mod gateway;
+mod logging;
+mod pool_element;
+mod pool_user;
+mod registrar;
+mod resolve;
+pub mod service;
+mod signals;
+mod transport;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Where tools look for a registrar when none is given.
+pub(crate) const DEFAULT_REGISTRAR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 3863);
+
+/// Why a command failed, and its exit status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RunError {
+    /// Bad arguments or configuration (exit 64, EX_USAGE).
+    #[error("{0}")]
+    Usage(String),
+    /// A configuration file that cannot be used (exit 64).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The request could not be served (exit 1): malformed input, unknown pool.
+    #[error("{0}")]
+    Failed(String),
+    /// No registrar could be reached (exit 69, EX_UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A socket could not be bound (exit 71, EX_OSERR).
+    #[error("cannot bind {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// Another system error (exit 71).
+    #[error("{0}")]
+    Io(std::io::Error),
+}
+
+impl RunError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) | Self::Config(_) => 64,
+            Self::Failed(_) => 1,
+            Self::Unavailable(_) => 69,
+            Self::Bind(..) | Self::Io(_) => 71,
+        }
+    }
+}
+
+/// A seed for the engines' generators: `RSERPOOL_SEED` if set (to reproduce a run),
+/// else fresh randomness from the kernel.
+pub(crate) fn seed() -> u64 {
+    if let Some(seed) = std::env::var("RSERPOOL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return seed;
+    }
+    let mut bytes = [0u8; 8];
+    let random = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if random.is_err() {
+        // No /dev/urandom: the hasher's per-process random keys.
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        return hasher.finish();
+    }
+    u64::from_le_bytes(bytes)
+}
+
+pub(crate) fn profile(profile: cli::ProfileArg) -> config::Profile {
+    match profile {
+        cli::ProfileArg::Rfc => config::Profile::Rfc,
+        cli::ProfileArg::Rsplib => config::Profile::Rsplib,
+    }
+}
+
+pub(crate) fn apply_log_args(log: &mut config::LogConfig, args: &cli::LogArgs) {
+    if let Some(level) = &args.log_level {
+        log.level.clone_from(level);
+    }
+    if let Some(format) = args.log_format {
+        log.format = match format {
+            cli::LogFormatArg::Text => config::LogFormat::Text,
+            cli::LogFormatArg::Json => config::LogFormat::Json,
+        };
+    }
+}
+
+/// Tools that print a result: their output, or the failure.
+async fn tool(command: cli::Command) -> Result<String, RunError> {
+    match command {
+        cli::Command::Resolve(args) => resolve::run(args).await,
+        cli::Command::Dump(args) => dump::run(args).await,
+        cli::Command::Decode(args) => {
+            decode::run(&args).map_err(|e| RunError::Failed(e.to_string()))
+        }
+        cli::Command::Registrar(args) => registrar::run(args).await.map(|()| String::new()),
+        cli::Command::Pe(args) => pool_element::run(args).await.map(|()| String::new()),
+        cli::Command::Gateway(args) => gateway::run(args).await.map(|()| String::new()),
+    }
+}
+
+/// Parses the command line, runs the command, and returns its exit status.
+pub fn run() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let name = match &cli.command {
+        cli::Command::Registrar(_) => "registrar",
+        cli::Command::Pe(_) => "pe",
+        cli::Command::Gateway(_) => "gateway",
+        cli::Command::Resolve(_) => "resolve",
+        cli::Command::Dump(_) => "dump",
+        cli::Command::Decode(_) => "decode",
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rserpool {name}: cannot start the runtime: {error}");
+            return ExitCode::from(71);
+        }
+    };
+    match runtime.block_on(tool(cli.command)) {
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("rserpool {name}: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}

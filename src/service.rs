@@ -1,0 +1,516 @@
+//! The library for native pool elements: a service that registers itself in a pool
+//! and serves sessions whose state can survive a failover through ASAP cookies
+//! (asap.md §7).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use rserpool::service::{Event, PoolElementService, ServiceConfig};
+//! let config = ServiceConfig::new("CounterPool".parse()?, "127.0.0.1:0".parse()?, vec!["127.0.0.1:3863".parse()?]);
+//! let service = PoolElementService::start(config).await?;
+//! loop {
+//!     let mut session = service.accept().await?;
+//!     tokio::spawn(async move {
+//!         while let Ok(event) = session.next_event().await {
+//!             match event {
+//!                 Event::Data(bytes) => { /* answer with session.send(..), then session.send_cookie(..) */ }
+//!                 Event::CookieEcho(state) => { /* a failover: restore the state */ }
+//!                 Event::Closed => break,
+//!                 _ => {} // business cards; later kinds of event
+//!             }
+//!         }
+//!     });
+//! }
+//! # }
+//! ```
+//!
+//! # The contract of cookies
+//!
+//! Sessions run over a control channel (the PE registers "data plus control"). After
+//! writing the answers to some input, the service may call [`Session::send_cookie`] with
+//! its state and the number of client bytes that state covers ([`Session::input_offset`]
+//! minus any partial input it holds). The library seals the cookie with that count and
+//! the output written so far (the `RSP1` envelope). When the session's PE fails, the
+//! gateway hands the latest cookie to a new PE ([`Event::CookieEcho`]) and replays the
+//! client bytes after it; the new PE's output from that point must be the same as the
+//! old one's (the service is deterministic given its state and input), because the
+//! gateway drops the part the client already has. The gateway keeps cookies and hands
+//! them back untouched: a service that keeps secrets in them must encrypt them, and one that
+//! trusts them must authenticate them (security.md T16).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rserpool_proto::pool_element::PoolElementSpec;
+use rserpool_proto::session::{ControlDeframer, ControlFrame, open_cookie, seal_cookie};
+use rserpool_proto::wire::{
+    AsapMessage, BusinessCard, Cookie, Policy, PoolElementId, PoolHandle, Transport,
+    TransportProtocol, TransportUse,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::RunError;
+use crate::cli::{PeArgs, ServeKind};
+use crate::config::{Multicast, PeSection, Profile};
+use crate::logging::Logging;
+use crate::pool_element::{PeRuntime, deregister_all, log_event, start_engine};
+use crate::signals::{Request, Signals};
+
+/// How a native PE registers and serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The pool to join.
+    pub pool_handle: PoolHandle,
+    /// Where clients (gateways, pool users) connect; port 0 picks a free one. A concrete
+    /// address: it is the PE's registered user transport.
+    pub listen: SocketAddr,
+    /// Registrars' ASAP addresses.
+    pub registrars: Vec<SocketAddr>,
+    /// The PE's policy.
+    pub policy: Policy,
+    /// Serve over the control channel (cookies, heartbeats); `false` for a plain byte
+    /// stream (no failover of answered sessions).
+    pub control_channel: bool,
+    /// How often to re-register (registration life is three times this).
+    pub reregistration_interval: Duration,
+    /// Use rsplib's faster timers.
+    pub rsplib_timers: bool,
+}
+
+impl ServiceConfig {
+    /// Round robin, control channel, re-registration every 30 s.
+    pub fn new(pool_handle: PoolHandle, listen: SocketAddr, registrars: Vec<SocketAddr>) -> Self {
+        Self {
+            pool_handle,
+            listen,
+            registrars,
+            policy: Policy::RoundRobin,
+            control_channel: true,
+            reregistration_interval: Duration::from_secs(30),
+            rsplib_timers: false,
+        }
+    }
+}
+
+/// A native PE could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// The listening address is a wildcard: clients need a concrete one.
+    #[error("listen on a concrete address, not {0}: it is what clients are given")]
+    Wildcard(SocketAddr),
+    /// The pool element engine could not start.
+    #[error("{0}")]
+    Engine(String),
+}
+
+/// A registered native PE accepting sessions.
+#[derive(Debug)]
+pub struct PoolElementService {
+    listener: TcpListener,
+    runtime: PeRuntime,
+    pe_id: PoolElementId,
+    control: bool,
+    shutdown: CancellationToken,
+}
+
+impl PoolElementService {
+    /// Binds the listener and registers the PE (in the background: registration and
+    /// failover to other registrars continue while the service runs).
+    pub async fn start(config: ServiceConfig) -> Result<Self, ServiceError> {
+        if config.listen.ip().is_unspecified() {
+            return Err(ServiceError::Wildcard(config.listen));
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| ServiceError::Listen(config.listen, e))?;
+        let listen = listener
+            .local_addr()
+            .map_err(|e| ServiceError::Listen(config.listen, e))?;
+        let shutdown = CancellationToken::new();
+        let section = PeSection {
+            registrars: config.registrars.clone(),
+            profile: if config.rsplib_timers {
+                Profile::Rsplib
+            } else {
+                Profile::Rfc
+            },
+            asap: SocketAddr::new(listen.ip(), 0),
+            announce: Multicast::Off,
+            announce_interface: None,
+            services: Vec::new(),
+        };
+        let mut runtime =
+            start_engine(&section, &shutdown).map_err(|e| ServiceError::Engine(e.to_string()))?;
+        // Registration, refusals and home changes go to the log.
+        if let Some(mut events) = runtime.events.take() {
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    log_event(&event);
+                }
+            });
+        }
+        let transport_use = if config.control_channel {
+            TransportUse::DataPlusControl
+        } else {
+            TransportUse::DataOnly
+        };
+        let spec = PoolElementSpec {
+            pool_handle: config.pool_handle,
+            id: None,
+            user_transport: Transport {
+                protocol: TransportProtocol::Tcp(transport_use),
+                port: listen.port(),
+                addresses: vec![listen.ip()],
+            },
+            policy: config.policy,
+            reregistration_interval: config.reregistration_interval,
+            registration_life: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime
+            .handle
+            .command(move |engine, now| {
+                let _ = tx.send(engine.register(spec, now));
+            })
+            .await;
+        let pe_id = rx
+            .await
+            .map_err(|_| ServiceError::Engine("the pool element engine stopped".into()))?;
+        Ok(Self {
+            listener,
+            runtime,
+            pe_id,
+            control: config.control_channel,
+            shutdown,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The PE identifier.
+    pub fn pe_id(&self) -> PoolElementId {
+        self.pe_id
+    }
+
+    /// The next client session.
+    pub async fn accept(&self) -> std::io::Result<Session> {
+        let (stream, _) = self.listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(Session::new(stream, self.control))
+    }
+
+    /// Reports a new policy value (a new load, say): re-registers at once.
+    pub async fn set_policy(&self, policy: Policy) {
+        let pe_id = self.pe_id;
+        self.runtime
+            .handle
+            .command(move |engine, now| engine.update_policy(pe_id, policy, now))
+            .await;
+    }
+
+    /// Deregisters the PE (waiting briefly for the registrar's answer) and stops.
+    pub async fn shutdown(self) {
+        deregister_all(&self.runtime).await;
+        self.shutdown.cancel();
+        let _ = self.runtime.driver.await;
+    }
+}
+
+/// What a session brings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// Client bytes.
+    Data(Vec<u8>),
+    /// A failover brought this session here: the state of the latest cookie (before
+    /// any data of the session). The input offset is restored with it.
+    CookieEcho(Vec<u8>),
+    /// The client's failover suggestions (advisory).
+    BusinessCard(BusinessCard),
+    /// The session is over (the client or the gateway went away).
+    Closed,
+}
+
+/// One client session of a native PE.
+#[derive(Debug)]
+pub struct Session {
+    stream: TcpStream,
+    control: bool,
+    deframer: ControlDeframer,
+    pending: VecDeque<Event>,
+    /// Client bytes handed to the service (absolute, across failovers).
+    input: u64,
+    /// Bytes the service wrote (absolute).
+    output: u64,
+    last_write: tokio::time::Instant,
+    last_read: tokio::time::Instant,
+}
+
+/// A control channel peer silent for three heartbeat intervals is gone.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+impl Session {
+    fn new(stream: TcpStream, control: bool) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            stream,
+            control,
+            deframer: ControlDeframer::default(),
+            pending: VecDeque::new(),
+            input: 0,
+            output: 0,
+            last_write: now,
+            last_read: now,
+        }
+    }
+
+    /// Client bytes received so far in this session (including those before a
+    /// failover).
+    pub fn input_offset(&self) -> u64 {
+        self.input
+    }
+
+    /// The next event; heartbeats are sent and checked meanwhile.
+    pub async fn next_event(&mut self) -> std::io::Result<Event> {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Ok(event);
+            }
+            let tick = tokio::time::sleep_until(
+                (self.last_write + HEARTBEAT).min(self.last_read + HEARTBEAT * 3),
+            );
+            tokio::select! {
+                read = self.stream.read(&mut buffer) => {
+                    let count = read?;
+                    if count == 0 {
+                        return Ok(Event::Closed);
+                    }
+                    self.last_read = tokio::time::Instant::now();
+                    self.receive(buffer.get(..count).unwrap_or_default())?;
+                }
+                () = tick, if self.control => {
+                    let now = tokio::time::Instant::now();
+                    if now >= self.last_read + HEARTBEAT * 3 {
+                        return Ok(Event::Closed);
+                    }
+                    if now >= self.last_write + HEARTBEAT {
+                        self.write(&ControlFrame::Heartbeat.encode()).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if !self.control {
+            self.input += bytes.len() as u64;
+            self.pending.push_back(Event::Data(bytes.to_vec()));
+            return Ok(());
+        }
+        self.deframer.push(bytes);
+        loop {
+            let frame = self
+                .deframer
+                .next_frame()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            match frame {
+                Some(ControlFrame::Data { payload, .. }) => {
+                    self.input += payload.len() as u64;
+                    self.pending.push_back(Event::Data(payload));
+                }
+                Some(ControlFrame::Asap(message)) => {
+                    match AsapMessage::decode(&message).map(|d| d.message) {
+                        Ok(AsapMessage::CookieEcho(Cookie { cookie })) => {
+                            let state = match open_cookie(&cookie) {
+                                Some((consumed, produced, state)) => {
+                                    self.input = consumed;
+                                    self.output = produced;
+                                    state.to_vec()
+                                }
+                                None => cookie,
+                            };
+                            self.pending.push_back(Event::CookieEcho(state));
+                        }
+                        Ok(AsapMessage::BusinessCard(card)) => {
+                            self.pending.push_back(Event::BusinessCard(card))
+                        }
+                        _ => {}
+                    }
+                }
+                Some(ControlFrame::Heartbeat) => {}
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.last_write = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// Sends bytes to the client.
+    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.output += data.len() as u64;
+        if self.control {
+            let frame = ControlFrame::Data {
+                ppid: 0,
+                payload: data.to_vec(),
+            };
+            self.write(&frame.encode()).await
+        } else {
+            self.write(data).await
+        }
+    }
+
+    /// Sends a cookie: `state` after processing the first `consumed` client bytes, all
+    /// of whose answers have been sent. Ignored on a plain byte stream.
+    pub async fn send_cookie(&mut self, state: &[u8], consumed: u64) -> std::io::Result<()> {
+        if !self.control {
+            return Ok(());
+        }
+        let cookie = seal_cookie(consumed.min(self.input), self.output, state);
+        let message = AsapMessage::Cookie(Cookie { cookie })
+            .encode()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.write(&ControlFrame::Asap(message).encode()).await
+    }
+
+    /// Sends a business card: the PEs this client should fail over to, in order.
+    pub async fn send_business_card(&mut self, card: BusinessCard) -> std::io::Result<()> {
+        if !self.control {
+            return Ok(());
+        }
+        let message = AsapMessage::BusinessCard(card)
+            .encode()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        self.write(&ControlFrame::Asap(message).encode()).await
+    }
+}
+
+/// The demo `counter` service: each line from the client is answered with the running
+/// count of lines in the session; the count survives failover through cookies.
+async fn counter(mut session: Session) -> std::io::Result<()> {
+    let mut count: u64 = 0;
+    let mut partial: Vec<u8> = Vec::new();
+    loop {
+        match session.next_event().await? {
+            Event::CookieEcho(state) => {
+                count = state
+                    .first_chunk::<8>()
+                    .map_or(0, |b| u64::from_be_bytes(*b));
+                partial.clear();
+            }
+            Event::Data(bytes) => {
+                let mut answers = Vec::new();
+                for byte in bytes {
+                    if byte == b'\n' {
+                        count += 1;
+                        partial.clear();
+                        answers.extend(format!("{count}\n").into_bytes());
+                    } else if partial.len() < 64 * 1024 {
+                        partial.push(byte);
+                    }
+                }
+                if !answers.is_empty() {
+                    session.send(&answers).await?;
+                    let consumed = session.input_offset() - partial.len() as u64;
+                    session.send_cookie(&count.to_be_bytes(), consumed).await?;
+                }
+            }
+            Event::BusinessCard(_) => {}
+            Event::Closed => return Ok(()),
+        }
+    }
+}
+
+/// The demo `echo` service: sends back what it receives (a plain byte stream).
+async fn echo(mut session: Session) -> std::io::Result<()> {
+    loop {
+        match session.next_event().await? {
+            Event::Data(bytes) => session.send(&bytes).await?,
+            Event::Closed => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// `rserpool pe --serve counter|echo`: a native PE running a demo service.
+pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunError> {
+    let file = match &args.config {
+        Some(path) => crate::config::load(path)?,
+        None => crate::config::ConfigFile::default(),
+    };
+    let mut log = file.log.clone();
+    crate::apply_log_args(&mut log, &args.log);
+    let _logging = Logging::init(&log.level, log.format).map_err(RunError::Usage)?;
+    let pool = args
+        .pool
+        .as_deref()
+        .ok_or_else(|| RunError::Usage("--serve needs --pool".into()))?;
+    let pool_handle = PoolHandle::new(pool.as_bytes())
+        .map_err(|e| RunError::Usage(format!("--pool {pool:?}: {e}")))?;
+    let registrars = if args.registrars.is_empty() {
+        vec![crate::DEFAULT_REGISTRAR]
+    } else {
+        args.registrars.clone()
+    };
+    let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let config = ServiceConfig {
+        policy: rserpool_proto::policy::spec::parse(&args.policy)
+            .map_err(|e| RunError::Usage(e.to_string()))?,
+        control_channel: kind == ServeKind::Counter,
+        reregistration_interval: crate::config::parse_duration(&args.reregistration_interval)
+            .map_err(RunError::Usage)?,
+        rsplib_timers: matches!(args.profile, Some(crate::cli::ProfileArg::Rsplib)),
+        ..ServiceConfig::new(pool_handle, listen, registrars.clone())
+    };
+    let service = PoolElementService::start(config)
+        .await
+        .map_err(|e| match e {
+            ServiceError::Listen(address, error) => RunError::Bind(address, error),
+            other => RunError::Usage(other.to_string()),
+        })?;
+    let address = service.local_addr().map_err(RunError::Io)?;
+    let registrars: Vec<String> = registrars.iter().map(ToString::to_string).collect();
+    tracing::info!(
+        role = "pe",
+        serve = ?kind,
+        listen = %address,
+        pe = %service.pe_id(),
+        registrars = %registrars.join(","),
+        "ready"
+    );
+    let mut signals = Signals::install().map_err(RunError::Io)?;
+    loop {
+        tokio::select! {
+            request = signals.next() => if request == Request::Stop { break },
+            accepted = service.accept() => match accepted {
+                Ok(session) => {
+                    tokio::spawn(async move {
+                        let result = match kind {
+                            ServeKind::Counter => counter(session).await,
+                            ServeKind::Echo => echo(session).await,
+                        };
+                        if let Err(error) = result {
+                            tracing::debug!(%error, "session ended");
+                        }
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "accept failed"),
+            },
+        }
+    }
+    service.shutdown().await;
+    Ok(())
+}
