@@ -88,6 +88,13 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         DEFAULT_STALE_CACHE,
         &shutdown,
     )?);
+    // The metrics recorder goes in first: listeners take their meters when they start.
+    let admin = match file.admin.listen {
+        Some(listen) => crate::admin::start(listen, shutdown.clone())
+            .await?
+            .to_string(),
+        None => "off".to_owned(),
+    };
     let mut bound = Vec::new();
     for section in &file.gateway.tcp {
         let listener = tokio::net::TcpListener::bind(section.listen)
@@ -108,12 +115,6 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             lifecycle.clone(),
         ));
     }
-    let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(listen, shutdown.clone())
-            .await?
-            .to_string(),
-        None => "off".to_owned(),
-    };
     let registrars: Vec<String> = file
         .pool_user
         .registrars

@@ -203,7 +203,8 @@ impl PoolElementService {
 
     /// The next client session.
     pub async fn accept(&self) -> std::io::Result<Session> {
-        let (stream, _) = self.listener.accept().await?;
+        let (stream, peer) = self.listener.accept().await?;
+        tracing::debug!(%peer, "session opened");
         let _ = stream.set_nodelay(true);
         Ok(Session::new(stream, self.control))
     }

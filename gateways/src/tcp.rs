@@ -4,22 +4,25 @@
 //! (`rserpool_proto::session`): transparently when nothing was answered yet, with
 //! cookie echo and replay for PEs with a control channel, else by closing the client.
 //!
-//! Each direction has a writer task with a bounded byte budget: the gateway reads from
-//! one side only while the other side's queue is below it (back-pressure end to end),
-//! so memory per session is bounded and a bulk transfer in both directions cannot
-//! deadlock. Half-close is passed on.
+//! One task per session drives both sockets. Each side has an outgoing queue with a
+//! byte budget: the gateway reads from one side only while the other side's queue is
+//! below it (back-pressure end to end), so memory per session is bounded and a bulk
+//! transfer in both directions cannot deadlock. Half-close is passed on.
 
-use std::net::SocketAddr;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use metrics::{Counter, Gauge, Histogram};
 use rserpool_proto::session::{PeFailure, Session, SessionConfig, SessionEvent, SessionOutput};
 use rserpool_proto::wire::{PoolElement, PoolHandle, TransportProtocol};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use socket2::SockRef;
+use tokio::io::{Interest, Ready};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Directory, DirectoryError, Lifecycle};
@@ -55,105 +58,212 @@ impl ListenerConfig {
     }
 }
 
+/// Bytes read from a socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// A listener's per-pool meters, looked up once rather than per session.
+struct Meters {
+    sessions: Counter,
+    active: Gauge,
+    failed: Counter,
+    failovers_with_cookie: Counter,
+    failovers_without_cookie: Counter,
+    stall: Histogram,
+}
+
+impl Meters {
+    fn new(pool: &str) -> Self {
+        let label = || ("pool", pool.to_owned());
+        let failovers = |cookie: &'static str| metrics::counter!("rserpool_tcp_failovers_total", "pool" => pool.to_owned(), "cookie" => cookie);
+        Self {
+            sessions: metrics::counter!("rserpool_tcp_sessions_total", &[label()]),
+            active: metrics::gauge!("rserpool_tcp_sessions_active", &[label()]),
+            failed: metrics::counter!("rserpool_tcp_sessions_failed_total", &[label()]),
+            failovers_with_cookie: failovers("true"),
+            failovers_without_cookie: failovers("false"),
+            stall: metrics::histogram!("rserpool_tcp_failover_stall_seconds", &[label()]),
+        }
+    }
+}
+
+/// What every session of a listener shares.
+struct Listener<D> {
+    config: ListenerConfig,
+    pool: String,
+    meters: Meters,
+    directory: Arc<D>,
+}
+
 /// Accepts clients until shut down; each gets a session task.
 pub async fn serve<D: Directory>(
-    listener: TcpListener,
+    socket: TcpListener,
     config: ListenerConfig,
     directory: Arc<D>,
     lifecycle: Lifecycle,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let pool = config.pool_handle.to_string();
+    let refused =
+        metrics::counter!("rserpool_tcp_connections_refused_total", "pool" => pool.clone());
+    let listener = Arc::new(Listener {
+        meters: Meters::new(&pool),
+        pool,
+        config,
+        directory,
+    });
     loop {
         let accepted = tokio::select! {
             () = lifecycle.stop_accepting.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = socket.accept() => accepted,
         };
         let Ok((client, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("rserpool_tcp_connections_refused_total", "pool" => pool.clone())
-                .increment(1);
-            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached: closing a client");
+            refused.increment(1);
+            tracing::warn!(%peer, limit = listener.config.max_connections, "connection limit reached: closing a client");
             continue;
         };
         let _ = client.set_nodelay(true);
-        let config = config.clone();
-        let directory = directory.clone();
+        let listener = listener.clone();
         let close = lifecycle.close_sessions.clone();
         lifecycle.sessions.spawn(async move {
-            run_session(client, peer, &config, directory.as_ref(), close).await;
+            run_session(client, peer, &listener, close).await;
             drop(permit);
         });
     }
 }
 
-/// A writer task and the bytes queued for it.
-struct Sink {
-    queue: mpsc::UnboundedSender<Outgoing>,
-    queued: Arc<AtomicUsize>,
-    drained: Arc<Notify>,
+/// One side of a session (client or PE): its socket and the bytes waiting to go out.
+///
+/// Writes go straight to the socket and only what it does not take is queued, so the
+/// usual exchange costs no extra task or wake-up; the session stops reading the other
+/// side while `queued` is above the byte budget, so at most one read overshoots it.
+struct Side {
+    stream: TcpStream,
+    pending: VecDeque<Vec<u8>>,
+    /// Bytes of the first pending chunk already written.
+    written: usize,
+    queued: usize,
+    /// The peer half-closed: nothing more to read, and a close sends no reset.
+    eof: bool,
+    shutdown_wanted: bool,
+    shut: bool,
+    /// A write failed; later output is dropped and the failure is reported once.
+    failed: bool,
+    failure_reported: bool,
 }
 
-enum Outgoing {
-    Bytes(Vec<u8>),
-    Shutdown,
-}
-
-/// What a writer task reports when it stops early.
-#[derive(Debug, Clone, Copy)]
-struct WriteFailed;
-
-impl Sink {
-    fn spawn(mut writer: OwnedWriteHalf, failed: mpsc::UnboundedSender<WriteFailed>) -> Self {
-        // Unbounded in messages, bounded in bytes: the session stops reading its source
-        // while `queued` is above the byte budget, so at most one read overshoots it.
-        let (queue, mut receiver) = mpsc::unbounded_channel::<Outgoing>();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let drained = Arc::new(Notify::new());
-        let (counter, notify) = (queued.clone(), drained.clone());
-        tokio::spawn(async move {
-            while let Some(item) = receiver.recv().await {
-                match item {
-                    Outgoing::Bytes(bytes) => {
-                        let length = bytes.len();
-                        if writer.write_all(&bytes).await.is_err() {
-                            let _ = failed.send(WriteFailed);
-                            return;
-                        }
-                        counter.fetch_sub(length, Ordering::AcqRel);
-                        notify.notify_one();
-                    }
-                    Outgoing::Shutdown => {
-                        let _ = writer.shutdown().await;
-                    }
-                }
-            }
-        });
+impl Side {
+    fn new(stream: TcpStream) -> Self {
         Self {
-            queue,
-            queued,
-            drained,
+            stream,
+            pending: VecDeque::new(),
+            written: 0,
+            queued: 0,
+            eof: false,
+            shutdown_wanted: false,
+            shut: false,
+            failed: false,
+            failure_reported: false,
         }
     }
 
-    fn send(&self, bytes: Vec<u8>) {
-        self.queued.fetch_add(bytes.len(), Ordering::AcqRel);
-        let _ = self.queue.send(Outgoing::Bytes(bytes));
+    fn send(&mut self, bytes: Vec<u8>) {
+        if self.failed || bytes.is_empty() {
+            return;
+        }
+        self.queued += bytes.len();
+        self.pending.push_back(bytes);
+        self.flush();
     }
 
-    fn shutdown(&self) {
-        let _ = self.queue.send(Outgoing::Shutdown);
+    /// Writes what the socket takes now.
+    fn flush(&mut self) {
+        while let Some(chunk) = self.pending.front() {
+            let rest = chunk.get(self.written..).unwrap_or_default();
+            match self.stream.try_write(rest) {
+                Ok(0) => self.failed = true,
+                Ok(count) => {
+                    self.written += count;
+                    self.queued -= count;
+                    if self.written == chunk.len() {
+                        self.pending.pop_front();
+                        self.written = 0;
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.failed = true,
+            }
+            self.pending.clear();
+            self.queued = 0;
+            return;
+        }
     }
 
-    fn queued(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+    /// Sends a FIN once everything queued is out (deferred so that a session that
+    /// ends right away just closes, which sends the FIN anyway).
+    fn shutdown_when_flushed(&mut self) {
+        if self.shutdown_wanted && !self.shut && self.pending.is_empty() && !self.failed {
+            self.shut = true;
+            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+        }
+    }
+
+    /// True once, when a write failed.
+    fn take_failure(&mut self) -> bool {
+        let new = self.failed && !self.failure_reported;
+        self.failure_reported |= new;
+        new
+    }
+
+    /// Reads into `buffer`: `None` when the readiness was stale.
+    fn read(&mut self, buffer: &mut [u8]) -> Option<io::Result<usize>> {
+        let mut count = None;
+        let outcome = self.stream.try_io(Interest::READABLE, || {
+            let read = (&*SockRef::from(&self.stream)).read(buffer)?;
+            count = Some(read);
+            // A short read emptied the receive queue: report it as WouldBlock so that
+            // tokio forgets the readiness (new data raises a new edge, and a FIN already
+            // seen stays ready), which saves a recv that would only say EAGAIN.
+            if read > 0 && read < buffer.len() {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(read)
+            }
+        });
+        match (count, outcome) {
+            (Some(0), _) => {
+                self.eof = true;
+                Some(Ok(0))
+            }
+            (Some(read), _) => Some(Ok(read)),
+            (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => None,
+            (None, Err(e)) => Some(Err(e)),
+            (None, Ok(read)) => Some(Ok(read)),
+        }
+    }
+
+    /// Ends the connection: a FIN unless a write failed; a reset only if the peer
+    /// still had bytes in flight to us.
+    fn close(self) {
+        if !self.eof && !self.shut && !self.failed {
+            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// Waits until `side` is ready for `interest` (forever when there is no side).
+async fn ready(side: Option<&Side>, interest: Interest) -> io::Result<Ready> {
+    match side {
+        Some(side) => side.stream.ready(interest).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -162,9 +272,20 @@ async fn connect(pe: &PoolElement, timeout: Duration) -> Option<TcpStream> {
     if !matches!(pe.user_transport.protocol, TransportProtocol::Tcp(_)) {
         return None;
     }
-    for address in &pe.user_transport.addresses {
+    let addresses = &pe.user_transport.addresses;
+    for address in addresses {
         let target = SocketAddr::new(*address, pe.user_transport.port);
-        if let Ok(Ok(stream)) = tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        // The session's own connect deadline bounds a single address; with several,
+        // each gets the timeout so that the next one is still tried.
+        let stream = if addresses.len() == 1 {
+            TcpStream::connect(target).await.ok()
+        } else {
+            tokio::time::timeout(timeout, TcpStream::connect(target))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        if let Some(stream) = stream {
             let _ = stream.set_nodelay(true);
             return Some(stream);
         }
@@ -172,39 +293,42 @@ async fn connect(pe: &PoolElement, timeout: Duration) -> Option<TcpStream> {
     None
 }
 
-async fn read_some(
-    reader: &mut Option<OwnedReadHalf>,
-    buffer: &mut [u8],
-) -> std::io::Result<usize> {
-    match reader {
-        Some(reader) => reader.read(buffer).await,
-        None => std::future::pending().await,
-    }
+thread_local! {
+    /// One read buffer for all sessions on a thread: what is read is handed to the
+    /// session (which copies it) before the task yields, so no session keeps it.
+    static READ_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_CHUNK]);
+}
+
+/// Reads from `side` into the thread's buffer and hands the bytes read to `deliver`
+/// (`None`: the readiness was stale, nothing to do).
+fn read_into<R>(side: &mut Side, deliver: impl FnOnce(Option<io::Result<&[u8]>>) -> R) -> R {
+    READ_BUFFER.with_borrow_mut(|buffer| {
+        let result = side.read(buffer);
+        deliver(result.map(|r| r.map(|count| buffer.get(..count).unwrap_or_default())))
+    })
 }
 
 /// Runs one client's session to its end.
 async fn run_session<D: Directory>(
     client: TcpStream,
     peer: SocketAddr,
-    config: &ListenerConfig,
-    directory: &D,
+    listener: &Listener<D>,
     shutdown: CancellationToken,
 ) {
-    let pool = config.pool_handle.to_string();
-    metrics::counter!("rserpool_tcp_sessions_total", "pool" => pool.clone()).increment(1);
-    metrics::gauge!("rserpool_tcp_sessions_active", "pool" => pool.clone()).increment(1.0);
-    let (client_reader, client_writer) = client.into_split();
-    let (failed_tx, mut failed_rx) = mpsc::unbounded_channel::<WriteFailed>();
-    let (pe_failed_tx, mut pe_failed_rx) = mpsc::unbounded_channel::<WriteFailed>();
-    let client_sink = Sink::spawn(client_writer, failed_tx);
-    let mut client_reader = Some(client_reader);
-    let mut pe_reader: Option<OwnedReadHalf> = None;
-    let mut pe_sink: Option<Sink> = None;
+    let config = &listener.config;
+    let meters = &listener.meters;
+    meters.sessions.increment(1);
+    meters.active.increment(1.0);
+    let mut client = Side::new(client);
+    let mut pe: Option<Side> = None;
     let mut session = Session::new(config.pool_handle, config.session, now());
     let mut resolving: Option<Pending<'_, Result<Vec<PoolElement>, DirectoryError>>> = None;
     let mut connecting: Option<Pending<'static, Option<TcpStream>>> = None;
-    let mut client_buffer = vec![0u8; 16 * 1024];
-    let mut pe_buffer = vec![0u8; 16 * 1024];
+    // Made once: a timer and a cancellation wait per loop turn would cost each turn.
+    let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut timer_at = None;
+    let mut closing = std::pin::pin!(shutdown.cancelled());
+    let mut shutdown_seen = false;
     let high = config.buffer;
     let mut failed = false;
 
@@ -213,68 +337,108 @@ async fn run_session<D: Directory>(
         while let Some(output) = session.poll() {
             match output {
                 SessionOutput::Resolve(handle) => {
-                    resolving = Some(Box::pin(directory.resolve(handle)))
+                    resolving = Some(Box::pin(listener.directory.resolve(handle)));
                 }
-                SessionOutput::Connect(pe) => {
-                    pe_reader = None;
-                    pe_sink = None;
+                SessionOutput::Connect(target) => {
+                    pe = None;
                     let timeout = config.session.connect_timeout;
-                    connecting = Some(Box::pin(async move { connect(&pe, timeout).await }));
+                    connecting = Some(Box::pin(async move { connect(&target, timeout).await }));
                 }
                 SessionOutput::SendToPe(bytes) => {
-                    if let Some(sink) = &pe_sink {
-                        sink.send(bytes);
+                    if let Some(side) = &mut pe {
+                        side.send(bytes);
                     }
                 }
                 SessionOutput::ClosePe => {
-                    pe_reader = None;
-                    pe_sink = None;
+                    pe = None;
                     connecting = None;
                 }
                 SessionOutput::ShutdownPe => {
-                    if let Some(sink) = &pe_sink {
-                        sink.shutdown();
+                    if let Some(side) = &mut pe {
+                        side.shutdown_wanted = true;
                     }
                 }
                 SessionOutput::ReportUnreachable(pe_id) => {
-                    directory
+                    listener
+                        .directory
                         .report_unreachable(config.pool_handle, pe_id)
                         .await;
                 }
-                SessionOutput::SendToClient(bytes) => client_sink.send(bytes),
-                SessionOutput::ShutdownClient => client_sink.shutdown(),
+                SessionOutput::SendToClient(bytes) => client.send(bytes),
+                SessionOutput::ShutdownClient => client.shutdown_wanted = true,
                 SessionOutput::CloseClient { failed: f } => failed = f,
-                SessionOutput::Event(event) => record(&pool, peer, &event),
+                SessionOutput::Event(event) => record(&listener.pool, meters, peer, &event),
+            }
+        }
+        // A failed write is news for the session once its current output is done.
+        if !session.is_closed() {
+            if pe.as_mut().is_some_and(Side::take_failure) {
+                session.pe_failed(PeFailure::Reset, now());
+                continue;
+            }
+            if client.take_failure() {
+                session.client_closed();
+                continue;
             }
         }
         if session.is_closed() {
             break;
         }
+        client.shutdown_when_flushed();
+        if let Some(side) = &mut pe {
+            side.shutdown_when_flushed();
+        }
         let deadline = session.next_timeout();
-        let read_client = client_reader.is_some()
+        if let Some(at) = deadline
+            && timer_at != Some(at)
+        {
+            timer.as_mut().reset(tokio::time::Instant::from_std(at));
+            timer_at = Some(at);
+        }
+        let read_client = !client.eof
             && session.unsent() < high as u64
-            && pe_sink.as_ref().is_none_or(|s| s.queued() < high);
-        let read_pe = pe_reader.is_some() && client_sink.queued() < high;
+            && pe.as_ref().is_none_or(|side| side.queued < high);
+        let read_pe = pe.as_ref().is_some_and(|side| !side.eof) && client.queued < high;
+        let write_client = !client.pending.is_empty();
+        let write_pe = pe.as_ref().is_some_and(|side| !side.pending.is_empty());
         tokio::select! {
-            () = shutdown.cancelled() => {
+            () = &mut closing, if !shutdown_seen => {
+                shutdown_seen = true;
                 session.client_closed();
             }
-            result = read_some(&mut client_reader, &mut client_buffer), if read_client => match result {
-                Ok(0) => {
-                    client_reader = None;
-                    session.client_eof(now());
-                }
-                Ok(count) => session.client_data(client_buffer.get(..count).unwrap_or_default(), now()),
+            ready = ready(Some(&client), Interest::READABLE), if read_client => match ready {
+                Ok(_) => read_into(&mut client, |result| match result {
+                    None => {}
+                    Some(Ok([])) => session.client_eof(now()),
+                    Some(Ok(bytes)) => session.client_data(bytes, now()),
+                    Some(Err(_)) => session.client_closed(),
+                }),
                 Err(_) => session.client_closed(),
             },
-            result = read_some(&mut pe_reader, &mut pe_buffer), if read_pe => match result {
-                Ok(0) => {
-                    pe_reader = None;
-                    session.pe_eof(now());
-                }
-                Ok(count) => session.pe_data(pe_buffer.get(..count).unwrap_or_default(), now()),
-                Err(_) => session.pe_failed(PeFailure::Reset, now()),
+            ready = ready(pe.as_ref(), Interest::READABLE), if read_pe => match (ready, &mut pe) {
+                (Ok(_), Some(side)) => read_into(side, |result| match result {
+                    None => {}
+                    Some(Ok([])) => session.pe_eof(now()),
+                    Some(Ok(bytes)) => session.pe_data(bytes, now()),
+                    Some(Err(_)) => session.pe_failed(PeFailure::Reset, now()),
+                }),
+                (Err(_), _) => session.pe_failed(PeFailure::Reset, now()),
+                (Ok(_), None) => {}
             },
+            _ = ready(Some(&client), Interest::WRITABLE), if write_client => {
+                client.flush();
+                if client.take_failure() {
+                    session.client_closed();
+                }
+            }
+            _ = ready(pe.as_ref(), Interest::WRITABLE), if write_pe => {
+                if let Some(side) = &mut pe {
+                    side.flush();
+                    if side.take_failure() {
+                        session.pe_failed(PeFailure::Reset, now());
+                    }
+                }
+            }
             answer = async { resolving.as_mut().expect("guarded").await }, if resolving.is_some() => {
                 resolving = None;
                 session.resolved(answer.unwrap_or_default(), now());
@@ -283,50 +447,39 @@ async fn run_session<D: Directory>(
                 connecting = None;
                 match stream {
                     Some(stream) => {
-                        let (reader, writer) = stream.into_split();
-                        pe_reader = Some(reader);
-                        pe_sink = Some(Sink::spawn(writer, pe_failed_tx.clone()));
+                        pe = Some(Side::new(stream));
                         session.pe_connected(now());
                     }
                     None => session.pe_failed(PeFailure::Connect, now()),
                 }
             }
-            Some(WriteFailed) = pe_failed_rx.recv() => session.pe_failed(PeFailure::Reset, now()),
-            Some(WriteFailed) = failed_rx.recv() => session.client_closed(),
-            () = async { client_sink.drained.notified().await }, if !read_pe && pe_reader.is_some() => {}
-            () = async {
-                match &pe_sink {
-                    Some(sink) => sink.drained.notified().await,
-                    None => std::future::pending().await,
-                }
-            }, if !read_client && client_reader.is_some() => {}
-            () = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-                    None => std::future::pending().await,
-                }
-            } => session.timeout(now()),
+            () = &mut timer, if deadline.is_some() => {
+                // Fired: re-armed when the session names its next deadline.
+                timer_at = None;
+                session.timeout(now());
+            }
         }
     }
-    metrics::gauge!("rserpool_tcp_sessions_active", "pool" => pool.clone()).decrement(1.0);
+    meters.active.decrement(1.0);
+    drop(pe);
     if failed {
         // The stream ends here instead of going on with a gap: what the client got is
         // exactly what the PEs produced, and the close tells it the rest is not coming.
-        metrics::counter!("rserpool_tcp_sessions_failed_total", "pool" => pool).increment(1);
-        client_sink.shutdown();
+        meters.failed.increment(1);
     } else {
         // Let queued output reach the client, then close.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while client_sink.queued() > 0 && tokio::time::Instant::now() < deadline {
-            let _ =
-                tokio::time::timeout(Duration::from_millis(100), client_sink.drained.notified())
-                    .await;
+        while !client.pending.is_empty() && !client.failed {
+            match tokio::time::timeout_at(deadline, client.stream.writable()).await {
+                Ok(Ok(())) => client.flush(),
+                _ => break,
+            }
         }
-        client_sink.shutdown();
     }
+    client.close();
 }
 
-fn record(pool: &str, peer: SocketAddr, event: &SessionEvent) {
+fn record(pool: &str, meters: &Meters, peer: SocketAddr, event: &SessionEvent) {
     match event {
         SessionEvent::Started { pe } => tracing::debug!(%peer, pool, pe = %pe, "session started"),
         SessionEvent::FailedOver {
@@ -336,10 +489,12 @@ fn record(pool: &str, peer: SocketAddr, event: &SessionEvent) {
             with_cookie,
             stall,
         } => {
-            metrics::counter!("rserpool_tcp_failovers_total", "pool" => pool.to_owned(), "cookie" => with_cookie.to_string())
-                .increment(1);
-            metrics::histogram!("rserpool_tcp_failover_stall_seconds", "pool" => pool.to_owned())
-                .record(stall.as_secs_f64());
+            if *with_cookie {
+                meters.failovers_with_cookie.increment(1);
+            } else {
+                meters.failovers_without_cookie.increment(1);
+            }
+            meters.stall.record(stall.as_secs_f64());
             tracing::info!(%peer, pool, from = %from, to = %to, ?failure, with_cookie, stall_ms = stall.as_millis(), "session failed over");
         }
         SessionEvent::Unrecoverable { failure, reason } => {
