@@ -20,18 +20,12 @@ work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-ready() { for _ in $(seq 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "no '$2' in $1" >&2; cat "$1" >&2; exit 1; }
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 "$bin/tcp-load" echo --listen 127.0.0.1:18101 & pids+=($!)
 "$bin/tcp-load" echo --listen 127.0.0.1:18102 & pids+=($!)
-"$bin/rserpool" registrar --asap 127.0.0.1:0 --enrp 127.0.0.1:0 --announce off --enrp-multicast off \
-    --log-level warn,rserpool::registrar=info 2>"$work/registrar.log" & pids+=($!)
-ready "$work/registrar.log" ready
-asap=$(grep -o 'asap=[0-9.:]*' "$work/registrar.log" | cut -d= -f2)
-for port in 18101 18102; do
-    "$bin/rserpool" pe --pool EchoPool --backend 127.0.0.1:$port --registrar "$asap" --health tcp \
-        2>"$work/pe-$port.log" & pids+=($!)
-done
+start_pool EchoPool 18101 18102
 TOKIO_WORKER_THREADS=$THREADS "$bin/rserpool" gateway --registrar "$asap" \
     --tcp 127.0.0.1:18093=EchoPool --log-level warn,rserpool::gateway=info 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready

@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Debian packages: tshark (the independent Wireshark check of our bytes).
+# Debian packages: tshark (the independent Wireshark check of our bytes), curl (an
+# HTTP/2-over-TLS client for the HTTP gateway's TLS test).
 missing=()
 command -v tshark >/dev/null || missing+=(tshark)
+command -v curl >/dev/null || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     echo "wireshark-common wireshark-common/install-setuid boolean false" | as_root debconf-set-selections

@@ -53,6 +53,8 @@ pub(crate) enum ServeKind {
     Counter,
     /// Echo (plain byte stream).
     Echo,
+    /// A small web service with per-session counts (HTTP cookie mapping).
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -154,6 +156,10 @@ pub(crate) struct GatewayArgs {
     /// A TCP listener: LISTEN_ADDR:PORT=POOL_HANDLE (repeatable).
     #[arg(long = "tcp")]
     pub(crate) tcp: Vec<String>,
+    /// An HTTP listener with one route for every host and path:
+    /// LISTEN_ADDR:PORT=POOL_HANDLE (repeatable).
+    #[arg(long = "http")]
+    pub(crate) http: Vec<String>,
     /// Timer profile of the pool user.
     #[arg(long, value_enum)]
     pub(crate) profile: Option<ProfileArg>,

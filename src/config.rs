@@ -53,6 +53,8 @@ pub(crate) struct AdminSection {
 pub(crate) struct GatewaySection {
     /// TCP listeners: each maps a listening address to a pool.
     pub(crate) tcp: Vec<TcpListenerSection>,
+    /// HTTP listeners: each routes hosts and paths to pools.
+    pub(crate) http: Vec<HttpListenerSection>,
     /// How long SIGTERM waits for open sessions before closing them.
     #[serde(deserialize_with = "duration")]
     pub(crate) drain_timeout: Duration,
@@ -62,9 +64,157 @@ impl Default for GatewaySection {
     fn default() -> Self {
         Self {
             tcp: Vec::new(),
+            http: Vec::new(),
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// One HTTP listener of the gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpListenerSection {
+    pub(crate) listen: SocketAddr,
+    pub(crate) routes: Vec<HttpRouteSection>,
+    #[serde(default = "ten_thousand")]
+    pub(crate) max_connections: usize,
+    /// A client must send a request's head within this.
+    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    pub(crate) header_timeout: Duration,
+    /// Larger request heads get 431.
+    #[serde(default = "sixty_four_kibibytes")]
+    pub(crate) max_header_bytes: usize,
+    /// Retries per request on average (plus 10 a second).
+    #[serde(default = "retry_ratio")]
+    pub(crate) retry_ratio: f64,
+    pub(crate) sticky: Option<StickySection>,
+    /// TLS termination: the listener speaks HTTPS (HTTP/2 by ALPN).
+    pub(crate) tls: Option<TlsSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub(crate) certificates: Vec<CertificateSection>,
+}
+
+/// One certificate of a TLS listener; the first is the default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateSection {
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+    /// SNI names it serves (`*.example.com` for subdomains).
+    #[serde(default)]
+    pub(crate) names: Vec<String>,
+}
+
+/// Where requests for a host and path prefix go.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpRouteSection {
+    #[serde(deserialize_with = "pool_handle")]
+    pub(crate) pool: PoolHandle,
+    /// Exact host or `*.domain`; absent: every host.
+    #[serde(default)]
+    pub(crate) host: Option<String>,
+    #[serde(default = "root_path")]
+    pub(crate) path: String,
+    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    pub(crate) connect_timeout: Duration,
+    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+    pub(crate) first_byte_timeout: Duration,
+    #[serde(default = "sixty_seconds", deserialize_with = "duration")]
+    pub(crate) idle_timeout: Duration,
+    #[serde(default = "ten_mebibytes")]
+    pub(crate) max_body: u64,
+    #[serde(default = "sixty_four_kibibytes")]
+    pub(crate) replay_buffer: usize,
+    #[serde(default = "three")]
+    pub(crate) max_attempts: usize,
+}
+
+/// Sticky sessions: the binding travels sealed in a cookie.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StickySection {
+    #[serde(default = "cookie_name")]
+    pub(crate) cookie: String,
+    /// 32-byte keys in hex (64 digits), the first one current; every gateway that
+    /// should serve the same sessions needs them.
+    #[serde(default)]
+    pub(crate) keys: Vec<String>,
+    /// A file with such keys, one per line (instead of or after `keys`).
+    #[serde(default)]
+    pub(crate) key_file: Option<std::path::PathBuf>,
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn sixty_seconds() -> Duration {
+    Duration::from_secs(60)
+}
+fn sixty_four_kibibytes() -> usize {
+    64 * 1024
+}
+fn ten_mebibytes() -> u64 {
+    10 << 20
+}
+fn retry_ratio() -> f64 {
+    0.2
+}
+fn root_path() -> String {
+    "/".to_owned()
+}
+fn three() -> usize {
+    3
+}
+fn cookie_name() -> String {
+    "rserpool_session".to_owned()
+}
+
+/// The keys of a sticky section, read and checked.
+pub(crate) fn sticky_keys(section: &StickySection) -> Result<Vec<[u8; 32]>, ConfigError> {
+    let mut texts = section.keys.clone();
+    if let Some(path) = &section.key_file {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.display().to_string(),
+            error,
+        })?;
+        texts.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    if texts.is_empty() {
+        return Err(ConfigError::Invalid(
+            "gateway.http.sticky: give keys or key_file (32-byte keys in hex, e.g. from `openssl rand -hex 32`)".into(),
+        ));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let bytes: Option<Vec<u8>> = (text.len() == 64)
+                .then(|| {
+                    (0..32)
+                        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+                        .collect()
+                })
+                .flatten();
+            bytes
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "gateway.http.sticky: key {} is not 64 hex digits",
+                        index + 1
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// One TCP listener of the gateway.

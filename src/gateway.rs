@@ -5,14 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use rserpool_gateways::Lifecycle;
+use rserpool_gateways::http::sticky::CookieSealer;
+use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
+use rserpool_gateways::http::{self, HttpListenerConfig, Route};
 use rserpool_gateways::tcp::{self, ListenerConfig};
 use rserpool_proto::session::SessionConfig;
+use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::GatewayArgs;
-use crate::config::{self, ConfigFile, TcpListenerSection};
+use crate::config::{self, ConfigFile, HttpListenerSection, TcpListenerSection};
 use crate::logging::Logging;
 use crate::pool_user::PoolUser;
 use crate::signals::{Request, Signals};
@@ -31,14 +37,7 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
         file.pool_user.profile = crate::profile(profile);
     }
     for spec in &args.tcp {
-        let (listen, pool) = spec.split_once('=').ok_or_else(|| {
-            RunError::Usage(format!("--tcp {spec:?}: use LISTEN_ADDR:PORT=POOL_HANDLE"))
-        })?;
-        let listen = listen.parse().map_err(|_| {
-            RunError::Usage(format!("--tcp {spec:?}: {listen:?} is not an ADDRESS:PORT"))
-        })?;
-        let pool = rserpool_proto::wire::PoolHandle::new(pool.as_bytes())
-            .map_err(|e| RunError::Usage(format!("--tcp {spec:?}: {e}")))?;
+        let (listen, pool) = listener_flag("--tcp", spec)?;
         let defaults: TcpListenerSection = config::parse(
             &format!("gateway:\n  tcp:\n    - listen: {listen}\n      pool: x\n"),
             "defaults",
@@ -52,14 +51,121 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
             ..defaults
         });
     }
+    for spec in &args.http {
+        let (listen, pool) = listener_flag("--http", spec)?;
+        let section: HttpListenerSection = config::parse(
+            &format!(
+                "gateway:\n  http:\n    - listen: {listen}\n      routes:\n        - pool: {pool}\n"
+            ),
+            "--http",
+        )?
+        .gateway
+        .http
+        .remove(0);
+        file.gateway.http.push(section);
+    }
     crate::apply_log_args(&mut file.log, &args.log);
-    if file.gateway.tcp.is_empty() {
+    if file.gateway.tcp.is_empty() && file.gateway.http.is_empty() {
         return Err(RunError::Usage(
-            "no listener: give --tcp LISTEN_ADDR:PORT=POOL, or gateway.tcp in the configuration"
+            "no listener: give --tcp or --http LISTEN_ADDR:PORT=POOL, or gateway.tcp / gateway.http in the configuration"
                 .into(),
         ));
     }
     Ok(file)
+}
+
+/// `LISTEN_ADDR:PORT=POOL_HANDLE` of a listener flag.
+fn listener_flag(flag: &str, spec: &str) -> Result<(SocketAddr, PoolHandle), RunError> {
+    let (listen, pool) = spec.split_once('=').ok_or_else(|| {
+        RunError::Usage(format!("{flag} {spec:?}: use LISTEN_ADDR:PORT=POOL_HANDLE"))
+    })?;
+    let listen = listen.parse().map_err(|_| {
+        RunError::Usage(format!(
+            "{flag} {spec:?}: {listen:?} is not an ADDRESS:PORT"
+        ))
+    })?;
+    let pool = PoolHandle::new(pool.as_bytes())
+        .map_err(|e| RunError::Usage(format!("{flag} {spec:?}: {e}")))?;
+    Ok((listen, pool))
+}
+
+fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerConfig, RunError> {
+    let context = format!("gateway.http {}", section.listen);
+    if section.routes.is_empty() {
+        return Err(RunError::Usage(format!(
+            "{context}: give at least one route"
+        )));
+    }
+    if !(0.0..=10.0).contains(&section.retry_ratio) {
+        return Err(RunError::Usage(format!(
+            "{context}: retry_ratio must be between 0 and 10"
+        )));
+    }
+    let mut routes = Vec::new();
+    for route in &section.routes {
+        if !route.path.starts_with('/') {
+            return Err(RunError::Usage(format!(
+                "{context}: route path {:?} must start with /",
+                route.path
+            )));
+        }
+        routes.push(Route {
+            host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            path_prefix: route.path.clone(),
+            pool_handle: route.pool,
+            connect_timeout: route.connect_timeout,
+            first_byte_timeout: route.first_byte_timeout,
+            idle_timeout: route.idle_timeout,
+            max_body: route.max_body,
+            replay_buffer: route.replay_buffer,
+            max_attempts: route.max_attempts.max(1),
+        });
+    }
+    let sticky = match &section.sticky {
+        Some(sticky) => {
+            let valid_name = !sticky.cookie.is_empty()
+                && sticky
+                    .cookie
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !valid_name {
+                return Err(RunError::Usage(format!(
+                    "{context}: sticky cookie name {:?}: use letters, digits, _ - .",
+                    sticky.cookie
+                )));
+            }
+            let keys = config::sticky_keys(sticky)?;
+            CookieSealer::new(sticky.cookie.clone(), &keys)
+        }
+        None => None,
+    };
+    let tls = match &section.tls {
+        Some(tls) => {
+            let sources = tls
+                .certificates
+                .iter()
+                .map(|c| CertificateSource {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                    names: c.names.clone(),
+                })
+                .collect();
+            Some(Arc::new(CertificateResolver::new(sources).map_err(
+                |e| RunError::Usage(format!("{context}: tls: {e}")),
+            )?))
+        }
+        None => None,
+    };
+    Ok(HttpListenerConfig {
+        listen: section.listen,
+        tls,
+        routes,
+        max_connections: section.max_connections,
+        header_timeout: section.header_timeout,
+        max_header_bytes: section.max_header_bytes,
+        sticky,
+        retry_ratio: section.retry_ratio,
+    })
 }
 
 fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
@@ -80,6 +186,12 @@ fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
 
 pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
+    let http_configs = file
+        .gateway
+        .http
+        .iter()
+        .map(http_listener_config)
+        .collect::<Result<Vec<_>, _>>()?;
     let _logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
     let lifecycle = Lifecycle::default();
@@ -115,21 +227,60 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             lifecycle.clone(),
         ));
     }
+    let certificates: Vec<(SocketAddr, Arc<CertificateResolver>)> = http_configs
+        .iter()
+        .filter_map(|c| Some((c.listen, c.tls.clone()?)))
+        .collect();
+    let mut bound_http = Vec::new();
+    for config in http_configs {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| RunError::Bind(config.listen, e))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| RunError::Bind(config.listen, e))?;
+        let pools: Vec<String> = config
+            .routes
+            .iter()
+            .map(|r| r.pool_handle.to_string())
+            .collect();
+        bound_http.push(format!("{address}={}", pools.join("+")));
+        let config = HttpListenerConfig {
+            listen: address,
+            ..config
+        };
+        tokio::spawn(http::serve(
+            listener,
+            config,
+            pool_user.clone(),
+            lifecycle.clone(),
+        ));
+    }
     let registrars: Vec<String> = file
         .pool_user
         .registrars
         .iter()
         .map(ToString::to_string)
         .collect();
-    tracing::info!(role = "gateway", tcp = %bound.join(","), registrars = %registrars.join(","), admin = %admin, "ready");
+    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), registrars = %registrars.join(","), admin = %admin, "ready");
 
     let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {
         match signals.next().await {
             Request::Stop => break,
-            Request::Reload => tracing::info!(
-                "SIGHUP: listeners are not reloaded yet; restart the gateway to change them"
-            ),
+            Request::Reload => {
+                for (listen, resolver) in &certificates {
+                    match resolver.reload() {
+                        Ok(()) => tracing::info!(%listen, "SIGHUP: TLS certificates reloaded"),
+                        Err(error) => {
+                            tracing::error!(%listen, %error, "SIGHUP: TLS certificates not reloaded; the old ones stay")
+                        }
+                    }
+                }
+                tracing::info!(
+                    "SIGHUP: listeners and routes are not reloaded; restart the gateway to change them"
+                );
+            }
         }
     }
     // Stop accepting; give open sessions the drain time, then close them.

@@ -274,6 +274,12 @@ impl Session {
         }
     }
 
+    /// The connection itself, for a service that speaks its own protocol on a plain
+    /// data channel; `None` with a control channel (its framing is the library's).
+    pub fn into_stream(self) -> Option<TcpStream> {
+        (!self.control).then_some(self.stream)
+    }
+
     /// Client bytes received so far in this session (including those before a
     /// failover).
     pub fn input_offset(&self) -> u64 {
@@ -493,15 +499,24 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         "ready"
     );
     let mut signals = Signals::install().map_err(RunError::Io)?;
+    let http_sessions = crate::demo_http::Sessions::default();
+    let pe_id = service.pe_id();
     loop {
         tokio::select! {
             request = signals.next() => if request == Request::Stop { break },
             accepted = service.accept() => match accepted {
                 Ok(session) => {
+                    let http_sessions = http_sessions.clone();
                     tokio::spawn(async move {
                         let result = match kind {
                             ServeKind::Counter => counter(session).await,
                             ServeKind::Echo => echo(session).await,
+                            ServeKind::Http => match session.into_stream() {
+                                Some(stream) => crate::demo_http::serve(stream, pe_id, http_sessions)
+                                    .await
+                                    .map_err(std::io::Error::other),
+                                None => Ok(()),
+                            },
                         };
                         if let Err(error) = result {
                             tracing::debug!(%error, "session ended");

@@ -5,6 +5,7 @@
 //! The gateways see pools only through a [`Directory`], which the daemon implements
 //! with its ASAP pool user (../shared/ARCHITECTURE.md §1).
 
+pub mod http;
 pub mod tcp;
 
 use std::future::Future;

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# HTTP gateway benchmark: wrk (Debian) at 64 connections against the gateway, HAProxy 2.6
+# (`mode http`, one thread) and nginx 1.22 (one worker), all in front of the same two
+# nginx backends (../shared/baselines), on the same machine; then the same over TLS
+# (a self-signed ECDSA certificate; HTTP/1.1, keep-alive). Each figure is the median of
+# ROUNDS alternating runs; prints requests/s, p50 and p99 and the ratios to HAProxy.
+#   bench/http.sh [SECONDS]        (ROUNDS=3; ONLY=plain|tls: one part)
+# The gateway runs with one thread (TOKIO_WORKER_THREADS=1) like HAProxy's nbthread 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-3}
+baselines=$(cd ../shared/baselines && pwd)
+for tool in haproxy nginx wrk openssl; do
+    command -v "$tool" >/dev/null || sudo -n apt-get install -y haproxy nginx-light wrk openssl >/dev/null 2>&1 \
+        || apt-get install -y haproxy nginx-light wrk openssl >/dev/null
+done
+cargo build --release --quiet -p rserpool
+ulimit -n 65536 2>/dev/null || true
+bin=target/release
+work=$(mktemp -d)
+mkdir -p /tmp/baselines
+pids=()
+cleanup() {
+    kill "${pids[@]}" 2>/dev/null || true
+    for pid in /tmp/baselines/nginx.pid /tmp/baselines/nginx-proxy.pid "$work/nginx-tls.pid"; do
+        [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true; rm -rf "$work"
+}
+trap cleanup EXIT
+# shellcheck source=bench/common.sh
+. bench/common.sh
+
+# Backends and the baselines, as ../shared/baselines/README.md starts them.
+nginx -c "$baselines/nginx-backend.conf"
+nginx -c "$baselines/nginx-proxy.conf"
+haproxy -f "$baselines/haproxy.cfg" -D -p "$work/haproxy.pid"; pids+=("$(cat "$work/haproxy.pid")")
+
+# TLS material and TLS variants of the baselines.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.example \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+cat "$work/cert.pem" "$work/key.pem" > "$work/combined.pem"
+cat > "$work/haproxy-tls.cfg" <<CFG
+global
+  nbthread 1
+  maxconn 5000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:18491 ssl crt $work/combined.pem alpn http/1.1
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+  server s1 127.0.0.1:18081
+  server s2 127.0.0.1:18082
+CFG
+haproxy -f "$work/haproxy-tls.cfg" -D -p "$work/haproxy-tls.pid"; pids+=("$(cat "$work/haproxy-tls.pid")")
+cat > "$work/nginx-tls.conf" <<CFG
+worker_processes 1;
+pid $work/nginx-tls.pid;
+error_log $work/nginx-tls-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream be { server 127.0.0.1:18081; server 127.0.0.1:18082; keepalive 64; }
+  server { listen 127.0.0.1:18490 ssl; ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+           location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+CFG
+nginx -c "$work/nginx-tls.conf"
+
+# The gateway: a registrar, one `pe` agent per backend, plain and TLS listeners.
+start_pool WebPool 18081 18082
+cat > "$work/gateway.yaml" <<CFG
+pool_user:
+  registrars: [$asap]
+gateway:
+  http:
+    - listen: 127.0.0.1:18089
+      routes: [{pool: WebPool}]
+    - listen: 127.0.0.1:18489
+      tls:
+        certificates: [{cert: $work/cert.pem, key: $work/key.pem}]
+      routes: [{pool: WebPool}]
+log:
+  level: warn,rserpool::gateway=info
+CFG
+TOKIO_WORKER_THREADS=1 "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
+ready "$work/gateway.log" ready
+until "$bin/rserpool" resolve WebPool --registrar "$asap" --count 10 | grep -q "2 pool element"; do sleep 0.2; done
+
+# wrk's figures: requests/s and the p50/p99 latency in ms.
+measure() {
+    wrk -t1 -c64 -d"${SECONDS_}s" --latency "$1" | awk '
+        function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+        /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) }
+        END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+# Arguments: the part's name, then name=URL for each target (the gateway first, then HAProxy).
+compare() {
+    local part=$1; shift
+    declare -A rps p50 p99
+    local target name url out
+    for _ in $(seq "$ROUNDS"); do
+        for target in "$@"; do
+            name=${target%%=*}; url=${target#*=}
+            out=$(measure "$url"); echo "  $name: $out (requests/s p50_ms p99_ms)"
+            rps[$name]+="$(echo "$out" | cut -d' ' -f1) "; p50[$name]+="$(echo "$out" | cut -d' ' -f2) "; p99[$name]+="$(echo "$out" | cut -d' ' -f3) "
+        done
+    done
+    echo "=> $part (medians of $ROUNDS x ${SECONDS_} s, wrk -t1 -c64)"
+    local g=${1%%=*} h=${2%%=*} m gr gp hr hp
+    for target in "$@"; do
+        name=${target%%=*}
+        m="$(printf '%s\n' ${rps[$name]} | median) $(printf '%s\n' ${p50[$name]} | median) $(printf '%s\n' ${p99[$name]} | median)"
+        printf '   %-8s %s requests/s, p50 %s ms, p99 %s ms\n' "$name" ${m}
+        eval "med_$name=\"$m\""
+    done
+    gr=$(eval echo "\$med_$g" | cut -d' ' -f1); gp=$(eval echo "\$med_$g" | cut -d' ' -f3)
+    hr=$(eval echo "\$med_$h" | cut -d' ' -f1); hp=$(eval echo "\$med_$h" | cut -d' ' -f3)
+    awk -v gr="$gr" -v hr="$hr" -v gp="$gp" -v hp="$hp" \
+        'BEGIN { printf "   gateway/HAProxy: requests/s %.2f, p99 %.2f\n", gr / hr, gp / hp }'
+    if [ $# -ge 3 ]; then
+        local n=${3%%=*} nr
+        nr=$(eval echo "\$med_$n" | cut -d' ' -f1)
+        awk -v gr="$gr" -v nr="$nr" 'BEGIN { printf "   gateway/nginx: requests/s %.2f\n", gr / nr }'
+    fi
+}
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = plain ]; then
+    compare "plain HTTP/1.1" gateway=http://127.0.0.1:18089/ haproxy=http://127.0.0.1:18091/ nginx=http://127.0.0.1:18090/
+fi
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = tls ]; then
+    compare "TLS (HTTP/1.1)" gateway=https://127.0.0.1:18489/ haproxy=https://127.0.0.1:18491/ nginx=https://127.0.0.1:18490/
+fi
+echo "gateway RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"

@@ -1,0 +1,965 @@
+//! The HTTP gateway: a reverse proxy in front of a pool. Each request goes to a PE of
+//! the route's pool in the pool's policy order; a PE that refuses, resets or times out
+//! is reported (ENDPOINT_UNREACHABLE) and the request is retried on the next one when
+//! that is safe (nothing was sent, or the method is idempotent and the body was
+//! buffered). Sticky sessions are bound to a PE by a sealed cookie ([`sticky`]) and move
+//! to another PE when theirs dies, with the PE's latest ASAP cookie echoed to the new
+//! one.
+//!
+//! The ASAP session layer over HTTP is project-local (there is no standard mapping): a PE
+//! hands the gateway its session state in an `RSerPool-Cookie` response header (base64),
+//! which the gateway strips and keeps; after a re-home the first request to the new PE
+//! carries it back as `RSerPool-Cookie-Echo`, and every request of a sticky session names
+//! the session in `RSerPool-Session` (16 hex digits, stable across PEs).
+
+pub mod forward;
+pub mod sticky;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use metrics::{Counter, Histogram};
+use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle, TransportProtocol};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use self::sticky::{Binding, CookieSealer};
+use crate::{Directory, DirectoryError, Lifecycle};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies the gateway sends either way.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Where requests for a host and path go, and their limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The `Host` this route serves (port ignored, case-insensitive; `*.example.com`
+    /// matches subdomains); `None`: every host.
+    pub host: Option<String>,
+    /// Path prefix, on segment boundaries (`/api` matches `/api` and `/api/x`).
+    pub path_prefix: String,
+    pub pool_handle: PoolHandle,
+    pub connect_timeout: Duration,
+    /// From the request sent to the PE to the response's head.
+    pub first_byte_timeout: Duration,
+    /// A response body silent this long is cut.
+    pub idle_timeout: Duration,
+    /// Larger request bodies get 413.
+    pub max_body: u64,
+    /// Request bodies up to this size are kept so the request can be retried.
+    pub replay_buffer: usize,
+    /// PEs tried for one request at most.
+    pub max_attempts: usize,
+}
+
+impl Route {
+    /// A route for every host and path with the defaults.
+    pub fn new(pool_handle: PoolHandle) -> Self {
+        Self {
+            host: None,
+            path_prefix: "/".to_owned(),
+            pool_handle,
+            connect_timeout: Duration::from_secs(2),
+            first_byte_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_body: 10 * 1024 * 1024,
+            replay_buffer: 64 * 1024,
+            max_attempts: 3,
+        }
+    }
+
+    fn matches_host(&self, host: Option<&str>) -> bool {
+        match (&self.host, host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(pattern), Some(host)) => match pattern.strip_prefix("*.") {
+                Some(domain) => host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.ends_with('.') && sub.len() > 1),
+                None => pattern.eq_ignore_ascii_case(host),
+            },
+        }
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        let prefix = self.path_prefix.as_str();
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+    }
+}
+
+/// One HTTP listener of the gateway.
+#[derive(Debug, Clone)]
+pub struct HttpListenerConfig {
+    pub listen: SocketAddr,
+    pub routes: Vec<Route>,
+    /// Open client connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// A client must send a request's head within this (slowloris defence).
+    pub header_timeout: Duration,
+    /// Larger request heads get 431.
+    pub max_header_bytes: usize,
+    /// Sticky sessions, when a key is configured.
+    pub sticky: Option<CookieSealer>,
+    /// TLS termination, when certificates are configured.
+    pub tls: Option<Arc<tls::CertificateResolver>>,
+    /// Retries allowed per request on average (plus 10 a second), so that a failing
+    /// pool is not hit with a multiple of its load.
+    pub retry_ratio: f64,
+}
+
+impl HttpListenerConfig {
+    /// One route to `pool_handle`, with defaults.
+    pub fn new(listen: SocketAddr, pool_handle: PoolHandle) -> Self {
+        Self {
+            listen,
+            routes: vec![Route::new(pool_handle)],
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            sticky: None,
+            tls: None,
+            retry_ratio: 0.2,
+        }
+    }
+}
+
+/// A route at run time: its client (one connection pool per PE) and meters.
+struct LiveRoute {
+    route: Route,
+    client: Client<HttpConnector, ProxyBody>,
+    meters: RouteMeters,
+    budget: RetryBudget,
+}
+
+struct RouteMeters {
+    /// By status class: 1xx to 5xx.
+    responses: [Counter; 5],
+    duration: Histogram,
+    retries: Counter,
+    failovers: Counter,
+}
+
+impl RouteMeters {
+    fn new(route: &Route) -> Self {
+        let pool = route.pool_handle.to_string();
+        let name = format!(
+            "{}{}",
+            route.host.as_deref().unwrap_or("*"),
+            route.path_prefix
+        );
+        let labels = [("route", name), ("pool", pool)];
+        let responses = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            let mut labels = labels.to_vec();
+            labels.push(("class", class.to_owned()));
+            metrics::counter!("rserpool_http_responses_total", &labels)
+        });
+        Self {
+            responses,
+            duration: metrics::histogram!("rserpool_http_request_duration_seconds", &labels),
+            retries: metrics::counter!("rserpool_http_retries_total", &labels),
+            failovers: metrics::counter!("rserpool_http_session_failovers_total", &labels),
+        }
+    }
+}
+
+/// A token bucket for retries: each request adds `ratio` tokens, time adds 10 a second,
+/// a retry takes one.
+struct RetryBudget {
+    ratio: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RetryBudget {
+    const PER_SECOND: f64 = 10.0;
+    const CAP: f64 = 100.0;
+
+    fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            state: Mutex::new((Self::CAP, now())),
+        }
+    }
+
+    fn deposit(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = (state.0 + self.ratio).min(Self::CAP);
+        }
+    }
+
+    fn withdraw(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let at = now();
+        let refill = at.saturating_duration_since(state.1).as_secs_f64() * Self::PER_SECOND;
+        *state = ((state.0 + refill).min(Self::CAP), at);
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+struct State<D> {
+    routes: Vec<LiveRoute>,
+    /// Some route names a host (else the `Host` header need not be read).
+    routes_by_host: bool,
+    sticky: Option<CookieSealer>,
+    https: bool,
+    directory: Arc<D>,
+}
+
+/// Accepts clients until shut down and serves their requests (HTTP/1.1, and HTTP/2
+/// with prior knowledge).
+pub async fn serve<D: Directory>(
+    socket: TcpListener,
+    config: HttpListenerConfig,
+    directory: Arc<D>,
+    lifecycle: Lifecycle,
+) {
+    let state = Arc::new(State {
+        routes_by_host: config.routes.iter().any(|route| route.host.is_some()),
+        routes: config
+            .routes
+            .iter()
+            .map(|route| LiveRoute {
+                client: upstream_client(route),
+                meters: RouteMeters::new(route),
+                budget: RetryBudget::new(config.retry_ratio),
+                route: route.clone(),
+            })
+            .collect(),
+        sticky: config.sticky.clone(),
+        https: config.tls.is_some(),
+        directory,
+    });
+    let acceptor = match &config.tls {
+        Some(resolver) => match tls::server_config(resolver.clone()) {
+            Ok(tls_config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config))),
+            Err(error) => {
+                tracing::error!(listen = %config.listen, %error, "TLS setup failed: listener not served");
+                return;
+            }
+        },
+        None => None,
+    };
+    let handshake_timeout = config.header_timeout;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let refused = metrics::counter!("rserpool_http_connections_refused_total", "listen" => config.listen.to_string());
+    loop {
+        let accepted = tokio::select! {
+            () = lifecycle.stop_accepting.cancelled() => return,
+            accepted = socket.accept() => accepted,
+        };
+        let Ok((stream, peer)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            refused.increment(1);
+            tracing::warn!(%peer, limit = config.max_connections, "connection limit reached: closing a client");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        let lifecycle = lifecycle.clone();
+        let acceptor = acceptor.clone();
+        lifecycle.sessions.clone().spawn(async move {
+            match acceptor {
+                Some(acceptor) => {
+                    // A client that does not finish its handshake in time is dropped
+                    // (the header timeout covers the TLS part too).
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            serve_connection(TokioIo::new(tls), &builder, state, peer, &lifecycle)
+                                .await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => {
+                    serve_connection(TokioIo::new(stream), &builder, state, peer, &lifecycle).await
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves one client connection until it ends or the gateway stops.
+async fn serve_connection<I, D>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    state: Arc<State<D>>,
+    peer: SocketAddr,
+    lifecycle: &Lifecycle,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    D: Directory,
+{
+    let forwarding = Arc::new(forward::Forwarding::new(peer, state.https));
+    let service = hyper::service::service_fn(move |request| {
+        let state = state.clone();
+        let forwarding = forwarding.clone();
+        async move { Ok::<_, Infallible>(handle(&state, peer, &forwarding, request).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = lifecycle.stop_accepting.cancelled() => {
+            // Finish what is under way; keep-alive ends (HTTP/2: GOAWAY).
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = lifecycle.close_sessions.cancelled() => {}
+            }
+        }
+    }
+}
+
+fn upstream_client(route: &Route) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(route.connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        // Below common backend keep-alive timeouts, so that the gateway does not send
+        // on a connection the PE is closing (hyper's stale-connection race).
+        .pool_idle_timeout(Duration::from_secs(4))
+        .pool_max_idle_per_host(256)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// The route for a request: host-specific routes before host-less ones, then the longest
+/// path prefix.
+fn route_for<'a>(routes: &'a [LiveRoute], host: Option<&str>, path: &str) -> Option<&'a LiveRoute> {
+    routes
+        .iter()
+        .filter(|live| live.route.matches_host(host) && live.route.matches_path(path))
+        .max_by_key(|live| (live.route.host.is_some(), live.route.path_prefix.len()))
+}
+
+/// The request's host without port: `Host`, else the URI's authority (HTTP/2).
+fn request_host<B>(request: &Request<B>) -> Option<String> {
+    let raw = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
+        None => raw.split(':').next().unwrap_or_default().to_owned(),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// How the request body is held: whole (so the request can be sent again) or streaming.
+enum RequestBody {
+    Whole(Bytes),
+    Streaming(ProxyBody),
+}
+
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Read,
+}
+
+/// Reads up to `replay` bytes of the body; a larger body streams on (prefix first).
+async fn hold_body(body: Incoming, replay: usize, max: u64) -> Result<RequestBody, BodyError> {
+    let mut body = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    let mut held = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| {
+            if error.is::<http_body_util::LengthLimitError>() {
+                BodyError::TooLarge
+            } else {
+                BodyError::Read
+            }
+        })?;
+        if let Ok(data) = frame.into_data() {
+            held.extend_from_slice(&data);
+            if held.len() > replay {
+                let prefix = held.freeze();
+                return Ok(RequestBody::Streaming(
+                    Prefixed {
+                        prefix: Some(prefix),
+                        rest: body,
+                    }
+                    .boxed_unsync(),
+                ));
+            }
+        }
+    }
+    Ok(RequestBody::Whole(held.freeze()))
+}
+
+/// A body whose first bytes were already read.
+struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    rest: B,
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        hint.set_lower(hint.lower() + prefix);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
+    }
+}
+
+/// A response body that fails when no frame comes for `idle` (the client then sees the
+/// connection cut, not a hang). The timer is armed only when the body has to wait: most
+/// small responses arrive with their head and never need one.
+struct IdleTimeout<B> {
+    inner: B,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> IdleTimeout<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        Poll::Ready(Some(Err("the PE went idle mid-response".into())))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The PE's HTTP address (its TCP user transport).
+fn pe_address(pe: &PoolElement) -> Option<SocketAddr> {
+    matches!(pe.user_transport.protocol, TransportProtocol::Tcp(_))
+        .then(|| pe.user_transport.addresses.first())
+        .flatten()
+        .map(|address| SocketAddr::new(*address, pe.user_transport.port))
+}
+
+/// Why an attempt at one PE did not give a response.
+enum Failure {
+    /// Nothing reached the PE: any request may go to the next one.
+    NotSent,
+    /// The request (or part of it) went out and no response came.
+    Lost,
+    TimedOut,
+}
+
+/// What the access log and the sticky cookie need to know of a request.
+struct Outcome {
+    response: Response<ProxyBody>,
+    pe: Option<PoolElementId>,
+    attempts: usize,
+}
+
+async fn handle<D: Directory>(
+    state: &State<D>,
+    peer: SocketAddr,
+    forwarding: &forward::Forwarding,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = now();
+    let method = request.method().clone();
+    // A clone of the URI shares its bytes; the path is for routing and the access log.
+    let uri = request.uri().clone();
+    let path = uri.path();
+    let host = if state.routes_by_host {
+        request_host(&request)
+    } else {
+        None
+    };
+    let Some(live) = route_for(&state.routes, host.as_deref(), path) else {
+        tracing::info!(target: "rserpool::access", %peer, %method, path, status = 404, "no route");
+        return text(StatusCode::NOT_FOUND, "no route for this host and path");
+    };
+    live.budget.deposit();
+    let outcome = proxy(state, live, forwarding, request).await;
+    let status = outcome.response.status();
+    let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+    if let Some(counter) = live.meters.responses.get(class) {
+        counter.increment(1);
+    }
+    let elapsed = now().saturating_duration_since(started);
+    live.meters.duration.record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "rserpool::access",
+        %peer,
+        %method,
+        path,
+        status = status.as_u16(),
+        pool = %live.route.pool_handle,
+        pe = outcome.pe.map(|id| id.to_string()).unwrap_or_default(),
+        attempts = outcome.attempts,
+        ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+    outcome.response
+}
+
+async fn proxy<D: Directory>(
+    state: &State<D>,
+    live: &LiveRoute,
+    forwarding: &forward::Forwarding,
+    mut request: Request<Incoming>,
+) -> Outcome {
+    let route = &live.route;
+    let refuse = |status, message| Outcome {
+        response: text(status, message),
+        pe: None,
+        attempts: 0,
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > route.max_body) {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    let upgrade = forward::is_upgrade(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    let body = match hold_body(body, route.replay_buffer, route.max_body).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Err(BodyError::Read) => return refuse(StatusCode::BAD_REQUEST, "request body unreadable"),
+    };
+    let binding = state
+        .sticky
+        .as_ref()
+        .and_then(|sealer| sealer.from_headers(&parts.headers))
+        .filter(|binding| binding.pool_handle == route.pool_handle);
+    let mut pes = match state.directory.resolve(route.pool_handle).await {
+        Ok(pes) if !pes.is_empty() => pes,
+        Ok(_) | Err(DirectoryError::UnknownPool) => {
+            let mut outcome = refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pool has no pool element",
+            );
+            outcome
+                .response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return outcome;
+        }
+        Err(DirectoryError::Unavailable) => {
+            let mut outcome = refuse(StatusCode::SERVICE_UNAVAILABLE, "no registrar reachable");
+            outcome
+                .response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return outcome;
+        }
+    };
+    // A sticky session goes to its PE while that PE is in the pool.
+    if let Some(binding) = &binding
+        && let Some(index) = pes.iter().position(|pe| pe.id == binding.pe_id)
+    {
+        let bound = pes.remove(index);
+        pes.insert(0, bound);
+    }
+
+    forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+    for name in &forward::GATEWAY_HEADERS {
+        if parts.headers.contains_key(name) {
+            parts.headers.remove(name);
+        }
+    }
+    forwarding.apply(&mut parts.headers, parts.version);
+    if parts.version == Version::HTTP_2
+        && !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+    let session = state.sticky.as_ref().map(|_| {
+        binding
+            .as_ref()
+            .map_or_else(random_session, |binding| binding.session)
+    });
+    if let Some(session) = session
+        && let Ok(value) = HeaderValue::from_str(&format!("{session:016x}"))
+    {
+        parts.headers.insert(forward::SESSION, value);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let whole = match &body {
+        RequestBody::Whole(bytes) => Some(bytes.clone()),
+        RequestBody::Streaming(_) => None,
+    };
+    let mut streaming = match body {
+        RequestBody::Streaming(body) => Some(body),
+        RequestBody::Whole(_) => None,
+    };
+    let may_resend = whole.is_some() && idempotent(&parts.method) && !upgrade;
+
+    let mut last = StatusCode::BAD_GATEWAY;
+    let mut attempts = 0;
+    let candidates = pes.len().min(route.max_attempts.max(1));
+    for (index, pe) in pes.iter().take(candidates).enumerate() {
+        let Some(address) = pe_address(pe) else {
+            continue;
+        };
+        if attempts > 0 {
+            if !live.budget.withdraw() {
+                tracing::warn!(pool = %route.pool_handle, "retry budget spent: not retrying");
+                break;
+            }
+            live.meters.retries.increment(1);
+        }
+        attempts += 1;
+        let Ok(uri) = Uri::try_from(format!("http://{address}{path_and_query}")) else {
+            return refuse(StatusCode::BAD_REQUEST, "request target not usable");
+        };
+        let body = match (&whole, streaming.take()) {
+            (Some(bytes), _) => Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            (None, Some(body)) => body,
+            (None, None) => break,
+        };
+        let mut upstream = Request::new(body);
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = Version::HTTP_11;
+        *upstream.headers_mut() = if index + 1 == candidates {
+            std::mem::take(&mut parts.headers)
+        } else {
+            parts.headers.clone()
+        };
+        let rehomed = binding.as_ref().filter(|binding| binding.pe_id != pe.id);
+        if let Some(cookie) = rehomed.and_then(|binding| binding.asap_cookie.as_deref())
+            && let Ok(value) = HeaderValue::from_str(&BASE64.encode(cookie))
+        {
+            upstream.headers_mut().insert(forward::COOKIE_ECHO, value);
+        }
+        let failure = match tokio::time::timeout(
+            route.first_byte_timeout,
+            live.client.request(upstream),
+        )
+        .await
+        {
+            Ok(Ok(response)) => {
+                if rehomed.is_some() {
+                    live.meters.failovers.increment(1);
+                    tracing::info!(pool = %route.pool_handle, to = %pe.id, "sticky session moved to another pool element");
+                }
+                let response = finish_response(
+                    state,
+                    live,
+                    response,
+                    client_upgrade,
+                    binding.as_ref(),
+                    session,
+                    pe.id,
+                );
+                return Outcome {
+                    response,
+                    pe: Some(pe.id),
+                    attempts,
+                };
+            }
+            Ok(Err(error)) if error.is_connect() => Failure::NotSent,
+            Ok(Err(_)) => Failure::Lost,
+            Err(_) => Failure::TimedOut,
+        };
+        match failure {
+            Failure::NotSent => {
+                state
+                    .directory
+                    .report_unreachable(route.pool_handle, pe.id)
+                    .await;
+                last = StatusCode::BAD_GATEWAY;
+                if whole.is_none() {
+                    break;
+                }
+            }
+            Failure::Lost => {
+                last = StatusCode::BAD_GATEWAY;
+                if !may_resend {
+                    break;
+                }
+            }
+            Failure::TimedOut => {
+                state
+                    .directory
+                    .report_unreachable(route.pool_handle, pe.id)
+                    .await;
+                last = StatusCode::GATEWAY_TIMEOUT;
+                if !may_resend {
+                    break;
+                }
+            }
+        }
+    }
+    let message = if last == StatusCode::GATEWAY_TIMEOUT {
+        "the pool element did not answer in time"
+    } else {
+        "no pool element could serve the request"
+    };
+    Outcome {
+        response: text(last, message),
+        pe: None,
+        attempts,
+    }
+}
+
+fn random_session() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness sessions still work; they just share the id 0 at the PEs.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_be_bytes(bytes)
+}
+
+/// The PE's response as the client gets it: hop-by-hop headers gone, `Via` added, the
+/// session cookie (re)issued, an upgrade bridged.
+fn finish_response<D>(
+    state: &State<D>,
+    live: &LiveRoute,
+    response: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    binding: Option<&Binding>,
+    session: Option<u64>,
+    pe_id: PoolElementId,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let asap_cookie = parts
+        .headers
+        .remove(forward::COOKIE)
+        .and_then(|value| BASE64.decode(value.as_bytes()).ok());
+    if let (Some(sealer), Some(session)) = (&state.sticky, session) {
+        let kept = binding.and_then(|b| b.asap_cookie.clone());
+        let next = Binding {
+            session,
+            pool_handle: live.route.pool_handle,
+            pe_id,
+            asap_cookie: asap_cookie.or(kept),
+            issued: binding.map_or_else(unix_seconds, |b| b.issued),
+        };
+        if binding != Some(&next)
+            && let Some(value) = sealer.seal(&next)
+        {
+            let secure = if state.https { "; Secure" } else { "" };
+            let cookie = format!(
+                "{}={value}; Path=/; HttpOnly; SameSite=Lax{secure}",
+                sealer.name()
+            );
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                parts.headers.append(header::SET_COOKIE, value);
+            }
+        }
+    }
+    forward::strip_hop_by_hop(&mut parts.headers, switching);
+    forward::add_via(&mut parts.headers, Version::HTTP_11);
+    if switching && let Some(client_upgrade) = client_upgrade {
+        tokio::spawn(bridge(
+            client_upgrade,
+            Response::from_parts(parts.clone(), body),
+        ));
+        return Response::from_parts(
+            parts,
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+    }
+    let body = IdleTimeout::new(body, live.route.idle_timeout).boxed_unsync();
+    Response::from_parts(parts, body)
+}
+
+fn unix_seconds() -> u64 {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a cookie's issue date is wall-clock time"
+    )]
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.map_or(0, |d| d.as_secs())
+}
+
+/// Joins the client's and the PE's upgraded connections (WebSocket and the like).
+async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: Response<Incoming>) {
+    let (client, upstream) = tokio::join!(client, hyper::upgrade::on(upstream));
+    if let (Ok(client), Ok(upstream)) = (client, upstream) {
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: Option<&str>, prefix: &str) -> Route {
+        Route {
+            host: host.map(str::to_owned),
+            path_prefix: prefix.to_owned(),
+            ..Route::new(PoolHandle::new(b"P").unwrap())
+        }
+    }
+
+    #[test]
+    fn path_prefixes_match_on_segment_boundaries() {
+        let api = route(None, "/api");
+        assert!(api.matches_path("/api"));
+        assert!(api.matches_path("/api/v1"));
+        assert!(!api.matches_path("/apix"));
+        assert!(!api.matches_path("/"));
+        assert!(route(None, "/").matches_path("/anything"));
+        assert!(route(None, "/static/").matches_path("/static/a.css"));
+    }
+
+    #[test]
+    fn hosts_match_exactly_or_by_wildcard() {
+        let exact = route(Some("Example.com"), "/");
+        assert!(exact.matches_host(Some("example.com")));
+        assert!(!exact.matches_host(Some("www.example.com")));
+        assert!(!exact.matches_host(None));
+        let wildcard = route(Some("*.example.com"), "/");
+        assert!(wildcard.matches_host(Some("www.example.com")));
+        assert!(!wildcard.matches_host(Some("example.com")));
+        assert!(!wildcard.matches_host(Some("badexample.com")));
+    }
+
+    #[test]
+    fn retry_budget_runs_out_and_refills_with_requests() {
+        let budget = RetryBudget::new(0.5);
+        let mut granted = 0;
+        while budget.withdraw() {
+            granted += 1;
+            assert!(granted <= 200, "the budget is bounded");
+        }
+        assert!(granted >= 100);
+        budget.deposit();
+        budget.deposit();
+        assert!(budget.withdraw(), "two requests at ratio 0.5 buy one retry");
+    }
+}

@@ -1,0 +1,514 @@
+//! End-to-end: the HTTP gateway in front of `pe --serve http` PEs (README, "HTTP
+//! gateway"). PEs are killed (-9) under load; requests that can be retried are, sticky
+//! sessions move with their state (the ASAP cookie over HTTP, asap.md §7), and limits
+//! answer with the right status without touching other clients.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{Process, eventually, free_port, registrar};
+
+const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn http_pe(asap: SocketAddr, pool: &str) -> Process {
+    Process::start(&[
+        "pe",
+        "--serve",
+        "http",
+        "--pool",
+        pool,
+        "--registrar",
+        &asap.to_string(),
+        "--reregistration-interval",
+        "5s",
+    ])
+}
+
+/// A gateway with the HTTP listeners of `yaml` (under `gateway:`) at the registrar.
+fn gateway(asap: SocketAddr, yaml: &str) -> (Process, ConfigFile) {
+    let file = ConfigFile::new(&format!(
+        "pool_user:\n  registrars: [{asap}]\ngateway:\n{yaml}"
+    ));
+    let process = Process::start(&["gateway", "--config", &file.0]);
+    (process, file)
+}
+
+/// A configuration file, removed when dropped.
+struct ConfigFile(String);
+
+impl ConfigFile {
+    fn new(text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "rserpool-http-{}-{}.yaml",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&path, text).unwrap();
+        Self(path.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn listen() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A `key=value` field of the demo service's answer.
+    fn field(&self, key: &str) -> &str {
+        self.body
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in {self:?}"))
+    }
+
+    /// The session cookie the gateway set, as `name=value`.
+    fn cookie(&self) -> Option<String> {
+        self.header("set-cookie")
+            .map(|c| c.split(';').next().unwrap().to_owned())
+    }
+}
+
+/// One request on its own connection (`Connection: close`); `None` if the connection
+/// broke without a response.
+fn try_request(
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<Reply> {
+    let mut stream = TcpStream::connect(target).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test.example\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Some(Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+fn request(target: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    try_request(target, method, path, headers, b"")
+        .unwrap_or_else(|| panic!("no response to {method} {path}"))
+}
+
+/// A registrar and `count` demo PEs registered in WebPool.
+fn web_pool(count: usize) -> (Process, SocketAddr, Vec<Process>) {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let pes = (0..count).map(|_| http_pe(asap, "WebPool")).collect();
+    wait_for_pool(asap, "WebPool", count);
+    (registrar, asap, pes)
+}
+
+fn wait_for_pool(asap: SocketAddr, pool: &str, count: usize) {
+    assert!(
+        eventually(Duration::from_secs(10), || common::resolve_ids(asap, pool)
+            .len()
+            == count),
+        "{count} PEs in {pool}"
+    );
+}
+
+/// Under continuous GETs, PEs die (-9) and come back one after another: every request
+/// is answered 200 (a refused or reset PE is skipped, the GET retried).
+#[test]
+fn get_load_sees_no_failure_while_pes_are_killed() {
+    let (_registrar, asap, mut pes) = web_pool(3);
+    let address = listen();
+    let (_gateway, _file) = gateway(
+        asap,
+        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let (mut ok, mut failed, mut pes) =
+                    (0, Vec::new(), std::collections::BTreeSet::new());
+                while !stop.load(Ordering::Relaxed) {
+                    match try_request(address, "GET", "/load", &[], b"") {
+                        Some(reply) if reply.status == 200 => {
+                            ok += 1;
+                            pes.insert(reply.field("pe").to_owned());
+                        }
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (ok, failed, pes)
+            })
+        })
+        .collect();
+    for round in 0..4 {
+        thread::sleep(Duration::from_millis(400));
+        let victim = round % pes.len();
+        pes[victim].signal("KILL");
+        pes[victim].wait_exit(Duration::from_secs(5));
+        thread::sleep(Duration::from_millis(300));
+        pes[victim] = http_pe(asap, "WebPool");
+    }
+    thread::sleep(Duration::from_millis(400));
+    stop.store(true, Ordering::Relaxed);
+    let mut served_by = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for client in clients {
+        let (ok, failed, pes) = client.join().unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+        served_by.extend(pes);
+    }
+    assert!(total > 100, "only {total} requests");
+    assert!(
+        served_by.len() >= 4,
+        "restarted PEs served too: {served_by:?}"
+    );
+}
+
+fn http_pe_with_policy(asap: SocketAddr, pool: &str, policy: &str) -> Process {
+    Process::start(&[
+        "pe",
+        "--serve",
+        "http",
+        "--pool",
+        pool,
+        "--policy",
+        policy,
+        "--registrar",
+        &asap.to_string(),
+        "--reregistration-interval",
+        "5s",
+    ])
+}
+
+/// A POST already sent to a PE that dies is not replayed (502); a GET in the same spot
+/// is retried on the next PE. Two priorities make the order known.
+#[test]
+fn sent_posts_fail_with_502_and_gets_are_retried() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let address = listen();
+    let (gateway, _file) = gateway(
+        asap,
+        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+    );
+    let spare = http_pe_with_policy(asap, "WebPool", "Priority:1");
+    for (method, expected) in [("POST", 502), ("GET", 200)] {
+        let mut preferred = http_pe_with_policy(asap, "WebPool", "Priority:9");
+        wait_for_pool(asap, "WebPool", 2);
+        // Let the gateway's cache (1 s) learn the new PE.
+        thread::sleep(Duration::from_millis(1200));
+        let slow = thread::spawn(move || {
+            try_request(address, method, "/slow?delay_ms=4000", &[], b"payload")
+        });
+        thread::sleep(Duration::from_millis(700));
+        preferred.signal("KILL");
+        preferred.wait_exit(Duration::from_secs(5));
+        let reply = slow
+            .join()
+            .unwrap()
+            .expect("a response, not a broken connection");
+        assert_eq!(reply.status, expected, "{method}: {reply:?}");
+        if expected == 200 {
+            assert_eq!(reply.field("pe"), spare.ready["pe"], "retried on the spare");
+            assert_eq!(reply.field("method"), "GET");
+            assert!(
+                eventually(Duration::from_secs(5), || gateway
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(
+                        |l| l.contains("path=\"/slow\" status=200") && l.contains("attempts=2")
+                    )),
+                "the GET went to the killed PE first"
+            );
+        }
+        wait_for_pool(asap, "WebPool", 1);
+    }
+}
+
+/// A sticky session stays on its PE, moves to a live one when that PE dies (its state
+/// comes along as the ASAP cookie echo, so the count goes on), keeps its session id,
+/// and two gateways sharing the key serve it alternately.
+#[test]
+fn sticky_sessions_survive_pe_death_across_gateways() {
+    let (_registrar, asap, mut pes) = web_pool(3);
+    let listener = |address: SocketAddr| {
+        format!(
+            "  http:\n    - listen: {address}\n      sticky:\n        keys: [\"{KEY}\"]\n      routes:\n        - pool: WebPool\n"
+        )
+    };
+    let (one, two) = (listen(), listen());
+    let (_gateway_one, _file_one) = gateway(asap, &listener(one));
+    let (_gateway_two, _file_two) = gateway(asap, &listener(two));
+
+    let first = request(one, "GET", "/cart", &[]);
+    assert_eq!(first.status, 200);
+    let mut cookie = first.cookie().expect("a session cookie");
+    assert!(cookie.starts_with("rserpool_session="));
+    let session = first.field("session").to_owned();
+    let pe = first.field("pe").to_owned();
+    assert_eq!(first.field("count"), "1");
+    for (count, target) in [(2, two), (3, one), (4, two)] {
+        let reply = request(target, "GET", "/cart", &[("Cookie", &cookie)]);
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.field("pe"), pe, "the session stays on its PE");
+        assert_eq!(reply.field("session"), session);
+        assert_eq!(reply.field("count"), count.to_string());
+        if let Some(next) = reply.cookie() {
+            cookie = next;
+        }
+    }
+
+    let victim = pes.iter().position(|p| p.ready["pe"] == pe).unwrap();
+    pes[victim].signal("KILL");
+    pes[victim].wait_exit(Duration::from_secs(5));
+    let moved = request(two, "GET", "/cart", &[("Cookie", &cookie)]);
+    assert_eq!(moved.status, 200, "{moved:?}");
+    assert_ne!(moved.field("pe"), pe, "moved to a live PE");
+    assert_eq!(moved.field("session"), session, "same session");
+    assert_eq!(
+        moved.field("count"),
+        "5",
+        "the state came along in the cookie echo"
+    );
+    let cookie = moved.cookie().expect("the binding is re-issued");
+    let new_pe = moved.field("pe").to_owned();
+    let after = request(one, "GET", "/cart", &[("Cookie", &cookie)]);
+    assert_eq!(
+        after.field("pe"),
+        new_pe,
+        "the other gateway follows the new binding"
+    );
+    assert_eq!(after.field("count"), "6");
+    assert_eq!(after.field("session"), session);
+
+    // A forged or foreign cookie is ignored: a new session starts.
+    let forged = request(one, "GET", "/cart", &[("Cookie", "rserpool_session=AAAA")]);
+    assert_eq!(forged.status, 200);
+    assert_ne!(forged.field("session"), session);
+    assert_eq!(forged.field("count"), "1");
+}
+
+/// Oversized heads get 431, oversized bodies 413, a slowloris client is closed after the
+/// header timeout; a normal client is served meanwhile. An empty pool gives 503 with
+/// Retry-After, a PE slower than the first-byte timeout 504.
+#[test]
+fn limits_and_error_statuses() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let address = listen();
+    let (_gateway, _file) = gateway(
+        asap,
+        &format!(
+            "  http:\n    - listen: {address}\n      header_timeout: 1s\n      max_header_bytes: 8192\n      routes:\n        - pool: WebPool\n          max_body: 1000\n          first_byte_timeout: 500ms\n        - pool: EmptyPool\n          path: /empty\n"
+        ),
+    );
+
+    let mut slow = TcpStream::connect(address).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+
+    let big = "x".repeat(16 * 1024);
+    let reply = request(address, "GET", "/", &[("X-Big", &big)]);
+    assert_eq!(reply.status, 431);
+    let reply = try_request(address, "POST", "/", &[], &[b'a'; 2000]).unwrap();
+    assert_eq!(reply.status, 413);
+    let reply = request(address, "GET", "/empty/x", &[]);
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    let reply = request(address, "GET", "/?delay_ms=2000", &[]);
+    assert_eq!(reply.status, 504);
+    // The PE was reported unreachable for that; it re-registers and serves again.
+    assert!(eventually(Duration::from_secs(10), || request(
+        address,
+        "GET",
+        "/ok",
+        &[]
+    )
+    .status
+        == 200));
+    let reply = request(address, "GET", "/ok", &[]);
+    assert_eq!(reply.header("via"), Some("1.1 rserpool"));
+
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let closed = slow.read_to_end(&mut rest).is_ok();
+    assert!(
+        closed,
+        "the slowloris connection is closed after the header timeout"
+    );
+}
+
+/// Writes a self-signed certificate for `name` as `<dir>/<file>.{cert,key}.pem`.
+fn certificate(dir: &std::path::Path, file: &str, name: &str) -> (String, String) {
+    let generated = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let cert = dir.join(format!("{file}.cert.pem"));
+    let key = dir.join(format!("{file}.key.pem"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+/// `curl` over TLS with SNI `name` trusting only `ca`: the HTTP version and the body,
+/// or curl's exit code.
+fn curl(address: SocketAddr, name: &str, ca: &str) -> Result<(String, String), i32> {
+    let output = std::process::Command::new("curl")
+        .args(["--silent", "--http2", "--max-time", "10", "--cacert", ca])
+        .args(["--resolve", &format!("{name}:{}:127.0.0.1", address.port())])
+        .args(["--write-out", "\n%{http_version}"])
+        .arg(format!("https://{name}:{}/tls", address.port()))
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    if !output.status.success() {
+        return Err(output.status.code().unwrap_or(-1));
+    }
+    let text = String::from_utf8(output.stdout).unwrap();
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    Ok((version.to_owned(), body.to_owned()))
+}
+
+/// TLS: SNI picks the certificate, ALPN gives HTTP/2, and SIGHUP swaps certificates.
+#[test]
+fn tls_picks_certificates_by_sni_speaks_h2_and_reloads() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let dir = std::env::temp_dir().join(format!("rserpool-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a_cert, a_key) = certificate(&dir, "a", "a.example");
+    let (b_cert, b_key) = certificate(&dir, "b", "b.example");
+    let address = listen();
+    let (gateway, _file) = gateway(
+        asap,
+        &format!(
+            "  http:\n    - listen: {address}\n      tls:\n        certificates:\n          - {{cert: {a_cert}, key: {a_key}, names: [a.example]}}\n          - {{cert: {b_cert}, key: {b_key}, names: [b.example]}}\n      routes:\n        - pool: WebPool\n"
+        ),
+    );
+    let (version, body) = curl(address, "a.example", &a_cert).unwrap();
+    assert_eq!(version, "2", "HTTP/2 by ALPN");
+    assert!(body.starts_with("pe="), "{body}");
+    assert!(
+        curl(address, "b.example", &b_cert).is_ok(),
+        "SNI b.example gets b's certificate"
+    );
+    assert!(curl(address, "b.example", &a_cert).is_err(), "not a's");
+    assert!(
+        curl(address, "other.example", &a_cert).is_err(),
+        "the default (a) does not name other.example"
+    );
+
+    // A new certificate for b: in use after SIGHUP, without a restart.
+    let backup = dir.join("old-b.cert.pem");
+    std::fs::copy(&b_cert, &backup).unwrap();
+    certificate(&dir, "b", "b.example");
+    assert!(
+        curl(address, "b.example", &b_cert).is_err(),
+        "not reloaded yet"
+    );
+    gateway.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || curl(
+        address,
+        "b.example",
+        &b_cert
+    )
+    .is_ok()));
+    assert!(curl(address, "b.example", &backup.to_string_lossy()).is_err());
+    // A broken file on reload keeps the certificates in use.
+    std::fs::write(&b_cert, "garbage").unwrap();
+    gateway.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || gateway
+        .log_contains("not reloaded; the old ones stay")));
+    assert!(curl(address, "a.example", &a_cert).is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An `Upgrade` request is tunnelled: after the PE's 101 the bytes flow both ways.
+#[test]
+fn upgrades_are_tunnelled() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let address = listen();
+    let (_gateway, _file) = gateway(
+        asap,
+        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+    );
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(
+            b"GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    for message in [&b"ping"[..], b"through the tunnel"] {
+        stream.write_all(message).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message);
+    }
+}
