@@ -1,5 +1,22 @@
-# Shared by the gateway benchmarks (sourced): waiting for ready lines, and a registrar
-# with one `rserpool pe` agent per backend. Needs $bin, $work and the array pids.
+# Shared by the gateway benchmarks (sourced, from the repository root): a work
+# directory, the processes to stop on exit (add pids to `pids`, pid files to
+# `pid_files`), waiting for ready lines, and a registrar with one `rserpool pe` agent per
+# backend.
+
+ulimit -n 65536 2>/dev/null || true
+bin=target/release
+work=$(mktemp -d)
+pids=()
+pid_files=()
+cleanup() {
+    kill "${pids[@]}" 2>/dev/null || true
+    for file in "${pid_files[@]}"; do
+        [ -f "$file" ] && kill "$(cat "$file")" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
 
 # ready FILE TEXT: waits (10 s) for TEXT in FILE.
 ready() {

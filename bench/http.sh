@@ -15,21 +15,10 @@ for tool in haproxy nginx wrk openssl; do
         || apt-get install -y haproxy nginx-light wrk openssl >/dev/null
 done
 cargo build --release --quiet -p rserpool
-ulimit -n 65536 2>/dev/null || true
-bin=target/release
-work=$(mktemp -d)
-mkdir -p /tmp/baselines
-pids=()
-cleanup() {
-    kill "${pids[@]}" 2>/dev/null || true
-    for pid in /tmp/baselines/nginx.pid /tmp/baselines/nginx-proxy.pid "$work/nginx-tls.pid"; do
-        [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true
-    done
-    wait 2>/dev/null || true; rm -rf "$work"
-}
-trap cleanup EXIT
 # shellcheck source=bench/common.sh
 . bench/common.sh
+mkdir -p /tmp/baselines
+pid_files+=(/tmp/baselines/nginx.pid /tmp/baselines/nginx-proxy.pid "$work/nginx-tls.pid")
 
 # Backends and the baselines, as ../shared/baselines/README.md starts them.
 nginx -c "$baselines/nginx-backend.conf"

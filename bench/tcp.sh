@@ -14,12 +14,6 @@ SECONDS_=${1:-5}; KILLS=${2:-50}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
 command -v haproxy >/dev/null || sudo -n apt-get install -y haproxy >/dev/null 2>&1 \
     || apt-get install -y haproxy >/dev/null
 cargo build --release --quiet -p rserpool -p rserpool-bench
-ulimit -n 65536 2>/dev/null || true
-bin=target/release
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 # shellcheck source=bench/common.sh
 . bench/common.sh
 

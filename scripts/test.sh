@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: tshark (the independent Wireshark check of our bytes), curl (an
-# HTTP/2-over-TLS client for the HTTP gateway's TLS test).
+# HTTP/2-over-TLS client for the HTTP gateway's TLS test), dig (dnsutils, the DNS
+# gateway's client).
 missing=()
 command -v tshark >/dev/null || missing+=(tshark)
 command -v curl >/dev/null || missing+=(curl)
+command -v dig >/dev/null || missing+=(dnsutils)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "== installing ${missing[*]}"
     echo "wireshark-common wireshark-common/install-setuid boolean false" | as_root debconf-set-selections

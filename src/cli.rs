@@ -19,7 +19,7 @@ pub(crate) enum Command {
     Registrar(RegistrarArgs),
     /// Register an existing TCP/HTTP service as a pool element, health-checked.
     Pe(PeArgs),
-    /// Run the gateway: legacy TCP clients reach pool elements, with session failover.
+    /// Run the gateway: legacy TCP, HTTP and DNS clients reach pool elements, with failover.
     Gateway(GatewayArgs),
     /// Resolve a pool handle at a registrar and print its pool elements.
     Resolve(ResolveArgs),
@@ -160,6 +160,12 @@ pub(crate) struct GatewayArgs {
     /// LISTEN_ADDR:PORT=POOL_HANDLE (repeatable).
     #[arg(long = "http")]
     pub(crate) http: Vec<String>,
+    /// A DNS listener (UDP and TCP) for the zone of --zone: LISTEN_ADDR:PORT.
+    #[arg(long, requires = "zone")]
+    pub(crate) dns: Option<SocketAddr>,
+    /// The zone the DNS listener serves (e.g. pool.example.).
+    #[arg(long, requires = "dns")]
+    pub(crate) zone: Option<String>,
     /// Timer profile of the pool user.
     #[arg(long, value_enum)]
     pub(crate) profile: Option<ProfileArg>,

@@ -55,6 +55,8 @@ pub(crate) struct GatewaySection {
     pub(crate) tcp: Vec<TcpListenerSection>,
     /// HTTP listeners: each routes hosts and paths to pools.
     pub(crate) http: Vec<HttpListenerSection>,
+    /// DNS listeners (UDP and TCP on one address): each serves one zone of pools.
+    pub(crate) dns: Vec<DnsSection>,
     /// How long SIGTERM waits for open sessions before closing them.
     #[serde(deserialize_with = "duration")]
     pub(crate) drain_timeout: Duration,
@@ -65,9 +67,54 @@ impl Default for GatewaySection {
         Self {
             tcp: Vec::new(),
             http: Vec::new(),
+            dns: Vec::new(),
             drain_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// One DNS listener of the gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnsSection {
+    /// UDP and TCP.
+    pub(crate) listen: SocketAddr,
+    /// The zone served, e.g. `pool.example.`.
+    pub(crate) zone: String,
+    /// Labels for pools whose handles are not DNS labels (or to rename them).
+    #[serde(default)]
+    pub(crate) names: std::collections::BTreeMap<String, String>,
+    /// TTL of answers in seconds (0: resolvers ask every time, so the policy decides).
+    #[serde(default)]
+    pub(crate) ttl: u32,
+    /// PEs per answer at most.
+    #[serde(default = "eight")]
+    pub(crate) answer_count: usize,
+    /// Seconds resolvers cache a negative answer (the SOA minimum).
+    #[serde(default = "five")]
+    pub(crate) negative_ttl: u32,
+    /// UDP responses per second to one client /24 (IPv6: /56); 0: no limit.
+    #[serde(default = "two_hundred")]
+    pub(crate) rate_limit: u32,
+    /// DNS over TLS (RFC 7858) on its own address, certificates as for HTTP.
+    pub(crate) tls: Option<DotSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DotSection {
+    pub(crate) listen: SocketAddr,
+    pub(crate) certificates: Vec<CertificateSection>,
+}
+
+fn eight() -> usize {
+    8
+}
+fn five() -> u32 {
+    5
+}
+fn two_hundred() -> u32 {
+    200
 }
 
 /// One HTTP listener of the gateway.

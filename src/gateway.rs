@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use rserpool_gateways::Lifecycle;
+use rserpool_gateways::dns::{self, DnsConfig, hickory_name};
 use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{self, HttpListenerConfig, Route};
@@ -18,7 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::GatewayArgs;
-use crate::config::{self, ConfigFile, HttpListenerSection, TcpListenerSection};
+use crate::config::{
+    self, CertificateSection, ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection,
+};
 use crate::logging::Logging;
 use crate::pool_user::PoolUser;
 use crate::signals::{Request, Signals};
@@ -64,10 +67,20 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
         .remove(0);
         file.gateway.http.push(section);
     }
+    if let (Some(listen), Some(zone)) = (args.dns, &args.zone) {
+        let section: DnsSection = config::parse(
+            &format!("gateway:\n  dns:\n    - listen: {listen}\n      zone: {zone:?}\n"),
+            "--dns",
+        )?
+        .gateway
+        .dns
+        .remove(0);
+        file.gateway.dns.push(section);
+    }
     crate::apply_log_args(&mut file.log, &args.log);
-    if file.gateway.tcp.is_empty() && file.gateway.http.is_empty() {
+    if file.gateway.tcp.is_empty() && file.gateway.http.is_empty() && file.gateway.dns.is_empty() {
         return Err(RunError::Usage(
-            "no listener: give --tcp or --http LISTEN_ADDR:PORT=POOL, or gateway.tcp / gateway.http in the configuration"
+            "no listener: give --tcp or --http LISTEN_ADDR:PORT=POOL, --dns ADDR:PORT --zone ZONE, or gateway.tcp / http / dns in the configuration"
                 .into(),
         ));
     }
@@ -87,6 +100,51 @@ fn listener_flag(flag: &str, spec: &str) -> Result<(SocketAddr, PoolHandle), Run
     let pool = PoolHandle::new(pool.as_bytes())
         .map_err(|e| RunError::Usage(format!("{flag} {spec:?}: {e}")))?;
     Ok((listen, pool))
+}
+
+fn dns_config(section: &DnsSection) -> Result<DnsConfig, RunError> {
+    let context = format!("gateway.dns {}", section.listen);
+    let mut zone = hickory_name(&section.zone)
+        .map_err(|e| RunError::Usage(format!("{context}: zone {:?}: {e}", section.zone)))?;
+    zone.set_fqdn(true);
+    let mut config = DnsConfig::new(zone);
+    config.ttl = section.ttl;
+    config.answer_count = section.answer_count.max(1);
+    config.negative_ttl = section.negative_ttl;
+    config.rate_limit = section.rate_limit;
+    for (label, pool) in &section.names {
+        let valid = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            return Err(RunError::Usage(format!(
+                "{context}: names: {label:?} is not a DNS label (letters, digits, -)"
+            )));
+        }
+        let handle = PoolHandle::new(pool.as_bytes())
+            .map_err(|e| RunError::Usage(format!("{context}: names.{label}: {e}")))?;
+        config.names.insert(label.to_ascii_lowercase(), handle);
+    }
+    Ok(config)
+}
+
+fn certificate_resolver(
+    context: &str,
+    certificates: &[CertificateSection],
+) -> Result<Arc<CertificateResolver>, RunError> {
+    let sources = certificates
+        .iter()
+        .map(|c| CertificateSource {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+            names: c.names.clone(),
+        })
+        .collect();
+    CertificateResolver::new(sources)
+        .map(Arc::new)
+        .map_err(|e| RunError::Usage(format!("{context}: tls: {e}")))
 }
 
 fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerConfig, RunError> {
@@ -139,23 +197,11 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
         }
         None => None,
     };
-    let tls = match &section.tls {
-        Some(tls) => {
-            let sources = tls
-                .certificates
-                .iter()
-                .map(|c| CertificateSource {
-                    cert: c.cert.clone(),
-                    key: c.key.clone(),
-                    names: c.names.clone(),
-                })
-                .collect();
-            Some(Arc::new(CertificateResolver::new(sources).map_err(
-                |e| RunError::Usage(format!("{context}: tls: {e}")),
-            )?))
-        }
-        None => None,
-    };
+    let tls = section
+        .tls
+        .as_ref()
+        .map(|tls| certificate_resolver(&context, &tls.certificates))
+        .transpose()?;
     Ok(HttpListenerConfig {
         listen: section.listen,
         tls,
@@ -186,6 +232,25 @@ fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
 
 pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
+    let dns_configs = file
+        .gateway
+        .dns
+        .iter()
+        .map(|section| {
+            let dot = section
+                .tls
+                .as_ref()
+                .map(|tls| {
+                    let context = format!("gateway.dns {}", section.listen);
+                    Ok::<_, RunError>((
+                        tls.listen,
+                        certificate_resolver(&context, &tls.certificates)?,
+                    ))
+                })
+                .transpose()?;
+            Ok((section.listen, dns_config(section)?, dot))
+        })
+        .collect::<Result<Vec<_>, RunError>>()?;
     let http_configs = file
         .gateway
         .http
@@ -230,6 +295,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let certificates: Vec<(SocketAddr, Arc<CertificateResolver>)> = http_configs
         .iter()
         .filter_map(|c| Some((c.listen, c.tls.clone()?)))
+        .chain(dns_configs.iter().filter_map(|(_, _, dot)| dot.clone()))
         .collect();
     let mut bound_http = Vec::new();
     for config in http_configs {
@@ -256,13 +322,49 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             lifecycle.clone(),
         ));
     }
+    let mut bound_dns = Vec::new();
+    for (listen, config, dot) in dns_configs {
+        let udp = tokio::net::UdpSocket::bind(listen)
+            .await
+            .map_err(|e| RunError::Bind(listen, e))?;
+        let address = udp.local_addr().map_err(|e| RunError::Bind(listen, e))?;
+        // TCP on the same port as UDP (a port 0 in the configuration picks one for both).
+        let tcp = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| RunError::Bind(address, e))?;
+        let dot = match dot {
+            Some((dot_listen, certificates)) => {
+                let listener = tokio::net::TcpListener::bind(dot_listen)
+                    .await
+                    .map_err(|e| RunError::Bind(dot_listen, e))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| RunError::Bind(dot_listen, e))?;
+                bound_dns.push(format!("{bound}=tls:{}", config.zone));
+                Some(dns::DotListener {
+                    listener,
+                    certificates,
+                })
+            }
+            None => None,
+        };
+        bound_dns.push(format!("{address}={}", config.zone));
+        tokio::spawn(dns::serve(
+            udp,
+            tcp,
+            dot,
+            config,
+            pool_user.clone(),
+            lifecycle.stop_accepting.clone(),
+        ));
+    }
     let registrars: Vec<String> = file
         .pool_user
         .registrars
         .iter()
         .map(ToString::to_string)
         .collect();
-    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), registrars = %registrars.join(","), admin = %admin, "ready");
+    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, "ready");
 
     let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {

@@ -18,7 +18,7 @@ pub(crate) struct Logging {
 impl Logging {
     /// Installs the global subscriber. Called once per process.
     pub(crate) fn init(level: &str, format: LogFormat) -> Result<Self, String> {
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))?;
+        let filter = filter(level)?;
         let (filter, handle) = reload::Layer::new(filter);
         let json = format == LogFormat::Json;
         let ansi = std::io::stderr().is_terminal();
@@ -33,7 +33,18 @@ impl Logging {
 
     /// Replaces the filter (configuration reload).
     pub(crate) fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(level).map_err(|e| format!("log level {level:?}: {e}"))?;
+        let filter = filter(level)?;
         self.filter.reload(filter).map_err(|e| e.to_string())
     }
+}
+
+/// The filter for `level`. The DNS server library logs every query at info; unless the
+/// level names it, it logs warnings only (the gateway counts queries in its metrics).
+fn filter(level: &str) -> Result<EnvFilter, String> {
+    let full = if level.contains("hickory") {
+        level.to_owned()
+    } else {
+        format!("{level},hickory_server=warn,hickory_proto=warn,hickory_net=warn")
+    };
+    EnvFilter::try_new(&full).map_err(|e| format!("log level {level:?}: {e}"))
 }

@@ -128,8 +128,12 @@ impl PoolUser {
 }
 
 impl rserpool_gateways::Directory for PoolUser {
-    async fn resolve(&self, pool_handle: PoolHandle) -> Result<Vec<PoolElement>, DirectoryError> {
-        match Self::resolve(self, pool_handle, None).await {
+    async fn resolve(
+        &self,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+    ) -> Result<Vec<PoolElement>, DirectoryError> {
+        match Self::resolve(self, pool_handle, items).await {
             Ok(resolution) => Ok(resolution.pool_elements),
             Err(ResolveError::NoRegistrar | ResolveError::Overloaded) => {
                 Err(DirectoryError::Unavailable)

@@ -24,17 +24,7 @@ use common::{Process, eventually, free_port, registrar};
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
 fn http_pe(asap: SocketAddr, pool: &str) -> Process {
-    Process::start(&[
-        "pe",
-        "--serve",
-        "http",
-        "--pool",
-        pool,
-        "--registrar",
-        &asap.to_string(),
-        "--reregistration-interval",
-        "5s",
-    ])
+    common::demo_pe(asap, "http", pool, "RoundRobin")
 }
 
 /// A gateway with the HTTP listeners of `yaml` (under `gateway:`) at the registrar.
@@ -220,22 +210,6 @@ fn get_load_sees_no_failure_while_pes_are_killed() {
     );
 }
 
-fn http_pe_with_policy(asap: SocketAddr, pool: &str, policy: &str) -> Process {
-    Process::start(&[
-        "pe",
-        "--serve",
-        "http",
-        "--pool",
-        pool,
-        "--policy",
-        policy,
-        "--registrar",
-        &asap.to_string(),
-        "--reregistration-interval",
-        "5s",
-    ])
-}
-
 /// A POST already sent to a PE that dies is not replayed (502); a GET in the same spot
 /// is retried on the next PE. Two priorities make the order known.
 #[test]
@@ -247,9 +221,9 @@ fn sent_posts_fail_with_502_and_gets_are_retried() {
         asap,
         &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
     );
-    let spare = http_pe_with_policy(asap, "WebPool", "Priority:1");
+    let spare = common::demo_pe(asap, "http", "WebPool", "Priority:1");
     for (method, expected) in [("POST", 502), ("GET", 200)] {
-        let mut preferred = http_pe_with_policy(asap, "WebPool", "Priority:9");
+        let mut preferred = common::demo_pe(asap, "http", "WebPool", "Priority:9");
         wait_for_pool(asap, "WebPool", 2);
         // Let the gateway's cache (1 s) learn the new PE.
         thread::sleep(Duration::from_millis(1200));

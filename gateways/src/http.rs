@@ -195,7 +195,7 @@ impl RetryBudget {
     fn new(ratio: f64) -> Self {
         Self {
             ratio,
-            state: Mutex::new((Self::CAP, now())),
+            state: Mutex::new((Self::CAP, crate::now())),
         }
     }
 
@@ -209,7 +209,7 @@ impl RetryBudget {
         let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        let at = now();
+        let at = crate::now();
         let refill = at.saturating_duration_since(state.1).as_secs_f64() * Self::PER_SECOND;
         *state = ((state.0 + refill).min(Self::CAP), at);
         if state.0 >= 1.0 {
@@ -219,10 +219,6 @@ impl RetryBudget {
             false
         }
     }
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 struct State<D> {
@@ -578,7 +574,7 @@ async fn handle<D: Directory>(
     forwarding: &forward::Forwarding,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let started = now();
+    let started = crate::now();
     let method = request.method().clone();
     // A clone of the URI shares its bytes; the path is for routing and the access log.
     let uri = request.uri().clone();
@@ -599,7 +595,7 @@ async fn handle<D: Directory>(
     if let Some(counter) = live.meters.responses.get(class) {
         counter.increment(1);
     }
-    let elapsed = now().saturating_duration_since(started);
+    let elapsed = crate::now().saturating_duration_since(started);
     live.meters.duration.record(elapsed.as_secs_f64());
     tracing::info!(
         target: "rserpool::access",
@@ -651,7 +647,11 @@ async fn proxy<D: Directory>(
         .as_ref()
         .and_then(|sealer| sealer.from_headers(&parts.headers))
         .filter(|binding| binding.pool_handle == route.pool_handle);
-    let mut pes = match state.directory.resolve(route.pool_handle).await {
+    let mut pes = match state
+        .directory
+        .resolve(route.pool_handle, u32::try_from(route.max_attempts).ok())
+        .await
+    {
         Ok(pes) if !pes.is_empty() => pes,
         Ok(_) | Err(DirectoryError::UnknownPool) => {
             let mut outcome = refuse(

@@ -5,6 +5,7 @@
 //! The gateways see pools only through a [`Directory`], which the daemon implements
 //! with its ASAP pool user (../shared/ARCHITECTURE.md §1).
 
+pub mod dns;
 pub mod http;
 pub mod tcp;
 
@@ -41,10 +42,12 @@ pub enum DirectoryError {
 
 /// Where gateways learn pool elements and report unreachable ones.
 pub trait Directory: Send + Sync + 'static {
-    /// The pool's PEs in the order its policy gives (best first).
+    /// The pool's PEs in the order its policy gives (best first): `items` of them at
+    /// most, or as many as the registrar chooses (`None`).
     fn resolve(
         &self,
         pool_handle: PoolHandle,
+        items: Option<u32>,
     ) -> impl Future<Output = Result<Vec<PoolElement>, DirectoryError>> + Send;
 
     /// A PE could not be reached (ASAP_ENDPOINT_UNREACHABLE).
@@ -53,4 +56,10 @@ pub trait Directory: Send + Sync + 'static {
         pool_handle: PoolHandle,
         pe_id: PoolElementId,
     ) -> impl Future<Output = ()> + Send;
+}
+
+/// The time now, as the sans-IO session layer takes it (tokio's clock, so that tests
+/// with a paused clock see the same time).
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use rserpool_proto::session::{PeFailure, Session, SessionConfig, SessionEvent, SessionOutput};
@@ -60,10 +60,6 @@ impl ListenerConfig {
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
-}
 
 /// A listener's per-pool meters, looked up once rather than per session.
 struct Meters {
@@ -321,7 +317,7 @@ async fn run_session<D: Directory>(
     meters.active.increment(1.0);
     let mut client = Side::new(client);
     let mut pe: Option<Side> = None;
-    let mut session = Session::new(config.pool_handle, config.session, now());
+    let mut session = Session::new(config.pool_handle, config.session, crate::now());
     let mut resolving: Option<Pending<'_, Result<Vec<PoolElement>, DirectoryError>>> = None;
     let mut connecting: Option<Pending<'static, Option<TcpStream>>> = None;
     // Made once: a timer and a cancellation wait per loop turn would cost each turn.
@@ -337,7 +333,7 @@ async fn run_session<D: Directory>(
         while let Some(output) = session.poll() {
             match output {
                 SessionOutput::Resolve(handle) => {
-                    resolving = Some(Box::pin(listener.directory.resolve(handle)));
+                    resolving = Some(Box::pin(listener.directory.resolve(handle, None)));
                 }
                 SessionOutput::Connect(target) => {
                     pe = None;
@@ -373,7 +369,7 @@ async fn run_session<D: Directory>(
         // A failed write is news for the session once its current output is done.
         if !session.is_closed() {
             if pe.as_mut().is_some_and(Side::take_failure) {
-                session.pe_failed(PeFailure::Reset, now());
+                session.pe_failed(PeFailure::Reset, crate::now());
                 continue;
             }
             if client.take_failure() {
@@ -409,8 +405,8 @@ async fn run_session<D: Directory>(
             ready = ready(Some(&client), Interest::READABLE), if read_client => match ready {
                 Ok(_) => read_into(&mut client, |result| match result {
                     None => {}
-                    Some(Ok([])) => session.client_eof(now()),
-                    Some(Ok(bytes)) => session.client_data(bytes, now()),
+                    Some(Ok([])) => session.client_eof(crate::now()),
+                    Some(Ok(bytes)) => session.client_data(bytes, crate::now()),
                     Some(Err(_)) => session.client_closed(),
                 }),
                 Err(_) => session.client_closed(),
@@ -418,11 +414,11 @@ async fn run_session<D: Directory>(
             ready = ready(pe.as_ref(), Interest::READABLE), if read_pe => match (ready, &mut pe) {
                 (Ok(_), Some(side)) => read_into(side, |result| match result {
                     None => {}
-                    Some(Ok([])) => session.pe_eof(now()),
-                    Some(Ok(bytes)) => session.pe_data(bytes, now()),
-                    Some(Err(_)) => session.pe_failed(PeFailure::Reset, now()),
+                    Some(Ok([])) => session.pe_eof(crate::now()),
+                    Some(Ok(bytes)) => session.pe_data(bytes, crate::now()),
+                    Some(Err(_)) => session.pe_failed(PeFailure::Reset, crate::now()),
                 }),
-                (Err(_), _) => session.pe_failed(PeFailure::Reset, now()),
+                (Err(_), _) => session.pe_failed(PeFailure::Reset, crate::now()),
                 (Ok(_), None) => {}
             },
             _ = ready(Some(&client), Interest::WRITABLE), if write_client => {
@@ -435,28 +431,28 @@ async fn run_session<D: Directory>(
                 if let Some(side) = &mut pe {
                     side.flush();
                     if side.take_failure() {
-                        session.pe_failed(PeFailure::Reset, now());
+                        session.pe_failed(PeFailure::Reset, crate::now());
                     }
                 }
             }
             answer = async { resolving.as_mut().expect("guarded").await }, if resolving.is_some() => {
                 resolving = None;
-                session.resolved(answer.unwrap_or_default(), now());
+                session.resolved(answer.unwrap_or_default(), crate::now());
             }
             stream = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
                 match stream {
                     Some(stream) => {
                         pe = Some(Side::new(stream));
-                        session.pe_connected(now());
+                        session.pe_connected(crate::now());
                     }
-                    None => session.pe_failed(PeFailure::Connect, now()),
+                    None => session.pe_failed(PeFailure::Connect, crate::now()),
                 }
             }
             () = &mut timer, if deadline.is_some() => {
                 // Fired: re-armed when the session names its next deadline.
                 timer_at = None;
-                session.timeout(now());
+                session.timeout(crate::now());
             }
         }
     }

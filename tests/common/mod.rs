@@ -271,3 +271,20 @@ pub fn receive(stream: &mut TcpStream) -> Option<Vec<u8>> {
     stream.read_exact(&mut rest).ok()?;
     Some([header.to_vec(), rest].concat())
 }
+
+/// `rserpool pe --serve KIND` in `pool` with `policy`, registered at `asap`.
+pub fn demo_pe(asap: SocketAddr, kind: &str, pool: &str, policy: &str) -> Process {
+    Process::start(&[
+        "pe",
+        "--serve",
+        kind,
+        "--pool",
+        pool,
+        "--policy",
+        policy,
+        "--registrar",
+        &asap.to_string(),
+        "--reregistration-interval",
+        "5s",
+    ])
+}

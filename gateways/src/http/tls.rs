@@ -142,12 +142,21 @@ impl ResolvesServerCert for CertificateResolver {
 
 /// A TLS server configuration over `resolver`, offering h2 and http/1.1.
 pub fn server_config(resolver: Arc<CertificateResolver>) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_for(resolver, &[b"h2", b"http/1.1"])
+}
+
+/// A TLS server configuration over `resolver` offering the ALPN `protocols` (`dot` for
+/// DNS over TLS).
+pub fn server_config_for(
+    resolver: Arc<CertificateResolver>,
+    protocols: &[&[u8]],
+) -> Result<rustls::ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# DNS gateway benchmark: dnsperf (Debian) against the gateway's DNS listener (one thread)
+# answering A queries for a 1 000-PE pool (8 PEs per answer, chosen by the pool's policy
+# for every query) and against Knot DNS (one UDP worker, ../shared/baselines/knot.conf)
+# serving an equivalent static zone (8 A records); same machine, same load. Each figure
+# is the median of ROUNDS alternating runs; prints queries/s, latency and the ratio.
+#   bench/dns.sh [SECONDS]        (ROUNDS=3, CLIENTS=4)
+# (Knot, not NSD: NSD drops queries on this machine, see ../shared/baselines/README.md.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-3}; CLIENTS=${CLIENTS:-4}
+for tool in dnsperf knotd; do
+    command -v "$tool" >/dev/null || sudo -n apt-get install -y dnsperf knot >/dev/null 2>&1 \
+        || apt-get install -y dnsperf knot >/dev/null
+done
+cargo build --release --quiet -p rserpool
+# shellcheck source=bench/common.sh
+. bench/common.sh
+
+# Knot with the static zone.
+mkdir -p "$work/knot"
+{
+    echo '$ORIGIN pool.example.'; echo '$TTL 0'
+    echo '@ IN SOA ns.pool.example. admin.pool.example. 1 3600 600 86400 0'
+    echo '@ IN NS ns.pool.example.'; echo 'ns IN A 127.0.0.1'
+    for i in $(seq 8); do echo "echopool IN A 10.0.0.$i"; done
+} > "$work/knot/pool.example.zone"
+sed -e "s#/tmp/baselines/knot#$work/knot#g" ../shared/baselines/knot.conf > "$work/knot.conf"
+knotd -c "$work/knot.conf" 2>"$work/knotd.log" & pids+=($!)
+
+# A registrar, one agent registering 1 000 PEs (127.0.0.1 with ports 20000-20999: a
+# registrar accepts only the agent's own address; no health checks, nothing needs to
+# listen there), and the gateway.
+start_pool echopool    # the registrar; the PEs come from the agent below
+enrp=$(grep -o 'enrp=[0-9.:]*' "$work/registrar.log" | cut -d= -f2)
+{
+    echo "pe:"; echo "  registrars: [$asap]"; echo "  services:"
+    for i in $(seq 0 999); do
+        echo "    - {pool: echopool, backend: 127.0.0.1:$((20000 + i)), health: none, reregistration_interval: 30s}"
+    done
+    echo "log:"; echo "  level: warn"
+} > "$work/agent.yaml"
+"$bin/rserpool" pe --config "$work/agent.yaml" 2>"$work/agent.log" & pids+=($!)
+cat > "$work/gateway.yaml" <<CFG
+pool_user:
+  registrars: [$asap]
+gateway:
+  dns:
+    - listen: 127.0.0.1:15353
+      zone: pool.example.
+      answer_count: 8
+      rate_limit: 0          # dnsperf is one client: no response rate limit here
+log:
+  level: warn,rserpool::gateway=info
+CFG
+TOKIO_WORKER_THREADS=1 "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
+ready "$work/gateway.log" ready
+until "$bin/rserpool" dump --registrar "$enrp" 2>/dev/null | grep -q "pool echopool (1000 PE)"; do sleep 0.5; done
+until dig @127.0.0.1 -p 15354 +short echopool.pool.example A | grep -q 10.0.0.1; do sleep 0.2; done
+
+echo "echopool.pool.example A" > "$work/queries"
+measure() { # port -> "queries/s avg_latency_ms lost"
+    dnsperf -s 127.0.0.1 -p "$1" -d "$work/queries" -c "$CLIENTS" -l "$SECONDS_" -q 200 2>/dev/null | awk '
+        /Queries lost:/ { lost = $3 } /Queries per second:/ { qps = $4 }
+        /Average Latency/ { lat = $4 * 1000 }
+        END { printf "%.0f %.3f %s\n", qps, lat, lost }'
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+g=(); k=(); gl=(); kl=()
+for _ in $(seq "$ROUNDS"); do
+    out=$(measure 15353); echo "  gateway: $out (queries/s avg_ms lost)"; g+=("${out%% *}"); gl+=("$(echo "$out" | cut -d' ' -f2)")
+    out=$(measure 15354); echo "  knot:    $out (queries/s avg_ms lost)"; k+=("${out%% *}"); kl+=("$(echo "$out" | cut -d' ' -f2)")
+done
+gm=$(printf '%s\n' "${g[@]}" | median); km=$(printf '%s\n' "${k[@]}" | median)
+glm=$(printf '%s\n' "${gl[@]}" | median); klm=$(printf '%s\n' "${kl[@]}" | median)
+echo "=> A queries, 1 000-PE pool, 8 per answer (medians of $ROUNDS x ${SECONDS_} s, dnsperf -c $CLIENTS)"
+echo "   gateway $gm queries/s (avg ${glm} ms), Knot $km queries/s (avg ${klm} ms)"
+awk -v g="$gm" -v k="$km" 'BEGIN { printf "   gateway/Knot = %.2f\n", g / k }'
+echo "gateway RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"
