@@ -27,6 +27,17 @@ pub(crate) enum Command {
     Dump(DumpArgs),
     /// Decode one ASAP or ENRP message given as hex, and print it.
     Decode(DecodeArgs),
+    /// Run everything on loopback: 3 registrars, demo PEs and a gateway; Ctrl-C stops.
+    Demo(DemoArgs),
+}
+
+/// `rserpool demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Ports used: BASE+1..3 ASAP, BASE+11..13 ENRP, BASE+20/21 TCP, BASE+80 HTTP,
+    /// BASE+53 DNS, BASE+90 admin.
+    #[arg(long, default_value_t = 17000)]
+    pub(crate) base_port: u16,
 }
 
 /// Logging options shared by the long-running roles.

@@ -6,6 +6,7 @@ mod admin;
 mod cli;
 mod config;
 mod decode;
+mod demo;
 mod demo_http;
 mod driver;
 mod dump;
@@ -114,6 +115,7 @@ async fn tool(command: cli::Command) -> Result<String, RunError> {
         cli::Command::Registrar(args) => registrar::run(args).await.map(|()| String::new()),
         cli::Command::Pe(args) => pool_element::run(args).await.map(|()| String::new()),
         cli::Command::Gateway(args) => gateway::run(args).await.map(|()| String::new()),
+        cli::Command::Demo(args) => demo::run(args).await,
     }
 }
 
@@ -127,6 +129,7 @@ pub fn run() -> ExitCode {
         cli::Command::Resolve(_) => "resolve",
         cli::Command::Dump(_) => "dump",
         cli::Command::Decode(_) => "decode",
+        cli::Command::Demo(_) => "demo",
     };
     // TOKIO_WORKER_THREADS (tokio's own setting) picks the worker count; with 1 the
     // whole process runs on one thread, without the work-stealing scheduler's

@@ -154,6 +154,7 @@ fn help_lists_only_built_subcommands() {
             "resolve",
             "dump",
             "decode",
+            "demo",
             "help"
         ]
     );
