@@ -1,9 +1,12 @@
-//! The admin HTTP listener: `/metrics` (Prometheus text) and `/healthz`. Loopback by
-//! default in the examples; it has no authentication, so never bind it where untrusted
-//! clients reach it.
+//! The admin HTTP listener of every role: `/metrics` (Prometheus text), `/healthz`
+//! (the process runs), `/readyz` (the role can serve: 503 with the reason otherwise)
+//! and `/api/<name>` (JSON views the role offers). Loopback in the examples; it has no
+//! authentication, so never bind it where untrusted clients reach it.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,11 +30,25 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What a role shows on its admin listener besides metrics and liveness.
+#[derive(Clone)]
+pub(crate) struct Routes {
+    /// `/readyz`: `Err(reason)` while the role cannot serve.
+    pub(crate) ready: Arc<dyn Fn() -> Boxed<Result<(), String>> + Send + Sync>,
+    /// `/api/<name>`: the JSON view, `None` for an unknown name.
+    pub(crate) api: Arc<dyn Fn(String) -> Boxed<Option<serde_json::Value>> + Send + Sync>,
+    /// The names `/api/` offers (listed on 404).
+    pub(crate) api_names: &'static [&'static str],
+}
+
 /// Installs the process's metrics recorder (once) and serves it on `listen`. Returns
 /// the bound address.
 pub(crate) async fn start(
     listen: SocketAddr,
     shutdown: CancellationToken,
+    routes: Routes,
 ) -> Result<SocketAddr, RunError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
@@ -44,7 +61,7 @@ pub(crate) async fn start(
         .local_addr()
         .map_err(|e| RunError::Bind(listen, e))?;
     tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
-    tokio::spawn(serve(listener, Arc::new(handle), shutdown));
+    tokio::spawn(serve(listener, Arc::new(handle), routes, shutdown));
     Ok(bound)
 }
 
@@ -59,7 +76,12 @@ async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
-async fn serve(listener: TcpListener, handle: Arc<PrometheusHandle>, shutdown: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    handle: Arc<PrometheusHandle>,
+    routes: Routes,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -74,10 +96,12 @@ async fn serve(listener: TcpListener, handle: Arc<PrometheusHandle>, shutdown: C
             continue;
         };
         let handle = handle.clone();
+        let routes = routes.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let handle = handle.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &handle)) }
+                let routes = routes.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &handle, &routes).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -88,13 +112,38 @@ async fn serve(listener: TcpListener, handle: Arc<PrometheusHandle>, shutdown: C
     }
 }
 
-fn respond(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => {
+async fn respond(
+    request: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    routes: &Routes,
+) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let api = path.strip_prefix("/api/").map(str::to_owned);
+    let (status, content_type, body) = match (request.method(), path, api) {
+        (&Method::GET, "/metrics", _) => {
             (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (_, "/metrics" | "/healthz") => (
+        (&Method::GET, "/healthz", _) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/readyz", _) => match (routes.ready)().await {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        (&Method::GET, _, Some(name)) => match (routes.api)(name).await {
+            Some(value) => (StatusCode::OK, "application/json", format!("{value}\n")),
+            None => (
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                format!(
+                    "not found: this role offers /api/{{{}}}\n",
+                    routes.api_names.join(",")
+                ),
+            ),
+        },
+        (_, "/metrics" | "/healthz" | "/readyz", _) | (_, _, Some(_)) => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET only\n".to_owned(),
@@ -102,7 +151,7 @@ fn respond(request: &Request<Incoming>, handle: &PrometheusHandle) -> Response<F
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics or /healthz\n".to_owned(),
+            "not found: try /metrics, /healthz, /readyz or /api/\n".to_owned(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

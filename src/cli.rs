@@ -105,6 +105,10 @@ pub(crate) struct RegistrarArgs {
     /// the ENRP address's interface).
     #[arg(long)]
     pub(crate) enrp_multicast: Option<String>,
+    /// Serve /metrics, /healthz, /readyz and /api/ on this address (no authentication:
+    /// keep it on loopback or a management network).
+    #[arg(long)]
+    pub(crate) admin: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }
@@ -151,6 +155,10 @@ pub(crate) struct PeArgs {
     /// Timer profile.
     #[arg(long, value_enum)]
     pub(crate) profile: Option<ProfileArg>,
+    /// Serve /metrics, /healthz, /readyz and /api/ on this address (no authentication:
+    /// keep it on loopback or a management network).
+    #[arg(long)]
+    pub(crate) admin: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }
@@ -180,8 +188,8 @@ pub(crate) struct GatewayArgs {
     /// Timer profile of the pool user.
     #[arg(long, value_enum)]
     pub(crate) profile: Option<ProfileArg>,
-    /// Serve /metrics and /healthz on this address (e.g. 127.0.0.1:9102; no
-    /// authentication: keep it on loopback or a management network).
+    /// Serve /metrics, /healthz, /readyz and /api/ on this address (e.g.
+    /// 127.0.0.1:9102; no authentication: keep it on loopback or a management network).
     #[arg(long)]
     pub(crate) admin: Option<SocketAddr>,
     #[command(flatten)]

@@ -143,4 +143,17 @@ impl<E: Engine + 'static> Handle<E> {
     ) -> bool {
         self.commands.send(Box::new(command)).await.is_ok()
     }
+
+    /// Asks the engine something; `None` if the driver has stopped.
+    pub(crate) async fn ask<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&E) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.command(move |engine, _| {
+            let _ = tx.send(query(engine));
+        })
+        .await;
+        rx.await.ok()
+    }
 }

@@ -13,6 +13,7 @@ use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{self, HttpListenerConfig, Route};
 use rserpool_gateways::tcp::{self, ListenerConfig};
+use rserpool_proto::pool_user::ResolveError;
 use rserpool_proto::session::SessionConfig;
 use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +86,55 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
         ));
     }
     Ok(file)
+}
+
+/// `/readyz`: a registrar answers (a resolution of a configured pool gets an answer,
+/// found or not); `/api/sessions`: open TCP sessions and HTTP connections.
+fn admin_routes(
+    pool_user: &Arc<PoolUser>,
+    file: &ConfigFile,
+    lifecycle: &Lifecycle,
+) -> crate::admin::Routes {
+    let probe_pool = file
+        .gateway
+        .tcp
+        .iter()
+        .map(|l| l.pool)
+        .chain(
+            file.gateway
+                .http
+                .iter()
+                .flat_map(|l| l.routes.iter().map(|r| r.pool)),
+        )
+        .next()
+        .or_else(|| PoolHandle::new(b"rserpool-readiness").ok());
+    let pool_user = pool_user.clone();
+    let sessions = lifecycle.sessions.clone();
+    crate::admin::Routes {
+        ready: Arc::new(move || {
+            let pool_user = pool_user.clone();
+            Box::pin(async move {
+                let Some(pool) = probe_pool else {
+                    return Ok(());
+                };
+                let asked =
+                    tokio::time::timeout(Duration::from_secs(2), pool_user.resolve(pool, Some(1)))
+                        .await;
+                match asked {
+                    Ok(Ok(_) | Err(ResolveError::UnknownPool)) => Ok(()),
+                    Ok(Err(error)) => Err(format!("no registrar answers: {error}")),
+                    Err(_) => Err("no registrar answered within 2 s".into()),
+                }
+            })
+        }),
+        api: Arc::new(move |name| {
+            let open = sessions.len();
+            Box::pin(
+                async move { (name == "sessions").then(|| serde_json::json!({ "open": open })) },
+            )
+        }),
+        api_names: &["sessions"],
+    }
 }
 
 /// `LISTEN_ADDR:PORT=POOL_HANDLE` of a listener flag.
@@ -267,9 +317,13 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     )?);
     // The metrics recorder goes in first: listeners take their meters when they start.
     let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(listen, shutdown.clone())
-            .await?
-            .to_string(),
+        Some(listen) => crate::admin::start(
+            listen,
+            shutdown.clone(),
+            admin_routes(&pool_user, &file, &lifecycle),
+        )
+        .await?
+        .to_string(),
         None => "off".to_owned(),
     };
     let mut bound = Vec::new();

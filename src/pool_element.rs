@@ -7,7 +7,9 @@
 //! associations from that port, so a registrar that takes the PEs over can reach it
 //! (asap.md §5.2 step 1).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rserpool_proto::engine::TransportKind;
@@ -15,7 +17,9 @@ use rserpool_proto::hunt::HuntConfig;
 use rserpool_proto::pool_element::{
     PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
 };
-use rserpool_proto::wire::{PoolElementId, Protocol, Transport, TransportProtocol, TransportUse};
+use rserpool_proto::wire::{
+    PoolElementId, PoolHandle, Protocol, Transport, TransportProtocol, TransportUse,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -38,6 +42,9 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
         Some(path) => config::load(path)?,
         None => ConfigFile::default(),
     };
+    if args.admin.is_some() {
+        file.admin.listen = args.admin;
+    }
     let section = &mut file.pe;
     if let (Some(pool), Some(backend)) = (&args.pool, args.backend) {
         let pool = rserpool_proto::wire::PoolHandle::new(pool.as_bytes())
@@ -320,10 +327,18 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
             shutdown.clone(),
         ));
     }
+    let registered = Registered::default();
+    let admin = match file.admin.listen {
+        Some(listen) => crate::admin::start(listen, shutdown.clone(), registered.routes())
+            .await?
+            .to_string(),
+        None => "off".to_owned(),
+    };
     let registrars: Vec<String> = section.registrars.iter().map(ToString::to_string).collect();
     tracing::info!(
         role = "pe",
         asap = %asap,
+        admin = %admin,
         registrars = %registrars.join(","),
         services = section.services.len(),
         "ready"
@@ -347,7 +362,10 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
                     handle.command(move |engine, now| engine.deregister(id, now)).await;
                 }
             }
-            Some(event) = events.recv() => log_event(&event),
+            Some(event) = events.recv() => {
+                registered.track(&event);
+                log_event(&event);
+            }
         }
     }
 
@@ -364,15 +382,79 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The agent's PEs that are registered now, for `/readyz` and `/api/pool_elements`.
+#[derive(Debug, Clone, Default)]
+struct Registered(Arc<Mutex<BTreeSet<(PoolHandle, PoolElementId)>>>);
+
+impl Registered {
+    fn track(&self, event: &PoolElementEvent) {
+        let Ok(mut set) = self.0.lock() else { return };
+        match event {
+            PoolElementEvent::Registered {
+                pool_handle, pe_id, ..
+            } => {
+                set.insert((*pool_handle, *pe_id));
+            }
+            PoolElementEvent::RegistrationRefused {
+                pool_handle, pe_id, ..
+            }
+            | PoolElementEvent::Deregistered {
+                pool_handle, pe_id, ..
+            } => {
+                set.remove(&(*pool_handle, *pe_id));
+            }
+            PoolElementEvent::RegistrarLost => set.clear(),
+            _ => {}
+        }
+    }
+
+    fn list(&self) -> Vec<(PoolHandle, PoolElementId)> {
+        self.0
+            .lock()
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Ready while at least one PE is registered.
+    fn routes(&self) -> crate::admin::Routes {
+        let (ready, api) = (self.clone(), self.clone());
+        crate::admin::Routes {
+            ready: Arc::new(move || {
+                let registered = !ready.list().is_empty();
+                Box::pin(async move {
+                    if registered {
+                        Ok(())
+                    } else {
+                        Err(
+                            "no pool element registered (backends unhealthy, or no registrar)"
+                                .into(),
+                        )
+                    }
+                })
+            }),
+            api: Arc::new(move |name| {
+                let list = api.list();
+                Box::pin(async move {
+                    (name == "pool_elements").then(|| {
+                        let items: Vec<serde_json::Value> = list
+                            .iter()
+                            .map(|(pool, pe)| serde_json::json!({ "pool_handle": pool.to_string(), "pe_id": pe }))
+                            .collect();
+                        serde_json::json!({ "registered": items })
+                    })
+                })
+            }),
+            api_names: &["pool_elements"],
+        }
+    }
+}
+
 /// How many PEs the engine still holds.
 async fn handle_count(handle: &Handle<PoolElementEngine>) -> usize {
-    let (tx, rx) = tokio::sync::oneshot::channel();
     handle
-        .command(move |engine, _| {
-            let _ = tx.send(engine.pool_elements().count());
-        })
-        .await;
-    rx.await.unwrap_or(0)
+        .ask(|engine| engine.pool_elements().count())
+        .await
+        .unwrap_or(0)
 }
 
 pub(crate) fn log_event(event: &PoolElementEvent) {

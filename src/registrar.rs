@@ -2,6 +2,7 @@
 //! channel, the configuration and the signals.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use rserpool_proto::engine::TransportKind;
 use rserpool_proto::handlespace::Limits;
@@ -25,6 +26,9 @@ fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
         None => ConfigFile::default(),
     };
     apply_overrides(&mut file, args)?;
+    if args.admin.is_some() {
+        file.admin.listen = args.admin;
+    }
     Ok(file)
 }
 
@@ -214,9 +218,16 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         log_event,
         shutdown.clone(),
     ));
+    let admin = match file.admin.listen {
+        Some(listen) => crate::admin::start(listen, shutdown.clone(), admin_routes(&handle))
+            .await?
+            .to_string(),
+        None => "off".to_owned(),
+    };
     tracing::info!(
         role = "registrar",
         id = %id,
+        admin = %admin,
         asap = %asap_address,
         enrp = %enrp_address,
         announce = %announce.0,
@@ -234,13 +245,10 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
             Request::Reload => reload(&args, &logging, &handle).await,
         }
     }
-    let (stats_tx, stats_rx) = tokio::sync::oneshot::channel();
-    handle
-        .command(move |engine, _| {
-            let _ = stats_tx.send((engine.stats(), engine.handlespace().pool_element_count()));
-        })
+    let totals = handle
+        .ask(|engine| (engine.stats(), engine.handlespace().pool_element_count()))
         .await;
-    if let Ok((stats, pool_elements)) = stats_rx.await {
+    if let Some((stats, pool_elements)) = totals {
         tracing::info!(
             asap_received = stats.asap_received,
             asap_sent = stats.asap_sent,
@@ -254,6 +262,77 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     shutdown.cancel();
     let _ = driver.await;
     Ok(())
+}
+
+/// `/readyz`: synchronised with the peers (ENRP start-up done); `/api/handlespace` and
+/// `/api/peers`: the registrar's view as JSON.
+fn admin_routes(handle: &Handle<RegistrarEngine>) -> crate::admin::Routes {
+    let ready_handle = handle.clone();
+    let api_handle = handle.clone();
+    crate::admin::Routes {
+        ready: Arc::new(move || {
+            let handle = ready_handle.clone();
+            Box::pin(async move {
+                let synchronized = handle.ask(RegistrarEngine::is_synchronized).await;
+                match synchronized {
+                    Some(true) => Ok(()),
+                    Some(false) => Err("synchronizing with peer registrars (ENRP start-up)".into()),
+                    None => Err("stopping".into()),
+                }
+            })
+        }),
+        api: Arc::new(move |name| {
+            let handle = api_handle.clone();
+            Box::pin(async move {
+                match name.as_str() {
+                    "handlespace" => handle.ask(handlespace_json).await,
+                    "peers" => handle.ask(peers_json).await,
+                    _ => None,
+                }
+            })
+        }),
+        api_names: &["handlespace", "peers"],
+    }
+}
+
+fn handlespace_json(engine: &RegistrarEngine) -> serde_json::Value {
+    let pools: Vec<serde_json::Value> = engine
+        .handlespace()
+        .pools()
+        .map(|(handle, pool)| {
+            let elements: Vec<&rserpool_proto::wire::PoolElement> =
+                pool.elements().map(|entry| &entry.element).collect();
+            serde_json::json!({
+                "pool_handle": handle.to_string(),
+                "policy": elements.first().map(|pe| rserpool_proto::policy::spec::format(&pe.policy)),
+                "pool_elements": elements,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "registrar": engine.id(),
+        "synchronized": engine.is_synchronized(),
+        "checksum": engine.handlespace().checksum(),
+        "pools": pools,
+    })
+}
+
+fn peers_json(engine: &RegistrarEngine) -> serde_json::Value {
+    let peers: Vec<serde_json::Value> = engine
+        .peers()
+        .iter()
+        .map(|peer| {
+            serde_json::json!({
+                "id": peer.id,
+                "endpoint": peer.endpoint.as_ref().map(ToString::to_string),
+                "static": peer.is_static,
+                "connected": peer.connected,
+                "pool_elements": peer.pool_elements,
+                "being_taken_over": peer.being_taken_over,
+            })
+        })
+        .collect();
+    serde_json::json!({ "registrar": engine.id(), "peers": peers })
 }
 
 /// SIGHUP: re-reads the configuration and applies what can change while running (log

@@ -1,0 +1,112 @@
+//! The admin listener of every role (README "Admin"): `/readyz` follows what the role
+//! can do, `/api/` shows the registrar's handlespace and peers and the agent's PEs.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "test code"
+)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Backend, Process, admin_get, eventually, free_port};
+
+fn admin_address() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+#[test]
+fn readiness_and_json_views_of_every_role() {
+    let registrar_admin = admin_address();
+    let registrar = common::registrar(&["--admin", &registrar_admin.to_string()]);
+    let asap = registrar.address("asap");
+    assert_eq!(
+        admin_get(registrar_admin, "/readyz").0,
+        200,
+        "no peers: ready at once"
+    );
+    assert_eq!(admin_get(registrar_admin, "/healthz").0, 200);
+
+    // An agent whose backend is down is alive but not ready; it becomes ready once the
+    // backend is up and its PE registered.
+    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let agent_admin = admin_address();
+    let _agent = Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &backend_address.to_string(),
+        "--health",
+        "tcp",
+        "--health-interval",
+        "200ms",
+        "--registrar",
+        &asap.to_string(),
+        "--admin",
+        &agent_admin.to_string(),
+    ]);
+    let (status, body) = admin_get(agent_admin, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no pool element registered"), "{body}");
+    let _backend = Backend::start_at(backend_address);
+    assert!(eventually(Duration::from_secs(10), || admin_get(
+        agent_admin,
+        "/readyz"
+    )
+    .0 == 200));
+    let (_, agent_pes) = admin_get(agent_admin, "/api/pool_elements");
+    let agent_pes: serde_json::Value = serde_json::from_str(&agent_pes).unwrap();
+    let pe_id = agent_pes["registered"][0]["pe_id"].clone();
+    assert_eq!(agent_pes["registered"][0]["pool_handle"], "WebPool");
+
+    // The registrar's handlespace holds that PE; its peer list is empty.
+    let (status, handlespace) = admin_get(registrar_admin, "/api/handlespace");
+    assert_eq!(status, 200);
+    let handlespace: serde_json::Value = serde_json::from_str(&handlespace).unwrap();
+    assert_eq!(handlespace["pools"][0]["pool_handle"], "WebPool");
+    assert_eq!(
+        handlespace["pools"][0]["pool_elements"][0]["id"], pe_id,
+        "{handlespace}"
+    );
+    assert_eq!(handlespace["synchronized"], true);
+    let (_, peers) = admin_get(registrar_admin, "/api/peers");
+    let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    assert_eq!(peers["peers"].as_array().unwrap().len(), 0);
+    let (status, body) = admin_get(registrar_admin, "/api/nothing");
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("handlespace") && body.contains("peers"),
+        "{body}"
+    );
+
+    // The gateway is ready while a registrar answers, and says why not when none does.
+    let gateway_admin = admin_address();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _gateway = Process::start(&[
+        "gateway",
+        "--registrar",
+        &asap.to_string(),
+        "--http",
+        &format!("{listen}=WebPool"),
+        "--admin",
+        &gateway_admin.to_string(),
+    ]);
+    assert!(eventually(Duration::from_secs(10), || admin_get(
+        gateway_admin,
+        "/readyz"
+    )
+    .0 == 200));
+    let (status, sessions) = admin_get(gateway_admin, "/api/sessions");
+    assert_eq!(status, 200);
+    assert!(sessions.contains("\"open\""), "{sessions}");
+    drop(registrar);
+    assert!(eventually(Duration::from_secs(15), || {
+        let (status, body) = admin_get(gateway_admin, "/readyz");
+        status == 503 && body.contains("registrar")
+    }));
+}
