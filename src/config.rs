@@ -851,21 +851,24 @@ pub(crate) fn multicast_interface(bind: IpAddr, configured: Option<Ipv4Addr>) ->
 mod tests {
     use super::*;
 
-    /// Every example in config/ parses (ARCHITECTURE.md house style 11).
+    /// Every example in config/ and deploy/config/ parses (ARCHITECTURE.md house style
+    /// 11).
     #[test]
     fn every_example_parses() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut count = 0;
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                if let Err(error) = load(&path) {
-                    panic!("{error}");
+        for dir in [root.join("config"), root.join("deploy/config")] {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    if let Err(error) = load(&path) {
+                        panic!("{error}");
+                    }
+                    count += 1;
                 }
-                count += 1;
             }
         }
-        assert!(count >= 4, "examples found: {count}");
+        assert!(count >= 7, "examples found: {count}");
     }
 
     #[test]

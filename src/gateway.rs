@@ -419,6 +419,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .map(ToString::to_string)
         .collect();
     tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, "ready");
+    crate::systemd::ready(&shutdown);
 
     let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {
@@ -439,6 +440,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             }
         }
     }
+    crate::systemd::notify("STOPPING=1");
     // Stop accepting; give open sessions the drain time, then close them.
     let open = lifecycle.sessions.len();
     tracing::info!(drain = ?file.gateway.drain_timeout, open, "stopping: no new sessions");

@@ -18,6 +18,7 @@ mod registrar;
 mod resolve;
 pub mod service;
 mod signals;
+mod systemd;
 mod transport;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -343,6 +343,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         services = section.services.len(),
         "ready"
     );
+    crate::systemd::ready(&shutdown);
 
     let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {
@@ -369,6 +370,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         }
     }
 
+    crate::systemd::notify("STOPPING=1");
     // Log the deregistration events while waiting for them.
     let logger = tokio::spawn(async move {
         while let Some(event) = events.recv().await {

@@ -237,6 +237,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         profile = ?section.profile,
         "ready"
     );
+    crate::systemd::ready(&shutdown);
 
     let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {
@@ -258,6 +259,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
             "totals"
         );
     }
+    crate::systemd::notify("STOPPING=1");
     tracing::info!("stopping: closing associations");
     shutdown.cancel();
     let _ = driver.await;
