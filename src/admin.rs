@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
+use crate::logging::Logging;
 
 /// Admin connections served at once; more wait in the accept queue.
 const MAX_ADMIN_CONNECTIONS: usize = 32;
@@ -49,6 +50,7 @@ pub(crate) async fn start(
     listen: SocketAddr,
     shutdown: CancellationToken,
     routes: Routes,
+    logging: Logging,
 ) -> Result<SocketAddr, RunError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
@@ -61,7 +63,7 @@ pub(crate) async fn start(
         .local_addr()
         .map_err(|e| RunError::Bind(listen, e))?;
     tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
-    tokio::spawn(serve(listener, Arc::new(handle), routes, shutdown));
+    tokio::spawn(serve(listener, Arc::new(handle), routes, logging, shutdown));
     Ok(bound)
 }
 
@@ -80,6 +82,7 @@ async fn serve(
     listener: TcpListener,
     handle: Arc<PrometheusHandle>,
     routes: Routes,
+    logging: Logging,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
@@ -97,11 +100,13 @@ async fn serve(
         };
         let handle = handle.clone();
         let routes = routes.clone();
+        let logging = logging.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let handle = handle.clone();
                 let routes = routes.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &handle, &routes).await) }
+                let logging = logging.clone();
+                async move { Ok::<_, Infallible>(respond(request, &handle, &routes, &logging).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -112,14 +117,44 @@ async fn serve(
     }
 }
 
+/// Largest body accepted (`PUT /log`).
+const MAX_ADMIN_BODY: usize = 4096;
+
 async fn respond(
-    request: &Request<Incoming>,
+    request: Request<Incoming>,
     handle: &PrometheusHandle,
     routes: &Routes,
+    logging: &Logging,
 ) -> Response<Full<Bytes>> {
-    let path = request.uri().path();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
     let api = path.strip_prefix("/api/").map(str::to_owned);
-    let (status, content_type, body) = match (request.method(), path, api) {
+    let (status, content_type, body) = match (&method, path.as_str(), api) {
+        (&Method::GET, "/log", _) => (
+            StatusCode::OK,
+            "text/plain",
+            format!("{}\n", logging.level()),
+        ),
+        (&Method::PUT, "/log", _) => {
+            let body = http_body_util::Limited::new(request.into_body(), MAX_ADMIN_BODY)
+                .collect()
+                .await
+                .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned());
+            match body {
+                Ok(level) => match logging.set_level(&level) {
+                    Ok(()) => {
+                        tracing::info!(level, "log level changed through the admin listener");
+                        (StatusCode::OK, "text/plain", format!("{level}\n"))
+                    }
+                    Err(error) => (StatusCode::BAD_REQUEST, "text/plain", format!("{error}\n")),
+                },
+                Err(_) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "text/plain",
+                    "a log filter is a short text\n".to_owned(),
+                ),
+            }
+        }
         (&Method::GET, "/metrics", _) => {
             (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
@@ -143,7 +178,7 @@ async fn respond(
                 ),
             ),
         },
-        (_, "/metrics" | "/healthz" | "/readyz", _) | (_, _, Some(_)) => (
+        (_, "/metrics" | "/healthz" | "/readyz" | "/log", _) | (_, _, Some(_)) => (
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "GET only\n".to_owned(),
@@ -151,7 +186,7 @@ async fn respond(
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /metrics, /healthz, /readyz or /api/\n".to_owned(),
+            "not found: try /metrics, /healthz, /readyz, /log or /api/\n".to_owned(),
         ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -307,7 +307,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .iter()
         .map(http_listener_config)
         .collect::<Result<Vec<_>, _>>()?;
-    let _logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
+    let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
     let lifecycle = Lifecycle::default();
     let pool_user = Arc::new(PoolUser::start(
@@ -321,6 +321,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             listen,
             shutdown.clone(),
             admin_routes(&pool_user, &file, &lifecycle),
+            logging.clone(),
         )
         .await?
         .to_string(),

@@ -13,6 +13,8 @@ use crate::config::LogFormat;
 #[derive(Debug, Clone)]
 pub(crate) struct Logging {
     filter: reload::Handle<EnvFilter, Registry>,
+    /// The filter as given (for the admin listener's `GET /log`).
+    level: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Logging {
@@ -28,13 +30,25 @@ impl Logging {
             .with((!json).then(|| fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)))
             .try_init()
             .map_err(|e| format!("cannot install the logger: {e}"))?;
-        Ok(Self { filter: handle })
+        Ok(Self {
+            filter: handle,
+            level: std::sync::Arc::new(std::sync::Mutex::new(level.to_owned())),
+        })
     }
 
     /// Replaces the filter (configuration reload).
     pub(crate) fn set_level(&self, level: &str) -> Result<(), String> {
         let filter = filter(level)?;
-        self.filter.reload(filter).map_err(|e| e.to_string())
+        self.filter.reload(filter).map_err(|e| e.to_string())?;
+        if let Ok(mut current) = self.level.lock() {
+            level.clone_into(&mut current);
+        }
+        Ok(())
+    }
+
+    /// The filter in use.
+    pub(crate) fn level(&self) -> String {
+        self.level.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 

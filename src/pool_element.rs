@@ -302,7 +302,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         return crate::service::run_demo(kind, args).await;
     }
     let file = settings(&args)?;
-    let _logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
+    let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let section = file.pe.clone();
     let shutdown = CancellationToken::new();
     let mut runtime = start_engine(&section, &shutdown)?;
@@ -329,9 +329,14 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     }
     let registered = Registered::default();
     let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(listen, shutdown.clone(), registered.routes())
-            .await?
-            .to_string(),
+        Some(listen) => crate::admin::start(
+            listen,
+            shutdown.clone(),
+            registered.routes(),
+            logging.clone(),
+        )
+        .await?
+        .to_string(),
         None => "off".to_owned(),
     };
     let registrars: Vec<String> = section.registrars.iter().map(ToString::to_string).collect();

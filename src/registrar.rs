@@ -219,9 +219,14 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         shutdown.clone(),
     ));
     let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(listen, shutdown.clone(), admin_routes(&handle))
-            .await?
-            .to_string(),
+        Some(listen) => crate::admin::start(
+            listen,
+            shutdown.clone(),
+            admin_routes(&handle),
+            logging.clone(),
+        )
+        .await?
+        .to_string(),
         None => "off".to_owned(),
     };
     tracing::info!(

@@ -77,6 +77,25 @@ fn readiness_and_json_views_of_every_role() {
     let (_, peers) = admin_get(registrar_admin, "/api/peers");
     let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
     assert_eq!(peers["peers"].as_array().unwrap().len(), 0);
+    // The log filter changes at run time.
+    assert_eq!(admin_get(registrar_admin, "/log").1.trim(), "info");
+    assert_eq!(
+        admin_put(registrar_admin, "/log", "debug,rserpool=trace").0,
+        200
+    );
+    assert_eq!(
+        admin_get(registrar_admin, "/log").1.trim(),
+        "debug,rserpool=trace"
+    );
+    let (status, body) = admin_put(registrar_admin, "/log", "rserpool=notalevel");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        admin_get(registrar_admin, "/log").1.trim(),
+        "debug,rserpool=trace",
+        "kept"
+    );
+    assert_eq!(admin_put(registrar_admin, "/log", "info").0, 200);
+
     let (status, body) = admin_get(registrar_admin, "/api/nothing");
     assert_eq!(status, 404);
     assert!(
@@ -109,4 +128,8 @@ fn readiness_and_json_views_of_every_role() {
         let (status, body) = admin_get(gateway_admin, "/readyz");
         status == 503 && body.contains("registrar")
     }));
+}
+
+fn admin_put(address: SocketAddr, path: &str, body: &str) -> (u16, String) {
+    common::admin_request(address, "PUT", path, body)
 }

@@ -297,6 +297,11 @@ pub fn demo_pe(asap: SocketAddr, kind: &str, pool: &str, policy: &str) -> Proces
 
 /// `GET path` on an admin listener: the status code and the body.
 pub fn admin_get(address: SocketAddr, path: &str) -> (u16, String) {
+    admin_request(address, "GET", path, "")
+}
+
+/// `METHOD path` with `body` on an admin listener: the status code and the body.
+pub fn admin_request(address: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(address).unwrap();
     stream
@@ -304,7 +309,8 @@ pub fn admin_get(address: SocketAddr, path: &str) -> (u16, String) {
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut text = String::new();
