@@ -35,7 +35,7 @@ pub(crate) enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Ports used: BASE+1..3 ASAP, BASE+11..13 ENRP, BASE+20/21 TCP, BASE+80 HTTP,
-    /// BASE+53 DNS, BASE+90 admin.
+    /// BASE+53 DNS, BASE+90 gateway admin, BASE+91..93 registrar admin.
     #[arg(long, default_value_t = 17000)]
     pub(crate) base_port: u16,
 }

@@ -183,6 +183,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
         let mut role = strings(&["registrar", "--announce", "off", "--enrp-multicast", "off"]);
         role.extend(["--asap".into(), own_asap.to_string()]);
         role.extend(["--enrp".into(), own_enrp.to_string()]);
+        let offset = 91 + u16::try_from(index).unwrap_or(0);
+        role.extend(["--admin".into(), port(offset)?.to_string()]);
         for peer in enrp.iter().filter(|peer| *peer != own_enrp) {
             role.extend(["--peer".into(), peer.to_string()]);
         }
@@ -276,7 +278,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     );
     let _ = writeln!(
         banner,
-        "(There is no status page yet.) Ctrl-C stops everything."
+        "Status pages: http://{admin}/ (gateway), http://{}/ .. http://{}/ (registrars). Ctrl-C stops everything.",
+        port(91)?,
+        port(93)?
     );
     print!("{banner}");
     println!("demo ready");

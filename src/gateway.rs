@@ -134,6 +134,7 @@ fn admin_routes(
             )
         }),
         api_names: &["sessions"],
+        role: "gateway",
     }
 }
 

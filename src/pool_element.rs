@@ -452,6 +452,7 @@ impl Registered {
                 })
             }),
             api_names: &["pool_elements"],
+            role: "pe agent",
         }
     }
 }

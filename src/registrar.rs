@@ -299,6 +299,7 @@ fn admin_routes(handle: &Handle<RegistrarEngine>) -> crate::admin::Routes {
             })
         }),
         api_names: &["handlespace", "peers"],
+        role: "registrar",
     }
 }
 

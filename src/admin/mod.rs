@@ -40,9 +40,15 @@ pub(crate) struct Routes {
     pub(crate) ready: Arc<dyn Fn() -> Boxed<Result<(), String>> + Send + Sync>,
     /// `/api/<name>`: the JSON view, `None` for an unknown name.
     pub(crate) api: Arc<dyn Fn(String) -> Boxed<Option<serde_json::Value>> + Send + Sync>,
-    /// The names `/api/` offers (listed on 404).
+    /// The names `/api/` offers (listed on 404 and by `/api/`).
     pub(crate) api_names: &'static [&'static str],
+    /// The role, for the status page.
+    pub(crate) role: &'static str,
 }
+
+/// The status page (`/`): plain HTML and script in the binary; it reads `/api/`,
+/// `/readyz` and `/metrics` of the same listener.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Installs the process's metrics recorder (once) and serves it on `listen`. Returns
 /// the bound address.
@@ -159,6 +165,19 @@ async fn respond(
             (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
         (&Method::GET, "/healthz", _) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/", _) => (
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            STATUS_PAGE.to_owned(),
+        ),
+        (&Method::GET, "/api/", _) => (
+            StatusCode::OK,
+            "application/json",
+            format!(
+                "{}\n",
+                serde_json::json!({ "role": routes.role, "apis": routes.api_names })
+            ),
+        ),
         (&Method::GET, "/readyz", _) => match (routes.ready)().await {
             Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
             Err(reason) => (
