@@ -871,6 +871,53 @@ mod tests {
         assert!(count >= 7, "examples found: {count}");
     }
 
+    /// Every key the configuration structs accept is shown (set or commented out) in an
+    /// example file: config/ is the reference the README points to.
+    #[test]
+    fn every_key_is_documented_in_an_example() {
+        let source = include_str!("config.rs");
+        let mut fields = std::collections::BTreeSet::new();
+        let mut in_struct = false;
+        let mut deserialized = false;
+        for line in source.lines() {
+            let line = line.trim();
+            if line.starts_with("#[derive(") {
+                deserialized = line.contains("Deserialize");
+            } else if line.starts_with("pub(crate) struct ") && line.ends_with('{') {
+                in_struct = deserialized;
+            } else if line == "}" {
+                in_struct = false;
+            } else if in_struct
+                && let Some(field) = line.strip_prefix("pub(crate) ")
+                && let Some((name, _)) = field.split_once(':')
+            {
+                fields.insert(name.to_owned());
+            }
+        }
+        assert!(fields.len() > 40, "fields found: {fields:?}");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut examples = String::new();
+        for dir in [root.join("config"), root.join("deploy/config")] {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                examples.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        let documented = |name: &str| {
+            examples.lines().any(|line| {
+                let line = line.trim_start().trim_start_matches('#').trim_start();
+                let line = line.trim_start_matches("- ").trim_start_matches('{');
+                line.starts_with(&format!("{name}:"))
+                    || line.contains(&format!("{{{name}:"))
+                    || line.contains(&format!(", {name}:"))
+            })
+        };
+        let missing: Vec<&String> = fields.iter().filter(|f| !documented(f)).collect();
+        assert!(
+            missing.is_empty(),
+            "keys missing from config/*.yaml: {missing:?}"
+        );
+    }
+
     #[test]
     fn durations_need_units() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
