@@ -88,6 +88,9 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
     Ok(file)
 }
 
+/// TCP sessions `/api/sessions` lists at most (the oldest).
+const MAX_LISTED_SESSIONS: usize = 1000;
+
 /// `/readyz`: a registrar answers (a resolution of a configured pool gets an answer,
 /// found or not); `/api/sessions`: open TCP sessions and HTTP connections.
 fn admin_routes(
@@ -110,6 +113,7 @@ fn admin_routes(
         .or_else(|| PoolHandle::new(b"rserpool-readiness").ok());
     let pool_user = pool_user.clone();
     let sessions = lifecycle.sessions.clone();
+    let table = lifecycle.table.clone();
     crate::admin::Routes {
         ready: Arc::new(move || {
             let pool_user = pool_user.clone();
@@ -129,9 +133,24 @@ fn admin_routes(
         }),
         api: Arc::new(move |name| {
             let open = sessions.len();
-            Box::pin(
-                async move { (name == "sessions").then(|| serde_json::json!({ "open": open })) },
-            )
+            let tcp: Vec<serde_json::Value> = table
+                .snapshot(MAX_LISTED_SESSIONS)
+                .into_iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "id": s.id,
+                        "listener": s.listener.to_string(),
+                        "pool": s.pool.to_string(),
+                        "client": s.client.to_string(),
+                        "pe": s.pe,
+                        "age_ms": u64::try_from(s.age.as_millis()).unwrap_or(u64::MAX),
+                        "failovers": s.failovers,
+                    })
+                })
+                .collect();
+            Box::pin(async move {
+                (name == "sessions").then(|| serde_json::json!({ "open": open, "tcp": tcp }))
+            })
         }),
         api_names: &["sessions"],
         role: "gateway",

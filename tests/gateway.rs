@@ -415,3 +415,54 @@ fn sigterm_drains_open_sessions() {
     assert!(status.success(), "{status:?}");
     stop_backend.store(true, std::sync::atomic::Ordering::Relaxed);
 }
+
+/// `/api/sessions` lists each open TCP session with its client, pool and PE, and the
+/// failovers it went through; a closed session leaves the list.
+#[test]
+fn the_admin_api_lists_open_sessions() {
+    let (_registrar, mut pes, listen, gateway) = counter_pool(2);
+    let admin = gateway.address("admin");
+    let mut client = TcpStream::connect(listen).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut answer = String::new();
+    client.write_all(b"x\n").unwrap();
+    reader.read_line(&mut answer).unwrap();
+    assert_eq!(answer, "1\n");
+
+    let sessions = |admin| -> serde_json::Value {
+        serde_json::from_str(&common::admin_get(admin, "/api/sessions").1).unwrap()
+    };
+    let listed = sessions(admin);
+    let row = &listed["tcp"][0];
+    assert_eq!(listed["tcp"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(row["client"], client.local_addr().unwrap().to_string());
+    assert_eq!(row["pool"], "CounterPool");
+    assert_eq!(row["failovers"], 0);
+    let serving = row["pe"].as_str().unwrap().to_owned();
+    let index = pes.iter().position(|p| p.ready["pe"] == serving).unwrap();
+
+    // Its PE dies: the session moves, and the row says so.
+    pes[index].signal("KILL");
+    pes[index].wait_exit(Duration::from_secs(5));
+    answer.clear();
+    client.write_all(b"y\n").unwrap();
+    reader.read_line(&mut answer).unwrap();
+    assert_eq!(answer, "2\n");
+    let moved = sessions(admin);
+    assert_eq!(moved["tcp"][0]["failovers"], 1, "{moved}");
+    assert_ne!(moved["tcp"][0]["pe"], row["pe"]);
+
+    drop(reader);
+    drop(client);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            sessions(admin)["tcp"].as_array().unwrap().is_empty()
+        }),
+        "{}\n{:?}",
+        sessions(admin),
+        gateway.log.lock().unwrap()
+    );
+}

@@ -9,7 +9,11 @@ pub mod dns;
 pub mod http;
 pub mod tcp;
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +30,129 @@ pub struct Lifecycle {
     pub close_sessions: CancellationToken,
     /// Every session task, to wait for them.
     pub sessions: TaskTracker,
+    /// The TCP sessions open now, for the admin API.
+    pub table: SessionTable,
+}
+
+/// The TCP sessions open now: where from, which pool and PE, how old, how many
+/// failovers. Bounded by the listeners' `max_connections`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionTable(Arc<Mutex<SessionRows>>);
+
+#[derive(Debug, Default)]
+struct SessionRows {
+    next: u64,
+    open: BTreeMap<u64, SessionRow>,
+}
+
+#[derive(Debug, Clone)]
+struct SessionRow {
+    listener: SocketAddr,
+    pool: PoolHandle,
+    client: SocketAddr,
+    pe: Option<PoolElementId>,
+    started: Instant,
+    failovers: u32,
+}
+
+/// One open session as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub listener: SocketAddr,
+    pub pool: PoolHandle,
+    pub client: SocketAddr,
+    /// The PE serving it (none while connecting).
+    pub pe: Option<PoolElementId>,
+    pub age: Duration,
+    pub failovers: u32,
+}
+
+impl SessionTable {
+    /// Adds a session; it leaves the table when the returned entry is dropped.
+    pub fn open(&self, listener: SocketAddr, pool: PoolHandle, client: SocketAddr) -> SessionEntry {
+        let mut id = 0;
+        if let Ok(mut rows) = self.0.lock() {
+            rows.next += 1;
+            id = rows.next;
+            rows.open.insert(
+                id,
+                SessionRow {
+                    listener,
+                    pool,
+                    client,
+                    pe: None,
+                    started: now(),
+                    failovers: 0,
+                },
+            );
+        }
+        SessionEntry {
+            table: self.clone(),
+            id,
+        }
+    }
+
+    /// The open sessions, oldest first, `limit` at most.
+    pub fn snapshot(&self, limit: usize) -> Vec<SessionInfo> {
+        let at = now();
+        self.0
+            .lock()
+            .map(|rows| {
+                rows.open
+                    .iter()
+                    .take(limit)
+                    .map(|(id, row)| SessionInfo {
+                        id: *id,
+                        listener: row.listener,
+                        pool: row.pool,
+                        client: row.client,
+                        pe: row.pe,
+                        age: at.saturating_duration_since(row.started),
+                        failovers: row.failovers,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn update(&self, id: u64, change: impl FnOnce(&mut SessionRow)) {
+        if let Ok(mut rows) = self.0.lock()
+            && let Some(row) = rows.open.get_mut(&id)
+        {
+            change(row);
+        }
+    }
+}
+
+/// A session's row in the [`SessionTable`]; removed when dropped.
+#[derive(Debug)]
+pub struct SessionEntry {
+    table: SessionTable,
+    id: u64,
+}
+
+impl SessionEntry {
+    /// The session reached its (first) PE.
+    pub fn started(&self, pe: PoolElementId) {
+        self.table.update(self.id, |row| row.pe = Some(pe));
+    }
+
+    /// The session moved to another PE.
+    pub fn failed_over(&self, to: PoolElementId) {
+        self.table.update(self.id, |row| {
+            row.pe = Some(to);
+            row.failovers += 1;
+        });
+    }
+}
+
+impl Drop for SessionEntry {
+    fn drop(&mut self) {
+        if let Ok(mut rows) = self.table.0.lock() {
+            rows.open.remove(&self.id);
+        }
+    }
 }
 
 /// Why a pool could not be resolved.

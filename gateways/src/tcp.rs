@@ -128,8 +128,11 @@ pub async fn serve<D: Directory>(
         let _ = client.set_nodelay(true);
         let listener = listener.clone();
         let close = lifecycle.close_sessions.clone();
+        let entry = lifecycle
+            .table
+            .open(listener.config.listen, listener.config.pool_handle, peer);
         lifecycle.sessions.spawn(async move {
-            run_session(client, peer, &listener, close).await;
+            run_session(client, peer, &listener, close, &entry).await;
             drop(permit);
         });
     }
@@ -171,7 +174,9 @@ impl Side {
     }
 
     fn send(&mut self, bytes: Vec<u8>) {
-        if self.failed || bytes.is_empty() {
+        // After our half-close nothing more can go (control-channel heartbeats may still
+        // be due); it is not a failure of the peer.
+        if self.failed || self.shut || self.shutdown_wanted || bytes.is_empty() {
             return;
         }
         self.queued += bytes.len();
@@ -310,6 +315,7 @@ async fn run_session<D: Directory>(
     peer: SocketAddr,
     listener: &Listener<D>,
     shutdown: CancellationToken,
+    entry: &crate::SessionEntry,
 ) {
     let config = &listener.config;
     let meters = &listener.meters;
@@ -363,7 +369,14 @@ async fn run_session<D: Directory>(
                 SessionOutput::SendToClient(bytes) => client.send(bytes),
                 SessionOutput::ShutdownClient => client.shutdown_wanted = true,
                 SessionOutput::CloseClient { failed: f } => failed = f,
-                SessionOutput::Event(event) => record(&listener.pool, meters, peer, &event),
+                SessionOutput::Event(event) => {
+                    match &event {
+                        SessionEvent::Started { pe } => entry.started(*pe),
+                        SessionEvent::FailedOver { to, .. } => entry.failed_over(*to),
+                        SessionEvent::Unrecoverable { .. } => {}
+                    }
+                    record(&listener.pool, meters, peer, &event);
+                }
             }
         }
         // A failed write is news for the session once its current output is done.

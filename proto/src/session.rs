@@ -782,11 +782,10 @@ impl Session {
             };
             self.out.push_back(SessionOutput::SendToPe(bytes));
         }
-        if self.client_eof
-            && !self.control
-            && !self.pe_shutdown_sent
-            && self.sent_to_pe == self.client_in
-        {
+        // The client's end of input goes on to the PE as a half-close, on a control
+        // channel too: that is how a PE learns its session is over (it then closes,
+        // and the session ends).
+        if self.client_eof && !self.pe_shutdown_sent && self.sent_to_pe == self.client_in {
             self.pe_shutdown_sent = true;
             self.out.push_back(SessionOutput::ShutdownPe);
         }

@@ -133,6 +133,8 @@ struct World {
     client_received: Vec<u8>,
     client_closed: Option<bool>,
     client_shutdown: bool,
+    /// The gateway half-closed its side towards the PE.
+    pe_shutdown: bool,
     reported: Vec<PoolElementId>,
     events: Vec<SessionEvent>,
 }
@@ -155,6 +157,7 @@ impl World {
             client_received: Vec::new(),
             client_closed: None,
             client_shutdown: false,
+            pe_shutdown: false,
             reported: Vec::new(),
             events: Vec::new(),
         }
@@ -176,7 +179,7 @@ impl World {
                         None => {}
                     },
                     SessionOutput::ClosePe => self.connected = None,
-                    SessionOutput::ShutdownPe => {}
+                    SessionOutput::ShutdownPe => self.pe_shutdown = true,
                     SessionOutput::ReportUnreachable(id) => self.reported.push(id),
                     SessionOutput::SendToClient(bytes) => self.client_received.extend(bytes),
                     SessionOutput::ShutdownClient => self.client_shutdown = true,
@@ -345,6 +348,36 @@ fn cookies_carry_a_session_across_a_crash() {
         }
     )));
     assert_eq!(world.client_closed, None);
+}
+
+/// The client's end of input reaches a control-channel PE as a half-close (asap.md §7:
+/// the PE learns the session is over), and the PE's close then ends the session
+/// cleanly instead of leaving it open forever.
+#[test]
+fn a_client_close_ends_a_control_channel_session() {
+    let mut world = World::new(vec![pe(1, true), pe(2, true)]);
+    world.run();
+    world.client_sends(b"a\nb\n");
+    world.pe_speaks(usize::MAX);
+    assert_eq!(world.client_received, counting(2));
+    assert!(!world.pe_shutdown);
+    world.session.client_eof(world.now);
+    world.run();
+    assert!(world.pe_shutdown, "the PE is told");
+    world.session.pe_eof(world.now);
+    world.run();
+    assert_eq!(
+        world.client_closed,
+        Some(false),
+        "closed cleanly, no failover"
+    );
+    assert!(world.session.is_closed());
+    assert!(
+        !world
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::FailedOver { .. }))
+    );
 }
 
 /// A control channel PE that goes silent (frozen) fails after the response timeout;
