@@ -88,6 +88,53 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
     Ok(file)
 }
 
+/// SIGHUP: re-reads the configuration; the log level and the routes and sticky keys of
+/// running HTTP listeners change at once (open connections go on); other changes need
+/// a restart and are said so. On an error nothing changes.
+fn reload(args: &GatewayArgs, logging: &Logging, reloaders: &[(SocketAddr, http::Reloader)]) {
+    let file = match settings(args) {
+        Ok(file) => file,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: configuration not reloaded; the running one stays");
+            return;
+        }
+    };
+    let configs: Result<Vec<HttpListenerConfig>, RunError> =
+        file.gateway.http.iter().map(http_listener_config).collect();
+    let configs = match configs {
+        Ok(configs) => configs,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: configuration not reloaded; the running one stays");
+            return;
+        }
+    };
+    if let Err(error) = logging.set_level(&file.log.level) {
+        tracing::error!(%error, "SIGHUP: log level not changed");
+    }
+    for config in &configs {
+        match reloaders
+            .iter()
+            .find(|(listen, _)| *listen == config.listen)
+        {
+            Some((listen, reloader)) => {
+                reloader.reload(config);
+                tracing::info!(%listen, routes = config.routes.len(), "SIGHUP: HTTP routes reloaded");
+            }
+            None => {
+                tracing::warn!(listen = %config.listen, "SIGHUP: a new HTTP listener needs a restart")
+            }
+        }
+    }
+    for (listen, _) in reloaders {
+        if !configs.iter().any(|c| c.listen == *listen) {
+            tracing::warn!(%listen, "SIGHUP: removing an HTTP listener needs a restart; it keeps serving");
+        }
+    }
+    tracing::info!(
+        "SIGHUP: reloaded (log level, HTTP routes, sticky keys, TLS certificates); TCP and DNS listeners change with a restart"
+    );
+}
+
 /// TCP sessions `/api/sessions` lists at most (the oldest).
 const MAX_LISTED_SESSIONS: usize = 1000;
 
@@ -373,7 +420,11 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .chain(dns_configs.iter().filter_map(|(_, _, dot)| dot.clone()))
         .collect();
     let mut bound_http = Vec::new();
+    // Routes of each HTTP listener by its configured address, for SIGHUP.
+    let mut reloaders: Vec<(SocketAddr, http::Reloader)> = Vec::new();
     for config in http_configs {
+        let reloader = http::Reloader::new(&config);
+        reloaders.push((config.listen, reloader.clone()));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| RunError::Bind(config.listen, e))?;
@@ -393,6 +444,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         tokio::spawn(http::serve(
             listener,
             config,
+            reloader,
             pool_user.clone(),
             lifecycle.clone(),
         ));
@@ -455,9 +507,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
                         }
                     }
                 }
-                tracing::info!(
-                    "SIGHUP: listeners and routes are not reloaded; restart the gateway to change them"
-                );
+                reload(&args, &logging, &reloaders);
             }
         }
     }

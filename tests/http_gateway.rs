@@ -486,3 +486,45 @@ fn upgrades_are_tunnelled() {
         assert_eq!(echoed, message);
     }
 }
+
+/// SIGHUP takes new routes without a restart; a broken file changes nothing.
+#[test]
+fn sighup_reloads_routes() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let address = listen();
+    let listener =
+        |paths: &str| format!("  http:\n    - listen: {address}\n      routes:\n{paths}");
+    let (gateway, file) = gateway(asap, &listener("        - {pool: WebPool, path: /v1}\n"));
+    assert_eq!(request(address, "GET", "/v1/x", &[]).status, 200);
+    assert_eq!(request(address, "GET", "/v2/x", &[]).status, 404);
+
+    std::fs::write(
+        &file.0,
+        format!(
+            "pool_user:\n  registrars: [{asap}]\ngateway:\n{}",
+            listener(
+                "        - {pool: WebPool, path: /v1}\n        - {pool: WebPool, path: /v2}\n"
+            )
+        ),
+    )
+    .unwrap();
+    gateway.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || request(
+        address,
+        "GET",
+        "/v2/x",
+        &[]
+    )
+    .status
+        == 200));
+
+    std::fs::write(&file.0, "gateway:\n  http: [{listen: nonsense}]\n").unwrap();
+    gateway.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || gateway
+        .log_contains("configuration not reloaded")));
+    assert_eq!(
+        request(address, "GET", "/v2/x", &[]).status,
+        200,
+        "the running routes stay"
+    );
+}

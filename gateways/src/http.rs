@@ -222,12 +222,72 @@ impl RetryBudget {
 }
 
 struct State<D> {
+    routing: Reloader,
+    https: bool,
+    directory: Arc<D>,
+}
+
+/// A listener's routes and sticky-session keys: replaced whole by a reload, while
+/// requests under way finish with the ones they started with.
+struct Routing {
     routes: Vec<LiveRoute>,
     /// Some route names a host (else the `Host` header need not be read).
     routes_by_host: bool,
     sticky: Option<CookieSealer>,
+    /// TLS listener: cookies are `Secure`.
     https: bool,
-    directory: Arc<D>,
+}
+
+impl Routing {
+    fn new(config: &HttpListenerConfig) -> Self {
+        Self {
+            routes_by_host: config.routes.iter().any(|route| route.host.is_some()),
+            routes: config
+                .routes
+                .iter()
+                .map(|route| LiveRoute {
+                    client: upstream_client(route),
+                    meters: RouteMeters::new(route),
+                    budget: RetryBudget::new(config.retry_ratio),
+                    route: route.clone(),
+                })
+                .collect(),
+            sticky: config.sticky.clone(),
+            https: config.tls.is_some(),
+        }
+    }
+}
+
+/// Changes the routes and sticky keys of a running listener (SIGHUP). Listen address,
+/// TLS, limits and timeouts of the listener itself need a restart.
+#[derive(Clone)]
+pub struct Reloader(Arc<std::sync::RwLock<Arc<Routing>>>);
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+impl Reloader {
+    /// The routing of `config`, for [`serve`].
+    pub fn new(config: &HttpListenerConfig) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(Routing::new(
+            config,
+        )))))
+    }
+
+    /// Takes the routes and sticky keys of `config` for new requests.
+    pub fn reload(&self, config: &HttpListenerConfig) {
+        let routing = Arc::new(Routing::new(config));
+        if let Ok(mut current) = self.0.write() {
+            *current = routing;
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Routing>> {
+        self.0.read().ok().map(|routing| routing.clone())
+    }
 }
 
 /// Accepts clients until shut down and serves their requests (HTTP/1.1, and HTTP/2
@@ -235,22 +295,12 @@ struct State<D> {
 pub async fn serve<D: Directory>(
     socket: TcpListener,
     config: HttpListenerConfig,
+    routing: Reloader,
     directory: Arc<D>,
     lifecycle: Lifecycle,
 ) {
     let state = Arc::new(State {
-        routes_by_host: config.routes.iter().any(|route| route.host.is_some()),
-        routes: config
-            .routes
-            .iter()
-            .map(|route| LiveRoute {
-                client: upstream_client(route),
-                meters: RouteMeters::new(route),
-                budget: RetryBudget::new(config.retry_ratio),
-                route: route.clone(),
-            })
-            .collect(),
-        sticky: config.sticky.clone(),
+        routing,
         https: config.tls.is_some(),
         directory,
     });
@@ -579,17 +629,20 @@ async fn handle<D: Directory>(
     // A clone of the URI shares its bytes; the path is for routing and the access log.
     let uri = request.uri().clone();
     let path = uri.path();
-    let host = if state.routes_by_host {
+    let Some(routing) = state.routing.current() else {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "routes unavailable");
+    };
+    let host = if routing.routes_by_host {
         request_host(&request)
     } else {
         None
     };
-    let Some(live) = route_for(&state.routes, host.as_deref(), path) else {
+    let Some(live) = route_for(&routing.routes, host.as_deref(), path) else {
         tracing::info!(target: "rserpool::access", %peer, %method, path, status = 404, "no route");
         return text(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     live.budget.deposit();
-    let outcome = proxy(state, live, forwarding, request).await;
+    let outcome = proxy(state, &routing, live, forwarding, request).await;
     let status = outcome.response.status();
     let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
     if let Some(counter) = live.meters.responses.get(class) {
@@ -614,6 +667,7 @@ async fn handle<D: Directory>(
 
 async fn proxy<D: Directory>(
     state: &State<D>,
+    routing: &Routing,
     live: &LiveRoute,
     forwarding: &forward::Forwarding,
     mut request: Request<Incoming>,
@@ -642,7 +696,7 @@ async fn proxy<D: Directory>(
         }
         Err(BodyError::Read) => return refuse(StatusCode::BAD_REQUEST, "request body unreadable"),
     };
-    let binding = state
+    let binding = routing
         .sticky
         .as_ref()
         .and_then(|sealer| sealer.from_headers(&parts.headers))
@@ -695,7 +749,7 @@ async fn proxy<D: Directory>(
     {
         parts.headers.insert(header::HOST, value);
     }
-    let session = state.sticky.as_ref().map(|_| {
+    let session = routing.sticky.as_ref().map(|_| {
         binding
             .as_ref()
             .map_or_else(random_session, |binding| binding.session)
@@ -772,7 +826,7 @@ async fn proxy<D: Directory>(
                     tracing::info!(pool = %route.pool_handle, to = %pe.id, "sticky session moved to another pool element");
                 }
                 let response = finish_response(
-                    state,
+                    routing,
                     live,
                     response,
                     client_upgrade,
@@ -840,8 +894,8 @@ fn random_session() -> u64 {
 
 /// The PE's response as the client gets it: hop-by-hop headers gone, `Via` added, the
 /// session cookie (re)issued, an upgrade bridged.
-fn finish_response<D>(
-    state: &State<D>,
+fn finish_response(
+    routing: &Routing,
     live: &LiveRoute,
     response: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -855,7 +909,7 @@ fn finish_response<D>(
         .headers
         .remove(forward::COOKIE)
         .and_then(|value| BASE64.decode(value.as_bytes()).ok());
-    if let (Some(sealer), Some(session)) = (&state.sticky, session) {
+    if let (Some(sealer), Some(session)) = (&routing.sticky, session) {
         let kept = binding.and_then(|b| b.asap_cookie.clone());
         let next = Binding {
             session,
@@ -867,7 +921,7 @@ fn finish_response<D>(
         if binding != Some(&next)
             && let Some(value) = sealer.seal(&next)
         {
-            let secure = if state.https { "; Secure" } else { "" };
+            let secure = if routing.https { "; Secure" } else { "" };
             let cookie = format!(
                 "{}={value}; Path=/; HttpOnly; SameSite=Lax{secure}",
                 sealer.name()
