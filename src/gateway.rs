@@ -92,24 +92,19 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
 /// running HTTP listeners change at once (open connections go on); other changes need
 /// a restart and are said so. On an error nothing changes.
 fn reload(args: &GatewayArgs, logging: &Logging, reloaders: &[(SocketAddr, http::Reloader)]) {
-    let file = match settings(args) {
-        Ok(file) => file,
-        Err(error) => {
-            tracing::error!(%error, "SIGHUP: configuration not reloaded; the running one stays");
-            return;
-        }
-    };
-    let configs: Result<Vec<HttpListenerConfig>, RunError> =
-        file.gateway.http.iter().map(http_listener_config).collect();
-    let configs = match configs {
-        Ok(configs) => configs,
-        Err(error) => {
-            tracing::error!(%error, "SIGHUP: configuration not reloaded; the running one stays");
-            return;
-        }
-    };
-    if let Err(error) = logging.set_level(&file.log.level) {
-        tracing::error!(%error, "SIGHUP: log level not changed");
+    // The listeners' settings are checked before anything (the log level too) changes.
+    let mut configs = Vec::new();
+    let checked = settings(args).and_then(|file| {
+        configs = file
+            .gateway
+            .http
+            .iter()
+            .map(http_listener_config)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(file)
+    });
+    if crate::logging::reread(checked, logging).is_none() {
+        return;
     }
     for config in &configs {
         match reloaders

@@ -62,3 +62,24 @@ fn filter(level: &str) -> Result<EnvFilter, String> {
     };
     EnvFilter::try_new(&full).map_err(|e| format!("log level {level:?}: {e}"))
 }
+
+/// SIGHUP's first step in every role: the configuration read again (`settings`) with its
+/// log level applied; `None`, and the reason logged, when it does not load (the running
+/// configuration then stays whole).
+pub(crate) fn reread(
+    settings: Result<crate::config::ConfigFile, crate::RunError>,
+    logging: &Logging,
+) -> Option<crate::config::ConfigFile> {
+    match settings {
+        Ok(file) => {
+            if let Err(error) = logging.set_level(&file.log.level) {
+                tracing::error!(%error, "SIGHUP: log level not changed");
+            }
+            Some(file)
+        }
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: configuration not reloaded (reload failed); the running one stays");
+            None
+        }
+    }
+}

@@ -7,7 +7,7 @@
 //! associations from that port, so a registrar that takes the PEs over can reach it
 //! (asap.md §5.2 step 1).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -141,12 +141,91 @@ async fn http_ok(backend: SocketAddr, path: &str) -> bool {
 /// A change in a service's health, after `rise`/`fall` checks in a row.
 #[derive(Debug)]
 struct HealthChange {
-    service: usize,
+    /// The service's slot in [`Services`].
+    service: u64,
     healthy: bool,
 }
 
+/// The agent's services, each with its PE identifier and health-check task.
+struct Services {
+    rng: rserpool_proto::SeededRng,
+    running: BTreeMap<u64, RunningService>,
+    next_slot: u64,
+    changes: mpsc::Sender<HealthChange>,
+    shutdown: CancellationToken,
+}
+
+struct RunningService {
+    service: ServiceConfig,
+    id: PoolElementId,
+    /// Stops its health checks.
+    stop: CancellationToken,
+}
+
+impl Services {
+    /// Starts checking a service; it registers once healthy.
+    fn add(&mut self, service: ServiceConfig) {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        let stop = self.shutdown.child_token();
+        tokio::spawn(watch(
+            slot,
+            service.clone(),
+            self.changes.clone(),
+            stop.clone(),
+        ));
+        let id = PoolElementId(self.rng.nonzero_u32());
+        self.running
+            .insert(slot, RunningService { service, id, stop });
+    }
+}
+
+/// SIGHUP: re-reads the configuration; services no longer listed (or changed) are
+/// deregistered, new ones start being checked and registered, unchanged ones go on.
+/// On an error nothing changes.
+async fn reload(
+    args: &PeArgs,
+    logging: &Logging,
+    services: &mut Services,
+    handle: &Handle<PoolElementEngine>,
+) {
+    let Some(file) = crate::logging::reread(settings(args), logging) else {
+        return;
+    };
+    let wanted = &file.pe.services;
+    let gone: Vec<u64> = services
+        .running
+        .iter()
+        .filter(|(_, r)| !wanted.contains(&r.service))
+        .map(|(slot, _)| *slot)
+        .collect();
+    for slot in &gone {
+        if let Some(removed) = services.running.remove(slot) {
+            removed.stop.cancel();
+            let id = removed.id;
+            tracing::info!(pool = %removed.service.pool, backend = %removed.service.backend, pe = %id, "SIGHUP: service removed: deregistering");
+            handle
+                .command(move |engine, now| engine.deregister(id, now))
+                .await;
+        }
+    }
+    let mut added = 0;
+    for service in wanted {
+        if !services.running.values().any(|r| r.service == *service) {
+            services.add(service.clone());
+            added += 1;
+        }
+    }
+    tracing::info!(
+        removed = gone.len(),
+        added,
+        services = services.running.len(),
+        "SIGHUP: services reloaded"
+    );
+}
+
 async fn watch(
-    index: usize,
+    index: u64,
     service: ServiceConfig,
     changes: mpsc::Sender<HealthChange>,
     shutdown: CancellationToken,
@@ -312,20 +391,16 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         .take()
         .ok_or_else(|| RunError::Usage("engine events taken".into()))?;
 
-    let mut rng = rserpool_proto::SeededRng::new(crate::seed());
-    let ids: Vec<PoolElementId> = section
-        .services
-        .iter()
-        .map(|_| PoolElementId(rng.nonzero_u32()))
-        .collect();
     let (changes_tx, mut changes) = mpsc::channel(64);
-    for (index, service) in section.services.iter().enumerate() {
-        tokio::spawn(watch(
-            index,
-            service.clone(),
-            changes_tx.clone(),
-            shutdown.clone(),
-        ));
+    let mut services = Services {
+        rng: rserpool_proto::SeededRng::new(crate::seed()),
+        running: BTreeMap::new(),
+        next_slot: 0,
+        changes: changes_tx,
+        shutdown: shutdown.clone(),
+    };
+    for service in &section.services {
+        services.add(service.clone());
     }
     let registered = Registered::default();
     let admin = match file.admin.listen {
@@ -355,10 +430,12 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         tokio::select! {
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => tracing::info!("SIGHUP: the pe agent has nothing to reload; restart it to change services"),
+                Request::Reload => reload(&args, &logging, &mut services, &handle).await,
             },
             Some(change) = changes.recv() => {
-                let (Some(service), Some(&id)) = (section.services.get(change.service), ids.get(change.service)) else { continue };
+                // A change from a service removed by a reload is stale.
+                let Some(running) = services.running.get(&change.service) else { continue };
+                let (service, id) = (&running.service, running.id);
                 let spec = spec(service, id);
                 if change.healthy {
                     tracing::info!(pool = %service.pool, backend = %service.backend, pe = %id, "backend healthy: registering");

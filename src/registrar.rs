@@ -346,16 +346,9 @@ fn peers_json(engine: &RegistrarEngine) -> serde_json::Value {
 /// SIGHUP: re-reads the configuration and applies what can change while running (log
 /// filter, timers, thresholds, limits). On any error the old configuration stays.
 async fn reload(args: &RegistrarArgs, logging: &Logging, handle: &Handle<RegistrarEngine>) {
-    let file = match settings(args) {
-        Ok(file) => file,
-        Err(error) => {
-            tracing::error!(%error, "configuration reload failed; keeping the running configuration");
-            return;
-        }
+    let Some(file) = crate::logging::reread(settings(args), logging) else {
+        return;
     };
-    if let Err(error) = logging.set_level(&file.log.level) {
-        tracing::error!(%error, "log level not changed");
-    }
     let settings = engine_config(&file.registrar);
     handle
         .command(move |engine, now| engine.reconfigure(settings, now))

@@ -360,7 +360,7 @@ fn sighup_reloads_and_sigterm_stops() {
     std::fs::write(&config, "registrar:\n  no_such_key: 1\n").unwrap();
     registrar.signal("HUP");
     assert!(eventually(Duration::from_secs(5), || registrar
-        .log_contains("configuration reload failed")));
+        .log_contains("reload failed")));
     assert_eq!(common::resolve_ids(asap, "Kept").len(), 1, "still serving");
 
     registrar.signal("TERM");
@@ -425,4 +425,69 @@ fn pe_agent_finds_a_registrar_by_its_announces() {
         "registered through an announced registrar"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// SIGHUP on an agent: a service removed from its file is deregistered, a new one
+/// registered, the rest untouched; a broken file changes nothing.
+#[test]
+fn pe_agent_reloads_its_services_on_sighup() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let (first, second) = (Backend::start(), Backend::start());
+    let dir = std::env::temp_dir().join(format!("rserpool-agent-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("pe.yaml");
+    let write = |backends: &[SocketAddr]| {
+        let services: String = backends
+            .iter()
+            .map(|b| format!("    - {{pool: WebPool, backend: {b}, health_interval: 200ms}}\n"))
+            .collect();
+        std::fs::write(
+            &path,
+            format!("pe:\n  registrars: [{asap}]\n  services:\n{services}"),
+        )
+        .unwrap();
+    };
+    let ports = || -> Vec<u16> {
+        let (_, stdout, _) = common::run(&[
+            "resolve",
+            "WebPool",
+            "--registrar",
+            &asap.to_string(),
+            "--json",
+            "--timeout",
+            "5s",
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_default();
+        let mut ports: Vec<u16> = json["pool_elements"]
+            .as_array()
+            .map(|pes| {
+                pes.iter()
+                    .filter_map(|pe| pe["user_transport"]["port"].as_u64())
+                    .map(|p| p as u16)
+                    .collect()
+            })
+            .unwrap_or_default();
+        ports.sort_unstable();
+        ports
+    };
+    write(&[first.address]);
+    let agent = Process::start(&["pe", "--config", path.to_str().unwrap()]);
+    assert!(eventually(Duration::from_secs(10), || ports()
+        == [first.address.port()]));
+
+    write(&[second.address]);
+    agent.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || ports()
+            == [second.address.port()]),
+        "after the reload: {:?}",
+        ports()
+    );
+    std::fs::write(&path, "pe:\n  services: [{pool: 7}]\n").unwrap();
+    agent.signal("HUP");
+    assert!(eventually(Duration::from_secs(5), || agent
+        .log_contains("configuration not reloaded")));
+    assert_eq!(ports(), [second.address.port()]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
