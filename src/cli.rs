@@ -98,8 +98,8 @@ pub(crate) struct RegistrarArgs {
     /// address's interface).
     #[arg(long)]
     pub(crate) announce: Option<String>,
-    /// A peer registrar's ENRP address (repeatable).
-    #[arg(long = "peer")]
+    /// A peer registrar's ENRP address, ADDRESS:PORT or HOST:PORT (repeatable).
+    #[arg(long = "peer", value_parser = crate::config::resolve_address)]
     pub(crate) peers: Vec<SocketAddr>,
     /// ENRP presence multicast group GROUP:PORT, or `off` (default 239.0.0.51:9901 on
     /// the ENRP address's interface).
@@ -137,8 +137,9 @@ pub(crate) struct PeArgs {
     /// LeastUsedDegradation:0.1, Priority:5, ...
     #[arg(long, default_value = "RoundRobin")]
     pub(crate) policy: String,
-    /// A registrar's ASAP address (repeatable; default 127.0.0.1:3863).
-    #[arg(long = "registrar")]
+    /// A registrar's ASAP address, ADDRESS:PORT or HOST:PORT (repeatable; default
+    /// 127.0.0.1:3863).
+    #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
     pub(crate) registrars: Vec<SocketAddr>,
     /// Health check: tcp, http:/PATH or none.
     #[arg(long, default_value = "tcp")]
@@ -169,8 +170,9 @@ pub(crate) struct GatewayArgs {
     /// YAML configuration (sections `gateway` and `pool_user`); flags add to it.
     #[arg(long, short, env = "RSERPOOL_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// A registrar's ASAP address (repeatable; default 127.0.0.1:3863).
-    #[arg(long = "registrar")]
+    /// A registrar's ASAP address, ADDRESS:PORT or HOST:PORT (repeatable; default
+    /// 127.0.0.1:3863).
+    #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
     pub(crate) registrars: Vec<SocketAddr>,
     /// A TCP listener: LISTEN_ADDR:PORT=POOL_HANDLE (repeatable).
     #[arg(long = "tcp")]
@@ -201,8 +203,9 @@ pub(crate) struct GatewayArgs {
 pub(crate) struct ResolveArgs {
     /// The pool handle.
     pub(crate) pool_handle: String,
-    /// A registrar's ASAP address (repeatable; default 127.0.0.1:3863).
-    #[arg(long = "registrar")]
+    /// A registrar's ASAP address, ADDRESS:PORT or HOST:PORT (repeatable; default
+    /// 127.0.0.1:3863).
+    #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
     pub(crate) registrars: Vec<SocketAddr>,
     /// How many pool elements to ask for (default: the registrar's choice).
     #[arg(long)]

@@ -454,7 +454,8 @@ pub(crate) struct RegistrarSection {
     pub(crate) verify_addresses: bool,
     pub(crate) handle_table_page_size: usize,
     pub(crate) limits: LimitsConfig,
-    /// Registrars to peer with (their ENRP addresses).
+    /// Registrars to peer with (their ENRP addresses; `host:port` names resolve at start).
+    #[serde(deserialize_with = "addresses")]
     pub(crate) peers: Vec<SocketAddr>,
     /// ENRP_PRESENCE multicast (discovery of peers).
     pub(crate) enrp_multicast: EnrpMulticastConfig,
@@ -597,7 +598,8 @@ fn one() -> u32 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PeSection {
-    /// Registrars' ASAP addresses.
+    /// Registrars' ASAP addresses (`host:port` names resolve at start).
+    #[serde(deserialize_with = "addresses")]
     pub(crate) registrars: Vec<SocketAddr>,
     pub(crate) profile: Profile,
     /// The agent's own ASAP endpoint (registrars reach it after a takeover); port 0
@@ -626,6 +628,8 @@ impl Default for PeSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PoolUserSection {
+    /// Registrars' ASAP addresses (`host:port` names resolve at start).
+    #[serde(deserialize_with = "addresses")]
     pub(crate) registrars: Vec<SocketAddr>,
     pub(crate) profile: Profile,
     pub(crate) announce: Multicast,
@@ -691,6 +695,49 @@ fn optional_duration<'de, D: Deserializer<'de>>(
 fn policy<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Policy, D::Error> {
     let text = String::deserialize(deserializer)?;
     rserpool_proto::policy::spec::parse(&text).map_err(serde::de::Error::custom)
+}
+
+/// How long a `host:port` that does not resolve yet is retried at start (in Kubernetes,
+/// a StatefulSet's other pods get their names as they start).
+const NAME_RESOLUTION_WAIT: Duration = Duration::from_secs(30);
+
+/// An address from `ADDRESS:PORT`, or `HOST:PORT` resolved by the system resolver
+/// (retried for a while: the name may not exist yet). The first address is taken.
+pub(crate) fn resolve_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .ok_or_else(|| format!("{text:?} is not ADDRESS:PORT or HOST:PORT"))?;
+    // Counted tries rather than a clock: this runs before any runtime, at start.
+    let pause = Duration::from_millis(500);
+    let tries = NAME_RESOLUTION_WAIT.as_millis() / pause.as_millis();
+    let port = port.parse::<u16>().unwrap_or(0);
+    let mut last = String::from("no address");
+    for _ in 0..tries {
+        use std::net::ToSocketAddrs as _;
+        match (host, port).to_socket_addrs() {
+            Ok(mut found) => match found.next() {
+                Some(address) => return Ok(address),
+                None => last = "no address".to_owned(),
+            },
+            Err(error) => last = error.to_string(),
+        }
+        std::thread::sleep(pause);
+    }
+    Err(format!(
+        "{text:?}: the name does not resolve after {NAME_RESOLUTION_WAIT:?} ({last})"
+    ))
+}
+
+fn addresses<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| resolve_address(text).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 fn pool_handle<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PoolHandle, D::Error> {

@@ -84,7 +84,16 @@ fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
         verify_addresses: section.verify_addresses,
         max_malformed_messages: limits.max_malformed_messages,
         handle_table_page_size: section.handle_table_page_size,
-        static_peers: crate::pool_user::endpoints(&section.peers),
+        // A peer entry naming this registrar's own ENRP address is skipped: one peer list
+        // can then serve every registrar of a set (a Kubernetes StatefulSet).
+        static_peers: crate::pool_user::endpoints(
+            &section
+                .peers
+                .iter()
+                .copied()
+                .filter(|peer| *peer != section.enrp)
+                .collect::<Vec<_>>(),
+        ),
         peer_heartbeat_interval: section
             .peer_heartbeat_interval
             .unwrap_or(profile.peer_heartbeat_interval),

@@ -115,3 +115,96 @@ fn the_binary_runs_in_a_minimal_root_file_system() {
         "{stdout}"
     );
 }
+
+/// The cluster names of the manifests, made local for a check on this machine.
+fn localized(text: &str) -> String {
+    let mut text = text.to_owned();
+    for ordinal in 0..3 {
+        text = text.replace(
+            &format!("rserpool-registrar-{ordinal}.rserpool-registrar"),
+            "127.0.0.1",
+        );
+    }
+    text.replace("$(POD_IP)", "127.0.0.1")
+        .replace("$POD_IP", "127.0.0.1")
+        .replace("$(( ${HOSTNAME##*-} + 1 ))", "1")
+}
+
+#[test]
+fn kubernetes_manifests_parse_and_run_valid_commands_and_configurations() {
+    let dir = root().join("deploy/kubernetes");
+    let scratch = std::env::temp_dir().join(format!("rserpool-k8s-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let mut containers = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let docs: Vec<serde_json::Value> = text
+            .split("\n---\n")
+            .map(|doc| {
+                serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            })
+            .collect();
+        // Configurations in ConfigMaps: every key known (a resolve with the file loads
+        // it strictly: exit 64 would name a bad key).
+        let mut configs = std::collections::BTreeMap::new();
+        for doc in &docs {
+            assert!(
+                doc["apiVersion"].is_string() && doc["kind"].is_string(),
+                "{}",
+                path.display()
+            );
+            assert!(doc["metadata"]["name"].is_string(), "{}", path.display());
+            if doc["kind"] == "ConfigMap" {
+                for (name, content) in doc["data"].as_object().unwrap() {
+                    let file = scratch.join(name);
+                    std::fs::write(&file, localized(content.as_str().unwrap())).unwrap();
+                    let output = Command::new(common::binary())
+                        .args(["resolve", "NoPool", "--config", file.to_str().unwrap()])
+                        .args(["--registrar", "127.0.0.1:9", "--timeout", "200ms"])
+                        .output()
+                        .unwrap();
+                    assert_ne!(
+                        output.status.code(),
+                        Some(64),
+                        "{name}: {}",
+                        String::from_utf8_lossy(&output.stderr)
+                    );
+                    configs.insert(format!("/etc/rserpool/{name}"), file);
+                }
+            }
+        }
+        // Containers running rserpool: their command lines are accepted.
+        for doc in &docs {
+            let Some(pod) = doc["spec"]["template"]["spec"]["containers"].as_array() else {
+                continue;
+            };
+            for container in pod.iter().filter(|c| c["image"] == "rserpool") {
+                let words: Vec<String> = if container["command"][0] == "/bin/sh" {
+                    let script = localized(container["args"][0].as_str().unwrap());
+                    let line = script.strip_prefix("exec /usr/bin/rserpool ").unwrap();
+                    line.split_whitespace().map(str::to_owned).collect()
+                } else {
+                    container["args"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|a| localized(a.as_str().unwrap()))
+                        .collect()
+                };
+                let words: Vec<String> = words
+                    .into_iter()
+                    .map(|w| {
+                        configs
+                            .get(&w)
+                            .map_or(w, |f| f.to_string_lossy().into_owned())
+                    })
+                    .collect();
+                accepted(&words).unwrap_or_else(|e| panic!("{}: {words:?}: {e}", path.display()));
+                containers += 1;
+            }
+        }
+    }
+    assert!(containers >= 3, "registrar, gateway, PE agent");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -491,3 +491,42 @@ fn pe_agent_reloads_its_services_on_sighup() {
     assert_eq!(ports(), [second.address.port()]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Registrars may be named (`localhost:PORT`), and a registrar given its own address
+/// among its peers skips it (one peer list for a whole StatefulSet).
+#[test]
+fn names_resolve_and_a_registrar_skips_itself_as_a_peer() {
+    let enrp: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let registrar = registrar(&[
+        "--enrp",
+        &enrp.to_string(),
+        "--peer",
+        &format!("localhost:{}", enrp.port()),
+    ]);
+    let asap = registrar.address("asap");
+    let backend = Backend::start();
+    let _agent = Process::start(&[
+        "pe",
+        "--pool",
+        "NamedPool",
+        "--backend",
+        &backend.address.to_string(),
+        "--registrar",
+        &format!("localhost:{}", asap.port()),
+    ]);
+    assert!(eventually(Duration::from_secs(10), || {
+        common::resolve_ids(asap, "NamedPool").len() == 1
+    }));
+    assert!(
+        registrar.log_contains("peers=1"),
+        "configured, then skipped as itself"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!registrar.log_contains("another registrar uses this registrar's ID"));
+    assert!(
+        !registrar.log_contains("peer registrar up"),
+        "it did not peer with itself"
+    );
+}
