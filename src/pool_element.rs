@@ -468,10 +468,10 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
 
 /// The agent's PEs that are registered now, for `/readyz` and `/api/pool_elements`.
 #[derive(Debug, Clone, Default)]
-struct Registered(Arc<Mutex<BTreeSet<(PoolHandle, PoolElementId)>>>);
+pub(crate) struct Registered(Arc<Mutex<BTreeSet<(PoolHandle, PoolElementId)>>>);
 
 impl Registered {
-    fn track(&self, event: &PoolElementEvent) {
+    pub(crate) fn track(&self, event: &PoolElementEvent) {
         let Ok(mut set) = self.0.lock() else { return };
         match event {
             PoolElementEvent::Registered {
@@ -492,7 +492,7 @@ impl Registered {
         }
     }
 
-    fn list(&self) -> Vec<(PoolHandle, PoolElementId)> {
+    pub(crate) fn list(&self) -> Vec<(PoolHandle, PoolElementId)> {
         self.0
             .lock()
             .map(|set| set.iter().copied().collect())
@@ -500,7 +500,7 @@ impl Registered {
     }
 
     /// Ready while at least one PE is registered.
-    fn routes(&self) -> crate::admin::Routes {
+    pub(crate) fn routes(&self) -> crate::admin::Routes {
         let (ready, api) = (self.clone(), self.clone());
         crate::admin::Routes {
             ready: Arc::new(move || {

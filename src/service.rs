@@ -55,7 +55,7 @@ use crate::RunError;
 use crate::cli::{PeArgs, ServeKind};
 use crate::config::{Multicast, PeSection, Profile};
 use crate::logging::Logging;
-use crate::pool_element::{PeRuntime, deregister_all, log_event, start_engine};
+use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, start_engine};
 use crate::signals::{Request, Signals};
 
 /// How a native PE registers and serves.
@@ -117,6 +117,7 @@ pub struct PoolElementService {
     pe_id: PoolElementId,
     control: bool,
     shutdown: CancellationToken,
+    registered: Registered,
 }
 
 impl PoolElementService {
@@ -147,10 +148,13 @@ impl PoolElementService {
         };
         let mut runtime =
             start_engine(&section, &shutdown).map_err(|e| ServiceError::Engine(e.to_string()))?;
-        // Registration, refusals and home changes go to the log.
+        // Registration, refusals and home changes go to the log (and to `registered`).
+        let registered = Registered::default();
         if let Some(mut events) = runtime.events.take() {
+            let registered = registered.clone();
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
+                    registered.track(&event);
                     log_event(&event);
                 }
             });
@@ -188,7 +192,13 @@ impl PoolElementService {
             pe_id,
             control: config.control_channel,
             shutdown,
+            registered,
         })
+    }
+
+    /// True while a registrar holds the PE's registration.
+    pub fn is_registered(&self) -> bool {
+        !self.registered.list().is_empty()
     }
 
     /// Where clients connect.
@@ -460,7 +470,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
     };
     let mut log = file.log.clone();
     crate::apply_log_args(&mut log, &args.log);
-    let _logging = Logging::init(&log.level, log.format).map_err(RunError::Usage)?;
+    let logging = Logging::init(&log.level, log.format).map_err(RunError::Usage)?;
     let pool = args
         .pool
         .as_deref()
@@ -489,10 +499,22 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
             other => RunError::Usage(other.to_string()),
         })?;
     let address = service.local_addr().map_err(RunError::Io)?;
+    let admin = match args.admin.or(file.admin.listen) {
+        Some(listen) => crate::admin::start(
+            listen,
+            service.shutdown.clone(),
+            service.registered.routes(),
+            logging,
+        )
+        .await?
+        .to_string(),
+        None => "off".to_owned(),
+    };
     let registrars: Vec<String> = registrars.iter().map(ToString::to_string).collect();
     tracing::info!(
         role = "pe",
         serve = ?kind,
+        admin = %admin,
         listen = %address,
         pe = %service.pe_id(),
         registrars = %registrars.join(","),

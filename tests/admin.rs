@@ -103,6 +103,26 @@ fn readiness_and_json_views_of_every_role() {
         "{body}"
     );
 
+    // A demo PE (`pe --serve`) has the same listener.
+    let demo_admin = admin_address();
+    let demo = Process::start(&[
+        "pe",
+        "--serve",
+        "http",
+        "--pool",
+        "DemoPool",
+        "--registrar",
+        &asap.to_string(),
+        "--admin",
+        &demo_admin.to_string(),
+    ]);
+    assert!(eventually(Duration::from_secs(10), || admin_get(
+        demo_admin, "/readyz"
+    )
+    .0 == 200));
+    let (_, listed) = admin_get(demo_admin, "/api/pool_elements");
+    assert!(listed.contains(&demo.ready["pe"]), "{listed}");
+
     // The gateway is ready while a registrar answers, and says why not when none does.
     let gateway_admin = admin_address();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
