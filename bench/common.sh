@@ -37,3 +37,6 @@ start_pool() {
             2>"$work/pe-$port.log" & pids+=($!)
     done
 }
+
+# cpu_ticks PID: the process's user + system time so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

@@ -91,15 +91,21 @@ measure() {
         END { printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
 }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-# Arguments: the part's name, then name=URL for each target (the gateway first, then HAProxy).
+# Arguments: the part's name, then name=PID=URL for each target (the gateway first, then
+# HAProxy); with a PID, the process's CPU time per request is reported too.
 compare() {
     local part=$1; shift
-    declare -A rps p50 p99
-    local target name url out
+    declare -A rps p50 p99 cpu served
+    local target name url out pid t0
     for _ in $(seq "$ROUNDS"); do
         for target in "$@"; do
-            name=${target%%=*}; url=${target#*=}
+            name=${target%%=*}; pid=${target#*=}; url=${pid#*=}; pid=${pid%%=*}
+            [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
             out=$(measure "$url"); echo "  $name: $out (requests/s p50_ms p99_ms)"
+            if [ -n "$pid" ]; then
+                cpu[$name]=$(( ${cpu[$name]:-0} + $(cpu_ticks "$pid") - t0 ))
+                served[$name]=$(awk -v a="${served[$name]:-0}" -v r="${out%% *}" -v s="$SECONDS_" 'BEGIN { print a + r * s }')
+            fi
             rps[$name]+="$(echo "$out" | cut -d' ' -f1) "; p50[$name]+="$(echo "$out" | cut -d' ' -f2) "; p99[$name]+="$(echo "$out" | cut -d' ' -f3) "
         done
     done
@@ -115,6 +121,9 @@ compare() {
     hr=$(eval echo "\$med_$h" | cut -d' ' -f1); hp=$(eval echo "\$med_$h" | cut -d' ' -f3)
     awk -v gr="$gr" -v hr="$hr" -v gp="$gp" -v hp="$hp" \
         'BEGIN { printf "   gateway/HAProxy: requests/s %.2f, p99 %.2f\n", gr / hr, gp / hp }'
+    local hz; hz=$(getconf CLK_TCK)
+    awk -v gc="${cpu[$g]:-0}" -v gs="${served[$g]:-1}" -v hc="${cpu[$h]:-0}" -v hs="${served[$h]:-1}" -v hz="$hz" \
+        'BEGIN { printf "   CPU us per request: gateway %.1f, HAProxy %.1f: HAProxy/gateway = %.2f\n", gc / hz * 1e6 / gs, hc / hz * 1e6 / hs, (hc / hs) / ((gc / gs) + 1e-12) }'
     if [ $# -ge 3 ]; then
         local n=${3%%=*} nr
         nr=$(eval echo "\$med_$n" | cut -d' ' -f1)
@@ -122,9 +131,11 @@ compare() {
     fi
 }
 if [ -z "${ONLY:-}" ] || [ "$ONLY" = plain ]; then
-    compare "plain HTTP/1.1" gateway=http://127.0.0.1:18089/ haproxy=http://127.0.0.1:18091/ nginx=http://127.0.0.1:18090/
+    compare "plain HTTP/1.1" "gateway=$gateway=http://127.0.0.1:18089/" "haproxy=$(cat "$work/haproxy.pid")=http://127.0.0.1:18091/" \
+        nginx==http://127.0.0.1:18090/
 fi
 if [ -z "${ONLY:-}" ] || [ "$ONLY" = tls ]; then
-    compare "TLS (HTTP/1.1)" gateway=https://127.0.0.1:18489/ haproxy=https://127.0.0.1:18491/ nginx=https://127.0.0.1:18490/
+    compare "TLS (HTTP/1.1)" "gateway=$gateway=https://127.0.0.1:18489/" "haproxy=$(cat "$work/haproxy-tls.pid")=https://127.0.0.1:18491/" \
+        nginx==https://127.0.0.1:18490/
 fi
 echo "gateway RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"

@@ -46,7 +46,6 @@ until "$bin/rserpool" resolve EchoPool --registrar "$asap" --count 10 | grep -q 
 
 field() { grep -o "$1=[0-9.]*" | cut -d= -f2; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 # Runs gateway and HAProxy alternately ROUNDS times (the box's other load drifts) and
 # compares the medians; also the proxies' CPU time per unit of work (utime + stime),
 # which the drift touches less. Arguments: the figure's name, the unit of work per
