@@ -77,7 +77,7 @@ pub(crate) enum ProfileArg {
 }
 
 /// `rserpool registrar`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct RegistrarArgs {
     /// YAML configuration (section `registrar`); flags override it.
     #[arg(long, short, env = "RSERPOOL_CONFIG")]
@@ -114,7 +114,7 @@ pub(crate) struct RegistrarArgs {
 }
 
 /// `rserpool pe`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct PeArgs {
     /// YAML configuration (section `pe`); with --pool/--backend, one more service.
     #[arg(long, short, env = "RSERPOOL_CONFIG")]
@@ -165,7 +165,7 @@ pub(crate) struct PeArgs {
 }
 
 /// `rserpool gateway`.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub(crate) struct GatewayArgs {
     /// YAML configuration (sections `gateway` and `pool_user`); flags add to it.
     #[arg(long, short, env = "RSERPOOL_CONFIG")]

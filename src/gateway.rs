@@ -91,21 +91,23 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
 /// SIGHUP: re-reads the configuration; the log level and the routes and sticky keys of
 /// running HTTP listeners change at once (open connections go on); other changes need
 /// a restart and are said so. On an error nothing changes.
-fn reload(args: &GatewayArgs, logging: &Logging, reloaders: &[(SocketAddr, http::Reloader)]) {
-    // The listeners' settings are checked before anything (the log level too) changes.
-    let mut configs = Vec::new();
-    let checked = settings(args).and_then(|file| {
-        configs = file
+async fn reload(args: &GatewayArgs, logging: &Logging, reloaders: &[(SocketAddr, http::Reloader)]) {
+    // The listeners' settings (and certificates) are checked before anything, the log
+    // level too, changes.
+    let args = args.clone();
+    let load = move || {
+        let file = settings(&args)?;
+        let configs = file
             .gateway
             .http
             .iter()
             .map(http_listener_config)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(file)
-    });
-    if crate::logging::reread(checked, logging).is_none() {
+        Ok((file, configs))
+    };
+    let Some((_, configs)) = crate::logging::reread(load, logging).await else {
         return;
-    }
+    };
     for config in &configs {
         match reloaders
             .iter()
@@ -502,7 +504,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
                         }
                     }
                 }
-                reload(&args, &logging, &reloaders);
+                reload(&args, &logging, &reloaders).await;
             }
         }
     }

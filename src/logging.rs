@@ -63,19 +63,23 @@ fn filter(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(&full).map_err(|e| format!("log level {level:?}: {e}"))
 }
 
-/// SIGHUP's first step in every role: the configuration read again (`settings`) with its
-/// log level applied; `None`, and the reason logged, when it does not load (the running
-/// configuration then stays whole).
-pub(crate) fn reread(
-    settings: Result<crate::config::ConfigFile, crate::RunError>,
+/// SIGHUP's first step in every role: `load` reads the configuration again, off the
+/// event loop (it reads files and may resolve host names), and its log level is applied;
+/// `None`, and the reason logged, when it does not load (the running configuration then
+/// stays whole).
+pub(crate) async fn reread<T: Send + 'static>(
+    load: impl FnOnce() -> Result<(crate::config::ConfigFile, T), crate::RunError> + Send + 'static,
     logging: &Logging,
-) -> Option<crate::config::ConfigFile> {
-    match settings {
-        Ok(file) => {
+) -> Option<(crate::config::ConfigFile, T)> {
+    let loaded = tokio::task::spawn_blocking(load)
+        .await
+        .unwrap_or_else(|error| Err(crate::RunError::Failed(error.to_string())));
+    match loaded {
+        Ok((file, extra)) => {
             if let Err(error) = logging.set_level(&file.log.level) {
                 tracing::error!(%error, "SIGHUP: log level not changed");
             }
-            Some(file)
+            Some((file, extra))
         }
         Err(error) => {
             tracing::error!(%error, "SIGHUP: configuration not reloaded (reload failed); the running one stays");

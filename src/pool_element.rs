@@ -189,7 +189,10 @@ async fn reload(
     services: &mut Services,
     handle: &Handle<PoolElementEngine>,
 ) {
-    let Some(file) = crate::logging::reread(settings(args), logging) else {
+    let args = args.clone();
+    let Some((file, ())) =
+        crate::logging::reread(move || Ok((settings(&args)?, ())), logging).await
+    else {
         return;
     };
     let wanted = &file.pe.services;

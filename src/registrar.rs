@@ -355,7 +355,10 @@ fn peers_json(engine: &RegistrarEngine) -> serde_json::Value {
 /// SIGHUP: re-reads the configuration and applies what can change while running (log
 /// filter, timers, thresholds, limits). On any error the old configuration stays.
 async fn reload(args: &RegistrarArgs, logging: &Logging, handle: &Handle<RegistrarEngine>) {
-    let Some(file) = crate::logging::reread(settings(args), logging) else {
+    let loading = args.clone();
+    let Some((file, ())) =
+        crate::logging::reread(move || Ok((settings(&loading)?, ())), logging).await
+    else {
         return;
     };
     let settings = engine_config(&file.registrar);

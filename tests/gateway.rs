@@ -19,17 +19,7 @@ use std::time::{Duration, Instant};
 use common::{Process, eventually, free_port, registrar};
 
 fn counter_pe(asap: SocketAddr) -> Process {
-    Process::start(&[
-        "pe",
-        "--serve",
-        "counter",
-        "--pool",
-        "CounterPool",
-        "--registrar",
-        &asap.to_string(),
-        "--reregistration-interval",
-        "5s",
-    ])
+    common::demo_pe(asap, "counter", "CounterPool", "RoundRobin")
 }
 
 fn gateway(asap: SocketAddr, listen: SocketAddr, pool: &str) -> Process {
@@ -61,16 +51,8 @@ fn counter_pool(count: usize) -> (Process, Vec<Process>, SocketAddr, Process) {
 
 /// The gateway's Prometheus text, from its admin listener.
 fn metrics(gateway: &Process) -> String {
-    let mut stream = TcpStream::connect(gateway.address("admin")).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let (status, text) = common::admin_get(gateway.address("admin"), "/metrics");
+    assert_eq!(status, 200, "{text}");
     text
 }
 

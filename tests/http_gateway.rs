@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Process, eventually, free_port, registrar};
+use common::{Process, Reply, eventually, free_port, registrar, try_request};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -59,76 +59,6 @@ impl Drop for ConfigFile {
 
 fn listen() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// A `key=value` field of the demo service's answer.
-    fn field(&self, key: &str) -> &str {
-        self.body
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key} in {self:?}"))
-    }
-
-    /// The session cookie the gateway set, as `name=value`.
-    fn cookie(&self) -> Option<String> {
-        self.header("set-cookie")
-            .map(|c| c.split(';').next().unwrap().to_owned())
-    }
-}
-
-/// One request on its own connection (`Connection: close`); `None` if the connection
-/// broke without a response.
-fn try_request(
-    target: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<Reply> {
-    let mut stream = TcpStream::connect(target).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test.example\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).ok()?;
-    stream.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let mut lines = head.lines();
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Some(Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
 }
 
 fn request(target: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {

@@ -30,6 +30,7 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use metrics::Counter;
 use rserpool_proto::policy::spec;
 use rserpool_proto::wire::{Policy, PoolElement, PoolHandle, TransportProtocol};
 
@@ -201,6 +202,7 @@ pub struct PoolDns<D> {
     /// Over-limit UDP queries seen; every other one gets a truncated empty answer, so a
     /// real client behind a busy prefix can retry over TCP (RRL "slip").
     slipped: std::sync::atomic::AtomicU64,
+    meters: DnsMeters,
 }
 
 impl<D: Directory> PoolDns<D> {
@@ -235,6 +237,7 @@ impl<D: Directory> PoolDns<D> {
             directory,
             limiter,
             slipped: std::sync::atomic::AtomicU64::new(0),
+            meters: DnsMeters::new(),
         }
     }
 
@@ -483,7 +486,7 @@ impl<D: Directory> RequestHandler for PoolDns<D> {
             let seen = self
                 .slipped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            metrics::counter!("rserpool_dns_rate_limited_total").increment(1);
+            self.meters.rate_limited.increment(1);
             if seen % 2 == 1 {
                 // Dropped: nothing goes back to a flooding (or spoofed) prefix.
                 let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -516,8 +519,7 @@ impl<D: Directory> RequestHandler for PoolDns<D> {
         }
         let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
         let refuse = |code| {
-            metrics::counter!("rserpool_dns_responses_total", "rcode" => rcode_label(code))
-                .increment(1);
+            self.meters.response(code).increment(1);
             MessageResponseBuilder::new(&request.queries, response_edns.as_ref())
                 .error_msg(&request.metadata, code)
         };
@@ -546,8 +548,7 @@ impl<D: Directory> RequestHandler for PoolDns<D> {
         metadata.recursion_available = false;
         let code = answer.code.unwrap_or(ResponseCode::NoError);
         metadata.response_code = code;
-        metrics::counter!("rserpool_dns_responses_total", "rcode" => rcode_label(code))
-            .increment(1);
+        self.meters.response(code).increment(1);
         let soa: &[Record] = if answer.negative {
             std::slice::from_ref(&self.soa)
         } else {
@@ -571,15 +572,44 @@ fn original_name(request: &Request) -> Option<Name> {
     Name::read(&mut decoder).ok()
 }
 
-fn rcode_label(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::NotImp => "NOTIMP",
-        _ => "other",
+/// The DNS meters, looked up once rather than per query.
+struct DnsMeters {
+    no_error: Counter,
+    nx_domain: Counter,
+    serv_fail: Counter,
+    refused: Counter,
+    form_err: Counter,
+    not_imp: Counter,
+    other: Counter,
+    rate_limited: Counter,
+}
+
+impl DnsMeters {
+    fn new() -> Self {
+        let rcode =
+            |name: &'static str| metrics::counter!("rserpool_dns_responses_total", "rcode" => name);
+        Self {
+            no_error: rcode("NOERROR"),
+            nx_domain: rcode("NXDOMAIN"),
+            serv_fail: rcode("SERVFAIL"),
+            refused: rcode("REFUSED"),
+            form_err: rcode("FORMERR"),
+            not_imp: rcode("NOTIMP"),
+            other: rcode("other"),
+            rate_limited: metrics::counter!("rserpool_dns_rate_limited_total"),
+        }
+    }
+
+    fn response(&self, code: ResponseCode) -> &Counter {
+        match code {
+            ResponseCode::NoError => &self.no_error,
+            ResponseCode::NXDomain => &self.nx_domain,
+            ResponseCode::ServFail => &self.serv_fail,
+            ResponseCode::Refused => &self.refused,
+            ResponseCode::FormErr => &self.form_err,
+            ResponseCode::NotImp => &self.not_imp,
+            _ => &self.other,
+        }
     }
 }
 

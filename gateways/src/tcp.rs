@@ -174,9 +174,7 @@ impl Side {
     }
 
     fn send(&mut self, bytes: Vec<u8>) {
-        // After our half-close nothing more can go (control-channel heartbeats may still
-        // be due); it is not a failure of the peer.
-        if self.failed || self.shut || self.shutdown_wanted || bytes.is_empty() {
+        if self.failed || bytes.is_empty() {
             return;
         }
         self.queued += bytes.len();

@@ -589,7 +589,7 @@ impl Session {
                     && now.saturating_duration_since(self.last_pe_activity) >= self.silence_limit()
                 {
                     self.pe_failed(PeFailure::Timeout, now);
-                } else if self.control
+                } else if self.heartbeats_due()
                     && now.saturating_duration_since(self.last_sent_to_pe)
                         >= self.config.heartbeat_interval
                 {
@@ -608,6 +608,12 @@ impl Session {
         }
     }
 
+    /// Heartbeats go to a control-channel PE until the gateway has half-closed towards
+    /// it (nothing can be written after that).
+    fn heartbeats_due(&self) -> bool {
+        self.control && !self.pe_shutdown_sent
+    }
+
     /// When `timeout` must next be called.
     pub fn next_timeout(&self) -> Option<Instant> {
         let state = match &self.state {
@@ -616,7 +622,7 @@ impl Session {
             State::Connected { .. } => {
                 let silence = self.last_pe_activity + self.silence_limit();
                 let heartbeat = self
-                    .control
+                    .heartbeats_due()
                     .then(|| self.last_sent_to_pe + self.config.heartbeat_interval);
                 Some(heartbeat.map_or(silence, |h| h.min(silence)))
             }
