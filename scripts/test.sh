@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Testing"; .ci/run calls exactly this).
 # Installs what the tests need, then: rustfmt check, clippy with warnings denied, the
-# whole test suite, and a short run of the fuzz target.
+# whole test suite, the kernel SCTP / rsplib tests in a VM (scripts/sctp-tests.sh),
+# and a short run of the fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,9 @@ echo "== cargo test"
 # Tests that need an external tool fail instead of skipping when this is set.
 export RSERPOOL_REQUIRE_TSHARK=1 RSERPOOL_REQUIRE_CHROMIUM=1
 cargo test --workspace --all-features
+
+echo "== kernel SCTP and rsplib interoperability (in the SCTP VM)"
+scripts/sctp-tests.sh
 
 echo "== fuzz target: build and a short run from the spec vectors"
 corpus=$(mktemp -d)

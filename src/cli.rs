@@ -68,6 +68,24 @@ pub(crate) enum ServeKind {
     Http,
 }
 
+/// How ASAP and ENRP travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum TransportArg {
+    /// Kernel SCTP (the standard; what rsplib speaks).
+    Sctp,
+    /// The TCP mapping (hosts without kernel SCTP).
+    Tcp,
+}
+
+impl From<TransportArg> for rserpool_proto::engine::TransportKind {
+    fn from(transport: TransportArg) -> Self {
+        match transport {
+            TransportArg::Sctp => Self::Sctp,
+            TransportArg::Tcp => Self::Tcp,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum ProfileArg {
     /// RFC 5352/5353 timers.
@@ -88,6 +106,12 @@ pub(crate) struct RegistrarArgs {
     /// ENRP listening address (default 0.0.0.0:9901).
     #[arg(long)]
     pub(crate) enrp: Option<SocketAddr>,
+    /// ASAP/ENRP transport (default tcp; sctp to work with rsplib).
+    #[arg(long, value_enum)]
+    pub(crate) transport: Option<TransportArg>,
+    /// Another address of this host for SCTP multi-homing (repeatable).
+    #[arg(long)]
+    pub(crate) multihome: Vec<std::net::IpAddr>,
     /// Registrar ID (0x... or decimal; random by default).
     #[arg(long)]
     pub(crate) id: Option<String>,
@@ -153,6 +177,12 @@ pub(crate) struct PeArgs {
     /// The agent's ASAP endpoint, where registrars reach it (default 0.0.0.0:0).
     #[arg(long)]
     pub(crate) asap: Option<SocketAddr>,
+    /// ASAP transport to registrars, and of `--serve` services (default tcp).
+    #[arg(long, value_enum)]
+    pub(crate) transport: Option<TransportArg>,
+    /// Another address of this host for SCTP multi-homing (repeatable).
+    #[arg(long)]
+    pub(crate) multihome: Vec<std::net::IpAddr>,
     /// Timer profile.
     #[arg(long, value_enum)]
     pub(crate) profile: Option<ProfileArg>,
@@ -174,6 +204,9 @@ pub(crate) struct GatewayArgs {
     /// 127.0.0.1:3863).
     #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
     pub(crate) registrars: Vec<SocketAddr>,
+    /// ASAP transport to registrars (default tcp).
+    #[arg(long, value_enum)]
+    pub(crate) transport: Option<TransportArg>,
     /// A TCP listener: LISTEN_ADDR:PORT=POOL_HANDLE (repeatable).
     #[arg(long = "tcp")]
     pub(crate) tcp: Vec<String>,
@@ -207,6 +240,9 @@ pub(crate) struct ResolveArgs {
     /// 127.0.0.1:3863).
     #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
     pub(crate) registrars: Vec<SocketAddr>,
+    /// ASAP transport to registrars (default tcp).
+    #[arg(long, value_enum)]
+    pub(crate) transport: Option<TransportArg>,
     /// How many pool elements to ask for (default: the registrar's choice).
     #[arg(long)]
     pub(crate) count: Option<u32>,
@@ -227,6 +263,9 @@ pub(crate) struct DumpArgs {
     /// The registrar's ENRP address (default 127.0.0.1:9901).
     #[arg(long = "registrar", default_value = "127.0.0.1:9901")]
     pub(crate) registrar: SocketAddr,
+    /// ENRP transport (default tcp).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub(crate) transport: TransportArg,
     /// Print JSON.
     #[arg(long)]
     pub(crate) json: bool,

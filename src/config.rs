@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
-use rserpool_proto::engine::TimerProfile;
+use rserpool_proto::engine::{TimerProfile, TransportKind};
 use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
 use serde::{Deserialize, Deserializer};
 
@@ -288,6 +288,30 @@ pub(crate) struct TcpListenerSection {
     pub(crate) buffer: usize,
     #[serde(default = "ten_thousand")]
     pub(crate) max_connections: usize,
+    /// PPID of data messages to SCTP pool elements.
+    #[serde(default)]
+    pub(crate) ppid: u32,
+    /// How the client's byte stream is cut into messages for SCTP pool elements
+    /// (absent: each chunk read is one message).
+    #[serde(default)]
+    pub(crate) framing: Option<FramingSection>,
+}
+
+/// A length field in each message's header: `size` bytes (1, 2 or 4, big-endian) at
+/// `offset`; the message is that many bytes plus `adjust`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FramingSection {
+    pub(crate) offset: usize,
+    pub(crate) size: usize,
+    #[serde(default)]
+    pub(crate) adjust: i64,
+    #[serde(default = "max_message")]
+    pub(crate) max_message: usize,
+}
+
+fn max_message() -> usize {
+    65_535
 }
 
 fn five_seconds() -> Duration {
@@ -439,10 +463,16 @@ pub(crate) struct RegistrarSection {
     #[serde(deserialize_with = "optional_id")]
     pub(crate) id: Option<RegistrarId>,
     pub(crate) profile: Profile,
-    /// Where ASAP associations are accepted (TCP mapping).
+    /// `sctp` (the standard; what rsplib speaks) or `tcp` (the TCP mapping) for ASAP,
+    /// ENRP and the associations to peers.
+    pub(crate) transport: TransportKind,
+    /// Where ASAP associations are accepted.
     pub(crate) asap: SocketAddr,
-    /// Where ENRP associations are accepted (TCP mapping).
+    /// Where ENRP associations are accepted.
     pub(crate) enrp: SocketAddr,
+    /// More addresses of this host for SCTP multi-homing: the ASAP and ENRP endpoints
+    /// bind them too (same ports) and advertise them all.
+    pub(crate) multihome: Vec<IpAddr>,
     pub(crate) announce: AnnounceConfig,
     #[serde(deserialize_with = "duration")]
     pub(crate) keepalive_interval: Duration,
@@ -498,8 +528,10 @@ impl Default for RegistrarSection {
         Self {
             id: None,
             profile: Profile::Rfc,
+            transport: TransportKind::Tcp,
             asap: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3863)),
             enrp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9901)),
+            multihome: Vec::new(),
             announce: AnnounceConfig::default(),
             keepalive_interval: engine.keepalive_interval,
             keepalive_timeout: engine.keepalive_timeout,
@@ -602,9 +634,13 @@ pub(crate) struct PeSection {
     #[serde(deserialize_with = "addresses")]
     pub(crate) registrars: Vec<SocketAddr>,
     pub(crate) profile: Profile,
+    /// `sctp` or `tcp`: how registrars are reached (and reach this agent).
+    pub(crate) transport: TransportKind,
     /// The agent's own ASAP endpoint (registrars reach it after a takeover); port 0
     /// picks a free port.
     pub(crate) asap: SocketAddr,
+    /// More addresses of this host for SCTP multi-homing of the ASAP endpoint.
+    pub(crate) multihome: Vec<IpAddr>,
     /// Listen for registrar announces on this group (`off` for static registrars only).
     pub(crate) announce: Multicast,
     /// The interface address to listen for announces on (required with a group).
@@ -617,7 +653,9 @@ impl Default for PeSection {
         Self {
             registrars: Vec::new(),
             profile: Profile::Rfc,
+            transport: TransportKind::Tcp,
             asap: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            multihome: Vec::new(),
             announce: Multicast::Off,
             announce_interface: None,
             services: Vec::new(),
@@ -632,6 +670,8 @@ pub(crate) struct PoolUserSection {
     #[serde(deserialize_with = "addresses")]
     pub(crate) registrars: Vec<SocketAddr>,
     pub(crate) profile: Profile,
+    /// `sctp` or `tcp`: how registrars are reached.
+    pub(crate) transport: TransportKind,
     pub(crate) announce: Multicast,
     /// The interface address to listen for announces on (required with a group).
     pub(crate) announce_interface: Option<Ipv4Addr>,
@@ -646,6 +686,7 @@ impl Default for PoolUserSection {
         Self {
             registrars: Vec::new(),
             profile: Profile::Rfc,
+            transport: TransportKind::Tcp,
             announce: Multicast::Off,
             announce_interface: None,
             stale_cache: None,
@@ -785,6 +826,7 @@ mod serde_json_like {
 pub(crate) fn load_pool_user(
     path: Option<&Path>,
     registrars: &[std::net::SocketAddr],
+    transport: Option<TransportKind>,
 ) -> Result<ConfigFile, ConfigError> {
     let mut file = match path {
         Some(path) => load(path)?,
@@ -792,6 +834,9 @@ pub(crate) fn load_pool_user(
     };
     if !registrars.is_empty() {
         file.pool_user.registrars = registrars.to_vec();
+    }
+    if let Some(transport) = transport {
+        file.pool_user.transport = transport;
     }
     if file.pool_user.registrars.is_empty() {
         file.pool_user.registrars = vec![crate::DEFAULT_REGISTRAR];
@@ -880,6 +925,27 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
         if listener.buffer == 0 || listener.max_connections == 0 {
             return Err(ConfigError::Invalid(format!(
                 "gateway.tcp[{i}]: buffer and max_connections must be above 0"
+            )));
+        }
+        if let Some(framing) = listener.framing
+            && (![1, 2, 4].contains(&framing.size) || framing.max_message == 0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.tcp[{i}].framing: size must be 1, 2 or 4 and max_message above 0"
+            )));
+        }
+    }
+    for (section, transport, multihome) in [
+        (
+            "registrar",
+            config.registrar.transport,
+            &config.registrar.multihome,
+        ),
+        ("pe", config.pe.transport, &config.pe.multihome),
+    ] {
+        if transport == TransportKind::Tcp && !multihome.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{section}.multihome needs {section}.transport: sctp (TCP has one address)"
             )));
         }
     }

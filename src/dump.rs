@@ -7,13 +7,16 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rserpool_proto::policy::spec;
-use rserpool_proto::wire::{EnrpBody, EnrpMessage, PoolEntries, RegistrarId, StreamDeframer};
+use rserpool_proto::wire::{
+    EnrpBody, EnrpMessage, PoolEntries, Protocol, RegistrarId, StreamDeframer,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::RunError;
-use crate::cli::DumpArgs;
+use crate::cli::{DumpArgs, TransportArg};
 use crate::config;
+use crate::transport::sctp;
 
 /// The handlespace as one registrar sees it.
 struct Table {
@@ -25,10 +28,77 @@ struct Table {
 /// with rsplib's page size, and a bound on what a broken peer can make us read).
 const MAX_PAGES: usize = 4096;
 
-async fn fetch(registrar: SocketAddr, own_id: RegistrarId) -> Result<Table, String> {
-    let mut stream = TcpStream::connect(registrar)
-        .await
-        .map_err(|e| format!("cannot connect to {registrar}: {e}"))?;
+/// An ENRP association to the registrar.
+enum Association {
+    Tcp {
+        stream: TcpStream,
+        deframer: StreamDeframer,
+    },
+    Sctp(sctp::Association),
+}
+
+impl Association {
+    async fn open(transport: TransportArg, registrar: SocketAddr) -> Result<Self, String> {
+        let opened = match transport {
+            TransportArg::Tcp => TcpStream::connect(registrar).await.map(|stream| Self::Tcp {
+                stream,
+                deframer: StreamDeframer::new(),
+            }),
+            TransportArg::Sctp => sctp::Association::connect(&[registrar], &[])
+                .await
+                .map(Self::Sctp),
+        };
+        opened.map_err(|e| format!("cannot connect to {registrar}: {e}"))
+    }
+
+    async fn send(&mut self, message: &[u8]) -> Result<(), String> {
+        match self {
+            Self::Tcp { stream, .. } => stream.write_all(message).await,
+            Self::Sctp(association) => association.send(Protocol::Enrp.ppid(), message).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// The next ENRP message; `Ok(None)` when the registrar closed the association.
+    async fn receive(&mut self) -> Result<Option<Vec<u8>>, String> {
+        match self {
+            Self::Tcp { stream, deframer } => {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    if let Some(frame) = deframer.next_frame().map_err(|e| e.to_string())? {
+                        return Ok(Some(frame));
+                    }
+                    let count = stream.read(&mut buffer).await.map_err(|e| e.to_string())?;
+                    if count == 0 {
+                        return Ok(None);
+                    }
+                    deframer
+                        .push(buffer.get(..count).unwrap_or_default())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Self::Sctp(association) => loop {
+                match association.receive(sctp::MAX_MESSAGE).await {
+                    Ok(sctp::Received::Message { ppid, payload })
+                        if ppid == Protocol::Enrp.ppid() =>
+                    {
+                        return Ok(Some(payload));
+                    }
+                    Ok(sctp::Received::Message { .. }) => {}
+                    Ok(sctp::Received::Closed(_)) => return Ok(None),
+                    Err(error) => return Err(error.to_string()),
+                }
+            },
+        }
+    }
+}
+
+async fn fetch(
+    transport: TransportArg,
+    registrar: SocketAddr,
+    own_id: RegistrarId,
+) -> Result<Table, String> {
+    let mut association = Association::open(transport, registrar).await?;
     let request = EnrpMessage {
         sender: own_id,
         receiver: RegistrarId::UNKNOWN,
@@ -38,28 +108,14 @@ async fn fetch(registrar: SocketAddr, own_id: RegistrarId) -> Result<Table, Stri
     }
     .encode()
     .map_err(|e| e.to_string())?;
-    let mut deframer = StreamDeframer::new();
-    let mut buffer = vec![0u8; 64 * 1024];
     let mut table = Table {
         registrar: RegistrarId::UNKNOWN,
         pools: Vec::new(),
     };
     for _ in 0..MAX_PAGES {
-        stream
-            .write_all(&request)
-            .await
-            .map_err(|e| e.to_string())?;
-        let frame = loop {
-            if let Some(frame) = deframer.next_frame().map_err(|e| e.to_string())? {
-                break frame;
-            }
-            let count = stream.read(&mut buffer).await.map_err(|e| e.to_string())?;
-            if count == 0 {
-                return Err(format!("{registrar} closed the connection"));
-            }
-            deframer
-                .push(buffer.get(..count).unwrap_or_default())
-                .map_err(|e| e.to_string())?;
+        association.send(&request).await?;
+        let Some(frame) = association.receive().await? else {
+            return Err(format!("{registrar} closed the connection"));
         };
         let message = EnrpMessage::decode(&frame)
             .map_err(|e| format!("malformed answer from {registrar}: {e}"))?
@@ -94,7 +150,7 @@ async fn fetch(registrar: SocketAddr, own_id: RegistrarId) -> Result<Table, Stri
 pub(crate) async fn run(args: DumpArgs) -> Result<String, RunError> {
     let timeout = config::parse_duration(&args.timeout).map_err(RunError::Usage)?;
     let own_id = RegistrarId(crate::seed() as u32 | 1);
-    let table = tokio::time::timeout(timeout, fetch(args.registrar, own_id))
+    let table = tokio::time::timeout(timeout, fetch(args.transport, args.registrar, own_id))
         .await
         .unwrap_or_else(|_| {
             Err(format!(

@@ -12,7 +12,7 @@ use rserpool_gateways::dns::{self, DnsConfig, hickory_name};
 use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{self, HttpListenerConfig, Route};
-use rserpool_gateways::tcp::{self, ListenerConfig};
+use rserpool_gateways::tcp::{self, Framing, ListenerConfig, SctpUpstream};
 use rserpool_proto::pool_user::ResolveError;
 use rserpool_proto::session::SessionConfig;
 use rserpool_proto::wire::PoolHandle;
@@ -33,7 +33,11 @@ use crate::signals::{Request, Signals};
 const DEFAULT_STALE_CACHE: Duration = Duration::from_secs(1);
 
 fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
-    let mut file = config::load_pool_user(args.config.as_deref(), &args.registrars)?;
+    let mut file = config::load_pool_user(
+        args.config.as_deref(),
+        &args.registrars,
+        args.transport.map(Into::into),
+    )?;
     if args.admin.is_some() {
         file.admin.listen = args.admin;
     }
@@ -330,6 +334,15 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
 
 fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
     ListenerConfig {
+        sctp: SctpUpstream {
+            ppid: section.ppid,
+            framing: section.framing.map(|f| Framing {
+                offset: f.offset,
+                size: f.size,
+                adjust: f.adjust,
+                max_message: f.max_message,
+            }),
+        },
         listen: section.listen,
         pool_handle: section.pool,
         session: SessionConfig {

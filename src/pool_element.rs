@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rserpool_proto::engine::TransportKind;
 use rserpool_proto::hunt::HuntConfig;
 use rserpool_proto::pool_element::{
     PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
@@ -32,7 +31,7 @@ use crate::driver::{self, Handle};
 use crate::logging::Logging;
 use crate::pool_user::endpoints;
 use crate::signals::{Request, Signals};
-use crate::transport::{IncomingIds, Transports, multicast, tcp};
+use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
 
 /// How long deregistration may take at shutdown.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
@@ -73,6 +72,10 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
     if let Some(asap) = args.asap {
         section.asap = asap;
     }
+    if let Some(transport) = args.transport {
+        section.transport = transport.into();
+    }
+    section.multihome.extend(args.multihome.iter().copied());
     if let Some(profile) = args.profile {
         section.profile = crate::profile(profile);
     }
@@ -300,12 +303,15 @@ pub(crate) fn start_engine(
 ) -> Result<PeRuntime, RunError> {
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
-    let listener = tcp::bind(section.asap).map_err(|e| RunError::Bind(section.asap, e))?;
-    let asap = listener
-        .local_addr()
+    let addresses = multihomed(section.asap, &section.multihome);
+    let listener = Listener::bind(section.transport, &addresses)
         .map_err(|e| RunError::Bind(section.asap, e))?;
-    transports.asap_local = Some(asap);
-    tokio::spawn(tcp::accept_loop(
+    let bound = listener
+        .local_addresses()
+        .map_err(|e| RunError::Bind(section.asap, e))?;
+    let asap = bound.first().copied().unwrap_or(section.asap);
+    transports.asap_local = bound;
+    tokio::spawn(accept_loop(
         listener,
         Protocol::Asap,
         IncomingIds::default(),
@@ -327,8 +333,11 @@ pub(crate) fn start_engine(
         .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
         transports.add_multicast(Protocol::Asap, channel);
     }
-    let mut hunt = HuntConfig::new(endpoints(&section.registrars), Duration::from_secs(5));
-    hunt.transport = TransportKind::Tcp;
+    let mut hunt = HuntConfig::new(
+        endpoints(section.transport, &section.registrars),
+        Duration::from_secs(5),
+    );
+    hunt.transport = section.transport;
     let engine = PoolElementEngine::new(
         PoolElementConfig::new(section.profile.into(), hunt),
         crate::seed(),

@@ -31,11 +31,11 @@ pub(crate) struct PoolUser {
     waiters: Waiters,
 }
 
-/// The registrar list as endpoints of the TCP mapping.
-pub(crate) fn endpoints(registrars: &[SocketAddr]) -> Vec<Endpoint> {
+/// A list of registrar addresses as endpoints of `transport`.
+pub(crate) fn endpoints(transport: TransportKind, registrars: &[SocketAddr]) -> Vec<Endpoint> {
     registrars
         .iter()
-        .map(|address| Endpoint::new(TransportKind::Tcp, *address))
+        .map(|address| Endpoint::new(transport, *address))
         .collect()
 }
 
@@ -47,7 +47,15 @@ impl PoolUser {
         stale_cache: Duration,
         shutdown: &CancellationToken,
     ) -> Result<Self, RunError> {
-        let hunt = HuntConfig::new(endpoints(&section.registrars), Duration::from_secs(5));
+        if section.transport == TransportKind::Sctp {
+            crate::transport::sctp::probe()
+                .map_err(|e| RunError::Usage(format!("pool_user.transport: sctp: {e}")))?;
+        }
+        let mut hunt = HuntConfig::new(
+            endpoints(section.transport, &section.registrars),
+            Duration::from_secs(5),
+        );
+        hunt.transport = section.transport;
         let mut config = PoolUserConfig::new(section.profile.into(), hunt);
         config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
         let engine = PoolUserEngine::new(config, crate::seed());
@@ -144,5 +152,13 @@ impl rserpool_gateways::Directory for PoolUser {
 
     async fn report_unreachable(&self, pool_handle: PoolHandle, pe_id: PoolElementId) {
         Self::report_unreachable(self, pool_handle, pe_id).await;
+    }
+
+    async fn connect_sctp(
+        &self,
+        pe: &PoolElement,
+        upstream: rserpool_gateways::tcp::SctpUpstream,
+    ) -> std::io::Result<tokio::net::UnixStream> {
+        crate::transport::bridge::open(pe, upstream).await
     }
 }

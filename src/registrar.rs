@@ -17,7 +17,7 @@ use crate::config::{self, ConfigFile, Multicast, RegistrarSection};
 use crate::driver::{self, Handle};
 use crate::logging::Logging;
 use crate::signals::{Request, Signals};
-use crate::transport::{IncomingIds, Transports, multicast, tcp};
+use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
 
 /// The configuration file (if any) with the command-line overrides applied.
 fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
@@ -40,6 +40,10 @@ fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), Ru
     if let Some(enrp) = args.enrp {
         section.enrp = enrp;
     }
+    if let Some(transport) = args.transport {
+        section.transport = transport.into();
+    }
+    section.multihome.extend(args.multihome.iter().copied());
     if let Some(id) = &args.id {
         section.id = Some(config::parse_id(id).map_err(RunError::Usage)?);
     }
@@ -87,6 +91,7 @@ fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
         // A peer entry naming this registrar's own ENRP address is skipped: one peer list
         // can then serve every registrar of a set (a Kubernetes StatefulSet).
         static_peers: crate::pool_user::endpoints(
+            section.transport,
             &section
                 .peers
                 .iter()
@@ -111,16 +116,6 @@ fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
     }
 }
 
-/// The addresses to advertise for a bound socket: its own, or the multicast interface
-/// when bound to a wildcard.
-fn advertised(bound: SocketAddr, interface: Option<std::net::Ipv4Addr>) -> Vec<IpAddr> {
-    if bound.ip().is_unspecified() {
-        interface.map(IpAddr::V4).into_iter().collect()
-    } else {
-        vec![bound.ip()]
-    }
-}
-
 pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
@@ -129,14 +124,25 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let (incoming_tx, incoming_rx) = mpsc::channel(4096);
     let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
 
-    let asap = tcp::bind(section.asap).map_err(|e| RunError::Bind(section.asap, e))?;
-    let enrp = tcp::bind(section.enrp).map_err(|e| RunError::Bind(section.enrp, e))?;
-    let asap_address = asap
-        .local_addr()
-        .map_err(|e| RunError::Bind(section.asap, e))?;
-    let enrp_address = enrp
-        .local_addr()
-        .map_err(|e| RunError::Bind(section.enrp, e))?;
+    let bind = |address: SocketAddr| {
+        let addresses = multihomed(address, &section.multihome);
+        Listener::bind(section.transport, &addresses)
+            .and_then(|listener| {
+                let bound = listener.local_addresses()?;
+                Ok((listener, bound.first().copied().unwrap_or(address)))
+            })
+            .map_err(|e| RunError::Bind(address, e))
+    };
+    let (asap, asap_address) = bind(section.asap)?;
+    let (enrp, enrp_address) = bind(section.enrp)?;
+    if section.transport == TransportKind::Sctp {
+        // Linux refuses a second association between the same endpoints (an
+        // outgoing one to a peer that is already connected to us fails with
+        // EADDRNOTAVAIL), and the engine then uses the peer's association.
+        transports.enrp_local = enrp
+            .local_addresses()
+            .map_err(|e| RunError::Bind(enrp_address, e))?;
+    }
 
     let mut engine_settings = engine_config(&section);
     let interface = config::multicast_interface(asap_address.ip(), section.announce.interface);
@@ -187,21 +193,22 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     };
 
     let mut engine = RegistrarEngine::new(engine_settings, crate::seed(), driver::now());
+    let wildcard = |interface: Option<std::net::Ipv4Addr>| interface.map(IpAddr::V4);
     engine.set_endpoints(
         vec![
-            TransportKind::Tcp
-                .transport_parameter(advertised(asap_address, interface), asap_address.port()),
+            asap.transport_parameter(wildcard(interface))
+                .map_err(|e| RunError::Bind(asap_address, e))?,
         ],
         Some(
-            TransportKind::Tcp
-                .transport_parameter(advertised(enrp_address, interface), enrp_address.port()),
+            enrp.transport_parameter(wildcard(enrp_interface))
+                .map_err(|e| RunError::Bind(enrp_address, e))?,
         ),
     );
     let id = engine.id();
 
     let ids = IncomingIds::default();
     let max_connections = section.limits.max_connections;
-    tokio::spawn(tcp::accept_loop(
+    tokio::spawn(accept_loop(
         asap,
         Protocol::Asap,
         ids.clone(),
@@ -209,7 +216,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         max_connections,
         shutdown.clone(),
     ));
-    tokio::spawn(tcp::accept_loop(
+    tokio::spawn(accept_loop(
         enrp,
         Protocol::Enrp,
         ids,

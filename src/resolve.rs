@@ -13,7 +13,11 @@ use crate::config;
 use crate::pool_user::PoolUser;
 
 pub(crate) async fn run(args: ResolveArgs) -> Result<String, RunError> {
-    let file = config::load_pool_user(args.config.as_deref(), &args.registrars)?;
+    let file = config::load_pool_user(
+        args.config.as_deref(),
+        &args.registrars,
+        args.transport.map(Into::into),
+    )?;
     let pool_handle = PoolHandle::new(args.pool_handle.as_bytes())
         .map_err(|e| RunError::Usage(format!("pool handle {:?}: {e}", args.pool_handle)))?;
     let timeout = config::parse_duration(&args.timeout).map_err(RunError::Usage)?;

@@ -38,9 +38,10 @@
 //! trusts them must authenticate them (security.md T16).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use rserpool_proto::engine::TransportKind;
 use rserpool_proto::pool_element::PoolElementSpec;
 use rserpool_proto::session::{ControlDeframer, ControlFrame, open_cookie, seal_cookie};
 use rserpool_proto::wire::{
@@ -57,6 +58,8 @@ use crate::config::{Multicast, PeSection, Profile};
 use crate::logging::Logging;
 use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, start_engine};
 use crate::signals::{Request, Signals};
+use crate::transport::multihomed;
+use crate::transport::sctp::{self, Received};
 
 /// How a native PE registers and serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +80,11 @@ pub struct ServiceConfig {
     pub reregistration_interval: Duration,
     /// Use rsplib's faster timers.
     pub rsplib_timers: bool,
+    /// SCTP (sessions with PPIDs; ASAP to registrars over SCTP too) or TCP.
+    pub transport: TransportKind,
+    /// More addresses of this host (SCTP multi-homing): the service and its ASAP
+    /// endpoint bind them too, and they are registered.
+    pub multihome: Vec<IpAddr>,
 }
 
 impl ServiceConfig {
@@ -90,6 +98,8 @@ impl ServiceConfig {
             control_channel: true,
             reregistration_interval: Duration::from_secs(30),
             rsplib_timers: false,
+            transport: TransportKind::Tcp,
+            multihome: Vec::new(),
         }
     }
 }
@@ -112,7 +122,7 @@ pub enum ServiceError {
 /// A registered native PE accepting sessions.
 #[derive(Debug)]
 pub struct PoolElementService {
-    listener: TcpListener,
+    listener: ServiceListener,
     runtime: PeRuntime,
     pe_id: PoolElementId,
     control: bool,
@@ -127,9 +137,16 @@ impl PoolElementService {
         if config.listen.ip().is_unspecified() {
             return Err(ServiceError::Wildcard(config.listen));
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| ServiceError::Listen(config.listen, e))?;
+        let listener = match config.transport {
+            TransportKind::Tcp => TcpListener::bind(config.listen)
+                .await
+                .map(ServiceListener::Tcp),
+            TransportKind::Sctp => {
+                sctp::Listener::bind(&multihomed(config.listen, &config.multihome))
+                    .map(ServiceListener::Sctp)
+            }
+        }
+        .map_err(|e| ServiceError::Listen(config.listen, e))?;
         let listen = listener
             .local_addr()
             .map_err(|e| ServiceError::Listen(config.listen, e))?;
@@ -141,7 +158,9 @@ impl PoolElementService {
             } else {
                 Profile::Rfc
             },
+            transport: config.transport,
             asap: SocketAddr::new(listen.ip(), 0),
+            multihome: config.multihome.clone(),
             announce: Multicast::Off,
             announce_interface: None,
             services: Vec::new(),
@@ -168,9 +187,17 @@ impl PoolElementService {
             pool_handle: config.pool_handle,
             id: None,
             user_transport: Transport {
-                protocol: TransportProtocol::Tcp(transport_use),
+                protocol: match config.transport {
+                    TransportKind::Tcp => TransportProtocol::Tcp(transport_use),
+                    TransportKind::Sctp => TransportProtocol::Sctp(transport_use),
+                },
                 port: listen.port(),
-                addresses: vec![listen.ip()],
+                addresses: listener
+                    .local_addresses()
+                    .map_err(|e| ServiceError::Listen(config.listen, e))?
+                    .iter()
+                    .map(SocketAddr::ip)
+                    .collect(),
             },
             policy: config.policy,
             reregistration_interval: config.reregistration_interval,
@@ -213,10 +240,23 @@ impl PoolElementService {
 
     /// The next client session.
     pub async fn accept(&self) -> std::io::Result<Session> {
-        let (stream, peer) = self.listener.accept().await?;
-        tracing::debug!(%peer, "session opened");
-        let _ = stream.set_nodelay(true);
-        Ok(Session::new(stream, self.control))
+        let channel = match &self.listener {
+            ServiceListener::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                tracing::debug!(%peer, "session opened");
+                let _ = stream.set_nodelay(true);
+                Channel::Tcp(stream)
+            }
+            ServiceListener::Sctp(listener) => {
+                let association = listener.accept().await?;
+                tracing::debug!(peer = ?association.peer_addresses().ok(), "session opened");
+                Channel::Sctp {
+                    association,
+                    ppid: 0,
+                }
+            }
+        };
+        Ok(Session::new(channel, self.control))
     }
 
     /// Reports a new policy value (a new load, say): re-registers at once.
@@ -234,6 +274,44 @@ impl PoolElementService {
         self.shutdown.cancel();
         let _ = self.runtime.driver.await;
     }
+}
+
+/// ASAP's PPID: control channel messages on an SCTP session.
+const ASAP_PPID: u32 = 11;
+
+#[derive(Debug)]
+enum ServiceListener {
+    Tcp(TcpListener),
+    Sctp(sctp::Listener),
+}
+
+impl ServiceListener {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.local_addresses()?
+            .first()
+            .copied()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, "not bound"))
+    }
+
+    /// Every bound address (several for a multi-homed SCTP service).
+    fn local_addresses(&self) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            Self::Tcp(listener) => Ok(vec![listener.local_addr()?]),
+            Self::Sctp(listener) => listener.local_addresses(),
+        }
+    }
+}
+
+/// A session's connection: a TCP stream (with the library's framing on a control
+/// channel), or an SCTP association (messages with PPIDs: ASAP is 11, data keeps the
+/// PPID the client last used).
+#[derive(Debug)]
+enum Channel {
+    Tcp(TcpStream),
+    Sctp {
+        association: sctp::Association,
+        ppid: u32,
+    },
 }
 
 /// What a session brings.
@@ -254,7 +332,7 @@ pub enum Event {
 /// One client session of a native PE.
 #[derive(Debug)]
 pub struct Session {
-    stream: TcpStream,
+    channel: Channel,
     control: bool,
     deframer: ControlDeframer,
     pending: VecDeque<Event>,
@@ -270,10 +348,10 @@ pub struct Session {
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 impl Session {
-    fn new(stream: TcpStream, control: bool) -> Self {
+    fn new(channel: Channel, control: bool) -> Self {
         let now = tokio::time::Instant::now();
         Self {
-            stream,
+            channel,
             control,
             deframer: ControlDeframer::default(),
             pending: VecDeque::new(),
@@ -286,8 +364,12 @@ impl Session {
 
     /// The connection itself, for a service that speaks its own protocol on a plain
     /// data channel; `None` with a control channel (its framing is the library's).
+    /// (`None` on SCTP too: the session's messages are [`Session::next_event`]'s.)
     pub fn into_stream(self) -> Option<TcpStream> {
-        (!self.control).then_some(self.stream)
+        match self.channel {
+            Channel::Tcp(stream) if !self.control => Some(stream),
+            _ => None,
+        }
     }
 
     /// Client bytes received so far in this session (including those before a
@@ -296,18 +378,42 @@ impl Session {
         self.input
     }
 
-    /// The next event; heartbeats are sent and checked meanwhile.
+    /// The next event; heartbeats are sent and checked meanwhile (on TCP: SCTP
+    /// watches the peer itself).
     pub async fn next_event(&mut self) -> std::io::Result<Event> {
         let mut buffer = vec![0u8; 16 * 1024];
         loop {
             if let Some(event) = self.pending.pop_front() {
                 return Ok(event);
             }
+            let stream = match &mut self.channel {
+                Channel::Tcp(stream) => stream,
+                Channel::Sctp { association, ppid } => {
+                    match association.receive(sctp::MAX_MESSAGE).await? {
+                        Received::Closed(_) => return Ok(Event::Closed),
+                        Received::Message {
+                            ppid: ASAP_PPID,
+                            payload,
+                        } => {
+                            self.asap_event(&payload);
+                        }
+                        Received::Message {
+                            ppid: data,
+                            payload,
+                        } => {
+                            *ppid = data;
+                            self.input += payload.len() as u64;
+                            self.pending.push_back(Event::Data(payload));
+                        }
+                    }
+                    continue;
+                }
+            };
             let tick = tokio::time::sleep_until(
                 (self.last_write + HEARTBEAT).min(self.last_read + HEARTBEAT * 3),
             );
             tokio::select! {
-                read = self.stream.read(&mut buffer) => {
+                read = stream.read(&mut buffer) => {
                     let count = read?;
                     if count == 0 {
                         return Ok(Event::Closed);
@@ -345,41 +451,62 @@ impl Session {
                     self.input += payload.len() as u64;
                     self.pending.push_back(Event::Data(payload));
                 }
-                Some(ControlFrame::Asap(message)) => {
-                    match AsapMessage::decode(&message).map(|d| d.message) {
-                        Ok(AsapMessage::CookieEcho(Cookie { cookie })) => {
-                            let state = match open_cookie(&cookie) {
-                                Some((consumed, produced, state)) => {
-                                    self.input = consumed;
-                                    self.output = produced;
-                                    state.to_vec()
-                                }
-                                None => cookie,
-                            };
-                            self.pending.push_back(Event::CookieEcho(state));
-                        }
-                        Ok(AsapMessage::BusinessCard(card)) => {
-                            self.pending.push_back(Event::BusinessCard(card))
-                        }
-                        _ => {}
-                    }
-                }
+                Some(ControlFrame::Asap(message)) => self.asap_event(&message),
                 Some(ControlFrame::Heartbeat) => {}
                 None => return Ok(()),
             }
         }
     }
 
+    /// A control channel message from the pool user.
+    fn asap_event(&mut self, message: &[u8]) {
+        match AsapMessage::decode(message).map(|d| d.message) {
+            Ok(AsapMessage::CookieEcho(Cookie { cookie })) => {
+                let state = match open_cookie(&cookie) {
+                    Some((consumed, produced, state)) => {
+                        self.input = consumed;
+                        self.output = produced;
+                        state.to_vec()
+                    }
+                    None => cookie,
+                };
+                self.pending.push_back(Event::CookieEcho(state));
+            }
+            Ok(AsapMessage::BusinessCard(card)) => {
+                self.pending.push_back(Event::BusinessCard(card))
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes framed bytes (TCP), or one message with the session's data PPID (SCTP).
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await?;
+        match &mut self.channel {
+            Channel::Tcp(stream) => stream.write_all(bytes).await?,
+            Channel::Sctp { association, ppid } => association.send(*ppid, bytes).await?,
+        }
         self.last_write = tokio::time::Instant::now();
         Ok(())
     }
 
-    /// Sends bytes to the client.
+    /// Sends an ASAP message on the control channel.
+    async fn write_asap(&mut self, message: Vec<u8>) -> std::io::Result<()> {
+        match &mut self.channel {
+            Channel::Tcp(stream) => {
+                stream
+                    .write_all(&ControlFrame::Asap(message).encode())
+                    .await?
+            }
+            Channel::Sctp { association, .. } => association.send(ASAP_PPID, &message).await?,
+        }
+        self.last_write = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// Sends bytes to the client (on SCTP: one message, with the PPID the client used).
     pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.output += data.len() as u64;
-        if self.control {
+        if self.control && matches!(self.channel, Channel::Tcp(_)) {
             let frame = ControlFrame::Data {
                 ppid: 0,
                 payload: data.to_vec(),
@@ -400,7 +527,7 @@ impl Session {
         let message = AsapMessage::Cookie(Cookie { cookie })
             .encode()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        self.write(&ControlFrame::Asap(message).encode()).await
+        self.write_asap(message).await
     }
 
     /// Sends a business card: the PEs this client should fail over to, in order.
@@ -411,7 +538,7 @@ impl Session {
         let message = AsapMessage::BusinessCard(card)
             .encode()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        self.write(&ControlFrame::Asap(message).encode()).await
+        self.write_asap(message).await
     }
 }
 
@@ -490,6 +617,8 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         reregistration_interval: crate::config::parse_duration(&args.reregistration_interval)
             .map_err(RunError::Usage)?,
         rsplib_timers: matches!(args.profile, Some(crate::cli::ProfileArg::Rsplib)),
+        transport: args.transport.map_or(file.pe.transport, Into::into),
+        multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
         ..ServiceConfig::new(pool_handle, listen, registrars.clone())
     };
     let service = PoolElementService::start(config)

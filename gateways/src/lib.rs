@@ -5,6 +5,8 @@
 //! The gateways see pools only through a [`Directory`], which the daemon implements
 //! with its ASAP pool user (../shared/ARCHITECTURE.md §1).
 
+#![forbid(unsafe_code)]
+
 pub mod dns;
 pub mod http;
 pub mod tcp;
@@ -183,6 +185,25 @@ pub trait Directory: Send + Sync + 'static {
         pool_handle: PoolHandle,
         pe_id: PoolElementId,
     ) -> impl Future<Output = ()> + Send;
+
+    /// Opens an association to a PE whose user transport is SCTP and hands it over as
+    /// a local byte stream in the session layer's TCP encoding (control-channel frames
+    /// when the PE registered "data plus control", else the plain data), cutting
+    /// client bytes into messages as `upstream` says. The gateways crate has no socket
+    /// code for SCTP; without an implementation, SCTP PEs are unreachable.
+    fn connect_sctp(
+        &self,
+        pe: &PoolElement,
+        upstream: tcp::SctpUpstream,
+    ) -> impl Future<Output = std::io::Result<tokio::net::UnixStream>> + Send {
+        let _ = (pe, upstream);
+        async {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "this gateway cannot reach SCTP pool elements",
+            ))
+        }
+    }
 }
 
 /// The time now, as the sans-IO session layer takes it (tokio's clock, so that tests

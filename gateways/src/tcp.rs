@@ -21,7 +21,7 @@ use rserpool_proto::session::{PeFailure, Session, SessionConfig, SessionEvent, S
 use rserpool_proto::wire::{PoolElement, PoolHandle, TransportProtocol};
 use socket2::SockRef;
 use tokio::io::{Interest, Ready};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,59 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// Bytes queued towards one side before the gateway stops reading the other.
     pub buffer: usize,
+    /// How client bytes become messages for PEs whose user transport is SCTP.
+    pub sctp: SctpUpstream,
+}
+
+/// Upstream options for SCTP pool elements: the PPID of data messages, and how the
+/// client's byte stream is cut into messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SctpUpstream {
+    /// The payload protocol identifier of data (e.g. 33 for rsplib's PingPong).
+    pub ppid: u32,
+    /// `None`: each chunk the client sends is one message (fine for byte streams such as
+    /// echo); otherwise messages carry their length in a header field.
+    pub framing: Option<Framing>,
+}
+
+/// Message framing by a length field: a big-endian unsigned field of `size` bytes at
+/// `offset` gives the message length, plus `adjust` (e.g. rsplib's PingPong: offset 2,
+/// size 2, the length counting the whole message: adjust 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framing {
+    pub offset: usize,
+    pub size: usize,
+    pub adjust: i64,
+    /// Longer messages are a framing error (the client is closed).
+    pub max_message: usize,
+}
+
+/// A client stream that does not follow its listener's framing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("message of {0} bytes does not fit the framing (at most {1}, at least the header)")]
+pub struct FramingError(pub i64, pub usize);
+
+impl Framing {
+    /// Takes the whole messages off the front of `buffer`.
+    pub fn split(&self, buffer: &mut Vec<u8>) -> Result<Vec<Vec<u8>>, FramingError> {
+        let mut messages = Vec::new();
+        let header = self.offset + self.size;
+        while let Some(field) = buffer.get(self.offset..header) {
+            let value = field.iter().fold(0i64, |v, b| (v << 8) | i64::from(*b));
+            let length = value + self.adjust;
+            let Ok(total) = usize::try_from(length) else {
+                return Err(FramingError(length, self.max_message));
+            };
+            if total < header || total > self.max_message {
+                return Err(FramingError(length, self.max_message));
+            }
+            if buffer.len() < total {
+                break;
+            }
+            messages.push(buffer.drain(..total).collect());
+        }
+        Ok(messages)
+    }
 }
 
 impl ListenerConfig {
@@ -54,6 +107,7 @@ impl ListenerConfig {
             session: SessionConfig::default(),
             max_connections: 10_000,
             buffer: 256 * 1024,
+            sctp: SctpUpstream::default(),
         }
     }
 }
@@ -138,13 +192,50 @@ pub async fn serve<D: Directory>(
     }
 }
 
+/// A session's connection: TCP, or the local stream of an SCTP bridge.
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Local(UnixStream),
+}
+
+impl Stream {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(stream) => stream.try_write(bytes),
+            Self::Local(stream) => stream.try_write(bytes),
+        }
+    }
+
+    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        match self {
+            Self::Tcp(stream) => stream.try_io(interest, f),
+            Self::Local(stream) => stream.try_io(interest, f),
+        }
+    }
+
+    async fn ready(&self, interest: Interest) -> io::Result<Ready> {
+        match self {
+            Self::Tcp(stream) => stream.ready(interest).await,
+            Self::Local(stream) => stream.ready(interest).await,
+        }
+    }
+
+    fn socket(&self) -> SockRef<'_> {
+        match self {
+            Self::Tcp(stream) => SockRef::from(stream),
+            Self::Local(stream) => SockRef::from(stream),
+        }
+    }
+}
+
 /// One side of a session (client or PE): its socket and the bytes waiting to go out.
 ///
 /// Writes go straight to the socket and only what it does not take is queued, so the
 /// usual exchange costs no extra task or wake-up; the session stops reading the other
 /// side while `queued` is above the byte budget, so at most one read overshoots it.
 struct Side {
-    stream: TcpStream,
+    stream: Stream,
     pending: VecDeque<Vec<u8>>,
     /// Bytes of the first pending chunk already written.
     written: usize,
@@ -159,7 +250,7 @@ struct Side {
 }
 
 impl Side {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: Stream) -> Self {
         Self {
             stream,
             pending: VecDeque::new(),
@@ -211,7 +302,7 @@ impl Side {
     fn shutdown_when_flushed(&mut self) {
         if self.shutdown_wanted && !self.shut && self.pending.is_empty() && !self.failed {
             self.shut = true;
-            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+            let _ = self.stream.socket().shutdown(Shutdown::Write);
         }
     }
 
@@ -226,7 +317,7 @@ impl Side {
     fn read(&mut self, buffer: &mut [u8]) -> Option<io::Result<usize>> {
         let mut count = None;
         let outcome = self.stream.try_io(Interest::READABLE, || {
-            let read = (&*SockRef::from(&self.stream)).read(buffer)?;
+            let read = (&*self.stream.socket()).read(buffer)?;
             count = Some(read);
             // A short read emptied the receive queue: report it as WouldBlock so that
             // tokio forgets the readiness (new data raises a new edge, and a FIN already
@@ -253,7 +344,7 @@ impl Side {
     /// still had bytes in flight to us.
     fn close(self) {
         if !self.eof && !self.shut && !self.failed {
-            let _ = SockRef::from(&self.stream).shutdown(Shutdown::Write);
+            let _ = self.stream.socket().shutdown(Shutdown::Write);
         }
     }
 }
@@ -266,11 +357,31 @@ async fn ready(side: Option<&Side>, interest: Interest) -> io::Result<Ready> {
     }
 }
 
-/// Opens a connection to a PE's user transport (TCP; addresses in order).
-async fn connect(pe: &PoolElement, timeout: Duration) -> Option<TcpStream> {
-    if !matches!(pe.user_transport.protocol, TransportProtocol::Tcp(_)) {
-        return None;
+/// Opens a connection to a PE's user transport: TCP (addresses in order), or SCTP
+/// through the directory's bridge.
+async fn connect<D: Directory>(
+    directory: &D,
+    pe: &PoolElement,
+    timeout: Duration,
+    upstream: SctpUpstream,
+) -> Option<Stream> {
+    match pe.user_transport.protocol {
+        TransportProtocol::Tcp(_) => connect_tcp(pe, timeout).await.map(Stream::Tcp),
+        TransportProtocol::Sctp(_) => {
+            match tokio::time::timeout(timeout, directory.connect_sctp(pe, upstream)).await {
+                Ok(Ok(stream)) => Some(Stream::Local(stream)),
+                Ok(Err(error)) => {
+                    tracing::debug!(pe = %pe.id, %error, "SCTP pool element not reached");
+                    None
+                }
+                Err(_) => None,
+            }
+        }
+        _ => None,
     }
+}
+
+async fn connect_tcp(pe: &PoolElement, timeout: Duration) -> Option<TcpStream> {
     let addresses = &pe.user_transport.addresses;
     for address in addresses {
         let target = SocketAddr::new(*address, pe.user_transport.port);
@@ -319,11 +430,11 @@ async fn run_session<D: Directory>(
     let meters = &listener.meters;
     meters.sessions.increment(1);
     meters.active.increment(1.0);
-    let mut client = Side::new(client);
+    let mut client = Side::new(Stream::Tcp(client));
     let mut pe: Option<Side> = None;
     let mut session = Session::new(config.pool_handle, config.session, crate::now());
     let mut resolving: Option<Pending<'_, Result<Vec<PoolElement>, DirectoryError>>> = None;
-    let mut connecting: Option<Pending<'static, Option<TcpStream>>> = None;
+    let mut connecting: Option<Pending<'_, Option<Stream>>> = None;
     // Made once: a timer and a cancellation wait per loop turn would cost each turn.
     let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut timer_at = None;
@@ -342,7 +453,11 @@ async fn run_session<D: Directory>(
                 SessionOutput::Connect(target) => {
                     pe = None;
                     let timeout = config.session.connect_timeout;
-                    connecting = Some(Box::pin(async move { connect(&target, timeout).await }));
+                    let directory = &*listener.directory;
+                    let upstream = config.sctp;
+                    connecting = Some(Box::pin(async move {
+                        connect(directory, &target, timeout, upstream).await
+                    }));
                 }
                 SessionOutput::SendToPe(bytes) => {
                     if let Some(side) = &mut pe {
@@ -477,8 +592,8 @@ async fn run_session<D: Directory>(
         // Let queued output reach the client, then close.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while !client.pending.is_empty() && !client.failed {
-            match tokio::time::timeout_at(deadline, client.stream.writable()).await {
-                Ok(Ok(())) => client.flush(),
+            match tokio::time::timeout_at(deadline, client.stream.ready(Interest::WRITABLE)).await {
+                Ok(Ok(_)) => client.flush(),
                 _ => break,
             }
         }

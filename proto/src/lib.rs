@@ -3,6 +3,7 @@
 //! No sockets, no clock, no threads, no global randomness: callers pass bytes, time and
 //! a seed in, and take bytes and timeouts out. See ../shared/ARCHITECTURE.md §2.
 
+#![forbid(unsafe_code)]
 #![warn(clippy::indexing_slicing, missing_docs)]
 
 pub mod engine;

@@ -16,8 +16,9 @@
 //! recovery point. A cookie may carry, in front of the application's state, the
 //! project-local envelope `"RSP1" | u64 consumed | u64 produced` (big-endian) written by
 //! the PE library (`rserpool` crate, `service` module); a cookie without it (rsplib's,
-//! opaque) is taken to cover every client byte sent and every PE byte received when it
-//! arrived.
+//! opaque) is taken to cover every PE byte received when it arrived and the client bytes
+//! sent before the latest of them (a PE answers, then sends its cookie; what the client
+//! sent after seeing the answer may cross the cookie on its way).
 //!
 //! When the PE fails (connection refused or reset, write failure, silence beyond the
 //! timeout, or end of stream on a control channel), the session can move if
@@ -733,8 +734,11 @@ impl Session {
             AsapMessage::Cookie(cookie) => {
                 let (consumed, produced) = match open_cookie(&cookie.cookie) {
                     Some((consumed, produced, _)) => (consumed, produced),
-                    // An opaque cookie covers all sent and received so far.
-                    None => (self.sent_to_pe, self.pe_out),
+                    // An opaque cookie (rsplib's) covers the client bytes sent before
+                    // the PE's latest answer and everything it produced: a PE answers,
+                    // then sends its cookie, and bytes the client sent in reaction to
+                    // the answer may have crossed the cookie on the way.
+                    None => (self.answered_upto, self.pe_out),
                 };
                 if consumed > self.client_in
                     || produced > self.pe_out

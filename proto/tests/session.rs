@@ -350,6 +350,88 @@ fn cookies_carry_a_session_across_a_crash() {
     assert_eq!(world.client_closed, None);
 }
 
+/// Drives a session by hand: answers resolutions with `directory`, connects at once,
+/// and returns what it sent to the PE (deframed) and to the client.
+fn drive(
+    session: &mut Session,
+    directory: &[PoolElement],
+    now: Instant,
+) -> (Vec<ControlFrame>, Vec<u8>) {
+    let mut to_pe = ControlDeframer::default();
+    let mut to_client = Vec::new();
+    while let Some(output) = session.poll() {
+        match output {
+            SessionOutput::Resolve(_) => session.resolved(directory.to_vec(), now),
+            SessionOutput::Connect(_) => session.pe_connected(now),
+            SessionOutput::SendToPe(bytes) => to_pe.push(&bytes),
+            SessionOutput::SendToClient(bytes) => to_client.extend(bytes),
+            _ => {}
+        }
+    }
+    let mut frames = Vec::new();
+    while let Some(frame) = to_pe.next_frame().unwrap() {
+        frames.push(frame);
+    }
+    (frames, to_client)
+}
+
+fn data(payload: &[u8]) -> Vec<u8> {
+    ControlFrame::Data {
+        ppid: 0,
+        payload: payload.to_vec(),
+    }
+    .encode()
+}
+
+/// An opaque (rsplib) cookie covers the client bytes sent before the PE's answer that
+/// precedes it, not those sent since: a PE answers, then sends its cookie, and a client
+/// that reacts to the answer at once may get its next request to the gateway before
+/// the cookie arrives. Found with rsplib's PingPong PEs (tests/sctp.rs): covering the
+/// next ping too made the failover drop it, and the client waited forever.
+#[test]
+fn an_opaque_cookie_does_not_cover_a_request_sent_after_the_answer() {
+    let now = Instant::now();
+    let directory = [pe(1, true), pe(2, true)];
+    let mut session = Session::new(pool(), SessionConfig::default(), now);
+    drive(&mut session, &directory, now);
+    session.client_data(b"ping1", now);
+    drive(&mut session, &directory, now);
+    session.pe_data(&data(b"pong1"), now);
+    let (_, to_client) = drive(&mut session, &directory, now);
+    assert_eq!(to_client, b"pong1");
+    // The client answers pong1 with ping2 before the PE's cookie arrives.
+    session.client_data(b"ping2", now);
+    drive(&mut session, &directory, now);
+    let cookie = AsapMessage::Cookie(Cookie {
+        cookie: b"<PP-TD1>after-pong1".to_vec(),
+    })
+    .encode()
+    .unwrap();
+    session.pe_data(&ControlFrame::Asap(cookie.clone()).encode(), now);
+    drive(&mut session, &directory, now);
+    // The PE goes away without answering ping2: the next PE gets the cookie, then ping2.
+    session.pe_failed(PeFailure::Closed, now);
+    let (to_pe, _) = drive(&mut session, &directory, now);
+    let echo = AsapMessage::CookieEcho(Cookie {
+        cookie: b"<PP-TD1>after-pong1".to_vec(),
+    })
+    .encode()
+    .unwrap();
+    assert_eq!(
+        to_pe,
+        vec![
+            ControlFrame::Asap(echo),
+            ControlFrame::Data {
+                ppid: 0,
+                payload: b"ping2".to_vec()
+            }
+        ]
+    );
+    session.pe_data(&data(b"pong2"), now);
+    let (_, to_client) = drive(&mut session, &directory, now);
+    assert_eq!(to_client, b"pong2");
+}
+
 /// The client's end of input reaches a control-channel PE as a half-close (asap.md §7:
 /// the PE learns the session is over), and the PE's close then ends the session
 /// cleanly instead of leaving it open forever.

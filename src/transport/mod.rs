@@ -6,21 +6,23 @@
 //! inputs and carries out the engines' outputs. An association is identified by an
 //! [`AssocId`]: the driver numbers the ones it accepts, the engines the ones they open.
 //!
-//! Carriers: the TCP mapping ([`tcp`]), and UDP multicast for announces
-//! ([`multicast`]). Kernel SCTP is not built yet: an SCTP endpoint fails to connect
-//! with an error that says so.
+//! Carriers: kernel SCTP ([`sctp`], the standard one), the TCP mapping ([`tcp`], for
+//! hosts without SCTP), and UDP multicast for announces ([`multicast`]).
 
+pub(crate) mod bridge;
 pub(crate) mod multicast;
+pub(crate) mod sctp;
 pub(crate) mod tcp;
 
 use std::collections::{HashMap, HashSet};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
 use rserpool_proto::wire::Protocol;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 /// Messages queued for one association before it counts as stuck and is closed.
@@ -59,6 +61,38 @@ pub(crate) enum Incoming {
 pub(crate) struct Link {
     pub(crate) sender: mpsc::Sender<Vec<u8>>,
     pub(crate) cancel: CancellationToken,
+}
+
+/// Tells the driver an association is up; returns the association's send queue and
+/// the token the driver cancels to close it (`None`: the driver is gone).
+pub(crate) async fn report_opened(
+    assoc: AssocId,
+    peer: PeerInfo,
+    incoming: &mpsc::Sender<Incoming>,
+) -> Option<(mpsc::Receiver<Vec<u8>>, CancellationToken)> {
+    let (sender, outgoing) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
+    let closed_locally = CancellationToken::new();
+    let link = Link {
+        sender,
+        cancel: closed_locally.clone(),
+    };
+    incoming
+        .send(Incoming::Opened { assoc, peer, link })
+        .await
+        .ok()?;
+    Some((outgoing, closed_locally))
+}
+
+/// The next message queued for an association: `Some(None)` once the driver dropped the
+/// link and every queued message was taken, `None` when the association is aborted.
+pub(crate) async fn next_outgoing(
+    outgoing: &mut mpsc::Receiver<Vec<u8>>,
+    abort: &CancellationToken,
+) -> Option<Option<Vec<u8>>> {
+    tokio::select! {
+        () = abort.cancelled() => None,
+        message = outgoing.recv() => Some(message),
+    }
 }
 
 /// What an incoming event means to the engine.
@@ -103,9 +137,13 @@ pub(crate) struct Transports {
     abandoned: HashSet<AssocId>,
     incoming: mpsc::Sender<Incoming>,
     multicast: HashMap<Protocol, multicast::Channel>,
-    /// The local address outgoing ASAP associations are bound to (a PE's ASAP
+    /// The local addresses outgoing ASAP associations are bound to (a PE's ASAP
     /// endpoint), so that registrars see the PE's listening port (asap.md §5.2).
-    pub(crate) asap_local: Option<SocketAddr>,
+    pub(crate) asap_local: Vec<SocketAddr>,
+    /// The local addresses outgoing ENRP associations are bound to (a registrar's ENRP
+    /// endpoint): rsplib accepts a peer's Server Information only when the association
+    /// comes from the addresses *and port* it names.
+    pub(crate) enrp_local: Vec<SocketAddr>,
     shutdown: CancellationToken,
 }
 
@@ -117,7 +155,8 @@ impl Transports {
             abandoned: HashSet::new(),
             incoming,
             multicast: HashMap::new(),
-            asap_local: None,
+            asap_local: Vec::new(),
+            enrp_local: Vec::new(),
             shutdown,
         }
     }
@@ -199,27 +238,20 @@ impl Transports {
     pub(crate) fn connect(&mut self, assoc: AssocId, to: Endpoint, protocol: Protocol) {
         self.connecting.insert(assoc);
         let incoming = self.incoming.clone();
+        let local = match protocol {
+            Protocol::Asap => self.asap_local.clone(),
+            Protocol::Enrp => self.enrp_local.clone(),
+        };
+        let shutdown = self.shutdown.clone();
         match to.transport {
             TransportKind::Tcp => {
-                let local = (protocol == Protocol::Asap)
-                    .then_some(self.asap_local)
-                    .flatten();
-                tokio::spawn(tcp::connect(
-                    assoc,
-                    to,
-                    protocol,
-                    local,
-                    incoming,
-                    self.shutdown.clone(),
-                ));
+                let local = local.first().copied();
+                tokio::spawn(tcp::connect(assoc, to, protocol, local, incoming, shutdown));
             }
             TransportKind::Sctp => {
-                tokio::spawn(async move {
-                    let reason = format!(
-                        "cannot reach {to}: kernel SCTP is not supported by this build; use a tcp endpoint"
-                    );
-                    let _ = incoming.send(Incoming::Failed { assoc, reason }).await;
-                });
+                tokio::spawn(sctp::connect(
+                    assoc, to, protocol, local, incoming, shutdown,
+                ));
             }
         }
     }
@@ -245,5 +277,126 @@ impl Transports {
         for (_, link) in self.links.drain() {
             link.cancel.cancel();
         }
+    }
+}
+
+/// An endpoint's addresses: `primary`, then the multi-homing ones with its port.
+pub(crate) fn multihomed(primary: SocketAddr, more: &[std::net::IpAddr]) -> Vec<SocketAddr> {
+    std::iter::once(primary)
+        .chain(more.iter().map(|ip| SocketAddr::new(*ip, primary.port())))
+        .collect()
+}
+
+/// A listening ASAP or ENRP endpoint.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Sctp(sctp::Listener),
+}
+
+impl Listener {
+    /// Binds an endpoint of `transport`: SCTP on every address of `addresses` (one
+    /// port), TCP on the first.
+    pub(crate) fn bind(transport: TransportKind, addresses: &[SocketAddr]) -> io::Result<Self> {
+        match transport {
+            TransportKind::Sctp => sctp::Listener::bind(addresses).map(Self::Sctp),
+            TransportKind::Tcp => {
+                let first = addresses.first().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on")
+                })?;
+                tcp::bind(*first).map(Self::Tcp)
+            }
+        }
+    }
+
+    /// The bound addresses (with the port the system chose for port 0).
+    pub(crate) fn local_addresses(&self) -> io::Result<Vec<SocketAddr>> {
+        match self {
+            Self::Tcp(listener) => Ok(vec![listener.local_addr()?]),
+            Self::Sctp(listener) => listener.local_addresses(),
+        }
+    }
+
+    /// The transport parameter that tells peers where this endpoint is: the bound
+    /// addresses, or `wildcard` for a listener bound to a wildcard address.
+    pub(crate) fn transport_parameter(
+        &self,
+        wildcard: Option<std::net::IpAddr>,
+    ) -> io::Result<rserpool_proto::wire::Transport> {
+        let bound = self.local_addresses()?;
+        let port = bound.first().map_or(0, SocketAddr::port);
+        let addresses = if bound.iter().any(|a| a.ip().is_unspecified()) {
+            wildcard.into_iter().collect()
+        } else {
+            bound.iter().map(SocketAddr::ip).collect()
+        };
+        Ok(self.kind().transport_parameter(addresses, port))
+    }
+
+    fn kind(&self) -> TransportKind {
+        match self {
+            Self::Tcp(_) => TransportKind::Tcp,
+            Self::Sctp(_) => TransportKind::Sctp,
+        }
+    }
+}
+
+/// Accepts associations for one protocol until shut down; beyond `max_connections`
+/// open at once, new ones are closed at once.
+pub(crate) async fn accept_loop(
+    listener: Listener,
+    protocol: Protocol,
+    ids: IncomingIds,
+    incoming: mpsc::Sender<Incoming>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = accept(&listener) => accepted,
+        };
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                limit = max_connections,
+                "connection limit reached: refusing a connection"
+            );
+            continue;
+        };
+        let assoc = ids.next();
+        let incoming = incoming.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            match accepted {
+                Accepted::Tcp(stream) => {
+                    tcp::serve(assoc, stream, protocol, incoming, shutdown).await;
+                }
+                Accepted::Sctp(association) => {
+                    sctp::serve(assoc, association, protocol, incoming, shutdown).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Sctp(sctp::Association),
+}
+
+async fn accept(listener: &Listener) -> io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(listener) => Ok(Accepted::Tcp(listener.accept().await?.0)),
+        Listener::Sctp(listener) => Ok(Accepted::Sctp(listener.accept().await?)),
     }
 }

@@ -9,17 +9,16 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
 use rserpool_proto::wire::{Protocol, StreamDeframer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Incoming, IncomingIds, Link, SEND_QUEUE};
+use super::{Incoming, next_outgoing, report_opened};
 
 /// How long an outgoing connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,49 +62,19 @@ fn peer_info(stream: &TcpStream, protocol: Protocol) -> io::Result<PeerInfo> {
     })
 }
 
-/// Accepts associations for one protocol until shut down; beyond `max_connections`
-/// open at once, new connections are closed at once.
-pub(crate) async fn accept_loop(
-    listener: TcpListener,
+/// Starts the carrier of an accepted connection.
+pub(crate) async fn serve(
+    assoc: AssocId,
+    stream: TcpStream,
     protocol: Protocol,
-    ids: IncomingIds,
     incoming: mpsc::Sender<Incoming>,
-    max_connections: usize,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                limit = max_connections,
-                "connection limit reached: refusing a connection"
-            );
-            continue;
-        };
-        let Ok(peer) = peer_info(&stream, protocol) else {
-            continue;
-        };
-        tune(&stream);
-        let assoc = ids.next();
-        let incoming = incoming.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            run(assoc, stream, peer, incoming, shutdown).await;
-            drop(permit);
-        });
-    }
+    let Ok(peer) = peer_info(&stream, protocol) else {
+        return;
+    };
+    tune(&stream);
+    run(assoc, stream, peer, incoming, shutdown).await;
 }
 
 /// Opens an association to `to` (its addresses in order), optionally from `local`.
@@ -169,27 +138,16 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let protocol = peer.protocol;
-    let (sender, mut outgoing) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
-    let closed_locally = CancellationToken::new();
     let abort = shutdown.child_token();
-    let opened = Incoming::Opened {
-        assoc,
-        peer,
-        link: Link {
-            sender,
-            cancel: closed_locally.clone(),
-        },
-    };
-    if incoming.send(opened).await.is_err() {
+    let Some((mut outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
         return;
-    }
+    };
     let (mut reader, mut writer) = stream.into_split();
     let write_abort = abort.clone();
     let writing = tokio::spawn(async move {
         loop {
-            let message = tokio::select! {
-                () = write_abort.cancelled() => return,
-                message = outgoing.recv() => message,
+            let Some(message) = next_outgoing(&mut outgoing, &write_abort).await else {
+                return;
             };
             // None: the link was dropped and every queued message is written.
             let Some(message) = message else { break };

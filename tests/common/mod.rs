@@ -236,28 +236,35 @@ pub fn registrar(extra: &[&str]) -> Process {
 
 /// The PE identifiers `rserpool resolve --json` returns (empty when the pool is unknown).
 pub fn resolve_ids(registrar: SocketAddr, pool: &str) -> Vec<String> {
-    let registrar = registrar.to_string();
-    let (code, stdout, _) = run(&[
+    resolve_pes(&registrar.to_string(), pool, &[])
+        .iter()
+        .map(|pe| pe["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The PEs `rserpool resolve --json [EXTRA]` returns (empty when the pool is unknown).
+pub fn resolve_pes(registrar: &str, pool: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
         "resolve",
         pool,
         "--registrar",
-        &registrar,
+        registrar,
         "--count",
         "100",
         "--json",
         "--timeout",
         "5s",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, _) = run(&args);
     if code != 0 {
         return Vec::new();
     }
     let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     json["pool_elements"]
         .as_array()
-        .unwrap()
-        .iter()
-        .map(|pe| pe["id"].as_str().unwrap().to_owned())
-        .collect()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Sends one raw message on a TCP connection.

@@ -9,6 +9,7 @@
 //! `--register-only` registers the PEs once, keeps them (answering keep-alives) and
 //! prints "registered N" when done, until killed: to load a table for other tests.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,

@@ -17,6 +17,7 @@
 //!     time from each kill to the client's next answer, checking every count arrives once
 //!     and in order.
 
+#![forbid(unsafe_code)]
 #![allow(
     clippy::unwrap_used,
     clippy::indexing_slicing,

@@ -1,0 +1,861 @@
+//! Kernel SCTP (Linux): ASAP and ENRP associations as RFC 5352/5353 mandate, and the
+//! data channel to SCTP pool elements. One-to-one style sockets (`SOCK_STREAM`,
+//! RFC 6458 §4): one socket per association, which is what the rest of the transport
+//! layer expects; on the wire they are indistinguishable from rsplib's one-to-many
+//! sockets.
+//!
+//! What SCTP gives that the TCP mapping emulates: message boundaries (a message is
+//! read whole, partial deliveries are reassembled), a payload protocol identifier on
+//! every message (ASAP 11, ENRP 12, an application's own for data), multi-homing
+//! (bind to and connect to several addresses) and association notifications (a lost
+//! association ends it at once; path changes are logged).
+//!
+//! The only `unsafe` code of the project is the [`sys`] module below: the socket
+//! options, `sendmsg` and `recvmsg` calls that socket2 has no safe wrapper for.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use std::sync::Arc;
+
+use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
+use rserpool_proto::wire::Protocol;
+use socket2::{Domain, Socket, Type};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Incoming, next_outgoing, report_opened};
+
+/// IPPROTO_SCTP and SOL_SCTP.
+const IPPROTO_SCTP: i32 = 132;
+
+// Socket options (linux/sctp.h).
+const SCTP_NODELAY: i32 = 3;
+const SCTP_EVENTS: i32 = 11;
+const SCTP_STATUS: i32 = 14;
+const SCTP_RECVRCVINFO: i32 = 32;
+const SCTP_SOCKOPT_BINDX_ADD: i32 = 100;
+const SCTP_GET_PEER_ADDRS: i32 = 108;
+const SCTP_GET_LOCAL_ADDRS: i32 = 109;
+const SCTP_SOCKOPT_CONNECTX: i32 = 110;
+
+// Ancillary data types (linux/sctp.h).
+const SCTP_SNDINFO: i32 = 2;
+const SCTP_RCVINFO: i32 = 3;
+
+// Notifications (RFC 6458 §6.1).
+const MSG_NOTIFICATION: i32 = 0x8000;
+const SCTP_ASSOC_CHANGE: u16 = 0x8001;
+const SCTP_PEER_ADDR_CHANGE: u16 = 0x8002;
+const SCTP_SHUTDOWN_EVENT: u16 = 0x8005;
+const SCTP_COMM_LOST: u16 = 1;
+const SCTP_RESTART: u16 = 2;
+const SCTP_SHUTDOWN_COMP: u16 = 3;
+const SCTP_CANT_STR_ASSOC: u16 = 4;
+
+/// The largest message read whole; ASAP and ENRP messages are at most 65 535 bytes
+/// (their length field), data messages are bounded by the caller.
+pub(crate) const MAX_MESSAGE: usize = 65_535;
+
+/// What a read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// A whole message and its payload protocol identifier.
+    Message { ppid: u32, payload: Vec<u8> },
+    /// The association ended (the peer shut it down, it was lost or aborted).
+    Closed(String),
+}
+
+/// The error for a host whose kernel has no SCTP, naming the problem and the way out.
+fn no_sctp(error: io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(libc::EPROTONOSUPPORT | libc::ESOCKTNOSUPPORT | libc::EAFNOSUPPORT) => io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "this kernel has no SCTP ({error}): load it with `modprobe sctp`, or use `transport: tcp`"
+            ),
+        ),
+        _ => error,
+    }
+}
+
+fn new_socket(ipv6: bool) -> io::Result<Socket> {
+    let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
+    let socket = Socket::new(
+        domain,
+        Type::STREAM.nonblocking().cloexec(),
+        Some(socket2::Protocol::from(IPPROTO_SCTP)),
+    )
+    .map_err(no_sctp)?;
+    socket.set_reuse_address(true)?;
+    // A PE's outgoing ASAP associations leave from its listening port (asap.md §5.2).
+    socket.set_reuse_port(true)?;
+    Ok(socket)
+}
+
+/// Per-association settings: no Nagle (ASAP/ENRP are request/response), the receive
+/// info (PPID) with every message, and the association/shutdown/address events.
+fn tune(socket: &Socket) -> io::Result<()> {
+    sys::set_option(socket.as_fd(), SCTP_NODELAY, &1i32.to_ne_bytes())?;
+    sys::set_option(socket.as_fd(), SCTP_RECVRCVINFO, &1i32.to_ne_bytes())?;
+    // struct sctp_event_subscribe, first bytes: data_io, association, address,
+    // send_failure, peer_error, shutdown (a shorter option leaves the rest off).
+    sys::set_option(socket.as_fd(), SCTP_EVENTS, &[0, 1, 1, 0, 0, 1])
+}
+
+/// Binds `socket` to every address of `local` (same port): the first with bind(2), the
+/// others with sctp_bindx (multi-homing).
+fn bind_all(socket: &Socket, local: &[SocketAddr]) -> io::Result<()> {
+    let Some((first, others)) = local.split_first() else {
+        return Ok(());
+    };
+    socket.bind(&(*first).into())?;
+    if !others.is_empty() {
+        // The port the first bind got (it may have been 0).
+        let port = socket
+            .local_addr()?
+            .as_socket()
+            .map_or(first.port(), |a| a.port());
+        let others: Vec<SocketAddr> = others
+            .iter()
+            .map(|a| SocketAddr::new(a.ip(), port))
+            .collect();
+        sys::set_option(socket.as_fd(), SCTP_SOCKOPT_BINDX_ADD, &pack(&others))?;
+    }
+    Ok(())
+}
+
+/// Whether a set of addresses needs an IPv6 socket (an IPv6 socket carries IPv4 too).
+fn needs_ipv6(addresses: &[SocketAddr]) -> bool {
+    addresses.iter().any(SocketAddr::is_ipv6)
+}
+
+/// The addresses as a socket of that family takes them: on an IPv6 socket, IPv4
+/// addresses as IPv4-mapped IPv6 ones.
+fn for_socket(ipv6: bool, addresses: &[SocketAddr]) -> Vec<SocketAddr> {
+    addresses
+        .iter()
+        .map(|address| match (ipv6, address) {
+            (true, SocketAddr::V4(v4)) => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            _ => *address,
+        })
+        .collect()
+}
+
+/// Fails with the "no SCTP" error when this kernel cannot open SCTP sockets (checked at
+/// start by roles that only connect, so that the error is not a silent retry loop).
+pub(crate) fn probe() -> io::Result<()> {
+    new_socket(false).map(drop)
+}
+
+/// A listening SCTP endpoint, bound to one or more addresses.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    socket: AsyncFd<Socket>,
+}
+
+impl Listener {
+    /// Binds to `addresses` (all with the first one's port) and listens.
+    pub(crate) fn bind(addresses: &[SocketAddr]) -> io::Result<Self> {
+        if addresses.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an SCTP endpoint needs at least one address",
+            ));
+        }
+        let ipv6 = needs_ipv6(addresses);
+        let socket = new_socket(ipv6)?;
+        bind_all(&socket, &for_socket(ipv6, addresses))?;
+        tune(&socket)?;
+        socket.listen(1024)?;
+        Ok(Self {
+            socket: sys::register(socket)?,
+        })
+    }
+
+    /// The bound addresses (all of them, with the port).
+    pub(crate) fn local_addresses(&self) -> io::Result<Vec<SocketAddr>> {
+        addresses_option(self.socket.get_ref(), SCTP_GET_LOCAL_ADDRS)
+    }
+
+    /// Accepts the next association.
+    pub(crate) async fn accept(&self) -> io::Result<Association> {
+        loop {
+            let mut ready = self.socket.readable().await?;
+            match ready.try_io(|socket| socket.get_ref().accept()) {
+                Ok(Ok((socket, _))) => {
+                    socket.set_nonblocking(true)?;
+                    tune(&socket)?;
+                    return Association::new(socket);
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(_would_block) => {}
+            }
+        }
+    }
+}
+
+/// One SCTP association (a one-to-one socket). Reading and writing may go on at once
+/// from two tasks sharing it.
+#[derive(Debug)]
+pub(crate) struct Association {
+    socket: AsyncFd<Socket>,
+}
+
+impl Association {
+    fn new(socket: Socket) -> io::Result<Self> {
+        Ok(Self {
+            socket: sys::register(socket)?,
+        })
+    }
+
+    /// Opens an association to a peer reachable at any of `remote` (one port), from
+    /// `local` if given (bound to all of those addresses; their port may be 0).
+    pub(crate) async fn connect(remote: &[SocketAddr], local: &[SocketAddr]) -> io::Result<Self> {
+        if remote.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no address to connect to",
+            ));
+        }
+        let ipv6 = needs_ipv6(remote) || needs_ipv6(local);
+        let socket = new_socket(ipv6)?;
+        bind_all(&socket, &for_socket(ipv6, local))?;
+        tune(&socket)?;
+        let remote = for_socket(ipv6, remote);
+        match sys::set_option(socket.as_fd(), SCTP_SOCKOPT_CONNECTX, &pack(&remote)) {
+            Ok(()) => {}
+            Err(error) if error.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(error) => return Err(error),
+        }
+        let association = Self::new(socket)?;
+        // Connected when writable; SO_ERROR says how it went.
+        // (The readiness stays set: the first send uses it.)
+        drop(association.socket.writable().await?);
+        if let Some(error) = association.socket.get_ref().take_error()? {
+            return Err(error);
+        }
+        // Writable without an error can also mean "not yet": the peer address proves it.
+        association.socket.get_ref().peer_addr()?;
+        Ok(association)
+    }
+
+    /// The peer's addresses (all paths of a multi-homed peer), with its port.
+    pub(crate) fn peer_addresses(&self) -> io::Result<Vec<SocketAddr>> {
+        addresses_option(self.socket.get_ref(), SCTP_GET_PEER_ADDRS)
+    }
+
+    /// The smoothed round-trip time of the primary path, once measured.
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        // struct sctp_status: the primary path's sctp_paddrinfo starts at 24, its
+        // (packed) srtt in milliseconds at 24 + 4 + 128 + 4 + 4.
+        let mut status = [0u8; 176];
+        let read = sys::get_option(self.socket.get_ref().as_fd(), SCTP_STATUS, &mut status).ok()?;
+        let srtt = status.get(164..168).filter(|_| read >= 168)?;
+        let millis = u32::from_ne_bytes(srtt.try_into().ok()?);
+        (millis > 0).then(|| Duration::from_millis(u64::from(millis)))
+    }
+
+    /// Sends one message with `ppid` on stream 0, ordered.
+    pub(crate) async fn send(&self, ppid: u32, payload: &[u8]) -> io::Result<()> {
+        // struct sctp_sndinfo: sid u16, flags u16, ppid u32 (network order, passed to
+        // the wire as is), context u32, assoc_id i32.
+        let mut info = [0u8; 16];
+        if let Some(field) = info.get_mut(4..8) {
+            field.copy_from_slice(&ppid.to_be_bytes());
+        }
+        let control = control_message(SCTP_SNDINFO, &info);
+        loop {
+            let mut ready = self.socket.writable().await?;
+            match ready.try_io(|socket| sys::send(socket.get_ref().as_fd(), &control, payload)) {
+                Ok(result) => return result.map(drop),
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// Reads the next whole message (reassembling partial deliveries up to `max` bytes),
+    /// or the end of the association. Address changes of a multi-homed peer are logged.
+    pub(crate) async fn receive(&self, max: usize) -> io::Result<Received> {
+        let mut message = Vec::new();
+        loop {
+            let mut ready = self.socket.readable().await?;
+            let piece = ready.try_io(|socket| read_piece(socket.get_ref(), &mut message, max));
+            let Ok(piece) = piece else { continue };
+            match piece {
+                Ok(Piece::Part) => {}
+                Ok(Piece::Last { ppid }) => {
+                    return Ok(Received::Message {
+                        ppid,
+                        payload: message,
+                    });
+                }
+                Ok(Piece::Notification(None)) => {}
+                Ok(Piece::Notification(Some(reason))) => return Ok(Received::Closed(reason)),
+                Ok(Piece::End) => return Ok(Received::Closed("shut down by the peer".into())),
+                Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {
+                    return Ok(Received::Closed("aborted by the peer".into()));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Starts a graceful shutdown (SHUTDOWN after the queued data); reading goes on
+    /// until the peer completes it.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.socket.get_ref().shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// What one recvmsg brought.
+enum Piece {
+    /// Part of a message (appended); more follows.
+    Part,
+    /// The end of a message (appended), with its PPID.
+    Last { ppid: u32 },
+    /// A notification; `Some(reason)` when it ends the association.
+    Notification(Option<String>),
+    /// The peer shut the association down.
+    End,
+}
+
+thread_local! {
+    /// One receive buffer per thread: what is read is copied out before the task
+    /// yields, so associations need no buffer of their own while idle.
+    static RECEIVE_BUFFER: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(vec![0; MAX_MESSAGE + 1]);
+}
+
+/// One recvmsg: data is appended to `message` (at most `max` bytes in all).
+fn read_piece(socket: &Socket, message: &mut Vec<u8>, max: usize) -> io::Result<Piece> {
+    RECEIVE_BUFFER.with_borrow_mut(|buffer| {
+        let mut control = [0u8; 256];
+        let read = sys::receive(socket.as_fd(), buffer, &mut control)?;
+        let data = buffer.get(..read.bytes).unwrap_or_default();
+        if read.flags & MSG_NOTIFICATION != 0 {
+            return Ok(Piece::Notification(notification(data)));
+        }
+        if read.bytes == 0 {
+            return Ok(Piece::End);
+        }
+        if message.len() + data.len() > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("message longer than {max} bytes"),
+            ));
+        }
+        message.extend_from_slice(data);
+        if read.flags & libc::MSG_EOR == 0 {
+            return Ok(Piece::Part);
+        }
+        let ppid = receive_ppid(control.get(..read.control).unwrap_or_default());
+        Ok(Piece::Last { ppid })
+    })
+}
+
+/// Handles a notification: `Some(reason)` when it ends the association.
+fn notification(data: &[u8]) -> Option<String> {
+    let u16_at = |at: usize| {
+        data.get(at..at + 2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_ne_bytes)
+    };
+    match u16_at(0)? {
+        SCTP_ASSOC_CHANGE => match u16_at(8)? {
+            SCTP_COMM_LOST => Some("association lost (peer unreachable on every path)".into()),
+            SCTP_SHUTDOWN_COMP => Some("shut down".into()),
+            SCTP_CANT_STR_ASSOC => Some("association could not be started".into()),
+            // The peer restarted: its state (registrations, sessions) is gone.
+            SCTP_RESTART => Some("the peer restarted".into()),
+            _ => None,
+        },
+        SCTP_SHUTDOWN_EVENT => Some("shut down by the peer".into()),
+        SCTP_PEER_ADDR_CHANGE => {
+            // struct sctp_paddr_change: type, flags, length, sockaddr_storage (128), state.
+            let address = data.get(8..136).and_then(|a| unpack(a).into_iter().next());
+            let state = match data.get(136..140).and_then(|b| b.try_into().ok()) {
+                Some(bytes) => match i32::from_ne_bytes(bytes) {
+                    0 => "available",
+                    1 => "unreachable",
+                    2 => "removed",
+                    3 => "added",
+                    4 => "made primary",
+                    5 => "confirmed",
+                    6 => "potentially failed",
+                    _ => "changed",
+                },
+                None => "changed",
+            };
+            tracing::info!(address = ?address, state, "SCTP path changed");
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The PPID of a received message, from its SCTP_RCVINFO (0 when missing).
+fn receive_ppid(control: &[u8]) -> u32 {
+    // struct sctp_rcvinfo: sid u16, ssn u16, flags u16, (pad), ppid u32 at 8.
+    let mut rest = control;
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    while rest.len() >= header {
+        let length = rest
+            .get(..std::mem::size_of::<usize>())
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, usize::from_ne_bytes);
+        let level = read_i32(rest, std::mem::size_of::<usize>());
+        let kind = read_i32(rest, std::mem::size_of::<usize>() + 4);
+        if length < header {
+            break;
+        }
+        if level == Some(IPPROTO_SCTP) && kind == Some(SCTP_RCVINFO) {
+            return rest
+                .get(header + 8..header + 12)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_be_bytes);
+        }
+        let advance = length.next_multiple_of(std::mem::size_of::<usize>());
+        rest = rest.get(advance..).unwrap_or_default();
+    }
+    0
+}
+
+fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
+    bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes)
+}
+
+/// One control message (struct cmsghdr + data) at level SOL_SCTP.
+fn control_message(kind: i32, data: &[u8]) -> Vec<u8> {
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    let mut message = Vec::with_capacity(header + data.len());
+    message.extend_from_slice(&(header + data.len()).to_ne_bytes());
+    message.extend_from_slice(&IPPROTO_SCTP.to_ne_bytes());
+    message.extend_from_slice(&kind.to_ne_bytes());
+    message.resize(header, 0);
+    message.extend_from_slice(data);
+    message.resize(
+        (header + data.len()).next_multiple_of(std::mem::size_of::<usize>()),
+        0,
+    );
+    message
+}
+
+/// Socket addresses packed one after another as sctp_bindx/sctp_connectx take them.
+fn pack(addresses: &[SocketAddr]) -> Vec<u8> {
+    let mut packed = Vec::new();
+    for address in addresses {
+        match address {
+            SocketAddr::V4(v4) => {
+                packed.extend_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+                packed.extend_from_slice(&v4.port().to_be_bytes());
+                packed.extend_from_slice(&v4.ip().octets());
+                packed.extend_from_slice(&[0; 8]);
+            }
+            SocketAddr::V6(v6) => {
+                packed.extend_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+                packed.extend_from_slice(&v6.port().to_be_bytes());
+                packed.extend_from_slice(&v6.flowinfo().to_be_bytes());
+                packed.extend_from_slice(&v6.ip().octets());
+                packed.extend_from_slice(&v6.scope_id().to_ne_bytes());
+            }
+        }
+    }
+    packed
+}
+
+/// The inverse of [`pack`]; IPv4-mapped IPv6 addresses come back as IPv4.
+fn unpack(mut packed: &[u8]) -> Vec<SocketAddr> {
+    let mut addresses = Vec::new();
+    loop {
+        let family = packed
+            .get(..2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_ne_bytes);
+        let port = packed
+            .get(2..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u16::from_be_bytes);
+        match family.map(i32::from) {
+            Some(libc::AF_INET) => {
+                let Some(octets) = packed.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok())
+                else {
+                    break;
+                };
+                addresses.push(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::from(octets),
+                    port,
+                )));
+                packed = packed.get(16..).unwrap_or_default();
+            }
+            Some(libc::AF_INET6) => {
+                let Some(octets) = packed.get(8..24).and_then(|b| <[u8; 16]>::try_from(b).ok())
+                else {
+                    break;
+                };
+                let ip = Ipv6Addr::from(octets);
+                addresses.push(match ip.to_ipv4_mapped() {
+                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
+                    None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
+                });
+                packed = packed.get(28..).unwrap_or_default();
+            }
+            _ => break,
+        }
+    }
+    addresses
+}
+
+/// SCTP_GET_PEER_ADDRS / SCTP_GET_LOCAL_ADDRS: struct sctp_getaddrs (assoc_id i32,
+/// count u32, packed addresses).
+fn addresses_option(socket: &Socket, option: i32) -> io::Result<Vec<SocketAddr>> {
+    let mut buffer = vec![0u8; 8 + 64 * 28];
+    let read = sys::get_option(socket.as_fd(), option, &mut buffer)?;
+    let count = buffer
+        .get(4..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_ne_bytes) as usize;
+    let mut addresses = unpack(buffer.get(8..read).unwrap_or_default());
+    addresses.truncate(count);
+    Ok(addresses)
+}
+
+/// The protocol a message belongs to by its PPID (IANA's, or rsplib's pre-IANA ones).
+fn protocol_of(ppid: u32) -> Option<Protocol> {
+    match ppid {
+        11 | 0xFAEE_B5D1 => Some(Protocol::Asap),
+        12 | 0xFAEE_B5D2 => Some(Protocol::Enrp),
+        _ => None,
+    }
+}
+
+fn peer_info(association: &Association, protocol: Protocol) -> io::Result<PeerInfo> {
+    let peers = association.peer_addresses()?;
+    let port = peers
+        .first()
+        .map(SocketAddr::port)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no peer address"))?;
+    Ok(PeerInfo {
+        transport: TransportKind::Sctp,
+        addresses: peers.iter().map(|a| a.ip().to_canonical()).collect(),
+        port,
+        protocol,
+        rtt: association.rtt(),
+    })
+}
+
+/// How long an outgoing association may take to come up (rsplib: 5 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a send may wait for room in a peer's window, and a closing association
+/// for its SHUTDOWN to complete.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Starts the carrier of an accepted association.
+pub(crate) async fn serve(
+    assoc: AssocId,
+    association: Association,
+    protocol: Protocol,
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) {
+    match peer_info(&association, protocol) {
+        Ok(peer) => run(assoc, association, peer, incoming, shutdown).await,
+        Err(error) => tracing::debug!(%error, "accepted association has no peer"),
+    }
+}
+
+/// Opens an association to `to` (all its addresses), from `local` if given.
+pub(crate) async fn connect(
+    assoc: AssocId,
+    to: Endpoint,
+    protocol: Protocol,
+    local: Vec<SocketAddr>,
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) {
+    let remote: Vec<SocketAddr> = to
+        .addresses
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, to.port))
+        .collect();
+    // The local addresses of the peer's family only (a mixed set needs both).
+    let local: Vec<SocketAddr> = if needs_ipv6(&remote) {
+        local
+    } else {
+        local.into_iter().filter(SocketAddr::is_ipv4).collect()
+    };
+    let opened = tokio::time::timeout(CONNECT_TIMEOUT, Association::connect(&remote, &local))
+        .await
+        .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
+    let reason = match opened.and_then(|a| peer_info(&a, protocol).map(|peer| (a, peer))) {
+        Ok((association, peer)) => {
+            run(assoc, association, peer, incoming, shutdown).await;
+            return;
+        }
+        Err(error) => format!("{to}: {error}"),
+    };
+    let _ = incoming.send(Incoming::Failed { assoc, reason }).await;
+}
+
+/// Runs one association: reports it open, then reads and writes until it ends.
+/// Closing when the engine asks (the link is dropped) sends what is queued, then
+/// SHUTDOWN; when the peer ends it or the process shuts down, it ends at once.
+async fn run(
+    assoc: AssocId,
+    association: Association,
+    peer: PeerInfo,
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) {
+    let protocol = peer.protocol;
+    let Some((mut outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
+        return;
+    };
+    let association = Arc::new(association);
+    let writer = association.clone();
+    let abort = shutdown.child_token();
+    let write_abort = abort.clone();
+    let mut writing = tokio::spawn(async move {
+        loop {
+            let Some(message) = next_outgoing(&mut outgoing, &write_abort).await else {
+                return;
+            };
+            // None: the link was dropped and every queued message is sent.
+            let Some(message) = message else { break };
+            let sent = writer.send(protocol.ppid(), &message);
+            match tokio::time::timeout(WRITE_TIMEOUT, sent).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(%assoc, %error, "send failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%assoc, "send timed out: the peer does not read");
+                    return;
+                }
+            }
+        }
+        writer.shutdown();
+    });
+    let reason = loop {
+        let received = tokio::select! {
+            () = abort.cancelled() => break "shutting down".to_owned(),
+            () = closed_locally.cancelled(), if !writing.is_finished() => {
+                // Flush, then SHUTDOWN; keep reading until the peer completes it.
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, &mut writing).await;
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                    while let Ok(Received::Message { .. }) = association.receive(MAX_MESSAGE).await {}
+                })
+                .await;
+                break "closed locally".to_owned();
+            }
+            received = association.receive(MAX_MESSAGE) => received,
+        };
+        match received {
+            Ok(Received::Message { ppid, payload }) => {
+                let Some(protocol) = protocol_of(ppid) else {
+                    tracing::debug!(%assoc, ppid, "message with a foreign PPID dropped");
+                    continue;
+                };
+                let message = Incoming::Message {
+                    assoc,
+                    protocol,
+                    payload,
+                };
+                if incoming.send(message).await.is_err() {
+                    break "driver gone".to_owned();
+                }
+            }
+            Ok(Received::Closed(reason)) => break reason,
+            Err(error) => break error.to_string(),
+        }
+    };
+    abort.cancel();
+    writing.abort();
+    let _ = incoming.send(Incoming::Closed { assoc, reason }).await;
+}
+
+/// The system calls without a safe wrapper. Each is a plain call on a borrowed
+/// descriptor with buffers whose lengths are passed alongside them.
+#[allow(unsafe_code)]
+mod sys {
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    use socket2::Socket;
+    use tokio::io::unix::AsyncFd;
+
+    use super::IPPROTO_SCTP;
+
+    /// Hands a socket to the tokio reactor.
+    pub(super) fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
+        // SAFETY: a socket2::Socket owns its descriptor, keeps it open until dropped and
+        // always returns the same one; this module never replaces it (no `get_mut`).
+        unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)
+    }
+
+    /// setsockopt(fd, SOL_SCTP, name, value).
+    pub(super) fn set_option(fd: BorrowedFd<'_>, name: i32, value: &[u8]) -> io::Result<()> {
+        let length = libc::socklen_t::try_from(value.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `value` is valid for reads of `length` bytes for the whole call, and
+        // the kernel copies it out before returning; `fd` is a live descriptor.
+        let result = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                IPPROTO_SCTP,
+                name,
+                value.as_ptr().cast(),
+                length,
+            )
+        };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// getsockopt(fd, SOL_SCTP, name) into `buffer` (which also carries the input the
+    /// option reads, e.g. an association id); returns the length written.
+    pub(super) fn get_option(
+        fd: BorrowedFd<'_>,
+        name: i32,
+        buffer: &mut [u8],
+    ) -> io::Result<usize> {
+        let mut length = libc::socklen_t::try_from(buffer.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `buffer` is valid for writes of `length` bytes, `length` is a valid
+        // pointer the kernel updates with the bytes written (never more than given).
+        let result = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                IPPROTO_SCTP,
+                name,
+                buffer.as_mut_ptr().cast(),
+                &raw mut length,
+            )
+        };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(length as usize)
+        }
+    }
+
+    /// sendmsg of one message with one ancillary block, without blocking or SIGPIPE.
+    pub(super) fn send(fd: BorrowedFd<'_>, control: &[u8], payload: &[u8]) -> io::Result<usize> {
+        let mut part = libc::iovec {
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &raw mut part;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_ptr().cast_mut().cast();
+        header.msg_controllen = control.len();
+        // SAFETY: the header points at `part` (one iovec over `payload`) and `control`,
+        // all alive for the call; sendmsg only reads through these pointers.
+        let sent = unsafe {
+            libc::sendmsg(
+                fd.as_raw_fd(),
+                &raw const header,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(sent.unsigned_abs())
+        }
+    }
+
+    /// What one recvmsg gave.
+    #[derive(Debug)]
+    pub(super) struct Read {
+        pub(super) bytes: usize,
+        pub(super) control: usize,
+        pub(super) flags: i32,
+    }
+
+    /// recvmsg of (part of) one message and its ancillary data, without blocking.
+    pub(super) fn receive(
+        fd: BorrowedFd<'_>,
+        buffer: &mut [u8],
+        control: &mut [u8],
+    ) -> io::Result<Read> {
+        let mut part = libc::iovec {
+            iov_base: buffer.as_mut_ptr().cast(),
+            iov_len: buffer.len(),
+        };
+        // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &raw mut part;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = control.len();
+        // SAFETY: the header points at `part` (one iovec over `buffer`) and `control`,
+        // both exclusively borrowed for the call; the kernel writes at most their
+        // lengths and reports how much in the return value and `msg_controllen`.
+        let read = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut header, libc::MSG_DONTWAIT) };
+        if read < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Read {
+            bytes: read.unsigned_abs(),
+            control: header.msg_controllen.min(control.len()),
+            flags: header.msg_flags,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_pack_and_unpack() {
+        let addresses: Vec<SocketAddr> = vec![
+            "192.0.2.1:3863".parse().unwrap(),
+            "[2001:db8::1]:3863".parse().unwrap(),
+            "198.51.100.7:9901".parse().unwrap(),
+        ];
+        let packed = pack(&addresses);
+        assert_eq!(packed.len(), 16 + 28 + 16);
+        assert_eq!(unpack(&packed), addresses);
+    }
+
+    #[test]
+    fn receive_info_gives_the_ppid() {
+        let mut info = [0u8; 28];
+        info[8..12].copy_from_slice(&11u32.to_be_bytes());
+        let control = control_message(SCTP_RCVINFO, &info);
+        assert_eq!(receive_ppid(&control), 11);
+        // Another block first is skipped.
+        let mut both = control_message(SCTP_SNDINFO, &[0u8; 16]);
+        both.extend(control_message(SCTP_RCVINFO, &info));
+        assert_eq!(receive_ppid(&both), 11);
+        assert_eq!(receive_ppid(&[]), 0);
+    }
+
+    #[test]
+    fn association_notifications_end_it() {
+        let mut change = vec![0u8; 20];
+        change[..2].copy_from_slice(&SCTP_ASSOC_CHANGE.to_ne_bytes());
+        change[8..10].copy_from_slice(&SCTP_COMM_LOST.to_ne_bytes());
+        assert!(notification(&change).is_some());
+        change[8..10].copy_from_slice(&0u16.to_ne_bytes()); // COMM_UP
+        assert_eq!(notification(&change), None);
+        assert_eq!(notification(&[1]), None);
+    }
+}
