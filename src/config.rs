@@ -273,8 +273,8 @@ pub(crate) struct TcpListenerSection {
     pub(crate) pool: PoolHandle,
     #[serde(default = "five_seconds", deserialize_with = "duration")]
     pub(crate) connect_timeout: Duration,
-    /// A PE silent this long while answers are due (or, with a control channel, at all)
-    /// has failed.
+    /// A PE silent this long while answers are due has failed (TCP control channels
+    /// use heartbeats instead).
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub(crate) response_timeout: Duration,
     /// How long one failover may take before the client is given up.

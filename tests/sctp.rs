@@ -725,6 +725,18 @@ fn gateway_pingpong_stream_survives_pe_failures_with_cookie_echo() {
         .filter(|l| l.contains("session failed over") && l.contains("with_cookie=true"))
         .count();
     assert!(failovers >= 4, "{failovers} failovers with cookie echo");
+    // A client breaking the framing (a length below the header) is closed at once; the
+    // first client goes on.
+    let mut broken = TcpStream::connect("127.0.0.1:17200").unwrap();
+    broken
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    broken.write_all(&[1, 0, 0, 2, 0, 0]).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(broken.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert!(gateway.log_contains("breaks the listener's framing"));
+    let pong = exchange(&mut client, 24).unwrap();
+    assert_eq!(u64::from_be_bytes(pong[4..12].try_into().unwrap()), 24);
 }
 
 /// Every ASAP and ENRP message exchanged with rsplib in a peering + PE + pool user run,

@@ -76,25 +76,73 @@ pub struct Framing {
 pub struct FramingError(pub i64, pub usize);
 
 impl Framing {
+    /// Bytes up to the end of the length field.
+    fn header(&self) -> usize {
+        self.offset + self.size
+    }
+
+    /// The whole message's length from its header (at least [`Framing::header`] bytes).
+    fn message_length(&self, header: &[u8]) -> Result<usize, FramingError> {
+        let field = header.get(self.offset..self.header()).unwrap_or_default();
+        let length = field.iter().fold(0i64, |v, b| (v << 8) | i64::from(*b)) + self.adjust;
+        usize::try_from(length)
+            .ok()
+            .filter(|total| (self.header()..=self.max_message).contains(total))
+            .ok_or(FramingError(length, self.max_message))
+    }
+
     /// Takes the whole messages off the front of `buffer`.
     pub fn split(&self, buffer: &mut Vec<u8>) -> Result<Vec<Vec<u8>>, FramingError> {
         let mut messages = Vec::new();
-        let header = self.offset + self.size;
-        while let Some(field) = buffer.get(self.offset..header) {
-            let value = field.iter().fold(0i64, |v, b| (v << 8) | i64::from(*b));
-            let length = value + self.adjust;
-            let Ok(total) = usize::try_from(length) else {
-                return Err(FramingError(length, self.max_message));
-            };
-            if total < header || total > self.max_message {
-                return Err(FramingError(length, self.max_message));
-            }
+        while buffer.len() >= self.header() {
+            let total = self.message_length(buffer)?;
             if buffer.len() < total {
                 break;
             }
             messages.push(buffer.drain(..total).collect());
         }
         Ok(messages)
+    }
+}
+
+/// Follows a client's stream through its listener's framing, so that a client breaking
+/// it is closed before any PE sees the bytes (rather than failing PE after PE).
+#[derive(Debug)]
+struct FramingCheck {
+    framing: Framing,
+    header: Vec<u8>,
+    /// Bytes of the current message still to come after its header.
+    remaining: usize,
+}
+
+impl FramingCheck {
+    fn new(framing: Framing) -> Self {
+        Self {
+            framing,
+            header: Vec::with_capacity(framing.header()),
+            remaining: 0,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), FramingError> {
+        while !bytes.is_empty() {
+            let take = if self.remaining > 0 {
+                let take = self.remaining.min(bytes.len());
+                self.remaining -= take;
+                take
+            } else {
+                let take = (self.framing.header() - self.header.len()).min(bytes.len());
+                self.header
+                    .extend_from_slice(bytes.get(..take).unwrap_or_default());
+                if self.header.len() == self.framing.header() {
+                    self.remaining = self.framing.message_length(&self.header)? - self.header.len();
+                    self.header.clear();
+                }
+                take
+            };
+            bytes = bytes.get(take..).unwrap_or_default();
+        }
+        Ok(())
     }
 }
 
@@ -431,6 +479,7 @@ async fn run_session<D: Directory>(
     meters.sessions.increment(1);
     meters.active.increment(1.0);
     let mut client = Side::new(Stream::Tcp(client));
+    let mut framing = config.sctp.framing.map(FramingCheck::new);
     let mut pe: Option<Side> = None;
     let mut session = Session::new(config.pool_handle, config.session, crate::now());
     let mut resolving: Option<Pending<'_, Result<Vec<PoolElement>, DirectoryError>>> = None;
@@ -532,7 +581,13 @@ async fn run_session<D: Directory>(
                 Ok(_) => read_into(&mut client, |result| match result {
                     None => {}
                     Some(Ok([])) => session.client_eof(crate::now()),
-                    Some(Ok(bytes)) => session.client_data(bytes, crate::now()),
+                    Some(Ok(bytes)) => match framing.as_mut().map(|check| check.feed(bytes)) {
+                        Some(Err(error)) => {
+                            tracing::warn!(%peer, pool = %listener.pool, %error, "client stream breaks the listener's framing: closing it");
+                            session.client_closed();
+                        }
+                        _ => session.client_data(bytes, crate::now()),
+                    },
                     Some(Err(_)) => session.client_closed(),
                 }),
                 Err(_) => session.client_closed(),
@@ -622,5 +677,33 @@ fn record(pool: &str, meters: &Meters, peer: SocketAddr, event: &SessionEvent) {
         SessionEvent::Unrecoverable { failure, reason } => {
             tracing::warn!(%peer, pool, ?failure, reason, "session closed: it could not fail over");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PINGPONG: Framing = Framing {
+        offset: 2,
+        size: 2,
+        adjust: 0,
+        max_message: 64,
+    };
+
+    #[test]
+    fn the_framing_check_follows_messages_across_reads() {
+        let mut check = FramingCheck::new(PINGPONG);
+        // Two 6-byte messages, cut at every awkward place.
+        let stream = [1, 0, 0, 6, 9, 9, 1, 0, 0, 6, 8, 8];
+        for piece in stream.chunks(1) {
+            check.feed(piece).unwrap();
+        }
+        check.feed(&stream[..5]).unwrap();
+        check.feed(&stream[5..]).unwrap();
+        // A length shorter than the header, then one longer than the limit.
+        assert_eq!(check.feed(&[1, 0, 0, 3]), Err(FramingError(3, 64)));
+        let mut check = FramingCheck::new(PINGPONG);
+        assert_eq!(check.feed(&[1, 0, 1, 0]), Err(FramingError(256, 64)));
     }
 }

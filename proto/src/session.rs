@@ -50,7 +50,9 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::wire::{AsapMessage, Cookie, PoolElement, PoolElementId, PoolHandle, TransportUse};
+use crate::wire::{
+    AsapMessage, Cookie, PoolElement, PoolElementId, PoolHandle, TransportProtocol, TransportUse,
+};
 
 /// PPID of ASAP messages on a control channel.
 pub const PPID_ASAP: u32 = 11;
@@ -332,6 +334,9 @@ pub struct Session {
     recoverable: bool,
     /// The current PE uses the control channel.
     control: bool,
+    /// Its control channel is the TCP framing with heartbeats; on SCTP the transport
+    /// watches the peer, and a silent PE is judged like a data-only one.
+    heartbeats: bool,
     deframer: ControlDeframer,
     /// PEs suggested by business cards, in order.
     business_card: Vec<PoolElement>,
@@ -372,6 +377,7 @@ impl Session {
             },
             recoverable: true,
             control: false,
+            heartbeats: false,
             deframer: ControlDeframer::default(),
             business_card: Vec::new(),
             failed: Vec::new(),
@@ -450,6 +456,8 @@ impl Session {
         };
         let pe = pe.clone();
         self.control = pe.user_transport.protocol.transport_use() == TransportUse::DataPlusControl;
+        self.heartbeats =
+            self.control && matches!(pe.user_transport.protocol, TransportProtocol::Tcp(_));
         self.deframer = ControlDeframer::default();
         self.last_pe_activity = now;
         self.last_sent_to_pe = now;
@@ -585,7 +593,7 @@ impl Session {
                 self.out.push_back(SessionOutput::Resolve(self.pool_handle));
             }
             State::Connected { .. } => {
-                let awaiting = self.control || self.sent_to_pe > self.answered_upto;
+                let awaiting = self.heartbeats || self.sent_to_pe > self.answered_upto;
                 if awaiting
                     && now.saturating_duration_since(self.last_pe_activity) >= self.silence_limit()
                 {
@@ -612,7 +620,7 @@ impl Session {
     /// Heartbeats go to a control-channel PE until the gateway has half-closed towards
     /// it (nothing can be written after that).
     fn heartbeats_due(&self) -> bool {
-        self.control && !self.pe_shutdown_sent
+        self.heartbeats && !self.pe_shutdown_sent
     }
 
     /// When `timeout` must next be called.
@@ -637,7 +645,7 @@ impl Session {
 
     /// How long the current PE may be silent while awaited.
     fn silence_limit(&self) -> Duration {
-        if self.control {
+        if self.heartbeats {
             self.config.heartbeat_interval.saturating_mul(3)
         } else {
             self.config.response_timeout
@@ -778,6 +786,11 @@ impl Session {
                 chunk.extend_from_slice(back);
             } else {
                 chunk.extend_from_slice(back.get(unsent_from - front.len()..).unwrap_or_default());
+            }
+            if !self.heartbeats && self.sent_to_pe <= self.answered_upto {
+                // An answer becomes due now: the PE's silence counts from here, not
+                // from its last output before an idle spell.
+                self.last_pe_activity = now;
             }
             self.sent_to_pe = self.client_in;
             self.last_sent_to_pe = now;

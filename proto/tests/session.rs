@@ -432,6 +432,53 @@ fn an_opaque_cookie_does_not_cover_a_request_sent_after_the_answer() {
     assert_eq!(to_client, b"pong2");
 }
 
+/// An SCTP PE with a control channel gets no TCP-framing heartbeats and is not expected
+/// to send any (SCTP watches the association); silent while an answer is due, it fails
+/// after the response timeout, like a data-only PE (asap.md §7.1). The timeout counts
+/// from the request, not from the PE's last output before an idle spell (which once
+/// failed a PE at once on the first request after 30 s of quiet).
+#[test]
+fn an_sctp_control_channel_has_no_heartbeats_and_times_out_on_answers() {
+    let mut start = Instant::now();
+    let sctp = |id| {
+        let mut element = pe(id, true);
+        element.user_transport.protocol = TransportProtocol::Sctp(TransportUse::DataPlusControl);
+        element
+    };
+    let directory = [sctp(1), sctp(2)];
+    let config = SessionConfig::default();
+    let mut session = Session::new(pool(), config, start);
+    session.client_data(b"hello", start);
+    drive(&mut session, &directory, start);
+    session.pe_data(&data(b"hi"), start);
+    drive(&mut session, &directory, start);
+    // Idle for ten heartbeat intervals: nothing sent, nothing failed.
+    for _ in 0..10 {
+        start += config.heartbeat_interval;
+        session.timeout(start);
+        let (to_pe, _) = drive(&mut session, &directory, start);
+        assert!(to_pe.is_empty(), "{to_pe:?}");
+    }
+    assert_eq!(session.current_pe(), Some(PoolElementId(1)));
+    // A request, then silence: the response timeout moves the session.
+    session.client_data(b"ping", start);
+    drive(&mut session, &directory, start);
+    session.timeout(start + config.response_timeout - Duration::from_millis(1));
+    assert_eq!(session.current_pe(), Some(PoolElementId(1)));
+    session.timeout(start + config.response_timeout);
+    let (to_pe, _) = drive(&mut session, &directory, start + config.response_timeout);
+    assert_eq!(session.current_pe(), Some(PoolElementId(2)));
+    // No cookie yet: the next PE gets the whole session again (rule 2 for a control
+    // channel: its output is the same for the same input).
+    assert_eq!(
+        to_pe,
+        vec![ControlFrame::Data {
+            ppid: 0,
+            payload: b"helloping".to_vec()
+        }]
+    );
+}
+
 /// The client's end of input reaches a control-channel PE as a half-close (asap.md §7:
 /// the PE learns the session is over), and the PE's close then ends the session
 /// cleanly instead of leaving it open forever.

@@ -7,10 +7,10 @@
 //! * session → PE: data frames (or plain bytes) become SCTP messages with the
 //!   listener's data PPID, cut by its framing; ASAP frames (cookie echo, business
 //!   cards) go with PPID 11; heartbeat frames are dropped (SCTP checks the path itself).
-//! * PE → session: PPID 11 messages become ASAP frames, others data; while the
-//!   association is up, the bridge gives the session a heartbeat every second (the
-//!   association's own heartbeats prove the PE alive), and when it ends the session
-//!   sees the end of its stream.
+//! * PE → session: PPID 11 messages become ASAP frames, others data; when the
+//!   association ends the session sees the end of its stream. (The session sends no
+//!   heartbeats to an SCTP PE and expects none: SCTP watches the path, and a PE silent
+//!   while answers are due fails after the response timeout, as a data-only one.)
 //!
 //! It costs a local socket pair per session: SCTP PEs are reached for interoperability,
 //! the fast path is TCP.
@@ -26,9 +26,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::sctp::{Association, MAX_MESSAGE, Received};
-
-/// How often the session hears that the association is alive (its heartbeat interval).
-const ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Client bytes held while a framed message is incomplete, at most.
 const MAX_PARTIAL: usize = MAX_MESSAGE;
@@ -129,7 +126,6 @@ async fn run(
         upstream,
     };
     let mut buffer = vec![0u8; 16 * 1024];
-    let mut alive = tokio::time::interval(ALIVE_INTERVAL);
     loop {
         tokio::select! {
             read = session.read(&mut buffer) => {
@@ -156,9 +152,6 @@ async fn run(
                     return Ok(());
                 }
             },
-            _ = alive.tick(), if control => {
-                session.write_all(&ControlFrame::Heartbeat.encode()).await?;
-            }
         }
     }
 }
