@@ -739,6 +739,87 @@ fn gateway_pingpong_stream_survives_pe_failures_with_cookie_echo() {
     assert_eq!(u64::from_be_bytes(pong[4..12].try_into().unwrap()), 24);
 }
 
+/// A hostile SCTP peer of our registrar, written in Python (its socket module speaks
+/// SCTP with ancillary data): a flood of foreign-PPID messages, malformed ASAP, and a
+/// message beyond ASAP's 64 KiB. Each bad association is dropped or closed, nothing
+/// panics, and an rsplib PE registered meanwhile stays served.
+const HOSTILE: &str = r#"
+import socket, struct, sys
+host, port = sys.argv[1], int(sys.argv[2])
+def open_assoc():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    s.settimeout(10)
+    s.connect((host, port))
+    return s
+def send(s, ppid, data):
+    info = struct.pack("=HH", 0, 0) + struct.pack(">I", ppid) + struct.pack("=Ii", 0, 0)
+    s.sendmsg([data], [(132, 2, info)])
+def closed(s):
+    try:
+        while True:
+            if not s.recv(70000):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+a = open_assoc()
+for _ in range(2000):
+    send(a, 99, b"\x01\x00\x00\x08garbage!")
+a.close()
+b = open_assoc()
+errors = 0
+for _ in range(20):
+    try:
+        send(b, 11, b"\x7f\x00\x00\x08\x00\x00\x00\x00")
+    except OSError:
+        break
+print("malformed association closed:", closed(b))
+c = open_assoc()
+send(c, 11, b"\x01\x00\xff\xff" + b"\x00" * 100000)
+print("oversized association closed:", closed(c))
+"#;
+
+#[test]
+#[ignore = "needs kernel SCTP and rsplib: scripts/sctp-tests.sh runs it in the SCTP VM"]
+fn hostile_sctp_peers_are_dropped_and_others_served() {
+    let dir = scratch("hostile");
+    let registrar = our_registrar(22863, 22901, &[], &[]);
+    let _pe = rspserver(&dir, "pe", "-echo", "EchoPool", 22863, &[]);
+    assert!(eventually(Duration::from_secs(10), || resolve(
+        22863, "EchoPool"
+    )
+    .len()
+        == 1));
+    let output = Command::new("python3")
+        .args(["-c", HOSTILE, A, "22863"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("malformed association closed: True"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("oversized association closed: True"),
+        "{stdout}"
+    );
+    assert!(registrar.log_contains("message longer than 65535 bytes"));
+    // Still serving, the rsplib PE still registered and reachable.
+    assert_eq!(resolve(22863, "EchoPool").len(), 1);
+    let echo_id = rsplib_id(&ids(&resolve(22863, "EchoPool"))[0]);
+    let terminal = rspterminal(22863, "EchoPool", &["still here"]);
+    assert!(
+        terminal.contains(&format!("from PE {echo_id}> still here")),
+        "{terminal}"
+    );
+}
+
 /// Every ASAP and ENRP message exchanged with rsplib in a peering + PE + pool user run,
 /// captured with dumpcap, decodes and re-encodes to the same bytes.
 #[test]
