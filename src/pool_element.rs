@@ -309,7 +309,10 @@ pub(crate) fn start_engine(
     let bound = listener
         .local_addresses()
         .map_err(|e| RunError::Bind(section.asap, e))?;
-    let asap = bound.first().copied().unwrap_or(section.asap);
+    let asap = SocketAddr::new(
+        section.asap.ip(),
+        bound.first().map_or(section.asap.port(), SocketAddr::port),
+    );
     transports.asap_local = bound;
     tokio::spawn(accept_loop(
         listener,

@@ -128,8 +128,13 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         let addresses = multihomed(address, &section.multihome);
         Listener::bind(section.transport, &addresses)
             .and_then(|listener| {
-                let bound = listener.local_addresses()?;
-                Ok((listener, bound.first().copied().unwrap_or(address)))
+                // The real port; the configured address (SCTP lists every local address
+                // of a wildcard bind, which must not pick the multicast interface).
+                let port = listener
+                    .local_addresses()?
+                    .first()
+                    .map_or(0, SocketAddr::port);
+                Ok((listener, SocketAddr::new(address.ip(), port)))
             })
             .map_err(|e| RunError::Bind(address, e))
     };

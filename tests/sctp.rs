@@ -143,8 +143,13 @@ fn rspserver(
 
 /// Our registrar over SCTP on A (ENRP peers given as ports on A).
 fn our_registrar(asap: u16, enrp: u16, peers: &[u16], extra: &[&str]) -> Process {
-    let asap = format!("{A}:{asap}");
-    let enrp = format!("{A}:{enrp}");
+    our_registrar_on(A, asap, enrp, peers, extra)
+}
+
+/// Our registrar over SCTP bound to `host` (a wildcard: every address of the host).
+fn our_registrar_on(host: &str, asap: u16, enrp: u16, peers: &[u16], extra: &[&str]) -> Process {
+    let asap = format!("{host}:{asap}");
+    let enrp = format!("{host}:{enrp}");
     let peers: Vec<String> = peers.iter().map(|p| format!("{A}:{p}")).collect();
     let mut args = vec![
         "registrar",
@@ -497,13 +502,15 @@ fn rsplib_pes_and_pool_users_work_through_our_registrar() {
 
 /// Our registrar and rspregistrar peer over ENRP: each one's PEs show in the other's
 /// handlespace, the ownership checksums agree (at most the start-up synchronisation,
-/// no audit loop), and deregistrations propagate.
+/// no audit loop), and deregistrations propagate. Ours is bound to the wildcard
+/// address, as the default configuration is.
 #[test]
 #[ignore = "needs kernel SCTP and rsplib: scripts/sctp-tests.sh runs it in the SCTP VM"]
 fn enrp_peering_with_rspregistrar() {
     let dir = scratch("peering");
     let theirs = rspregistrar(&dir, "pr", 15863, 15901, &[15902]);
-    let ours = our_registrar(15864, 15902, &[15901], &["--profile", "rsplib"]);
+    let ours = our_registrar_on("0.0.0.0", 15864, 15902, &[15901], &["--profile", "rsplib"]);
+    assert_eq!(ours.ready["asap"], "0.0.0.0:15864");
     let their_pe = rspserver(&dir, "pe", "-echo", "TheirPool", 15863, &[]);
     let our_pe = our_pe("echo", "OurPool", 15001, 15864, &[]);
     let our_id = rsplib_id(&our_pe.ready["pe"]);
