@@ -159,11 +159,13 @@ fn our_registrar_on(host: &str, asap: u16, enrp: u16, peers: &[u16], extra: &[&s
         &asap,
         "--enrp",
         &enrp,
-        "--announce",
-        "off",
-        "--enrp-multicast",
-        "off",
     ];
+    // Multicast off unless the test turns it on.
+    for flag in ["--announce", "--enrp-multicast"] {
+        if !extra.contains(&flag) {
+            args.extend([flag, "off"]);
+        }
+    }
     for peer in &peers {
         args.extend(["--peer", peer]);
     }
@@ -744,6 +746,87 @@ fn gateway_pingpong_stream_survives_pe_failures_with_cookie_echo() {
     assert!(gateway.log_contains("breaks the listener's framing"));
     let pong = exchange(&mut client, 24).unwrap();
     assert_eq!(u64::from_be_bytes(pong[4..12].try_into().unwrap()), 24);
+}
+
+/// Discovery without static addresses, over multicast on dummy0: our registrar and
+/// rspregistrar find each other by ENRP presences, and an rspserver PE with no
+/// registrar given finds one by ASAP server announces; the PE ends up known to both.
+#[test]
+#[ignore = "needs kernel SCTP and rsplib: scripts/sctp-tests.sh runs it in the SCTP VM"]
+fn multicast_discovery_between_our_registrar_and_rsplib() {
+    for command in [
+        "ip link set dummy0 multicast on",
+        "ip route replace 239.0.0.0/8 dev dummy0",
+    ] {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        assert!(
+            Command::new(words[0])
+                .args(&words[1..])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let dir = scratch("multicast");
+    let _ours = our_registrar(
+        24863,
+        24901,
+        &[],
+        &[
+            "--profile",
+            "rsplib",
+            "--announce",
+            "239.0.0.50:24863",
+            "--enrp-multicast",
+            "239.0.0.51:24901",
+        ],
+    );
+    let asap = format!("-asap={A}:24864");
+    let enrp = format!("-enrp={A}:24902");
+    let theirs = External::start(
+        &dir,
+        "pr",
+        "rspregistrar",
+        &[
+            &asap,
+            &enrp,
+            "-asapannounce=239.0.0.50:24863",
+            "-enrpannounce=239.0.0.51:24901",
+            "-minaddressscope=loopback",
+            "-logcolor=off",
+            "-loglevel=2",
+        ],
+    );
+    let local = format!("-local={A}");
+    let pe = External::start(
+        &dir,
+        "pe",
+        "rspserver",
+        &[
+            "-echo",
+            "-poolhandle=FoundPool",
+            "-asapannounce=239.0.0.50:24863",
+            &local,
+            "-logcolor=off",
+            "-loglevel=2",
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || resolve(24863, "FoundPool")
+            .len()
+            == 1),
+        "the PE did not become known to our registrar:\n{}\n{}",
+        pe.log(),
+        theirs.log()
+    );
+    let id = rsplib_id(&ids(&resolve(24863, "FoundPool"))[0]);
+    assert!(
+        eventually(Duration::from_secs(20), || hsdump_pes(&hsdump(24902))
+            .iter()
+            .any(|(pe, _)| *pe == id)),
+        "rspregistrar does not know the PE:\n{}",
+        theirs.log()
+    );
 }
 
 /// A hostile SCTP peer of our registrar, written in Python (its socket module speaks
