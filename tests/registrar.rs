@@ -392,6 +392,44 @@ fn tools_report_failures_with_distinct_exit_codes() {
     assert_eq!(code, 69, "{stderr}");
 }
 
+/// A second registrar on a port another one listens on is refused (exit 71) instead of
+/// sharing it unnoticed: the listening sockets allow port sharing so that outgoing
+/// associations can leave from them, and the start-up check keeps that from hiding a
+/// configuration mistake.
+#[test]
+fn a_port_in_use_is_an_error_not_a_shared_listener() {
+    let first = registrar(&[]);
+    let asap = first.address("asap").to_string();
+    // Started like a daemon: without the check it would run on (killed after 10 s).
+    let mut second = std::process::Command::new(common::binary())
+        .args([
+            "registrar",
+            "--asap",
+            &asap,
+            "--enrp",
+            "127.0.0.1:0",
+            "--announce",
+            "off",
+            "--enrp-multicast",
+            "off",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(10), || {
+        second.try_wait().unwrap().is_some()
+    });
+    let _ = second.kill();
+    let output = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        exited,
+        "a second registrar started on a port in use: {stderr}"
+    );
+    assert_eq!(output.status.code(), Some(71), "{stderr}");
+    assert!(stderr.contains("another process listens on"), "{stderr}");
+}
+
 /// asap.md §4: a `pe` agent with no static registrar finds one by its multicast
 /// announces (on the loopback interface, so nothing leaves the host).
 #[test]

@@ -297,7 +297,25 @@ pub(crate) enum Listener {
 impl Listener {
     /// Binds an endpoint of `transport`: SCTP on every address of `addresses` (one
     /// port), TCP on the first.
+    ///
+    /// The socket allows port sharing (SO_REUSEPORT: outgoing associations leave from
+    /// the listening port), which would also let a second process listen on the same
+    /// port unnoticed and take half the associations; so a socket that does not share
+    /// is bound there first, and a port in use is an error.
     pub(crate) fn bind(transport: TransportKind, addresses: &[SocketAddr]) -> io::Result<Self> {
+        if let Some(first) = addresses.first().filter(|a| a.port() != 0) {
+            let probe = match transport {
+                TransportKind::Sctp => sctp::probe_port(*first),
+                TransportKind::Tcp => tcp::probe_port(*first),
+            };
+            probe.map_err(|error| match error.kind() {
+                io::ErrorKind::AddrInUse => io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{error}: another process listens on {first}"),
+                ),
+                _ => error,
+            })?;
+        }
         match transport {
             TransportKind::Sctp => sctp::Listener::bind(addresses).map(Self::Sctp),
             TransportKind::Tcp => {

@@ -83,6 +83,13 @@ fn no_sctp(error: io::Error) -> io::Error {
 }
 
 fn new_socket(ipv6: bool) -> io::Result<Socket> {
+    let socket = plain_socket(ipv6)?;
+    // A PE's outgoing ASAP associations leave from its listening port (asap.md §5.2).
+    socket.set_reuse_port(true)?;
+    Ok(socket)
+}
+
+fn plain_socket(ipv6: bool) -> io::Result<Socket> {
     let domain = if ipv6 { Domain::IPV6 } else { Domain::IPV4 };
     let socket = Socket::new(
         domain,
@@ -91,9 +98,14 @@ fn new_socket(ipv6: bool) -> io::Result<Socket> {
     )
     .map_err(no_sctp)?;
     socket.set_reuse_address(true)?;
-    // A PE's outgoing ASAP associations leave from its listening port (asap.md §5.2).
-    socket.set_reuse_port(true)?;
     Ok(socket)
+}
+
+/// Binds `address` with a socket that does not share its port, and lets it go: fails
+/// with "address in use" when another socket listens there.
+pub(crate) fn probe_port(address: SocketAddr) -> io::Result<()> {
+    let socket = plain_socket(address.is_ipv6())?;
+    socket.bind(&address.into())
 }
 
 /// Per-association settings: no Nagle (ASAP/ENRP are request/response), the receive

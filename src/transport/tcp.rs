@@ -35,6 +35,19 @@ fn socket_for(address: SocketAddr) -> io::Result<TcpSocket> {
     Ok(socket)
 }
 
+/// Binds `address` with a socket that does not share its port, and lets it go: fails
+/// with "address in use" when another socket listens there.
+pub(crate) fn probe_port(address: SocketAddr) -> io::Result<()> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Connections of an earlier run in TIME_WAIT do not count.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)
+}
+
 /// Binds a listening socket for one protocol.
 pub(crate) fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     let socket = socket_for(address)?;
