@@ -99,16 +99,10 @@ fn compose_commands_are_valid_command_lines() {
 
 #[test]
 fn the_binary_runs_in_a_minimal_root_file_system() {
-    let output = Command::new("bash")
-        .arg(root().join("deploy/container/check-rootfs.sh"))
-        .arg(common::binary())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = common::stdout_of(
+        Command::new("bash")
+            .arg(root().join("deploy/container/check-rootfs.sh"))
+            .arg(common::binary()),
     );
     assert!(
         stdout.contains("rserpool 0.1.0") && stdout.contains("rootfs check"),

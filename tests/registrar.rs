@@ -402,17 +402,7 @@ fn a_port_in_use_is_an_error_not_a_shared_listener() {
     let asap = first.address("asap").to_string();
     // Started like a daemon: without the check it would run on (killed after 10 s).
     let mut second = std::process::Command::new(common::binary())
-        .args([
-            "registrar",
-            "--asap",
-            &asap,
-            "--enrp",
-            "127.0.0.1:0",
-            "--announce",
-            "off",
-            "--enrp-multicast",
-            "off",
-        ])
+        .args(common::registrar_args(&["--asap", &asap]))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -342,19 +342,7 @@ fn sctp_transport_starts_or_names_the_missing_kernel_support() {
         assert!(registrar.ready.contains_key("asap"));
         return;
     }
-    let (code, _, stderr) = run(&[
-        "registrar",
-        "--transport",
-        "sctp",
-        "--asap",
-        "127.0.0.1:0",
-        "--enrp",
-        "127.0.0.1:0",
-        "--announce",
-        "off",
-        "--enrp-multicast",
-        "off",
-    ]);
+    let (code, _, stderr) = run(&common::registrar_args(&["--transport", "sctp"]));
     assert_ne!(code, 0);
     assert!(stderr.contains("this kernel has no SCTP"), "{stderr}");
     assert!(stderr.contains("transport: tcp"), "{stderr}");
@@ -881,16 +869,7 @@ fn hostile_sctp_peers_are_dropped_and_others_served() {
     )
     .len()
         == 1));
-    let output = Command::new("python3")
-        .args(["-c", HOSTILE, A, "22863"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = common::stdout_of(Command::new("python3").args(["-c", HOSTILE, A, "22863"]));
     assert!(
         stdout.contains("malformed association closed: True"),
         "{stdout}"

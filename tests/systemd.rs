@@ -42,17 +42,7 @@ fn roles_notify_systemd_of_readiness_watchdog_and_stop() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut registrar = Process::start_with_env(
-        &[
-            "registrar",
-            "--asap",
-            "127.0.0.1:0",
-            "--enrp",
-            "127.0.0.1:0",
-            "--announce",
-            "off",
-            "--enrp-multicast",
-            "off",
-        ],
+        &common::registrar_args(&[]),
         &[
             ("NOTIFY_SOCKET", path.to_str().unwrap()),
             ("WATCHDOG_USEC", "200000"),

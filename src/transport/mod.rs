@@ -83,16 +83,46 @@ pub(crate) async fn report_opened(
     Some((outgoing, closed_locally))
 }
 
-/// The next message queued for an association: `Some(None)` once the driver dropped the
-/// link and every queued message was taken, `None` when the association is aborted.
-pub(crate) async fn next_outgoing(
-    outgoing: &mut mpsc::Receiver<Vec<u8>>,
-    abort: &CancellationToken,
-) -> Option<Option<Vec<u8>>> {
-    tokio::select! {
-        () = abort.cancelled() => None,
-        message = outgoing.recv() => Some(message),
+/// How long one message may wait for a peer that does not read (and a closing
+/// association for its queue to drain).
+pub(crate) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Where a carrier writes an association's messages.
+pub(crate) trait MessageSink {
+    /// Sends one message.
+    async fn send(&mut self, message: &[u8]) -> io::Result<()>;
+    /// Ends the sending side gracefully (FIN, SHUTDOWN) after what was sent.
+    async fn finish(&mut self);
+}
+
+/// Sends what the driver queues for an association until the driver drops the link
+/// (then every queued message is out and the sink is finished), the association is
+/// aborted, or a send fails or stalls past [`WRITE_TIMEOUT`].
+pub(crate) async fn write_loop(
+    assoc: AssocId,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    mut sink: impl MessageSink,
+    abort: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = abort.cancelled() => return,
+            message = outgoing.recv() => message,
+        };
+        let Some(message) = message else { break };
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(&message)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::debug!(%assoc, %error, "send failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%assoc, "send timed out: the peer does not read");
+                return;
+            }
+        }
     }
+    sink.finish().await;
 }
 
 /// What an incoming event means to the engine.

@@ -27,7 +27,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Incoming, next_outgoing, report_opened};
+use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
 /// IPPROTO_SCTP and SOL_SCTP.
 const IPPROTO_SCTP: i32 = 132;
@@ -567,9 +567,21 @@ fn peer_info(association: &Association, protocol: Protocol) -> io::Result<PeerIn
 /// How long an outgoing association may take to come up (rsplib: 5 s).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long a send may wait for room in a peer's window, and a closing association
-/// for its SHUTDOWN to complete.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// An association's sending side, for the shared write loop.
+struct Sink {
+    association: Arc<Association>,
+    ppid: u32,
+}
+
+impl MessageSink for Sink {
+    async fn send(&mut self, message: &[u8]) -> io::Result<()> {
+        self.association.send(self.ppid, message).await
+    }
+
+    async fn finish(&mut self) {
+        self.association.shutdown();
+    }
+}
 
 /// Starts the carrier of an accepted association.
 pub(crate) async fn serve(
@@ -629,35 +641,18 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let protocol = peer.protocol;
-    let Some((mut outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
+    let Some((outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
         return;
     };
     let association = Arc::new(association);
     let writer = association.clone();
     let abort = shutdown.child_token();
     let write_abort = abort.clone();
-    let mut writing = tokio::spawn(async move {
-        loop {
-            let Some(message) = next_outgoing(&mut outgoing, &write_abort).await else {
-                return;
-            };
-            // None: the link was dropped and every queued message is sent.
-            let Some(message) = message else { break };
-            let sent = writer.send(protocol.ppid(), &message);
-            match tokio::time::timeout(WRITE_TIMEOUT, sent).await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::debug!(%assoc, %error, "send failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%assoc, "send timed out: the peer does not read");
-                    return;
-                }
-            }
-        }
-        writer.shutdown();
-    });
+    let sink = Sink {
+        association: writer,
+        ppid: protocol.ppid(),
+    };
+    let mut writing = tokio::spawn(write_loop(assoc, outgoing, sink, write_abort));
     let reason = loop {
         let received = tokio::select! {
             () = abort.cancelled() => break "shutting down".to_owned(),

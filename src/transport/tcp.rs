@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Incoming, next_outgoing, report_opened};
+use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
 /// How long an outgoing connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -129,9 +129,15 @@ pub(crate) async fn connect(
         .await;
 }
 
-/// How long a write (or the flush of a closing association) may block on a peer that
-/// does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+impl MessageSink for tokio::net::tcp::OwnedWriteHalf {
+    async fn send(&mut self, message: &[u8]) -> io::Result<()> {
+        self.write_all(message).await
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.shutdown().await;
+    }
+}
 
 /// How long a locally closed association keeps discarding input after its last message,
 /// so that closing with unread input does not turn into a reset that destroys the
@@ -152,25 +158,12 @@ async fn run(
 ) {
     let protocol = peer.protocol;
     let abort = shutdown.child_token();
-    let Some((mut outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
+    let Some((outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
         return;
     };
-    let (mut reader, mut writer) = stream.into_split();
+    let (mut reader, writer) = stream.into_split();
     let write_abort = abort.clone();
-    let writing = tokio::spawn(async move {
-        loop {
-            let Some(message) = next_outgoing(&mut outgoing, &write_abort).await else {
-                return;
-            };
-            // None: the link was dropped and every queued message is written.
-            let Some(message) = message else { break };
-            match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&message)).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
+    let writing = tokio::spawn(write_loop(assoc, outgoing, writer, write_abort));
     let stop = closed_locally.clone();
     let reason = read_loop(assoc, protocol, &mut reader, &incoming, &stop, &abort).await;
     if closed_locally.is_cancelled() {

@@ -144,6 +144,18 @@ pub fn run(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs a command to completion and returns its stdout; a failure shows both outputs.
+pub fn stdout_of(command: &mut Command) -> String {
+    let output = command.output().expect("run the command");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Polls `condition` every 50 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -219,6 +231,12 @@ impl Drop for Backend {
 /// `extra` sets those flags itself. (With multicast on, registrars of tests running in
 /// parallel would find each other.)
 pub fn registrar(extra: &[&str]) -> Process {
+    Process::start(&registrar_args(extra))
+}
+
+/// The command line of [`registrar`]: free loopback ports and multicast off, unless
+/// `extra` sets those flags itself.
+pub fn registrar_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["registrar"];
     for (flag, value) in [
         ("--asap", "127.0.0.1:0"),
@@ -231,7 +249,7 @@ pub fn registrar(extra: &[&str]) -> Process {
         }
     }
     args.extend_from_slice(extra);
-    Process::start(&args)
+    args
 }
 
 /// The PE identifiers `rserpool resolve --json` returns (empty when the pool is unknown).
