@@ -15,6 +15,7 @@
 pub mod forward;
 pub mod sticky;
 pub mod tls;
+mod upstream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,12 +29,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Histogram};
@@ -42,6 +41,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use self::sticky::{Binding, CookieSealer};
+use self::upstream::{Outgoing, OutgoingBody, ResponseBody, Upstream};
 use crate::{Directory, DirectoryError, Lifecycle};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -142,10 +142,10 @@ impl HttpListenerConfig {
     }
 }
 
-/// A route at run time: its client (one connection pool per PE) and meters.
+/// A route at run time: its connections to PEs (pooled per PE) and meters.
 struct LiveRoute {
     route: Route,
-    client: Client<HttpConnector, ProxyBody>,
+    upstream: Arc<Upstream>,
     meters: RouteMeters,
     budget: RetryBudget,
 }
@@ -246,7 +246,7 @@ impl Routing {
                 .routes
                 .iter()
                 .map(|route| LiveRoute {
-                    client: upstream_client(route),
+                    upstream: Upstream::new(route.connect_timeout),
                     meters: RouteMeters::new(route),
                     budget: RetryBudget::new(config.retry_ratio),
                     route: route.clone(),
@@ -400,19 +400,6 @@ async fn serve_connection<I, D>(
             }
         }
     }
-}
-
-fn upstream_client(route: &Route) -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(route.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        // Below common backend keep-alive timeouts, so that the gateway does not send
-        // on a connection the PE is closing (hyper's stale-connection race).
-        .pool_idle_timeout(Duration::from_secs(4))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
 }
 
 /// The route for a request: host-specific routes before host-less ones, then the longest
@@ -759,11 +746,7 @@ async fn proxy<D: Directory>(
     {
         parts.headers.insert(forward::SESSION, value);
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let whole = match &body {
         RequestBody::Whole(bytes) => Some(bytes.clone()),
         RequestBody::Streaming(_) => None,
@@ -777,7 +760,7 @@ async fn proxy<D: Directory>(
     let mut last = StatusCode::BAD_GATEWAY;
     let mut attempts = 0;
     let candidates = pes.len().min(route.max_attempts.max(1));
-    for (index, pe) in pes.iter().take(candidates).enumerate() {
+    for pe in pes.iter().take(candidates) {
         let Some(address) = pe_address(pe) else {
             continue;
         };
@@ -789,34 +772,34 @@ async fn proxy<D: Directory>(
             live.meters.retries.increment(1);
         }
         attempts += 1;
-        let Ok(uri) = Uri::try_from(format!("http://{address}{path_and_query}")) else {
-            return refuse(StatusCode::BAD_REQUEST, "request target not usable");
-        };
         let body = match (&whole, streaming.take()) {
-            (Some(bytes), _) => Full::new(bytes.clone())
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-            (None, Some(body)) => body,
+            (Some(bytes), _) => OutgoingBody::Whole(bytes.clone()),
+            (None, Some(body)) => OutgoingBody::Streaming {
+                body,
+                length: declared,
+            },
             (None, None) => break,
         };
-        let mut upstream = Request::new(body);
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri;
-        *upstream.version_mut() = Version::HTTP_11;
-        *upstream.headers_mut() = if index + 1 == candidates {
-            std::mem::take(&mut parts.headers)
-        } else {
-            parts.headers.clone()
-        };
         let rehomed = binding.as_ref().filter(|binding| binding.pe_id != pe.id);
-        if let Some(cookie) = rehomed.and_then(|binding| binding.asap_cookie.as_deref())
-            && let Ok(value) = HeaderValue::from_str(&BASE64.encode(cookie))
-        {
-            upstream.headers_mut().insert(forward::COOKIE_ECHO, value);
+        match rehomed.and_then(|binding| binding.asap_cookie.as_deref()) {
+            Some(cookie) => {
+                if let Ok(value) = HeaderValue::from_str(&BASE64.encode(cookie)) {
+                    parts.headers.insert(forward::COOKIE_ECHO, value);
+                }
+            }
+            None => {
+                parts.headers.remove(forward::COOKIE_ECHO);
+            }
         }
+        let outgoing = Outgoing {
+            method: &parts.method,
+            target: path_and_query,
+            headers: &parts.headers,
+            body,
+        };
         let failure = match tokio::time::timeout(
             route.first_byte_timeout,
-            live.client.request(upstream),
+            live.upstream.send(address, outgoing),
         )
         .await
         {
@@ -897,7 +880,7 @@ fn random_session() -> u64 {
 fn finish_response(
     routing: &Routing,
     live: &LiveRoute,
-    response: Response<Incoming>,
+    response: Response<ResponseBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     binding: Option<&Binding>,
     session: Option<u64>,
@@ -934,10 +917,9 @@ fn finish_response(
     forward::strip_hop_by_hop(&mut parts.headers, switching);
     forward::add_via(&mut parts.headers, Version::HTTP_11);
     if switching && let Some(client_upgrade) = client_upgrade {
-        tokio::spawn(bridge(
-            client_upgrade,
-            Response::from_parts(parts.clone(), body),
-        ));
+        if let Some(upstream) = body.into_upgraded() {
+            tokio::spawn(bridge(client_upgrade, upstream));
+        }
         return Response::from_parts(
             parts,
             http_body_util::Empty::new()
@@ -958,12 +940,18 @@ fn unix_seconds() -> u64 {
     since.map_or(0, |d| d.as_secs())
 }
 
-/// Joins the client's and the PE's upgraded connections (WebSocket and the like).
-async fn bridge(client: hyper::upgrade::OnUpgrade, upstream: Response<Incoming>) {
-    let (client, upstream) = tokio::join!(client, hyper::upgrade::on(upstream));
-    if let (Ok(client), Ok(upstream)) = (client, upstream) {
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+/// Joins the client's and the PE's upgraded connections (WebSocket and the like); the
+/// PE's bytes that came with its 101 go to the client first.
+async fn bridge(
+    client: hyper::upgrade::OnUpgrade,
+    (mut upstream, early): (tokio::net::TcpStream, Bytes),
+) {
+    use tokio::io::AsyncWriteExt as _;
+    let Ok(client) = client.await else {
+        return;
+    };
+    let mut client = TokioIo::new(client);
+    if client.write_all(&early).await.is_ok() {
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     }
 }
