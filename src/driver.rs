@@ -4,8 +4,12 @@
 //!
 //! Time is tokio's, so a paused tokio clock reaches every engine timer. Role commands
 //! are closures run on the driver's task: a command and the events it causes are
-//! ordered without locks.
+//! ordered. The engine sits behind a mutex that the driver holds for each step (never
+//! across an await), so that a role may also call an engine method that queues no
+//! output on its own task ([`Shared`]): the pool user answers cache hits that way,
+//! without two task switches per resolution.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rserpool_proto::engine::{Engine, Output};
@@ -25,9 +29,19 @@ pub(crate) fn now() -> Instant {
 /// Commands queued for one driver before senders wait.
 pub(crate) const COMMAND_QUEUE: usize = 1024;
 
+/// An engine shared between its driver and the role that started it.
+pub(crate) type Shared<E> = Arc<Mutex<E>>;
+
+/// Locks a shared engine; a panic while it was held (a bug) leaves it usable as it is.
+pub(crate) fn lock<E>(engine: &Shared<E>) -> MutexGuard<'_, E> {
+    engine
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs `engine` until `shutdown`, reporting its events to `sink`.
 pub(crate) async fn run<E, S>(
-    mut engine: E,
+    engine: Shared<E>,
     mut transports: Transports,
     mut incoming: mpsc::Receiver<Incoming>,
     mut commands: mpsc::Receiver<Command<E>>,
@@ -37,7 +51,7 @@ pub(crate) async fn run<E, S>(
     E: Engine,
     S: FnMut(E::Event),
 {
-    let mut deadline = drain(&mut engine, &mut transports, &mut sink);
+    let mut deadline = drain(&mut *lock(&engine), &mut transports, &mut sink);
     loop {
         let sleep = async {
             match deadline {
@@ -45,20 +59,32 @@ pub(crate) async fn run<E, S>(
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
+        let step = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            Some(command) = commands.recv() => command(&mut engine, now()),
-            Some(event) = incoming.recv() => {
-                if let Some(input) = transports.accept(event) {
-                    feed(&mut engine, input);
-                }
-            }
-            () = sleep => engine.handle_timeout(now()),
+            Some(command) = commands.recv() => Step::Command(command),
+            Some(event) = incoming.recv() => match transports.accept(event) {
+                Some(input) => Step::Input(input),
+                None => continue,
+            },
+            () = sleep => Step::Timeout,
+        };
+        let mut engine = lock(&engine);
+        match step {
+            Step::Command(command) => command(&mut engine, now()),
+            Step::Input(input) => feed(&mut *engine, input),
+            Step::Timeout => engine.handle_timeout(now()),
         }
-        deadline = drain(&mut engine, &mut transports, &mut sink);
+        deadline = drain(&mut *engine, &mut transports, &mut sink);
     }
     transports.close_all();
+}
+
+/// What woke the driver.
+enum Step<E> {
+    Command(Command<E>),
+    Input(EngineInput),
+    Timeout,
 }
 
 fn feed<E: Engine>(engine: &mut E, input: EngineInput) {

@@ -348,7 +348,7 @@ pub(crate) fn start_engine(
     let (events_tx, events) = mpsc::channel::<PoolElementEvent>(1024);
     let (handle, commands) = Handle::<PoolElementEngine>::new();
     let driver = tokio::spawn(driver::run(
-        engine,
+        std::sync::Arc::new(std::sync::Mutex::new(engine)),
         transports,
         incoming_rx,
         commands,

@@ -28,6 +28,8 @@ type Waiters = Arc<Mutex<HashMap<RequestId, oneshot::Sender<Result<Resolution, R
 #[derive(Debug, Clone)]
 pub(crate) struct PoolUser {
     handle: Handle<PoolUserEngine>,
+    /// For cache hits, answered on the caller's task.
+    engine: driver::Shared<PoolUserEngine>,
     waiters: Waiters,
 }
 
@@ -92,15 +94,20 @@ impl PoolUser {
             PoolUserEvent::Warning(warning) => tracing::warn!(%warning, "pool user"),
         };
         let (handle, commands) = Handle::new();
+        let engine = Arc::new(Mutex::new(engine));
         tokio::spawn(driver::run(
-            engine,
+            engine.clone(),
             transports,
             incoming_rx,
             commands,
             sink,
             shutdown.clone(),
         ));
-        Ok(Self { handle, waiters })
+        Ok(Self {
+            handle,
+            engine,
+            waiters,
+        })
     }
 
     /// Resolves a pool handle (`items`: how many PEs, `None`: the registrar's choice).
@@ -109,6 +116,14 @@ impl PoolUser {
         pool_handle: PoolHandle,
         items: Option<u32>,
     ) -> Result<Resolution, ResolveError> {
+        // The gateways resolve per request: a cache hit needs neither the driver nor a
+        // registrar. (The driver holds the lock only between awaits, so this waits for
+        // one engine step at most.)
+        if let Some(resolution) =
+            driver::lock(&self.engine).resolve_from_cache(pool_handle, items, driver::now())
+        {
+            return Ok(resolution);
+        }
         let (tx, rx) = oneshot::channel();
         let waiters = self.waiters.clone();
         let sent = self

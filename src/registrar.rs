@@ -232,7 +232,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
 
     let (handle, commands) = Handle::<RegistrarEngine>::new();
     let driver = tokio::spawn(driver::run(
-        engine,
+        std::sync::Arc::new(std::sync::Mutex::new(engine)),
         transports,
         incoming_rx,
         commands,

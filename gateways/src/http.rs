@@ -723,11 +723,7 @@ async fn proxy<D: Directory>(
     }
 
     forward::strip_hop_by_hop(&mut parts.headers, upgrade);
-    for name in &forward::GATEWAY_HEADERS {
-        if parts.headers.contains_key(name) {
-            parts.headers.remove(name);
-        }
-    }
+    forward::strip_gateway_headers(&mut parts.headers);
     forwarding.apply(&mut parts.headers, parts.version);
     if parts.version == Version::HTTP_2
         && !parts.headers.contains_key(header::HOST)

@@ -160,10 +160,7 @@ impl PoolUserEngine {
     ) -> RequestId {
         let request = RequestId(self.next_request);
         self.next_request += 1;
-        self.purge_cache(now);
-        if !self.config.stale_cache.is_zero()
-            && let Some(resolution) = self.select_cached(&pool_handle, items)
-        {
+        if let Some(resolution) = self.resolve_from_cache(pool_handle, items, now) {
             self.resolved(request, Ok(resolution));
             return request;
         }
@@ -181,6 +178,23 @@ impl PoolUserEngine {
         );
         self.send_request(request, now, 1);
         request
+    }
+
+    /// Answers a resolution from the cache when it can (the pool's policy applied to
+    /// the fresh cached PEs), with no output queued: a caller sharing the engine may
+    /// use it without the driver. `None`: the cache is off or has no PE of the pool, and
+    /// [`resolve`](Self::resolve) asks the registrar.
+    pub fn resolve_from_cache(
+        &mut self,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+        now: Instant,
+    ) -> Option<Resolution> {
+        if self.config.stale_cache.is_zero() {
+            return None;
+        }
+        self.purge_cache(now);
+        self.select_cached(&pool_handle, items)
     }
 
     /// Reports a PE the user could not reach (asap.md §6.3): it leaves the cache and

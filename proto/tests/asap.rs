@@ -174,6 +174,49 @@ fn registration_and_handle_resolution() {
     assert_eq!(second, [first[1], first[0]]);
 }
 
+/// policies.md §5: a pool user with a stale cache answers from it, applying the pool's
+/// policy, and `resolve_from_cache` does so without queueing any output (the gateway
+/// calls it on its own task, outside the driver); past the cache's life it is `None`
+/// and the registrar is asked again.
+#[test]
+fn cache_hits_are_answered_without_outputs_until_the_cache_goes_stale() {
+    let mut sim = Sim::new(7);
+    let r = add_registrar(&mut sim, 0x11);
+    add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    let mut config = PoolUserConfig::new(TimerProfile::Rsplib, hunt(&[r]));
+    config.stale_cache = Duration::from_secs(1);
+    let pu = sim.add(Role::Pu(PoolUserEngine::new(config, sim.seed)));
+    sim.run_for(Duration::from_millis(100));
+    let from_cache = |sim: &mut Sim| {
+        sim.with(pu, |role, now| match role {
+            Role::Pu(pu) => {
+                let answer = pu.resolve_from_cache(pool(), None, now);
+                assert!(
+                    matches!(pu.poll_output(), rserpool_proto::engine::Output::Timeout(_)),
+                    "a cache answer queues nothing"
+                );
+                answer.map(|r| r.pool_elements.iter().map(|pe| pe.id).collect::<Vec<_>>())
+            }
+            _ => unreachable!(),
+        })
+    };
+    assert_eq!(from_cache(&mut sim), None, "nothing cached yet");
+    let request = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(10));
+    let fetched = resolution(&sim, pu, request).unwrap().unwrap();
+    assert_eq!(fetched.len(), 2);
+    let first = from_cache(&mut sim).unwrap();
+    let second = from_cache(&mut sim).unwrap();
+    assert_eq!(
+        second,
+        [first[1], first[0]],
+        "round robin turns on cache hits"
+    );
+    sim.run_for(Duration::from_millis(1500));
+    assert_eq!(from_cache(&mut sim), None, "stale after stale_cache");
+}
+
 /// asap.md §6.4 / wire-format.md §4.12: the Handle Resolution option's item count;
 /// an unknown pool is Operation Error 0x0009.
 #[test]

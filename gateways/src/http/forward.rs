@@ -28,7 +28,7 @@ pub const COOKIE: HeaderName = HeaderName::from_static("rserpool-cookie");
 /// `RSerPool-Cookie-Echo`: that state handed to the next PE (request).
 pub const COOKIE_ECHO: HeaderName = HeaderName::from_static("rserpool-cookie-echo");
 /// Headers a client must not hand to PEs: the gateway's own channel to them.
-pub const GATEWAY_HEADERS: [HeaderName; 3] = [SESSION, COOKIE_ECHO, COOKIE];
+const GATEWAY_HEADERS: [HeaderName; 3] = [SESSION, COOKIE_ECHO, COOKIE];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -36,32 +36,51 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Removes the hop-by-hop headers and those named in `Connection`. An upgrade keeps its
 /// `Upgrade` and `Connection: upgrade` (the tunnel is end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry one of them at most: one pass over the names finds which,
+    // and only those are looked up again to be removed.
+    let mut found = 0u16;
+    let mut upgrade = false;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            found |= 1 << index;
+        }
+        upgrade |= name == header::UPGRADE;
+    }
+    if found == 0 && !upgrade {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         strip_named_in_connection(headers, keep_upgrade);
     }
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if found & (1 << index) != 0 {
             headers.remove(name);
         }
     }
-    if keep_upgrade && headers.contains_key(header::UPGRADE) {
+    if upgrade && keep_upgrade && headers.contains_key(header::UPGRADE) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else if headers.contains_key(header::UPGRADE) {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
 }
 
 fn strip_named_in_connection(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
-            headers.remove(name);
+    // The values are shared bytes (a clone is a reference count), there is mostly one
+    // (`rest` stays empty: no allocation), and removing by `&str` does not allocate a
+    // header name.
+    let values = headers.get_all(header::CONNECTION);
+    let mut values = values.iter();
+    let first = values.next().cloned();
+    let rest: Vec<HeaderValue> = values.cloned().collect();
+    for value in first.iter().chain(&rest) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for name in value.split(',').map(str::trim) {
+            let kept = keep_upgrade && name.eq_ignore_ascii_case("upgrade");
+            if !name.is_empty() && !kept {
+                headers.remove(name);
+            }
         }
     }
 }
@@ -110,27 +129,36 @@ pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
         http::Version::HTTP_3 => "3 rserpool",
         _ => "1.1 rserpool",
     };
-    if headers.contains_key(header::VIA) {
-        append_value(headers, header::VIA, &HeaderValue::from_static(via));
-    } else {
-        headers.insert(header::VIA, HeaderValue::from_static(via));
-    }
+    append_value(headers, header::VIA, &HeaderValue::from_static(via));
 }
 
-/// Appends to a comma-separated list header, joining earlier values.
+/// Appends to a comma-separated list header, joining earlier values (one lookup when
+/// the header is new, the usual case).
 fn append_value(headers: &mut HeaderMap, name: HeaderName, item: &HeaderValue) {
-    if !headers.contains_key(&name) {
-        headers.insert(name, item.clone());
-        return;
-    }
+    let mut entry = match headers.entry(name) {
+        header::Entry::Vacant(vacant) => {
+            vacant.insert(item.clone());
+            return;
+        }
+        header::Entry::Occupied(occupied) => occupied,
+    };
     let mut joined: Vec<u8> = Vec::new();
-    for value in headers.get_all(&name) {
+    for value in entry.iter() {
         joined.extend_from_slice(value.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(item.as_bytes());
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(name, value);
+        entry.insert(value);
+    }
+}
+
+/// Removes the gateway's own headers ([`GATEWAY_HEADERS`]) a client sent.
+pub fn strip_gateway_headers(headers: &mut HeaderMap) {
+    if headers.keys().any(|name| GATEWAY_HEADERS.contains(name)) {
+        for name in &GATEWAY_HEADERS {
+            headers.remove(name);
+        }
     }
 }
 
@@ -152,7 +180,7 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
         let mut headers = HeaderMap::new();
-        headers.insert("connection", "keep-alive, x-private".parse().unwrap());
+        headers.insert("connection", "Keep-Alive, X-Private".parse().unwrap());
         headers.insert("keep-alive", "timeout=5".parse().unwrap());
         headers.insert("x-private", "1".parse().unwrap());
         headers.insert("te", "trailers".parse().unwrap());

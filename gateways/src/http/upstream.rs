@@ -27,7 +27,7 @@ use super::{BoxError, ProxyBody};
 
 /// Response heads larger than this are refused (502).
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
+const MAX_HEADERS: usize = 100;
 /// A chunk-size or trailer line longer than this is malformed.
 const MAX_LINE: usize = 4096;
 const READ_SIZE: usize = 16 * 1024;
@@ -84,10 +84,12 @@ pub(super) struct Outgoing<'a> {
     pub(super) body: OutgoingBody,
 }
 
-/// A PE's socket and the bytes read from it but not yet used.
+/// A PE's socket, the bytes read from it but not yet used, and the buffer requests
+/// are written from (kept for the next request).
 struct Connection {
     stream: TcpStream,
     buffer: BytesMut,
+    head: BytesMut,
 }
 
 struct IdleConnection {
@@ -159,6 +161,7 @@ impl Upstream {
         Ok(Connection {
             stream,
             buffer: BytesMut::with_capacity(READ_SIZE),
+            head: BytesMut::with_capacity(1024),
         })
     }
 
@@ -228,7 +231,8 @@ async fn write_request(
         headers,
         body,
     } = request;
-    let mut head = BytesMut::with_capacity(512);
+    let mut head = std::mem::take(&mut connection.head);
+    head.clear();
     head.put_slice(method.as_str().as_bytes());
     head.put_u8(b' ');
     head.put_slice(target.as_bytes());
@@ -257,10 +261,10 @@ async fn write_request(
             head.put_slice(b"\r\n");
             if bytes.len() <= COALESCE {
                 head.put_slice(&bytes);
-                write_all(&mut connection.stream, &head).await
+                write_all(&mut connection.stream, &head).await?;
             } else {
                 write_all(&mut connection.stream, &head).await?;
-                write_all(&mut connection.stream, &bytes).await
+                write_all(&mut connection.stream, &bytes).await?;
             }
         }
         OutgoingBody::Streaming { body, length } => {
@@ -272,9 +276,11 @@ async fn write_request(
             }
             head.put_slice(b"\r\n");
             write_all(&mut connection.stream, &head).await?;
-            stream_body(&mut connection.stream, body, length.is_none()).await
+            stream_body(&mut connection.stream, body, length.is_none()).await?;
         }
     }
+    connection.head = head;
+    Ok(())
 }
 
 async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), UpstreamError> {
@@ -408,15 +414,44 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| UpstreamError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(field.value)
-            .map_err(|_| UpstreamError::Malformed("bad header value"))?;
+    // Names and values are read from the head's bytes once they are split off the
+    // buffer: values are slices of them, not an allocation each. Offsets fit in u16:
+    // heads are at most MAX_HEAD bytes.
+    let start = buffer.as_ptr() as usize;
+    let offset = |part: &[u8]| u16::try_from((part.as_ptr() as usize).wrapping_sub(start)).ok();
+    let mut spans = [[0u16; 4]; MAX_HEADERS];
+    let count = response.headers.len();
+    for (slot, field) in spans.iter_mut().zip(response.headers.iter()) {
+        let name = offset(field.name.as_bytes());
+        let value = offset(field.value);
+        let (Some(name), Some(value)) = (name, value) else {
+            return Err(UpstreamError::Malformed("response head too large"));
+        };
+        // Both lengths are below the head's, which fits in u16.
+        *slot = [
+            name,
+            name.saturating_add(u16::try_from(field.name.len()).unwrap_or(u16::MAX)),
+            value,
+            value.saturating_add(u16::try_from(field.value.len()).unwrap_or(u16::MAX)),
+        ];
+    }
+    let head = buffer.split_to(length).freeze();
+    // Room for what the gateway adds (Via, Set-Cookie) without growing.
+    let mut headers = HeaderMap::with_capacity(count + 2);
+    for [name_start, name_end, value_start, value_end] in spans.iter().take(count) {
+        let name = usize::from(*name_start)..usize::from(*name_end);
+        let value = usize::from(*value_start)..usize::from(*value_end);
+        let name = head
+            .get(name)
+            .and_then(|name| HeaderName::from_bytes(name).ok())
+            .ok_or(UpstreamError::Malformed("bad header name"))?;
+        let value = head
+            .get(value.clone())
+            .map(|_| head.slice(value))
+            .and_then(|bytes| HeaderValue::from_maybe_shared(bytes).ok())
+            .ok_or(UpstreamError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
-    buffer.advance(length);
     let (framing, delimited) = framing(status, &mut headers, head_only)?;
     let keep_alive = delimited && connection_kept(&headers, version);
     let mut parts = Response::new(()).into_parts().0;
