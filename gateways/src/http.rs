@@ -13,6 +13,7 @@
 //! the session in `RSerPool-Session` (16 hex digits, stable across PEs).
 
 pub mod forward;
+mod h1;
 pub mod sticky;
 pub mod tls;
 mod upstream;
@@ -326,6 +327,10 @@ pub async fn serve<D: Directory>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
+    let limits = h1::Limits {
+        header_timeout: config.header_timeout,
+        max_header_bytes: config.max_header_bytes,
+    };
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let refused = metrics::counter!("rserpool_http_connections_refused_total", "listen" => config.listen.to_string());
     loop {
@@ -353,17 +358,19 @@ pub async fn serve<D: Directory>(
                     // A client that does not finish its handshake in time is dropped
                     // (the header timeout covers the TLS part too).
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
+                        // HTTP/2 by ALPN is hyper's; HTTP/1.1 starts on the fast path.
+                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
                             serve_connection(TokioIo::new(tls), &builder, state, peer, &lifecycle)
                                 .await
+                        }
+                        Ok(Ok(tls)) => {
+                            h1::serve(tls, state, peer, limits, builder, &lifecycle).await
                         }
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => {
-                    serve_connection(TokioIo::new(stream), &builder, state, peer, &lifecycle).await
-                }
+                None => h1::serve(stream, state, peer, limits, builder, &lifecycle).await,
             }
             drop(permit);
         });
@@ -385,7 +392,18 @@ async fn serve_connection<I, D>(
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
         let forwarding = forwarding.clone();
-        async move { Ok::<_, Infallible>(handle(&state, peer, &forwarding, request).await) }
+        async move {
+            let mut request: Request<Incoming> = request;
+            let upgrade =
+                forward::is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+            let (parts, body) = request.into_parts();
+            let request = ClientRequest {
+                parts,
+                body: ClientBody::Streaming(body),
+                upgrade,
+            };
+            Ok::<_, Infallible>(handle(&state, peer, &forwarding, request).await)
+        }
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     let mut connection = std::pin::pin!(connection);
@@ -412,13 +430,13 @@ fn route_for<'a>(routes: &'a [LiveRoute], host: Option<&str>, path: &str) -> Opt
 }
 
 /// The request's host without port: `Host`, else the URI's authority (HTTP/2).
-fn request_host<B>(request: &Request<B>) -> Option<String> {
+fn request_host(request: &http::request::Parts) -> Option<String> {
     let raw = request
-        .headers()
+        .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))?;
+        .or_else(|| request.uri.authority().map(|a| a.as_str().to_owned()))?;
     let host = match raw.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
         None => raw.split(':').next().unwrap_or_default().to_owned(),
@@ -437,6 +455,22 @@ fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
+}
+
+/// A request as the client connection hands it over.
+struct ClientRequest {
+    parts: http::request::Parts,
+    body: ClientBody,
+    /// The client's side of an `Upgrade` it asked for.
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// A request's body as the client connection hands it over.
+enum ClientBody {
+    /// Read by hyper as the request goes on.
+    Streaming(Incoming),
+    /// Read whole already (the HTTP/1.1 fast path, [`h1`]).
+    Read(Bytes),
 }
 
 /// How the request body is held: whole (so the request can be sent again) or streaming.
@@ -609,18 +643,18 @@ async fn handle<D: Directory>(
     state: &State<D>,
     peer: SocketAddr,
     forwarding: &forward::Forwarding,
-    request: Request<Incoming>,
+    request: ClientRequest,
 ) -> Response<ProxyBody> {
     let started = crate::now();
-    let method = request.method().clone();
+    let method = request.parts.method.clone();
     // A clone of the URI shares its bytes; the path is for routing and the access log.
-    let uri = request.uri().clone();
+    let uri = request.parts.uri.clone();
     let path = uri.path();
     let Some(routing) = state.routing.current() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "routes unavailable");
     };
     let host = if routing.routes_by_host {
-        request_host(&request)
+        request_host(&request.parts)
     } else {
         None
     };
@@ -629,7 +663,7 @@ async fn handle<D: Directory>(
         return text(StatusCode::NOT_FOUND, "no route for this host and path");
     };
     live.budget.deposit();
-    let outcome = proxy(state, &routing, live, forwarding, request).await;
+    let outcome = proxy(state, &routing, live, forwarding, request, started).await;
     let status = outcome.response.status();
     let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
     if let Some(counter) = live.meters.responses.get(class) {
@@ -657,31 +691,48 @@ async fn proxy<D: Directory>(
     routing: &Routing,
     live: &LiveRoute,
     forwarding: &forward::Forwarding,
-    mut request: Request<Incoming>,
+    request: ClientRequest,
+    started: Instant,
 ) -> Outcome {
+    let ClientRequest {
+        mut parts,
+        body,
+        upgrade: client_upgrade,
+    } = request;
     let route = &live.route;
     let refuse = |status, message| Outcome {
         response: text(status, message),
         pe: None,
         attempts: 0,
     };
-    let declared = request
-        .headers()
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > route.max_body) {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
-    let upgrade = forward::is_upgrade(request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
-    let body = match hold_body(body, route.replay_buffer, route.max_body).await {
-        Ok(body) => body,
-        Err(BodyError::TooLarge) => {
-            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    let upgrade = client_upgrade.is_some();
+    let body = match body {
+        ClientBody::Streaming(body) => {
+            match hold_body(body, route.replay_buffer, route.max_body).await {
+                Ok(body) => body,
+                Err(BodyError::TooLarge) => {
+                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                }
+                Err(BodyError::Read) => {
+                    return refuse(StatusCode::BAD_REQUEST, "request body unreadable");
+                }
+            }
         }
-        Err(BodyError::Read) => return refuse(StatusCode::BAD_REQUEST, "request body unreadable"),
+        // Within max_body (checked above); kept for replay only up to replay_buffer.
+        ClientBody::Read(bytes) if bytes.len() <= route.replay_buffer => RequestBody::Whole(bytes),
+        ClientBody::Read(bytes) => RequestBody::Streaming(
+            Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        ),
     };
     let binding = routing
         .sticky
@@ -793,9 +844,12 @@ async fn proxy<D: Directory>(
             headers: &parts.headers,
             body,
         };
-        let failure = match tokio::time::timeout(
-            route.first_byte_timeout,
-            live.upstream.send(address, outgoing),
+        // The first attempt reuses the request's start time (one clock read less per
+        // request); a retry gets its own.
+        let attempt_start = if attempts == 1 { started } else { crate::now() };
+        let failure = match tokio::time::timeout_at(
+            (attempt_start + route.first_byte_timeout).into(),
+            live.upstream.send(address, outgoing, attempt_start),
         )
         .await
         {
@@ -925,6 +979,15 @@ fn finish_response(
     }
     let body = IdleTimeout::new(body, live.route.idle_timeout).boxed_unsync();
     Response::from_parts(parts, body)
+}
+
+/// The current time as an HTTP `Date` (RFC 9110 §5.6.7).
+fn http_date() -> String {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "a response's Date is wall-clock time"
+    )]
+    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
 fn unix_seconds() -> u64 {

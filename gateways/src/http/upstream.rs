@@ -127,13 +127,15 @@ impl Upstream {
 
     /// Sends `request` to the PE at `address` and reads the response's head; the body
     /// follows from the same connection, which goes back to the pool when the body has
-    /// been read to its end.
+    /// been read to its end. `now`: when the request started (the pool's clock: idle
+    /// connections are timed from the start of their last request, a little early).
     pub(super) async fn send(
         self: &Arc<Self>,
         address: SocketAddr,
         request: Outgoing<'_>,
+        now: Instant,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let mut connection = match self.checkout(address) {
+        let mut connection = match self.checkout(address, now) {
             Some(connection) => connection,
             None => self.connect(address).await?,
         };
@@ -145,6 +147,7 @@ impl Upstream {
             framing,
             keep_alive,
             home: Some((self.clone(), address)),
+            started: now,
         };
         if matches!(body.framing, Framing::Done) && head.status != StatusCode::SWITCHING_PROTOCOLS {
             body.finish();
@@ -166,10 +169,9 @@ impl Upstream {
     }
 
     /// The most recently used idle connection to `address` that is still open.
-    fn checkout(&self, address: SocketAddr) -> Option<Connection> {
+    fn checkout(&self, address: SocketAddr, now: Instant) -> Option<Connection> {
         let mut idle = self.idle.lock().ok()?;
         let connections = idle.by_pe.get_mut(&address)?;
-        let now = crate::now();
         while let Some(entry) = connections.pop_back() {
             if now.saturating_duration_since(entry.since) >= IDLE_TIMEOUT {
                 // The rest are older still.
@@ -184,11 +186,10 @@ impl Upstream {
         None
     }
 
-    fn release(&self, address: SocketAddr, connection: Connection) {
+    fn release(&self, address: SocketAddr, connection: Connection, now: Instant) {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let now = crate::now();
         // Once a second, idle connections of PEs no longer asked for are closed.
         if idle
             .last_sweep
@@ -539,6 +540,8 @@ pub(super) struct ResponseBody {
     framing: Framing,
     keep_alive: bool,
     home: Option<(Arc<Upstream>, SocketAddr)>,
+    /// When the request started: the connection's idle time counts from it.
+    started: Instant,
 }
 
 impl std::fmt::Debug for ResponseBody {
@@ -567,7 +570,7 @@ impl ResponseBody {
             && self.keep_alive
             && connection.buffer.is_empty()
         {
-            upstream.release(address, connection);
+            upstream.release(address, connection, self.started);
         }
     }
 
@@ -838,6 +841,7 @@ mod tests {
             framing,
             keep_alive: true,
             home: Some((upstream, address)),
+            started: crate::now(),
         };
         let collected = body.collect().await.map(|c| c.to_bytes().to_vec());
         pe.await.unwrap();
@@ -912,6 +916,7 @@ mod tests {
                     headers: &headers,
                     body: OutgoingBody::Whole(Bytes::new()),
                 },
+                crate::now(),
             )
             .await
             .unwrap();
@@ -961,6 +966,7 @@ mod tests {
                     headers: &headers,
                     body: OutgoingBody::Whole(Bytes::new()),
                 },
+                crate::now(),
             )
             .await
             .unwrap_err();

@@ -1,0 +1,515 @@
+//! The gateway's own HTTP/1.1 server loop for the common request: a head parsed with
+//! httparse straight from the connection's buffer (values are slices of it), a body of
+//! a known, small length read whole, the response written with its body in one go.
+//! Anything else (HTTP/1.0, HTTP/2's preface, `Transfer-Encoding`, `Upgrade`, `Expect`,
+//! larger bodies, heads that are malformed or over the limit) hands the connection,
+//! with every byte read so far, to hyper, which serves it from that request on.
+//!
+//! Why not hyper for everything: per request hyper arms a boxed header timer, reads
+//! the clock for its `Date` cache on every poll and goes through its dispatcher; the
+//! gateway's requests are mostly small GETs, and this loop served them with about a
+//! fifth less CPU in `bench/http.sh`.
+
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::{BoxError, ClientBody, ClientRequest, ProxyBody, State};
+use crate::{Directory, Lifecycle};
+
+/// Request bodies up to this size are read by this loop; larger ones go to hyper.
+const MAX_BODY: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+const READ_SIZE: usize = 8 * 1024;
+/// Response bytes gathered before they are written (a body larger than this goes out
+/// in pieces).
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// The connection settings of a listener that this loop applies.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub(super) header_timeout: Duration,
+    pub(super) max_header_bytes: usize,
+}
+
+/// A request this loop serves.
+struct Parsed {
+    parts: http::request::Parts,
+    body: Bytes,
+    /// The client asked to close after this response.
+    close: bool,
+}
+
+enum Next {
+    Request(Box<Parsed>),
+    /// More bytes are needed.
+    Partial,
+    /// Hyper serves the connection from here.
+    HandOff,
+    /// A head that httparse accepted but `http` does not (400, then close).
+    Malformed,
+}
+
+/// Serves one client connection until it ends, the gateway stops, or a request needs
+/// hyper.
+pub(super) async fn serve<I, D>(
+    mut io: I,
+    state: Arc<State<D>>,
+    peer: SocketAddr,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    lifecycle: &Lifecycle,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    D: Directory,
+{
+    let forwarding = super::forward::Forwarding::new(peer, state.https);
+    let mut input = BytesMut::with_capacity(READ_SIZE);
+    let mut output = BytesMut::with_capacity(READ_SIZE);
+    // One timer for the connection's life: it fires at most once per header_timeout
+    // and is pushed on if a newer head is still in time, rather than re-armed per
+    // request.
+    let mut timer = Box::pin(tokio::time::sleep(limits.header_timeout));
+    loop {
+        let waiting_since = crate::now();
+        let request = loop {
+            match next_request(&mut input, limits.max_header_bytes) {
+                Next::Request(request) => break request,
+                Next::Partial => {}
+                Next::HandOff => {
+                    let io = TokioIo::new(Rewind {
+                        read: input.freeze(),
+                        io,
+                    });
+                    super::serve_connection(io, &builder, state, peer, lifecycle).await;
+                    return;
+                }
+                Next::Malformed => {
+                    let response = super::text(StatusCode::BAD_REQUEST, "malformed request");
+                    let _ = write_response(&mut io, &mut output, response, false, true).await;
+                    return;
+                }
+            }
+            if input.capacity() - input.len() < READ_SIZE / 2 {
+                input.reserve(READ_SIZE);
+            }
+            let idle = input.is_empty();
+            let read = tokio::select! {
+                biased;
+                read = io.read_buf(&mut input) => read,
+                () = timer.as_mut() => {
+                    let deadline = waiting_since + limits.header_timeout;
+                    if crate::now() >= deadline {
+                        tracing::debug!(%peer, "no request head within header_timeout: closing");
+                        return;
+                    }
+                    timer.as_mut().reset(deadline.into());
+                    continue;
+                }
+                () = lifecycle.stop_accepting.cancelled(), if idle => return,
+            };
+            if !matches!(read, Ok(read) if read > 0) {
+                return;
+            }
+        };
+        let Parsed { parts, body, close } = *request;
+        let head_only = parts.method == Method::HEAD;
+        let request = ClientRequest {
+            parts,
+            body: ClientBody::Read(body),
+            upgrade: None,
+        };
+        let response = tokio::select! {
+            response = super::handle(&state, peer, &forwarding, request) => response,
+            () = lifecycle.close_sessions.cancelled() => return,
+        };
+        // Shutting down: this response is the connection's last.
+        let close = close || lifecycle.stop_accepting.is_cancelled();
+        let written = write_response(&mut io, &mut output, response, head_only, close).await;
+        if let Err(error) = written {
+            tracing::debug!(%peer, %error, "response not delivered: closing");
+            return;
+        }
+        if close {
+            let _ = io.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// The next request at the start of `input` (consumed with its body), or what to do
+/// instead.
+fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Next {
+    if input.is_empty() {
+        return Next::Partial;
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let length = match request.parse_with_uninit_headers(input, &mut slots) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if input.len() <= max_header_bytes => return Next::Partial,
+        // Too large, malformed, or not HTTP/1 (HTTP/2's preface): hyper answers.
+        Ok(httparse::Status::Partial) | Err(_) => return Next::HandOff,
+    };
+    if length > max_header_bytes || request.version != Some(1) {
+        return Next::HandOff;
+    }
+    let Some(method) = request
+        .method
+        .and_then(|method| Method::from_bytes(method.as_bytes()).ok())
+        .filter(|method| *method != Method::CONNECT)
+    else {
+        return Next::HandOff;
+    };
+    let mut body_length = 0usize;
+    let mut close = false;
+    for field in request.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Next::HandOff;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            match std::str::from_utf8(field.value)
+                .ok()
+                .and_then(|value| value.trim().parse::<usize>().ok())
+            {
+                Some(value) if value <= MAX_BODY && (body_length == 0 || body_length == value) => {
+                    body_length = value;
+                }
+                _ => return Next::HandOff,
+            }
+        }
+        if name.eq_ignore_ascii_case("connection") {
+            for token in field.value.split(|byte| *byte == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Next::HandOff;
+                }
+            }
+        }
+    }
+    if input.len() < length + body_length {
+        // The body is still coming (its length is bounded above).
+        return Next::Partial;
+    }
+    let spans = Spans::of(
+        input,
+        request.path.unwrap_or("/").as_bytes(),
+        request.headers,
+    );
+    let head = input.split_to(length).freeze();
+    let body = input.split_to(body_length).freeze();
+    let Some(spans) = spans else {
+        return Next::Malformed;
+    };
+    let Some((uri, headers)) = spans.build(&head) else {
+        return Next::Malformed;
+    };
+    let mut parts = Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers = headers;
+    Next::Request(Box::new(Parsed { parts, body, close }))
+}
+
+/// Where the target and the header fields lie in the head, so that they can be sliced
+/// from its bytes once the head is split off the buffer.
+struct Spans {
+    target: [u16; 2],
+    fields: [[u16; 4]; MAX_HEADERS],
+    count: usize,
+}
+
+impl Spans {
+    fn of(buffer: &[u8], target: &[u8], fields: &[httparse::Header<'_>]) -> Option<Self> {
+        let start = buffer.as_ptr() as usize;
+        let span = |part: &[u8]| -> Option<[u16; 2]> {
+            let offset = (part.as_ptr() as usize).checked_sub(start)?;
+            Some([
+                u16::try_from(offset).ok()?,
+                u16::try_from(offset + part.len()).ok()?,
+            ])
+        };
+        let mut spans = Self {
+            target: span(target)?,
+            fields: [[0; 4]; MAX_HEADERS],
+            count: fields.len(),
+        };
+        for (slot, field) in spans.fields.iter_mut().zip(fields) {
+            let [name_start, name_end] = span(field.name.as_bytes())?;
+            let [value_start, value_end] = span(field.value)?;
+            *slot = [name_start, name_end, value_start, value_end];
+        }
+        Some(spans)
+    }
+
+    fn build(&self, head: &Bytes) -> Option<(Uri, HeaderMap)> {
+        let slice = |start: u16, end: u16| {
+            let range = usize::from(start)..usize::from(end);
+            head.get(range.clone()).map(|_| head.slice(range))
+        };
+        let [target_start, target_end] = self.target;
+        let uri = Uri::from_maybe_shared(slice(target_start, target_end)?).ok()?;
+        // Room for what the gateway adds (forwarding headers, Via, session).
+        let mut headers = HeaderMap::with_capacity(self.count + 6);
+        for [name_start, name_end, value_start, value_end] in self.fields.iter().take(self.count) {
+            let name = HeaderName::from_bytes(&slice(*name_start, *name_end)?).ok()?;
+            let value = HeaderValue::from_maybe_shared(slice(*value_start, *value_end)?).ok()?;
+            headers.append(name, value);
+        }
+        Some((uri, headers))
+    }
+}
+
+/// Writes a response: its head, then its body (chunked when its length is unknown);
+/// what the body has ready goes out with the head in one write.
+async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    output: &mut BytesMut,
+    response: Response<ProxyBody>,
+    head_only: bool,
+    close: bool,
+) -> Result<(), BoxError> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodyless = head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let chunked = !bodyless && !declared && body.size_hint().exact().is_none();
+    output.clear();
+    output.put_slice(b"HTTP/1.1 ");
+    output.put_slice(status.as_str().as_bytes());
+    output.put_u8(b' ');
+    output.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    output.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        output.put_slice(name.as_str().as_bytes());
+        output.put_slice(b": ");
+        output.put_slice(value.as_bytes());
+        output.put_slice(b"\r\n");
+    }
+    if !declared
+        && !chunked
+        && status != StatusCode::NO_CONTENT
+        && !status.is_informational()
+        && let Some(length) = body.size_hint().exact()
+    {
+        output.put_slice(format!("content-length: {length}\r\n").as_bytes());
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        output.put_slice(b"date: ");
+        output.put_slice(super::http_date().as_bytes());
+        output.put_slice(b"\r\n");
+    }
+    if chunked {
+        output.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if close {
+        output.put_slice(b"connection: close\r\n");
+    }
+    output.put_slice(b"\r\n");
+    if !bodyless {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                output.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            }
+            output.put_slice(&data);
+            if chunked {
+                output.put_slice(b"\r\n");
+            }
+            // A body still streaming goes out as it comes: the client must not wait
+            // for bytes the gateway already has.
+            if output.len() >= WRITE_BATCH || !body.is_end_stream() {
+                io.write_all(output).await?;
+                output.clear();
+            }
+        }
+        if chunked {
+            output.put_slice(b"0\r\n\r\n");
+        }
+    }
+    io.write_all(output).await?;
+    output.clear();
+    Ok(())
+}
+
+/// A connection handed to hyper with the bytes this loop had read from it.
+struct Rewind<I> {
+    read: Bytes,
+    io: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.has_remaining() {
+            let count = self.read.len().min(buf.remaining());
+            buf.put_slice(self.read.get(..count).unwrap_or_default());
+            self.read.advance(count);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &[u8]) -> (Next, BytesMut) {
+        let mut input = BytesMut::from(raw);
+        let next = next_request(&mut input, 8192);
+        (next, input)
+    }
+
+    #[test]
+    fn simple_requests_are_parsed_with_their_bodies_and_pipelined_rest() {
+        let (next, rest) = parse(
+            b"POST /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabcGET / HTTP/1.1\r\n",
+        );
+        let Next::Request(request) = next else {
+            panic!("a request");
+        };
+        assert_eq!(request.parts.method, Method::POST);
+        assert_eq!(
+            request.parts.uri.path_and_query().unwrap().as_str(),
+            "/a?b=c"
+        );
+        assert_eq!(request.parts.headers["host"], "x");
+        assert_eq!(&request.body[..], b"abc");
+        assert!(request.close);
+        assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n", "the next request stays");
+        let (next, _) = parse(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
+        assert!(matches!(next, Next::Partial), "the body is still coming");
+    }
+
+    #[test]
+    fn unusual_requests_go_to_hyper_untouched() {
+        for raw in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+        ] {
+            let (next, input) = parse(raw);
+            assert!(
+                matches!(next, Next::HandOff),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            assert_eq!(&input[..], raw, "nothing consumed");
+        }
+        let mut long = BytesMut::from(&b"GET / HTTP/1.1\r\nX: "[..]);
+        long.extend_from_slice(&[b'a'; 9000]);
+        assert!(matches!(next_request(&mut long, 8192), Next::HandOff));
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_for_the_client() {
+        let mut output = BytesMut::new();
+        let mut wire = Vec::new();
+        let body = Frames(vec![Bytes::from_static(b"c"), Bytes::from_static(b"ab")]).boxed_unsync();
+        let response = Response::new(body);
+        write_response(&mut wire, &mut output, response, false, true)
+            .await
+            .unwrap();
+        let text = String::from_utf8(wire).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(
+            text.ends_with("\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"),
+            "{text}"
+        );
+
+        let mut wire = Vec::new();
+        let response = super::super::text(StatusCode::NOT_FOUND, "none");
+        write_response(&mut wire, &mut output, response, true, false)
+            .await
+            .unwrap();
+        let text = String::from_utf8(wire).unwrap();
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "HEAD: no body: {text}");
+    }
+
+    /// A body of frames (popped from the end) whose length is not known up front.
+    struct Frames(Vec<Bytes>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop().map(|data| Ok(hyper::body::Frame::data(data))))
+        }
+    }
+}
