@@ -4,11 +4,11 @@
 # nginx backends (../shared/baselines), on the same machine; then the same over TLS
 # (a self-signed ECDSA certificate; HTTP/1.1, keep-alive). Each figure is the median of
 # ROUNDS alternating runs; prints requests/s, p50 and p99 and the ratios to HAProxy.
-#   bench/http.sh [SECONDS]        (ROUNDS=3; ONLY=plain|tls: one part)
+#   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls: one part)
 # The gateway runs with one thread (TOKIO_WORKER_THREADS=1) like HAProxy's nbthread 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-3}
+SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-5}
 baselines=$(cd ../shared/baselines && pwd)
 for tool in haproxy nginx wrk openssl; do
     command -v "$tool" >/dev/null || sudo -n apt-get install -y haproxy nginx-light wrk openssl >/dev/null 2>&1 \

@@ -417,6 +417,194 @@ fn upgrades_are_tunnelled() {
     }
 }
 
+/// One response read off a raw connection: status, lower-cased head, body (by
+/// `Content-Length` or chunked framing).
+fn read_response(stream: &mut std::io::BufReader<TcpStream>) -> (u16, String, String) {
+    use std::io::BufRead;
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        stream.read_line(&mut line).unwrap();
+        assert!(!line.is_empty(), "connection closed in a head: {head}");
+        head.push_str(&line.to_ascii_lowercase());
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let status = head[9..12].parse().unwrap();
+    let field = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_owned)
+    };
+    let mut body = Vec::new();
+    if let Some(length) = field("content-length") {
+        body.resize(length.trim().parse().unwrap(), 0);
+        stream.read_exact(&mut body).unwrap();
+    } else if field("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            stream.read_line(&mut size).unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            stream.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    (status, head, String::from_utf8(body).unwrap())
+}
+
+/// A registrar, one PE in WebPool and a gateway with one HTTP listener serving it.
+#[allow(
+    clippy::type_complexity,
+    reason = "test fixture: what the caller keeps alive"
+)]
+fn serving_gateway() -> ((Process, Vec<Process>), SocketAddr, (Process, ConfigFile)) {
+    let (registrar, asap, pes) = web_pool(1);
+    let address = listen();
+    let gateway = gateway(
+        asap,
+        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+    );
+    assert!(eventually(Duration::from_secs(10), || try_request(
+        address,
+        "GET",
+        "/",
+        &[],
+        b""
+    )
+    .is_some_and(|reply| reply.status == 200)));
+    ((registrar, pes), address, gateway)
+}
+
+/// A raw client connection: its write side and a buffered read side.
+fn connect(address: SocketAddr) -> (TcpStream, std::io::BufReader<TcpStream>) {
+    let stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (stream.try_clone().unwrap(), std::io::BufReader::new(stream))
+}
+
+/// HTTP/1.1 connections (README, "HTTP gateway"): pipelined requests are answered in
+/// order on one connection; requests the gateway's own loop does not take (chunked
+/// bodies, `Expect`, HTTP/1.0) are served all the same, and the connection goes on;
+/// `Connection: close` and HTTP/1.0 end it after the response; HEAD has no body.
+#[test]
+fn http1_connections_pipeline_keep_alive_and_close() {
+    let (_pool, address, _gateway) = serving_gateway();
+
+    let (mut writer, mut reader) = connect(address);
+    writer
+        .write_all(
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nPOST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloHEAD /three HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
+    let (status, head, body) = read_response(&mut reader);
+    assert_eq!(status, 200);
+    assert!(head.contains("via: 1.1 rserpool"), "{head}");
+    assert!(head.contains("date: "), "{head}");
+    assert!(body.contains("method=GET"), "{body}");
+    let (status, _, body) = read_response(&mut reader);
+    assert_eq!(status, 200);
+    assert!(body.contains("method=POST body=5"), "{body}");
+    writer
+        .write_all(b"POST /four HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        .unwrap();
+    // HEAD: a head and no body, whatever its Content-Length says: the next response
+    // follows at once.
+    {
+        use std::io::BufRead;
+        let mut head = String::new();
+        let mut line = String::new();
+        while line != "\r\n" {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            head.push_str(&line);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "HEAD: {head}");
+    }
+    let (status, _, body) = read_response(&mut reader);
+    assert_eq!(status, 200, "a chunked request body");
+    assert!(body.contains("method=POST body=3"), "{body}");
+    writer
+        .write_all(
+            b"PUT /five HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        )
+        .unwrap();
+    let (status, _, _) = read_response(&mut reader);
+    assert_eq!(status, 100, "Expect gets 100 Continue");
+    writer.write_all(b"ok").unwrap();
+    let (status, _, body) = read_response(&mut reader);
+    assert_eq!(status, 200);
+    assert!(body.contains("method=PUT body=2"), "{body}");
+    writer
+        .write_all(b"GET /six HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (status, head, _) = read_response(&mut reader);
+    assert_eq!(status, 200);
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    assert_eq!(
+        reader.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after close"
+    );
+
+    let (mut writer, mut reader) = connect(address);
+    writer
+        .write_all(b"GET /seven HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (status, _, body) = read_response(&mut reader);
+    assert_eq!(status, 200, "HTTP/1.0");
+    assert!(body.contains("method=GET"), "{body}");
+    let mut rest = Vec::new();
+    assert_eq!(reader.read_to_end(&mut rest).unwrap(), 0, "HTTP/1.0 closes");
+
+    let (mut writer, mut reader) = connect(address);
+    writer
+        .write_all(b"GET / HTTP/1.1\r\nHost x\r\n\r\n")
+        .unwrap();
+    let (status, _, _) = read_response(&mut reader);
+    assert_eq!(status, 400, "a malformed head");
+}
+
+/// SIGTERM: an idle keep-alive connection is closed at once, a request under way gets
+/// its response (marked `Connection: close`), then the gateway exits 0.
+#[test]
+fn sigterm_finishes_requests_under_way_and_closes_idle_connections() {
+    let (_pool, address, (mut gateway, _file)) = serving_gateway();
+    let (mut idle_writer, mut idle) = connect(address);
+    idle_writer
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut idle).0, 200);
+    let (mut busy_writer, mut busy) = connect(address);
+    busy_writer
+        .write_all(b"GET /?delay_ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+
+    gateway.signal("TERM");
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).unwrap(),
+        0,
+        "the idle one is closed"
+    );
+    let (status, head, _) = read_response(&mut busy);
+    assert_eq!(status, 200, "the request under way is answered");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(busy.read_to_end(&mut rest).unwrap(), 0);
+    let status = gateway
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits once drained");
+    assert!(status.success(), "{status:?}");
+}
+
 /// SIGHUP takes new routes without a restart; a broken file changes nothing.
 #[test]
 fn sighup_reloads_routes() {

@@ -52,8 +52,8 @@ struct Parsed {
     close: bool,
 }
 
+/// What to do when there is no request to serve yet.
 enum Next {
-    Request(Box<Parsed>),
     /// More bytes are needed.
     Partial,
     /// Hyper serves the connection from here.
@@ -82,13 +82,16 @@ pub(super) async fn serve<I, D>(
     // and is pushed on if a newer head is still in time, rather than re-armed per
     // request.
     let mut timer = Box::pin(tokio::time::sleep(limits.header_timeout));
+    // Registered with the tokens once, not per request.
+    let mut stop_accepting = std::pin::pin!(lifecycle.stop_accepting.cancelled());
+    let mut close_sessions = std::pin::pin!(lifecycle.close_sessions.cancelled());
     loop {
         let waiting_since = crate::now();
         let request = loop {
             match next_request(&mut input, limits.max_header_bytes) {
-                Next::Request(request) => break request,
-                Next::Partial => {}
-                Next::HandOff => {
+                Ok(request) => break request,
+                Err(Next::Partial) => {}
+                Err(Next::HandOff) => {
                     let io = TokioIo::new(Rewind {
                         read: input.freeze(),
                         io,
@@ -96,7 +99,7 @@ pub(super) async fn serve<I, D>(
                     super::serve_connection(io, &builder, state, peer, lifecycle).await;
                     return;
                 }
-                Next::Malformed => {
+                Err(Next::Malformed) => {
                     let response = super::text(StatusCode::BAD_REQUEST, "malformed request");
                     let _ = write_response(&mut io, &mut output, response, false, true).await;
                     return;
@@ -118,13 +121,13 @@ pub(super) async fn serve<I, D>(
                     timer.as_mut().reset(deadline.into());
                     continue;
                 }
-                () = lifecycle.stop_accepting.cancelled(), if idle => return,
+                () = stop_accepting.as_mut(), if idle => return,
             };
             if !matches!(read, Ok(read) if read > 0) {
                 return;
             }
         };
-        let Parsed { parts, body, close } = *request;
+        let Parsed { parts, body, close } = request;
         let head_only = parts.method == Method::HEAD;
         let request = ClientRequest {
             parts,
@@ -133,7 +136,7 @@ pub(super) async fn serve<I, D>(
         };
         let response = tokio::select! {
             response = super::handle(&state, peer, &forwarding, request) => response,
-            () = lifecycle.close_sessions.cancelled() => return,
+            () = close_sessions.as_mut() => return,
         };
         // Shutting down: this response is the connection's last.
         let close = close || lifecycle.stop_accepting.is_cancelled();
@@ -151,27 +154,29 @@ pub(super) async fn serve<I, D>(
 
 /// The next request at the start of `input` (consumed with its body), or what to do
 /// instead.
-fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Next {
+fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed, Next> {
     if input.is_empty() {
-        return Next::Partial;
+        return Err(Next::Partial);
     }
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut []);
     let length = match request.parse_with_uninit_headers(input, &mut slots) {
         Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) if input.len() <= max_header_bytes => return Next::Partial,
+        Ok(httparse::Status::Partial) if input.len() <= max_header_bytes => {
+            return Err(Next::Partial);
+        }
         // Too large, malformed, or not HTTP/1 (HTTP/2's preface): hyper answers.
-        Ok(httparse::Status::Partial) | Err(_) => return Next::HandOff,
+        Ok(httparse::Status::Partial) | Err(_) => return Err(Next::HandOff),
     };
     if length > max_header_bytes || request.version != Some(1) {
-        return Next::HandOff;
+        return Err(Next::HandOff);
     }
     let Some(method) = request
         .method
         .and_then(|method| Method::from_bytes(method.as_bytes()).ok())
         .filter(|method| *method != Method::CONNECT)
     else {
-        return Next::HandOff;
+        return Err(Next::HandOff);
     };
     let mut body_length = 0usize;
     let mut close = false;
@@ -181,7 +186,7 @@ fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Next {
             || name.eq_ignore_ascii_case("upgrade")
             || name.eq_ignore_ascii_case("expect")
         {
-            return Next::HandOff;
+            return Err(Next::HandOff);
         }
         if name.eq_ignore_ascii_case("content-length") {
             match std::str::from_utf8(field.value)
@@ -191,7 +196,7 @@ fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Next {
                 Some(value) if value <= MAX_BODY && (body_length == 0 || body_length == value) => {
                     body_length = value;
                 }
-                _ => return Next::HandOff,
+                _ => return Err(Next::HandOff),
             }
         }
         if name.eq_ignore_ascii_case("connection") {
@@ -199,14 +204,14 @@ fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Next {
                 let token = token.trim_ascii();
                 close |= token.eq_ignore_ascii_case(b"close");
                 if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Next::HandOff;
+                    return Err(Next::HandOff);
                 }
             }
         }
     }
     if input.len() < length + body_length {
         // The body is still coming (its length is bounded above).
-        return Next::Partial;
+        return Err(Next::Partial);
     }
     let spans = Spans::of(
         input,
@@ -216,17 +221,17 @@ fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Next {
     let head = input.split_to(length).freeze();
     let body = input.split_to(body_length).freeze();
     let Some(spans) = spans else {
-        return Next::Malformed;
+        return Err(Next::Malformed);
     };
     let Some((uri, headers)) = spans.build(&head) else {
-        return Next::Malformed;
+        return Err(Next::Malformed);
     };
     let mut parts = Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     parts.headers = headers;
-    Next::Request(Box::new(Parsed { parts, body, close }))
+    Ok(Parsed { parts, body, close })
 }
 
 /// Where the target and the header fields lie in the head, so that they can be sliced
@@ -348,15 +353,21 @@ async fn write_response<I: AsyncWrite + Unpin>(
             // A body still streaming goes out as it comes: the client must not wait
             // for bytes the gateway already has.
             if output.len() >= WRITE_BATCH || !body.is_end_stream() {
-                io.write_all(output).await?;
-                output.clear();
+                send(io, output).await?;
             }
         }
         if chunked {
             output.put_slice(b"0\r\n\r\n");
         }
     }
+    send(io, output).await
+}
+
+/// Writes and flushes `output` (TLS keeps written bytes until flushed when the socket
+/// is full), then empties it.
+async fn send<I: AsyncWrite + Unpin>(io: &mut I, output: &mut BytesMut) -> Result<(), BoxError> {
     io.write_all(output).await?;
+    io.flush().await?;
     output.clear();
     Ok(())
 }
@@ -417,7 +428,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
 mod tests {
     use super::*;
 
-    fn parse(raw: &[u8]) -> (Next, BytesMut) {
+    fn parse(raw: &[u8]) -> (Result<Parsed, Next>, BytesMut) {
         let mut input = BytesMut::from(raw);
         let next = next_request(&mut input, 8192);
         (next, input)
@@ -428,7 +439,7 @@ mod tests {
         let (next, rest) = parse(
             b"POST /a?b=c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabcGET / HTTP/1.1\r\n",
         );
-        let Next::Request(request) = next else {
+        let Ok(request) = next else {
             panic!("a request");
         };
         assert_eq!(request.parts.method, Method::POST);
@@ -441,7 +452,10 @@ mod tests {
         assert!(request.close);
         assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n", "the next request stays");
         let (next, _) = parse(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc");
-        assert!(matches!(next, Next::Partial), "the body is still coming");
+        assert!(
+            matches!(next, Err(Next::Partial)),
+            "the body is still coming"
+        );
     }
 
     #[test]
@@ -459,7 +473,7 @@ mod tests {
         ] {
             let (next, input) = parse(raw);
             assert!(
-                matches!(next, Next::HandOff),
+                matches!(next, Err(Next::HandOff)),
                 "{}",
                 String::from_utf8_lossy(raw)
             );
@@ -467,7 +481,7 @@ mod tests {
         }
         let mut long = BytesMut::from(&b"GET / HTTP/1.1\r\nX: "[..]);
         long.extend_from_slice(&[b'a'; 9000]);
-        assert!(matches!(next_request(&mut long, 8192), Next::HandOff));
+        assert!(matches!(next_request(&mut long, 8192), Err(Next::HandOff)));
     }
 
     #[tokio::test]
