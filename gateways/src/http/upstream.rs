@@ -140,8 +140,11 @@ impl Upstream {
             None => self.connect(address).await?,
         };
         let head_only = *request.method == Method::HEAD;
-        write_request(&mut connection, address, request).await?;
+        let complete = write_request(&mut connection, address, request).await?;
         let (head, framing, keep_alive) = read_head(&mut connection, head_only).await?;
+        // A request whose body was cut short by an early answer leaves the connection
+        // mid-message: it cannot carry another.
+        let keep_alive = keep_alive && complete;
         let mut body = ResponseBody {
             connection: Some(connection),
             framing,
@@ -221,11 +224,12 @@ fn still_open(stream: &TcpStream) -> bool {
     stream.poll_read_ready(&mut context).is_pending()
 }
 
+/// Writes a request; `false` when the PE answered before the whole body went out.
 async fn write_request(
     connection: &mut Connection,
     address: SocketAddr,
     request: Outgoing<'_>,
-) -> Result<(), UpstreamError> {
+) -> Result<bool, UpstreamError> {
     let Outgoing {
         method,
         target,
@@ -254,7 +258,7 @@ async fn write_request(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
     );
-    match body {
+    let complete = match body {
         OutgoingBody::Whole(bytes) => {
             if !(bytes.is_empty() && bodyless) {
                 head.put_slice(format!("content-length: {}\r\n", bytes.len()).as_bytes());
@@ -267,6 +271,7 @@ async fn write_request(
                 write_all(&mut connection.stream, &head).await?;
                 write_all(&mut connection.stream, &bytes).await?;
             }
+            true
         }
         OutgoingBody::Streaming { body, length } => {
             match length {
@@ -277,11 +282,11 @@ async fn write_request(
             }
             head.put_slice(b"\r\n");
             write_all(&mut connection.stream, &head).await?;
-            stream_body(&mut connection.stream, body, length.is_none()).await?;
+            stream_body(&mut connection.stream, body, length.is_none()).await?
         }
-    }
+    };
     connection.head = head;
-    Ok(())
+    Ok(complete)
 }
 
 async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), UpstreamError> {
@@ -289,12 +294,12 @@ async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), UpstreamE
 }
 
 /// Copies a streaming request body to the PE. A PE that answers before it has read the
-/// whole body (an early error) stops the copy: its response is read next.
+/// whole body (an early error) stops the copy: its response is read next (`false`).
 async fn stream_body(
     stream: &mut TcpStream,
     mut body: ProxyBody,
     chunked: bool,
-) -> Result<(), UpstreamError> {
+) -> Result<bool, UpstreamError> {
     let (mut reader, mut writer) = stream.split();
     let copy = async {
         while let Some(frame) = body.frame().await {
@@ -330,9 +335,9 @@ async fn stream_body(
     };
     let mut probe = [0u8; 1];
     tokio::select! {
-        copied = copy => copied,
+        copied = copy => copied.map(|()| true),
         // Bytes (or the end) from the PE before the body is through: its answer.
-        _ = reader.peek(&mut probe) => Ok(()),
+        _ = reader.peek(&mut probe) => Ok(false),
     }
 }
 
@@ -971,5 +976,74 @@ mod tests {
             .await
             .unwrap_err();
         assert!(refused.is_connect(), "{refused}");
+    }
+
+    /// A request body that never ends.
+    struct Endless;
+
+    impl Body for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            static CHUNK: [u8; 16 * 1024] = [b'x'; 16 * 1024];
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK)))))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_early_answer_stops_the_upload_and_retires_the_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // Reads the head only, answers, and reads nothing more.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && socket.read_exact(&mut byte).await.is_ok() {
+                    head.push(byte[0]);
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                open.push(socket);
+            }
+        });
+        let upstream = Upstream::new(Duration::from_secs(1));
+        let headers = HeaderMap::new();
+        for _ in 0..2 {
+            let response = tokio::time::timeout(
+                Duration::from_secs(10),
+                upstream.send(
+                    address,
+                    Outgoing {
+                        method: &Method::POST,
+                        target: "/",
+                        headers: &headers,
+                        body: OutgoingBody::Streaming {
+                            body: Endless.boxed_unsync(),
+                            length: None,
+                        },
+                    },
+                    crate::now(),
+                ),
+            )
+            .await
+            .expect("the early answer ends the upload")
+            .unwrap();
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "a connection left mid-body is not reused"
+        );
     }
 }
