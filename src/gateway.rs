@@ -501,10 +501,11 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .iter()
         .map(ToString::to_string)
         .collect();
+    // Before the ready line: a signal sent right after it (a supervisor's reload)
+    // must find the handlers, not the default action (SIGHUP would end the process).
+    let mut signals = Signals::install().map_err(RunError::Io)?;
     tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, "ready");
     crate::systemd::ready(&shutdown);
-
-    let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {
         match signals.next().await {
             Request::Stop => break,

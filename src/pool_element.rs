@@ -430,6 +430,9 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         None => "off".to_owned(),
     };
     let registrars: Vec<String> = section.registrars.iter().map(ToString::to_string).collect();
+    // Before the ready line: a signal sent right after it (a supervisor's reload)
+    // must find the handlers, not the default action (SIGHUP would end the process).
+    let mut signals = Signals::install().map_err(RunError::Io)?;
     tracing::info!(
         role = "pe",
         asap = %asap,
@@ -440,7 +443,6 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     );
     crate::systemd::ready(&shutdown);
 
-    let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {
         tokio::select! {
             request = signals.next() => match request {

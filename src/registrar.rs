@@ -250,6 +250,9 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         .to_string(),
         None => "off".to_owned(),
     };
+    // Before the ready line: a signal sent right after it (a supervisor's reload)
+    // must find the handlers, not the default action (SIGHUP would end the process).
+    let mut signals = Signals::install().map_err(RunError::Io)?;
     tracing::info!(
         role = "registrar",
         id = %id,
@@ -264,8 +267,6 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         "ready"
     );
     crate::systemd::ready(&shutdown);
-
-    let mut signals = Signals::install().map_err(RunError::Io)?;
     loop {
         match signals.next().await {
             Request::Stop => break,

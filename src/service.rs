@@ -640,6 +640,9 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         None => "off".to_owned(),
     };
     let registrars: Vec<String> = registrars.iter().map(ToString::to_string).collect();
+    // Before the ready line: a signal sent right after it (a supervisor's reload)
+    // must find the handlers, not the default action (SIGHUP would end the process).
+    let mut signals = Signals::install().map_err(RunError::Io)?;
     tracing::info!(
         role = "pe",
         serve = ?kind,
@@ -649,7 +652,6 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         registrars = %registrars.join(","),
         "ready"
     );
-    let mut signals = Signals::install().map_err(RunError::Io)?;
     let http_sessions = crate::demo_http::Sessions::default();
     let pe_id = service.pe_id();
     loop {
