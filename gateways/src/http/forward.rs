@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// Headers that apply to one connection only (RFC 9110 §7.6.1, plus the
 /// `Proxy-Connection` and `Keep-Alive` that old clients still send). Names, not
 /// strings: a lookup by string parses the name every time.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -28,7 +28,7 @@ pub const COOKIE: HeaderName = HeaderName::from_static("rserpool-cookie");
 /// `RSerPool-Cookie-Echo`: that state handed to the next PE (request).
 pub const COOKIE_ECHO: HeaderName = HeaderName::from_static("rserpool-cookie-echo");
 /// Headers a client must not hand to PEs: the gateway's own channel to them.
-const GATEWAY_HEADERS: [HeaderName; 3] = [SESSION, COOKIE_ECHO, COOKIE];
+static GATEWAY_HEADERS: [HeaderName; 3] = [SESSION, COOKIE_ECHO, COOKIE];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -41,10 +41,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let mut found = 0u16;
     let mut upgrade = false;
     for name in headers.keys() {
-        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+        let name = name.as_str();
+        // Lengths of the hop-by-hop names and `upgrade`: most names are ruled out by
+        // their length alone.
+        if !matches!(name.len(), 2 | 7 | 10 | 16..=19) {
+            continue;
+        }
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop.as_str() == name) {
             found |= 1 << index;
         }
-        upgrade |= name == header::UPGRADE;
+        upgrade |= name == header::UPGRADE.as_str();
     }
     if found == 0 && !upgrade {
         return;
@@ -123,13 +129,17 @@ impl Forwarding {
 
 /// Adds the gateway to `Via` (requests and responses).
 pub fn add_via(headers: &mut HeaderMap, version: http::Version) {
+    const VIA_10: HeaderValue = HeaderValue::from_static("1.0 rserpool");
+    const VIA_11: HeaderValue = HeaderValue::from_static("1.1 rserpool");
+    const VIA_2: HeaderValue = HeaderValue::from_static("2 rserpool");
+    const VIA_3: HeaderValue = HeaderValue::from_static("3 rserpool");
     let via = match version {
-        http::Version::HTTP_10 => "1.0 rserpool",
-        http::Version::HTTP_2 => "2 rserpool",
-        http::Version::HTTP_3 => "3 rserpool",
-        _ => "1.1 rserpool",
+        http::Version::HTTP_10 => VIA_10,
+        http::Version::HTTP_2 => VIA_2,
+        http::Version::HTTP_3 => VIA_3,
+        _ => VIA_11,
     };
-    append_value(headers, header::VIA, &HeaderValue::from_static(via));
+    append_value(headers, header::VIA, &via);
 }
 
 /// Appends to a comma-separated list header, joining earlier values (one lookup when
