@@ -1,7 +1,18 @@
-# Shared by the gateway benchmarks (sourced, from the repository root): a work
-# directory, the processes to stop on exit (add pids to `pids`, pid files to
-# `pid_files`), waiting for ready lines, and a registrar with one `rserpool pe` agent per
-# backend.
+# Shared by the gateway benchmarks (sourced, from the repository root): the Debian
+# tools they need, a work directory, the processes to stop on exit (add pids to `pids`,
+# pid files to `pid_files`), waiting for ready lines, and a registrar with one
+# `rserpool pe` agent per backend.
+
+# need "PACKAGES" COMMAND...: installs the Debian PACKAGES unless every COMMAND is there.
+need() {
+    local packages=$1 tool; shift
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null && continue
+        # shellcheck disable=SC2086 # a list of package names
+        sudo -n apt-get install -y $packages >/dev/null 2>&1 || apt-get install -y $packages >/dev/null
+        return
+    done
+}
 
 ulimit -n 65536 2>/dev/null || true
 bin=target/release

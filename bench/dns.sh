@@ -9,13 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-3}; CLIENTS=${CLIENTS:-4}
-for tool in dnsperf knotd; do
-    command -v "$tool" >/dev/null || sudo -n apt-get install -y dnsperf knot >/dev/null 2>&1 \
-        || apt-get install -y dnsperf knot >/dev/null
-done
-cargo build --release --quiet -p rserpool
 # shellcheck source=bench/common.sh
 . bench/common.sh
+need "dnsperf knot" dnsperf knotd
+cargo build --release --quiet -p rserpool
 
 # Knot with the static zone.
 mkdir -p "$work/knot"

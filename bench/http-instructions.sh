@@ -10,13 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${1:-2000}
 baselines=$(cd ../shared/baselines && pwd)
-for tool in haproxy nginx valgrind python3; do
-    command -v "$tool" >/dev/null || sudo -n apt-get install -y haproxy nginx-light valgrind python3 >/dev/null 2>&1 \
-        || apt-get install -y haproxy nginx-light valgrind python3 >/dev/null
-done
-cargo build --release --quiet -p rserpool
 # shellcheck source=bench/common.sh
 . bench/common.sh
+need "haproxy nginx-light valgrind python3" haproxy nginx callgrind_control python3
+cargo build --release --quiet -p rserpool
 mkdir -p /tmp/baselines
 pid_files+=(/tmp/baselines/nginx.pid)
 nginx -c "$baselines/nginx-backend.conf"

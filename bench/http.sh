@@ -10,13 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-5}
 baselines=$(cd ../shared/baselines && pwd)
-for tool in haproxy nginx wrk openssl; do
-    command -v "$tool" >/dev/null || sudo -n apt-get install -y haproxy nginx-light wrk openssl >/dev/null 2>&1 \
-        || apt-get install -y haproxy nginx-light wrk openssl >/dev/null
-done
-cargo build --release --quiet -p rserpool
 # shellcheck source=bench/common.sh
 . bench/common.sh
+need "haproxy nginx-light wrk openssl" haproxy nginx wrk openssl
+cargo build --release --quiet -p rserpool
 mkdir -p /tmp/baselines
 pid_files+=(/tmp/baselines/nginx.pid /tmp/baselines/nginx-proxy.pid "$work/nginx-tls.pid")
 

@@ -11,11 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_=${1:-5}; KILLS=${2:-50}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
-command -v haproxy >/dev/null || sudo -n apt-get install -y haproxy >/dev/null 2>&1 \
-    || apt-get install -y haproxy >/dev/null
-cargo build --release --quiet -p rserpool -p rserpool-bench
 # shellcheck source=bench/common.sh
 . bench/common.sh
+need haproxy haproxy
+cargo build --release --quiet -p rserpool -p rserpool-bench
 
 "$bin/tcp-load" echo --listen 127.0.0.1:18101 & pids+=($!)
 "$bin/tcp-load" echo --listen 127.0.0.1:18102 & pids+=($!)

@@ -14,6 +14,7 @@
 
 pub mod forward;
 mod h1;
+mod head;
 pub mod sticky;
 pub mod tls;
 mod upstream;

@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body;
@@ -26,12 +26,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::head::{LAST_CHUNK, MAX_HEADERS, Spans, put_chunk, put_field, put_fields};
 use super::{BoxError, ClientBody, ClientRequest, ProxyBody, State};
 use crate::{Directory, Lifecycle};
 
 /// Request bodies up to this size are read by this loop; larger ones go to hyper.
 const MAX_BODY: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
 const READ_SIZE: usize = 8 * 1024;
 /// Response bytes gathered before they are written (a body larger than this goes out
 /// in pieces).
@@ -227,7 +227,12 @@ fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed,
     let Some(spans) = spans else {
         return Err(Next::Malformed);
     };
-    let Some((uri, headers)) = spans.build(&head) else {
+    // Room for what the gateway adds (forwarding headers, Via, session).
+    let Some((uri, headers)) = spans
+        .target(&head)
+        .and_then(|target| Uri::from_maybe_shared(target).ok())
+        .zip(spans.headers(&head, 6))
+    else {
         return Err(Next::Malformed);
     };
     let mut parts = Request::new(()).into_parts().0;
@@ -236,55 +241,6 @@ fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed,
     parts.version = Version::HTTP_11;
     parts.headers = headers;
     Ok(Parsed { parts, body, close })
-}
-
-/// Where the target and the header fields lie in the head, so that they can be sliced
-/// from its bytes once the head is split off the buffer.
-struct Spans {
-    target: [u16; 2],
-    fields: [[u16; 4]; MAX_HEADERS],
-    count: usize,
-}
-
-impl Spans {
-    fn of(buffer: &[u8], target: &[u8], fields: &[httparse::Header<'_>]) -> Option<Self> {
-        let start = buffer.as_ptr() as usize;
-        let span = |part: &[u8]| -> Option<[u16; 2]> {
-            let offset = (part.as_ptr() as usize).checked_sub(start)?;
-            Some([
-                u16::try_from(offset).ok()?,
-                u16::try_from(offset + part.len()).ok()?,
-            ])
-        };
-        let mut spans = Self {
-            target: span(target)?,
-            fields: [[0; 4]; MAX_HEADERS],
-            count: fields.len(),
-        };
-        for (slot, field) in spans.fields.iter_mut().zip(fields) {
-            let [name_start, name_end] = span(field.name.as_bytes())?;
-            let [value_start, value_end] = span(field.value)?;
-            *slot = [name_start, name_end, value_start, value_end];
-        }
-        Some(spans)
-    }
-
-    fn build(&self, head: &Bytes) -> Option<(Uri, HeaderMap)> {
-        let slice = |start: u16, end: u16| {
-            let range = usize::from(start)..usize::from(end);
-            head.get(range.clone()).map(|_| head.slice(range))
-        };
-        let [target_start, target_end] = self.target;
-        let uri = Uri::from_maybe_shared(slice(target_start, target_end)?).ok()?;
-        // Room for what the gateway adds (forwarding headers, Via, session).
-        let mut headers = HeaderMap::with_capacity(self.count + 6);
-        for [name_start, name_end, value_start, value_end] in self.fields.iter().take(self.count) {
-            let name = HeaderName::from_bytes(&slice(*name_start, *name_end)?).ok()?;
-            let value = HeaderValue::from_maybe_shared(slice(*value_start, *value_end)?).ok()?;
-            headers.append(name, value);
-        }
-        Some((uri, headers))
-    }
 }
 
 /// Writes a response: its head, then its body (chunked when its length is unknown);
@@ -310,33 +266,27 @@ async fn write_response<I: AsyncWrite + Unpin>(
     output.put_u8(b' ');
     output.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     output.put_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::TRANSFER_ENCODING || name == header::CONNECTION {
-            continue;
-        }
-        output.put_slice(name.as_str().as_bytes());
-        output.put_slice(b": ");
-        output.put_slice(value.as_bytes());
-        output.put_slice(b"\r\n");
-    }
+    put_fields(
+        output,
+        &parts.headers,
+        &[header::TRANSFER_ENCODING, header::CONNECTION],
+    );
     if !declared
         && !chunked
         && status != StatusCode::NO_CONTENT
         && !status.is_informational()
         && let Some(length) = body.size_hint().exact()
     {
-        output.put_slice(format!("content-length: {length}\r\n").as_bytes());
+        put_field(output, b"content-length", length.to_string().as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        output.put_slice(b"date: ");
-        output.put_slice(super::http_date().as_bytes());
-        output.put_slice(b"\r\n");
+        put_field(output, b"date", super::http_date().as_bytes());
     }
     if chunked {
-        output.put_slice(b"transfer-encoding: chunked\r\n");
+        put_field(output, b"transfer-encoding", b"chunked");
     }
     if close {
-        output.put_slice(b"connection: close\r\n");
+        put_field(output, b"connection", b"close");
     }
     output.put_slice(b"\r\n");
     if !bodyless {
@@ -348,11 +298,9 @@ async fn write_response<I: AsyncWrite + Unpin>(
                 continue;
             }
             if chunked {
-                output.put_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            }
-            output.put_slice(&data);
-            if chunked {
-                output.put_slice(b"\r\n");
+                put_chunk(output, &data);
+            } else {
+                output.put_slice(&data);
             }
             // A body still streaming goes out as it comes: the client must not wait
             // for bytes the gateway already has.
@@ -361,7 +309,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
             }
         }
         if chunked {
-            output.put_slice(b"0\r\n\r\n");
+            output.put_slice(LAST_CHUNK);
         }
     }
     send(io, output).await

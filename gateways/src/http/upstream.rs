@@ -16,18 +16,19 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::forward::connection_has;
+use super::head::{LAST_CHUNK, MAX_HEADERS, Spans, put_chunk, put_field, put_fields};
 use super::{BoxError, ProxyBody};
 
 /// Response heads larger than this are refused (502).
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
 /// A chunk-size or trailer line longer than this is malformed.
 const MAX_LINE: usize = 4096;
 const READ_SIZE: usize = 16 * 1024;
@@ -243,17 +244,14 @@ async fn write_request(
     head.put_slice(target.as_bytes());
     head.put_slice(b" HTTP/1.1\r\n");
     if !headers.contains_key(header::HOST) {
-        head.put_slice(format!("host: {address}\r\n").as_bytes());
+        put_field(&mut head, b"host", address.to_string().as_bytes());
     }
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        head.put_slice(name.as_str().as_bytes());
-        head.put_slice(b": ");
-        head.put_slice(value.as_bytes());
-        head.put_slice(b"\r\n");
-    }
+    // The body's framing is this request's own.
+    put_fields(
+        &mut head,
+        headers,
+        &[header::CONTENT_LENGTH, header::TRANSFER_ENCODING],
+    );
     let bodyless = matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
@@ -261,7 +259,11 @@ async fn write_request(
     let complete = match body {
         OutgoingBody::Whole(bytes) => {
             if !(bytes.is_empty() && bodyless) {
-                head.put_slice(format!("content-length: {}\r\n", bytes.len()).as_bytes());
+                put_field(
+                    &mut head,
+                    b"content-length",
+                    bytes.len().to_string().as_bytes(),
+                );
             }
             head.put_slice(b"\r\n");
             if bytes.len() <= COALESCE {
@@ -276,9 +278,9 @@ async fn write_request(
         OutgoingBody::Streaming { body, length } => {
             match length {
                 Some(length) => {
-                    head.put_slice(format!("content-length: {length}\r\n").as_bytes());
+                    put_field(&mut head, b"content-length", length.to_string().as_bytes());
                 }
-                None => head.put_slice(b"transfer-encoding: chunked\r\n"),
+                None => put_field(&mut head, b"transfer-encoding", b"chunked"),
             }
             head.put_slice(b"\r\n");
             write_all(&mut connection.stream, &head).await?;
@@ -302,6 +304,8 @@ async fn stream_body(
 ) -> Result<bool, UpstreamError> {
     let (mut reader, mut writer) = stream.split();
     let copy = async {
+        // A chunk goes out in one write with its framing.
+        let mut chunk = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(UpstreamError::RequestBody)?;
             let Ok(data) = frame.into_data() else {
@@ -310,24 +314,18 @@ async fn stream_body(
             if data.is_empty() {
                 continue;
             }
-            if chunked {
-                let size = format!("{:x}\r\n", data.len());
-                writer
-                    .write_all(size.as_bytes())
-                    .await
-                    .map_err(UpstreamError::Lost)?;
-            }
-            writer.write_all(&data).await.map_err(UpstreamError::Lost)?;
-            if chunked {
-                writer
-                    .write_all(b"\r\n")
-                    .await
-                    .map_err(UpstreamError::Lost)?;
-            }
+            let bytes = if chunked {
+                chunk.clear();
+                put_chunk(&mut chunk, &data);
+                &chunk[..]
+            } else {
+                &data[..]
+            };
+            writer.write_all(bytes).await.map_err(UpstreamError::Lost)?;
         }
         if chunked {
             writer
-                .write_all(b"0\r\n\r\n")
+                .write_all(LAST_CHUNK)
                 .await
                 .map_err(UpstreamError::Lost)?;
         }
@@ -420,44 +418,13 @@ fn parse_head(
     } else {
         Version::HTTP_11
     };
-    // Names and values are read from the head's bytes once they are split off the
-    // buffer: values are slices of them, not an allocation each. Offsets fit in u16:
-    // heads are at most MAX_HEAD bytes.
-    let start = buffer.as_ptr() as usize;
-    let offset = |part: &[u8]| u16::try_from((part.as_ptr() as usize).wrapping_sub(start)).ok();
-    let mut spans = [[0u16; 4]; MAX_HEADERS];
-    let count = response.headers.len();
-    for (slot, field) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = offset(field.name.as_bytes());
-        let value = offset(field.value);
-        let (Some(name), Some(value)) = (name, value) else {
-            return Err(UpstreamError::Malformed("response head too large"));
-        };
-        // Both lengths are below the head's, which fits in u16.
-        *slot = [
-            name,
-            name.saturating_add(u16::try_from(field.name.len()).unwrap_or(u16::MAX)),
-            value,
-            value.saturating_add(u16::try_from(field.value.len()).unwrap_or(u16::MAX)),
-        ];
-    }
+    let spans = Spans::of(buffer, b"", response.headers)
+        .ok_or(UpstreamError::Malformed("response head too large"))?;
     let head = buffer.split_to(length).freeze();
-    // Room for what the gateway adds (Via, Set-Cookie) without growing.
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for [name_start, name_end, value_start, value_end] in spans.iter().take(count) {
-        let name = usize::from(*name_start)..usize::from(*name_end);
-        let value = usize::from(*value_start)..usize::from(*value_end);
-        let name = head
-            .get(name)
-            .and_then(|name| HeaderName::from_bytes(name).ok())
-            .ok_or(UpstreamError::Malformed("bad header name"))?;
-        let value = head
-            .get(value.clone())
-            .map(|_| head.slice(value))
-            .and_then(|bytes| HeaderValue::from_maybe_shared(bytes).ok())
-            .ok_or(UpstreamError::Malformed("bad header value"))?;
-        headers.append(name, value);
-    }
+    // Room for what the gateway adds (Via, Set-Cookie).
+    let mut headers = spans
+        .headers(&head, 2)
+        .ok_or(UpstreamError::Malformed("bad header field"))?;
     let (framing, delimited) = framing(status, &mut headers, head_only)?;
     let keep_alive = delimited && connection_kept(&headers, version);
     let mut parts = Response::new(()).into_parts().0;
@@ -524,18 +491,10 @@ fn framing(
 
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 only with `keep-alive`.
 fn connection_kept(headers: &HeaderMap, version: Version) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|item| item.trim().eq_ignore_ascii_case(token))
-    };
     if version == Version::HTTP_10 {
-        has("keep-alive")
+        connection_has(headers, "keep-alive")
     } else {
-        !has("close")
+        !connection_has(headers, "close")
     }
 }
 
@@ -910,21 +869,26 @@ mod tests {
         (address, accepted)
     }
 
-    async fn get(upstream: &Arc<Upstream>, address: SocketAddr) -> (StatusCode, Vec<u8>) {
+    /// `method /` with `body` and no header fields.
+    async fn send(
+        upstream: &Arc<Upstream>,
+        address: SocketAddr,
+        method: Method,
+        body: OutgoingBody,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let headers = HeaderMap::new();
-        let response = upstream
-            .send(
-                address,
-                Outgoing {
-                    method: &Method::GET,
-                    target: "/",
-                    headers: &headers,
-                    body: OutgoingBody::Whole(Bytes::new()),
-                },
-                crate::now(),
-            )
-            .await
-            .unwrap();
+        let request = Outgoing {
+            method: &method,
+            target: "/",
+            headers: &headers,
+            body,
+        };
+        upstream.send(address, request, crate::now()).await
+    }
+
+    async fn get(upstream: &Arc<Upstream>, address: SocketAddr) -> (StatusCode, Vec<u8>) {
+        let empty = OutgoingBody::Whole(Bytes::new());
+        let response = send(upstream, address, Method::GET, empty).await.unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, body.to_vec())
@@ -961,18 +925,8 @@ mod tests {
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = closed.local_addr().unwrap();
         drop(closed);
-        let headers = HeaderMap::new();
-        let refused = upstream
-            .send(
-                address,
-                Outgoing {
-                    method: &Method::GET,
-                    target: "/",
-                    headers: &headers,
-                    body: OutgoingBody::Whole(Bytes::new()),
-                },
-                crate::now(),
-            )
+        let empty = OutgoingBody::Whole(Bytes::new());
+        let refused = send(&upstream, address, Method::GET, empty)
             .await
             .unwrap_err();
         assert!(refused.is_connect(), "{refused}");
@@ -1017,23 +971,14 @@ mod tests {
             }
         });
         let upstream = Upstream::new(Duration::from_secs(1));
-        let headers = HeaderMap::new();
         for _ in 0..2 {
+            let endless = OutgoingBody::Streaming {
+                body: Endless.boxed_unsync(),
+                length: None,
+            };
             let response = tokio::time::timeout(
                 Duration::from_secs(10),
-                upstream.send(
-                    address,
-                    Outgoing {
-                        method: &Method::POST,
-                        target: "/",
-                        headers: &headers,
-                        body: OutgoingBody::Streaming {
-                            body: Endless.boxed_unsync(),
-                            length: None,
-                        },
-                    },
-                    crate::now(),
-                ),
+                send(&upstream, address, Method::POST, endless),
             )
             .await
             .expect("the early answer ends the upload")
