@@ -21,8 +21,16 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The `rserpool` binary under test: cargo's, unless `RSERPOOL_TEST_BINARY` names a
+/// copy. The SCTP VM runs a copy in its RAM (scripts/sctp-tests.sh): its view of
+/// `target/` is 9p with `cache=mmap`, which drops a file's pages once no process maps
+/// it, so every start re-read the debug binary through the emulator (0.3 s to 35 s).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_rserpool")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("RSERPOOL_TEST_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_rserpool").to_owned())
+    })
 }
 
 /// A running `rserpool` process; its stderr is collected.
@@ -67,10 +75,10 @@ impl Process {
         let line = ready_rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| {
-                panic!(
-                    "no ready line from rserpool {args:?}: {:?}",
-                    log.lock().unwrap()
-                )
+                // A copy: panicking with the guard alive would poison the log for the
+                // thread still reading the process's output.
+                let lines = log.lock().unwrap().clone();
+                panic!("no ready line from rserpool {args:?}: {lines:?}")
             });
         let ready = line
             .split_whitespace()
