@@ -100,7 +100,9 @@ struct IdleConnection {
 
 #[derive(Default)]
 struct IdlePool {
-    by_pe: HashMap<SocketAddr, VecDeque<IdleConnection>>,
+    /// foldhash rather than SipHash: two lookups per request, keyed by PE addresses
+    /// that come from the registrar (still seeded per process).
+    by_pe: HashMap<SocketAddr, VecDeque<IdleConnection>, foldhash::fast::RandomState>,
     last_sweep: Option<Instant>,
 }
 
