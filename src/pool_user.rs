@@ -119,10 +119,15 @@ impl PoolUser {
         // The gateways resolve per request: a cache hit needs neither the driver nor a
         // registrar. (The driver holds the lock only between awaits, so this waits for
         // one engine step at most.)
-        if let Some(resolution) =
-            driver::lock(&self.engine).resolve_from_cache(pool_handle, items, driver::now())
-        {
-            return Ok(resolution);
+        let hit = driver::lock(&self.engine).resolve_from_cache(pool_handle, items, driver::now());
+        if let Some(hit) = hit {
+            if hit.refresh {
+                // Renew the cache before it runs out; this request does not wait for it.
+                self.handle
+                    .command(move |engine, now| engine.refresh(pool_handle, items, now))
+                    .await;
+            }
+            return Ok(hit.resolution);
         }
         let (tx, rx) = oneshot::channel();
         let waiters = self.waiters.clone();

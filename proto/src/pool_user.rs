@@ -5,6 +5,15 @@
 //!
 //! Responses carry no request identifier: a response answers the oldest outstanding
 //! request for its pool on the association it arrived on (associations are ordered).
+//!
+//! With a cache, a gateway resolving per client request would otherwise send one
+//! resolution per request in flight each time the cache runs out (a burst of hundreds
+//! per second at a registrar, which rsplib's may rate-limit into "unknown pool"), and
+//! those requests would all wait for the answer. So, with a cache: requests for a pool
+//! that is being resolved wait for that one resolution (answered from the cache it
+//! fills), and a cache hit in the last quarter of the answer's life asks for a refresh
+//! ([`PoolUserEngine::refresh`]) that renews the cache before it runs out. No entry is
+//! used longer than the stale-cache value after a registrar last sent it.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -113,12 +122,37 @@ pub enum PoolUserEvent {
     Warning(String),
 }
 
+/// A cache answer from [`PoolUserEngine::resolve_from_cache`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheHit {
+    /// The PEs, the pool's policy applied to the cache.
+    pub resolution: Resolution,
+    /// The cached answer is near the end of its life and nothing renews it yet: the
+    /// caller should call [`PoolUserEngine::refresh`] (once; later hits say `false`).
+    pub refresh: bool,
+}
+
+/// One resolution at a registrar.
 #[derive(Debug, Clone)]
 struct Request {
     pool_handle: PoolHandle,
     items: Option<u32>,
     /// The association and deadline it was last sent with, and how often.
     sent: Option<(AssocId, Instant, u32)>,
+    /// A cache refresh: its answer fills the cache and is reported to nobody.
+    silent: bool,
+    /// Requests for the same pool and item count that arrived while this one was out,
+    /// answered from the cache its answer fills.
+    followers: Vec<RequestId>,
+}
+
+/// Who an answered resolution's outcome goes to.
+#[derive(Debug, Clone, Copy)]
+enum Recipient {
+    /// The request that was sent.
+    Asker,
+    /// A request that waited for it.
+    Follower,
 }
 
 /// The pool user engine.
@@ -128,6 +162,11 @@ pub struct PoolUserEngine {
     hunt: Hunt,
     cache: Handlespace,
     requests: BTreeMap<RequestId, Request>,
+    /// Followers of all requests (bounded with them by `max_pending_requests`).
+    followers: usize,
+    /// When each cached pool's answer is due for a refresh (three quarters into the
+    /// stale-cache value); only pools in the cache.
+    refresh_at: BTreeMap<PoolHandle, Instant>,
     next_request: u64,
     ids: AssocIds,
     rng: SeededRng,
@@ -142,6 +181,8 @@ impl PoolUserEngine {
             cache: Handlespace::new(config.cache_limits),
             config,
             requests: BTreeMap::new(),
+            followers: 0,
+            refresh_at: BTreeMap::new(),
             next_request: 1,
             ids: AssocIds::default(),
             rng: SeededRng::new(seed),
@@ -160,24 +201,76 @@ impl PoolUserEngine {
     ) -> RequestId {
         let request = RequestId(self.next_request);
         self.next_request += 1;
-        if let Some(resolution) = self.resolve_from_cache(pool_handle, items, now) {
-            self.resolved(request, Ok(resolution));
+        if let Some(hit) = self.resolve_from_cache(pool_handle, items, now) {
+            self.resolved(request, Ok(hit.resolution));
+            if hit.refresh {
+                self.refresh(pool_handle, items, now);
+            }
             return request;
         }
-        if self.requests.len() >= self.config.max_pending_requests {
+        if self.requests.len() + self.followers >= self.config.max_pending_requests {
             self.resolved(request, Err(ResolveError::Overloaded));
             return request;
         }
+        if let Some(leader) = self.in_flight(&pool_handle, Some(items)) {
+            leader.followers.push(request);
+            self.followers += 1;
+            return request;
+        }
+        self.start(request, pool_handle, items, false, now);
+        request
+    }
+
+    /// Renews the cached answer for a pool at a registrar (after a [`CacheHit`] said
+    /// so; `items` as the resolutions that use the cache ask), unless a resolution of
+    /// the pool is already out. Its answer is reported to nobody; it fills the cache.
+    pub fn refresh(&mut self, pool_handle: PoolHandle, items: Option<u32>, now: Instant) {
+        if self.config.stale_cache.is_zero()
+            || self.in_flight(&pool_handle, None).is_some()
+            || self.requests.len() + self.followers >= self.config.max_pending_requests
+        {
+            return;
+        }
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.start(request, pool_handle, items, true, now);
+    }
+
+    /// A resolution of `pool_handle` that is out (asking for `items`, when given),
+    /// which requests may wait for. With a cache only: without one, each request gets
+    /// the registrar's own selection.
+    fn in_flight(
+        &mut self,
+        pool_handle: &PoolHandle,
+        items: Option<Option<u32>>,
+    ) -> Option<&mut Request> {
+        if self.config.stale_cache.is_zero() {
+            return None;
+        }
+        self.requests
+            .values_mut()
+            .find(|r| r.pool_handle == *pool_handle && items.is_none_or(|items| r.items == items))
+    }
+
+    fn start(
+        &mut self,
+        request: RequestId,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+        silent: bool,
+        now: Instant,
+    ) {
         self.requests.insert(
             request,
             Request {
                 pool_handle,
                 items,
                 sent: None,
+                silent,
+                followers: Vec::new(),
             },
         );
         self.send_request(request, now, 1);
-        request
     }
 
     /// Answers a resolution from the cache when it can (the pool's policy applied to
@@ -189,18 +282,33 @@ impl PoolUserEngine {
         pool_handle: PoolHandle,
         items: Option<u32>,
         now: Instant,
-    ) -> Option<Resolution> {
+    ) -> Option<CacheHit> {
         if self.config.stale_cache.is_zero() {
             return None;
         }
         self.purge_cache(now);
-        self.select_cached(&pool_handle, items)
+        let resolution = self.select_cached(&pool_handle, items)?;
+        let refresh = match self.refresh_at.get_mut(&pool_handle) {
+            Some(at) if *at <= now => {
+                // Asked once: the refresh's answer sets the next time.
+                *at = now + self.config.stale_cache;
+                true
+            }
+            _ => false,
+        };
+        Some(CacheHit {
+            resolution,
+            refresh,
+        })
     }
 
     /// Reports a PE the user could not reach (asap.md §6.3): it leaves the cache and
     /// the registrar is told.
     pub fn report_unreachable(&mut self, pool_handle: PoolHandle, pe_id: PoolElementId) {
         self.cache.remove(&PoolElementKey { pool_handle, pe_id });
+        if self.cache.pool(&pool_handle).is_none() {
+            self.refresh_at.remove(&pool_handle);
+        }
         if let Some(assoc) = self.hunt.current() {
             self.transmit(
                 assoc,
@@ -230,6 +338,9 @@ impl PoolUserEngine {
     fn purge_cache(&mut self, now: Instant) {
         while let Some(key) = self.cache.expired(now) {
             self.cache.remove(&key);
+            if self.cache.pool(&key.pool_handle).is_none() {
+                self.refresh_at.remove(&key.pool_handle);
+            }
         }
     }
 
@@ -307,31 +418,82 @@ impl PoolUserEngine {
                 ))));
             return;
         };
-        self.requests.remove(&request);
-        if let Some(error) = &response.error {
-            let result = match error.first_code() {
+        let Some(answered) = self.requests.remove(&request) else {
+            return;
+        };
+        self.followers -= answered.followers.len();
+        let failure = match &response.error {
+            Some(error) => Some(match error.first_code() {
                 Some(CauseCode::UNKNOWN_POOL_HANDLE) | None => ResolveError::UnknownPool,
                 Some(code) => ResolveError::Refused(code),
-            };
-            self.resolved(request, Err(result));
-            return;
-        }
-        if response.pool_elements.is_empty() {
-            self.resolved(request, Err(ResolveError::UnknownPool));
+            }),
+            None if response.pool_elements.is_empty() => Some(ResolveError::UnknownPool),
+            None => None,
+        };
+        if let Some(failure) = failure {
+            if failure == ResolveError::UnknownPool {
+                // The registrar knows no PE of it now: neither does the cache.
+                self.forget_pool(&response.pool_handle);
+            }
+            self.finish(request, &answered, |_, _| Err(failure));
             return;
         }
         if !self.config.stale_cache.is_zero() {
             self.store(&response, now);
         }
-        self.resolved(
-            request,
-            Ok(Resolution {
-                pool_handle: response.pool_handle,
-                policy_type: response.policy.as_ref().map(|p| p.policy_type()),
-                pool_elements: response.pool_elements,
-                from_cache: false,
-            }),
-        );
+        let answer = Resolution {
+            pool_handle: response.pool_handle,
+            policy_type: response.policy.as_ref().map(|p| p.policy_type()),
+            pool_elements: response.pool_elements,
+            from_cache: false,
+        };
+        self.finish(request, &answered, |engine, recipient| match recipient {
+            // The request that went out gets the registrar's answer as it is.
+            Recipient::Asker => Ok(answer.clone()),
+            // Followers (same item count): the cache the answer filled, applying the
+            // policy once more for each, or the answer if the cache could not take it.
+            Recipient::Follower => Ok(engine
+                .select_cached(&answer.pool_handle, answered.items)
+                .unwrap_or_else(|| answer.clone())),
+        });
+    }
+
+    /// Reports the outcome of an answered request (unless it was a silent refresh)
+    /// and of its followers.
+    fn finish(
+        &mut self,
+        request: RequestId,
+        answered: &Request,
+        mut outcome: impl FnMut(&mut Self, Recipient) -> Result<Resolution, ResolveError>,
+    ) {
+        if !answered.silent {
+            let result = outcome(self, Recipient::Asker);
+            self.resolved(request, result);
+        }
+        for follower in &answered.followers {
+            let result = outcome(self, Recipient::Follower);
+            self.resolved(*follower, result);
+        }
+    }
+
+    /// Drops a pool's cached PEs.
+    fn forget_pool(&mut self, pool_handle: &PoolHandle) {
+        let keys: Vec<PoolElementKey> = self
+            .cache
+            .pool(pool_handle)
+            .map(|pool| {
+                pool.elements()
+                    .map(|e| PoolElementKey {
+                        pool_handle: *pool_handle,
+                        pe_id: e.element.id,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in keys {
+            self.cache.remove(&key);
+        }
+        self.refresh_at.remove(pool_handle);
     }
 
     /// Stores an answer in the cache, each entry fresh for the stale-cache value.
@@ -346,31 +508,23 @@ impl PoolUserEngine {
                 .is_err()
             {
                 // The pool was re-created with another policy: start the cache afresh.
-                let stale: Vec<PoolElementKey> = self
-                    .cache
-                    .pool(&response.pool_handle)
-                    .map(|pool| {
-                        pool.elements()
-                            .map(|e| PoolElementKey {
-                                pool_handle: response.pool_handle,
-                                pe_id: e.element.id,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for key in stale {
-                    self.cache.remove(&key);
-                }
+                self.forget_pool(&response.pool_handle);
                 let _ = self.cache.upsert(response.pool_handle, cached, None, now);
             }
+        }
+        if self.cache.pool(&response.pool_handle).is_some() {
+            self.refresh_at.insert(
+                response.pool_handle,
+                now + self.config.stale_cache.mul_f64(0.75),
+            );
         }
     }
 
     fn fail_waiting(&mut self, error: ResolveError) {
-        let waiting: Vec<RequestId> = self.requests.keys().copied().collect();
-        self.requests.clear();
-        for request in waiting {
-            self.resolved(request, Err(error));
+        let waiting = std::mem::take(&mut self.requests);
+        self.followers = 0;
+        for (request, failed) in &waiting {
+            self.finish(*request, failed, |_, _| Err(error));
         }
     }
 

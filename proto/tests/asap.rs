@@ -196,7 +196,13 @@ fn cache_hits_are_answered_without_outputs_until_the_cache_goes_stale() {
                     matches!(pu.poll_output(), rserpool_proto::engine::Output::Timeout(_)),
                     "a cache answer queues nothing"
                 );
-                answer.map(|r| r.pool_elements.iter().map(|pe| pe.id).collect::<Vec<_>>())
+                answer.map(|hit| {
+                    hit.resolution
+                        .pool_elements
+                        .iter()
+                        .map(|pe| pe.id)
+                        .collect::<Vec<_>>()
+                })
             }
             _ => unreachable!(),
         })
@@ -215,6 +221,156 @@ fn cache_hits_are_answered_without_outputs_until_the_cache_goes_stale() {
     );
     sim.run_for(Duration::from_millis(1500));
     assert_eq!(from_cache(&mut sim), None, "stale after stale_cache");
+}
+
+/// Handle resolutions the registrar answered so far.
+fn resolutions_answered(sim: &Sim, registrar: NodeId) -> usize {
+    sim.events(registrar)
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Registrar(RegistrarEvent::Resolved { .. })))
+        .count()
+}
+
+fn pu_with_cache(sim: &mut Sim, registrars: &[NodeId], stale_cache: Duration) -> NodeId {
+    let mut config = PoolUserConfig::new(TimerProfile::Rsplib, hunt(registrars));
+    config.stale_cache = stale_cache;
+    sim.add(Role::Pu(PoolUserEngine::new(config, sim.seed)))
+}
+
+/// asap.md §6.1-6.2 with a cache: requests for a pool that is being resolved wait for
+/// that resolution instead of each sending its own (a gateway resolves per client
+/// request), and each is answered from the cache it fills, the pool's policy applied
+/// per request (policies.md §5). Without a cache every request still asks.
+#[test]
+fn with_a_cache_concurrent_resolutions_of_a_pool_share_one_request() {
+    for (stale_cache, expected_requests) in [(Duration::from_secs(1), 1), (Duration::ZERO, 5)] {
+        let mut sim = Sim::new(11);
+        let r = add_registrar(&mut sim, 0x11);
+        add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+        add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+        let pu = pu_with_cache(&mut sim, &[r], stale_cache);
+        sim.run_for(Duration::from_millis(100));
+        let before = resolutions_answered(&sim, r);
+        let requests: Vec<RequestId> = (0..5).map(|_| resolve(&mut sim, pu, Some(2))).collect();
+        sim.run_for(Duration::from_millis(50));
+        assert_eq!(
+            resolutions_answered(&sim, r) - before,
+            expected_requests,
+            "stale_cache {stale_cache:?}"
+        );
+        let answers: Vec<Vec<PoolElementId>> = requests
+            .iter()
+            .map(|request| resolution(&sim, pu, *request).unwrap().unwrap())
+            .collect();
+        assert!(
+            answers.iter().all(|answer| answer.len() == 2),
+            "{answers:?}"
+        );
+        if !stale_cache.is_zero() {
+            // Round robin turned for the waiting requests: they do not all get the
+            // same first PE.
+            assert!(
+                answers.iter().any(|answer| answer[0] != answers[0][0]),
+                "{answers:?}"
+            );
+        }
+    }
+}
+
+/// A cache in use is renewed before it runs out: hits in the last quarter of an
+/// answer's life ask once for a refresh, whose answer fills the cache and is reported
+/// to nobody, so hits never miss while the registrar answers; a PE the registrar no
+/// longer has is still not used past the stale-cache value, and a pool the registrar
+/// no longer knows leaves the cache when the refresh says so (asap.md §6.2).
+#[test]
+fn a_cache_in_use_is_refreshed_before_it_runs_out() {
+    let mut sim = Sim::new(12);
+    let r = add_registrar(&mut sim, 0x11);
+    let (pe_a, id_a) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    let (pe_b, id_b) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    let stale_cache = Duration::from_secs(1);
+    let pu = pu_with_cache(&mut sim, &[r], stale_cache);
+    sim.run_for(Duration::from_millis(100));
+    let first = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(20));
+    assert!(resolution(&sim, pu, first).unwrap().is_ok());
+    let before = resolutions_answered(&sim, r);
+    // What a gateway does per client request: a cache hit on its own task; when the
+    // hit says so, a refresh through the engine's driver.
+    let hit = |sim: &mut Sim| {
+        sim.with(pu, |role, now| match role {
+            Role::Pu(pu) => pu.resolve_from_cache(pool(), None, now).map(|hit| {
+                if hit.refresh {
+                    pu.refresh(pool(), None, now);
+                }
+                let ids: Vec<PoolElementId> = hit
+                    .resolution
+                    .pool_elements
+                    .iter()
+                    .map(|pe| pe.id)
+                    .collect();
+                (ids, hit.refresh)
+            }),
+            _ => unreachable!(),
+        })
+    };
+    let mut refreshes = 0;
+    for _ in 0..100 {
+        let (ids, refresh) = hit(&mut sim).expect("a cache in use never runs out");
+        assert_eq!(ids.len(), 2);
+        refreshes += usize::from(refresh);
+        sim.run_for(Duration::from_millis(50));
+    }
+    // 5 s of hits with a 1 s cache renewed at 0.75 s: about 6 refreshes, one request
+    // each, and no Resolved event for them.
+    assert!((5..=7).contains(&refreshes), "{refreshes} refreshes");
+    assert_eq!(resolutions_answered(&sim, r) - before, refreshes);
+    let reported = sim
+        .events(pu)
+        .iter()
+        .filter(|(_, e)| matches!(e, NodeEvent::Pu(PoolUserEvent::Resolved { .. })))
+        .count();
+    assert_eq!(reported, 1, "refreshes are reported to nobody");
+
+    // PE B deregisters: refreshes no longer bring it, and it is gone from hits within
+    // the stale-cache value.
+    sim.with(pe_b, |role, now| match role {
+        Role::Pe(pe) => pe.deregister_all(now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_millis(20));
+    let mut gone_after = None;
+    for step in 1..=30u32 {
+        let (ids, _) = hit(&mut sim).expect("PE A is still there");
+        if !ids.contains(&id_b) {
+            gone_after = Some(step * 50);
+            break;
+        }
+        sim.run_for(Duration::from_millis(50));
+    }
+    let gone_after = gone_after.expect("PE B is used for ever");
+    assert!(
+        gone_after <= 1100,
+        "PE B used {gone_after} ms after it left"
+    );
+    assert_eq!(hit(&mut sim).unwrap().0, [id_a]);
+
+    // PE A deregisters too: the pool is unknown at the registrar, and the refresh that
+    // hears so empties the cache at once (not at the end of its life).
+    sim.with(pe_a, |role, now| match role {
+        Role::Pe(pe) => pe.deregister_all(now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_millis(20));
+    let mut empty_after = None;
+    for step in 1..=30u32 {
+        if hit(&mut sim).is_none() {
+            empty_after = Some(step * 50);
+            break;
+        }
+        sim.run_for(Duration::from_millis(50));
+    }
+    assert!(empty_after.is_some_and(|ms| ms <= 1100), "{empty_after:?}");
 }
 
 /// asap.md §6.4 / wire-format.md §4.12: the Handle Resolution option's item count;
