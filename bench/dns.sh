@@ -23,7 +23,7 @@ mkdir -p "$work/knot"
     for i in $(seq 8); do echo "echopool IN A 10.0.0.$i"; done
 } > "$work/knot/pool.example.zone"
 sed -e "s#/tmp/baselines/knot#$work/knot#g" ../shared/baselines/knot.conf > "$work/knot.conf"
-knotd -c "$work/knot.conf" 2>"$work/knotd.log" & pids+=($!)
+setsid knotd -c "$work/knot.conf" 2>"$work/knotd.log" & pids+=($!)
 
 # A registrar, one agent registering 1 000 PEs (127.0.0.1 with ports 20000-20999: a
 # registrar accepts only the agent's own address; no health checks, nothing needs to
@@ -37,7 +37,7 @@ enrp=$(grep -o 'enrp=[0-9.:]*' "$work/registrar.log" | cut -d= -f2)
     done
     echo "log:"; echo "  level: warn"
 } > "$work/agent.yaml"
-"$bin/rserpool" pe --config "$work/agent.yaml" 2>"$work/agent.log" & pids+=($!)
+setsid "$bin/rserpool" pe --config "$work/agent.yaml" 2>"$work/agent.log" & pids+=($!)
 cat > "$work/gateway.yaml" <<CFG
 pool_user:
   registrars: [$asap]
@@ -50,7 +50,7 @@ gateway:
 log:
   level: warn,rserpool::gateway=info
 CFG
-TOKIO_WORKER_THREADS=1 "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
+TOKIO_WORKER_THREADS=1 setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready
 until "$bin/rserpool" dump --registrar "$enrp" 2>/dev/null | grep -q "pool echopool (1000 PE)"; do sleep 0.5; done
 until dig @127.0.0.1 -p 15354 +short echopool.pool.example A | grep -q 10.0.0.1; do sleep 0.2; done

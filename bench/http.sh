@@ -76,7 +76,7 @@ gateway:
 log:
   level: warn,rserpool::gateway=info
 CFG
-TOKIO_WORKER_THREADS=1 "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
+TOKIO_WORKER_THREADS=1 setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready
 until "$bin/rserpool" resolve WebPool --registrar "$asap" --count 10 | grep -q "2 pool element"; do sleep 0.2; done
 

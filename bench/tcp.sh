@@ -16,10 +16,10 @@ SECONDS_=${1:-5}; KILLS=${2:-50}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
 need haproxy haproxy
 cargo build --release --quiet -p rserpool -p rserpool-bench
 
-"$bin/tcp-load" echo --listen 127.0.0.1:18101 & pids+=($!)
-"$bin/tcp-load" echo --listen 127.0.0.1:18102 & pids+=($!)
+setsid "$bin/tcp-load" echo --listen 127.0.0.1:18101 & pids+=($!)
+setsid "$bin/tcp-load" echo --listen 127.0.0.1:18102 & pids+=($!)
 start_pool EchoPool 18101 18102
-TOKIO_WORKER_THREADS=$THREADS "$bin/rserpool" gateway --registrar "$asap" \
+TOKIO_WORKER_THREADS=$THREADS setsid "$bin/rserpool" gateway --registrar "$asap" \
     --tcp 127.0.0.1:18093=EchoPool --log-level warn,rserpool::gateway=info 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready
 cat > "$work/haproxy.cfg" <<CFG
@@ -86,7 +86,7 @@ echo "gateway RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/
 
 wanted stall || exit 0
 echo "== Failover stall: the PE serving a session killed with -9, $KILLS times"
-TOKIO_WORKER_THREADS=$THREADS "$bin/rserpool" gateway --registrar "$asap" \
+TOKIO_WORKER_THREADS=$THREADS setsid "$bin/rserpool" gateway --registrar "$asap" \
     --tcp 127.0.0.1:18094=CounterPool --log-level warn,rserpool::gateway=info \
     2>"$work/gateway-stall.log" & pids+=($!)
 ready "$work/gateway-stall.log" ready
