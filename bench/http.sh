@@ -116,8 +116,14 @@ compare() {
     done
     gr=$(eval echo "\$med_$g" | cut -d' ' -f1); gp=$(eval echo "\$med_$g" | cut -d' ' -f3)
     hr=$(eval echo "\$med_$h" | cut -d' ' -f1); hp=$(eval echo "\$med_$h" | cut -d' ' -f3)
-    awk -v gr="$gr" -v hr="$hr" -v gp="$gp" -v hp="$hp" \
-        'BEGIN { printf "   gateway/HAProxy: requests/s %.2f, p99 %.2f\n", gr / hr, gp / hp }'
+    # Rounds alternate, so each round's pair ran under about the same machine load.
+    # shellcheck disable=SC2206 # lists of numbers
+    local gl=(${rps[$g]}) hl=(${rps[$h]}) ahead=0 i
+    local paired
+    for i in "${!gl[@]}"; do [ "${gl[$i]}" -ge "${hl[$i]}" ] && ahead=$((ahead + 1)); done
+    paired=$(for i in "${!gl[@]}"; do awk -v a="${gl[$i]}" -v b="${hl[$i]}" 'BEGIN { printf "%.4f\n", a / b }'; done | median)
+    awk -v gr="$gr" -v hr="$hr" -v gp="$gp" -v hp="$hp" -v ahead="$ahead" -v rounds="${#gl[@]}" -v paired="$paired" \
+        'BEGIN { printf "   gateway/HAProxy: requests/s %.2f (median of the rounds\047 ratios %.2f; gateway ahead in %d of %d rounds), p99 %.2f\n", gr / hr, paired, ahead, rounds, gp / hp }'
     local hz; hz=$(getconf CLK_TCK)
     awk -v gc="${cpu[$g]:-0}" -v gs="${served[$g]:-1}" -v hc="${cpu[$h]:-0}" -v hs="${served[$h]:-1}" -v hz="$hz" \
         'BEGIN { printf "   CPU us per request: gateway %.1f, HAProxy %.1f: HAProxy/gateway = %.2f\n", gc / hz * 1e6 / gs, hc / hz * 1e6 / hs, (hc / hs) / ((gc / gs) + 1e-12) }'
