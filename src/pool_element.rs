@@ -565,8 +565,18 @@ pub(crate) fn log_event(event: &PoolElementEvent) {
             pool_handle,
             pe_id,
             registrar,
+            registrar_endpoint,
         } => {
-            tracing::info!(pool = %pool_handle, pe = %pe_id, registrar = ?registrar, "registered");
+            // The registrar's ID comes later (its first keep-alive): show what is known.
+            let at = registrar_endpoint
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+            match registrar {
+                Some(id) => {
+                    tracing::info!(pool = %pool_handle, pe = %pe_id, registrar = %id, %at, "registered")
+                }
+                None => tracing::info!(pool = %pool_handle, pe = %pe_id, %at, "registered"),
+            }
         }
         PoolElementEvent::RegistrationRefused {
             pool_handle,

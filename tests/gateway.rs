@@ -284,6 +284,8 @@ fn registered_pe(agent: &Process) -> String {
     assert!(eventually(Duration::from_secs(10), || agent.log_contains("registered")));
     let log = agent.log.lock().unwrap();
     let line = log.iter().find(|l| l.contains("registered")).unwrap();
+    // Where it registered, even before the registrar's ID is known.
+    assert!(line.contains(" at=tcp://127.0.0.1:"), "{line}");
     line.split_whitespace()
         .find_map(|f| f.strip_prefix("pe="))
         .unwrap()

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo, TimerProfile};
+use crate::engine::{AssocId, AssocIds, Endpoint, Engine, Output, PeerInfo, TimerProfile};
 use crate::hunt::{Hunt, HuntConfig, Lost};
 use crate::rng::SeededRng;
 use crate::wire::{
@@ -81,8 +81,11 @@ pub enum PoolElementEvent {
         pool_handle: PoolHandle,
         /// The PE.
         pe_id: PoolElementId,
-        /// The home registrar, if its ID is known.
+        /// The home registrar, if its ID is known (it comes with the registrar's first
+        /// keep-alive or announce, not with the registration response).
         registrar: Option<RegistrarId>,
+        /// Where the home registrar was reached.
+        registrar_endpoint: Option<Endpoint>,
     },
     /// A registrar refused the registration.
     RegistrationRefused {
@@ -359,6 +362,7 @@ impl PoolElementEngine {
         now: Instant,
     ) {
         let registrar = self.home_registrar();
+        let registrar_endpoint = self.hunt.current_registrar().map(|(at, _)| at.clone());
         let Some(member) = self.members.get_mut(&pe_id) else {
             return;
         };
@@ -376,6 +380,7 @@ impl PoolElementEngine {
                         pool_handle,
                         pe_id,
                         registrar,
+                        registrar_endpoint,
                     }));
             }
             return;
