@@ -6,6 +6,11 @@
 # ROUNDS alternating runs; prints requests/s, p50 and p99 and the ratios to HAProxy.
 #   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls: one part)
 # The gateway runs with one thread (TOKIO_WORKER_THREADS=1) like HAProxy's nbthread 1.
+# The gateway adds X-Forwarded-For, X-Forwarded-Proto, Forwarded and Via (requests; Via
+# on responses too); ../shared/baselines/haproxy.cfg adds none. The ratios are taken to
+# HAProxy configured to add the same headers (`option forwardfor` and three header
+# rules), as a user replacing one with the other would compare them; the baseline file
+# as it is ("haproxy_bare") and nginx (no such headers either) are measured beside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-5}
@@ -21,6 +26,21 @@ pid_files+=(/tmp/baselines/nginx.pid /tmp/baselines/nginx-proxy.pid "$work/nginx
 nginx -c "$baselines/nginx-backend.conf"
 nginx -c "$baselines/nginx-proxy.conf"
 haproxy -f "$baselines/haproxy.cfg" -D -p "$work/haproxy.pid"; pids+=("$(cat "$work/haproxy.pid")")
+
+# HAProxy passing on the same forwarding headers as the gateway (PROTO: http or https).
+haproxy_forwarding() {
+    cat <<CFG
+  option forwardfor
+  http-request set-header X-Forwarded-Proto $1
+  http-request add-header Forwarded "for=%ci;proto=$1"
+  http-request add-header Via "1.1 haproxy"
+  http-response add-header Via "1.1 haproxy"
+CFG
+}
+awk -v rules="$(haproxy_forwarding http)" '{ print } /^frontend fe$/ { print rules }' \
+    "$baselines/haproxy.cfg" | sed 's/127.0.0.1:18091/127.0.0.1:18095/; s/127.0.0.1:18092/127.0.0.1:18096/' \
+    > "$work/haproxy-fwd.cfg"
+haproxy -f "$work/haproxy-fwd.cfg" -D -p "$work/haproxy-fwd.pid"; pids+=("$(cat "$work/haproxy-fwd.pid")")
 
 # TLS material and TLS variants of the baselines.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench.example \
@@ -38,6 +58,7 @@ defaults
   option http-keep-alive
 frontend fe
   bind 127.0.0.1:18491 ssl crt $work/combined.pem alpn http/1.1
+$(haproxy_forwarding https)
   default_backend be
 backend be
   balance roundrobin
@@ -127,15 +148,16 @@ compare() {
     local hz; hz=$(getconf CLK_TCK)
     awk -v gc="${cpu[$g]:-0}" -v gs="${served[$g]:-1}" -v hc="${cpu[$h]:-0}" -v hs="${served[$h]:-1}" -v hz="$hz" \
         'BEGIN { printf "   CPU us per request: gateway %.1f, HAProxy %.1f: HAProxy/gateway = %.2f\n", gc / hz * 1e6 / gs, hc / hz * 1e6 / hs, (hc / hs) / ((gc / gs) + 1e-12) }'
-    if [ $# -ge 3 ]; then
-        local n=${3%%=*} nr
+    local other n nr
+    for other in "${@:3}"; do
+        n=${other%%=*}
         nr=$(eval echo "\$med_$n" | cut -d' ' -f1)
-        awk -v gr="$gr" -v nr="$nr" 'BEGIN { printf "   gateway/nginx: requests/s %.2f\n", gr / nr }'
-    fi
+        awk -v gr="$gr" -v nr="$nr" -v n="$n" 'BEGIN { printf "   gateway/%s: requests/s %.2f\n", n, gr / nr }'
+    done
 }
 if [ -z "${ONLY:-}" ] || [ "$ONLY" = plain ]; then
-    compare "plain HTTP/1.1" "gateway=$gateway=http://127.0.0.1:18089/" "haproxy=$(cat "$work/haproxy.pid")=http://127.0.0.1:18091/" \
-        nginx==http://127.0.0.1:18090/
+    compare "plain HTTP/1.1" "gateway=$gateway=http://127.0.0.1:18089/" "haproxy=$(cat "$work/haproxy-fwd.pid")=http://127.0.0.1:18095/" \
+        "haproxy_bare=$(cat "$work/haproxy.pid")=http://127.0.0.1:18091/" nginx==http://127.0.0.1:18090/
 fi
 if [ -z "${ONLY:-}" ] || [ "$ONLY" = tls ]; then
     compare "TLS (HTTP/1.1)" "gateway=$gateway=https://127.0.0.1:18489/" "haproxy=$(cat "$work/haproxy-tls.pid")=https://127.0.0.1:18491/" \
