@@ -57,5 +57,23 @@ start_pool() {
     done
 }
 
+# web_gateway_config [LISTENER...]: the HTTP benchmarks' gateway configuration, written
+# to $work/gateway.yaml: 127.0.0.1:18089 (and each LISTENER, a YAML list item) routed to
+# WebPool at the registrar of start_pool.
+web_gateway_config() {
+    {
+        echo "pool_user:"
+        echo "  registrars: [$asap]"
+        echo "gateway:"
+        echo "  http:"
+        echo "    - listen: 127.0.0.1:18089"
+        echo "      routes: [{pool: WebPool}]"
+        local listener
+        for listener in "$@"; do echo "$listener"; done
+        echo "log:"
+        echo "  level: warn,rserpool::gateway=info"
+    } > "$work/gateway.yaml"
+}
+
 # cpu_ticks PID: the process's user + system time so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }

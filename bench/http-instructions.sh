@@ -45,16 +45,7 @@ count() {
         '/PROGRAM TOTALS/ { gsub(",", "", $1); printf "   %-8s %.0f instructions per request\n", who, $1 / n }'
 }
 
-cat > "$work/gateway.yaml" <<CFG
-pool_user:
-  registrars: [$asap]
-gateway:
-  http:
-    - listen: 127.0.0.1:18089
-      routes: [{pool: WebPool}]
-log:
-  level: warn,rserpool::gateway=info
-CFG
+web_gateway_config
 TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/gateway.out" \
     "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready

@@ -83,20 +83,10 @@ nginx -c "$work/nginx-tls.conf"
 
 # The gateway: a registrar, one `pe` agent per backend, plain and TLS listeners.
 start_pool WebPool 18081 18082
-cat > "$work/gateway.yaml" <<CFG
-pool_user:
-  registrars: [$asap]
-gateway:
-  http:
-    - listen: 127.0.0.1:18089
-      routes: [{pool: WebPool}]
-    - listen: 127.0.0.1:18489
+web_gateway_config "    - listen: 127.0.0.1:18489
       tls:
         certificates: [{cert: $work/cert.pem, key: $work/key.pem}]
-      routes: [{pool: WebPool}]
-log:
-  level: warn,rserpool::gateway=info
-CFG
+      routes: [{pool: WebPool}]"
 TOKIO_WORKER_THREADS=1 setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready
 until "$bin/rserpool" resolve WebPool --registrar "$asap" --count 10 | grep -q "2 pool element"; do sleep 0.2; done

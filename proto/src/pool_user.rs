@@ -162,8 +162,6 @@ pub struct PoolUserEngine {
     hunt: Hunt,
     cache: Handlespace,
     requests: BTreeMap<RequestId, Request>,
-    /// Followers of all requests (bounded with them by `max_pending_requests`).
-    followers: usize,
     /// When each cached pool's answer is due for a refresh (three quarters into the
     /// stale-cache value); only pools in the cache.
     refresh_at: BTreeMap<PoolHandle, Instant>,
@@ -181,7 +179,6 @@ impl PoolUserEngine {
             cache: Handlespace::new(config.cache_limits),
             config,
             requests: BTreeMap::new(),
-            followers: 0,
             refresh_at: BTreeMap::new(),
             next_request: 1,
             ids: AssocIds::default(),
@@ -208,13 +205,12 @@ impl PoolUserEngine {
             }
             return request;
         }
-        if self.requests.len() + self.followers >= self.config.max_pending_requests {
+        if self.pending() >= self.config.max_pending_requests {
             self.resolved(request, Err(ResolveError::Overloaded));
             return request;
         }
-        if let Some(leader) = self.in_flight(&pool_handle, Some(items)) {
+        if let Some(leader) = self.in_flight(&pool_handle, items) {
             leader.followers.push(request);
-            self.followers += 1;
             return request;
         }
         self.start(request, pool_handle, items, false, now);
@@ -226,8 +222,8 @@ impl PoolUserEngine {
     /// the pool is already out. Its answer is reported to nobody; it fills the cache.
     pub fn refresh(&mut self, pool_handle: PoolHandle, items: Option<u32>, now: Instant) {
         if self.config.stale_cache.is_zero()
-            || self.in_flight(&pool_handle, None).is_some()
-            || self.requests.len() + self.followers >= self.config.max_pending_requests
+            || self.requests.values().any(|r| r.pool_handle == pool_handle)
+            || self.pending() >= self.config.max_pending_requests
         {
             return;
         }
@@ -236,20 +232,22 @@ impl PoolUserEngine {
         self.start(request, pool_handle, items, true, now);
     }
 
-    /// A resolution of `pool_handle` that is out (asking for `items`, when given),
-    /// which requests may wait for. With a cache only: without one, each request gets
-    /// the registrar's own selection.
-    fn in_flight(
-        &mut self,
-        pool_handle: &PoolHandle,
-        items: Option<Option<u32>>,
-    ) -> Option<&mut Request> {
+    /// A resolution of `pool_handle` for `items` that is out, which a request for the
+    /// same may wait for. With a cache only: without one, each request gets the
+    /// registrar's own selection.
+    fn in_flight(&mut self, pool_handle: &PoolHandle, items: Option<u32>) -> Option<&mut Request> {
         if self.config.stale_cache.is_zero() {
             return None;
         }
         self.requests
             .values_mut()
-            .find(|r| r.pool_handle == *pool_handle && items.is_none_or(|items| r.items == items))
+            .find(|r| r.pool_handle == *pool_handle && r.items == items)
+    }
+
+    /// Requests waiting for a registrar, those sent and those waiting with them
+    /// (bounded by `max_pending_requests`).
+    fn pending(&self) -> usize {
+        self.requests.values().map(|r| 1 + r.followers.len()).sum()
     }
 
     fn start(
@@ -305,10 +303,7 @@ impl PoolUserEngine {
     /// Reports a PE the user could not reach (asap.md §6.3): it leaves the cache and
     /// the registrar is told.
     pub fn report_unreachable(&mut self, pool_handle: PoolHandle, pe_id: PoolElementId) {
-        self.cache.remove(&PoolElementKey { pool_handle, pe_id });
-        if self.cache.pool(&pool_handle).is_none() {
-            self.refresh_at.remove(&pool_handle);
-        }
+        self.uncache(&PoolElementKey { pool_handle, pe_id });
         if let Some(assoc) = self.hunt.current() {
             self.transmit(
                 assoc,
@@ -337,10 +332,15 @@ impl PoolUserEngine {
 
     fn purge_cache(&mut self, now: Instant) {
         while let Some(key) = self.cache.expired(now) {
-            self.cache.remove(&key);
-            if self.cache.pool(&key.pool_handle).is_none() {
-                self.refresh_at.remove(&key.pool_handle);
-            }
+            self.uncache(&key);
+        }
+    }
+
+    /// Removes a cached PE; the pool's refresh time goes with its last PE.
+    fn uncache(&mut self, key: &PoolElementKey) {
+        self.cache.remove(key);
+        if self.cache.pool(&key.pool_handle).is_none() {
+            self.refresh_at.remove(&key.pool_handle);
         }
     }
 
@@ -421,7 +421,6 @@ impl PoolUserEngine {
         let Some(answered) = self.requests.remove(&request) else {
             return;
         };
-        self.followers -= answered.followers.len();
         let failure = match &response.error {
             Some(error) => Some(match error.first_code() {
                 Some(CauseCode::UNKNOWN_POOL_HANDLE) | None => ResolveError::UnknownPool,
@@ -490,10 +489,9 @@ impl PoolUserEngine {
                     .collect()
             })
             .unwrap_or_default();
-        for key in keys {
-            self.cache.remove(&key);
+        for key in &keys {
+            self.uncache(key);
         }
-        self.refresh_at.remove(pool_handle);
     }
 
     /// Stores an answer in the cache, each entry fresh for the stale-cache value.
@@ -513,16 +511,13 @@ impl PoolUserEngine {
             }
         }
         if self.cache.pool(&response.pool_handle).is_some() {
-            self.refresh_at.insert(
-                response.pool_handle,
-                now + self.config.stale_cache.mul_f64(0.75),
-            );
+            self.refresh_at
+                .insert(response.pool_handle, now + self.config.stale_cache * 3 / 4);
         }
     }
 
     fn fail_waiting(&mut self, error: ResolveError) {
         let waiting = std::mem::take(&mut self.requests);
-        self.followers = 0;
         for (request, failed) in &waiting {
             self.finish(*request, failed, |_, _| Err(error));
         }
