@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use crate::auth::Authentication;
 use crate::wire::{Protocol, Transport, TransportProtocol, TransportUse};
 
 /// An association as the driver numbers it: an SCTP association, or one connection of
@@ -180,6 +181,8 @@ pub struct PeerInfo {
     pub protocol: Protocol,
     /// The smoothed round-trip time, if the transport reports one.
     pub rtt: Option<Duration>,
+    /// What the transport proved about the peer (TLS client or server certificate).
+    pub authentication: Authentication,
 }
 
 impl PeerInfo {

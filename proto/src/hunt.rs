@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Access, Authentication, Denied};
 use crate::engine::{AssocId, AssocIds, Endpoint, Output, TransportKind};
 use crate::rng::SeededRng;
 use crate::wire::{Protocol, RegistrarId, ServerAnnounce};
@@ -33,6 +34,9 @@ pub struct HuntConfig {
     pub announced_lifetime: Duration,
     /// The transport this endpoint uses to reach registrars, for announced ones.
     pub transport: TransportKind,
+    /// Whether a registrar must prove it is one (its certificate) before it is used
+    /// (security.md T6, T7, T12: announces only name candidates).
+    pub access: Access,
 }
 
 impl HuntConfig {
@@ -47,6 +51,7 @@ impl HuntConfig {
             max_retry_delay: Duration::from_secs(5),
             announced_lifetime: Duration::from_secs(5),
             transport: TransportKind::Tcp,
+            access: Access::Open,
         }
     }
 }
@@ -200,13 +205,32 @@ impl Hunt {
         self.state = State::Waiting { until: now + delay };
     }
 
-    /// An association came up. Returns true if it is now the current registrar.
-    pub(crate) fn on_up<E>(&mut self, assoc: AssocId, out: &mut VecDeque<Output<E>>) -> bool {
+    /// An association came up. Returns whether it is now the current registrar. An
+    /// attempt whose peer does not prove it is a registrar is closed and counts as
+    /// failed.
+    pub(crate) fn on_up<E>(
+        &mut self,
+        assoc: AssocId,
+        peer: &Authentication,
+        now: Instant,
+        out: &mut VecDeque<Output<E>>,
+    ) -> Result<bool, Denied> {
         let State::Connecting { attempts, .. } = &mut self.state else {
-            return false;
+            return Ok(false);
+        };
+        if !attempts.contains_key(&assoc) {
+            return Ok(false);
+        }
+        if let Err(denied) = self.config.access.is_registrar(peer, None) {
+            out.push_back(Output::Close { assoc });
+            self.on_down(assoc, now);
+            return Err(denied);
+        }
+        let State::Connecting { attempts, .. } = &mut self.state else {
+            return Ok(false);
         };
         let Some(endpoint) = attempts.remove(&assoc) else {
-            return false;
+            return Ok(false);
         };
         for other in attempts.keys() {
             out.push_back(Output::Close { assoc: *other });
@@ -222,7 +246,12 @@ impl Hunt {
             id,
         };
         self.failed_rounds = 0;
-        true
+        Ok(true)
+    }
+
+    /// Whether registrars must prove who they are.
+    pub(crate) fn access(&self) -> Access {
+        self.config.access
     }
 
     /// An association went down (or could not be opened).

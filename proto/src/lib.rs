@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::indexing_slicing, missing_docs)]
 
+pub mod auth;
 pub mod engine;
 pub mod handlespace;
 pub mod hunt;

@@ -115,6 +115,19 @@ pub enum PoolElementEvent {
     },
     /// The association to the home registrar was lost; a hunt is under way.
     RegistrarLost,
+    /// A registrar reached in a hunt did not prove it is one: closed (security.md T6).
+    RegistrarRefused {
+        /// Who it was and why it was refused.
+        reason: String,
+    },
+    /// A keep-alive with the H flag came from a peer that did not prove it is the
+    /// registrar it names: the home stays (security.md T14).
+    HomeChangeIgnored {
+        /// The registrar ID the keep-alive claimed.
+        claimed: RegistrarId,
+        /// Who sent it and why it was ignored.
+        reason: String,
+    },
     /// Something a peer sent could not be used (logged by the driver).
     Warning(String),
 }
@@ -439,7 +452,25 @@ impl PoolElementEngine {
             return;
         }
         if keep_alive.home && self.hunt.current() != Some(assoc) {
-            let endpoint = self.peers.get(&assoc).map(PeerInfo::endpoint);
+            // Only a registrar that proves it is the one it names becomes the home
+            // (security.md T14): anyone can reach the ASAP endpoint.
+            let endpoint = self.peers.get(&assoc).and_then(|peer| {
+                match self
+                    .hunt
+                    .access()
+                    .is_registrar(&peer.authentication, Some(keep_alive.server_id))
+                {
+                    Ok(()) => Some(peer.endpoint()),
+                    Err(denied) => {
+                        self.out
+                            .push_back(Output::Event(PoolElementEvent::HomeChangeIgnored {
+                                claimed: keep_alive.server_id,
+                                reason: denied.0,
+                            }));
+                        None
+                    }
+                }
+            });
             if let Some(endpoint) = endpoint {
                 self.peers.remove(&assoc);
                 self.hunt
@@ -491,11 +522,18 @@ impl Engine for PoolElementEngine {
     type Event = PoolElementEvent;
 
     fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
-        if self.hunt.on_up(assoc, &mut self.out) {
-            self.resume_all(now);
-        } else {
+        match self.hunt.on_up(assoc, &peer.authentication, now, &mut self.out) {
+            Ok(true) => self.resume_all(now),
             // A registrar opened an association to our ASAP endpoint (takeover).
-            self.peers.insert(assoc, peer);
+            Ok(false) => {
+                self.peers.insert(assoc, peer);
+            }
+            Err(denied) => {
+                self.out
+                    .push_back(Output::Event(PoolElementEvent::RegistrarRefused {
+                        reason: denied.0,
+                    }));
+            }
         }
     }
 

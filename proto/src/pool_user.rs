@@ -118,6 +118,12 @@ pub enum PoolUserEvent {
     RegistrarUp,
     /// The registrar association was lost; hunting.
     RegistrarLost,
+    /// A registrar reached in a hunt did not prove it is one: closed, its answers
+    /// never used (security.md T7).
+    RegistrarRefused {
+        /// Who it was and why it was refused.
+        reason: String,
+    },
     /// Something a peer sent could not be used.
     Warning(String),
 }
@@ -535,11 +541,34 @@ impl PoolUserEngine {
     }
 }
 
+impl PoolUserEngine {
+    /// Fails the waiting requests once whole hunt rounds failed (asap.md §4.3 step 5).
+    fn fail_waiting_after_failed_rounds(&mut self) {
+        if self.hunt.current().is_none()
+            && self.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
+            && !self.requests.is_empty()
+        {
+            self.fail_waiting(ResolveError::NoRegistrar);
+        }
+    }
+}
+
 impl Engine for PoolUserEngine {
     type Event = PoolUserEvent;
 
-    fn handle_association_up(&mut self, assoc: AssocId, _peer: PeerInfo, now: Instant) {
-        if self.hunt.on_up(assoc, &mut self.out) {
+    fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
+        let current = match self.hunt.on_up(assoc, &peer.authentication, now, &mut self.out) {
+            Ok(current) => current,
+            Err(denied) => {
+                self.out
+                    .push_back(Output::Event(PoolUserEvent::RegistrarRefused {
+                        reason: denied.0,
+                    }));
+                self.fail_waiting_after_failed_rounds();
+                return;
+            }
+        };
+        if current {
             self.out
                 .push_back(Output::Event(PoolUserEvent::RegistrarUp));
             let waiting: Vec<RequestId> = self.requests.keys().copied().collect();
@@ -563,12 +592,8 @@ impl Engine for PoolUserEngine {
                 self.hunt
                     .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
             }
-        } else if self.hunt.current().is_none()
-            && self.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
-            && !self.requests.is_empty()
-        {
-            // A whole hunt round failed (asap.md §4.3 step 5).
-            self.fail_waiting(ResolveError::NoRegistrar);
+        } else {
+            self.fail_waiting_after_failed_rounds();
         }
     }
 

@@ -778,6 +778,7 @@ fn home_flag_moves_the_pe_to_a_new_registrar() {
         port,
         protocol: Protocol::Asap,
         rtt: None,
+        authentication: rserpool_proto::auth::Authentication::Unauthenticated,
     };
     pe.handle_association_up(home, peer(3863), t0);
     drain(&mut pe, &mut outputs);

@@ -585,6 +585,7 @@ mod by_hand {
                 port: 40_000,
                 protocol: Protocol::Enrp,
                 rtt: None,
+                authentication: rserpool_proto::auth::Authentication::Unauthenticated,
             };
             self.engine
                 .handle_association_up(AssocId(assoc), peer, self.now);
@@ -711,6 +712,7 @@ fn only_the_home_registrar_changes_its_pes() {
             port: 1,
             protocol: rserpool_proto::wire::Protocol::Enrp,
             rtt: None,
+            authentication: rserpool_proto::auth::Authentication::Unauthenticated,
         },
         h.now,
     );
@@ -776,6 +778,7 @@ fn takeover_suggestions_are_accepted_from_the_home_only() {
             port: 4000,
             protocol: Protocol::Asap,
             rtt: None,
+            authentication: rserpool_proto::auth::Authentication::Unauthenticated,
         },
         h.now,
     );

@@ -72,6 +72,7 @@ fn peer_info(stream: &TcpStream, protocol: Protocol) -> io::Result<PeerInfo> {
         port: peer.port(),
         protocol,
         rtt: None,
+        authentication: Authentication::Unauthenticated,
     })
 }
 

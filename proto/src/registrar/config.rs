@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Access;
 use crate::engine::{Endpoint, TimerProfile};
 use crate::handlespace::Limits;
 use crate::wire::{RegistrarId, Transport};
@@ -66,6 +67,8 @@ pub struct RegistrarConfig {
     /// Act on takeover suggestions (T flag, an rsplib extension): take the PE over if
     /// its current home suggests it.
     pub accept_takeover_suggestions: bool,
+    /// Whether peers must prove an identity for what they ask (RFC 5355, TLS).
+    pub access: Access,
 }
 
 impl RegistrarConfig {
@@ -117,6 +120,7 @@ impl Default for RegistrarConfig {
             max_peers: 256,
             max_deferred_messages: 4096,
             accept_takeover_suggestions: true,
+            access: Access::Open,
         }
     }
 }

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{RegistrarEngine, RegistrarEvent, RemovalReason};
-use crate::engine::{AssocId, Endpoint, Output, TransportKind};
+use crate::engine::{AssocId, Endpoint, Engine, Output, TransportKind};
 use crate::handlespace::PoolElementKey;
 use crate::wire::{
     AsapMessage, EndpointKeepAlive, EnrpBody, EnrpMessage, OperationError, PoolElement,
@@ -279,6 +279,16 @@ impl RegistrarEngine {
     /// for a takeover.
     pub(super) fn enrp_association_up(&mut self, assoc: AssocId, now: Instant) {
         if let Some(index) = self.peers.iter().position(|p| p.connecting == Some(assoc)) {
+            // The registrar we reached must prove it is one, and the one we expect
+            // when its ID is known (T5).
+            let expected = self.peers.get(index).map(|p| p.id);
+            if !self.permitted(assoc, "peer", |access, peer| {
+                access.is_registrar(peer, expected)
+            }) {
+                self.out.push_back(Output::Close { assoc });
+                self.handle_association_down(assoc, now);
+                return;
+            }
             if let Some(peer) = self.peers.get_mut(index) {
                 peer.connecting = None;
                 peer.assoc = Some(assoc);
@@ -338,6 +348,24 @@ impl RegistrarEngine {
                 return;
             }
         };
+        // security.md §3.3, T5: only a registrar speaks for its own ID; observers may
+        // read the table. Anything else closes the association.
+        let sender = decoded.message.sender;
+        let permitted = match decoded.message.body {
+            EnrpBody::HandleTableRequest { .. } | EnrpBody::ListRequest => {
+                self.permitted(assoc, "enrp", |access, peer| {
+                    access.may_read_table(peer, sender)
+                })
+            }
+            _ => self.permitted(assoc, "enrp", |access, peer| {
+                access.may_speak_for(peer, sender)
+            }),
+        };
+        if !permitted {
+            self.out.push_back(Output::Close { assoc });
+            self.handle_association_down(assoc, now);
+            return;
+        }
         for cause in decoded.report_causes() {
             let body = EnrpBody::Error {
                 error: OperationError::single(cause),

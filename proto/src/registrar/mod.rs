@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use crate::auth::{Access, Denied};
 use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo};
 use crate::handlespace::{Handlespace, PoolElementEntry, PoolElementKey, Refusal, Upserted};
 use crate::rate::TokenBucket;
@@ -161,6 +162,16 @@ pub enum RegistrarEvent {
     IdCollision {
         /// Where it was heard.
         assoc: AssocId,
+    },
+    /// A peer asked for something its identity is not granted (RFC 5355); the
+    /// request was refused or ignored.
+    Denied {
+        /// The association.
+        assoc: AssocId,
+        /// What was asked: `register`, `resolve`, `report`, `enrp`, `peer`.
+        action: &'static str,
+        /// Who asked and why it was refused.
+        reason: String,
     },
 }
 
@@ -431,6 +442,14 @@ impl RegistrarEngine {
         let Some(association) = self.associations.get(&assoc) else {
             return Err(invalid("registration on an unknown association"));
         };
+        // security.md §3.1 item 3: the identity must be granted the pool (T2, T4).
+        if let Err(denied) = self
+            .config
+            .access
+            .may_register(&association.peer.authentication, &key.pool_handle)
+        {
+            return Err((ErrorCause::new(CauseCode::SECURITY_REJECTION), denied.0));
+        }
         if element.id.0 == 0 {
             return Err(invalid("PE identifier 0"));
         }
@@ -458,18 +477,15 @@ impl RegistrarEngine {
                 "no user transport address that the association proves".to_owned(),
             ));
         }
-        // An ID held by another live association of ours, from another host, is someone
-        // else's PE (T3). From the same host it is the same PE on a new association.
+        // An ID held by another live association of ours is someone else's PE unless
+        // the same identity registers it (T3, T8); between plain peers, unless it comes
+        // from the same host (the same PE on a new association).
         if let Some(existing) = self.handlespace.get(key)
             && existing.owner() == self.id
             && let Some(other) = existing.association
             && other != assoc
             && let Some(other_association) = self.associations.get(&other)
-            && !other_association
-                .peer
-                .addresses
-                .iter()
-                .any(|a| peer.addresses.contains(a))
+            && !self.same_registrant(&other_association.peer, &peer)
         {
             return Err((
                 ErrorCause::new(CauseCode::NON_UNIQUE_PE_IDENTIFIER),
@@ -500,6 +516,44 @@ impl RegistrarEngine {
         self.handlespace
             .upsert(key.pool_handle, element, Some(assoc), now)
             .map_err(|refusal: Refusal| (refusal.cause(), refusal.to_string()))
+    }
+
+    /// May the peer of a new association re-register a PE that `registrant`'s
+    /// association holds (security.md §3.1 item 6)?
+    fn same_registrant(&self, registrant: &PeerInfo, peer: &PeerInfo) -> bool {
+        let access = self.config.access;
+        let both_authenticated =
+            registrant.authentication.name().is_some() && peer.authentication.name().is_some();
+        let same_host = registrant
+            .addresses
+            .iter()
+            .any(|a| peer.addresses.contains(a));
+        access.same_owner(&registrant.authentication, &peer.authentication)
+            && (both_authenticated || same_host)
+    }
+
+    /// Checks that an association's peer may do something; a refusal is reported
+    /// (counted and logged by the driver).
+    fn permitted(
+        &mut self,
+        assoc: AssocId,
+        action: &'static str,
+        check: impl FnOnce(Access, &crate::auth::Authentication) -> Result<(), Denied>,
+    ) -> bool {
+        let Some(association) = self.associations.get(&assoc) else {
+            return false;
+        };
+        match check(self.config.access, &association.peer.authentication) {
+            Ok(()) => true,
+            Err(denied) => {
+                self.event(RegistrarEvent::Denied {
+                    assoc,
+                    action,
+                    reason: denied.0,
+                });
+                false
+            }
+        }
     }
 
     fn on_deregistration(&mut self, assoc: AssocId, target: PoolElementRef) {
@@ -547,6 +601,19 @@ impl RegistrarEngine {
     // ASAP: handle resolution (asap.md §6.4).
 
     fn on_handle_resolution(&mut self, assoc: AssocId, request: HandleResolution, now: Instant) {
+        let pool = request.pool_handle;
+        if !self.permitted(assoc, "resolve", |access, peer| access.may_resolve(peer, &pool)) {
+            let response = AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
+                pool_handle: pool,
+                policy: None,
+                pool_elements: Vec::new(),
+                error: Some(OperationError::single(ErrorCause::new(
+                    CauseCode::SECURITY_REJECTION,
+                ))),
+            });
+            self.send_asap(assoc, &response);
+            return;
+        }
         let allowed = self
             .associations
             .get_mut(&assoc)
@@ -614,6 +681,10 @@ impl RegistrarEngine {
     // ASAP: unreachability reports (asap.md §6.5, security.md T13).
 
     fn on_unreachable(&mut self, assoc: AssocId, report: PoolElementRef, now: Instant) {
+        let pool = report.pool_handle;
+        if !self.permitted(assoc, "report", |access, peer| access.may_resolve(peer, &pool)) {
+            return;
+        }
         let allowed = self
             .associations
             .get_mut(&assoc)

@@ -21,6 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rserpool_proto::SeededRng;
+use rserpool_proto::auth::Authentication;
 use rserpool_proto::engine::{AssocId, Endpoint, Engine, Output, PeerInfo, TransportKind};
 use rserpool_proto::pool_element::{PoolElementEngine, PoolElementEvent};
 use rserpool_proto::pool_user::{PoolUserEngine, PoolUserEvent};
@@ -140,6 +141,8 @@ pub struct Node {
     pub asap_port: u16,
     pub alive: bool,
     pub frozen: bool,
+    /// What its certificate proves to the nodes it connects to (TLS in the daemon).
+    pub authentication: Authentication,
     pub deadline: Option<Instant>,
     pub events: Vec<(Duration, NodeEvent)>,
     next_incoming: u64,
@@ -238,6 +241,7 @@ impl Sim {
             asap_port,
             alive: true,
             frozen: false,
+            authentication: Authentication::Unauthenticated,
             deadline: Some(self.now),
             events: Vec::new(),
             next_incoming: 1,
@@ -361,6 +365,7 @@ impl Sim {
             port: self.nodes[n].asap_port,
             protocol,
             rtt: Some(self.latency * 2),
+            authentication: self.nodes[n].authentication.clone(),
         }
     }
 
