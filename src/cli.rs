@@ -29,6 +29,77 @@ pub(crate) enum Command {
     Decode(DecodeArgs),
     /// Run everything on loopback: 3 registrars, demo PEs and a gateway; Ctrl-C stops.
     Demo(DemoArgs),
+    /// Create a deployment CA and issue certificates for TLS on ASAP and ENRP.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+/// `rserpool cert`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CertCommand {
+    /// Create the deployment CA: DIR/ca.pem and DIR/ca-key.pem (keep the key offline).
+    Ca(CertCaArgs),
+    /// Issue a certificate signed by the CA in DIR: DIR/NAME.pem and DIR/NAME-key.pem.
+    Issue(CertIssueArgs),
+}
+
+/// `rserpool cert ca`.
+#[derive(Debug, Args)]
+pub(crate) struct CertCaArgs {
+    /// Where the CA's files go (created if missing; existing CA files are not replaced).
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// The CA's common name.
+    #[arg(long, default_value = "rserpool deployment CA")]
+    pub(crate) name: String,
+    /// Days the CA is valid.
+    #[arg(long, default_value_t = 3650)]
+    pub(crate) days: u32,
+}
+
+/// `rserpool cert issue`.
+#[derive(Debug, Args)]
+pub(crate) struct CertIssueArgs {
+    /// The directory holding the CA (`rserpool cert ca`); the certificate goes there too.
+    #[arg(long)]
+    pub(crate) dir: PathBuf,
+    /// The identity's name (the certificate's common name and file name).
+    #[arg(long)]
+    pub(crate) name: String,
+    /// A registrar, with the one registrar ID it may use (0x... or decimal).
+    #[arg(long)]
+    pub(crate) registrar_id: Option<String>,
+    /// A pool element that may register into this pool (repeatable; `*` for any).
+    #[arg(long = "pe")]
+    pub(crate) pe_pools: Vec<String>,
+    /// A pool user that may resolve this pool (repeatable; `*` for any).
+    #[arg(long = "pu")]
+    pub(crate) pu_pools: Vec<String>,
+    /// May read a registrar's whole handle table (`rserpool dump`).
+    #[arg(long)]
+    pub(crate) observer: bool,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = 365)]
+    pub(crate) days: u32,
+}
+
+/// TLS for ASAP and ENRP over the TCP mapping (overrides the file's `tls:` section).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct TlsArgs {
+    /// This role's certificate chain (PEM, from `rserpool cert issue`); with --tls-key
+    /// and --tls-ca it turns TLS on.
+    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The deployment CA's certificate (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// What peers without a certificate may do: refused (default), pool_users or
+    /// trusted.
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_plain: Option<String>,
 }
 
 /// `rserpool demo`.
@@ -100,10 +171,10 @@ pub(crate) struct RegistrarArgs {
     /// YAML configuration (section `registrar`); flags override it.
     #[arg(long, short, env = "RSERPOOL_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// ASAP listening address (default 0.0.0.0:3863).
+    /// ASAP listening address (default 0.0.0.0:3863, with TLS 0.0.0.0:3864).
     #[arg(long)]
     pub(crate) asap: Option<SocketAddr>,
-    /// ENRP listening address (default 0.0.0.0:9901).
+    /// ENRP listening address (default 0.0.0.0:9901, with TLS 0.0.0.0:9902).
     #[arg(long)]
     pub(crate) enrp: Option<SocketAddr>,
     /// ASAP/ENRP transport (default tcp; sctp to work with rsplib).
@@ -133,6 +204,8 @@ pub(crate) struct RegistrarArgs {
     /// keep it on loopback or a management network).
     #[arg(long)]
     pub(crate) admin: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }
@@ -191,6 +264,8 @@ pub(crate) struct PeArgs {
     #[arg(long)]
     pub(crate) admin: Option<SocketAddr>,
     #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    #[command(flatten)]
     pub(crate) log: LogArgs,
 }
 
@@ -228,6 +303,8 @@ pub(crate) struct GatewayArgs {
     #[arg(long)]
     pub(crate) admin: Option<SocketAddr>,
     #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    #[command(flatten)]
     pub(crate) log: LogArgs,
 }
 
@@ -255,14 +332,16 @@ pub(crate) struct ResolveArgs {
     /// YAML configuration (section `pool_user`).
     #[arg(long, short, env = "RSERPOOL_CONFIG")]
     pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 /// `rserpool dump`.
 #[derive(Debug, Args)]
 pub(crate) struct DumpArgs {
-    /// The registrar's ENRP address (default 127.0.0.1:9901).
-    #[arg(long = "registrar", default_value = "127.0.0.1:9901")]
-    pub(crate) registrar: SocketAddr,
+    /// The registrar's ENRP address (default 127.0.0.1:9901, with TLS 127.0.0.1:9902).
+    #[arg(long = "registrar")]
+    pub(crate) registrar: Option<SocketAddr>,
     /// ENRP transport (default tcp).
     #[arg(long, value_enum, default_value = "tcp")]
     pub(crate) transport: TransportArg,
@@ -272,6 +351,8 @@ pub(crate) struct DumpArgs {
     /// Give up after this long.
     #[arg(long, default_value = "10s")]
     pub(crate) timeout: String,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
 }
 
 /// `rserpool decode`.

@@ -13,6 +13,9 @@ use rserpool_proto::engine::{TimerProfile, TransportKind};
 use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
 use serde::{Deserialize, Deserializer};
 
+mod control_tls;
+pub(crate) use control_tls::{ControlTlsSection, parse_plain_peers};
+
 /// A configuration that cannot be used; the process exits with status 64.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ConfigError {
@@ -38,6 +41,8 @@ pub(crate) struct ConfigFile {
     pub(crate) pool_user: PoolUserSection,
     pub(crate) gateway: GatewaySection,
     pub(crate) admin: AdminSection,
+    /// TLS for ASAP and ENRP; absent: plain, unauthenticated (as rsplib).
+    pub(crate) tls: Option<ControlTlsSection>,
 }
 
 /// The admin HTTP listener (`/metrics`, `/healthz`); off unless `listen` is set.
@@ -466,10 +471,10 @@ pub(crate) struct RegistrarSection {
     /// `sctp` (the standard; what rsplib speaks) or `tcp` (the TCP mapping) for ASAP,
     /// ENRP and the associations to peers.
     pub(crate) transport: TransportKind,
-    /// Where ASAP associations are accepted.
-    pub(crate) asap: SocketAddr,
-    /// Where ENRP associations are accepted.
-    pub(crate) enrp: SocketAddr,
+    /// Where ASAP associations are accepted (default: port 3863, with TLS 3864).
+    pub(crate) asap: Option<SocketAddr>,
+    /// Where ENRP associations are accepted (default: port 9901, with TLS 9902).
+    pub(crate) enrp: Option<SocketAddr>,
     /// More addresses of this host for SCTP multi-homing: the ASAP and ENRP endpoints
     /// bind them too (same ports) and advertise them all.
     pub(crate) multihome: Vec<IpAddr>,
@@ -529,8 +534,8 @@ impl Default for RegistrarSection {
             id: None,
             profile: Profile::Rfc,
             transport: TransportKind::Tcp,
-            asap: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 3863)),
-            enrp: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9901)),
+            asap: None,
+            enrp: None,
             multihome: Vec::new(),
             announce: AnnounceConfig::default(),
             keepalive_interval: engine.keepalive_interval,
@@ -549,6 +554,29 @@ impl Default for RegistrarSection {
             mentor_discovery_timeout: None,
             takeover_expiry: None,
         }
+    }
+}
+
+/// The IANA ports: asap-tcp 3863 and enrp 9901, and for TLS asap-tcp-tls 3864 and
+/// enrp-sctp-tls 9902 (no enrp-tcp-tls is registered; the TCP mapping uses the same
+/// number).
+pub(crate) const fn asap_port(tls: bool) -> u16 {
+    if tls { 3864 } else { 3863 }
+}
+
+pub(crate) const fn enrp_port(tls: bool) -> u16 {
+    if tls { 9902 } else { 9901 }
+}
+
+impl RegistrarSection {
+    /// The ASAP and ENRP addresses: as configured, else every address on the IANA
+    /// port of the plain or the TLS variant.
+    pub(crate) fn addresses(&self, tls: bool) -> (SocketAddr, SocketAddr) {
+        let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        (
+            self.asap.unwrap_or_else(|| any(asap_port(tls))),
+            self.enrp.unwrap_or_else(|| any(enrp_port(tls))),
+        )
     }
 }
 
@@ -837,9 +865,6 @@ pub(crate) fn load_pool_user(
     }
     if let Some(transport) = transport {
         file.pool_user.transport = transport;
-    }
-    if file.pool_user.registrars.is_empty() {
-        file.pool_user.registrars = vec![crate::DEFAULT_REGISTRAR];
     }
     Ok(file)
 }

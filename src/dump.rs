@@ -3,20 +3,21 @@
 //! hsdump does.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use rserpool_proto::policy::spec;
 use rserpool_proto::wire::{
     EnrpBody, EnrpMessage, PoolEntries, Protocol, RegistrarId, StreamDeframer,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::RunError;
 use crate::cli::{DumpArgs, TransportArg};
 use crate::config;
 use crate::transport::sctp;
+use crate::transport::tls::{ControlTls, Secured};
 
 /// The handlespace as one registrar sees it.
 struct Table {
@@ -28,32 +29,64 @@ struct Table {
 /// with rsplib's page size, and a bound on what a broken peer can make us read).
 const MAX_PAGES: usize = 4096;
 
+/// A plain or TLS byte stream.
+trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
+
 /// An ENRP association to the registrar.
 enum Association {
     Tcp {
-        stream: TcpStream,
+        stream: Box<dyn ByteStream>,
         deframer: StreamDeframer,
     },
     Sctp(sctp::Association),
 }
 
 impl Association {
-    async fn open(transport: TransportArg, registrar: SocketAddr) -> Result<Self, String> {
-        let opened = match transport {
-            TransportArg::Tcp => TcpStream::connect(registrar).await.map(|stream| Self::Tcp {
-                stream,
-                deframer: StreamDeframer::new(),
-            }),
+    async fn open(
+        transport: TransportArg,
+        registrar: SocketAddr,
+        tls: Option<&ControlTls>,
+    ) -> Result<Self, String> {
+        let failed = |e: &dyn std::fmt::Display| format!("cannot connect to {registrar}: {e}");
+        match transport {
+            TransportArg::Tcp => {
+                let stream = TcpStream::connect(registrar)
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let stream: Box<dyn ByteStream> = match tls {
+                    None => Box::new(stream),
+                    Some(tls) => match tls.connect(stream).await.map_err(|e| failed(&e))? {
+                        Secured::Client(stream, peer) => {
+                            // Only a registrar's table is worth printing (T7).
+                            tls.access()
+                                .is_registrar(&peer, None)
+                                .map_err(|e| failed(&e))?;
+                            stream
+                        }
+                        Secured::Server(..) | Secured::Plain(_) => {
+                            return Err(failed(&"not a TLS client connection"));
+                        }
+                    },
+                };
+                Ok(Self::Tcp {
+                    stream,
+                    deframer: StreamDeframer::new(),
+                })
+            }
             TransportArg::Sctp => sctp::Association::connect(&[registrar], &[])
                 .await
-                .map(Self::Sctp),
-        };
-        opened.map_err(|e| format!("cannot connect to {registrar}: {e}"))
+                .map(Self::Sctp)
+                .map_err(|e| failed(&e)),
+        }
     }
 
     async fn send(&mut self, message: &[u8]) -> Result<(), String> {
         match self {
-            Self::Tcp { stream, .. } => stream.write_all(message).await,
+            Self::Tcp { stream, .. } => match stream.write_all(message).await {
+                Ok(()) => stream.flush().await,
+                Err(error) => Err(error),
+            },
             Self::Sctp(association) => association.send(Protocol::Enrp.ppid(), message).await,
         }
         .map_err(|e| e.to_string())
@@ -97,8 +130,9 @@ async fn fetch(
     transport: TransportArg,
     registrar: SocketAddr,
     own_id: RegistrarId,
+    tls: Option<&ControlTls>,
 ) -> Result<Table, String> {
-    let mut association = Association::open(transport, registrar).await?;
+    let mut association = Association::open(transport, registrar, tls).await?;
     let request = EnrpMessage {
         sender: own_id,
         receiver: RegistrarId::UNKNOWN,
@@ -149,20 +183,27 @@ async fn fetch(
 
 pub(crate) async fn run(args: DumpArgs) -> Result<String, RunError> {
     let timeout = config::parse_duration(&args.timeout).map_err(RunError::Usage)?;
-    let own_id = RegistrarId(crate::seed() as u32 | 1);
-    let table = tokio::time::timeout(timeout, fetch(args.transport, args.registrar, own_id))
+    let mut tls_section = None;
+    crate::apply_tls_args(&mut tls_section, &args.tls)?;
+    let tls = crate::control_tls(tls_section.as_ref(), args.transport.into())?;
+    let registrar = args.registrar.unwrap_or_else(|| {
+        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config::enrp_port(tls.is_some()))
+    });
+    // A registrar's certificate speaks for its own ID only; anything else (an
+    // observer's) may use any.
+    let own_id = tls
+        .as_ref()
+        .and_then(|tls| tls.identity().registrar)
+        .unwrap_or(RegistrarId(crate::seed() as u32 | 1));
+    let fetching = fetch(args.transport, registrar, own_id, tls.as_deref());
+    let table = tokio::time::timeout(timeout, fetching)
         .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "no answer from {} within {timeout:?}",
-                args.registrar
-            ))
-        })
+        .unwrap_or_else(|_| Err(format!("no answer from {registrar} within {timeout:?}")))
         .map_err(RunError::Unavailable)?;
     Ok(if args.json {
         json(&table)
     } else {
-        text(&table, args.registrar)
+        text(&table, registrar)
     })
 }
 

@@ -33,10 +33,11 @@ use crate::signals::{Request, Signals};
 const DEFAULT_STALE_CACHE: Duration = Duration::from_secs(1);
 
 fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
-    let mut file = config::load_pool_user(
+    let mut file = crate::pool_user_settings(
         args.config.as_deref(),
         &args.registrars,
         args.transport.map(Into::into),
+        &args.tls,
     )?;
     if args.admin.is_some() {
         file.admin.listen = args.admin;
@@ -387,8 +388,10 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
     let lifecycle = Lifecycle::default();
+    let tls = crate::control_tls(file.tls.as_ref(), file.pool_user.transport)?;
     let pool_user = Arc::new(PoolUser::start(
         &file.pool_user,
+        tls.clone(),
         DEFAULT_STALE_CACHE,
         &shutdown,
     )?);
@@ -504,12 +507,15 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
     let mut signals = Signals::install().map_err(RunError::Io)?;
-    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, "ready");
+    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, tls = crate::registrar::tls_state(tls.as_deref()), "ready");
     crate::systemd::ready(&shutdown);
     loop {
         match signals.next().await {
             Request::Stop => break,
             Request::Reload => {
+                if let Some(tls) = &tls {
+                    crate::reload_tls(tls);
+                }
                 for (listen, resolver) in &certificates {
                     match resolver.reload() {
                         Ok(()) => tracing::info!(%listen, "SIGHUP: TLS certificates reloaded"),

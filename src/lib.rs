@@ -3,6 +3,7 @@
 //! elements. `main.rs` only calls [`run`].
 
 mod admin;
+mod cert;
 mod cli;
 mod config;
 mod decode;
@@ -26,9 +27,73 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Where tools look for a registrar when none is given.
-pub(crate) const DEFAULT_REGISTRAR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 3863);
+/// Where tools look for a registrar when none is given: this host, on the IANA ASAP
+/// port (of the TLS variant with TLS).
+pub(crate) fn default_registrar(tls: bool) -> SocketAddr {
+    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config::asap_port(tls))
+}
+
+/// A pool user's configuration (`resolve`, the gateway): the file, the flags over it,
+/// and this host's registrar when none is given.
+pub(crate) fn pool_user_settings(
+    path: Option<&std::path::Path>,
+    registrars: &[SocketAddr],
+    transport: Option<rserpool_proto::engine::TransportKind>,
+    tls: &cli::TlsArgs,
+) -> Result<config::ConfigFile, RunError> {
+    let mut file = config::load_pool_user(path, registrars, transport)?;
+    apply_tls_args(&mut file.tls, tls)?;
+    if file.pool_user.registrars.is_empty() {
+        file.pool_user.registrars = vec![default_registrar(file.tls.is_some())];
+    }
+    Ok(file)
+}
+
+/// Applies the `--tls-*` flags over the file's `tls:` section.
+pub(crate) fn apply_tls_args(
+    tls: &mut Option<config::ControlTlsSection>,
+    args: &cli::TlsArgs,
+) -> Result<(), RunError> {
+    if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        *tls = Some(config::ControlTlsSection {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+            plain: rserpool_proto::auth::PlainPeers::Refused,
+        });
+    }
+    if let (Some(plain), Some(tls)) = (&args.tls_plain, tls.as_mut()) {
+        tls.plain = config::parse_plain_peers(plain).map_err(RunError::Usage)?;
+    }
+    Ok(())
+}
+
+/// The role's TLS for ASAP and ENRP (`None` without a `tls:` section: plain and
+/// unauthenticated, as rsplib). TLS runs over the TCP mapping only.
+pub(crate) fn control_tls(
+    section: Option<&config::ControlTlsSection>,
+    transport: rserpool_proto::engine::TransportKind,
+) -> Result<Option<std::sync::Arc<transport::tls::ControlTls>>, RunError> {
+    let Some(section) = section else {
+        return Ok(None);
+    };
+    if transport == rserpool_proto::engine::TransportKind::Sctp {
+        return Err(RunError::Usage(
+            "TLS for ASAP and ENRP runs over the TCP mapping only: TLS over kernel SCTP \
+             (RFC 3436) is not built yet. Use `transport: tcp` with TLS, or SCTP without a \
+             `tls:` section (plain and unauthenticated, as rsplib speaks)"
+                .into(),
+        ));
+    }
+    let files = transport::tls::TlsFiles {
+        cert: section.cert.clone(),
+        key: section.key.clone(),
+        ca: section.ca.clone(),
+    };
+    transport::tls::ControlTls::load(files, section.plain)
+        .map(|tls| Some(std::sync::Arc::new(tls)))
+        .map_err(|e| RunError::Usage(format!("tls: {e}")))
+}
 
 /// Why a command failed, and its exit status.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +170,17 @@ pub(crate) fn apply_log_args(log: &mut config::LogConfig, args: &cli::LogArgs) {
     }
 }
 
+/// SIGHUP's TLS step: new associations use the files as they are now; on an error the
+/// material in use stays.
+pub(crate) fn reload_tls(tls: &transport::tls::ControlTls) {
+    match tls.reload() {
+        Ok(()) => tracing::info!(cert = %tls.files().cert.display(), "TLS certificate reloaded"),
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: TLS certificate not reloaded; the one in use stays");
+        }
+    }
+}
+
 /// Tools that print a result: their output, or the failure.
 async fn tool(command: cli::Command) -> Result<String, RunError> {
     match command {
@@ -117,6 +193,7 @@ async fn tool(command: cli::Command) -> Result<String, RunError> {
         cli::Command::Pe(args) => pool_element::run(args).await.map(|()| String::new()),
         cli::Command::Gateway(args) => gateway::run(args).await.map(|()| String::new()),
         cli::Command::Demo(args) => demo::run(args).await,
+        cli::Command::Cert(command) => cert::run(&command),
     }
 }
 
@@ -131,6 +208,7 @@ pub fn run() -> ExitCode {
         cli::Command::Dump(_) => "dump",
         cli::Command::Decode(_) => "decode",
         cli::Command::Demo(_) => "demo",
+        cli::Command::Cert(_) => "cert",
     };
     // TOKIO_WORKER_THREADS (tokio's own setting) picks the worker count; with 1 the
     // whole process runs on one thread, without the work-stealing scheduler's

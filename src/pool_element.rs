@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rserpool_proto::auth::Access;
 use rserpool_proto::hunt::HuntConfig;
 use rserpool_proto::pool_element::{
     PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
@@ -28,9 +29,10 @@ use crate::RunError;
 use crate::cli::PeArgs;
 use crate::config::{self, ConfigFile, HealthCheck, Multicast, PeSection, ServiceConfig};
 use crate::driver::{self, Handle};
-use crate::logging::Logging;
+use crate::logging::{Logging, RateLimitedLog};
 use crate::pool_user::endpoints;
 use crate::signals::{Request, Signals};
+use crate::transport::tls::ControlTls;
 use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
 
 /// How long deregistration may take at shutdown.
@@ -44,6 +46,8 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
     if args.admin.is_some() {
         file.admin.listen = args.admin;
     }
+    crate::apply_tls_args(&mut file.tls, &args.tls)?;
+    let tls = file.tls.is_some();
     let section = &mut file.pe;
     if let (Some(pool), Some(backend)) = (&args.pool, args.backend) {
         let pool = rserpool_proto::wire::PoolHandle::new(pool.as_bytes())
@@ -67,7 +71,7 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
         section.registrars = args.registrars.clone();
     }
     if section.registrars.is_empty() && section.announce == Multicast::Off {
-        section.registrars = vec![crate::DEFAULT_REGISTRAR];
+        section.registrars = vec![crate::default_registrar(tls)];
     }
     if let Some(asap) = args.asap {
         section.asap = asap;
@@ -299,10 +303,13 @@ pub(crate) struct PeRuntime {
 /// announce channel if configured, and starts the engine on a driver.
 pub(crate) fn start_engine(
     section: &PeSection,
+    tls: Option<Arc<ControlTls>>,
     shutdown: &CancellationToken,
 ) -> Result<PeRuntime, RunError> {
     let (incoming_tx, incoming_rx) = mpsc::channel(1024);
     let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
+    transports.tls = tls.clone();
+    let access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
     let addresses = multihomed(section.asap, &section.multihome);
     let listener = Listener::bind(section.transport, &addresses)
         .map_err(|e| RunError::Bind(section.asap, e))?;
@@ -317,6 +324,7 @@ pub(crate) fn start_engine(
     tokio::spawn(accept_loop(
         listener,
         Protocol::Asap,
+        tls,
         IncomingIds::default(),
         incoming_tx.clone(),
         64,
@@ -341,6 +349,7 @@ pub(crate) fn start_engine(
         Duration::from_secs(5),
     );
     hunt.transport = section.transport;
+    hunt.access = access;
     let engine = PoolElementEngine::new(
         PoolElementConfig::new(section.profile.into(), hunt),
         crate::seed(),
@@ -398,8 +407,9 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let section = file.pe.clone();
+    let tls = crate::control_tls(file.tls.as_ref(), section.transport)?;
     let shutdown = CancellationToken::new();
-    let mut runtime = start_engine(&section, &shutdown)?;
+    let mut runtime = start_engine(&section, tls.clone(), &shutdown)?;
     let (asap, handle) = (runtime.asap, runtime.handle.clone());
     let mut events = runtime
         .events
@@ -439,6 +449,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         admin = %admin,
         registrars = %registrars.join(","),
         services = section.services.len(),
+        tls = crate::registrar::tls_state(tls.as_deref()),
         "ready"
     );
     crate::systemd::ready(&shutdown);
@@ -447,7 +458,12 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         tokio::select! {
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => reload(&args, &logging, &mut services, &handle).await,
+                Request::Reload => {
+                    if let Some(tls) = &tls {
+                        crate::reload_tls(tls);
+                    }
+                    reload(&args, &logging, &mut services, &handle).await;
+                }
             },
             Some(change) = changes.recv() => {
                 // A change from a service removed by a reload is stale.
@@ -597,6 +613,20 @@ pub(crate) fn log_event(event: &PoolElementEvent) {
             tracing::info!(%registrar, "new home registrar");
         }
         PoolElementEvent::RegistrarLost => tracing::warn!("registrar association lost; hunting"),
+        PoolElementEvent::RegistrarRefused { reason } => {
+            static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
+            metrics::counter!("rserpool_pe_registrars_refused_total").increment(1);
+            if let Some(suppressed) = LOG.permit() {
+                tracing::warn!(%reason, suppressed, "not registering at a registrar that did not prove it is one");
+            }
+        }
+        PoolElementEvent::HomeChangeIgnored { claimed, reason } => {
+            static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
+            metrics::counter!("rserpool_pe_home_changes_ignored_total").increment(1);
+            if let Some(suppressed) = LOG.permit() {
+                tracing::warn!(%claimed, %reason, suppressed, "ignored a keep-alive claiming to be the new home registrar");
+            }
+        }
         PoolElementEvent::Warning(warning) => tracing::warn!(%warning, "pool element"),
     }
 }

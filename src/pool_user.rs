@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rserpool_gateways::DirectoryError;
+use rserpool_proto::auth::Access;
 use rserpool_proto::engine::{Endpoint, TransportKind};
 use rserpool_proto::hunt::HuntConfig;
 use rserpool_proto::pool_user::{
@@ -20,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::RunError;
 use crate::config::{Multicast, PoolUserSection};
 use crate::driver::{self, Handle};
+use crate::logging::RateLimitedLog;
+use crate::transport::tls::ControlTls;
 use crate::transport::{Transports, multicast};
 
 type Waiters = Arc<Mutex<HashMap<RequestId, oneshot::Sender<Result<Resolution, ResolveError>>>>>;
@@ -46,6 +49,7 @@ impl PoolUser {
     /// section does not set one.
     pub(crate) fn start(
         section: &PoolUserSection,
+        tls: Option<Arc<ControlTls>>,
         stale_cache: Duration,
         shutdown: &CancellationToken,
     ) -> Result<Self, RunError> {
@@ -58,11 +62,13 @@ impl PoolUser {
             Duration::from_secs(5),
         );
         hunt.transport = section.transport;
+        hunt.access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
         let mut config = PoolUserConfig::new(section.profile.into(), hunt);
         config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
         let engine = PoolUserEngine::new(config, crate::seed());
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
         let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
+        transports.tls = tls;
         if let (Multicast::Group(group), Some(interface)) =
             (&section.announce, section.announce_interface)
         {
@@ -91,6 +97,13 @@ impl PoolUser {
             }
             PoolUserEvent::RegistrarUp => tracing::debug!("registrar association up"),
             PoolUserEvent::RegistrarLost => tracing::warn!("registrar association lost; hunting"),
+            PoolUserEvent::RegistrarRefused { reason } => {
+                static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
+                metrics::counter!("rserpool_pool_user_registrars_refused_total").increment(1);
+                if let Some(suppressed) = LOG.permit() {
+                    tracing::warn!(%reason, suppressed, "not using a registrar that did not prove it is one");
+                }
+            }
             PoolUserEvent::Warning(warning) => tracing::warn!(%warning, "pool user"),
         };
         let (handle, commands) = Handle::new();

@@ -4,10 +4,11 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use rserpool_proto::auth::{Access, PeerIdentity};
 use rserpool_proto::engine::TransportKind;
 use rserpool_proto::handlespace::Limits;
 use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent};
-use rserpool_proto::wire::Protocol;
+use rserpool_proto::wire::{Protocol, RegistrarId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +18,7 @@ use crate::config::{self, ConfigFile, Multicast, RegistrarSection};
 use crate::driver::{self, Handle};
 use crate::logging::Logging;
 use crate::signals::{Request, Signals};
+use crate::transport::tls::ControlTls;
 use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
 
 /// The configuration file (if any) with the command-line overrides applied.
@@ -33,12 +35,13 @@ fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
 }
 
 fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), RunError> {
+    crate::apply_tls_args(&mut file.tls, &args.tls)?;
     let section = &mut file.registrar;
     if let Some(asap) = args.asap {
-        section.asap = asap;
+        section.asap = Some(asap);
     }
     if let Some(enrp) = args.enrp {
-        section.enrp = enrp;
+        section.enrp = Some(enrp);
     }
     if let Some(transport) = args.transport {
         section.transport = transport.into();
@@ -61,8 +64,9 @@ fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), Ru
     Ok(())
 }
 
-/// The engine's settings from the file's section.
-fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
+/// The engine's settings from the file's section; `enrp` is this registrar's ENRP
+/// address, `access` what peers must prove.
+fn engine_config(section: &RegistrarSection, enrp: SocketAddr, access: Access) -> RegistrarConfig {
     let limits = &section.limits;
     let profile = RegistrarConfig::new(section.profile.into());
     RegistrarConfig {
@@ -96,7 +100,7 @@ fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
                 .peers
                 .iter()
                 .copied()
-                .filter(|peer| *peer != section.enrp)
+                .filter(|peer| *peer != enrp)
                 .collect::<Vec<_>>(),
         ),
         peer_heartbeat_interval: section
@@ -112,6 +116,7 @@ fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
             .mentor_discovery_timeout
             .unwrap_or(profile.mentor_discovery_timeout),
         takeover_expiry: section.takeover_expiry.unwrap_or(profile.takeover_expiry),
+        access,
         ..profile
     }
 }
@@ -119,10 +124,17 @@ fn engine_config(section: &RegistrarSection) -> RegistrarConfig {
 pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
-    let section = file.registrar.clone();
+    let mut section = file.registrar.clone();
+    let tls = crate::control_tls(file.tls.as_ref(), section.transport)?;
+    if let Some(tls) = &tls {
+        section.id = Some(registrar_id_of_certificate(section.id, &tls.identity())?);
+    }
+    let (asap_configured, enrp_configured) = section.addresses(tls.is_some());
+    let access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
     let shutdown = CancellationToken::new();
     let (incoming_tx, incoming_rx) = mpsc::channel(4096);
     let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
+    transports.tls = tls.clone();
 
     let bind = |address: SocketAddr| {
         let addresses = multihomed(address, &section.multihome);
@@ -138,8 +150,8 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
             })
             .map_err(|e| RunError::Bind(address, e))
     };
-    let (asap, asap_address) = bind(section.asap)?;
-    let (enrp, enrp_address) = bind(section.enrp)?;
+    let (asap, asap_address) = bind(asap_configured)?;
+    let (enrp, enrp_address) = bind(enrp_configured)?;
     if section.transport == TransportKind::Sctp {
         // Linux refuses a second association between the same endpoints (an
         // outgoing one to a peer that is already connected to us fails with
@@ -149,7 +161,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
             .map_err(|e| RunError::Bind(enrp_address, e))?;
     }
 
-    let mut engine_settings = engine_config(&section);
+    let mut engine_settings = engine_config(&section, enrp_configured, access);
     let interface = config::multicast_interface(asap_address.ip(), section.announce.interface);
     let announce = match (&section.announce.group, interface) {
         (Multicast::Group(group), Some(interface)) => {
@@ -216,6 +228,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     tokio::spawn(accept_loop(
         asap,
         Protocol::Asap,
+        tls.clone(),
         ids.clone(),
         incoming_tx.clone(),
         max_connections,
@@ -224,6 +237,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     tokio::spawn(accept_loop(
         enrp,
         Protocol::Enrp,
+        tls.clone(),
         ids,
         incoming_tx,
         max_connections,
@@ -264,13 +278,14 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         enrp_multicast = %enrp_multicast,
         peers = section.peers.len(),
         profile = ?section.profile,
+        tls = tls_state(tls.as_deref()),
         "ready"
     );
     crate::systemd::ready(&shutdown);
     loop {
         match signals.next().await {
             Request::Stop => break,
-            Request::Reload => reload(&args, &logging, &handle).await,
+            Request::Reload => reload(&args, &logging, &handle, tls.as_deref()).await,
         }
     }
     let totals = handle
@@ -365,16 +380,57 @@ fn peers_json(engine: &RegistrarEngine) -> serde_json::Value {
     serde_json::json!({ "registrar": engine.id(), "peers": peers })
 }
 
+/// The ready line's `tls` field.
+pub(crate) fn tls_state(tls: Option<&ControlTls>) -> String {
+    match tls {
+        Some(tls) => format!("on ({})", tls.identity().name),
+        None => "off".to_owned(),
+    }
+}
+
+/// The registrar ID: the one its certificate grants (RFC 5355: peers believe no other),
+/// which a configured ID must equal.
+fn registrar_id_of_certificate(
+    configured: Option<RegistrarId>,
+    identity: &PeerIdentity,
+) -> Result<RegistrarId, RunError> {
+    match (identity.registrar, configured) {
+        (None, _) => Err(RunError::Usage(format!(
+            "tls: the certificate of {:?} is not a registrar's (issue it with \
+             `rserpool cert issue --registrar-id ID`)",
+            identity.name
+        ))),
+        (Some(granted), Some(configured)) if granted != configured => {
+            Err(RunError::Usage(format!(
+                "registrar ID {configured} is configured, but the certificate grants {granted}: \
+                 peers would refuse every ENRP message; drop the ID or issue a matching certificate"
+            )))
+        }
+        (Some(granted), _) => Ok(granted),
+    }
+}
+
 /// SIGHUP: re-reads the configuration and applies what can change while running (log
-/// filter, timers, thresholds, limits). On any error the old configuration stays.
-async fn reload(args: &RegistrarArgs, logging: &Logging, handle: &Handle<RegistrarEngine>) {
+/// filter, timers, thresholds, limits, the TLS certificate and key for new
+/// associations). On any error the old configuration stays.
+async fn reload(
+    args: &RegistrarArgs,
+    logging: &Logging,
+    handle: &Handle<RegistrarEngine>,
+    tls: Option<&ControlTls>,
+) {
     let loading = args.clone();
     let Some((file, ())) =
         crate::logging::reread(move || Ok((settings(&loading)?, ())), logging).await
     else {
         return;
     };
-    let settings = engine_config(&file.registrar);
+    if let Some(tls) = tls {
+        crate::reload_tls(tls);
+    }
+    let (_, enrp) = file.registrar.addresses(tls.is_some());
+    let access = tls.map_or(Access::Open, ControlTls::access);
+    let settings = engine_config(&file.registrar, enrp, access);
     handle
         .command(move |engine, now| engine.reconfigure(settings, now))
         .await;
@@ -439,6 +495,18 @@ fn log_event(event: RegistrarEvent) {
         }
         RegistrarEvent::AuditCompleted { peer, purged } => {
             tracing::info!(%peer, purged, "audit complete");
+        }
+        RegistrarEvent::Denied {
+            assoc,
+            action,
+            reason,
+        } => {
+            static LOG: crate::logging::RateLimitedLog =
+                crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
+            metrics::counter!("rserpool_registrar_denied_total", "action" => action).increment(1);
+            if let Some(suppressed) = LOG.permit() {
+                tracing::warn!(%assoc, action, %reason, suppressed, "refused: not authorized");
+            }
         }
         RegistrarEvent::IdCollision { assoc } => {
             tracing::error!(%assoc, "another registrar uses this registrar's ID: give each registrar its own --id");

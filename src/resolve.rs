@@ -13,16 +13,18 @@ use crate::config;
 use crate::pool_user::PoolUser;
 
 pub(crate) async fn run(args: ResolveArgs) -> Result<String, RunError> {
-    let file = config::load_pool_user(
+    let file = crate::pool_user_settings(
         args.config.as_deref(),
         &args.registrars,
         args.transport.map(Into::into),
+        &args.tls,
     )?;
     let pool_handle = PoolHandle::new(args.pool_handle.as_bytes())
         .map_err(|e| RunError::Usage(format!("pool handle {:?}: {e}", args.pool_handle)))?;
     let timeout = config::parse_duration(&args.timeout).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
-    let pool_user = PoolUser::start(&file.pool_user, std::time::Duration::ZERO, &shutdown)?;
+    let tls = crate::control_tls(file.tls.as_ref(), file.pool_user.transport)?;
+    let pool_user = PoolUser::start(&file.pool_user, tls, std::time::Duration::ZERO, &shutdown)?;
     let result = tokio::time::timeout(timeout, pool_user.resolve(pool_handle, args.count))
         .await
         .unwrap_or(Err(ResolveError::NoRegistrar));

@@ -41,6 +41,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use rserpool_proto::auth::PlainPeers;
 use rserpool_proto::engine::TransportKind;
 use rserpool_proto::pool_element::PoolElementSpec;
 use rserpool_proto::session::{ControlDeframer, ControlFrame, open_cookie, seal_cookie};
@@ -54,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::{PeArgs, ServeKind};
-use crate::config::{Multicast, PeSection, Profile};
+use crate::config::{ControlTlsSection, Multicast, PeSection, Profile};
 use crate::logging::Logging;
 use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, start_engine};
 use crate::signals::{Request, Signals};
@@ -85,6 +86,21 @@ pub struct ServiceConfig {
     /// More addresses of this host (SCTP multi-homing): the service and its ASAP
     /// endpoint bind them too, and they are registered.
     pub multihome: Vec<IpAddr>,
+    /// TLS to registrars and on the PE's ASAP endpoint (RFC 5355; TCP only); `None`:
+    /// plain and unauthenticated.
+    pub tls: Option<ServiceTls>,
+}
+
+/// A native PE's TLS material: its certificate (`rserpool cert issue --pe POOL`), key
+/// and the deployment CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTls {
+    /// Certificate chain (PEM), leaf first.
+    pub cert: std::path::PathBuf,
+    /// Private key (PEM).
+    pub key: std::path::PathBuf,
+    /// The deployment CA (PEM).
+    pub ca: std::path::PathBuf,
 }
 
 impl ServiceConfig {
@@ -100,6 +116,7 @@ impl ServiceConfig {
             rsplib_timers: false,
             transport: TransportKind::Tcp,
             multihome: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -117,6 +134,9 @@ pub enum ServiceError {
     /// The pool element engine could not start.
     #[error("{0}")]
     Engine(String),
+    /// The TLS material cannot be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// A registered native PE accepting sessions.
@@ -165,8 +185,16 @@ impl PoolElementService {
             announce_interface: None,
             services: Vec::new(),
         };
-        let mut runtime =
-            start_engine(&section, &shutdown).map_err(|e| ServiceError::Engine(e.to_string()))?;
+        let tls_section = config.tls.as_ref().map(|tls| ControlTlsSection {
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+            ca: tls.ca.clone(),
+            plain: PlainPeers::Refused,
+        });
+        let tls = crate::control_tls(tls_section.as_ref(), config.transport)
+            .map_err(|e| ServiceError::Tls(e.to_string()))?;
+        let mut runtime = start_engine(&section, tls, &shutdown)
+            .map_err(|e| ServiceError::Engine(e.to_string()))?;
         // Registration, refusals and home changes go to the log (and to `registered`).
         let registered = Registered::default();
         if let Some(mut events) = runtime.events.take() {
@@ -604,8 +632,10 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         .ok_or_else(|| RunError::Usage("--serve needs --pool".into()))?;
     let pool_handle = PoolHandle::new(pool.as_bytes())
         .map_err(|e| RunError::Usage(format!("--pool {pool:?}: {e}")))?;
+    let mut tls = file.tls.clone();
+    crate::apply_tls_args(&mut tls, &args.tls)?;
     let registrars = if args.registrars.is_empty() {
-        vec![crate::DEFAULT_REGISTRAR]
+        vec![crate::default_registrar(tls.is_some())]
     } else {
         args.registrars.clone()
     };
@@ -619,6 +649,11 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         rsplib_timers: matches!(args.profile, Some(crate::cli::ProfileArg::Rsplib)),
         transport: args.transport.map_or(file.pe.transport, Into::into),
         multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
+        tls: tls.map(|tls| ServiceTls {
+            cert: tls.cert,
+            key: tls.key,
+            ca: tls.ca,
+        }),
         ..ServiceConfig::new(pool_handle, listen, registrars.clone())
     };
     let service = PoolElementService::start(config)

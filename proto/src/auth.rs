@@ -155,9 +155,7 @@ impl Access {
     pub fn may_resolve(self, peer: &Authentication, pool: &PoolHandle) -> Result<(), Denied> {
         match self.plain(peer) {
             Some(Ok(()) | Err(PlainPeers::Trusted | PlainPeers::PoolUsers)) => Ok(()),
-            Some(Err(PlainPeers::Refused)) => {
-                Err(Denied("a pool user needs a certificate".into()))
-            }
+            Some(Err(PlainPeers::Refused)) => Err(Denied("a pool user needs a certificate".into())),
             None => {
                 let Some(identity) = peer.identity() else {
                     return Err(Denied("no identity".into()));
@@ -184,9 +182,7 @@ impl Access {
             Some(Err(_)) => Err(Denied("a registrar needs a certificate".into())),
             None => match peer.identity().and_then(|i| i.registrar) {
                 Some(id) if id == sender => Ok(()),
-                Some(id) => Err(Denied(format!(
-                    "{peer} is registrar {id}, not {sender}"
-                ))),
+                Some(id) => Err(Denied(format!("{peer} is registrar {id}, not {sender}"))),
                 None => Err(Denied(format!("{peer} is not a registrar"))),
             },
         }
@@ -274,8 +270,16 @@ mod tests {
             ..identity("gw")
         });
         assert!(ENFORCED.may_register(&user, &pool("A")).is_err());
-        assert!(ENFORCED.may_register(&Authentication::Unauthenticated, &pool("A")).is_err());
-        assert!(Access::Open.may_register(&Authentication::Unauthenticated, &pool("A")).is_ok());
+        assert!(
+            ENFORCED
+                .may_register(&Authentication::Unauthenticated, &pool("A"))
+                .is_err()
+        );
+        assert!(
+            Access::Open
+                .may_register(&Authentication::Unauthenticated, &pool("A"))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -292,7 +296,11 @@ mod tests {
         });
         assert!(ENFORCED.may_speak_for(&pe, RegistrarId(7)).is_err());
         assert!(ENFORCED.is_registrar(&pe, None).is_err());
-        assert!(ENFORCED.is_registrar(&registrar, Some(RegistrarId(8))).is_err());
+        assert!(
+            ENFORCED
+                .is_registrar(&registrar, Some(RegistrarId(8)))
+                .is_err()
+        );
         assert!(ENFORCED.is_registrar(&registrar, None).is_ok());
     }
 

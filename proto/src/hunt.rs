@@ -72,8 +72,16 @@ enum State {
         assoc: AssocId,
         endpoint: Endpoint,
         id: Option<RegistrarId>,
+        /// When it came up: one lost within [`STABLE`] counts as a failed round.
+        since: Instant,
     },
 }
+
+/// How long a registrar association must last before losing it starts a new hunt at
+/// once. One that a registrar drops sooner (one that refuses this endpoint, or a TLS
+/// registrar reached without TLS) counts as a failed round, so the hunt backs off
+/// instead of reconnecting in a tight loop.
+const STABLE: Duration = Duration::from_secs(1);
 
 /// What an association going down meant to the hunt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,8 +252,8 @@ impl Hunt {
             assoc,
             endpoint,
             id,
+            since: now,
         };
-        self.failed_rounds = 0;
         Ok(true)
     }
 
@@ -257,8 +265,17 @@ impl Hunt {
     /// An association went down (or could not be opened).
     pub(crate) fn on_down(&mut self, assoc: AssocId, now: Instant) -> Lost {
         match &mut self.state {
-            State::Connected { assoc: current, .. } if *current == assoc => {
-                self.state = State::Idle;
+            State::Connected {
+                assoc: current,
+                since,
+                ..
+            } if *current == assoc => {
+                if now.saturating_duration_since(*since) < STABLE {
+                    self.fail_round(now);
+                } else {
+                    self.failed_rounds = 0;
+                    self.state = State::Idle;
+                }
                 Lost::Current
             }
             State::Connecting { attempts, .. } => {
@@ -294,6 +311,7 @@ impl Hunt {
         assoc: AssocId,
         endpoint: Endpoint,
         id: RegistrarId,
+        now: Instant,
         out: &mut VecDeque<Output<E>>,
     ) {
         match &self.state {
@@ -312,6 +330,7 @@ impl Hunt {
             assoc,
             endpoint,
             id: Some(id).filter(|id| *id != RegistrarId::UNKNOWN),
+            since: now,
         };
         self.failed_rounds = 0;
     }

@@ -474,7 +474,7 @@ impl PoolElementEngine {
             if let Some(endpoint) = endpoint {
                 self.peers.remove(&assoc);
                 self.hunt
-                    .adopt(assoc, endpoint, keep_alive.server_id, &mut self.out);
+                    .adopt(assoc, endpoint, keep_alive.server_id, now, &mut self.out);
                 self.out
                     .push_back(Output::Event(PoolElementEvent::HomeRegistrarChanged {
                         registrar: keep_alive.server_id,
@@ -522,7 +522,10 @@ impl Engine for PoolElementEngine {
     type Event = PoolElementEvent;
 
     fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
-        match self.hunt.on_up(assoc, &peer.authentication, now, &mut self.out) {
+        match self
+            .hunt
+            .on_up(assoc, &peer.authentication, now, &mut self.out)
+        {
             Ok(true) => self.resume_all(now),
             // A registrar opened an association to our ASAP endpoint (takeover).
             Ok(false) => {

@@ -557,7 +557,10 @@ impl Engine for PoolUserEngine {
     type Event = PoolUserEvent;
 
     fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
-        let current = match self.hunt.on_up(assoc, &peer.authentication, now, &mut self.out) {
+        let current = match self
+            .hunt
+            .on_up(assoc, &peer.authentication, now, &mut self.out)
+        {
             Ok(current) => current,
             Err(denied) => {
                 self.out

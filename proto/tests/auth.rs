@@ -232,7 +232,11 @@ fn a_pe_cannot_reregister_another_identitys_pe_identifier() {
         sim.registrar(r)
             .handlespace()
             .pool(&pool("A"))
-            .and_then(|p| p.elements().next().map(|e| e.element.user_transport.clone()))
+            .and_then(|p| {
+                p.elements()
+                    .next()
+                    .map(|e| e.element.user_transport.clone())
+            })
     };
     assert_eq!(
         entry(&sim).map(|t| t.addresses),
@@ -274,7 +278,10 @@ fn a_registrar_without_a_registrar_certificate_cannot_peer() {
     assert_eq!(members(&sim, b, "A"), vec![rogue_pe]);
     assert!(members(&sim, a, "A").is_empty(), "A learned the rogue's PE");
     assert!(
-        sim.registrar(a).peers().iter().all(|p| p.id != RegistrarId(0x22)),
+        sim.registrar(a)
+            .peers()
+            .iter()
+            .all(|p| p.id != RegistrarId(0x22)),
         "{:?}",
         sim.registrar(a).peers()
     );
@@ -344,9 +351,11 @@ fn a_pool_user_refuses_a_registrar_without_a_registrar_certificate() {
             .iter()
             .any(|(_, e)| matches!(e, NodeEvent::Pu(PoolUserEvent::RegistrarRefused { .. })))
     );
-    assert!(!events
-        .iter()
-        .any(|(_, e)| matches!(e, NodeEvent::Pu(PoolUserEvent::RegistrarUp))));
+    assert!(
+        !events
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Pu(PoolUserEvent::RegistrarUp)))
+    );
     assert!(events.iter().any(|(_, e)| matches!(
         e,
         NodeEvent::Pu(PoolUserEvent::Resolved { request: q, result: Err(ResolveError::NoRegistrar) })
@@ -447,11 +456,15 @@ fn a_pe_ignores_a_home_claim_from_an_unauthenticated_peer() {
         outputs.clear();
         pe.handle_message(stranger, Protocol::Asap, &claim(claimed), t0);
         drain(&mut pe, &mut outputs);
-        assert!(!outputs.contains(&Output::Close { assoc: home }), "{outputs:?}");
-        assert!(outputs.iter().any(|o| matches!(
-            o,
-            Output::Event(PoolElementEvent::HomeChangeIgnored { .. })
-        )));
+        assert!(
+            !outputs.contains(&Output::Close { assoc: home }),
+            "{outputs:?}"
+        );
+        assert!(
+            outputs
+                .iter()
+                .any(|o| matches!(o, Output::Event(PoolElementEvent::HomeChangeIgnored { .. })))
+        );
     }
     // A real registrar taking the PE over is followed.
     let registrar = AssocId(3);
@@ -459,6 +472,61 @@ fn a_pe_ignores_a_home_claim_from_an_unauthenticated_peer() {
     outputs.clear();
     pe.handle_message(registrar, Protocol::Asap, &claim(0x99), t0);
     drain(&mut pe, &mut outputs);
-    assert!(outputs.contains(&Output::Close { assoc: home }), "{outputs:?}");
+    assert!(
+        outputs.contains(&Output::Close { assoc: home }),
+        "{outputs:?}"
+    );
     assert_eq!(pe.home_registrar(), Some(RegistrarId(0x99)));
+}
+
+/// A registrar that drops the association as soon as it is up (a TLS registrar reached
+/// without TLS, or one that refuses this endpoint) is not reconnected to in a tight
+/// loop: losing an association within a second counts as a failed hunt round, and
+/// rounds back off (250 ms doubling to 5 s).
+#[test]
+fn a_registrar_that_drops_each_association_at_once_is_not_hammered() {
+    let t0 = Instant::now();
+    let registrar = Sim::registrar_endpoint(0);
+    let mut pe = PoolElementEngine::new(
+        PoolElementConfig::new(
+            TimerProfile::Rsplib,
+            HuntConfig::new(vec![registrar], Duration::from_secs(2)),
+        ),
+        7,
+    );
+    pe.register(spec("A", None, 1), t0);
+    let peer = PeerInfo {
+        transport: TransportKind::Tcp,
+        addresses: vec![Sim::address_of(0)],
+        port: 3863,
+        protocol: Protocol::Asap,
+        rtt: None,
+        authentication: Authentication::Unauthenticated,
+    };
+    let mut now = t0;
+    let mut connects = 0;
+    while now < t0 + Duration::from_secs(10) && connects < 1000 {
+        let mut opened = Vec::new();
+        let next = loop {
+            match pe.poll_output() {
+                Output::Connect { assoc, .. } => opened.push(assoc),
+                Output::Timeout(next) => break next,
+                _ => {}
+            }
+        };
+        for assoc in &opened {
+            connects += 1;
+            pe.handle_association_up(*assoc, peer.clone(), now);
+            while !matches!(pe.poll_output(), Output::Timeout(_)) {}
+            pe.handle_association_down(*assoc, now);
+        }
+        if opened.is_empty() {
+            now = next.unwrap_or(now + Duration::from_millis(100)).max(now);
+            pe.handle_timeout(now);
+        }
+    }
+    assert!(
+        (3..=12).contains(&connects),
+        "{connects} connections in 10 s"
+    );
 }

@@ -10,9 +10,11 @@
 //! hosts without SCTP), and UDP multicast for announces ([`multicast`]).
 
 pub(crate) mod bridge;
+pub(crate) mod identity;
 pub(crate) mod multicast;
 pub(crate) mod sctp;
 pub(crate) mod tcp;
+pub(crate) mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -174,6 +176,8 @@ pub(crate) struct Transports {
     /// endpoint): rsplib accepts a peer's Server Information only when the association
     /// comes from the addresses *and port* it names.
     pub(crate) enrp_local: Vec<SocketAddr>,
+    /// TLS for every association this driver opens (TCP mapping only).
+    pub(crate) tls: Option<Arc<tls::ControlTls>>,
     shutdown: CancellationToken,
 }
 
@@ -187,6 +191,7 @@ impl Transports {
             multicast: HashMap::new(),
             asap_local: Vec::new(),
             enrp_local: Vec::new(),
+            tls: None,
             shutdown,
         }
     }
@@ -276,7 +281,10 @@ impl Transports {
         match to.transport {
             TransportKind::Tcp => {
                 let local = local.first().copied();
-                tokio::spawn(tcp::connect(assoc, to, protocol, local, incoming, shutdown));
+                let tls = self.tls.clone();
+                tokio::spawn(tcp::connect(
+                    assoc, to, protocol, local, tls, incoming, shutdown,
+                ));
             }
             TransportKind::Sctp => {
                 tokio::spawn(sctp::connect(
@@ -390,10 +398,13 @@ impl Listener {
 }
 
 /// Accepts associations for one protocol until shut down; beyond `max_connections`
-/// open at once, new ones are closed at once.
+/// open at once, new ones are closed at once. With `tls`, every TCP connection must
+/// complete a TLS handshake (or, where plain peers are allowed, speak plain).
+#[allow(clippy::too_many_arguments, reason = "one listener's settings")]
 pub(crate) async fn accept_loop(
     listener: Listener,
     protocol: Protocol,
+    tls: Option<Arc<tls::ControlTls>>,
     ids: IncomingIds,
     incoming: mpsc::Sender<Incoming>,
     max_connections: usize,
@@ -423,10 +434,11 @@ pub(crate) async fn accept_loop(
         let assoc = ids.next();
         let incoming = incoming.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             match accepted {
                 Accepted::Tcp(stream) => {
-                    tcp::serve(assoc, stream, protocol, incoming, shutdown).await;
+                    tcp::serve(assoc, stream, protocol, tls, incoming, shutdown).await;
                 }
                 Accepted::Sctp(association) => {
                     sctp::serve(assoc, association, protocol, incoming, shutdown).await;

@@ -561,7 +561,7 @@ fn peer_info(association: &Association, protocol: Protocol) -> io::Result<PeerIn
         port,
         protocol,
         rtt: association.rtt(),
-        authentication: Authentication::Unauthenticated,
+        authentication: rserpool_proto::auth::Authentication::Unauthenticated,
     })
 }
 

@@ -9,16 +9,20 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rserpool_proto::auth::Authentication;
 use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
 use rserpool_proto::wire::{Protocol, StreamDeframer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::tls::{ControlTls, HandshakeError, Secured};
 use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
+use crate::logging::RateLimitedLog;
 
 /// How long an outgoing connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,11 +80,12 @@ fn peer_info(stream: &TcpStream, protocol: Protocol) -> io::Result<PeerInfo> {
     })
 }
 
-/// Starts the carrier of an accepted connection.
+/// Starts the carrier of an accepted connection; with TLS, after the handshake.
 pub(crate) async fn serve(
     assoc: AssocId,
     stream: TcpStream,
     protocol: Protocol,
+    tls: Option<Arc<ControlTls>>,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) {
@@ -88,15 +93,59 @@ pub(crate) async fn serve(
         return;
     };
     tune(&stream);
-    run(assoc, stream, peer, incoming, shutdown).await;
+    let Some(tls) = tls else {
+        run(assoc, stream, peer, incoming, shutdown).await;
+        return;
+    };
+    let secured = tokio::select! {
+        () = shutdown.cancelled() => return,
+        secured = tls.accept(stream) => secured,
+    };
+    match secured {
+        Ok(secured) => run_secured(assoc, secured, peer, incoming, shutdown).await,
+        Err(error) => handshake_failed("incoming", &peer, &error),
+    }
 }
 
-/// Opens an association to `to` (its addresses in order), optionally from `local`.
+/// Counts a failed handshake and logs it (rate-limited: anyone can cause one).
+fn handshake_failed(direction: &'static str, peer: &PeerInfo, error: &HandshakeError) {
+    static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
+    metrics::counter!("rserpool_tls_handshake_failures_total", "direction" => direction)
+        .increment(1);
+    if let Some(suppressed) = LOG.permit() {
+        let from = peer.endpoint();
+        tracing::warn!(%from, direction, %error, suppressed, "TLS: association refused");
+    }
+}
+
+async fn run_secured(
+    assoc: AssocId,
+    secured: Secured,
+    mut peer: PeerInfo,
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) {
+    match secured {
+        Secured::Plain(stream) => run(assoc, stream, peer, incoming, shutdown).await,
+        Secured::Server(stream, authentication) => {
+            peer.authentication = authentication;
+            run(assoc, *stream, peer, incoming, shutdown).await;
+        }
+        Secured::Client(stream, authentication) => {
+            peer.authentication = authentication;
+            run(assoc, *stream, peer, incoming, shutdown).await;
+        }
+    }
+}
+
+/// Opens an association to `to` (its addresses in order), optionally from `local`;
+/// with TLS, the association is up once the handshake proved the peer.
 pub(crate) async fn connect(
     assoc: AssocId,
     to: Endpoint,
     protocol: Protocol,
     local: Option<SocketAddr>,
+    tls: Option<Arc<ControlTls>>,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) {
@@ -109,17 +158,34 @@ pub(crate) async fn connect(
             }
             socket.connect(address).await
         };
-        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-            Ok(Ok(stream)) => {
-                let Ok(peer) = peer_info(&stream, protocol) else {
-                    continue;
-                };
-                tune(&stream);
-                run(assoc, stream, peer, incoming, shutdown).await;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                last_error = format!("{address}: {error}");
+                continue;
+            }
+            Err(_) => {
+                last_error = format!("{address}: timed out");
+                continue;
+            }
+        };
+        let Ok(peer) = peer_info(&stream, protocol) else {
+            continue;
+        };
+        tune(&stream);
+        let Some(tls) = &tls else {
+            run(assoc, stream, peer, incoming, shutdown).await;
+            return;
+        };
+        match tls.connect(stream).await {
+            Ok(secured) => {
+                run_secured(assoc, secured, peer, incoming, shutdown).await;
                 return;
             }
-            Ok(Err(error)) => last_error = format!("{address}: {error}"),
-            Err(_) => last_error = format!("{address}: timed out"),
+            Err(error) => {
+                handshake_failed("outgoing", &peer, &error);
+                last_error = format!("{address}: {error}");
+            }
         }
     }
     let _ = incoming
@@ -130,9 +196,11 @@ pub(crate) async fn connect(
         .await;
 }
 
-impl MessageSink for tokio::net::tcp::OwnedWriteHalf {
+impl<S: AsyncWrite + Send> MessageSink for WriteHalf<S> {
     async fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        self.write_all(message).await
+        self.write_all(message).await?;
+        // A TLS stream holds written records until flushed.
+        self.flush().await
     }
 
     async fn finish(&mut self) {
@@ -150,9 +218,9 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Closing is graceful when the engine asks for it (the link is dropped): queued
 /// messages are sent, then FIN, then input is discarded for a moment. When the peer
 /// ends the association or the process shuts down, writing stops at once.
-async fn run(
+async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     assoc: AssocId,
-    stream: TcpStream,
+    stream: S,
     peer: PeerInfo,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
@@ -162,7 +230,7 @@ async fn run(
     let Some((outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
         return;
     };
-    let (mut reader, writer) = stream.into_split();
+    let (mut reader, writer) = tokio::io::split(stream);
     let write_abort = abort.clone();
     let writing = tokio::spawn(write_loop(assoc, outgoing, writer, write_abort));
     let stop = closed_locally.clone();
@@ -186,7 +254,7 @@ async fn run(
 async fn read_loop(
     assoc: AssocId,
     protocol: Protocol,
-    reader: &mut tokio::net::tcp::OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     incoming: &mpsc::Sender<Incoming>,
     closed_locally: &CancellationToken,
     abort: &CancellationToken,

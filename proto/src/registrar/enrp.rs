@@ -362,6 +362,16 @@ impl RegistrarEngine {
             }),
         };
         if !permitted {
+            if let EnrpBody::HandleTableRequest { .. } = decoded.message.body {
+                // The R flag tells a requester it is refused (as rsplib answers
+                // unknown senders, security.md §3.3).
+                let body = EnrpBody::HandleTableResponse {
+                    reject: true,
+                    more: false,
+                    pools: Vec::new(),
+                };
+                self.send_enrp(assoc, body, sender);
+            }
             self.out.push_back(Output::Close { assoc });
             self.handle_association_down(assoc, now);
             return;

@@ -602,7 +602,9 @@ impl RegistrarEngine {
 
     fn on_handle_resolution(&mut self, assoc: AssocId, request: HandleResolution, now: Instant) {
         let pool = request.pool_handle;
-        if !self.permitted(assoc, "resolve", |access, peer| access.may_resolve(peer, &pool)) {
+        if !self.permitted(assoc, "resolve", |access, peer| {
+            access.may_resolve(peer, &pool)
+        }) {
             let response = AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
                 pool_handle: pool,
                 policy: None,
@@ -682,7 +684,9 @@ impl RegistrarEngine {
 
     fn on_unreachable(&mut self, assoc: AssocId, report: PoolElementRef, now: Instant) {
         let pool = report.pool_handle;
-        if !self.permitted(assoc, "report", |access, peer| access.may_resolve(peer, &pool)) {
+        if !self.permitted(assoc, "report", |access, peer| {
+            access.may_resolve(peer, &pool)
+        }) {
             return;
         }
         let allowed = self
