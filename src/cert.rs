@@ -49,7 +49,7 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = now + time::Duration::days(i64::from(days));
 }
 
-fn create_ca(args: &CertCaArgs) -> Result<String, RunError> {
+pub(crate) fn create_ca(args: &CertCaArgs) -> Result<String, RunError> {
     let (cert_path, key_path) = ca_files(&args.dir);
     if cert_path.exists() || key_path.exists() {
         return Err(RunError::Usage(format!(
@@ -121,7 +121,7 @@ fn identity_of(args: &CertIssueArgs) -> Result<PeerIdentity, RunError> {
     Ok(identity)
 }
 
-fn issue(args: &CertIssueArgs) -> Result<String, RunError> {
+pub(crate) fn issue(args: &CertIssueArgs) -> Result<String, RunError> {
     if args.name.is_empty()
         || !args
             .name

@@ -88,13 +88,13 @@ pub(crate) struct CertIssueArgs {
 pub(crate) struct TlsArgs {
     /// This role's certificate chain (PEM, from `rserpool cert issue`); with --tls-key
     /// and --tls-ca it turns TLS on.
-    #[arg(long, requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, env = "RSERPOOL_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
     pub(crate) tls_cert: Option<PathBuf>,
     /// The certificate's private key (PEM).
-    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    #[arg(long, env = "RSERPOOL_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
     pub(crate) tls_key: Option<PathBuf>,
     /// The deployment CA's certificate (PEM).
-    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, env = "RSERPOOL_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
     pub(crate) tls_ca: Option<PathBuf>,
     /// What peers without a certificate may do: refused (default), pool_users or
     /// trusted.
@@ -109,6 +109,10 @@ pub(crate) struct DemoArgs {
     /// BASE+53 DNS, BASE+90 gateway admin, BASE+91..93 registrar admin.
     #[arg(long, default_value_t = 17000)]
     pub(crate) base_port: u16,
+    /// Run ASAP and ENRP in plain TCP, unauthenticated (as rsplib does), instead of TLS
+    /// with a CA made for the demo.
+    #[arg(long)]
+    pub(crate) plain: bool,
 }
 
 /// Logging options shared by the long-running roles.
@@ -204,6 +208,9 @@ pub(crate) struct RegistrarArgs {
     /// keep it on loopback or a management network).
     #[arg(long)]
     pub(crate) admin: Option<SocketAddr>,
+    /// A file holding the bearer token the admin listener's /log and /api/ require.
+    #[arg(long, requires = "admin")]
+    pub(crate) admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
@@ -263,6 +270,9 @@ pub(crate) struct PeArgs {
     /// keep it on loopback or a management network).
     #[arg(long)]
     pub(crate) admin: Option<SocketAddr>,
+    /// A file holding the bearer token the admin listener's /log and /api/ require.
+    #[arg(long, requires = "admin")]
+    pub(crate) admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
@@ -302,6 +312,9 @@ pub(crate) struct GatewayArgs {
     /// 127.0.0.1:9102; no authentication: keep it on loopback or a management network).
     #[arg(long)]
     pub(crate) admin: Option<SocketAddr>,
+    /// A file holding the bearer token the admin listener's /log and /api/ require.
+    #[arg(long, requires = "admin")]
+    pub(crate) admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]

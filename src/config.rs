@@ -50,6 +50,8 @@ pub(crate) struct ConfigFile {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct AdminSection {
     pub(crate) listen: Option<SocketAddr>,
+    /// A file holding the bearer token that `/log` and `/api/` require (none: open).
+    pub(crate) token_file: Option<std::path::PathBuf>,
 }
 
 /// The gateways (their pool user is configured in `pool_user`).

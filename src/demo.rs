@@ -13,7 +13,8 @@ use std::time::Duration;
 use rustix::process::{Pid, Signal, kill_process};
 
 use crate::RunError;
-use crate::cli::DemoArgs;
+use crate::cert;
+use crate::cli::{CertCaArgs, CertIssueArgs, DemoArgs};
 use crate::signals::{Request, Signals};
 
 /// A started role: its name, process and log file.
@@ -43,6 +44,10 @@ impl Fleet {
         let child = Command::new(binary)
             .args(args)
             .env("RSERPOOL_LOG", "info")
+            // The demo names every role's TLS files (or none) itself.
+            .env_remove("RSERPOOL_TLS_CERT")
+            .env_remove("RSERPOOL_TLS_KEY")
+            .env_remove("RSERPOOL_TLS_CA")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -159,18 +164,72 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| (*a).to_owned()).collect()
 }
 
-pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
-    let base = args.base_port;
-    let port = |offset: u16| -> Result<SocketAddr, RunError> {
-        let port = base
-            .checked_add(offset)
-            .ok_or_else(|| RunError::Usage(format!("--base-port {base}: too high")))?;
-        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+/// The demo's registrar IDs (their certificates grant exactly these).
+const REGISTRAR_IDS: [&str; 3] = ["0x0000d001", "0x0000d002", "0x0000d003"];
+
+/// The demo's CA and the certificate of every role in `dir`: each registrar (its ID),
+/// the PEs of each pool (that pool only), the gateway (every pool) and the tools
+/// (`resolve`, `dump`: every pool, and the handle table).
+fn issue_certificates(dir: &Path) -> Result<(), RunError> {
+    cert::create_ca(&CertCaArgs {
+        dir: dir.to_owned(),
+        name: "rserpool demo CA".into(),
+        days: 30,
+    })?;
+    let issue = |name: &str, registrar: Option<&str>, pe: &[&str], pu: &[&str], observer| {
+        cert::issue(&CertIssueArgs {
+            dir: dir.to_owned(),
+            name: name.into(),
+            registrar_id: registrar.map(str::to_owned),
+            pe_pools: strings(pe),
+            pu_pools: strings(pu),
+            observer,
+            days: 30,
+        })
     };
-    let asap: Vec<SocketAddr> = (1..=3).map(port).collect::<Result<_, _>>()?;
-    let enrp: Vec<SocketAddr> = (11..=13).map(port).collect::<Result<_, _>>()?;
-    let (counter_gw, echo_gw, http_gw, dns_gw, admin) =
-        (port(20)?, port(21)?, port(80)?, port(53)?, port(90)?);
+    for (index, id) in REGISTRAR_IDS.iter().enumerate() {
+        issue(
+            &format!("registrar-{}", index + 1),
+            Some(id),
+            &[],
+            &[],
+            false,
+        )?;
+    }
+    for (kind, pool) in DEMO_POOLS {
+        issue(&format!("{kind}-pe"), None, &[pool], &[], false)?;
+    }
+    issue("gateway", None, &[], &["*"], false)?;
+    issue("tools", None, &[], &["*"], true)?;
+    Ok(())
+}
+
+/// The `--tls-*` flags of identity `name` (none in a plain demo).
+fn tls_flags(pki: Option<&Path>, name: &str) -> Vec<String> {
+    let Some(dir) = pki else {
+        return Vec::new();
+    };
+    let (cert, key) = cert::files(dir, name);
+    let (ca, _) = cert::ca_files(dir);
+    vec![
+        "--tls-cert".into(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+        "--tls-ca".into(),
+        ca.display().to_string(),
+    ]
+}
+
+/// The demo services and their pools.
+const DEMO_POOLS: [(&str, &str); 3] = [
+    ("counter", "CounterPool"),
+    ("echo", "EchoPool"),
+    ("http", "WebPool"),
+];
+
+pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
+    let ports = Ports::new(args.base_port)?;
     let logs = std::env::temp_dir().join(format!("rserpool-demo-{}", std::process::id()));
     std::fs::create_dir_all(&logs).map_err(RunError::Io)?;
     let mut fleet = Fleet {
@@ -178,110 +237,56 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
         logs: logs.clone(),
     };
     let mut signals = Signals::install().map_err(RunError::Io)?;
+    let pki = (!args.plain).then(|| logs.join("pki"));
+    if let Some(dir) = &pki {
+        issue_certificates(dir)?;
+    }
+    let pki = pki.as_deref();
 
-    for (index, (own_asap, own_enrp)) in asap.iter().zip(&enrp).enumerate() {
+    for (index, ((own_asap, own_enrp), own_admin)) in ports
+        .asap
+        .iter()
+        .zip(&ports.enrp)
+        .zip(&ports.registrar_admin)
+        .enumerate()
+    {
+        let name = format!("registrar-{}", index + 1);
         let mut role = strings(&["registrar", "--announce", "off", "--enrp-multicast", "off"]);
+        role.extend(tls_flags(pki, &name));
         role.extend(["--asap".into(), own_asap.to_string()]);
         role.extend(["--enrp".into(), own_enrp.to_string()]);
-        let offset = 91 + u16::try_from(index).unwrap_or(0);
-        role.extend(["--admin".into(), port(offset)?.to_string()]);
-        for peer in enrp.iter().filter(|peer| *peer != own_enrp) {
+        role.extend(["--admin".into(), own_admin.to_string()]);
+        for peer in ports.enrp.iter().filter(|peer| *peer != own_enrp) {
             role.extend(["--peer".into(), peer.to_string()]);
         }
-        fleet.start(&format!("registrar-{}", index + 1), &role)?;
+        fleet.start(&name, &role)?;
     }
     fleet.wait_ready().await?;
-    let registrar_flags: Vec<String> = asap
+    let registrar_flags: Vec<String> = ports
+        .asap
         .iter()
         .flat_map(|a| ["--registrar".to_owned(), a.to_string()])
         .collect();
-    for (kind, pool) in [
-        ("counter", "CounterPool"),
-        ("echo", "EchoPool"),
-        ("http", "WebPool"),
-    ] {
+    for (kind, pool) in DEMO_POOLS {
         for index in 1..=2 {
             let mut role = strings(&["pe", "--serve", kind, "--pool", pool]);
             role.extend(registrar_flags.iter().cloned());
+            role.extend(tls_flags(pki, &format!("{kind}-pe")));
             fleet.start(&format!("{kind}-pe-{index}"), &role)?;
         }
     }
     let mut gateway = strings(&["gateway", "--zone", "pool.example."]);
     gateway.extend(registrar_flags.iter().cloned());
-    gateway.extend(["--tcp".into(), format!("{counter_gw}=CounterPool")]);
-    gateway.extend(["--tcp".into(), format!("{echo_gw}=EchoPool")]);
-    gateway.extend(["--http".into(), format!("{http_gw}=WebPool")]);
-    gateway.extend(["--dns".into(), dns_gw.to_string()]);
-    gateway.extend(["--admin".into(), admin.to_string()]);
+    gateway.extend(["--tcp".into(), format!("{}=CounterPool", ports.counter)]);
+    gateway.extend(["--tcp".into(), format!("{}=EchoPool", ports.echo)]);
+    gateway.extend(["--http".into(), format!("{}=WebPool", ports.http)]);
+    gateway.extend(["--dns".into(), ports.dns.to_string()]);
+    gateway.extend(["--admin".into(), ports.admin.to_string()]);
+    gateway.extend(tls_flags(pki, "gateway"));
     fleet.start("gateway", &gateway)?;
     fleet.wait_ready().await?;
 
-    let mut banner = String::new();
-    let _ = writeln!(
-        banner,
-        "rserpool demo: running on loopback (logs in {})",
-        logs.display()
-    );
-    let _ = writeln!(
-        banner,
-        "  registrars  ASAP {} / ENRP {}  (pids {})",
-        join(&asap),
-        join(&enrp),
-        fleet.pids("registrar")
-    );
-    for (kind, pool) in [
-        ("counter", "CounterPool"),
-        ("echo", "EchoPool"),
-        ("http", "WebPool"),
-    ] {
-        let _ = writeln!(
-            banner,
-            "  {pool:<11} 2 `{kind}` PEs  (pids {})",
-            fleet.pids(&format!("{kind}-pe"))
-        );
-    }
-    let _ = writeln!(
-        banner,
-        "  gateway     TCP {counter_gw} (CounterPool), {echo_gw} (EchoPool); HTTP {http_gw} (WebPool); DNS {dns_gw} (zone pool.example.); admin {admin}  (pid {})",
-        fleet.pids("gateway")
-    );
-    let _ = writeln!(banner, "\nTry:");
-    let _ = writeln!(
-        banner,
-        "  nc {} {}        # (netcat) type lines; each answer is the running count",
-        counter_gw.ip(),
-        counter_gw.port()
-    );
-    let _ = writeln!(
-        banner,
-        "  kill -9 PID     # PID: one of the counter PEs ({}): the count goes on, no reset",
-        fleet.pids("counter-pe")
-    );
-    let _ = writeln!(banner, "  curl -s http://{http_gw}/hello");
-    let _ = writeln!(
-        banner,
-        "  dig @{} -p {} +short WebPool.pool.example A    (also SRV _http._tcp.WebPool..., TXT)",
-        dns_gw.ip(),
-        dns_gw.port()
-    );
-    let _ = writeln!(
-        banner,
-        "  rserpool resolve WebPool --registrar {}",
-        port(1)?
-    );
-    let _ = writeln!(banner, "  rserpool dump --registrar {}", port(12)?);
-    let _ = writeln!(banner, "  curl -s http://{admin}/metrics | grep rserpool_");
-    let _ = writeln!(
-        banner,
-        "  kill {}   # registrar 1 stops: its PEs re-register elsewhere (or a peer takes them over)",
-        fleet.pids("registrar-1")
-    );
-    let _ = writeln!(
-        banner,
-        "Status pages: http://{admin}/ (gateway), http://{}/ .. http://{}/ (registrars). Ctrl-C stops everything.",
-        port(91)?,
-        port(93)?
-    );
+    let banner = banner(&ports, &fleet, pki, &logs);
     print!("{banner}");
     println!("demo ready");
     use std::io::Write as _;
@@ -291,6 +296,155 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     println!("demo: stopping");
     fleet.stop().await;
     Ok(format!("demo: stopped (logs kept in {})\n", logs.display()))
+}
+
+/// The demo's addresses.
+struct Ports {
+    asap: Vec<SocketAddr>,
+    enrp: Vec<SocketAddr>,
+    registrar_admin: Vec<SocketAddr>,
+    counter: SocketAddr,
+    echo: SocketAddr,
+    http: SocketAddr,
+    dns: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Ports {
+    /// BASE+1..3 ASAP, BASE+11..13 ENRP, BASE+20/21 TCP, BASE+80 HTTP, BASE+53 DNS,
+    /// BASE+90 gateway admin, BASE+91..93 registrar admin.
+    fn new(base: u16) -> Result<Self, RunError> {
+        let port = |offset: u16| -> Result<SocketAddr, RunError> {
+            let port = base
+                .checked_add(offset)
+                .ok_or_else(|| RunError::Usage(format!("--base-port {base}: too high")))?;
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        };
+        let many = |offsets: std::ops::RangeInclusive<u16>| -> Result<Vec<SocketAddr>, RunError> {
+            offsets.map(port).collect()
+        };
+        Ok(Self {
+            asap: many(1..=3)?,
+            enrp: many(11..=13)?,
+            registrar_admin: many(91..=93)?,
+            counter: port(20)?,
+            echo: port(21)?,
+            http: port(80)?,
+            dns: port(53)?,
+            admin: port(90)?,
+        })
+    }
+}
+
+/// What the demo prints once everything is up: where things are and what to try.
+fn banner(ports: &Ports, fleet: &Fleet, pki: Option<&Path>, logs: &Path) -> String {
+    let mut banner = String::new();
+    let _ = writeln!(
+        banner,
+        "rserpool demo: running on loopback (logs in {})",
+        logs.display()
+    );
+    let _ = writeln!(
+        banner,
+        "  registrars  ASAP {} / ENRP {}  (pids {})",
+        join(&ports.asap),
+        join(&ports.enrp),
+        fleet.pids("registrar")
+    );
+    let _ = writeln!(
+        banner,
+        "  ASAP/ENRP   {}",
+        match pki {
+            Some(dir) => format!(
+                "TLS with mutual authentication; CA and certificates in {}",
+                dir.display()
+            ),
+            None => "plain TCP, unauthenticated (--plain)".to_owned(),
+        }
+    );
+    for (kind, pool) in DEMO_POOLS {
+        let _ = writeln!(
+            banner,
+            "  {pool:<11} 2 `{kind}` PEs  (pids {})",
+            fleet.pids(&format!("{kind}-pe"))
+        );
+    }
+    let _ = writeln!(
+        banner,
+        "  gateway     TCP {} (CounterPool), {} (EchoPool); HTTP {} (WebPool); DNS {} (zone pool.example.); admin {}  (pid {})",
+        ports.counter,
+        ports.echo,
+        ports.http,
+        ports.dns,
+        ports.admin,
+        fleet.pids("gateway")
+    );
+    let _ = writeln!(banner, "\nTry:");
+    if let Some(dir) = pki {
+        let flags = tls_flags(Some(dir), "tools");
+        let _ = writeln!(
+            banner,
+            "  export RSERPOOL_TLS_CERT={} RSERPOOL_TLS_KEY={} RSERPOOL_TLS_CA={}   # for resolve and dump",
+            flags.get(1).map_or("", String::as_str),
+            flags.get(3).map_or("", String::as_str),
+            flags.get(5).map_or("", String::as_str),
+        );
+    }
+    let _ = writeln!(
+        banner,
+        "  nc {} {}        # (netcat) type lines; each answer is the running count",
+        ports.counter.ip(),
+        ports.counter.port()
+    );
+    let _ = writeln!(
+        banner,
+        "  kill -9 PID     # PID: one of the counter PEs ({}): the count goes on, no reset",
+        fleet.pids("counter-pe")
+    );
+    let _ = writeln!(banner, "  curl -s http://{}/hello", ports.http);
+    let _ = writeln!(
+        banner,
+        "  dig @{} -p {} +short WebPool.pool.example A    (also SRV _http._tcp.WebPool..., TXT)",
+        ports.dns.ip(),
+        ports.dns.port()
+    );
+    let _ = writeln!(
+        banner,
+        "  rserpool resolve WebPool --registrar {}",
+        ports
+            .asap
+            .first()
+            .map_or(String::new(), ToString::to_string)
+    );
+    let _ = writeln!(
+        banner,
+        "  rserpool dump --registrar {}",
+        ports.enrp.get(1).map_or(String::new(), ToString::to_string)
+    );
+    let _ = writeln!(
+        banner,
+        "  curl -s http://{}/metrics | grep rserpool_",
+        ports.admin
+    );
+    let _ = writeln!(
+        banner,
+        "  kill {}   # registrar 1 stops: its PEs re-register elsewhere (or a peer takes them over)",
+        fleet.pids("registrar-1")
+    );
+    let _ = writeln!(
+        banner,
+        "Status pages: http://{}/ (gateway), http://{}/ .. http://{}/ (registrars). Ctrl-C stops everything.",
+        ports.admin,
+        ports
+            .registrar_admin
+            .first()
+            .map_or(String::new(), ToString::to_string),
+        ports
+            .registrar_admin
+            .get(2)
+            .map_or(String::new(), ToString::to_string)
+    );
+    banner
 }
 
 fn join(addresses: &[SocketAddr]) -> String {

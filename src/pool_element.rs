@@ -428,9 +428,11 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         services.add(service.clone());
     }
     let registered = Registered::default();
+    let admin_token = crate::admin::token(&file.admin, args.admin_token_file.as_deref())?;
     let admin = match file.admin.listen {
         Some(listen) => crate::admin::start(
             listen,
+            admin_token.clone(),
             shutdown.clone(),
             registered.routes(),
             logging.clone(),

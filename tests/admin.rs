@@ -153,3 +153,68 @@ fn readiness_and_json_views_of_every_role() {
 fn admin_put(address: SocketAddr, path: &str, body: &str) -> (u16, String) {
     common::admin_request(address, "PUT", path, body)
 }
+
+/// With a token file, `/log` and `/api/` need `Authorization: Bearer TOKEN` (401
+/// otherwise, and the log level stays); `/metrics`, `/healthz` and `/readyz` stay open.
+#[test]
+fn the_admin_token_guards_log_changes_and_the_api() {
+    let token = "0123456789abcdef0123456789abcdef";
+    let file = std::env::temp_dir().join(format!("rserpool-admin-token-{}", std::process::id()));
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let registrar = common::registrar(&[
+        "--admin",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        file.to_str().unwrap(),
+    ]);
+    let admin = registrar.address("admin");
+    let bearer = format!("Bearer {token}");
+    let request = |method: &str, path: &str, authorization: Option<&str>, body: &[u8]| {
+        let headers: Vec<(&str, &str)> = authorization
+            .map(|a| vec![("Authorization", a)])
+            .unwrap_or_default();
+        common::try_request(admin, method, path, &headers, body).unwrap()
+    };
+    for path in ["/api/handlespace", "/api/", "/log"] {
+        let reply = request("GET", path, None, b"");
+        assert_eq!(reply.status, 401, "{path}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+        let wrong = request(
+            "GET",
+            path,
+            Some("Bearer 0123456789abcdef0123456789abcdeX"),
+            b"",
+        );
+        assert_eq!(wrong.status, 401, "{path}");
+        assert_eq!(
+            request("GET", path, Some(&bearer), b"").status,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(request("PUT", "/log", None, b"debug").status, 401);
+    assert_eq!(
+        request("GET", "/log", Some(&bearer), b"").body.trim(),
+        "info"
+    );
+    assert_eq!(request("PUT", "/log", Some(&bearer), b"debug").status, 200);
+    assert_eq!(
+        request("GET", "/log", Some(&bearer), b"").body.trim(),
+        "debug"
+    );
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(request("GET", path, None, b"").status, 200, "{path}");
+    }
+    // A short token is refused at start.
+    std::fs::write(&file, "short\n").unwrap();
+    let args = common::registrar_args(&[
+        "--admin",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        file.to_str().unwrap(),
+    ]);
+    let (code, _, stderr) = common::run(&args);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("at least 16"), "{stderr}");
+    let _ = std::fs::remove_file(&file);
+}

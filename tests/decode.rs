@@ -155,6 +155,7 @@ fn help_lists_only_built_subcommands() {
             "dump",
             "decode",
             "demo",
+            "cert",
             "help"
         ]
     );

@@ -1,5 +1,7 @@
 //! `rserpool demo` (README "Quick start"): everything starts on loopback with no
-//! configuration, each gateway answers, and Ctrl-C stops every process it started.
+//! configuration, TLS and authorization on; each gateway answers, the control-plane
+//! attacks of RFC 5355 replayed by a stranger change nothing, and Ctrl-C stops every
+//! process it started.
 
 #![allow(
     clippy::unwrap_used,
@@ -94,6 +96,29 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&dig.stdout).lines().count(), 2);
 
+    // The attacks of the authenticated-control-plane issue, replayed as a stranger on
+    // this host (plain TCP, no certificate): nothing changes.
+    let tls_env = tls_environment(&banner);
+    let before = web_pool(&tls_env, base);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let attacker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    attacker.set_nonblocking(true).unwrap();
+    attack(base, &before, attacker.local_addr().unwrap().port());
+    for _ in 0..40 {
+        let mut http =
+            TcpStream::connect(("127.0.0.1", u16::try_from(base + 80).unwrap())).unwrap();
+        http.write_all(b"GET /hello HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        http.read_to_string(&mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+    assert!(
+        matches!(attacker.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a request reached the attacker"
+    );
+    assert_eq!(web_pool(&tls_env, base), before);
+
     // Ctrl-C: every process goes, the demo exits 0.
     drop(counter);
     let status = Command::new("kill")
@@ -115,5 +140,170 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "process {pid} outlived the demo"
         );
+    }
+}
+
+/// The `RSERPOOL_TLS_*` variables the banner's `export` line gives for the tools.
+fn tls_environment(banner: &[String]) -> Vec<(String, String)> {
+    let line = banner
+        .iter()
+        .find(|l| l.trim_start().starts_with("export RSERPOOL_TLS_CERT="))
+        .unwrap_or_else(|| panic!("no export line: TLS is not on by default: {banner:?}"));
+    line.split_whitespace()
+        .filter_map(|word| word.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// WebPool's PEs as `rserpool dump --json` shows them: (id, home, ASAP endpoint).
+fn web_pool(tls_env: &[(String, String)], base: u32) -> Vec<(u32, u32, u16)> {
+    let output = Command::new(common::binary())
+        .args([
+            "dump",
+            "--json",
+            "--registrar",
+            &format!("127.0.0.1:{}", base + 11),
+        ])
+        .envs(tls_env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let hex = |v: &serde_json::Value| {
+        u32::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let mut pes: Vec<(u32, u32, u16)> = json["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["pool_handle"] == "WebPool")
+        .flat_map(|p| p["pool_elements"].as_array().unwrap().clone())
+        .map(|pe| {
+            let port = pe["asap_transport"]["port"].as_u64().unwrap();
+            (
+                hex(&pe["id"]),
+                hex(&pe["home_registrar"]),
+                u16::try_from(port).unwrap(),
+            )
+        })
+        .collect();
+    pes.sort_unstable();
+    pes
+}
+
+/// Sends messages on a plain connection and reads whatever comes back for a moment.
+fn send_plain(to: (&str, u16), messages: &[Vec<u8>]) {
+    let Ok(mut stream) = TcpStream::connect(to) else {
+        return;
+    };
+    for message in messages {
+        if stream.write_all(message).is_err() {
+            return;
+        }
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+}
+
+fn attack(base: u32, pool: &[(u32, u32, u16)], attacker_port: u16) {
+    use rserpool_proto::wire::{
+        AsapMessage, EndpointKeepAlive, EnrpBody, EnrpMessage, Policy, PoolElement, PoolElementId,
+        PoolHandle, RegistrarId, Registration, ServerInformation, Transport, TransportProtocol,
+        TransportUse, UpdateAction,
+    };
+    let web = PoolHandle::new(b"WebPool").unwrap();
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let transport = |port| Transport {
+        protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+        port,
+        addresses: vec![loopback],
+    };
+    let element = |id, home| PoolElement {
+        id: PoolElementId(id),
+        home_registrar: RegistrarId(home),
+        registration_life_ms: 600_000,
+        user_transport: transport(attacker_port),
+        policy: Policy::RoundRobin,
+        asap_transport: None,
+    };
+    let port = |offset: u32| u16::try_from(base + offset).unwrap();
+    // 1 024 PEs registered into WebPool at every registrar, at the attacker's port.
+    let registrations: Vec<Vec<u8>> = (1..=1024)
+        .map(|id| {
+            AsapMessage::Registration(Registration {
+                pool_handle: web,
+                pool_element: element(0x7000_0000 + id, 0),
+            })
+            .encode()
+            .unwrap()
+        })
+        .collect();
+    for offset in 1..=3 {
+        send_plain(("127.0.0.1", port(offset)), &registrations);
+    }
+    // ENRP as the PEs' home registrars: delete them, redirect them, take the homes over,
+    // plant fake peers.
+    let enrp = |sender, body| {
+        EnrpMessage {
+            sender: RegistrarId(sender),
+            receiver: RegistrarId::UNKNOWN,
+            body,
+        }
+        .encode()
+        .unwrap()
+    };
+    let mut messages = Vec::new();
+    for &(id, home, _) in pool {
+        for action in [UpdateAction::DEL_PE, UpdateAction::ADD_PE] {
+            messages.push(enrp(
+                home,
+                EnrpBody::HandleUpdate {
+                    takeover_suggested: false,
+                    action,
+                    pool_handle: web,
+                    pool_element: element(id, home),
+                },
+            ));
+        }
+        messages.push(enrp(
+            0x0bad,
+            EnrpBody::InitTakeover {
+                target: RegistrarId(home),
+            },
+        ));
+    }
+    messages.push(enrp(
+        0x0bad,
+        EnrpBody::ListResponse {
+            reject: false,
+            servers: (1..=5)
+                .map(|n| ServerInformation {
+                    server_id: RegistrarId(0x0bad_0000 + n),
+                    transport: transport(attacker_port),
+                })
+                .collect(),
+        },
+    ));
+    for offset in 11..=13 {
+        send_plain(("127.0.0.1", port(offset)), &messages);
+    }
+    // A keep-alive with the H flag at every PE's ASAP endpoint.
+    for &(id, _, asap) in pool {
+        let claim = AsapMessage::EndpointKeepAlive(EndpointKeepAlive {
+            home: true,
+            server_id: RegistrarId(0x0bad),
+            pool_handle: web,
+            pe_id: Some(PoolElementId(id)),
+        })
+        .encode()
+        .unwrap();
+        send_plain(("127.0.0.1", asap), &[claim]);
     }
 }

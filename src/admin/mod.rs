@@ -1,7 +1,9 @@
 //! The admin HTTP listener of every role: `/metrics` (Prometheus text), `/healthz`
-//! (the process runs), `/readyz` (the role can serve: 503 with the reason otherwise)
-//! and `/api/<name>` (JSON views the role offers). Loopback in the examples; it has no
-//! authentication, so never bind it where untrusted clients reach it.
+//! (the process runs), `/readyz` (the role can serve: 503 with the reason otherwise),
+//! `/log` (read or change the log filter) and `/api/<name>` (JSON views the role
+//! offers). Loopback in the examples. With a token (`admin.token_file`), `/log` and
+//! `/api/` answer only requests that carry `Authorization: Bearer TOKEN`; without one
+//! it has no authentication, so never bind it where untrusted clients reach it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -54,6 +56,7 @@ const STATUS_PAGE: &str = include_str!("status.html");
 /// the bound address.
 pub(crate) async fn start(
     listen: SocketAddr,
+    token: Option<AdminToken>,
     shutdown: CancellationToken,
     routes: Routes,
     logging: Logging,
@@ -69,8 +72,79 @@ pub(crate) async fn start(
         .local_addr()
         .map_err(|e| RunError::Bind(listen, e))?;
     tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
-    tokio::spawn(serve(listener, Arc::new(handle), routes, logging, shutdown));
+    let shared = Arc::new(Shared {
+        metrics: handle,
+        routes,
+        logging,
+        token,
+    });
+    tokio::spawn(serve(listener, shared, shutdown));
     Ok(bound)
+}
+
+/// The token of an `admin:` section (`--admin-token-file` over `token_file`).
+pub(crate) fn token(
+    section: &crate::config::AdminSection,
+    flag: Option<&std::path::Path>,
+) -> Result<Option<AdminToken>, RunError> {
+    flag.or(section.token_file.as_deref())
+        .map(AdminToken::read)
+        .transpose()
+}
+
+/// What every admin connection serves.
+struct Shared {
+    metrics: PrometheusHandle,
+    routes: Routes,
+    logging: Logging,
+    token: Option<AdminToken>,
+}
+
+/// The bearer token `/log` and `/api/` require.
+#[derive(Clone)]
+pub(crate) struct AdminToken(Arc<[u8]>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// The shortest token accepted: guessing one must be out of reach.
+const MIN_TOKEN_LENGTH: usize = 16;
+
+impl AdminToken {
+    /// The token in `path` (surrounding white space ignored).
+    pub(crate) fn read(path: &std::path::Path) -> Result<Self, RunError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| RunError::Usage(format!("admin.token_file {}: {e}", path.display())))?;
+        let token = text.trim();
+        if token.len() < MIN_TOKEN_LENGTH || token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(RunError::Usage(format!(
+                "admin.token_file {}: the token must be at least {MIN_TOKEN_LENGTH} printable \
+                 characters without spaces (e.g. `openssl rand -hex 24`)",
+                path.display()
+            )));
+        }
+        Ok(Self(token.as_bytes().into()))
+    }
+
+    /// Does the request carry the token? Compared in constant time.
+    fn admits(&self, request: &Request<Incoming>) -> bool {
+        let Some(given) = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        else {
+            return false;
+        };
+        given.len() == self.0.len()
+            && given
+                .iter()
+                .zip(self.0.iter())
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    }
 }
 
 /// Histograms are folded in on render or upkeep; without scrapes they would grow.
@@ -84,13 +158,7 @@ async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
     }
 }
 
-async fn serve(
-    listener: TcpListener,
-    handle: Arc<PrometheusHandle>,
-    routes: Routes,
-    logging: Logging,
-    shutdown: CancellationToken,
-) {
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
     let slots = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -104,15 +172,11 @@ async fn serve(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let handle = handle.clone();
-        let routes = routes.clone();
-        let logging = logging.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let handle = handle.clone();
-                let routes = routes.clone();
-                let logging = logging.clone();
-                async move { Ok::<_, Infallible>(respond(request, &handle, &routes, &logging).await) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(respond(request, &shared).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -126,14 +190,35 @@ async fn serve(
 /// Largest body accepted (`PUT /log`).
 const MAX_ADMIN_BODY: usize = 4096;
 
-async fn respond(
-    request: Request<Incoming>,
-    handle: &PrometheusHandle,
-    routes: &Routes,
-    logging: &Logging,
-) -> Response<Full<Bytes>> {
+/// `/log` and `/api/` need the token, where one is set.
+fn protected(path: &str) -> bool {
+    path == "/log" || path.starts_with("/api/")
+}
+
+async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let (handle, routes, logging) = (&shared.metrics, &shared.routes, &shared.logging);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    if let Some(token) = &shared.token
+        && protected(&path)
+        && !token.admits(&request)
+    {
+        static LOG: crate::logging::RateLimitedLog =
+            crate::logging::RateLimitedLog::new(Duration::from_secs(1));
+        metrics::counter!("rserpool_admin_unauthorized_total").increment(1);
+        if let Some(suppressed) = LOG.permit() {
+            tracing::warn!(%method, path, suppressed, "admin request without the token: 401");
+        }
+        let mut response = Response::new(Full::new(Bytes::from_static(
+            b"unauthorized: send Authorization: Bearer TOKEN (admin.token_file)\n",
+        )));
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        response.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return response;
+    }
     let api = path.strip_prefix("/api/").map(str::to_owned);
     let (status, content_type, body) = match (&method, path.as_str(), api) {
         (&Method::GET, "/log", _) => (
