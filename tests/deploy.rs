@@ -122,6 +122,7 @@ fn localized(text: &str) -> String {
     text.replace("$(POD_IP)", "127.0.0.1")
         .replace("$POD_IP", "127.0.0.1")
         .replace("$(( ${HOSTNAME##*-} + 1 ))", "1")
+        .replace("${HOSTNAME##*-}", "0")
 }
 
 #[test]
