@@ -5,9 +5,20 @@
 //!
 //! registrar-load --registrar ADDR [--registrar ADDR...] [--pes N] [--pes-per-association K]
 //!                [--pus N] [--interval-ms MS] [--seconds S] [--register-only]
+//!                [--tls DIR]
+//!
+//! `--interval-ms 0` re-registers in a closed loop (each association sends its next
+//! round as soon as the last is answered): registration throughput.
 //!
 //! `--register-only` registers the PEs once, keeps them (answering keep-alives) and
-//! prints "registered N" when done, until killed: to load a table for other tests.
+//! prints "registered N in T s" when done, until killed: to load a table for other
+//! tests. A PE whose association breaks reconnects as the `pe` agent's hunt does (after
+//! 250 ms, doubling up to 5 s) and registers again; each time every PE is registered
+//! again, another "registered" line says how long it took since the first loss.
+//!
+//! `--tls DIR` speaks TLS with the certificates `rserpool cert` made in DIR: `bench-pe`
+//! for PEs, `bench-pu` for pool users, and `ca.pem`. Every association completes its
+//! handshake before the measured period starts.
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -26,8 +37,11 @@ use rserpool_proto::wire::{
     AsapMessage, HandleResolution, Policy, PoolElement, PoolElementId, PoolElementRef, PoolHandle,
     RegistrarId, Registration, StreamDeframer, Transport, TransportProtocol, TransportUse,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+#[path = "../load/tls.rs"]
+mod tls;
 
 const POOLS: u32 = 10;
 
@@ -40,6 +54,7 @@ struct Options {
     interval: Duration,
     seconds: u64,
     register_only: bool,
+    tls: Option<std::path::PathBuf>,
 }
 
 fn options() -> Options {
@@ -51,6 +66,7 @@ fn options() -> Options {
         interval: Duration::from_millis(250),
         seconds: 10,
         register_only: false,
+        tls: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -63,6 +79,7 @@ fn options() -> Options {
             "--interval-ms" => options.interval = Duration::from_millis(value().parse().unwrap()),
             "--seconds" => options.seconds = value().parse().unwrap(),
             "--register-only" => options.register_only = true,
+            "--tls" => options.tls = Some(value().into()),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -74,8 +91,28 @@ fn pool(i: u32) -> PoolHandle {
     PoolHandle::new(format!("BenchPool{}", i % POOLS).as_bytes()).unwrap()
 }
 
+/// A plain or TLS association.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type Association = Box<dyn Stream>;
+
+/// Opens an association, with TLS as `identity` when `tls` is given.
+async fn connect(registrar: SocketAddr, tls: Option<&tls::Client>) -> Option<Association> {
+    let stream = TcpStream::connect(registrar).await.ok()?;
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => Some(Box::new(stream)),
+        Some(client) => client.connect(stream).await,
+    }
+}
+
+/// Writes and flushes (a TLS stream holds records until flushed).
+async fn send(stream: &mut Association, message: &[u8]) -> bool {
+    stream.write_all(message).await.is_ok() && stream.flush().await.is_ok()
+}
+
 async fn read_message(
-    stream: &mut TcpStream,
+    stream: &mut Association,
     deframer: &mut StreamDeframer,
     buffer: &mut [u8],
 ) -> Option<Vec<u8>> {
@@ -99,6 +136,7 @@ struct Counters {
     latency_us: AtomicU64,
     max_latency_us: AtomicU64,
     registered_associations: AtomicU64,
+    lost_associations: AtomicU64,
 }
 
 fn registration(i: u32, interval: Duration) -> Vec<u8> {
@@ -124,7 +162,9 @@ fn registration(i: u32, interval: Duration) -> Vec<u8> {
 }
 
 /// One association carrying PEs `first..first + count`, re-registering each every
-/// interval (or once, with `register_only`), answering keep-alives.
+/// interval (or once, with `register_only`), answering keep-alives. With
+/// `register_only`, a broken association is opened again (after 250 ms, doubling up to
+/// 5 s, as the `pe` agent's hunt) and its PEs registered again.
 async fn pool_elements(
     registrar: SocketAddr,
     first: u32,
@@ -132,28 +172,55 @@ async fn pool_elements(
     options: Options,
     end: Instant,
     counters: Arc<Counters>,
+    tls: Option<Arc<tls::Client>>,
 ) {
-    let Ok(mut stream) = TcpStream::connect(registrar).await else {
-        return;
-    };
-    let _ = stream.set_nodelay(true);
     let messages: Vec<Vec<u8>> = (first..first + count)
         .map(|i| registration(i, options.interval))
         .collect();
-    let mut deframer = StreamDeframer::new();
-    let mut buffer = vec![0u8; 64 * 1024];
     // Spread the associations over the interval.
     tokio::time::sleep(options.interval.mul_f64(f64::from(first % 1000) / 1000.0)).await;
-    let mut ticker = tokio::time::interval(options.interval);
+    let mut retry = Duration::from_millis(250);
+    loop {
+        let Some(mut stream) = connect(registrar, tls.as_deref()).await else {
+            if !options.register_only {
+                return;
+            }
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(5));
+            continue;
+        };
+        retry = Duration::from_millis(250);
+        serve_pool_elements(&mut stream, &messages, &options, end, &counters).await;
+        if !options.register_only {
+            return;
+        }
+        counters.lost_associations.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(retry).await;
+    }
+}
+
+async fn serve_pool_elements(
+    stream: &mut Association,
+    messages: &[Vec<u8>],
+    options: &Options,
+    end: Instant,
+    counters: &Counters,
+) {
+    let mut deframer = StreamDeframer::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    // Interval 0: a closed loop (each round as soon as the last one is answered).
+    let mut ticker = (!options.interval.is_zero()).then(|| tokio::time::interval(options.interval));
     let mut rounds = 0u32;
     loop {
         if !options.register_only && Instant::now() >= end {
             return;
         }
         if !options.register_only || rounds == 0 {
-            ticker.tick().await;
-            for message in &messages {
-                if stream.write_all(message).await.is_err() {
+            if let Some(ticker) = &mut ticker {
+                ticker.tick().await;
+            }
+            for message in messages {
+                if !send(stream, message).await {
                     return;
                 }
             }
@@ -161,7 +228,7 @@ async fn pool_elements(
         rounds += 1;
         let mut answered = 0;
         while answered < messages.len() || options.register_only {
-            let Some(reply) = read_message(&mut stream, &mut deframer, &mut buffer).await else {
+            let Some(reply) = read_message(stream, &mut deframer, &mut buffer).await else {
                 return;
             };
             match AsapMessage::decode(&reply).map(|d| d.message) {
@@ -185,7 +252,7 @@ async fn pool_elements(
                             pool_handle: k.pool_handle,
                             pe_id,
                         });
-                        let _ = stream.write_all(&ack.encode().unwrap()).await;
+                        let _ = send(stream, &ack.encode().unwrap()).await;
                     }
                 }
                 _ => {}
@@ -194,11 +261,21 @@ async fn pool_elements(
     }
 }
 
-async fn pool_user(registrar: SocketAddr, i: u32, end: Instant, counters: Arc<Counters>) {
-    let Ok(mut stream) = TcpStream::connect(registrar).await else {
+/// A pool user resolving in a closed loop from `start` until `end`; it opens its
+/// association (and completes a TLS handshake) before `start`.
+async fn pool_user(
+    registrar: SocketAddr,
+    i: u32,
+    start: Arc<tokio::sync::Barrier>,
+    end: Instant,
+    counters: Arc<Counters>,
+    tls: Option<Arc<tls::Client>>,
+) {
+    let stream = connect(registrar, tls.as_deref()).await;
+    start.wait().await;
+    let Some(mut stream) = stream else {
         return;
     };
-    let _ = stream.set_nodelay(true);
     let request = AsapMessage::HandleResolution(HandleResolution {
         pool_handle: pool(i),
         items: None,
@@ -209,7 +286,7 @@ async fn pool_user(registrar: SocketAddr, i: u32, end: Instant, counters: Arc<Co
     let mut buffer = vec![0u8; 8192];
     while Instant::now() < end {
         let start = Instant::now();
-        if stream.write_all(&request).await.is_err() {
+        if !send(&mut stream, &request).await {
             return;
         }
         if read_message(&mut stream, &mut deframer, &mut buffer)
@@ -229,6 +306,13 @@ async fn pool_user(registrar: SocketAddr, i: u32, end: Instant, counters: Arc<Co
 async fn main() {
     let options = options();
     let counters = Arc::new(Counters::default());
+    let (pe_tls, pu_tls) = match &options.tls {
+        Some(dir) => (
+            Some(Arc::new(tls::Client::load(dir, "bench-pe"))),
+            Some(Arc::new(tls::Client::load(dir, "bench-pu"))),
+        ),
+        None => (None, None),
+    };
     let warmup = Duration::from_secs(2);
     let end = Instant::now() + warmup + Duration::from_secs(options.seconds);
     let associations = options.pes.div_ceil(options.pes_per_association);
@@ -244,25 +328,26 @@ async fn main() {
             options.clone(),
             end,
             counters.clone(),
+            pe_tls.clone(),
         )));
     }
     if options.register_only {
-        let started = Instant::now();
-        while counters.registered_associations.load(Ordering::Relaxed) < u64::from(associations) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        println!(
-            "registered {} in {:.1} s",
-            counters.registrations.load(Ordering::Relaxed),
-            started.elapsed().as_secs_f64()
-        );
-        std::future::pending::<()>().await;
+        report_registrations(&counters, associations).await;
     }
     tokio::time::sleep(warmup).await;
+    let start = Arc::new(tokio::sync::Barrier::new(options.pus as usize + 1));
     for i in 0..options.pus {
         let registrar = options.registrars[i as usize % options.registrars.len()];
-        tasks.push(tokio::spawn(pool_user(registrar, i, end, counters.clone())));
+        tasks.push(tokio::spawn(pool_user(
+            registrar,
+            i,
+            start.clone(),
+            end,
+            counters.clone(),
+            pu_tls.clone(),
+        )));
     }
+    start.wait().await;
     let registrations_before = counters.registrations.load(Ordering::Relaxed);
     let measured = Instant::now();
     for task in tasks {
@@ -294,4 +379,29 @@ async fn main() {
         counters.max_latency_us.load(Ordering::Relaxed)
     );
     println!("measured for:          {elapsed:.1} s");
+}
+
+/// With `--register-only`: prints "registered N in T s" once every PE is registered,
+/// and again each time all are registered after associations were lost (T from the
+/// first loss), until killed.
+async fn report_registrations(counters: &Counters, associations: u32) -> ! {
+    let started = Instant::now();
+    let mut target = u64::from(associations);
+    let mut since = started;
+    loop {
+        while counters.registered_associations.load(Ordering::Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        println!(
+            "registered {} in {:.2} s",
+            associations,
+            since.elapsed().as_secs_f64()
+        );
+        target += u64::from(associations);
+        let lost = counters.lost_associations.load(Ordering::Relaxed);
+        while counters.lost_associations.load(Ordering::Relaxed) == lost {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        since = Instant::now();
+    }
 }
