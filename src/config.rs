@@ -1015,7 +1015,11 @@ mod tests {
     /// example file: config/ is the reference the README points to.
     #[test]
     fn every_key_is_documented_in_an_example() {
-        let source = include_str!("config.rs");
+        let source = [
+            include_str!("config.rs"),
+            include_str!("config/control_tls.rs"),
+        ]
+        .concat();
         let mut fields = std::collections::BTreeSet::new();
         let mut in_struct = false;
         let mut deserialized = false;
