@@ -52,6 +52,16 @@ pub(crate) struct AdminSection {
     pub(crate) listen: Option<SocketAddr>,
     /// A file holding the bearer token that `/log` and `/api/` require (none: open).
     pub(crate) token_file: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub(crate) tls: Option<AdminTlsSection>,
+}
+
+/// The admin listener's own certificate (any CA: clients such as Prometheus check it).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminTlsSection {
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
 }
 
 /// The gateways (their pool user is configured in `pool_user`).

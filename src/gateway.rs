@@ -396,11 +396,11 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         &shutdown,
     )?);
     // The metrics recorder goes in first: listeners take their meters when they start.
-    let admin_token = crate::admin::token(&file.admin, args.admin_token_file.as_deref())?;
+    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
     let admin = match file.admin.listen {
         Some(listen) => crate::admin::start(
             listen,
-            admin_token.clone(),
+            admin_security.clone(),
             shutdown.clone(),
             admin_routes(&pool_user, &file, &lifecycle),
             logging.clone(),

@@ -428,11 +428,11 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         services.add(service.clone());
     }
     let registered = Registered::default();
-    let admin_token = crate::admin::token(&file.admin, args.admin_token_file.as_deref())?;
+    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
     let admin = match file.admin.listen {
         Some(listen) => crate::admin::start(
             listen,
-            admin_token.clone(),
+            admin_security.clone(),
             shutdown.clone(),
             registered.routes(),
             logging.clone(),

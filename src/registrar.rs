@@ -253,11 +253,11 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         log_event,
         shutdown.clone(),
     ));
-    let admin_token = crate::admin::token(&file.admin, args.admin_token_file.as_deref())?;
+    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
     let admin = match file.admin.listen {
         Some(listen) => crate::admin::start(
             listen,
-            admin_token.clone(),
+            admin_security.clone(),
             shutdown.clone(),
             admin_routes(&handle),
             logging.clone(),

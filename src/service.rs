@@ -663,11 +663,11 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
             other => RunError::Usage(other.to_string()),
         })?;
     let address = service.local_addr().map_err(RunError::Io)?;
-    let admin_token = crate::admin::token(&file.admin, args.admin_token_file.as_deref())?;
+    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
     let admin = match args.admin.or(file.admin.listen) {
         Some(listen) => crate::admin::start(
             listen,
-            admin_token.clone(),
+            admin_security.clone(),
             service.shutdown.clone(),
             service.registered.routes(),
             logging,

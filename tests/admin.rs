@@ -218,3 +218,48 @@ fn the_admin_token_guards_log_changes_and_the_api() {
     assert!(stderr.contains("at least 16"), "{stderr}");
     let _ = std::fs::remove_file(&file);
 }
+
+/// `admin.tls` serves the admin listener over HTTPS (and plain HTTP no more).
+#[test]
+fn the_admin_listener_serves_https_with_its_certificate() {
+    let dir = std::env::temp_dir().join(format!("rserpool-admin-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_text = dir.to_str().unwrap();
+    assert_eq!(common::run(&["cert", "ca", "--dir", dir_text]).0, 0);
+    let issued = common::run(&[
+        "cert",
+        "issue",
+        "--dir",
+        dir_text,
+        "--name",
+        "admin",
+        "--observer",
+    ]);
+    assert_eq!(issued.0, 0, "{}", issued.2);
+    let config = dir.join("registrar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "admin:\n  listen: 127.0.0.1:0\n  tls:\n    cert: {dir_text}/admin.pem\n    key: {dir_text}/admin-key.pem\n"
+        ),
+    )
+    .unwrap();
+    let registrar = common::registrar(&["--config", config.to_str().unwrap()]);
+    let admin = registrar.address("admin");
+    let curl = |scheme: &str| {
+        std::process::Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "5",
+                &format!("{scheme}://{admin}/healthz"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let https = curl("https");
+    assert_eq!(String::from_utf8_lossy(&https.stdout), "ok\n");
+    let http = curl("http");
+    assert!(!String::from_utf8_lossy(&http.stdout).contains("ok"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

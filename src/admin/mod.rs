@@ -56,7 +56,7 @@ const STATUS_PAGE: &str = include_str!("status.html");
 /// the bound address.
 pub(crate) async fn start(
     listen: SocketAddr,
-    token: Option<AdminToken>,
+    security: AdminSecurity,
     shutdown: CancellationToken,
     routes: Routes,
     logging: Logging,
@@ -76,20 +76,52 @@ pub(crate) async fn start(
         metrics: handle,
         routes,
         logging,
-        token,
+        token: security.token,
+        tls: security.tls.map(tokio_rustls::TlsAcceptor::from),
     });
     tokio::spawn(serve(listener, shared, shutdown));
     Ok(bound)
 }
 
-/// The token of an `admin:` section (`--admin-token-file` over `token_file`).
-pub(crate) fn token(
+/// How the admin listener protects itself: a bearer token for `/log` and `/api/`, and
+/// TLS for everything.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AdminSecurity {
+    token: Option<AdminToken>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// The protection an `admin:` section asks for (`--admin-token-file` over
+/// `token_file`); unreadable files are an error that names them.
+pub(crate) fn security(
     section: &crate::config::AdminSection,
-    flag: Option<&std::path::Path>,
-) -> Result<Option<AdminToken>, RunError> {
-    flag.or(section.token_file.as_deref())
+    token_flag: Option<&std::path::Path>,
+) -> Result<AdminSecurity, RunError> {
+    let token = token_flag
+        .or(section.token_file.as_deref())
         .map(AdminToken::read)
-        .transpose()
+        .transpose()?;
+    let tls = section
+        .tls
+        .as_ref()
+        .map(|tls| {
+            let source = rserpool_gateways::http::tls::CertificateSource {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+                names: Vec::new(),
+            };
+            let resolver = rserpool_gateways::http::tls::CertificateResolver::new(vec![source])
+                .and_then(|resolver| {
+                    rserpool_gateways::http::tls::server_config_for(
+                        Arc::new(resolver),
+                        &[b"http/1.1"],
+                    )
+                })
+                .map_err(|e| RunError::Usage(format!("admin.tls: {e}")))?;
+            Ok::<_, RunError>(Arc::new(resolver))
+        })
+        .transpose()?;
+    Ok(AdminSecurity { token, tls })
 }
 
 /// What every admin connection serves.
@@ -98,6 +130,7 @@ struct Shared {
     routes: Routes,
     logging: Logging,
     token: Option<AdminToken>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The bearer token `/log` and `/api/` require.
@@ -174,14 +207,30 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancellatio
         };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let responder = shared.clone();
             let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
+                let shared = responder.clone();
                 async move { Ok::<_, Infallible>(respond(request, &shared).await) }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(ADMIN_IDLE, connection).await;
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = tokio::time::timeout(ADMIN_IDLE, async {
+                match &shared.tls {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = http.serve_connection(io, service).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            metrics::counter!("rserpool_tls_handshake_failures_total", "direction" => "admin")
+                                .increment(1);
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = http.serve_connection(io, service).await;
+                    }
+                }
+            })
+            .await;
             drop(permit);
         });
     }
