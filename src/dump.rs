@@ -17,6 +17,7 @@ use crate::RunError;
 use crate::cli::{DumpArgs, TransportArg};
 use crate::config;
 use crate::transport::sctp;
+use crate::transport::sctp_tls::SctpStream;
 use crate::transport::tls::{ControlTls, Secured};
 
 /// The handlespace as one registrar sees it.
@@ -33,7 +34,8 @@ const MAX_PAGES: usize = 4096;
 trait ByteStream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 
-/// An ENRP association to the registrar.
+/// An ENRP association to the registrar: a byte stream (TCP, TLS over TCP or over
+/// SCTP) or plain SCTP messages.
 enum Association {
     Tcp {
         stream: Box<dyn ByteStream>,
@@ -74,10 +76,27 @@ impl Association {
                     deframer: StreamDeframer::new(),
                 })
             }
-            TransportArg::Sctp => sctp::Association::connect(&[registrar], &[])
-                .await
-                .map(Self::Sctp)
-                .map_err(|e| failed(&e)),
+            TransportArg::Sctp => {
+                let association = sctp::Association::connect(&[registrar], &[])
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let Some(tls) = tls else {
+                    return Ok(Self::Sctp(association));
+                };
+                // RFC 3436: the TLS session over the association, ENRP inside it.
+                let stream = SctpStream::new(association.into(), Protocol::Enrp.ppid());
+                let (stream, peer) = tls
+                    .handshake_as_client(stream, registrar.ip())
+                    .await
+                    .map_err(|e| failed(&e))?;
+                tls.access()
+                    .is_registrar(&peer, None)
+                    .map_err(|e| failed(&e))?;
+                Ok(Self::Tcp {
+                    stream: Box::new(stream),
+                    deframer: StreamDeframer::new(),
+                })
+            }
         }
     }
 

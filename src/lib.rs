@@ -69,7 +69,7 @@ pub(crate) fn apply_tls_args(
 }
 
 /// The role's TLS for ASAP and ENRP (`None` without a `tls:` section: plain and
-/// unauthenticated, as rsplib). TLS runs over the TCP mapping only.
+/// unauthenticated, as rsplib): over the TCP mapping, or over kernel SCTP (RFC 3436).
 pub(crate) fn control_tls(
     section: Option<&config::ControlTlsSection>,
     transport: rserpool_proto::engine::TransportKind,
@@ -77,11 +77,13 @@ pub(crate) fn control_tls(
     let Some(section) = section else {
         return Ok(None);
     };
-    if transport == rserpool_proto::engine::TransportKind::Sctp {
+    if transport == rserpool_proto::engine::TransportKind::Sctp
+        && section.plain != rserpool_proto::auth::PlainPeers::Refused
+    {
         return Err(RunError::Usage(
-            "TLS for ASAP and ENRP runs over the TCP mapping only: TLS over kernel SCTP \
-             (RFC 3436) is not built yet. Use `transport: tcp` with TLS, or SCTP without a \
-             `tls:` section (plain and unauthenticated, as rsplib speaks)"
+            "tls.plain: over SCTP every peer of a TLS endpoint speaks TLS (RFC 3436); plain \
+             peers are let in beside TLS ones on the TCP mapping only. Use `plain: refused`, \
+             or SCTP without a `tls:` section for rsplib (plain and unauthenticated)"
                 .into(),
         ));
     }

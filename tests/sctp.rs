@@ -992,3 +992,96 @@ fn captured_rsplib_messages_reencode_identically() {
         messages.len()
     );
 }
+
+/// TLS over kernel SCTP between our roles (RFC 3436's model: the TLS session over the
+/// association, its records as SCTP messages with the protocol's PPID): a PE with its
+/// certificate registers, a pool user and `dump` with theirs read it, and roles without
+/// a certificate get nothing (the registrar refuses their handshake).
+#[test]
+#[ignore = "needs kernel SCTP: scripts/sctp-tests.sh runs it in the SCTP VM"]
+fn tls_over_sctp_between_our_registrar_pe_and_pool_users() {
+    let dir = scratch("tls");
+    let pki = dir.join("pki");
+    let pki_text = pki.to_str().unwrap().to_owned();
+    assert_eq!(run(&["cert", "ca", "--dir", &pki_text]).0, 0);
+    for (name, grant) in [
+        ("registrar", ["--registrar-id", "0x51"]),
+        ("pe", ["--pe", "SctpTls"]),
+        ("tools", ["--pu", "*"]),
+    ] {
+        let mut args = vec!["cert", "issue", "--dir", &pki_text, "--name", name];
+        args.extend(grant);
+        assert_eq!(run(&args).0, 0);
+    }
+    assert_eq!(
+        run(&[
+            "cert",
+            "issue",
+            "--dir",
+            &pki_text,
+            "--name",
+            "ops",
+            "--observer"
+        ])
+        .0,
+        0
+    );
+    let flags = |name: &str| -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            format!("{pki_text}/{name}.pem"),
+            "--tls-key".into(),
+            format!("{pki_text}/{name}-key.pem"),
+            "--tls-ca".into(),
+            format!("{pki_text}/ca.pem"),
+        ]
+    };
+    let registrar_flags = flags("registrar");
+    let registrar_flags: Vec<&str> = registrar_flags.iter().map(String::as_str).collect();
+    let registrar = our_registrar(14863, 19951, &[], &registrar_flags);
+    assert!(
+        registrar.ready["tls"].starts_with("on"),
+        "{:?}",
+        registrar.ready
+    );
+    let pe_flags = flags("pe");
+    let pe_flags: Vec<&str> = pe_flags.iter().map(String::as_str).collect();
+    let pe = our_pe("echo", "SctpTls", 17011, 14863, &pe_flags);
+    // A PE without a certificate: refused at the handshake.
+    let _plain_pe = our_pe("echo", "SctpTls", 17012, 14863, &[]);
+    let tools = flags("tools");
+    let tools: Vec<&str> = tools.iter().map(String::as_str).collect();
+    let mut resolve_args = vec!["--transport", "sctp"];
+    resolve_args.extend(&tools);
+    let registrar_address = format!("{A}:14863");
+    let mut found = Vec::new();
+    assert!(eventually(Duration::from_secs(20), || {
+        found = common::resolve_pes(&registrar_address, "SctpTls", &resolve_args);
+        found.len() == 1
+    }));
+    assert_eq!(found[0]["id"].as_str().unwrap(), pe.ready["pe"]);
+    assert_eq!(
+        found[0]["user_transport"]["port"], 17011,
+        "only the PE with a certificate"
+    );
+    // Without a certificate, a pool user gets nothing.
+    assert!(
+        common::resolve_pes(&registrar_address, "SctpTls", &["--transport", "sctp"]).is_empty()
+    );
+    // dump over SCTP with TLS, as an observer.
+    let ops = flags("ops");
+    let mut dump_args = vec!["dump", "--transport", "sctp", "--registrar"];
+    let enrp = format!("{A}:19951");
+    dump_args.push(&enrp);
+    dump_args.push("--json");
+    dump_args.extend(ops.iter().map(String::as_str));
+    let (code, stdout, stderr) = run(&dump_args);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&pe.ready["pe"]), "{stdout}");
+    // The associations are SCTP ones, and the registrar refused the plain PE.
+    let associations = std::fs::read_to_string("/proc/net/sctp/assocs").unwrap();
+    assert!(associations.contains("14863"), "{associations}");
+    assert!(eventually(Duration::from_secs(10), || {
+        registrar.log_contains("TLS: association refused")
+    }));
+}

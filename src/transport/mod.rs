@@ -13,6 +13,7 @@ pub(crate) mod bridge;
 pub(crate) mod identity;
 pub(crate) mod multicast;
 pub(crate) mod sctp;
+pub(crate) mod sctp_tls;
 pub(crate) mod tcp;
 pub(crate) mod tls;
 
@@ -287,8 +288,9 @@ impl Transports {
                 ));
             }
             TransportKind::Sctp => {
+                let tls = self.tls.clone();
                 tokio::spawn(sctp::connect(
-                    assoc, to, protocol, local, incoming, shutdown,
+                    assoc, to, protocol, local, tls, incoming, shutdown,
                 ));
             }
         }
@@ -441,7 +443,7 @@ pub(crate) async fn accept_loop(
                     tcp::serve(assoc, stream, protocol, tls, incoming, shutdown).await;
                 }
                 Accepted::Sctp(association) => {
-                    sctp::serve(assoc, association, protocol, incoming, shutdown).await;
+                    sctp::serve(assoc, association, protocol, tls, incoming, shutdown).await;
                 }
             }
             drop(permit);

@@ -27,6 +27,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::sctp_tls::SctpStream;
+use super::tcp;
+use super::tls::ControlTls;
 use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
 /// IPPROTO_SCTP and SOL_SCTP.
@@ -584,26 +587,51 @@ impl MessageSink for Sink {
     }
 }
 
-/// Starts the carrier of an accepted association.
+/// Starts the carrier of an accepted association; with TLS, after the handshake.
 pub(crate) async fn serve(
     assoc: AssocId,
     association: Association,
     protocol: Protocol,
+    tls: Option<Arc<ControlTls>>,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) {
-    match peer_info(&association, protocol) {
-        Ok(peer) => run(assoc, association, peer, incoming, shutdown).await,
-        Err(error) => tracing::debug!(%error, "accepted association has no peer"),
+    let peer = match peer_info(&association, protocol) {
+        Ok(peer) => peer,
+        Err(error) => {
+            tracing::debug!(%error, "accepted association has no peer");
+            return;
+        }
+    };
+    let Some(tls) = tls else {
+        run(assoc, association, peer, incoming, shutdown).await;
+        return;
+    };
+    let stream = SctpStream::new(Arc::new(association), protocol.ppid());
+    let handshake = tokio::select! {
+        () = shutdown.cancelled() => return,
+        handshake = tls.handshake_as_server(stream) => handshake,
+    };
+    match handshake {
+        Ok((stream, authentication)) => {
+            let peer = PeerInfo {
+                authentication,
+                ..peer
+            };
+            tcp::run(assoc, stream, peer, incoming, shutdown).await;
+        }
+        Err(error) => tcp::handshake_failed("incoming", &peer, &error),
     }
 }
 
-/// Opens an association to `to` (all its addresses), from `local` if given.
+/// Opens an association to `to` (all its addresses), from `local` if given; with TLS,
+/// it is up once the handshake proved the peer.
 pub(crate) async fn connect(
     assoc: AssocId,
     to: Endpoint,
     protocol: Protocol,
     local: Vec<SocketAddr>,
+    tls: Option<Arc<ControlTls>>,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) {
@@ -623,8 +651,28 @@ pub(crate) async fn connect(
         .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")));
     let reason = match opened.and_then(|a| peer_info(&a, protocol).map(|peer| (a, peer))) {
         Ok((association, peer)) => {
-            run(assoc, association, peer, incoming, shutdown).await;
-            return;
+            let Some(tls) = tls else {
+                run(assoc, association, peer, incoming, shutdown).await;
+                return;
+            };
+            let address = remote
+                .first()
+                .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), SocketAddr::ip);
+            let stream = SctpStream::new(Arc::new(association), protocol.ppid());
+            match tls.handshake_as_client(stream, address).await {
+                Ok((stream, authentication)) => {
+                    let peer = PeerInfo {
+                        authentication,
+                        ..peer
+                    };
+                    tcp::run(assoc, stream, peer, incoming, shutdown).await;
+                    return;
+                }
+                Err(error) => {
+                    tcp::handshake_failed("outgoing", &peer, &error);
+                    format!("{to}: {error}")
+                }
+            }
         }
         Err(error) => format!("{to}: {error}"),
     };

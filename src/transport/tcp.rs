@@ -108,7 +108,7 @@ pub(crate) async fn serve(
 }
 
 /// Counts a failed handshake and logs it (rate-limited: anyone can cause one).
-fn handshake_failed(direction: &'static str, peer: &PeerInfo, error: &HandshakeError) {
+pub(super) fn handshake_failed(direction: &'static str, peer: &PeerInfo, error: &HandshakeError) {
     static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
     metrics::counter!("rserpool_tls_handshake_failures_total", "direction" => direction)
         .increment(1);
@@ -213,12 +213,13 @@ impl<S: AsyncWrite + Send> MessageSink for WriteHalf<S> {
 /// replies just sent (a lingering close).
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Runs one association: reports it open, then reads and writes until it ends.
+/// Runs one association over a byte stream (a TCP connection, TLS over it, or TLS over
+/// SCTP): reports it open, then reads and writes until it ends.
 ///
 /// Closing is graceful when the engine asks for it (the link is dropped): queued
 /// messages are sent, then FIN, then input is discarded for a moment. When the peer
 /// ends the association or the process shuts down, writing stops at once.
-async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
+pub(super) async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
     assoc: AssocId,
     stream: S,
     peer: PeerInfo,

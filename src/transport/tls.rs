@@ -8,6 +8,7 @@
 //! ([`super::identity`]); the engines enforce that. Certificates reload on SIGHUP for
 //! new associations; open ones go on.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::identity::{self, Validity};
@@ -287,37 +289,60 @@ impl ControlTls {
     /// handshake record is a plain one: it goes on in plain where plain peers are
     /// allowed, and is refused with a message that says so elsewhere.
     pub(crate) async fn accept(&self, stream: TcpStream) -> Result<Secured, HandshakeError> {
+        let mut first = [0u8; 1];
+        let peeked = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first))
+            .await
+            .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
+            .map_err(HandshakeError::Tls)?;
+        if peeked == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+            return match self.plain {
+                PlainPeers::Refused => Err(HandshakeError::PlainRefused),
+                PlainPeers::PoolUsers | PlainPeers::Trusted => Ok(Secured::Plain(stream)),
+            };
+        }
+        let (stream, peer) = self.handshake_as_server(stream).await?;
+        Ok(Secured::Server(Box::new(stream), peer))
+    }
+
+    /// Client side of a connection this role opened.
+    pub(crate) async fn connect(&self, stream: TcpStream) -> Result<Secured, HandshakeError> {
+        let address = stream.peer_addr().map_err(HandshakeError::Tls)?;
+        let (stream, peer) = self.handshake_as_client(stream, address.ip()).await?;
+        Ok(Secured::Client(Box::new(stream), peer))
+    }
+
+    /// The server's handshake on any byte stream: the stream and who the client is.
+    pub(crate) async fn handshake_as_server<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+    ) -> Result<(tokio_rustls::server::TlsStream<S>, Authentication), HandshakeError> {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.material().server.clone());
         let handshake = async {
-            let mut first = [0u8; 1];
-            let peeked = stream.peek(&mut first).await.map_err(HandshakeError::Tls)?;
-            if peeked == 1 && first[0] != TLS_HANDSHAKE_RECORD {
-                return match self.plain {
-                    PlainPeers::Refused => Err(HandshakeError::PlainRefused),
-                    PlainPeers::PoolUsers | PlainPeers::Trusted => Ok(Secured::Plain(stream)),
-                };
-            }
-            let acceptor = tokio_rustls::TlsAcceptor::from(self.material().server.clone());
             let stream = acceptor.accept(stream).await.map_err(HandshakeError::Tls)?;
             let peer = authentication(stream.get_ref().1.peer_certificates())?;
-            Ok(Secured::Server(Box::new(stream), peer))
+            Ok((stream, peer))
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
     }
 
-    /// Client side of a connection this role opened.
-    pub(crate) async fn connect(&self, stream: TcpStream) -> Result<Secured, HandshakeError> {
-        let address = stream.peer_addr().map_err(HandshakeError::Tls)?;
+    /// The client's handshake on any byte stream to `peer`: the stream and who the
+    /// server is.
+    pub(crate) async fn handshake_as_client<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        peer: IpAddr,
+    ) -> Result<(tokio_rustls::client::TlsStream<S>, Authentication), HandshakeError> {
         let connector = tokio_rustls::TlsConnector::from(self.material().client.clone());
-        let name = ServerName::IpAddress(address.ip().into());
+        let name = ServerName::IpAddress(peer.into());
         let handshake = async {
             let stream = connector
                 .connect(name, stream)
                 .await
                 .map_err(HandshakeError::Tls)?;
             let peer = authentication(stream.get_ref().1.peer_certificates())?;
-            Ok(Secured::Client(Box::new(stream), peer))
+            Ok((stream, peer))
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
