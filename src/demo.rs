@@ -379,6 +379,13 @@ fn banner(ports: &Ports, fleet: &Fleet, pki: Option<&Path>, logs: &Path) -> Stri
         ports.admin,
         fleet.pids("gateway")
     );
+    banner.push_str(&try_these(ports, fleet, pki));
+    banner
+}
+
+/// The banner's "Try:" part: commands to run against the demo.
+fn try_these(ports: &Ports, fleet: &Fleet, pki: Option<&Path>) -> String {
+    let mut banner = String::new();
     let _ = writeln!(banner, "\nTry:");
     if let Some(dir) = pki {
         let flags = tls_flags(Some(dir), "tools");

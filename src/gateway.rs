@@ -409,6 +409,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .to_string(),
         None => "off".to_owned(),
     };
+    tls.iter().for_each(|tls| tls.publish_expiry());
     let mut bound = Vec::new();
     for section in &file.gateway.tcp {
         let listener = tokio::net::TcpListener::bind(section.listen)

@@ -195,7 +195,11 @@ async fn reload(
     logging: &Logging,
     services: &mut Services,
     handle: &Handle<PoolElementEngine>,
+    tls: Option<&ControlTls>,
 ) {
+    if let Some(tls) = tls {
+        crate::reload_tls(tls);
+    }
     let args = args.clone();
     let Some((file, ())) =
         crate::logging::reread(move || Ok((settings(&args)?, ())), logging).await
@@ -441,6 +445,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         .to_string(),
         None => "off".to_owned(),
     };
+    tls.iter().for_each(|tls| tls.publish_expiry());
     let registrars: Vec<String> = section.registrars.iter().map(ToString::to_string).collect();
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
@@ -460,12 +465,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         tokio::select! {
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => {
-                    if let Some(tls) = &tls {
-                        crate::reload_tls(tls);
-                    }
-                    reload(&args, &logging, &mut services, &handle).await;
-                }
+                Request::Reload => reload(&args, &logging, &mut services, &handle, tls.as_deref()).await,
             },
             Some(change) = changes.recv() => {
                 // A change from a service removed by a reload is stale.

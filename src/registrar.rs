@@ -125,10 +125,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let mut section = file.registrar.clone();
-    let tls = crate::control_tls(file.tls.as_ref(), section.transport)?;
-    if let Some(tls) = &tls {
-        section.id = Some(registrar_id_of_certificate(section.id, &tls.identity())?);
-    }
+    let tls = registrar_tls(&file, &mut section)?;
     let (asap_configured, enrp_configured) = section.addresses(tls.is_some());
     let access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
     let shutdown = CancellationToken::new();
@@ -266,6 +263,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         .to_string(),
         None => "off".to_owned(),
     };
+    tls.iter().for_each(|tls| tls.publish_expiry());
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
     let mut signals = Signals::install().map_err(RunError::Io)?;
@@ -388,6 +386,18 @@ pub(crate) fn tls_state(tls: Option<&ControlTls>) -> String {
         Some(tls) => format!("on ({})", tls.identity().name),
         None => "off".to_owned(),
     }
+}
+
+/// The registrar's TLS; with it, the registrar ID is the one the certificate grants.
+fn registrar_tls(
+    file: &ConfigFile,
+    section: &mut RegistrarSection,
+) -> Result<Option<Arc<ControlTls>>, RunError> {
+    let tls = crate::control_tls(file.tls.as_ref(), section.transport)?;
+    if let Some(tls) = &tls {
+        section.id = Some(registrar_id_of_certificate(section.id, &tls.identity())?);
+    }
+    Ok(tls)
 }
 
 /// The registrar ID: the one its certificate grants (RFC 5355: peers believe no other),

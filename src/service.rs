@@ -617,6 +617,20 @@ async fn echo(mut session: Session) -> std::io::Result<()> {
     }
 }
 
+/// The demo PE's TLS: the file's `tls:` section with the `--tls-*` flags over it.
+fn service_tls(
+    file: &crate::config::ConfigFile,
+    args: &PeArgs,
+) -> Result<Option<ServiceTls>, RunError> {
+    let mut tls = file.tls.clone();
+    crate::apply_tls_args(&mut tls, &args.tls)?;
+    Ok(tls.map(|tls| ServiceTls {
+        cert: tls.cert,
+        key: tls.key,
+        ca: tls.ca,
+    }))
+}
+
 /// `rserpool pe --serve counter|echo`: a native PE running a demo service.
 pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunError> {
     let file = match &args.config {
@@ -632,8 +646,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         .ok_or_else(|| RunError::Usage("--serve needs --pool".into()))?;
     let pool_handle = PoolHandle::new(pool.as_bytes())
         .map_err(|e| RunError::Usage(format!("--pool {pool:?}: {e}")))?;
-    let mut tls = file.tls.clone();
-    crate::apply_tls_args(&mut tls, &args.tls)?;
+    let tls = service_tls(&file, &args)?;
     let registrars = if args.registrars.is_empty() {
         vec![crate::default_registrar(tls.is_some())]
     } else {
@@ -649,11 +662,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         rsplib_timers: matches!(args.profile, Some(crate::cli::ProfileArg::Rsplib)),
         transport: args.transport.map_or(file.pe.transport, Into::into),
         multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
-        tls: tls.map(|tls| ServiceTls {
-            cert: tls.cert,
-            key: tls.key,
-            ca: tls.ca,
-        }),
+        tls,
         ..ServiceConfig::new(pool_handle, listen, registrars.clone())
     };
     let service = PoolElementService::start(config)

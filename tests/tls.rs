@@ -415,7 +415,10 @@ fn a_peer_without_a_registrar_certificate_is_never_acted_on() {
     pki.issue("rogue", &["--pe", "WebPool"]);
     pki.issue("pe", &["--pe", "WebPool"]);
     pki.issue("gw", &["--pu", "*"]);
-    let r = tls_registrar(&pki, "reg");
+    let flags = pki.flags("reg");
+    let mut args = common::registrar_args(&["--admin", "127.0.0.1:0"]);
+    args.extend(flags.iter().map(String::as_str));
+    let r = Process::start(&args);
     let _pe = pe_agent(&pki, "pe", "WebPool", r.address("asap"), 9001);
     let asap = r.address("asap");
     assert!(eventually(Duration::from_secs(10), || {
@@ -458,6 +461,12 @@ fn a_peer_without_a_registrar_certificate_is_never_acted_on() {
     let ids = resolve(&pki, asap, "WebPool", "gw").unwrap();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert!(!ids.contains(&"0x00000099".to_owned()));
+    // No peer was planted by the LIST_RESPONSE, none announced by the INIT_TAKEOVER.
+    let (status, peers) = common::admin_get(r.address("admin"), "/api/peers");
+    assert_eq!(status, 200);
+    let peers: serde_json::Value = serde_json::from_str(&peers).unwrap();
+    assert_eq!(peers["peers"].as_array().map(Vec::len), Some(0), "{peers}");
+    assert!(!r.log_contains("takeover"));
 }
 
 /// T5, T17: a registrar cannot send ENRP as another registrar (its certificate grants
@@ -681,4 +690,33 @@ fn plain_peers_beside_tls_need_the_tcp_mapping() {
     let (code, _, stderr) = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("over SCTP every peer"), "{stderr}");
+}
+
+/// A certificate expiring within 14 days is a warning at start (and a gauge of the time
+/// left); one with more time is not.
+#[test]
+fn a_certificate_near_its_expiry_is_a_warning_and_a_metric() {
+    let pki = Pki::new("expiring");
+    pki.issue("soon", &["--registrar-id", "0x11", "--days", "7"]);
+    pki.issue("later", &["--registrar-id", "0x12", "--days", "60"]);
+    for (name, warned) in [("soon", true), ("later", false)] {
+        let flags = pki.flags(name);
+        let mut args = common::registrar_args(&["--admin", "127.0.0.1:0"]);
+        args.extend(flags.iter().map(String::as_str));
+        let r = Process::start(&args);
+        assert_eq!(r.log_contains("expires soon"), warned, "{name}");
+        let (_, metrics) = common::admin_get(r.address("admin"), "/metrics");
+        let left: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("rserpool_tls_certificate_expiry_seconds "))
+            .unwrap_or_else(|| panic!("no expiry gauge: {metrics}"))
+            .trim()
+            .parse()
+            .unwrap();
+        let days = left / 86_400.0;
+        assert!(
+            if warned { days < 8.0 } else { days > 50.0 },
+            "{name}: {days} days"
+        );
+    }
 }

@@ -244,6 +244,25 @@ fn protected(path: &str) -> bool {
     path == "/log" || path.starts_with("/api/")
 }
 
+/// 401 for a request without the token (counted; logged at most once a second).
+fn unauthorized(method: &Method, path: &str) -> Response<Full<Bytes>> {
+    static LOG: crate::logging::RateLimitedLog =
+        crate::logging::RateLimitedLog::new(Duration::from_secs(1));
+    metrics::counter!("rserpool_admin_unauthorized_total").increment(1);
+    if let Some(suppressed) = LOG.permit() {
+        tracing::warn!(%method, path, suppressed, "admin request without the token: 401");
+    }
+    let mut response = Response::new(Full::new(Bytes::from_static(
+        b"unauthorized: send Authorization: Bearer TOKEN (admin.token_file)\n",
+    )));
+    *response.status_mut() = StatusCode::UNAUTHORIZED;
+    response.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
 async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let (handle, routes, logging) = (&shared.metrics, &shared.routes, &shared.logging);
     let method = request.method().clone();
@@ -252,21 +271,7 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
         && protected(&path)
         && !token.admits(&request)
     {
-        static LOG: crate::logging::RateLimitedLog =
-            crate::logging::RateLimitedLog::new(Duration::from_secs(1));
-        metrics::counter!("rserpool_admin_unauthorized_total").increment(1);
-        if let Some(suppressed) = LOG.permit() {
-            tracing::warn!(%method, path, suppressed, "admin request without the token: 401");
-        }
-        let mut response = Response::new(Full::new(Bytes::from_static(
-            b"unauthorized: send Authorization: Bearer TOKEN (admin.token_file)\n",
-        )));
-        *response.status_mut() = StatusCode::UNAUTHORIZED;
-        response.headers_mut().insert(
-            hyper::header::WWW_AUTHENTICATE,
-            hyper::header::HeaderValue::from_static("Bearer"),
-        );
-        return response;
+        return unauthorized(&method, &path);
     }
     let api = path.strip_prefix("/api/").map(str::to_owned);
     let (status, content_type, body) = match (&method, path.as_str(), api) {

@@ -253,14 +253,26 @@ impl ControlTls {
             .clone()
     }
 
-    /// The gauge `rserpool_tls_certificate_expiry_seconds`, and a warning within 14 days.
-    fn report_expiry(&self) {
-        let validity = self.material().validity;
-        let left = validity
+    /// The time the certificate in use has left.
+    fn time_left(&self) -> Duration {
+        self.material()
+            .validity
             .not_after
             .duration_since(wall_clock())
-            .unwrap_or_default();
-        metrics::gauge!("rserpool_tls_certificate_expiry_seconds").set(left.as_secs_f64());
+            .unwrap_or_default()
+    }
+
+    /// Sets the gauge `rserpool_tls_certificate_expiry_seconds`. Called once the
+    /// process's metrics recorder is installed (with the admin listener), and on reload.
+    pub(crate) fn publish_expiry(&self) {
+        metrics::gauge!("rserpool_tls_certificate_expiry_seconds")
+            .set(self.time_left().as_secs_f64());
+    }
+
+    /// The gauge, and a warning within 14 days.
+    fn report_expiry(&self) {
+        self.publish_expiry();
+        let left = self.time_left();
         if left < EXPIRY_WARNING {
             tracing::warn!(
                 cert = %self.files.cert.display(),

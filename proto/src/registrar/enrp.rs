@@ -348,32 +348,7 @@ impl RegistrarEngine {
                 return;
             }
         };
-        // security.md §3.3, T5: only a registrar speaks for its own ID; observers may
-        // read the table. Anything else closes the association.
-        let sender = decoded.message.sender;
-        let permitted = match decoded.message.body {
-            EnrpBody::HandleTableRequest { .. } | EnrpBody::ListRequest => {
-                self.permitted(assoc, "enrp", |access, peer| {
-                    access.may_read_table(peer, sender)
-                })
-            }
-            _ => self.permitted(assoc, "enrp", |access, peer| {
-                access.may_speak_for(peer, sender)
-            }),
-        };
-        if !permitted {
-            if let EnrpBody::HandleTableRequest { .. } = decoded.message.body {
-                // The R flag tells a requester it is refused (as rsplib answers
-                // unknown senders, security.md §3.3).
-                let body = EnrpBody::HandleTableResponse {
-                    reject: true,
-                    more: false,
-                    pools: Vec::new(),
-                };
-                self.send_enrp(assoc, body, sender);
-            }
-            self.out.push_back(Output::Close { assoc });
-            self.handle_association_down(assoc, now);
+        if !self.enrp_permitted(assoc, &decoded.message, now) {
             return;
         }
         for cause in decoded.report_causes() {
@@ -445,6 +420,37 @@ impl RegistrarEngine {
                 detail: format!("peer sent ENRP_ERROR {:?}", error.first_code()),
             }),
         }
+    }
+
+    /// security.md §3.3, T5: only a registrar speaks for its own ID; observers may read
+    /// the table. Anything else closes the association (false).
+    fn enrp_permitted(&mut self, assoc: AssocId, message: &EnrpMessage, now: Instant) -> bool {
+        let sender = message.sender;
+        let permitted = match message.body {
+            EnrpBody::HandleTableRequest { .. } | EnrpBody::ListRequest => {
+                self.permitted(assoc, "enrp", |access, peer| {
+                    access.may_read_table(peer, sender)
+                })
+            }
+            _ => self.permitted(assoc, "enrp", |access, peer| {
+                access.may_speak_for(peer, sender)
+            }),
+        };
+        if !permitted {
+            if let EnrpBody::HandleTableRequest { .. } = message.body {
+                // The R flag tells a requester it is refused (as rsplib answers unknown
+                // senders, security.md §3.3).
+                let body = EnrpBody::HandleTableResponse {
+                    reject: true,
+                    more: false,
+                    pools: Vec::new(),
+                };
+                self.send_enrp(assoc, body, sender);
+            }
+            self.out.push_back(Output::Close { assoc });
+            self.handle_association_down(assoc, now);
+        }
+        permitted
     }
 
     /// ENRP_PRESENCE over the multicast channel (enrp.md §5.3: only a discovery hint;
