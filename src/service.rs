@@ -61,6 +61,7 @@ use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, star
 use crate::signals::{Request, Signals};
 use crate::transport::multihomed;
 use crate::transport::sctp::{self, Received};
+use crate::transport::tls::ControlTls;
 
 /// How a native PE registers and serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +149,7 @@ pub struct PoolElementService {
     control: bool,
     shutdown: CancellationToken,
     registered: Registered,
+    tls: Option<std::sync::Arc<ControlTls>>,
 }
 
 impl PoolElementService {
@@ -193,7 +195,7 @@ impl PoolElementService {
         });
         let tls = crate::control_tls(tls_section.as_ref(), config.transport)
             .map_err(|e| ServiceError::Tls(e.to_string()))?;
-        let mut runtime = start_engine(&section, tls, &shutdown)
+        let mut runtime = start_engine(&section, tls.clone(), &shutdown)
             .map_err(|e| ServiceError::Engine(e.to_string()))?;
         // Registration, refusals and home changes go to the log (and to `registered`).
         let registered = Registered::default();
@@ -248,6 +250,7 @@ impl PoolElementService {
             control: config.control_channel,
             shutdown,
             registered,
+            tls,
         })
     }
 
@@ -685,6 +688,8 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         .to_string(),
         None => "off".to_owned(),
     };
+    // The metrics recorder is up now (with the admin listener).
+    service.tls.iter().for_each(|tls| tls.publish_expiry());
     let registrars: Vec<String> = registrars.iter().map(ToString::to_string).collect();
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).

@@ -719,4 +719,23 @@ fn a_certificate_near_its_expiry_is_a_warning_and_a_metric() {
             "{name}: {days} days"
         );
     }
+    // The PE library's demo PEs too (their TLS starts before their admin listener).
+    pki.issue("pe", &["--pe", "WebPool", "--days", "7"]);
+    let pe = start(&with(
+        &[
+            "pe",
+            "--serve",
+            "echo",
+            "--pool",
+            "WebPool",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        &pki.flags("pe"),
+    ));
+    let (_, metrics) = common::admin_get(pe.address("admin"), "/metrics");
+    assert!(
+        metrics.contains("rserpool_tls_certificate_expiry_seconds "),
+        "{metrics}"
+    );
 }
