@@ -242,6 +242,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
         issue_certificates(dir)?;
     }
     let pki = pki.as_deref();
+    let (token_file, token) = admin_token(&logs)?;
+    let admin_flags = || {
+        [
+            "--admin-token-file".to_owned(),
+            token_file.display().to_string(),
+        ]
+    };
 
     for (index, ((own_asap, own_enrp), own_admin)) in ports
         .asap
@@ -256,6 +263,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
         role.extend(["--asap".into(), own_asap.to_string()]);
         role.extend(["--enrp".into(), own_enrp.to_string()]);
         role.extend(["--admin".into(), own_admin.to_string()]);
+        role.extend(admin_flags());
         for peer in ports.enrp.iter().filter(|peer| *peer != own_enrp) {
             role.extend(["--peer".into(), peer.to_string()]);
         }
@@ -282,11 +290,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     gateway.extend(["--http".into(), format!("{}=WebPool", ports.http)]);
     gateway.extend(["--dns".into(), ports.dns.to_string()]);
     gateway.extend(["--admin".into(), ports.admin.to_string()]);
+    gateway.extend(admin_flags());
     gateway.extend(tls_flags(pki, "gateway"));
     fleet.start("gateway", &gateway)?;
     fleet.wait_ready().await?;
 
-    let banner = banner(&ports, &fleet, pki, &logs);
+    let banner = banner(&ports, &fleet, pki, &logs, &token);
     print!("{banner}");
     println!("demo ready");
     use std::io::Write as _;
@@ -296,6 +305,28 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     println!("demo: stopping");
     fleet.stop().await;
     Ok(format!("demo: stopped (logs kept in {})\n", logs.display()))
+}
+
+/// A fresh admin token in `dir` (mode 0600): the demo's admin listeners guard `/log`
+/// and `/api/` with it.
+fn admin_token(dir: &Path) -> Result<(PathBuf, String), RunError> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(RunError::Io)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join("admin-token");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(token.as_bytes()))
+        .map_err(RunError::Io)?;
+    Ok((path, token))
 }
 
 /// The demo's addresses.
@@ -337,7 +368,7 @@ impl Ports {
 }
 
 /// What the demo prints once everything is up: where things are and what to try.
-fn banner(ports: &Ports, fleet: &Fleet, pki: Option<&Path>, logs: &Path) -> String {
+fn banner(ports: &Ports, fleet: &Fleet, pki: Option<&Path>, logs: &Path, token: &str) -> String {
     let mut banner = String::new();
     let _ = writeln!(
         banner,
@@ -379,12 +410,12 @@ fn banner(ports: &Ports, fleet: &Fleet, pki: Option<&Path>, logs: &Path) -> Stri
         ports.admin,
         fleet.pids("gateway")
     );
-    banner.push_str(&try_these(ports, fleet, pki));
+    banner.push_str(&try_these(ports, fleet, pki, token));
     banner
 }
 
 /// The banner's "Try:" part: commands to run against the demo.
-fn try_these(ports: &Ports, fleet: &Fleet, pki: Option<&Path>) -> String {
+fn try_these(ports: &Ports, fleet: &Fleet, pki: Option<&Path>, token: &str) -> String {
     let mut banner = String::new();
     let _ = writeln!(banner, "\nTry:");
     if let Some(dir) = pki {
@@ -440,7 +471,7 @@ fn try_these(ports: &Ports, fleet: &Fleet, pki: Option<&Path>) -> String {
     );
     let _ = writeln!(
         banner,
-        "Status pages: http://{}/ (gateway), http://{}/ .. http://{}/ (registrars). Ctrl-C stops everything.",
+        "Status pages (/log and /api/ need the admin token): http://{}/#token={token} (gateway), http://{}/ .. http://{}/ (registrars, with the same #token=). Ctrl-C stops everything.",
         ports.admin,
         ports
             .registrar_admin

@@ -118,6 +118,20 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
         "a request reached the attacker"
     );
     assert_eq!(web_pool(&tls_env, base), before);
+    // The admin listeners guard /log and /api/ with the token the banner prints.
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", base + 90).parse().unwrap();
+    let token = banner
+        .iter()
+        .find_map(|l| l.split("#token=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no token in the banner: {banner:?}"))
+        .to_owned();
+    let bearer = format!("Bearer {token}");
+    let api = |authorization: &[(&str, &str)]| {
+        common::try_request(admin, "GET", "/api/", authorization, b"").map(|r| r.status)
+    };
+    assert_eq!(api(&[]), Some(401));
+    assert_eq!(api(&[("Authorization", &bearer)]), Some(200));
 
     // Ctrl-C: every process goes, the demo exits 0.
     drop(counter);
