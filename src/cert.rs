@@ -181,8 +181,8 @@ pub(crate) fn issue(args: &CertIssueArgs) -> Result<String, RunError> {
     ))
 }
 
-/// Writes a file (a key readable by its owner only), replacing an older one.
-fn write(path: &Path, contents: &str, secret: bool) -> Result<(), RunError> {
+/// Writes a file (a secret readable by its owner only), replacing an older one.
+pub(crate) fn write(path: &Path, contents: &str, secret: bool) -> Result<(), RunError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

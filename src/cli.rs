@@ -83,7 +83,7 @@ pub(crate) struct CertIssueArgs {
     pub(crate) days: u32,
 }
 
-/// TLS for ASAP and ENRP over the TCP mapping (overrides the file's `tls:` section).
+/// TLS for ASAP and ENRP, over TCP or SCTP (overrides the file's `tls:` section).
 #[derive(Debug, Clone, Default, Args)]
 pub(crate) struct TlsArgs {
     /// This role's certificate chain (PEM, from `rserpool cert issue`); with --tls-key

@@ -310,22 +310,14 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
 /// A fresh admin token in `dir` (mode 0600): the demo's admin listeners guard `/log`
 /// and `/api/` with it.
 fn admin_token(dir: &Path) -> Result<(PathBuf, String), RunError> {
-    use std::io::{Read as _, Write as _};
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::io::Read as _;
     let mut bytes = [0u8; 24];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut bytes))
         .map_err(RunError::Io)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     let path = dir.join("admin-token");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut file| file.write_all(token.as_bytes()))
-        .map_err(RunError::Io)?;
+    cert::write(&path, &token, true)?;
     Ok((path, token))
 }
 

@@ -18,7 +18,7 @@ use crate::cli::{DumpArgs, TransportArg};
 use crate::config;
 use crate::transport::sctp;
 use crate::transport::sctp_tls::SctpStream;
-use crate::transport::tls::{ControlTls, Secured};
+use crate::transport::tls::ControlTls;
 
 /// The handlespace as one registrar sees it.
 struct Table {
@@ -37,7 +37,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> ByteStream for T {}
 /// An ENRP association to the registrar: a byte stream (TCP, TLS over TCP or over
 /// SCTP) or plain SCTP messages.
 enum Association {
-    Tcp {
+    Stream {
         stream: Box<dyn ByteStream>,
         deframer: StreamDeframer,
     },
@@ -51,58 +51,58 @@ impl Association {
         tls: Option<&ControlTls>,
     ) -> Result<Self, String> {
         let failed = |e: &dyn std::fmt::Display| format!("cannot connect to {registrar}: {e}");
-        match transport {
+        let Some(tls) = tls else {
+            return match transport {
+                TransportArg::Tcp => TcpStream::connect(registrar)
+                    .await
+                    .map(|stream| Self::stream(Box::new(stream))),
+                TransportArg::Sctp => sctp::Association::connect(&[registrar], &[])
+                    .await
+                    .map(Self::Sctp),
+            }
+            .map_err(|e| failed(&e));
+        };
+        // With TLS, ENRP runs inside the session: over TCP, or over the association
+        // (RFC 3436); only a registrar's table is worth printing (T7).
+        let (stream, peer): (Box<dyn ByteStream>, _) = match transport {
             TransportArg::Tcp => {
                 let stream = TcpStream::connect(registrar)
                     .await
                     .map_err(|e| failed(&e))?;
-                let stream: Box<dyn ByteStream> = match tls {
-                    None => Box::new(stream),
-                    Some(tls) => match tls.connect(stream).await.map_err(|e| failed(&e))? {
-                        Secured::Client(stream, peer) => {
-                            // Only a registrar's table is worth printing (T7).
-                            tls.access()
-                                .is_registrar(&peer, None)
-                                .map_err(|e| failed(&e))?;
-                            stream
-                        }
-                        Secured::Server(..) | Secured::Plain(_) => {
-                            return Err(failed(&"not a TLS client connection"));
-                        }
-                    },
-                };
-                Ok(Self::Tcp {
-                    stream,
-                    deframer: StreamDeframer::new(),
-                })
+                let (stream, peer) = tls
+                    .handshake_as_client(stream, registrar.ip())
+                    .await
+                    .map_err(|e| failed(&e))?;
+                (Box::new(stream), peer)
             }
             TransportArg::Sctp => {
                 let association = sctp::Association::connect(&[registrar], &[])
                     .await
                     .map_err(|e| failed(&e))?;
-                let Some(tls) = tls else {
-                    return Ok(Self::Sctp(association));
-                };
-                // RFC 3436: the TLS session over the association, ENRP inside it.
                 let stream = SctpStream::new(association.into(), Protocol::Enrp.ppid());
                 let (stream, peer) = tls
                     .handshake_as_client(stream, registrar.ip())
                     .await
                     .map_err(|e| failed(&e))?;
-                tls.access()
-                    .is_registrar(&peer, None)
-                    .map_err(|e| failed(&e))?;
-                Ok(Self::Tcp {
-                    stream: Box::new(stream),
-                    deframer: StreamDeframer::new(),
-                })
+                (Box::new(stream), peer)
             }
+        };
+        tls.access()
+            .is_registrar(&peer, None)
+            .map_err(|e| failed(&e))?;
+        Ok(Self::stream(stream))
+    }
+
+    fn stream(stream: Box<dyn ByteStream>) -> Self {
+        Self::Stream {
+            stream,
+            deframer: StreamDeframer::new(),
         }
     }
 
     async fn send(&mut self, message: &[u8]) -> Result<(), String> {
         match self {
-            Self::Tcp { stream, .. } => match stream.write_all(message).await {
+            Self::Stream { stream, .. } => match stream.write_all(message).await {
                 Ok(()) => stream.flush().await,
                 Err(error) => Err(error),
             },
@@ -114,7 +114,7 @@ impl Association {
     /// The next ENRP message; `Ok(None)` when the registrar closed the association.
     async fn receive(&mut self) -> Result<Option<Vec<u8>>, String> {
         match self {
-            Self::Tcp { stream, deframer } => {
+            Self::Stream { stream, deframer } => {
                 let mut buffer = vec![0u8; 64 * 1024];
                 loop {
                     if let Some(frame) = deframer.next_frame().map_err(|e| e.to_string())? {

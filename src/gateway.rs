@@ -510,7 +510,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
     let mut signals = Signals::install().map_err(RunError::Io)?;
-    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, tls = crate::registrar::tls_state(tls.as_deref()), "ready");
+    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
     crate::systemd::ready(&shutdown);
     loop {
         match signals.next().await {

@@ -55,12 +55,13 @@ pub(crate) fn apply_tls_args(
     args: &cli::TlsArgs,
 ) -> Result<(), RunError> {
     if let (Some(cert), Some(key), Some(ca)) = (&args.tls_cert, &args.tls_key, &args.tls_ca) {
-        *tls = Some(config::ControlTlsSection {
-            cert: cert.clone(),
-            key: key.clone(),
-            ca: ca.clone(),
-            plain: rserpool_proto::auth::PlainPeers::Refused,
-        });
+        *tls = Some(config::ControlTlsSection::refusing_plain(
+            transport::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            },
+        ));
     }
     if let (Some(plain), Some(tls)) = (&args.tls_plain, tls.as_mut()) {
         tls.plain = config::parse_plain_peers(plain).map_err(RunError::Usage)?;
@@ -87,12 +88,7 @@ pub(crate) fn control_tls(
                 .into(),
         ));
     }
-    let files = transport::tls::TlsFiles {
-        cert: section.cert.clone(),
-        key: section.key.clone(),
-        ca: section.ca.clone(),
-    };
-    transport::tls::ControlTls::load(files, section.plain)
+    transport::tls::ControlTls::load(section.files(), section.plain)
         .map(|tls| Some(std::sync::Arc::new(tls)))
         .map_err(|e| RunError::Usage(format!("tls: {e}")))
 }

@@ -456,7 +456,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         admin = %admin,
         registrars = %registrars.join(","),
         services = section.services.len(),
-        tls = crate::registrar::tls_state(tls.as_deref()),
+        tls = crate::transport::tls::ready_field(tls.as_deref()),
         "ready"
     );
     crate::systemd::ready(&shutdown);

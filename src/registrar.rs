@@ -278,7 +278,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         enrp_multicast = %enrp_multicast,
         peers = section.peers.len(),
         profile = ?section.profile,
-        tls = tls_state(tls.as_deref()),
+        tls = crate::transport::tls::ready_field(tls.as_deref()),
         "ready"
     );
     crate::systemd::ready(&shutdown);
@@ -378,14 +378,6 @@ fn peers_json(engine: &RegistrarEngine) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({ "registrar": engine.id(), "peers": peers })
-}
-
-/// The ready line's `tls` field.
-pub(crate) fn tls_state(tls: Option<&ControlTls>) -> String {
-    match tls {
-        Some(tls) => format!("on ({})", tls.identity().name),
-        None => "off".to_owned(),
-    }
 }
 
 /// The registrar's TLS; with it, the registrar ID is the one the certificate grants.

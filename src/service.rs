@@ -41,7 +41,6 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rserpool_proto::auth::PlainPeers;
 use rserpool_proto::engine::TransportKind;
 use rserpool_proto::pool_element::PoolElementSpec;
 use rserpool_proto::session::{ControlDeframer, ControlFrame, open_cookie, seal_cookie};
@@ -62,6 +61,7 @@ use crate::signals::{Request, Signals};
 use crate::transport::multihomed;
 use crate::transport::sctp::{self, Received};
 use crate::transport::tls::ControlTls;
+pub use crate::transport::tls::TlsFiles;
 
 /// How a native PE registers and serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,21 +87,10 @@ pub struct ServiceConfig {
     /// More addresses of this host (SCTP multi-homing): the service and its ASAP
     /// endpoint bind them too, and they are registered.
     pub multihome: Vec<IpAddr>,
-    /// TLS to registrars and on the PE's ASAP endpoint (RFC 5355; TCP only); `None`:
-    /// plain and unauthenticated.
-    pub tls: Option<ServiceTls>,
-}
-
-/// A native PE's TLS material: its certificate (`rserpool cert issue --pe POOL`), key
-/// and the deployment CA.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceTls {
-    /// Certificate chain (PEM), leaf first.
-    pub cert: std::path::PathBuf,
-    /// Private key (PEM).
-    pub key: std::path::PathBuf,
-    /// The deployment CA (PEM).
-    pub ca: std::path::PathBuf,
+    /// TLS to registrars and on the PE's ASAP endpoint (RFC 5355, over TCP or SCTP):
+    /// its certificate (`rserpool cert issue --pe POOL`), key and the deployment CA;
+    /// `None`: plain and unauthenticated.
+    pub tls: Option<TlsFiles>,
 }
 
 impl ServiceConfig {
@@ -187,12 +176,7 @@ impl PoolElementService {
             announce_interface: None,
             services: Vec::new(),
         };
-        let tls_section = config.tls.as_ref().map(|tls| ControlTlsSection {
-            cert: tls.cert.clone(),
-            key: tls.key.clone(),
-            ca: tls.ca.clone(),
-            plain: PlainPeers::Refused,
-        });
+        let tls_section = config.tls.clone().map(ControlTlsSection::refusing_plain);
         let tls = crate::control_tls(tls_section.as_ref(), config.transport)
             .map_err(|e| ServiceError::Tls(e.to_string()))?;
         let mut runtime = start_engine(&section, tls.clone(), &shutdown)
@@ -624,14 +608,10 @@ async fn echo(mut session: Session) -> std::io::Result<()> {
 fn service_tls(
     file: &crate::config::ConfigFile,
     args: &PeArgs,
-) -> Result<Option<ServiceTls>, RunError> {
+) -> Result<Option<TlsFiles>, RunError> {
     let mut tls = file.tls.clone();
     crate::apply_tls_args(&mut tls, &args.tls)?;
-    Ok(tls.map(|tls| ServiceTls {
-        cert: tls.cert,
-        key: tls.key,
-        ca: tls.ca,
-    }))
+    Ok(tls.as_ref().map(ControlTlsSection::files))
 }
 
 /// `rserpool pe --serve counter|echo`: a native PE running a demo service.

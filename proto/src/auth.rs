@@ -220,17 +220,21 @@ impl Access {
         }
     }
 
-    /// May the identity that registered a PE be replaced by `peer` for the same PE
-    /// identifier (T3, T8)? Where identities are enforced, only the same identity may
-    /// re-register or deregister it; a plain peer never takes over an authenticated PE.
-    pub fn same_owner(self, registered_by: &Authentication, peer: &Authentication) -> bool {
-        match self {
-            Self::Open => true,
-            Self::Enforced { .. } => match (registered_by.name(), peer.name()) {
-                (Some(owner), Some(name)) => owner == name,
-                (Some(_), None) => false,
-                (None, _) => true,
-            },
+    /// May `peer` re-register a PE identifier that `registered_by` holds over another
+    /// live association (T3, T8; security.md §3.1 item 6)? Between identities, only the
+    /// same one may (from any host: a PE that moved); a plain peer never takes over an
+    /// authenticated PE; between plain peers (and without identities), only from the
+    /// same host (the same PE on a new association).
+    pub fn may_reregister(
+        self,
+        registered_by: &Authentication,
+        peer: &Authentication,
+        same_host: bool,
+    ) -> bool {
+        match (self, registered_by.name(), peer.name()) {
+            (Self::Enforced { .. }, Some(owner), Some(name)) => owner == name,
+            (Self::Enforced { .. }, Some(_), None) => false,
+            _ => same_host,
         }
     }
 }
@@ -321,9 +325,12 @@ mod tests {
         let a = Authentication::Authenticated(identity("a"));
         let b = Authentication::Authenticated(identity("b"));
         let plain = Authentication::Unauthenticated;
-        assert!(ENFORCED.same_owner(&a, &a));
-        assert!(!ENFORCED.same_owner(&a, &b));
-        assert!(!ENFORCED.same_owner(&a, &plain));
-        assert!(Access::Open.same_owner(&a, &b));
+        assert!(ENFORCED.may_reregister(&a, &a, false));
+        assert!(!ENFORCED.may_reregister(&a, &b, true));
+        assert!(!ENFORCED.may_reregister(&a, &plain, true));
+        assert!(ENFORCED.may_reregister(&plain, &plain, true));
+        assert!(!ENFORCED.may_reregister(&plain, &a, false));
+        assert!(Access::Open.may_reregister(&plain, &plain, true));
+        assert!(!Access::Open.may_reregister(&plain, &plain, false));
     }
 }

@@ -223,10 +223,9 @@ impl Hunt {
         now: Instant,
         out: &mut VecDeque<Output<E>>,
     ) -> Result<bool, Denied> {
-        let State::Connecting { attempts, .. } = &mut self.state else {
-            return Ok(false);
-        };
-        if !attempts.contains_key(&assoc) {
+        let is_attempt = matches!(&self.state,
+            State::Connecting { attempts, .. } if attempts.contains_key(&assoc));
+        if !is_attempt {
             return Ok(false);
         }
         if let Err(denied) = self.config.access.is_registrar(peer, None) {

@@ -452,26 +452,7 @@ impl PoolElementEngine {
             return;
         }
         if keep_alive.home && self.hunt.current() != Some(assoc) {
-            // Only a registrar that proves it is the one it names becomes the home
-            // (security.md T14): anyone can reach the ASAP endpoint.
-            let endpoint = self.peers.get(&assoc).and_then(|peer| {
-                match self
-                    .hunt
-                    .access()
-                    .is_registrar(&peer.authentication, Some(keep_alive.server_id))
-                {
-                    Ok(()) => Some(peer.endpoint()),
-                    Err(denied) => {
-                        self.out
-                            .push_back(Output::Event(PoolElementEvent::HomeChangeIgnored {
-                                claimed: keep_alive.server_id,
-                                reason: denied.0,
-                            }));
-                        None
-                    }
-                }
-            });
-            if let Some(endpoint) = endpoint {
+            if let Some(endpoint) = self.proven_new_home(assoc, keep_alive.server_id) {
                 self.peers.remove(&assoc);
                 self.hunt
                     .adopt(assoc, endpoint, keep_alive.server_id, now, &mut self.out);
@@ -504,6 +485,28 @@ impl PoolElementEngine {
                 .collect();
             for id in waiting {
                 self.send_registration(id, now, 1);
+            }
+        }
+    }
+
+    /// Where a peer that sent a keep-alive with the H flag naming `claimed` is, if it
+    /// may become the home: only a registrar that proves it is the one it names
+    /// (security.md T14), since anyone can reach the ASAP endpoint.
+    fn proven_new_home(&mut self, assoc: AssocId, claimed: RegistrarId) -> Option<Endpoint> {
+        let peer = self.peers.get(&assoc)?;
+        match self
+            .hunt
+            .access()
+            .is_registrar(&peer.authentication, Some(claimed))
+        {
+            Ok(()) => Some(peer.endpoint()),
+            Err(denied) => {
+                self.out
+                    .push_back(Output::Event(PoolElementEvent::HomeChangeIgnored {
+                        claimed,
+                        reason: denied.0,
+                    }));
+                None
             }
         }
     }

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 
 use rserpool_proto::auth::PlainPeers;
+
+use crate::transport::tls::TlsFiles;
 use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -21,6 +23,27 @@ pub(crate) struct ControlTlsSection {
     /// mixed deployments with peers that speak no TLS).
     #[serde(default = "refused", deserialize_with = "plain_peers")]
     pub(crate) plain: PlainPeers,
+}
+
+impl ControlTlsSection {
+    /// A section for these files, with plain peers refused (the default).
+    pub(crate) fn refusing_plain(files: TlsFiles) -> Self {
+        Self {
+            cert: files.cert,
+            key: files.key,
+            ca: files.ca,
+            plain: PlainPeers::Refused,
+        }
+    }
+
+    /// The files it names.
+    pub(crate) fn files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            ca: self.ca.clone(),
+        }
+    }
 }
 
 fn refused() -> PlainPeers {

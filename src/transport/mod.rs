@@ -93,9 +93,9 @@ pub(crate) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 /// Where a carrier writes an association's messages.
 pub(crate) trait MessageSink {
     /// Sends one message.
-    async fn send(&mut self, message: &[u8]) -> io::Result<()>;
+    fn send(&mut self, message: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
     /// Ends the sending side gracefully (FIN, SHUTDOWN) after what was sent.
-    async fn finish(&mut self);
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// Sends what the driver queues for an association until the driver drops the link
@@ -177,7 +177,7 @@ pub(crate) struct Transports {
     /// endpoint): rsplib accepts a peer's Server Information only when the association
     /// comes from the addresses *and port* it names.
     pub(crate) enrp_local: Vec<SocketAddr>,
-    /// TLS for every association this driver opens (TCP mapping only).
+    /// TLS for every association this driver opens (over TCP or SCTP).
     pub(crate) tls: Option<Arc<tls::ControlTls>>,
     shutdown: CancellationToken,
 }
@@ -400,9 +400,8 @@ impl Listener {
 }
 
 /// Accepts associations for one protocol until shut down; beyond `max_connections`
-/// open at once, new ones are closed at once. With `tls`, every TCP connection must
-/// complete a TLS handshake (or, where plain peers are allowed, speak plain).
-#[allow(clippy::too_many_arguments, reason = "one listener's settings")]
+/// open at once, new ones are closed at once. With `tls`, every association must
+/// complete a TLS handshake (over TCP, plain peers may speak plain where allowed).
 pub(crate) async fn accept_loop(
     listener: Listener,
     protocol: Protocol,

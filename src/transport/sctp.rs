@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sctp_tls::SctpStream;
 use super::tcp;
-use super::tls::ControlTls;
+use super::tls::{self, ControlTls};
 use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
 /// IPPROTO_SCTP and SOL_SCTP.
@@ -618,9 +618,9 @@ pub(crate) async fn serve(
                 authentication,
                 ..peer
             };
-            tcp::run(assoc, stream, peer, incoming, shutdown).await;
+            tcp::run(assoc, tokio::io::split(stream), peer, incoming, shutdown).await;
         }
-        Err(error) => tcp::handshake_failed("incoming", &peer, &error),
+        Err(error) => tls::report_failure("incoming", &peer, &error),
     }
 }
 
@@ -665,11 +665,11 @@ pub(crate) async fn connect(
                         authentication,
                         ..peer
                     };
-                    tcp::run(assoc, stream, peer, incoming, shutdown).await;
+                    tcp::run(assoc, tokio::io::split(stream), peer, incoming, shutdown).await;
                     return;
                 }
                 Err(error) => {
-                    tcp::handshake_failed("outgoing", &peer, &error);
+                    tls::report_failure("outgoing", &peer, &error);
                     format!("{to}: {error}")
                 }
             }

@@ -20,9 +20,8 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::tls::{ControlTls, HandshakeError, Secured};
+use super::tls::{self, ControlTls, Secured};
 use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
-use crate::logging::RateLimitedLog;
 
 /// How long an outgoing connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -89,12 +88,12 @@ pub(crate) async fn serve(
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) {
-    let Ok(peer) = peer_info(&stream, protocol) else {
+    let Ok(mut peer) = peer_info(&stream, protocol) else {
         return;
     };
     tune(&stream);
     let Some(tls) = tls else {
-        run(assoc, stream, peer, incoming, shutdown).await;
+        run(assoc, stream.into_split(), peer, incoming, shutdown).await;
         return;
     };
     let secured = tokio::select! {
@@ -102,39 +101,14 @@ pub(crate) async fn serve(
         secured = tls.accept(stream) => secured,
     };
     match secured {
-        Ok(secured) => run_secured(assoc, secured, peer, incoming, shutdown).await,
-        Err(error) => handshake_failed("incoming", &peer, &error),
-    }
-}
-
-/// Counts a failed handshake and logs it (rate-limited: anyone can cause one).
-pub(super) fn handshake_failed(direction: &'static str, peer: &PeerInfo, error: &HandshakeError) {
-    static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
-    metrics::counter!("rserpool_tls_handshake_failures_total", "direction" => direction)
-        .increment(1);
-    if let Some(suppressed) = LOG.permit() {
-        let from = peer.endpoint();
-        tracing::warn!(%from, direction, %error, suppressed, "TLS: association refused");
-    }
-}
-
-async fn run_secured(
-    assoc: AssocId,
-    secured: Secured,
-    mut peer: PeerInfo,
-    incoming: mpsc::Sender<Incoming>,
-    shutdown: CancellationToken,
-) {
-    match secured {
-        Secured::Plain(stream) => run(assoc, stream, peer, incoming, shutdown).await,
-        Secured::Server(stream, authentication) => {
-            peer.authentication = authentication;
-            run(assoc, *stream, peer, incoming, shutdown).await;
+        Ok(Secured::Plain(stream)) => {
+            run(assoc, stream.into_split(), peer, incoming, shutdown).await;
         }
-        Secured::Client(stream, authentication) => {
+        Ok(Secured::Tls(stream, authentication)) => {
             peer.authentication = authentication;
-            run(assoc, *stream, peer, incoming, shutdown).await;
+            run(assoc, tokio::io::split(*stream), peer, incoming, shutdown).await;
         }
+        Err(error) => tls::report_failure("incoming", &peer, &error),
     }
 }
 
@@ -169,21 +143,22 @@ pub(crate) async fn connect(
                 continue;
             }
         };
-        let Ok(peer) = peer_info(&stream, protocol) else {
+        let Ok(mut peer) = peer_info(&stream, protocol) else {
             continue;
         };
         tune(&stream);
         let Some(tls) = &tls else {
-            run(assoc, stream, peer, incoming, shutdown).await;
+            run(assoc, stream.into_split(), peer, incoming, shutdown).await;
             return;
         };
-        match tls.connect(stream).await {
-            Ok(secured) => {
-                run_secured(assoc, secured, peer, incoming, shutdown).await;
+        match tls.handshake_as_client(stream, address.ip()).await {
+            Ok((stream, authentication)) => {
+                peer.authentication = authentication;
+                run(assoc, tokio::io::split(stream), peer, incoming, shutdown).await;
                 return;
             }
             Err(error) => {
-                handshake_failed("outgoing", &peer, &error);
+                tls::report_failure("outgoing", &peer, &error);
                 last_error = format!("{address}: {error}");
             }
         }
@@ -196,6 +171,17 @@ pub(crate) async fn connect(
         .await;
 }
 
+impl MessageSink for tokio::net::tcp::OwnedWriteHalf {
+    async fn send(&mut self, message: &[u8]) -> io::Result<()> {
+        self.write_all(message).await
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.shutdown().await;
+    }
+}
+
+/// The writing half of a TLS session (over TCP or SCTP).
 impl<S: AsyncWrite + Send> MessageSink for WriteHalf<S> {
     async fn send(&mut self, message: &[u8]) -> io::Result<()> {
         self.write_all(message).await?;
@@ -213,25 +199,28 @@ impl<S: AsyncWrite + Send> MessageSink for WriteHalf<S> {
 /// replies just sent (a lingering close).
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Runs one association over a byte stream (a TCP connection, TLS over it, or TLS over
-/// SCTP): reports it open, then reads and writes until it ends.
+/// Runs one association over a byte stream, given as its reading and writing halves (a
+/// TCP connection split without a lock, or a TLS session over TCP or SCTP): reports it
+/// open, then reads and writes until it ends.
 ///
 /// Closing is graceful when the engine asks for it (the link is dropped): queued
 /// messages are sent, then FIN, then input is discarded for a moment. When the peer
 /// ends the association or the process shuts down, writing stops at once.
-pub(super) async fn run<S: AsyncRead + AsyncWrite + Send + 'static>(
+pub(super) async fn run<R, W>(
     assoc: AssocId,
-    stream: S,
+    (mut reader, writer): (R, W),
     peer: PeerInfo,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: MessageSink + Send + 'static,
+{
     let protocol = peer.protocol;
     let abort = shutdown.child_token();
     let Some((outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
         return;
     };
-    let (mut reader, writer) = tokio::io::split(stream);
     let write_abort = abort.clone();
     let writing = tokio::spawn(write_loop(assoc, outgoing, writer, write_abort));
     let stop = closed_locally.clone();

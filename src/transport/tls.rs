@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rserpool_proto::auth::{Access, Authentication, PeerIdentity, PlainPeers};
+use rserpool_proto::engine::PeerInfo;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::identity::{self, Validity};
+use crate::logging::RateLimitedLog;
 
 /// How long a TLS handshake (and, with plain peers allowed, the first byte that tells
 /// TLS from plain) may take.
@@ -36,15 +38,16 @@ pub(crate) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 /// has this value, so a listener can tell a TLS client from a plain one.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
-/// Where a role's TLS material is.
+/// Where a role's TLS material is (public: the PE library takes it, as
+/// `rserpool::service::TlsFiles`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TlsFiles {
-    /// The certificate chain (PEM), leaf first.
-    pub(crate) cert: PathBuf,
+pub struct TlsFiles {
+    /// The certificate chain (PEM), leaf first (`rserpool cert issue`).
+    pub cert: PathBuf,
     /// Its private key (PEM).
-    pub(crate) key: PathBuf,
+    pub key: PathBuf,
     /// The deployment CA's certificate(s) (PEM).
-    pub(crate) ca: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// Why TLS material cannot be used.
@@ -92,16 +95,14 @@ pub(crate) struct ControlTls {
 /// An accepted connection: TLS with the peer's proven identity, or a plain one (only
 /// where plain peers are allowed).
 pub(crate) enum Secured {
-    Server(
-        Box<tokio_rustls::server::TlsStream<Unvectored<TcpStream>>>,
-        Authentication,
-    ),
-    Client(
-        Box<tokio_rustls::client::TlsStream<Unvectored<TcpStream>>>,
-        Authentication,
-    ),
+    Tls(Box<ServerStream<TcpStream>>, Authentication),
     Plain(TcpStream),
 }
+
+/// The server side of a TLS session over `S`.
+pub(crate) type ServerStream<S> = tokio_rustls::server::TlsStream<Unvectored<S>>;
+/// The client side of a TLS session over `S`.
+pub(crate) type ClientStream<S> = tokio_rustls::client::TlsStream<Unvectored<S>>;
 
 /// A stream that offers rustls no vectored writes. rustls hands its queued records to
 /// `write_vectored`, which on a socket is `writev`: the file-position lock and the VFS
@@ -279,6 +280,18 @@ impl ControlTls {
     /// in use stays.
     pub(crate) fn reload(&self) -> Result<(), TlsError> {
         let material = load(&self.files, wall_clock())?;
+        // A registrar runs under the ID its certificate granted at start: a new
+        // certificate granting another would have every peer refuse its ENRP.
+        let running = self.material().identity.registrar;
+        if material.identity.registrar != running {
+            return Err(TlsError::Validity {
+                path: self.files.cert.display().to_string(),
+                reason: format!(
+                    "grants registrar {:?}, but the process runs as {:?}: restart to change it",
+                    material.identity.registrar, running
+                ),
+            });
+        }
         *self
             .current
             .write()
@@ -353,47 +366,19 @@ impl ControlTls {
                 PlainPeers::PoolUsers | PlainPeers::Trusted => Ok(Secured::Plain(stream)),
             };
         }
-        let (stream, peer) = self.handshake_as_server(Unvectored(stream)).await?;
-        Ok(Secured::Server(Box::new(stream), peer))
+        let (stream, peer) = self.handshake_as_server(stream).await?;
+        Ok(Secured::Tls(Box::new(stream), peer))
     }
 
-    /// Client side of a connection this role opened.
-    pub(crate) async fn connect(&self, stream: TcpStream) -> Result<Secured, HandshakeError> {
-        let address = stream.peer_addr().map_err(HandshakeError::Tls)?;
-        let (stream, peer) = self
-            .handshake_as_client(Unvectored(stream), address.ip())
-            .await?;
-        Ok(Secured::Client(Box::new(stream), peer))
-    }
-
-    /// The server's handshake on any byte stream: the stream and who the client is.
+    /// The server's handshake on any byte stream: the session and who the client is.
     pub(crate) async fn handshake_as_server<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: S,
-    ) -> Result<(tokio_rustls::server::TlsStream<S>, Authentication), HandshakeError> {
+    ) -> Result<(ServerStream<S>, Authentication), HandshakeError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.material().server.clone());
         let handshake = async {
-            let stream = acceptor.accept(stream).await.map_err(HandshakeError::Tls)?;
-            let peer = authentication(stream.get_ref().1.peer_certificates())?;
-            Ok((stream, peer))
-        };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
-    }
-
-    /// The client's handshake on any byte stream to `peer`: the stream and who the
-    /// server is.
-    pub(crate) async fn handshake_as_client<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        stream: S,
-        peer: IpAddr,
-    ) -> Result<(tokio_rustls::client::TlsStream<S>, Authentication), HandshakeError> {
-        let connector = tokio_rustls::TlsConnector::from(self.material().client.clone());
-        let name = ServerName::IpAddress(peer.into());
-        let handshake = async {
-            let stream = connector
-                .connect(name, stream)
+            let stream = acceptor
+                .accept(Unvectored(stream))
                 .await
                 .map_err(HandshakeError::Tls)?;
             let peer = authentication(stream.get_ref().1.peer_certificates())?;
@@ -402,6 +387,47 @@ impl ControlTls {
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
+    }
+
+    /// The client's handshake on any byte stream to `peer`: the session and who the
+    /// server is.
+    pub(crate) async fn handshake_as_client<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        peer: IpAddr,
+    ) -> Result<(ClientStream<S>, Authentication), HandshakeError> {
+        let connector = tokio_rustls::TlsConnector::from(self.material().client.clone());
+        let name = ServerName::IpAddress(peer.into());
+        let handshake = async {
+            let stream = connector
+                .connect(name, Unvectored(stream))
+                .await
+                .map_err(HandshakeError::Tls)?;
+            let peer = authentication(stream.get_ref().1.peer_certificates())?;
+            Ok((stream, peer))
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
+    }
+}
+
+/// Counts a failed handshake and logs it (rate-limited: anyone can cause one).
+pub(crate) fn report_failure(direction: &'static str, peer: &PeerInfo, error: &HandshakeError) {
+    static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
+    metrics::counter!("rserpool_tls_handshake_failures_total", "direction" => direction)
+        .increment(1);
+    if let Some(suppressed) = LOG.permit() {
+        let from = peer.endpoint();
+        tracing::warn!(%from, direction, %error, suppressed, "TLS: association refused");
+    }
+}
+
+/// The ready line's `tls` field: `off`, or `on (NAME)` with the certificate's name.
+pub(crate) fn ready_field(tls: Option<&ControlTls>) -> String {
+    match tls {
+        Some(tls) => format!("on ({})", tls.identity().name),
+        None => "off".to_owned(),
     }
 }
 

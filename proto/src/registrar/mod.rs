@@ -168,7 +168,9 @@ pub enum RegistrarEvent {
     Denied {
         /// The association.
         assoc: AssocId,
-        /// What was asked: `register`, `resolve`, `report`, `enrp`, `peer`.
+        /// What was asked: `resolve`, `report` (unreachability), `enrp` (a message),
+        /// `peer` (a registrar this one reached is not one). Refused registrations
+        /// are [`RegistrarEvent::Refused`], with their cause.
         action: &'static str,
         /// Who asked and why it was refused.
         reason: String,
@@ -521,15 +523,15 @@ impl RegistrarEngine {
     /// May the peer of a new association re-register a PE that `registrant`'s
     /// association holds (security.md §3.1 item 6)?
     fn same_registrant(&self, registrant: &PeerInfo, peer: &PeerInfo) -> bool {
-        let access = self.config.access;
-        let both_authenticated =
-            registrant.authentication.name().is_some() && peer.authentication.name().is_some();
         let same_host = registrant
             .addresses
             .iter()
             .any(|a| peer.addresses.contains(a));
-        access.same_owner(&registrant.authentication, &peer.authentication)
-            && (both_authenticated || same_host)
+        self.config.access.may_reregister(
+            &registrant.authentication,
+            &peer.authentication,
+            same_host,
+        )
     }
 
     /// Checks that an association's peer may do something; a refusal is reported
@@ -605,15 +607,10 @@ impl RegistrarEngine {
         if !self.permitted(assoc, "resolve", |access, peer| {
             access.may_resolve(peer, &pool)
         }) {
-            let response = AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
-                pool_handle: pool,
-                policy: None,
-                pool_elements: Vec::new(),
-                error: Some(OperationError::single(ErrorCause::new(
-                    CauseCode::SECURITY_REJECTION,
-                ))),
-            });
-            self.send_asap(assoc, &response);
+            self.send_asap(
+                assoc,
+                &resolution_refused(pool, CauseCode::SECURITY_REJECTION),
+            );
             return;
         }
         let allowed = self
@@ -661,12 +658,7 @@ impl RegistrarEngine {
                 } else {
                     CauseCode::LACK_OF_RESOURCES
                 };
-                AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
-                    pool_handle: request.pool_handle,
-                    policy: None,
-                    pool_elements: Vec::new(),
-                    error: Some(OperationError::single(ErrorCause::new(cause))),
-                })
+                resolution_refused(request.pool_handle, cause)
             }
         };
         let returned = match &response {
@@ -899,6 +891,16 @@ impl RegistrarEngine {
         .flatten()
         .min()
     }
+}
+
+/// A handle resolution answered with no PE and `cause`.
+fn resolution_refused(pool_handle: PoolHandle, cause: CauseCode) -> AsapMessage {
+    AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
+        pool_handle,
+        policy: None,
+        pool_elements: Vec::new(),
+        error: Some(OperationError::single(ErrorCause::new(cause))),
+    })
 }
 
 /// Addresses no PE can be reached at.
