@@ -603,6 +603,15 @@ fn certificate_rotation_by_sighup_keeps_associations() {
     assert!(resolve(&pki, asap, "WebPool", "gw").is_ok_and(|ids| ids.len() == 1));
     assert!(!pe.log_contains("registrar association lost"));
     assert!(!r.log_contains("pool element removed"));
+    // A certificate granting another registrar ID is not taken: peers would refuse
+    // every ENRP message of a registrar running as 0x11.
+    pki.issue("reg", &["--registrar-id", "0x12"]);
+    r.signal("HUP");
+    assert!(eventually(Duration::from_secs(10), || {
+        r.log_contains("TLS certificate not reloaded")
+    }));
+    assert!(r.log_contains("restart to change it"));
+    assert!(resolve(&pki, asap, "WebPool", "gw").is_ok_and(|ids| ids.len() == 1));
 }
 
 /// Issues NAME, valid in 2020 only, with one grant URI (the CLI issues no certificate
