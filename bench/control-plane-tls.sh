@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # What TLS with mutual authentication (RFC 5355) costs the registrar, measured side by
-# side with plain TCP in the same run: one release registrar, loaded by
-# bench/src/bin/registrar-load.rs: PES PEs re-registering in a closed loop
-# (registrations/s), then PUS pool users resolving in a closed loop next to PES PEs
-# re-registering every 250 ms (rsplib's load point; handle resolutions/s). Every
-# association's handshake is done before its measured period. Rounds alternate plain
-# and TLS; the ratio TLS/plain is taken per round and its median printed.
+# side with plain TCP in the same run: two release registrars, one plain and one TLS,
+# run at the same time on CPU 0 (one tokio thread each, so each gets half of that core
+# and both see the same machine at the same moment: this shared 2-core box drifts by a
+# third between minutes), each loaded by its own bench/src/bin/registrar-load.rs on
+# CPU 1 (so the generators' own TLS work does not come out of the registrars' CPU).
+# Measured: PES PEs re-registering in a closed loop (registrations/s), then PUS pool
+# users resolving in a closed loop next to PES PEs re-registering every 250 ms (rsplib's
+# load point; handle resolutions/s). Every handshake is done before the measured
+# period. Per round the ratio TLS/plain is taken; the medians are printed, and each
+# registrar's share of CPU 0 (both must be saturated, about 50 %, for the ratio to be
+# the cost per operation).
 # Then 1 000 PEs (one association each) held by the load generator: the registrar is
 # killed (SIGKILL) and started again on the same ports; printed is the time from the
 # loss to every PE registered again (the PEs reconnect as the `pe` agent's hunt does,
@@ -16,6 +21,8 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; SECONDS_=${2:-5}; PES=${3:-1000}; PUS=${4:-2000}
 cargo build --release --quiet -p rserpool -p rserpool-bench
 source bench/common.sh
+need util-linux taskset
+[ "$(nproc)" -ge 2 ] || { echo "needs 2 CPUs (registrars on CPU 0, load on CPU 1)" >&2; exit 1; }
 
 pki=$work/pki
 "$bin/rserpool" cert ca --dir "$pki" >/dev/null
@@ -24,48 +31,71 @@ pki=$work/pki
 "$bin/rserpool" cert issue --dir "$pki" --name bench-pu --pu '*' >/dev/null
 printf 'registrar:\n  limits:\n    max_connections: 100000\n' > "$work/registrar.yaml"
 
-# registrar MODE ASAP ENRP LOG: starts a registrar (plain or tls) and waits for it.
+# registrar MODE ASAP ENRP LOG [CPU]: starts a registrar (plain or tls; on one tokio
+# thread pinned to CPU if given) and waits for it; its PID is in $registrar_pid.
 registrar() {
-    local mode=$1 asap=$2 enrp=$3 log=$4 tls=()
+    local mode=$1 asap=$2 enrp=$3 log=$4 cpu=${5:-} tls=() pin=()
     [ "$mode" = tls ] && tls=(--tls-cert "$pki/bench-registrar.pem" --tls-key "$pki/bench-registrar-key.pem" --tls-ca "$pki/ca.pem")
-    setsid "$bin/rserpool" registrar --asap "$asap" --enrp "$enrp" --announce off --enrp-multicast off \
+    [ -n "$cpu" ] && pin=(env TOKIO_WORKER_THREADS=1 taskset -c "$cpu")
+    setsid "${pin[@]}" "$bin/rserpool" registrar --asap "$asap" --enrp "$enrp" --announce off --enrp-multicast off \
         --config "$work/registrar.yaml" --log-level warn,rserpool::registrar=info "${tls[@]}" 2>"$log" & pids+=($!)
     registrar_pid=$!
     ready "$log" ready
 }
 
 load_flags() { [ "$1" = tls ] && echo "--tls $pki" || true; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# round MODE: two measured runs on one registrar: registrations in a closed loop (PES
-# PEs, no pool users), then resolutions in a closed loop (PUS pool users, PES PEs
-# re-registering every 250 ms); prints "registrations/s resolutions/s refused".
-round() {
-    local mode=$1 log=$work/round-$1.log registering resolving
-    registrar "$mode" 127.0.0.1:0 127.0.0.1:0 "$log"
-    local asap
-    asap=$(grep -o 'asap=[0-9.:]*' "$log" | cut -d= -f2)
-    # shellcheck disable=SC2046 # the flags of the mode
-    registering=$("$bin/registrar-load" --registrar "$asap" --pes "$PES" --pus 0 --interval-ms 0 \
-        --seconds "$SECONDS_" $(load_flags "$mode"))
-    # shellcheck disable=SC2046 # the flags of the mode
-    resolving=$("$bin/registrar-load" --registrar "$asap" --pes "$PES" --pus "$PUS" --interval-ms 250 \
-        --seconds "$SECONDS_" $(load_flags "$mode"))
-    kill "$registrar_pid"; wait "$registrar_pid" 2>/dev/null || true
-    echo "$(awk '/^registrations\/s/ {print $2}' <<<"$registering") $(awk '/^handle resolutions\/s/ {print $3}' <<<"$resolving") $(awk '/^refused/ {s += $3} END {print s}' <<<"$registering$resolving")"
+# measure FLAGS...: both registrars loaded at once by a generator each (CPU 1) with
+# FLAGS; prints "plain-rate tls-rate plain-cpu% tls-cpu% refused", the rate being
+# registrations/s with --pus 0, handle resolutions/s otherwise, and the CPU shares over
+# the measured seconds (after the generators' 2 s warm-up).
+measure() {
+    local field=registrations/s
+    [[ " $* " == *" --pus 0 "* ]] || field="handle resolutions/s"
+    local mode out=() gen=() before=() after=()
+    for mode in plain tls; do
+        # shellcheck disable=SC2046 # the flags of the mode
+        setsid taskset -c 1 "$bin/registrar-load" --registrar "${asap[$mode]}" "$@" --seconds "$SECONDS_" \
+            $(load_flags "$mode") >"$work/load-$mode.out" & gen+=($!)
+    done
+    sleep 2.5
+    before=("$(cpu_ticks "${registrar[plain]}")" "$(cpu_ticks "${registrar[tls]}")")
+    sleep $((SECONDS_ - 1))
+    after=("$(cpu_ticks "${registrar[plain]}")" "$(cpu_ticks "${registrar[tls]}")")
+    wait "${gen[@]}"
+    local hz; hz=$(getconf CLK_TCK)
+    for mode in plain tls; do
+        out+=("$(awk -v f="$field" 'index($0, f ":") == 1 {print $NF}' "$work/load-$mode.out")")
+    done
+    out+=("$(awk -v a="${before[0]}" -v b="${after[0]}" -v s="$((SECONDS_ - 1))" -v hz="$hz" 'BEGIN {printf "%.0f%%", 100 * (b - a) / hz / s}')")
+    out+=("$(awk -v a="${before[1]}" -v b="${after[1]}" -v s="$((SECONDS_ - 1))" -v hz="$hz" 'BEGIN {printf "%.0f%%", 100 * (b - a) / hz / s}')")
+    out+=("$(cat "$work"/load-*.out | awk '/^refused/ {s += $3} END {print s}')")
+    echo "${out[*]}"
 }
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+ratio() { awk -v t="$2" -v p="$1" 'BEGIN {printf "%.3f", t/p}'; }
 
-echo "== closed loops: registrations/s of $PES PEs; handle resolutions/s of $PUS pool users (with $PES PEs every 250 ms); ${SECONDS_} s each"
-printf '%-6s %-6s %16s %18s %8s\n' round mode registrations/s resolutions/s refused
+declare -A asap registrar
+echo "== side by side on CPU 0 (one thread each), generators on CPU 1; ${SECONDS_} s measured per run"
+echo "   registrations: $PES PEs in a closed loop; resolutions: $PUS pool users in a closed loop, $PES PEs every 250 ms"
+printf '%-6s %-22s %10s %10s %7s %7s %8s %7s\n' round run plain tls plain% tls% refused ratio
 reg_ratios=(); res_ratios=()
 for r in $(seq "$ROUNDS"); do
-    read -r plain_reg plain_res plain_refused <<<"$(round plain)"
-    read -r tls_reg tls_res tls_refused <<<"$(round tls)"
-    printf '%-6s %-6s %16s %18s %8s\n' "$r" plain "$plain_reg" "$plain_res" "$plain_refused"
-    printf '%-6s %-6s %16s %18s %8s\n' "$r" tls "$tls_reg" "$tls_res" "$tls_refused"
-    reg_ratios+=("$(awk -v t="$tls_reg" -v p="$plain_reg" 'BEGIN {printf "%.3f", t/p}')")
-    res_ratios+=("$(awk -v t="$tls_res" -v p="$plain_res" 'BEGIN {printf "%.3f", t/p}')")
+    for mode in plain tls; do
+        registrar "$mode" 127.0.0.1:0 127.0.0.1:0 "$work/round-$mode.log" 0
+        registrar[$mode]=$registrar_pid
+        asap[$mode]=$(grep -o 'asap=[0-9.:]*' "$work/round-$mode.log" | cut -d= -f2)
+    done
+    read -r p t pc tc refused <<<"$(measure --pes "$PES" --pus 0 --interval-ms 0)"
+    reg_ratios+=("$(ratio "$p" "$t")")
+    printf '%-6s %-22s %10s %10s %7s %7s %8s %7s\n' "$r" registrations/s "$p" "$t" "$pc" "$tc" "$refused" "${reg_ratios[-1]}"
+    read -r p t pc tc refused <<<"$(measure --pes "$PES" --pus "$PUS" --interval-ms 250)"
+    res_ratios+=("$(ratio "$p" "$t")")
+    printf '%-6s %-22s %10s %10s %7s %7s %8s %7s\n' "$r" "handle resolutions/s" "$p" "$t" "$pc" "$tc" "$refused" "${res_ratios[-1]}"
+    kill "${registrar[plain]}" "${registrar[tls]}"
+    wait "${registrar[plain]}" "${registrar[tls]}" 2>/dev/null || true
 done
 echo "TLS/plain registrations/s: ${reg_ratios[*]} (median $(printf '%s\n' "${reg_ratios[@]}" | median))"
 echo "TLS/plain resolutions/s:   ${res_ratios[*]} (median $(printf '%s\n' "${res_ratios[@]}" | median))"
@@ -74,16 +104,16 @@ echo "== 1000 PEs registered again after a registrar restart (SIGKILL, same port
 for mode in plain tls; do
     log=$work/restart-$mode.log
     registrar "$mode" 127.0.0.1:0 127.0.0.1:0 "$log"
-    asap=$(grep -o 'asap=[0-9.:]*' "$log" | cut -d= -f2)
-    enrp=$(grep -o 'enrp=[0-9.:]*' "$log" | cut -d= -f2)
+    address=$(grep -o 'asap=[0-9.:]*' "$log" | cut -d= -f2)
+    enrp_address=$(grep -o 'enrp=[0-9.:]*' "$log" | cut -d= -f2)
     # shellcheck disable=SC2046 # the flags of the mode
-    "$bin/registrar-load" --registrar "$asap" --pes 1000 --register-only \
+    "$bin/registrar-load" --registrar "$address" --pes 1000 --register-only \
         $(load_flags "$mode") >"$work/load-$mode.out" & pids+=($!)
     load_pid=$!
     for _ in $(seq 300); do grep -q '^registered' "$work/load-$mode.out" && break; sleep 0.1; done
     first=$(head -n1 "$work/load-$mode.out")
     kill -9 "$registrar_pid"; wait "$registrar_pid" 2>/dev/null || true
-    registrar "$mode" "$asap" "$enrp" "$log.2"
+    registrar "$mode" "$address" "$enrp_address" "$log.2"
     for _ in $(seq 300); do [ "$(grep -c '^registered' "$work/load-$mode.out")" -ge 2 ] && break; sleep 0.1; done
     again=$(sed -n 2p "$work/load-$mode.out")
     echo "$mode: first $first; after the restart: ${again:-not all registered within 30 s}"

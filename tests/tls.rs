@@ -501,6 +501,41 @@ fn a_registrar_cannot_speak_under_another_registrars_id() {
     }));
 }
 
+/// T5: a peer that is not a registrar asking for the handle table is told no (R flag)
+/// before its TLS association closes: the answer queued with the close is delivered
+/// first, not cut off by it.
+#[test]
+fn a_refused_table_request_is_answered_before_the_association_closes() {
+    let pki = Pki::new("table");
+    pki.issue("reg", &["--registrar-id", "0x11"]);
+    pki.issue("pe", &["--pe", "WebPool"]);
+    let r = tls_registrar(&pki, "reg");
+    for _ in 0..3 {
+        let mut stream = tls_client(&pki, "pe", r.address("enrp")).unwrap();
+        let request = enrp(
+            0x22,
+            EnrpBody::HandleTableRequest {
+                own_children_only: false,
+            },
+        );
+        stream.write_all(&request).unwrap();
+        let mut deframer = StreamDeframer::new();
+        let answer = next_message(&mut stream, &mut deframer).expect("an answer before the close");
+        let answer = EnrpMessage::decode(&answer).unwrap().message;
+        assert!(
+            matches!(
+                answer.body,
+                EnrpBody::HandleTableResponse { reject: true, ref pools, .. } if pools.is_empty()
+            ),
+            "{answer:?}"
+        );
+        assert!(
+            next_message(&mut stream, &mut deframer).is_none(),
+            "closed after it"
+        );
+    }
+}
+
 /// T14: a PE ignores a keep-alive with the H flag unless it comes over an association
 /// authenticated as the registrar it names: a plain connection to its ASAP endpoint is
 /// refused, and a TLS peer with a PE's certificate is ignored. The PE keeps its home.

@@ -618,7 +618,7 @@ pub(crate) async fn serve(
                 authentication,
                 ..peer
             };
-            tcp::run(assoc, tokio::io::split(stream), peer, incoming, shutdown).await;
+            tcp::run_session(assoc, stream, peer, incoming, shutdown).await;
         }
         Err(error) => tls::report_failure("incoming", &peer, &error),
     }
@@ -665,7 +665,7 @@ pub(crate) async fn connect(
                         authentication,
                         ..peer
                     };
-                    tcp::run(assoc, tokio::io::split(stream), peer, incoming, shutdown).await;
+                    tcp::run_session(assoc, stream, peer, incoming, shutdown).await;
                     return;
                 }
                 Err(error) => {

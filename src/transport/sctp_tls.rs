@@ -4,7 +4,7 @@
 //! PPID stays what the association carries, as RFC 3436 leaves it unprotected); what
 //! arrives is concatenated in order. Inside the session, ASAP and ENRP messages are cut
 //! out by their length fields, as on the TCP mapping, so the carrier above is the TCP
-//! mapping's (`tcp::run_stream`).
+//! mapping's (`tcp::run_session`).
 //!
 //! Every peer of such an endpoint speaks TLS: telling a plain SCTP peer apart would
 //! need its first message held back and replayed, which nothing needs yet (rsplib,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rserpool_proto::auth::Authentication;
 use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
 use rserpool_proto::wire::{Protocol, StreamDeframer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -106,7 +106,7 @@ pub(crate) async fn serve(
         }
         Ok(Secured::Tls(stream, authentication)) => {
             peer.authentication = authentication;
-            run(assoc, tokio::io::split(*stream), peer, incoming, shutdown).await;
+            run_session(assoc, *stream, peer, incoming, shutdown).await;
         }
         Err(error) => tls::report_failure("incoming", &peer, &error),
     }
@@ -154,7 +154,7 @@ pub(crate) async fn connect(
         match tls.handshake_as_client(stream, address.ip()).await {
             Ok((stream, authentication)) => {
                 peer.authentication = authentication;
-                run(assoc, tokio::io::split(stream), peer, incoming, shutdown).await;
+                run_session(assoc, stream, peer, incoming, shutdown).await;
                 return;
             }
             Err(error) => {
@@ -174,19 +174,6 @@ pub(crate) async fn connect(
 impl MessageSink for tokio::net::tcp::OwnedWriteHalf {
     async fn send(&mut self, message: &[u8]) -> io::Result<()> {
         self.write_all(message).await
-    }
-
-    async fn finish(&mut self) {
-        let _ = self.shutdown().await;
-    }
-}
-
-/// The writing half of a TLS session (over TCP or SCTP).
-impl<S: AsyncWrite + Send> MessageSink for WriteHalf<S> {
-    async fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        self.write_all(message).await?;
-        // A TLS stream holds written records until flushed.
-        self.flush().await
     }
 
     async fn finish(&mut self) {
@@ -249,43 +236,170 @@ async fn read_loop(
     closed_locally: &CancellationToken,
     abort: &CancellationToken,
 ) -> String {
-    let mut deframer = StreamDeframer::new();
-    let mut buffer = vec![0u8; 16 * 1024];
+    let mut reassembly = Reassembly::new(assoc, protocol);
     loop {
         let read = tokio::select! {
             () = closed_locally.cancelled() => return "closed locally".into(),
             () = abort.cancelled() => return "shutting down".into(),
-            read = reader.read(&mut buffer) => read,
+            read = reader.read(reassembly.buffer()) => read,
         };
-        let count = match read {
-            Ok(0) => {
-                return if deframer.pending() > 0 {
-                    "peer closed in the middle of a message".into()
-                } else {
-                    "peer closed".into()
-                };
-            }
-            Ok(count) => count,
-            Err(error) => return error.to_string(),
-        };
-        if let Err(error) = deframer.push(buffer.get(..count).unwrap_or_default()) {
-            return error.to_string();
+        if let Err(reason) = reassembly.deliver(read, incoming).await {
+            return reason;
         }
+    }
+}
+
+/// Cuts the messages of one association out of what is read from its byte stream and
+/// hands them to the driver.
+struct Reassembly {
+    assoc: AssocId,
+    protocol: Protocol,
+    deframer: StreamDeframer,
+    buffer: Vec<u8>,
+}
+
+impl Reassembly {
+    fn new(assoc: AssocId, protocol: Protocol) -> Self {
+        Self {
+            assoc,
+            protocol,
+            deframer: StreamDeframer::new(),
+            buffer: vec![0u8; 16 * 1024],
+        }
+    }
+
+    /// Where the next read goes.
+    fn buffer(&mut self) -> &mut [u8] {
+        &mut self.buffer
+    }
+
+    /// Takes one read's result: every message it completes goes to the driver. Returns
+    /// why the association ends, if it does.
+    async fn deliver(
+        &mut self,
+        read: io::Result<usize>,
+        incoming: &mpsc::Sender<Incoming>,
+    ) -> Result<(), String> {
+        let count = match read {
+            Ok(0) if self.deframer.pending() > 0 => {
+                return Err("peer closed in the middle of a message".into());
+            }
+            Ok(0) => return Err("peer closed".into()),
+            Ok(count) => count,
+            Err(error) => return Err(error.to_string()),
+        };
+        self.deframer
+            .push(self.buffer.get(..count).unwrap_or_default())
+            .map_err(|error| error.to_string())?;
         loop {
-            match deframer.next_frame() {
+            match self.deframer.next_frame() {
                 Ok(Some(payload)) => {
                     let message = Incoming::Message {
-                        assoc,
-                        protocol,
+                        assoc: self.assoc,
+                        protocol: self.protocol,
                         payload,
                     };
                     if incoming.send(message).await.is_err() {
-                        return "driver gone".into();
+                        return Err("driver gone".into());
                     }
                 }
-                Ok(None) => break,
-                Err(error) => return format!("unframeable stream: {error}"),
+                Ok(None) => return Ok(()),
+                Err(error) => return Err(format!("unframeable stream: {error}")),
             }
         }
     }
+}
+
+/// Runs one association over a TLS session (over TCP or SCTP) in one task: unlike a
+/// plain TCP connection, a TLS session cannot be split without a lock that both halves
+/// take for every record, and a writer task of its own costs a wake-up per message.
+/// Reads and writes take turns; a write that stalls past [`WRITE_TIMEOUT`] ends the
+/// association, so a peer that neither reads nor stops sending cannot hold it.
+///
+/// Closing is as in [`run`]: when the engine asks for it, queued messages are sent,
+/// then the TLS close and FIN, then input is discarded for a moment.
+pub(super) async fn run_session<S>(
+    assoc: AssocId,
+    mut stream: S,
+    peer: PeerInfo,
+    incoming: mpsc::Sender<Incoming>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let protocol = peer.protocol;
+    let Some((mut outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
+        return;
+    };
+    let mut reassembly = Reassembly::new(assoc, protocol);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break "shutting down".to_owned(),
+            () = closed_locally.cancelled() => {
+                close_session(assoc, &mut stream, &mut outgoing).await;
+                break "closed locally".to_owned();
+            }
+            message = outgoing.recv() => {
+                let Some(message) = message else {
+                    break "driver gone".to_owned();
+                };
+                if let Err(reason) = send_flushed(&mut stream, &message).await {
+                    tracing::debug!(%assoc, %reason, "send failed");
+                    break reason;
+                }
+            }
+            read = stream.read(reassembly.buffer()) => {
+                if let Err(reason) = reassembly.deliver(read, &incoming).await {
+                    break reason;
+                }
+            }
+        }
+    };
+    let _ = incoming.send(Incoming::Closed { assoc, reason }).await;
+}
+
+/// Writes one message and flushes it (a TLS session holds records until flushed),
+/// within [`WRITE_TIMEOUT`].
+async fn send_flushed(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &[u8],
+) -> Result<(), String> {
+    let sending = async {
+        stream.write_all(message).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, sending).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err("send timed out: the peer does not read".into()),
+    }
+}
+
+/// A locally closed TLS association: sends what the engine queued (until it drops the
+/// link), closes the session, then lingers discarding input.
+async fn close_session<S>(assoc: AssocId, stream: &mut S, outgoing: &mut mpsc::Receiver<Vec<u8>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let draining = async {
+        while let Some(message) = outgoing.recv().await {
+            send_flushed(stream, &message).await?;
+        }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, draining).await {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => {
+            tracing::debug!(%assoc, %reason, "send failed while closing");
+            return;
+        }
+        Err(_) => return,
+    }
+    let _ = stream.shutdown().await;
+    let mut discard = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(stream.read(&mut discard).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }

@@ -209,7 +209,13 @@ async fn serve_pool_elements(
     let mut deframer = StreamDeframer::new();
     let mut buffer = vec![0u8; 64 * 1024];
     // Interval 0: a closed loop (each round as soon as the last one is answered).
-    let mut ticker = (!options.interval.is_zero()).then(|| tokio::time::interval(options.interval));
+    // Rounds missed while the registrar was busy (with handshakes, say) are skipped, not
+    // sent in a burst: the load point is one registration per PE per interval.
+    let mut ticker = (!options.interval.is_zero()).then(|| {
+        let mut ticker = tokio::time::interval(options.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ticker
+    });
     let mut rounds = 0u32;
     loop {
         if !options.register_only && Instant::now() >= end {
