@@ -452,8 +452,33 @@ pub(crate) struct LimitsConfig {
     pub(crate) max_handle_resolutions_per_second: Option<u32>,
     pub(crate) max_unreachable_reports_per_second: Option<u32>,
     pub(crate) max_malformed_messages: u32,
-    /// Open ASAP and ENRP connections; more are closed at once.
+    /// Open connections per listener (ASAP, ENRP); when full, the longest idle one
+    /// makes room, or the newcomer is closed at once.
     pub(crate) max_connections: usize,
+    /// Open connections per listener from one address, likewise.
+    pub(crate) max_connections_per_host: usize,
+    /// A connection that completes no message (TLS handshake included) within this
+    /// is closed.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) first_message_timeout: Duration,
+    /// A message that has begun must be complete within this.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) message_timeout: Duration,
+    /// Bytes of unfinished messages held for all connections of a listener.
+    pub(crate) max_unfinished_message_bytes: usize,
+}
+
+impl LimitsConfig {
+    /// What one listener admits.
+    pub(crate) fn admission(&self) -> crate::transport::admission::AdmissionLimits {
+        crate::transport::admission::AdmissionLimits {
+            max_connections: self.max_connections,
+            max_connections_per_host: self.max_connections_per_host,
+            first_message_timeout: self.first_message_timeout,
+            message_timeout: self.message_timeout,
+            max_unfinished_bytes: self.max_unfinished_message_bytes,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -469,6 +494,10 @@ impl Default for LimitsConfig {
             max_unreachable_reports_per_second: None,
             max_malformed_messages: engine.max_malformed_messages,
             max_connections: 10_000,
+            max_connections_per_host: 1_000,
+            first_message_timeout: Duration::from_secs(10),
+            message_timeout: Duration::from_secs(10),
+            max_unfinished_message_bytes: 32 << 20,
         }
     }
 }
@@ -926,6 +955,18 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
         return Err(ConfigError::Invalid(
             "registrar.keepalive_interval and keepalive_timeout must be above 0".into(),
         ));
+    }
+    let l = &r.limits;
+    if l.max_connections == 0
+        || l.max_connections_per_host == 0
+        || l.first_message_timeout.is_zero()
+        || l.message_timeout.is_zero()
+        || l.max_unfinished_message_bytes < rserpool_proto::wire::MAX_FRAME
+    {
+        return Err(ConfigError::Invalid(format!(
+            "registrar.limits: max_connections, max_connections_per_host, first_message_timeout and message_timeout must be above 0, max_unfinished_message_bytes at least one message ({} bytes)",
+            rserpool_proto::wire::MAX_FRAME
+        )));
     }
     if r.max_items == 0 || r.default_items == 0 || r.handle_table_page_size == 0 {
         return Err(ConfigError::Invalid(

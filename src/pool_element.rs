@@ -32,6 +32,7 @@ use crate::driver::{self, Handle};
 use crate::logging::{Logging, RateLimitedLog};
 use crate::pool_user::endpoints;
 use crate::signals::{Request, Signals};
+use crate::transport::admission::{Admission, AdmissionLimits};
 use crate::transport::tls::ControlTls;
 use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
 
@@ -331,7 +332,7 @@ pub(crate) fn start_engine(
         tls,
         IncomingIds::default(),
         incoming_tx.clone(),
-        64,
+        Admission::new("pe_asap", AdmissionLimits::POOL_ELEMENT),
         shutdown.clone(),
     ));
     if let (Multicast::Group(group), Some(interface)) =

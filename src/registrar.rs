@@ -18,6 +18,7 @@ use crate::config::{self, ConfigFile, Multicast, RegistrarSection};
 use crate::driver::{self, Handle};
 use crate::logging::Logging;
 use crate::signals::{Request, Signals};
+use crate::transport::admission::Admission;
 use crate::transport::tls::ControlTls;
 use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
 
@@ -221,14 +222,14 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let id = engine.id();
 
     let ids = IncomingIds::default();
-    let max_connections = section.limits.max_connections;
+    let admission = section.limits.admission();
     tokio::spawn(accept_loop(
         asap,
         Protocol::Asap,
         tls.clone(),
         ids.clone(),
         incoming_tx.clone(),
-        max_connections,
+        Admission::new("asap", admission),
         shutdown.clone(),
     ));
     tokio::spawn(accept_loop(
@@ -237,7 +238,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         tls.clone(),
         ids,
         incoming_tx,
-        max_connections,
+        Admission::new("enrp", admission),
         shutdown.clone(),
     ));
 
@@ -459,7 +460,13 @@ fn log_event(event: RegistrarEvent) {
             tracing::debug!(pool = %pool_handle, count, "handle resolution");
         }
         RegistrarEvent::Malformed { assoc, detail } => {
-            tracing::warn!(%assoc, %detail, "bad input");
+            // A peer decides how often this happens.
+            static LOG: crate::logging::RateLimitedLog =
+                crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
+            metrics::counter!("rserpool_registrar_bad_input_total").increment(1);
+            if let Some(suppressed) = LOG.permit() {
+                tracing::warn!(%assoc, %detail, suppressed, "bad input");
+            }
         }
         RegistrarEvent::Closed { assoc, reason } => {
             tracing::warn!(%assoc, reason, "association closed");

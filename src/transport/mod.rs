@@ -9,6 +9,7 @@
 //! Carriers: kernel SCTP ([`sctp`], the standard one), the TCP mapping ([`tcp`], for
 //! hosts without SCTP), and UDP multicast for announces ([`multicast`]).
 
+pub(crate) mod admission;
 pub(crate) mod bridge;
 pub(crate) mod identity;
 pub(crate) mod multicast;
@@ -23,9 +24,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use admission::Admission;
 use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
 use rserpool_proto::wire::Protocol;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Messages queued for one association before it counts as stuck and is closed.
@@ -399,25 +401,25 @@ impl Listener {
     }
 }
 
-/// Accepts associations for one protocol until shut down; beyond `max_connections`
-/// open at once, new ones are closed at once. With `tls`, every association must
-/// complete a TLS handshake (over TCP, plain peers may speak plain where allowed).
+/// Accepts associations for one protocol until shut down, each under the listener's
+/// `admission` (connection limits, time limits, memory budget). With `tls`, every
+/// association must complete a TLS handshake (over TCP, plain peers may speak plain
+/// where allowed).
 pub(crate) async fn accept_loop(
     listener: Listener,
     protocol: Protocol,
     tls: Option<Arc<tls::ControlTls>>,
     ids: IncomingIds,
     incoming: mpsc::Sender<Incoming>,
-    max_connections: usize,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
             accepted = accept(&listener) => accepted,
         };
-        let accepted = match accepted {
+        let (accepted, host) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -425,27 +427,22 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                limit = max_connections,
-                "connection limit reached: refusing a connection"
-            );
+        // Refused connections close at once (the refusal is counted and logged).
+        let Ok(ticket) = admission.admit(host, &shutdown) else {
             continue;
         };
         let assoc = ids.next();
         let incoming = incoming.clone();
-        let shutdown = shutdown.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             match accepted {
                 Accepted::Tcp(stream) => {
-                    tcp::serve(assoc, stream, protocol, tls, incoming, shutdown).await;
+                    tcp::serve(assoc, stream, protocol, tls, incoming, ticket).await;
                 }
                 Accepted::Sctp(association) => {
-                    sctp::serve(assoc, association, protocol, tls, incoming, shutdown).await;
+                    sctp::serve(assoc, association, protocol, tls, incoming, ticket).await;
                 }
             }
-            drop(permit);
         });
     }
 }
@@ -455,9 +452,21 @@ enum Accepted {
     Sctp(sctp::Association),
 }
 
-async fn accept(listener: &Listener) -> io::Result<Accepted> {
+/// The next association and the address it comes from.
+async fn accept(listener: &Listener) -> io::Result<(Accepted, std::net::IpAddr)> {
     match listener {
-        Listener::Tcp(listener) => Ok(Accepted::Tcp(listener.accept().await?.0)),
-        Listener::Sctp(listener) => Ok(Accepted::Sctp(listener.accept().await?)),
+        Listener::Tcp(listener) => {
+            let (stream, from) = listener.accept().await?;
+            Ok((Accepted::Tcp(stream), from.ip().to_canonical()))
+        }
+        Listener::Sctp(listener) => {
+            let association = listener.accept().await?;
+            let from = association
+                .peer_addresses()?
+                .first()
+                .map(|address| address.ip().to_canonical())
+                .ok_or_else(|| io::Error::other("an SCTP association without a peer address"))?;
+            Ok((Accepted::Sctp(association), from))
+        }
     }
 }

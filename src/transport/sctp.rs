@@ -27,6 +27,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Ticket;
 use super::sctp_tls::SctpStream;
 use super::tcp;
 use super::tls::{self, ControlTls};
@@ -587,15 +588,18 @@ impl MessageSink for Sink {
     }
 }
 
-/// Starts the carrier of an accepted association; with TLS, after the handshake.
+/// Starts the carrier of an accepted association, admitted by its listener (`ticket`:
+/// over TLS its deadlines and memory budget apply; plain SCTP delivers whole messages
+/// and counts toward the connection limits only); with TLS, after the handshake.
 pub(crate) async fn serve(
     assoc: AssocId,
     association: Association,
     protocol: Protocol,
     tls: Option<Arc<ControlTls>>,
     incoming: mpsc::Sender<Incoming>,
-    shutdown: CancellationToken,
+    ticket: Ticket,
 ) {
+    let shutdown = ticket.close.clone();
     let peer = match peer_info(&association, protocol) {
         Ok(peer) => peer,
         Err(error) => {
@@ -618,7 +622,8 @@ pub(crate) async fn serve(
                 authentication,
                 ..peer
             };
-            tcp::run_session(assoc, stream, peer, incoming, shutdown).await;
+            let reassembly = tcp::Reassembly::new(assoc, protocol, Some(ticket));
+            tcp::run_session(stream, peer, reassembly, incoming, shutdown).await;
         }
         Err(error) => tls::report_failure("incoming", &peer, &error),
     }
@@ -665,7 +670,8 @@ pub(crate) async fn connect(
                         authentication,
                         ..peer
                     };
-                    tcp::run_session(assoc, stream, peer, incoming, shutdown).await;
+                    let reassembly = tcp::Reassembly::new(assoc, protocol, None);
+                    tcp::run_session(stream, peer, reassembly, incoming, shutdown).await;
                     return;
                 }
                 Err(error) => {

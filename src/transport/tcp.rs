@@ -18,8 +18,10 @@ use rserpool_proto::wire::{Protocol, StreamDeframer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Expulsion, Ticket};
 use super::tls::{self, ControlTls, Secured};
 use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
@@ -79,21 +81,24 @@ fn peer_info(stream: &TcpStream, protocol: Protocol) -> io::Result<PeerInfo> {
     })
 }
 
-/// Starts the carrier of an accepted connection; with TLS, after the handshake.
+/// Starts the carrier of an accepted connection, admitted by its listener (`ticket`:
+/// its deadlines and memory budget apply); with TLS, after the handshake.
 pub(crate) async fn serve(
     assoc: AssocId,
     stream: TcpStream,
     protocol: Protocol,
     tls: Option<Arc<ControlTls>>,
     incoming: mpsc::Sender<Incoming>,
-    shutdown: CancellationToken,
+    ticket: Ticket,
 ) {
     let Ok(mut peer) = peer_info(&stream, protocol) else {
         return;
     };
     tune(&stream);
+    let shutdown = ticket.close.clone();
+    let reassembly = Reassembly::new(assoc, protocol, Some(ticket));
     let Some(tls) = tls else {
-        run(assoc, stream.into_split(), peer, incoming, shutdown).await;
+        run(stream.into_split(), peer, reassembly, incoming, shutdown).await;
         return;
     };
     let secured = tokio::select! {
@@ -102,11 +107,11 @@ pub(crate) async fn serve(
     };
     match secured {
         Ok(Secured::Plain(stream)) => {
-            run(assoc, stream.into_split(), peer, incoming, shutdown).await;
+            run(stream.into_split(), peer, reassembly, incoming, shutdown).await;
         }
         Ok(Secured::Tls(stream, authentication)) => {
             peer.authentication = authentication;
-            run_session(assoc, *stream, peer, incoming, shutdown).await;
+            run_session(*stream, peer, reassembly, incoming, shutdown).await;
         }
         Err(error) => tls::report_failure("incoming", &peer, &error),
     }
@@ -147,14 +152,15 @@ pub(crate) async fn connect(
             continue;
         };
         tune(&stream);
+        let reassembly = Reassembly::new(assoc, protocol, None);
         let Some(tls) = &tls else {
-            run(assoc, stream.into_split(), peer, incoming, shutdown).await;
+            run(stream.into_split(), peer, reassembly, incoming, shutdown).await;
             return;
         };
         match tls.handshake_as_client(stream, address.ip()).await {
             Ok((stream, authentication)) => {
                 peer.authentication = authentication;
-                run_session(assoc, stream, peer, incoming, shutdown).await;
+                run_session(stream, peer, reassembly, incoming, shutdown).await;
                 return;
             }
             Err(error) => {
@@ -194,16 +200,16 @@ const LINGER: Duration = Duration::from_secs(1);
 /// messages are sent, then FIN, then input is discarded for a moment. When the peer
 /// ends the association or the process shuts down, writing stops at once.
 pub(super) async fn run<R, W>(
-    assoc: AssocId,
     (mut reader, writer): (R, W),
     peer: PeerInfo,
+    mut reassembly: Reassembly,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin,
     W: MessageSink + Send + 'static,
 {
-    let protocol = peer.protocol;
+    let assoc = reassembly.assoc;
     let abort = shutdown.child_token();
     let Some((outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
         return;
@@ -211,7 +217,7 @@ pub(super) async fn run<R, W>(
     let write_abort = abort.clone();
     let writing = tokio::spawn(write_loop(assoc, outgoing, writer, write_abort));
     let stop = closed_locally.clone();
-    let reason = read_loop(assoc, protocol, &mut reader, &incoming, &stop, &abort).await;
+    let reason = read_loop(&mut reassembly, &mut reader, &incoming, &stop, &abort).await;
     if closed_locally.is_cancelled() {
         // Flush what the engine queued before closing, then linger.
         let _ = tokio::time::timeout(WRITE_TIMEOUT, writing).await;
@@ -229,18 +235,17 @@ pub(super) async fn run<R, W>(
 }
 
 async fn read_loop(
-    assoc: AssocId,
-    protocol: Protocol,
+    reassembly: &mut Reassembly,
     reader: &mut (impl AsyncRead + Unpin),
     incoming: &mpsc::Sender<Incoming>,
     closed_locally: &CancellationToken,
     abort: &CancellationToken,
 ) -> String {
-    let mut reassembly = Reassembly::new(assoc, protocol);
     loop {
         let read = tokio::select! {
             () = closed_locally.cancelled() => return "closed locally".into(),
-            () = abort.cancelled() => return "shutting down".into(),
+            () = abort.cancelled() => return CLOSED_HERE.into(),
+            () = until(reassembly.deadline()) => return reassembly.expired(),
             read = reader.read(reassembly.buffer()) => read,
         };
         if let Err(reason) = reassembly.deliver(read, incoming).await {
@@ -249,28 +254,83 @@ async fn read_loop(
     }
 }
 
+/// Why an association ends when this side (shutdown, or its listener making room)
+/// closes it.
+const CLOSED_HERE: &str = "closed by this side (shutdown or eviction)";
+
+/// Waits until `deadline`, or forever without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where an accepted association is in the listener's time limits.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// No complete message yet: the first-message deadline runs.
+    Silent,
+    /// Between messages.
+    Idle,
+    /// A message has begun: it must be complete within the message timeout.
+    Receiving { since: Instant },
+}
+
 /// Cuts the messages of one association out of what is read from its byte stream and
-/// hands them to the driver.
-struct Reassembly {
+/// hands them to the driver; for an accepted association, under its listener's time
+/// limits and memory budget (`ticket`).
+pub(super) struct Reassembly {
     assoc: AssocId,
     protocol: Protocol,
     deframer: StreamDeframer,
     buffer: Vec<u8>,
+    ticket: Option<Ticket>,
+    phase: Phase,
 }
 
 impl Reassembly {
-    fn new(assoc: AssocId, protocol: Protocol) -> Self {
+    /// Reads are this large: control messages are small, and an association holds
+    /// its buffer for its whole life.
+    const READ_SIZE: usize = 4096;
+
+    pub(super) fn new(assoc: AssocId, protocol: Protocol, ticket: Option<Ticket>) -> Self {
         Self {
             assoc,
             protocol,
             deframer: StreamDeframer::new(),
-            buffer: vec![0u8; 16 * 1024],
+            buffer: vec![0u8; Self::READ_SIZE],
+            ticket,
+            phase: Phase::Silent,
         }
     }
 
     /// Where the next read goes.
     fn buffer(&mut self) -> &mut [u8] {
         &mut self.buffer
+    }
+
+    /// When the listener stops waiting for this association, if it is one it admitted.
+    fn deadline(&self) -> Option<Instant> {
+        let ticket = self.ticket.as_ref()?;
+        match self.phase {
+            Phase::Silent => Some(ticket.first_message_due()),
+            Phase::Idle => None,
+            Phase::Receiving { since } => Some(ticket.message_due(since)),
+        }
+    }
+
+    /// The deadline passed: counts it and says why the association ends.
+    fn expired(&self) -> String {
+        let Some(ticket) = &self.ticket else {
+            return CLOSED_HERE.into();
+        };
+        let (first, each) = ticket.timeouts();
+        let why = match self.phase {
+            Phase::Silent => Expulsion::Silent(first),
+            Phase::Idle | Phase::Receiving { .. } => Expulsion::SlowMessage(each),
+        };
+        ticket.expel(why).to_string()
     }
 
     /// Takes one read's result: every message it completes goes to the driver. Returns
@@ -291,9 +351,11 @@ impl Reassembly {
         self.deframer
             .push(self.buffer.get(..count).unwrap_or_default())
             .map_err(|error| error.to_string())?;
+        let mut completed = false;
         loop {
             match self.deframer.next_frame() {
                 Ok(Some(payload)) => {
+                    completed = true;
                     let message = Incoming::Message {
                         assoc: self.assoc,
                         protocol: self.protocol,
@@ -303,10 +365,32 @@ impl Reassembly {
                         return Err("driver gone".into());
                     }
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => break,
                 Err(error) => return Err(format!("unframeable stream: {error}")),
             }
         }
+        self.account(completed)
+    }
+
+    /// Moves the phase on after a read and charges what is left unfinished.
+    fn account(&mut self, completed: bool) -> Result<(), String> {
+        let Some(ticket) = &mut self.ticket else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let unfinished = self.deframer.pending();
+        if completed {
+            ticket.active(now);
+        }
+        self.phase = match (self.phase, completed, unfinished) {
+            (Phase::Silent, false, _) => Phase::Silent,
+            (Phase::Receiving { since }, false, _) => Phase::Receiving { since },
+            (_, _, 0) => Phase::Idle,
+            (_, _, _) => Phase::Receiving { since: now },
+        };
+        ticket
+            .hold_unfinished(unfinished)
+            .map_err(|why| why.to_string())
     }
 }
 
@@ -319,23 +403,23 @@ impl Reassembly {
 /// Closing is as in [`run`]: when the engine asks for it, queued messages are sent,
 /// then the TLS close and FIN, then input is discarded for a moment.
 pub(super) async fn run_session<S>(
-    assoc: AssocId,
     mut stream: S,
     peer: PeerInfo,
+    mut reassembly: Reassembly,
     incoming: mpsc::Sender<Incoming>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let protocol = peer.protocol;
+    let assoc = reassembly.assoc;
     let Some((mut outgoing, closed_locally)) = report_opened(assoc, peer, &incoming).await else {
         return;
     };
-    let mut reassembly = Reassembly::new(assoc, protocol);
     let reason = loop {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => break "shutting down".to_owned(),
+            () = shutdown.cancelled() => break CLOSED_HERE.to_owned(),
+            () = until(reassembly.deadline()) => break reassembly.expired(),
             () = closed_locally.cancelled() => {
                 close_session(assoc, &mut stream, &mut outgoing).await;
                 break "closed locally".to_owned();

@@ -841,10 +841,12 @@ impl RegistrarEngine {
             }
             AsapMessage::EndpointKeepAliveAck(ack) => self.on_keepalive_ack(assoc, ack, now),
             AsapMessage::EndpointUnreachable(report) => self.on_unreachable(assoc, report, now),
-            AsapMessage::Error(report) => self.event(RegistrarEvent::Malformed {
+            // A peer's error reports count like malformed messages: a flood of them
+            // closes the association instead of filling the log.
+            AsapMessage::Error(report) => self.malformed(
                 assoc,
-                detail: format!("peer sent ASAP_ERROR {:?}", report.error.first_code()),
-            }),
+                format!("peer sent ASAP_ERROR {:?}", report.error.first_code()),
+            ),
             other => self.malformed(assoc, format!("{} is not for a registrar", other.name())),
         }
     }

@@ -42,6 +42,9 @@ impl StreamDeframer {
     /// The most unread bytes kept: one whole frame plus one more read of the same size.
     pub const CAPACITY: usize = 2 * MAX_FRAME;
 
+    /// The most buffer memory kept between messages.
+    const KEPT_CAPACITY: usize = 4096;
+
     /// An empty buffer.
     pub fn new() -> Self {
         Self::default()
@@ -73,7 +76,21 @@ impl StreamDeframer {
         };
         let frame = frame.to_vec();
         self.consumed += length;
+        if self.consumed == self.buffer.len() {
+            self.release();
+        }
         Ok(Some(frame))
+    }
+
+    /// Everything was handed out: empties the buffer, and gives its memory back when a
+    /// large message grew it (an association keeps its deframer for its whole life).
+    fn release(&mut self) {
+        self.consumed = 0;
+        if self.buffer.capacity() > Self::KEPT_CAPACITY {
+            self.buffer = Vec::new();
+        } else {
+            self.buffer.clear();
+        }
     }
 
     /// Bytes received but not yet returned in a frame (a partial frame at stream end
@@ -86,6 +103,24 @@ impl StreamDeframer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_message_does_not_keep_its_memory() {
+        let mut deframer = StreamDeframer::new();
+        let mut frame = vec![0u8; 60_000];
+        frame[2..4].copy_from_slice(&60_000u16.to_be_bytes());
+        deframer.push(&frame).unwrap();
+        assert_eq!(
+            deframer.next_frame().unwrap().map(|f| f.len()),
+            Some(60_000)
+        );
+        assert_eq!(deframer.pending(), 0);
+        assert!(deframer.buffer.capacity() <= StreamDeframer::KEPT_CAPACITY);
+        // Small messages keep their (small) buffer.
+        deframer.push(&[1, 0, 0, 8, 0, 0, 0, 0]).unwrap();
+        assert_eq!(deframer.next_frame().unwrap().map(|f| f.len()), Some(8));
+        assert!(deframer.buffer.capacity() > 0);
+    }
 
     #[test]
     fn frames_arrive_byte_by_byte_and_in_bulk() {
