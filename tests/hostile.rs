@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{Process, admin_get, eventually, receive, resolve_ids};
 use rserpool_proto::wire::{
-    AsapMessage, CauseCode, ErrorCause, ErrorReport, HandleResolution, OperationError, PoolHandle,
+    AsapMessage, CauseCode, ErrorCause, ErrorReport, HandleResolution, OperationError, Policy,
+    PoolElement, PoolElementId, PoolHandle, RegistrarId, Registration, Transport,
+    TransportProtocol, TransportUse,
 };
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -273,4 +275,86 @@ fn an_asap_error_flood_closes_the_association_and_the_log_stays_short() {
         .filter(|l| l.contains("bad input"))
         .count();
     assert!(lines <= 3, "{lines} 'bad input' lines");
+}
+
+/// A registration for `pe_id` in `pool` at 127.0.0.1:`port` (round robin).
+fn registration(pe_id: u32, pool: &str, port: u16) -> Vec<u8> {
+    AsapMessage::Registration(Registration {
+        pool_handle: PoolHandle::new(pool.as_bytes()).unwrap(),
+        pool_element: PoolElement {
+            id: PoolElementId(pe_id),
+            home_registrar: RegistrarId::UNKNOWN,
+            registration_life_ms: 30_000,
+            user_transport: Transport {
+                protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+                port,
+                addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            },
+            policy: Policy::RoundRobin,
+            asap_transport: None,
+        },
+    })
+    .encode()
+    .unwrap()
+}
+
+/// The registrar's answer to a registration sent over a new connection from
+/// 127.0.0.1 (the PE's own host, another port): its cause, if refused.
+fn register_as_stranger(asap: SocketAddr, pe_id: u32, pool: &str) -> Option<CauseCode> {
+    let mut stranger = TcpStream::connect(asap).unwrap();
+    stranger.write_all(&registration(pe_id, pool, 9)).unwrap();
+    let answer = receive(&mut stranger).expect("an answer");
+    let AsapMessage::RegistrationResponse(response) = AsapMessage::decode(&answer).unwrap().message
+    else {
+        panic!("expected a registration response");
+    };
+    response
+        .reject
+        .then(|| response.error.and_then(|e| e.first_code()))
+        .flatten()
+}
+
+/// A second connection from the PE's host re-registered its identifier (moving its
+/// port), and a registrar re-homed a PE homed at another registrar for anyone: a PE
+/// identifier now stays with the association that registered it, or, homed elsewhere,
+/// with the PE's own ASAP endpoint (address and port).
+#[test]
+fn a_pe_identifier_stays_with_its_pe() {
+    let a = registrar_with("id", "    max_malformed_messages: 16\n");
+    let b = Process::start(&common::registrar_args(&[
+        "--peer",
+        &a.address("enrp").to_string(),
+    ]));
+    let pe = common::demo_pe(a.address("asap"), "echo", "EchoPool", "roundrobin");
+    let listed = |registrar: &Process| {
+        common::resolve_pes(&registrar.address("asap").to_string(), "EchoPool", &[])
+    };
+    assert!(eventually(Duration::from_secs(15), || listed(&b).len() == 1));
+    let original = listed(&a)[0].clone();
+    let pe_id = u32::from_str_radix(
+        original["id"].as_str().unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    assert_eq!(
+        register_as_stranger(a.address("asap"), pe_id, "EchoPool"),
+        Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER),
+        "at its home, over another connection"
+    );
+    assert_eq!(
+        register_as_stranger(b.address("asap"), pe_id, "EchoPool"),
+        Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER),
+        "at another registrar"
+    );
+    for registrar in [&a, &b] {
+        let now = listed(registrar);
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0]["user_transport"], original["user_transport"]);
+    }
+    // A fresh identifier is still welcome from the same host.
+    assert_eq!(
+        register_as_stranger(a.address("asap"), pe_id ^ 1, "Other"),
+        None
+    );
+    drop(pe);
 }

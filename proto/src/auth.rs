@@ -224,17 +224,17 @@ impl Access {
     /// live association (T3, T8; security.md §3.1 item 6)? Between identities, only the
     /// same one may (from any host: a PE that moved); a plain peer never takes over an
     /// authenticated PE; between plain peers (and without identities), only from the
-    /// same host (the same PE on a new association).
+    /// same endpoint, address and port (the same PE on a new association).
     pub fn may_reregister(
         self,
         registered_by: &Authentication,
         peer: &Authentication,
-        same_host: bool,
+        same_endpoint: bool,
     ) -> bool {
         match (self, registered_by.name(), peer.name()) {
             (Self::Enforced { .. }, Some(owner), Some(name)) => owner == name,
             (Self::Enforced { .. }, Some(_), None) => false,
-            _ => same_host,
+            _ => same_endpoint,
         }
     }
 }

@@ -479,20 +479,9 @@ impl RegistrarEngine {
                 "no user transport address that the association proves".to_owned(),
             ));
         }
-        // An ID held by another live association of ours is someone else's PE unless
-        // the same identity registers it (T3, T8); between plain peers, unless it comes
-        // from the same host (the same PE on a new association).
-        if let Some(existing) = self.handlespace.get(key)
-            && existing.owner() == self.id
-            && let Some(other) = existing.association
-            && other != assoc
-            && let Some(other_association) = self.associations.get(&other)
-            && !self.same_registrant(&other_association.peer, &peer)
-        {
-            return Err((
-                ErrorCause::new(CauseCode::NON_UNIQUE_PE_IDENTIFIER),
-                format!("PE identifier in use by {other}"),
-            ));
+        if let Some(existing) = self.handlespace.get(key) {
+            self.may_take_identifier(existing, assoc, &peer)
+                .map_err(|reason| (ErrorCause::new(CauseCode::NON_UNIQUE_PE_IDENTIFIER), reason))?;
         }
         let is_new_here = self
             .handlespace
@@ -520,18 +509,58 @@ impl RegistrarEngine {
             .map_err(|refusal: Refusal| (refusal.cause(), refusal.to_string()))
     }
 
-    /// May the peer of a new association re-register a PE that `registrant`'s
-    /// association holds (security.md §3.1 item 6)?
-    fn same_registrant(&self, registrant: &PeerInfo, peer: &PeerInfo) -> bool {
-        let same_host = registrant
-            .addresses
-            .iter()
-            .any(|a| peer.addresses.contains(a));
-        self.config.access.may_reregister(
-            &registrant.authentication,
-            &peer.authentication,
-            same_host,
-        )
+    /// May `peer`, over `assoc`, register a PE identifier the handlespace holds
+    /// (security.md §3.1 item 6, T3, T8)? Over the association that registered it,
+    /// always. While that association of ours is up, another one only with the same
+    /// identity (TLS), or from the same endpoint (address and port: the PE itself).
+    /// Otherwise (its association is gone, or it is homed at another registrar), only
+    /// from the PE's ASAP endpoint as its home recorded it (address and port: PEs
+    /// associate from their ASAP port, asap.md §5.2): a stranger on the same host
+    /// cannot re-home it.
+    fn may_take_identifier(
+        &self,
+        existing: &PoolElementEntry,
+        assoc: AssocId,
+        peer: &PeerInfo,
+    ) -> Result<(), String> {
+        let live = existing
+            .association
+            .filter(|other| *other != assoc && existing.owner() == self.id)
+            .and_then(|other| Some((other, self.associations.get(&other)?)));
+        if existing.association == Some(assoc) {
+            return Ok(());
+        }
+        if let Some((other, registrant)) = live {
+            let same_endpoint = registrant.peer.port == peer.port
+                && registrant
+                    .peer
+                    .addresses
+                    .iter()
+                    .any(|a| peer.addresses.contains(a));
+            return self
+                .config
+                .access
+                .may_reregister(
+                    &registrant.peer.authentication,
+                    &peer.authentication,
+                    same_endpoint,
+                )
+                .then_some(())
+                .ok_or_else(|| format!("PE identifier in use by {other}"));
+        }
+        match &existing.element.asap_transport {
+            Some(endpoint)
+                if endpoint.port != peer.port
+                    || !endpoint.addresses.iter().any(|a| peer_has(peer, a)) =>
+            {
+                Err(format!(
+                    "PE identifier registered from another ASAP endpoint (port {}, home {})",
+                    endpoint.port,
+                    existing.owner()
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks that an association's peer may do something; a refusal is reported
