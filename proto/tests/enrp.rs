@@ -881,3 +881,94 @@ fn registrars_discover_each_other_by_multicast() {
     sim.run_for(Duration::from_secs(1));
     assert!(ids_at(&sim, nodes[1]).contains(&id));
 }
+
+/// A pool user at `registrar` whose association is up (one resolution made).
+fn add_reporting_pu(sim: &mut Sim, registrar: NodeId) -> NodeId {
+    let config = PoolUserConfig::new(TimerProfile::Rsplib, hunt(&[registrar]));
+    let node = sim.nodes.len();
+    let pu = sim.add(Role::Pu(PoolUserEngine::new(
+        config,
+        sim.seed ^ node as u64,
+    )));
+    sim.with(pu, |role, now| match role {
+        Role::Pu(engine) => {
+            engine.resolve(pool(), None, now);
+        }
+        _ => unreachable!(),
+    });
+    pu
+}
+
+fn report(sim: &mut Sim, pu: NodeId, pe: PoolElementId) {
+    sim.with(pu, |role, _| match role {
+        Role::Pu(engine) => engine.report_unreachable(pool(), pe),
+        _ => unreachable!(),
+    });
+}
+
+/// Three ENDPOINT_UNREACHABLE reports from three hosts at a registrar that does not own
+/// the PE removed it there at once (as rsplib does), so anyone able to resolve could
+/// empty a pool at every registrar but the PE's home. Such reports now leave the PE to
+/// its owner's keep-alive supervision.
+#[test]
+fn reports_at_a_registrar_that_does_not_own_the_pe_do_not_remove_it() {
+    let mut sim = Sim::new(31);
+    let registrars = add_registrars(&mut sim, 2);
+    let (_pe, id) = add_pe(&mut sim, &registrars[..1], 30);
+    sim.run_for(Duration::from_secs(5));
+    assert!(
+        ids_at(&sim, registrars[1]).contains(&id),
+        "seed {}",
+        sim.seed
+    );
+    let pus: Vec<NodeId> = (0..3)
+        .map(|_| add_reporting_pu(&mut sim, registrars[1]))
+        .collect();
+    sim.run_for(Duration::from_secs(1));
+    for &pu in &pus {
+        report(&mut sim, pu, id);
+    }
+    sim.run_for(Duration::from_secs(3));
+    // Not even for a moment (the owner's audits would bring it back).
+    let removed = registrar_events(&sim, registrars[1])
+        .into_iter()
+        .any(|e| matches!(e, RegistrarEvent::Removed { .. }));
+    assert!(!removed, "seed {}", sim.seed);
+    assert_eq!(
+        owner_at(&sim, registrars[1], id),
+        Some(registrar_id(registrars[0])),
+        "seed {}",
+        sim.seed
+    );
+    assert!(ids_at(&sim, registrars[0]).contains(&id));
+}
+
+/// Reports count once per host: three pool users of one host (three associations)
+/// are one reporter, so they cannot even make the owner probe the PE.
+#[test]
+fn unreachability_reports_count_once_per_host() {
+    let mut sim = Sim::new(32);
+    let registrars = add_registrars(&mut sim, 1);
+    let (_pe, id) = add_pe(&mut sim, &registrars, 30);
+    sim.run_for(Duration::from_secs(2));
+    let pus: Vec<NodeId> = (0..3)
+        .map(|_| add_reporting_pu(&mut sim, registrars[0]))
+        .collect();
+    for &pu in &pus[1..] {
+        sim.share_host(pu, pus[0]);
+    }
+    sim.run_for(Duration::from_secs(1));
+    for &pu in &pus {
+        report(&mut sim, pu, id);
+    }
+    sim.run_for(Duration::from_millis(200));
+    let reports = sim
+        .registrar(registrars[0])
+        .handlespace()
+        .get(&rserpool_proto::PoolElementKey {
+            pool_handle: pool(),
+            pe_id: id,
+        })
+        .map(|e| e.unreachable_reports);
+    assert_eq!(reports, Some(1), "seed {}", sim.seed);
+}

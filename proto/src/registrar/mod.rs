@@ -212,8 +212,9 @@ pub struct RegistrarEngine {
     associations: BTreeMap<AssocId, Association>,
     /// Owned PEs whose keep-alive is outstanding.
     awaiting_ack: BTreeMap<PoolElementKey, Instant>,
-    /// Distinct pool-user associations that reported each PE unreachable.
-    reporters: BTreeMap<PoolElementKey, Vec<AssocId>>,
+    /// Distinct pool-user hosts that reported each PE unreachable (a host's many
+    /// associations count once, so one host cannot remove a PE).
+    reporters: BTreeMap<PoolElementKey, Vec<IpAddr>>,
     next_announce: Option<Instant>,
     rng: SeededRng,
     out: VecDeque<Output<RegistrarEvent>>,
@@ -723,28 +724,33 @@ impl RegistrarEngine {
             return;
         };
         let owned = entry.owner() == self.id;
-        // Several reports from one pool user count once.
+        let Some(host) = self
+            .associations
+            .get(&assoc)
+            .and_then(|a| a.peer.addresses.first())
+            .map(IpAddr::to_canonical)
+        else {
+            return;
+        };
+        // Several reports from one host count once.
         let reporters = self.reporters.entry(key).or_default();
-        if !allowed || reporters.contains(&assoc) {
+        if !allowed || reporters.contains(&host) {
             return;
         }
-        reporters.push(assoc);
+        reporters.push(host);
         let Some(count) = self.handlespace.report_unreachable(&key) else {
             return;
         };
         if count < self.config.max_bad_pe_reports {
             return;
         }
-        if owned {
-            // Probe instead of trusting the reports: remove only if the PE does not
-            // answer a keep-alive in time.
-            if !self.awaiting_ack.contains_key(&key) {
-                self.send_keepalive(&key, now);
-            }
-        } else {
-            // A PE another registrar owns: remove it here, as rsplib does; its owner
-            // supervises it and will announce it again if it is alive.
-            self.remove(&key, RemovalReason::Unreachable);
+        // Probe instead of trusting the reports: remove only if the PE does not answer
+        // a keep-alive in time. A PE another registrar owns is not removed here (rsplib
+        // does: three reports from anyone emptied pools at a registrar that could not
+        // check them); its owner supervises it with keep-alives and announces its
+        // removal over ENRP.
+        if owned && !self.awaiting_ack.contains_key(&key) {
+            self.send_keepalive(&key, now);
         }
     }
 
@@ -886,9 +892,6 @@ impl RegistrarEngine {
         let removed = self.handlespace.remove_association(assoc);
         for (key, entry) in removed {
             self.removed(&key, &entry, RemovalReason::AssociationLost);
-        }
-        for reporters in self.reporters.values_mut() {
-            reporters.retain(|a| *a != assoc);
         }
     }
 

@@ -249,6 +249,12 @@ impl Sim {
         id
     }
 
+    /// Puts node `n` on the host of node `with` (same address): for nodes nobody
+    /// connects to (pool users), to play several programs of one host.
+    pub fn share_host(&mut self, n: NodeId, with: NodeId) {
+        self.nodes[n].address = self.nodes[with].address;
+    }
+
     pub fn elapsed(&self) -> Duration {
         self.now - self.start
     }
