@@ -29,7 +29,7 @@ pki=$work/pki
 "$bin/rserpool" cert issue --dir "$pki" --name bench-registrar --registrar-id 0x1 >/dev/null
 "$bin/rserpool" cert issue --dir "$pki" --name bench-pe --pe '*' >/dev/null
 "$bin/rserpool" cert issue --dir "$pki" --name bench-pu --pu '*' >/dev/null
-printf 'registrar:\n  limits:\n    max_connections: 100000\n    max_connections_per_host: 100000\n' > "$work/registrar.yaml"
+printf 'registrar:\n  limits:\n    max_connections: 100000\n    max_connections_per_host: 100000\n    max_handle_resolutions_per_second: null\n' > "$work/registrar.yaml"
 
 # registrar MODE ASAP ENRP LOG [CPU]: starts a registrar (plain or tls; on one tokio
 # thread pinned to CPU if given) and waits for it; its PID is in $registrar_pid.

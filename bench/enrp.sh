@@ -14,7 +14,7 @@ work=$(mktemp -d)
 pids=()
 trap 'kill ${pids[*]} 2>/dev/null; rm -rf "$work"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-printf 'registrar:\n  limits:\n    max_connections: 100000\n    max_connections_per_host: 100000\n    max_pool_elements_per_association: 100000\n' > "$work/limits.yaml"
+printf 'registrar:\n  limits:\n    max_connections: 100000\n    max_connections_per_host: 100000\n    max_handle_resolutions_per_second: null\n    max_pool_elements_per_association: 100000\n' > "$work/limits.yaml"
 start_registrar() { # name asap enrp peers...
     local name=$1 asap=$2 enrp=$3; shift 3
     local peers=(); for p in "$@"; do peers+=(--peer "$p"); done

@@ -11,7 +11,7 @@ cargo build --release --quiet -p rserpool -p rserpool-bench
 ulimit -n 65536 2>/dev/null || true
 log=$(mktemp)
 config=$(mktemp --suffix=.yaml)
-printf 'registrar:\n  limits:\n    max_connections: 100000\n    max_connections_per_host: 100000\n' > "$config"
+printf 'registrar:\n  limits:\n    max_connections: 100000\n    max_connections_per_host: 100000\n    max_handle_resolutions_per_second: null\n' > "$config"
 target/release/rserpool registrar --asap 127.0.0.1:0 --enrp 127.0.0.1:0 --announce off \
     --config "$config" --log-level warn,rserpool::registrar=info 2>"$log" &
 pid=$!

@@ -448,7 +448,7 @@ pub(crate) struct LimitsConfig {
     pub(crate) max_pool_elements: usize,
     pub(crate) max_addresses_per_pool_element: usize,
     pub(crate) max_pool_elements_per_association: usize,
-    /// Per association and second; absent: unlimited.
+    /// Per association and second (2 000 and 100); `null`: unlimited.
     pub(crate) max_handle_resolutions_per_second: Option<u32>,
     pub(crate) max_unreachable_reports_per_second: Option<u32>,
     pub(crate) max_malformed_messages: u32,
@@ -490,8 +490,8 @@ impl Default for LimitsConfig {
             max_pool_elements: engine.limits.max_pool_elements,
             max_addresses_per_pool_element: engine.limits.max_addresses_per_pool_element,
             max_pool_elements_per_association: engine.max_pool_elements_per_association,
-            max_handle_resolutions_per_second: None,
-            max_unreachable_reports_per_second: None,
+            max_handle_resolutions_per_second: engine.max_handle_resolutions_per_second,
+            max_unreachable_reports_per_second: engine.max_unreachable_reports_per_second,
             max_malformed_messages: engine.max_malformed_messages,
             max_connections: 10_000,
             max_connections_per_host: 1_000,
@@ -1044,6 +1044,22 @@ mod tests {
 
     /// Every example in config/ and deploy/config/ parses (ARCHITECTURE.md house style
     /// 11).
+    #[test]
+    fn rate_limits_are_on_by_default_and_null_turns_them_off() {
+        let default = parse("", "empty.yaml").unwrap().registrar.limits;
+        assert_eq!(default.max_handle_resolutions_per_second, Some(2_000));
+        assert_eq!(default.max_unreachable_reports_per_second, Some(100));
+        let off = parse(
+            "registrar:\n  limits:\n    max_handle_resolutions_per_second: null\n",
+            "off.yaml",
+        )
+        .unwrap()
+        .registrar
+        .limits;
+        assert_eq!(off.max_handle_resolutions_per_second, None);
+        assert_eq!(off.max_unreachable_reports_per_second, Some(100));
+    }
+
     #[test]
     fn every_example_parses() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -30,8 +30,13 @@ pub struct RegistrarConfig {
     /// The most PEs one association may register.
     pub max_pool_elements_per_association: usize,
     /// Handle resolutions per second one association may ask (`None`: unlimited).
+    /// The default, 2 000 (bursts as large), is far above what a caching gateway asks
+    /// (one resolution per pool and cache period) and bounds a flood to a fraction of
+    /// a registrar core.
     pub max_handle_resolutions_per_second: Option<u32>,
-    /// Unreachability reports per second one association may send (`None`: unlimited).
+    /// Unreachability reports per second one association may send (`None`:
+    /// unlimited). The default, 100, is above what a gateway sends when a whole rack
+    /// of PEs fails at once (one report per PE it tried).
     pub max_unreachable_reports_per_second: Option<u32>,
     /// Accept only user addresses that are peer addresses of the registering
     /// association (security.md T3).
@@ -102,8 +107,8 @@ impl Default for RegistrarConfig {
             max_items: 128,
             limits: Limits::default(),
             max_pool_elements_per_association: 1024,
-            max_handle_resolutions_per_second: None,
-            max_unreachable_reports_per_second: None,
+            max_handle_resolutions_per_second: Some(2_000),
+            max_unreachable_reports_per_second: Some(100),
             verify_addresses: true,
             max_malformed_messages: 16,
             handle_table_page_size: 128,
