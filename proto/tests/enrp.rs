@@ -972,3 +972,65 @@ fn unreachability_reports_count_once_per_host() {
         .map(|e| e.unreachable_reports);
     assert_eq!(reports, Some(1), "seed {}", sim.seed);
 }
+
+/// A peer's ADD_PE made a registrar connect to an attacker-chosen host:port (a takeover
+/// suggestion with a foreign ASAP transport), and ENRP user addresses were not checked:
+/// now a suggestion is followed only to an ASAP endpoint on a host the PE's user
+/// transport names, and addresses a PE could not have (unspecified, multicast, and
+/// loopback at a registrar not on loopback) are not learned.
+#[test]
+fn peers_cannot_point_a_registrar_at_arbitrary_addresses() {
+    use by_hand::{Harness, pool_element, update};
+    use rserpool_proto::engine::Output;
+    use rserpool_proto::wire::{Protocol, UpdateAction};
+    use std::net::{IpAddr, Ipv4Addr};
+    let a = RegistrarId(0x20);
+    let mut h = Harness::new();
+    h.peer(1, a, 2);
+    h.outputs.clear();
+    let mut third_host = pool_element(0x77, a);
+    third_host.asap_transport = Some(
+        TransportKind::Tcp.transport_parameter(vec![IpAddr::V4(Ipv4Addr::new(10, 9, 9, 9))], 22),
+    );
+    h.enrp(1, a, update(UpdateAction::ADD_PE, third_host, true));
+    assert!(
+        !h.outputs.iter().any(|o| matches!(
+            o,
+            Output::Connect {
+                protocol: Protocol::Asap,
+                ..
+            }
+        )),
+        "{:?}",
+        h.outputs
+    );
+    let key = |id: u32| rserpool_proto::PoolElementKey {
+        pool_handle: pool(),
+        pe_id: PoolElementId(id),
+    };
+    assert!(
+        h.engine.handlespace().get(&key(0x77)).is_some(),
+        "learned, not claimed"
+    );
+    for (id, address) in [
+        (0x78, IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        (0x79, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        (0x7a, IpAddr::V4(Ipv4Addr::new(239, 1, 1, 1))),
+    ] {
+        let mut element = pool_element(id, a);
+        element.user_transport.addresses = vec![address];
+        element.asap_transport = None;
+        h.enrp(1, a, update(UpdateAction::ADD_PE, element, false));
+        assert!(
+            h.engine.handlespace().get(&key(id)).is_none(),
+            "{address} learned"
+        );
+    }
+    // A loopback ASAP transport is dropped: nothing to connect to on this host.
+    let mut looped = pool_element(0x7b, a);
+    looped.asap_transport =
+        Some(TransportKind::Tcp.transport_parameter(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)], 22));
+    h.enrp(1, a, update(UpdateAction::ADD_PE, looped, false));
+    let learned = h.engine.handlespace().get(&key(0x7b)).unwrap();
+    assert_eq!(learned.element.asap_transport, None);
+}

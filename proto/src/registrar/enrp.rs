@@ -26,7 +26,7 @@ use super::{RegistrarEngine, RegistrarEvent, RemovalReason};
 use crate::engine::{AssocId, Endpoint, Engine, Output, TransportKind};
 use crate::handlespace::PoolElementKey;
 use crate::wire::{
-    AsapMessage, EndpointKeepAlive, EnrpBody, EnrpMessage, OperationError, PoolElement,
+    AsapMessage, CauseCode, EndpointKeepAlive, EnrpBody, EnrpMessage, OperationError, PoolElement,
     PoolEntries, PoolHandle, Protocol, RegistrarId, ServerInformation, UpdateAction,
 };
 
@@ -784,7 +784,27 @@ impl RegistrarEngine {
     }
 
     /// Stores a PE another registrar owns (update or table download).
-    fn learn(&mut self, key: PoolElementKey, element: PoolElement, now: Instant) {
+    fn learn(&mut self, key: PoolElementKey, mut element: PoolElement, now: Instant) {
+        // A peer's word is checked as a PE's is (security.md T3): unusable user
+        // addresses are dropped, and an ASAP transport with one is not kept (this
+        // registrar would connect there in a takeover).
+        element
+            .user_transport
+            .addresses
+            .retain(|address| self.usable_from_peers(address));
+        if element.user_transport.addresses.is_empty() {
+            self.event(RegistrarEvent::Refused {
+                key,
+                cause: CauseCode::INVALID_VALUES,
+                reason: "from a peer: no usable user transport address".into(),
+            });
+            return;
+        }
+        if element.asap_transport.as_ref().is_some_and(|asap| {
+            asap.addresses.is_empty() || !asap.addresses.iter().all(|a| self.usable_from_peers(a))
+        }) {
+            element.asap_transport = None;
+        }
         let was_ours = self
             .handlespace
             .get(&key)
@@ -828,8 +848,25 @@ impl RegistrarEngine {
                 if element.home_registrar != sender {
                     return;
                 }
+                // A suggested takeover makes this registrar connect to the PE's ASAP
+                // endpoint: only to one on a host the PE's user transport names (the
+                // home checked those against the PE's association), not to a third
+                // host chosen by whoever sent the update.
+                let on_the_pes_host = element.asap_transport.as_ref().is_some_and(|asap| {
+                    asap.addresses
+                        .iter()
+                        .any(|a| element.user_transport.addresses.contains(a))
+                });
                 self.learn(key, element, now);
-                if takeover_suggested && self.config.accept_takeover_suggestions {
+                let learned = self
+                    .handlespace
+                    .get(&key)
+                    .is_some_and(|e| e.owner() == sender);
+                if takeover_suggested
+                    && self.config.accept_takeover_suggestions
+                    && on_the_pes_host
+                    && learned
+                {
                     self.claim(vec![key]);
                 }
             }

@@ -317,6 +317,22 @@ impl RegistrarEngine {
         self.config.enrp_transport = enrp;
     }
 
+    /// May an address that a peer registrar sends for a PE be used (ENRP ADD_PE, handle
+    /// tables)? As for ASAP, no unspecified or multicast address; and no loopback
+    /// address unless this registrar itself serves ASAP on loopback (a single-host
+    /// deployment): elsewhere a peer's PE "on loopback" would be a port of this host.
+    fn usable_from_peers(&self, address: &IpAddr) -> bool {
+        let address = address.to_canonical();
+        usable_address(&address)
+            && (!address.is_loopback()
+                || self
+                    .config
+                    .asap_transports
+                    .iter()
+                    .flat_map(|t| &t.addresses)
+                    .any(|own| own.to_canonical().is_loopback()))
+    }
+
     fn event(&mut self, event: RegistrarEvent) {
         self.out.push_back(Output::Event(event));
     }
