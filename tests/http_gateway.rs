@@ -567,6 +567,20 @@ fn http1_connections_pipeline_keep_alive_and_close() {
         .unwrap();
     let (status, _, _) = read_response(&mut reader);
     assert_eq!(status, 400, "a malformed head");
+
+    // RFC 9110 §8.6: Content-Length is digits only; a sign or a non-breaking space
+    // would let two parsers disagree on where the body ends (request smuggling).
+    for length in ["+5", "5\u{a0}"] {
+        let (mut writer, mut reader) = connect(address);
+        writer
+            .write_all(
+                format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\nabcde")
+                    .as_bytes(),
+            )
+            .unwrap();
+        let (status, _, _) = read_response(&mut reader);
+        assert_eq!(status, 400, "Content-Length {length:?}");
+    }
 }
 
 /// SIGTERM: an idle keep-alive connection is closed at once, a request under way gets

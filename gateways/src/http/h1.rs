@@ -193,10 +193,7 @@ fn next_request(input: &mut BytesMut, max_header_bytes: usize) -> Result<Parsed,
             return Err(Next::HandOff);
         }
         if name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(field.value)
-                .ok()
-                .and_then(|value| value.trim().parse::<usize>().ok())
-            {
+            match content_length(field.value) {
                 Some(value) if value <= MAX_BODY && (body_length == 0 || body_length == value) => {
                     body_length = value;
                 }
@@ -376,6 +373,19 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
     }
 }
 
+/// A `Content-Length` value (RFC 9110 §8.6: `1*DIGIT`, around it only the optional
+/// white space of a field, spaces and tabs); anything else (a sign, a non-breaking
+/// space) is not ours to interpret and goes to hyper, which refuses it.
+fn content_length(value: &[u8]) -> Option<usize> {
+    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'))?;
+    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'))?;
+    let digits = value.get(start..=end)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,6 +421,29 @@ mod tests {
     }
 
     #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"5"), Some(5));
+        assert_eq!(content_length(b" 12\t"), Some(12));
+        for bad in [
+            &b"+5"[..],
+            b"-5",
+            b"5 5",
+            b"0x5",
+            b"",
+            b" ",
+            "5\u{a0}".as_bytes(),
+            b"5\r",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
     fn unusual_requests_go_to_hyper_untouched() {
         for raw in [
             &b"GET / HTTP/1.0\r\n\r\n"[..],
@@ -420,6 +453,8 @@ mod tests {
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 999999\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nabcde",
+            "POST / HTTP/1.1\r\nContent-Length: 5\u{a0}\r\n\r\nabcde".as_bytes(),
             b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
             b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
         ] {
