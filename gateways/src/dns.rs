@@ -15,7 +15,8 @@
 //! pool without an address of the family NODATA (both with the SOA), names outside the
 //! zone REFUSED, an unreachable registrar SERVFAIL.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::hash::BuildHasher as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -146,16 +147,36 @@ fn is_dns_label(bytes: &[u8]) -> bool {
         && bytes.last() != Some(&b'-')
 }
 
-/// Per-prefix token buckets for UDP responses.
+/// Per-prefix token buckets for UDP responses, in a fixed table of slots indexed by a
+/// keyed hash of the prefix (as Knot's and BIND's RRL tables are bounded): a flood from
+/// many prefixes cannot grow it or reset the prefixes being limited. A new prefix takes
+/// a slot whose bucket has refilled (it holds nothing worth keeping); a prefix whose
+/// slot is held by an active one shares that one's budget (erring towards limiting).
 struct RateLimiter {
     per_second: f64,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    hasher: std::collections::hash_map::RandomState,
+    slots: Mutex<Vec<Option<Bucket>>>,
 }
 
-/// Prefixes tracked at most; beyond, the table starts over (failing open).
-const MAX_TRACKED_PREFIXES: usize = 65_536;
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    prefix: IpAddr,
+    tokens: f64,
+    seen: Instant,
+}
+
+/// The slots of a rate limiter (about 3 MiB).
+const RATE_LIMIT_SLOTS: usize = 65_536;
 
 impl RateLimiter {
+    fn new(per_second: u32) -> Self {
+        Self {
+            per_second: f64::from(per_second),
+            hasher: std::collections::hash_map::RandomState::new(),
+            slots: Mutex::new(vec![None; RATE_LIMIT_SLOTS]),
+        }
+    }
+
     fn prefix(address: IpAddr) -> IpAddr {
         match address.to_canonical() {
             IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
@@ -165,18 +186,30 @@ impl RateLimiter {
 
     /// True when `client` may get another response now.
     fn allow(&self, client: IpAddr, now: Instant) -> bool {
-        let Ok(mut buckets) = self.buckets.lock() else {
+        let Ok(mut slots) = self.slots.lock() else {
             return true;
         };
-        if buckets.len() >= MAX_TRACKED_PREFIXES {
-            buckets.clear();
-        }
+        let prefix = Self::prefix(client);
         let burst = self.per_second.max(1.0);
-        let bucket = buckets.entry(Self::prefix(client)).or_insert((burst, now));
-        let refill = now.saturating_duration_since(bucket.1).as_secs_f64() * self.per_second;
-        *bucket = ((bucket.0 + refill).min(burst), now);
-        if bucket.0 >= 1.0 {
-            bucket.0 -= 1.0;
+        let index = usize::try_from(self.hasher.hash_one(prefix) % RATE_LIMIT_SLOTS as u64)
+            .unwrap_or_default();
+        let Some(slot) = slots.get_mut(index) else {
+            return true;
+        };
+        let fresh = Bucket {
+            prefix,
+            tokens: burst,
+            seen: now,
+        };
+        let bucket = slot.get_or_insert(fresh);
+        let refill = now.saturating_duration_since(bucket.seen).as_secs_f64() * self.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(burst);
+        bucket.seen = now;
+        if bucket.prefix != prefix && bucket.tokens >= burst {
+            *bucket = fresh;
+        }
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
             true
         } else {
             false
@@ -226,10 +259,7 @@ impl<D: Directory> PoolDns<D> {
                 config.negative_ttl,
             )),
         );
-        let limiter = (config.rate_limit > 0).then(|| RateLimiter {
-            per_second: f64::from(config.rate_limit),
-            buckets: Mutex::new(HashMap::new()),
-        });
+        let limiter = (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit));
         Self {
             config,
             origin,
@@ -712,10 +742,7 @@ mod tests {
 
     #[test]
     fn prefixes_share_a_budget() {
-        let limiter = RateLimiter {
-            per_second: 3.0,
-            buckets: Mutex::new(HashMap::new()),
-        };
+        let limiter = RateLimiter::new(3);
         let now = crate::now();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.200".parse().unwrap();
@@ -724,5 +751,25 @@ mod tests {
         assert!(!limiter.allow(b, now), "one /24, one budget");
         assert!(limiter.allow(other, now), "another prefix is not affected");
         assert!(limiter.allow(a, now + Duration::from_secs(1)), "refilled");
+    }
+
+    /// A flood from many prefixes used to reset every bucket once 65 536 were
+    /// tracked: a prefix being limited stays limited, and memory stays fixed.
+    #[test]
+    fn a_flood_from_many_prefixes_does_not_reset_the_limit() {
+        let limiter = RateLimiter::new(3);
+        let now = crate::now();
+        let busy: IpAddr = "192.0.2.1".parse().unwrap();
+        while limiter.allow(busy, now) {}
+        for i in 0..200_000u32 {
+            let spoofed = IpAddr::V4(std::net::Ipv4Addr::from((i + 1) << 8));
+            let _ = limiter.allow(spoofed, now);
+        }
+        assert!(!limiter.allow(busy, now), "still limited");
+        assert_eq!(limiter.slots.lock().unwrap().len(), RATE_LIMIT_SLOTS);
+        assert!(
+            limiter.allow(busy, now + Duration::from_secs(1)),
+            "refilled"
+        );
     }
 }
