@@ -297,6 +297,9 @@ pub(crate) struct TcpListenerSection {
     /// How long one failover may take before the client is given up.
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub(crate) failover_deadline: Duration,
+    /// After the client half-closed, how long the PE may take to finish.
+    #[serde(default = "half_close_timeout", deserialize_with = "duration")]
+    pub(crate) half_close_timeout: Duration,
     /// Client bytes kept for replay after a failover.
     #[serde(default = "one_mebibyte")]
     pub(crate) replay_buffer: usize,
@@ -325,6 +328,10 @@ pub(crate) struct FramingSection {
     pub(crate) adjust: i64,
     #[serde(default = "max_message")]
     pub(crate) max_message: usize,
+}
+
+fn half_close_timeout() -> Duration {
+    rserpool_proto::session::SessionConfig::default().half_close_timeout
 }
 
 fn max_message() -> usize {

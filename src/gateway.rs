@@ -351,6 +351,7 @@ fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
             connect_timeout: section.connect_timeout,
             response_timeout: section.response_timeout,
             failover_deadline: section.failover_deadline,
+            half_close_timeout: section.half_close_timeout,
             ..SessionConfig::default()
         },
         max_connections: section.max_connections,

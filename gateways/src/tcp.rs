@@ -170,6 +170,7 @@ struct Meters {
     failed: Counter,
     failovers_with_cookie: Counter,
     failovers_without_cookie: Counter,
+    half_closed_expired: Counter,
     stall: Histogram,
 }
 
@@ -183,6 +184,10 @@ impl Meters {
             failed: metrics::counter!("rserpool_tcp_sessions_failed_total", &[label()]),
             failovers_with_cookie: failovers("true"),
             failovers_without_cookie: failovers("false"),
+            half_closed_expired: metrics::counter!(
+                "rserpool_tcp_half_closed_expired_total",
+                &[label()]
+            ),
             stall: metrics::histogram!("rserpool_tcp_failover_stall_seconds", &[label()]),
         }
     }
@@ -535,7 +540,7 @@ async fn run_session<D: Directory>(
                     match &event {
                         SessionEvent::Started { pe } => entry.started(*pe),
                         SessionEvent::FailedOver { to, .. } => entry.failed_over(*to),
-                        SessionEvent::Unrecoverable { .. } => {}
+                        SessionEvent::HalfCloseExpired | SessionEvent::Unrecoverable { .. } => {}
                     }
                     record(&listener.pool, meters, peer, &event);
                 }
@@ -673,6 +678,10 @@ fn record(pool: &str, meters: &Meters, peer: SocketAddr, event: &SessionEvent) {
             }
             meters.stall.record(stall.as_secs_f64());
             tracing::info!(%peer, pool, from = %from, to = %to, ?failure, with_cookie, stall_ms = stall.as_millis(), "session failed over");
+        }
+        SessionEvent::HalfCloseExpired => {
+            meters.half_closed_expired.increment(1);
+            tracing::debug!(%peer, pool, "session closed: the PE did not finish after the client's half-close");
         }
         SessionEvent::Unrecoverable { failure, reason } => {
             tracing::warn!(%peer, pool, ?failure, reason, "session closed: it could not fail over");

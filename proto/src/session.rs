@@ -200,6 +200,10 @@ pub struct SessionConfig {
     pub max_retry_delay: Duration,
     /// How long one failover may take before the client is given up.
     pub failover_deadline: Duration,
+    /// After the client half-closed (it sends nothing more), how long the PE may take
+    /// to finish its answer before both sides are closed (HAProxy's `timeout
+    /// client-fin` idea): a PE that never closes must not hold the session forever.
+    pub half_close_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -212,6 +216,7 @@ impl Default for SessionConfig {
             retry_delay: Duration::from_millis(250),
             max_retry_delay: Duration::from_secs(2),
             failover_deadline: Duration::from_secs(30),
+            half_close_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -288,6 +293,9 @@ pub enum SessionEvent {
         /// Time from the failure to the new PE connected.
         stall: Duration,
     },
+    /// The client half-closed and the PE did not finish within the half-close
+    /// timeout: both sides were closed.
+    HalfCloseExpired,
     /// The session could not continue.
     Unrecoverable {
         /// Why the last PE failed.
@@ -324,7 +332,8 @@ pub struct Session {
     client_in: u64,
     /// Client bytes sent to the current PE (absolute offset).
     sent_to_pe: u64,
-    client_eof: bool,
+    /// When the client half-closed (it sends nothing more).
+    client_finished: Option<Instant>,
     /// Output delivered to the client (absolute offset).
     delivered: u64,
     /// Absolute output offset of the current PE's next byte.
@@ -367,7 +376,7 @@ impl Session {
             retained_from: 0,
             client_in: 0,
             sent_to_pe: 0,
-            client_eof: false,
+            client_finished: None,
             delivered: 0,
             pe_out: 0,
             recovery: RecoveryPoint {
@@ -430,7 +439,7 @@ impl Session {
 
     /// The client half-closed its side.
     pub fn client_eof(&mut self, now: Instant) {
-        self.client_eof = true;
+        self.client_finished.get_or_insert(now);
         self.flush_to_pe(now);
     }
 
@@ -562,16 +571,16 @@ impl Session {
         if !matches!(self.state, State::Connected { .. }) {
             return;
         }
-        if self.control && !self.client_eof {
+        if self.control && self.client_finished.is_none() {
             // A control-channel PE ends a session only after the client did: this is a
             // PE that went away.
             self.pe_failed(PeFailure::Closed, now);
-        } else if !self.control && self.delivered == 0 && !self.client_eof {
+        } else if !self.control && self.delivered == 0 && self.client_finished.is_none() {
             // Closed before answering anything: rule 1, try another.
             self.pe_failed(PeFailure::Closed, now);
         } else {
             self.out.push_back(SessionOutput::ShutdownClient);
-            if self.client_eof {
+            if self.client_finished.is_some() {
                 self.close(false);
             }
         }
@@ -615,6 +624,14 @@ impl Session {
         {
             self.give_up(failure, "no pool element took the session in time");
         }
+        if let Some(at) = self.client_finished
+            && now.saturating_duration_since(at) >= self.config.half_close_timeout
+            && self.state != State::Closed
+        {
+            self.out
+                .push_back(SessionOutput::Event(SessionEvent::HalfCloseExpired));
+            self.close(false);
+        }
     }
 
     /// Heartbeats go to a control-channel PE until the gateway has half-closed towards
@@ -637,10 +654,16 @@ impl Session {
             }
             State::Resolving | State::Closed => None,
         };
+        if self.state == State::Closed {
+            return None;
+        }
         let deadline = self
             .failover
             .map(|(_, _, since)| since + self.config.failover_deadline);
-        [state, deadline].into_iter().flatten().min()
+        let half_closed = self
+            .client_finished
+            .map(|at| at + self.config.half_close_timeout);
+        [state, deadline, half_closed].into_iter().flatten().min()
     }
 
     /// How long the current PE may be silent while awaited.
@@ -808,7 +831,10 @@ impl Session {
         // The client's end of input goes on to the PE as a half-close, on a control
         // channel too: that is how a PE learns its session is over (it then closes,
         // and the session ends).
-        if self.client_eof && !self.pe_shutdown_sent && self.sent_to_pe == self.client_in {
+        if self.client_finished.is_some()
+            && !self.pe_shutdown_sent
+            && self.sent_to_pe == self.client_in
+        {
             self.pe_shutdown_sent = true;
             self.out.push_back(SessionOutput::ShutdownPe);
         }

@@ -509,6 +509,33 @@ fn a_client_close_ends_a_control_channel_session() {
     );
 }
 
+/// A data-only PE that answered and then never closes after the client's half-close
+/// used to hold the session for ever (200 such sessions wedged a listener): after the
+/// half-close timeout both sides are closed, cleanly, without a failover.
+#[test]
+fn a_pe_that_never_finishes_after_the_clients_half_close_is_closed() {
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.run();
+    world.client_sends(b"one\n");
+    world.pe_speaks(usize::MAX);
+    world.session.client_eof(world.now);
+    world.run();
+    assert!(world.pe_shutdown, "the PE is told the client finished");
+    let timeout = SessionConfig::default().half_close_timeout;
+    world.advance(timeout - Duration::from_secs(1));
+    assert_eq!(world.client_closed, None, "not before the timeout");
+    world.advance(Duration::from_secs(2));
+    assert_eq!(world.client_closed, Some(false));
+    assert!(world.session.is_closed());
+    assert!(world.events.contains(&SessionEvent::HalfCloseExpired));
+    assert!(
+        !world
+            .events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::FailedOver { .. }))
+    );
+}
+
 /// A control channel PE that goes silent (frozen) fails after the response timeout;
 /// heartbeats are sent while idle.
 #[test]
