@@ -211,6 +211,14 @@ pub(crate) struct StickySection {
     /// A file with such keys, one per line (instead of or after `keys`).
     #[serde(default)]
     pub(crate) key_file: Option<std::path::PathBuf>,
+    /// How long a sealed binding is accepted (it is sealed again at half this age
+    /// while the session is active): an older one replayed by a client is refused.
+    #[serde(default = "sticky_max_age", deserialize_with = "duration")]
+    pub(crate) max_age: Duration,
+}
+
+fn sticky_max_age() -> Duration {
+    Duration::from_secs(3600)
 }
 
 fn ten_seconds() -> Duration {

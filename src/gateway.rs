@@ -312,7 +312,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
                 )));
             }
             let keys = config::sticky_keys(sticky)?;
-            CookieSealer::new(sticky.cookie.clone(), &keys)
+            CookieSealer::new(sticky.cookie.clone(), &keys, sticky.max_age)
         }
         None => None,
     };

@@ -738,7 +738,7 @@ async fn proxy<D: Directory>(
     let binding = routing
         .sticky
         .as_ref()
-        .and_then(|sealer| sealer.from_headers(&parts.headers))
+        .and_then(|sealer| sealer.from_headers(&parts.headers, unix_seconds()))
         .filter(|binding| binding.pool_handle == route.pool_handle);
     let mut pes = match state
         .directory
@@ -945,16 +945,20 @@ fn finish_response(
         .and_then(|value| BASE64.decode(value.as_bytes()).ok());
     if let (Some(sealer), Some(session)) = (&routing.sticky, session) {
         let kept = binding.and_then(|b| b.asap_cookie.clone());
-        let next = Binding {
+        let now = unix_seconds();
+        let mut next = Binding {
             session,
             pool_handle: live.route.pool_handle,
             pe_id,
             asap_cookie: asap_cookie.or(kept),
-            issued: binding.map_or_else(unix_seconds, |b| b.issued),
+            issued: binding.map_or(now, |b| b.issued),
+            sealed: binding.map_or(now, |b| b.sealed),
         };
-        if binding != Some(&next)
-            && let Some(value) = sealer.seal(&next)
-        {
+        // Sealed again when it changed, and when half its accepted age is gone (so an
+        // active session's binding never expires; sticky.rs: the replay window).
+        let reseal = binding != Some(&next) || sealer.due_for_resealing(&next, now);
+        next.sealed = now;
+        if reseal && let Some(value) = sealer.seal(&next) {
             let secure = if routing.https { "; Secure" } else { "" };
             let cookie = format!(
                 "{}={value}; Path=/; HttpOnly; SameSite=Lax{secure}",

@@ -4,9 +4,15 @@
 //! sharing the key need no shared state; a client cannot read or forge its binding.
 //!
 //! Cookie value: base64url(nonce[24] || ciphertext), the cookie name bound in as
-//! associated data. Plaintext: version (1), session id (u64), PE identifier (u32),
-//! issued (u64, seconds since the Unix epoch), pool handle (u8 length + bytes), ASAP
-//! cookie (u16 length + bytes).
+//! associated data. Plaintext: version (2), session id (u64), PE identifier (u32),
+//! issued (u64, seconds since the Unix epoch), sealed (u64, likewise), pool handle (u8
+//! length + bytes), ASAP cookie (u16 length + bytes).
+//!
+//! A sealed binding is good for `max_age` after it was sealed, and a gateway seals it
+//! again once it is half that old: a client cannot replay a binding (and the ASAP
+//! cookie in it, rolling its session's state back) older than `max_age`; within that
+//! window a replay is not told apart (the cookie is the client's to keep or resend).
+//! Version 1 bindings (no seal date) are not accepted.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,7 +20,7 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rserpool_proto::wire::{PoolElementId, PoolHandle};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const NONCE: usize = 24;
 /// An ASAP cookie larger than this stays out of the HTTP cookie (browsers keep about
 /// 4 KiB per cookie; the rest of the binding and the encoding need the remainder).
@@ -29,8 +35,10 @@ pub struct Binding {
     pub pe_id: PoolElementId,
     /// The PE's latest ASAP cookie for this session, echoed to the next PE.
     pub asap_cookie: Option<Vec<u8>>,
-    /// When the binding was sealed (seconds since the Unix epoch).
+    /// When the session began (seconds since the Unix epoch).
     pub issued: u64,
+    /// When this binding was last sealed (seconds since the Unix epoch).
+    pub sealed: u64,
 }
 
 /// Seals and opens bindings; the first key seals, every key opens (key rotation).
@@ -38,6 +46,8 @@ pub struct Binding {
 pub struct CookieSealer {
     name: String,
     keys: Vec<XChaCha20Poly1305>,
+    /// How long a sealed binding is accepted.
+    max_age: u64,
 }
 
 impl std::fmt::Debug for CookieSealer {
@@ -45,13 +55,19 @@ impl std::fmt::Debug for CookieSealer {
         f.debug_struct("CookieSealer")
             .field("name", &self.name)
             .field("keys", &self.keys.len())
+            .field("max_age", &self.max_age)
             .finish()
     }
 }
 
 impl CookieSealer {
-    /// `keys`: 32-byte keys, the first one current. None: no key given.
-    pub fn new(name: impl Into<String>, keys: &[[u8; 32]]) -> Option<Self> {
+    /// `keys`: 32-byte keys, the first one current; bindings are accepted for `max_age`
+    /// after they were sealed. None: no key given.
+    pub fn new(
+        name: impl Into<String>,
+        keys: &[[u8; 32]],
+        max_age: std::time::Duration,
+    ) -> Option<Self> {
         if keys.is_empty() {
             return None;
         }
@@ -61,7 +77,20 @@ impl CookieSealer {
                 .iter()
                 .map(|key| XChaCha20Poly1305::new(key.into()))
                 .collect(),
+            max_age: max_age.as_secs().max(1),
         })
+    }
+
+    /// Whether a binding sealed at `sealed` is still accepted at `now` (seconds since
+    /// the Unix epoch; a minute of clock skew between gateways is allowed).
+    fn fresh(&self, sealed: u64, now: u64) -> bool {
+        sealed <= now.saturating_add(60) && now.saturating_sub(sealed) <= self.max_age
+    }
+
+    /// Whether an accepted binding should be sealed again (half its age is gone), so
+    /// that an active session never runs out.
+    pub fn due_for_resealing(&self, binding: &Binding, now: u64) -> bool {
+        now.saturating_sub(binding.sealed) >= self.max_age / 2
     }
 
     /// The cookie's name.
@@ -69,13 +98,15 @@ impl CookieSealer {
         &self.name
     }
 
-    /// The binding as a cookie value. `None` only if the system has no randomness.
+    /// The binding as a cookie value, sealed as of its `sealed` date. `None` only if
+    /// the system has no randomness.
     pub fn seal(&self, binding: &Binding) -> Option<String> {
         let mut plain = Vec::with_capacity(64);
         plain.push(VERSION);
         plain.extend_from_slice(&binding.session.to_be_bytes());
         plain.extend_from_slice(&binding.pe_id.0.to_be_bytes());
         plain.extend_from_slice(&binding.issued.to_be_bytes());
+        plain.extend_from_slice(&binding.sealed.to_be_bytes());
         let handle = binding.pool_handle.as_bytes();
         plain.push(u8::try_from(handle.len()).ok()?);
         plain.extend_from_slice(handle);
@@ -104,8 +135,9 @@ impl CookieSealer {
         Some(URL_SAFE_NO_PAD.encode(raw))
     }
 
-    /// The binding in a cookie value, if one of the keys sealed it and it is well formed.
-    pub fn open(&self, value: &str) -> Option<Binding> {
+    /// The binding in a cookie value, if one of the keys sealed it, it is well formed,
+    /// and it is not older than `max_age` at `now` (seconds since the Unix epoch).
+    pub fn open(&self, value: &str, now: u64) -> Option<Binding> {
         if value.len() > 4 * 1024 {
             return None;
         }
@@ -119,11 +151,11 @@ impl CookieSealer {
             .keys
             .iter()
             .find_map(|key| key.decrypt(XNonce::from_slice(nonce), payload()).ok())?;
-        parse(&plain)
+        parse(&plain).filter(|binding| self.fresh(binding.sealed, now))
     }
 
-    /// The binding in a request's `Cookie` headers, if any.
-    pub fn from_headers(&self, headers: &http::HeaderMap) -> Option<Binding> {
+    /// The binding in a request's `Cookie` headers, if any (and fresh at `now`).
+    pub fn from_headers(&self, headers: &http::HeaderMap, now: u64) -> Option<Binding> {
         headers
             .get_all(http::header::COOKIE)
             .iter()
@@ -131,7 +163,7 @@ impl CookieSealer {
             .flat_map(|value| value.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .filter(|(name, _)| *name == self.name)
-            .find_map(|(_, value)| self.open(value))
+            .find_map(|(_, value)| self.open(value, now))
     }
 }
 
@@ -143,6 +175,7 @@ fn parse(plain: &[u8]) -> Option<Binding> {
     let session = u64::from_be_bytes(reader.take(8)?.try_into().ok()?);
     let pe_id = PoolElementId(u32::from_be_bytes(reader.take(4)?.try_into().ok()?));
     let issued = u64::from_be_bytes(reader.take(8)?.try_into().ok()?);
+    let sealed = u64::from_be_bytes(reader.take(8)?.try_into().ok()?);
     let handle_length = usize::from(*reader.take(1)?.first()?);
     let pool_handle = PoolHandle::new(reader.take(handle_length)?).ok()?;
     let cookie_length = usize::from(u16::from_be_bytes(reader.take(2)?.try_into().ok()?));
@@ -156,6 +189,7 @@ fn parse(plain: &[u8]) -> Option<Binding> {
         pe_id,
         asap_cookie: (!cookie.is_empty()).then(|| cookie.to_vec()),
         issued,
+        sealed,
     })
 }
 
@@ -180,17 +214,42 @@ mod tests {
             pe_id: PoolElementId(0xdead_beef),
             asap_cookie: Some(b"state".to_vec()),
             issued: 1_790_000_000,
+            sealed: NOW,
         }
+    }
+
+    const NOW: u64 = 1_790_000_500;
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    fn sealer_with(name: &str, keys: &[[u8; 32]]) -> CookieSealer {
+        CookieSealer::new(name, keys, HOUR).unwrap()
+    }
+
+    /// A replayed old binding used to roll a session's state back: one sealed more
+    /// than `max_age` ago is refused, and an active one is resealed at half its age.
+    #[test]
+    fn old_bindings_are_refused_and_active_ones_resealed() {
+        let sealer = sealer_with("rs", &[[7; 32]]);
+        let value = sealer.seal(&binding()).unwrap();
+        assert_eq!(sealer.open(&value, NOW + 3600), Some(binding()));
+        assert_eq!(sealer.open(&value, NOW + 3601), None, "too old");
+        assert_eq!(sealer.open(&value, NOW - 61), None, "from the future");
+        assert!(!sealer.due_for_resealing(&binding(), NOW + 1799));
+        assert!(sealer.due_for_resealing(&binding(), NOW + 1800));
     }
 
     #[test]
     fn sealed_bindings_open_with_any_configured_key() {
-        let old = CookieSealer::new("rs", &[[7; 32]]).unwrap();
-        let rotated = CookieSealer::new("rs", &[[9; 32], [7; 32]]).unwrap();
+        let old = sealer_with("rs", &[[7; 32]]);
+        let rotated = sealer_with("rs", &[[9; 32], [7; 32]]);
         let value = old.seal(&binding()).unwrap();
-        assert_eq!(rotated.open(&value), Some(binding()));
+        assert_eq!(rotated.open(&value, NOW), Some(binding()));
         let fresh = rotated.seal(&binding()).unwrap();
-        assert_eq!(old.open(&fresh), None, "a key the gateway does not hold");
+        assert_eq!(
+            old.open(&fresh, NOW),
+            None,
+            "a key the gateway does not hold"
+        );
         assert_ne!(
             value,
             old.seal(&binding()).unwrap(),
@@ -200,32 +259,32 @@ mod tests {
 
     #[test]
     fn tampered_renamed_or_garbage_cookies_are_refused() {
-        let sealer = CookieSealer::new("rs", &[[7; 32]]).unwrap();
+        let sealer = sealer_with("rs", &[[7; 32]]);
         let value = sealer.seal(&binding()).unwrap();
         let mut bytes = value.clone().into_bytes();
         let last = bytes.len() - 2;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
-        assert_eq!(sealer.open(std::str::from_utf8(&bytes).unwrap()), None);
-        let other_name = CookieSealer::new("other", &[[7; 32]]).unwrap();
-        assert_eq!(other_name.open(&value), None, "the name is bound in");
+        assert_eq!(sealer.open(std::str::from_utf8(&bytes).unwrap(), NOW), None);
+        let other_name = sealer_with("other", &[[7; 32]]);
+        assert_eq!(other_name.open(&value, NOW), None, "the name is bound in");
         for garbage in ["", "!!", "AAAA", &"A".repeat(10_000)] {
-            assert_eq!(sealer.open(garbage), None);
+            assert_eq!(sealer.open(garbage, NOW), None);
         }
     }
 
     #[test]
     fn large_asap_cookies_stay_out() {
-        let sealer = CookieSealer::new("rs", &[[7; 32]]).unwrap();
+        let sealer = sealer_with("rs", &[[7; 32]]);
         let mut large = binding();
         large.asap_cookie = Some(vec![1; MAX_ASAP_COOKIE + 1]);
-        let opened = sealer.open(&sealer.seal(&large).unwrap()).unwrap();
+        let opened = sealer.open(&sealer.seal(&large).unwrap(), NOW).unwrap();
         assert_eq!(opened.asap_cookie, None);
         assert_eq!(opened.pe_id, large.pe_id);
     }
 
     #[test]
     fn the_binding_is_found_among_other_cookies() {
-        let sealer = CookieSealer::new("rs", &[[7; 32]]).unwrap();
+        let sealer = sealer_with("rs", &[[7; 32]]);
         let value = sealer.seal(&binding()).unwrap();
         let mut headers = http::HeaderMap::new();
         headers.append(http::header::COOKIE, "a=1; rs=junk".parse().unwrap());
@@ -233,6 +292,6 @@ mod tests {
             http::header::COOKIE,
             format!("b=2; rs={value}").parse().unwrap(),
         );
-        assert_eq!(sealer.from_headers(&headers), Some(binding()));
+        assert_eq!(sealer.from_headers(&headers, NOW), Some(binding()));
     }
 }
