@@ -16,10 +16,9 @@
 //! zone REFUSED, an unreachable registrar SERVFAIL.
 
 use std::collections::BTreeMap;
-use std::hash::BuildHasher as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -36,6 +35,9 @@ use rserpool_proto::policy::spec;
 use rserpool_proto::wire::{Policy, PoolElement, PoolHandle, TransportProtocol};
 
 use crate::{Directory, DirectoryError};
+
+mod limits;
+use limits::{NegativeCache, RateLimiter};
 
 /// A domain name from text (the zone of the configuration).
 pub fn hickory_name(text: &str) -> Result<Name, String> {
@@ -147,76 +149,6 @@ fn is_dns_label(bytes: &[u8]) -> bool {
         && bytes.last() != Some(&b'-')
 }
 
-/// Per-prefix token buckets for UDP responses, in a fixed table of slots indexed by a
-/// keyed hash of the prefix (as Knot's and BIND's RRL tables are bounded): a flood from
-/// many prefixes cannot grow it or reset the prefixes being limited. A new prefix takes
-/// a slot whose bucket has refilled (it holds nothing worth keeping); a prefix whose
-/// slot is held by an active one shares that one's budget (erring towards limiting).
-struct RateLimiter {
-    per_second: f64,
-    hasher: std::collections::hash_map::RandomState,
-    slots: Mutex<Vec<Option<Bucket>>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    prefix: IpAddr,
-    tokens: f64,
-    seen: Instant,
-}
-
-/// The slots of a rate limiter (about 3 MiB).
-const RATE_LIMIT_SLOTS: usize = 65_536;
-
-impl RateLimiter {
-    fn new(per_second: u32) -> Self {
-        Self {
-            per_second: f64::from(per_second),
-            hasher: std::collections::hash_map::RandomState::new(),
-            slots: Mutex::new(vec![None; RATE_LIMIT_SLOTS]),
-        }
-    }
-
-    fn prefix(address: IpAddr) -> IpAddr {
-        match address.to_canonical() {
-            IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 72) - 1)).into()),
-        }
-    }
-
-    /// True when `client` may get another response now.
-    fn allow(&self, client: IpAddr, now: Instant) -> bool {
-        let Ok(mut slots) = self.slots.lock() else {
-            return true;
-        };
-        let prefix = Self::prefix(client);
-        let burst = self.per_second.max(1.0);
-        let index = usize::try_from(self.hasher.hash_one(prefix) % RATE_LIMIT_SLOTS as u64)
-            .unwrap_or_default();
-        let Some(slot) = slots.get_mut(index) else {
-            return true;
-        };
-        let fresh = Bucket {
-            prefix,
-            tokens: burst,
-            seen: now,
-        };
-        let bucket = slot.get_or_insert(fresh);
-        let refill = now.saturating_duration_since(bucket.seen).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.seen = now;
-        if bucket.prefix != prefix && bucket.tokens >= burst {
-            *bucket = fresh;
-        }
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 impl<D> std::fmt::Debug for PoolDns<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolDns")
@@ -232,6 +164,8 @@ pub struct PoolDns<D> {
     soa: Record,
     directory: Arc<D>,
     limiter: Option<RateLimiter>,
+    /// Pools found unknown lately (a repeated unknown name costs no resolution).
+    unknown: NegativeCache,
     /// Over-limit UDP queries seen; every other one gets a truncated empty answer, so a
     /// real client behind a busy prefix can retry over TCP (RRL "slip").
     slipped: std::sync::atomic::AtomicU64,
@@ -260,12 +194,18 @@ impl<D: Directory> PoolDns<D> {
             )),
         );
         let limiter = (config.rate_limit > 0).then(|| RateLimiter::new(config.rate_limit));
+        // What resolvers are told to cache negatively, at most 5 s: a pool that gets
+        // its first PE is answered soon.
+        let unknown = NegativeCache::new(Duration::from_secs(u64::from(
+            config.negative_ttl.clamp(1, 5),
+        )));
         Self {
             config,
             origin,
             soa,
             directory,
             limiter,
+            unknown,
             slipped: std::sync::atomic::AtomicU64::new(0),
             meters: DnsMeters::new(),
         }
@@ -371,14 +311,21 @@ struct Answer {
     negative: bool,
 }
 
+impl Answer {
+    /// No such name (negative: resolvers cache it for the SOA minimum).
+    fn nxdomain() -> Self {
+        Self {
+            code: Some(ResponseCode::NXDomain),
+            negative: true,
+            ..Self::default()
+        }
+    }
+}
+
 impl<D: Directory> PoolDns<D> {
     async fn answer(&self, name: &Name, query_type: RecordType) -> Answer {
         let Some(target) = self.target(name) else {
-            return Answer {
-                code: Some(ResponseCode::NXDomain),
-                negative: true,
-                ..Answer::default()
-            };
+            return Answer::nxdomain();
         };
         let ttl = self.config.ttl;
         let handle = match target {
@@ -396,6 +343,9 @@ impl<D: Directory> PoolDns<D> {
             }
             Target::Pool(h) | Target::Srv(h) | Target::Element(h, _) => h,
         };
+        if self.unknown.is_unknown(&handle, crate::now()) {
+            return Answer::nxdomain();
+        }
         let pes = match self
             .directory
             .resolve(handle, u32::try_from(self.config.answer_count).ok())
@@ -403,11 +353,8 @@ impl<D: Directory> PoolDns<D> {
         {
             Ok(pes) if !pes.is_empty() => pes,
             Ok(_) | Err(DirectoryError::UnknownPool) => {
-                return Answer {
-                    code: Some(ResponseCode::NXDomain),
-                    negative: true,
-                    ..Answer::default()
-                };
+                self.unknown.remember(handle, crate::now());
+                return Answer::nxdomain();
             }
             Err(DirectoryError::Unavailable) => {
                 return Answer {
@@ -738,38 +685,5 @@ mod tests {
         );
         assert_eq!(decode_label("h-"), None);
         assert_eq!(decode_label("h-w"), None, "not base32hex");
-    }
-
-    #[test]
-    fn prefixes_share_a_budget() {
-        let limiter = RateLimiter::new(3);
-        let now = crate::now();
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "192.0.2.200".parse().unwrap();
-        let other: IpAddr = "198.51.100.1".parse().unwrap();
-        assert!(limiter.allow(a, now) && limiter.allow(b, now) && limiter.allow(a, now));
-        assert!(!limiter.allow(b, now), "one /24, one budget");
-        assert!(limiter.allow(other, now), "another prefix is not affected");
-        assert!(limiter.allow(a, now + Duration::from_secs(1)), "refilled");
-    }
-
-    /// A flood from many prefixes used to reset every bucket once 65 536 were
-    /// tracked: a prefix being limited stays limited, and memory stays fixed.
-    #[test]
-    fn a_flood_from_many_prefixes_does_not_reset_the_limit() {
-        let limiter = RateLimiter::new(3);
-        let now = crate::now();
-        let busy: IpAddr = "192.0.2.1".parse().unwrap();
-        while limiter.allow(busy, now) {}
-        for i in 0..200_000u32 {
-            let spoofed = IpAddr::V4(std::net::Ipv4Addr::from((i + 1) << 8));
-            let _ = limiter.allow(spoofed, now);
-        }
-        assert!(!limiter.allow(busy, now), "still limited");
-        assert_eq!(limiter.slots.lock().unwrap().len(), RATE_LIMIT_SLOTS);
-        assert!(
-            limiter.allow(busy, now + Duration::from_secs(1)),
-            "refilled"
-        );
     }
 }
