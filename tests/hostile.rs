@@ -16,11 +16,9 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Process, admin_get, eventually, receive, resolve_ids};
+use common::{Process, admin_get, eventually, receive, registration, resolve_ids};
 use rserpool_proto::wire::{
-    AsapMessage, CauseCode, ErrorCause, ErrorReport, HandleResolution, OperationError, Policy,
-    PoolElement, PoolElementId, PoolHandle, RegistrarId, Registration, Transport,
-    TransportProtocol, TransportUse,
+    AsapMessage, CauseCode, ErrorCause, ErrorReport, HandleResolution, OperationError, PoolHandle,
 };
 
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -275,27 +273,6 @@ fn an_asap_error_flood_closes_the_association_and_the_log_stays_short() {
         .filter(|l| l.contains("bad input"))
         .count();
     assert!(lines <= 3, "{lines} 'bad input' lines");
-}
-
-/// A registration for `pe_id` in `pool` at 127.0.0.1:`port` (round robin).
-fn registration(pe_id: u32, pool: &str, port: u16) -> Vec<u8> {
-    AsapMessage::Registration(Registration {
-        pool_handle: PoolHandle::new(pool.as_bytes()).unwrap(),
-        pool_element: PoolElement {
-            id: PoolElementId(pe_id),
-            home_registrar: RegistrarId::UNKNOWN,
-            registration_life_ms: 30_000,
-            user_transport: Transport {
-                protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
-                port,
-                addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: None,
-        },
-    })
-    .encode()
-    .unwrap()
 }
 
 /// The registrar's answer to a registration sent over a new connection from

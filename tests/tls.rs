@@ -18,11 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Process, eventually, run};
+use common::{Process, eventually, pool_element, registration, run};
 use rserpool_proto::wire::{
-    AsapMessage, CauseCode, EndpointKeepAlive, EnrpBody, EnrpMessage, Policy, PoolElement,
-    PoolElementId, PoolElementRef, PoolHandle, RegistrarId, Registration, ServerInformation,
-    StreamDeframer, Transport, TransportProtocol, TransportUse, UpdateAction,
+    AsapMessage, CauseCode, EndpointKeepAlive, EnrpBody, EnrpMessage, PoolElementId,
+    PoolElementRef, PoolHandle, RegistrarId, ServerInformation, StreamDeframer, Transport,
+    TransportProtocol, TransportUse, UpdateAction,
 };
 
 /// A deployment CA in a directory of its own, removed at the end.
@@ -240,30 +240,6 @@ fn next_message(stream: &mut impl Read, deframer: &mut StreamDeframer) -> Option
             Ok(n) => deframer.push(&buffer[..n]).ok()?,
         }
     }
-}
-
-fn pool_element(id: u32, port: u16) -> PoolElement {
-    PoolElement {
-        id: PoolElementId(id),
-        home_registrar: RegistrarId::UNKNOWN,
-        registration_life_ms: 60_000,
-        user_transport: Transport {
-            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
-            port,
-            addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
-        },
-        policy: Policy::RoundRobin,
-        asap_transport: None,
-    }
-}
-
-fn registration(id: u32, pool: &str, port: u16) -> Vec<u8> {
-    AsapMessage::Registration(Registration {
-        pool_handle: PoolHandle::new(pool.as_bytes()).unwrap(),
-        pool_element: pool_element(id, port),
-    })
-    .encode()
-    .unwrap()
 }
 
 fn asap_answer(stream: &mut impl Read) -> Option<AsapMessage> {

@@ -410,3 +410,33 @@ pub fn admin_request(address: SocketAddr, method: &str, path: &str, body: &str) 
         .unwrap_or_else(|| panic!("no answer to {method} {path} from {address}"));
     (reply.status, reply.body)
 }
+
+/// A round-robin PE `id` at 127.0.0.1:`port` over TCP (data only).
+pub fn pool_element(id: u32, port: u16) -> rserpool_proto::wire::PoolElement {
+    use rserpool_proto::wire::{
+        Policy, PoolElement, PoolElementId, RegistrarId, Transport, TransportProtocol, TransportUse,
+    };
+    PoolElement {
+        id: PoolElementId(id),
+        home_registrar: RegistrarId::UNKNOWN,
+        registration_life_ms: 60_000,
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+            port,
+            addresses: vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+        },
+        policy: Policy::RoundRobin,
+        asap_transport: None,
+    }
+}
+
+/// An ASAP_REGISTRATION of [`pool_element`] in `pool`.
+pub fn registration(id: u32, pool: &str, port: u16) -> Vec<u8> {
+    use rserpool_proto::wire::{AsapMessage, PoolHandle, Registration};
+    AsapMessage::Registration(Registration {
+        pool_handle: PoolHandle::new(pool.as_bytes()).unwrap(),
+        pool_element: pool_element(id, port),
+    })
+    .encode()
+    .unwrap()
+}
