@@ -382,31 +382,41 @@ fn tls_picks_certificates_by_sni_speaks_h2_and_reloads() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Asks for an `Upgrade: echo` tunnel; returns the connection and the lowercased head
+/// (empty if the gateway closed the connection first).
+fn open_tunnel(address: SocketAddr) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = stream.write_all(
+        b"GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    );
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read_exact(&mut byte).is_err() {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).to_ascii_lowercase())
+}
+
 /// An `Upgrade` request is tunnelled: after the PE's 101 the bytes flow both ways.
+/// Tunnels count toward `max_connections` while open (400 of them used to pass a
+/// listener capped at 200): beyond it a new one is answered 503.
 #[test]
 fn upgrades_are_tunnelled() {
     let (_registrar, asap, _pes) = web_pool(1);
     let address = listen();
     let (_gateway, _file) = gateway(
         asap,
-        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+        &format!(
+            "  http:\n    - listen: {address}\n      max_connections: 3\n      routes:\n        - pool: WebPool\n"
+        ),
     );
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(
-            b"GET /tunnel HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-        )
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let (mut stream, head) = open_tunnel(address);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
     for message in [&b"ping"[..], b"through the tunnel"] {
@@ -415,6 +425,18 @@ fn upgrades_are_tunnelled() {
         stream.read_exact(&mut echoed).unwrap();
         assert_eq!(echoed, message);
     }
+    // Two tunnels hold two of the three slots: a third request needs two (its
+    // connection's and its tunnel's) and is refused (503, or closed at once while the
+    // second tunnel's connection still holds its slot).
+    let (_second, head) = open_tunnel(address);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (third, head) = open_tunnel(address);
+    assert!(!head.starts_with("http/1.1 101"), "{head}");
+    // A closed tunnel gives its slot back.
+    drop((stream, third));
+    assert!(eventually(Duration::from_secs(10), || {
+        open_tunnel(address).1.starts_with("http/1.1 101")
+    }));
 }
 
 /// One response read off a raw connection: status, lower-cased head, body (by

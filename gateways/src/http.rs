@@ -227,6 +227,9 @@ struct State<D> {
     routing: Reloader,
     https: bool,
     directory: Arc<D>,
+    /// The listener's `max_connections`: client connections, and upgraded tunnels
+    /// (which outlive their HTTP connection) while they are open.
+    slots: Arc<Semaphore>,
 }
 
 /// A listener's routes and sticky-session keys: replaced whole by a reload, while
@@ -305,6 +308,7 @@ pub async fn serve<D: Directory>(
         routing,
         https: config.tls.is_some(),
         directory,
+        slots: Arc::new(Semaphore::new(config.max_connections)),
     });
     let acceptor = match &config.tls {
         Some(resolver) => match tls::server_config(resolver.clone()) {
@@ -332,7 +336,6 @@ pub async fn serve<D: Directory>(
         header_timeout: config.header_timeout,
         max_header_bytes: config.max_header_bytes,
     };
-    let slots = Arc::new(Semaphore::new(config.max_connections));
     let refused = metrics::counter!("rserpool_http_connections_refused_total", "listen" => config.listen.to_string());
     loop {
         let accepted = tokio::select! {
@@ -343,7 +346,7 @@ pub async fn serve<D: Directory>(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = state.slots.clone().try_acquire_owned() else {
             refused.increment(1);
             tracing::warn!(%peer, limit = config.max_connections, "connection limit reached: closing a client");
             continue;
@@ -395,8 +398,22 @@ async fn serve_connection<I, D>(
         let forwarding = forwarding.clone();
         async move {
             let mut request: Request<Incoming> = request;
-            let upgrade =
-                forward::is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+            let upgrade = if forward::is_upgrade(request.headers()) {
+                // The tunnel takes a connection slot of its own: it outlives this
+                // connection (whose slot is given back when hyper hands it over).
+                let Ok(slot) = state.slots.clone().try_acquire_owned() else {
+                    return Ok(text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "connection limit reached: no room for a tunnel",
+                    ));
+                };
+                Some(Tunnel {
+                    client: hyper::upgrade::on(&mut request),
+                    slot,
+                })
+            } else {
+                None
+            };
             let (parts, body) = request.into_parts();
             let request = ClientRequest {
                 parts,
@@ -463,7 +480,14 @@ struct ClientRequest {
     parts: http::request::Parts,
     body: ClientBody,
     /// The client's side of an `Upgrade` it asked for.
-    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: Option<Tunnel>,
+}
+
+/// A client's side of an upgrade (WebSocket and the like) and the connection slot the
+/// tunnel holds while it is open.
+struct Tunnel {
+    client: hyper::upgrade::OnUpgrade,
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// A request's body as the client connection hands it over.
@@ -932,7 +956,7 @@ fn finish_response(
     routing: &Routing,
     live: &LiveRoute,
     response: Response<ResponseBody>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: Option<Tunnel>,
     binding: Option<&Binding>,
     session: Option<u64>,
     pe_id: PoolElementId,
@@ -1005,12 +1029,14 @@ fn unix_seconds() -> u64 {
 }
 
 /// Joins the client's and the PE's upgraded connections (WebSocket and the like); the
-/// PE's bytes that came with its 101 go to the client first.
-async fn bridge(
-    client: hyper::upgrade::OnUpgrade,
-    (mut upstream, early): (tokio::net::TcpStream, Bytes),
-) {
+/// PE's bytes that came with its 101 go to the client first. The tunnel's connection
+/// slot is given back when it ends.
+async fn bridge(tunnel: Tunnel, (mut upstream, early): (tokio::net::TcpStream, Bytes)) {
     use tokio::io::AsyncWriteExt as _;
+    let Tunnel {
+        client,
+        slot: _slot,
+    } = tunnel;
     let Ok(client) = client.await else {
         return;
     };
