@@ -277,14 +277,16 @@ impl Ticket {
         &self.admission.limits
     }
 
-    /// When the first complete message is due.
-    pub(crate) fn first_message_due(&self) -> Instant {
-        self.admitted + self.limits().first_message_timeout
+    /// When the first complete message is due, and what missing it is.
+    pub(crate) fn first_message_due(&self) -> (Instant, Expulsion) {
+        let timeout = self.limits().first_message_timeout;
+        (self.admitted + timeout, Expulsion::Silent(timeout))
     }
 
-    /// When a message begun at `started` is due.
-    pub(crate) fn message_due(&self, started: Instant) -> Instant {
-        started + self.limits().message_timeout
+    /// When a message begun at `started` is due, and what missing it is.
+    pub(crate) fn message_due(&self, started: Instant) -> (Instant, Expulsion) {
+        let timeout = self.limits().message_timeout;
+        (started + timeout, Expulsion::SlowMessage(timeout))
     }
 
     /// A complete message arrived.
@@ -296,6 +298,10 @@ impl Ticket {
     /// This association now holds `bytes` of unfinished messages: charged to the
     /// listener's budget; `Err` (and nothing charged) when that would exceed it.
     pub(crate) fn hold_unfinished(&mut self, bytes: usize) -> Result<(), Expulsion> {
+        // Most reads end on a message boundary: nothing changes, no atomic operation.
+        if bytes == self.unfinished {
+            return Ok(());
+        }
         let unfinished = &self.admission.unfinished;
         if bytes > self.unfinished {
             let more = bytes - self.unfinished;
@@ -316,14 +322,6 @@ impl Ticket {
     pub(crate) fn expel(&self, why: Expulsion) -> Expulsion {
         self.admission.expelled(why);
         why
-    }
-
-    /// The timeouts, for the reasons given on expiry.
-    pub(crate) fn timeouts(&self) -> (Duration, Duration) {
-        (
-            self.limits().first_message_timeout,
-            self.limits().message_timeout,
-        )
     }
 }
 

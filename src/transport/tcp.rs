@@ -245,7 +245,7 @@ async fn read_loop(
         let read = tokio::select! {
             () = closed_locally.cancelled() => return "closed locally".into(),
             () = abort.cancelled() => return CLOSED_HERE.into(),
-            () = until(reassembly.deadline()) => return reassembly.expired(),
+            why = until(reassembly.deadline()) => return reassembly.expel(why),
             read = reader.read(reassembly.buffer()) => read,
         };
         if let Err(reason) = reassembly.deliver(read, incoming).await {
@@ -258,10 +258,13 @@ async fn read_loop(
 /// closes it.
 const CLOSED_HERE: &str = "closed by this side (shutdown or eviction)";
 
-/// Waits until `deadline`, or forever without one.
-async fn until(deadline: Option<Instant>) {
+/// Waits until a deadline and says what missing it is; forever without one.
+async fn until(deadline: Option<(Instant, Expulsion)>) -> Expulsion {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some((at, why)) => {
+            tokio::time::sleep_until(at).await;
+            why
+        }
         None => std::future::pending().await,
     }
 }
@@ -310,8 +313,9 @@ impl Reassembly {
         &mut self.buffer
     }
 
-    /// When the listener stops waiting for this association, if it is one it admitted.
-    fn deadline(&self) -> Option<Instant> {
+    /// When the listener stops waiting for this association (one it admitted), and
+    /// why.
+    fn deadline(&self) -> Option<(Instant, Expulsion)> {
         let ticket = self.ticket.as_ref()?;
         match self.phase {
             Phase::Silent => Some(ticket.first_message_due()),
@@ -320,17 +324,12 @@ impl Reassembly {
         }
     }
 
-    /// The deadline passed: counts it and says why the association ends.
-    fn expired(&self) -> String {
-        let Some(ticket) = &self.ticket else {
-            return CLOSED_HERE.into();
-        };
-        let (first, each) = ticket.timeouts();
-        let why = match self.phase {
-            Phase::Silent => Expulsion::Silent(first),
-            Phase::Idle | Phase::Receiving { .. } => Expulsion::SlowMessage(each),
-        };
-        ticket.expel(why).to_string()
+    /// A deadline passed: counts it and says why the association ends.
+    fn expel(&self, why: Expulsion) -> String {
+        match &self.ticket {
+            Some(ticket) => ticket.expel(why).to_string(),
+            None => why.to_string(),
+        }
     }
 
     /// Takes one read's result: every message it completes goes to the driver. Returns
@@ -419,7 +418,7 @@ pub(super) async fn run_session<S>(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break CLOSED_HERE.to_owned(),
-            () = until(reassembly.deadline()) => break reassembly.expired(),
+            why = until(reassembly.deadline()) => break reassembly.expel(why),
             () = closed_locally.cancelled() => {
                 close_session(assoc, &mut stream, &mut outgoing).await;
                 break "closed locally".to_owned();

@@ -230,10 +230,13 @@ fn load(files: &TlsFiles, now: SystemTime) -> Result<Material, TlsError> {
     let versions = &[&rustls::version::TLS13, &rustls::version::TLS12];
     let client_verifier =
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
-    let server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain.clone(), key.clone_key())?;
+    // The server's suite order decides (its CPU pays for most associations), whatever
+    // order a client prefers.
+    server.ignore_client_order = true;
     let client = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)?
         .dangerous()
@@ -383,17 +386,10 @@ impl ControlTls {
         stream: S,
     ) -> Result<(ServerStream<S>, Authentication), HandshakeError> {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.material().server.clone());
-        let handshake = async {
-            let stream = acceptor
-                .accept(Unvectored(stream))
-                .await
-                .map_err(HandshakeError::Tls)?;
-            let peer = authentication(stream.get_ref().1.peer_certificates())?;
-            Ok((stream, peer))
-        };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
+        finish_handshake(acceptor.accept(Unvectored(stream)), |stream| {
+            authentication(stream.get_ref().1.peer_certificates())
+        })
+        .await
     }
 
     /// The client's handshake on any byte stream to `peer`: the session and who the
@@ -405,18 +401,24 @@ impl ControlTls {
     ) -> Result<(ClientStream<S>, Authentication), HandshakeError> {
         let connector = tokio_rustls::TlsConnector::from(self.material().client.clone());
         let name = ServerName::IpAddress(peer.into());
-        let handshake = async {
-            let stream = connector
-                .connect(name, Unvectored(stream))
-                .await
-                .map_err(HandshakeError::Tls)?;
-            let peer = authentication(stream.get_ref().1.peer_certificates())?;
-            Ok((stream, peer))
-        };
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-            .await
-            .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
+        finish_handshake(connector.connect(name, Unvectored(stream)), |stream| {
+            authentication(stream.get_ref().1.peer_certificates())
+        })
+        .await
     }
+}
+
+/// Runs a handshake within [`HANDSHAKE_TIMEOUT`], then reads who the peer is.
+async fn finish_handshake<T>(
+    handshake: impl Future<Output = std::io::Result<T>>,
+    peer: impl FnOnce(&T) -> Result<Authentication, HandshakeError>,
+) -> Result<(T, Authentication), HandshakeError> {
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| HandshakeError::Timeout(HANDSHAKE_TIMEOUT))?
+        .map_err(HandshakeError::Tls)?;
+    let authentication = peer(&stream)?;
+    Ok((stream, authentication))
 }
 
 /// Counts a failed handshake and logs it (rate-limited: anyone can cause one).

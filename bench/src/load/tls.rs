@@ -30,11 +30,8 @@ impl Client {
                 .collect();
         let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}-key.pem")))
             .expect("the private key");
-        let mut provider = rustls::crypto::ring::default_provider();
-        provider
-            .cipher_suites
-            .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-        let provider = Arc::new(provider);
+        // The registrar picks the cipher suite (it ignores the client's order).
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("TLS versions")

@@ -9,6 +9,16 @@ use std::time::{Duration, Instant};
 
 use rserpool_proto::wire::PoolHandle;
 
+/// The slot of `key` among `slots`, by a hash keyed per process (so that nobody can
+/// aim a flood at one slot).
+fn slot_of(
+    hasher: &std::collections::hash_map::RandomState,
+    key: &impl std::hash::Hash,
+    slots: usize,
+) -> usize {
+    usize::try_from(hasher.hash_one(key) % slots as u64).unwrap_or_default()
+}
+
 /// Per-prefix token buckets for UDP responses, in a fixed table of slots indexed by a
 /// keyed hash of the prefix (as Knot's and BIND's RRL tables are bounded): a flood from
 /// many prefixes cannot grow it or reset the prefixes being limited. A new prefix takes
@@ -53,8 +63,7 @@ impl RateLimiter {
         };
         let prefix = Self::prefix(client);
         let burst = self.per_second.max(1.0);
-        let index = usize::try_from(self.hasher.hash_one(prefix) % RATE_LIMIT_SLOTS as u64)
-            .unwrap_or_default();
+        let index = slot_of(&self.hasher, &prefix, RATE_LIMIT_SLOTS);
         let Some(slot) = slots.get_mut(index) else {
             return true;
         };
@@ -101,7 +110,7 @@ impl NegativeCache {
     }
 
     fn index(&self, pool: &PoolHandle) -> usize {
-        usize::try_from(self.hasher.hash_one(pool) % NEGATIVE_SLOTS as u64).unwrap_or_default()
+        slot_of(&self.hasher, pool, NEGATIVE_SLOTS)
     }
 
     /// Whether `pool` was found unknown less than `ttl` ago.

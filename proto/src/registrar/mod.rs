@@ -540,13 +540,13 @@ impl RegistrarEngine {
         assoc: AssocId,
         peer: &PeerInfo,
     ) -> Result<(), String> {
-        let live = existing
-            .association
-            .filter(|other| *other != assoc && existing.owner() == self.id)
-            .and_then(|other| Some((other, self.associations.get(&other)?)));
         if existing.association == Some(assoc) {
             return Ok(());
         }
+        let live = existing
+            .association
+            .filter(|_| existing.owner() == self.id)
+            .and_then(|other| Some((other, self.associations.get(&other)?)));
         if let Some((other, registrant)) = live {
             let same_endpoint = registrant.peer.port == peer.port
                 && registrant
