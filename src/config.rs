@@ -142,9 +142,14 @@ pub(crate) struct HttpListenerSection {
     pub(crate) routes: Vec<HttpRouteSection>,
     #[serde(default = "ten_thousand")]
     pub(crate) max_connections: usize,
-    /// A client must send a request's head within this.
+    /// A client must send a request's head within this (an HTTP/2 connection, its
+    /// first request).
     #[serde(default = "ten_seconds", deserialize_with = "duration")]
     pub(crate) header_timeout: Duration,
+    /// An HTTP/2 connection idle this long (no byte either way, no request waiting)
+    /// is closed.
+    #[serde(default = "sixty_seconds", deserialize_with = "duration")]
+    pub(crate) client_idle_timeout: Duration,
     /// Larger request heads get 431.
     #[serde(default = "sixty_four_kibibytes")]
     pub(crate) max_header_bytes: usize,
@@ -763,6 +768,10 @@ pub(crate) struct PoolUserSection {
     /// the default is 0s for `resolve` and 1s for the gateways.
     #[serde(deserialize_with = "optional_duration")]
     pub(crate) stale_cache: Option<Duration>,
+    /// How long the current registrar may answer nothing while a request waits
+    /// before another is hunted (default 2s).
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) registrar_silence: Option<Duration>,
 }
 
 impl Default for PoolUserSection {
@@ -774,6 +783,7 @@ impl Default for PoolUserSection {
             announce: Multicast::Off,
             announce_interface: None,
             stale_cache: None,
+            registrar_silence: None,
         }
     }
 }
@@ -986,6 +996,15 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
     if r.max_items == 0 || r.default_items == 0 || r.handle_table_page_size == 0 {
         return Err(ConfigError::Invalid(
             "registrar.default_items, max_items and handle_table_page_size must be above 0".into(),
+        ));
+    }
+    if config
+        .pool_user
+        .registrar_silence
+        .is_some_and(|silence| silence.is_zero())
+    {
+        return Err(ConfigError::Invalid(
+            "pool_user.registrar_silence must be above 0".into(),
         ));
     }
     for (section, group, interface) in [

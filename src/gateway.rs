@@ -327,6 +327,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
         routes,
         max_connections: section.max_connections,
         header_timeout: section.header_timeout,
+        client_idle_timeout: section.client_idle_timeout,
         max_header_bytes: section.max_header_bytes,
         sticky,
         retry_ratio: section.retry_ratio,

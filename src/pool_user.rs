@@ -65,6 +65,9 @@ impl PoolUser {
         hunt.access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
         let mut config = PoolUserConfig::new(section.profile.into(), hunt);
         config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
+        if let Some(silence) = section.registrar_silence {
+            config.registrar_silence = silence;
+        }
         let engine = PoolUserEngine::new(config, crate::seed());
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
         let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
@@ -97,6 +100,10 @@ impl PoolUser {
             }
             PoolUserEvent::RegistrarUp => tracing::debug!("registrar association up"),
             PoolUserEvent::RegistrarLost => tracing::warn!("registrar association lost; hunting"),
+            PoolUserEvent::RegistrarSilent => {
+                metrics::counter!("rserpool_pool_user_registrars_silent_total").increment(1);
+                tracing::warn!("registrar answered nothing in time; hunting another");
+            }
             PoolUserEvent::RegistrarRefused { reason } => {
                 static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
                 metrics::counter!("rserpool_pool_user_registrars_refused_total").increment(1);

@@ -372,9 +372,9 @@ fn peers_json(engine: &RegistrarEngine) -> serde_json::Value {
                 "id": peer.id,
                 "endpoint": peer.endpoint.as_ref().map(ToString::to_string),
                 "static": peer.is_static,
+                "standing": peer.standing.as_str(),
                 "connected": peer.connected,
                 "pool_elements": peer.pool_elements,
-                "being_taken_over": peer.being_taken_over,
             })
         })
         .collect();
@@ -479,6 +479,15 @@ fn log_event(event: RegistrarEvent) {
             tracing::info!(peer = %id, %endpoint, "peer registrar up");
         }
         RegistrarEvent::PeerLost { id } => tracing::warn!(peer = %id, "peer registrar lost"),
+        RegistrarEvent::Overslept { by } => {
+            tracing::warn!(
+                by_ms = by.as_millis(),
+                "this registrar did not run for a while (stopped?): synchronising with its peers again before serving ASAP"
+            );
+        }
+        RegistrarEvent::CandidateExpired { id } => {
+            tracing::info!(peer = %id, "named registrar never answered: forgotten");
+        }
         RegistrarEvent::TakeoverStarted { target } => {
             tracing::warn!(peer = %target, "peer silent: starting takeover");
         }

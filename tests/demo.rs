@@ -14,23 +14,45 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// The demo under test: a failed assertion must not leave it (and its ten children)
+/// running and holding ports, so it is stopped as Ctrl-C would when dropped.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let end = Instant::now() + Duration::from_secs(20);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < end {
+                thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
 
 #[test]
 fn demo_starts_everything_and_stops_it_on_ctrl_c() {
     // Ports base+1 .. base+90, below the ephemeral range.
     let base = 20_000 + (std::process::id() % 100) * 100;
-    let mut demo = Command::new(common::binary())
-        .args(["demo", "--base-port", &base.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut demo = Demo(
+        Command::new(common::binary())
+            .args(["demo", "--base-port", &base.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (lines_tx, lines) = mpsc::channel();
-    let stdout = demo.stdout.take().unwrap();
+    let stdout = demo.0.stdout.take().unwrap();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = lines_tx.send(line);
@@ -136,13 +158,13 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
     // Ctrl-C: every process goes, the demo exits 0.
     drop(counter);
     let status = Command::new("kill")
-        .args(["-INT", &demo.id().to_string()])
+        .args(["-INT", &demo.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     let end = Instant::now() + Duration::from_secs(20);
     let exit = loop {
-        if let Some(status) = demo.try_wait().unwrap() {
+        if let Some(status) = demo.0.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < end, "the demo did not stop");

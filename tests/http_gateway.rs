@@ -679,3 +679,104 @@ fn sighup_reloads_routes() {
         "the running routes stay"
     );
 }
+
+/// The HTTP/2 client preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 frame: length, type, flags, stream, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend(stream.to_be_bytes());
+    frame.extend(payload);
+    frame
+}
+
+/// Sends `bytes` on a new connection, answers the server's SETTINGS, and reads frames
+/// until the server closes: the frame types seen, with when each came and when the
+/// connection closed (after the write). Panics if it stays open for 10 s.
+fn h2_until_closed(address: SocketAddr, bytes: &[u8]) -> (Vec<(u8, Duration)>, Duration) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let start = std::time::Instant::now();
+    let mut input = Vec::new();
+    let mut frames = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = match stream.read(&mut buffer) {
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(error) => panic!("still open after 10 s ({error}): {frames:?}"),
+        };
+        if read == 0 {
+            return (frames, start.elapsed());
+        }
+        input.extend_from_slice(&buffer[..read]);
+        while input.len() >= 9 {
+            let length = u32::from_be_bytes([0, input[0], input[1], input[2]]) as usize;
+            if input.len() < 9 + length {
+                break;
+            }
+            let (kind, flags) = (input[3], input[4]);
+            if kind == 0x4 && flags & 0x1 == 0 {
+                let _ = stream.write_all(&h2_frame(0x4, 0x1, 0, &[]));
+            }
+            frames.push((kind, start.elapsed()));
+            input.drain(..9 + length);
+        }
+    }
+}
+
+/// Idle HTTP/2 connections and partial prefaces were never closed (over 180 s) and
+/// kept legitimate clients out of the listener. Now an HTTP/2 connection must bring
+/// its first request within `header_timeout`, and one idle for `client_idle_timeout`
+/// after its last response gets GOAWAY and is closed.
+#[test]
+fn idle_and_silent_http2_connections_are_closed() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      header_timeout: 1s\n      client_idle_timeout: 2s\n      routes:\n        - pool: WebPool\n",
+    );
+    let address: SocketAddr = gateway.ready["http"]
+        .split('=')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Half a preface: closed once the header timeout has passed.
+    let (_, closed) = h2_until_closed(address, &PREFACE[..16]);
+    assert!(closed < Duration::from_secs(5), "{closed:?}");
+    // A whole preface and SETTINGS, but no request.
+    let mut hello = PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    let (_, closed) = h2_until_closed(address, &hello);
+    assert!(closed < Duration::from_secs(5), "{closed:?}");
+    // One GET (HPACK: :method GET, :scheme http, :path /, :authority web), answered;
+    // then nothing: GOAWAY and closed about 2 s after the response.
+    let mut get = hello;
+    get.extend(h2_frame(
+        0x1,
+        0x5,
+        1,
+        &[0x82, 0x86, 0x84, 0x41, 0x03, b'w', b'e', b'b'],
+    ));
+    let (frames, closed) = h2_until_closed(address, &get);
+    let answered = frames
+        .iter()
+        .find(|(kind, _)| *kind == 0x1)
+        .map(|(_, at)| *at)
+        .unwrap_or_else(|| panic!("no response HEADERS: {frames:?}"));
+    assert!(
+        frames.iter().any(|(kind, _)| *kind == 0x7),
+        "GOAWAY before the close: {frames:?}"
+    );
+    let idle = closed - answered;
+    assert!(
+        idle >= Duration::from_millis(1_500) && idle < Duration::from_secs(8),
+        "closed {idle:?} after the response"
+    );
+}

@@ -18,6 +18,7 @@ mod head;
 pub mod sticky;
 pub mod tls;
 mod upstream;
+mod watch;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -115,8 +116,12 @@ pub struct HttpListenerConfig {
     pub routes: Vec<Route>,
     /// Open client connections at most; more are closed at once.
     pub max_connections: usize,
-    /// A client must send a request's head within this (slowloris defence).
+    /// A client must send a request's head within this (slowloris defence); an HTTP/2
+    /// connection its first request.
     pub header_timeout: Duration,
+    /// An HTTP/2 connection with no byte either way and no request waiting for its
+    /// response for this long is closed (GOAWAY).
+    pub client_idle_timeout: Duration,
     /// Larger request heads get 431.
     pub max_header_bytes: usize,
     /// Sticky sessions, when a key is configured.
@@ -136,6 +141,7 @@ impl HttpListenerConfig {
             routes: vec![Route::new(pool_handle)],
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
             sticky: None,
             tls: None,
@@ -230,6 +236,12 @@ struct State<D> {
     /// The listener's `max_connections`: client connections, and upgraded tunnels
     /// (which outlive their HTTP connection) while they are open.
     slots: Arc<Semaphore>,
+    /// How long a connection hyper serves may go without a first request, and idle.
+    header_timeout: Duration,
+    client_idle_timeout: Duration,
+    /// Connections closed for the time limits, by reason.
+    closed_no_request: Counter,
+    closed_idle: Counter,
 }
 
 /// A listener's routes and sticky-session keys: replaced whole by a reload, while
@@ -309,6 +321,10 @@ pub async fn serve<D: Directory>(
         https: config.tls.is_some(),
         directory,
         slots: Arc::new(Semaphore::new(config.max_connections)),
+        header_timeout: config.header_timeout,
+        client_idle_timeout: config.client_idle_timeout,
+        closed_no_request: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "no_request"),
+        closed_idle: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "idle"),
     });
     let acceptor = match &config.tls {
         Some(resolver) => match tls::server_config(resolver.clone()) {
@@ -364,8 +380,7 @@ pub async fn serve<D: Directory>(
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         // HTTP/2 by ALPN is hyper's; HTTP/1.1 starts on the fast path.
                         Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            serve_connection(TokioIo::new(tls), &builder, state, peer, &lifecycle)
-                                .await
+                            serve_connection(tls, &builder, state, peer, &lifecycle).await
                         }
                         Ok(Ok(tls)) => {
                             h1::serve(tls, state, peer, limits, builder, &lifecycle).await
@@ -381,7 +396,8 @@ pub async fn serve<D: Directory>(
     }
 }
 
-/// Serves one client connection until it ends or the gateway stops.
+/// Serves one client connection with hyper until it ends, breaks a time limit (see
+/// `watch`) or the gateway stops.
 async fn serve_connection<I, D>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
@@ -389,14 +405,20 @@ async fn serve_connection<I, D>(
     peer: SocketAddr,
     lifecycle: &Lifecycle,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     D: Directory,
 {
+    let activity = watch::Activity::new(crate::now());
+    let io = TokioIo::new(watch::Watched::new(io, activity.clone()));
     let forwarding = Arc::new(forward::Forwarding::new(peer, state.https));
+    let watchdog = state.clone();
+    let requests = activity.clone();
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
         let forwarding = forwarding.clone();
+        let waiting = requests.request();
         async move {
+            let _waiting = waiting;
             let mut request: Request<Incoming> = request;
             let upgrade = if forward::is_upgrade(request.headers()) {
                 // The tunnel takes a connection slot of its own: it outlives this
@@ -425,16 +447,40 @@ async fn serve_connection<I, D>(
     });
     let connection = builder.serve_connection_with_upgrades(io, service);
     let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => {}
-        () = lifecycle.stop_accepting.cancelled() => {
-            // Finish what is under way; keep-alive ends (HTTP/2: GOAWAY).
-            connection.as_mut().graceful_shutdown();
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = lifecycle.close_sessions.cancelled() => {}
+    let mut check = std::pin::pin!(tokio::time::sleep(watchdog.header_timeout));
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = lifecycle.stop_accepting.cancelled() => break,
+            () = check.as_mut() => {
+                let verdict = activity.verdict(
+                    crate::now(),
+                    watchdog.header_timeout,
+                    watchdog.client_idle_timeout,
+                );
+                match verdict {
+                    watch::Verdict::Live { check_at } => check.as_mut().reset(check_at.into()),
+                    watch::Verdict::NoRequest => {
+                        watchdog.closed_no_request.increment(1);
+                        tracing::debug!(%peer, "no request within header_timeout: closing");
+                        return;
+                    }
+                    watch::Verdict::Idle => {
+                        watchdog.closed_idle.increment(1);
+                        tracing::debug!(%peer, "idle for client_idle_timeout: closing");
+                        connection.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(watchdog.header_timeout, connection.as_mut()).await;
+                        return;
+                    }
+                }
             }
         }
+    }
+    // Finish what is under way; keep-alive ends (HTTP/2: GOAWAY).
+    connection.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = lifecycle.close_sessions.cancelled() => {}
     }
 }
 

@@ -6,7 +6,9 @@
 //! associations to up to three candidates in parallel, starting at a random entry; the
 //! first to come up becomes the current registrar and the others are closed. A round
 //! that fails is followed by another after a delay that doubles up to a cap, and at
-//! once when a new registrar is announced.
+//! once when a new registrar is announced. A registrar given up because it stopped
+//! answering (a frozen process still accepts connections in its kernel) is passed over
+//! by the rounds that follow for `suspect_time`, unless no other is left.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +39,8 @@ pub struct HuntConfig {
     /// Whether a registrar must prove it is one (its certificate) before it is used
     /// (security.md T6, T7, T12: announces only name candidates).
     pub access: Access,
+    /// How long a registrar that stopped answering is passed over by later rounds.
+    pub suspect_time: Duration,
 }
 
 impl HuntConfig {
@@ -52,6 +56,7 @@ impl HuntConfig {
             announced_lifetime: Duration::from_secs(5),
             transport: TransportKind::Tcp,
             access: Access::Open,
+            suspect_time: Duration::from_secs(30),
         }
     }
 }
@@ -97,6 +102,8 @@ pub(crate) enum Lost {
 pub(crate) struct Hunt {
     config: HuntConfig,
     announced: BTreeMap<Endpoint, (RegistrarId, Instant)>,
+    /// Registrars given up for silence, until when they are passed over.
+    suspects: BTreeMap<Endpoint, Instant>,
     state: State,
     failed_rounds: u32,
 }
@@ -106,6 +113,7 @@ impl Hunt {
         Self {
             config,
             announced: BTreeMap::new(),
+            suspects: BTreeMap::new(),
             state: State::Idle,
             failed_rounds: 0,
         }
@@ -157,6 +165,8 @@ impl Hunt {
         }
     }
 
+    /// The registrars a round may try: all known ones but the suspects, or all of them
+    /// when every one is a suspect.
     fn candidates(&self, now: Instant) -> Vec<Endpoint> {
         let mut all = self.config.registrars.clone();
         for (endpoint, (_, expires)) in &self.announced {
@@ -164,7 +174,12 @@ impl Hunt {
                 all.push(endpoint.clone());
             }
         }
-        all
+        let trusted: Vec<Endpoint> = all
+            .iter()
+            .filter(|e| self.suspects.get(*e).is_none_or(|until| *until <= now))
+            .cloned()
+            .collect();
+        if trusted.is_empty() { all } else { trusted }
     }
 
     fn start_round<E>(
@@ -175,6 +190,7 @@ impl Hunt {
         out: &mut VecDeque<Output<E>>,
     ) {
         self.announced.retain(|_, (_, expires)| *expires > now);
+        self.suspects.retain(|_, until| *until > now);
         let candidates = self.candidates(now);
         if candidates.is_empty() {
             self.fail_round(now);
@@ -288,7 +304,8 @@ impl Hunt {
         }
     }
 
-    /// Gives up the current registrar (it stopped answering) and hunts again.
+    /// Gives up the current registrar (it stopped answering) and hunts again, passing
+    /// it over for `suspect_time`.
     pub(crate) fn drop_current<E>(
         &mut self,
         now: Instant,
@@ -296,7 +313,12 @@ impl Hunt {
         rng: &mut SeededRng,
         out: &mut VecDeque<Output<E>>,
     ) {
-        if let State::Connected { assoc, .. } = &self.state {
+        if let State::Connected {
+            assoc, endpoint, ..
+        } = &self.state
+        {
+            self.suspects
+                .insert(endpoint.clone(), now + self.config.suspect_time);
             out.push_back(Output::Close { assoc: *assoc });
             self.state = State::Idle;
             self.start_round(now, ids, rng, out);

@@ -15,6 +15,7 @@ pub mod pool_element;
 pub mod pool_user;
 mod rate;
 pub mod registrar;
+mod resolution_cache;
 pub mod rng;
 pub mod session;
 pub mod wire;

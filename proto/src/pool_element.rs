@@ -475,17 +475,11 @@ impl PoolElementEngine {
             self.transmit(assoc, &ack);
         }
         if adopted {
-            // Refresh the registrations at the new home now: PEs whose re-registration
-            // waited for a registrar would otherwise expire there.
-            let waiting: Vec<PoolElementId> = self
-                .members
-                .values()
-                .filter(|m| !m.leaving && m.pending.is_none() && m.next_registration.is_none())
-                .map(|m| m.id)
-                .collect();
-            for id in waiting {
-                self.send_registration(id, now, 1);
-            }
+            // Everything outstanding goes to the new home now, with fresh timers: a
+            // re-registration still out at the old home would otherwise time out
+            // later and make this PE drop the new home for it; and PEs whose
+            // re-registration waited for a registrar would expire there.
+            self.resume_all(now);
         }
     }
 

@@ -3,6 +3,11 @@
 //! handlespace of its own) whose entries go stale after the stale-cache value; and
 //! ENDPOINT_UNREACHABLE reports.
 //!
+//! A registrar that answers nothing for `registrar_silence` while a request waits (a
+//! frozen process: its kernel still holds the association) is given up for another at
+//! once, without waiting out T1 and its retransmissions, and the waiting requests go to
+//! the new one.
+//!
 //! Responses carry no request identifier: a response answers the oldest outstanding
 //! request for its pool on the association it arrived on (associations are ordered).
 //!
@@ -20,8 +25,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo, TimerProfile};
-use crate::handlespace::{Handlespace, Limits, PoolElementKey};
+use crate::handlespace::{Limits, PoolElementKey};
 use crate::hunt::{Hunt, HuntConfig, Lost};
+use crate::resolution_cache::{Cached, ResolutionCache};
 use crate::rng::SeededRng;
 use crate::wire::{
     AsapMessage, CauseCode, ErrorReport, HandleResolution, HandleResolutionResponse,
@@ -38,6 +44,10 @@ pub struct PoolUserConfig {
     pub request_timeout: Duration,
     /// MAX-REQUEST-RETRANSMIT: resends to one registrar before hunting another.
     pub max_request_retransmits: u32,
+    /// How long the current registrar may answer nothing while a request waits
+    /// before another is hunted (shorter than T1: a frozen registrar should cost a
+    /// client a short stall, not T1 times its retransmissions).
+    pub registrar_silence: Duration,
     /// How long a resolution may be answered from the cache (0: ask every time, as
     /// rsplib's tools do).
     pub stale_cache: Duration,
@@ -61,6 +71,7 @@ impl PoolUserConfig {
             hunt,
             request_timeout: timeout,
             max_request_retransmits: retransmits,
+            registrar_silence: Duration::from_secs(2),
             stale_cache: Duration::ZERO,
             fail_after_hunt_rounds: 1,
             max_pending_requests: 4096,
@@ -118,6 +129,9 @@ pub enum PoolUserEvent {
     RegistrarUp,
     /// The registrar association was lost; hunting.
     RegistrarLost,
+    /// The current registrar answered nothing for `registrar_silence` while requests
+    /// waited: given up for another (hunting), passed over for a while.
+    RegistrarSilent,
     /// A registrar reached in a hunt did not prove it is one: closed, its answers
     /// never used (security.md T7).
     RegistrarRefused {
@@ -143,13 +157,24 @@ pub struct CacheHit {
 struct Request {
     pool_handle: PoolHandle,
     items: Option<u32>,
-    /// The association and deadline it was last sent with, and how often.
-    sent: Option<(AssocId, Instant, u32)>,
+    /// Where and when it was last sent.
+    sent: Option<Sent>,
     /// A cache refresh: its answer fills the cache and is reported to nobody.
     silent: bool,
     /// Requests for the same pool and item count that arrived while this one was out,
     /// answered from the cache its answer fills.
     followers: Vec<RequestId>,
+}
+
+/// A request out at a registrar.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    assoc: AssocId,
+    at: Instant,
+    /// T1 runs out.
+    deadline: Instant,
+    /// Sends to this registrar so far.
+    attempt: u32,
 }
 
 /// Who an answered resolution's outcome goes to.
@@ -166,11 +191,10 @@ enum Recipient {
 pub struct PoolUserEngine {
     config: PoolUserConfig,
     hunt: Hunt,
-    cache: Handlespace,
+    cache: ResolutionCache,
     requests: BTreeMap<RequestId, Request>,
-    /// When each cached pool's answer is due for a refresh (three quarters into the
-    /// stale-cache value); only pools in the cache.
-    refresh_at: BTreeMap<PoolHandle, Instant>,
+    /// When the current registrar last sent anything.
+    last_heard: Option<Instant>,
     next_request: u64,
     ids: AssocIds,
     rng: SeededRng,
@@ -182,10 +206,10 @@ impl PoolUserEngine {
     pub fn new(config: PoolUserConfig, seed: u64) -> Self {
         Self {
             hunt: Hunt::new(config.hunt.clone()),
-            cache: Handlespace::new(config.cache_limits),
+            cache: ResolutionCache::new(config.stale_cache, config.cache_limits),
             config,
             requests: BTreeMap::new(),
-            refresh_at: BTreeMap::new(),
+            last_heard: None,
             next_request: 1,
             ids: AssocIds::default(),
             rng: SeededRng::new(seed),
@@ -227,7 +251,7 @@ impl PoolUserEngine {
     /// so; `items` as the resolutions that use the cache ask), unless a resolution of
     /// the pool is already out. Its answer is reported to nobody; it fills the cache.
     pub fn refresh(&mut self, pool_handle: PoolHandle, items: Option<u32>, now: Instant) {
-        if self.config.stale_cache.is_zero()
+        if !self.cache.is_on()
             || self.requests.values().any(|r| r.pool_handle == pool_handle)
             || self.pending() >= self.config.max_pending_requests
         {
@@ -242,7 +266,7 @@ impl PoolUserEngine {
     /// same may wait for. With a cache only: without one, each request gets the
     /// registrar's own selection.
     fn in_flight(&mut self, pool_handle: &PoolHandle, items: Option<u32>) -> Option<&mut Request> {
-        if self.config.stale_cache.is_zero() {
+        if !self.cache.is_on() {
             return None;
         }
         self.requests
@@ -287,21 +311,9 @@ impl PoolUserEngine {
         items: Option<u32>,
         now: Instant,
     ) -> Option<CacheHit> {
-        if self.config.stale_cache.is_zero() {
-            return None;
-        }
-        self.purge_cache(now);
-        let resolution = self.select_cached(&pool_handle, items)?;
-        let refresh = match self.refresh_at.get_mut(&pool_handle) {
-            Some(at) if *at <= now => {
-                // Asked once: the refresh's answer sets the next time.
-                *at = now + self.config.stale_cache;
-                true
-            }
-            _ => false,
-        };
+        let (cached, refresh) = self.cache.lookup(&pool_handle, items, now, &mut self.rng)?;
         Some(CacheHit {
-            resolution,
+            resolution: cached_resolution(pool_handle, cached),
             refresh,
         })
     }
@@ -309,7 +321,7 @@ impl PoolUserEngine {
     /// Reports a PE the user could not reach (asap.md §6.3): it leaves the cache and
     /// the registrar is told.
     pub fn report_unreachable(&mut self, pool_handle: PoolHandle, pe_id: PoolElementId) {
-        self.uncache(&PoolElementKey { pool_handle, pe_id });
+        self.cache.remove(&PoolElementKey { pool_handle, pe_id });
         if let Some(assoc) = self.hunt.current() {
             self.transmit(
                 assoc,
@@ -320,10 +332,7 @@ impl PoolUserEngine {
 
     /// The cached PEs of a pool (fresh or not), in identifier order.
     pub fn cached(&self, pool_handle: &PoolHandle) -> Vec<&PoolElement> {
-        self.cache
-            .pool(pool_handle)
-            .map(|pool| pool.elements().map(|e| &e.element).collect())
-            .unwrap_or_default()
+        self.cache.pool_elements(pool_handle)
     }
 
     /// Is a registrar association up?
@@ -334,40 +343,6 @@ impl PoolUserEngine {
     /// The current registrar's ID, if known.
     pub fn registrar(&self) -> Option<RegistrarId> {
         self.hunt.current_registrar().and_then(|(_, id)| id)
-    }
-
-    fn purge_cache(&mut self, now: Instant) {
-        while let Some(key) = self.cache.expired(now) {
-            self.uncache(&key);
-        }
-    }
-
-    /// Removes a cached PE; the pool's refresh time goes with its last PE.
-    fn uncache(&mut self, key: &PoolElementKey) {
-        self.cache.remove(key);
-        if self.cache.pool(&key.pool_handle).is_none() {
-            self.refresh_at.remove(&key.pool_handle);
-        }
-    }
-
-    fn select_cached(
-        &mut self,
-        pool_handle: &PoolHandle,
-        items: Option<u32>,
-    ) -> Option<Resolution> {
-        let count = items.map_or(usize::MAX, |n| n as usize);
-        let policy_type = self.cache.pool(pool_handle)?.policy_type();
-        // The pool user applies the pool's policy to its cache (policies.md §5).
-        let chosen = self
-            .cache
-            .select(pool_handle, count, Some(1), &mut self.rng)?;
-        let pool_elements: Vec<PoolElement> = chosen.iter().map(|e| e.element.clone()).collect();
-        (!pool_elements.is_empty()).then_some(Resolution {
-            pool_handle: *pool_handle,
-            policy_type: Some(policy_type),
-            pool_elements,
-            from_cache: true,
-        })
     }
 
     fn resolved(&mut self, request: RequestId, result: Result<Resolution, ResolveError>) {
@@ -400,7 +375,12 @@ impl PoolUserEngine {
         let Some(pending) = self.requests.get_mut(&request) else {
             return;
         };
-        pending.sent = Some((assoc, now + self.config.request_timeout, attempt));
+        pending.sent = Some(Sent {
+            assoc,
+            at: now,
+            deadline: now + self.config.request_timeout,
+            attempt,
+        });
         let message = AsapMessage::HandleResolution(HandleResolution {
             pool_handle: pending.pool_handle,
             items: pending.items,
@@ -413,7 +393,8 @@ impl PoolUserEngine {
             .requests
             .iter()
             .find(|(_, r)| {
-                r.pool_handle == response.pool_handle && r.sent.is_some_and(|(a, _, _)| a == assoc)
+                r.pool_handle == response.pool_handle
+                    && r.sent.is_some_and(|sent| sent.assoc == assoc)
             })
             .map(|(id, _)| *id);
         let Some(request) = request else {
@@ -438,14 +419,12 @@ impl PoolUserEngine {
         if let Some(failure) = failure {
             if failure == ResolveError::UnknownPool {
                 // The registrar knows no PE of it now: neither does the cache.
-                self.forget_pool(&response.pool_handle);
+                self.cache.forget_pool(&response.pool_handle);
             }
             self.finish(request, &answered, |_, _| Err(failure));
             return;
         }
-        if !self.config.stale_cache.is_zero() {
-            self.store(&response, now);
-        }
+        self.cache.store(&response, now);
         let answer = Resolution {
             pool_handle: response.pool_handle,
             policy_type: response.policy.as_ref().map(|p| p.policy_type()),
@@ -458,7 +437,9 @@ impl PoolUserEngine {
             // Followers (same item count): the cache the answer filled, applying the
             // policy once more for each, or the answer if the cache could not take it.
             Recipient::Follower => Ok(engine
-                .select_cached(&answer.pool_handle, answered.items)
+                .cache
+                .select(&answer.pool_handle, answered.items, &mut engine.rng)
+                .map(|cached| cached_resolution(answer.pool_handle, cached))
                 .unwrap_or_else(|| answer.clone())),
         });
     }
@@ -481,47 +462,6 @@ impl PoolUserEngine {
         }
     }
 
-    /// Drops a pool's cached PEs.
-    fn forget_pool(&mut self, pool_handle: &PoolHandle) {
-        let keys: Vec<PoolElementKey> = self
-            .cache
-            .pool(pool_handle)
-            .map(|pool| {
-                pool.elements()
-                    .map(|e| PoolElementKey {
-                        pool_handle: *pool_handle,
-                        pe_id: e.element.id,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        for key in &keys {
-            self.uncache(key);
-        }
-    }
-
-    /// Stores an answer in the cache, each entry fresh for the stale-cache value.
-    fn store(&mut self, response: &HandleResolutionResponse, now: Instant) {
-        let stale_ms = u32::try_from(self.config.stale_cache.as_millis()).unwrap_or(u32::MAX);
-        for pe in &response.pool_elements {
-            let mut cached = pe.clone();
-            cached.registration_life_ms = stale_ms;
-            if self
-                .cache
-                .upsert(response.pool_handle, cached.clone(), None, now)
-                .is_err()
-            {
-                // The pool was re-created with another policy: start the cache afresh.
-                self.forget_pool(&response.pool_handle);
-                let _ = self.cache.upsert(response.pool_handle, cached, None, now);
-            }
-        }
-        if self.cache.pool(&response.pool_handle).is_some() {
-            self.refresh_at
-                .insert(response.pool_handle, now + self.config.stale_cache * 3 / 4);
-        }
-    }
-
     fn fail_waiting(&mut self, error: ResolveError) {
         let waiting = std::mem::take(&mut self.requests);
         for (request, failed) in &waiting {
@@ -533,15 +473,28 @@ impl PoolUserEngine {
         let requests = self
             .requests
             .values()
-            .filter_map(|r| r.sent.map(|(_, deadline, _)| deadline));
-        let cache = (!self.config.stale_cache.is_zero())
-            .then(|| self.cache.next_expiry())
-            .flatten();
-        requests.chain(cache).chain(self.hunt.next_deadline()).min()
+            .filter_map(|r| r.sent.map(|s| s.deadline));
+        requests
+            .chain(self.silence_deadline())
+            .chain(self.cache.next_expiry())
+            .chain(self.hunt.next_deadline())
+            .min()
     }
 }
 
 impl PoolUserEngine {
+    /// When the current registrar will have been silent too long: the first request
+    /// sent to it since it last sent anything, plus `registrar_silence`.
+    fn silence_deadline(&self) -> Option<Instant> {
+        let current = self.hunt.current()?;
+        self.requests
+            .values()
+            .filter_map(|r| r.sent)
+            .filter(|sent| sent.assoc == current && self.last_heard.is_none_or(|at| at <= sent.at))
+            .map(|sent| sent.at + self.config.registrar_silence)
+            .min()
+    }
+
     /// Fails the waiting requests once whole hunt rounds failed (asap.md §4.3 step 5).
     fn fail_waiting_after_failed_rounds(&mut self) {
         if self.hunt.current().is_none()
@@ -572,6 +525,7 @@ impl Engine for PoolUserEngine {
             }
         };
         if current {
+            self.last_heard = Some(now);
             self.out
                 .push_back(Output::Event(PoolUserEvent::RegistrarUp));
             let waiting: Vec<RequestId> = self.requests.keys().copied().collect();
@@ -603,6 +557,9 @@ impl Engine for PoolUserEngine {
     fn handle_message(&mut self, assoc: AssocId, protocol: Protocol, bytes: &[u8], now: Instant) {
         if protocol != Protocol::Asap {
             return;
+        }
+        if self.hunt.current() == Some(assoc) {
+            self.last_heard = Some(now);
         }
         match AsapMessage::decode(bytes) {
             Ok(decoded) => match decoded.message {
@@ -675,14 +632,25 @@ impl Engine for PoolUserEngine {
         {
             self.fail_waiting(ResolveError::NoRegistrar);
         }
-        self.purge_cache(now);
+        self.cache.purge(now);
+        if self.silence_deadline().is_some_and(|at| at <= now) {
+            self.out
+                .push_back(Output::Event(PoolUserEvent::RegistrarSilent));
+            for request in self.requests.values_mut() {
+                request.sent = None;
+            }
+            self.last_heard = None;
+            self.hunt
+                .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+            return;
+        }
         let due: Vec<(RequestId, u32)> = self
             .requests
             .iter()
             .filter_map(|(id, r)| {
                 r.sent
-                    .filter(|(_, deadline, _)| *deadline <= now)
-                    .map(|(_, _, attempts)| (*id, attempts))
+                    .filter(|sent| sent.deadline <= now)
+                    .map(|sent| (*id, sent.attempt))
             })
             .collect();
         let mut hunt_again = false;
@@ -707,5 +675,15 @@ impl Engine for PoolUserEngine {
         self.out
             .pop_front()
             .unwrap_or_else(|| Output::Timeout(self.next_deadline()))
+    }
+}
+
+/// A cache answer as a resolution.
+fn cached_resolution(pool_handle: PoolHandle, cached: Cached) -> Resolution {
+    Resolution {
+        pool_handle,
+        policy_type: Some(cached.policy_type),
+        pool_elements: cached.pool_elements,
+        from_cache: true,
     }
 }

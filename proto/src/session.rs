@@ -602,8 +602,7 @@ impl Session {
                 self.out.push_back(SessionOutput::Resolve(self.pool_handle));
             }
             State::Connected { .. } => {
-                let awaiting = self.heartbeats || self.sent_to_pe > self.answered_upto;
-                if awaiting
+                if self.awaiting_pe()
                     && now.saturating_duration_since(self.last_pe_activity) >= self.silence_limit()
                 {
                     self.pe_failed(PeFailure::Timeout, now);
@@ -634,6 +633,12 @@ impl Session {
         }
     }
 
+    /// Is something due from the PE: an answer to what was sent, or (control
+    /// channel) heartbeats?
+    fn awaiting_pe(&self) -> bool {
+        self.heartbeats || self.sent_to_pe > self.answered_upto
+    }
+
     /// Heartbeats go to a control-channel PE until the gateway has half-closed towards
     /// it (nothing can be written after that).
     fn heartbeats_due(&self) -> bool {
@@ -646,11 +651,16 @@ impl Session {
             State::Connecting { deadline, .. } => Some(*deadline),
             State::Waiting { until } => Some(*until),
             State::Connected { .. } => {
-                let silence = self.last_pe_activity + self.silence_limit();
+                // Only what `timeout` acts on: a silence counts while an answer (or a
+                // heartbeat) is awaited; a deadline it would let pass stays in the
+                // past and the driver would wake for it at once, over and over.
+                let silence = self
+                    .awaiting_pe()
+                    .then(|| self.last_pe_activity + self.silence_limit());
                 let heartbeat = self
                     .heartbeats_due()
                     .then(|| self.last_sent_to_pe + self.config.heartbeat_interval);
-                Some(heartbeat.map_or(silence, |h| h.min(silence)))
+                silence.into_iter().chain(heartbeat).min()
             }
             State::Resolving | State::Closed => None,
         };

@@ -613,6 +613,59 @@ fn registrar_crash_fails_over_to_another_registrar() {
     let _ = pe;
 }
 
+/// A frozen registrar (SIGSTOP: its associations stay up, nothing is answered) held a
+/// pool user's requests for T1 and its retransmissions (45 s with the RFC's timers)
+/// before another registrar was tried. Now a registrar silent for `registrar_silence`
+/// (2 s) while a request waits is given up at once, passed over by the next hunt, and
+/// the request is answered by another registrar.
+#[test]
+fn a_frozen_registrar_costs_a_pool_user_a_short_stall() {
+    // The frozen registrar's kernel still accepts associations: which registrar a new
+    // hunt reaches first depends on the seed, so several are tried.
+    for seed in 12..20 {
+        frozen_registrar(seed);
+    }
+}
+
+fn frozen_registrar(seed: u64) {
+    let mut sim = Sim::new(seed);
+    let r1 = add_registrar(&mut sim, 0x11);
+    let r2 = add_registrar(&mut sim, 0x22);
+    let (_, id1) = add_pe(&mut sim, &[r1], Policy::RoundRobin, 30);
+    let (_, id2) = add_pe(&mut sim, &[r2], Policy::RoundRobin, 30);
+    let pu = add_pu(&mut sim, &[r1, r2], TimerProfile::Rfc);
+    let first = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(100));
+    assert!(resolution(&sim, pu, first).unwrap().is_ok());
+    let (frozen, other_pe) = if resolutions_answered(&sim, r1) == 1 {
+        (r1, id2)
+    } else {
+        (r2, id1)
+    };
+    sim.freeze(frozen);
+    let request = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(2_500));
+    assert_eq!(
+        resolution(&sim, pu, request),
+        Some(Ok(vec![other_pe])),
+        "answered by the other registrar within 2.5 s (seed {})",
+        sim.seed
+    );
+    assert!(
+        sim.events(pu)
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Pu(PoolUserEvent::RegistrarSilent)))
+    );
+    // Later requests go to the other registrar at once.
+    let later = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(
+        resolution(&sim, pu, later),
+        Some(Ok(vec![other_pe])),
+        "seed {seed}"
+    );
+}
+
 /// asap.md §5.2 step 6 and §6.1 step 3, with message loss: T2 and T1 retransmission
 /// and re-hunting still get the PE registered and the pool resolved.
 #[test]

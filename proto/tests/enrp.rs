@@ -10,6 +10,7 @@
     reason = "test code"
 )]
 
+mod by_hand;
 mod sim;
 
 use std::collections::BTreeSet;
@@ -80,6 +81,15 @@ fn hunt(registrars: &[NodeId]) -> HuntConfig {
 
 fn add_pe(sim: &mut Sim, registrars: &[NodeId], interval_secs: u64) -> (NodeId, PoolElementId) {
     let config = PoolElementConfig::new(TimerProfile::Rsplib, hunt(registrars));
+    add_pe_with(sim, config, interval_secs)
+}
+
+/// A PE node with `config`, re-registering every `interval_secs`.
+fn add_pe_with(
+    sim: &mut Sim,
+    config: PoolElementConfig,
+    interval_secs: u64,
+) -> (NodeId, PoolElementId) {
     let node = sim.nodes.len();
     let n = sim.add(Role::Pe(PoolElementEngine::new(
         config,
@@ -490,6 +500,96 @@ fn frozen_registrar_is_taken_over_and_rejoins() {
     assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
 }
 
+/// A PE whose re-registration was out at its frozen home when another registrar took
+/// it over timed that re-registration out afterwards and dropped its new home for it
+/// (hunting the frozen one again): the new home then lost the PE with the
+/// association. A PE that adopts a new home now sends what was outstanding there.
+#[test]
+fn a_pe_keeps_the_home_that_took_it_over_from_a_frozen_registrar() {
+    for seed in 40..44 {
+        let mut sim = Sim::new(seed);
+        // RFC timers everywhere: the takeover comes about 66 s into the freeze, after
+        // the PE's last attempt at its old home went out and before it expires.
+        let registrars: Vec<NodeId> = (0..2).collect();
+        for &n in &registrars {
+            let rfc = RegistrarConfig::new(TimerProfile::Rfc);
+            let config = RegistrarConfig {
+                peer_heartbeat_interval: rfc.peer_heartbeat_interval,
+                max_time_last_heard: rfc.max_time_last_heard,
+                ..registrar_config(n, &registrars)
+            };
+            sim.add(Role::Registrar(RegistrarEngine::new(
+                config,
+                seed ^ n as u64,
+                sim.now,
+            )));
+        }
+        sim.run_for(Duration::from_secs(6));
+        // The `pe` agent's timers: T2 30 s, two attempts, re-registering every 30 s
+        // (registration life 90 s).
+        let config = PoolElementConfig::new(TimerProfile::Rfc, hunt(&registrars[..1]));
+        let (pe, id) = add_pe_with(&mut sim, config, 30);
+        sim.run_for(Duration::from_secs(7));
+        sim.freeze(registrars[0]);
+        sim.run_for(Duration::from_secs(150));
+        let taker = registrar_id(registrars[1]);
+        assert_eq!(
+            sim.pool_element(pe).home_registrar(),
+            Some(taker),
+            "seed {seed}"
+        );
+        assert_eq!(
+            owner_at(&sim, registrars[1], id),
+            Some(taker),
+            "seed {seed}"
+        );
+    }
+}
+
+/// A registrar frozen long enough to be taken over found, when it was thawed, the
+/// re-registrations its PEs had sent it meanwhile and then the associations they had
+/// closed when they moved: it registered them again (an ADD_PE naming itself, which
+/// moved them back at the registrar that had taken them over) and removed them at once
+/// (a DEL_PE from their "home"): the pool was empty until the PEs' next
+/// re-registration. A registrar that notices it overslept by more than
+/// MAX-TIME-LAST-HEARD now synchronises again before it serves ASAP, so what its
+/// peers did meanwhile comes first.
+#[test]
+fn a_thawed_registrar_does_not_take_back_the_pes_it_lost() {
+    for seed in 50..54 {
+        let mut sim = Sim::new(seed);
+        let registrars = add_registrars(&mut sim, 2);
+        sim.run_for(Duration::from_secs(6));
+        let (_, id) = add_pe(&mut sim, &registrars[..1], 5);
+        sim.run_for(Duration::from_secs(2));
+        sim.freeze(registrars[0]);
+        sim.run_for(Duration::from_secs(30));
+        let taker = registrar_id(registrars[1]);
+        assert_eq!(
+            owner_at(&sim, registrars[1], id),
+            Some(taker),
+            "seed {seed}"
+        );
+        sim.take_events(registrars[1]);
+        sim.thaw(registrars[0]);
+        sim.run_for(Duration::from_secs(20));
+        let removed = registrar_events(&sim, registrars[1])
+            .into_iter()
+            .any(|e| matches!(e, RegistrarEvent::Removed { .. }));
+        assert!(
+            !removed,
+            "the PE left the pool at the registrar that took it over (seed {seed})"
+        );
+        for &r in &registrars {
+            assert_eq!(
+                owner_at(&sim, r, id),
+                Some(taker),
+                "registrar {r} (seed {seed})"
+            );
+        }
+    }
+}
+
 /// enrp.md §5.8: updates lost in a short partition (an ADD_PE and a DEL_PE) are
 /// repaired by the checksum audit within a few heartbeats, long before the 90 s
 /// registration lives would have done it.
@@ -524,146 +624,6 @@ fn audits_repair_lost_updates() {
             .iter()
             .any(|e| matches!(e, RegistrarEvent::AuditCompleted { purged: 1, .. }))
     );
-}
-
-/// Drives one registrar by hand, as a peer registrar would talk to it.
-mod by_hand {
-    use std::net::{IpAddr, Ipv4Addr};
-    use std::time::Instant;
-
-    use rserpool_proto::engine::{AssocId, Engine, Output, PeerInfo, TimerProfile, TransportKind};
-    use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent};
-    use rserpool_proto::wire::{
-        AsapMessage, EnrpBody, EnrpMessage, Policy, PoolElement, PoolElementId, PoolHandle,
-        Protocol, RegistrarId, ServerInformation, Transport, TransportProtocol, TransportUse,
-        UpdateAction,
-    };
-
-    const ME: RegistrarId = RegistrarId(0x10);
-
-    pub(super) struct Harness {
-        pub(super) engine: RegistrarEngine,
-        pub(super) now: Instant,
-        pub(super) outputs: Vec<Output<RegistrarEvent>>,
-    }
-
-    fn address(last: u8) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
-    }
-
-    impl Harness {
-        pub(super) fn new() -> Self {
-            let now = Instant::now();
-            let config = RegistrarConfig {
-                id: Some(ME),
-                announce_interval: None,
-                ..RegistrarConfig::new(TimerProfile::Rsplib)
-            };
-            let mut harness = Self {
-                engine: RegistrarEngine::new(config, 1, now),
-                now,
-                outputs: Vec::new(),
-            };
-            harness.drain();
-            harness
-        }
-
-        pub(super) fn drain(&mut self) {
-            loop {
-                match self.engine.poll_output() {
-                    Output::Timeout(_) => return,
-                    other => self.outputs.push(other),
-                }
-            }
-        }
-
-        /// A peer registrar `id` at 10.0.0.`last` opens an ENRP association and says hello.
-        pub(super) fn peer(&mut self, assoc: u64, id: RegistrarId, last: u8) {
-            let peer = PeerInfo {
-                transport: TransportKind::Tcp,
-                addresses: vec![address(last)],
-                port: 40_000,
-                protocol: Protocol::Enrp,
-                rtt: None,
-                authentication: rserpool_proto::auth::Authentication::Unauthenticated,
-            };
-            self.engine
-                .handle_association_up(AssocId(assoc), peer, self.now);
-            self.enrp(
-                assoc,
-                id,
-                EnrpBody::Presence {
-                    reply_required: false,
-                    checksum: Some(0xffff),
-                    server_information: Some(ServerInformation {
-                        server_id: id,
-                        transport: TransportKind::Tcp
-                            .transport_parameter(vec![address(last)], 9901),
-                    }),
-                },
-            );
-        }
-
-        pub(super) fn enrp(&mut self, assoc: u64, sender: RegistrarId, body: EnrpBody) {
-            let bytes = EnrpMessage {
-                sender,
-                receiver: ME,
-                body,
-            }
-            .encode()
-            .unwrap();
-            self.engine
-                .handle_message(AssocId(assoc), Protocol::Enrp, &bytes, self.now);
-            self.drain();
-        }
-    }
-
-    pub(super) fn pool_element(id: u32, home: RegistrarId) -> PoolElement {
-        PoolElement {
-            id: PoolElementId(id),
-            home_registrar: home,
-            registration_life_ms: 60_000,
-            user_transport: Transport {
-                protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
-                port: 7000,
-                addresses: vec![address(50)],
-            },
-            policy: Policy::RoundRobin,
-            asap_transport: Some(TransportKind::Tcp.transport_parameter(vec![address(50)], 4000)),
-        }
-    }
-
-    pub(super) fn update(
-        action: UpdateAction,
-        element: PoolElement,
-        takeover_suggested: bool,
-    ) -> EnrpBody {
-        EnrpBody::HandleUpdate {
-            takeover_suggested,
-            action,
-            pool_handle: PoolHandle::new(b"EchoPool").unwrap(),
-            pool_element: element,
-        }
-    }
-
-    pub(super) fn keep_alives(
-        outputs: &[Output<RegistrarEvent>],
-    ) -> Vec<(AssocId, bool, PoolElementId)> {
-        outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Transmit {
-                    assoc,
-                    protocol: Protocol::Asap,
-                    payload,
-                } => match AsapMessage::decode(payload).unwrap().message {
-                    AsapMessage::EndpointKeepAlive(k) => Some((*assoc, k.home, k.pe_id.unwrap())),
-                    _ => None,
-                },
-                _ => None,
-            })
-            .collect()
-    }
 }
 
 /// enrp.md §5.4, security.md T5: an ADD_PE counts only from the registrar it names as

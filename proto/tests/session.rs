@@ -536,6 +536,31 @@ fn a_pe_that_never_finishes_after_the_clients_half_close_is_closed() {
     );
 }
 
+/// A data-only session whose PE has answered everything asked asked for a timeout at
+/// the end of the response timeout anyway, and after it passed kept naming that past
+/// instant without acting on it: the gateway's session loop woke at once, over and
+/// over (a core at 100 % for every idle session). A deadline the session names must be
+/// in the future once `timeout` has run, and an idle session names none.
+#[test]
+fn an_idle_session_asks_for_no_deadline_it_will_not_act_on() {
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.run();
+    world.client_sends(b"one\n");
+    world.pe_speaks(usize::MAX);
+    let response_timeout = SessionConfig::default().response_timeout;
+    world.advance(response_timeout + Duration::from_secs(1));
+    assert!(!world.session.is_closed(), "an idle PE has not failed");
+    assert_eq!(
+        world.session.next_timeout(),
+        None,
+        "nothing is awaited from the PE"
+    );
+    // A new request makes an answer due again: its deadline counts from now.
+    world.client_sends(b"two\n");
+    let due = world.session.next_timeout().expect("an answer is awaited");
+    assert!(due > world.now, "{due:?} is not after {:?}", world.now);
+}
+
 /// A control channel PE that goes silent (frozen) fails after the response timeout;
 /// heartbeats are sent while idle.
 #[test]

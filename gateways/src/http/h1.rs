@@ -22,7 +22,7 @@ use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -92,10 +92,10 @@ pub(super) async fn serve<I, D>(
                 Ok(request) => break request,
                 Err(Next::Partial) => {}
                 Err(Next::HandOff) => {
-                    let io = TokioIo::new(Rewind {
+                    let io = Rewind {
                         read: input.freeze(),
                         io,
-                    });
+                    };
                     super::serve_connection(io, &builder, state, peer, lifecycle).await;
                     return;
                 }

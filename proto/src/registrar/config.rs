@@ -65,8 +65,17 @@ pub struct RegistrarConfig {
     pub mentor_discovery_timeout: Duration,
     /// How long a takeover waits for the acknowledgements of every peer.
     pub takeover_expiry: Duration,
-    /// The most peers kept (static and discovered).
+    /// The most peers kept (static and discovered). A registrar that speaks over an
+    /// association replaces a candidate or a silent entry that owns nothing when the
+    /// table is full; it is refused only when every entry is live.
     pub max_peers: usize,
+    /// The most registrars kept that were named by others (list responses, multicast)
+    /// and have not answered yet; each expires after MAX-TIME-LAST-HEARD plus
+    /// MAX-TIME-NO-RESPONSE without an answer.
+    pub max_candidate_peers: usize,
+    /// The most peers speaking from one host address: with TLS off anyone there can
+    /// claim any registrar ID, so one host must not be able to fill `max_peers`.
+    pub max_peers_per_host: usize,
     /// ASAP messages held while start-up synchronises; more are dropped.
     pub max_deferred_messages: usize,
     /// Act on takeover suggestions (T flag, an rsplib extension): take the PE over if
@@ -123,6 +132,8 @@ impl Default for RegistrarConfig {
             mentor_discovery_timeout: Duration::from_secs(5),
             takeover_expiry: Duration::from_secs(5),
             max_peers: 256,
+            max_candidate_peers: 32,
+            max_peers_per_host: 16,
             max_deferred_messages: 4096,
             accept_takeover_suggestions: true,
             access: Access::Open,

@@ -7,10 +7,14 @@
 //! and drops everything registered over an association that goes down.
 
 mod config;
+mod discovery;
 mod enrp;
+mod peers;
+mod sync;
+mod takeover;
 
 pub use config::RegistrarConfig;
-pub use enrp::PeerStatus;
+pub use peers::{PeerStanding, PeerStatus};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -102,6 +106,13 @@ pub enum RegistrarEvent {
         /// PEs known after the mentor's table.
         pool_elements: usize,
     },
+    /// This registrar ran again after a pause longer than MAX-TIME-LAST-HEARD past its
+    /// own deadline (a stopped process, a suspended machine): its peers may have taken
+    /// its PEs over, so it synchronises again before serving ASAP.
+    Overslept {
+        /// How long past its deadline it ran again.
+        by: std::time::Duration,
+    },
     /// A peer registrar was heard from for the first time.
     PeerUp {
         /// Its ID.
@@ -112,6 +123,12 @@ pub enum RegistrarEvent {
     /// A peer stopped answering and was forgotten (it owned no PEs, or another
     /// registrar took it over).
     PeerLost {
+        /// Its ID.
+        id: RegistrarId,
+    },
+    /// A registrar named by another (or by multicast) never answered and was
+    /// forgotten.
+    CandidateExpired {
         /// Its ID.
         id: RegistrarId,
     },
@@ -220,8 +237,8 @@ pub struct RegistrarEngine {
     out: VecDeque<Output<RegistrarEvent>>,
     ids: AssocIds,
     // ENRP (enrp.rs).
-    peers: Vec<enrp::Peer>,
-    phase: enrp::Phase,
+    peers: Vec<peers::Peer>,
+    phase: sync::Phase,
     mentor_sync: Option<RegistrarId>,
     mentor_sync_deadline: Option<Instant>,
     deferred: VecDeque<(AssocId, Vec<u8>)>,
@@ -230,6 +247,11 @@ pub struct RegistrarEngine {
     takeover_links: BTreeMap<AssocId, Vec<PoolElementKey>>,
     /// Takeovers this registrar acknowledged: target -> initiator.
     acked_takeovers: BTreeMap<RegistrarId, RegistrarId>,
+    /// The deadline last handed to the driver, and the time of the last input:
+    /// running much later than both means this registrar was not running (see
+    /// `notice_oversleep`).
+    expected_wakeup: Option<Instant>,
+    last_input: Option<Instant>,
     stats: RegistrarStats,
 }
 
@@ -261,10 +283,12 @@ impl RegistrarEngine {
             next_heartbeat: now,
             takeover_links: BTreeMap::new(),
             acked_takeovers: BTreeMap::new(),
+            expected_wakeup: None,
+            last_input: None,
             stats: RegistrarStats::default(),
             config,
         };
-        if engine.phase == enrp::Phase::Normal {
+        if engine.phase == sync::Phase::Normal {
             engine.next_announce = engine.config.announce_interval.map(|_| now);
         }
         engine.start_peering();
@@ -778,8 +802,20 @@ impl RegistrarEngine {
             self.handlespace.set_keepalive(key, None);
             return;
         };
+        self.probe_pool_element(assoc, key, false, now);
+    }
+
+    /// Sends a PE a keep-alive (with the H flag: this registrar is its home now) and
+    /// waits for the acknowledgement until the keep-alive timeout.
+    fn probe_pool_element(
+        &mut self,
+        assoc: AssocId,
+        key: &PoolElementKey,
+        home: bool,
+        now: Instant,
+    ) {
         let message = AsapMessage::EndpointKeepAlive(EndpointKeepAlive {
-            home: false,
+            home,
             server_id: self.id,
             pool_handle: key.pool_handle,
             pe_id: Some(key.pe_id),
@@ -983,6 +1019,7 @@ impl Engine for RegistrarEngine {
     type Event = RegistrarEvent;
 
     fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
+        self.notice_oversleep(now);
         let association = Association {
             registrar: None,
             resolutions: self
@@ -1009,11 +1046,13 @@ impl Engine for RegistrarEngine {
     }
 
     fn handle_association_down(&mut self, assoc: AssocId, now: Instant) {
+        self.notice_oversleep(now);
         self.drop_association(assoc);
         self.enrp_association_down(assoc, now);
     }
 
     fn handle_message(&mut self, assoc: AssocId, protocol: Protocol, bytes: &[u8], now: Instant) {
+        self.notice_oversleep(now);
         if !self.associations.contains_key(&assoc) {
             return;
         }
@@ -1035,6 +1074,7 @@ impl Engine for RegistrarEngine {
         bytes: &[u8],
         now: Instant,
     ) {
+        self.notice_oversleep(now);
         // Other registrars' ASAP announces are of no use to a registrar.
         if protocol == Protocol::Enrp {
             self.stats.enrp_received += 1;
@@ -1043,6 +1083,7 @@ impl Engine for RegistrarEngine {
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.notice_oversleep(now);
         while let Some(key) = self.handlespace.keepalive_due(now) {
             if self.awaiting_ack.contains_key(&key) {
                 self.remove(&key, RemovalReason::KeepAliveTimeout);
@@ -1060,8 +1101,10 @@ impl Engine for RegistrarEngine {
     }
 
     fn poll_output(&mut self) -> Output<RegistrarEvent> {
-        self.out
-            .pop_front()
-            .unwrap_or_else(|| Output::Timeout(self.next_deadline()))
+        self.out.pop_front().unwrap_or_else(|| {
+            let deadline = self.next_deadline();
+            self.expected_wakeup = deadline;
+            Output::Timeout(deadline)
+        })
     }
 }

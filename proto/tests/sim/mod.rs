@@ -1,7 +1,10 @@
 //! A deterministic simulator for many engines (ARCHITECTURE.md §4, house style 9):
 //! a virtual clock, associations with latency, message loss, partitions, crashes
 //! (kill -9: the peers' transport reports the association down) and freezes (SIGSTOP:
-//! nothing is sent or answered, and nothing tells the peers).
+//! the node's kernel still accepts associations and queues what arrives, but nothing
+//! is processed, sent or answered until it is thawed, and nothing tells the peers).
+//! Connects to a host that is not there or not reachable hang until the transport's
+//! connect timeout; to a running host with nothing listening, they are refused at once.
 //!
 //! Every random choice draws from one seed; tests print it so a failure reproduces.
 
@@ -34,6 +37,9 @@ pub type NodeId = usize;
 pub const ASAP_PORT: u16 = 3863;
 pub const ENRP_PORT: u16 = 9901;
 pub const PE_ASAP_PORT: u16 = 4000;
+/// How long the daemon's transport waits for a connect that gets no answer (a frozen
+/// peer, a partition, a host that is not there) before reporting it down.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An event one node reported, with the time.
 #[derive(Debug, Clone)]
@@ -146,6 +152,8 @@ pub struct Node {
     pub deadline: Option<Instant>,
     pub events: Vec<(Duration, NodeEvent)>,
     next_incoming: u64,
+    /// What arrived while frozen, delivered in order at thaw.
+    held: Vec<Delivery>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +173,20 @@ enum Delivery {
     Down {
         to: NodeId,
         assoc: AssocId,
+    },
+    /// A message a frozen node's kernel received: read at thaw even if the sender has
+    /// closed the association since (the data came before the close).
+    Buffered {
+        to: NodeId,
+        assoc: AssocId,
+        protocol: Protocol,
+        bytes: Vec<u8>,
+    },
+    /// An association a frozen node's kernel accepted, reported to it at thaw.
+    Accepted {
+        to: NodeId,
+        assoc: AssocId,
+        peer: PeerInfo,
     },
     Datagram {
         from: NodeId,
@@ -245,6 +267,7 @@ impl Sim {
             deadline: Some(self.now),
             events: Vec::new(),
             next_incoming: 1,
+            held: Vec::new(),
         });
         id
     }
@@ -284,6 +307,16 @@ impl Sim {
 
     fn reachable(&self, a: NodeId, b: NodeId) -> bool {
         !self.partitions.contains(&(a.min(b), a.max(b)))
+    }
+
+    /// Does a connect to `to` fail at once? When a reachable host is there and no
+    /// running process listens on the port (the kernel resets it; a crashed process's
+    /// host too). A partitioned or an absent host's connects hang.
+    fn refuses(&self, from: NodeId, to: &Endpoint) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(n, node)| to.addresses.contains(&node.address) && self.reachable(from, n))
     }
 
     /// Drains a node's outputs after a mutation.
@@ -398,10 +431,15 @@ impl Sim {
                 if !self.nodes[from].alive {
                     return;
                 }
-                let target = self.listener(&to, protocol).filter(|&t| {
-                    self.nodes[t].alive && !self.nodes[t].frozen && self.reachable(from, t)
-                });
+                let target = self
+                    .listener(&to, protocol)
+                    .filter(|&t| self.nodes[t].alive && self.reachable(from, t));
                 let now = self.now;
+                if target.is_none() && !self.refuses(from, &to) {
+                    // Nothing answers: the connect hangs until the transport gives up.
+                    self.schedule(now + CONNECT_TIMEOUT, Delivery::Down { to: from, assoc });
+                    return;
+                }
                 match target {
                     Some(t) => {
                         let incoming = AssocId(self.nodes[t].next_incoming);
@@ -409,8 +447,16 @@ impl Sim {
                         self.links.insert((from, assoc), (t, incoming));
                         self.links.insert((t, incoming), (from, assoc));
                         let peer = self.peer_info(from, protocol);
-                        self.nodes[t].role.engine().up(incoming, peer, now);
-                        self.drain(t);
+                        if self.nodes[t].frozen {
+                            self.nodes[t].held.push(Delivery::Accepted {
+                                to: t,
+                                assoc: incoming,
+                                peer,
+                            });
+                        } else {
+                            self.nodes[t].role.engine().up(incoming, peer, now);
+                            self.drain(t);
+                        }
                         let peer = PeerInfo {
                             port: to.port,
                             ..self.peer_info(t, protocol)
@@ -435,17 +481,39 @@ impl Sim {
                 bytes,
             } => {
                 let node = &self.nodes[to];
-                if node.alive && !node.frozen && self.links.contains_key(&(to, assoc)) {
+                if node.alive && node.frozen {
+                    self.nodes[to].held.push(Delivery::Buffered {
+                        to,
+                        assoc,
+                        protocol,
+                        bytes,
+                    });
+                } else if node.alive && self.links.contains_key(&(to, assoc)) {
+                    self.hand_over(to, assoc, protocol, &bytes);
+                }
+            }
+            Delivery::Down { to, assoc } if self.nodes[to].frozen => {
+                self.nodes[to].held.push(Delivery::Down { to, assoc });
+            }
+            Delivery::Buffered {
+                to,
+                assoc,
+                protocol,
+                bytes,
+            } => {
+                if self.nodes[to].alive {
+                    self.hand_over(to, assoc, protocol, &bytes);
+                }
+            }
+            Delivery::Accepted { to, assoc, peer } => {
+                if self.nodes[to].alive {
                     let now = self.now;
-                    self.nodes[to]
-                        .role
-                        .engine()
-                        .message(assoc, protocol, &bytes, now);
+                    self.nodes[to].role.engine().up(assoc, peer, now);
                     self.drain(to);
                 }
             }
             Delivery::Down { to, assoc } => {
-                if self.nodes[to].alive && !self.nodes[to].frozen {
+                if self.nodes[to].alive {
                     let now = self.now;
                     self.nodes[to].role.engine().down(assoc, now);
                     self.drain(to);
@@ -475,6 +543,16 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Gives a message to node `to`'s engine.
+    fn hand_over(&mut self, to: NodeId, assoc: AssocId, protocol: Protocol, bytes: &[u8]) {
+        let now = self.now;
+        self.nodes[to]
+            .role
+            .engine()
+            .message(assoc, protocol, bytes, now);
+        self.drain(to);
     }
 
     /// Runs until `duration` of virtual time has passed.
@@ -538,6 +616,7 @@ impl Sim {
     /// kill -9: the process is gone; the peers' transport reports its associations down.
     pub fn crash(&mut self, n: NodeId) {
         self.nodes[n].alive = false;
+        self.nodes[n].held.clear();
         let links: Vec<_> = self
             .links
             .keys()
@@ -577,6 +656,9 @@ impl Sim {
 
     pub fn thaw(&mut self, n: NodeId) {
         self.nodes[n].frozen = false;
+        for delivery in std::mem::take(&mut self.nodes[n].held) {
+            self.deliver(delivery);
+        }
         let now = self.now;
         self.nodes[n].role.engine().timeout(now);
         self.drain(n);

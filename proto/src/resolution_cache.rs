@@ -1,0 +1,157 @@
+//! A pool user's cache of handle resolution answers (asap.md §6.2): a handlespace of
+//! its own whose entries are fresh for the stale-cache value after a registrar sent
+//! them, with the pool's policy applied to what it holds (policies.md §5).
+//!
+//! A hit in the last quarter of an answer's life says the pool should be refreshed
+//! (once), so a gateway renews the cache before it runs out instead of sending a burst
+//! of resolutions when it does.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::handlespace::{Handlespace, Limits, PoolElementKey};
+use crate::rng::SeededRng;
+use crate::wire::{HandleResolutionResponse, PolicyType, PoolElement, PoolHandle};
+
+/// PEs chosen from the cache by the pool's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cached {
+    pub(crate) policy_type: PolicyType,
+    pub(crate) pool_elements: Vec<PoolElement>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ResolutionCache {
+    /// How long an answer is used (zero: the cache is off).
+    fresh_for: Duration,
+    entries: Handlespace,
+    /// When each cached pool's answer is due for a refresh (three quarters into its
+    /// life); only pools in the cache.
+    refresh_at: BTreeMap<PoolHandle, Instant>,
+}
+
+impl ResolutionCache {
+    pub(crate) fn new(fresh_for: Duration, limits: Limits) -> Self {
+        Self {
+            fresh_for,
+            entries: Handlespace::new(limits),
+            refresh_at: BTreeMap::new(),
+        }
+    }
+
+    pub(crate) fn is_on(&self) -> bool {
+        !self.fresh_for.is_zero()
+    }
+
+    /// The fresh PEs of a pool by its policy, and whether the caller should refresh
+    /// the pool now. None: the cache is off or holds no fresh PE of it.
+    pub(crate) fn lookup(
+        &mut self,
+        pool_handle: &PoolHandle,
+        items: Option<u32>,
+        now: Instant,
+        rng: &mut SeededRng,
+    ) -> Option<(Cached, bool)> {
+        if !self.is_on() {
+            return None;
+        }
+        self.purge(now);
+        let cached = self.select(pool_handle, items, rng)?;
+        let refresh = match self.refresh_at.get_mut(pool_handle) {
+            Some(at) if *at <= now => {
+                // Asked once: the refresh's answer sets the next time.
+                *at = now + self.fresh_for;
+                true
+            }
+            _ => false,
+        };
+        Some((cached, refresh))
+    }
+
+    /// The pool's policy applied to what the cache holds of it.
+    pub(crate) fn select(
+        &mut self,
+        pool_handle: &PoolHandle,
+        items: Option<u32>,
+        rng: &mut SeededRng,
+    ) -> Option<Cached> {
+        let count = items.map_or(usize::MAX, |n| n as usize);
+        let policy_type = self.entries.pool(pool_handle)?.policy_type();
+        let chosen = self.entries.select(pool_handle, count, Some(1), rng)?;
+        let pool_elements: Vec<PoolElement> = chosen.iter().map(|e| e.element.clone()).collect();
+        (!pool_elements.is_empty()).then_some(Cached {
+            policy_type,
+            pool_elements,
+        })
+    }
+
+    /// The cached PEs of a pool (fresh or not), in identifier order.
+    pub(crate) fn pool_elements(&self, pool_handle: &PoolHandle) -> Vec<&PoolElement> {
+        self.entries
+            .pool(pool_handle)
+            .map(|pool| pool.elements().map(|e| &e.element).collect())
+            .unwrap_or_default()
+    }
+
+    /// Stores an answer, each entry fresh for the stale-cache value.
+    pub(crate) fn store(&mut self, response: &HandleResolutionResponse, now: Instant) {
+        if !self.is_on() {
+            return;
+        }
+        let fresh_ms = u32::try_from(self.fresh_for.as_millis()).unwrap_or(u32::MAX);
+        for pe in &response.pool_elements {
+            let mut cached = pe.clone();
+            cached.registration_life_ms = fresh_ms;
+            if self
+                .entries
+                .upsert(response.pool_handle, cached.clone(), None, now)
+                .is_err()
+            {
+                // The pool was re-created with another policy: start the cache afresh.
+                self.forget_pool(&response.pool_handle);
+                let _ = self.entries.upsert(response.pool_handle, cached, None, now);
+            }
+        }
+        if self.entries.pool(&response.pool_handle).is_some() {
+            self.refresh_at
+                .insert(response.pool_handle, now + self.fresh_for * 3 / 4);
+        }
+    }
+
+    /// Drops a pool's cached PEs.
+    pub(crate) fn forget_pool(&mut self, pool_handle: &PoolHandle) {
+        let keys: Vec<PoolElementKey> = self
+            .entries
+            .pool(pool_handle)
+            .map(|pool| {
+                pool.elements()
+                    .map(|e| PoolElementKey {
+                        pool_handle: *pool_handle,
+                        pe_id: e.element.id,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in &keys {
+            self.remove(key);
+        }
+    }
+
+    /// Removes a cached PE; the pool's refresh time goes with its last PE.
+    pub(crate) fn remove(&mut self, key: &PoolElementKey) {
+        self.entries.remove(key);
+        if self.entries.pool(&key.pool_handle).is_none() {
+            self.refresh_at.remove(&key.pool_handle);
+        }
+    }
+
+    pub(crate) fn purge(&mut self, now: Instant) {
+        while let Some(key) = self.entries.expired(now) {
+            self.remove(&key);
+        }
+    }
+
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        self.is_on().then(|| self.entries.next_expiry()).flatten()
+    }
+}
