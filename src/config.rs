@@ -113,6 +113,12 @@ pub(crate) struct DnsSection {
     /// UDP responses per second to one client /24 (IPv6: /56); 0: no limit.
     #[serde(default = "two_hundred")]
     pub(crate) rate_limit: u32,
+    /// TCP connections open at once; more are closed at once.
+    #[serde(default = "tcp_max_connections")]
+    pub(crate) tcp_max_connections: usize,
+    /// A TCP connection must bring its next query within this.
+    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    pub(crate) tcp_idle_timeout: Duration,
     /// DNS over TLS (RFC 7858) on its own address, certificates as for HTTP.
     pub(crate) tls: Option<DotSection>,
 }
@@ -224,6 +230,11 @@ pub(crate) struct StickySection {
 
 fn sticky_max_age() -> Duration {
     Duration::from_secs(3600)
+}
+
+/// The DNS gateway library's own default.
+fn tcp_max_connections() -> usize {
+    rserpool_gateways::dns::TcpLimits::default().max_connections
 }
 
 fn ten_seconds() -> Duration {

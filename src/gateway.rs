@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use rserpool_gateways::Lifecycle;
-use rserpool_gateways::dns::{self, DnsConfig, hickory_name};
+use rserpool_gateways::dns::{self, DnsConfig, TcpLimits, hickory_name};
 use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{self, HttpListenerConfig, Route};
@@ -231,6 +231,10 @@ fn dns_config(section: &DnsSection) -> Result<DnsConfig, RunError> {
     config.answer_count = section.answer_count.max(1);
     config.negative_ttl = section.negative_ttl;
     config.rate_limit = section.rate_limit;
+    config.tcp = TcpLimits {
+        max_connections: section.tcp_max_connections,
+        idle_timeout: section.tcp_idle_timeout,
+    };
     for (label, pool) in &section.names {
         let valid = !label.is_empty()
             && label.len() <= 63

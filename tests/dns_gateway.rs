@@ -229,6 +229,54 @@ fn large_answers_truncate_over_udp_and_complete_over_tcp() {
     let _ = std::fs::remove_file(&path);
 }
 
+/// The DNS TCP listener had no connection cap: clients that opened connections and sent
+/// nothing held descriptors until the process (HTTP listeners included) ran out. Now
+/// at most `tcp_max_connections` are held (more are closed at once) and a connection
+/// without a query for `tcp_idle_timeout` is closed.
+#[test]
+fn tcp_connections_are_capped_and_idle_ones_closed() {
+    use std::io::Read;
+    let (_registrar, asap, _pe) = one_pe_pool();
+    let (_gateway, server, _path) = dns_gateway(
+        asap,
+        "      names: {web: WebPool}\n      tcp_max_connections: 3\n      tcp_idle_timeout: 2s\n",
+    );
+    assert!(eventually(Duration::from_secs(10), || !dig(
+        server,
+        "web.pool.example",
+        "A",
+        &["+tcp"],
+        true
+    )
+    .is_empty()));
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(server).unwrap())
+        .collect();
+    // Accepted in the order they came: the fourth finds the three slots taken.
+    let mut fourth = std::net::TcpStream::connect(server).unwrap();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match fourth.read(&mut byte) {
+        Ok(0) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection over the cap is closed at once: {other:?}"),
+    }
+    let started = std::time::Instant::now();
+    for mut connection in idle {
+        connection
+            .set_read_timeout(Some(Duration::from_secs(6)))
+            .unwrap();
+        assert!(
+            matches!(connection.read(&mut byte), Ok(0)),
+            "an idle connection is closed"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(!dig(server, "web.pool.example", "A", &["+tcp"], true).is_empty());
+}
+
 #[test]
 fn garbage_and_a_flood_from_one_prefix_leave_others_served() {
     let (_registrar, asap, _pe) = one_pe_pool();

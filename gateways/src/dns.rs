@@ -37,7 +37,9 @@ use rserpool_proto::wire::{Policy, PoolElement, PoolHandle, TransportProtocol};
 use crate::{Directory, DirectoryError};
 
 mod limits;
+mod tcp;
 use limits::{NegativeCache, RateLimiter};
+pub use tcp::TcpLimits;
 
 /// A domain name from text (the zone of the configuration).
 pub fn hickory_name(text: &str) -> Result<Name, String> {
@@ -60,6 +62,8 @@ pub struct DnsConfig {
     /// Responses per second to one client prefix (/24 for IPv4, /56 for IPv6) over UDP;
     /// 0: no limit.
     pub rate_limit: u32,
+    /// Bounds of the TCP listener.
+    pub tcp: TcpLimits,
 }
 
 impl DnsConfig {
@@ -72,6 +76,7 @@ impl DnsConfig {
             answer_count: 8,
             negative_ttl: 5,
             rate_limit: 200,
+            tcp: TcpLimits::default(),
         }
     }
 }
@@ -632,9 +637,11 @@ pub async fn serve<D: Directory>(
     directory: Arc<D>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut server = hickory_server::Server::new(PoolDns::new(config, directory));
+    let tcp_limits = config.tcp;
+    let handler = Arc::new(PoolDns::new(config, directory));
+    let mut server = hickory_server::Server::new(Shared(handler.clone()));
     server.register_socket(udp);
-    server.register_listener(tcp, Duration::from_secs(10), 64);
+    let tcp = tokio::spawn(tcp::serve(tcp, handler, tcp_limits, shutdown.clone()));
     if let Some(dot) = dot {
         let registered = crate::http::tls::server_config_for(dot.certificates, &[b"dot"])
             .map_err(|e| e.to_string())
@@ -654,6 +661,24 @@ pub async fn serve<D: Directory>(
     shutdown.cancelled().await;
     if let Err(error) = server.shutdown_gracefully().await {
         tracing::warn!(%error, "DNS server stopped with an error");
+    }
+    let _ = tcp.await;
+}
+
+/// One handler for hickory's UDP and TLS listeners and our TCP listener (one cache,
+/// one set of meters).
+struct Shared<H>(Arc<H>);
+
+#[async_trait::async_trait]
+impl<H: RequestHandler> RequestHandler for Shared<H> {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        self.0
+            .handle_request::<R, T>(request, response_handle)
+            .await
     }
 }
 

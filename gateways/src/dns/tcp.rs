@@ -1,0 +1,167 @@
+//! DNS over TCP (RFC 7766) with a connection cap: hickory's TCP listener spawns a task
+//! for every connection it accepts, so clients that open connections and send nothing
+//! held file descriptors until the whole process (HTTP listeners included) ran out. This
+//! listener holds at most `max_connections` (more are closed at once, counted), and a
+//! connection that does not bring its next query within `idle_timeout` is closed.
+//! Queries are answered by the same handler as UDP, one at a time per connection.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use metrics::Counter;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Bounds of the TCP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// Connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// A connection must bring its next query (whole) within this.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1000,
+            idle_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Accepts and serves connections until `shutdown`.
+pub(super) async fn serve<H: RequestHandler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    limits: TcpLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refused = metrics::counter!("rserpool_dns_tcp_connections_refused_total");
+    let closed_idle =
+        metrics::counter!("rserpool_dns_tcp_connections_closed_total", "reason" => "idle");
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, client)) = accepted else {
+            // Out of descriptors or the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refused.increment(1);
+            continue;
+        };
+        let handler = handler.clone();
+        let closed_idle = closed_idle.clone();
+        connections.spawn(async move {
+            connection(stream, client, &*handler, limits.idle_timeout, &closed_idle).await;
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.shutdown().await;
+}
+
+/// Answers the queries of one connection in turn.
+async fn connection<H: RequestHandler>(
+    mut stream: TcpStream,
+    client: SocketAddr,
+    handler: &H,
+    idle_timeout: Duration,
+    closed_idle: &Counter,
+) {
+    loop {
+        let query = tokio::time::timeout(idle_timeout, read_message(&mut stream)).await;
+        let bytes = match query {
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None) | Err(_)) => return,
+            Err(_) => {
+                closed_idle.increment(1);
+                return;
+            }
+        };
+        let Ok(request) = Request::from_bytes(bytes, client, Protocol::Tcp) else {
+            tracing::debug!(%client, "malformed DNS query over TCP: closing");
+            return;
+        };
+        let answer = Answer::default();
+        handler
+            .handle_request::<_, TokioTime>(&request, answer.clone())
+            .await;
+        let Some(response) = answer.take() else {
+            return;
+        };
+        let Ok(length) = u16::try_from(response.len()) else {
+            return;
+        };
+        let mut framed = Vec::with_capacity(response.len() + 2);
+        framed.extend_from_slice(&length.to_be_bytes());
+        framed.extend_from_slice(&response);
+        let written = tokio::time::timeout(idle_timeout, stream.write_all(&framed)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
+/// One length-prefixed message; None at a clean end of the stream.
+async fn read_message(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut length = [0u8; 2];
+    match stream.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut message).await?;
+    Ok(Some(message))
+}
+
+/// Where the handler puts its response for the connection to write.
+#[derive(Clone, Default)]
+struct Answer(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl Answer {
+    fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().ok().and_then(|mut answer| answer.take())
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Answer {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(u16::MAX);
+        let info = response.destructive_emit(&mut encoder)?;
+        if let Ok(mut answer) = self.0.lock() {
+            *answer = Some(bytes);
+        }
+        Ok(info)
+    }
+}
