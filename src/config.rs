@@ -418,6 +418,26 @@ impl From<Profile> for TimerProfile {
     }
 }
 
+/// Whose keep-alive with the H flag may move a PE to a new home when TLS is off.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum HomeChanges {
+    /// A registrar on the host of one configured, hunted or heard announced.
+    #[default]
+    Known,
+    /// Anyone who reaches the agent's ASAP endpoint (rsplib's behaviour).
+    Any,
+}
+
+impl From<HomeChanges> for rserpool_proto::pool_element::HomeChanges {
+    fn from(changes: HomeChanges) -> Self {
+        match changes {
+            HomeChanges::Known => Self::KnownRegistrars,
+            HomeChanges::Any => Self::Any,
+        }
+    }
+}
+
 /// A multicast channel: `off`, or `GROUP:PORT` (IPv4), optionally with the interface
 /// address to use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -745,6 +765,8 @@ pub(crate) struct PeSection {
     pub(crate) announce: Multicast,
     /// The interface address to listen for announces on (required with a group).
     pub(crate) announce_interface: Option<Ipv4Addr>,
+    /// With TLS off, whose takeover (a keep-alive with the H flag) moves the PEs.
+    pub(crate) home_changes: HomeChanges,
     pub(crate) services: Vec<ServiceConfig>,
 }
 
@@ -758,6 +780,7 @@ impl Default for PeSection {
             multihome: Vec::new(),
             announce: Multicast::Off,
             announce_interface: None,
+            home_changes: HomeChanges::default(),
             services: Vec::new(),
         }
     }

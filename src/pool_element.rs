@@ -355,10 +355,11 @@ pub(crate) fn start_engine(
     );
     hunt.transport = section.transport;
     hunt.access = access;
-    let engine = PoolElementEngine::new(
-        PoolElementConfig::new(section.profile.into(), hunt),
-        crate::seed(),
-    );
+    let config = PoolElementConfig {
+        home_changes: section.home_changes.into(),
+        ..PoolElementConfig::new(section.profile.into(), hunt)
+    };
+    let engine = PoolElementEngine::new(config, crate::seed());
     let (events_tx, events) = mpsc::channel::<PoolElementEvent>(1024);
     let (handle, commands) = Handle::<PoolElementEngine>::new();
     let driver = tokio::spawn(driver::run(

@@ -11,7 +11,7 @@
 //! by the rounds that follow for `suspect_time`, unless no other is left.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::auth::{Access, Authentication, Denied};
@@ -270,6 +270,34 @@ impl Hunt {
             since: now,
         };
         Ok(true)
+    }
+
+    /// Is `address` the host of a registrar this endpoint knows: configured, announced
+    /// (until the announce runs out) or the current one? With TLS off, the only way to
+    /// tell a registrar taking a PE over from anyone who reaches its ASAP endpoint
+    /// (security.md T14).
+    pub(crate) fn knows_registrar_at(&self, address: &IpAddr, now: Instant) -> bool {
+        let address = address.to_canonical();
+        let announced = self
+            .announced
+            .iter()
+            .filter(|(_, (_, expires))| *expires > now)
+            .map(|(endpoint, _)| endpoint);
+        let current = match &self.state {
+            State::Connected { endpoint, .. } => Some(endpoint),
+            _ => None,
+        };
+        self.config
+            .registrars
+            .iter()
+            .chain(announced)
+            .chain(current)
+            .any(|endpoint| {
+                endpoint
+                    .addresses
+                    .iter()
+                    .any(|a| a.to_canonical() == address)
+            })
     }
 
     /// Whether registrars must prove who they are.

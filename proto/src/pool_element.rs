@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::Access;
 use crate::engine::{AssocId, AssocIds, Endpoint, Engine, Output, PeerInfo, TimerProfile};
 use crate::hunt::{Hunt, HuntConfig, Lost};
 use crate::rng::SeededRng;
@@ -33,6 +34,21 @@ pub struct PoolElementConfig {
     pub max_deregistration_attempts: u32,
     /// Wait before trying again after a refusal that may pass (lack of resources).
     pub refusal_retry_delay: Duration,
+    /// Whose keep-alive with the H flag may move this PE to a new home when no TLS
+    /// identity proves the sender.
+    pub home_changes: HomeChanges,
+}
+
+/// Who may take a PE over when identities are not enforced (security.md T14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HomeChanges {
+    /// A registrar on the host of one this PE was configured with, hunted or heard
+    /// announced: a stranger who reaches the ASAP endpoint cannot detach the PE from
+    /// its registrar. A registrar this PE knows nothing of cannot take it over either.
+    #[default]
+    KnownRegistrars,
+    /// Any peer that reaches the ASAP endpoint (rsplib's behaviour).
+    Any,
 }
 
 impl PoolElementConfig {
@@ -50,6 +66,7 @@ impl PoolElementConfig {
             deregistration_timeout: timeout,
             max_deregistration_attempts: attempts,
             refusal_retry_delay: Duration::from_secs(5),
+            home_changes: HomeChanges::default(),
         }
     }
 }
@@ -452,7 +469,7 @@ impl PoolElementEngine {
             return;
         }
         if keep_alive.home && self.hunt.current() != Some(assoc) {
-            if let Some(endpoint) = self.proven_new_home(assoc, keep_alive.server_id) {
+            if let Some(endpoint) = self.proven_new_home(assoc, keep_alive.server_id, now) {
                 self.peers.remove(&assoc);
                 self.hunt
                     .adopt(assoc, endpoint, keep_alive.server_id, now, &mut self.out);
@@ -485,20 +502,41 @@ impl PoolElementEngine {
 
     /// Where a peer that sent a keep-alive with the H flag naming `claimed` is, if it
     /// may become the home: only a registrar that proves it is the one it names
-    /// (security.md T14), since anyone can reach the ASAP endpoint.
-    fn proven_new_home(&mut self, assoc: AssocId, claimed: RegistrarId) -> Option<Endpoint> {
+    /// (security.md T14), since anyone can reach the ASAP endpoint; with TLS off, only
+    /// one on the host of a registrar this PE was configured with, hunted or heard
+    /// announced.
+    fn proven_new_home(
+        &mut self,
+        assoc: AssocId,
+        claimed: RegistrarId,
+        now: Instant,
+    ) -> Option<Endpoint> {
         let peer = self.peers.get(&assoc)?;
-        match self
-            .hunt
-            .access()
-            .is_registrar(&peer.authentication, Some(claimed))
-        {
-            Ok(()) => Some(peer.endpoint()),
-            Err(denied) => {
+        let access = self.hunt.access();
+        let verdict = match access.is_registrar(&peer.authentication, Some(claimed)) {
+            Err(denied) => Err(denied.0),
+            Ok(())
+                if access == Access::Open
+                    && self.config.home_changes == HomeChanges::KnownRegistrars
+                    && !peer
+                        .addresses
+                        .iter()
+                        .any(|address| self.hunt.knows_registrar_at(address, now)) =>
+            {
+                Err(format!(
+                    "{:?} is no registrar this PE was configured with, hunted or heard announced",
+                    peer.addresses
+                ))
+            }
+            Ok(()) => Ok(peer.endpoint()),
+        };
+        match verdict {
+            Ok(endpoint) => Some(endpoint),
+            Err(reason) => {
                 self.out
                     .push_back(Output::Event(PoolElementEvent::HomeChangeIgnored {
                         claimed,
-                        reason: denied.0,
+                        reason,
                     }));
                 None
             }

@@ -18,7 +18,10 @@ use std::time::Duration;
 
 use rserpool_proto::engine::{Endpoint, TimerProfile, TransportKind};
 use rserpool_proto::hunt::HuntConfig;
-use rserpool_proto::pool_element::{PoolElementConfig, PoolElementEngine, PoolElementSpec};
+use rserpool_proto::pool_element::PoolElementEvent;
+use rserpool_proto::pool_element::{
+    HomeChanges, PoolElementConfig, PoolElementEngine, PoolElementSpec,
+};
 use rserpool_proto::pool_user::{PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId};
 use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent};
 use rserpool_proto::wire::{
@@ -79,8 +82,13 @@ fn hunt(registrars: &[NodeId]) -> HuntConfig {
     )
 }
 
+/// A PE that knows only `registrars`, but follows any registrar's takeover (as
+/// rsplib's PEs do): the takeover tests need PEs that only a takeover can move.
 fn add_pe(sim: &mut Sim, registrars: &[NodeId], interval_secs: u64) -> (NodeId, PoolElementId) {
-    let config = PoolElementConfig::new(TimerProfile::Rsplib, hunt(registrars));
+    let config = PoolElementConfig {
+        home_changes: HomeChanges::Any,
+        ..PoolElementConfig::new(TimerProfile::Rsplib, hunt(registrars))
+    };
     add_pe_with(sim, config, interval_secs)
 }
 
@@ -527,7 +535,10 @@ fn a_pe_keeps_the_home_that_took_it_over_from_a_frozen_registrar() {
         sim.run_for(Duration::from_secs(6));
         // The `pe` agent's timers: T2 30 s, two attempts, re-registering every 30 s
         // (registration life 90 s).
-        let config = PoolElementConfig::new(TimerProfile::Rfc, hunt(&registrars[..1]));
+        let config = PoolElementConfig {
+            home_changes: HomeChanges::Any,
+            ..PoolElementConfig::new(TimerProfile::Rfc, hunt(&registrars[..1]))
+        };
         let (pe, id) = add_pe_with(&mut sim, config, 30);
         sim.run_for(Duration::from_secs(7));
         sim.freeze(registrars[0]);
@@ -586,6 +597,50 @@ fn a_thawed_registrar_does_not_take_back_the_pes_it_lost() {
                 Some(taker),
                 "registrar {r} (seed {seed})"
             );
+        }
+    }
+}
+
+/// With TLS off, one ASAP_ENDPOINT_KEEP_ALIVE with the H flag from anyone who reached a
+/// PE's ASAP endpoint detached the PE from its registrar. Now (by default) only a
+/// registrar on the host of one the PE was configured with, hunted or heard announced
+/// moves it: here the registrar taking over a frozen home is followed when the PE heard
+/// its announces, and ignored (with the reason) when it did not.
+#[test]
+fn a_pe_follows_a_takeover_only_from_a_registrar_it_knows() {
+    for announced in [true, false] {
+        let mut sim = Sim::new(60);
+        let registrars: Vec<NodeId> = (0..2).collect();
+        for &n in &registrars {
+            let config = RegistrarConfig {
+                announce_interval: (announced && n == 1).then_some(Duration::from_secs(1)),
+                asap_transports: vec![
+                    TransportKind::Tcp
+                        .transport_parameter(vec![Sim::address_of(n)], sim::ASAP_PORT),
+                ],
+                ..registrar_config(n, &registrars)
+            };
+            sim.add(Role::Registrar(RegistrarEngine::new(
+                config, n as u64, sim.now,
+            )));
+        }
+        sim.run_for(Duration::from_secs(6));
+        let config = PoolElementConfig::new(TimerProfile::Rsplib, hunt(&registrars[..1]));
+        let (pe, _) = add_pe_with(&mut sim, config, 30);
+        sim.run_for(Duration::from_secs(2));
+        sim.freeze(registrars[0]);
+        sim.run_for(Duration::from_secs(15));
+        let ignored = sim.events(pe).iter().any(|(_, e)| {
+            matches!(e, NodeEvent::Pe(PoolElementEvent::HomeChangeIgnored { reason, .. })
+                if reason.contains("no registrar this PE was configured with"))
+        });
+        let home = sim.pool_element(pe).home_registrar();
+        if announced {
+            assert_eq!(home, Some(registrar_id(registrars[1])), "followed");
+            assert!(!ignored);
+        } else {
+            assert!(ignored, "{:?}", sim.events(pe));
+            assert_ne!(home, Some(registrar_id(registrars[1])), "not followed");
         }
     }
 }
