@@ -324,6 +324,9 @@ pub(crate) struct TcpListenerSection {
     /// After the client half-closed, how long the PE may take to finish.
     #[serde(default = "half_close_timeout", deserialize_with = "duration")]
     pub(crate) half_close_timeout: Duration,
+    /// A session with no data either way this long is closed (`0s`: never).
+    #[serde(default = "tcp_idle_timeout", deserialize_with = "duration")]
+    pub(crate) idle_timeout: Duration,
     /// Client bytes kept for replay after a failover.
     #[serde(default = "one_mebibyte")]
     pub(crate) replay_buffer: usize,
@@ -352,6 +355,13 @@ pub(crate) struct FramingSection {
     pub(crate) adjust: i64,
     #[serde(default = "max_message")]
     pub(crate) max_message: usize,
+}
+
+/// The session layer's own default.
+fn tcp_idle_timeout() -> Duration {
+    rserpool_proto::session::SessionConfig::default()
+        .idle_timeout
+        .unwrap_or(Duration::ZERO)
 }
 
 fn half_close_timeout() -> Duration {

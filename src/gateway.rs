@@ -357,6 +357,7 @@ fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
             response_timeout: section.response_timeout,
             failover_deadline: section.failover_deadline,
             half_close_timeout: section.half_close_timeout,
+            idle_timeout: (!section.idle_timeout.is_zero()).then_some(section.idle_timeout),
             ..SessionConfig::default()
         },
         max_connections: section.max_connections,

@@ -171,6 +171,7 @@ struct Meters {
     failovers_with_cookie: Counter,
     failovers_without_cookie: Counter,
     half_closed_expired: Counter,
+    idle_expired: Counter,
     stall: Histogram,
 }
 
@@ -188,6 +189,7 @@ impl Meters {
                 "rserpool_tcp_half_closed_expired_total",
                 &[label()]
             ),
+            idle_expired: metrics::counter!("rserpool_tcp_idle_expired_total", &[label()]),
             stall: metrics::histogram!("rserpool_tcp_failover_stall_seconds", &[label()]),
         }
     }
@@ -540,7 +542,9 @@ async fn run_session<D: Directory>(
                     match &event {
                         SessionEvent::Started { pe } => entry.started(*pe),
                         SessionEvent::FailedOver { to, .. } => entry.failed_over(*to),
-                        SessionEvent::HalfCloseExpired | SessionEvent::Unrecoverable { .. } => {}
+                        SessionEvent::HalfCloseExpired
+                        | SessionEvent::IdleExpired
+                        | SessionEvent::Unrecoverable { .. } => {}
                     }
                     record(&listener.pool, meters, peer, &event);
                 }
@@ -682,6 +686,10 @@ fn record(pool: &str, meters: &Meters, peer: SocketAddr, event: &SessionEvent) {
         SessionEvent::HalfCloseExpired => {
             meters.half_closed_expired.increment(1);
             tracing::debug!(%peer, pool, "session closed: the PE did not finish after the client's half-close");
+        }
+        SessionEvent::IdleExpired => {
+            meters.idle_expired.increment(1);
+            tracing::debug!(%peer, pool, "session closed: no data either way for the idle timeout");
         }
         SessionEvent::Unrecoverable { failure, reason } => {
             tracing::warn!(%peer, pool, ?failure, reason, "session closed: it could not fail over");

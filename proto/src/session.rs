@@ -204,6 +204,9 @@ pub struct SessionConfig {
     /// to finish its answer before both sides are closed (HAProxy's `timeout
     /// client-fin` idea): a PE that never closes must not hold the session forever.
     pub half_close_timeout: Duration,
+    /// A session that carried no data either way for this long is closed (Envoy's
+    /// TCP proxy `idle_timeout`); None: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for SessionConfig {
@@ -217,6 +220,7 @@ impl Default for SessionConfig {
             max_retry_delay: Duration::from_secs(2),
             failover_deadline: Duration::from_secs(30),
             half_close_timeout: Duration::from_secs(60),
+            idle_timeout: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -296,6 +300,8 @@ pub enum SessionEvent {
     /// The client half-closed and the PE did not finish within the half-close
     /// timeout: both sides were closed.
     HalfCloseExpired,
+    /// No data either way for the idle timeout: both sides were closed.
+    IdleExpired,
     /// The session could not continue.
     Unrecoverable {
         /// Why the last PE failed.
@@ -334,6 +340,8 @@ pub struct Session {
     sent_to_pe: u64,
     /// When the client half-closed (it sends nothing more).
     client_finished: Option<Instant>,
+    /// When data last went either way (client bytes in, PE output to the client).
+    last_traffic: Instant,
     /// Output delivered to the client (absolute offset).
     delivered: u64,
     /// Absolute output offset of the current PE's next byte.
@@ -377,6 +385,7 @@ impl Session {
             client_in: 0,
             sent_to_pe: 0,
             client_finished: None,
+            last_traffic: now,
             delivered: 0,
             pe_out: 0,
             recovery: RecoveryPoint {
@@ -433,6 +442,7 @@ impl Session {
         }
         self.retained.extend(data);
         self.client_in += data.len() as u64;
+        self.last_traffic = now;
         self.trim_retained();
         self.flush_to_pe(now);
     }
@@ -548,13 +558,13 @@ impl Session {
         }
         self.last_pe_activity = now;
         if !self.control {
-            self.pe_output(data.to_vec());
+            self.pe_output(data.to_vec(), now);
             return;
         }
         self.deframer.push(data);
         loop {
             match self.deframer.next_frame() {
-                Ok(Some(ControlFrame::Data { payload, .. })) => self.pe_output(payload),
+                Ok(Some(ControlFrame::Data { payload, .. })) => self.pe_output(payload, now),
                 Ok(Some(ControlFrame::Asap(bytes))) => self.pe_control(&bytes),
                 Ok(Some(ControlFrame::Heartbeat)) => {}
                 Ok(None) => break,
@@ -631,6 +641,19 @@ impl Session {
                 .push_back(SessionOutput::Event(SessionEvent::HalfCloseExpired));
             self.close(false);
         }
+        if self.idle_deadline().is_some_and(|at| at <= now) {
+            self.out
+                .push_back(SessionOutput::Event(SessionEvent::IdleExpired));
+            self.close(false);
+        }
+    }
+
+    /// When the session is closed for carrying nothing.
+    fn idle_deadline(&self) -> Option<Instant> {
+        (self.state != State::Closed)
+            .then_some(self.config.idle_timeout)
+            .flatten()
+            .map(|idle| self.last_traffic + idle)
     }
 
     /// Is something due from the PE: an answer to what was sent, or (control
@@ -673,7 +696,10 @@ impl Session {
         let half_closed = self
             .client_finished
             .map(|at| at + self.config.half_close_timeout);
-        [state, deadline, half_closed].into_iter().flatten().min()
+        [state, deadline, half_closed, self.idle_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// How long the current PE may be silent while awaited.
@@ -747,7 +773,7 @@ impl Session {
     }
 
     /// Output from the PE: skip what the client already has, deliver the rest.
-    fn pe_output(&mut self, data: Vec<u8>) {
+    fn pe_output(&mut self, data: Vec<u8>, now: Instant) {
         let start = self.pe_out;
         self.pe_out += data.len() as u64;
         self.answered_upto = self.sent_to_pe;
@@ -758,6 +784,7 @@ impl Session {
         let fresh = data.get(skip..).unwrap_or_default().to_vec();
         self.delivered = self.pe_out;
         if !fresh.is_empty() {
+            self.last_traffic = now;
             self.out.push_back(SessionOutput::SendToClient(fresh));
         }
         if !self.control {

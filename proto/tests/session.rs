@@ -540,7 +540,7 @@ fn a_pe_that_never_finishes_after_the_clients_half_close_is_closed() {
 /// the end of the response timeout anyway, and after it passed kept naming that past
 /// instant without acting on it: the gateway's session loop woke at once, over and
 /// over (a core at 100 % for every idle session). A deadline the session names must be
-/// in the future once `timeout` has run, and an idle session names none.
+/// in the future once `timeout` has run (for an idle session, the idle timeout).
 #[test]
 fn an_idle_session_asks_for_no_deadline_it_will_not_act_on() {
     let mut world = World::new(vec![pe(1, false), pe(2, false)]);
@@ -550,15 +550,39 @@ fn an_idle_session_asks_for_no_deadline_it_will_not_act_on() {
     let response_timeout = SessionConfig::default().response_timeout;
     world.advance(response_timeout + Duration::from_secs(1));
     assert!(!world.session.is_closed(), "an idle PE has not failed");
-    assert_eq!(
-        world.session.next_timeout(),
-        None,
-        "nothing is awaited from the PE"
+    let next = world.session.next_timeout();
+    assert!(
+        next.is_none_or(|at| at > world.now),
+        "nothing is awaited from the PE, yet {next:?} is not after {:?}",
+        world.now
     );
     // A new request makes an answer due again: its deadline counts from now.
     world.client_sends(b"two\n");
     let due = world.session.next_timeout().expect("an answer is awaited");
     assert!(due > world.now, "{due:?} is not after {:?}", world.now);
+}
+
+/// A TCP session whose client and PE both went quiet (a client that never closes)
+/// held its slot forever. Now a session with no data either way for the idle timeout
+/// is closed cleanly; data either way restarts the count.
+#[test]
+fn a_session_without_data_either_way_is_closed_after_the_idle_timeout() {
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.run();
+    world.client_sends(b"one\n");
+    world.pe_speaks(usize::MAX);
+    let idle = SessionConfig::default()
+        .idle_timeout
+        .expect("on by default");
+    world.advance(idle - Duration::from_secs(1));
+    assert_eq!(world.client_closed, None);
+    world.client_sends(b"two\n");
+    world.pe_speaks(usize::MAX);
+    world.advance(idle - Duration::from_secs(1));
+    assert_eq!(world.client_closed, None, "the traffic restarted the count");
+    world.advance(Duration::from_secs(2));
+    assert_eq!(world.client_closed, Some(false));
+    assert!(world.events.contains(&SessionEvent::IdleExpired));
 }
 
 /// A control channel PE that goes silent (frozen) fails after the response timeout;
