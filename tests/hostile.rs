@@ -148,7 +148,9 @@ fn silent_and_trickling_connections_are_closed_and_counted() {
 }
 
 /// 10 000 idle connections locked the ASAP port for everyone: now one host gets its
-/// share and no more, and the legitimate peers of other hosts are served throughout.
+/// share and no more (each connection over it takes the place of that host's oldest
+/// one that never sent a message), and the legitimate peers of other hosts are served
+/// throughout.
 #[test]
 fn one_host_cannot_take_every_connection() {
     let r = registrar_with("crowd", "    max_connections_per_host: 20\n");
@@ -162,8 +164,8 @@ fn one_host_cannot_take_every_connection() {
     assert!(eventually(Duration::from_secs(10), || {
         counter(
             &r,
-            "rserpool_listener_refused_total",
-            "listener=\"asap\",reason=\"host_limit\"",
+            "rserpool_listener_closed_total",
+            "listener=\"asap\",reason=\"evicted_silent\"",
         ) >= 100
     }));
     let _pe = common::demo_pe(asap, "echo", "EchoPool", "roundrobin");

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -85,6 +85,8 @@ pub(crate) enum Expulsion {
     OverMemory(usize),
     /// The longest idle when a newcomer needed its slot.
     Evicted,
+    /// Had sent no complete message yet when a newcomer needed its slot.
+    EvictedSilent,
 }
 
 impl Expulsion {
@@ -94,6 +96,7 @@ impl Expulsion {
             Self::SlowMessage(_) => "slow_message",
             Self::OverMemory(_) => "memory",
             Self::Evicted => "evicted_idle",
+            Self::EvictedSilent => "evicted_silent",
         }
     }
 }
@@ -107,6 +110,10 @@ impl fmt::Display for Expulsion {
                 write!(f, "unfinished messages over the listener's {budget} bytes")
             }
             Self::Evicted => write!(f, "idle longest while the listener was full"),
+            Self::EvictedSilent => write!(
+                f,
+                "no message yet, and the oldest such, while the listener was full"
+            ),
         }
     }
 }
@@ -135,30 +142,42 @@ struct Held {
     host: IpAddr,
     /// Milliseconds from the epoch to the last complete message (or the admission).
     active: Arc<AtomicU64>,
+    /// A complete message has arrived.
+    spoke: Arc<AtomicBool>,
     close: CancellationToken,
 }
 
 impl Table {
-    /// Frees a slot: the longest idle association (of `host` only, if given) with no
-    /// message since `idle_before` (milliseconds from the epoch).
-    fn evict(&mut self, host: Option<IpAddr>, idle_before: Option<u64>) -> bool {
-        let Some(idle_before) = idle_before else {
-            return false;
+    /// Frees a slot (of `host` only, if given): the oldest association that has sent
+    /// no complete message yet, whatever its age (a peer sends its first message at
+    /// once; connections that never do are what a flood of them is made of, and one
+    /// that keeps refilling the table must not keep everyone else out); else the
+    /// longest idle with no message since `idle_before` (milliseconds from the epoch).
+    /// Returns why the victim went, if there was one.
+    fn evict(&mut self, host: Option<IpAddr>, idle_before: Option<u64>) -> Option<Expulsion> {
+        let candidates = || {
+            self.open
+                .iter()
+                .filter(move |(_, held)| host.is_none_or(|h| held.host == h))
+                .map(|(key, held)| {
+                    let spoke = held.spoke.load(Ordering::Relaxed);
+                    (spoke, held.active.load(Ordering::Relaxed), *key)
+                })
         };
-        let victim = self
-            .open
-            .iter()
-            .filter(|(_, held)| host.is_none_or(|h| held.host == h))
-            .map(|(key, held)| (held.active.load(Ordering::Relaxed), *key))
-            .filter(|(active, _)| *active <= idle_before)
-            .min();
-        let Some((_, key)) = victim else {
-            return false;
+        let silent = candidates().filter(|(spoke, _, _)| !spoke).min();
+        let (why, key) = match silent {
+            Some((_, _, key)) => (Expulsion::EvictedSilent, key),
+            None => {
+                let idle_before = idle_before?;
+                let (_, _, key) = candidates()
+                    .filter(|(_, active, _)| *active <= idle_before)
+                    .min_by_key(|(_, active, key)| (*active, *key))?;
+                (Expulsion::Evicted, key)
+            }
         };
-        self.release(key).is_some_and(|held| {
-            held.close.cancel();
-            true
-        })
+        let held = self.release(key)?;
+        held.close.cancel();
+        Some(why)
     }
 
     fn release(&mut self, key: u64) -> Option<Held> {
@@ -205,20 +224,21 @@ impl Admission {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         let from_host = table.hosts.get(&host).copied().unwrap_or(0);
         if from_host >= self.limits.max_connections_per_host {
-            if !table.evict(Some(host), idle_before) {
+            let Some(why) = table.evict(Some(host), idle_before) else {
                 return Err(self.refused(Refusal::HostFull(self.limits.max_connections_per_host)));
-            }
-            self.expelled(Expulsion::Evicted);
+            };
+            self.expelled(why);
         }
         if table.open.len() >= self.limits.max_connections {
-            if !table.evict(None, idle_before) {
+            let Some(why) = table.evict(None, idle_before) else {
                 return Err(self.refused(Refusal::ListenerFull(self.limits.max_connections)));
-            }
-            self.expelled(Expulsion::Evicted);
+            };
+            self.expelled(why);
         }
         let key = table.next;
         table.next += 1;
         let active = Arc::new(AtomicU64::new(self.millis_since_epoch(now)));
+        let spoke = Arc::new(AtomicBool::new(false));
         let close = shutdown.child_token();
         *table.hosts.entry(host).or_default() += 1;
         table.open.insert(
@@ -226,6 +246,7 @@ impl Admission {
             Held {
                 host,
                 active: active.clone(),
+                spoke: spoke.clone(),
                 close: close.clone(),
             },
         );
@@ -233,6 +254,7 @@ impl Admission {
             admission: self.clone(),
             key,
             active,
+            spoke,
             admitted: now,
             unfinished: 0,
             close,
@@ -265,6 +287,7 @@ pub(crate) struct Ticket {
     admission: Arc<Admission>,
     key: u64,
     active: Arc<AtomicU64>,
+    spoke: Arc<AtomicBool>,
     admitted: Instant,
     /// Bytes of unfinished messages charged to the listener.
     unfinished: usize,
@@ -293,6 +316,7 @@ impl Ticket {
     pub(crate) fn active(&self, now: Instant) {
         self.active
             .store(self.admission.millis_since_epoch(now), Ordering::Relaxed);
+        self.spoke.store(true, Ordering::Relaxed);
     }
 
     /// This association now holds `bytes` of unfinished messages: charged to the
@@ -363,6 +387,9 @@ mod tests {
         let first = admission.admit(A, &shutdown).unwrap();
         let second = admission.admit(A, &shutdown).unwrap();
         let other = admission.admit(B, &shutdown).unwrap();
+        for ticket in [&first, &second, &other] {
+            ticket.active(Instant::now());
+        }
         // Nobody has been idle for the first-message timeout yet: refused.
         assert_eq!(
             admission.admit(A, &shutdown).unwrap_err(),
@@ -371,6 +398,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         second.active(Instant::now());
         let third = admission.admit(A, &shutdown).unwrap();
+        third.active(Instant::now());
         assert!(first.close.is_cancelled(), "the idle one makes room");
         assert!(!second.close.is_cancelled() && !other.close.is_cancelled());
         drop(first);
@@ -389,6 +417,8 @@ mod tests {
         let admission = Admission::new("asap", limits(2, 2));
         let a = admission.admit(A, &shutdown).unwrap();
         let b = admission.admit(B, &shutdown).unwrap();
+        a.active(Instant::now());
+        b.active(Instant::now());
         assert_eq!(
             admission.admit(A, &shutdown).unwrap_err(),
             Refusal::ListenerFull(2)
@@ -397,6 +427,28 @@ mod tests {
         a.active(Instant::now());
         let _c = admission.admit(A, &shutdown).unwrap();
         assert!(b.close.is_cancelled() && !a.close.is_cancelled());
+    }
+
+    /// 10 000 connections that never sent a byte, reopened as they were closed, kept
+    /// the registrar full: every legitimate connection was refused. Connections without
+    /// a first message now make room first, the oldest of them, whatever their age.
+    #[tokio::test(start_paused = true)]
+    async fn connections_that_never_spoke_make_room_first() {
+        let shutdown = CancellationToken::new();
+        let admission = Admission::new("asap", limits(3, 3));
+        let talker = admission.admit(A, &shutdown).unwrap();
+        talker.active(Instant::now());
+        let oldest_silent = admission.admit(B, &shutdown).unwrap();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let newer_silent = admission.admit(B, &shutdown).unwrap();
+        let newcomer = admission.admit(A, &shutdown).unwrap();
+        assert!(oldest_silent.close.is_cancelled());
+        assert!(!newer_silent.close.is_cancelled() && !talker.close.is_cancelled());
+        // The newcomer speaks: the other silent one goes next, never the talkers.
+        newcomer.active(Instant::now());
+        let _another = admission.admit(A, &shutdown).unwrap();
+        assert!(newer_silent.close.is_cancelled());
+        assert!(!talker.close.is_cancelled() && !newcomer.close.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]
