@@ -156,6 +156,9 @@ pub(crate) struct HttpListenerSection {
     /// is closed.
     #[serde(default = "sixty_seconds", deserialize_with = "duration")]
     pub(crate) client_idle_timeout: Duration,
+    /// An upgraded tunnel (WebSocket) carrying nothing either way this long is closed.
+    #[serde(default = "tunnel_idle_timeout", deserialize_with = "duration")]
+    pub(crate) tunnel_idle_timeout: Duration,
     /// Larger request heads get 431.
     #[serde(default = "sixty_four_kibibytes")]
     pub(crate) max_header_bytes: usize,
@@ -207,6 +210,17 @@ pub(crate) struct HttpRouteSection {
     pub(crate) replay_buffer: usize,
     #[serde(default = "three")]
     pub(crate) max_attempts: usize,
+    /// A streamed request body slower than this (bytes/s over 10 s windows) gets 408.
+    #[serde(default = "min_body_rate")]
+    pub(crate) min_body_rate: u64,
+}
+
+/// The HTTP gateway library's own default.
+fn min_body_rate() -> u64 {
+    let pool = rserpool_proto::wire::PoolHandle::new(b"any").ok();
+    pool.map_or(0, |pool| {
+        rserpool_gateways::http::Route::new(pool).min_body_rate
+    })
 }
 
 /// Sticky sessions: the binding travels sealed in a cookie.
@@ -230,6 +244,11 @@ pub(crate) struct StickySection {
 
 fn sticky_max_age() -> Duration {
     Duration::from_secs(3600)
+}
+
+/// The HTTP gateway library's own default.
+fn tunnel_idle_timeout() -> Duration {
+    rserpool_gateways::http::TUNNEL_IDLE_TIMEOUT
 }
 
 /// The DNS gateway library's own default.

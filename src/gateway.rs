@@ -300,6 +300,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             max_body: route.max_body,
             replay_buffer: route.replay_buffer,
             max_attempts: route.max_attempts.max(1),
+            min_body_rate: route.min_body_rate,
         });
     }
     let sticky = match &section.sticky {
@@ -332,6 +333,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
         max_connections: section.max_connections,
         header_timeout: section.header_timeout,
         client_idle_timeout: section.client_idle_timeout,
+        tunnel_idle_timeout: section.tunnel_idle_timeout,
         max_header_bytes: section.max_header_bytes,
         sticky,
         retry_ratio: section.retry_ratio,

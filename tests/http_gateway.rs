@@ -439,6 +439,47 @@ fn upgrades_are_tunnelled() {
     }));
 }
 
+/// Upgraded tunnels had no idle timeout: one that carried nothing held its slot
+/// forever. Now a tunnel quiet for `tunnel_idle_timeout` is closed, while one in use
+/// stays open past it.
+#[test]
+fn idle_tunnels_are_closed() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let address = listen();
+    let (_gateway, _file) = gateway(
+        asap,
+        &format!(
+            "  http:\n    - listen: {address}\n      tunnel_idle_timeout: 1s\n      routes:\n        - pool: WebPool\n"
+        ),
+    );
+    let (mut busy, head) = open_tunnel(address);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let (mut quiet, head) = open_tunnel(address);
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let started = std::time::Instant::now();
+    // The busy one talks every 300 ms for 2.4 s: twice the idle timeout.
+    for _ in 0..8 {
+        busy.write_all(b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        busy.read_exact(&mut echoed).unwrap();
+        assert_eq!(&echoed, b"ping");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        quiet.read_to_end(&mut rest).is_ok(),
+        "the quiet tunnel is closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+    busy.write_all(b"still").unwrap();
+    let mut echoed = [0u8; 5];
+    busy.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"still");
+}
+
 /// One response read off a raw connection: status, lower-cased head, body (by
 /// `Content-Length` or chunked framing).
 /// A response head, lowercased, up to and with its blank line.

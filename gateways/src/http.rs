@@ -15,6 +15,7 @@
 pub mod forward;
 mod h1;
 mod head;
+mod min_rate;
 pub mod sticky;
 pub mod tls;
 mod upstream;
@@ -71,7 +72,13 @@ pub struct Route {
     pub replay_buffer: usize,
     /// PEs tried for one request at most.
     pub max_attempts: usize,
+    /// A streamed request body must bring at least this many bytes per second,
+    /// measured over windows of [`BODY_RATE_WINDOW`] (0: no minimum); slower gets 408.
+    pub min_body_rate: u64,
 }
+
+/// The windows a request body's minimum rate is measured over.
+pub const BODY_RATE_WINDOW: Duration = Duration::from_secs(10);
 
 impl Route {
     /// A route for every host and path with the defaults.
@@ -86,6 +93,7 @@ impl Route {
             max_body: 10 * 1024 * 1024,
             replay_buffer: 64 * 1024,
             max_attempts: 3,
+            min_body_rate: 500,
         }
     }
 
@@ -109,6 +117,10 @@ impl Route {
     }
 }
 
+/// How long an upgraded tunnel may carry nothing by default (HAProxy's `timeout
+/// tunnel` is commonly set to an hour).
+pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// One HTTP listener of the gateway.
 #[derive(Debug, Clone)]
 pub struct HttpListenerConfig {
@@ -122,6 +134,9 @@ pub struct HttpListenerConfig {
     /// An HTTP/2 connection with no byte either way and no request waiting for its
     /// response for this long is closed (GOAWAY).
     pub client_idle_timeout: Duration,
+    /// An upgraded tunnel (WebSocket and the like) that carries nothing either way for
+    /// this long is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Larger request heads get 431.
     pub max_header_bytes: usize,
     /// Sticky sessions, when a key is configured.
@@ -142,6 +157,7 @@ impl HttpListenerConfig {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
+            tunnel_idle_timeout: TUNNEL_IDLE_TIMEOUT,
             max_header_bytes: 64 * 1024,
             sticky: None,
             tls: None,
@@ -239,6 +255,8 @@ struct State<D> {
     /// How long a connection hyper serves may go without a first request, and idle.
     header_timeout: Duration,
     client_idle_timeout: Duration,
+    /// How long an upgraded tunnel may carry nothing either way.
+    tunnel_idle_timeout: Duration,
     /// Connections closed for the time limits, by reason.
     closed_no_request: Counter,
     closed_idle: Counter,
@@ -323,6 +341,7 @@ pub async fn serve<D: Directory>(
         slots: Arc::new(Semaphore::new(config.max_connections)),
         header_timeout: config.header_timeout,
         client_idle_timeout: config.client_idle_timeout,
+        tunnel_idle_timeout: config.tunnel_idle_timeout,
         closed_no_request: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "no_request"),
         closed_idle: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "idle"),
     });
@@ -432,6 +451,7 @@ async fn serve_connection<I, D>(
                 Some(Tunnel {
                     client: hyper::upgrade::on(&mut request),
                     slot,
+                    idle_timeout: state.tunnel_idle_timeout,
                 })
             } else {
                 None
@@ -534,6 +554,7 @@ struct ClientRequest {
 struct Tunnel {
     client: hyper::upgrade::OnUpgrade,
     slot: tokio::sync::OwnedSemaphorePermit,
+    idle_timeout: Duration,
 }
 
 /// A request's body as the client connection hands it over.
@@ -553,17 +574,23 @@ enum RequestBody {
 #[derive(Debug)]
 enum BodyError {
     TooLarge,
+    TooSlow,
     Read,
 }
 
-/// Reads up to `replay` bytes of the body; a larger body streams on (prefix first).
-async fn hold_body(body: Incoming, replay: usize, max: u64) -> Result<RequestBody, BodyError> {
+/// Reads up to `replay` bytes of the body; a larger body streams on (prefix first),
+/// held to the route's minimum rate all along.
+async fn hold_body(body: Incoming, route: &Route) -> Result<RequestBody, BodyError> {
+    let (replay, max) = (route.replay_buffer, route.max_body);
+    let body = min_rate::MinRate::new(body, route.min_body_rate, BODY_RATE_WINDOW);
     let mut body = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
     let mut held = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
             if error.is::<http_body_util::LengthLimitError>() {
                 BodyError::TooLarge
+            } else if error.is::<min_rate::TooSlow>() {
+                BodyError::TooSlow
             } else {
                 BodyError::Read
             }
@@ -786,17 +813,18 @@ async fn proxy<D: Directory>(
     }
     let upgrade = client_upgrade.is_some();
     let body = match body {
-        ClientBody::Streaming(body) => {
-            match hold_body(body, route.replay_buffer, route.max_body).await {
-                Ok(body) => body,
-                Err(BodyError::TooLarge) => {
-                    return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-                }
-                Err(BodyError::Read) => {
-                    return refuse(StatusCode::BAD_REQUEST, "request body unreadable");
-                }
+        ClientBody::Streaming(body) => match hold_body(body, route).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
             }
-        }
+            Err(BodyError::TooSlow) => {
+                return refuse(StatusCode::REQUEST_TIMEOUT, "request body too slow");
+            }
+            Err(BodyError::Read) => {
+                return refuse(StatusCode::BAD_REQUEST, "request body unreadable");
+            }
+        },
         // Within max_body (checked above); kept for replay only up to replay_buffer.
         ClientBody::Read(bytes) if bytes.len() <= route.replay_buffer => RequestBody::Whole(bytes),
         ClientBody::Read(bytes) => RequestBody::Streaming(
@@ -1075,20 +1103,39 @@ fn unix_seconds() -> u64 {
 }
 
 /// Joins the client's and the PE's upgraded connections (WebSocket and the like); the
-/// PE's bytes that came with its 101 go to the client first. The tunnel's connection
-/// slot is given back when it ends.
-async fn bridge(tunnel: Tunnel, (mut upstream, early): (tokio::net::TcpStream, Bytes)) {
+/// PE's bytes that came with its 101 go to the client first. The tunnel ends when
+/// either side does, or when it carried nothing either way for its idle timeout; its
+/// connection slot is given back then.
+async fn bridge(tunnel: Tunnel, (upstream, early): (tokio::net::TcpStream, Bytes)) {
     use tokio::io::AsyncWriteExt as _;
     let Tunnel {
         client,
         slot: _slot,
+        idle_timeout,
     } = tunnel;
     let Ok(client) = client.await else {
         return;
     };
     let mut client = TokioIo::new(client);
-    if client.write_all(&early).await.is_ok() {
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    if client.write_all(&early).await.is_err() {
+        return;
+    }
+    // Every byte either way passes the PE's side.
+    let activity = watch::Activity::new(crate::now());
+    let mut upstream = watch::Watched::new(upstream, activity.clone());
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    let mut copy = std::pin::pin!(copy);
+    loop {
+        let quiet_until = activity.last_byte() + idle_timeout;
+        tokio::select! {
+            _ = copy.as_mut() => return,
+            () = tokio::time::sleep_until(quiet_until.into()) => {
+                if activity.last_byte() + idle_timeout <= crate::now() {
+                    metrics::counter!("rserpool_http_tunnels_idle_closed_total").increment(1);
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -55,6 +55,11 @@ impl Activity {
         self.last_byte.store(nanos, Ordering::Relaxed);
     }
 
+    /// When a byte last went either way (or the connection began).
+    pub(crate) fn last_byte(&self) -> Instant {
+        self.start + Duration::from_nanos(self.last_byte.load(Ordering::Relaxed))
+    }
+
     /// A request arrived; the guard marks it waiting until its response head is out.
     pub(crate) fn request(self: &Arc<Self>) -> WaitingRequest {
         self.requests.fetch_add(1, Ordering::Relaxed);
@@ -81,8 +86,7 @@ impl Activity {
                 check_at: now + idle_timeout,
             };
         }
-        let last = self.start + Duration::from_nanos(self.last_byte.load(Ordering::Relaxed));
-        let deadline = last + idle_timeout;
+        let deadline = self.last_byte() + idle_timeout;
         if now >= deadline {
             Verdict::Idle
         } else {
