@@ -368,10 +368,21 @@ fn dns_over_tls_answers_with_the_configured_certificate() {
     let (_gateway, _server, _path) = dns_gateway(
         asap,
         &format!(
-            "      tls:\n        listen: {dot}\n        certificates: [{{cert: {}, key: {}}}]\n",
+            "      tcp_idle_timeout: 2s\n      tls:\n        listen: {dot}\n        certificates: [{{cert: {}, key: {}}}]\n",
             cert.display(),
             key.display()
         ),
+    );
+    // A connection that never starts its handshake is closed after the idle timeout
+    // (hickory's listener kept it), as plain TCP ones are.
+    let mut silent = std::net::TcpStream::connect(dot).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(std::io::Read::read(&mut silent, &mut byte), Ok(0)),
+        "a silent DNS-over-TLS connection is closed"
     );
     let ca = format!("+tls-ca={}", cert.display());
     let answer = dig(

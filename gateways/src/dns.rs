@@ -641,28 +641,32 @@ pub async fn serve<D: Directory>(
     let handler = Arc::new(PoolDns::new(config, directory));
     let mut server = hickory_server::Server::new(Shared(handler.clone()));
     server.register_socket(udp);
-    let tcp = tokio::spawn(tcp::serve(tcp, handler, tcp_limits, shutdown.clone()));
+    let mut streams = tokio::task::JoinSet::new();
+    streams.spawn(tcp::serve(
+        tcp::Stream::Tcp(tcp),
+        handler.clone(),
+        tcp_limits,
+        shutdown.clone(),
+    ));
     if let Some(dot) = dot {
-        let registered = crate::http::tls::server_config_for(dot.certificates, &[b"dot"])
-            .map_err(|e| e.to_string())
-            .and_then(|tls| {
-                server
-                    .register_tls_listener_with_tls_config(
-                        dot.listener,
-                        Duration::from_secs(10),
-                        Arc::new(tls),
-                    )
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(error) = registered {
-            tracing::error!(%error, "DNS over TLS not served");
+        match crate::http::tls::server_config_for(dot.certificates, &[b"dot"]) {
+            Ok(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+                streams.spawn(tcp::serve(
+                    tcp::Stream::Tls(dot.listener, acceptor),
+                    handler,
+                    tcp_limits,
+                    shutdown.clone(),
+                ));
+            }
+            Err(error) => tracing::error!(%error, "DNS over TLS not served"),
         }
     }
     shutdown.cancelled().await;
     if let Err(error) = server.shutdown_gracefully().await {
         tracing::warn!(%error, "DNS server stopped with an error");
     }
-    let _ = tcp.await;
+    streams.join_all().await;
 }
 
 /// One handler for hickory's UDP and TLS listeners and our TCP listener (one cache,

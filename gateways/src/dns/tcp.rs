@@ -1,9 +1,10 @@
-//! DNS over TCP (RFC 7766) with a connection cap: hickory's TCP listener spawns a task
-//! for every connection it accepts, so clients that open connections and send nothing
-//! held file descriptors until the whole process (HTTP listeners included) ran out. This
-//! listener holds at most `max_connections` (more are closed at once, counted), and a
-//! connection that does not bring its next query within `idle_timeout` is closed.
-//! Queries are answered by the same handler as UDP, one at a time per connection.
+//! DNS over TCP (RFC 7766) and over TLS (RFC 7858) with a connection cap: hickory's
+//! stream listeners spawn a task for every connection they accept, so clients that open
+//! connections and send nothing held file descriptors until the whole process (HTTP
+//! listeners included) ran out. Each listener here holds at most `max_connections` (more
+//! are closed at once, counted); a TLS handshake, and every next query, must come within
+//! `idle_timeout`. Queries are answered by the same handler as UDP, one at a time per
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,9 +18,10 @@ use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use metrics::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// Bounds of the TCP listener.
@@ -40,17 +42,27 @@ impl Default for TcpLimits {
     }
 }
 
+/// A stream listener: plain TCP, or TLS with its acceptor.
+pub(super) enum Stream {
+    Tcp(TcpListener),
+    Tls(TcpListener, TlsAcceptor),
+}
+
 /// Accepts and serves connections until `shutdown`.
 pub(super) async fn serve<H: RequestHandler>(
-    listener: TcpListener,
+    stream: Stream,
     handler: Arc<H>,
     limits: TcpLimits,
     shutdown: CancellationToken,
 ) {
+    let (listener, tls, transport) = match stream {
+        Stream::Tcp(listener) => (listener, None, "tcp"),
+        Stream::Tls(listener, acceptor) => (listener, Some(acceptor), "tls"),
+    };
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let refused = metrics::counter!("rserpool_dns_tcp_connections_refused_total");
-    let closed_idle =
-        metrics::counter!("rserpool_dns_tcp_connections_closed_total", "reason" => "idle");
+    let refused =
+        metrics::counter!("rserpool_dns_tcp_connections_refused_total", "transport" => transport);
+    let closed_idle = metrics::counter!("rserpool_dns_tcp_connections_closed_total", "transport" => transport, "reason" => "idle");
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -68,8 +80,24 @@ pub(super) async fn serve<H: RequestHandler>(
         };
         let handler = handler.clone();
         let closed_idle = closed_idle.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            connection(stream, client, &*handler, limits.idle_timeout, &closed_idle).await;
+            let idle = limits.idle_timeout;
+            match tls {
+                None => {
+                    connection(stream, client, Protocol::Tcp, &*handler, idle, &closed_idle).await;
+                }
+                Some(acceptor) => match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        connection(stream, client, Protocol::Tls, &*handler, idle, &closed_idle)
+                            .await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%client, %error, "DNS over TLS handshake failed");
+                    }
+                    Err(_) => closed_idle.increment(1),
+                },
+            }
             drop(slot);
         });
         while connections.try_join_next().is_some() {}
@@ -79,8 +107,9 @@ pub(super) async fn serve<H: RequestHandler>(
 
 /// Answers the queries of one connection in turn.
 async fn connection<H: RequestHandler>(
-    mut stream: TcpStream,
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
     client: SocketAddr,
+    protocol: Protocol,
     handler: &H,
     idle_timeout: Duration,
     closed_idle: &Counter,
@@ -95,8 +124,8 @@ async fn connection<H: RequestHandler>(
                 return;
             }
         };
-        let Ok(request) = Request::from_bytes(bytes, client, Protocol::Tcp) else {
-            tracing::debug!(%client, "malformed DNS query over TCP: closing");
+        let Ok(request) = Request::from_bytes(bytes, client, protocol) else {
+            tracing::debug!(%client, "malformed DNS query over a stream: closing");
             return;
         };
         let answer = Answer::default();
@@ -120,7 +149,7 @@ async fn connection<H: RequestHandler>(
 }
 
 /// One length-prefixed message; None at a clean end of the stream.
-async fn read_message(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+async fn read_message(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<Vec<u8>>> {
     let mut length = [0u8; 2];
     match stream.read_exact(&mut length).await {
         Ok(_) => {}
