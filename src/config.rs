@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rserpool_proto::engine::{TimerProfile, TransportKind};
+use rserpool_proto::pool_element::HomeChanges;
 use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
 use serde::{Deserialize, Deserializer};
 
@@ -217,10 +218,7 @@ pub(crate) struct HttpRouteSection {
 
 /// The HTTP gateway library's own default.
 fn min_body_rate() -> u64 {
-    let pool = rserpool_proto::wire::PoolHandle::new(b"any").ok();
-    pool.map_or(0, |pool| {
-        rserpool_gateways::http::Route::new(pool).min_body_rate
-    })
+    rserpool_gateways::http::MIN_BODY_RATE
 }
 
 /// Sticky sessions: the binding travels sealed in a cookie.
@@ -443,26 +441,6 @@ impl From<Profile> for TimerProfile {
         match profile {
             Profile::Rfc => Self::Rfc,
             Profile::Rsplib => Self::Rsplib,
-        }
-    }
-}
-
-/// Whose keep-alive with the H flag may move a PE to a new home when TLS is off.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum HomeChanges {
-    /// A registrar on the host of one configured, hunted or heard announced.
-    #[default]
-    Known,
-    /// Anyone who reaches the agent's ASAP endpoint (rsplib's behaviour).
-    Any,
-}
-
-impl From<HomeChanges> for rserpool_proto::pool_element::HomeChanges {
-    fn from(changes: HomeChanges) -> Self {
-        match changes {
-            HomeChanges::Known => Self::KnownRegistrars,
-            HomeChanges::Any => Self::Any,
         }
     }
 }
@@ -794,7 +772,8 @@ pub(crate) struct PeSection {
     pub(crate) announce: Multicast,
     /// The interface address to listen for announces on (required with a group).
     pub(crate) announce_interface: Option<Ipv4Addr>,
-    /// With TLS off, whose takeover (a keep-alive with the H flag) moves the PEs.
+    /// With TLS off, whose takeover (a keep-alive with the H flag) moves the PEs:
+    /// `known` registrars' hosts, or `any` peer.
     pub(crate) home_changes: HomeChanges,
     pub(crate) services: Vec<ServiceConfig>,
 }
@@ -1155,6 +1134,18 @@ mod tests {
         .limits;
         assert_eq!(off.max_handle_resolutions_per_second, None);
         assert_eq!(off.max_unreachable_reports_per_second, Some(100));
+    }
+
+    #[test]
+    fn home_changes_are_known_registrars_unless_any_is_asked_for() {
+        let pe = |yaml: &str| parse(yaml, "pe.yaml").map(|c| c.pe.home_changes);
+        assert_eq!(pe("").unwrap(), HomeChanges::KnownRegistrars);
+        assert_eq!(
+            pe("pe:\n  home_changes: known\n").unwrap(),
+            HomeChanges::KnownRegistrars
+        );
+        assert_eq!(pe("pe:\n  home_changes: any\n").unwrap(), HomeChanges::Any);
+        assert!(pe("pe:\n  home_changes: anyone\n").is_err());
     }
 
     #[test]

@@ -356,7 +356,7 @@ pub(crate) fn start_engine(
     hunt.transport = section.transport;
     hunt.access = access;
     let config = PoolElementConfig {
-        home_changes: section.home_changes.into(),
+        home_changes: section.home_changes,
         ..PoolElementConfig::new(section.profile.into(), hunt)
     };
     let engine = PoolElementEngine::new(config, crate::seed());

@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::{PeArgs, ServeKind};
-use crate::config::{ControlTlsSection, HomeChanges, Multicast, PeSection, Profile};
+use crate::config::{ControlTlsSection, Multicast, PeSection, Profile};
 use crate::logging::Logging;
 use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, start_engine};
 use crate::signals::{Request, Signals};
@@ -174,7 +174,7 @@ impl PoolElementService {
             multihome: config.multihome.clone(),
             announce: Multicast::Off,
             announce_interface: None,
-            home_changes: HomeChanges::default(),
+            home_changes: rserpool_proto::pool_element::HomeChanges::default(),
             services: Vec::new(),
         };
         let tls_section = config.tls.clone().map(ControlTlsSection::refusing_plain);

@@ -17,22 +17,30 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The demo under test: a failed assertion must not leave it (and its ten children)
 /// running and holding ports, so it is stopped as Ctrl-C would when dropped.
 struct Demo(Child);
 
+impl Demo {
+    /// Ctrl-C: the demo's exit status once it has stopped (within 20 s).
+    fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let mut exit = None;
+        common::eventually(Duration::from_secs(20), || {
+            exit = self.0.try_wait().ok().flatten();
+            exit.is_some()
+        });
+        exit
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.0.id().to_string()])
-                .status();
-            let end = Instant::now() + Duration::from_secs(20);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < end {
-                thread::sleep(Duration::from_millis(50));
-            }
+        if matches!(self.0.try_wait(), Ok(None)) && self.interrupt().is_none() {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
@@ -157,19 +165,7 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
 
     // Ctrl-C: every process goes, the demo exits 0.
     drop(counter);
-    let status = Command::new("kill")
-        .args(["-INT", &demo.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let end = Instant::now() + Duration::from_secs(20);
-    let exit = loop {
-        if let Some(status) = demo.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < end, "the demo did not stop");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let exit = demo.interrupt().expect("the demo stops");
     assert!(exit.success(), "{exit}");
     for pid in pids {
         assert!(

@@ -457,7 +457,9 @@ fn idle_tunnels_are_closed() {
     let (mut quiet, head) = open_tunnel(address);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     let started = std::time::Instant::now();
-    // The busy one talks every 300 ms for 2.4 s: twice the idle timeout.
+    // The busy one talks every 300 ms for 2.4 s: twice the idle timeout. The pauses
+    // are what is under test (traffic spaced below the timeout keeps a tunnel open),
+    // not a wait for something to happen.
     for _ in 0..8 {
         busy.write_all(b"ping").unwrap();
         let mut echoed = [0u8; 4];

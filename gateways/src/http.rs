@@ -80,6 +80,9 @@ pub struct Route {
 /// The windows a request body's minimum rate is measured over.
 pub const BODY_RATE_WINDOW: Duration = Duration::from_secs(10);
 
+/// The default minimum rate of a streamed request body, in bytes per second.
+pub const MIN_BODY_RATE: u64 = 500;
+
 impl Route {
     /// A route for every host and path with the defaults.
     pub fn new(pool_handle: PoolHandle) -> Self {
@@ -93,7 +96,7 @@ impl Route {
             max_body: 10 * 1024 * 1024,
             replay_buffer: 64 * 1024,
             max_attempts: 3,
-            min_body_rate: 500,
+            min_body_rate: MIN_BODY_RATE,
         }
     }
 

@@ -41,11 +41,18 @@ pub struct PoolElementConfig {
 
 /// Who may take a PE over when identities are not enforced (security.md T14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum HomeChanges {
     /// A registrar on the host of one this PE was configured with, hunted or heard
     /// announced: a stranger who reaches the ASAP endpoint cannot detach the PE from
     /// its registrar. A registrar this PE knows nothing of cannot take it over either.
+    /// (`known` in configuration files.)
     #[default]
+    #[cfg_attr(feature = "serde", serde(rename = "known"))]
     KnownRegistrars,
     /// Any peer that reaches the ASAP endpoint (rsplib's behaviour).
     Any,

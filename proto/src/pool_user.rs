@@ -470,12 +470,14 @@ impl PoolUserEngine {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let requests = self
-            .requests
-            .values()
-            .filter_map(|r| r.sent.map(|s| s.deadline));
+        // One pass over the requests (this runs after every input): each one's T1, or
+        // the silence it may prove first.
+        let current = self.hunt.current();
+        let requests = self.requests.values().filter_map(|r| r.sent).map(|sent| {
+            self.silence_of(&sent, current)
+                .map_or(sent.deadline, |silent| silent.min(sent.deadline))
+        });
         requests
-            .chain(self.silence_deadline())
             .chain(self.cache.next_expiry())
             .chain(self.hunt.next_deadline())
             .min()
@@ -486,13 +488,19 @@ impl PoolUserEngine {
     /// When the current registrar will have been silent too long: the first request
     /// sent to it since it last sent anything, plus `registrar_silence`.
     fn silence_deadline(&self) -> Option<Instant> {
-        let current = self.hunt.current()?;
+        let current = self.hunt.current();
         self.requests
             .values()
             .filter_map(|r| r.sent)
-            .filter(|sent| sent.assoc == current && self.last_heard.is_none_or(|at| at <= sent.at))
-            .map(|sent| sent.at + self.config.registrar_silence)
+            .filter_map(|sent| self.silence_of(&sent, current))
             .min()
+    }
+
+    /// When the registrar `sent` went to will have been silent too long, if it is the
+    /// current one and has sent nothing since.
+    fn silence_of(&self, sent: &Sent, current: Option<AssocId>) -> Option<Instant> {
+        (current == Some(sent.assoc) && self.last_heard.is_none_or(|at| at <= sent.at))
+            .then(|| sent.at + self.config.registrar_silence)
     }
 
     /// Fails the waiting requests once whole hunt rounds failed (asap.md §4.3 step 5).

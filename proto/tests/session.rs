@@ -145,6 +145,21 @@ enum Service {
 }
 
 impl World {
+    /// A data-only session whose PE has answered the client's one request.
+    fn answered() -> Self {
+        let mut world = Self::new(vec![pe(1, false), pe(2, false)]);
+        world.run();
+        world.client_sends(b"one\n");
+        world.pe_speaks(usize::MAX);
+        world
+    }
+
+    fn failed_over(&self) -> bool {
+        self.events
+            .iter()
+            .any(|e| matches!(e, SessionEvent::FailedOver { .. }))
+    }
+
     fn new(directory: Vec<PoolElement>) -> Self {
         let now = Instant::now();
         Self {
@@ -501,12 +516,7 @@ fn a_client_close_ends_a_control_channel_session() {
         "closed cleanly, no failover"
     );
     assert!(world.session.is_closed());
-    assert!(
-        !world
-            .events
-            .iter()
-            .any(|e| matches!(e, SessionEvent::FailedOver { .. }))
-    );
+    assert!(!world.failed_over());
 }
 
 /// A data-only PE that answered and then never closes after the client's half-close
@@ -514,10 +524,7 @@ fn a_client_close_ends_a_control_channel_session() {
 /// half-close timeout both sides are closed, cleanly, without a failover.
 #[test]
 fn a_pe_that_never_finishes_after_the_clients_half_close_is_closed() {
-    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
-    world.run();
-    world.client_sends(b"one\n");
-    world.pe_speaks(usize::MAX);
+    let mut world = World::answered();
     world.session.client_eof(world.now);
     world.run();
     assert!(world.pe_shutdown, "the PE is told the client finished");
@@ -528,12 +535,7 @@ fn a_pe_that_never_finishes_after_the_clients_half_close_is_closed() {
     assert_eq!(world.client_closed, Some(false));
     assert!(world.session.is_closed());
     assert!(world.events.contains(&SessionEvent::HalfCloseExpired));
-    assert!(
-        !world
-            .events
-            .iter()
-            .any(|e| matches!(e, SessionEvent::FailedOver { .. }))
-    );
+    assert!(!world.failed_over());
 }
 
 /// A data-only session whose PE has answered everything asked asked for a timeout at
@@ -543,10 +545,7 @@ fn a_pe_that_never_finishes_after_the_clients_half_close_is_closed() {
 /// in the future once `timeout` has run (for an idle session, the idle timeout).
 #[test]
 fn an_idle_session_asks_for_no_deadline_it_will_not_act_on() {
-    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
-    world.run();
-    world.client_sends(b"one\n");
-    world.pe_speaks(usize::MAX);
+    let mut world = World::answered();
     let response_timeout = SessionConfig::default().response_timeout;
     world.advance(response_timeout + Duration::from_secs(1));
     assert!(!world.session.is_closed(), "an idle PE has not failed");
@@ -567,10 +566,7 @@ fn an_idle_session_asks_for_no_deadline_it_will_not_act_on() {
 /// is closed cleanly; data either way restarts the count.
 #[test]
 fn a_session_without_data_either_way_is_closed_after_the_idle_timeout() {
-    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
-    world.run();
-    world.client_sends(b"one\n");
-    world.pe_speaks(usize::MAX);
+    let mut world = World::answered();
     let idle = SessionConfig::default()
         .idle_timeout
         .expect("on by default");
