@@ -506,6 +506,10 @@ pub(crate) struct LimitsConfig {
     pub(crate) max_pool_elements: usize,
     pub(crate) max_addresses_per_pool_element: usize,
     pub(crate) max_pool_elements_per_association: usize,
+    /// PEs registered from one host address, and pools its PEs may be in (10 000 and
+    /// 1 000).
+    pub(crate) max_pool_elements_per_host: usize,
+    pub(crate) max_pools_per_host: usize,
     /// Per association and second (2 000 and 100); `null`: unlimited.
     pub(crate) max_handle_resolutions_per_second: Option<u32>,
     pub(crate) max_unreachable_reports_per_second: Option<u32>,
@@ -548,6 +552,8 @@ impl Default for LimitsConfig {
             max_pool_elements: engine.limits.max_pool_elements,
             max_addresses_per_pool_element: engine.limits.max_addresses_per_pool_element,
             max_pool_elements_per_association: engine.max_pool_elements_per_association,
+            max_pool_elements_per_host: engine.max_pool_elements_per_host,
+            max_pools_per_host: engine.max_pools_per_host,
             max_handle_resolutions_per_second: engine.max_handle_resolutions_per_second,
             max_unreachable_reports_per_second: engine.max_unreachable_reports_per_second,
             max_malformed_messages: engine.max_malformed_messages,
@@ -1034,6 +1040,11 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
             "registrar.limits: max_connections, max_connections_per_host, first_message_timeout and message_timeout must be above 0, max_unfinished_message_bytes at least one message ({} bytes)",
             rserpool_proto::wire::MAX_FRAME
         )));
+    }
+    if l.max_pool_elements_per_host == 0 || l.max_pools_per_host == 0 {
+        return Err(ConfigError::Invalid(
+            "registrar.limits: max_pool_elements_per_host and max_pools_per_host must be above 0 (every PE would be refused)".into(),
+        ));
     }
     if r.max_items == 0 || r.default_items == 0 || r.handle_table_page_size == 0 {
         return Err(ConfigError::Invalid(

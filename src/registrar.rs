@@ -88,6 +88,8 @@ fn engine_config(section: &RegistrarSection, enrp: SocketAddr, access: Access) -
             max_addresses_per_pool_element: limits.max_addresses_per_pool_element,
         },
         max_pool_elements_per_association: limits.max_pool_elements_per_association,
+        max_pool_elements_per_host: limits.max_pool_elements_per_host,
+        max_pools_per_host: limits.max_pools_per_host,
         max_handle_resolutions_per_second: limits.max_handle_resolutions_per_second,
         max_unreachable_reports_per_second: limits.max_unreachable_reports_per_second,
         verify_addresses: section.verify_addresses,
@@ -451,7 +453,14 @@ fn log_event(event: RegistrarEvent) {
             tracing::debug!(pool = %key.pool_handle, pe = %key.pe_id, "pool element re-registered");
         }
         RegistrarEvent::Refused { key, cause, reason } => {
-            tracing::warn!(pool = %key.pool_handle, pe = %key.pe_id, %cause, %reason, "registration refused");
+            // A peer decides how often this happens.
+            static LOG: crate::logging::RateLimitedLog =
+                crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
+            metrics::counter!("rserpool_registrar_registrations_refused_total", "cause" => format!("0x{:04x}", cause.0))
+                .increment(1);
+            if let Some(suppressed) = LOG.permit() {
+                tracing::warn!(pool = %key.pool_handle, pe = %key.pe_id, %cause, %reason, suppressed, "registration refused");
+            }
         }
         RegistrarEvent::Removed { key, reason } => {
             tracing::info!(pool = %key.pool_handle, pe = %key.pe_id, ?reason, "pool element removed");

@@ -29,6 +29,12 @@ pub struct RegistrarConfig {
     pub limits: Limits,
     /// The most PEs one association may register.
     pub max_pool_elements_per_association: usize,
+    /// The most PEs registered here from one host address (over all its
+    /// associations): one host must not be able to fill `limits.max_pool_elements`.
+    pub max_pool_elements_per_host: usize,
+    /// The most pools one host's PEs may be in here: one host must not be able to
+    /// fill `limits.max_pools` (a pool lives only while it has a PE).
+    pub max_pools_per_host: usize,
     /// Handle resolutions per second one association may ask (`None`: unlimited).
     /// The default, 2 000 (bursts as large), is far above what a caching gateway asks
     /// (one resolution per pool and cache period) and bounds a flood to a fraction of
@@ -116,6 +122,8 @@ impl Default for RegistrarConfig {
             max_items: 128,
             limits: Limits::default(),
             max_pool_elements_per_association: 1024,
+            max_pool_elements_per_host: 10_000,
+            max_pools_per_host: 1_000,
             max_handle_resolutions_per_second: Some(2_000),
             max_unreachable_reports_per_second: Some(100),
             verify_addresses: true,

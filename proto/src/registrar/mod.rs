@@ -10,6 +10,7 @@ mod config;
 mod discovery;
 mod enrp;
 mod peers;
+mod quota;
 mod sync;
 mod takeover;
 
@@ -232,6 +233,8 @@ pub struct RegistrarEngine {
     /// Distinct pool-user hosts that reported each PE unreachable (a host's many
     /// associations count once, so one host cannot remove a PE).
     reporters: BTreeMap<PoolElementKey, Vec<IpAddr>>,
+    /// PEs registered here, charged to the host that registered them.
+    quotas: quota::HostQuotas,
     next_announce: Option<Instant>,
     rng: SeededRng,
     out: VecDeque<Output<RegistrarEvent>>,
@@ -272,6 +275,7 @@ impl RegistrarEngine {
             associations: BTreeMap::new(),
             awaiting_ack: BTreeMap::new(),
             reporters: BTreeMap::new(),
+            quotas: quota::HostQuotas::default(),
             rng,
             out: VecDeque::new(),
             ids: AssocIds::default(),
@@ -540,14 +544,44 @@ impl RegistrarEngine {
                 ),
             ));
         }
+        let host = peer.addresses.first().copied();
+        if let Some(host) = host {
+            self.quotas
+                .check(
+                    host,
+                    key,
+                    self.config.max_pool_elements_per_host,
+                    self.config.max_pools_per_host,
+                )
+                .map_err(|exceeded| {
+                    (
+                        ErrorCause::new(CauseCode::LACK_OF_RESOURCES),
+                        exceeded.to_string(),
+                    )
+                })?;
+        }
         element.home_registrar = self.id;
         element.asap_transport = (!peer.addresses.is_empty()).then(|| {
             peer.transport
                 .transport_parameter(peer.addresses.clone(), peer.port)
         });
-        self.handlespace
+        let upserted = self
+            .handlespace
             .upsert(key.pool_handle, element, Some(assoc), now)
-            .map_err(|refusal: Refusal| (refusal.cause(), refusal.to_string()))
+            .map_err(|refusal: Refusal| (refusal.cause(), refusal.to_string()))?;
+        if let Some(host) = host {
+            self.quotas.charge(host, *key);
+        }
+        Ok(upserted)
+    }
+
+    /// A PE stays in the handlespace but no longer over an association of its own
+    /// (it moved to another registrar, or this one takes it over): no host holds it.
+    fn detach(&mut self, key: &PoolElementKey) {
+        self.handlespace.set_keepalive(key, None);
+        self.handlespace.set_association(key, None);
+        self.awaiting_ack.remove(key);
+        self.quotas.release(key);
     }
 
     /// May `peer`, over `assoc`, register a PE identifier the handlespace holds
@@ -664,6 +698,7 @@ impl RegistrarEngine {
     fn removed(&mut self, key: &PoolElementKey, entry: &PoolElementEntry, reason: RemovalReason) {
         self.awaiting_ack.remove(key);
         self.reporters.remove(key);
+        self.quotas.release(key);
         if entry.owner() == self.id {
             self.send_update(key.pool_handle, entry.element.clone(), UpdateAction::DEL_PE);
         }

@@ -250,9 +250,7 @@ impl RegistrarEngine {
             Ok(_) => {
                 if was_ours {
                     // The PE moved to another registrar: stop supervising it here.
-                    self.handlespace.set_keepalive(&key, None);
-                    self.handlespace.set_association(&key, None);
-                    self.awaiting_ack.remove(&key);
+                    self.detach(&key);
                 }
             }
             Err(refusal) => self.event(RegistrarEvent::Refused {

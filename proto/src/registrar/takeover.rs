@@ -183,9 +183,7 @@ impl RegistrarEngine {
     fn claim_owned(&mut self, keys: Vec<PoolElementKey>) {
         let mut by_endpoint: BTreeMap<Endpoint, Vec<PoolElementKey>> = BTreeMap::new();
         for key in keys {
-            self.handlespace.set_keepalive(&key, None);
-            self.handlespace.set_association(&key, None);
-            self.awaiting_ack.remove(&key);
+            self.detach(&key);
             let endpoint = self
                 .handlespace
                 .get(&key)

@@ -102,6 +102,65 @@ impl Harness {
         self.drain();
     }
 
+    /// An ASAP association `assoc` from 10.0.0.`last`, port `port`, comes up (a PE
+    /// or a stranger posing as one).
+    pub fn asap_association(&mut self, assoc: u64, last: u8, port: u16) {
+        let peer = PeerInfo {
+            transport: TransportKind::Tcp,
+            addresses: vec![address(last)],
+            port,
+            protocol: Protocol::Asap,
+            rtt: None,
+            authentication: rserpool_proto::auth::Authentication::Unauthenticated,
+        };
+        self.engine
+            .handle_association_up(AssocId(assoc), peer, self.now);
+        self.drain();
+    }
+
+    /// Registers PE `pe_id` of `pool` over `assoc`, whose host is 10.0.0.`last`;
+    /// returns the registrar's answer (the error cause's code when refused).
+    pub fn register(
+        &mut self,
+        assoc: u64,
+        last: u8,
+        pool: &str,
+        pe_id: u32,
+    ) -> Result<(), rserpool_proto::wire::CauseCode> {
+        let mut element = pool_element(pe_id, RegistrarId::UNKNOWN);
+        element.asap_transport = None;
+        element.user_transport.addresses = vec![address(last)];
+        let bytes = AsapMessage::Registration(rserpool_proto::wire::Registration {
+            pool_handle: PoolHandle::new(pool.as_bytes()).unwrap(),
+            pool_element: element,
+        })
+        .encode()
+        .unwrap();
+        self.outputs.clear();
+        self.engine
+            .handle_message(AssocId(assoc), Protocol::Asap, &bytes, self.now);
+        self.drain();
+        let answer = self
+            .outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Transmit {
+                    assoc: a,
+                    protocol: Protocol::Asap,
+                    payload,
+                } if *a == AssocId(assoc) => match AsapMessage::decode(payload).unwrap().message {
+                    AsapMessage::RegistrationResponse(r) => Some(r),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .expect("a registration response");
+        match answer.error {
+            Some(error) if answer.reject => Err(error.causes[0].code),
+            _ => Ok(()),
+        }
+    }
+
     /// An association goes down (or a connect attempt fails).
     pub fn down(&mut self, assoc: u64) {
         self.engine
