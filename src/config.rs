@@ -166,6 +166,15 @@ pub(crate) struct HttpListenerSection {
     /// Retries per request on average (plus 10 a second).
     #[serde(default = "retry_ratio")]
     pub(crate) retry_ratio: f64,
+    /// Request-body bytes held for replay by the listener's connections together, and
+    /// by one connection (its HTTP/2 streams); a body that does not fit is not held.
+    #[serde(default = "max_held_body_bytes")]
+    pub(crate) max_held_body_bytes: usize,
+    #[serde(default = "max_held_body_bytes_per_connection")]
+    pub(crate) max_held_body_bytes_per_connection: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    #[serde(default = "h2_max_concurrent_streams")]
+    pub(crate) h2_max_concurrent_streams: u32,
     pub(crate) sticky: Option<StickySection>,
     /// TLS termination: the listener speaks HTTPS (HTTP/2 by ALPN).
     pub(crate) tls: Option<TlsSection>,
@@ -247,6 +256,19 @@ fn sticky_max_age() -> Duration {
 /// The HTTP gateway library's own default.
 fn tunnel_idle_timeout() -> Duration {
     rserpool_gateways::http::TUNNEL_IDLE_TIMEOUT
+}
+
+/// The HTTP gateway library's own defaults.
+fn max_held_body_bytes() -> usize {
+    rserpool_gateways::http::MAX_HELD_BODY_BYTES
+}
+
+fn max_held_body_bytes_per_connection() -> usize {
+    rserpool_gateways::http::MAX_HELD_BODY_BYTES_PER_CONNECTION
+}
+
+fn h2_max_concurrent_streams() -> u32 {
+    rserpool_gateways::http::H2_MAX_CONCURRENT_STREAMS
 }
 
 /// The DNS gateway library's own default.
@@ -1097,6 +1119,13 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
         {
             return Err(ConfigError::Invalid(format!(
                 "gateway.tcp[{i}].framing: size must be 1, 2 or 4 and max_message above 0"
+            )));
+        }
+    }
+    for (i, listener) in config.gateway.http.iter().enumerate() {
+        if listener.h2_max_concurrent_streams == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.http[{i}]: h2_max_concurrent_streams must be above 0"
             )));
         }
     }

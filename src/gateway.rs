@@ -337,6 +337,9 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
         max_header_bytes: section.max_header_bytes,
         sticky,
         retry_ratio: section.retry_ratio,
+        max_held_body_bytes: section.max_held_body_bytes,
+        max_held_body_bytes_per_connection: section.max_held_body_bytes_per_connection,
+        h2_max_concurrent_streams: section.h2_max_concurrent_streams,
     })
 }
 

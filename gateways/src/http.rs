@@ -15,6 +15,7 @@
 pub mod forward;
 mod h1;
 mod head;
+mod held;
 mod min_rate;
 pub mod sticky;
 pub mod tls;
@@ -149,7 +150,27 @@ pub struct HttpListenerConfig {
     /// Retries allowed per request on average (plus 10 a second), so that a failing
     /// pool is not hit with a multiple of its load.
     pub retry_ratio: f64,
+    /// Request-body bytes held for replay by all connections together; a body that
+    /// does not fit streams on without replay.
+    pub max_held_body_bytes: usize,
+    /// The same, per client connection (its HTTP/2 streams together).
+    pub max_held_body_bytes_per_connection: usize,
+    /// Streams one HTTP/2 connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
 }
+
+/// The default bytes of request bodies held for replay by one listener.
+pub const MAX_HELD_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// The default bytes of request bodies held for replay by one connection.
+pub const MAX_HELD_BODY_BYTES_PER_CONNECTION: usize = 1024 * 1024;
+
+/// The default streams per HTTP/2 connection (HAProxy's default is 100, nginx's 128).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// Response bytes hyper buffers per HTTP/2 stream for a client that does not read
+/// (hyper's default, 400 KiB, times 100 streams is 40 MB per connection).
+const H2_MAX_SEND_BUFFER: usize = 128 * 1024;
 
 impl HttpListenerConfig {
     /// One route to `pool_handle`, with defaults.
@@ -165,6 +186,9 @@ impl HttpListenerConfig {
             sticky: None,
             tls: None,
             retry_ratio: 0.2,
+            max_held_body_bytes: MAX_HELD_BODY_BYTES,
+            max_held_body_bytes_per_connection: MAX_HELD_BODY_BYTES_PER_CONNECTION,
+            h2_max_concurrent_streams: H2_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -263,6 +287,10 @@ struct State<D> {
     /// Connections closed for the time limits, by reason.
     closed_no_request: Counter,
     closed_idle: Counter,
+    /// Request-body bytes held for replay, over all connections, and per connection.
+    held_bodies: Arc<Semaphore>,
+    held_body_bytes_per_connection: usize,
+    held_meters: held::HeldMeters,
 }
 
 /// A listener's routes and sticky-session keys: replaced whole by a reload, while
@@ -347,6 +375,13 @@ pub async fn serve<D: Directory>(
         tunnel_idle_timeout: config.tunnel_idle_timeout,
         closed_no_request: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "no_request"),
         closed_idle: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "idle"),
+        held_bodies: held::ReplayBudget::listener(config.max_held_body_bytes),
+        held_body_bytes_per_connection: config.max_held_body_bytes_per_connection,
+        held_meters: held::HeldMeters {
+            bytes: metrics::gauge!("rserpool_http_held_body_bytes", "listen" => config.listen.to_string()),
+            held: metrics::counter!("rserpool_http_bodies_held_total", "listen" => config.listen.to_string()),
+            not_held: metrics::counter!("rserpool_http_bodies_not_held_total", "listen" => config.listen.to_string()),
+        },
     });
     let acceptor = match &config.tls {
         Some(resolver) => match tls::server_config(resolver.clone()) {
@@ -368,7 +403,9 @@ pub async fn serve<D: Directory>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(config.h2_max_concurrent_streams)
+        .max_send_buf_size(H2_MAX_SEND_BUFFER);
     let builder = Arc::new(builder);
     let limits = h1::Limits {
         header_timeout: config.header_timeout,
@@ -435,9 +472,15 @@ async fn serve_connection<I, D>(
     let forwarding = Arc::new(forward::Forwarding::new(peer, state.https));
     let watchdog = state.clone();
     let requests = activity.clone();
+    let budget = held::ReplayBudget::new(
+        state.held_bodies.clone(),
+        state.held_body_bytes_per_connection,
+        state.held_meters.clone(),
+    );
     let service = hyper::service::service_fn(move |request| {
         let state = state.clone();
         let forwarding = forwarding.clone();
+        let budget = budget.clone();
         let waiting = requests.request();
         async move {
             let _waiting = waiting;
@@ -462,7 +505,7 @@ async fn serve_connection<I, D>(
             let (parts, body) = request.into_parts();
             let request = ClientRequest {
                 parts,
-                body: ClientBody::Streaming(body),
+                body: ClientBody::Streaming(body, budget),
                 upgrade,
             };
             Ok::<_, Infallible>(handle(&state, peer, &forwarding, request).await)
@@ -562,15 +605,16 @@ struct Tunnel {
 
 /// A request's body as the client connection hands it over.
 enum ClientBody {
-    /// Read by hyper as the request goes on.
-    Streaming(Incoming),
+    /// Read by hyper as the request goes on; held for replay within the budget.
+    Streaming(Incoming, held::ReplayBudget),
     /// Read whole already (the HTTP/1.1 fast path, [`h1`]).
     Read(Bytes),
 }
 
-/// How the request body is held: whole (so the request can be sent again) or streaming.
+/// How the request body is held: whole (so the request can be sent again; its bytes
+/// charged until the request is over) or streaming.
 enum RequestBody {
-    Whole(Bytes),
+    Whole(Bytes, held::Held),
     Streaming(ProxyBody),
 }
 
@@ -581,13 +625,19 @@ enum BodyError {
     Read,
 }
 
-/// Reads up to `replay` bytes of the body; a larger body streams on (prefix first),
-/// held to the route's minimum rate all along.
-async fn hold_body(body: Incoming, route: &Route) -> Result<RequestBody, BodyError> {
+/// Reads up to `replay` bytes of the body while `budget` has room for them; a larger
+/// body, or one the budget cannot hold, streams on (prefix first), held to the route's
+/// minimum rate all along.
+async fn hold_body(
+    body: Incoming,
+    route: &Route,
+    budget: &held::ReplayBudget,
+) -> Result<RequestBody, BodyError> {
     let (replay, max) = (route.replay_buffer, route.max_body);
     let body = min_rate::MinRate::new(body, route.min_body_rate, BODY_RATE_WINDOW);
     let mut body = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
     let mut held = BytesMut::new();
+    let mut charged = held::Held::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|error| {
             if error.is::<http_body_util::LengthLimitError>() {
@@ -600,7 +650,11 @@ async fn hold_body(body: Incoming, route: &Route) -> Result<RequestBody, BodyErr
         })?;
         if let Ok(data) = frame.into_data() {
             held.extend_from_slice(&data);
-            if held.len() > replay {
+            let over_budget = held.len() <= replay && !budget.hold(&mut charged, data.len());
+            if over_budget {
+                budget.refused();
+            }
+            if held.len() > replay || over_budget {
                 let prefix = held.freeze();
                 return Ok(RequestBody::Streaming(
                     Prefixed {
@@ -612,7 +666,7 @@ async fn hold_body(body: Incoming, route: &Route) -> Result<RequestBody, BodyErr
             }
         }
     }
-    Ok(RequestBody::Whole(held.freeze()))
+    Ok(RequestBody::Whole(held.freeze(), charged))
 }
 
 /// A body whose first bytes were already read.
@@ -816,7 +870,7 @@ async fn proxy<D: Directory>(
     }
     let upgrade = client_upgrade.is_some();
     let body = match body {
-        ClientBody::Streaming(body) => match hold_body(body, route).await {
+        ClientBody::Streaming(body, budget) => match hold_body(body, route, &budget).await {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
                 return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
@@ -829,7 +883,10 @@ async fn proxy<D: Directory>(
             }
         },
         // Within max_body (checked above); kept for replay only up to replay_buffer.
-        ClientBody::Read(bytes) if bytes.len() <= route.replay_buffer => RequestBody::Whole(bytes),
+        // Read whole by the HTTP/1.1 loop (one request at a time per connection).
+        ClientBody::Read(bytes) if bytes.len() <= route.replay_buffer => {
+            RequestBody::Whole(bytes, held::Held::default())
+        }
         ClientBody::Read(bytes) => RequestBody::Streaming(
             Full::new(bytes)
                 .map_err(|never| match never {})
@@ -896,13 +953,10 @@ async fn proxy<D: Directory>(
         parts.headers.insert(forward::SESSION, value);
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let whole = match &body {
-        RequestBody::Whole(bytes) => Some(bytes.clone()),
-        RequestBody::Streaming(_) => None,
-    };
-    let mut streaming = match body {
-        RequestBody::Streaming(body) => Some(body),
-        RequestBody::Whole(_) => None,
+    // The held bytes stay charged until the request is over (any attempt may send them).
+    let (whole, mut streaming, _held) = match body {
+        RequestBody::Whole(bytes, held) => (Some(bytes), None, held),
+        RequestBody::Streaming(body) => (None, Some(body), held::Held::default()),
     };
     let may_resend = whole.is_some() && idempotent(&parts.method) && !upgrade;
 

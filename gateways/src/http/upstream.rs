@@ -169,7 +169,9 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         Ok(Connection {
             stream,
-            buffer: BytesMut::with_capacity(READ_SIZE),
+            // Allocated at the first read: a connection still sending a request (a
+            // body the client sends slowly) holds no read buffer.
+            buffer: BytesMut::new(),
             head: BytesMut::with_capacity(1024),
         })
     }
