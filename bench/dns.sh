@@ -12,6 +12,7 @@ SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-3}; CLIENTS=${CLIENTS:-4}
 # shellcheck source=bench/common.sh
 . bench/common.sh
 need "dnsperf knot" dnsperf knotd
+need dnsutils dig
 cargo build --release --quiet -p rserpool
 
 # Knot with the static zone.
