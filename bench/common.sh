@@ -77,3 +77,22 @@ web_gateway_config() {
 
 # cpu_ticks PID: the process's user + system time so far, in clock ticks.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# start_knot [CONFIG LINE...]: Knot DNS with ../shared/baselines/knot.conf (127.0.0.1:15354)
+# serving echopool.pool.example as a static zone of 8 A records, each CONFIG LINE
+# appended to its configuration.
+start_knot() {
+    mkdir -p "$work/knot"
+    {
+        echo '$ORIGIN pool.example.'; echo '$TTL 0'
+        echo '@ IN SOA ns.pool.example. admin.pool.example. 1 3600 600 86400 0'
+        echo '@ IN NS ns.pool.example.'; echo 'ns IN A 127.0.0.1'
+        for i in $(seq 8); do echo "echopool IN A 10.0.0.$i"; done
+    } > "$work/knot/pool.example.zone"
+    {
+        sed -e "s#/tmp/baselines/knot#$work/knot#g" ../shared/baselines/knot.conf
+        local line
+        for line in "$@"; do echo "$line"; done
+    } > "$work/knot.conf"
+    setsid knotd -c "$work/knot.conf" 2>"$work/knotd.log" & pids+=($!)
+}

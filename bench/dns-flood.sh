@@ -20,24 +20,8 @@ need dnsutils dig
 need curl curl
 cargo build --release --quiet -p rserpool
 
-mkdir -p "$work/knot"
-{
-    echo '$ORIGIN pool.example.'; echo '$TTL 0'
-    echo '@ IN SOA ns.pool.example. admin.pool.example. 1 3600 600 86400 0'
-    echo '@ IN NS ns.pool.example.'; echo 'ns IN A 127.0.0.1'
-    for i in $(seq 8); do echo "echopool IN A 10.0.0.$i"; done
-} > "$work/knot/pool.example.zone"
-{
-    sed -e "s#/tmp/baselines/knot#$work/knot#g" ../shared/baselines/knot.conf
-    echo "mod-rrl:"
-    echo "  - id: flood"
-    echo "    rate-limit: 200"
-    echo "    slip: 2"
-    echo "template:"
-    echo "  - id: default"
-    echo "    global-module: mod-rrl/flood"
-} > "$work/knot.conf"
-setsid knotd -c "$work/knot.conf" 2>"$work/knotd.log" & pids+=($!)
+start_knot "mod-rrl:" "  - id: flood" "    rate-limit: 200" "    slip: 2" \
+    "template:" "  - id: default" "    global-module: mod-rrl/flood"
 
 start_pool echopool
 cat > "$work/agent.yaml" <<CFG

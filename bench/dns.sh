@@ -16,15 +16,7 @@ need dnsutils dig
 cargo build --release --quiet -p rserpool
 
 # Knot with the static zone.
-mkdir -p "$work/knot"
-{
-    echo '$ORIGIN pool.example.'; echo '$TTL 0'
-    echo '@ IN SOA ns.pool.example. admin.pool.example. 1 3600 600 86400 0'
-    echo '@ IN NS ns.pool.example.'; echo 'ns IN A 127.0.0.1'
-    for i in $(seq 8); do echo "echopool IN A 10.0.0.$i"; done
-} > "$work/knot/pool.example.zone"
-sed -e "s#/tmp/baselines/knot#$work/knot#g" ../shared/baselines/knot.conf > "$work/knot.conf"
-setsid knotd -c "$work/knot.conf" 2>"$work/knotd.log" & pids+=($!)
+start_knot
 
 # A registrar, one agent registering 1 000 PEs (127.0.0.1 with ports 20000-20999: a
 # registrar accepts only the agent's own address; no health checks, nothing needs to

@@ -842,6 +842,13 @@ pub(crate) struct PoolUserSection {
     /// before another is hunted (default 2s).
     #[serde(deserialize_with = "optional_duration")]
     pub(crate) registrar_silence: Option<Duration>,
+    /// How long past `stale_cache` a pool's last answer may still be served while no
+    /// registrar answers (default 30s; 0s: never; only with a cache).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) max_stale: Duration,
+    /// How long a request waits for a registrar before such an answer (default 500ms).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) stale_answer_after: Duration,
 }
 
 impl Default for PoolUserSection {
@@ -854,6 +861,8 @@ impl Default for PoolUserSection {
             announce_interface: None,
             stale_cache: None,
             registrar_silence: None,
+            max_stale: Duration::from_secs(30),
+            stale_answer_after: Duration::from_millis(500),
         }
     }
 }
@@ -1082,6 +1091,12 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
             "pool_user.registrar_silence must be above 0".into(),
         ));
     }
+    if config.pool_user.stale_answer_after.is_zero() {
+        return Err(ConfigError::Invalid(
+            "pool_user.stale_answer_after must be above 0 (a registrar's answer would never be waited for)".into(),
+        ));
+    }
+
     for (section, group, interface) in [
         ("pe", &config.pe.announce, config.pe.announce_interface),
         (

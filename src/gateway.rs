@@ -13,7 +13,7 @@ use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{self, HttpListenerConfig, Route};
 use rserpool_gateways::tcp::{self, Framing, ListenerConfig, SctpUpstream};
-use rserpool_proto::pool_user::ResolveError;
+use rserpool_proto::pool_user::{AnswerSource, ResolveError};
 use rserpool_proto::session::SessionConfig;
 use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
@@ -174,6 +174,10 @@ fn admin_routes(
                     tokio::time::timeout(Duration::from_secs(2), pool_user.resolve(pool, Some(1)))
                         .await;
                 match asked {
+                    // The pool's last answer served stale: no registrar answered.
+                    Ok(Ok(resolution)) if resolution.source == AnswerSource::Stale => {
+                        Err("no registrar answers: serving the last answers".into())
+                    }
                     Ok(Ok(_) | Err(ResolveError::UnknownPool)) => Ok(()),
                     Ok(Err(error)) => Err(format!("no registrar answers: {error}")),
                     Err(_) => Err("no registrar answered within 2 s".into()),

@@ -65,6 +65,11 @@ impl PoolUser {
         hunt.access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
         let mut config = PoolUserConfig::new(section.profile.into(), hunt);
         config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
+        // Serving stale needs a cache to keep the last answers in.
+        if !config.stale_cache.is_zero() {
+            config.max_stale = section.max_stale;
+        }
+        config.stale_answer_after = section.stale_answer_after;
         if let Some(silence) = section.registrar_silence {
             config.registrar_silence = silence;
         }
@@ -112,6 +117,17 @@ impl PoolUser {
                 }
             }
             PoolUserEvent::Warning(warning) => tracing::warn!(%warning, "pool user"),
+            PoolUserEvent::AnsweredStale {
+                pool_handle,
+                requests,
+            } => {
+                static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
+                metrics::counter!("rserpool_pool_user_stale_answers_total")
+                    .increment(requests as u64);
+                if let Some(suppressed) = LOG.permit() {
+                    tracing::warn!(pool = %pool_handle, requests, suppressed, "no registrar answered in time: answered from the last answer");
+                }
+            }
         };
         let (handle, commands) = Handle::new();
         let engine = Arc::new(Mutex::new(engine));

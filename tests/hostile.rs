@@ -85,17 +85,6 @@ fn counter(registrar: &Process, name: &str, labels: &str) -> u64 {
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// A connection that never completes a message is closed after the first-message
 /// timeout, one that trickles a message after the message timeout; one that spoke
 /// and then idles is kept.
@@ -216,7 +205,7 @@ fn unfinished_messages_are_bounded_in_memory() {
         "    max_connections_per_host: 100000\n    message_timeout: 60s\n    first_message_timeout: 60s\n    max_unfinished_message_bytes: 2097152\n",
     );
     let asap = r.address("asap");
-    let before = rss_kib(r.pid());
+    let before = r.rss_kib();
     let mut partial = vec![0u8; 60_000];
     partial[..4].copy_from_slice(&[0x03, 0x00, 0xff, 0xfc]);
     let mut held = Vec::new();
@@ -234,7 +223,7 @@ fn unfinished_messages_are_bounded_in_memory() {
             "listener=\"asap\",reason=\"memory\"",
         ) >= 900
     }));
-    let grown = rss_kib(r.pid()).saturating_sub(before);
+    let grown = r.rss_kib().saturating_sub(before);
     assert!(grown < 24 * 1024, "RSS grew by {grown} KiB");
     assert!(resolve_ids(asap, "Nobody").is_empty());
     let mut legit = TcpStream::connect(asap).unwrap();

@@ -784,12 +784,7 @@ fn idle_and_silent_http2_connections_are_closed() {
         asap,
         "  http:\n    - listen: 127.0.0.1:0\n      header_timeout: 1s\n      client_idle_timeout: 2s\n      routes:\n        - pool: WebPool\n",
     );
-    let address: SocketAddr = gateway.ready["http"]
-        .split('=')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let address = gateway.listener("http");
     // Half a preface: closed once the header timeout has passed.
     let (_, closed) = h2_until_closed(address, &PREFACE[..16]);
     assert!(closed < Duration::from_secs(5), "{closed:?}");
@@ -822,17 +817,6 @@ fn idle_and_silent_http2_connections_are_closed() {
         idle >= Duration::from_millis(1_500) && idle < Duration::from_secs(8),
         "closed {idle:?} after the response"
     );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.split_whitespace().next())
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 /// The sum of a counter's series in the gateway's /metrics.
@@ -891,15 +875,10 @@ fn unfinished_http2_bodies_are_held_only_within_the_budget() {
         "pool_user:\n  registrars: [{asap}]\ngateway:\n  http:\n    - listen: 127.0.0.1:0\n      max_held_body_bytes_per_connection: 131072\n      routes:\n        - pool: WebPool\n"
     ));
     let gateway = Process::start(&["gateway", "--config", &file.0, "--admin", "127.0.0.1:0"]);
-    let address: SocketAddr = gateway.ready["http"]
-        .split('=')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let address = gateway.listener("http");
     let admin = gateway.address("admin");
     request(address, "GET", "/", &[]);
-    let before = rss_kib(gateway.pid());
+    let before = gateway.rss_kib();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -926,7 +905,7 @@ fn unfinished_http2_bodies_are_held_only_within_the_budget() {
         "bodies not held: {}",
         not_held()
     );
-    let grown = rss_kib(gateway.pid()).saturating_sub(before);
+    let grown = gateway.rss_kib().saturating_sub(before);
     assert!(
         grown < 16 * 1024,
         "the gateway grew {grown} KiB holding 24 MiB of unfinished bodies"

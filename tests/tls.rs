@@ -577,12 +577,7 @@ fn a_registrar_of_another_ca_is_refused() {
         ],
         &ours.flags("gw"),
     ));
-    let http: SocketAddr = gateway.ready["http"]
-        .split_once('=')
-        .unwrap()
-        .0
-        .parse()
-        .unwrap();
+    let http = gateway.listener("http");
     let status = common::try_request(http, "GET", "/", &[], b"").map(|reply| reply.status);
     assert_ne!(status, Some(200));
     assert!(eventually(Duration::from_secs(10), || {

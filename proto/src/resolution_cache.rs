@@ -5,8 +5,14 @@
 //! A hit in the last quarter of an answer's life says the pool should be refreshed
 //! (once), so a gateway renews the cache before it runs out instead of sending a burst
 //! of resolutions when it does.
+//!
+//! Serving stale (as RFC 8767 lets DNS resolvers do): with `max_stale` set, the last
+//! answer for each pool is kept that much longer, apart from the fresh entries, and is
+//! used only when no registrar answers in time (the pool user decides when). A PE
+//! reported unreachable leaves it too, and a registrar saying the pool is unknown drops
+//! it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crate::handlespace::{Handlespace, Limits, PoolElementKey};
@@ -28,14 +34,114 @@ pub(crate) struct ResolutionCache {
     /// When each cached pool's answer is due for a refresh (three quarters into its
     /// life); only pools in the cache.
     refresh_at: BTreeMap<PoolHandle, Instant>,
+    /// How long past its freshness the last answer may still be served.
+    max_stale: Duration,
+    last_answers: BTreeMap<PoolHandle, LastAnswer>,
+    /// The last answers by the end of their use, to drop them in order.
+    last_answers_by_end: BTreeSet<(Instant, PoolHandle)>,
+    /// At most this many pools' last answers (the cache's pool bound).
+    max_last_answers: usize,
+}
+
+/// A registrar's last answer for a pool, kept for serving stale.
+#[derive(Debug)]
+struct LastAnswer {
+    usable_until: Instant,
+    policy_type: PolicyType,
+    pool_elements: Vec<PoolElement>,
 }
 
 impl ResolutionCache {
-    pub(crate) fn new(fresh_for: Duration, limits: Limits) -> Self {
+    pub(crate) fn new(fresh_for: Duration, max_stale: Duration, limits: Limits) -> Self {
         Self {
             fresh_for,
             entries: Handlespace::new(limits),
             refresh_at: BTreeMap::new(),
+            max_stale,
+            last_answers: BTreeMap::new(),
+            last_answers_by_end: BTreeSet::new(),
+            max_last_answers: limits.max_pools,
+        }
+    }
+
+    /// Does the cache keep last answers to serve stale, and one for this pool (of any
+    /// age)?
+    pub(crate) fn may_serve_stale(&self, pool_handle: &PoolHandle) -> bool {
+        self.last_answers.contains_key(pool_handle)
+    }
+
+    /// The last answer for a pool, if it is still within `max_stale`: up to `items`
+    /// of its PEs, starting at a random one so that stale answers spread the load.
+    pub(crate) fn stale(
+        &mut self,
+        pool_handle: &PoolHandle,
+        items: Option<u32>,
+        now: Instant,
+        rng: &mut SeededRng,
+    ) -> Option<Cached> {
+        self.purge_last_answers(now);
+        let answer = self.last_answers.get(pool_handle)?;
+        let count = answer.pool_elements.len();
+        if count == 0 {
+            return None;
+        }
+        let start = usize::try_from(rng.below(count as u64)).unwrap_or(0);
+        let take = items.map_or(count, |n| (n as usize).min(count));
+        let pool_elements = answer
+            .pool_elements
+            .iter()
+            .cycle()
+            .skip(start)
+            .take(take)
+            .cloned()
+            .collect();
+        Some(Cached {
+            policy_type: answer.policy_type,
+            pool_elements,
+        })
+    }
+
+    fn keep_last_answer(&mut self, response: &HandleResolutionResponse, now: Instant) {
+        let Some(policy_type) = self
+            .entries
+            .pool(&response.pool_handle)
+            .map(|pool| pool.policy_type())
+        else {
+            return;
+        };
+        if self.max_stale.is_zero()
+            || (self.last_answers.len() >= self.max_last_answers
+                && !self.last_answers.contains_key(&response.pool_handle))
+        {
+            return;
+        }
+        self.drop_last_answer(&response.pool_handle);
+        let usable_until = now + self.fresh_for + self.max_stale;
+        self.last_answers_by_end
+            .insert((usable_until, response.pool_handle));
+        self.last_answers.insert(
+            response.pool_handle,
+            LastAnswer {
+                usable_until,
+                policy_type,
+                pool_elements: response.pool_elements.clone(),
+            },
+        );
+    }
+
+    fn drop_last_answer(&mut self, pool_handle: &PoolHandle) {
+        if let Some(old) = self.last_answers.remove(pool_handle) {
+            self.last_answers_by_end
+                .remove(&(old.usable_until, *pool_handle));
+        }
+    }
+
+    fn purge_last_answers(&mut self, now: Instant) {
+        while let Some(&(end, pool_handle)) = self.last_answers_by_end.first() {
+            if end > now {
+                break;
+            }
+            self.drop_last_answer(&pool_handle);
         }
     }
 
@@ -116,10 +222,12 @@ impl ResolutionCache {
             self.refresh_at
                 .insert(response.pool_handle, now + self.fresh_for * 3 / 4);
         }
+        self.keep_last_answer(response, now);
     }
 
-    /// Drops a pool's cached PEs.
+    /// Drops a pool's cached PEs and its last answer (the registrar knows no PE of it).
     pub(crate) fn forget_pool(&mut self, pool_handle: &PoolHandle) {
+        self.drop_last_answer(pool_handle);
         let keys: Vec<PoolElementKey> = self
             .entries
             .pool(pool_handle)
@@ -137,8 +245,16 @@ impl ResolutionCache {
         }
     }
 
+    /// A PE the user could not reach: it leaves the fresh entries and the last answer.
+    pub(crate) fn unreachable(&mut self, key: &PoolElementKey) {
+        self.remove(key);
+        if let Some(answer) = self.last_answers.get_mut(&key.pool_handle) {
+            answer.pool_elements.retain(|pe| pe.id != key.pe_id);
+        }
+    }
+
     /// Removes a cached PE; the pool's refresh time goes with its last PE.
-    pub(crate) fn remove(&mut self, key: &PoolElementKey) {
+    fn remove(&mut self, key: &PoolElementKey) {
         self.entries.remove(key);
         if self.entries.pool(&key.pool_handle).is_none() {
             self.refresh_at.remove(&key.pool_handle);
@@ -149,6 +265,7 @@ impl ResolutionCache {
         while let Some(key) = self.entries.expired(now) {
             self.remove(&key);
         }
+        self.purge_last_answers(now);
     }
 
     pub(crate) fn next_expiry(&self) -> Option<Instant> {

@@ -21,7 +21,7 @@ use rserpool_proto::pool_element::{
     PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
 };
 use rserpool_proto::pool_user::{
-    PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, ResolveError,
+    AnswerSource, PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, ResolveError,
 };
 use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent, RemovalReason};
 use rserpool_proto::wire::{
@@ -664,6 +664,118 @@ fn frozen_registrar(seed: u64) {
         Some(Ok(vec![other_pe])),
         "seed {seed}"
     );
+}
+
+/// A pool user caching for 1 s that may serve a pool's last answer `max_stale` more,
+/// after 500 ms without a registrar's answer.
+fn pu_serving_stale(sim: &mut Sim, registrars: &[NodeId], max_stale: Duration) -> NodeId {
+    let mut config = PoolUserConfig::new(TimerProfile::Rfc, hunt(registrars));
+    config.stale_cache = Duration::from_secs(1);
+    config.max_stale = max_stale;
+    config.stale_answer_after = Duration::from_millis(500);
+    sim.add(Role::Pu(PoolUserEngine::new(config, sim.seed)))
+}
+
+/// A request's PEs and where they came from, or why it failed.
+type Answer = Result<(Vec<PoolElementId>, AnswerSource), ResolveError>;
+
+/// When a request was answered, and how.
+fn answered(sim: &Sim, pu: NodeId, request: RequestId) -> Option<(Duration, Answer)> {
+    sim.events(pu).iter().find_map(|(at, e)| match e {
+        NodeEvent::Pu(PoolUserEvent::Resolved { request: r, result }) if *r == request => Some((
+            *at,
+            result.clone().map(|res| {
+                (
+                    res.pool_elements.iter().map(|pe| pe.id).collect(),
+                    res.source,
+                )
+            }),
+        )),
+        _ => None,
+    })
+}
+
+/// The only registrar freezes after the pool user's cache was filled: once the cache
+/// runs out, requests are answered from the pool's last answer 500 ms after they are
+/// asked (not after `registrar_silence` and a hunt), a PE reported unreachable is left
+/// out of it, and after `max_stale` nothing stale is served any more.
+#[test]
+fn a_frozen_registrar_is_covered_by_the_last_answer_for_max_stale() {
+    let mut sim = Sim::new(21);
+    let r = add_registrar(&mut sim, 0x11);
+    let (_, id1) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    let (_, id2) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_secs(1));
+    let pu = pu_serving_stale(&mut sim, &[r], Duration::from_secs(30));
+    let first = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(100));
+    let (_, fresh) = answered(&sim, pu, first).unwrap();
+    assert_eq!(fresh.unwrap().0.len(), 2);
+    sim.freeze(r);
+    // The cache runs out 1 s after the answer; ask just after.
+    sim.run_for(Duration::from_millis(1_000));
+    let asked = sim.elapsed();
+    let late = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(450));
+    assert!(
+        answered(&sim, pu, late).is_none(),
+        "waits for the registrar first"
+    );
+    sim.run_for(Duration::from_millis(100));
+    let (at, result) = answered(&sim, pu, late).expect("answered stale");
+    let (pes, source) = result.unwrap();
+    assert!(source == AnswerSource::Stale && pes.len() == 2, "{pes:?}");
+    assert!(at - asked <= Duration::from_millis(600), "{:?}", at - asked);
+    assert!(sim.events(pu).iter().any(|(_, e)| matches!(
+        e,
+        NodeEvent::Pu(PoolUserEvent::AnsweredStale { requests: 1, .. })
+    )));
+    // A PE the user could not reach is not served stale.
+    sim.with(pu, |role, _| match role {
+        Role::Pu(pu) => pu.report_unreachable(pool(), id1),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_secs(3));
+    let after_report = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(600));
+    let (_, result) = answered(&sim, pu, after_report).expect("answered stale");
+    assert_eq!(result.unwrap().0, vec![id2]);
+    // Past the stale-cache value plus max_stale, requests fail as without it.
+    sim.run_for(Duration::from_secs(40));
+    let too_old = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(
+        answered(&sim, pu, too_old).map(|(_, result)| result),
+        Some(Err(ResolveError::NoRegistrar))
+    );
+}
+
+/// The only registrar crashes after the pool user's cache was filled; a request asked
+/// 2 s later is answered with the PE listed in the last answer, and with what it got.
+fn after_the_registrar_crashed(max_stale: Duration) -> (PoolElementId, Answer) {
+    let mut sim = Sim::new(22);
+    let r = add_registrar(&mut sim, 0x11);
+    let (_, id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_secs(1));
+    let pu = pu_serving_stale(&mut sim, &[r], max_stale);
+    let first = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(100));
+    assert!(answered(&sim, pu, first).unwrap().1.is_ok());
+    sim.crash(r);
+    sim.run_for(Duration::from_secs(2));
+    let request = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_secs(10));
+    (id, answered(&sim, pu, request).expect("answered").1)
+}
+
+/// Serving stale also answers requests that would fail for want of a registrar (one
+/// hunt round failed); without it (max_stale 0) they fail.
+#[test]
+fn with_no_registrar_left_the_last_answer_is_served_instead_of_failing() {
+    let (id, answer) = after_the_registrar_crashed(Duration::from_secs(30));
+    assert_eq!(answer, Ok((vec![id], AnswerSource::Stale)));
+    let (_, answer) = after_the_registrar_crashed(Duration::ZERO);
+    assert_eq!(answer, Err(ResolveError::NoRegistrar));
 }
 
 /// asap.md §5.2 step 6 and §6.1 step 3, with message loss: T2 and T1 retransmission

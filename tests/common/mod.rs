@@ -96,6 +96,29 @@ impl Process {
         self.child.id()
     }
 
+    /// The address of a listener the ready line names as `ADDRESS=POOL` (the
+    /// gateway's `http` and `tcp` fields; the first one).
+    pub fn listener(&self, field: &str) -> SocketAddr {
+        let first = self.ready[field].split(',').next().unwrap();
+        first
+            .split_once('=')
+            .map_or(first, |(address, _)| address)
+            .parse()
+            .unwrap()
+    }
+
+    /// The process's resident memory (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))

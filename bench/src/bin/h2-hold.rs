@@ -17,7 +17,6 @@
     reason = "a benchmark tool: a real clock, and panics are fine"
 )]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,29 +26,13 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
-fn flags() -> (String, BTreeMap<String, String>) {
-    let mut args = std::env::args().skip(1);
-    let mode = args.next().expect("a mode: sink or hold");
-    let mut map = BTreeMap::new();
-    while let Some(flag) = args.next() {
-        let name = flag.strip_prefix("--").expect("--flag VALUE").to_owned();
-        map.insert(name, args.next().expect("a value after the flag"));
-    }
-    (mode, map)
-}
+#[path = "../load/flags.rs"]
+mod flags;
 
-fn get<T: std::str::FromStr>(flags: &BTreeMap<String, String>, name: &str, default: Option<T>) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    match flags.get(name) {
-        Some(value) => value.parse().unwrap(),
-        None => default.unwrap_or_else(|| panic!("give --{name}")),
-    }
-}
+use flags::get;
 
 fn main() {
-    let (mode, flags) = flags();
+    let (mode, flags) = flags::flags("sink or hold");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

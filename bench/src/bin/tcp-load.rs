@@ -36,29 +36,13 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn flags() -> (String, BTreeMap<String, String>) {
-    let mut args = std::env::args().skip(1);
-    let mode = args.next().expect("a mode: echo, bulk, connect or stall");
-    let mut map = BTreeMap::new();
-    while let Some(flag) = args.next() {
-        let name = flag.strip_prefix("--").expect("--flag VALUE").to_owned();
-        map.insert(name, args.next().expect("a value after the flag"));
-    }
-    (mode, map)
-}
+#[path = "../load/flags.rs"]
+mod flags;
 
-fn get<T: std::str::FromStr>(flags: &BTreeMap<String, String>, name: &str, default: Option<T>) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    match flags.get(name) {
-        Some(value) => value.parse().unwrap(),
-        None => default.unwrap_or_else(|| panic!("give --{name}")),
-    }
-}
+use flags::get;
 
 fn main() {
-    let (mode, flags) = flags();
+    let (mode, flags) = flags::flags("echo, bulk, connect or stall");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -18,139 +18,32 @@
 //! that is being resolved wait for that one resolution (answered from the cache it
 //! fills), and a cache hit in the last quarter of the answer's life asks for a refresh
 //! ([`PoolUserEngine::refresh`]) that renews the cache before it runs out. No entry is
-//! used longer than the stale-cache value after a registrar last sent it.
+//! used longer than the stale-cache value after a registrar last sent it, except to
+//! serve stale: with `max_stale`, a request that no registrar answers within
+//! `stale_answer_after` (a frozen registrar, a hunt under way), or that would fail for
+//! want of a registrar, is answered from the pool's last answer while it is younger
+//! than the stale-cache value plus `max_stale`; the resolution stays out and refills the
+//! cache when a registrar answers.
+
+mod config;
+mod events;
+
+pub use config::PoolUserConfig;
+pub use events::{AnswerSource, CacheHit, PoolUserEvent, RequestId, Resolution, ResolveError};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo, TimerProfile};
-use crate::handlespace::{Limits, PoolElementKey};
-use crate::hunt::{Hunt, HuntConfig, Lost};
+use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo};
+use crate::handlespace::PoolElementKey;
+use crate::hunt::{Hunt, Lost};
 use crate::resolution_cache::{Cached, ResolutionCache};
 use crate::rng::SeededRng;
 use crate::wire::{
     AsapMessage, CauseCode, ErrorReport, HandleResolution, HandleResolutionResponse,
-    OperationError, PolicyType, PoolElement, PoolElementId, PoolElementRef, PoolHandle, Protocol,
-    RegistrarId,
+    OperationError, PoolElement, PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId,
 };
-
-/// Timers, cache and registrar list of a pool user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolUserConfig {
-    /// Finding registrars.
-    pub hunt: HuntConfig,
-    /// T1: how long to wait for a registrar's answer.
-    pub request_timeout: Duration,
-    /// MAX-REQUEST-RETRANSMIT: resends to one registrar before hunting another.
-    pub max_request_retransmits: u32,
-    /// How long the current registrar may answer nothing while a request waits
-    /// before another is hunted (shorter than T1: a frozen registrar should cost a
-    /// client a short stall, not T1 times its retransmissions).
-    pub registrar_silence: Duration,
-    /// How long a resolution may be answered from the cache (0: ask every time, as
-    /// rsplib's tools do).
-    pub stale_cache: Duration,
-    /// Failed hunt rounds after which waiting requests fail with "no registrar".
-    pub fail_after_hunt_rounds: u32,
-    /// Most requests waiting at once; more are refused at once.
-    pub max_pending_requests: usize,
-    /// Bounds of the cache.
-    pub cache_limits: Limits,
-}
-
-impl PoolUserConfig {
-    /// The profile's values (asap.md §9): RFC T1 15 s with 2 retransmissions, or
-    /// rsplib's 3 s with none. No caching by default.
-    pub fn new(profile: TimerProfile, hunt: HuntConfig) -> Self {
-        let (timeout, retransmits) = match profile {
-            TimerProfile::Rfc => (Duration::from_secs(15), 2),
-            TimerProfile::Rsplib => (Duration::from_secs(3), 0),
-        };
-        Self {
-            hunt,
-            request_timeout: timeout,
-            max_request_retransmits: retransmits,
-            registrar_silence: Duration::from_secs(2),
-            stale_cache: Duration::ZERO,
-            fail_after_hunt_rounds: 1,
-            max_pending_requests: 4096,
-            cache_limits: Limits::default(),
-        }
-    }
-}
-
-/// Identifies one resolve request in [`PoolUserEvent::Resolved`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RequestId(pub u64);
-
-/// PEs of a pool, best first.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolution {
-    /// The pool.
-    pub pool_handle: PoolHandle,
-    /// The pool's policy type, if the answer named it.
-    pub policy_type: Option<PolicyType>,
-    /// The PEs in the order to try them.
-    pub pool_elements: Vec<PoolElement>,
-    /// Answered from the cache without asking a registrar.
-    pub from_cache: bool,
-}
-
-/// Why a resolution failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ResolveError {
-    /// The registrar knows no such pool (cause 0x0009).
-    #[error("unknown pool handle")]
-    UnknownPool,
-    /// The registrar answered with another error.
-    #[error("registrar refused: {0}")]
-    Refused(CauseCode),
-    /// No registrar could be reached.
-    #[error("no registrar reachable")]
-    NoRegistrar,
-    /// Too many requests are waiting already.
-    #[error("too many requests waiting")]
-    Overloaded,
-}
-
-/// What the pool user reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PoolUserEvent {
-    /// A resolve request finished.
-    Resolved {
-        /// The request.
-        request: RequestId,
-        /// PEs, or why not.
-        result: Result<Resolution, ResolveError>,
-    },
-    /// An association to a registrar is up.
-    RegistrarUp,
-    /// The registrar association was lost; hunting.
-    RegistrarLost,
-    /// The current registrar answered nothing for `registrar_silence` while requests
-    /// waited: given up for another (hunting), passed over for a while.
-    RegistrarSilent,
-    /// A registrar reached in a hunt did not prove it is one: closed, its answers
-    /// never used (security.md T7).
-    RegistrarRefused {
-        /// Who it was and why it was refused.
-        reason: String,
-    },
-    /// Something a peer sent could not be used.
-    Warning(String),
-}
-
-/// A cache answer from [`PoolUserEngine::resolve_from_cache`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheHit {
-    /// The PEs, the pool's policy applied to the cache.
-    pub resolution: Resolution,
-    /// The cached answer is near the end of its life and nothing renews it yet: the
-    /// caller should call [`PoolUserEngine::refresh`] (once; later hits say `false`).
-    pub refresh: bool,
-}
 
 /// One resolution at a registrar.
 #[derive(Debug, Clone)]
@@ -164,6 +57,11 @@ struct Request {
     /// Requests for the same pool and item count that arrived while this one was out,
     /// answered from the cache its answer fills.
     followers: Vec<RequestId>,
+    /// When those waiting are answered from the pool's last answer if no registrar
+    /// has answered; `None` once that time has passed (a registrar is late).
+    stale_at: Option<Instant>,
+    /// When it fails with "no registrar" (or is answered stale) if still unanswered.
+    give_up_at: Instant,
 }
 
 /// A request out at a registrar.
@@ -206,7 +104,7 @@ impl PoolUserEngine {
     pub fn new(config: PoolUserConfig, seed: u64) -> Self {
         Self {
             hunt: Hunt::new(config.hunt.clone()),
-            cache: ResolutionCache::new(config.stale_cache, config.cache_limits),
+            cache: ResolutionCache::new(config.stale_cache, config.max_stale, config.cache_limits),
             config,
             requests: BTreeMap::new(),
             last_heard: None,
@@ -240,7 +138,12 @@ impl PoolUserEngine {
             return request;
         }
         if let Some(leader) = self.in_flight(&pool_handle, items) {
+            let late = leader.stale_at.is_none_or(|at| at <= now);
             leader.followers.push(request);
+            if late {
+                // A registrar is late for this pool already: do not wait for it.
+                self.answer_stale(pool_handle, items, now);
+            }
             return request;
         }
         self.start(request, pool_handle, items, false, now);
@@ -296,6 +199,8 @@ impl PoolUserEngine {
                 sent: None,
                 silent,
                 followers: Vec::new(),
+                stale_at: Some(now + self.config.stale_answer_after),
+                give_up_at: now + self.config.give_up_after,
             },
         );
         self.send_request(request, now, 1);
@@ -313,7 +218,7 @@ impl PoolUserEngine {
     ) -> Option<CacheHit> {
         let (cached, refresh) = self.cache.lookup(&pool_handle, items, now, &mut self.rng)?;
         Some(CacheHit {
-            resolution: cached_resolution(pool_handle, cached),
+            resolution: cached_resolution(pool_handle, cached, AnswerSource::Cache),
             refresh,
         })
     }
@@ -321,7 +226,8 @@ impl PoolUserEngine {
     /// Reports a PE the user could not reach (asap.md §6.3): it leaves the cache and
     /// the registrar is told.
     pub fn report_unreachable(&mut self, pool_handle: PoolHandle, pe_id: PoolElementId) {
-        self.cache.remove(&PoolElementKey { pool_handle, pe_id });
+        self.cache
+            .unreachable(&PoolElementKey { pool_handle, pe_id });
         if let Some(assoc) = self.hunt.current() {
             self.transmit(
                 assoc,
@@ -429,7 +335,7 @@ impl PoolUserEngine {
             pool_handle: response.pool_handle,
             policy_type: response.policy.as_ref().map(|p| p.policy_type()),
             pool_elements: response.pool_elements,
-            from_cache: false,
+            source: AnswerSource::Registrar,
         };
         self.finish(request, &answered, |engine, recipient| match recipient {
             // The request that went out gets the registrar's answer as it is.
@@ -439,7 +345,7 @@ impl PoolUserEngine {
             Recipient::Follower => Ok(engine
                 .cache
                 .select(&answer.pool_handle, answered.items, &mut engine.rng)
-                .map(|cached| cached_resolution(answer.pool_handle, cached))
+                .map(|cached| cached_resolution(answer.pool_handle, cached, AnswerSource::Cache))
                 .unwrap_or_else(|| answer.clone())),
         });
     }
@@ -462,20 +368,97 @@ impl PoolUserEngine {
         }
     }
 
-    fn fail_waiting(&mut self, error: ResolveError) {
-        let waiting = std::mem::take(&mut self.requests);
-        for (request, failed) in &waiting {
-            self.finish(*request, failed, |_, _| Err(error));
+    /// Fails every waiting request, but answers those it can from their pool's last
+    /// answer when the failure is the registrars'.
+    fn fail_waiting(&mut self, error: ResolveError, now: Instant) {
+        let waiting: Vec<RequestId> = self.requests.keys().copied().collect();
+        for request in waiting {
+            self.give_up(request, error, now);
         }
+    }
+
+    /// Fails one request and those waiting with it (stale answers where there are).
+    fn give_up(&mut self, request: RequestId, error: ResolveError, now: Instant) {
+        let Some(failed) = self.requests.remove(&request) else {
+            return;
+        };
+        let mut served = 0;
+        self.finish(request, &failed, |engine, _| {
+            let stale = engine
+                .cache
+                .stale(&failed.pool_handle, failed.items, now, &mut engine.rng)
+                .map(|cached| cached_resolution(failed.pool_handle, cached, AnswerSource::Stale));
+            served += usize::from(stale.is_some());
+            stale.ok_or(error)
+        });
+        if served > 0 {
+            self.out
+                .push_back(Output::Event(PoolUserEvent::AnsweredStale {
+                    pool_handle: failed.pool_handle,
+                    requests: served,
+                }));
+        }
+    }
+
+    /// Answers whoever waits for the resolution of `pool_handle` (with `items`) from
+    /// the pool's last answer, if it is still usable; the resolution stays out, a silent
+    /// refresh from now on.
+    fn answer_stale(&mut self, pool_handle: PoolHandle, items: Option<u32>, now: Instant) {
+        let Some((&id, _)) = self
+            .requests
+            .iter()
+            .find(|(_, r)| r.pool_handle == pool_handle && r.items == items)
+        else {
+            return;
+        };
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        request.stale_at = None;
+        let waiting = usize::from(!request.silent) + request.followers.len();
+        if waiting == 0 || !self.cache.may_serve_stale(&pool_handle) {
+            return;
+        }
+        let Some(first) = self.cache.stale(&pool_handle, items, now, &mut self.rng) else {
+            return;
+        };
+        let Some(request) = self.requests.get_mut(&id) else {
+            return;
+        };
+        let answered = request.clone();
+        request.silent = true;
+        request.followers.clear();
+        let mut first = Some(first);
+        self.finish(id, &answered, |engine, _| {
+            let cached = first.take().or_else(|| {
+                engine
+                    .cache
+                    .stale(&pool_handle, items, now, &mut engine.rng)
+            });
+            cached
+                .map(|cached| cached_resolution(pool_handle, cached, AnswerSource::Stale))
+                .ok_or(ResolveError::NoRegistrar)
+        });
+        self.out
+            .push_back(Output::Event(PoolUserEvent::AnsweredStale {
+                pool_handle,
+                requests: waiting,
+            }));
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         // One pass over the requests (this runs after every input): each one's T1, or
-        // the silence it may prove first.
+        // the silence it may prove first, and when its waiters may get a stale answer.
         let current = self.hunt.current();
-        let requests = self.requests.values().filter_map(|r| r.sent).map(|sent| {
-            self.silence_of(&sent, current)
-                .map_or(sent.deadline, |silent| silent.min(sent.deadline))
+        let requests = self.requests.values().filter_map(|r| {
+            let stale = r
+                .stale_at
+                .filter(|_| self.cache.may_serve_stale(&r.pool_handle));
+            let sent = r.sent.map(|sent| {
+                self.silence_of(&sent, current)
+                    .map_or(sent.deadline, |silent| silent.min(sent.deadline))
+            });
+            stale.into_iter().chain(sent).chain([r.give_up_at]).min()
         });
         requests
             .chain(self.cache.next_expiry())
@@ -504,12 +487,25 @@ impl PoolUserEngine {
     }
 
     /// Fails the waiting requests once whole hunt rounds failed (asap.md §4.3 step 5).
-    fn fail_waiting_after_failed_rounds(&mut self) {
+    fn fail_waiting_after_failed_rounds(&mut self, now: Instant) {
         if self.hunt.current().is_none()
             && self.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
             && !self.requests.is_empty()
         {
-            self.fail_waiting(ResolveError::NoRegistrar);
+            self.fail_waiting(ResolveError::NoRegistrar, now);
+        }
+    }
+
+    /// Answers from the last answers whoever waited `stale_answer_after` in vain.
+    fn answer_late_requests(&mut self, now: Instant) {
+        let late: Vec<(PoolHandle, Option<u32>)> = self
+            .requests
+            .values()
+            .filter(|r| r.stale_at.is_some_and(|at| at <= now))
+            .map(|r| (r.pool_handle, r.items))
+            .collect();
+        for (pool_handle, items) in late {
+            self.answer_stale(pool_handle, items, now);
         }
     }
 }
@@ -528,7 +524,7 @@ impl Engine for PoolUserEngine {
                     .push_back(Output::Event(PoolUserEvent::RegistrarRefused {
                         reason: denied.0,
                     }));
-                self.fail_waiting_after_failed_rounds();
+                self.fail_waiting_after_failed_rounds(now);
                 return;
             }
         };
@@ -558,7 +554,7 @@ impl Engine for PoolUserEngine {
                     .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
             }
         } else {
-            self.fail_waiting_after_failed_rounds();
+            self.fail_waiting_after_failed_rounds(now);
         }
     }
 
@@ -634,13 +630,18 @@ impl Engine for PoolUserEngine {
     fn handle_timeout(&mut self, now: Instant) {
         self.hunt
             .on_timeout(now, &mut self.ids, &mut self.rng, &mut self.out);
-        if self.hunt.current().is_none()
-            && self.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
-            && !self.requests.is_empty()
-        {
-            self.fail_waiting(ResolveError::NoRegistrar);
-        }
+        self.fail_waiting_after_failed_rounds(now);
         self.cache.purge(now);
+        self.answer_late_requests(now);
+        let overdue: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.give_up_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for request in overdue {
+            self.give_up(request, ResolveError::NoRegistrar, now);
+        }
         if self.silence_deadline().is_some_and(|at| at <= now) {
             self.out
                 .push_back(Output::Event(PoolUserEvent::RegistrarSilent));
@@ -686,12 +687,12 @@ impl Engine for PoolUserEngine {
     }
 }
 
-/// A cache answer as a resolution.
-fn cached_resolution(pool_handle: PoolHandle, cached: Cached) -> Resolution {
+/// A cache answer (fresh, or the last answer served stale) as a resolution.
+fn cached_resolution(pool_handle: PoolHandle, cached: Cached, source: AnswerSource) -> Resolution {
     Resolution {
         pool_handle,
         policy_type: Some(cached.policy_type),
         pool_elements: cached.pool_elements,
-        from_cache: true,
+        source,
     }
 }
