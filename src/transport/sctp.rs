@@ -607,14 +607,15 @@ pub(crate) async fn serve(
             return;
         }
     };
+    // Boxed stages, as in `tcp::serve`: only the one running takes memory.
     let Some(tls) = tls else {
-        run(assoc, association, peer, incoming, shutdown).await;
+        Box::pin(run(assoc, association, peer, incoming, shutdown)).await;
         return;
     };
     let stream = SctpStream::new(Arc::new(association), protocol.ppid());
     let handshake = tokio::select! {
         () = shutdown.cancelled() => return,
-        handshake = tls.handshake_as_server(stream) => handshake,
+        handshake = Box::pin(tls.handshake_as_server(stream)) => handshake,
     };
     match handshake {
         Ok((stream, authentication)) => {
@@ -623,7 +624,10 @@ pub(crate) async fn serve(
                 ..peer
             };
             let reassembly = tcp::Reassembly::new(assoc, protocol, Some(ticket));
-            tcp::run_session(stream, peer, reassembly, incoming, shutdown).await;
+            Box::pin(tcp::run_session(
+                stream, peer, reassembly, incoming, shutdown,
+            ))
+            .await;
         }
         Err(error) => tls::report_failure("incoming", &peer, &error),
     }
