@@ -52,6 +52,9 @@ pub(crate) async fn run<E, S>(
     S: FnMut(E::Event),
 {
     let mut deadline = drain(&mut *lock(&engine), &mut transports, &mut sink);
+    // Waited on across iterations (registering anew takes the token's lock twice).
+    let shutting_down = shutdown.cancelled();
+    tokio::pin!(shutting_down);
     loop {
         let sleep = async {
             match deadline {
@@ -61,7 +64,7 @@ pub(crate) async fn run<E, S>(
         };
         let step = tokio::select! {
             biased;
-            () = shutdown.cancelled() => break,
+            () = &mut shutting_down => break,
             Some(command) = commands.recv() => Step::Command(command),
             Some(event) = incoming.recv() => match transports.accept(event) {
                 Some(input) => Step::Input(input),

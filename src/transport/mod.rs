@@ -109,9 +109,12 @@ pub(crate) async fn write_loop(
     mut sink: impl MessageSink,
     abort: CancellationToken,
 ) {
+    // Waited on across iterations (registering anew takes the token's lock twice).
+    let aborting = abort.cancelled();
+    tokio::pin!(aborting);
     loop {
         let message = tokio::select! {
-            () = abort.cancelled() => return,
+            () = &mut aborting => return,
             message = outgoing.recv() => message,
         };
         let Some(message) = message else { break };

@@ -712,10 +712,14 @@ async fn run(
         ppid: protocol.ppid(),
     };
     let mut writing = tokio::spawn(write_loop(assoc, outgoing, sink, write_abort));
+    // Waited on across iterations (registering anew takes the token's lock twice).
+    let aborting = abort.cancelled();
+    let closing = closed_locally.cancelled();
+    tokio::pin!(aborting, closing);
     let reason = loop {
         let received = tokio::select! {
-            () = abort.cancelled() => break "shutting down".to_owned(),
-            () = closed_locally.cancelled(), if !writing.is_finished() => {
+            () = &mut aborting => break "shutting down".to_owned(),
+            () = &mut closing, if !writing.is_finished() => {
                 // Flush, then SHUTDOWN; keep reading until the peer completes it.
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, &mut writing).await;
                 let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
