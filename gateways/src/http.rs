@@ -12,6 +12,7 @@
 //! carries it back as `RSerPool-Cookie-Echo`, and every request of a sticky session names
 //! the session in `RSerPool-Session` (16 hex digits, stable across PEs).
 
+mod attempts;
 pub mod forward;
 mod h1;
 mod head;
@@ -778,15 +779,6 @@ fn pe_address(pe: &PoolElement) -> Option<SocketAddr> {
         .map(|address| SocketAddr::new(*address, pe.user_transport.port))
 }
 
-/// Why an attempt at one PE did not give a response.
-enum Failure {
-    /// Nothing reached the PE: any request may go to the next one.
-    NotSent,
-    /// The request (or part of it) went out and no response came.
-    Lost,
-    TimedOut,
-}
-
 /// What the access log and the sticky cookie need to know of a request.
 struct Outcome {
     response: Response<ProxyBody>,
@@ -958,30 +950,44 @@ async fn proxy<D: Directory>(
         RequestBody::Whole(bytes, held) => (Some(bytes), None, held),
         RequestBody::Streaming(body) => (None, Some(body), held::Held::default()),
     };
-    let may_resend = whole.is_some() && idempotent(&parts.method) && !upgrade;
 
-    let mut last = StatusCode::BAD_GATEWAY;
-    let mut attempts = 0;
-    let candidates = pes.len().min(route.max_attempts.max(1));
-    for pe in pes.iter().take(candidates) {
-        let Some(address) = pe_address(pe) else {
-            continue;
+    // The decisions are attempts.rs's; this loop carries them out.
+    let usable: Vec<(&PoolElement, SocketAddr)> = pes
+        .iter()
+        .filter_map(|pe| Some((pe, pe_address(pe)?)))
+        .collect();
+    let mut step = attempts::start(attempts::Plan {
+        candidates: usable.len(),
+        max_attempts: route.max_attempts,
+        replayable: whole.is_some(),
+        idempotent: idempotent(&parts.method) && !upgrade,
+    });
+    let mut tried = 0;
+    let end = loop {
+        let attempt = match step {
+            attempts::Step::Try(attempt) => attempt,
+            attempts::Step::GiveUp(end) => break end,
         };
-        if attempts > 0 {
-            if !live.budget.withdraw() {
-                tracing::warn!(pool = %route.pool_handle, "retry budget spent: not retrying");
-                break;
-            }
-            live.meters.retries.increment(1);
-        }
-        attempts += 1;
+        tried = attempt.number();
+        let Some(&(pe, address)) = usable.get(attempt.pe()) else {
+            break attempts::GiveUp {
+                status: StatusCode::BAD_GATEWAY,
+                reason: attempts::Reason::Exhausted,
+            };
+        };
         let body = match (&whole, streaming.take()) {
             (Some(bytes), _) => OutgoingBody::Whole(bytes.clone()),
             (None, Some(body)) => OutgoingBody::Streaming {
                 body,
                 length: declared,
             },
-            (None, None) => break,
+            // A streamed body goes with the first attempt only (attempts.rs).
+            (None, None) => {
+                break attempts::GiveUp {
+                    status: StatusCode::BAD_GATEWAY,
+                    reason: attempts::Reason::NotResendable,
+                };
+            }
         };
         let rehomed = binding.as_ref().filter(|binding| binding.pe_id != pe.id);
         match rehomed.and_then(|binding| binding.asap_cookie.as_deref()) {
@@ -1002,7 +1008,7 @@ async fn proxy<D: Directory>(
         };
         // The first attempt reuses the request's start time (one clock read less per
         // request); a retry gets its own.
-        let attempt_start = if attempts == 1 { started } else { crate::now() };
+        let attempt_start = if tried == 1 { started } else { crate::now() };
         let failure = match tokio::time::timeout_at(
             (attempt_start + route.first_byte_timeout).into(),
             live.upstream.send(address, outgoing, attempt_start),
@@ -1026,51 +1032,36 @@ async fn proxy<D: Directory>(
                 return Outcome {
                     response,
                     pe: Some(pe.id),
-                    attempts,
+                    attempts: tried,
                 };
             }
-            Ok(Err(error)) if error.is_connect() => Failure::NotSent,
-            Ok(Err(_)) => Failure::Lost,
-            Err(_) => Failure::TimedOut,
+            Ok(Err(error)) if error.is_connect() => attempts::Failure::NotSent,
+            Ok(Err(_)) => attempts::Failure::Lost,
+            Err(_) => attempts::Failure::TimedOut,
         };
-        match failure {
-            Failure::NotSent => {
-                state
-                    .directory
-                    .report_unreachable(route.pool_handle, pe.id)
-                    .await;
-                last = StatusCode::BAD_GATEWAY;
-                if whole.is_none() {
-                    break;
-                }
-            }
-            Failure::Lost => {
-                last = StatusCode::BAD_GATEWAY;
-                if !may_resend {
-                    break;
-                }
-            }
-            Failure::TimedOut => {
-                state
-                    .directory
-                    .report_unreachable(route.pool_handle, pe.id)
-                    .await;
-                last = StatusCode::GATEWAY_TIMEOUT;
-                if !may_resend {
-                    break;
-                }
-            }
+        if failure.reports_unreachable() {
+            state
+                .directory
+                .report_unreachable(route.pool_handle, pe.id)
+                .await;
         }
+        step = attempt.failed(failure, || live.budget.withdraw());
+        if matches!(step, attempts::Step::Try(_)) {
+            live.meters.retries.increment(1);
+        }
+    };
+    if end.reason == attempts::Reason::BudgetSpent {
+        tracing::warn!(pool = %route.pool_handle, "retry budget spent: not retrying");
     }
-    let message = if last == StatusCode::GATEWAY_TIMEOUT {
+    let message = if end.status == StatusCode::GATEWAY_TIMEOUT {
         "the pool element did not answer in time"
     } else {
         "no pool element could serve the request"
     };
     Outcome {
-        response: text(last, message),
+        response: text(end.status, message),
         pe: None,
-        attempts,
+        attempts: tried,
     }
 }
 
