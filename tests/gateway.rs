@@ -314,9 +314,9 @@ fn data_only_pes_are_retried_before_any_answer() {
     .len()
         == 3));
 
-    // Round robin sends the first clients to the dying backend too; once it failed, the
-    // gateway reports it unreachable and avoids it, so at least one client (not all)
-    // had to be re-homed, and every one got its answer.
+    // Round robin sends clients to the dying backend too (it accepts and closes: it is
+    // reachable, so it is not reported and stays in the pool); each such client is
+    // re-homed, and every one gets its answer.
     for i in 0..30 {
         let message = format!("hello {i}\n").into_bytes();
         assert_eq!(echo_through(listen, &message), message);

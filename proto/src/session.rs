@@ -245,6 +245,17 @@ pub enum PeFailure {
     Protocol,
 }
 
+impl PeFailure {
+    /// Whether the PE is reported to the registrar as unreachable (asap.md §6.3): only
+    /// when it could not be reached or stopped answering. A PE that closed or reset a
+    /// session, or spoke garbage, was reachable: it may be ending sessions on purpose
+    /// (rsplib's PingPong PEs close after N requests), and reporting it would have the
+    /// registrar remove a healthy PE after three such closes.
+    pub fn reports_unreachable(self) -> bool {
+        matches!(self, Self::Connect | Self::Timeout)
+    }
+}
+
 /// What the driver of a session must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -519,7 +530,9 @@ impl Session {
             _ => return,
         };
         self.out.push_back(SessionOutput::ClosePe);
-        self.out.push_back(SessionOutput::ReportUnreachable(pe.id));
+        if failure.reports_unreachable() {
+            self.out.push_back(SessionOutput::ReportUnreachable(pe.id));
+        }
         self.failed.push(pe.id);
         if self.failover.is_none() {
             self.failover = Some((pe.id, failure, now));

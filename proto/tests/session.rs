@@ -301,6 +301,31 @@ fn refused_connections_move_on_transparently() {
     assert_eq!(world.reported, [PoolElementId(1)]);
 }
 
+/// A PE that closes or resets a session (rsplib's PingPong PEs close after N requests)
+/// was reachable: it is not reported, or the registrar would remove a healthy PE after
+/// three such closes; one that cannot be reached or falls silent is.
+#[test]
+fn only_unreachable_or_silent_pes_are_reported() {
+    for failure in [PeFailure::Closed, PeFailure::Reset, PeFailure::Protocol] {
+        let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+        world.run();
+        world.client_sends(b"ping\n");
+        world.crash(failure);
+        world.pe_speaks(usize::MAX);
+        assert_eq!(world.client_received, b"ping\n", "{failure:?}");
+        assert!(
+            world.reported.is_empty(),
+            "{failure:?}: {:?}",
+            world.reported
+        );
+    }
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.run();
+    world.client_sends(b"ping\n");
+    world.crash(PeFailure::Timeout);
+    assert_eq!(world.reported, [PoolElementId(1)]);
+}
+
 /// Rule 1: a data-only PE dying before it answered: the request goes to another PE.
 #[test]
 fn a_pe_dying_before_answering_is_retried() {
