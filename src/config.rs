@@ -223,11 +223,19 @@ pub(crate) struct HttpRouteSection {
     /// A streamed request body slower than this (bytes/s over 10 s windows) gets 408.
     #[serde(default = "min_body_rate")]
     pub(crate) min_body_rate: u64,
+    /// Response statuses that send an idempotent request with a kept body to the next
+    /// PE (502, 503, 504; `[]`: none).
+    #[serde(default = "retry_on")]
+    pub(crate) retry_on: Vec<u16>,
 }
 
 /// The HTTP gateway library's own default.
 fn min_body_rate() -> u64 {
     rserpool_gateways::http::MIN_BODY_RATE
+}
+
+fn retry_on() -> Vec<u16> {
+    rserpool_gateways::http::RETRY_ON.to_vec()
 }
 
 /// Sticky sessions: the binding travels sealed in a cookie.

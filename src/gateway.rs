@@ -294,6 +294,13 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
                 route.path
             )));
         }
+        let retry_on =
+            rserpool_gateways::http::StatusSet::new(&route.retry_on).ok_or_else(|| {
+                RunError::Usage(format!(
+                    "{context}: route retry_on {:?}: only 4xx and 5xx statuses can be retried",
+                    route.retry_on
+                ))
+            })?;
         routes.push(Route {
             host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
             path_prefix: route.path.clone(),
@@ -305,6 +312,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             replay_buffer: route.replay_buffer,
             max_attempts: route.max_attempts.max(1),
             min_body_rate: route.min_body_rate,
+            retry_on,
         });
     }
     let sticky = match &section.sticky {

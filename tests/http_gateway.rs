@@ -914,3 +914,43 @@ fn unfinished_http2_bodies_are_held_only_within_the_budget() {
     assert_eq!(request(address, "GET", "/", &[]).status, 200);
     drop(streams);
 }
+
+/// A PE that answers 503 stayed in rotation and its answers went to clients: a GET it
+/// answers 503 now goes to the next PE (`retry_on`, 502/503/504 by default), while a
+/// POST gets the PE's answer as it is (it may have been applied).
+#[test]
+fn a_503_sends_gets_to_another_pe() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let sick = common::Backend::answering(
+        "127.0.0.1:0".parse().unwrap(),
+        b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick",
+    );
+    let _agent = Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &sick.address.to_string(),
+        "--registrar",
+        &asap.to_string(),
+        "--health",
+        "none",
+    ]);
+    wait_for_pool(asap, "WebPool", 2);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n",
+    );
+    let address = gateway.listener("http");
+    for i in 0..20 {
+        let reply = request(address, "GET", &format!("/get-{i}"), &[]);
+        assert_eq!(reply.status, 200, "GET {i}: {}", reply.body);
+    }
+    let hits = sick.hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(hits > 0, "the sick PE was never tried");
+    let statuses: Vec<u16> = (0..10)
+        .filter_map(|i| try_request(address, "POST", &format!("/post-{i}"), &[], b"x"))
+        .map(|reply| reply.status)
+        .collect();
+    assert!(statuses.contains(&503), "{statuses:?}");
+}

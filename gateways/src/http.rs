@@ -46,6 +46,7 @@ use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle, TransportProt
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+pub use self::attempts::StatusSet;
 use self::sticky::{Binding, CookieSealer};
 use self::upstream::{Outgoing, OutgoingBody, ResponseBody, Upstream};
 use crate::{Directory, DirectoryError, Lifecycle};
@@ -77,7 +78,13 @@ pub struct Route {
     /// A streamed request body must bring at least this many bytes per second,
     /// measured over windows of [`BODY_RATE_WINDOW`] (0: no minimum); slower gets 408.
     pub min_body_rate: u64,
+    /// Response statuses that send an idempotent request with a kept body to the next
+    /// PE (within `max_attempts` and the retry budget).
+    pub retry_on: StatusSet,
 }
+
+/// The statuses a route retries by default (HAProxy's and Envoy's gateway errors).
+pub const RETRY_ON: [u16; 3] = [502, 503, 504];
 
 /// The windows a request body's minimum rate is measured over.
 pub const BODY_RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -99,6 +106,7 @@ impl Route {
             replay_buffer: 64 * 1024,
             max_attempts: 3,
             min_body_rate: MIN_BODY_RATE,
+            retry_on: StatusSet::new(&RETRY_ON).unwrap_or_default(),
         }
     }
 
@@ -961,6 +969,7 @@ async fn proxy<D: Directory>(
         max_attempts: route.max_attempts,
         replayable: whole.is_some(),
         idempotent: idempotent(&parts.method) && !upgrade,
+        retry_on: route.retry_on,
     });
     let mut tried = 0;
     let end = loop {
@@ -1009,31 +1018,41 @@ async fn proxy<D: Directory>(
         // The first attempt reuses the request's start time (one clock read less per
         // request); a retry gets its own.
         let attempt_start = if tried == 1 { started } else { crate::now() };
-        let failure = match tokio::time::timeout_at(
+        let sent = tokio::time::timeout_at(
             (attempt_start + route.first_byte_timeout).into(),
             live.upstream.send(address, outgoing, attempt_start),
         )
-        .await
-        {
+        .await;
+        let failure = match sent {
             Ok(Ok(response)) => {
-                if rehomed.is_some() {
-                    live.meters.failovers.increment(1);
-                    tracing::info!(pool = %route.pool_handle, to = %pe.id, "sticky session moved to another pool element");
+                match attempt.answered(response.status(), || live.budget.withdraw()) {
+                    attempts::Answered::Retry(next) => {
+                        // Dropped unread: its connection closes.
+                        live.meters.retries.increment(1);
+                        step = attempts::Step::Try(next);
+                        continue;
+                    }
+                    attempts::Answered::Deliver => {
+                        if rehomed.is_some() {
+                            live.meters.failovers.increment(1);
+                            tracing::info!(pool = %route.pool_handle, to = %pe.id, "sticky session moved to another pool element");
+                        }
+                        let response = finish_response(
+                            routing,
+                            live,
+                            response,
+                            client_upgrade,
+                            binding.as_ref(),
+                            session,
+                            pe.id,
+                        );
+                        return Outcome {
+                            response,
+                            pe: Some(pe.id),
+                            attempts: tried,
+                        };
+                    }
                 }
-                let response = finish_response(
-                    routing,
-                    live,
-                    response,
-                    client_upgrade,
-                    binding.as_ref(),
-                    session,
-                    pe.id,
-                );
-                return Outcome {
-                    response,
-                    pe: Some(pe.id),
-                    attempts: tried,
-                };
             }
             Ok(Err(error)) if error.is_connect() => attempts::Failure::NotSent,
             Ok(Err(_)) => attempts::Failure::Lost,

@@ -201,9 +201,12 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
     }
 }
 
-/// A minimal HTTP/1.0 server answering 200 to everything, until stopped.
+/// A minimal HTTP/1.0 server answering 200 to everything (or another fixed response),
+/// until stopped.
 pub struct Backend {
     pub address: SocketAddr,
+    /// Requests answered so far.
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -216,6 +219,13 @@ impl Backend {
 
     /// Serves on `address` (to restart a stopped backend on its old port).
     pub fn start_at(address: SocketAddr) -> Self {
+        Self::answering(address, b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    }
+
+    /// Serves on `address`, answering `response` to every request.
+    pub fn answering(address: SocketAddr, response: &'static [u8]) -> Self {
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
         let listener = TcpListener::bind(address).expect("bind backend");
         listener.set_nonblocking(true).unwrap();
         let address = listener.local_addr().unwrap();
@@ -229,7 +239,8 @@ impl Backend {
                         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
                         let mut buffer = [0u8; 1024];
                         let _ = stream.read(&mut buffer);
-                        let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        let _ = stream.write_all(response);
                     }
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
@@ -237,6 +248,7 @@ impl Backend {
         });
         Self {
             address,
+            hits,
             stop,
             thread: Some(thread),
         }

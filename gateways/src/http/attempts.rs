@@ -12,7 +12,10 @@
 //! * a PE that could not be reached or did not answer in time is reported to the
 //!   registrar (ENDPOINT_UNREACHABLE); one whose connection broke after the request
 //!   was sent is not (it was reachable);
-//! * giving up answers 504 if the last attempt timed out, else 502.
+//! * giving up answers 504 if the last attempt timed out, else 502;
+//! * a response whose status the route retries (`retry_on`: 502, 503, 504 by default)
+//!   to a request that may be sent again goes to the next PE instead, within the same
+//!   limits; the last PE's answer is delivered as it is.
 //!
 //! Each state is a type: a [`Step`] is either an [`Attempt`] under way, which ends
 //! in success (dropped) or in [`Attempt::failed`], or the end ([`GiveUp`]).
@@ -30,6 +33,43 @@ pub(crate) struct Plan {
     pub(crate) replayable: bool,
     /// The method is idempotent and the request is no upgrade.
     pub(crate) idempotent: bool,
+    /// Response statuses that send the request to the next PE.
+    pub(crate) retry_on: StatusSet,
+}
+
+/// A set of 4xx and 5xx statuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusSet([u128; 2]);
+
+impl StatusSet {
+    /// The set of `statuses`; `None` if one is not a 4xx or 5xx status.
+    pub fn new(statuses: &[u16]) -> Option<Self> {
+        let mut set = Self::default();
+        for &status in statuses {
+            let bit = status.checked_sub(400).filter(|bit| *bit < 200)?;
+            let (word, bit) = (usize::from(bit / 128), bit % 128);
+            *set.0.get_mut(word)? |= 1u128 << bit;
+        }
+        Some(set)
+    }
+
+    pub(crate) fn contains(self, status: StatusCode) -> bool {
+        let Some(bit) = status.as_u16().checked_sub(400).filter(|bit| *bit < 200) else {
+            return false;
+        };
+        self.0
+            .get(usize::from(bit / 128))
+            .is_some_and(|word| word & (1u128 << (bit % 128)) != 0)
+    }
+}
+
+/// What to do with a PE's response.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Answered {
+    /// Pass it to the client.
+    Deliver,
+    /// Drop it and send the request to the next PE.
+    Retry(Attempt),
 }
 
 /// How an attempt failed.
@@ -110,6 +150,19 @@ impl Attempt {
         self.index + 1
     }
 
+    /// The PE answered with `status`: deliver it, or (a status the route retries, a
+    /// request that may be sent again, another PE left, `budget` paying) retry.
+    pub(crate) fn answered(self, status: StatusCode, budget: impl FnOnce() -> bool) -> Answered {
+        let plan = self.plan;
+        let next = self.index + 1;
+        let resendable = plan.replayable && plan.idempotent;
+        let another = next < plan.candidates.min(plan.max_attempts.max(1));
+        if plan.retry_on.contains(status) && resendable && another && budget() {
+            return Answered::Retry(Self { plan, index: next });
+        }
+        Answered::Deliver
+    }
+
     /// The attempt failed: the next step. `budget` is asked (once) only when a retry
     /// is otherwise allowed, and pays for it by answering `true`.
     pub(crate) fn failed(self, failure: Failure, budget: impl FnOnce() -> bool) -> Step {
@@ -152,7 +205,44 @@ mod tests {
             max_attempts: 3,
             replayable,
             idempotent,
+            retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_503_sends_a_get_on_but_a_post_or_the_last_pe_delivers_it() {
+        let first = attempt(start(plan(2, true, true)));
+        let Answered::Retry(second) = first.answered(StatusCode::SERVICE_UNAVAILABLE, || true)
+        else {
+            panic!("a GET answered 503 goes to the next PE");
+        };
+        assert_eq!(
+            second.answered(StatusCode::SERVICE_UNAVAILABLE, || true),
+            Answered::Deliver
+        );
+        let post = attempt(start(plan(2, true, false)));
+        assert_eq!(
+            post.answered(StatusCode::SERVICE_UNAVAILABLE, || true),
+            Answered::Deliver
+        );
+        let get = attempt(start(plan(2, true, true)));
+        assert_eq!(get.answered(StatusCode::OK, || true), Answered::Deliver);
+        let get = attempt(start(plan(2, true, true)));
+        assert_eq!(
+            get.answered(StatusCode::BAD_GATEWAY, || false),
+            Answered::Deliver
+        );
+    }
+
+    #[test]
+    fn status_sets_hold_4xx_and_5xx_only() {
+        let set = StatusSet::new(&[429, 503, 599]).unwrap();
+        assert!(set.contains(StatusCode::TOO_MANY_REQUESTS));
+        assert!(set.contains(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(!set.contains(StatusCode::BAD_GATEWAY));
+        assert!(!set.contains(StatusCode::OK));
+        assert_eq!(StatusSet::new(&[200]), None);
+        assert_eq!(StatusSet::new(&[600]), None);
     }
 
     fn attempt(step: Step) -> Attempt {
@@ -223,30 +313,46 @@ mod tests {
         assert!(!Failure::Lost.reports_unreachable());
     }
 
-    fn failure() -> impl Strategy<Value = Failure> {
+    /// One attempt's outcome: a failure, or a response with this status.
+    #[derive(Debug, Clone, Copy)]
+    enum Outcome {
+        Failed(Failure),
+        Answered(u16),
+    }
+
+    fn outcome() -> impl Strategy<Value = Outcome> {
         prop_oneof![
-            Just(Failure::NotSent),
-            Just(Failure::Lost),
-            Just(Failure::TimedOut)
+            Just(Outcome::Failed(Failure::NotSent)),
+            Just(Outcome::Failed(Failure::Lost)),
+            Just(Outcome::Failed(Failure::TimedOut)),
+            Just(Outcome::Answered(200)),
+            Just(Outcome::Answered(503)),
         ]
     }
 
     proptest! {
-        /// Whatever the attempts' outcomes and the budget's answers: the request ends,
-        /// tries each candidate at most once and in order, never more than
-        /// `max_attempts` (at least one), never sends again a request that may have
-        /// been applied (not idempotent) or whose body streamed, pays every retry from
-        /// the budget, and ends with 504 exactly when its last attempt timed out.
+        /// Whatever the attempts' outcomes and the budget's answers: the request ends
+        /// (delivered or given up), tries each candidate at most once and in order, never
+        /// more than `max_attempts` (at least one), never sends again a request that may
+        /// have been applied (not idempotent) or whose body streamed, pays every retry
+        /// from the budget, delivers every 200, and gives up with 504 exactly when its
+        /// last attempt timed out.
         #[test]
         fn every_outcome_sequence_ends_within_the_rules(
             candidates in 0usize..6,
             max_attempts in 0usize..5,
             replayable: bool,
             idempotent: bool,
-            failures in proptest::collection::vec(failure(), 6),
+            outcomes in proptest::collection::vec(outcome(), 6),
             budget in proptest::collection::vec(any::<bool>(), 6),
         ) {
-            let plan = Plan { candidates, max_attempts, replayable, idempotent };
+            let plan = Plan {
+                candidates,
+                max_attempts,
+                replayable,
+                idempotent,
+                retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
+            };
             let mut step = start(plan);
             let mut tried = Vec::new();
             let mut asked = 0;
@@ -256,21 +362,45 @@ mod tests {
                     Step::Try(attempt) => {
                         prop_assert_eq!(attempt.number(), tried.len() + 1);
                         tried.push(attempt.pe());
-                        let failure = failures[tried.len() - 1];
                         if let Some(previous) = last {
-                            // A retry after a failure that may have applied the request.
+                            // A retry after an outcome that may have applied the request.
                             prop_assert!(replayable);
-                            prop_assert!(idempotent || previous == Failure::NotSent);
+                            prop_assert!(
+                                idempotent || matches!(previous, Outcome::Failed(Failure::NotSent))
+                            );
                         }
-                        last = Some(failure);
+                        let outcome = outcomes[tried.len() - 1];
+                        last = Some(outcome);
                         let answer = budget[tried.len() - 1];
-                        step = attempt.failed(failure, || {
+                        let asked_before = asked;
+                        let pay = || {
                             asked += 1;
                             answer
-                        });
+                        };
+                        step = match outcome {
+                            Outcome::Failed(failure) => attempt.failed(failure, pay),
+                            Outcome::Answered(status) => {
+                                let status = StatusCode::from_u16(status).unwrap();
+                                match attempt.answered(status, pay) {
+                                    Answered::Retry(next) => Step::Try(next),
+                                    Answered::Deliver => {
+                                        // A 503 is delivered only when it may not be retried.
+                                        let refused = asked > asked_before && !answer;
+                                        let last_pe = tried.len() == candidates.min(max_attempts.max(1));
+                                        prop_assert!(
+                                            status == StatusCode::OK
+                                                || !(replayable && idempotent)
+                                                || last_pe
+                                                || refused
+                                        );
+                                        break;
+                                    }
+                                }
+                            }
+                        };
                     }
                     Step::GiveUp(end) => {
-                        let timed_out = last == Some(Failure::TimedOut);
+                        let timed_out = matches!(last, Some(Outcome::Failed(Failure::TimedOut)));
                         prop_assert_eq!(end.status == StatusCode::GATEWAY_TIMEOUT, timed_out);
                         break;
                     }
