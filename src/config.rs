@@ -227,6 +227,36 @@ pub(crate) struct HttpRouteSection {
     /// PE (502, 503, 504; `[]`: none).
     #[serde(default = "retry_on")]
     pub(crate) retry_on: Vec<u16>,
+    /// Passive health: when a failing PE is ejected.
+    #[serde(default)]
+    pub(crate) outlier_detection: OutlierSection,
+}
+
+/// A route's passive health (the HTTP gateway library's defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct OutlierSection {
+    /// Failures in a row (5xx, refused, broken, timed out) that eject a PE (0: never).
+    pub(crate) consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long, up to max_ejection.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) base_ejection: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub(crate) max_ejection: Duration,
+    /// The largest share of a request's PEs ejected at once (at least one of two).
+    pub(crate) max_ejected_percent: u8,
+}
+
+impl Default for OutlierSection {
+    fn default() -> Self {
+        let library = rserpool_gateways::http::OutlierConfig::default();
+        Self {
+            consecutive_failures: library.consecutive_failures,
+            base_ejection: library.base_ejection,
+            max_ejection: library.max_ejection,
+            max_ejected_percent: library.max_ejected_percent,
+        }
+    }
 }
 
 /// The HTTP gateway library's own default.

@@ -11,7 +11,7 @@ use rserpool_gateways::Lifecycle;
 use rserpool_gateways::dns::{self, DnsConfig, TcpLimits, hickory_name};
 use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
-use rserpool_gateways::http::{self, HttpListenerConfig, Route};
+use rserpool_gateways::http::{self, HttpListenerConfig, OutlierConfig, Route};
 use rserpool_gateways::tcp::{self, Framing, ListenerConfig, SctpUpstream};
 use rserpool_proto::pool_user::{AnswerSource, ResolveError};
 use rserpool_proto::session::SessionConfig;
@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use crate::RunError;
 use crate::cli::GatewayArgs;
 use crate::config::{
-    self, CertificateSection, ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection,
+    self, CertificateSection, ConfigFile, DnsSection, HttpListenerSection, OutlierSection,
+    TcpListenerSection,
 };
 use crate::logging::Logging;
 use crate::pool_user::PoolUser;
@@ -313,6 +314,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             max_attempts: route.max_attempts.max(1),
             min_body_rate: route.min_body_rate,
             retry_on,
+            outliers: outlier_config(&route.outlier_detection, &context)?,
         });
     }
     let sticky = match &section.sticky {
@@ -352,6 +354,21 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
         max_held_body_bytes: section.max_held_body_bytes,
         max_held_body_bytes_per_connection: section.max_held_body_bytes_per_connection,
         h2_max_concurrent_streams: section.h2_max_concurrent_streams,
+    })
+}
+
+/// A route's passive health, checked.
+fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConfig, RunError> {
+    if section.max_ejected_percent > 100 || section.base_ejection > section.max_ejection {
+        return Err(RunError::Usage(format!(
+            "{context}: outlier_detection: max_ejected_percent is at most 100 and base_ejection at most max_ejection"
+        )));
+    }
+    Ok(OutlierConfig {
+        consecutive_failures: section.consecutive_failures,
+        base_ejection: section.base_ejection,
+        max_ejection: section.max_ejection,
+        max_ejected_percent: section.max_ejected_percent,
     })
 }
 

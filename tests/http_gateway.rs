@@ -915,17 +915,16 @@ fn unfinished_http2_bodies_are_held_only_within_the_budget() {
     drop(streams);
 }
 
-/// A PE that answers 503 stayed in rotation and its answers went to clients: a GET it
-/// answers 503 now goes to the next PE (`retry_on`, 502/503/504 by default), while a
-/// POST gets the PE's answer as it is (it may have been applied).
-#[test]
-fn a_503_sends_gets_to_another_pe() {
-    let (_registrar, asap, _pes) = web_pool(1);
+/// A registrar with a healthy demo PE and a PE that answers 503 to everything in
+/// WebPool, and a gateway with one HTTP listener whose route has `route_yaml` lines.
+fn with_a_sick_pe(route_yaml: &str) -> (Vec<Process>, common::Backend, Process, ConfigFile) {
+    let (registrar, asap, mut processes) = web_pool(1);
+    processes.push(registrar);
     let sick = common::Backend::answering(
         "127.0.0.1:0".parse().unwrap(),
         b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick",
     );
-    let _agent = Process::start(&[
+    processes.push(Process::start(&[
         "pe",
         "--pool",
         "WebPool",
@@ -935,12 +934,24 @@ fn a_503_sends_gets_to_another_pe() {
         &asap.to_string(),
         "--health",
         "none",
-    ]);
+    ]));
     wait_for_pool(asap, "WebPool", 2);
-    let (gateway, _file) = gateway(
+    let (gateway, file) = gateway(
         asap,
-        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n",
+        &format!(
+            "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n{route_yaml}"
+        ),
     );
+    (processes, sick, gateway, file)
+}
+
+/// A PE that answers 503 stayed in rotation and its answers went to clients: a GET it
+/// answers 503 now goes to the next PE (`retry_on`, 502/503/504 by default), while a
+/// POST gets the PE's answer as it is (it may have been applied). (Ejection off here.)
+#[test]
+fn a_503_sends_gets_to_another_pe() {
+    let (_processes, sick, gateway, _file) =
+        with_a_sick_pe("          outlier_detection: {consecutive_failures: 0}\n");
     let address = gateway.listener("http");
     for i in 0..20 {
         let reply = request(address, "GET", &format!("/get-{i}"), &[]);
@@ -953,4 +964,31 @@ fn a_503_sends_gets_to_another_pe() {
         .map(|reply| reply.status)
         .collect();
     assert!(statuses.contains(&503), "{statuses:?}");
+}
+
+/// Passive health: after five 503s in a row the PE is ejected (tried after the
+/// others) and stops getting requests while the healthy PE answers; POSTs, which are
+/// not retried, then get 200 too.
+#[test]
+fn a_pe_failing_five_times_in_a_row_is_ejected() {
+    let (_processes, sick, gateway, _file) = with_a_sick_pe("");
+    let address = gateway.listener("http");
+    let hits = || sick.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let mut i = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            i += 1;
+            request(address, "GET", &format!("/get-{i}"), &[]).status == 200 && hits() >= 5
+        }),
+        "the sick PE was tried {} times",
+        hits()
+    );
+    assert!(eventually(Duration::from_secs(5), || gateway
+        .log_contains("pool element ejected")));
+    let ejected_at = hits();
+    for i in 0..10 {
+        let reply = try_request(address, "POST", &format!("/post-{i}"), &[], b"x").unwrap();
+        assert_eq!(reply.status, 200, "POST {i}");
+    }
+    assert_eq!(hits(), ejected_at, "an ejected PE got requests");
 }

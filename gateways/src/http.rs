@@ -18,6 +18,7 @@ mod h1;
 mod head;
 mod held;
 mod min_rate;
+mod outliers;
 pub mod sticky;
 pub mod tls;
 mod upstream;
@@ -47,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use self::attempts::StatusSet;
+pub use self::outliers::OutlierConfig;
 use self::sticky::{Binding, CookieSealer};
 use self::upstream::{Outgoing, OutgoingBody, ResponseBody, Upstream};
 use crate::{Directory, DirectoryError, Lifecycle};
@@ -81,6 +83,8 @@ pub struct Route {
     /// Response statuses that send an idempotent request with a kept body to the next
     /// PE (within `max_attempts` and the retry budget).
     pub retry_on: StatusSet,
+    /// When a failing PE is ejected (passive health).
+    pub outliers: OutlierConfig,
 }
 
 /// The statuses a route retries by default (HAProxy's and Envoy's gateway errors).
@@ -107,6 +111,7 @@ impl Route {
             max_attempts: 3,
             min_body_rate: MIN_BODY_RATE,
             retry_on: StatusSet::new(&RETRY_ON).unwrap_or_default(),
+            outliers: OutlierConfig::default(),
         }
     }
 
@@ -208,6 +213,41 @@ struct LiveRoute {
     upstream: Arc<Upstream>,
     meters: RouteMeters,
     budget: RetryBudget,
+    outliers: Mutex<outliers::Outliers>,
+}
+
+impl LiveRoute {
+    /// Runs `f` on the route's passive health (a poisoned lock: skipped).
+    fn health<R>(&self, f: impl FnOnce(&mut outliers::Outliers) -> R) -> Option<R> {
+        self.outliers
+            .lock()
+            .ok()
+            .map(|mut outliers| f(&mut outliers))
+    }
+
+    /// Records how a request to `pe` went (`offered`: the PEs the request could use);
+    /// an ejection is logged and counted.
+    fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
+        let now = crate::now();
+        let observed = self.health(|outliers| {
+            if ok {
+                outliers.succeeded(pe, now);
+                None
+            } else {
+                outliers.failed(pe, offered, now)
+            }
+        });
+        if let Some(Some(ejection)) = observed {
+            self.meters.ejections.increment(1);
+            tracing::warn!(
+                pool = %self.route.pool_handle,
+                pe = %ejection.pe,
+                seconds = ejection.duration.as_secs(),
+                times = ejection.times,
+                "pool element ejected after consecutive failures: tried after the others"
+            );
+        }
+    }
 }
 
 struct RouteMeters {
@@ -216,6 +256,7 @@ struct RouteMeters {
     duration: Histogram,
     retries: Counter,
     failovers: Counter,
+    ejections: Counter,
 }
 
 impl RouteMeters {
@@ -237,6 +278,7 @@ impl RouteMeters {
             duration: metrics::histogram!("rserpool_http_request_duration_seconds", &labels),
             retries: metrics::counter!("rserpool_http_retries_total", &labels),
             failovers: metrics::counter!("rserpool_http_session_failovers_total", &labels),
+            ejections: metrics::counter!("rserpool_http_pe_ejections_total", &labels),
         }
     }
 }
@@ -324,6 +366,7 @@ impl Routing {
                     upstream: Upstream::new(route.connect_timeout),
                     meters: RouteMeters::new(route),
                     budget: RetryBudget::new(config.retry_ratio),
+                    outliers: Mutex::new(outliers::Outliers::new(route.outliers)),
                     route: route.clone(),
                 })
                 .collect(),
@@ -960,10 +1003,11 @@ async fn proxy<D: Directory>(
     };
 
     // The decisions are attempts.rs's; this loop carries them out.
-    let usable: Vec<(&PoolElement, SocketAddr)> = pes
+    let mut usable: Vec<(&PoolElement, SocketAddr)> = pes
         .iter()
         .filter_map(|pe| Some((pe, pe_address(pe)?)))
         .collect();
+    live.health(|outliers| outliers.order(&mut usable, |(pe, _)| pe.id, started));
     let mut step = attempts::start(attempts::Plan {
         candidates: usable.len(),
         max_attempts: route.max_attempts,
@@ -1025,7 +1069,9 @@ async fn proxy<D: Directory>(
         .await;
         let failure = match sent {
             Ok(Ok(response)) => {
-                match attempt.answered(response.status(), || live.budget.withdraw()) {
+                let status = response.status();
+                live.observe(pe.id, !status.is_server_error(), usable.len());
+                match attempt.answered(status, || live.budget.withdraw()) {
                     attempts::Answered::Retry(next) => {
                         // Dropped unread: its connection closes.
                         live.meters.retries.increment(1);
@@ -1058,6 +1104,7 @@ async fn proxy<D: Directory>(
             Ok(Err(_)) => attempts::Failure::Lost,
             Err(_) => attempts::Failure::TimedOut,
         };
+        live.observe(pe.id, false, usable.len());
         if failure.reports_unreachable() {
             state
                 .directory
