@@ -9,6 +9,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod pe_socket;
 pub mod tcp;
 
 use std::collections::BTreeMap;

@@ -451,7 +451,7 @@ async fn connect_tcp(pe: &PoolElement, timeout: Duration) -> Option<TcpStream> {
                 .and_then(Result::ok)
         };
         if let Some(stream) = stream {
-            let _ = stream.set_nodelay(true);
+            crate::pe_socket::tune(&stream);
             return Some(stream);
         }
     }

@@ -166,7 +166,7 @@ impl Upstream {
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Connect)?;
-        let _ = stream.set_nodelay(true);
+        crate::pe_socket::tune(&stream);
         Ok(Connection {
             stream,
             // Allocated at the first read: a connection still sending a request (a
