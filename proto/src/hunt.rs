@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::auth::{Access, Authentication, Denied};
 use crate::engine::{AssocId, AssocIds, Endpoint, Output, TransportKind};
 use crate::rng::SeededRng;
-use crate::wire::{Protocol, RegistrarId, ServerAnnounce};
+use crate::wire::{AsapMessage, Protocol, RegistrarId, ServerAnnounce};
 
 /// How to find registrars.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,9 +404,35 @@ impl Hunt {
         }
     }
 
+    /// A datagram from the ASAP announce channel: an ASAP_SERVER_ANNOUNCE is taken
+    /// (`on_announce`); anything else there is ignored.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the engine's state the hunt acts on, as in the other hunt inputs"
+    )]
+    pub(crate) fn on_datagram<E>(
+        &mut self,
+        from: SocketAddr,
+        protocol: Protocol,
+        bytes: &[u8],
+        now: Instant,
+        ids: &mut AssocIds,
+        rng: &mut SeededRng,
+        out: &mut VecDeque<Output<E>>,
+    ) {
+        if protocol != Protocol::Asap {
+            return;
+        }
+        if let Ok(decoded) = AsapMessage::decode(bytes)
+            && let AsapMessage::ServerAnnounce(announce) = decoded.message
+        {
+            self.on_announce(from, &announce, now, ids, rng, out);
+        }
+    }
+
     /// An ASAP_SERVER_ANNOUNCE arrived from `from` (asap.md §4.1): add or refresh the
     /// registrar; if a hunt is waiting, start a round at once.
-    pub(crate) fn on_announce<E>(
+    fn on_announce<E>(
         &mut self,
         from: SocketAddr,
         announce: &ServerAnnounce,

@@ -101,38 +101,35 @@ pub(crate) async fn serve(
     tune(&stream);
     let shutdown = ticket.close.clone();
     let reassembly = Reassembly::new(assoc, protocol, Some(ticket));
-    let Some(tls) = tls else {
-        Box::pin(run(
-            stream.into_split(),
-            peer,
-            reassembly,
-            incoming,
-            shutdown,
-        ))
-        .await;
-        return;
-    };
-    let secured = tokio::select! {
-        () = shutdown.cancelled() => return,
-        secured = Box::pin(tls.accept(stream)) => secured,
-    };
-    match secured {
-        Ok(Secured::Plain(stream)) => {
-            Box::pin(run(
-                stream.into_split(),
-                peer,
-                reassembly,
-                incoming,
-                shutdown,
-            ))
-            .await;
+    let stream = match tls {
+        None => stream,
+        Some(tls) => {
+            let secured = tokio::select! {
+                () = shutdown.cancelled() => return,
+                secured = Box::pin(tls.accept(stream)) => secured,
+            };
+            match secured {
+                Ok(Secured::Plain(stream)) => stream,
+                Ok(Secured::Tls(stream, authentication)) => {
+                    peer.authentication = authentication;
+                    Box::pin(run_session(*stream, peer, reassembly, incoming, shutdown)).await;
+                    return;
+                }
+                Err(error) => {
+                    tls::report_failure("incoming", &peer, &error);
+                    return;
+                }
+            }
         }
-        Ok(Secured::Tls(stream, authentication)) => {
-            peer.authentication = authentication;
-            Box::pin(run_session(*stream, peer, reassembly, incoming, shutdown)).await;
-        }
-        Err(error) => tls::report_failure("incoming", &peer, &error),
-    }
+    };
+    Box::pin(run(
+        stream.into_split(),
+        peer,
+        reassembly,
+        incoming,
+        shutdown,
+    ))
+    .await;
 }
 
 /// Opens an association to `to` (its addresses in order), optionally from `local`;

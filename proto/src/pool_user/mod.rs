@@ -610,21 +610,15 @@ impl Engine for PoolUserEngine {
         bytes: &[u8],
         now: Instant,
     ) {
-        if protocol != Protocol::Asap {
-            return;
-        }
-        if let Ok(decoded) = AsapMessage::decode(bytes)
-            && let AsapMessage::ServerAnnounce(announce) = decoded.message
-        {
-            self.hunt.on_announce(
-                from,
-                &announce,
-                now,
-                &mut self.ids,
-                &mut self.rng,
-                &mut self.out,
-            );
-        }
+        self.hunt.on_datagram(
+            from,
+            protocol,
+            bytes,
+            now,
+            &mut self.ids,
+            &mut self.rng,
+            &mut self.out,
+        );
     }
 
     fn handle_timeout(&mut self, now: Instant) {
