@@ -230,6 +230,9 @@ pub(crate) struct HttpRouteSection {
     /// Passive health: when a failing PE is ejected.
     #[serde(default)]
     pub(crate) outlier_detection: OutlierSection,
+    /// How long a new or returning PE's share of requests ramps up (10s; 0s: at once).
+    #[serde(default = "slow_start", deserialize_with = "duration")]
+    pub(crate) slow_start: Duration,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).
@@ -262,6 +265,10 @@ impl Default for OutlierSection {
 /// The HTTP gateway library's own default.
 fn min_body_rate() -> u64 {
     rserpool_gateways::http::MIN_BODY_RATE
+}
+
+fn slow_start() -> Duration {
+    rserpool_gateways::http::SLOW_START
 }
 
 fn retry_on() -> Vec<u16> {

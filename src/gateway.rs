@@ -315,6 +315,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             min_body_rate: route.min_body_rate,
             retry_on,
             outliers: outlier_config(&route.outlier_detection, &context)?,
+            slow_start: route.slow_start,
         });
     }
     let sticky = match &section.sticky {

@@ -141,7 +141,8 @@ fn get_load_sees_no_failure_while_pes_are_killed() {
 }
 
 /// A POST already sent to a PE that dies is not replayed (502); a GET in the same spot
-/// is retried on the next PE. Two priorities make the order known.
+/// is retried on the next PE. Two priorities make the order known (no slow start: the
+/// preferred PE joins after the gateway started and must be first at once).
 #[test]
 fn sent_posts_fail_with_502_and_gets_are_retried() {
     let registrar = registrar(&[]);
@@ -149,7 +150,9 @@ fn sent_posts_fail_with_502_and_gets_are_retried() {
     let address = listen();
     let (gateway, _file) = gateway(
         asap,
-        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+        &format!(
+            "  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n          slow_start: 0s\n"
+        ),
     );
     let spare = common::demo_pe(asap, "http", "WebPool", "Priority:1");
     for (method, expected) in [("POST", 502), ("GET", 200)] {

@@ -19,6 +19,7 @@ mod head;
 mod held;
 mod min_rate;
 mod outliers;
+mod slow_start;
 pub mod sticky;
 pub mod tls;
 mod upstream;
@@ -85,7 +86,13 @@ pub struct Route {
     pub retry_on: StatusSet,
     /// When a failing PE is ejected (passive health).
     pub outliers: OutlierConfig,
+    /// How long a new or returning PE's share of requests takes to ramp up (zero: at
+    /// once).
+    pub slow_start: Duration,
 }
+
+/// The default slow-start window.
+pub const SLOW_START: Duration = Duration::from_secs(10);
 
 /// The statuses a route retries by default (HAProxy's and Envoy's gateway errors).
 pub const RETRY_ON: [u16; 3] = [502, 503, 504];
@@ -112,6 +119,7 @@ impl Route {
             min_body_rate: MIN_BODY_RATE,
             retry_on: StatusSet::new(&RETRY_ON).unwrap_or_default(),
             outliers: OutlierConfig::default(),
+            slow_start: SLOW_START,
         }
     }
 
@@ -213,28 +221,52 @@ struct LiveRoute {
     upstream: Arc<Upstream>,
     meters: RouteMeters,
     budget: RetryBudget,
-    outliers: Mutex<outliers::Outliers>,
+    health: Mutex<RouteHealth>,
+}
+
+/// What a route knows of its PEs' health: ejections and slow starts.
+struct RouteHealth {
+    outliers: outliers::Outliers,
+    slow_start: slow_start::SlowStart,
+}
+
+impl RouteHealth {
+    /// Orders a request's PEs: the first `keep` (a sticky session's PE) stay first
+    /// unless ejected, PEs in their slow start may go behind the settled ones, and
+    /// ejected PEs go last.
+    fn order<T: Copy>(
+        &mut self,
+        pes: &mut [T],
+        keep: usize,
+        id: impl Fn(&T) -> PoolElementId,
+        now: Instant,
+    ) {
+        if let Some(rest) = pes.get_mut(keep..) {
+            self.slow_start.order(rest, &id, now);
+        }
+        self.outliers.order(pes, id, now);
+    }
 }
 
 impl LiveRoute {
-    /// Runs `f` on the route's passive health (a poisoned lock: skipped).
-    fn health<R>(&self, f: impl FnOnce(&mut outliers::Outliers) -> R) -> Option<R> {
-        self.outliers
-            .lock()
-            .ok()
-            .map(|mut outliers| f(&mut outliers))
+    /// Runs `f` on the route's health (a poisoned lock: skipped).
+    fn health<R>(&self, f: impl FnOnce(&mut RouteHealth) -> R) -> Option<R> {
+        self.health.lock().ok().map(|mut health| f(&mut health))
     }
 
     /// Records how a request to `pe` went (`offered`: the PEs the request could use);
     /// an ejection is logged and counted.
     fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
         let now = crate::now();
-        let observed = self.health(|outliers| {
+        let observed = self.health(|health| {
             if ok {
-                outliers.succeeded(pe, now);
+                if health.outliers.succeeded(pe, now) {
+                    // Back from an ejection: its share ramps up again.
+                    health.slow_start.restart(pe, now);
+                }
                 None
             } else {
-                outliers.failed(pe, offered, now)
+                health.outliers.failed(pe, offered, now)
             }
         });
         if let Some(Some(ejection)) = observed {
@@ -366,7 +398,10 @@ impl Routing {
                     upstream: Upstream::new(route.connect_timeout),
                     meters: RouteMeters::new(route),
                     budget: RetryBudget::new(config.retry_ratio),
-                    outliers: Mutex::new(outliers::Outliers::new(route.outliers)),
+                    health: Mutex::new(RouteHealth {
+                        outliers: outliers::Outliers::new(route.outliers),
+                        slow_start: slow_start::SlowStart::new(route.slow_start, random_session()),
+                    }),
                     route: route.clone(),
                 })
                 .collect(),
@@ -1007,7 +1042,18 @@ async fn proxy<D: Directory>(
         .iter()
         .filter_map(|pe| Some((pe, pe_address(pe)?)))
         .collect();
-    live.health(|outliers| outliers.order(&mut usable, |(pe, _)| pe.id, started));
+    let sticky_first = binding
+        .as_ref()
+        .zip(usable.first())
+        .is_some_and(|(binding, (pe, _))| binding.pe_id == pe.id);
+    live.health(|health| {
+        health.order(
+            &mut usable,
+            usize::from(sticky_first),
+            |(pe, _)| pe.id,
+            started,
+        );
+    });
     let mut step = attempts::start(attempts::Plan {
         candidates: usable.len(),
         max_attempts: route.max_attempts,

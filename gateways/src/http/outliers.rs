@@ -103,10 +103,11 @@ impl Outliers {
         matches!(self.pes.get(&pe), Some(Standing::Ejected { until, .. }) if *until > now)
     }
 
-    /// A request to `pe` succeeded (an answer that is no server error).
-    pub(crate) fn succeeded(&mut self, pe: PoolElementId, now: Instant) {
+    /// A request to `pe` succeeded (an answer that is no server error). `true` when
+    /// this ends its ejection (it is back in rotation).
+    pub(crate) fn succeeded(&mut self, pe: PoolElementId, now: Instant) -> bool {
         let Some(standing) = self.pes.get_mut(&pe) else {
-            return;
+            return false;
         };
         match *standing {
             Standing::Ejected { until, ejections } if until <= now => {
@@ -115,6 +116,7 @@ impl Outliers {
                     ejections,
                     last_ejected: Some(until),
                 };
+                return true;
             }
             Standing::Ejected { .. } => {}
             Standing::Serving {
@@ -135,6 +137,7 @@ impl Outliers {
                 }
             }
         }
+        false
     }
 
     /// A request to `pe` failed; `offered` is how many PEs the request could use.
@@ -239,7 +242,7 @@ mod tests {
         let mut outliers = Outliers::new(OutlierConfig::default());
         assert_eq!(fail(&mut outliers, A, 4, now), None);
         // A success breaks the run.
-        outliers.succeeded(A, now);
+        assert!(!outliers.succeeded(A, now));
         assert_eq!(fail(&mut outliers, A, 4, now), None);
         let ejection = fail(&mut outliers, A, 1, now).unwrap();
         assert_eq!(
@@ -268,9 +271,10 @@ mod tests {
         }
         assert_eq!(&durations[..3], [30, 60, 90]);
         assert_eq!(durations[11], 300);
-        // Healthy for the longest ejection after the last: it starts afresh.
-        outliers.succeeded(A, now);
-        outliers.succeeded(A, now + Duration::from_secs(300));
+        // Back (the first success after an ejection says so); healthy for the longest
+        // ejection after the last: it starts afresh.
+        assert!(outliers.succeeded(A, now));
+        assert!(!outliers.succeeded(A, now + Duration::from_secs(300)));
         assert_eq!(
             fail(&mut outliers, A, 5, now + Duration::from_secs(301))
                 .unwrap()
@@ -296,10 +300,10 @@ mod tests {
     fn healthy_pes_are_not_tracked() {
         let now = crate::now();
         let mut outliers = Outliers::new(OutlierConfig::default());
-        outliers.succeeded(A, now);
+        let _ = outliers.succeeded(A, now);
         assert!(outliers.pes.is_empty());
         let _ = outliers.failed(A, 3, now);
-        outliers.succeeded(A, now);
+        let _ = outliers.succeeded(A, now);
         assert!(outliers.pes.is_empty());
     }
 }
