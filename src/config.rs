@@ -233,6 +233,10 @@ pub(crate) struct HttpRouteSection {
     /// How long a new or returning PE's share of requests ramps up (10s; 0s: at once).
     #[serde(default = "slow_start", deserialize_with = "duration")]
     pub(crate) slow_start: Duration,
+    /// Requests waiting for one PE's answer at once (0: no limit); beyond, the next PE,
+    /// and 503 with Retry-After when every PE is at the limit.
+    #[serde(default)]
+    pub(crate) max_requests_per_pe: usize,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).

@@ -316,6 +316,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             retry_on,
             outliers: outlier_config(&route.outlier_detection, &context)?,
             slow_start: route.slow_start,
+            max_requests_per_pe: route.max_requests_per_pe,
         });
     }
     let sticky = match &section.sticky {

@@ -995,3 +995,32 @@ fn a_pe_failing_five_times_in_a_row_is_ejected() {
     }
     assert_eq!(hits(), ejected_at, "an ejected PE got requests");
 }
+
+/// Per-PE limits: with `max_requests_per_pe: 1` and one PE busy with a slow request, a
+/// second request is answered 503 with `Retry-After` at once instead of queueing at
+/// the PE; once the slow one is answered, requests go through again.
+#[test]
+fn a_pe_at_its_request_limit_is_passed_over_then_503() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          max_requests_per_pe: 1\n",
+    );
+    let address = gateway.listener("http");
+    assert_eq!(request(address, "GET", "/", &[]).status, 200);
+    let slow = thread::spawn(move || try_request(address, "GET", "/slow?delay_ms=3000", &[], b""));
+    let mut busy = None;
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let reply = request(address, "GET", "/", &[]);
+            let full = reply.status == 503;
+            busy = Some(reply);
+            full
+        }),
+        "never at the limit: {busy:?}"
+    );
+    let busy = busy.unwrap();
+    assert_eq!(busy.header("retry-after"), Some("1"), "{busy:?}");
+    assert_eq!(slow.join().unwrap().map(|reply| reply.status), Some(200));
+    assert_eq!(request(address, "GET", "/", &[]).status, 200);
+}

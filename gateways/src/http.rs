@@ -25,6 +25,7 @@ pub mod tls;
 mod upstream;
 mod watch;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -89,6 +90,9 @@ pub struct Route {
     /// How long a new or returning PE's share of requests takes to ramp up (zero: at
     /// once).
     pub slow_start: Duration,
+    /// Requests of this route waiting for one PE's answer at once (0: no limit); a PE
+    /// at the limit is passed over, and when all are, the answer is 503.
+    pub max_requests_per_pe: usize,
 }
 
 /// The default slow-start window.
@@ -120,6 +124,7 @@ impl Route {
             retry_on: StatusSet::new(&RETRY_ON).unwrap_or_default(),
             outliers: OutlierConfig::default(),
             slow_start: SLOW_START,
+            max_requests_per_pe: 0,
         }
     }
 
@@ -228,6 +233,31 @@ struct LiveRoute {
 struct RouteHealth {
     outliers: outliers::Outliers,
     slow_start: slow_start::SlowStart,
+    /// Requests waiting for each PE's answer (PEs with none are absent).
+    waiting: HashMap<PoolElementId, usize>,
+}
+
+/// A request's place among those waiting for one PE (`max_requests_per_pe`); given
+/// back when dropped. Without a limit nothing is counted (`live` is `None`).
+struct PeSlot<'a> {
+    live: Option<&'a LiveRoute>,
+    pe: PoolElementId,
+}
+
+impl Drop for PeSlot<'_> {
+    fn drop(&mut self) {
+        let Some(live) = self.live else {
+            return;
+        };
+        live.health(|health| {
+            if let Some(count) = health.waiting.get_mut(&self.pe) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    health.waiting.remove(&self.pe);
+                }
+            }
+        });
+    }
 }
 
 impl RouteHealth {
@@ -249,6 +279,26 @@ impl RouteHealth {
 }
 
 impl LiveRoute {
+    /// A place among the requests waiting for `pe`, unless it has `max_requests_per_pe`.
+    fn slot(&self, pe: PoolElementId) -> Option<PeSlot<'_>> {
+        let limit = self.route.max_requests_per_pe;
+        if limit == 0 {
+            return Some(PeSlot { live: None, pe });
+        }
+        let taken = self.health(|health| {
+            let count = health.waiting.entry(pe).or_default();
+            if *count >= limit {
+                return false;
+            }
+            *count += 1;
+            true
+        });
+        (taken != Some(false)).then_some(PeSlot {
+            live: Some(self),
+            pe,
+        })
+    }
+
     /// Runs `f` on the route's health (a poisoned lock: skipped).
     fn health<R>(&self, f: impl FnOnce(&mut RouteHealth) -> R) -> Option<R> {
         self.health.lock().ok().map(|mut health| f(&mut health))
@@ -289,6 +339,8 @@ struct RouteMeters {
     retries: Counter,
     failovers: Counter,
     ejections: Counter,
+    /// Attempts that passed over a PE at its request limit.
+    busy: Counter,
 }
 
 impl RouteMeters {
@@ -311,6 +363,7 @@ impl RouteMeters {
             retries: metrics::counter!("rserpool_http_retries_total", &labels),
             failovers: metrics::counter!("rserpool_http_session_failovers_total", &labels),
             ejections: metrics::counter!("rserpool_http_pe_ejections_total", &labels),
+            busy: metrics::counter!("rserpool_http_pe_busy_total", &labels),
         }
     }
 }
@@ -401,6 +454,7 @@ impl Routing {
                     health: Mutex::new(RouteHealth {
                         outliers: outliers::Outliers::new(route.outliers),
                         slow_start: slow_start::SlowStart::new(route.slow_start, random_session()),
+                        waiting: HashMap::new(),
                     }),
                     route: route.clone(),
                 })
@@ -1074,6 +1128,11 @@ async fn proxy<D: Directory>(
                 reason: attempts::Reason::Exhausted,
             };
         };
+        let Some(_slot) = live.slot(pe.id) else {
+            live.meters.busy.increment(1);
+            step = attempt.busy();
+            continue;
+        };
         let body = match (&whole, streaming.take()) {
             (Some(bytes), _) => OutgoingBody::Whole(bytes.clone()),
             (None, Some(body)) => OutgoingBody::Streaming {
@@ -1165,13 +1224,19 @@ async fn proxy<D: Directory>(
     if end.reason == attempts::Reason::BudgetSpent {
         tracing::warn!(pool = %route.pool_handle, "retry budget spent: not retrying");
     }
-    let message = if end.status == StatusCode::GATEWAY_TIMEOUT {
-        "the pool element did not answer in time"
-    } else {
-        "no pool element could serve the request"
+    let message = match end.reason {
+        attempts::Reason::Busy => "every pool element is at its request limit",
+        _ if end.status == StatusCode::GATEWAY_TIMEOUT => "the pool element did not answer in time",
+        _ => "no pool element could serve the request",
     };
+    let mut response = text(end.status, message);
+    if end.reason == attempts::Reason::Busy {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
     Outcome {
-        response: text(end.status, message),
+        response,
         pe: None,
         attempts: tried,
     }

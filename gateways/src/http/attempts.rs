@@ -15,7 +15,10 @@
 //! * giving up answers 504 if the last attempt timed out, else 502;
 //! * a response whose status the route retries (`retry_on`: 502, 503, 504 by default)
 //!   to a request that may be sent again goes to the next PE instead, within the same
-//!   limits; the last PE's answer is delivered as it is.
+//!   limits; the last PE's answer is delivered as it is;
+//! * a PE at its limit of requests waiting for an answer (`max_requests_per_pe`) is
+//!   passed over for the next one (it uses up an attempt, not the budget); when every
+//!   PE the request may use is at its limit, the answer is 503 (with `Retry-After`).
 //!
 //! Each state is a type: a [`Step`] is either an [`Attempt`] under way, which ends
 //! in success (dropped) or in [`Attempt::failed`], or the end ([`GiveUp`]).
@@ -103,6 +106,8 @@ pub(crate) enum Reason {
     NotResendable,
     /// The retry budget is spent.
     BudgetSpent,
+    /// Every PE the request could go to is at its limit of requests.
+    Busy,
 }
 
 /// The end: the status to answer and why.
@@ -148,6 +153,21 @@ impl Attempt {
     /// Attempts so far, this one included.
     pub(crate) fn number(&self) -> usize {
         self.index + 1
+    }
+
+    /// The PE is at its limit of requests: the next one, or 503 if none is left.
+    pub(crate) fn busy(self) -> Step {
+        let next = self.index + 1;
+        if next >= self.plan.candidates.min(self.plan.max_attempts.max(1)) {
+            return Step::GiveUp(GiveUp {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: Reason::Busy,
+            });
+        }
+        Step::Try(Self {
+            plan: self.plan,
+            index: next,
+        })
     }
 
     /// The PE answered with `status`: deliver it, or (a status the route retries, a
@@ -307,6 +327,19 @@ mod tests {
     }
 
     #[test]
+    fn busy_pes_are_passed_over_without_the_budget_then_503() {
+        let first = attempt(start(plan(2, false, false)));
+        let second = attempt(first.busy());
+        assert_eq!(
+            end(second.busy()),
+            GiveUp {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: Reason::Busy
+            }
+        );
+    }
+
+    #[test]
     fn only_unreached_or_silent_pes_are_reported() {
         assert!(Failure::NotSent.reports_unreachable());
         assert!(Failure::TimedOut.reports_unreachable());
@@ -318,6 +351,7 @@ mod tests {
     enum Outcome {
         Failed(Failure),
         Answered(u16),
+        Busy,
     }
 
     fn outcome() -> impl Strategy<Value = Outcome> {
@@ -327,6 +361,7 @@ mod tests {
             Just(Outcome::Failed(Failure::TimedOut)),
             Just(Outcome::Answered(200)),
             Just(Outcome::Answered(503)),
+            Just(Outcome::Busy),
         ]
     }
 
@@ -364,9 +399,12 @@ mod tests {
                         tried.push(attempt.pe());
                         if let Some(previous) = last {
                             // A retry after an outcome that may have applied the request.
-                            prop_assert!(replayable);
+                            let sent = !matches!(previous, Outcome::Busy);
+                            prop_assert!(replayable || !sent);
                             prop_assert!(
-                                idempotent || matches!(previous, Outcome::Failed(Failure::NotSent))
+                                idempotent
+                                    || !sent
+                                    || matches!(previous, Outcome::Failed(Failure::NotSent))
                             );
                         }
                         let outcome = outcomes[tried.len() - 1];
@@ -378,6 +416,7 @@ mod tests {
                             answer
                         };
                         step = match outcome {
+                            Outcome::Busy => attempt.busy(),
                             Outcome::Failed(failure) => attempt.failed(failure, pay),
                             Outcome::Answered(status) => {
                                 let status = StatusCode::from_u16(status).unwrap();
@@ -402,14 +441,22 @@ mod tests {
                     Step::GiveUp(end) => {
                         let timed_out = matches!(last, Some(Outcome::Failed(Failure::TimedOut)));
                         prop_assert_eq!(end.status == StatusCode::GATEWAY_TIMEOUT, timed_out);
+                        let busy = matches!(last, Some(Outcome::Busy));
+                        prop_assert_eq!(end.reason == Reason::Busy, busy);
                         break;
                     }
                 }
             }
             prop_assert!(tried.len() <= candidates.min(max_attempts.max(1)));
             prop_assert!(tried.iter().enumerate().all(|(i, pe)| i == *pe));
-            // Every retry was paid, and the budget was asked at most once more.
-            prop_assert!(tried.len().saturating_sub(1) <= asked && asked <= tried.len());
+            // Every retry after a PE was sent to was paid (a busy PE's successor costs
+            // nothing), and the budget was asked at most once more.
+            let paid_for = outcomes
+                .iter()
+                .take(tried.len().saturating_sub(1))
+                .filter(|o| !matches!(o, Outcome::Busy))
+                .count();
+            prop_assert!(paid_for <= asked && asked <= tried.len());
         }
     }
 }
