@@ -237,6 +237,10 @@ pub(crate) struct HttpRouteSection {
     /// and 503 with Retry-After when every PE is at the limit.
     #[serde(default)]
     pub(crate) max_requests_per_pe: usize,
+    /// How long a request finding every PE at its limit waits for a place (0s: 503 at
+    /// once; at most 1 024 wait per route).
+    #[serde(default, deserialize_with = "duration")]
+    pub(crate) queue_timeout: Duration,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).

@@ -317,6 +317,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             outliers: outlier_config(&route.outlier_detection, &context)?,
             slow_start: route.slow_start,
             max_requests_per_pe: route.max_requests_per_pe,
+            queue_timeout: route.queue_timeout,
         });
     }
     let sticky = match &section.sticky {

@@ -1008,10 +1008,11 @@ fn a_pe_at_its_request_limit_is_passed_over_then_503() {
     );
     let address = gateway.listener("http");
     assert_eq!(request(address, "GET", "/", &[]).status, 200);
-    let slow = thread::spawn(move || try_request(address, "GET", "/slow?delay_ms=3000", &[], b""));
+    // Generous times: the suite runs tests side by side on a loaded machine.
+    let slow = thread::spawn(move || try_request(address, "GET", "/slow?delay_ms=8000", &[], b""));
     let mut busy = None;
     assert!(
-        eventually(Duration::from_secs(2), || {
+        eventually(Duration::from_secs(7), || {
             let reply = request(address, "GET", "/", &[]);
             let full = reply.status == 503;
             busy = Some(reply);
@@ -1023,4 +1024,29 @@ fn a_pe_at_its_request_limit_is_passed_over_then_503() {
     assert_eq!(busy.header("retry-after"), Some("1"), "{busy:?}");
     assert_eq!(slow.join().unwrap().map(|reply| reply.status), Some(200));
     assert_eq!(request(address, "GET", "/", &[]).status, 200);
+}
+
+/// The queue: with `queue_timeout`, a request that finds every PE at its limit waits
+/// for a place instead of getting 503, and is answered once the PE is free.
+#[test]
+fn a_request_finding_every_pe_busy_waits_in_the_queue() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let file = ConfigFile::new(&format!(
+        "pool_user:\n  registrars: [{asap}]\ngateway:\n  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          max_requests_per_pe: 1\n          queue_timeout: 10s\n"
+    ));
+    let gateway = Process::start(&["gateway", "--config", &file.0, "--admin", "127.0.0.1:0"]);
+    let address = gateway.listener("http");
+    let admin = gateway.address("admin");
+    assert_eq!(request(address, "GET", "/", &[]).status, 200);
+    let slow = thread::spawn(move || try_request(address, "GET", "/slow?delay_ms=4000", &[], b""));
+    let mut statuses = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(8), || {
+            statuses.push(request(address, "GET", "/", &[]).status);
+            metric_sum(admin, "rserpool_http_pe_busy_total") >= 1
+        }),
+        "no request found the PE busy: {statuses:?}"
+    );
+    assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
+    assert_eq!(slow.join().unwrap().map(|reply| reply.status), Some(200));
 }

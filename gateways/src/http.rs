@@ -91,9 +91,16 @@ pub struct Route {
     /// once).
     pub slow_start: Duration,
     /// Requests of this route waiting for one PE's answer at once (0: no limit); a PE
-    /// at the limit is passed over, and when all are, the answer is 503.
+    /// at the limit is passed over, and when all are, the request waits in the route's
+    /// queue for `queue_timeout`, then gets 503.
     pub max_requests_per_pe: usize,
+    /// How long a request that finds every PE at its limit waits for a place (zero:
+    /// 503 at once); at most [`MAX_QUEUED`] wait per route.
+    pub queue_timeout: Duration,
 }
+
+/// Requests one route's queue holds at most; more get 503 at once.
+pub const MAX_QUEUED: usize = 1024;
 
 /// The default slow-start window.
 pub const SLOW_START: Duration = Duration::from_secs(10);
@@ -125,6 +132,7 @@ impl Route {
             outliers: OutlierConfig::default(),
             slow_start: SLOW_START,
             max_requests_per_pe: 0,
+            queue_timeout: Duration::ZERO,
         }
     }
 
@@ -227,6 +235,9 @@ struct LiveRoute {
     meters: RouteMeters,
     budget: RetryBudget,
     health: Mutex<RouteHealth>,
+    /// A PE's place was given back (`max_requests_per_pe`), and requests queued.
+    freed: tokio::sync::Notify,
+    queued: std::sync::atomic::AtomicUsize,
 }
 
 /// What a route knows of its PEs' health: ejections and slow starts.
@@ -257,6 +268,7 @@ impl Drop for PeSlot<'_> {
                 }
             }
         });
+        live.freed.notify_one();
     }
 }
 
@@ -297,6 +309,31 @@ impl LiveRoute {
             live: Some(self),
             pe,
         })
+    }
+
+    /// Waits in the route's queue until a PE's place is given back (`true`), or until
+    /// `deadline` or with the queue full (`false`).
+    async fn wait_for_place(&self, deadline: Instant) -> bool {
+        /// A place in the queue, given back however the wait ends (the client may go).
+        struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if crate::now() >= deadline {
+            return false;
+        }
+        let queued = self
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _place = Queued(&self.queued);
+        if queued >= MAX_QUEUED {
+            return false;
+        }
+        tokio::time::timeout_at(deadline.into(), self.freed.notified())
+            .await
+            .is_ok()
     }
 
     /// Runs `f` on the route's health (a poisoned lock: skipped).
@@ -456,6 +493,8 @@ impl Routing {
                         slow_start: slow_start::SlowStart::new(route.slow_start, random_session()),
                         waiting: HashMap::new(),
                     }),
+                    freed: tokio::sync::Notify::new(),
+                    queued: std::sync::atomic::AtomicUsize::new(0),
                     route: route.clone(),
                 })
                 .collect(),
@@ -1108,18 +1147,29 @@ async fn proxy<D: Directory>(
             started,
         );
     });
-    let mut step = attempts::start(attempts::Plan {
+    let plan = attempts::Plan {
         candidates: usable.len(),
         max_attempts: route.max_attempts,
         replayable: whole.is_some(),
         idempotent: idempotent(&parts.method) && !upgrade,
         retry_on: route.retry_on,
-    });
+    };
+    let mut step = attempts::start(plan);
     let mut tried = 0;
+    let queue_deadline = started + route.queue_timeout;
     let end = loop {
         let attempt = match step {
             attempts::Step::Try(attempt) => attempt,
-            attempts::Step::GiveUp(end) => break end,
+            attempts::Step::GiveUp(end) => {
+                // Every PE at its limit (nothing was sent): wait for a place, then
+                // start over.
+                if end.reason == attempts::Reason::Busy && live.wait_for_place(queue_deadline).await
+                {
+                    step = attempts::start(plan);
+                    continue;
+                }
+                break end;
+            }
         };
         tried = attempt.number();
         let Some(&(pe, address)) = usable.get(attempt.pe()) else {
