@@ -96,3 +96,33 @@ start_knot() {
     } > "$work/knot.conf"
     setsid knotd -c "$work/knot.conf" 2>"$work/knotd.log" & pids+=($!)
 }
+
+# start_echopool_agent COUNT [FIELDS]: one `rserpool pe` agent registering COUNT PEs of
+# echopool at $asap (127.0.0.1, ports 20000 up: a registrar accepts only the agent's
+# own address; no health checks, so nothing needs to listen there), each service
+# entry with the extra FIELDS (`, key: value` pairs).
+start_echopool_agent() {
+    local count=$1 fields=${2:-} i
+    {
+        echo "pe:"; echo "  registrars: [$asap]"; echo "  services:"
+        for i in $(seq 0 $((count - 1))); do
+            echo "    - {pool: echopool, backend: 127.0.0.1:$((20000 + i)), health: none$fields}"
+        done
+        echo "log:"; echo "  level: warn"
+    } > "$work/agent.yaml"
+    setsid "$bin/rserpool" pe --config "$work/agent.yaml" 2>"$work/agent.log" & pids+=($!)
+}
+
+# dns_gateway_config LISTEN [LINE...]: $work/gateway.yaml with one DNS listener at
+# LISTEN for zone pool.example. (8 PEs per answer) resolving at $asap, each LINE added
+# to the listener.
+dns_gateway_config() {
+    local listen=$1 line; shift
+    {
+        echo "pool_user:"; echo "  registrars: [$asap]"
+        echo "gateway:"; echo "  dns:"
+        echo "    - listen: $listen"; echo "      zone: pool.example."; echo "      answer_count: 8"
+        for line in "$@"; do echo "      $line"; done
+        echo "log:"; echo "  level: warn,rserpool::gateway=info"
+    } > "$work/gateway.yaml"
+}

@@ -24,26 +24,8 @@ start_knot "mod-rrl:" "  - id: flood" "    rate-limit: 200" "    slip: 2" \
     "template:" "  - id: default" "    global-module: mod-rrl/flood"
 
 start_pool echopool
-cat > "$work/agent.yaml" <<CFG
-pe:
-  registrars: [$asap]
-  services:
-$(for i in $(seq 0 7); do echo "    - {pool: echopool, backend: 127.0.0.1:$((20000 + i)), health: none}"; done)
-log:
-  level: warn
-CFG
-setsid "$bin/rserpool" pe --config "$work/agent.yaml" 2>"$work/agent.log" & pids+=($!)
-cat > "$work/gateway.yaml" <<CFG
-pool_user:
-  registrars: [$asap]
-gateway:
-  dns:
-    - listen: 127.0.0.1:0
-      zone: pool.example.
-      answer_count: 8
-log:
-  level: warn,rserpool::gateway=info
-CFG
+start_echopool_agent 8
+dns_gateway_config 127.0.0.1:0
 TOKIO_WORKER_THREADS=1 setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" \
     --admin 127.0.0.1:0 2>"$work/gateway.log" & pids+=($!)
 ready "$work/gateway.log" ready

@@ -18,31 +18,12 @@ cargo build --release --quiet -p rserpool
 # Knot with the static zone.
 start_knot
 
-# A registrar, one agent registering 1 000 PEs (127.0.0.1 with ports 20000-20999: a
-# registrar accepts only the agent's own address; no health checks, nothing needs to
-# listen there), and the gateway.
+# A registrar, one agent registering 1 000 PEs, and the gateway.
 start_pool echopool    # the registrar; the PEs come from the agent below
 enrp=$(grep -o 'enrp=[0-9.:]*' "$work/registrar.log" | cut -d= -f2)
-{
-    echo "pe:"; echo "  registrars: [$asap]"; echo "  services:"
-    for i in $(seq 0 999); do
-        echo "    - {pool: echopool, backend: 127.0.0.1:$((20000 + i)), health: none, reregistration_interval: 30s}"
-    done
-    echo "log:"; echo "  level: warn"
-} > "$work/agent.yaml"
-setsid "$bin/rserpool" pe --config "$work/agent.yaml" 2>"$work/agent.log" & pids+=($!)
-cat > "$work/gateway.yaml" <<CFG
-pool_user:
-  registrars: [$asap]
-gateway:
-  dns:
-    - listen: 127.0.0.1:15353
-      zone: pool.example.
-      answer_count: 8
-      rate_limit: 0          # dnsperf is one client: no response rate limit here
-log:
-  level: warn,rserpool::gateway=info
-CFG
+start_echopool_agent 1000 ", reregistration_interval: 30s"
+# dnsperf is one client: no response rate limit here.
+dns_gateway_config 127.0.0.1:15353 "rate_limit: 0"
 TOKIO_WORKER_THREADS=1 setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready
 until "$bin/rserpool" dump --registrar "$enrp" 2>/dev/null | grep -q "pool echopool (1000 PE)"; do sleep 0.5; done

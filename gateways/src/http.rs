@@ -490,7 +490,7 @@ impl Routing {
                     budget: RetryBudget::new(config.retry_ratio),
                     health: Mutex::new(RouteHealth {
                         outliers: outliers::Outliers::new(route.outliers),
-                        slow_start: slow_start::SlowStart::new(route.slow_start, random_session()),
+                        slow_start: slow_start::SlowStart::new(route.slow_start, random_u64()),
                         waiting: HashMap::new(),
                     }),
                     freed: tokio::sync::Notify::new(),
@@ -1116,7 +1116,7 @@ async fn proxy<D: Directory>(
     let session = routing.sticky.as_ref().map(|_| {
         binding
             .as_ref()
-            .map_or_else(random_session, |binding| binding.session)
+            .map_or_else(random_u64, |binding| binding.session)
     });
     if let Some(session) = session
         && let Ok(value) = HeaderValue::from_str(&format!("{session:016x}"))
@@ -1292,9 +1292,11 @@ async fn proxy<D: Directory>(
     }
 }
 
-fn random_session() -> u64 {
+/// 64 random bits: new session ids and the slow-start generators' seeds.
+fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
-    // Without randomness sessions still work; they just share the id 0 at the PEs.
+    // Without randomness sessions still work (they share the id 0 at the PEs), and slow
+    // start draws the same sequence on every route.
     let _ = getrandom::fill(&mut bytes);
     u64::from_be_bytes(bytes)
 }

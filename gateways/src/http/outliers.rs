@@ -154,52 +154,48 @@ impl Outliers {
         if !self.pes.contains_key(&pe) && self.pes.len() >= MAX_TRACKED {
             return None;
         }
-        let ejected_now = self
-            .pes
-            .values()
-            .filter(|s| matches!(s, Standing::Ejected { until, .. } if *until > now))
-            .count();
-        let allowed = if offered < 2 {
-            0
-        } else {
-            (offered * usize::from(self.config.max_ejected_percent) / 100).max(1)
-        };
-        let config = self.config;
         let standing = self.pes.entry(pe).or_insert(Standing::Serving {
             failures: 0,
             ejections: 0,
             last_ejected: None,
         });
-        let (failures, ejections) = match *standing {
-            Standing::Ejected { until, ejections } if until <= now => (1, ejections),
-            Standing::Ejected { .. } => return None,
+        let (failures, ejections, last_ejected) = match *standing {
+            Standing::Ejected { until, .. } if until > now => return None,
+            // Its ejection is over: this failure starts a new run.
+            Standing::Ejected { until, ejections } => (1, ejections, Some(until)),
             Standing::Serving {
                 failures,
                 ejections,
-                ..
-            } => (failures.saturating_add(1), ejections),
-        };
-        if failures < config.consecutive_failures || ejected_now >= allowed {
-            let last_ejected = match *standing {
-                Standing::Serving { last_ejected, .. } => last_ejected,
-                Standing::Ejected { until, .. } => Some(until),
-            };
-            *standing = Standing::Serving {
-                failures,
-                ejections,
                 last_ejected,
-            };
+            } => (failures.saturating_add(1), ejections, last_ejected),
+        };
+        *standing = Standing::Serving {
+            failures,
+            ejections,
+            last_ejected,
+        };
+        let allowed = if offered < 2 {
+            0
+        } else {
+            (offered * usize::from(self.config.max_ejected_percent) / 100).max(1)
+        };
+        // Counting the ejected PEs walks the table: only when this one would go.
+        if failures < self.config.consecutive_failures || self.ejected(now) >= allowed {
             return None;
         }
+        let config = self.config;
         let times = ejections.saturating_add(1);
         let duration = config
             .base_ejection
             .saturating_mul(times)
             .min(config.max_ejection);
-        *standing = Standing::Ejected {
-            until: now + duration,
-            ejections: times,
-        };
+        self.pes.insert(
+            pe,
+            Standing::Ejected {
+                until: now + duration,
+                ejections: times,
+            },
+        );
         Some(Ejection {
             pe,
             duration,
@@ -208,7 +204,6 @@ impl Outliers {
     }
 
     /// PEs ejected now.
-    #[cfg(test)]
     fn ejected(&self, now: Instant) -> usize {
         self.pes
             .values()

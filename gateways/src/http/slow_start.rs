@@ -62,7 +62,6 @@ impl SlowStart {
             return;
         }
         let first = std::mem::take(&mut self.first_request);
-        let mut demoted = Vec::with_capacity(pes.len());
         for pe in pes.iter() {
             let pe = id(pe);
             if !self.known.contains_key(&pe) {
@@ -76,8 +75,12 @@ impl SlowStart {
                     }
                 }
             }
-            demoted.push(self.demote(pe, now));
         }
+        // The usual case on this per-request path: nothing is ramping, nothing to do.
+        if self.started.is_empty() {
+            return;
+        }
+        let demoted: Vec<bool> = pes.iter().map(|pe| self.demote(id(pe), now)).collect();
         if demoted.iter().any(|d| *d) {
             let pick = |late: bool| {
                 pes.iter()

@@ -137,12 +137,12 @@ impl PoolUserEngine {
             self.resolved(request, Err(ResolveError::Overloaded));
             return request;
         }
-        if let Some(leader) = self.in_flight(&pool_handle, items) {
+        if let Some((leader_id, leader)) = self.in_flight(&pool_handle, items) {
             let late = leader.stale_at.is_none_or(|at| at <= now);
             leader.followers.push(request);
             if late {
                 // A registrar is late for this pool already: do not wait for it.
-                self.answer_stale(pool_handle, items, now);
+                self.answer_stale(leader_id, now);
             }
             return request;
         }
@@ -168,13 +168,18 @@ impl PoolUserEngine {
     /// A resolution of `pool_handle` for `items` that is out, which a request for the
     /// same may wait for. With a cache only: without one, each request gets the
     /// registrar's own selection.
-    fn in_flight(&mut self, pool_handle: &PoolHandle, items: Option<u32>) -> Option<&mut Request> {
+    fn in_flight(
+        &mut self,
+        pool_handle: &PoolHandle,
+        items: Option<u32>,
+    ) -> Option<(RequestId, &mut Request)> {
         if !self.cache.is_on() {
             return None;
         }
         self.requests
-            .values_mut()
-            .find(|r| r.pool_handle == *pool_handle && r.items == items)
+            .iter_mut()
+            .find(|(_, r)| r.pool_handle == *pool_handle && r.items == items)
+            .map(|(id, r)| (*id, r))
     }
 
     /// Requests waiting for a registrar, those sent and those waiting with them
@@ -400,23 +405,16 @@ impl PoolUserEngine {
         }
     }
 
-    /// Answers whoever waits for the resolution of `pool_handle` (with `items`) from
-    /// the pool's last answer, if it is still usable; the resolution stays out, a silent
-    /// refresh from now on.
-    fn answer_stale(&mut self, pool_handle: PoolHandle, items: Option<u32>, now: Instant) {
-        let Some((&id, _)) = self
-            .requests
-            .iter()
-            .find(|(_, r)| r.pool_handle == pool_handle && r.items == items)
-        else {
-            return;
-        };
+    /// Answers whoever waits for resolution `id` from its pool's last answer, if that
+    /// is still usable; the resolution stays out, a silent refresh from now on.
+    fn answer_stale(&mut self, id: RequestId, now: Instant) {
         let Some(request) = self.requests.get_mut(&id) else {
             return;
         };
         request.stale_at = None;
+        let (pool_handle, items) = (request.pool_handle, request.items);
         let waiting = usize::from(!request.silent) + request.followers.len();
-        if waiting == 0 || !self.cache.may_serve_stale(&pool_handle) {
+        if waiting == 0 {
             return;
         }
         let Some(first) = self.cache.stale(&pool_handle, items, now, &mut self.rng) else {
@@ -498,14 +496,14 @@ impl PoolUserEngine {
 
     /// Answers from the last answers whoever waited `stale_answer_after` in vain.
     fn answer_late_requests(&mut self, now: Instant) {
-        let late: Vec<(PoolHandle, Option<u32>)> = self
+        let late: Vec<RequestId> = self
             .requests
-            .values()
-            .filter(|r| r.stale_at.is_some_and(|at| at <= now))
-            .map(|r| (r.pool_handle, r.items))
+            .iter()
+            .filter(|(_, r)| r.stale_at.is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
             .collect();
-        for (pool_handle, items) in late {
-            self.answer_stale(pool_handle, items, now);
+        for request in late {
+            self.answer_stale(request, now);
         }
     }
 }
