@@ -241,6 +241,11 @@ pub(crate) struct HttpRouteSection {
     /// once; at most 1 024 wait per route).
     #[serde(default, deserialize_with = "duration")]
     pub(crate) queue_timeout: Duration,
+    /// When a GET (any idempotent request with a kept body) still without an answer
+    /// also goes to the next PE: `off` (default), a duration, or `p99` (the route's
+    /// observed 99th percentile, at least 10 ms).
+    #[serde(default, deserialize_with = "hedge")]
+    pub(crate) hedge_after: rserpool_gateways::http::Hedge,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).
@@ -957,6 +962,24 @@ fn optional_duration<'de, D: Deserializer<'de>>(
     parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn hedge<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<rserpool_gateways::http::Hedge, D::Error> {
+    use rserpool_gateways::http::Hedge;
+    let text = String::deserialize(deserializer)?;
+    match text.as_str() {
+        "off" => Ok(Hedge::Off),
+        "p99" => Ok(Hedge::ObservedP99),
+        _ => match parse_duration(&text) {
+            Ok(delay) if delay.is_zero() => Ok(Hedge::Off),
+            Ok(delay) => Ok(Hedge::After(delay)),
+            Err(error) => Err(serde::de::Error::custom(format!(
+                "hedge_after {text:?}: give off, p99 or a duration ({error})"
+            ))),
+        },
+    }
 }
 
 fn policy<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Policy, D::Error> {

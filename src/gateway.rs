@@ -318,6 +318,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             slow_start: route.slow_start,
             max_requests_per_pe: route.max_requests_per_pe,
             queue_timeout: route.queue_timeout,
+            hedge: route.hedge_after,
         });
     }
     let sticky = match &section.sticky {

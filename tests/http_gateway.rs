@@ -1055,3 +1055,42 @@ fn a_request_finding_every_pe_busy_waits_in_the_queue() {
     assert!(statuses.iter().all(|status| *status == 200), "{statuses:?}");
     assert_eq!(slow.join().unwrap().map(|reply| reply.status), Some(200));
 }
+
+/// Hedging: a PE that accepts connections and never answers (as a SIGSTOPped one)
+/// held a GET for the whole `first_byte_timeout`; with `hedge_after` the GET goes to
+/// the next PE as well after that delay and the first answer wins. (Ejection off, so
+/// the frozen PE stays first for every other request.)
+#[test]
+fn a_frozen_pe_costs_a_get_no_more_than_the_hedge_delay() {
+    let (registrar, asap, mut processes) = web_pool(1);
+    processes.push(registrar);
+    // Connections complete in the kernel's backlog; nothing is ever read or answered.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    processes.push(Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &frozen.local_addr().unwrap().to_string(),
+        "--registrar",
+        &asap.to_string(),
+        "--health",
+        "none",
+    ]));
+    wait_for_pool(asap, "WebPool", 2);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          first_byte_timeout: 20s\n          hedge_after: 200ms\n          outlier_detection: {consecutive_failures: 0}\n",
+    );
+    let address = gateway.listener("http");
+    let admin = gateway.address("admin");
+    for i in 0..8 {
+        let started = std::time::Instant::now();
+        let reply = request(address, "GET", &format!("/get-{i}"), &[]);
+        let took = started.elapsed();
+        assert_eq!(reply.status, 200, "GET {i}: {}", reply.body);
+        assert!(took < Duration::from_secs(5), "GET {i} took {took:?}");
+    }
+    assert!(metric_sum(admin, "rserpool_http_hedges_total") >= 1);
+    drop(frozen);
+}

@@ -16,6 +16,7 @@ mod attempts;
 pub mod forward;
 mod h1;
 mod head;
+mod hedge;
 mod held;
 mod min_rate;
 mod outliers;
@@ -50,6 +51,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use self::attempts::StatusSet;
+pub use self::hedge::{HEDGE_FLOOR, Hedge, MIN_SAMPLES};
 pub use self::outliers::OutlierConfig;
 use self::sticky::{Binding, CookieSealer};
 use self::upstream::{Outgoing, OutgoingBody, ResponseBody, Upstream};
@@ -94,6 +96,9 @@ pub struct Route {
     /// at the limit is passed over, and when all are, the request waits in the route's
     /// queue for `queue_timeout`, then gets 503.
     pub max_requests_per_pe: usize,
+    /// When a request that may be sent again, without an answer yet, goes to the
+    /// next PE as well (the first answer wins; paid from the retry budget).
+    pub hedge: Hedge,
     /// How long a request that finds every PE at its limit waits for a place (zero:
     /// 503 at once); at most [`MAX_QUEUED`] wait per route.
     pub queue_timeout: Duration,
@@ -133,6 +138,7 @@ impl Route {
             slow_start: SLOW_START,
             max_requests_per_pe: 0,
             queue_timeout: Duration::ZERO,
+            hedge: Hedge::Off,
         }
     }
 
@@ -243,6 +249,8 @@ struct LiveRoute {
 /// What a route knows of its PEs' health: ejections and slow starts.
 struct RouteHealth {
     outliers: outliers::Outliers,
+    /// Response-head times (a hedge delay from the observed p99).
+    latencies: hedge::Latencies,
     slow_start: slow_start::SlowStart,
     /// Requests waiting for each PE's answer (PEs with none are absent).
     waiting: HashMap<PoolElementId, usize>,
@@ -341,11 +349,14 @@ impl LiveRoute {
         self.health.lock().ok().map(|mut health| f(&mut health))
     }
 
-    /// Records how a request to `pe` went (`offered`: the PEs the request could use);
-    /// an ejection is logged and counted.
-    fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
+    /// Records how a request to `pe` went (`offered`: the PEs the request could use;
+    /// `head_after`: when its response head came); an ejection is logged and counted.
+    fn observe(&self, pe: PoolElementId, ok: bool, offered: usize, head_after: Option<Duration>) {
         let now = crate::now();
         let observed = self.health(|health| {
+            if let Some(elapsed) = head_after {
+                health.latencies.record(elapsed);
+            }
             if ok {
                 if health.outliers.succeeded(pe, now) {
                     // Back from an ejection: its share ramps up again.
@@ -378,6 +389,8 @@ struct RouteMeters {
     ejections: Counter,
     /// Attempts that passed over a PE at its request limit.
     busy: Counter,
+    /// Requests sent to a second PE while the first had not answered.
+    hedges: Counter,
 }
 
 impl RouteMeters {
@@ -401,6 +414,7 @@ impl RouteMeters {
             failovers: metrics::counter!("rserpool_http_session_failovers_total", &labels),
             ejections: metrics::counter!("rserpool_http_pe_ejections_total", &labels),
             busy: metrics::counter!("rserpool_http_pe_busy_total", &labels),
+            hedges: metrics::counter!("rserpool_http_hedges_total", &labels),
         }
     }
 }
@@ -490,6 +504,7 @@ impl Routing {
                     budget: RetryBudget::new(config.retry_ratio),
                     health: Mutex::new(RouteHealth {
                         outliers: outliers::Outliers::new(route.outliers),
+                        latencies: hedge::Latencies::default(),
                         slow_start: slow_start::SlowStart::new(route.slow_start, random_u64()),
                         waiting: HashMap::new(),
                     }),
@@ -1125,12 +1140,11 @@ async fn proxy<D: Directory>(
     }
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // The held bytes stay charged until the request is over (any attempt may send them).
-    let (whole, mut streaming, _held) = match body {
+    let (whole, streaming, _held) = match body {
         RequestBody::Whole(bytes, held) => (Some(bytes), None, held),
         RequestBody::Streaming(body) => (None, Some(body), held::Held::default()),
     };
 
-    // The decisions are attempts.rs's; this loop carries them out.
     let mut usable: Vec<(&PoolElement, SocketAddr)> = pes
         .iter()
         .filter_map(|pe| Some((pe, pe_address(pe)?)))
@@ -1139,14 +1153,17 @@ async fn proxy<D: Directory>(
         .as_ref()
         .zip(usable.first())
         .is_some_and(|(binding, (pe, _))| binding.pe_id == pe.id);
-    live.health(|health| {
-        health.order(
-            &mut usable,
-            usize::from(sticky_first),
-            |(pe, _)| pe.id,
-            started,
-        );
-    });
+    let hedge_delay = live
+        .health(|health| {
+            health.order(
+                &mut usable,
+                usize::from(sticky_first),
+                |(pe, _)| pe.id,
+                started,
+            );
+            health.latencies.delay(route.hedge)
+        })
+        .flatten();
     let plan = attempts::Plan {
         candidates: usable.len(),
         max_attempts: route.max_attempts,
@@ -1154,122 +1171,44 @@ async fn proxy<D: Directory>(
         idempotent: idempotent(&parts.method) && !upgrade,
         retry_on: route.retry_on,
     };
-    let mut step = attempts::start(plan);
-    let mut tried = 0;
-    let queue_deadline = started + route.queue_timeout;
-    let end = loop {
-        let attempt = match step {
-            attempts::Step::Try(attempt) => attempt,
-            attempts::Step::GiveUp(end) => {
-                // Every PE at its limit (nothing was sent): wait for a place, then
-                // start over.
-                if end.reason == attempts::Reason::Busy && live.wait_for_place(queue_deadline).await
-                {
-                    step = attempts::start(plan);
-                    continue;
-                }
-                break end;
+    let request = Attempting {
+        parts: &parts,
+        target: path_and_query,
+        whole,
+        declared,
+        binding: binding.as_ref(),
+        usable: &usable,
+        plan,
+        hedge_delay,
+        started,
+    };
+    let (end, tried) = match run_attempts(state, live, &request, streaming).await {
+        Ok(Delivered {
+            response,
+            pe,
+            rehomed,
+            tried,
+        }) => {
+            if rehomed {
+                live.meters.failovers.increment(1);
+                tracing::info!(pool = %route.pool_handle, to = %pe, "sticky session moved to another pool element");
             }
-        };
-        tried = attempt.number();
-        let Some(&(pe, address)) = usable.get(attempt.pe()) else {
-            break attempts::GiveUp {
-                status: StatusCode::BAD_GATEWAY,
-                reason: attempts::Reason::Exhausted,
+            let response = finish_response(
+                routing,
+                live,
+                response,
+                client_upgrade,
+                binding.as_ref(),
+                session,
+                pe,
+            );
+            return Outcome {
+                response,
+                pe: Some(pe),
+                attempts: tried,
             };
-        };
-        let Some(_slot) = live.slot(pe.id) else {
-            live.meters.busy.increment(1);
-            step = attempt.busy();
-            continue;
-        };
-        let body = match (&whole, streaming.take()) {
-            (Some(bytes), _) => OutgoingBody::Whole(bytes.clone()),
-            (None, Some(body)) => OutgoingBody::Streaming {
-                body,
-                length: declared,
-            },
-            // A streamed body goes with the first attempt only (attempts.rs).
-            (None, None) => {
-                break attempts::GiveUp {
-                    status: StatusCode::BAD_GATEWAY,
-                    reason: attempts::Reason::NotResendable,
-                };
-            }
-        };
-        let rehomed = binding.as_ref().filter(|binding| binding.pe_id != pe.id);
-        match rehomed.and_then(|binding| binding.asap_cookie.as_deref()) {
-            Some(cookie) => {
-                if let Ok(value) = HeaderValue::from_str(&BASE64.encode(cookie)) {
-                    parts.headers.insert(forward::COOKIE_ECHO, value);
-                }
-            }
-            None => {
-                parts.headers.remove(forward::COOKIE_ECHO);
-            }
         }
-        let outgoing = Outgoing {
-            method: &parts.method,
-            target: path_and_query,
-            headers: &parts.headers,
-            body,
-        };
-        // The first attempt reuses the request's start time (one clock read less per
-        // request); a retry gets its own.
-        let attempt_start = if tried == 1 { started } else { crate::now() };
-        let sent = tokio::time::timeout_at(
-            (attempt_start + route.first_byte_timeout).into(),
-            live.upstream.send(address, outgoing, attempt_start),
-        )
-        .await;
-        let failure = match sent {
-            Ok(Ok(response)) => {
-                let status = response.status();
-                live.observe(pe.id, !status.is_server_error(), usable.len());
-                match attempt.answered(status, || live.budget.withdraw()) {
-                    attempts::Answered::Retry(next) => {
-                        // Dropped unread: its connection closes.
-                        live.meters.retries.increment(1);
-                        step = attempts::Step::Try(next);
-                        continue;
-                    }
-                    attempts::Answered::Deliver => {
-                        if rehomed.is_some() {
-                            live.meters.failovers.increment(1);
-                            tracing::info!(pool = %route.pool_handle, to = %pe.id, "sticky session moved to another pool element");
-                        }
-                        let response = finish_response(
-                            routing,
-                            live,
-                            response,
-                            client_upgrade,
-                            binding.as_ref(),
-                            session,
-                            pe.id,
-                        );
-                        return Outcome {
-                            response,
-                            pe: Some(pe.id),
-                            attempts: tried,
-                        };
-                    }
-                }
-            }
-            Ok(Err(error)) if error.is_connect() => attempts::Failure::NotSent,
-            Ok(Err(_)) => attempts::Failure::Lost,
-            Err(_) => attempts::Failure::TimedOut,
-        };
-        live.observe(pe.id, false, usable.len());
-        if failure.reports_unreachable() {
-            state
-                .directory
-                .report_unreachable(route.pool_handle, pe.id)
-                .await;
-        }
-        step = attempt.failed(failure, || live.budget.withdraw());
-        if matches!(step, attempts::Step::Try(_)) {
-            live.meters.retries.increment(1);
-        }
+        Err(given_up) => given_up,
     };
     if end.reason == attempts::Reason::BudgetSpent {
         tracing::warn!(pool = %route.pool_handle, "retry budget spent: not retrying");
@@ -1290,6 +1229,263 @@ async fn proxy<D: Directory>(
         pe: None,
         attempts: tried,
     }
+}
+
+/// A request on its way to the PEs, as its attempts need it.
+struct Attempting<'a> {
+    parts: &'a http::request::Parts,
+    target: &'a str,
+    /// The body, when kept whole (any attempt may send it).
+    whole: Option<Bytes>,
+    declared: Option<u64>,
+    binding: Option<&'a Binding>,
+    /// The PEs to try, in order, with their addresses.
+    usable: &'a [(&'a PoolElement, SocketAddr)],
+    plan: attempts::Plan,
+    hedge_delay: Option<Duration>,
+    started: Instant,
+}
+
+/// The response a request gets from a PE.
+struct Delivered {
+    response: Response<ResponseBody>,
+    pe: PoolElementId,
+    /// A sticky session went to another PE than its own.
+    rehomed: bool,
+    /// PEs the request was sent to.
+    tried: usize,
+}
+
+/// Attempts under way.
+enum Flight {
+    Next(attempts::Step),
+    One(attempts::Attempt),
+    Two(attempts::Race),
+}
+
+/// How one attempt ended: its PE, how long it took (for the route's latencies), and
+/// the response or why there is none.
+type AttemptEnd = (
+    PoolElementId,
+    Duration,
+    Result<Response<ResponseBody>, attempts::Failure>,
+);
+
+/// Sends `request` to its PEs as attempts.rs decides: one at a time, a second one when
+/// the hedge delay passes; the answer to deliver, or how the request gave up (and the
+/// PEs it was sent to).
+async fn run_attempts<D: Directory>(
+    state: &State<D>,
+    live: &LiveRoute,
+    request: &Attempting<'_>,
+    mut streaming: Option<ProxyBody>,
+) -> Result<Delivered, (attempts::GiveUp, usize)> {
+    let route = &live.route;
+    let first = std::pin::pin!(None);
+    let second = std::pin::pin!(None);
+    let mut lanes = hedge::Lanes::new(first, second);
+    let mut flight = Flight::Next(attempts::start(request.plan));
+    let mut tried = 0;
+    let queue_deadline = request.started + route.queue_timeout;
+    loop {
+        flight = match flight {
+            Flight::Next(attempts::Step::GiveUp(end)) => {
+                // Every PE at its limit (nothing was sent): wait for a place, then
+                // start over.
+                if end.reason == attempts::Reason::Busy && live.wait_for_place(queue_deadline).await
+                {
+                    Flight::Next(attempts::start(request.plan))
+                } else {
+                    return Err((end, tried));
+                }
+            }
+            Flight::Next(attempts::Step::Try(attempt)) => {
+                let pe = attempt.pe();
+                match launch(live, request, &mut streaming, pe, tried == 0) {
+                    Launch::Started(sending) => {
+                        lanes.start(pe, sending);
+                        tried += 1;
+                        lanes.hedge_at(request.hedge_delay.map(|delay| crate::now() + delay));
+                        Flight::One(attempt)
+                    }
+                    Launch::Busy => {
+                        live.meters.busy.increment(1);
+                        Flight::Next(attempt.busy())
+                    }
+                    Launch::Impossible(end) => return Err((end, tried)),
+                }
+            }
+            under_way => match lanes.next().await {
+                hedge::Event::HedgeDue => match under_way {
+                    Flight::One(attempt) => match attempt.hedge(|| live.budget.withdraw()) {
+                        Ok(race) => {
+                            let pe = race.hedge_pe();
+                            match launch(live, request, &mut streaming, pe, false) {
+                                Launch::Started(sending) => {
+                                    lanes.start(pe, sending);
+                                    tried += 1;
+                                    live.meters.hedges.increment(1);
+                                    Flight::Two(race)
+                                }
+                                Launch::Busy | Launch::Impossible(_) => {
+                                    live.meters.busy.increment(1);
+                                    Flight::One(race.lost(pe))
+                                }
+                            }
+                        }
+                        Err(attempt) => Flight::One(attempt),
+                    },
+                    racing => racing,
+                },
+                hedge::Event::Done(pe, (element, elapsed, Ok(response))) => {
+                    let status = response.status();
+                    live.observe(
+                        element,
+                        !status.is_server_error(),
+                        request.usable.len(),
+                        Some(elapsed),
+                    );
+                    let next = match under_way {
+                        Flight::One(attempt) => {
+                            match attempt.answered(status, || live.budget.withdraw()) {
+                                attempts::Answered::Retry(next) => {
+                                    // Dropped unread: its connection closes.
+                                    live.meters.retries.increment(1);
+                                    Some(Flight::Next(attempts::Step::Try(next)))
+                                }
+                                attempts::Answered::Deliver => None,
+                            }
+                        }
+                        Flight::Two(race) => match race.answered(pe, status) {
+                            attempts::RaceAnswer::Continue(alone) => Some(Flight::One(alone)),
+                            attempts::RaceAnswer::Deliver { abandoned } => {
+                                // The slower PE lost the race: a frozen one is ejected
+                                // after a few (it is not reported: it may just be slow).
+                                if let Some(&(slow, _)) = request.usable.get(abandoned) {
+                                    live.observe(slow.id, false, request.usable.len(), None);
+                                }
+                                None
+                            }
+                        },
+                        Flight::Next(step) => Some(Flight::Next(step)),
+                    };
+                    if let Some(next) = next {
+                        next
+                    } else {
+                        lanes.clear();
+                        return Ok(Delivered {
+                            response,
+                            pe: element,
+                            rehomed: request.binding.is_some_and(|b| b.pe_id != element),
+                            tried,
+                        });
+                    }
+                }
+                hedge::Event::Done(pe, (element, _, Err(failure))) => {
+                    live.observe(element, false, request.usable.len(), None);
+                    if failure.reports_unreachable() {
+                        state
+                            .directory
+                            .report_unreachable(route.pool_handle, element)
+                            .await;
+                    }
+                    match under_way {
+                        Flight::One(attempt) => {
+                            let step = attempt.failed(failure, || live.budget.withdraw());
+                            if matches!(step, attempts::Step::Try(_)) {
+                                live.meters.retries.increment(1);
+                            }
+                            Flight::Next(step)
+                        }
+                        Flight::Two(race) => {
+                            lanes.hedge_at(request.hedge_delay.map(|delay| crate::now() + delay));
+                            Flight::One(race.lost(pe))
+                        }
+                        Flight::Next(step) => Flight::Next(step),
+                    }
+                }
+            },
+        };
+    }
+}
+
+/// An attempt, or why it cannot start.
+enum Launch<F> {
+    Started(F),
+    /// The PE is at its limit of requests.
+    Busy,
+    Impossible(attempts::GiveUp),
+}
+
+/// Starts the attempt at candidate `pe` (`first`: the request's first, which may
+/// reuse its start time; a streamed body goes with it).
+fn launch<'a>(
+    live: &'a LiveRoute,
+    request: &'a Attempting<'a>,
+    streaming: &mut Option<ProxyBody>,
+    pe: usize,
+    first: bool,
+) -> Launch<impl Future<Output = AttemptEnd> + 'a> {
+    let Some(&(element, address)) = request.usable.get(pe) else {
+        return Launch::Impossible(attempts::GiveUp {
+            status: StatusCode::BAD_GATEWAY,
+            reason: attempts::Reason::Exhausted,
+        });
+    };
+    let Some(slot) = live.slot(element.id) else {
+        return Launch::Busy;
+    };
+    let body = match (&request.whole, streaming.take()) {
+        (Some(bytes), _) => OutgoingBody::Whole(bytes.clone()),
+        (None, Some(body)) => OutgoingBody::Streaming {
+            body,
+            length: request.declared,
+        },
+        // A streamed body goes with the first attempt only (attempts.rs).
+        (None, None) => {
+            return Launch::Impossible(attempts::GiveUp {
+                status: StatusCode::BAD_GATEWAY,
+                reason: attempts::Reason::NotResendable,
+            });
+        }
+    };
+    // A sticky session re-homed to another PE brings the ASAP cookie of its old one.
+    let mut extra = Vec::new();
+    if let Some(cookie) = request
+        .binding
+        .filter(|binding| binding.pe_id != element.id)
+        .and_then(|binding| binding.asap_cookie.as_deref())
+        && let Ok(value) = HeaderValue::from_str(&BASE64.encode(cookie))
+    {
+        extra.push((forward::COOKIE_ECHO, value));
+    }
+    let outgoing = Outgoing {
+        method: &request.parts.method,
+        target: request.target,
+        headers: &request.parts.headers,
+        extra,
+        body,
+    };
+    // The first attempt reuses the request's start time (one clock read less per
+    // request); a retry or hedge gets its own.
+    let start = if first { request.started } else { crate::now() };
+    let id = element.id;
+    Launch::Started(async move {
+        let _slot = slot;
+        let sent = tokio::time::timeout_at(
+            (start + live.route.first_byte_timeout).into(),
+            live.upstream.send(address, outgoing, start),
+        )
+        .await;
+        let elapsed = crate::now().saturating_duration_since(start);
+        let result = match sent {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) if error.is_connect() => Err(attempts::Failure::NotSent),
+            Ok(Err(_)) => Err(attempts::Failure::Lost),
+            Err(_) => Err(attempts::Failure::TimedOut),
+        };
+        (id, elapsed, result)
+    })
 }
 
 /// 64 random bits: new session ids and the slow-start generators' seeds.

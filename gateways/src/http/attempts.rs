@@ -18,10 +18,17 @@
 //!   limits; the last PE's answer is delivered as it is;
 //! * a PE at its limit of requests waiting for an answer (`max_requests_per_pe`) is
 //!   passed over for the next one (it uses up an attempt, not the budget); when every
-//!   PE the request may use is at its limit, the answer is 503 (with `Retry-After`).
+//!   PE the request may use is at its limit, the answer is 503 (with `Retry-After`);
+//! * an attempt without an answer after the route's hedge delay may be *hedged*: the
+//!   request goes to the next PE as well, and the first answer worth delivering wins
+//!   (the other attempt is dropped). Only requests that may be sent again are hedged;
+//!   a hedge uses up an attempt and is paid from the budget like a retry; at most two
+//!   attempts are under way at once. While two are, one that fails or answers a status
+//!   the route retries just leaves the other to go on alone.
 //!
 //! Each state is a type: a [`Step`] is either an [`Attempt`] under way, which ends
-//! in success (dropped) or in [`Attempt::failed`], or the end ([`GiveUp`]).
+//! in success (dropped) or in [`Attempt::failed`], or the end ([`GiveUp`]); an attempt
+//! and its hedge make a [`Race`], which ends in one of them.
 
 use http::StatusCode;
 
@@ -131,6 +138,32 @@ pub(crate) enum Step {
 pub(crate) struct Attempt {
     plan: Plan,
     index: usize,
+    /// The first candidate no attempt of this request has used (a hedge may have used
+    /// the one after `index`).
+    next: usize,
+}
+
+/// Two attempts of a request under way at once: the first and its hedge.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Race {
+    first: Attempt,
+    hedge: Attempt,
+}
+
+/// What to do with an answer in a [`Race`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RaceAnswer {
+    /// Pass it to the client; the other attempt (at candidate `abandoned`) is dropped.
+    Deliver { abandoned: usize },
+    /// Drop it (a status the route retries) and wait for the other attempt.
+    Continue(Attempt),
+}
+
+impl Plan {
+    /// How many candidates a request may use.
+    fn limit(self) -> usize {
+        self.candidates.min(self.max_attempts.max(1))
+    }
 }
 
 /// The first step of a request.
@@ -141,7 +174,11 @@ pub(crate) fn start(plan: Plan) -> Step {
             reason: Reason::NoCandidate,
         });
     }
-    Step::Try(Attempt { plan, index: 0 })
+    Step::Try(Attempt {
+        plan,
+        index: 0,
+        next: 1,
+    })
 }
 
 impl Attempt {
@@ -150,35 +187,53 @@ impl Attempt {
         self.index
     }
 
-    /// Attempts so far, this one included.
-    pub(crate) fn number(&self) -> usize {
-        self.index + 1
-    }
-
     /// The PE is at its limit of requests: the next one, or 503 if none is left.
     pub(crate) fn busy(self) -> Step {
-        let next = self.index + 1;
-        if next >= self.plan.candidates.min(self.plan.max_attempts.max(1)) {
+        if self.next >= self.plan.limit() {
             return Step::GiveUp(GiveUp {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 reason: Reason::Busy,
             });
         }
-        Step::Try(Self {
+        Step::Try(self.successor())
+    }
+
+    /// The attempt at the next unused candidate.
+    fn successor(self) -> Self {
+        Self {
             plan: self.plan,
-            index: next,
-        })
+            index: self.next,
+            next: self.next + 1,
+        }
+    }
+
+    /// The request may be sent to another PE although this one may have applied it.
+    fn resendable(&self) -> bool {
+        self.plan.replayable && self.plan.idempotent
+    }
+
+    /// Sends the request to the next PE as well while this attempt still waits (a
+    /// hedge): only a request that may be sent again, with a candidate left, and
+    /// `budget` paying (asked only then); else the attempt goes on alone.
+    pub(crate) fn hedge(mut self, budget: impl FnOnce() -> bool) -> Result<Race, Self> {
+        if !self.resendable() || self.next >= self.plan.limit() || !budget() {
+            return Err(self);
+        }
+        let hedge = Self {
+            plan: self.plan,
+            index: self.next,
+            next: self.next + 1,
+        };
+        self.next += 1;
+        Ok(Race { first: self, hedge })
     }
 
     /// The PE answered with `status`: deliver it, or (a status the route retries, a
     /// request that may be sent again, another PE left, `budget` paying) retry.
     pub(crate) fn answered(self, status: StatusCode, budget: impl FnOnce() -> bool) -> Answered {
-        let plan = self.plan;
-        let next = self.index + 1;
-        let resendable = plan.replayable && plan.idempotent;
-        let another = next < plan.candidates.min(plan.max_attempts.max(1));
-        if plan.retry_on.contains(status) && resendable && another && budget() {
-            return Answered::Retry(Self { plan, index: next });
+        let another = self.next < self.plan.limit();
+        if self.plan.retry_on.contains(status) && self.resendable() && another && budget() {
+            return Answered::Retry(self.successor());
         }
         Answered::Deliver
     }
@@ -203,14 +258,43 @@ impl Attempt {
         if !resendable {
             return give_up(Reason::NotResendable);
         }
-        let next = self.index + 1;
-        if next >= plan.candidates.min(plan.max_attempts.max(1)) {
+        if self.next >= plan.limit() {
             return give_up(Reason::Exhausted);
         }
         if !budget() {
             return give_up(Reason::BudgetSpent);
         }
-        Step::Try(Self { plan, index: next })
+        Step::Try(self.successor())
+    }
+}
+
+impl Race {
+    /// The candidate the hedge goes to.
+    pub(crate) fn hedge_pe(&self) -> usize {
+        self.hedge.index
+    }
+
+    /// The attempt at candidate `pe` ended without an answer to deliver (it failed,
+    /// could not start, or answered a status the route retries): the other goes on
+    /// alone, and its successors skip both PEs.
+    pub(crate) fn lost(self, pe: usize) -> Attempt {
+        if pe == self.hedge.index {
+            self.first
+        } else {
+            self.hedge
+        }
+    }
+
+    /// The attempt at candidate `pe` answered with `status`.
+    pub(crate) fn answered(self, pe: usize, status: StatusCode) -> RaceAnswer {
+        let other = self.lost(pe);
+        if other.plan.retry_on.contains(status) {
+            RaceAnswer::Continue(other)
+        } else {
+            RaceAnswer::Deliver {
+                abandoned: other.index,
+            }
+        }
     }
 }
 
@@ -395,7 +479,6 @@ mod tests {
             loop {
                 match step {
                     Step::Try(attempt) => {
-                        prop_assert_eq!(attempt.number(), tried.len() + 1);
                         tried.push(attempt.pe());
                         if let Some(previous) = last {
                             // A retry after an outcome that may have applied the request.
@@ -457,6 +540,179 @@ mod tests {
                 .filter(|o| !matches!(o, Outcome::Busy))
                 .count();
             prop_assert!(paid_for <= asked && asked <= tried.len());
+        }
+    }
+
+    #[test]
+    fn a_hedge_takes_the_next_pe_and_the_survivor_skips_it() {
+        let first = attempt(start(plan(4, true, true)));
+        let race = first.hedge(|| true).unwrap();
+        assert_eq!(race.hedge_pe(), 1);
+        // The hedge fails: the first goes on; its successor is candidate 2, not 1.
+        let first = race.lost(1);
+        assert_eq!(first.pe(), 0);
+        assert_eq!(attempt(first.failed(Failure::TimedOut, || true)).pe(), 2);
+        // A 503 in a race waits for the other; a 200 is delivered.
+        let race = attempt(start(plan(4, true, true))).hedge(|| true).unwrap();
+        let RaceAnswer::Continue(hedge) = race.answered(0, StatusCode::SERVICE_UNAVAILABLE) else {
+            panic!("a 503 waits for the hedge");
+        };
+        assert_eq!(hedge.pe(), 1);
+        let race = attempt(start(plan(4, true, true))).hedge(|| true).unwrap();
+        assert_eq!(
+            race.answered(1, StatusCode::OK),
+            RaceAnswer::Deliver { abandoned: 0 }
+        );
+    }
+
+    #[test]
+    fn posts_streams_the_last_pe_and_a_spent_budget_are_not_hedged() {
+        let post = attempt(start(plan(3, true, false)));
+        assert!(post.hedge(|| panic!("no budget asked")).is_err());
+        let streamed = attempt(start(plan(3, false, true)));
+        assert!(streamed.hedge(|| panic!("no budget asked")).is_err());
+        let alone = attempt(start(plan(1, true, true)));
+        assert!(alone.hedge(|| panic!("no budget asked")).is_err());
+        let get = attempt(start(plan(3, true, true)));
+        assert!(get.hedge(|| false).is_err());
+    }
+
+    /// What happens next to a request with attempts under way.
+    #[derive(Debug, Clone, Copy)]
+    enum Event {
+        /// The hedge delay passed.
+        HedgeDue,
+        /// The attempt under way, or the older (`false`) or newer of two, ends.
+        Ends(bool, Outcome),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            Just(Event::HedgeDue),
+            (any::<bool>(), outcome()).prop_map(|(newer, outcome)| Event::Ends(newer, outcome)),
+        ]
+    }
+
+    /// Attempts under way in the model of a request.
+    enum Flight {
+        Next(Step),
+        One(Attempt, usize),
+        Two(Race, [usize; 2]),
+    }
+
+    proptest! {
+        /// With hedges among the outcomes: a request never goes to a PE twice nor past
+        /// its limit, only a request that may be sent again goes to a second PE after one
+        /// may have applied it, every hedge and retry is paid by the budget (a busy PE's
+        /// successor costs nothing), and at most two attempts are under way at once.
+        #[test]
+        fn hedges_and_retries_stay_within_the_rules(
+            candidates in 0usize..6,
+            max_attempts in 0usize..5,
+            replayable: bool,
+            idempotent: bool,
+            events in proptest::collection::vec(event(), 16),
+            budget in proptest::collection::vec(any::<bool>(), 16),
+        ) {
+            let plan = Plan {
+                candidates,
+                max_attempts,
+                replayable,
+                idempotent,
+                retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
+            };
+            let mut budget = budget.into_iter();
+            let mut paid = 0;
+            let mut pay = || {
+                let answer = budget.next().unwrap_or(false);
+                paid += usize::from(answer);
+                answer
+            };
+            let mut sent: Vec<usize> = Vec::new();
+            let mut free = 0;
+            let mut after_busy = false;
+            let mut flight = Flight::Next(start(plan));
+            let mut events = events.into_iter();
+            loop {
+                flight = match flight {
+                    Flight::Next(Step::GiveUp(_)) => break,
+                    Flight::Next(Step::Try(attempt)) => {
+                        let pe = attempt.pe();
+                        prop_assert!(!sent.contains(&pe));
+                        prop_assert!(pe < plan.limit());
+                        free += usize::from(after_busy);
+                        sent.push(pe);
+                        Flight::One(attempt, pe)
+                    }
+                    Flight::One(attempt, pe) => {
+                        let Some(event) = events.next() else { break };
+                        after_busy = false;
+                        match event {
+                            Event::HedgeDue => match attempt.hedge(&mut pay) {
+                                Ok(race) => {
+                                    let hedge = race.hedge_pe();
+                                    prop_assert!(replayable && idempotent);
+                                    prop_assert!(!sent.contains(&hedge) && hedge < plan.limit());
+                                    sent.push(hedge);
+                                    Flight::Two(race, [pe, hedge])
+                                }
+                                Err(attempt) => Flight::One(attempt, pe),
+                            },
+                            Event::Ends(_, Outcome::Busy) => {
+                                after_busy = true;
+                                Flight::Next(attempt.busy())
+                            }
+                            Event::Ends(_, Outcome::Failed(failure)) => {
+                                let next = attempt.failed(failure, &mut pay);
+                                if matches!(next, Step::Try(_)) {
+                                    prop_assert!(replayable);
+                                    prop_assert!(idempotent || failure == Failure::NotSent);
+                                }
+                                Flight::Next(next)
+                            }
+                            Event::Ends(_, Outcome::Answered(status)) => {
+                                let status = StatusCode::from_u16(status).unwrap();
+                                match attempt.answered(status, &mut pay) {
+                                    Answered::Retry(next) => {
+                                        prop_assert!(replayable && idempotent);
+                                        Flight::Next(Step::Try(next))
+                                    }
+                                    Answered::Deliver => break,
+                                }
+                            }
+                        }
+                    }
+                    Flight::Two(race, pes) => {
+                        let Some(event) = events.next() else { break };
+                        match event {
+                            Event::HedgeDue => Flight::Two(race, pes),
+                            Event::Ends(newer, outcome) => {
+                                let (pe, other) = if newer { (pes[1], pes[0]) } else { (pes[0], pes[1]) };
+                                match outcome {
+                                    Outcome::Answered(200) => break,
+                                    Outcome::Answered(status) => {
+                                        let status = StatusCode::from_u16(status).unwrap();
+                                        let RaceAnswer::Continue(alone) = race.answered(pe, status) else {
+                                            prop_assert!(false, "a retried status is delivered in a race");
+                                            break;
+                                        };
+                                        prop_assert_eq!(alone.pe(), other);
+                                        Flight::One(alone, other)
+                                    }
+                                    Outcome::Failed(_) | Outcome::Busy => {
+                                        let alone = race.lost(pe);
+                                        prop_assert_eq!(alone.pe(), other);
+                                        Flight::One(alone, other)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+            }
+            prop_assert!(sent.len() <= plan.limit());
+            // Every PE after the first was paid for, but those after a busy one.
+            prop_assert_eq!(paid + free + 1, sent.len().max(1));
         }
     }
 }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
@@ -77,11 +77,12 @@ pub(super) enum OutgoingBody {
 }
 
 /// A request for a PE; `headers` are sent as they are, minus any framing headers (the
-/// body's framing is the client's own).
+/// body's framing is the client's own), then `extra` (this attempt's own headers).
 pub(super) struct Outgoing<'a> {
     pub(super) method: &'a Method,
     pub(super) target: &'a str,
     pub(super) headers: &'a HeaderMap,
+    pub(super) extra: Vec<(HeaderName, HeaderValue)>,
     pub(super) body: OutgoingBody,
 }
 
@@ -239,6 +240,7 @@ async fn write_request(
         method,
         target,
         headers,
+        extra,
         body,
     } = request;
     let mut head = std::mem::take(&mut connection.head);
@@ -256,6 +258,9 @@ async fn write_request(
         headers,
         &[header::CONTENT_LENGTH, header::TRANSFER_ENCODING],
     );
+    for (name, value) in &extra {
+        put_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
+    }
     let bodyless = matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
@@ -885,6 +890,7 @@ mod tests {
             method: &method,
             target: "/",
             headers: &headers,
+            extra: Vec::new(),
             body,
         };
         upstream.send(address, request, crate::now()).await
