@@ -246,6 +246,10 @@ pub(crate) struct HttpRouteSection {
     /// observed 99th percentile, at least 10 ms).
     #[serde(default, deserialize_with = "hedge")]
     pub(crate) hedge_after: rserpool_gateways::http::Hedge,
+    /// A GET whose PE dies mid-body gets the rest from another PE when the response
+    /// has a strong validator (true; false: cut it).
+    #[serde(default = "resume_cut_gets")]
+    pub(crate) resume_cut_gets: bool,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).
@@ -282,6 +286,10 @@ fn min_body_rate() -> u64 {
 
 fn slow_start() -> Duration {
     rserpool_gateways::http::SLOW_START
+}
+
+fn resume_cut_gets() -> bool {
+    rserpool_gateways::http::RESUME_CUT_GETS
 }
 
 fn retry_on() -> Vec<u16> {

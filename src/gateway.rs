@@ -319,6 +319,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             max_requests_per_pe: route.max_requests_per_pe,
             queue_timeout: route.queue_timeout,
             hedge: route.hedge_after,
+            resume_cut_gets: route.resume_cut_gets,
         });
     }
     let sticky = match &section.sticky {

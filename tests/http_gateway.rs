@@ -1094,3 +1094,160 @@ fn a_frozen_pe_costs_a_get_no_more_than_the_hedge_delay() {
     assert!(metric_sum(admin, "rserpool_http_hedges_total") >= 1);
     drop(frozen);
 }
+
+/// Byte `i` of the blob the resuming tests' backends serve.
+fn blob_byte(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 9)) as u8
+}
+
+const BLOB: usize = 4 << 20;
+
+/// A backend serving a 4 MiB blob with `etag`: a whole GET gets its head and 1 MiB,
+/// then the connection is reset (the PE died); a GET with `Range: bytes=N-` and an
+/// `If-Range` equal to `etag` gets the rest as a 206, with another `If-Range` the
+/// whole blob as a 200. Counts the ranges it served.
+fn dying_blob_backend(
+    etag: &'static str,
+) -> (std::net::TcpListener, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let accepting = listener.try_clone().unwrap();
+    let ranges = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = ranges.clone();
+    thread::spawn(move || {
+        for stream in accepting.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counted = counted.clone();
+            thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let field = |name: &str| {
+                    head.lines()
+                        .find_map(|line| line.strip_prefix(name))
+                        .map(|value| value.trim().to_owned())
+                };
+                let from = field("range:")
+                    .filter(|_| field("if-range:").as_deref() == Some(etag))
+                    .and_then(|range| {
+                        range
+                            .strip_prefix("bytes=")?
+                            .strip_suffix('-')?
+                            .parse()
+                            .ok()
+                    });
+                let body: Vec<u8> = (from.unwrap_or(0)..BLOB).map(blob_byte).collect();
+                let head = match from {
+                    Some(from) => {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        format!(
+                            "HTTP/1.1 206 Partial Content\r\nETag: {etag}\r\nContent-Range: bytes {from}-{}/{BLOB}\r\nContent-Length: {}\r\n\r\n",
+                            BLOB - 1,
+                            body.len()
+                        )
+                    }
+                    None => {
+                        format!("HTTP/1.1 200 OK\r\nETag: {etag}\r\nContent-Length: {BLOB}\r\n\r\n")
+                    }
+                };
+                let _ = stream.write_all(head.as_bytes());
+                if from.is_some() {
+                    let _ = stream.write_all(&body);
+                } else {
+                    let _ = stream.write_all(&body[..1 << 20]);
+                    // Reset, as a crashed process's socket is.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                }
+            });
+        }
+    });
+    (listener, ranges)
+}
+
+/// A registrar, two dying blob backends (with these ETags) as PEs of WebPool, and a
+/// gateway; a GET of the blob through it: the status and the body bytes that arrived.
+fn get_blob_through_dying_pes(etags: [&'static str; 2]) -> (u16, Vec<u8>, u64, u64) {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let backends = etags.map(dying_blob_backend);
+    let _agents: Vec<Process> = backends
+        .iter()
+        .map(|(listener, _)| {
+            Process::start(&[
+                "pe",
+                "--pool",
+                "WebPool",
+                "--backend",
+                &listener.local_addr().unwrap().to_string(),
+                "--registrar",
+                &asap.to_string(),
+                "--health",
+                "none",
+            ])
+        })
+        .collect();
+    wait_for_pool(asap, "WebPool", 2);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n",
+    );
+    let mut stream = TcpStream::connect(gateway.listener("http")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream
+        .write_all(b"GET /blob HTTP/1.1\r\nHost: test.example\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    // Until the end, or the connection cut.
+    while let Ok(read @ 1..) = stream.read(&mut chunk) {
+        raw.extend_from_slice(&chunk[..read]);
+    }
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let status = String::from_utf8_lossy(&raw[9..12]).parse().unwrap();
+    let admin = gateway.address("admin");
+    let resumed = metric_sum(admin, "rserpool_http_bodies_resumed_total");
+    let cut = metric_sum(admin, "rserpool_http_bodies_cut_total");
+    (status, raw.split_off(end), resumed, cut)
+}
+
+/// The PE serving a GET dies after 1 MiB of 4: the gateway asks the other PE for the
+/// rest (`Range`, `If-Range` with the strong ETag) and the client gets the whole blob,
+/// byte for byte, in one response.
+#[test]
+fn a_get_cut_mid_body_is_completed_from_another_pe() {
+    let (status, body, resumed, _) = get_blob_through_dying_pes(["\"blob-1\"", "\"blob-1\""]);
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), BLOB, "a cut body");
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, byte)| *byte == blob_byte(i))
+    );
+    assert_eq!(resumed, 1);
+}
+
+/// Without a strong validator, or when the other PE has another representation (its
+/// If-Range answer is a whole 200), nothing is spliced: the client's body is cut.
+#[test]
+fn a_cut_get_is_not_spliced_without_the_same_strong_validator() {
+    let (status, body, resumed, cut) = get_blob_through_dying_pes(["W/\"blob-1\"", "W/\"blob-1\""]);
+    assert_eq!(status, 200);
+    assert!(body.len() < BLOB, "a weak ETag was spliced");
+    assert_eq!((resumed, cut), (0, 0), "a weak ETag was resumed");
+    let (status, body, resumed, cut) = get_blob_through_dying_pes(["\"blob-1\"", "\"blob-2\""]);
+    assert_eq!(status, 200);
+    assert!(body.len() < BLOB, "two representations were spliced");
+    assert!(
+        body.iter()
+            .enumerate()
+            .all(|(i, byte)| *byte == blob_byte(i))
+    );
+    assert_eq!((resumed, cut), (0, 1));
+}

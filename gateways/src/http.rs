@@ -18,8 +18,10 @@ mod h1;
 mod head;
 mod hedge;
 mod held;
+mod idle;
 mod min_rate;
 mod outliers;
+mod resume;
 mod slow_start;
 pub mod sticky;
 pub mod tls;
@@ -99,6 +101,9 @@ pub struct Route {
     /// When a request that may be sent again, without an answer yet, goes to the
     /// next PE as well (the first answer wins; paid from the retry budget).
     pub hedge: Hedge,
+    /// A GET whose PE dies mid-body gets the rest from another PE (`Range` with a
+    /// strong `If-Range` validator), spliced into the same response.
+    pub resume_cut_gets: bool,
     /// How long a request that finds every PE at its limit waits for a place (zero:
     /// 503 at once); at most [`MAX_QUEUED`] wait per route.
     pub queue_timeout: Duration,
@@ -109,6 +114,10 @@ pub const MAX_QUEUED: usize = 1024;
 
 /// The default slow-start window.
 pub const SLOW_START: Duration = Duration::from_secs(10);
+
+/// Whether a route resumes cut GETs by default (it only ever splices what RFC 9110
+/// says may be: the same representation, by a strong validator).
+pub const RESUME_CUT_GETS: bool = true;
 
 /// The statuses a route retries by default (HAProxy's and Envoy's gateway errors).
 pub const RETRY_ON: [u16; 3] = [502, 503, 504];
@@ -139,6 +148,7 @@ impl Route {
             max_requests_per_pe: 0,
             queue_timeout: Duration::ZERO,
             hedge: Hedge::Off,
+            resume_cut_gets: RESUME_CUT_GETS,
         }
     }
 
@@ -391,6 +401,8 @@ struct RouteMeters {
     busy: Counter,
     /// Requests sent to a second PE while the first had not answered.
     hedges: Counter,
+    /// Response bodies completed from another PE, and ones that could not be.
+    resume: resume::ResumeMeters,
 }
 
 impl RouteMeters {
@@ -415,6 +427,10 @@ impl RouteMeters {
             ejections: metrics::counter!("rserpool_http_pe_ejections_total", &labels),
             busy: metrics::counter!("rserpool_http_pe_busy_total", &labels),
             hedges: metrics::counter!("rserpool_http_hedges_total", &labels),
+            resume: resume::ResumeMeters {
+                resumed: metrics::counter!("rserpool_http_bodies_resumed_total", &labels),
+                cut: metrics::counter!("rserpool_http_bodies_cut_total", &labels),
+            },
         }
     }
 }
@@ -898,66 +914,6 @@ where
     }
 }
 
-/// A response body that fails when no frame comes for `idle` (the client then sees the
-/// connection cut, not a hang). The timer is armed only when the body has to wait: most
-/// small responses arrive with their head and never need one.
-struct IdleTimeout<B> {
-    inner: B,
-    idle: Duration,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<B> IdleTimeout<B> {
-    fn new(inner: B, idle: Duration) -> Self {
-        Self {
-            inner,
-            idle,
-            timer: None,
-        }
-    }
-}
-
-impl<B> Body for IdleTimeout<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(frame) => {
-                self.timer = None;
-                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
-            }
-            Poll::Pending => {
-                let idle = self.idle;
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
-                        Poll::Ready(Some(Err("the PE went idle mid-response".into())))
-                    }
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 fn idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -1193,7 +1149,11 @@ async fn proxy<D: Directory>(
                 live.meters.failovers.increment(1);
                 tracing::info!(pool = %route.pool_handle, to = %pe, "sticky session moved to another pool element");
             }
-            let response = finish_response(
+            let resumable = route
+                .resume_cut_gets
+                .then(|| resume::resumable(&parts.method, &parts.headers, &response))
+                .flatten();
+            let mut response = finish_response(
                 routing,
                 live,
                 response,
@@ -1202,6 +1162,26 @@ async fn proxy<D: Directory>(
                 session,
                 pe,
             );
+            if let Some(resumable) = resumable {
+                // The others in the policy's order, then the one that answered.
+                let (this, others): (Vec<_>, Vec<_>) =
+                    usable.iter().partition(|(element, _)| element.id == pe);
+                let candidates = others.iter().chain(&this).map(|(_, address)| *address);
+                let source = resume::Source {
+                    upstream: live.upstream.clone(),
+                    candidates: candidates.collect(),
+                    first_byte_timeout: route.first_byte_timeout,
+                    idle_timeout: route.idle_timeout,
+                    max_resumptions: route.max_attempts,
+                };
+                let request = resume::Request {
+                    target: path_and_query.to_owned(),
+                    headers: std::mem::take(&mut parts.headers),
+                };
+                let meters = live.meters.resume.clone();
+                response = response
+                    .map(|body| resumable.wrap(body, request, source, meters).boxed_unsync());
+            }
             return Outcome {
                 response,
                 pe: Some(pe),
@@ -1553,7 +1533,7 @@ fn finish_response(
                 .boxed_unsync(),
         );
     }
-    let body = IdleTimeout::new(body, live.route.idle_timeout).boxed_unsync();
+    let body = idle::IdleTimeout::new(body, live.route.idle_timeout).boxed_unsync();
     Response::from_parts(parts, body)
 }
 

@@ -534,6 +534,20 @@ impl ResponseBody {
             .map(|connection| (connection.stream, connection.buffer.freeze()))
     }
 
+    /// Whether more of the body is still to be read from the PE (it did not come with
+    /// the head).
+    pub(super) fn reads_more(&self) -> bool {
+        let buffered = self
+            .connection
+            .as_ref()
+            .map_or(0, |connection| connection.buffer.len() as u64);
+        match self.framing {
+            Framing::Done => false,
+            Framing::Length(remaining) => remaining > buffered,
+            Framing::Chunked(_) | Framing::UntilClose => true,
+        }
+    }
+
     /// The body has been read: the connection goes back to the pool if it can carry
     /// another request.
     fn finish(&mut self) {

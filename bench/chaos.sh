@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Failover under faults, side by side: steady GET load (bench/src/bin/http-chaos.rs: 16
+# keep-alive connections, every answer checked) through the HTTP gateway and through
+# HAProxy 2.6 (bench/chaos-haproxy.cfg: its best failover: layer-7 observation,
+# error-limit with on-error mark-down, redispatch, retry-on all-retryable-errors,
+# health checks every second), in front of the same three backends (1 ms per answer),
+# with the same fault schedule. Faults, one per run, each on backend 1, from 5 s in:
+#   kill      kill -9, started again 10 s later (same port)
+#   stop      SIGSTOP for 20 s, then SIGCONT
+#   503       answers 503 for 10 s
+#   slow      answers 10 times slower (10 ms) for 10 s
+#   blackhole its packets dropped (nft, both directions) for 10 s
+# Each proxy starts afresh for each fault (no ejection or health state carried over).
+# Printed per fault and proxy, over the fault and the 5 s after it: requests, failed
+# requests (not 200, or no answer), p99 and max latency.
+# Runs in a network namespace of its own (unshare; only its loopback), which the
+# black hole's nft rules live and die in.
+#   bench/chaos.sh [FAULT...]     (default: all five)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${CHAOS_NAMESPACE:-}" ]; then
+    command -v nft >/dev/null || apt-get install -y nftables >/dev/null
+    cargo build --release --quiet -p rserpool -p rserpool-bench
+    exec unshare --net env CHAOS_NAMESPACE=1 bash "$0" "$@"
+fi
+ip link set lo up
+# shellcheck source=bench/common.sh
+. bench/common.sh
+need "haproxy" haproxy
+faults=("$@"); [ ${#faults[@]} -gt 0 ] || faults=(kill stop 503 slow blackhole)
+ports=(18101 18102 18103)
+
+start_backend() {
+    setsid "$bin/http-chaos" backend --listen "127.0.0.1:$1" --delay-ms 1 >"$work/backend-$1.log" 2>&1 &
+    backend_pid[$1]=$!; pids+=($!)
+    ready "$work/backend-$1.log" listening
+}
+declare -A backend_pid
+for port in "${ports[@]}"; do start_backend "$port"; done
+
+# The registrar and one agent per backend, health-checked like HAProxy's servers.
+setsid "$bin/rserpool" registrar --asap 127.0.0.1:0 --enrp 127.0.0.1:0 --announce off --enrp-multicast off \
+    --log-level warn 2>"$work/registrar.log" & pids+=($!)
+ready "$work/registrar.log" ready
+asap=$(grep -o 'asap=[0-9.:]*' "$work/registrar.log" | cut -d= -f2)
+for port in "${ports[@]}"; do
+    setsid "$bin/rserpool" pe --pool WebPool --backend "127.0.0.1:$port" --registrar "$asap" \
+        --health http:/healthz --health-interval 1s 2>"$work/pe-$port.log" & pids+=($!)
+done
+cat > "$work/gateway.yaml" <<YAML
+pool_user:
+  registrars: [$asap]
+gateway:
+  http:
+    - listen: 127.0.0.1:18089
+      routes:
+        - pool: WebPool
+          hedge_after: p99
+log:
+  level: warn
+YAML
+
+# all_registered: the three PEs are in WebPool.
+all_registered() {
+    for _ in $(seq 100); do
+        [ "$("$bin/rserpool" resolve --registrar "$asap" WebPool 2>/dev/null | grep -c 127.0.0.1)" = 3 ] && return 0
+        sleep 0.1
+    done
+    echo "WebPool did not get its three PEs" >&2; exit 1
+}
+
+start_proxy() {
+    case $1 in
+        gateway)
+            setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & proxy_pid=$!
+            ready "$work/gateway.log" ready
+            proxy_address=127.0.0.1:18089 ;;
+        haproxy)
+            haproxy -f bench/chaos-haproxy.cfg -D -p "$work/haproxy.pid"
+            proxy_pid=$(cat "$work/haproxy.pid")
+            proxy_address=127.0.0.1:18090 ;;
+    esac
+    pids+=("$proxy_pid")
+}
+
+# fault NAME on|off: applies or lifts a fault on backend 1.
+fault() {
+    local port=${ports[0]}
+    case $1/$2 in
+        kill/on) kill -9 "${backend_pid[$port]}"; wait "${backend_pid[$port]}" 2>/dev/null || true ;;
+        kill/off) start_backend "$port" ;;
+        stop/on) kill -STOP "${backend_pid[$port]}" ;;
+        stop/off) kill -CONT "${backend_pid[$port]}" ;;
+        503/on) "$bin/http-chaos" poke --target "127.0.0.1:$port" --path "/chaos/fail?secs=10" ;;
+        slow/on) "$bin/http-chaos" poke --target "127.0.0.1:$port" --path "/chaos/slow?secs=10&factor=10" ;;
+        503/off | slow/off) ;;
+        blackhole/on)
+            nft add table inet chaos
+            nft add chain inet chaos input '{ type filter hook input priority 0; }'
+            nft add rule inet chaos input tcp dport "$port" drop
+            nft add rule inet chaos input tcp sport "$port" drop ;;
+        blackhole/off) nft delete table inet chaos ;;
+    esac
+}
+
+# run FAULT PROXY: the load over the fault; prints the window's figures.
+run() {
+    local name=$1 proxy=$2 length=10 lead=5 tail=5
+    [ "$name" = stop ] && length=20
+    all_registered
+    start_proxy "$proxy"
+    "$bin/http-chaos" load --target "$proxy_address" --connections 16 \
+        --seconds $((lead + length + tail)) --samples "$work/samples" >"$work/load.log" &
+    local load=$!
+    sleep "$lead"
+    local from; from=$(date +%s%3N)
+    fault "$name" on
+    sleep "$length"
+    fault "$name" off
+    local to; to=$(( $(date +%s%3N) + tail * 1000 ))
+    wait "$load"
+    kill "$proxy_pid" 2>/dev/null || true
+    wait "$proxy_pid" 2>/dev/null || true
+    python3 - "$work/samples" "$from" "$to" "$name" "$proxy" <<'PY'
+import sys
+path, start, end, fault, proxy = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+latencies, failed = [], 0
+for line in open(path):
+    at, micros, status = (int(x) for x in line.split())
+    if start <= at <= end:
+        latencies.append(micros)
+        failed += status != 200
+latencies.sort()
+p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] / 1000 if latencies else 0
+top = latencies[-1] / 1000 if latencies else 0
+print(f"{fault:<10} {proxy:<8} {len(latencies):>9} {failed:>7} {p99:>9.1f} {top:>9.1f}")
+PY
+}
+
+echo "fault      proxy     requests  failed   p99(ms)   max(ms)"
+for name in "${faults[@]}"; do
+    for proxy in gateway haproxy; do run "$name" "$proxy"; done
+done

@@ -1,0 +1,257 @@
+//! Backends that can be made sick, and a load generator that checks every answer, for
+//! the failover benchmark (bench/chaos.sh).
+//!
+//! http-chaos backend --listen ADDR [--delay-ms 1]
+//!     An HTTP/1.1 keep-alive server answering `200 ok` after `delay-ms` to every
+//!     request, until told otherwise: `GET /chaos/fail?secs=N` makes it answer 503 for N
+//!     seconds, `GET /chaos/slow?secs=N&factor=F` F times slower for N seconds (the
+//!     control requests themselves are answered at once).
+//! http-chaos poke --target ADDR --path PATH
+//!     One `GET PATH` (a backend's control request); fails unless answered 200.
+//! http-chaos load --target ADDR --connections N --seconds S --samples FILE
+//!     N keep-alive connections each send `GET /item/<n>` and wait for the answer, again
+//!     and again, for S seconds; every request is written to FILE as
+//!     `<start, ms since the Unix epoch> <latency, µs> <status, 0: no answer>`. A request
+//!     without an answer in 60 s, a broken connection or a malformed answer is status 0
+//!     (and the connection is opened again). Prints the requests and failures.
+
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    reason = "a benchmark tool: a real clock, and panics are fine"
+)]
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[path = "../load/flags.rs"]
+mod flags;
+
+use flags::get;
+
+fn main() {
+    let (mode, flags) = flags::flags("backend, poke or load");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    match mode.as_str() {
+        "backend" => runtime.block_on(backend(
+            get(&flags, "listen", None),
+            get(&flags, "delay-ms", Some(1)),
+        )),
+        "poke" => runtime.block_on(poke(
+            get(&flags, "target", None),
+            get::<String>(&flags, "path", None),
+        )),
+        "load" => runtime.block_on(load(
+            get(&flags, "target", None),
+            get(&flags, "connections", Some(16)),
+            get(&flags, "seconds", Some(30)),
+            get::<String>(&flags, "samples", None),
+        )),
+        other => panic!("unknown mode {other}"),
+    }
+}
+
+fn epoch_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// The sickness a backend is told to have: until when (ms since the epoch).
+#[derive(Default)]
+struct Sickness {
+    failing_until: AtomicU64,
+    slow_until: AtomicU64,
+    slow_factor: AtomicU64,
+}
+
+async fn backend(listen: SocketAddr, delay_ms: u64) {
+    let listener = TcpListener::bind(listen).await.unwrap();
+    println!("listening {}", listener.local_addr().unwrap());
+    let sickness = Arc::new(Sickness::default());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(stream, sickness.clone(), delay_ms));
+    }
+}
+
+/// The query parameter `name` of `target` as a number.
+fn parameter(target: &str, name: &str) -> u64 {
+    target
+        .split_once('?')
+        .map_or("", |(_, query)| query)
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn serve(mut stream: TcpStream, sickness: Arc<Sickness>, delay_ms: u64) {
+    let mut buffer = Vec::with_capacity(4096);
+    loop {
+        let Some(end) = read_head(&mut stream, &mut buffer).await else {
+            return;
+        };
+        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+        buffer.drain(..end);
+        let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        let now = epoch_ms();
+        let status = if target.starts_with("/chaos/fail") {
+            let until = now + parameter(&target, "secs") * 1000;
+            sickness.failing_until.store(until, Ordering::Relaxed);
+            200
+        } else if target.starts_with("/chaos/slow") {
+            sickness
+                .slow_factor
+                .store(parameter(&target, "factor").max(1), Ordering::Relaxed);
+            let until = now + parameter(&target, "secs") * 1000;
+            sickness.slow_until.store(until, Ordering::Relaxed);
+            200
+        } else {
+            let slow = now < sickness.slow_until.load(Ordering::Relaxed);
+            let factor = if slow {
+                sickness.slow_factor.load(Ordering::Relaxed)
+            } else {
+                1
+            };
+            tokio::time::sleep(Duration::from_millis(delay_ms * factor)).await;
+            if now < sickness.failing_until.load(Ordering::Relaxed) {
+                503
+            } else {
+                200
+            }
+        };
+        let response = if status == 200 {
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        } else {
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick"
+        };
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads until `buffer` holds a whole head; its length (with the blank line).
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(at + 4);
+        }
+        if buffer.len() > 64 * 1024 {
+            return None;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+}
+
+async fn poke(target: SocketAddr, path: String) {
+    let mut stream = None;
+    let status = exchange(&mut stream, target, &path).await;
+    assert_eq!(status, Some(200), "GET {path} at {target}");
+}
+
+/// One `GET path` on `stream` (opened if `None`): the status, or `None` (the
+/// connection is then dropped).
+async fn exchange(stream: &mut Option<TcpStream>, target: SocketAddr, path: &str) -> Option<u16> {
+    if stream.is_none() {
+        let connected = TcpStream::connect(target).await.ok()?;
+        let _ = connected.set_nodelay(true);
+        *stream = Some(connected);
+    }
+    let connection = stream.as_mut()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: chaos\r\n\r\n");
+    connection.write_all(request.as_bytes()).await.ok()?;
+    let mut buffer = Vec::with_capacity(1024);
+    let end = read_head(connection, &mut buffer).await?;
+    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    while buffer.len() < end + length {
+        let mut chunk = [0u8; 4096];
+        let read = connection.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+    }
+    if head.contains("connection: close") {
+        *stream = None;
+    }
+    Some(status)
+}
+
+async fn load(target: SocketAddr, connections: usize, seconds: u64, samples: String) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let counter = counter.clone();
+        workers.push(tokio::spawn(async move {
+            let mut records = Vec::new();
+            let mut stream = None;
+            while Instant::now() < deadline {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let (at, started) = (epoch_ms(), Instant::now());
+                let answer = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    exchange(&mut stream, target, &format!("/item/{n}")),
+                )
+                .await;
+                let status = match answer {
+                    Ok(Some(status)) => status,
+                    Ok(None) | Err(_) => {
+                        stream = None;
+                        0
+                    }
+                };
+                records.push((at, started.elapsed().as_micros(), status));
+                if status == 0 {
+                    // A refused connect fails at once: do not spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            records
+        }));
+    }
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&samples).unwrap());
+    let (mut total, mut failed) = (0, 0);
+    for worker in workers {
+        for (at, micros, status) in worker.await.unwrap() {
+            writeln!(file, "{at} {micros} {status}").unwrap();
+            total += 1;
+            failed += usize::from(status != 200);
+        }
+    }
+    file.flush().unwrap();
+    println!("requests {total} failed {failed}");
+}
