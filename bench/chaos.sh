@@ -13,9 +13,13 @@
 # Each proxy starts afresh for each fault (no ejection or health state carried over).
 # Printed per fault and proxy, over the fault and the 5 s after it: requests, failed
 # requests (not 200, or no answer), p99 and max latency.
+# `resume` (not among the defaults): 20 GETs of 256 MiB through each proxy, the
+# serving backend aborting at a random offset of each (restarted before the next);
+# prints how many downloads arrived byte-identical (SHA-256 against a direct GET).
 # Runs in a network namespace of its own (unshare; only its loopback), which the
 # black hole's nft rules live and die in.
 #   bench/chaos.sh [FAULT...]     (default: all five)
+#   bench/chaos.sh resume
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CHAOS_NAMESPACE:-}" ]; then
@@ -137,6 +141,31 @@ print(f"{fault:<10} {proxy:<8} {len(latencies):>9} {failed:>7} {p99:>9.1f} {top:
 PY
 }
 
+# resume PROXY: 20 downloads of 256 MiB, each backend serving a whole one dying at a
+# random offset; prints the identical ones.
+resume() {
+    local proxy=$1 identical=0 round offset port got
+    start_proxy "$proxy"
+    for round in $(seq 20); do
+        all_registered
+        offset=$(shuf -i 1-268435455 -n 1)
+        got=$(curl -s --max-time 120 "http://$proxy_address/blob?mib=256&die_at=$offset" | sha256sum | cut -d' ' -f1)
+        [ "$got" = "$expected" ] && identical=$((identical + 1))
+        for port in "${ports[@]}"; do
+            kill -0 "${backend_pid[$port]}" 2>/dev/null || { wait "${backend_pid[$port]}" 2>/dev/null || true; start_backend "$port"; }
+        done
+    done
+    kill "$proxy_pid" 2>/dev/null || true
+    wait "$proxy_pid" 2>/dev/null || true
+    echo "resume     $proxy  $identical of 20 downloads of 256 MiB byte-identical, the serving backend dying mid-body in each"
+}
+
+if [ "${faults[*]}" = resume ]; then
+    need curl curl
+    expected=$(curl -s "http://127.0.0.1:${ports[1]}/blob?mib=256" | sha256sum | cut -d' ' -f1)
+    for proxy in gateway haproxy; do resume "$proxy"; done
+    exit 0
+fi
 echo "fault      proxy     requests  failed   p99(ms)   max(ms)"
 for name in "${faults[@]}"; do
     for proxy in gateway haproxy; do run "$name" "$proxy"; done

@@ -5,7 +5,10 @@
 //!     An HTTP/1.1 keep-alive server answering `200 ok` after `delay-ms` to every
 //!     request, until told otherwise: `GET /chaos/fail?secs=N` makes it answer 503 for N
 //!     seconds, `GET /chaos/slow?secs=N&factor=F` F times slower for N seconds (the
-//!     control requests themselves are answered at once).
+//!     control requests themselves are answered at once). `GET /blob?mib=M&die_at=N`
+//!     serves M MiB (a fixed pattern, strong ETag, `Range: bytes=N-` with a matching
+//!     `If-Range` answered 206) and, for a whole GET, aborts the process once N bytes
+//!     of the body are written (the PE died mid-body; 0: never).
 //! http-chaos poke --target ADDR --path PATH
 //!     One `GET PATH` (a backend's control request); fails unless answered 200.
 //! http-chaos load --target ADDR --connections N --seconds S --samples FILE
@@ -114,6 +117,12 @@ async fn serve(mut stream: TcpStream, sickness: Arc<Sickness>, delay_ms: u64) {
         let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
         buffer.drain(..end);
         let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        if target.starts_with("/blob") {
+            if serve_blob(&mut stream, &target, &head).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let now = epoch_ms();
         let status = if target.starts_with("/chaos/fail") {
             let until = now + parameter(&target, "secs") * 1000;
@@ -149,6 +158,75 @@ async fn serve(mut stream: TcpStream, sickness: Arc<Sickness>, delay_ms: u64) {
             return;
         }
     }
+}
+
+/// The blob's pattern length: a prime, so that a piece spliced at the wrong offset
+/// shows.
+const PATTERN: usize = 1_048_583;
+const ETAG: &str = "\"blob-v1\"";
+
+fn pattern() -> &'static [u8] {
+    static PATTERN_BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    PATTERN_BYTES.get_or_init(|| {
+        (0..PATTERN)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    })
+}
+
+/// A request header's value (lowercase), from the head as text.
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (field, value) = line.split_once(':')?;
+        field
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
+}
+
+async fn serve_blob(stream: &mut TcpStream, target: &str, head: &str) -> std::io::Result<()> {
+    let length = parameter(target, "mib").max(1) as usize * 1024 * 1024;
+    let die_at = parameter(target, "die_at") as usize;
+    let from = header_value(head, "range")
+        .filter(|_| header_value(head, "if-range").as_deref() == Some(ETAG))
+        .and_then(|range| {
+            range
+                .strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse()
+                .ok()
+        })
+        .filter(|from| *from < length);
+    let start = from.unwrap_or(0);
+    let response = match from {
+        Some(from) => format!(
+            "HTTP/1.1 206 Partial Content\r\nETag: {ETAG}\r\nAccept-Ranges: bytes\r\nContent-Range: bytes {from}-{}/{length}\r\nContent-Length: {}\r\n\r\n",
+            length - 1,
+            length - from
+        ),
+        None => format!(
+            "HTTP/1.1 200 OK\r\nETag: {ETAG}\r\nAccept-Ranges: bytes\r\nContent-Length: {length}\r\n\r\n"
+        ),
+    };
+    stream.write_all(response.as_bytes()).await?;
+    let pattern = pattern();
+    let mut at = start;
+    while at < length {
+        let offset = at % PATTERN;
+        let mut end = (offset + 64 * 1024)
+            .min(PATTERN)
+            .min(offset + (length - at));
+        if from.is_none() && die_at > 0 && at < die_at {
+            end = end.min(offset + (die_at - at));
+        }
+        stream.write_all(&pattern[offset..end]).await?;
+        at += end - offset;
+        if from.is_none() && die_at > 0 && at >= die_at {
+            eprintln!("dying at {at} of {length}");
+            std::process::abort();
+        }
+    }
+    Ok(())
 }
 
 /// Reads until `buffer` holds a whole head; its length (with the blank line).

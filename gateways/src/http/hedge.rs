@@ -127,27 +127,33 @@ pub(crate) enum Event<T> {
     HedgeDue,
 }
 
-/// Up to two attempts of a request (futures of one type, pinned on the caller's stack)
-/// and the hedge timer, polled together.
+/// Up to two attempts of a request (futures of one type) and the hedge timer, polled
+/// together. The first lane is pinned on the caller's stack; the second, needed only
+/// by a hedge, is boxed when used, so that a request's future stays as small as one
+/// attempt makes it (it is moved when hyper boxes it).
 pub(crate) struct Lanes<'a, F> {
-    lanes: [(Pin<&'a mut Option<F>>, usize); 2],
+    first: (Pin<&'a mut Option<F>>, usize),
+    second: (Option<Pin<Box<F>>>, usize),
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<'a, F: Future> Lanes<'a, F> {
-    pub(crate) fn new(first: Pin<&'a mut Option<F>>, second: Pin<&'a mut Option<F>>) -> Self {
+    pub(crate) fn new(first: Pin<&'a mut Option<F>>) -> Self {
         Self {
-            lanes: [(first, 0), (second, 0)],
+            first: (first, 0),
+            second: (None, 0),
             timer: None,
         }
     }
 
-    /// Starts the attempt at candidate `pe` in a free lane (there is one: attempts.rs
-    /// allows two at once, and a finished lane is emptied).
+    /// Starts the attempt at candidate `pe` in a free lane (attempts.rs allows two at
+    /// once, and a finished lane is emptied).
     pub(crate) fn start(&mut self, pe: usize, attempt: F) {
-        if let Some((lane, candidate)) = self.lanes.iter_mut().find(|(lane, _)| lane.is_none()) {
-            lane.set(Some(attempt));
-            *candidate = pe;
+        if self.first.0.is_none() {
+            self.first.0.set(Some(attempt));
+            self.first.1 = pe;
+        } else {
+            self.second = (Some(Box::pin(attempt)), pe);
         }
     }
 
@@ -158,22 +164,25 @@ impl<'a, F: Future> Lanes<'a, F> {
 
     /// Drops every attempt under way (their connections close).
     pub(crate) fn clear(&mut self) {
-        for (lane, _) in &mut self.lanes {
-            lane.set(None);
-        }
+        self.first.0.set(None);
+        self.second.0 = None;
         self.timer = None;
     }
 
     /// Waits for an attempt to end or for the hedge timer.
     pub(crate) async fn next(&mut self) -> Event<F::Output> {
         std::future::poll_fn(|cx| {
-            for (lane, pe) in &mut self.lanes {
-                if let Some(attempt) = lane.as_mut().as_pin_mut()
-                    && let Poll::Ready(output) = attempt.poll(cx)
-                {
-                    lane.set(None);
-                    return Poll::Ready(Event::Done(*pe, output));
-                }
+            if let Some(attempt) = self.first.0.as_mut().as_pin_mut()
+                && let Poll::Ready(output) = attempt.poll(cx)
+            {
+                self.first.0.set(None);
+                return Poll::Ready(Event::Done(self.first.1, output));
+            }
+            if let Some(attempt) = &mut self.second.0
+                && let Poll::Ready(output) = attempt.as_mut().poll(cx)
+            {
+                self.second.0 = None;
+                return Poll::Ready(Event::Done(self.second.1, output));
             }
             if let Some(timer) = &mut self.timer
                 && timer.as_mut().poll(cx).is_ready()
@@ -243,8 +252,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lanes_report_the_first_attempt_to_end_and_the_timer() {
         let first = std::pin::pin!(None);
-        let second = std::pin::pin!(None);
-        let mut lanes = Lanes::new(first, second);
+        let mut lanes = Lanes::new(first);
         let start = crate::now();
         let answer = |after: u64, value: u32| async move {
             tokio::time::sleep(Duration::from_millis(after)).await;
