@@ -16,10 +16,15 @@
 # `resume` (not among the defaults): 20 GETs of 256 MiB through each proxy, the
 # serving backend aborting at a random offset of each (restarted before the next);
 # prints how many downloads arrived byte-identical (SHA-256 against a direct GET).
+# `posts`: 8 sticky sessions POST to three `pe --serve http` PEs through a route with
+# idempotency_keys for 60 s while one PE is killed (-9) every 5 s and replaced; then
+# the same without the keys. Each answer's session count must be the last one plus
+# one: prints failed requests, requests applied twice and applied ones lost.
 # Runs in a network namespace of its own (unshare; only its loopback), which the
 # black hole's nft rules live and die in.
 #   bench/chaos.sh [FAULT...]     (default: all five)
 #   bench/chaos.sh resume
+#   bench/chaos.sh posts
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${CHAOS_NAMESPACE:-}" ]; then
@@ -44,7 +49,7 @@ for port in "${ports[@]}"; do start_backend "$port"; done
 
 # The registrar and one agent per backend, health-checked like HAProxy's servers.
 setsid "$bin/rserpool" registrar --asap 127.0.0.1:0 --enrp 127.0.0.1:0 --announce off --enrp-multicast off \
-    --log-level warn 2>"$work/registrar.log" & pids+=($!)
+    --log-level warn,rserpool::registrar=info 2>"$work/registrar.log" & pids+=($!)
 ready "$work/registrar.log" ready
 asap=$(grep -o 'asap=[0-9.:]*' "$work/registrar.log" | cut -d= -f2)
 for port in "${ports[@]}"; do
@@ -61,7 +66,7 @@ gateway:
         - pool: WebPool
           hedge_after: p99
 log:
-  level: warn
+  level: warn,rserpool::gateway=info
 YAML
 
 # all_registered: the three PEs are in WebPool.
@@ -160,6 +165,48 @@ resume() {
     echo "resume     $proxy  $identical of 20 downloads of 256 MiB byte-identical, the serving backend dying mid-body in each"
 }
 
+# posts KEYED: the POST sessions against a route with idempotency_keys KEYED.
+posts() {
+    local keyed=$1 round victim
+    cat > "$work/posts.yaml" <<YAML
+pool_user:
+  registrars: [$asap]
+gateway:
+  http:
+    - listen: 127.0.0.1:18088
+      sticky:
+        keys: ["000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"]
+      routes:
+        - pool: PostPool
+          idempotency_keys: $keyed
+log:
+  level: warn,rserpool::gateway=info
+YAML
+    local demo=()
+    for round in 1 2 3; do
+        setsid "$bin/rserpool" pe --serve http --pool PostPool --registrar "$asap" 2>"$work/post-pe.log" & demo+=($!); pids+=($!)
+    done
+    setsid "$bin/rserpool" gateway --config "$work/posts.yaml" 2>"$work/posts-gateway.log" & local gateway=$!; pids+=($!)
+    ready "$work/posts-gateway.log" ready
+    "$bin/http-chaos" sessions --target 127.0.0.1:18088 --connections 8 --seconds 60 >"$work/posts.out" &
+    local load=$!
+    for round in $(seq 11); do
+        sleep 5
+        victim=${demo[$((round % 3))]}
+        kill -9 "$victim"; wait "$victim" 2>/dev/null || true
+        setsid "$bin/rserpool" pe --serve http --pool PostPool --registrar "$asap" 2>>"$work/post-pe.log" & demo[$((round % 3))]=$!; pids+=($!)
+    done
+    wait "$load"
+    kill "$gateway" "${demo[@]}" 2>/dev/null || true
+    wait "$gateway" "${demo[@]}" 2>/dev/null || true
+    echo "posts      idempotency_keys=$keyed: $(cat "$work/posts.out") (11 PEs killed)"
+}
+
+if [ "${faults[*]}" = posts ]; then
+    posts true
+    posts false
+    exit 0
+fi
 if [ "${faults[*]}" = resume ]; then
     need curl curl
     expected=$(curl -s "http://127.0.0.1:${ports[1]}/blob?mib=256" | sha256sum | cut -d' ' -f1)

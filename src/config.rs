@@ -250,6 +250,11 @@ pub(crate) struct HttpRouteSection {
     /// has a strong validator (true; false: cut it).
     #[serde(default = "resume_cut_gets")]
     pub(crate) resume_cut_gets: bool,
+    /// POSTs (non-idempotent requests with a kept body) get an Idempotency-Key and go
+    /// to the next PE when their PE died before answering (false; only for PEs that
+    /// answer a repeated key with the first answer, as `pe --serve http` does).
+    #[serde(default)]
+    pub(crate) idempotency_keys: bool,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).

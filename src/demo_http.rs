@@ -7,7 +7,10 @@
 //! Every request is answered `pe=<id> session=<hex> count=<n> method=<M> body=<bytes>`;
 //! `count` is the number of requests in the session (`RSerPool-Session`), 0 without one.
 //! A query `delay_ms=N` delays the answer (to exercise timeouts); `Upgrade: echo`
-//! switches the connection to a byte echo (to exercise upgrade tunnels).
+//! switches the connection to a byte echo (to exercise upgrade tunnels). A request with
+//! an `Idempotency-Key` is applied once: a repeated key gets the first answer
+//! ([`crate::idempotency`]), so a gateway route with `idempotency_keys` may send a POST
+//! whose PE died to this one.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,15 +26,36 @@ use hyper_util::rt::TokioIo;
 use rserpool_proto::wire::PoolElementId;
 use tokio::net::TcpStream;
 
+use crate::idempotency::{Claim, IdempotencyKeys, fingerprint};
+
 /// Sessions remembered at most; the oldest-inserted are not tracked (a full table is
 /// cleared: the demo's state then comes from cookie echoes alone).
 const MAX_SESSIONS: usize = 100_000;
 const MAX_BODY: usize = 1 << 20;
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
-/// Counts per session, shared by the PE's connections.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Sessions(Arc<Mutex<HashMap<u64, u64>>>);
+/// Idempotency keys remembered at most, and for how long.
+const MAX_KEYS: usize = 100_000;
+const KEY_TTL: Duration = Duration::from_secs(600);
+
+/// An answer as it is given again for a repeated key: the text and the cookie.
+type Answer = (Bytes, Option<hyper::header::HeaderValue>);
+
+/// Counts per session and answers per idempotency key, shared by the PE's connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Sessions {
+    counts: Arc<Mutex<HashMap<u64, u64>>>,
+    keys: Arc<IdempotencyKeys<Answer>>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            counts: Arc::default(),
+            keys: Arc::new(IdempotencyKeys::new(MAX_KEYS, KEY_TTL)),
+        }
+    }
+}
 
 /// Serves HTTP/1.1 on one connection from the gateway.
 pub(crate) async fn serve(
@@ -83,6 +107,8 @@ async fn answer(
             Duration::from_millis(ms).min(MAX_DELAY)
         });
     let method = request.method().clone();
+    let request_target = request.uri().to_string();
+    let key = header("idempotency-key");
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
         Err(_) => {
@@ -91,8 +117,25 @@ async fn answer(
             return response;
         }
     };
+    if let Some(key) = &key {
+        let print = fingerprint(method.as_str(), &request_target, &body);
+        let refusal = match sessions.keys.claim(key, print, crate::driver::now()) {
+            Claim::New => None,
+            Claim::Repeat((text, cookie)) => return respond(text, cookie),
+            Claim::InFlight => Some((StatusCode::CONFLICT, "the key's request is under way\n")),
+            Claim::Mismatch => Some((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "the key came with another request\n",
+            )),
+        };
+        if let Some((status, text)) = refusal {
+            let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+            *response.status_mut() = status;
+            return response;
+        }
+    }
     let count = session.map_or(0, |session| {
-        let Ok(mut table) = sessions.0.lock() else {
+        let Ok(mut table) = sessions.counts.lock() else {
             return 0;
         };
         if table.len() >= MAX_SESSIONS && !table.contains_key(&session) {
@@ -108,16 +151,22 @@ async fn answer(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let text = format!(
+    let text = Bytes::from(format!(
         "pe={pe_id} session={} count={count} method={method} body={}\n",
         session.map_or_else(|| "-".to_owned(), |s| format!("{s:016x}")),
         body.len()
-    );
-    let mut response = Response::new(Full::new(Bytes::from(text)));
-    if session.is_some()
-        && let Ok(value) = BASE64.encode(count.to_be_bytes()).parse()
-    {
-        response.headers_mut().insert("rserpool-cookie", value);
+    ));
+    let cookie = session.and_then(|_| BASE64.encode(count.to_be_bytes()).parse().ok());
+    if let Some(key) = &key {
+        sessions.keys.complete(key, (text.clone(), cookie.clone()));
+    }
+    respond(text, cookie)
+}
+
+fn respond(text: Bytes, cookie: Option<hyper::header::HeaderValue>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(text));
+    if let Some(cookie) = cookie {
+        response.headers_mut().insert("rserpool-cookie", cookie);
     }
     response
 }

@@ -320,6 +320,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
             queue_timeout: route.queue_timeout,
             hedge: route.hedge_after,
             resume_cut_gets: route.resume_cut_gets,
+            idempotency_keys: route.idempotency_keys,
         });
     }
     let sticky = match &section.sticky {

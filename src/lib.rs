@@ -12,6 +12,7 @@ mod demo_http;
 mod driver;
 mod dump;
 mod gateway;
+pub mod idempotency;
 mod logging;
 mod pool_element;
 mod pool_user;

@@ -1251,3 +1251,139 @@ fn a_cut_get_is_not_spliced_without_the_same_strong_validator() {
     );
     assert_eq!((resumed, cut), (0, 1));
 }
+
+/// A backend that keeps the heads of the requests it gets and answers `answer`, or,
+/// with `None`, reads each request and closes the connection without a word (a PE
+/// that died before answering).
+fn recording_backend(
+    answer: Option<&'static [u8]>,
+) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = heads.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let recorded = recorded.clone();
+            thread::spawn(move || {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head and the short body the tests send.
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(read @ 1..) => request.extend_from_slice(&chunk[..read]),
+                        _ => return,
+                    }
+                }
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&request).to_ascii_lowercase());
+                if let Some(answer) = answer {
+                    let _ = stream.write_all(answer);
+                }
+            });
+        }
+    });
+    (address, heads)
+}
+
+/// The `Idempotency-Key` field of a recorded head.
+fn idempotency_key(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|line| line.strip_prefix("idempotency-key:"))
+        .map(|key| key.trim().to_owned())
+}
+
+/// A keyed route: a POST whose PE read it and died before answering goes to the next
+/// PE with the same `Idempotency-Key` (made by the gateway, or the client's own), and
+/// the client gets 200 instead of 502.
+#[test]
+fn a_keyed_post_survives_its_pe_dying_before_the_answer() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let (dying, dying_heads) = recording_backend(None);
+    let (healthy, healthy_heads) =
+        recording_backend(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let _agents: Vec<Process> = [dying, healthy]
+        .iter()
+        .map(|backend| {
+            Process::start(&[
+                "pe",
+                "--pool",
+                "WebPool",
+                "--backend",
+                &backend.to_string(),
+                "--registrar",
+                &asap.to_string(),
+                "--health",
+                "none",
+            ])
+        })
+        .collect();
+    wait_for_pool(asap, "WebPool", 2);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          idempotency_keys: true\n          outlier_detection: {consecutive_failures: 0}\n",
+    );
+    let address = gateway.listener("http");
+    for i in 0..6 {
+        let reply = try_request(address, "POST", &format!("/order-{i}"), &[], b"x").unwrap();
+        assert_eq!(reply.status, 200, "POST {i}: {reply:?}");
+    }
+    let reply = try_request(
+        address,
+        "POST",
+        "/order-own-key",
+        &[("Idempotency-Key", "\"client-key-1\"")],
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    let dying_keys: Vec<_> = dying_heads
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|head| idempotency_key(head).expect("a keyed POST"))
+        .collect();
+    let healthy_keys: Vec<_> = healthy_heads
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|head| idempotency_key(head))
+        .collect();
+    assert!(!dying_keys.is_empty(), "the dying PE got no POST");
+    for key in &dying_keys {
+        assert!(healthy_keys.contains(key), "{key} was not sent on");
+    }
+    assert!(healthy_keys.contains(&"\"client-key-1\"".to_owned()));
+}
+
+/// The demo PE applies a keyed request once: the same key again gets the first answer
+/// (the session's count does not move), another key is applied.
+#[test]
+fn the_demo_pe_answers_a_repeated_key_with_its_first_answer() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let pe = &common::resolve_pes(&asap.to_string(), "WebPool", &[])[0];
+    // The demo PE serves on 127.0.0.1.
+    let port = pe["user_transport"]["port"].as_u64().unwrap();
+    let address: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let post = |key: &str| {
+        try_request(
+            address,
+            "POST",
+            "/order",
+            &[
+                ("Idempotency-Key", key),
+                ("RSerPool-Session", "00000000000000aa"),
+            ],
+            b"x",
+        )
+        .unwrap()
+    };
+    let first = post("\"k1\"");
+    assert_eq!(first.field("count"), "1");
+    assert_eq!(post("\"k1\"").body, first.body);
+    assert_eq!(post("\"k2\"").field("count"), "2");
+}

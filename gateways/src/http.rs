@@ -104,6 +104,10 @@ pub struct Route {
     /// A GET whose PE dies mid-body gets the rest from another PE (`Range` with a
     /// strong `If-Range` validator), spliced into the same response.
     pub resume_cut_gets: bool,
+    /// Non-idempotent requests with a kept body get an `Idempotency-Key` (unless they
+    /// bring one) and go to the next PE when their PE died before answering; only for
+    /// PEs that answer a repeated key with their first answer.
+    pub idempotency_keys: bool,
     /// How long a request that finds every PE at its limit waits for a place (zero:
     /// 503 at once); at most [`MAX_QUEUED`] wait per route.
     pub queue_timeout: Duration,
@@ -149,6 +153,7 @@ impl Route {
             queue_timeout: Duration::ZERO,
             hedge: Hedge::Off,
             resume_cut_gets: RESUME_CUT_GETS,
+            idempotency_keys: false,
         }
     }
 
@@ -1100,6 +1105,18 @@ async fn proxy<D: Directory>(
         RequestBody::Whole(bytes, held) => (Some(bytes), None, held),
         RequestBody::Streaming(body) => (None, Some(body), held::Held::default()),
     };
+    let idempotent = idempotent(&parts.method) && !upgrade;
+    // A keyed route: a POST with a kept body carries an Idempotency-Key (the client's,
+    // or one made here), which its PEs honour, so it may go to the next PE when its PE
+    // died before answering.
+    let keyed = route.idempotency_keys && !idempotent && !upgrade && whole.is_some();
+    if keyed
+        && !parts.headers.contains_key(forward::IDEMPOTENCY_KEY)
+        && let Ok(key) =
+            HeaderValue::from_str(&format!("\"{:016x}{:016x}\"", random_u64(), random_u64()))
+    {
+        parts.headers.insert(forward::IDEMPOTENCY_KEY, key);
+    }
 
     let mut usable: Vec<(&PoolElement, SocketAddr)> = pes
         .iter()
@@ -1124,7 +1141,8 @@ async fn proxy<D: Directory>(
         candidates: usable.len(),
         max_attempts: route.max_attempts,
         replayable: whole.is_some(),
-        idempotent: idempotent(&parts.method) && !upgrade,
+        idempotent,
+        keyed,
         retry_on: route.retry_on,
     };
     let request = Attempting {

@@ -17,6 +17,11 @@
 //!     `<start, ms since the Unix epoch> <latency, µs> <status, 0: no answer>`. A request
 //!     without an answer in 60 s, a broken connection or a malformed answer is status 0
 //!     (and the connection is opened again). Prints the requests and failures.
+//! http-chaos sessions --target ADDR --connections N --seconds S
+//!     N sticky sessions (the gateway's cookie kept) each POST to `pe --serve http` PEs
+//!     one request after the other for S seconds; the PE's `count` in each answer must
+//!     be the previous one plus one. Prints the requests, the failed ones, those
+//!     applied twice (the count jumped) and applied ones that vanished.
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -41,7 +46,7 @@ mod flags;
 use flags::get;
 
 fn main() {
-    let (mode, flags) = flags::flags("backend, poke or load");
+    let (mode, flags) = flags::flags("backend, poke, load or sessions");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -61,6 +66,11 @@ fn main() {
             get(&flags, "connections", Some(16)),
             get(&flags, "seconds", Some(30)),
             get::<String>(&flags, "samples", None),
+        )),
+        "sessions" => runtime.block_on(sessions(
+            get(&flags, "target", None),
+            get(&flags, "connections", Some(8)),
+            get(&flags, "seconds", Some(60)),
         )),
         other => panic!("unknown mode {other}"),
     }
@@ -249,20 +259,32 @@ async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<usize
 
 async fn poke(target: SocketAddr, path: String) {
     let mut stream = None;
-    let status = exchange(&mut stream, target, &path).await;
+    let status = exchange(&mut stream, target, &get_request(&path))
+        .await
+        .map(|a| a.status);
     assert_eq!(status, Some(200), "GET {path} at {target}");
 }
 
-/// One `GET path` on `stream` (opened if `None`): the status, or `None` (the
-/// connection is then dropped).
-async fn exchange(stream: &mut Option<TcpStream>, target: SocketAddr, path: &str) -> Option<u16> {
+/// A response: its status, head (lowercase) and body.
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+/// Sends `request` (a whole request) on `stream` (opened if `None`) and reads the
+/// answer; `None` if there is none (the connection is then dropped).
+async fn exchange(
+    stream: &mut Option<TcpStream>,
+    target: SocketAddr,
+    request: &str,
+) -> Option<Answer> {
     if stream.is_none() {
         let connected = TcpStream::connect(target).await.ok()?;
         let _ = connected.set_nodelay(true);
         *stream = Some(connected);
     }
     let connection = stream.as_mut()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: chaos\r\n\r\n");
     connection.write_all(request.as_bytes()).await.ok()?;
     let mut buffer = Vec::with_capacity(1024);
     let end = read_head(connection, &mut buffer).await?;
@@ -285,7 +307,91 @@ async fn exchange(stream: &mut Option<TcpStream>, target: SocketAddr, path: &str
     if head.contains("connection: close") {
         *stream = None;
     }
-    Some(status)
+    let body = buffer[end..end + length].to_vec();
+    Some(Answer { status, head, body })
+}
+
+fn get_request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: chaos\r\n\r\n")
+}
+
+/// What one session of POSTs saw.
+#[derive(Default)]
+struct SessionTally {
+    requests: u64,
+    failed: u64,
+    /// Requests applied twice (the count moved by more than one).
+    duplicated: u64,
+    /// Applied requests that vanished (the count did not move, or went back).
+    lost: u64,
+}
+
+/// One sticky session of POSTs through the gateway for `seconds`: each answer's
+/// `count` must be the previous one plus one.
+async fn session(target: SocketAddr, deadline: Instant) -> SessionTally {
+    let mut tally = SessionTally::default();
+    let mut stream = None;
+    let mut cookie: Option<String> = None;
+    let mut count = 0u64;
+    while Instant::now() < deadline {
+        tally.requests += 1;
+        let cookie_line = cookie
+            .as_deref()
+            .map_or_else(String::new, |cookie| format!("Cookie: {cookie}\r\n"));
+        let request = format!(
+            "POST /order HTTP/1.1\r\nHost: chaos\r\n{cookie_line}Content-Length: 1\r\n\r\nx"
+        );
+        let answer = tokio::time::timeout(
+            Duration::from_secs(60),
+            exchange(&mut stream, target, &request),
+        )
+        .await;
+        let Ok(Some(answer)) = answer.map(|answer| answer.filter(|a| a.status == 200)) else {
+            stream = None;
+            tally.failed += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if let Some(set) = answer
+            .head
+            .lines()
+            .find_map(|line| line.strip_prefix("set-cookie:"))
+        {
+            cookie = set.split(';').next().map(|pair| pair.trim().to_owned());
+        }
+        let text = String::from_utf8_lossy(&answer.body);
+        let now: u64 = text
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("count="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if now > count + 1 {
+            tally.duplicated += now - count - 1;
+        } else if now <= count {
+            tally.lost += 1;
+        }
+        count = now;
+    }
+    tally
+}
+
+async fn sessions(target: SocketAddr, connections: usize, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let workers: Vec<_> = (0..connections)
+        .map(|_| tokio::spawn(session(target, deadline)))
+        .collect();
+    let mut total = SessionTally::default();
+    for worker in workers {
+        let tally = worker.await.unwrap();
+        total.requests += tally.requests;
+        total.failed += tally.failed;
+        total.duplicated += tally.duplicated;
+        total.lost += tally.lost;
+    }
+    println!(
+        "requests {} failed {} duplicated {} lost {}",
+        total.requests, total.failed, total.duplicated, total.lost
+    );
 }
 
 async fn load(target: SocketAddr, connections: usize, seconds: u64, samples: String) {
@@ -302,11 +408,11 @@ async fn load(target: SocketAddr, connections: usize, seconds: u64, samples: Str
                 let (at, started) = (epoch_ms(), Instant::now());
                 let answer = tokio::time::timeout(
                     Duration::from_secs(60),
-                    exchange(&mut stream, target, &format!("/item/{n}")),
+                    exchange(&mut stream, target, &get_request(&format!("/item/{n}"))),
                 )
                 .await;
                 let status = match answer {
-                    Ok(Some(status)) => status,
+                    Ok(Some(answer)) => answer.status,
                     Ok(None) | Err(_) => {
                         stream = None;
                         0

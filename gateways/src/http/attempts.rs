@@ -7,6 +7,8 @@
 //! * a request goes to the next PE if nothing reached the PE that failed (a refused or
 //!   failed connect: any method), or if it is idempotent (RFC 9110 §9.2.2) and its
 //!   body was kept whole: a request that may have been applied is never sent twice;
+//! * a non-idempotent request with an `Idempotency-Key` (a keyed route) is also sent
+//!   to the next PE when its PE broke or timed out before answering, but only then;
 //! * a streamed body is consumed by its first attempt: no retry at all;
 //! * at most `max_attempts` PEs, and every retry is paid from the route's retry budget;
 //! * a PE that could not be reached or did not answer in time is reported to the
@@ -43,6 +45,11 @@ pub(crate) struct Plan {
     pub(crate) replayable: bool,
     /// The method is idempotent and the request is no upgrade.
     pub(crate) idempotent: bool,
+    /// A non-idempotent request carrying an `Idempotency-Key` its PEs honour: it may
+    /// be sent to the next PE when its PE broke or went silent before answering (the
+    /// session's state, carried by its cookie, has it applied once), but it is never
+    /// hedged nor sent on after an answer.
+    pub(crate) keyed: bool,
     /// Response statuses that send the request to the next PE.
     pub(crate) retry_on: StatusSet,
 }
@@ -253,7 +260,7 @@ impl Attempt {
         let plan = self.plan;
         let resendable = match failure {
             Failure::NotSent => plan.replayable,
-            Failure::Lost | Failure::TimedOut => plan.replayable && plan.idempotent,
+            Failure::Lost | Failure::TimedOut => plan.replayable && (plan.idempotent || plan.keyed),
         };
         if !resendable {
             return give_up(Reason::NotResendable);
@@ -309,6 +316,7 @@ mod tests {
             max_attempts: 3,
             replayable,
             idempotent,
+            keyed: false,
             retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
         }
     }
@@ -462,6 +470,7 @@ mod tests {
             max_attempts in 0usize..5,
             replayable: bool,
             idempotent: bool,
+            keyed: bool,
             outcomes in proptest::collection::vec(outcome(), 6),
             budget in proptest::collection::vec(any::<bool>(), 6),
         ) {
@@ -470,6 +479,7 @@ mod tests {
                 max_attempts,
                 replayable,
                 idempotent,
+                keyed,
                 retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
             };
             let mut step = start(plan);
@@ -488,6 +498,7 @@ mod tests {
                                 idempotent
                                     || !sent
                                     || matches!(previous, Outcome::Failed(Failure::NotSent))
+                                    || (keyed && matches!(previous, Outcome::Failed(_)))
                             );
                         }
                         let outcome = outcomes[tried.len() - 1];
@@ -566,6 +577,31 @@ mod tests {
     }
 
     #[test]
+    fn a_keyed_post_goes_on_after_a_loss_but_not_after_an_answer_nor_as_a_hedge() {
+        let keyed = Plan {
+            keyed: true,
+            ..plan(3, true, false)
+        };
+        let first = attempt(start(keyed));
+        let second = attempt(first.failed(Failure::Lost, || true));
+        assert_eq!(second.pe(), 1);
+        assert_eq!(
+            second.answered(StatusCode::SERVICE_UNAVAILABLE, || true),
+            Answered::Deliver
+        );
+        let first = attempt(start(keyed));
+        assert!(first.hedge(|| panic!("no budget asked")).is_err());
+        let streamed = attempt(start(Plan {
+            replayable: false,
+            ..keyed
+        }));
+        assert_eq!(
+            end(streamed.failed(Failure::Lost, || true)).reason,
+            Reason::NotResendable
+        );
+    }
+
+    #[test]
     fn posts_streams_the_last_pe_and_a_spent_budget_are_not_hedged() {
         let post = attempt(start(plan(3, true, false)));
         assert!(post.hedge(|| panic!("no budget asked")).is_err());
@@ -611,6 +647,7 @@ mod tests {
             max_attempts in 0usize..5,
             replayable: bool,
             idempotent: bool,
+            keyed: bool,
             events in proptest::collection::vec(event(), 16),
             budget in proptest::collection::vec(any::<bool>(), 16),
         ) {
@@ -619,6 +656,7 @@ mod tests {
                 max_attempts,
                 replayable,
                 idempotent,
+                keyed,
                 retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
             };
             let mut budget = budget.into_iter();
@@ -666,7 +704,7 @@ mod tests {
                                 let next = attempt.failed(failure, &mut pay);
                                 if matches!(next, Step::Try(_)) {
                                     prop_assert!(replayable);
-                                    prop_assert!(idempotent || failure == Failure::NotSent);
+                                    prop_assert!(idempotent || keyed || failure == Failure::NotSent);
                                 }
                                 Flight::Next(next)
                             }

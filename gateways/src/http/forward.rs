@@ -27,6 +27,9 @@ pub const SESSION: HeaderName = HeaderName::from_static("rserpool-session");
 pub const COOKIE: HeaderName = HeaderName::from_static("rserpool-cookie");
 /// `RSerPool-Cookie-Echo`: that state handed to the next PE (request).
 pub const COOKIE_ECHO: HeaderName = HeaderName::from_static("rserpool-cookie-echo");
+/// `Idempotency-Key` (draft-ietf-httpapi-idempotency-key-header): requests with the
+/// same key are applied once.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Headers a client must not hand to PEs: the gateway's own channel to them.
 static GATEWAY_HEADERS: [HeaderName; 3] = [SESSION, COOKIE_ECHO, COOKIE];
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
