@@ -154,7 +154,7 @@ resume() {
     for round in $(seq 20); do
         all_registered
         offset=$(shuf -i 1-268435455 -n 1)
-        got=$(curl -s --max-time 120 "http://$proxy_address/blob?mib=256&die_at=$offset" | sha256sum | cut -d' ' -f1)
+        got=$( (curl -s --max-time 120 "http://$proxy_address/blob?mib=256&die_at=$offset" || true) | sha256sum | cut -d' ' -f1)
         [ "$got" = "$expected" ] && identical=$((identical + 1))
         for port in "${ports[@]}"; do
             kill -0 "${backend_pid[$port]}" 2>/dev/null || { wait "${backend_pid[$port]}" 2>/dev/null || true; start_backend "$port"; }

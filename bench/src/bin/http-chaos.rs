@@ -184,7 +184,7 @@ fn pattern() -> &'static [u8] {
     })
 }
 
-/// A request header's value (lowercase), from the head as text.
+/// A header field's value, from a head as text (the name in any case).
 fn header_value(head: &str, name: &str) -> Option<String> {
     head.lines().find_map(|line| {
         let (field, value) = line.split_once(':')?;
@@ -265,7 +265,7 @@ async fn poke(target: SocketAddr, path: String) {
     assert_eq!(status, Some(200), "GET {path} at {target}");
 }
 
-/// A response: its status, head (lowercase) and body.
+/// A response: its status, head and body.
 struct Answer {
     status: u16,
     head: String,
@@ -288,14 +288,9 @@ async fn exchange(
     connection.write_all(request.as_bytes()).await.ok()?;
     let mut buffer = Vec::with_capacity(1024);
     let end = read_head(connection, &mut buffer).await?;
-    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+    let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
     let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))?
-        .trim()
-        .parse()
-        .ok()?;
+    let length: usize = header_value(&head, "content-length")?.parse().ok()?;
     while buffer.len() < end + length {
         let mut chunk = [0u8; 4096];
         let read = connection.read(&mut chunk).await.ok()?;
@@ -304,7 +299,7 @@ async fn exchange(
         }
         buffer.extend_from_slice(&chunk[..read]);
     }
-    if head.contains("connection: close") {
+    if header_value(&head, "connection").is_some_and(|value| value.eq_ignore_ascii_case("close")) {
         *stream = None;
     }
     let body = buffer[end..end + length].to_vec();
@@ -352,11 +347,7 @@ async fn session(target: SocketAddr, deadline: Instant) -> SessionTally {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        if let Some(set) = answer
-            .head
-            .lines()
-            .find_map(|line| line.strip_prefix("set-cookie:"))
-        {
+        if let Some(set) = header_value(&answer.head, "set-cookie") {
             cookie = set.split(';').next().map(|pair| pair.trim().to_owned());
         }
         let text = String::from_utf8_lossy(&answer.body);
