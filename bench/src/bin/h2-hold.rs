@@ -33,11 +33,7 @@ use flags::get;
 
 fn main() {
     let (mode, flags) = flags::flags("sink or hold");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = flags::runtime();
     match mode.as_str() {
         "sink" => runtime.block_on(sink(get(&flags, "listen", None))),
         "hold" => runtime.block_on(hold(

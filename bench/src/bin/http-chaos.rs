@@ -47,11 +47,7 @@ use flags::get;
 
 fn main() {
     let (mode, flags) = flags::flags("backend, poke, load or sessions");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = flags::runtime();
     match mode.as_str() {
         "backend" => runtime.block_on(backend(
             get(&flags, "listen", None),

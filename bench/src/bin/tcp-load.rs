@@ -43,11 +43,7 @@ use flags::get;
 
 fn main() {
     let (mode, flags) = flags::flags("echo, bulk, connect or stall");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = flags::runtime();
     match mode.as_str() {
         "echo" => runtime.block_on(echo(get(&flags, "listen", None))),
         "bulk" => runtime.block_on(bulk(

@@ -1,4 +1,4 @@
-//! Command lines of the load generators: `MODE --flag VALUE ...`.
+//! Command lines of the load generators (`MODE --flag VALUE ...`), and their runtime.
 
 use std::collections::BTreeMap;
 
@@ -27,4 +27,14 @@ where
         Some(value) => value.parse().unwrap(),
         None => default.unwrap_or_else(|| panic!("give --{name}")),
     }
+}
+
+/// The generators' runtime: one worker thread (the other core is the measured
+/// process's).
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
 }

@@ -457,6 +457,20 @@ mod tests {
         ]
     }
 
+    /// Any request's plan (up to 5 candidates and 4 attempts; 0 is taken as 1).
+    fn any_plan() -> impl Strategy<Value = Plan> {
+        (0usize..6, 0usize..5, any::<[bool; 3]>()).prop_map(
+            |(candidates, max_attempts, [replayable, idempotent, keyed])| Plan {
+                candidates,
+                max_attempts,
+                replayable,
+                idempotent,
+                keyed,
+                retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
+            },
+        )
+    }
+
     proptest! {
         /// Whatever the attempts' outcomes and the budget's answers: the request ends
         /// (delivered or given up), tries each candidate at most once and in order, never
@@ -466,22 +480,11 @@ mod tests {
         /// last attempt timed out.
         #[test]
         fn every_outcome_sequence_ends_within_the_rules(
-            candidates in 0usize..6,
-            max_attempts in 0usize..5,
-            replayable: bool,
-            idempotent: bool,
-            keyed: bool,
+            plan in any_plan(),
             outcomes in proptest::collection::vec(outcome(), 6),
             budget in proptest::collection::vec(any::<bool>(), 6),
         ) {
-            let plan = Plan {
-                candidates,
-                max_attempts,
-                replayable,
-                idempotent,
-                keyed,
-                retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
-            };
+            let Plan { candidates, max_attempts, replayable, idempotent, keyed, .. } = plan;
             let mut step = start(plan);
             let mut tried = Vec::new();
             let mut asked = 0;
@@ -643,22 +646,11 @@ mod tests {
         /// successor costs nothing), and at most two attempts are under way at once.
         #[test]
         fn hedges_and_retries_stay_within_the_rules(
-            candidates in 0usize..6,
-            max_attempts in 0usize..5,
-            replayable: bool,
-            idempotent: bool,
-            keyed: bool,
+            plan in any_plan(),
             events in proptest::collection::vec(event(), 16),
             budget in proptest::collection::vec(any::<bool>(), 16),
         ) {
-            let plan = Plan {
-                candidates,
-                max_attempts,
-                replayable,
-                idempotent,
-                keyed,
-                retry_on: StatusSet::new(&[502, 503, 504]).unwrap(),
-            };
+            let Plan { replayable, idempotent, keyed, .. } = plan;
             let mut budget = budget.into_iter();
             let mut paid = 0;
             let mut pay = || {
