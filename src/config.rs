@@ -452,6 +452,14 @@ pub(crate) struct TcpListenerSection {
     /// (absent: each chunk read is one message).
     #[serde(default)]
     pub(crate) framing: Option<FramingSection>,
+    /// Passive health: when a PE whose sessions keep failing is ejected (as for HTTP
+    /// routes; a PE that closes a session is not failing).
+    #[serde(default)]
+    pub(crate) outlier_detection: OutlierSection,
+    /// How long a new or returning PE's share of new sessions ramps up (10s; 0s: at
+    /// once).
+    #[serde(default = "slow_start", deserialize_with = "duration")]
+    pub(crate) slow_start: Duration,
 }
 
 /// A length field in each message's header: `size` bytes (1, 2 or 4, big-endian) at

@@ -363,7 +363,7 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
     })
 }
 
-/// A route's passive health, checked.
+/// A route's or TCP listener's passive health, checked.
 fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConfig, RunError> {
     if section.max_ejected_percent > 100 || section.base_ejection > section.max_ejection {
         return Err(RunError::Usage(format!(
@@ -378,8 +378,9 @@ fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConf
     })
 }
 
-fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
-    ListenerConfig {
+fn listener_config(section: &TcpListenerSection) -> Result<ListenerConfig, RunError> {
+    let context = format!("gateway.tcp {}", section.listen);
+    Ok(ListenerConfig {
         sctp: SctpUpstream {
             ppid: section.ppid,
             framing: section.framing.map(|f| Framing {
@@ -402,7 +403,9 @@ fn listener_config(section: &TcpListenerSection) -> ListenerConfig {
         },
         max_connections: section.max_connections,
         buffer: section.buffer,
-    }
+        outliers: outlier_config(&section.outlier_detection, &context)?,
+        slow_start: section.slow_start,
+    })
 }
 
 pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
@@ -432,6 +435,12 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .iter()
         .map(http_listener_config)
         .collect::<Result<Vec<_>, _>>()?;
+    let tcp_configs = file
+        .gateway
+        .tcp
+        .iter()
+        .map(listener_config)
+        .collect::<Result<Vec<_>, _>>()?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
     let lifecycle = Lifecycle::default();
@@ -458,7 +467,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     };
     tls.iter().for_each(|tls| tls.publish_expiry());
     let mut bound = Vec::new();
-    for section in &file.gateway.tcp {
+    for (section, config) in file.gateway.tcp.iter().zip(tcp_configs) {
         let listener = tokio::net::TcpListener::bind(section.listen)
             .await
             .map_err(|e| RunError::Bind(section.listen, e))?;
@@ -468,7 +477,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         bound.push(format!("{address}={}", section.pool));
         let config = ListenerConfig {
             listen: address,
-            ..listener_config(section)
+            ..config
         };
         tokio::spawn(tcp::serve(
             listener,

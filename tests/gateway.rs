@@ -450,3 +450,64 @@ fn the_admin_api_lists_open_sessions() {
         gateway.log.lock().unwrap()
     );
 }
+
+/// A backend that takes each connection and, after reading, resets it (`reset`) or
+/// closes it cleanly, counting them.
+fn ending_backend(reset: bool) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = count.clone();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buffer = [0u8; 64];
+            let _ = stream.read(&mut buffer);
+            if reset {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(stream);
+        }
+    });
+    (address, count)
+}
+
+/// Passive health for TCP sessions: a PE that resets every session is ejected after
+/// five in a row (tried after the others), while one that merely closes its sessions
+/// (as rsplib's PingPong PEs do after N requests) is not. Every session is echoed by
+/// the healthy PE either way.
+#[test]
+fn a_pe_resetting_sessions_is_ejected_but_one_closing_them_is_not() {
+    for reset in [true, false] {
+        let registrar = registrar(&[]);
+        let asap = registrar.address("asap");
+        let (ending, ended) = ending_backend(reset);
+        let (echo, _stop) = echo_backend();
+        let _agents = [agent(asap, ending, "none"), agent(asap, echo, "none")];
+        assert!(eventually(Duration::from_secs(10), || {
+            common::resolve_ids(asap, "EchoPool").len() == 2
+        }));
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let gateway = gateway(asap, listen, "EchoPool");
+        let mut i = 0;
+        let ejected = eventually(Duration::from_secs(15), || {
+            i += 1;
+            let message = format!("session {i:04}\n");
+            assert_eq!(echo_through(listen, message.as_bytes()), message.as_bytes());
+            gateway.log_contains("ejected after consecutive failed sessions")
+                || (!reset && ended.load(std::sync::atomic::Ordering::Relaxed) >= 10)
+        });
+        let ended = ended.load(std::sync::atomic::Ordering::Relaxed);
+        if reset {
+            assert!(ejected, "not ejected after {ended} resets");
+            assert!(sample(&metrics(&gateway), "rserpool_tcp_pe_ejections_total").unwrap() >= 1.0);
+        } else {
+            assert!(ended >= 10, "the closing PE was tried {ended} times");
+            assert!(
+                !gateway.log_contains("ejected"),
+                "a PE closing sessions was ejected"
+            );
+        }
+    }
+}

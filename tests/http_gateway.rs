@@ -1235,9 +1235,11 @@ fn a_cut_get_is_not_spliced_without_the_same_strong_validator() {
     assert_eq!((resumed, cut), (0, 1));
 }
 
-/// A backend that keeps the heads of the requests it gets and answers `answer`, or,
-/// with `None`, reads each request and closes the connection without a word (a PE
-/// that died before answering).
+/// A backend that keeps the heads of the requests it gets and answers `answer` (one
+/// request per connection: the answer should say `Connection: close`, or the gateway
+/// may send the next request on a connection the backend is closing), or, with `None`,
+/// reads each request and closes the connection without a word (a PE that died before
+/// answering).
 fn recording_backend(
     answer: Option<&'static [u8]>,
 ) -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
@@ -1287,8 +1289,9 @@ fn a_keyed_post_survives_its_pe_dying_before_the_answer() {
     let registrar = registrar(&[]);
     let asap = registrar.address("asap");
     let (dying, dying_heads) = recording_backend(None);
-    let (healthy, healthy_heads) =
-        recording_backend(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+    let (healthy, healthy_heads) = recording_backend(Some(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    ));
     let _agents: Vec<Process> = [dying, healthy]
         .iter()
         .map(|backend| unchecked_agent(asap, *backend))

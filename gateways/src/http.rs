@@ -20,9 +20,7 @@ mod hedge;
 mod held;
 mod idle;
 mod min_rate;
-mod outliers;
 mod resume;
-mod slow_start;
 pub mod sticky;
 pub mod tls;
 mod upstream;
@@ -54,10 +52,11 @@ use tokio::sync::Semaphore;
 
 pub use self::attempts::StatusSet;
 pub use self::hedge::{HEDGE_FLOOR, Hedge, MIN_SAMPLES};
-pub use self::outliers::OutlierConfig;
 use self::sticky::{Binding, CookieSealer};
 use self::upstream::{Outgoing, OutgoingBody, ResponseBody, Upstream};
-use crate::{Directory, DirectoryError, Lifecycle};
+pub use crate::health::OutlierConfig;
+use crate::health::PoolHealth;
+use crate::{Directory, DirectoryError, Lifecycle, random_u64};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies the gateway sends either way.
@@ -116,8 +115,7 @@ pub struct Route {
 /// Requests one route's queue holds at most; more get 503 at once.
 pub const MAX_QUEUED: usize = 1024;
 
-/// The default slow-start window.
-pub const SLOW_START: Duration = Duration::from_secs(10);
+pub use crate::health::SLOW_START;
 
 /// Whether a route resumes cut GETs by default (it only ever splices what RFC 9110
 /// says may be: the same representation, by a strong validator).
@@ -261,12 +259,12 @@ struct LiveRoute {
     queued: std::sync::atomic::AtomicUsize,
 }
 
-/// What a route knows of its PEs' health: ejections and slow starts.
+/// What a route knows of its PEs' health: ejections and slow starts, latencies, and
+/// requests under way.
 struct RouteHealth {
-    outliers: outliers::Outliers,
+    pes: PoolHealth,
     /// Response-head times (a hedge delay from the observed p99).
     latencies: hedge::Latencies,
-    slow_start: slow_start::SlowStart,
     /// Requests waiting for each PE's answer (PEs with none are absent).
     waiting: HashMap<PoolElementId, usize>,
 }
@@ -292,24 +290,6 @@ impl Drop for PeSlot<'_> {
             }
         });
         live.freed.notify_one();
-    }
-}
-
-impl RouteHealth {
-    /// Orders a request's PEs: the first `keep` (a sticky session's PE) stay first
-    /// unless ejected, PEs in their slow start may go behind the settled ones, and
-    /// ejected PEs go last.
-    fn order<T: Copy>(
-        &mut self,
-        pes: &mut [T],
-        keep: usize,
-        id: impl Fn(&T) -> PoolElementId,
-        now: Instant,
-    ) {
-        if let Some(rest) = pes.get_mut(keep..) {
-            self.slow_start.order(rest, &id, now);
-        }
-        self.outliers.order(pes, id, now);
     }
 }
 
@@ -372,15 +352,7 @@ impl LiveRoute {
             if let Some(elapsed) = head_after {
                 health.latencies.record(elapsed);
             }
-            if ok {
-                if health.outliers.succeeded(pe, now) {
-                    // Back from an ejection: its share ramps up again.
-                    health.slow_start.restart(pe, now);
-                }
-                None
-            } else {
-                health.outliers.failed(pe, offered, now)
-            }
+            health.pes.observe(pe, ok, offered, now)
         });
         if let Some(Some(ejection)) = observed {
             self.meters.ejections.increment(1);
@@ -524,9 +496,8 @@ impl Routing {
                     meters: RouteMeters::new(route),
                     budget: RetryBudget::new(config.retry_ratio),
                     health: Mutex::new(RouteHealth {
-                        outliers: outliers::Outliers::new(route.outliers),
+                        pes: PoolHealth::new(route.outliers, route.slow_start, random_u64()),
                         latencies: hedge::Latencies::default(),
-                        slow_start: slow_start::SlowStart::new(route.slow_start, random_u64()),
                         waiting: HashMap::new(),
                     }),
                     freed: tokio::sync::Notify::new(),
@@ -1128,7 +1099,7 @@ async fn proxy<D: Directory>(
         .is_some_and(|(binding, (pe, _))| binding.pe_id == pe.id);
     let hedge_delay = live
         .health(|health| {
-            health.order(
+            health.pes.order(
                 &mut usable,
                 usize::from(sticky_first),
                 |(pe, _)| pe.id,
@@ -1485,15 +1456,6 @@ fn launch<'a>(
         };
         (id, elapsed, result)
     })
-}
-
-/// 64 random bits: new session ids and the slow-start generators' seeds.
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    // Without randomness sessions still work (they share the id 0 at the PEs), and slow
-    // start draws the same sequence on every route.
-    let _ = getrandom::fill(&mut bytes);
-    u64::from_be_bytes(bytes)
 }
 
 /// The PE's response as the client gets it: hop-by-hop headers gone, `Via` added, the

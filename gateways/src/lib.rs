@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+pub mod health;
 pub mod http;
 pub mod pe_socket;
 pub mod tcp;
@@ -205,6 +206,15 @@ pub trait Directory: Send + Sync + 'static {
             ))
         }
     }
+}
+
+/// 64 random bits: new session ids and the slow-start generators' seeds.
+pub(crate) fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // Without randomness sessions still work (they share the id 0 at the PEs), and slow
+    // start draws the same sequence on every route.
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_be_bytes(bytes)
 }
 
 /// The time now, as the sans-IO session layer takes it (tokio's clock, so that tests

@@ -13,18 +13,19 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram};
 use rserpool_proto::session::{PeFailure, Session, SessionConfig, SessionEvent, SessionOutput};
-use rserpool_proto::wire::{PoolElement, PoolHandle, TransportProtocol};
+use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle, TransportProtocol};
 use socket2::SockRef;
 use tokio::io::{Interest, Ready};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{OutlierConfig, PoolHealth};
 use crate::{Directory, DirectoryError, Lifecycle};
 
 /// A resolve or connect under way, polled alongside the session's sockets.
@@ -45,6 +46,11 @@ pub struct ListenerConfig {
     pub buffer: usize,
     /// How client bytes become messages for PEs whose user transport is SCTP.
     pub sctp: SctpUpstream,
+    /// When a PE whose sessions keep failing (refused or timed-out connects, resets,
+    /// silence, protocol errors; not closes) is ejected: tried after the others.
+    pub outliers: OutlierConfig,
+    /// How long a new or returning PE's share of new sessions ramps up (zero: at once).
+    pub slow_start: Duration,
 }
 
 /// Upstream options for SCTP pool elements: the PPID of data messages, and how the
@@ -156,6 +162,8 @@ impl ListenerConfig {
             max_connections: 10_000,
             buffer: 256 * 1024,
             sctp: SctpUpstream::default(),
+            outliers: OutlierConfig::default(),
+            slow_start: crate::health::SLOW_START,
         }
     }
 }
@@ -173,6 +181,7 @@ struct Meters {
     half_closed_expired: Counter,
     idle_expired: Counter,
     stall: Histogram,
+    ejections: Counter,
 }
 
 impl Meters {
@@ -191,6 +200,7 @@ impl Meters {
             ),
             idle_expired: metrics::counter!("rserpool_tcp_idle_expired_total", &[label()]),
             stall: metrics::histogram!("rserpool_tcp_failover_stall_seconds", &[label()]),
+            ejections: metrics::counter!("rserpool_tcp_pe_ejections_total", &[label()]),
         }
     }
 }
@@ -201,6 +211,42 @@ struct Listener<D> {
     pool: String,
     meters: Meters,
     directory: Arc<D>,
+    health: Mutex<PoolHealth>,
+}
+
+impl<D> Listener<D> {
+    /// `pes` with ejected PEs last and new ones (maybe) behind the settled.
+    fn order(&self, pes: Vec<PoolElement>) -> Vec<PoolElement> {
+        let mut order: Vec<usize> = (0..pes.len()).collect();
+        if let Ok(mut health) = self.health.lock() {
+            let id = |index: &usize| pes.get(*index).map_or(PoolElementId(0), |pe| pe.id);
+            health.order(&mut order, 0, id, crate::now());
+        }
+        let mut slots: Vec<Option<PoolElement>> = pes.into_iter().map(Some).collect();
+        order
+            .iter()
+            .filter_map(|index| slots.get_mut(*index)?.take())
+            .collect()
+    }
+
+    /// Records how a session's PE did (`offered`: the PEs its last resolution listed).
+    fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
+        let ejection = self
+            .health
+            .lock()
+            .ok()
+            .and_then(|mut health| health.observe(pe, ok, offered, crate::now()));
+        if let Some(ejection) = ejection {
+            self.meters.ejections.increment(1);
+            tracing::warn!(
+                pool = %self.pool,
+                pe = %ejection.pe,
+                seconds = ejection.duration.as_secs(),
+                times = ejection.times,
+                "pool element ejected after consecutive failed sessions: tried after the others"
+            );
+        }
+    }
 }
 
 /// Accepts clients until shut down; each gets a session task.
@@ -217,6 +263,11 @@ pub async fn serve<D: Directory>(
     let listener = Arc::new(Listener {
         meters: Meters::new(&pool),
         pool,
+        health: Mutex::new(PoolHealth::new(
+            config.outliers,
+            config.slow_start,
+            crate::random_u64(),
+        )),
         config,
         directory,
     });
@@ -498,6 +549,11 @@ async fn run_session<D: Directory>(
     let mut shutdown_seen = false;
     let high = config.buffer;
     let mut failed = false;
+    // PEs the last resolution listed (outlier detection's panic threshold).
+    let mut offered = 0;
+    // The current PE sent data: its connection worked (outlier detection counts a
+    // success then, not at connect, since a PE that resets every session connects).
+    let mut pe_answered = false;
 
     loop {
         // Carry out what the session asks.
@@ -508,6 +564,7 @@ async fn run_session<D: Directory>(
                 }
                 SessionOutput::Connect(target) => {
                     pe = None;
+                    pe_answered = false;
                     let timeout = config.session.connect_timeout;
                     let directory = &*listener.directory;
                     let upstream = config.sctp;
@@ -542,6 +599,11 @@ async fn run_session<D: Directory>(
                     match &event {
                         SessionEvent::Started { pe } => entry.started(*pe),
                         SessionEvent::FailedOver { to, .. } => entry.failed_over(*to),
+                        SessionEvent::PeFailed { pe, failure } => {
+                            if failure.counts_against_pe() {
+                                listener.observe(*pe, false, offered);
+                            }
+                        }
                         SessionEvent::HalfCloseExpired
                         | SessionEvent::IdleExpired
                         | SessionEvent::Unrecoverable { .. } => {}
@@ -605,7 +667,13 @@ async fn run_session<D: Directory>(
                 (Ok(_), Some(side)) => read_into(side, |result| match result {
                     None => {}
                     Some(Ok([])) => session.pe_eof(crate::now()),
-                    Some(Ok(bytes)) => session.pe_data(bytes, crate::now()),
+                    Some(Ok(bytes)) => {
+                        if !pe_answered && let Some(answering) = session.current_pe() {
+                            pe_answered = true;
+                            listener.observe(answering, true, offered);
+                        }
+                        session.pe_data(bytes, crate::now());
+                    }
                     Some(Err(_)) => session.pe_failed(PeFailure::Reset, crate::now()),
                 }),
                 (Err(_), _) => session.pe_failed(PeFailure::Reset, crate::now()),
@@ -627,7 +695,9 @@ async fn run_session<D: Directory>(
             }
             answer = async { resolving.as_mut().expect("guarded").await }, if resolving.is_some() => {
                 resolving = None;
-                session.resolved(answer.unwrap_or_default(), crate::now());
+                let pes = listener.order(answer.unwrap_or_default());
+                offered = pes.len();
+                session.resolved(pes, crate::now());
             }
             stream = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
@@ -668,6 +738,9 @@ async fn run_session<D: Directory>(
 fn record(pool: &str, meters: &Meters, peer: SocketAddr, event: &SessionEvent) {
     match event {
         SessionEvent::Started { pe } => tracing::debug!(%peer, pool, pe = %pe, "session started"),
+        SessionEvent::PeFailed { pe, failure } => {
+            tracing::debug!(%peer, pool, pe = %pe, ?failure, "pool element failed");
+        }
         SessionEvent::FailedOver {
             from,
             to,

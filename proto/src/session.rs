@@ -254,6 +254,12 @@ impl PeFailure {
     pub fn reports_unreachable(self) -> bool {
         matches!(self, Self::Connect | Self::Timeout)
     }
+
+    /// Whether the failure counts against the PE's health (a gateway's outlier
+    /// detection): every failure but a close, which a PE may make on purpose.
+    pub fn counts_against_pe(self) -> bool {
+        !matches!(self, Self::Closed)
+    }
 }
 
 /// What the driver of a session must do.
@@ -294,6 +300,13 @@ pub enum SessionEvent {
     Started {
         /// The PE.
         pe: PoolElementId,
+    },
+    /// A PE of the session failed (the session then moves on, or gives up).
+    PeFailed {
+        /// The PE.
+        pe: PoolElementId,
+        /// How.
+        failure: PeFailure,
     },
     /// The session moved to another PE.
     FailedOver {
@@ -533,6 +546,11 @@ impl Session {
         if failure.reports_unreachable() {
             self.out.push_back(SessionOutput::ReportUnreachable(pe.id));
         }
+        self.out
+            .push_back(SessionOutput::Event(SessionEvent::PeFailed {
+                pe: pe.id,
+                failure,
+            }));
         self.failed.push(pe.id);
         if self.failover.is_none() {
             self.failover = Some((pe.id, failure, now));

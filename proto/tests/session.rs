@@ -345,6 +345,26 @@ fn a_pe_dying_before_answering_is_retried() {
     )));
 }
 
+/// Every PE failure is an event naming the PE (gateways count them for outlier
+/// detection), and only a close does not count against the PE: a PE may end sessions
+/// on purpose (rsplib's PingPong PEs after N requests).
+#[test]
+fn pe_failures_are_events_and_a_close_does_not_count_against_the_pe() {
+    for failure in [PeFailure::Reset, PeFailure::Closed] {
+        let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+        world.run();
+        world.client_sends(b"ping\n");
+        world.crash(failure);
+        assert!(world.events.contains(&SessionEvent::PeFailed {
+            pe: PoolElementId(1),
+            failure
+        }));
+    }
+    assert!(PeFailure::Reset.counts_against_pe());
+    assert!(PeFailure::Timeout.counts_against_pe());
+    assert!(!PeFailure::Closed.counts_against_pe());
+}
+
 /// Rule 3: a data-only PE that already answered, dying: the client is closed, marked
 /// failed, with what it had (nothing repeated, nothing invented).
 #[test]

@@ -12,8 +12,8 @@
 //!   emptied by its own failures (the panic threshold).
 //! * Ejected PEs are not removed: they go to the end of each request's list, so when
 //!   every other PE fails they are still tried. The registrar hears of them only
-//!   through the unreachability reports of transport failures (attempts.rs): a PE
-//!   answering 503 is alive.
+//!   through the unreachability reports of transport failures (the HTTP gateway's
+//!   attempts.rs, the TCP session layer): a PE answering 503 is alive.
 //! * The table is bounded (`MAX_TRACKED` PEs); a PE without failures is not tracked.
 
 use std::collections::HashMap;
@@ -63,11 +63,11 @@ enum Standing {
 
 /// An ejection, for the log line and the metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ejection {
-    pub(crate) pe: PoolElementId,
-    pub(crate) duration: Duration,
+pub struct Ejection {
+    pub pe: PoolElementId,
+    pub duration: Duration,
     /// How many times it was ejected, this one included.
-    pub(crate) times: u32,
+    pub times: u32,
 }
 
 /// The passive health of one route's PEs.
