@@ -293,6 +293,11 @@ fn slow_start() -> Duration {
     rserpool_gateways::http::SLOW_START
 }
 
+/// The session layer's own default.
+fn heartbeat_interval() -> Duration {
+    rserpool_proto::session::SessionConfig::default().heartbeat_interval
+}
+
 fn resume_cut_gets() -> bool {
     rserpool_gateways::http::RESUME_CUT_GETS
 }
@@ -428,6 +433,10 @@ pub(crate) struct TcpListenerSection {
     /// use heartbeats instead).
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub(crate) response_timeout: Duration,
+    /// A TCP control channel idle this long gets a heartbeat; a PE silent for three
+    /// intervals has failed (1s).
+    #[serde(default = "heartbeat_interval", deserialize_with = "duration")]
+    pub(crate) heartbeat_interval: Duration,
     /// How long one failover may take before the client is given up.
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub(crate) failover_deadline: Duration,
@@ -1224,6 +1233,11 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
         if listener.buffer == 0 || listener.max_connections == 0 {
             return Err(ConfigError::Invalid(format!(
                 "gateway.tcp[{i}]: buffer and max_connections must be above 0"
+            )));
+        }
+        if listener.heartbeat_interval < Duration::from_millis(100) {
+            return Err(ConfigError::Invalid(format!(
+                "gateway.tcp[{i}]: heartbeat_interval must be at least 100ms"
             )));
         }
         if let Some(framing) = listener.framing

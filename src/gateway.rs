@@ -398,6 +398,7 @@ fn listener_config(section: &TcpListenerSection) -> Result<ListenerConfig, RunEr
             response_timeout: section.response_timeout,
             failover_deadline: section.failover_deadline,
             half_close_timeout: section.half_close_timeout,
+            heartbeat_interval: section.heartbeat_interval,
             idle_timeout: (!section.idle_timeout.is_zero()).then_some(section.idle_timeout),
             ..SessionConfig::default()
         },
