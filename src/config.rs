@@ -434,7 +434,8 @@ pub(crate) struct TcpListenerSection {
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub(crate) response_timeout: Duration,
     /// A TCP control channel idle this long gets a heartbeat; a PE silent for three
-    /// intervals has failed (1s).
+    /// intervals has failed (1s; 100ms to 2s: PEs answer each heartbeat and give up a
+    /// gateway silent for 3 s).
     #[serde(default = "heartbeat_interval", deserialize_with = "duration")]
     pub(crate) heartbeat_interval: Duration,
     /// How long one failover may take before the client is given up.
@@ -1235,9 +1236,12 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
                 "gateway.tcp[{i}]: buffer and max_connections must be above 0"
             )));
         }
-        if listener.heartbeat_interval < Duration::from_millis(100) {
+        // Our PE library gives up a gateway silent for 3 s (and answers each heartbeat).
+        if !(Duration::from_millis(100)..=Duration::from_secs(2))
+            .contains(&listener.heartbeat_interval)
+        {
             return Err(ConfigError::Invalid(format!(
-                "gateway.tcp[{i}]: heartbeat_interval must be at least 100ms"
+                "gateway.tcp[{i}]: heartbeat_interval must be between 100ms and 2s"
             )));
         }
         if let Some(framing) = listener.framing

@@ -358,6 +358,10 @@ pub struct Session {
     output: u64,
     last_write: tokio::time::Instant,
     last_read: tokio::time::Instant,
+    /// The gateway sent a heartbeat: it is answered, so that a gateway with a shorter
+    /// `heartbeat_interval` than ours hears from an idle session in time. (The
+    /// gateway never answers ours, so they cannot ping-pong.)
+    heartbeat_received: bool,
 }
 
 /// A control channel peer silent for three heartbeat intervals is gone.
@@ -375,6 +379,7 @@ impl Session {
             output: 0,
             last_write: now,
             last_read: now,
+            heartbeat_received: false,
         }
     }
 
@@ -436,6 +441,9 @@ impl Session {
                     }
                     self.last_read = tokio::time::Instant::now();
                     self.receive(buffer.get(..count).unwrap_or_default())?;
+                    if std::mem::take(&mut self.heartbeat_received) {
+                        self.write(&ControlFrame::Heartbeat.encode()).await?;
+                    }
                 }
                 () = tick, if self.control => {
                     let now = tokio::time::Instant::now();
@@ -468,7 +476,7 @@ impl Session {
                     self.pending.push_back(Event::Data(payload));
                 }
                 Some(ControlFrame::Asap(message)) => self.asap_event(&message),
-                Some(ControlFrame::Heartbeat) => {}
+                Some(ControlFrame::Heartbeat) => self.heartbeat_received = true,
                 None => return Ok(()),
             }
         }

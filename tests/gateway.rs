@@ -511,3 +511,73 @@ fn a_pe_resetting_sessions_is_ejected_but_one_closing_them_is_not() {
         }
     }
 }
+
+/// Control-channel heartbeats at the listener's `heartbeat_interval` (100 ms here, below
+/// the PE library's own 1 s): the PE answers each, so an idle session is not taken for
+/// a dead PE after 300 ms, while a frozen PE is (its session moves on).
+#[test]
+fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let mut pes: Vec<Process> = (0..2).map(|_| counter_pe(asap)).collect();
+    assert!(eventually(Duration::from_secs(10), || {
+        common::resolve_ids(asap, "CounterPool").len() == 2
+    }));
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = std::env::temp_dir().join(format!("rserpool-heartbeat-{}.yaml", free_port()));
+    std::fs::write(
+        &config,
+        format!(
+            "pool_user:\n  registrars: [{asap}]\ngateway:\n  tcp:\n    - listen: {listen}\n      pool: CounterPool\n      heartbeat_interval: 100ms\n"
+        ),
+    )
+    .unwrap();
+    let gateway = Process::start(&[
+        "gateway",
+        "--config",
+        config.to_str().unwrap(),
+        "--log-level",
+        "info,rserpool_gateways=debug",
+    ]);
+    let client = TcpStream::connect(listen).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = client.try_clone().unwrap();
+    let mut reader = BufReader::new(client);
+    let mut count = |expected: u64| {
+        writer.write_all(b"tick\n").unwrap();
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), expected.to_string());
+    };
+    count(1);
+    // Idle for five times the PE's silence limit at this interval (the scenario, not
+    // a wait for something to happen).
+    thread::sleep(Duration::from_millis(1500));
+    count(2);
+    assert_eq!(
+        failovers(&gateway),
+        0,
+        "an idle session was taken for a dead PE"
+    );
+    // The log is read by another thread: the line may lag the answer.
+    let mut serving = None;
+    assert!(eventually(Duration::from_secs(5), || {
+        serving = serving_pe(&gateway);
+        serving.is_some()
+    }));
+    let serving = serving.unwrap();
+    let frozen = pes.iter_mut().find(|pe| pe.ready["pe"] == serving).unwrap();
+    frozen.signal("STOP");
+    let started = Instant::now();
+    count(3);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(eventually(Duration::from_secs(5), || failovers(&gateway) == 1));
+    frozen.signal("CONT");
+    let _ = std::fs::remove_file(&config);
+}
