@@ -270,16 +270,33 @@ pub(crate) struct OutlierSection {
     pub(crate) max_ejection: Duration,
     /// The largest share of a request's PEs ejected at once (at least one of two).
     pub(crate) max_ejected_percent: u8,
+    /// How often PEs are judged by their success rate (0s: never).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) interval: Duration,
+    /// Requests (or sessions) a PE needs in an interval to be judged.
+    pub(crate) success_rate_request_volume: u32,
+    /// A PE failing more than this share of them is ejected (0: off).
+    pub(crate) failure_percentage: u8,
+    /// PEs that must qualify for the statistical check (a rate this many standard
+    /// deviations below the mean).
+    pub(crate) success_rate_minimum_hosts: u32,
+    pub(crate) success_rate_stdev_factor: f64,
 }
 
 impl Default for OutlierSection {
     fn default() -> Self {
-        let library = rserpool_gateways::http::OutlierConfig::default();
+        let library = rserpool_gateways::health::OutlierConfig::default();
         Self {
             consecutive_failures: library.consecutive_failures,
             base_ejection: library.base_ejection,
             max_ejection: library.max_ejection,
             max_ejected_percent: library.max_ejected_percent,
+            interval: library.success_rate.interval,
+            success_rate_request_volume: library.success_rate.request_volume,
+            failure_percentage: library.success_rate.failure_percentage,
+            success_rate_minimum_hosts: library.success_rate.minimum_hosts,
+            success_rate_stdev_factor: f64::from(library.success_rate.stdev_factor_permille)
+                / 1000.0,
         }
     }
 }

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 
 use rserpool_gateways::Lifecycle;
 use rserpool_gateways::dns::{self, DnsConfig, TcpLimits, hickory_name};
+use rserpool_gateways::health::{OutlierConfig, SuccessRateConfig};
 use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
-use rserpool_gateways::http::{self, HttpListenerConfig, OutlierConfig, Route};
+use rserpool_gateways::http::{self, HttpListenerConfig, Route};
 use rserpool_gateways::tcp::{self, Framing, ListenerConfig, SctpUpstream};
 use rserpool_proto::pool_user::{AnswerSource, ResolveError};
 use rserpool_proto::session::SessionConfig;
@@ -365,9 +366,17 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
 
 /// A route's or TCP listener's passive health, checked.
 fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConfig, RunError> {
-    if section.max_ejected_percent > 100 || section.base_ejection > section.max_ejection {
+    if section.max_ejected_percent > 100
+        || section.failure_percentage > 100
+        || section.base_ejection > section.max_ejection
+    {
         return Err(RunError::Usage(format!(
-            "{context}: outlier_detection: max_ejected_percent is at most 100 and base_ejection at most max_ejection"
+            "{context}: outlier_detection: max_ejected_percent and failure_percentage are at most 100 and base_ejection at most max_ejection"
+        )));
+    }
+    if !(0.0..=10.0).contains(&section.success_rate_stdev_factor) {
+        return Err(RunError::Usage(format!(
+            "{context}: outlier_detection: success_rate_stdev_factor must be between 0 and 10"
         )));
     }
     Ok(OutlierConfig {
@@ -375,6 +384,13 @@ fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConf
         base_ejection: section.base_ejection,
         max_ejection: section.max_ejection,
         max_ejected_percent: section.max_ejected_percent,
+        success_rate: SuccessRateConfig {
+            interval: section.interval,
+            request_volume: section.success_rate_request_volume,
+            failure_percentage: section.failure_percentage,
+            minimum_hosts: section.success_rate_minimum_hosts,
+            stdev_factor_permille: (section.success_rate_stdev_factor * 1000.0).round() as u32,
+        },
     })
 }
 

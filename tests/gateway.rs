@@ -495,7 +495,7 @@ fn a_pe_resetting_sessions_is_ejected_but_one_closing_them_is_not() {
             i += 1;
             let message = format!("session {i:04}\n");
             assert_eq!(echo_through(listen, message.as_bytes()), message.as_bytes());
-            gateway.log_contains("ejected after consecutive failed sessions")
+            gateway.log_contains("ejected after consecutive failures")
                 || (!reset && ended.load(std::sync::atomic::Ordering::Relaxed) >= 10)
         });
         let ended = ended.load(std::sync::atomic::Ordering::Relaxed);

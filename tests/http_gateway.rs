@@ -1361,3 +1361,50 @@ fn the_demo_pe_answers_a_repeated_key_with_its_first_answer() {
     assert_eq!(post("\"k1\"").body, first.body);
     assert_eq!(post("\"k2\"").field("count"), "2");
 }
+
+/// A backend answering 503 to two requests of every three (never five in a row).
+fn flapping_backend() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head);
+            let answer: &[u8] = if n % 3 == 2 {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+            } else {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\nsick"
+            };
+            let _ = stream.write_all(answer);
+        }
+    });
+    address
+}
+
+/// A PE failing two requests of three is never five in a row, so only its success
+/// rate gives it away: judged every second here, it is ejected (and every GET is
+/// answered 200 meanwhile, by the retries).
+#[test]
+fn a_pe_failing_most_requests_but_never_five_in_a_row_is_ejected_by_its_success_rate() {
+    let (registrar, asap, mut processes) = web_pool(1);
+    processes.push(registrar);
+    processes.push(unchecked_agent(asap, flapping_backend()));
+    wait_for_pool(asap, "WebPool", 2);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          slow_start: 0s\n          outlier_detection: {interval: 1s, success_rate_request_volume: 5}\n",
+    );
+    let address = gateway.listener("http");
+    let mut i = 0;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            i += 1;
+            let reply = request(address, "GET", &format!("/get-{i}"), &[]);
+            assert_eq!(reply.status, 200, "GET {i}");
+            gateway.log_contains("ejected for its success rate")
+        }),
+        "not ejected after {i} requests"
+    );
+    assert!(!gateway.log_contains("ejected after consecutive failures"));
+}

@@ -354,15 +354,9 @@ impl LiveRoute {
             }
             health.pes.observe(pe, ok, offered, now)
         });
-        if let Some(Some(ejection)) = observed {
+        for ejection in observed.unwrap_or_default() {
             self.meters.ejections.increment(1);
-            tracing::warn!(
-                pool = %self.route.pool_handle,
-                pe = %ejection.pe,
-                seconds = ejection.duration.as_secs(),
-                times = ejection.times,
-                "pool element ejected after consecutive failures: tried after the others"
-            );
+            crate::health::log_ejection(&self.route.pool_handle.to_string(), &ejection, "requests");
         }
     }
 }

@@ -231,20 +231,14 @@ impl<D> Listener<D> {
 
     /// Records how a session's PE did (`offered`: the PEs its last resolution listed).
     fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
-        let ejection = self
+        let ejections = self
             .health
             .lock()
-            .ok()
-            .and_then(|mut health| health.observe(pe, ok, offered, crate::now()));
-        if let Some(ejection) = ejection {
+            .map(|mut health| health.observe(pe, ok, offered, crate::now()))
+            .unwrap_or_default();
+        for ejection in ejections {
             self.meters.ejections.increment(1);
-            tracing::warn!(
-                pool = %self.pool,
-                pe = %ejection.pe,
-                seconds = ejection.duration.as_secs(),
-                times = ejection.times,
-                "pool element ejected after consecutive failed sessions: tried after the others"
-            );
+            crate::health::log_ejection(&self.pool, &ejection, "sessions");
         }
     }
 }

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use rserpool_proto::wire::PoolElementId;
 
+use super::success_rate::SuccessRateConfig;
+
 /// PEs tracked at most; failures of others are not counted while it is full.
 const MAX_TRACKED: usize = 10_000;
 
@@ -35,6 +37,8 @@ pub struct OutlierConfig {
     pub max_ejection: Duration,
     /// The largest share of a request's PEs ejected at once.
     pub max_ejected_percent: u8,
+    /// Ejection by success rate over an interval.
+    pub success_rate: SuccessRateConfig,
 }
 
 impl Default for OutlierConfig {
@@ -44,6 +48,7 @@ impl Default for OutlierConfig {
             base_ejection: Duration::from_secs(30),
             max_ejection: Duration::from_secs(300),
             max_ejected_percent: 50,
+            success_rate: SuccessRateConfig::default(),
         }
     }
 }
@@ -68,6 +73,16 @@ pub struct Ejection {
     pub duration: Duration,
     /// How many times it was ejected, this one included.
     pub times: u32,
+    pub cause: Cause,
+}
+
+/// Why a PE was ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// `consecutive_failures` in a row.
+    ConsecutiveFailures,
+    /// Its success rate over an interval (percent), against the mean of the PEs judged.
+    LowSuccessRate { percent: u8, mean_percent: u8 },
 }
 
 /// The passive health of one route's PEs.
@@ -174,15 +189,41 @@ impl Outliers {
             ejections,
             last_ejected,
         };
+        if failures < self.config.consecutive_failures {
+            return None;
+        }
+        self.eject(pe, offered, Cause::ConsecutiveFailures, now)
+    }
+
+    /// Ejects `pe` for `cause` unless that would eject more than `max_ejected_percent`
+    /// of the `offered` PEs (or it is out already).
+    pub(crate) fn eject(
+        &mut self,
+        pe: PoolElementId,
+        offered: usize,
+        cause: Cause,
+        now: Instant,
+    ) -> Option<Ejection> {
+        if self.is_ejected(pe, now)
+            || (!self.pes.contains_key(&pe) && self.pes.len() >= MAX_TRACKED)
+        {
+            return None;
+        }
         let allowed = if offered < 2 {
             0
         } else {
             (offered * usize::from(self.config.max_ejected_percent) / 100).max(1)
         };
-        // Counting the ejected PEs walks the table: only when this one would go.
-        if failures < self.config.consecutive_failures || self.ejected(now) >= allowed {
+        // Counting the ejected PEs walks the table: only when one would go.
+        if self.ejected(now) >= allowed {
             return None;
         }
+        let ejections = match self.pes.get(&pe) {
+            Some(Standing::Serving { ejections, .. } | Standing::Ejected { ejections, .. }) => {
+                *ejections
+            }
+            None => 0,
+        };
         let config = self.config;
         let times = ejections.saturating_add(1);
         let duration = config
@@ -200,6 +241,7 @@ impl Outliers {
             pe,
             duration,
             times,
+            cause,
         })
     }
 
