@@ -142,7 +142,9 @@ fn pe_agent_deregisters_on_sigterm() {
         "{:?}",
         agent.log.lock().unwrap()
     );
-    assert!(registrar.log_contains("reason=Deregistered"));
+    // The log is read by another thread: the line may lag.
+    assert!(eventually(Duration::from_secs(5), || registrar
+        .log_contains("reason=Deregistered")));
 }
 
 fn registration(pe: u32, handle: &str) -> Vec<u8> {
