@@ -287,7 +287,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     gateway.extend(registrar_flags.iter().cloned());
     gateway.extend(["--tcp".into(), format!("{}=CounterPool", ports.counter)]);
     gateway.extend(["--tcp".into(), format!("{}=EchoPool", ports.echo)]);
-    gateway.extend(["--http".into(), format!("{}=WebPool", ports.http)]);
+    gateway.extend(["--config".into(), http_config(&logs, ports.http)?]);
     gateway.extend(["--dns".into(), ports.dns.to_string()]);
     gateway.extend(["--admin".into(), ports.admin.to_string()]);
     gateway.extend(admin_flags());
@@ -307,18 +307,36 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     Ok(format!("demo: stopped (logs kept in {})\n", logs.display()))
 }
 
-/// A fresh admin token in `dir` (mode 0600): the demo's admin listeners guard `/log`
-/// and `/api/` with it.
-fn admin_token(dir: &Path) -> Result<(PathBuf, String), RunError> {
+/// `count` random bytes in hex.
+fn random_hex(count: usize) -> Result<String, RunError> {
     use std::io::Read as _;
-    let mut bytes = [0u8; 24];
+    let mut bytes = vec![0u8; count];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut random| random.read_exact(&mut bytes))
         .map_err(RunError::Io)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A fresh admin token in `dir` (mode 0600): the demo's admin listeners guard `/log`
+/// and `/api/` with it.
+fn admin_token(dir: &Path) -> Result<(PathBuf, String), RunError> {
+    let token = random_hex(24)?;
     let path = dir.join("admin-token");
     cert::write(&path, &token, true)?;
     Ok((path, token))
+}
+
+/// The gateway's HTTP listener at `listen`, written to `dir` (mode 0600: it holds the
+/// sticky key): WebPool with sticky sessions (a fresh key) and idempotency keys, so a
+/// session's count and a POST survive the death of their PE. Its path, for `--config`.
+fn http_config(dir: &Path, listen: SocketAddr) -> Result<String, RunError> {
+    let key = random_hex(32)?;
+    let text = format!(
+        "gateway:\n  http:\n    - listen: {listen}\n      sticky:\n        keys: [\"{key}\"]\n      routes:\n        - pool: WebPool\n          idempotency_keys: true\n"
+    );
+    let path = dir.join("gateway-http.yaml");
+    cert::write(&path, &text, true)?;
+    Ok(path.to_string_lossy().into_owned())
 }
 
 /// The demo's addresses.

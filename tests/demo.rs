@@ -109,9 +109,25 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
     let mut text = String::new();
     http.read_to_string(&mut text).unwrap();
     assert!(
-        text.starts_with("HTTP/1.1 200") && text.contains("pe=0x"),
+        text.starts_with("HTTP/1.1 200") && text.contains("pe=0x") && text.contains("count=1"),
         "{text}"
     );
+    // Its route is sticky: with the session cookie the count goes on.
+    let cookie = text
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .and_then(|value| value.split(';').next())
+        .unwrap_or_else(|| panic!("no session cookie: {text}"))
+        .to_owned();
+    let mut http = TcpStream::connect(("127.0.0.1", u16::try_from(base + 80).unwrap())).unwrap();
+    http.write_all(
+        format!("POST /hello HTTP/1.1\r\nHost: demo\r\nCookie: {cookie}\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx")
+            .as_bytes(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    assert!(text.contains("count=2"), "{text}");
     // The DNS gateway.
     let dig = Command::new("dig")
         .args([
