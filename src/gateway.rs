@@ -209,6 +209,7 @@ fn admin_routes(
         }),
         api_names: &["sessions"],
         role: "gateway",
+        refresh: None,
     }
 }
 

@@ -7,6 +7,8 @@
 //! associations from that port, so a registrar that takes the PEs over can reach it
 //! (asap.md §5.2 step 1).
 
+mod meters;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -247,6 +249,9 @@ async fn watch(
 ) {
     let mut healthy = false;
     let mut streak = 0u32;
+    // The backend failed its checks before it ever passed one: said once (a PE that
+    // never registers would otherwise leave no trace at any log level).
+    let mut said_never_healthy = false;
     let mut ticker = tokio::time::interval(service.health_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -254,7 +259,18 @@ async fn watch(
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let started = tokio::time::Instant::now();
         let ok = check(&service).await;
+        meters::health_check(service.pool, ok, started.elapsed());
+        if !ok && !healthy && !said_never_healthy {
+            said_never_healthy = true;
+            tracing::warn!(
+                pool = %service.pool,
+                backend = %service.backend,
+                check = ?service.health,
+                "backend fails its health check: not registering until it passes"
+            );
+        }
         if ok == healthy {
             streak = 0;
             continue;
@@ -440,13 +456,14 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
             listen,
             admin_security.clone(),
             shutdown.clone(),
-            registered.routes(),
+            registered.routes(section.services.iter().map(|s| s.pool).collect()),
             logging.clone(),
         )
         .await?
         .to_string(),
         None => "off".to_owned(),
     };
+    describe_metrics();
     tls.iter().for_each(|tls| tls.publish_expiry());
     let registrars: Vec<String> = section.registrars.iter().map(ToString::to_string).collect();
     // Before the ready line: a signal sent right after it (a supervisor's reload)
@@ -536,9 +553,10 @@ impl Registered {
             .unwrap_or_default()
     }
 
-    /// Ready while at least one PE is registered.
-    pub(crate) fn routes(&self) -> crate::admin::Routes {
-        let (ready, api) = (self.clone(), self.clone());
+    /// Ready while at least one PE is registered; `/metrics` counts them per pool of
+    /// `pools` (the configured ones).
+    pub(crate) fn routes(&self, pools: Vec<PoolHandle>) -> crate::admin::Routes {
+        let (ready, api, counted) = (self.clone(), self.clone(), self.clone());
         crate::admin::Routes {
             ready: Arc::new(move || {
                 let registered = !ready.list().is_empty();
@@ -567,6 +585,10 @@ impl Registered {
             }),
             api_names: &["pool_elements"],
             role: "pe agent",
+            refresh: Some(Arc::new(move || {
+                meters::refresh(&pools, &counted.list());
+                Box::pin(async {})
+            })),
         }
     }
 }
@@ -579,7 +601,13 @@ async fn handle_count(handle: &Handle<PoolElementEngine>) -> usize {
         .unwrap_or(0)
 }
 
+/// `# HELP` for the PE side's metric families (once the recorder is installed).
+pub(crate) fn describe_metrics() {
+    meters::describe();
+}
+
 pub(crate) fn log_event(event: &PoolElementEvent) {
+    meters::count(event);
     match event {
         PoolElementEvent::Registered {
             pool_handle,
@@ -619,14 +647,12 @@ pub(crate) fn log_event(event: &PoolElementEvent) {
         PoolElementEvent::RegistrarLost => tracing::warn!("registrar association lost; hunting"),
         PoolElementEvent::RegistrarRefused { reason } => {
             static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
-            metrics::counter!("rserpool_pe_registrars_refused_total").increment(1);
             if let Some(suppressed) = LOG.permit() {
                 tracing::warn!(%reason, suppressed, "not registering at a registrar that did not prove it is one");
             }
         }
         PoolElementEvent::HomeChangeIgnored { claimed, reason } => {
             static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
-            metrics::counter!("rserpool_pe_home_changes_ignored_total").increment(1);
             if let Some(suppressed) = LOG.permit() {
                 tracing::warn!(%claimed, %reason, suppressed, "ignored a keep-alive claiming to be the new home registrar");
             }

@@ -1,6 +1,8 @@
 //! `rserpool registrar`: wires the registrar engine to its listeners, the announce
 //! channel, the configuration and the signals.
 
+mod meters;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -266,6 +268,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         .to_string(),
         None => "off".to_owned(),
     };
+    meters::describe();
     tls.iter().for_each(|tls| tls.publish_expiry());
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
@@ -316,6 +319,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
 fn admin_routes(handle: &Handle<RegistrarEngine>) -> crate::admin::Routes {
     let ready_handle = handle.clone();
     let api_handle = handle.clone();
+    let metrics_handle = handle.clone();
     crate::admin::Routes {
         ready: Arc::new(move || {
             let handle = ready_handle.clone();
@@ -340,6 +344,12 @@ fn admin_routes(handle: &Handle<RegistrarEngine>) -> crate::admin::Routes {
         }),
         api_names: &["handlespace", "peers"],
         role: "registrar",
+        refresh: Some(Arc::new(move || {
+            let handle = metrics_handle.clone();
+            Box::pin(async move {
+                handle.ask(meters::refresh).await;
+            })
+        })),
     }
 }
 
@@ -445,6 +455,7 @@ async fn reload(
 }
 
 fn log_event(event: RegistrarEvent) {
+    meters::count(&event);
     match event {
         RegistrarEvent::Registered { key, new: true } => {
             tracing::info!(pool = %key.pool_handle, pe = %key.pe_id, "pool element registered");
@@ -456,8 +467,6 @@ fn log_event(event: RegistrarEvent) {
             // A peer decides how often this happens.
             static LOG: crate::logging::RateLimitedLog =
                 crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
-            metrics::counter!("rserpool_registrar_registrations_refused_total", "cause" => format!("0x{:04x}", cause.0))
-                .increment(1);
             if let Some(suppressed) = LOG.permit() {
                 tracing::warn!(pool = %key.pool_handle, pe = %key.pe_id, %cause, %reason, suppressed, "registration refused");
             }
@@ -472,7 +481,6 @@ fn log_event(event: RegistrarEvent) {
             // A peer decides how often this happens.
             static LOG: crate::logging::RateLimitedLog =
                 crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
-            metrics::counter!("rserpool_registrar_bad_input_total").increment(1);
             if let Some(suppressed) = LOG.permit() {
                 tracing::warn!(%assoc, %detail, suppressed, "bad input");
             }
@@ -532,7 +540,6 @@ fn log_event(event: RegistrarEvent) {
         } => {
             static LOG: crate::logging::RateLimitedLog =
                 crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
-            metrics::counter!("rserpool_registrar_denied_total", "action" => action).increment(1);
             if let Some(suppressed) = LOG.permit() {
                 tracing::warn!(%assoc, action, %reason, suppressed, "refused: not authorized");
             }

@@ -670,7 +670,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
             listen,
             admin_security.clone(),
             service.shutdown.clone(),
-            service.registered.routes(),
+            service.registered.routes(vec![pool_handle]),
             logging,
         )
         .await?
@@ -678,6 +678,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         None => "off".to_owned(),
     };
     // The metrics recorder is up now (with the admin listener).
+    crate::pool_element::describe_metrics();
     service.tls.iter().for_each(|tls| tls.publish_expiry());
     let registrars: Vec<String> = registrars.iter().map(ToString::to_string).collect();
     // Before the ready line: a signal sent right after it (a supervisor's reload)

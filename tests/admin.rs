@@ -263,3 +263,181 @@ fn the_admin_listener_serves_https_with_its_certificate() {
     assert!(!String::from_utf8_lossy(&http.stdout).contains("ok"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The value of the series `series` (name and labels, exactly as rendered) in a
+/// Prometheus text.
+fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// The registrar's `/metrics`: every family described, and the values move with what
+/// happens (a registration, a resolution, a PE leaving).
+#[test]
+fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
+    let admin = admin_address();
+    let registrar = common::registrar(&["--admin", &admin.to_string()]);
+    let asap = registrar.address("asap");
+    let metrics = || admin_get(admin, "/metrics").1;
+    let text = metrics();
+    for family in [
+        "rserpool_registrar_pool_elements",
+        "rserpool_registrar_pools",
+        "rserpool_registrar_peers",
+        "rserpool_registrar_synchronized",
+        "rserpool_registrar_messages_total",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: {text}"
+        );
+    }
+    assert_eq!(
+        series(&text, "rserpool_registrar_pool_elements{owned=\"all\"}"),
+        Some(0.0)
+    );
+    let backend = Backend::start();
+    let mut agent = Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &backend.address.to_string(),
+        "--health",
+        "none",
+        "--registrar",
+        &asap.to_string(),
+    ]);
+    assert!(eventually(Duration::from_secs(10), || series(
+        &metrics(),
+        "rserpool_registrar_pool_elements{owned=\"here\"}"
+    ) == Some(1.0)));
+    let text = metrics();
+    assert!(text.contains("# HELP rserpool_registrar_registrations_total "));
+    assert_eq!(
+        series(
+            &text,
+            "rserpool_registrar_registrations_total{kind=\"new\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(series(&text, "rserpool_registrar_pools"), Some(1.0));
+    assert_eq!(
+        series(
+            &text,
+            "rserpool_registrar_pool_elements_by_pool{pool=\"WebPool\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(common::resolve_ids(asap, "WebPool").len(), 1);
+    assert_eq!(common::resolve_ids(asap, "NoSuchPool").len(), 0);
+    let text = metrics();
+    assert_eq!(
+        series(
+            &text,
+            "rserpool_registrar_handle_resolutions_total{result=\"answered\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &text,
+            "rserpool_registrar_handle_resolutions_total{result=\"empty\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        series(
+            &text,
+            "rserpool_registrar_messages_total{protocol=\"asap\",direction=\"received\"}"
+        )
+        .unwrap()
+            >= 3.0
+    );
+    // The agent stops: its PE is deregistered and the gauge goes back.
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(eventually(Duration::from_secs(10), || series(
+        &metrics(),
+        "rserpool_registrar_pool_elements{owned=\"all\"}"
+    ) == Some(0.0)));
+    assert_eq!(
+        series(
+            &metrics(),
+            "rserpool_registrar_removals_total{reason=\"deregistered\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+/// The agent's `/metrics` and log: a backend failing its first checks is said so (once)
+/// and counted; once it passes, its PE registers and the gauge shows it.
+#[test]
+fn agent_metrics_and_log_follow_the_backend_and_the_registration() {
+    let registrar = common::registrar(&[]);
+    let asap = registrar.address("asap");
+    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = admin_address();
+    let agent = Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &backend_address.to_string(),
+        "--health",
+        "tcp",
+        "--health-interval",
+        "200ms",
+        "--registrar",
+        &asap.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ]);
+    let metrics = || admin_get(admin, "/metrics").1;
+    assert!(eventually(Duration::from_secs(10), || series(
+        &metrics(),
+        "rserpool_pe_health_checks_total{pool=\"WebPool\",result=\"failed\"}"
+    )
+    .is_some_and(|failed| failed >= 2.0)));
+    assert!(eventually(Duration::from_secs(5), || agent
+        .log_contains("backend fails its health check")));
+    let text = metrics();
+    assert_eq!(
+        series(&text, "rserpool_pe_registered{pool=\"WebPool\"}"),
+        Some(0.0)
+    );
+    for family in [
+        "rserpool_pe_health_checks_total",
+        "rserpool_pe_health_check_seconds",
+        "rserpool_pe_registered",
+    ] {
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: {text}"
+        );
+    }
+    let _backend = Backend::start_at(backend_address);
+    assert!(eventually(Duration::from_secs(10), || series(
+        &metrics(),
+        "rserpool_pe_registered{pool=\"WebPool\"}"
+    ) == Some(1.0)));
+    let text = metrics();
+    assert_eq!(
+        series(
+            &text,
+            "rserpool_pe_registrations_total{result=\"registered\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(text.contains("# HELP rserpool_pe_registrations_total "));
+    // Said once, not at every failed check.
+    let said = agent
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains("backend fails its health check"))
+        .count();
+    assert_eq!(said, 1);
+}

@@ -46,6 +46,8 @@ pub(crate) struct Routes {
     pub(crate) api_names: &'static [&'static str],
     /// The role, for the status page.
     pub(crate) role: &'static str,
+    /// Brings the role's gauges up to date before `/metrics` is rendered.
+    pub(crate) refresh: Option<Arc<dyn Fn() -> Boxed<()> + Send + Sync>>,
 }
 
 /// The status page (`/`): plain HTML and script in the binary; it reads `/api/`,
@@ -301,6 +303,9 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
             }
         }
         (&Method::GET, "/metrics", _) => {
+            if let Some(refresh) = &routes.refresh {
+                refresh().await;
+            }
             (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
         }
         (&Method::GET, "/healthz", _) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),

@@ -1,0 +1,97 @@
+//! The `pe` agent's metrics: health checks per service, registrations and registrar
+//! changes from the engine's events, and the PEs registered now (a gauge per pool, set
+//! when `/metrics` is scraped). Labels are bounded: pools come from the configuration.
+
+use std::time::Duration;
+
+use rserpool_proto::pool_element::PoolElementEvent;
+use rserpool_proto::wire::{PoolElementId, PoolHandle};
+
+/// `# HELP` for every family; called once the recorder is installed.
+pub(super) fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "rserpool_pe_health_checks_total",
+        "health checks of each service's backend, by pool and result"
+    );
+    describe_histogram!(
+        "rserpool_pe_health_check_seconds",
+        "how long a backend's health check took, by pool"
+    );
+    describe_counter!(
+        "rserpool_pe_registrations_total",
+        "registrations of the agent's PEs, by result (registered or refused)"
+    );
+    describe_counter!(
+        "rserpool_pe_deregistrations_total",
+        "deregistrations of the agent's PEs, by whether the registrar confirmed"
+    );
+    describe_counter!(
+        "rserpool_pe_registrar_changes_total",
+        "home registrar changes and lost registrar associations, by event"
+    );
+    describe_counter!(
+        "rserpool_pe_registrars_refused_total",
+        "registrars not used because they did not prove they are one"
+    );
+    describe_counter!(
+        "rserpool_pe_home_changes_ignored_total",
+        "keep-alives claiming a new home registrar that were ignored"
+    );
+    describe_gauge!(
+        "rserpool_pe_registered",
+        "the agent's PEs registered now, by pool"
+    );
+}
+
+/// One health check of `pool`'s backend.
+pub(super) fn health_check(pool: PoolHandle, ok: bool, took: Duration) {
+    let pool = pool.to_string();
+    let result = if ok { "ok" } else { "failed" };
+    metrics::counter!("rserpool_pe_health_checks_total", "pool" => pool.clone(), "result" => result)
+        .increment(1);
+    metrics::histogram!("rserpool_pe_health_check_seconds", "pool" => pool)
+        .record(took.as_secs_f64());
+}
+
+/// Moves the counters an event stands for.
+pub(super) fn count(event: &PoolElementEvent) {
+    let counter = |name: &'static str, label: &'static str, value: &'static str| {
+        metrics::counter!(name, label => value).increment(1);
+    };
+    match event {
+        PoolElementEvent::Registered { .. } => {
+            counter("rserpool_pe_registrations_total", "result", "registered");
+        }
+        PoolElementEvent::RegistrationRefused { .. } => {
+            counter("rserpool_pe_registrations_total", "result", "refused");
+        }
+        PoolElementEvent::Deregistered { confirmed, .. } => counter(
+            "rserpool_pe_deregistrations_total",
+            "confirmed",
+            if *confirmed { "true" } else { "false" },
+        ),
+        PoolElementEvent::HomeRegistrarChanged { .. } => {
+            counter("rserpool_pe_registrar_changes_total", "event", "new_home");
+        }
+        PoolElementEvent::RegistrarLost => {
+            counter("rserpool_pe_registrar_changes_total", "event", "lost");
+        }
+        PoolElementEvent::RegistrarRefused { .. } => {
+            metrics::counter!("rserpool_pe_registrars_refused_total").increment(1);
+        }
+        PoolElementEvent::HomeChangeIgnored { .. } => {
+            metrics::counter!("rserpool_pe_home_changes_ignored_total").increment(1);
+        }
+        PoolElementEvent::Warning(_) => {}
+    }
+}
+
+/// Sets the registered-PE gauges: `pools` are every configured pool (0 when none of
+/// its PEs is registered), `registered` the PEs registered now.
+pub(super) fn refresh(pools: &[PoolHandle], registered: &[(PoolHandle, PoolElementId)]) {
+    for pool in pools {
+        let count = registered.iter().filter(|(p, _)| p == pool).count();
+        metrics::gauge!("rserpool_pe_registered", "pool" => pool.to_string()).set(count as f64);
+    }
+}
