@@ -1335,6 +1335,50 @@ mod tests {
         assert!(pe("pe:\n  home_changes: anyone\n").is_err());
     }
 
+    /// `config/registrar.yaml`, `pe.yaml` and `gateway.yaml` run side by side on one
+    /// host: no two of their listeners, nor a listener and one of the PE's backends
+    /// (other programs listen there), share an address and port.
+    #[test]
+    fn the_role_examples_run_side_by_side_without_port_clashes() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let example = |name: &str| load(&root.join(name)).unwrap();
+        let registrar = example("registrar.yaml");
+        let pe = example("pe.yaml");
+        let gateway = example("gateway.yaml");
+        let mut bound: Vec<(&str, SocketAddr)> = Vec::new();
+        bound.extend(registrar.registrar.asap.map(|a| ("registrar asap", a)));
+        bound.extend(registrar.registrar.enrp.map(|a| ("registrar enrp", a)));
+        for (role, file) in [
+            ("registrar", &registrar),
+            ("pe", &pe),
+            ("gateway", &gateway),
+        ] {
+            bound.extend(file.admin.listen.map(|a| (role, a)));
+        }
+        if pe.pe.asap.port() != 0 {
+            bound.push(("pe asap", pe.pe.asap));
+        }
+        let listeners = gateway.gateway.tcp.iter().map(|l| l.listen);
+        let listeners = listeners
+            .chain(gateway.gateway.http.iter().map(|l| l.listen))
+            .chain(gateway.gateway.dns.iter().map(|l| l.listen));
+        bound.extend(listeners.map(|a| ("gateway listener", a)));
+        bound.extend(pe.pe.services.iter().map(|s| ("pe backend", s.backend)));
+        let clash = |a: SocketAddr, b: SocketAddr| {
+            a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        for (i, (what, address)) in bound.iter().enumerate() {
+            for (other, other_address) in bound.iter().skip(i + 1) {
+                assert!(
+                    !clash(*address, *other_address),
+                    "{what} {address} and {other} {other_address}"
+                );
+            }
+        }
+        assert!(bound.len() >= 8, "{bound:?}");
+    }
+
     #[test]
     fn every_example_parses() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

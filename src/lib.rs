@@ -198,7 +198,19 @@ async fn tool(command: cli::Command) -> Result<String, RunError> {
 
 /// Parses the command line, runs the command, and returns its exit status.
 pub fn run() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version are no errors; every other command-line error is a usage
+        // error like a bad configuration (64, EX_USAGE), not clap's own 2.
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let name = match &cli.command {
         cli::Command::Registrar(_) => "registrar",
         cli::Command::Pe(_) => "pe",

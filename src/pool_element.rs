@@ -87,6 +87,12 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
         section.profile = crate::profile(profile);
     }
     crate::apply_log_args(&mut file.log, &args.log);
+    // (--backend without --pool is clap's to refuse.)
+    if let (Some(pool), None) = (&args.pool, args.backend) {
+        return Err(RunError::Usage(format!(
+            "--pool {pool} needs --backend ADDRESS:PORT (the service to register), or --serve KIND for a demo PE"
+        )));
+    }
     if file.pe.services.is_empty() {
         return Err(RunError::Usage(
             "nothing to register: give --pool and --backend, or pe.services in the configuration"

@@ -80,6 +80,39 @@ fn systemd_units_run_subcommands_with_shipped_configurations() {
     assert_eq!(units, 3, "registrar, pe, gateway");
 }
 
+/// The container builds with the Rust version the workspace declares, and compose
+/// knows how to build the image it runs.
+#[test]
+fn the_container_builds_with_the_declared_rust_and_compose_builds_it() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    let containerfile =
+        std::fs::read_to_string(root().join("deploy/container/Containerfile")).unwrap();
+    let builder = containerfile
+        .lines()
+        .find_map(|line| line.strip_prefix("FROM docker.io/library/rust:"))
+        .unwrap();
+    assert!(
+        builder.starts_with(&format!("{declared}-")),
+        "Containerfile builds with rust:{builder}, the workspace needs {declared}"
+    );
+    let text = std::fs::read_to_string(root().join("deploy/container/compose.yaml")).unwrap();
+    let compose: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let built: Vec<&serde_json::Value> = compose["services"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|service| service.get("build"))
+        .collect();
+    assert_eq!(built.len(), 1, "one service builds the image");
+    let dockerfile = built[0]["dockerfile"].as_str().unwrap();
+    assert!(root().join(dockerfile).exists(), "{dockerfile}");
+}
+
 #[test]
 fn compose_commands_are_valid_command_lines() {
     let text = std::fs::read_to_string(root().join("deploy/container/compose.yaml")).unwrap();

@@ -335,6 +335,24 @@ fn bad_configuration_exits_64_with_the_key_path() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Command-line mistakes are usage errors too (64, as the README says, not clap's
+/// 2), and a half-given service says what is missing; `--help` is no error.
+#[test]
+fn command_line_mistakes_exit_64_and_say_what_is_missing() {
+    let (code, _, stderr) = run(&["registrar", "--no-such-flag"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    let (code, _, stderr) = run(&["pe", "--pool", "WebPool"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("needs --backend"), "{stderr}");
+    let (code, _, stderr) = run(&["pe", "--backend", "127.0.0.1:8080"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--pool"), "{stderr}");
+    let (code, stdout, _) = run(&["registrar", "--help"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("Usage"), "{stdout}");
+}
+
 /// SIGHUP reloads the configuration without dropping associations; SIGTERM stops.
 #[test]
 fn sighup_reloads_and_sigterm_stops() {
