@@ -19,6 +19,7 @@ use rserpool_proto::hunt::HuntConfig;
 use rserpool_proto::pool_element::{
     PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
 };
+use rserpool_proto::wire::CauseCode;
 use rserpool_proto::wire::{
     PoolElementId, PoolHandle, Protocol, Transport, TransportProtocol, TransportUse,
 };
@@ -607,6 +608,32 @@ async fn handle_count(handle: &Handle<PoolElementEngine>) -> usize {
         .unwrap_or(0)
 }
 
+/// What to do about a refused registration, by its cause (RFC 5352 §3.4; the causes
+/// our registrar gives, README "rserpool registrar").
+fn refusal_hint(cause: Option<CauseCode>) -> &'static str {
+    match cause {
+        Some(CauseCode::INVALID_VALUES) => {
+            "the registrar takes only user transport addresses this agent's association comes from: for a backend on another address of this host give --asap ADDRESS:0 with that address (pe.asap)"
+        }
+        Some(CauseCode::INCONSISTENT_POOLING_POLICY) => {
+            "the pool's PEs use another policy: register with the pool's policy (--policy)"
+        }
+        Some(CauseCode::INCONSISTENT_TRANSPORT_TYPE | CauseCode::INCONSISTENT_DATA_CONTROL) => {
+            "the pool's PEs use another transport or transport use: register as they do"
+        }
+        Some(CauseCode::LACK_OF_RESOURCES) => {
+            "the registrar's limits are reached (its handlespace, or this host's share): see its log"
+        }
+        Some(CauseCode::SECURITY_REJECTION) => {
+            "this agent's certificate does not grant this pool at the registrar (RFC 5355): see the registrar's grants"
+        }
+        Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER) => {
+            "another PE registered this identifier: restart the agent (a new one is drawn)"
+        }
+        _ => "see the registrar's log for its reason",
+    }
+}
+
 /// `# HELP` for the PE side's metric families (once the recorder is installed).
 pub(crate) fn describe_metrics() {
     meters::describe();
@@ -638,7 +665,14 @@ pub(crate) fn log_event(event: &PoolElementEvent) {
             cause,
             retrying,
         } => {
-            tracing::error!(pool = %pool_handle, pe = %pe_id, cause = ?cause, retrying, "registration refused");
+            let cause_text = cause.map_or_else(|| "none given".to_owned(), |c| c.to_string());
+            let hint = refusal_hint(*cause);
+            let next = if *retrying {
+                "retrying"
+            } else {
+                "trying again at the next re-registration"
+            };
+            tracing::error!(pool = %pool_handle, pe = %pe_id, cause = %cause_text, hint, next, "registration refused");
         }
         PoolElementEvent::Deregistered {
             pool_handle,

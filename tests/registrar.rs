@@ -578,3 +578,31 @@ fn names_resolve_and_a_registrar_skips_itself_as_a_peer() {
         "it did not peer with itself"
     );
 }
+
+/// A registration the registrar refuses because the backend's address is not one the
+/// agent's association comes from: the agent says the cause in words and what to do.
+#[test]
+fn a_refused_registration_says_why_and_what_to_do() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let agent = Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        "127.0.0.2:8080",
+        "--health",
+        "none",
+        "--registrar",
+        &asap.to_string(),
+    ]);
+    assert!(
+        eventually(Duration::from_secs(10), || agent
+            .log_contains("registration refused")),
+        "{:?}",
+        agent.log.lock().unwrap()
+    );
+    assert!(eventually(Duration::from_secs(5), || agent
+        .log_contains("cause=0x0003 (invalid values)")
+        && agent.log_contains("--asap ADDRESS:0")));
+}
