@@ -365,6 +365,37 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
     })
 }
 
+/// The pools the TCP listeners and HTTP routes send to.
+fn configured_pools(file: &ConfigFile) -> std::collections::BTreeSet<PoolHandle> {
+    let tcp = file.gateway.tcp.iter().map(|listener| listener.pool);
+    let http = file
+        .gateway
+        .http
+        .iter()
+        .flat_map(|listener| listener.routes.iter().map(|route| route.pool));
+    tcp.chain(http).collect()
+}
+
+/// Says which configured pools have no PE at start (a typo in a pool name, or PEs
+/// not up yet): their requests get 503 and their sessions wait until one registers.
+async fn warn_of_empty_pools(
+    pool_user: Arc<PoolUser>,
+    pools: std::collections::BTreeSet<PoolHandle>,
+) {
+    use rserpool_gateways::{Directory, DirectoryError};
+    for pool in pools {
+        match Directory::resolve(&*pool_user, pool, Some(1)).await {
+            Ok(pes) if !pes.is_empty() => {}
+            Ok(_) | Err(DirectoryError::UnknownPool) => tracing::warn!(
+                %pool,
+                "no pool element is registered in this pool (yet): requests for it get 503 until one registers"
+            ),
+            // An unreachable registrar is said by the pool user itself.
+            Err(_) => {}
+        }
+    }
+}
+
 /// A route's or TCP listener's passive health, checked.
 fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConfig, RunError> {
     if section.max_ejected_percent > 100
@@ -586,6 +617,10 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let mut signals = Signals::install().map_err(RunError::Io)?;
     tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
     crate::systemd::ready(&shutdown);
+    tokio::spawn(warn_of_empty_pools(
+        pool_user.clone(),
+        configured_pools(&file),
+    ));
     loop {
         match signals.next().await {
             Request::Stop => break,

@@ -1408,3 +1408,24 @@ fn a_pe_failing_most_requests_but_never_five_in_a_row_is_ejected_by_its_success_
     );
     assert!(!gateway.log_contains("ejected after consecutive failures"));
 }
+
+/// A route to a pool nobody registered (a typo, or PEs not up yet) is said at start,
+/// and its 503 names the pool.
+#[test]
+fn a_pool_without_pool_elements_is_named_at_start_and_in_its_503() {
+    let (_registrar, asap, _pes) = web_pool(1);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPol\n",
+    );
+    assert!(eventually(Duration::from_secs(10), || gateway
+        .log_contains("no pool element is registered in this pool")
+        && gateway.log_contains("WebPol")));
+    let reply = request(gateway.listener("http"), "GET", "/", &[]);
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.body.contains("pool WebPol has no pool element"),
+        "{}",
+        reply.body
+    );
+}

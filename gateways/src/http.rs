@@ -1017,10 +1017,11 @@ async fn proxy<D: Directory>(
     {
         Ok(pes) if !pes.is_empty() => pes,
         Ok(_) | Err(DirectoryError::UnknownPool) => {
-            let mut outcome = refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the pool has no pool element",
+            let message = format!(
+                "pool {} has no pool element (none registered, or all gone)",
+                route.pool_handle
             );
+            let mut outcome = refuse(StatusCode::SERVICE_UNAVAILABLE, &message);
             outcome
                 .response
                 .headers_mut()
