@@ -288,6 +288,20 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         "ready"
     );
     crate::systemd::ready(&shutdown);
+    // Said, since ASAP requests wait meanwhile (a registrar on loopback with multicast
+    // on finds nobody, and would otherwise seem to hang for the mentor timeout).
+    let deadline = handle.ask(RegistrarEngine::mentor_deadline).await.flatten();
+    if let Some(deadline) = deadline {
+        let seconds = deadline
+            .saturating_duration_since(crate::driver::now())
+            .as_secs_f64();
+        tracing::info!(
+            seconds,
+            enrp_multicast = %enrp_multicast,
+            peers = section.peers.len(),
+            "looking for a peer registrar to synchronise with (ENRP start-up): ASAP requests wait until then; with no peers and --enrp-multicast off a registrar serves at once"
+        );
+    }
     loop {
         match signals.next().await {
             Request::Stop => break,

@@ -606,3 +606,17 @@ fn a_refused_registration_says_why_and_what_to_do() {
         .log_contains("cause=0x0003 (invalid values)")
         && agent.log_contains("--asap ADDRESS:0")));
 }
+
+/// A registrar with peers to find waits for them before serving ASAP, and says so (a
+/// registrar that seemed ready but answered nothing for seconds confused users).
+#[test]
+fn a_registrar_looking_for_peers_says_that_asap_waits() {
+    // Connections complete in its backlog; it never says a word.
+    let silent_peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = silent_peer.local_addr().unwrap().to_string();
+    let registrar = registrar(&["--peer", &peer]);
+    assert!(eventually(Duration::from_secs(5), || registrar
+        .log_contains("ASAP requests wait until then")));
+    let plain = common::registrar(&[]);
+    assert!(!plain.log_contains("ASAP requests wait"));
+}

@@ -46,6 +46,15 @@ impl RegistrarEngine {
         self.phase == Phase::Normal
     }
 
+    /// While looking for a mentor at start-up (enrp.md §5.2): when the registrar gives
+    /// up looking and serves ASAP on its own (ASAP requests wait until then).
+    pub fn mentor_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Startup { deadline, .. } => Some(deadline),
+            Phase::Normal => None,
+        }
+    }
+
     pub(super) fn initial_phase(config: &super::RegistrarConfig, now: Instant) -> Phase {
         if config.static_peers.is_empty() && !config.enrp_multicast {
             Phase::Normal
