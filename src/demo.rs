@@ -44,6 +44,8 @@ impl Fleet {
         let child = Command::new(binary)
             .args(args)
             .env("RSERPOOL_LOG", "info")
+            // The child ends when the demo does, however it ends (lib.rs).
+            .env(crate::PARENT_PID_VARIABLE, std::process::id().to_string())
             // The demo names every role's TLS files (or none) itself.
             .env_remove("RSERPOOL_TLS_CERT")
             .env_remove("RSERPOOL_TLS_KEY")

@@ -27,6 +27,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 
 use clap::Parser;
+use rustix::process::Pid;
 
 /// Where tools look for a registrar when none is given: this host, on the IANA ASAP
 /// port (of the TLS variant with TLS).
@@ -197,7 +198,32 @@ async fn tool(command: cli::Command) -> Result<String, RunError> {
 }
 
 /// Parses the command line, runs the command, and returns its exit status.
+/// The environment variable `rserpool demo` gives its children: its own PID.
+pub(crate) const PARENT_PID_VARIABLE: &str = "RSERPOOL_PARENT_PID";
+
+/// A child of `rserpool demo` ends with it, even when the demo is killed with -9: the
+/// kernel sends it SIGTERM when its parent dies (PR_SET_PDEATHSIG), so its PEs
+/// deregister and its ports are free for the next demo.
+fn end_with_parent() {
+    let Some(parent) = std::env::var(PARENT_PID_VARIABLE)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return;
+    };
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::TERM));
+    // The parent may have died before the signal was armed.
+    if rustix::process::getppid()
+        .map(Pid::as_raw_nonzero)
+        .map(|pid| pid.get())
+        != Some(parent)
+    {
+        std::process::exit(0);
+    }
+}
+
 pub fn run() -> ExitCode {
+    end_with_parent();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version are no errors; every other command-line error is a usage

@@ -47,10 +47,9 @@ impl Drop for Demo {
     }
 }
 
-#[test]
-fn demo_starts_everything_and_stops_it_on_ctrl_c() {
-    // Ports base+1 .. base+90, below the ephemeral range.
-    let base = 20_000 + (std::process::id() % 100) * 100;
+/// Starts `rserpool demo` at `base` and waits for its banner: the demo, the banner's
+/// lines, and the PIDs of its ten children.
+fn start_demo(base: u32) -> (Demo, Vec<String>, Vec<u32>) {
     let mut demo = Demo(
         Command::new(common::binary())
             .args(["demo", "--base-port", &base.to_string()])
@@ -92,6 +91,31 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
         3 + 6 + 1,
         "registrars, PEs, gateway: {banner:?}"
     );
+    (demo, banner, pids)
+}
+
+/// `kill -9` of the demo takes its children with it (the kernel's parent-death
+/// signal): none is left holding ports for the next demo.
+#[test]
+fn killing_the_demo_ends_its_children() {
+    // Ports base+1 .. base+93, apart from the other test's.
+    let base = 30_000 + (std::process::id() % 100) * 100;
+    let (mut demo, _, pids) = start_demo(base);
+    demo.0.kill().unwrap();
+    demo.0.wait().unwrap();
+    let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(
+        common::eventually(Duration::from_secs(20), || !pids.iter().any(alive)),
+        "children left running: {:?}",
+        pids.iter().filter(|pid| alive(pid)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn demo_starts_everything_and_stops_it_on_ctrl_c() {
+    // Ports base+1 .. base+90, below the ephemeral range.
+    let base = 20_000 + (std::process::id() % 100) * 100;
+    let (mut demo, banner, pids) = start_demo(base);
 
     // The TCP gateway to the counter PEs.
     let mut counter = TcpStream::connect(("127.0.0.1", u16::try_from(base + 20).unwrap())).unwrap();
@@ -140,7 +164,8 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
         .args(["WebPool.pool.example", "A"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&dig.stdout).lines().count(), 2);
+    let answers = String::from_utf8_lossy(&dig.stdout).into_owned();
+    assert_eq!(answers.lines().count(), 2, "{answers}");
 
     // The attacks of the authenticated-control-plane issue, replayed as a stranger on
     // this host (plain TCP, no certificate): nothing changes.
