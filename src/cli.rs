@@ -254,8 +254,9 @@ pub(crate) struct PeArgs {
     /// Time between re-registrations (registration life is 3 times this).
     #[arg(long, default_value = "30s")]
     pub(crate) reregistration_interval: String,
-    /// The agent's ASAP endpoint, where registrars reach it (default 0.0.0.0:0).
-    #[arg(long)]
+    /// The agent's ASAP endpoint, where registrars reach it (default 0.0.0.0:0). A
+    /// `--serve` PE has none of its own: registrars reach it on `--listen`.
+    #[arg(long, conflicts_with = "serve")]
     pub(crate) asap: Option<SocketAddr>,
     /// ASAP transport to registrars, and of `--serve` services (default tcp).
     #[arg(long, value_enum)]

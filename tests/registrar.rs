@@ -348,6 +348,18 @@ fn command_line_mistakes_exit_64_and_say_what_is_missing() {
     let (code, _, stderr) = run(&["pe", "--backend", "127.0.0.1:8080"]);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--pool"), "{stderr}");
+    // An option the other flags make pointless is refused, not silently ignored.
+    let (code, _, stderr) = run(&[
+        "pe",
+        "--serve",
+        "echo",
+        "--pool",
+        "P",
+        "--asap",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--asap"), "{stderr}");
     let (code, stdout, _) = run(&["registrar", "--help"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("Usage"), "{stdout}");

@@ -177,7 +177,6 @@ fn our_registrar_on(host: &str, asap: u16, enrp: u16, peers: &[u16], extra: &[&s
 fn our_pe(kind: &str, pool: &str, listen: u16, registrar: u16, extra: &[&str]) -> Process {
     let listen = format!("{A}:{listen}");
     let registrar = format!("{A}:{registrar}");
-    let asap = format!("{A}:0");
     let mut args = vec![
         "pe",
         "--serve",
@@ -190,8 +189,6 @@ fn our_pe(kind: &str, pool: &str, listen: u16, registrar: u16, extra: &[&str]) -
         &listen,
         "--registrar",
         &registrar,
-        "--asap",
-        &asap,
     ];
     args.extend_from_slice(extra);
     Process::start(&args)
