@@ -132,6 +132,16 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let mut section = file.registrar.clone();
     let tls = registrar_tls(&file, &mut section)?;
     let (asap_configured, enrp_configured) = section.addresses(tls.is_some());
+    let overlap = asap_configured.port() == enrp_configured.port()
+        && asap_configured.port() != 0
+        && (asap_configured.ip() == enrp_configured.ip()
+            || asap_configured.ip().is_unspecified()
+            || enrp_configured.ip().is_unspecified());
+    if overlap {
+        return Err(RunError::Usage(format!(
+            "--asap {asap_configured} and --enrp {enrp_configured} are one socket: give them different ports (3863 and 9901 by default)"
+        )));
+    }
     let access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
     let shutdown = CancellationToken::new();
     let (incoming_tx, incoming_rx) = mpsc::channel(4096);

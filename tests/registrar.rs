@@ -348,6 +348,16 @@ fn command_line_mistakes_exit_64_and_say_what_is_missing() {
     let (code, _, stderr) = run(&["pe", "--backend", "127.0.0.1:8080"]);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--pool"), "{stderr}");
+    // One address for two listeners is a mistake, not another process on the port.
+    let (code, _, stderr) = run(&[
+        "registrar",
+        "--asap",
+        "127.0.0.1:23863",
+        "--enrp",
+        "127.0.0.1:23863",
+    ]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("different ports"), "{stderr}");
     // An option the other flags make pointless is refused, not silently ignored.
     let (code, _, stderr) = run(&[
         "pe",
