@@ -545,7 +545,8 @@ impl Registered {
             }
             | PoolElementEvent::Deregistered {
                 pool_handle, pe_id, ..
-            } => {
+            }
+            | PoolElementEvent::Withdrawn { pool_handle, pe_id } => {
                 set.remove(&(*pool_handle, *pe_id));
             }
             PoolElementEvent::RegistrarLost => set.clear(),
@@ -680,6 +681,9 @@ pub(crate) fn log_event(event: &PoolElementEvent) {
             confirmed,
         } => {
             tracing::info!(pool = %pool_handle, pe = %pe_id, confirmed, "deregistered");
+        }
+        PoolElementEvent::Withdrawn { pool_handle, pe_id } => {
+            tracing::info!(pool = %pool_handle, pe = %pe_id, "stopped before any registrar had it: nothing to deregister");
         }
         PoolElementEvent::HomeRegistrarChanged { registrar } => {
             tracing::info!(%registrar, "new home registrar");

@@ -642,3 +642,31 @@ fn a_registrar_looking_for_peers_says_that_asap_waits() {
     let plain = common::registrar(&[]);
     assert!(!plain.log_contains("ASAP requests wait"));
 }
+
+/// An agent stopped before any registrar had its PE says there was nothing to
+/// deregister (it used to print `deregistered ... confirmed=false`).
+#[test]
+fn an_agent_stopped_before_registering_says_there_was_nothing_to_deregister() {
+    let backend = common::Backend::start();
+    let mut agent = Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &backend.address.to_string(),
+        "--health",
+        "none",
+        // Nothing listens on port 1: no registrar is ever reached.
+        "--registrar",
+        "127.0.0.1:1",
+    ]);
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(
+        eventually(Duration::from_secs(5), || agent
+            .log_contains("nothing to deregister")),
+        "{:?}",
+        agent.log.lock().unwrap()
+    );
+    assert!(!agent.log_contains("confirmed=false"));
+}

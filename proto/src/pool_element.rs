@@ -123,6 +123,14 @@ pub enum PoolElementEvent {
         /// re-registration interval (configuration conflict).
         retrying: bool,
     },
+    /// The PE was dropped before any registrar had it (nothing to deregister) and is
+    /// forgotten.
+    Withdrawn {
+        /// The pool.
+        pool_handle: PoolHandle,
+        /// The PE.
+        pe_id: PoolElementId,
+    },
     /// The PE is deregistered (answered, or the attempts ran out) and forgotten.
     Deregistered {
         /// The pool.
@@ -261,8 +269,12 @@ impl PoolElementEngine {
         member.next_registration = None;
         if member.registered || member.pending.is_some() {
             self.send_deregistration(pe_id, now, 1);
-        } else {
-            self.forget(pe_id, false);
+        } else if let Some(member) = self.members.remove(&pe_id) {
+            self.out
+                .push_back(Output::Event(PoolElementEvent::Withdrawn {
+                    pool_handle: member.spec.pool_handle,
+                    pe_id,
+                }));
         }
     }
 

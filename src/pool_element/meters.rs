@@ -83,7 +83,7 @@ pub(super) fn count(event: &PoolElementEvent) {
         PoolElementEvent::HomeChangeIgnored { .. } => {
             metrics::counter!("rserpool_pe_home_changes_ignored_total").increment(1);
         }
-        PoolElementEvent::Warning(_) => {}
+        PoolElementEvent::Withdrawn { .. } | PoolElementEvent::Warning(_) => {}
     }
 }
 
