@@ -19,6 +19,26 @@ fn admin_address() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
+/// An agent registering `backend` in WebPool at `asap`, checking it by TCP every
+/// 200 ms, with its admin listener at `admin`.
+fn checked_agent(backend: SocketAddr, asap: SocketAddr, admin: SocketAddr) -> Process {
+    Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &backend.to_string(),
+        "--health",
+        "tcp",
+        "--health-interval",
+        "200ms",
+        "--registrar",
+        &asap.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ])
+}
+
 #[test]
 fn readiness_and_json_views_of_every_role() {
     let registrar_admin = admin_address();
@@ -35,21 +55,7 @@ fn readiness_and_json_views_of_every_role() {
     // backend is up and its PE registered.
     let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let agent_admin = admin_address();
-    let _agent = Process::start(&[
-        "pe",
-        "--pool",
-        "WebPool",
-        "--backend",
-        &backend_address.to_string(),
-        "--health",
-        "tcp",
-        "--health-interval",
-        "200ms",
-        "--registrar",
-        &asap.to_string(),
-        "--admin",
-        &agent_admin.to_string(),
-    ]);
+    let _agent = checked_agent(backend_address, asap, agent_admin);
     let (status, body) = admin_get(agent_admin, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no pool element registered"), "{body}");
@@ -298,17 +304,7 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
         Some(0.0)
     );
     let backend = Backend::start();
-    let mut agent = Process::start(&[
-        "pe",
-        "--pool",
-        "WebPool",
-        "--backend",
-        &backend.address.to_string(),
-        "--health",
-        "none",
-        "--registrar",
-        &asap.to_string(),
-    ]);
+    let mut agent = common::unchecked_agent(asap, backend.address);
     assert!(eventually(Duration::from_secs(10), || series(
         &metrics(),
         "rserpool_registrar_pool_elements{owned=\"here\"}"
@@ -379,21 +375,7 @@ fn agent_metrics_and_log_follow_the_backend_and_the_registration() {
     let asap = registrar.address("asap");
     let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin = admin_address();
-    let agent = Process::start(&[
-        "pe",
-        "--pool",
-        "WebPool",
-        "--backend",
-        &backend_address.to_string(),
-        "--health",
-        "tcp",
-        "--health-interval",
-        "200ms",
-        "--registrar",
-        &asap.to_string(),
-        "--admin",
-        &admin.to_string(),
-    ]);
+    let agent = checked_agent(backend_address, asap, admin);
     let metrics = || admin_get(admin, "/metrics").1;
     assert!(eventually(Duration::from_secs(10), || series(
         &metrics(),

@@ -67,21 +67,6 @@ fn request(target: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)
         .unwrap_or_else(|| panic!("no response to {method} {path}"))
 }
 
-/// A `pe` agent registering `backend` in WebPool at `asap`, without health checks.
-fn unchecked_agent(asap: SocketAddr, backend: SocketAddr) -> Process {
-    Process::start(&[
-        "pe",
-        "--pool",
-        "WebPool",
-        "--backend",
-        &backend.to_string(),
-        "--registrar",
-        &asap.to_string(),
-        "--health",
-        "none",
-    ])
-}
-
 /// A registrar and `count` demo PEs registered in WebPool.
 fn web_pool(count: usize) -> (Process, SocketAddr, Vec<Process>) {
     let registrar = registrar(&[]);
@@ -943,7 +928,7 @@ fn with_a_sick_pe(route_yaml: &str) -> (Vec<Process>, common::Backend, Process, 
         "127.0.0.1:0".parse().unwrap(),
         b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nsick",
     );
-    processes.push(unchecked_agent(asap, sick.address));
+    processes.push(common::unchecked_agent(asap, sick.address));
     wait_for_pool(asap, "WebPool", 2);
     let (gateway, file) = gateway(
         asap,
@@ -1071,7 +1056,7 @@ fn a_frozen_pe_costs_a_get_no_more_than_the_hedge_delay() {
     processes.push(registrar);
     // Connections complete in the kernel's backlog; nothing is ever read or answered.
     let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    processes.push(unchecked_agent(asap, frozen.local_addr().unwrap()));
+    processes.push(common::unchecked_agent(asap, frozen.local_addr().unwrap()));
     wait_for_pool(asap, "WebPool", 2);
     let (gateway, _file) = gateway(
         asap,
@@ -1172,7 +1157,7 @@ fn get_blob_through_dying_pes(etags: [&'static str; 2]) -> (u16, Vec<u8>, u64, u
     let backends = etags.map(dying_blob_backend);
     let _agents: Vec<Process> = backends
         .iter()
-        .map(|(listener, _)| unchecked_agent(asap, listener.local_addr().unwrap()))
+        .map(|(listener, _)| common::unchecked_agent(asap, listener.local_addr().unwrap()))
         .collect();
     wait_for_pool(asap, "WebPool", 2);
     let (gateway, _file) = gateway(
@@ -1294,7 +1279,7 @@ fn a_keyed_post_survives_its_pe_dying_before_the_answer() {
     ));
     let _agents: Vec<Process> = [dying, healthy]
         .iter()
-        .map(|backend| unchecked_agent(asap, *backend))
+        .map(|backend| common::unchecked_agent(asap, *backend))
         .collect();
     wait_for_pool(asap, "WebPool", 2);
     let (gateway, _file) = gateway(
@@ -1389,7 +1374,7 @@ fn flapping_backend() -> SocketAddr {
 fn a_pe_failing_most_requests_but_never_five_in_a_row_is_ejected_by_its_success_rate() {
     let (registrar, asap, mut processes) = web_pool(1);
     processes.push(registrar);
-    processes.push(unchecked_agent(asap, flapping_backend()));
+    processes.push(common::unchecked_agent(asap, flapping_backend()));
     wait_for_pool(asap, "WebPool", 2);
     let (gateway, _file) = gateway(
         asap,

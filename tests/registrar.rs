@@ -648,18 +648,8 @@ fn a_registrar_looking_for_peers_says_that_asap_waits() {
 #[test]
 fn an_agent_stopped_before_registering_says_there_was_nothing_to_deregister() {
     let backend = common::Backend::start();
-    let mut agent = Process::start(&[
-        "pe",
-        "--pool",
-        "WebPool",
-        "--backend",
-        &backend.address.to_string(),
-        "--health",
-        "none",
-        // Nothing listens on port 1: no registrar is ever reached.
-        "--registrar",
-        "127.0.0.1:1",
-    ]);
+    // Nothing listens on port 1: no registrar is ever reached.
+    let mut agent = common::unchecked_agent("127.0.0.1:1".parse().unwrap(), backend.address);
     agent.signal("TERM");
     assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
     assert!(

@@ -270,6 +270,22 @@ impl Drop for Backend {
     }
 }
 
+/// A `pe` agent registering `backend` in WebPool at the registrar `asap` (an ASAP
+/// address), without health checks.
+pub fn unchecked_agent(asap: SocketAddr, backend: SocketAddr) -> Process {
+    Process::start(&[
+        "pe",
+        "--pool",
+        "WebPool",
+        "--backend",
+        &backend.to_string(),
+        "--registrar",
+        &asap.to_string(),
+        "--health",
+        "none",
+    ])
+}
+
 /// A registrar on free loopback ports with announces and ENRP multicast off, unless
 /// `extra` sets those flags itself. (With multicast on, registrars of tests running in
 /// parallel would find each other.)
