@@ -515,6 +515,8 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .to_string(),
         None => "off".to_owned(),
     };
+    rserpool_gateways::meters::describe();
+    crate::pool_user::describe_metrics();
     tls.iter().for_each(|tls| tls.publish_expiry());
     let mut bound = Vec::new();
     for (section, config) in file.gateway.tcp.iter().zip(tcp_configs) {

@@ -191,6 +191,23 @@ impl PoolUser {
     }
 }
 
+/// `# HELP` for the pool user's families (once the recorder is installed).
+pub(crate) fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        "rserpool_pool_user_registrars_silent_total",
+        "registrars left after they did not answer in time"
+    );
+    describe_counter!(
+        "rserpool_pool_user_registrars_refused_total",
+        "registrars not used because they did not prove they are one"
+    );
+    describe_counter!(
+        "rserpool_pool_user_stale_answers_total",
+        "resolutions answered from the last known answer while no registrar answered"
+    );
+}
+
 impl rserpool_gateways::Directory for PoolUser {
     async fn resolve(
         &self,

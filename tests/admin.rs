@@ -365,6 +365,7 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
         ),
         Some(1.0)
     );
+    common::assert_every_family_described(&metrics());
 }
 
 /// The agent's `/metrics` and log: a backend failing its first checks is said so (once)
@@ -422,4 +423,5 @@ fn agent_metrics_and_log_follow_the_backend_and_the_registration() {
         .filter(|line| line.contains("backend fails its health check"))
         .count();
     assert_eq!(said, 1);
+    common::assert_every_family_described(&metrics());
 }

@@ -153,6 +153,7 @@ fn counter_sessions_survive_killed_pes() {
     );
     // The same failovers in the metrics: with cookies, and a stall for each.
     let text = metrics(&gateway);
+    common::assert_every_family_described(&text);
     let with_cookie = r#"rserpool_tcp_failovers_total{pool="CounterPool",cookie="true"}"#;
     assert!(sample(&text, with_cookie) >= Some(4.0), "{text}");
     let stalls = r#"rserpool_tcp_failover_stall_seconds_count{pool="CounterPool"}"#;

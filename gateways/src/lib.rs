@@ -10,6 +10,7 @@
 pub mod dns;
 pub mod health;
 pub mod http;
+pub mod meters;
 pub mod pe_socket;
 pub mod tcp;
 

@@ -54,6 +54,32 @@ pub(crate) struct Routes {
 /// `/readyz` and `/metrics` of the same listener.
 const STATUS_PAGE: &str = include_str!("status.html");
 
+/// `# HELP` for the families every role has: the admin listener's, TLS's and the
+/// control-plane listeners' admission.
+fn describe_common() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "rserpool_admin_unauthorized_total",
+        "admin requests refused for a missing or wrong token"
+    );
+    describe_counter!(
+        "rserpool_tls_handshake_failures_total",
+        "TLS handshakes that failed, by direction"
+    );
+    describe_gauge!(
+        "rserpool_tls_certificate_expiry_seconds",
+        "seconds until the role's certificate expires"
+    );
+    describe_counter!(
+        "rserpool_listener_refused_total",
+        "connections refused by a control-plane listener's admission, by listener and reason"
+    );
+    describe_counter!(
+        "rserpool_listener_closed_total",
+        "connections a control-plane listener closed (idle, unfinished), by listener and reason"
+    );
+}
+
 /// Installs the process's metrics recorder (once) and serves it on `listen`. Returns
 /// the bound address.
 pub(crate) async fn start(
@@ -67,6 +93,7 @@ pub(crate) async fn start(
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| RunError::Usage(format!("metrics: {e}")))?;
+    describe_common();
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| RunError::Bind(listen, e))?;
