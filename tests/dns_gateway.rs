@@ -123,11 +123,12 @@ fn answers_follow_the_pool_and_its_policy() {
         "{txt}"
     );
 
-    // A: one address per PE, TTL 0, authoritative.
+    // A: each PE's address once (the three share 127.0.0.1: one record, RFC 2181 §5),
+    // TTL 0, authoritative.
     let full = dig(server, "web.pool.example", "A", &[], false);
     assert_eq!(status(&full), "NOERROR");
     assert!(full.contains(" aa"), "authoritative: {full}");
-    assert_eq!(full.matches("\t0\tIN\tA\t127.0.0.1").count(), 3, "{full}");
+    assert_eq!(full.matches("\t0\tIN\tA\t127.0.0.1").count(), 1, "{full}");
 
     // SRV: each PE's port, Priority mapped to SRV priority (9 before 1), glue A records.
     let srv = dig(server, "_http._tcp.web.pool.example", "SRV", &[], false);

@@ -10,7 +10,8 @@
 //!   are not checked: a pool has one user transport per PE).
 //! * `pe-<8 hex digits>.<label>.<zone>`: one PE (the SRV targets), A and AAAA.
 //!
-//! A and AAAA answer with the first address of each PE in the family, TXT with one
+//! A and AAAA answer with the first address of each PE in the family, each address
+//! once (PEs on one host share a record; SRV tells their ports apart), TXT with one
 //! string per PE (identifier, policy, load, transport). Unknown pools are NXDOMAIN, a
 //! pool without an address of the family NODATA (both with the SOA), names outside the
 //! zone REFUSED, an unreachable registrar SERVFAIL.
@@ -376,10 +377,20 @@ impl<D: Directory> PoolDns<D> {
                     Target::Element(_, id) => pe.id.0 == id,
                     _ => true,
                 });
-                answer.answers = chosen
-                    .filter_map(|pe| address_of(pe, v6))
-                    .take(self.config.answer_count)
-                    .map(|a| address_record(name, ttl, a.ip()))
+                // An RRset holds each address once (RFC 2181 §5): PEs sharing a host
+                // (their ports differ: SRV tells them apart) give one A record.
+                let mut addresses: Vec<IpAddr> = Vec::new();
+                for address in chosen.filter_map(|pe| address_of(pe, v6)) {
+                    if addresses.len() == self.config.answer_count {
+                        break;
+                    }
+                    if !addresses.contains(&address.ip()) {
+                        addresses.push(address.ip());
+                    }
+                }
+                answer.answers = addresses
+                    .into_iter()
+                    .map(|address| address_record(name, ttl, address))
                     .collect();
                 if let Target::Element(_, id) = target
                     && !pes.iter().any(|pe| pe.id.0 == id)

@@ -495,13 +495,17 @@ pub fn registration(id: u32, pool: &str, port: u16) -> Vec<u8> {
 /// Every metric family in a Prometheus text has its `# HELP` line (histograms'
 /// `_bucket`, `_sum` and `_count` series belong to their family).
 pub fn assert_every_family_described(text: &str) {
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let series = line.split(['{', ' ']).next().unwrap_or_default();
         let family = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|suffix| {
                 let family = series.strip_suffix(suffix)?;
-                text.contains(&format!("# HELP {family} ")).then_some(family)
+                text.contains(&format!("# HELP {family} "))
+                    .then_some(family)
             })
             .unwrap_or(series);
         assert!(
