@@ -353,8 +353,10 @@ pub(crate) struct ResolveArgs {
 /// `rserpool dump`.
 #[derive(Debug, Args)]
 pub(crate) struct DumpArgs {
-    /// The registrar's ENRP address (default 127.0.0.1:9901, with TLS 127.0.0.1:9902).
-    #[arg(long = "registrar")]
+    /// The registrar's ENRP address, ADDRESS:PORT or HOST:PORT (default 127.0.0.1:9901,
+    /// with TLS 127.0.0.1:9902; not its ASAP address: dump speaks ENRP).
+    /// `--registrar` is accepted for it too.
+    #[arg(long = "enrp", alias = "registrar", value_parser = crate::config::resolve_address)]
     pub(crate) registrar: Option<SocketAddr>,
     /// ENRP transport (default tcp).
     #[arg(long, value_enum, default_value = "tcp")]

@@ -217,7 +217,11 @@ pub(crate) async fn run(args: DumpArgs) -> Result<String, RunError> {
     let fetching = fetch(args.transport, registrar, own_id, tls.as_deref());
     let table = tokio::time::timeout(timeout, fetching)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer from {registrar} within {timeout:?}")))
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "no answer from {registrar} within {timeout:?}: is it a registrar's ENRP address (port 9901, 9902 with TLS)? Its ASAP address does not answer dump"
+            ))
+        })
         .map_err(RunError::Unavailable)?;
     Ok(if args.json {
         json(&table)

@@ -93,6 +93,11 @@ fn pe_agents_register_fail_and_recover() {
         dump.contains(&format!("home {}", registrar.ready["id"])),
         "{dump}"
     );
+    // `--enrp` names what it wants, and takes a host name.
+    let enrp_port = registrar.address("enrp").port();
+    let (code, by_name, stderr) = run(&["dump", "--enrp", &format!("localhost:{enrp_port}")]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(by_name.contains("pool WebPool (2 PE)"), "{by_name}");
 
     agent_a.child.kill().unwrap();
     let _ = agent_a.child.wait();
@@ -650,6 +655,9 @@ fn an_agent_stopped_before_registering_says_there_was_nothing_to_deregister() {
     let backend = common::Backend::start();
     // Nothing listens on port 1: no registrar is ever reached.
     let mut agent = common::unchecked_agent("127.0.0.1:1".parse().unwrap(), backend.address);
+    // Its PE exists once the (trivial) health check passed.
+    assert!(eventually(Duration::from_secs(10), || agent
+        .log_contains("backend healthy: registering")));
     agent.signal("TERM");
     assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
     assert!(
