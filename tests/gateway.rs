@@ -582,3 +582,27 @@ fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
     frozen.signal("CONT");
     let _ = std::fs::remove_file(&config);
 }
+
+/// A TCP client arriving while no registrar answers is closed at once with the reason
+/// in the log (it was held about 7 s, and the log blamed the pool).
+#[test]
+fn a_client_without_a_reachable_registrar_is_closed_at_once_and_told_why() {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Nothing listens on port 1.
+    let gateway = gateway("127.0.0.1:1".parse().unwrap(), listen, "CounterPool");
+    let mut client = TcpStream::connect(listen).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(b"hello\n").unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(client.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(eventually(Duration::from_secs(5), || gateway
+        .log_contains("no registrar reachable")));
+}

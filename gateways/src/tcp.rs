@@ -689,9 +689,14 @@ async fn run_session<D: Directory>(
             }
             answer = async { resolving.as_mut().expect("guarded").await }, if resolving.is_some() => {
                 resolving = None;
-                let pes = listener.order(answer.unwrap_or_default());
-                offered = pes.len();
-                session.resolved(pes, crate::now());
+                match answer {
+                    Err(DirectoryError::Unavailable) => session.resolution_unavailable(crate::now()),
+                    answer => {
+                        let pes = listener.order(answer.unwrap_or_default());
+                        offered = pes.len();
+                        session.resolved(pes, crate::now());
+                    }
+                }
             }
             stream = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;

@@ -492,6 +492,20 @@ impl Session {
         }
     }
 
+    /// The directory could not ask any registrar (none reachable, and no last answer
+    /// to serve). A new client is closed at once (the directory has already waited for
+    /// its registrars; retrying would hold the client for seconds and then blame the
+    /// pool); a session that had a PE waits and retries within its failover deadline.
+    pub fn resolution_unavailable(&mut self, now: Instant) {
+        if self.state != State::Resolving {
+            return;
+        }
+        if !self.had_pe {
+            self.retries = self.retries.max(3);
+        }
+        self.wait_or_give_up(now, "no registrar reachable");
+    }
+
     /// The PE connection is open.
     pub fn pe_connected(&mut self, now: Instant) {
         let State::Connecting { pe, .. } = &self.state else {

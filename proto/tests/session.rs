@@ -345,6 +345,32 @@ fn a_pe_dying_before_answering_is_retried() {
     )));
 }
 
+/// A new client while no registrar can be asked is closed at once, and the reason says
+/// so (it was held for about 7 s of retries and then told "no pool element").
+#[test]
+fn a_new_client_without_a_reachable_registrar_is_closed_at_once() {
+    let now = Instant::now();
+    let mut session = Session::new(pool(), SessionConfig::default(), now);
+    let outputs: Vec<SessionOutput> = std::iter::from_fn(|| session.poll()).collect();
+    assert!(
+        outputs.contains(&SessionOutput::Resolve(pool())),
+        "{outputs:?}"
+    );
+    session.resolution_unavailable(now);
+    let outputs: Vec<SessionOutput> = std::iter::from_fn(|| session.poll()).collect();
+    assert!(
+        outputs.iter().any(|output| matches!(
+            output,
+            SessionOutput::Event(SessionEvent::Unrecoverable {
+                reason: "no registrar reachable",
+                ..
+            })
+        )),
+        "{outputs:?}"
+    );
+    assert!(session.is_closed());
+}
+
 /// Every PE failure is an event naming the PE (gateways count them for outlier
 /// detection), and only a close does not count against the PE: a PE may end sessions
 /// on purpose (rsplib's PingPong PEs after N requests).
