@@ -384,7 +384,6 @@ async fn warn_of_empty_pools(
 ) {
     use rserpool_gateways::{Directory, DirectoryError};
     for pool in pools {
-        // The answer is cached for the listeners: asked as they ask (no count).
         match Directory::resolve(&*pool_user, pool, None).await {
             Ok(pes) if !pes.is_empty() => {}
             Ok(_) | Err(DirectoryError::UnknownPool) => tracing::warn!(

@@ -10,7 +10,10 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Backend, Process, admin_get, eventually, free_port};
@@ -19,24 +22,41 @@ fn admin_address() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
-/// An agent registering `backend` in WebPool at `asap`, checking it by TCP every
-/// 200 ms, with its admin listener at `admin`.
-fn checked_agent(backend: SocketAddr, asap: SocketAddr, admin: SocketAddr) -> Process {
-    Process::start(&[
-        "pe",
-        "--pool",
-        "WebPool",
-        "--backend",
-        &backend.to_string(),
-        "--health",
-        "tcp",
-        "--health-interval",
-        "200ms",
-        "--registrar",
-        &asap.to_string(),
-        "--admin",
-        &admin.to_string(),
-    ])
+/// An agent registering `backend` in WebPool at `asap`, checking it by HTTP every
+/// 200 ms, with an admin listener on a port of its own (`address("admin")`).
+fn checked_agent(backend: SocketAddr, asap: SocketAddr) -> Process {
+    common::agent(
+        asap,
+        backend,
+        &[
+            "--health",
+            "http:/",
+            "--health-interval",
+            "200ms",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    )
+}
+
+/// An HTTP backend on a port of its own that fails every request (closes the
+/// connection unanswered) until `up` is set, then answers 200.
+fn switchable_backend() -> (SocketAddr, Arc<AtomicBool>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let up = Arc::new(AtomicBool::new(false));
+    let serving = up.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            if serving.load(Ordering::Relaxed) {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head);
+                let _ = stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            }
+        }
+    });
+    (address, up)
 }
 
 #[test]
@@ -53,13 +73,13 @@ fn readiness_and_json_views_of_every_role() {
 
     // An agent whose backend is down is alive but not ready; it becomes ready once the
     // backend is up and its PE registered.
-    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let agent_admin = admin_address();
-    let _agent = checked_agent(backend_address, asap, agent_admin);
+    let (backend, backend_up) = switchable_backend();
+    let agent = checked_agent(backend, asap);
+    let agent_admin = agent.address("admin");
     let (status, body) = admin_get(agent_admin, "/readyz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no pool element registered"), "{body}");
-    let _backend = Backend::start_at(backend_address);
+    backend_up.store(true, Ordering::Relaxed);
     assert!(eventually(Duration::from_secs(10), || admin_get(
         agent_admin,
         "/readyz"
@@ -270,21 +290,12 @@ fn the_admin_listener_serves_https_with_its_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The value of the series `series` (name and labels, exactly as rendered) in a
-/// Prometheus text.
-fn series(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
-}
-
 /// The registrar's `/metrics`: every family described, and the values move with what
 /// happens (a registration, a resolution, a PE leaving).
 #[test]
 fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
-    let admin = admin_address();
-    let registrar = common::registrar(&["--admin", &admin.to_string()]);
-    let asap = registrar.address("asap");
+    let registrar = common::registrar(&["--admin", "127.0.0.1:0"]);
+    let (asap, admin) = (registrar.address("asap"), registrar.address("admin"));
     let metrics = || admin_get(admin, "/metrics").1;
     let text = metrics();
     for family in [
@@ -300,27 +311,27 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
         );
     }
     assert_eq!(
-        series(&text, "rserpool_registrar_pool_elements{owned=\"all\"}"),
+        common::metric(&text, "rserpool_registrar_pool_elements{owned=\"all\"}"),
         Some(0.0)
     );
     let backend = Backend::start();
     let mut agent = common::unchecked_agent(asap, backend.address);
-    assert!(eventually(Duration::from_secs(10), || series(
+    assert!(eventually(Duration::from_secs(10), || common::metric(
         &metrics(),
         "rserpool_registrar_pool_elements{owned=\"here\"}"
     ) == Some(1.0)));
     let text = metrics();
     assert!(text.contains("# HELP rserpool_registrar_registrations_total "));
     assert_eq!(
-        series(
+        common::metric(
             &text,
             "rserpool_registrar_registrations_total{kind=\"new\"}"
         ),
         Some(1.0)
     );
-    assert_eq!(series(&text, "rserpool_registrar_pools"), Some(1.0));
+    assert_eq!(common::metric(&text, "rserpool_registrar_pools"), Some(1.0));
     assert_eq!(
-        series(
+        common::metric(
             &text,
             "rserpool_registrar_pool_elements_by_pool{pool=\"WebPool\"}"
         ),
@@ -330,21 +341,21 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
     assert_eq!(common::resolve_ids(asap, "NoSuchPool").len(), 0);
     let text = metrics();
     assert_eq!(
-        series(
+        common::metric(
             &text,
             "rserpool_registrar_handle_resolutions_total{result=\"answered\"}"
         ),
         Some(1.0)
     );
     assert_eq!(
-        series(
+        common::metric(
             &text,
             "rserpool_registrar_handle_resolutions_total{result=\"empty\"}"
         ),
         Some(1.0)
     );
     assert!(
-        series(
+        common::metric(
             &text,
             "rserpool_registrar_messages_total{protocol=\"asap\",direction=\"received\"}"
         )
@@ -354,12 +365,12 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
     // The agent stops: its PE is deregistered and the gauge goes back.
     agent.signal("TERM");
     assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
-    assert!(eventually(Duration::from_secs(10), || series(
+    assert!(eventually(Duration::from_secs(10), || common::metric(
         &metrics(),
         "rserpool_registrar_pool_elements{owned=\"all\"}"
     ) == Some(0.0)));
     assert_eq!(
-        series(
+        common::metric(
             &metrics(),
             "rserpool_registrar_removals_total{reason=\"deregistered\"}"
         ),
@@ -374,11 +385,11 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
 fn agent_metrics_and_log_follow_the_backend_and_the_registration() {
     let registrar = common::registrar(&[]);
     let asap = registrar.address("asap");
-    let backend_address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin = admin_address();
-    let agent = checked_agent(backend_address, asap, admin);
+    let (backend, backend_up) = switchable_backend();
+    let agent = checked_agent(backend, asap);
+    let admin = agent.address("admin");
     let metrics = || admin_get(admin, "/metrics").1;
-    assert!(eventually(Duration::from_secs(10), || series(
+    assert!(eventually(Duration::from_secs(10), || common::metric(
         &metrics(),
         "rserpool_pe_health_checks_total{pool=\"WebPool\",result=\"failed\"}"
     )
@@ -387,7 +398,7 @@ fn agent_metrics_and_log_follow_the_backend_and_the_registration() {
         .log_contains("backend fails its health check")));
     let text = metrics();
     assert_eq!(
-        series(&text, "rserpool_pe_registered{pool=\"WebPool\"}"),
+        common::metric(&text, "rserpool_pe_registered{pool=\"WebPool\"}"),
         Some(0.0)
     );
     for family in [
@@ -400,14 +411,14 @@ fn agent_metrics_and_log_follow_the_backend_and_the_registration() {
             "{family}: {text}"
         );
     }
-    let _backend = Backend::start_at(backend_address);
-    assert!(eventually(Duration::from_secs(10), || series(
+    backend_up.store(true, Ordering::Relaxed);
+    assert!(eventually(Duration::from_secs(10), || common::metric(
         &metrics(),
         "rserpool_pe_registered{pool=\"WebPool\"}"
     ) == Some(1.0)));
     let text = metrics();
     assert_eq!(
-        series(
+        common::metric(
             &text,
             "rserpool_pe_registrations_total{result=\"registered\"}"
         ),

@@ -56,14 +56,6 @@ fn metrics(gateway: &Process) -> String {
     text
 }
 
-/// The value of one sample line (`name{labels} value`) of Prometheus text.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// The PE currently serving the gateway's only session, from its log.
 fn serving_pe(gateway: &Process) -> Option<String> {
     let log = gateway.log.lock().unwrap();
@@ -155,11 +147,11 @@ fn counter_sessions_survive_killed_pes() {
     let text = metrics(&gateway);
     common::assert_every_family_described(&text);
     let with_cookie = r#"rserpool_tcp_failovers_total{pool="CounterPool",cookie="true"}"#;
-    assert!(sample(&text, with_cookie) >= Some(4.0), "{text}");
+    assert!(common::metric(&text, with_cookie) >= Some(4.0), "{text}");
     let stalls = r#"rserpool_tcp_failover_stall_seconds_count{pool="CounterPool"}"#;
-    assert!(sample(&text, stalls) >= Some(4.0), "{text}");
+    assert!(common::metric(&text, stalls) >= Some(4.0), "{text}");
     assert_eq!(
-        sample(&text, r#"rserpool_tcp_sessions_active{pool="CounterPool"}"#),
+        common::metric(&text, r#"rserpool_tcp_sessions_active{pool="CounterPool"}"#),
         Some(1.0)
     );
 }
@@ -489,8 +481,8 @@ fn a_pe_resetting_sessions_is_ejected_but_one_closing_them_is_not() {
         assert!(eventually(Duration::from_secs(10), || {
             common::resolve_ids(asap, "EchoPool").len() == 2
         }));
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let gateway = gateway(asap, listen, "EchoPool");
+        let gateway = gateway(asap, "127.0.0.1:0".parse().unwrap(), "EchoPool");
+        let listen = gateway.listener("tcp");
         let mut i = 0;
         let ejected = eventually(Duration::from_secs(15), || {
             i += 1;
@@ -502,7 +494,14 @@ fn a_pe_resetting_sessions_is_ejected_but_one_closing_them_is_not() {
         let ended = ended.load(std::sync::atomic::Ordering::Relaxed);
         if reset {
             assert!(ejected, "not ejected after {ended} resets");
-            assert!(sample(&metrics(&gateway), "rserpool_tcp_pe_ejections_total").unwrap() >= 1.0);
+            assert!(
+                common::metric(
+                    &metrics(&gateway),
+                    r#"rserpool_tcp_pe_ejections_total{pool="EchoPool"}"#
+                )
+                .unwrap()
+                    >= 1.0
+            );
         } else {
             assert!(ended >= 10, "the closing PE was tried {ended} times");
             assert!(
@@ -524,12 +523,13 @@ fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
     assert!(eventually(Duration::from_secs(10), || {
         common::resolve_ids(asap, "CounterPool").len() == 2
     }));
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = std::env::temp_dir().join(format!("rserpool-heartbeat-{}.yaml", free_port()));
+    // One file per test process (this test is its only user).
+    let config =
+        std::env::temp_dir().join(format!("rserpool-heartbeat-{}.yaml", std::process::id()));
     std::fs::write(
         &config,
         format!(
-            "pool_user:\n  registrars: [{asap}]\ngateway:\n  tcp:\n    - listen: {listen}\n      pool: CounterPool\n      heartbeat_interval: 100ms\n"
+            "pool_user:\n  registrars: [{asap}]\ngateway:\n  tcp:\n    - listen: 127.0.0.1:0\n      pool: CounterPool\n      heartbeat_interval: 100ms\n"
         ),
     )
     .unwrap();
@@ -540,7 +540,7 @@ fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
         "--log-level",
         "info,rserpool_gateways=debug",
     ]);
-    let client = TcpStream::connect(listen).unwrap();
+    let client = TcpStream::connect(gateway.listener("tcp")).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -587,10 +587,13 @@ fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
 /// in the log (it was held about 7 s, and the log blamed the pool).
 #[test]
 fn a_client_without_a_reachable_registrar_is_closed_at_once_and_told_why() {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     // Nothing listens on port 1.
-    let gateway = gateway("127.0.0.1:1".parse().unwrap(), listen, "CounterPool");
-    let mut client = TcpStream::connect(listen).unwrap();
+    let gateway = gateway(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        "CounterPool",
+    );
+    let mut client = TcpStream::connect(gateway.listener("tcp")).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();

@@ -46,19 +46,11 @@ fn resolved(registrar: SocketAddr, pool: &str) -> BTreeMap<u16, String> {
 }
 
 fn agent(registrar: SocketAddr, backend: SocketAddr) -> Process {
-    Process::start(&[
-        "pe",
-        "--pool",
-        "WebPool",
-        "--backend",
-        &backend.to_string(),
-        "--registrar",
-        &registrar.to_string(),
-        "--health",
-        "http:/health",
-        "--health-interval",
-        "300ms",
-    ])
+    common::agent(
+        registrar,
+        backend,
+        &["--health", "http:/health", "--health-interval", "300ms"],
+    )
 }
 
 /// The scenario: two `pe` agents in front of two HTTP backends; `resolve`

@@ -34,6 +34,10 @@ pub(crate) struct ResolutionCache {
     /// When each cached pool's answer is due for a refresh (three quarters into its
     /// life); only pools in the cache.
     refresh_at: BTreeMap<PoolHandle, Instant>,
+    /// Cached pools whose last answer held as many PEs as were asked for: the pool may
+    /// have more, so a lookup that wants more than the cache holds is a miss (a route
+    /// asking for 3 PEs must not cut a DNS answer that asks for all).
+    cut_short: BTreeSet<PoolHandle>,
     /// How long past its freshness the last answer may still be served.
     max_stale: Duration,
     last_answers: BTreeMap<PoolHandle, LastAnswer>,
@@ -57,6 +61,7 @@ impl ResolutionCache {
             fresh_for,
             entries: Handlespace::new(limits),
             refresh_at: BTreeMap::new(),
+            cut_short: BTreeSet::new(),
             max_stale,
             last_answers: BTreeMap::new(),
             last_answers_by_end: BTreeSet::new(),
@@ -162,6 +167,12 @@ impl ResolutionCache {
             return None;
         }
         self.purge(now);
+        if self.cut_short.contains(pool_handle) {
+            let held = self.entries.pool(pool_handle).map_or(0, |pool| pool.len());
+            if items.is_none_or(|wanted| held < wanted as usize) {
+                return None;
+            }
+        }
         let cached = self.select(pool_handle, items, rng)?;
         let refresh = match self.refresh_at.get_mut(pool_handle) {
             Some(at) if *at <= now => {
@@ -200,7 +211,13 @@ impl ResolutionCache {
     }
 
     /// Stores an answer, each entry fresh for the stale-cache value.
-    pub(crate) fn store(&mut self, response: &HandleResolutionResponse, now: Instant) {
+    /// Takes a registrar's answer to a resolution that asked for `asked` PEs.
+    pub(crate) fn store(
+        &mut self,
+        response: &HandleResolutionResponse,
+        asked: Option<u32>,
+        now: Instant,
+    ) {
         if !self.is_on() {
             return;
         }
@@ -221,6 +238,12 @@ impl ResolutionCache {
         if self.entries.pool(&response.pool_handle).is_some() {
             self.refresh_at
                 .insert(response.pool_handle, now + self.fresh_for * 3 / 4);
+            let full = asked.is_some_and(|n| response.pool_elements.len() >= n as usize);
+            if full {
+                self.cut_short.insert(response.pool_handle);
+            } else {
+                self.cut_short.remove(&response.pool_handle);
+            }
         }
         self.keep_last_answer(response, now);
     }
@@ -258,6 +281,7 @@ impl ResolutionCache {
         self.entries.remove(key);
         if self.entries.pool(&key.pool_handle).is_none() {
             self.refresh_at.remove(&key.pool_handle);
+            self.cut_short.remove(&key.pool_handle);
         }
     }
 

@@ -223,6 +223,46 @@ fn cache_hits_are_answered_without_outputs_until_the_cache_goes_stale() {
     assert_eq!(from_cache(&mut sim), None, "stale after stale_cache");
 }
 
+/// An answer cut at the count it was asked for (a route asking for one PE) does not
+/// answer a later lookup that wants more (a DNS answer asks for all): that one misses
+/// the cache and asks the registrar, whose whole answer then serves both.
+#[test]
+fn an_answer_cut_at_the_asked_count_does_not_serve_a_lookup_that_wants_more() {
+    let mut sim = Sim::new(8);
+    let r = add_registrar(&mut sim, 0x11);
+    for _ in 0..3 {
+        add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    }
+    let pu = pu_with_cache(&mut sim, &[r], Duration::from_secs(1));
+    sim.run_for(Duration::from_millis(100));
+    let cached = |sim: &mut Sim, items: Option<u32>| {
+        sim.with(pu, |role, now| match role {
+            Role::Pu(pu) => pu
+                .resolve_from_cache(pool(), items, now)
+                .map(|hit| hit.resolution.pool_elements.len()),
+            _ => unreachable!(),
+        })
+    };
+    let one = resolve(&mut sim, pu, Some(1));
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(resolution(&sim, pu, one).unwrap().unwrap().len(), 1);
+    assert_eq!(
+        cached(&mut sim, Some(1)),
+        Some(1),
+        "as much as was asked: a hit"
+    );
+    assert_eq!(
+        cached(&mut sim, None),
+        None,
+        "more than the cut answer: a miss"
+    );
+    let all = resolve(&mut sim, pu, None);
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(resolution(&sim, pu, all).unwrap().unwrap().len(), 3);
+    assert_eq!(cached(&mut sim, None), Some(3));
+    assert_eq!(cached(&mut sim, Some(1)), Some(1));
+}
+
 /// Handle resolutions the registrar answered so far.
 fn resolutions_answered(sim: &Sim, registrar: NodeId) -> usize {
     sim.events(registrar)

@@ -271,19 +271,25 @@ impl Drop for Backend {
 }
 
 /// A `pe` agent registering `backend` in WebPool at the registrar `asap` (an ASAP
-/// address), without health checks.
-pub fn unchecked_agent(asap: SocketAddr, backend: SocketAddr) -> Process {
-    Process::start(&[
+/// address), with the `extra` flags (health checks, admin listener).
+pub fn agent(asap: SocketAddr, backend: SocketAddr, extra: &[&str]) -> Process {
+    let (backend, asap) = (backend.to_string(), asap.to_string());
+    let mut args = vec![
         "pe",
         "--pool",
         "WebPool",
         "--backend",
-        &backend.to_string(),
+        &backend,
         "--registrar",
-        &asap.to_string(),
-        "--health",
-        "none",
-    ])
+        &asap,
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args)
+}
+
+/// [`agent`] without health checks.
+pub fn unchecked_agent(asap: SocketAddr, backend: SocketAddr) -> Process {
+    agent(asap, backend, &["--health", "none"])
 }
 
 /// A registrar on free loopback ports with announces and ENRP multicast off, unless
@@ -513,4 +519,12 @@ pub fn assert_every_family_described(text: &str) {
             "no # HELP for {family}:\n{text}"
         );
     }
+}
+
+/// The value of the series `series` (name and labels, exactly as rendered) in a
+/// Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }

@@ -335,7 +335,7 @@ impl PoolUserEngine {
             self.finish(request, &answered, |_, _| Err(failure));
             return;
         }
-        self.cache.store(&response, now);
+        self.cache.store(&response, answered.items, now);
         let answer = Resolution {
             pool_handle: response.pool_handle,
             policy_type: response.policy.as_ref().map(|p| p.policy_type()),
