@@ -973,6 +973,30 @@ impl Default for PoolUserSection {
     }
 }
 
+/// The checks of `gateway.tcp[i]` serde cannot make.
+fn validate_tcp_listener(i: usize, listener: &TcpListenerSection) -> Result<(), ConfigError> {
+    if listener.buffer == 0 || listener.max_connections == 0 {
+        return Err(ConfigError::Invalid(format!(
+            "gateway.tcp[{i}]: buffer and max_connections must be above 0"
+        )));
+    }
+    // Our PE library gives up a gateway silent for 3 s (and answers each heartbeat).
+    if !(Duration::from_millis(100)..=Duration::from_secs(2)).contains(&listener.heartbeat_interval)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "gateway.tcp[{i}]: heartbeat_interval must be between 100ms and 2s"
+        )));
+    }
+    if let Some(framing) = listener.framing
+        && (![1, 2, 4].contains(&framing.size) || framing.max_message == 0)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "gateway.tcp[{i}].framing: size must be 1, 2 or 4 and max_message above 0"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses a duration with a unit: `250ms`, `5s`, `1.5s`, `2m`, `1h`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -1248,26 +1272,7 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
         }
     }
     for (i, listener) in config.gateway.tcp.iter().enumerate() {
-        if listener.buffer == 0 || listener.max_connections == 0 {
-            return Err(ConfigError::Invalid(format!(
-                "gateway.tcp[{i}]: buffer and max_connections must be above 0"
-            )));
-        }
-        // Our PE library gives up a gateway silent for 3 s (and answers each heartbeat).
-        if !(Duration::from_millis(100)..=Duration::from_secs(2))
-            .contains(&listener.heartbeat_interval)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "gateway.tcp[{i}]: heartbeat_interval must be between 100ms and 2s"
-            )));
-        }
-        if let Some(framing) = listener.framing
-            && (![1, 2, 4].contains(&framing.size) || framing.max_message == 0)
-        {
-            return Err(ConfigError::Invalid(format!(
-                "gateway.tcp[{i}].framing: size must be 1, 2 or 4 and max_message above 0"
-            )));
-        }
+        validate_tcp_listener(i, listener)?;
     }
     for (i, listener) in config.gateway.http.iter().enumerate() {
         if listener.h2_max_concurrent_streams == 0 {

@@ -365,6 +365,18 @@ fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerCon
     })
 }
 
+/// The HTTP and TCP listeners' settings, checked.
+fn listener_configs(
+    file: &ConfigFile,
+) -> Result<(Vec<HttpListenerConfig>, Vec<ListenerConfig>), RunError> {
+    let http = file.gateway.http.iter().map(http_listener_config);
+    let tcp = file.gateway.tcp.iter().map(listener_config);
+    Ok((
+        http.collect::<Result<_, _>>()?,
+        tcp.collect::<Result<_, _>>()?,
+    ))
+}
+
 /// The pools the TCP listeners and HTTP routes send to.
 fn configured_pools(file: &ConfigFile) -> std::collections::BTreeSet<PoolHandle> {
     let tcp = file.gateway.tcp.iter().map(|listener| listener.pool);
@@ -478,18 +490,8 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             Ok((section.listen, dns_config(section)?, dot))
         })
         .collect::<Result<Vec<_>, RunError>>()?;
-    let http_configs = file
-        .gateway
-        .http
-        .iter()
-        .map(http_listener_config)
-        .collect::<Result<Vec<_>, _>>()?;
-    let tcp_configs = file
-        .gateway
-        .tcp
-        .iter()
-        .map(listener_config)
-        .collect::<Result<Vec<_>, _>>()?;
+    // Checked before anything is bound.
+    let (http_configs, tcp_configs) = listener_configs(&file)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
     let lifecycle = Lifecycle::default();

@@ -132,16 +132,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let mut section = file.registrar.clone();
     let tls = registrar_tls(&file, &mut section)?;
     let (asap_configured, enrp_configured) = section.addresses(tls.is_some());
-    let overlap = asap_configured.port() == enrp_configured.port()
-        && asap_configured.port() != 0
-        && (asap_configured.ip() == enrp_configured.ip()
-            || asap_configured.ip().is_unspecified()
-            || enrp_configured.ip().is_unspecified());
-    if overlap {
-        return Err(RunError::Usage(format!(
-            "--asap {asap_configured} and --enrp {enrp_configured} are one socket: give them different ports (3863 and 9901 by default)"
-        )));
-    }
+    distinct_listeners(asap_configured, enrp_configured)?;
     let access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
     let shutdown = CancellationToken::new();
     let (incoming_tx, incoming_rx) = mpsc::channel(4096);
@@ -298,20 +289,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         "ready"
     );
     crate::systemd::ready(&shutdown);
-    // Said, since ASAP requests wait meanwhile (a registrar on loopback with multicast
-    // on finds nobody, and would otherwise seem to hang for the mentor timeout).
-    let deadline = handle.ask(RegistrarEngine::mentor_deadline).await.flatten();
-    if let Some(deadline) = deadline {
-        let seconds = deadline
-            .saturating_duration_since(crate::driver::now())
-            .as_secs_f64();
-        tracing::info!(
-            seconds,
-            enrp_multicast = %enrp_multicast,
-            peers = section.peers.len(),
-            "looking for a peer registrar to synchronise with (ENRP start-up): ASAP requests wait until then; with no peers and --enrp-multicast off a registrar serves at once"
-        );
-    }
+    say_if_waiting_for_peers(&handle, &enrp_multicast, section.peers.len()).await;
     loop {
         match signals.next().await {
             Request::Stop => break,
@@ -476,6 +454,42 @@ async fn reload(
         .command(move |engine, now| engine.reconfigure(settings, now))
         .await;
     tracing::info!(config = ?args.config.as_deref(), "configuration reloaded");
+}
+
+/// The ASAP and ENRP listeners are two sockets (one address for both was reported as
+/// another process on the port).
+fn distinct_listeners(asap: SocketAddr, enrp: SocketAddr) -> Result<(), RunError> {
+    let overlap = asap.port() == enrp.port()
+        && asap.port() != 0
+        && (asap.ip() == enrp.ip() || asap.ip().is_unspecified() || enrp.ip().is_unspecified());
+    if overlap {
+        return Err(RunError::Usage(format!(
+            "--asap {asap} and --enrp {enrp} are one socket: give them different ports (3863 and 9901 by default)"
+        )));
+    }
+    Ok(())
+}
+
+/// Says that ASAP requests wait while the registrar looks for a mentor at start-up (a
+/// registrar on loopback with multicast on finds nobody, and would otherwise seem to
+/// hang for the mentor timeout).
+async fn say_if_waiting_for_peers(
+    handle: &Handle<RegistrarEngine>,
+    enrp_multicast: &impl std::fmt::Display,
+    peers: usize,
+) {
+    let deadline = handle.ask(RegistrarEngine::mentor_deadline).await.flatten();
+    if let Some(deadline) = deadline {
+        let seconds = deadline
+            .saturating_duration_since(crate::driver::now())
+            .as_secs_f64();
+        tracing::info!(
+            seconds,
+            enrp_multicast = %enrp_multicast,
+            peers,
+            "looking for a peer registrar to synchronise with (ENRP start-up): ASAP requests wait until then; with no peers and --enrp-multicast off a registrar serves at once"
+        );
+    }
 }
 
 fn log_event(event: RegistrarEvent) {

@@ -260,6 +260,26 @@ impl<D: Directory> PoolDns<D> {
     }
 }
 
+/// The first address of the family of each PE, each address once (an RRset holds no
+/// duplicates, RFC 2181 §5: PEs on one host share a record, SRV gives their ports), at
+/// most `count`.
+fn unique_addresses<'a>(
+    pes: impl Iterator<Item = &'a PoolElement>,
+    v6: bool,
+    count: usize,
+) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = Vec::new();
+    for address in pes.filter_map(|pe| address_of(pe, v6)) {
+        if addresses.len() == count {
+            break;
+        }
+        if !addresses.contains(&address.ip()) {
+            addresses.push(address.ip());
+        }
+    }
+    addresses
+}
+
 /// The PE's first address of a family, with its port.
 fn address_of(pe: &PoolElement, v6: bool) -> Option<SocketAddr> {
     pe.user_transport
@@ -377,18 +397,7 @@ impl<D: Directory> PoolDns<D> {
                     Target::Element(_, id) => pe.id.0 == id,
                     _ => true,
                 });
-                // An RRset holds each address once (RFC 2181 §5): PEs sharing a host
-                // (their ports differ: SRV tells them apart) give one A record.
-                let mut addresses: Vec<IpAddr> = Vec::new();
-                for address in chosen.filter_map(|pe| address_of(pe, v6)) {
-                    if addresses.len() == self.config.answer_count {
-                        break;
-                    }
-                    if !addresses.contains(&address.ip()) {
-                        addresses.push(address.ip());
-                    }
-                }
-                answer.answers = addresses
+                answer.answers = unique_addresses(chosen, v6, self.config.answer_count)
                     .into_iter()
                     .map(|address| address_record(name, ttl, address))
                     .collect();

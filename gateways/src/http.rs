@@ -1147,21 +1147,11 @@ async fn proxy<D: Directory>(
                 pe,
             );
             if let Some(resumable) = resumable {
-                // The others in the policy's order, then the one that answered.
-                let (this, others): (Vec<_>, Vec<_>) =
-                    usable.iter().partition(|(element, _)| element.id == pe);
-                let candidates = others.iter().chain(&this).map(|(_, address)| *address);
-                let source = resume::Source {
-                    upstream: live.upstream.clone(),
-                    candidates: candidates.collect(),
-                    first_byte_timeout: route.first_byte_timeout,
-                    idle_timeout: route.idle_timeout,
-                    max_resumptions: route.max_attempts,
-                };
                 let request = resume::Request {
                     target: path_and_query.to_owned(),
                     headers: std::mem::take(&mut parts.headers),
                 };
+                let source = resume_source(live, &usable, pe);
                 let meters = live.meters.resume.clone();
                 response = response
                     .map(|body| resumable.wrap(body, request, source, meters).boxed_unsync());
@@ -1253,8 +1243,7 @@ async fn run_attempts<D: Directory>(
     loop {
         flight = match flight {
             Flight::Next(attempts::Step::GiveUp(end)) => {
-                // Every PE at its limit (nothing was sent): wait for a place, then
-                // start over.
+                // Every PE at its limit (nothing sent): wait for a place, start over.
                 if end.reason == attempts::Reason::Busy && live.wait_for_place(queue_deadline).await
                 {
                     Flight::Next(attempts::start(request.plan))
@@ -1308,30 +1297,7 @@ async fn run_attempts<D: Directory>(
                         request.usable.len(),
                         elapsed,
                     );
-                    let next = match under_way {
-                        Flight::One(attempt) => {
-                            match attempt.answered(status, || live.budget.withdraw()) {
-                                attempts::Answered::Retry(next) => {
-                                    // Dropped unread: its connection closes.
-                                    live.meters.retries.increment(1);
-                                    Some(Flight::Next(attempts::Step::Try(next)))
-                                }
-                                attempts::Answered::Deliver => None,
-                            }
-                        }
-                        Flight::Two(race) => match race.answered(pe, status) {
-                            attempts::RaceAnswer::Continue(alone) => Some(Flight::One(alone)),
-                            attempts::RaceAnswer::Deliver { abandoned } => {
-                                // The slower PE lost the race: a frozen one is ejected
-                                // after a few (it is not reported: it may just be slow).
-                                if let Some(&(slow, _)) = request.usable.get(abandoned) {
-                                    live.observe(slow.id, false, request.usable.len(), None);
-                                }
-                                None
-                            }
-                        },
-                        Flight::Next(step) => Some(Flight::Next(step)),
-                    };
+                    let next = after_answer(live, request, under_way, pe, status);
                     if let Some(next) = next {
                         next
                     } else {
@@ -1352,23 +1318,84 @@ async fn run_attempts<D: Directory>(
                             .report_unreachable(route.pool_handle, element)
                             .await;
                     }
-                    match under_way {
-                        Flight::One(attempt) => {
-                            let step = attempt.failed(failure, || live.budget.withdraw());
-                            if matches!(step, attempts::Step::Try(_)) {
-                                live.meters.retries.increment(1);
-                            }
-                            Flight::Next(step)
-                        }
-                        Flight::Two(race) => {
-                            lanes.hedge_at(request.hedge_delay.map(|delay| crate::now() + delay));
-                            Flight::One(race.lost(pe))
-                        }
-                        Flight::Next(step) => Flight::Next(step),
+                    if matches!(under_way, Flight::Two(_)) {
+                        // The other goes on alone, and may be hedged again.
+                        lanes.hedge_at(request.hedge_delay.map(|delay| crate::now() + delay));
                     }
+                    after_failure(live, under_way, pe, failure)
                 }
             },
         };
+    }
+}
+
+/// Where the rest of a response from `pe` can come from: the other PEs in the
+/// policy's order, then `pe` itself (it may be back).
+fn resume_source(
+    live: &LiveRoute,
+    usable: &[(&PoolElement, SocketAddr)],
+    pe: PoolElementId,
+) -> resume::Source {
+    let (this, others): (Vec<_>, Vec<_>) = usable.iter().partition(|(element, _)| element.id == pe);
+    let candidates = others.iter().chain(&this).map(|(_, address)| *address);
+    resume::Source {
+        upstream: live.upstream.clone(),
+        candidates: candidates.collect(),
+        first_byte_timeout: live.route.first_byte_timeout,
+        idle_timeout: live.route.idle_timeout,
+        max_resumptions: live.route.max_attempts,
+    }
+}
+
+/// What follows an answer from the attempt at candidate `pe`: `None` delivers it.
+fn after_answer(
+    live: &LiveRoute,
+    request: &Attempting<'_>,
+    under_way: Flight,
+    pe: usize,
+    status: StatusCode,
+) -> Option<Flight> {
+    match under_way {
+        Flight::One(attempt) => match attempt.answered(status, || live.budget.withdraw()) {
+            attempts::Answered::Retry(next) => {
+                // Dropped unread: its connection closes.
+                live.meters.retries.increment(1);
+                Some(Flight::Next(attempts::Step::Try(next)))
+            }
+            attempts::Answered::Deliver => None,
+        },
+        Flight::Two(race) => match race.answered(pe, status) {
+            attempts::RaceAnswer::Continue(alone) => Some(Flight::One(alone)),
+            attempts::RaceAnswer::Deliver { abandoned } => {
+                // The slower PE lost the race: a frozen one is ejected after a few (it
+                // is not reported: it may just be slow).
+                if let Some(&(slow, _)) = request.usable.get(abandoned) {
+                    live.observe(slow.id, false, request.usable.len(), None);
+                }
+                None
+            }
+        },
+        Flight::Next(step) => Some(Flight::Next(step)),
+    }
+}
+
+/// What follows the failure of the attempt at candidate `pe`.
+fn after_failure(
+    live: &LiveRoute,
+    under_way: Flight,
+    pe: usize,
+    failure: attempts::Failure,
+) -> Flight {
+    match under_way {
+        Flight::One(attempt) => {
+            let step = attempt.failed(failure, || live.budget.withdraw());
+            if matches!(step, attempts::Step::Try(_)) {
+                live.meters.retries.increment(1);
+            }
+            Flight::Next(step)
+        }
+        Flight::Two(race) => Flight::One(race.lost(pe)),
+        Flight::Next(step) => Flight::Next(step),
     }
 }
 

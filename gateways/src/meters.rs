@@ -6,6 +6,12 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 /// Describes every family of the TCP, HTTP and DNS gateways; called once the
 /// process's recorder is installed.
 pub fn describe() {
+    describe_tcp();
+    describe_http();
+    describe_dns();
+}
+
+fn describe_tcp() {
     describe_counter!(
         "rserpool_tcp_sessions_total",
         "TCP gateway sessions opened, by pool"
@@ -42,6 +48,9 @@ pub fn describe() {
         "rserpool_tcp_pe_ejections_total",
         "PEs ejected by passive health (failed sessions, success rate), by pool"
     );
+}
+
+fn describe_http() {
     describe_counter!(
         "rserpool_http_responses_total",
         "HTTP responses, by route, pool and status class"
@@ -102,6 +111,9 @@ pub fn describe() {
         "rserpool_http_tunnels_idle_closed_total",
         "upgraded tunnels closed after tunnel_idle_timeout"
     );
+}
+
+fn describe_dns() {
     describe_counter!("rserpool_dns_responses_total", "DNS responses, by rcode");
     describe_counter!(
         "rserpool_dns_rate_limited_total",

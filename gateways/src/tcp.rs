@@ -229,6 +229,46 @@ impl<D> Listener<D> {
             .collect()
     }
 
+    /// Gives a resolution's answer to `session` (ejected PEs last); the PEs offered,
+    /// unless no registrar could be asked.
+    fn hand_over(
+        &self,
+        answer: Result<Vec<PoolElement>, DirectoryError>,
+        session: &mut Session,
+    ) -> Option<usize> {
+        if let Err(DirectoryError::Unavailable) = answer {
+            session.resolution_unavailable(crate::now());
+            return None;
+        }
+        let pes = self.order(answer.unwrap_or_default());
+        let offered = pes.len();
+        session.resolved(pes, crate::now());
+        Some(offered)
+    }
+
+    /// What a session event means for the session table, passive health and metrics.
+    fn on_event(
+        &self,
+        event: &SessionEvent,
+        entry: &crate::SessionEntry,
+        peer: SocketAddr,
+        offered: usize,
+    ) {
+        match event {
+            SessionEvent::Started { pe } => entry.started(*pe),
+            SessionEvent::FailedOver { to, .. } => entry.failed_over(*to),
+            SessionEvent::PeFailed { pe, failure } => {
+                if failure.counts_against_pe() {
+                    self.observe(*pe, false, offered);
+                }
+            }
+            SessionEvent::HalfCloseExpired
+            | SessionEvent::IdleExpired
+            | SessionEvent::Unrecoverable { .. } => {}
+        }
+        record(&self.pool, &self.meters, peer, event);
+    }
+
     /// Records how a session's PE did (`offered`: the PEs its last resolution listed).
     fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
         let ejections = self
@@ -589,21 +629,7 @@ async fn run_session<D: Directory>(
                 SessionOutput::SendToClient(bytes) => client.send(bytes),
                 SessionOutput::ShutdownClient => client.shutdown_wanted = true,
                 SessionOutput::CloseClient { failed: f } => failed = f,
-                SessionOutput::Event(event) => {
-                    match &event {
-                        SessionEvent::Started { pe } => entry.started(*pe),
-                        SessionEvent::FailedOver { to, .. } => entry.failed_over(*to),
-                        SessionEvent::PeFailed { pe, failure } => {
-                            if failure.counts_against_pe() {
-                                listener.observe(*pe, false, offered);
-                            }
-                        }
-                        SessionEvent::HalfCloseExpired
-                        | SessionEvent::IdleExpired
-                        | SessionEvent::Unrecoverable { .. } => {}
-                    }
-                    record(&listener.pool, meters, peer, &event);
-                }
+                SessionOutput::Event(event) => listener.on_event(&event, entry, peer, offered),
             }
         }
         // A failed write is news for the session once its current output is done.
@@ -689,14 +715,7 @@ async fn run_session<D: Directory>(
             }
             answer = async { resolving.as_mut().expect("guarded").await }, if resolving.is_some() => {
                 resolving = None;
-                match answer {
-                    Err(DirectoryError::Unavailable) => session.resolution_unavailable(crate::now()),
-                    answer => {
-                        let pes = listener.order(answer.unwrap_or_default());
-                        offered = pes.len();
-                        session.resolved(pes, crate::now());
-                    }
-                }
+                offered = listener.hand_over(answer, &mut session).unwrap_or(offered);
             }
             stream = async { connecting.as_mut().expect("guarded").await }, if connecting.is_some() => {
                 connecting = None;
