@@ -10,8 +10,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Debian packages: tshark (the independent Wireshark check of our bytes), curl (an
 # HTTP/2-over-TLS client for the HTTP gateway's TLS test), dig (dnsutils, the DNS
-# gateway's client), chromium (renders the status page in tests/status_page.rs).
+# gateway's client), chromium (renders the status page in tests/status_page.rs),
+# rsplib-tools (cspmonitor, which must show our CSP reports in tests/csp.rs).
 missing=()
+command -v cspmonitor >/dev/null || missing+=(rsplib-tools)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v tshark >/dev/null || missing+=(tshark)
 command -v curl >/dev/null || missing+=(curl)
@@ -34,7 +36,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 # Tests that need an external tool fail instead of skipping when this is set.
-export RSERPOOL_REQUIRE_TSHARK=1 RSERPOOL_REQUIRE_CHROMIUM=1
+export RSERPOOL_REQUIRE_TSHARK=1 RSERPOOL_REQUIRE_CHROMIUM=1 RSERPOOL_REQUIRE_TOOLS=1
 cargo test --workspace --all-features
 
 echo "== kernel SCTP and rsplib interoperability (in the SCTP VM)"

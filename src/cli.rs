@@ -102,6 +102,32 @@ pub(crate) struct TlsArgs {
     pub(crate) tls_plain: Option<String>,
 }
 
+/// Status reports to an rsplib `cspmonitor` (over the file's `csp:` section; rsplib's
+/// environment variables work too).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct CspArgs {
+    /// Send CSP status reports to this monitor, ADDRESS[:PORT] or HOST[:PORT] (port
+    /// 2960 when left out).
+    #[arg(long, env = "CSP_SERVER", value_parser = crate::config::parse_csp_monitor)]
+    pub(crate) csp_server: Option<SocketAddr>,
+    /// Time between CSP reports: milliseconds, as rsplib's -cspinterval, or a duration
+    /// with a unit (250 ms to 60 s; default 1 s).
+    #[arg(long, env = "CSP_INTERVAL", value_parser = crate::config::parse_csp_interval)]
+    pub(crate) csp_interval: Option<std::time::Duration>,
+}
+
+impl CspArgs {
+    /// The flags over the file's section.
+    pub(crate) fn apply(&self, section: &mut crate::config::CspSection) {
+        if let Some(server) = self.csp_server {
+            section.server = Some(server);
+        }
+        if let Some(interval) = self.csp_interval {
+            section.interval = interval;
+        }
+    }
+}
+
 /// `rserpool demo`.
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
@@ -214,6 +240,8 @@ pub(crate) struct RegistrarArgs {
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
+    pub(crate) csp: CspArgs,
+    #[command(flatten)]
     pub(crate) log: LogArgs,
 }
 
@@ -277,6 +305,8 @@ pub(crate) struct PeArgs {
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
+    pub(crate) csp: CspArgs,
+    #[command(flatten)]
     pub(crate) log: LogArgs,
 }
 
@@ -318,6 +348,8 @@ pub(crate) struct GatewayArgs {
     pub(crate) admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
+    #[command(flatten)]
+    pub(crate) csp: CspArgs,
     #[command(flatten)]
     pub(crate) log: LogArgs,
 }

@@ -15,7 +15,11 @@ use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
 use serde::{Deserialize, Deserializer};
 
 mod control_tls;
+mod csp;
 pub(crate) use control_tls::{ControlTlsSection, parse_plain_peers};
+pub(crate) use csp::{
+    CspSection, parse_interval as parse_csp_interval, parse_monitor as parse_csp_monitor,
+};
 
 /// A configuration that cannot be used; the process exits with status 64.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,8 @@ pub(crate) struct ConfigFile {
     pub(crate) admin: AdminSection,
     /// TLS for ASAP and ENRP; absent: plain, unauthenticated (as rsplib).
     pub(crate) tls: Option<ControlTlsSection>,
+    /// Status reports to an rsplib `cspmonitor`; off unless a monitor is named.
+    pub(crate) csp: CspSection,
 }
 
 /// The admin HTTP listener (`/metrics`, `/healthz`); off unless `listen` is set.

@@ -2,6 +2,8 @@
 //! the registrars; each TCP listener relays its clients to PEs of one pool and moves
 //! their sessions when a PE fails (rserpool-gateways).
 
+mod status_reports;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +46,7 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
     if args.admin.is_some() {
         file.admin.listen = args.admin;
     }
+    args.csp.apply(&mut file.csp);
     if let Some(profile) = args.profile {
         file.pool_user.profile = crate::profile(profile);
     }
@@ -619,6 +622,17 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
     let mut signals = Signals::install().map_err(RunError::Io)?;
+    let listeners = [bound.join(","), bound_http.join(","), bound_dns.join(",")].join(" ");
+    let transport = file.pool_user.transport;
+    let csp = status_reports::start(
+        &file.csp,
+        &pool_user,
+        &lifecycle,
+        transport,
+        listeners.trim(),
+        &shutdown,
+    )
+    .await?;
     tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
     crate::systemd::ready(&shutdown);
     tokio::spawn(warn_of_empty_pools(
@@ -662,5 +676,6 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         let _ = tokio::time::timeout(Duration::from_secs(6), lifecycle.sessions.wait()).await;
     }
     shutdown.cancel();
+    crate::csp::Reporter::finish(csp).await;
     Ok(())
 }

@@ -6,6 +6,7 @@ mod admin;
 mod cert;
 mod cli;
 mod config;
+mod csp;
 mod decode;
 mod demo;
 mod demo_http;
@@ -18,6 +19,7 @@ mod pool_element;
 mod pool_user;
 mod registrar;
 mod resolve;
+mod serve;
 pub mod service;
 mod signals;
 mod systemd;
@@ -190,7 +192,11 @@ async fn tool(command: cli::Command) -> Result<String, RunError> {
             decode::run(&args).map_err(|e| RunError::Failed(e.to_string()))
         }
         cli::Command::Registrar(args) => registrar::run(args).await.map(|()| String::new()),
-        cli::Command::Pe(args) => pool_element::run(args).await.map(|()| String::new()),
+        cli::Command::Pe(args) => match args.serve {
+            Some(kind) => serve::run_demo(kind, args).await,
+            None => pool_element::run(args).await,
+        }
+        .map(|()| String::new()),
         cli::Command::Gateway(args) => gateway::run(args).await.map(|()| String::new()),
         cli::Command::Demo(args) => demo::run(args).await,
         cli::Command::Cert(command) => cert::run(&command),

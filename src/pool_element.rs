@@ -8,10 +8,14 @@
 //! (asap.md §5.2 step 1).
 
 mod meters;
+mod registered;
+pub(crate) mod status_reports;
 
-use std::collections::{BTreeMap, BTreeSet};
+pub(crate) use registered::Registered;
+
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rserpool_proto::auth::Access;
@@ -20,9 +24,7 @@ use rserpool_proto::pool_element::{
     PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
 };
 use rserpool_proto::wire::CauseCode;
-use rserpool_proto::wire::{
-    PoolElementId, PoolHandle, Protocol, Transport, TransportProtocol, TransportUse,
-};
+use rserpool_proto::wire::{PoolElementId, Protocol, Transport, TransportProtocol, TransportUse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -50,6 +52,7 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
     if args.admin.is_some() {
         file.admin.listen = args.admin;
     }
+    args.csp.apply(&mut file.csp);
     crate::apply_tls_args(&mut file.tls, &args.tls)?;
     let tls = file.tls.is_some();
     let section = &mut file.pe;
@@ -430,9 +433,6 @@ pub(crate) async fn deregister_all(runtime: &PeRuntime) {
 }
 
 pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
-    if let Some(kind) = args.serve {
-        return crate::service::run_demo(kind, args).await;
-    }
     let file = settings(&args)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let section = file.pe.clone();
@@ -471,6 +471,9 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         None => "off".to_owned(),
     };
     describe_metrics();
+    let place = format!("ASAP {asap}");
+    let csp =
+        status_reports::start(&file.csp, &handle, section.transport, &place, &shutdown).await?;
     tls.iter().for_each(|tls| tls.publish_expiry());
     let registrars: Vec<String> = section.registrars.iter().map(ToString::to_string).collect();
     // Before the ready line: a signal sent right after it (a supervisor's reload)
@@ -522,83 +525,10 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     });
     deregister_all(&runtime).await;
     shutdown.cancel();
+    crate::csp::Reporter::finish(csp).await;
     let _ = logger.await;
     let _ = runtime.driver.await;
     Ok(())
-}
-
-/// The agent's PEs that are registered now, for `/readyz` and `/api/pool_elements`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Registered(Arc<Mutex<BTreeSet<(PoolHandle, PoolElementId)>>>);
-
-impl Registered {
-    pub(crate) fn track(&self, event: &PoolElementEvent) {
-        let Ok(mut set) = self.0.lock() else { return };
-        match event {
-            PoolElementEvent::Registered {
-                pool_handle, pe_id, ..
-            } => {
-                set.insert((*pool_handle, *pe_id));
-            }
-            PoolElementEvent::RegistrationRefused {
-                pool_handle, pe_id, ..
-            }
-            | PoolElementEvent::Deregistered {
-                pool_handle, pe_id, ..
-            }
-            | PoolElementEvent::Withdrawn { pool_handle, pe_id } => {
-                set.remove(&(*pool_handle, *pe_id));
-            }
-            PoolElementEvent::RegistrarLost => set.clear(),
-            _ => {}
-        }
-    }
-
-    pub(crate) fn list(&self) -> Vec<(PoolHandle, PoolElementId)> {
-        self.0
-            .lock()
-            .map(|set| set.iter().copied().collect())
-            .unwrap_or_default()
-    }
-
-    /// Ready while at least one PE is registered; `/metrics` counts them per pool of
-    /// `pools` (the configured ones).
-    pub(crate) fn routes(&self, pools: Vec<PoolHandle>) -> crate::admin::Routes {
-        let (ready, api, counted) = (self.clone(), self.clone(), self.clone());
-        crate::admin::Routes {
-            ready: Arc::new(move || {
-                let registered = !ready.list().is_empty();
-                Box::pin(async move {
-                    if registered {
-                        Ok(())
-                    } else {
-                        Err(
-                            "no pool element registered (backends unhealthy, or no registrar)"
-                                .into(),
-                        )
-                    }
-                })
-            }),
-            api: Arc::new(move |name| {
-                let list = api.list();
-                Box::pin(async move {
-                    (name == "pool_elements").then(|| {
-                        let items: Vec<serde_json::Value> = list
-                            .iter()
-                            .map(|(pool, pe)| serde_json::json!({ "pool_handle": pool.to_string(), "pe_id": pe }))
-                            .collect();
-                        serde_json::json!({ "registered": items })
-                    })
-                })
-            }),
-            api_names: &["pool_elements"],
-            role: "pe agent",
-            refresh: Some(Arc::new(move || {
-                meters::refresh(&pools, &counted.list());
-                Box::pin(async {})
-            })),
-        }
-    }
 }
 
 /// How many PEs the engine still holds.

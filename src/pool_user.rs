@@ -182,6 +182,11 @@ impl PoolUser {
         rx.await.unwrap_or(Err(ResolveError::NoRegistrar))
     }
 
+    /// The registrar in use, when an association is up and its ID known.
+    pub(crate) fn registrar(&self) -> Option<rserpool_proto::wire::RegistrarId> {
+        driver::lock(&self.engine).registrar()
+    }
+
     /// Reports a PE that could not be reached: it leaves the cache and the registrar is
     /// told.
     pub(crate) async fn report_unreachable(&self, pool_handle: PoolHandle, pe_id: PoolElementId) {

@@ -2,6 +2,7 @@
 //! channel, the configuration and the signals.
 
 mod meters;
+mod status_reports;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
         None => ConfigFile::default(),
     };
     apply_overrides(&mut file, args)?;
+    args.csp.apply(&mut file.csp);
     if args.admin.is_some() {
         file.admin.listen = args.admin;
     }
@@ -270,6 +272,9 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         None => "off".to_owned(),
     };
     meters::describe();
+    let addresses = (asap_address, enrp_address);
+    let csp =
+        status_reports::start(&file.csp, &handle, section.transport, addresses, &shutdown).await?;
     tls.iter().for_each(|tls| tls.publish_expiry());
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
@@ -312,6 +317,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     crate::systemd::notify("STOPPING=1");
     tracing::info!("stopping: closing associations");
     shutdown.cancel();
+    crate::csp::Reporter::finish(csp).await;
     let _ = driver.await;
     Ok(())
 }

@@ -7,6 +7,7 @@
 #![warn(clippy::indexing_slicing, missing_docs)]
 
 pub mod auth;
+pub mod csp;
 pub mod engine;
 pub mod handlespace;
 pub mod hunt;
