@@ -2,6 +2,7 @@
 //! the registrars; each TCP listener relays its clients to PEs of one pool and moves
 //! their sessions when a PE fails (rserpool-gateways).
 
+mod admin;
 mod status_reports;
 
 use std::sync::Arc;
@@ -16,7 +17,6 @@ use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{self, HttpListenerConfig, Route};
 use rserpool_gateways::tcp::{self, Framing, ListenerConfig, SctpUpstream};
-use rserpool_proto::pool_user::{AnswerSource, ResolveError};
 use rserpool_proto::session::SessionConfig;
 use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
@@ -140,80 +140,6 @@ async fn reload(args: &GatewayArgs, logging: &Logging, reloaders: &[(SocketAddr,
     tracing::info!(
         "SIGHUP: reloaded (log level, HTTP routes, sticky keys, TLS certificates); TCP and DNS listeners change with a restart"
     );
-}
-
-/// TCP sessions `/api/sessions` lists at most (the oldest).
-const MAX_LISTED_SESSIONS: usize = 1000;
-
-/// `/readyz`: a registrar answers (a resolution of a configured pool gets an answer,
-/// found or not); `/api/sessions`: open TCP sessions and HTTP connections.
-fn admin_routes(
-    pool_user: &Arc<PoolUser>,
-    file: &ConfigFile,
-    lifecycle: &Lifecycle,
-) -> crate::admin::Routes {
-    let probe_pool = file
-        .gateway
-        .tcp
-        .iter()
-        .map(|l| l.pool)
-        .chain(
-            file.gateway
-                .http
-                .iter()
-                .flat_map(|l| l.routes.iter().map(|r| r.pool)),
-        )
-        .next()
-        .or_else(|| PoolHandle::new(b"rserpool-readiness").ok());
-    let pool_user = pool_user.clone();
-    let sessions = lifecycle.sessions.clone();
-    let table = lifecycle.table.clone();
-    crate::admin::Routes {
-        ready: Arc::new(move || {
-            let pool_user = pool_user.clone();
-            Box::pin(async move {
-                let Some(pool) = probe_pool else {
-                    return Ok(());
-                };
-                let asked =
-                    tokio::time::timeout(Duration::from_secs(2), pool_user.resolve(pool, Some(1)))
-                        .await;
-                match asked {
-                    // The pool's last answer served stale: no registrar answered.
-                    Ok(Ok(resolution)) if resolution.source == AnswerSource::Stale => {
-                        Err("no registrar answers: serving the last answers".into())
-                    }
-                    Ok(Ok(_) | Err(ResolveError::UnknownPool)) => Ok(()),
-                    Ok(Err(error)) => Err(format!("no registrar answers: {error}")),
-                    Err(_) => Err("no registrar answered within 2 s".into()),
-                }
-            })
-        }),
-        api: Arc::new(move |name| {
-            let open = sessions.len();
-            let tcp: Vec<serde_json::Value> = table
-                .snapshot(MAX_LISTED_SESSIONS)
-                .into_iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "id": s.id,
-                        "listener": s.listener.to_string(),
-                        "pool": s.pool.to_string(),
-                        "client": s.client.to_string(),
-                        "pe": s.pe,
-                        "age_ms": u64::try_from(s.age.as_millis()).unwrap_or(u64::MAX),
-                        "failovers": s.failovers,
-                    })
-                })
-                .collect();
-            Box::pin(async move {
-                (name == "sessions").then(|| serde_json::json!({ "open": open, "tcp": tcp }))
-            })
-        }),
-        api_names: &["sessions"],
-        role: "gateway",
-        refresh: None,
-    }
 }
 
 /// `LISTEN_ADDR:PORT=POOL_HANDLE` of a listener flag.
@@ -505,6 +431,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         DEFAULT_STALE_CACHE,
         &shutdown,
     )?);
+    let listeners = admin::Listeners::default();
     // The metrics recorder goes in first: listeners take their meters when they start.
     let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
     let admin = match file.admin.listen {
@@ -512,7 +439,12 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             listen,
             admin_security.clone(),
             shutdown.clone(),
-            admin_routes(&pool_user, &file, &lifecycle),
+            admin::routes(
+                &pool_user,
+                &file,
+                &lifecycle,
+                (&listeners, configured_pools(&file)),
+            ),
             logging.clone(),
         )
         .await?
@@ -531,6 +463,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             .local_addr()
             .map_err(|e| RunError::Bind(section.listen, e))?;
         bound.push(format!("{address}={}", section.pool));
+        listeners.tcp(address, section.pool);
         let config = ListenerConfig {
             listen: address,
             ..config
@@ -550,8 +483,8 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let mut bound_http = Vec::new();
     // Routes of each HTTP listener by its configured address, for SIGHUP.
     let mut reloaders: Vec<(SocketAddr, http::Reloader)> = Vec::new();
-    for config in http_configs {
-        let reloader = http::Reloader::new(&config);
+    for (section, config) in file.gateway.http.iter().zip(http_configs) {
+        let reloader = http::Reloader::new(&config, lifecycle.ejections.clone());
         reloaders.push((config.listen, reloader.clone()));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -565,6 +498,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             .map(|r| r.pool_handle.to_string())
             .collect();
         bound_http.push(format!("{address}={}", pools.join("+")));
+        listeners.http(address, section);
         let config = HttpListenerConfig {
             listen: address,
             ..config
@@ -596,6 +530,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
                     .local_addr()
                     .map_err(|e| RunError::Bind(dot_listen, e))?;
                 bound_dns.push(format!("{bound}=tls:{}", config.zone));
+                listeners.dns(format!("{bound} (DNS over TLS)"), &config.zone.to_string());
                 Some(dns::DotListener {
                     listener,
                     certificates,
@@ -604,6 +539,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
             None => None,
         };
         bound_dns.push(format!("{address}={}", config.zone));
+        listeners.dns(format!("{address} (UDP, TCP)"), &config.zone.to_string());
         tokio::spawn(dns::serve(
             udp,
             tcp,

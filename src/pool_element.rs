@@ -7,6 +7,7 @@
 //! associations from that port, so a registrar that takes the PEs over can reach it
 //! (asap.md §5.2 step 1).
 
+mod backends;
 mod meters;
 mod registered;
 pub(crate) mod status_reports;
@@ -173,6 +174,8 @@ struct Services {
     next_slot: u64,
     changes: mpsc::Sender<HealthChange>,
     shutdown: CancellationToken,
+    /// What `/api/backends` shows.
+    backends: backends::Backends,
 }
 
 struct RunningService {
@@ -188,13 +191,14 @@ impl Services {
         let slot = self.next_slot;
         self.next_slot += 1;
         let stop = self.shutdown.child_token();
+        let id = PoolElementId(self.rng.nonzero_u32());
+        self.backends.add(slot, &service, id);
         tokio::spawn(watch(
             slot,
             service.clone(),
-            self.changes.clone(),
+            (self.changes.clone(), self.backends.clone()),
             stop.clone(),
         ));
-        let id = PoolElementId(self.rng.nonzero_u32());
         self.running
             .insert(slot, RunningService { service, id, stop });
     }
@@ -229,6 +233,7 @@ async fn reload(
     for slot in &gone {
         if let Some(removed) = services.running.remove(slot) {
             removed.stop.cancel();
+            services.backends.remove(*slot);
             let id = removed.id;
             tracing::info!(pool = %removed.service.pool, backend = %removed.service.backend, pe = %id, "SIGHUP: service removed: deregistering");
             handle
@@ -254,7 +259,7 @@ async fn reload(
 async fn watch(
     index: u64,
     service: ServiceConfig,
-    changes: mpsc::Sender<HealthChange>,
+    (changes, backends): (mpsc::Sender<HealthChange>, backends::Backends),
     shutdown: CancellationToken,
 ) {
     let mut healthy = false;
@@ -272,6 +277,7 @@ async fn watch(
         let started = tokio::time::Instant::now();
         let ok = check(&service).await;
         meters::health_check(service.pool, ok, started.elapsed());
+        backends.checked(index, ok, started.elapsed());
         if !ok && !healthy && !said_never_healthy {
             said_never_healthy = true;
             tracing::warn!(
@@ -452,6 +458,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         next_slot: 0,
         changes: changes_tx,
         shutdown: shutdown.clone(),
+        backends: backends::Backends::default(),
     };
     for service in &section.services {
         services.add(service.clone());
@@ -463,7 +470,10 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
             listen,
             admin_security.clone(),
             shutdown.clone(),
-            registered.routes(section.services.iter().map(|s| s.pool).collect()),
+            registered.routes(
+                section.services.iter().map(|s| s.pool).collect(),
+                Some(services.backends.clone()),
+            ),
             logging.clone(),
         )
         .await?
@@ -500,6 +510,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
                 // A change from a service removed by a reload is stale.
                 let Some(running) = services.running.get(&change.service) else { continue };
                 let (service, id) = (&running.service, running.id);
+                services.backends.health(change.service, change.healthy);
                 let spec = spec(service, id);
                 if change.healthy {
                     tracing::info!(pool = %service.pool, backend = %service.backend, pe = %id, "backend healthy: registering");

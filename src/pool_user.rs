@@ -182,9 +182,12 @@ impl PoolUser {
         rx.await.unwrap_or(Err(ResolveError::NoRegistrar))
     }
 
-    /// The registrar in use, when an association is up and its ID known.
-    pub(crate) fn registrar(&self) -> Option<rserpool_proto::wire::RegistrarId> {
-        driver::lock(&self.engine).registrar()
+    /// The registrar in use (its endpoint, and its ID when known), while an
+    /// association is up.
+    pub(crate) fn registrar(
+        &self,
+    ) -> Option<(Endpoint, Option<rserpool_proto::wire::RegistrarId>)> {
+        driver::lock(&self.engine).current_registrar()
     }
 
     /// Reports a PE that could not be reached: it leaves the cache and the registrar is

@@ -119,7 +119,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
             listen,
             admin_security.clone(),
             service.shutdown.clone(),
-            service.registered.routes(vec![pool_handle]),
+            service.registered.routes(vec![pool_handle], None),
             logging,
         )
         .await?

@@ -6,6 +6,8 @@ pub mod outliers;
 mod slow_start;
 pub mod success_rate;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rserpool_proto::wire::PoolElementId;
@@ -80,9 +82,77 @@ impl PoolHealth {
     }
 }
 
-/// Logs an ejection of one of `pool`'s PEs (a WARN line; `unit`: what failed,
-/// "requests" or "sessions").
-pub(crate) fn log_ejection(pool: &str, ejection: &Ejection, unit: &str) {
+/// The PEs ejected now, by pool, as every listener and route of a gateway posts them:
+/// what the admin API shows. Bounded: expired entries go first, and when
+/// [`MAX_POSTED`] are still in force a new one is logged but not posted.
+#[derive(Debug, Clone, Default)]
+pub struct EjectionBoard(Arc<Mutex<HashMap<(String, PoolElementId), Posted>>>);
+
+/// Ejections the board holds at most.
+pub const MAX_POSTED: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Posted {
+    until: Instant,
+    times: u32,
+    cause: Cause,
+}
+
+/// An ejection in force, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ejected {
+    pub pool: String,
+    pub pe: PoolElementId,
+    /// Until it is tried with the others again.
+    pub remaining: Duration,
+    /// How many times it was ejected.
+    pub times: u32,
+    pub cause: Cause,
+}
+
+impl EjectionBoard {
+    /// Logs an ejection of one of `pool`'s PEs (a WARN line; `unit`: what failed,
+    /// "requests" or "sessions") and posts it.
+    pub(crate) fn post(&self, pool: &str, ejection: &Ejection, unit: &str, now: Instant) {
+        log_ejection(pool, ejection, unit);
+        let Ok(mut posted) = self.0.lock() else {
+            return;
+        };
+        if posted.len() >= MAX_POSTED {
+            posted.retain(|_, entry| entry.until > now);
+        }
+        if posted.len() < MAX_POSTED {
+            let entry = Posted {
+                until: now + ejection.duration,
+                times: ejection.times,
+                cause: ejection.cause,
+            };
+            posted.insert((pool.to_owned(), ejection.pe), entry);
+        }
+    }
+
+    /// The ejections in force at `now`, by pool and PE.
+    pub fn current(&self, now: Instant) -> Vec<Ejected> {
+        let Ok(posted) = self.0.lock() else {
+            return Vec::new();
+        };
+        let mut current: Vec<Ejected> = posted
+            .iter()
+            .filter(|(_, entry)| entry.until > now)
+            .map(|((pool, pe), entry)| Ejected {
+                pool: pool.clone(),
+                pe: *pe,
+                remaining: entry.until - now,
+                times: entry.times,
+                cause: entry.cause,
+            })
+            .collect();
+        current.sort_by(|a, b| (&a.pool, a.pe.0).cmp(&(&b.pool, b.pe.0)));
+        current
+    }
+}
+
+fn log_ejection(pool: &str, ejection: &Ejection, unit: &str) {
     let (pe, seconds, times) = (ejection.pe, ejection.duration.as_secs(), ejection.times);
     match ejection.cause {
         Cause::ConsecutiveFailures => tracing::warn!(
@@ -106,5 +176,40 @@ pub(crate) fn log_ejection(pool: &str, ejection: &Ejection, unit: &str) {
             mean_percent,
             "pool element ejected for its success rate: tried after the others"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ejection(pe: u32, seconds: u64) -> Ejection {
+        Ejection {
+            pe: PoolElementId(pe),
+            duration: Duration::from_secs(seconds),
+            times: 1,
+            cause: Cause::ConsecutiveFailures,
+        }
+    }
+
+    #[test]
+    fn the_board_shows_ejections_in_force_and_stays_bounded() {
+        let board = EjectionBoard::default();
+        let start = crate::now();
+        board.post("Web", &ejection(1, 30), "requests", start);
+        board.post("Web", &ejection(2, 5), "requests", start);
+        let later = start + Duration::from_secs(10);
+        let current = board.current(later);
+        assert_eq!(current.len(), 1);
+        assert_eq!(current[0].pe, PoolElementId(1));
+        assert_eq!(current[0].remaining, Duration::from_secs(20));
+        // Full of ejections in force: a new one is not posted; expired ones make room.
+        for pe in 0..MAX_POSTED as u32 {
+            board.post("Full", &ejection(100 + pe, 1), "sessions", start);
+        }
+        board.post("Web", &ejection(3, 30), "requests", start);
+        assert!(!board.current(start).iter().any(|e| e.pe == PoolElementId(3)));
+        board.post("Web", &ejection(4, 30), "requests", later);
+        assert!(board.current(later).iter().any(|e| e.pe == PoolElementId(4)));
     }
 }

@@ -254,6 +254,8 @@ struct LiveRoute {
     meters: RouteMeters,
     budget: RetryBudget,
     health: Mutex<RouteHealth>,
+    /// Where its ejections are posted for the admin API.
+    ejections: crate::health::EjectionBoard,
     /// A PE's place was given back (`max_requests_per_pe`), and requests queued.
     freed: tokio::sync::Notify,
     queued: std::sync::atomic::AtomicUsize,
@@ -356,7 +358,8 @@ impl LiveRoute {
         });
         for ejection in observed.unwrap_or_default() {
             self.meters.ejections.increment(1);
-            crate::health::log_ejection(&self.route.pool_handle.to_string(), &ejection, "requests");
+            let pool = self.route.pool_handle.to_string();
+            self.ejections.post(&pool, &ejection, "requests", now);
         }
     }
 }
@@ -479,7 +482,7 @@ struct Routing {
 }
 
 impl Routing {
-    fn new(config: &HttpListenerConfig) -> Self {
+    fn new(config: &HttpListenerConfig, ejections: &crate::health::EjectionBoard) -> Self {
         Self {
             routes_by_host: config.routes.iter().any(|route| route.host.is_some()),
             routes: config
@@ -494,6 +497,7 @@ impl Routing {
                         latencies: hedge::Latencies::default(),
                         waiting: HashMap::new(),
                     }),
+                    ejections: ejections.clone(),
                     freed: tokio::sync::Notify::new(),
                     queued: std::sync::atomic::AtomicUsize::new(0),
                     route: route.clone(),
@@ -508,7 +512,10 @@ impl Routing {
 /// Changes the routes and sticky keys of a running listener (SIGHUP). Listen address,
 /// TLS, limits and timeouts of the listener itself need a restart.
 #[derive(Clone)]
-pub struct Reloader(Arc<std::sync::RwLock<Arc<Routing>>>);
+pub struct Reloader {
+    routing: Arc<std::sync::RwLock<Arc<Routing>>>,
+    ejections: crate::health::EjectionBoard,
+}
 
 impl std::fmt::Debug for Reloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -517,23 +524,26 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    /// The routing of `config`, for [`serve`].
-    pub fn new(config: &HttpListenerConfig) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(Arc::new(Routing::new(
-            config,
-        )))))
+    /// The routing of `config`, for [`serve`]; its routes post their ejections on
+    /// `ejections` (the gateway's [`Lifecycle::ejections`]).
+    pub fn new(config: &HttpListenerConfig, ejections: crate::health::EjectionBoard) -> Self {
+        let routing = Arc::new(Routing::new(config, &ejections));
+        Self {
+            routing: Arc::new(std::sync::RwLock::new(routing)),
+            ejections,
+        }
     }
 
     /// Takes the routes and sticky keys of `config` for new requests.
     pub fn reload(&self, config: &HttpListenerConfig) {
-        let routing = Arc::new(Routing::new(config));
-        if let Ok(mut current) = self.0.write() {
+        let routing = Arc::new(Routing::new(config, &self.ejections));
+        if let Ok(mut current) = self.routing.write() {
             *current = routing;
         }
     }
 
     fn current(&self) -> Option<Arc<Routing>> {
-        self.0.read().ok().map(|routing| routing.clone())
+        self.routing.read().ok().map(|routing| routing.clone())
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Lifecycle {
     pub sessions: TaskTracker,
     /// The TCP sessions open now, for the admin API.
     pub table: SessionTable,
+    /// The PEs ejected now by any listener or route, for the admin API.
+    pub ejections: health::EjectionBoard,
 }
 
 /// The TCP sessions open now: where from, which pool and PE, how old, how many

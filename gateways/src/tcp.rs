@@ -212,6 +212,7 @@ struct Listener<D> {
     meters: Meters,
     directory: Arc<D>,
     health: Mutex<PoolHealth>,
+    ejections: crate::health::EjectionBoard,
 }
 
 impl<D> Listener<D> {
@@ -271,14 +272,15 @@ impl<D> Listener<D> {
 
     /// Records how a session's PE did (`offered`: the PEs its last resolution listed).
     fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
+        let now = crate::now();
         let ejections = self
             .health
             .lock()
-            .map(|mut health| health.observe(pe, ok, offered, crate::now()))
+            .map(|mut health| health.observe(pe, ok, offered, now))
             .unwrap_or_default();
         for ejection in ejections {
             self.meters.ejections.increment(1);
-            crate::health::log_ejection(&self.pool, &ejection, "sessions");
+            self.ejections.post(&self.pool, &ejection, "sessions", now);
         }
     }
 }
@@ -302,6 +304,7 @@ pub async fn serve<D: Directory>(
             config.slow_start,
             crate::random_u64(),
         )),
+        ejections: lifecycle.ejections.clone(),
         config,
         directory,
     });

@@ -20,6 +20,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+mod summary;
+
 use crate::RunError;
 use crate::logging::Logging;
 
@@ -53,6 +55,23 @@ pub(crate) struct Routes {
 /// The status page (`/`): plain HTML and script in the binary; it reads `/api/`,
 /// `/readyz` and `/metrics` of the same listener.
 const STATUS_PAGE: &str = include_str!("status.html");
+
+/// The status page with its server-rendered summary in place of the live view. The
+/// views are on it without the token: the page is open, as `/metrics` is, so a role
+/// with a token shows only its readiness there.
+async fn status_page(routes: &Routes, token: bool) -> String {
+    let ready = (routes.ready)().await;
+    let mut views = Vec::new();
+    if !token {
+        for name in routes.api_names {
+            if let Some(value) = (routes.api)((*name).to_owned()).await {
+                views.push((*name, value));
+            }
+        }
+    }
+    let summary = summary::render(routes.role, &ready, &views);
+    STATUS_PAGE.replacen("<!--summary-->", &summary, 1)
+}
 
 /// `# HELP` for the families every role has: the admin listener's, TLS's and the
 /// control-plane listeners' admission.
@@ -339,7 +358,7 @@ async fn respond(request: Request<Incoming>, shared: &Shared) -> Response<Full<B
         (&Method::GET, "/", _) => (
             StatusCode::OK,
             "text/html; charset=utf-8",
-            STATUS_PAGE.to_owned(),
+            status_page(routes, shared.token.is_some()).await,
         ),
         (&Method::GET, "/api/", _) => (
             StatusCode::OK,

@@ -35,7 +35,7 @@ pub(super) async fn start(
     let protocol = crate::csp::protocol(transport);
     let uptimes = Uptimes::default();
     let source: Source = Arc::new(move || {
-        let registrar = pool_user.registrar();
+        let registrar = pool_user.registrar().and_then(|(_, id)| id);
         let open = lifecycle.sessions.len();
         let tcp = lifecycle.table.snapshot(MAX_LISTED_SESSIONS);
         let registrar = registrar.map(|registrar| {

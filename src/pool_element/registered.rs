@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use rserpool_proto::pool_element::PoolElementEvent;
 use rserpool_proto::wire::{PoolElementId, PoolHandle};
 
+use super::backends::Backends;
 use super::meters;
 
 /// The agent's PEs that are registered now, for `/readyz` and `/api/pool_elements`.
@@ -45,7 +46,13 @@ impl Registered {
 
     /// Ready while at least one PE is registered; `/metrics` counts them per pool of
     /// `pools` (the configured ones).
-    pub(crate) fn routes(&self, pools: Vec<PoolHandle>) -> crate::admin::Routes {
+    /// `backends`: an agent's services with their checks (`/api/backends`); none for
+    /// a native PE.
+    pub(crate) fn routes(
+        &self,
+        pools: Vec<PoolHandle>,
+        backends: Option<Backends>,
+    ) -> crate::admin::Routes {
         let (ready, api, counted) = (self.clone(), self.clone(), self.clone());
         crate::admin::Routes {
             ready: Arc::new(move || {
@@ -61,19 +68,26 @@ impl Registered {
                     }
                 })
             }),
+            api_names: if backends.is_some() {
+                &["pool_elements", "backends"]
+            } else {
+                &["pool_elements"]
+            },
             api: Arc::new(move |name| {
-                let list = api.list();
-                Box::pin(async move {
-                    (name == "pool_elements").then(|| {
-                        let items: Vec<serde_json::Value> = list
+                let view = match name.as_str() {
+                    "pool_elements" => {
+                        let items: Vec<serde_json::Value> = api
+                            .list()
                             .iter()
                             .map(|(pool, pe)| serde_json::json!({ "pool_handle": pool.to_string(), "pe_id": pe }))
                             .collect();
-                        serde_json::json!({ "registered": items })
-                    })
-                })
+                        Some(serde_json::json!({ "registered": items }))
+                    }
+                    "backends" => backends.as_ref().map(Backends::view),
+                    _ => None,
+                };
+                Box::pin(async move { view })
             }),
-            api_names: &["pool_elements"],
             role: "pe agent",
             refresh: Some(Arc::new(move || {
                 meters::refresh(&pools, &counted.list());

@@ -256,6 +256,14 @@ impl PoolUserEngine {
         self.hunt.current_registrar().and_then(|(_, id)| id)
     }
 
+    /// The current registrar's endpoint and its ID (pool users learn the ID only from
+    /// announces), while an association is up.
+    pub fn current_registrar(&self) -> Option<(crate::engine::Endpoint, Option<RegistrarId>)> {
+        self.hunt
+            .current_registrar()
+            .map(|(endpoint, id)| (endpoint.clone(), id))
+    }
+
     fn resolved(&mut self, request: RequestId, result: Result<Resolution, ResolveError>) {
         self.out
             .push_back(Output::Event(PoolUserEvent::Resolved { request, result }));
