@@ -164,6 +164,11 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         transports.enrp_local = enrp
             .local_addresses()
             .map_err(|e| RunError::Bind(enrp_address, e))?;
+    } else if !enrp_address.ip().is_unspecified() {
+        // Associations to peers leave from the ENRP address (any port): a peer records
+        // where they come from, and on a host with several registrars the default
+        // source address would be another registrar's (or none of them).
+        transports.enrp_local = vec![SocketAddr::new(enrp_address.ip(), 0)];
     }
 
     let mut engine_settings = engine_config(&section, enrp_configured, access);

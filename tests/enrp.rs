@@ -177,3 +177,41 @@ fn a_killed_registrar_is_taken_over_and_resolution_continues() {
             .any(|r| r.log_contains("took over the pool elements of a dead peer"))
     );
 }
+
+/// Two registrars on two addresses of one host: each records the other at its ENRP
+/// address, once (associations leave from the ENRP address, not from the host's
+/// default source, which would make the peer a second, nameless entry).
+#[test]
+fn peers_on_one_host_are_recorded_at_their_enrp_addresses() {
+    let first = registrar(&[
+        "--asap",
+        "127.0.0.21:0",
+        "--enrp",
+        "127.0.0.21:0",
+        "--admin",
+        "127.0.0.21:0",
+    ]);
+    let first_enrp = first.address("enrp").to_string();
+    let second = registrar(&[
+        "--asap",
+        "127.0.0.22:0",
+        "--enrp",
+        "127.0.0.22:0",
+        "--peer",
+        &first_enrp,
+    ]);
+    let second_enrp = format!("tcp://{}", second.address("enrp"));
+    let admin = first.address("admin");
+    let mut peers = serde_json::Value::Null;
+    let recorded = eventually(Duration::from_secs(15), || {
+        let (_, body) = common::admin_get(admin, "/api/peers");
+        peers = serde_json::from_str(&body).unwrap_or_default();
+        peers["peers"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|p| p["connected"] == true))
+    });
+    assert!(recorded, "the second registrar connected: {peers}");
+    let list = peers["peers"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "one entry for the one peer: {peers}");
+    assert_eq!(list[0]["endpoint"], second_enrp.as_str(), "{peers}");
+}
