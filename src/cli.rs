@@ -265,6 +265,10 @@ pub(crate) struct PeArgs {
     /// Where the demo service listens (default 127.0.0.1:0).
     #[arg(long, requires = "serve")]
     pub(crate) listen: Option<SocketAddr>,
+    /// `--serve counter`: follow each count with the PE that counted (`3 pe=0x0badcafe`),
+    /// so a failover shows (`rserpool demo` sets it).
+    #[arg(long, requires = "serve")]
+    pub(crate) show_pe: bool,
     /// Policy in rsplib's syntax: RoundRobin, WeightedRoundRobin:3,
     /// LeastUsedDegradation:0.1, Priority:5, ...
     #[arg(long, default_value = "RoundRobin")]

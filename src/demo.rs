@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal, kill_process};
 
@@ -17,12 +17,19 @@ use crate::cert;
 use crate::cli::{CertCaArgs, CertIssueArgs, DemoArgs};
 use crate::signals::{Request, Signals};
 
-/// A started role: its name, process and log file.
+/// A started role: its name, process, log file and command line (to restart it).
 struct Role {
     name: String,
     child: Child,
     log: PathBuf,
+    args: Vec<String>,
+    /// When it was seen gone (a PE is restarted [`RESTART_AFTER`] later).
+    exited: Option<Instant>,
 }
+
+/// A killed PE is started again after this long: long enough to watch the gateway
+/// move its sessions, short enough that the second kill finds a pool with two PEs.
+const RESTART_AFTER: Duration = Duration::from_secs(3);
 
 impl Role {
     fn pid(&self) -> u32 {
@@ -38,8 +45,19 @@ struct Fleet {
 
 impl Fleet {
     fn start(&mut self, name: &str, args: &[String]) -> Result<(), RunError> {
-        let log = self.logs.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).map_err(RunError::Io)?;
+        let role = Self::spawn(&self.logs, name, args)?;
+        self.roles.push(role);
+        Ok(())
+    }
+
+    fn spawn(logs: &Path, name: &str, args: &[String]) -> Result<Role, RunError> {
+        let log = logs.join(format!("{name}.log"));
+        // Appended: a restarted PE's log follows its predecessor's.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(RunError::Io)?;
         let binary = std::env::current_exe().map_err(RunError::Io)?;
         let child = Command::new(binary)
             .args(args)
@@ -55,12 +73,47 @@ impl Fleet {
             .stderr(file)
             .spawn()
             .map_err(RunError::Io)?;
-        self.roles.push(Role {
+        Ok(Role {
             name: name.to_owned(),
             child,
             log,
-        });
-        Ok(())
+            args: args.to_vec(),
+            exited: None,
+        })
+    }
+
+    /// Says when a PE has gone and starts it again [`RESTART_AFTER`] later (with the
+    /// same command line: a new PE identifier, the same pool), saying so.
+    fn restart_exited_pes(&mut self) {
+        let now = crate::driver::now();
+        for role in self.roles.iter_mut().filter(|r| r.name.contains("-pe-")) {
+            match (role.exited, role.child.try_wait()) {
+                (None, Ok(Some(status))) => {
+                    role.exited = Some(now);
+                    println!(
+                        "demo: {} (pid {}) exited ({status}); starting it again in {} s",
+                        role.name,
+                        role.pid(),
+                        RESTART_AFTER.as_secs()
+                    );
+                }
+                (Some(since), _) if now.duration_since(since) >= RESTART_AFTER => {
+                    match Self::spawn(&self.logs, &role.name, &role.args) {
+                        Ok(new) => {
+                            println!("demo: {} started again (pid {})", new.name, new.pid());
+                            *role = new;
+                        }
+                        Err(error) => {
+                            role.exited = Some(now);
+                            println!("demo: {} could not be started again: {error}", role.name);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
     }
 
     /// Waits (20 s) until every role logged its ready line.
@@ -280,6 +333,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     for (kind, pool) in DEMO_POOLS {
         for index in 1..=2 {
             let mut role = strings(&["pe", "--serve", kind, "--pool", pool]);
+            if kind == "counter" {
+                role.push("--show-pe".into());
+            }
             role.extend(registrar_flags.iter().cloned());
             role.extend(tls_flags(pki, &format!("{kind}-pe")));
             fleet.start(&format!("{kind}-pe-{index}"), &role)?;
@@ -303,7 +359,13 @@ pub(crate) async fn run(args: DemoArgs) -> Result<String, RunError> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    while signals.next().await != Request::Stop {}
+    let mut watch = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            request = signals.next() => if request == Request::Stop { break },
+            _ = watch.tick() => fleet.restart_exited_pes(),
+        }
+    }
     println!("demo: stopping");
     fleet.stop().await;
     Ok(format!("demo: stopped (logs kept in {})\n", logs.display()))
@@ -442,13 +504,13 @@ fn try_these(ports: &Ports, fleet: &Fleet, pki: Option<&Path>, token: &str) -> S
     }
     let _ = writeln!(
         banner,
-        "  nc {} {}        # (netcat) type lines; each answer is the running count",
+        "  nc {} {}        # (netcat) type lines; each answer is the running count and the PE that counted",
         ports.counter.ip(),
         ports.counter.port()
     );
     let _ = writeln!(
         banner,
-        "  kill -9 PID     # PID: one of the counter PEs ({}): the count goes on, no reset",
+        "  kill -9 PID     # PID: one of the counter PEs ({}): the count goes on on the other PE, no reset; the demo starts a new PE 3 s later",
         fleet.pids("counter-pe")
     );
     let _ = writeln!(banner, "  curl -s http://{}/hello", ports.http);

@@ -15,7 +15,8 @@ use crate::signals::{Request, Signals};
 
 /// The demo `counter` service: each line from the client is answered with the running
 /// count of lines in the session; the count survives failover through cookies.
-async fn counter(mut session: Session) -> std::io::Result<()> {
+/// `label`: what follows each count (the PE, with `--show-pe`).
+async fn counter(mut session: Session, label: &str) -> std::io::Result<()> {
     let mut count: u64 = 0;
     let mut partial: Vec<u8> = Vec::new();
     loop {
@@ -32,7 +33,7 @@ async fn counter(mut session: Session) -> std::io::Result<()> {
                     if byte == b'\n' {
                         count += 1;
                         partial.clear();
-                        answers.extend(format!("{count}\n").into_bytes());
+                        answers.extend(format!("{count}{label}\n").into_bytes());
                     } else if partial.len() < 64 * 1024 {
                         partial.push(byte);
                     }
@@ -151,14 +152,24 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         registrars = %registrars.join(","),
         "ready"
     );
-    serve_sessions(kind, &service, &mut signals).await;
+    let label = if args.show_pe {
+        format!(" pe={}", service.pe_id())
+    } else {
+        String::new()
+    };
+    serve_sessions(kind, &service, &label, &mut signals).await;
     service.shutdown().await;
     crate::csp::Reporter::finish(csp).await;
     Ok(())
 }
 
 /// Runs the demo service on every session until a stop signal.
-async fn serve_sessions(kind: ServeKind, service: &PoolElementService, signals: &mut Signals) {
+async fn serve_sessions(
+    kind: ServeKind,
+    service: &PoolElementService,
+    label: &str,
+    signals: &mut Signals,
+) {
     let http_sessions = crate::demo_http::Sessions::default();
     let pe_id = service.pe_id();
     loop {
@@ -166,10 +177,10 @@ async fn serve_sessions(kind: ServeKind, service: &PoolElementService, signals: 
             request = signals.next() => if request == Request::Stop { break },
             accepted = service.accept() => match accepted {
                 Ok(session) => {
-                    let http_sessions = http_sessions.clone();
+                    let (http_sessions, label) = (http_sessions.clone(), label.to_owned());
                     tokio::spawn(async move {
                         let result = match kind {
-                            ServeKind::Counter => counter(session).await,
+                            ServeKind::Counter => counter(session, &label).await,
                             ServeKind::Echo => echo(session).await,
                             ServeKind::Http => match session.into_stream() {
                                 Some(stream) => crate::demo_http::serve(stream, pe_id, http_sessions)

@@ -48,8 +48,8 @@ impl Drop for Demo {
 }
 
 /// Starts `rserpool demo` at `base` and waits for its banner: the demo, the banner's
-/// lines, and the PIDs of its ten children.
-fn start_demo(base: u32) -> (Demo, Vec<String>, Vec<u32>) {
+/// lines, the PIDs of its ten children, and the lines it prints after the banner.
+fn start_demo(base: u32) -> (Demo, Vec<String>, Vec<u32>, mpsc::Receiver<String>) {
     let mut demo = Demo(
         Command::new(common::binary())
             .args(["demo", "--base-port", &base.to_string()])
@@ -91,7 +91,7 @@ fn start_demo(base: u32) -> (Demo, Vec<String>, Vec<u32>) {
         3 + 6 + 1,
         "registrars, PEs, gateway: {banner:?}"
     );
-    (demo, banner, pids)
+    (demo, banner, pids, lines)
 }
 
 /// `kill -9` of the demo takes its children with it (the kernel's parent-death
@@ -100,7 +100,7 @@ fn start_demo(base: u32) -> (Demo, Vec<String>, Vec<u32>) {
 fn killing_the_demo_ends_its_children() {
     // Ports base+1 .. base+93, apart from the other test's.
     let base = 30_000 + (std::process::id() % 100) * 100;
-    let (mut demo, _, pids) = start_demo(base);
+    let (mut demo, _, pids, _) = start_demo(base);
     demo.0.kill().unwrap();
     demo.0.wait().unwrap();
     let alive = |pid: &u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
@@ -115,7 +115,7 @@ fn killing_the_demo_ends_its_children() {
 fn demo_starts_everything_and_stops_it_on_ctrl_c() {
     // Ports base+1 .. base+90, below the ephemeral range.
     let base = 20_000 + (std::process::id() % 100) * 100;
-    let (mut demo, banner, pids) = start_demo(base);
+    let (mut demo, banner, pids, lines) = start_demo(base);
 
     // The TCP gateway to the counter PEs.
     let mut counter = TcpStream::connect(("127.0.0.1", u16::try_from(base + 20).unwrap())).unwrap();
@@ -123,9 +123,51 @@ fn demo_starts_everything_and_stops_it_on_ctrl_c() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     counter.write_all(b"a\nb\n").unwrap();
-    let mut answer = [0u8; 4];
-    counter.read_exact(&mut answer).unwrap();
-    assert_eq!(&answer, b"1\n2\n");
+    let mut reader = BufReader::new(counter.try_clone().unwrap());
+    let mut read_line = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line
+    };
+    // Each count says which PE counted.
+    let (first, second) = (read_line(), read_line());
+    assert!(
+        first.starts_with("1 pe=0x") && second.starts_with("2 pe=0x"),
+        "{first}{second}"
+    );
+    // A killed counter PE: the count goes on on the other one, and the demo starts a
+    // new PE a few seconds later, saying so.
+    let serving: String = first.trim_end().trim_start_matches("1 pe=").to_owned();
+    let counter_pids: Vec<u32> = banner
+        .iter()
+        .find(|l| l.contains("kill -9 PID"))
+        .and_then(|l| l.split("counter PEs (").nth(1))
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no counter PE PIDs in the banner: {banner:?}"))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(counter_pids.len(), 2, "{banner:?}");
+    let _ = Command::new("kill")
+        .args(["-KILL", &counter_pids[0].to_string()])
+        .status();
+    let _ = Command::new("kill")
+        .args(["-KILL", &counter_pids[1].to_string()])
+        .status();
+    let mut said = Vec::new();
+    while !said.iter().any(|l: &String| l.contains("started again")) {
+        let line = lines
+            .recv_timeout(Duration::from_secs(15))
+            .unwrap_or_else(|_| panic!("the demo did not start a killed PE again: {said:?}"));
+        said.push(line);
+    }
+    assert!(said.iter().any(|l| l.contains("exited")), "{said:?}");
+    counter.write_all(b"c\n").unwrap();
+    let third = read_line();
+    assert!(
+        third.starts_with("3 pe=0x") && !third.contains(&serving),
+        "the count goes on, on a new PE (was {serving}): {third}"
+    );
     // The HTTP gateway.
     let mut http = TcpStream::connect(("127.0.0.1", u16::try_from(base + 80).unwrap())).unwrap();
     http.write_all(b"GET /hello HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")

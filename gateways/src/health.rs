@@ -208,8 +208,18 @@ mod tests {
             board.post("Full", &ejection(100 + pe, 1), "sessions", start);
         }
         board.post("Web", &ejection(3, 30), "requests", start);
-        assert!(!board.current(start).iter().any(|e| e.pe == PoolElementId(3)));
+        assert!(
+            !board
+                .current(start)
+                .iter()
+                .any(|e| e.pe == PoolElementId(3))
+        );
         board.post("Web", &ejection(4, 30), "requests", later);
-        assert!(board.current(later).iter().any(|e| e.pe == PoolElementId(4)));
+        assert!(
+            board
+                .current(later)
+                .iter()
+                .any(|e| e.pe == PoolElementId(4))
+        );
     }
 }
