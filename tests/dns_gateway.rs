@@ -188,6 +188,20 @@ fn answers_follow_the_pool_and_its_policy() {
         "{victim_id} still answered"
     );
     assert_eq!(txt_ids(server, "web.pool.example").len(), 2);
+    assert!(!txt.contains("load="), "round robin and priority carry no load: {txt}");
+
+    // A policy with a load says it in TXT.
+    let _loaded = http_pe(asap, "LoadPool", "LeastUsed");
+    assert!(eventually(Duration::from_secs(10), || resolved(
+        asap, "LoadPool"
+    )
+    .len()
+        == 1));
+    let loaded = dig(server, "LoadPool.pool.example", "TXT", &[], true);
+    assert!(
+        loaded.contains("policy=LeastUsed") && loaded.contains(" load=0.000 "),
+        "{loaded}"
+    );
 }
 
 #[test]

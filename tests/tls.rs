@@ -1,7 +1,7 @@
 //! End-to-end: TLS with mutual authentication on ASAP and ENRP (RFC 5355), real
 //! processes on 127.0.0.1 with certificates from `rserpool cert`. Attackers are raw
-//! TLS or plain TCP clients; each test names the threat of ../shared/spec/security.md
-//! it closes.
+//! TLS or plain TCP clients; each test names the threat (docs/security.md, after
+//! RFC 5355 §3) it closes.
 
 #![allow(
     clippy::unwrap_used,

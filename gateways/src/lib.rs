@@ -3,7 +3,7 @@
 //! sessions between pool elements.
 //!
 //! The gateways see pools only through a [`Directory`], which the daemon implements
-//! with its ASAP pool user (../shared/ARCHITECTURE.md §1).
+//! with its ASAP pool user (docs/architecture.md).
 
 #![forbid(unsafe_code)]
 

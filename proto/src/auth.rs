@@ -1,5 +1,5 @@
 //! Who the peer of an association proved to be, and what that lets it do (RFC 5355;
-//! the threats are numbered as in ../shared/spec/security.md §2).
+//! the threats of RFC 5355 §3 are numbered as in docs/security.md).
 //!
 //! RSerPool messages carry no authentication of their own: a registrar ID, a PE
 //! identifier or an H flag is believed only as far as the association it arrives on is

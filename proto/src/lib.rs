@@ -1,7 +1,7 @@
 //! The sans-IO RSerPool core (RFC 5351-5356).
 //!
 //! No sockets, no clock, no threads, no global randomness: callers pass bytes, time and
-//! a seed in, and take bytes and timeouts out. See ../shared/ARCHITECTURE.md §2.
+//! a seed in, and take bytes and timeouts out. See docs/architecture.md.
 
 #![forbid(unsafe_code)]
 #![warn(clippy::indexing_slicing, missing_docs)]

@@ -1,4 +1,4 @@
-//! ASAP procedures (../shared/spec/asap.md) with real engines in the deterministic
+//! ASAP procedures (RFC 5352 §3) with real engines in the deterministic
 //! simulator: registration, re-registration, deregistration, keep-alive supervision,
 //! handle resolution, unreachability reports, server hunt and failover, with message
 //! loss, registrar crashes and PE crashes.

@@ -1,4 +1,4 @@
-//! Authorization by authenticated identity (RFC 5355; ../shared/spec/security.md),
+//! Authorization by authenticated identity (RFC 5355; threats as in docs/security.md),
 //! with real engines in the deterministic simulator. Each node's certificate is what
 //! the simulated transport reports to the nodes it talks to; each test names the
 //! threat it closes.

@@ -1,6 +1,6 @@
-//! Codec tests against ../shared/spec/wire-format.md: every test vector of §9.14,
-//! the transport-parameter vectors, the unknown-parameter rules of §3, the padding rules
-//! of §1-2, and properties over arbitrary messages and arbitrary bytes.
+//! Codec tests (RFC 5352 §2, RFC 5353 §2, RFC 5354): every test vector,
+//! the transport-parameter vectors, the unknown-parameter rules (RFC 5354 §2.1), the
+//! padding rules (RFC 5354 §2), and properties over arbitrary messages and arbitrary bytes.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]
 

@@ -1,4 +1,4 @@
-//! ENRP (../shared/spec/enrp.md) with real registrar engines in the deterministic
+//! ENRP (RFC 5353 §3) with real registrar engines in the deterministic
 //! simulator: start-up with a mentor, handle updates, audits, takeover of a crashed
 //! peer (3 and 5 registrars, and 2), concurrent takeovers, partitions, message loss and
 //! reordering, a dead registrar coming back with the same ID.

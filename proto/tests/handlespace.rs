@@ -1,4 +1,4 @@
-//! The handlespace (../shared/spec/asap.md §5-6, enrp.md §5, policies.md §6): pool
+//! The handlespace (RFC 5351 §2, RFC 5352 §3, RFC 5353 §3, RFC 5356 §3): pool
 //! consistency, bounds, indexes, ownership and checksums.
 
 #![allow(

@@ -1,4 +1,4 @@
-//! Pool member selection policies (../shared/spec/policies.md), exercised through the
+//! Pool member selection policies (RFC 5356 §3, and rsplib's), exercised through the
 //! handlespace's selection as the registrar and the pool user use it.
 
 #![allow(

@@ -1,6 +1,6 @@
 //! Identities in certificates: what a peer's certificate says it may do, written as
 //! URI subject alternative names (a deployment convention; RFC 5355 leaves the form to
-//! the deployment, ../shared/spec/security.md §1):
+//! the deployment; docs/security.md):
 //!
 //! | URI | grants |
 //! | --- | --- |

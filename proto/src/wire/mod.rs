@@ -1,5 +1,5 @@
 //! The RSerPool wire codec (RFC 5352-5354): bytes ⇄ typed ASAP and ENRP messages,
-//! byte-exact with rsplib (../shared/spec/wire-format.md). Nothing else lives here.
+//! byte-exact with rsplib (docs/architecture.md, "The wire codec"). Nothing else lives here.
 //!
 //! ASAP and ENRP reuse message type numbers, so the protocol is an input to
 //! [`decode`]: it comes from the SCTP PPID or from the socket a message arrived on.

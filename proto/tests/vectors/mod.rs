@@ -1,4 +1,4 @@
-//! The test vectors of ../shared/spec/wire-format.md §9.14 (produced byte-identically by
+//! The project's wire test vectors (docs/architecture.md, "The wire codec"; produced byte-identically by
 //! rsplib 3.4.4's encoder or accepted by its decoder), with the typed message each
 //! one must decode to. Shared by the codec, fuzz-seed and tshark tests.
 
