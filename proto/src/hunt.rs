@@ -45,14 +45,16 @@ pub struct HuntConfig {
 
 impl HuntConfig {
     /// Defaults: rsplib's parallelism and T7, the given connect timeout, and a retry
-    /// delay of 250 ms (rsplib's failover retry delay) doubling up to 5 s.
+    /// delay of 250 ms (rsplib's failover retry delay) doubling up to 1 s: a registrar
+    /// that comes up is found within about a second, however long the hunt has gone on,
+    /// for one connection attempt per registrar and second.
     pub fn new(registrars: Vec<Endpoint>, connect_timeout: Duration) -> Self {
         Self {
             registrars,
             connect_timeout,
             parallel: 3,
             retry_delay: Duration::from_millis(250),
-            max_retry_delay: Duration::from_secs(5),
+            max_retry_delay: Duration::from_secs(1),
             announced_lifetime: Duration::from_secs(5),
             transport: TransportKind::Tcp,
             access: Access::Open,

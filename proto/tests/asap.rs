@@ -1041,3 +1041,30 @@ fn runs_are_deterministic() {
     };
     assert_eq!(run(21), run(21));
 }
+
+/// A PE started before its registrar: once the registrar is up, the next hunt round
+/// finds it within about a second, however long the PE has waited (the retry delay
+/// doubles from 250 ms but stops at 1 s: at 5 s, a gateway or PE that had waited long
+/// noticed a new registrar up to 5 s late).
+#[test]
+fn a_registrar_that_comes_up_late_is_found_within_a_second() {
+    let mut sim = Sim::new(31);
+    let r = add_registrar(&mut sim, 0x21);
+    sim.crash(r);
+    let (_pe, id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_secs(14));
+    let config = RegistrarConfig {
+        id: Some(RegistrarId(0x21)),
+        announce_interval: None,
+        ..RegistrarConfig::default()
+    };
+    let engine = RegistrarEngine::new(config, 0x21, sim.now);
+    sim.restart(r, Role::Registrar(engine));
+    let up = sim.now;
+    while registered_ids(&sim, r).is_empty() && sim.now - up < Duration::from_secs(10) {
+        sim.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(registered_ids(&sim, r), [id]);
+    let took = sim.now - up;
+    assert!(took <= Duration::from_millis(1300), "found after {took:?}");
+}

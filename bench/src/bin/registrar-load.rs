@@ -13,7 +13,7 @@
 //! `--register-only` registers the PEs once, keeps them (answering keep-alives) and
 //! prints "registered N in T s" when done, until killed: to load a table for other
 //! tests. A PE whose association breaks reconnects as the `pe` agent's hunt does (after
-//! 250 ms, doubling up to 5 s) and registers again; each time every PE is registered
+//! 250 ms, doubling up to 1 s) and registers again; each time every PE is registered
 //! again, another "registered" line says how long it took since the first loss.
 //!
 //! `--tls DIR` speaks TLS with the certificates `rserpool cert` made in DIR: `bench-pe`
