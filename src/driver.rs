@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rserpool_proto::engine::{Engine, Output};
+use rserpool_proto::wire::Protocol;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,12 @@ pub(crate) async fn run<E, S>(
             },
             () = sleep => Step::Timeout,
         };
+        let timed = match (&step, transports.handling_histogram) {
+            (Step::Input(EngineInput::Message { protocol, .. }), Some(name)) => {
+                Some((name, *protocol, now()))
+            }
+            _ => None,
+        };
         let mut engine = lock(&engine);
         match step {
             Step::Command(command) => command(&mut engine, now()),
@@ -79,6 +86,14 @@ pub(crate) async fn run<E, S>(
             Step::Timeout => engine.handle_timeout(now()),
         }
         deadline = drain(&mut *engine, &mut transports, &mut sink);
+        if let Some((name, protocol, started)) = timed {
+            let protocol = match protocol {
+                Protocol::Asap => "asap",
+                Protocol::Enrp => "enrp",
+            };
+            metrics::histogram!(name, "protocol" => protocol)
+                .record(now().saturating_duration_since(started).as_secs_f64());
+        }
     }
     transports.close_all();
 }

@@ -643,5 +643,13 @@ pub(crate) fn log_event(event: &PoolElementEvent) {
             }
         }
         PoolElementEvent::Warning(warning) => tracing::warn!(%warning, "pool element"),
+        PoolElementEvent::RegistrationAnswered {
+            pool_handle,
+            pe_id,
+            accepted,
+            round_trip,
+        } => {
+            tracing::debug!(pool = %pool_handle, pe = %pe_id, accepted, ?round_trip, "registration answered")
+        }
     }
 }

@@ -140,6 +140,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let (incoming_tx, incoming_rx) = mpsc::channel(4096);
     let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
     transports.tls = tls.clone();
+    transports.handling_histogram = Some(meters::HANDLING_SECONDS);
 
     let bind = |address: SocketAddr| {
         let addresses = multihomed(address, &section.multihome);

@@ -362,6 +362,15 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
         .unwrap()
             >= 3.0
     );
+    // Each message's handling time is measured (a histogram by protocol).
+    assert!(
+        common::metric(
+            &text,
+            "rserpool_registrar_message_handling_seconds_count{protocol=\"asap\"}"
+        )
+        .is_some_and(|count| count >= 3.0),
+        "{text}"
+    );
     // The agent stops: its PE is deregistered and the gauge goes back.
     agent.signal("TERM");
     assert!(agent.wait_exit(Duration::from_secs(10)).is_some());
@@ -425,6 +434,15 @@ fn agent_metrics_and_log_follow_the_backend_and_the_registration() {
         Some(1.0)
     );
     assert!(text.contains("# HELP rserpool_pe_registrations_total "));
+    // The registration's round trip, per pool.
+    assert!(
+        common::metric(
+            &text,
+            "rserpool_pe_registration_round_trip_seconds_count{pool=\"WebPool\"}"
+        )
+        .is_some_and(|count| count >= 1.0),
+        "{text}"
+    );
     // Said once, not at every failed check.
     let said = agent
         .log

@@ -188,7 +188,10 @@ fn answers_follow_the_pool_and_its_policy() {
         "{victim_id} still answered"
     );
     assert_eq!(txt_ids(server, "web.pool.example").len(), 2);
-    assert!(!txt.contains("load="), "round robin and priority carry no load: {txt}");
+    assert!(
+        !txt.contains("load="),
+        "round robin and priority carry no load: {txt}"
+    );
 
     // A policy with a load says it in TXT.
     let _loaded = http_pe(asap, "LoadPool", "LeastUsed");

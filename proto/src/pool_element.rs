@@ -14,6 +14,10 @@ use crate::auth::Access;
 use crate::engine::{AssocId, AssocIds, Endpoint, Engine, Output, PeerInfo, TimerProfile};
 use crate::hunt::{Hunt, HuntConfig, Lost};
 use crate::rng::SeededRng;
+mod events;
+
+pub use events::PoolElementEvent;
+
 use crate::wire::{
     AsapMessage, CauseCode, EndpointKeepAlive, ErrorReport, OperationError, Policy, PoolElement,
     PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId, Registration, Transport,
@@ -96,74 +100,6 @@ pub struct PoolElementSpec {
     pub registration_life: Option<Duration>,
 }
 
-/// What happened to the PEs of this engine.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PoolElementEvent {
-    /// The PE is registered (first time, or after a failover to another registrar).
-    Registered {
-        /// The pool.
-        pool_handle: PoolHandle,
-        /// The PE.
-        pe_id: PoolElementId,
-        /// The home registrar, if its ID is known (it comes with the registrar's first
-        /// keep-alive or announce, not with the registration response).
-        registrar: Option<RegistrarId>,
-        /// Where the home registrar was reached.
-        registrar_endpoint: Option<Endpoint>,
-    },
-    /// A registrar refused the registration.
-    RegistrationRefused {
-        /// The pool.
-        pool_handle: PoolHandle,
-        /// The PE.
-        pe_id: PoolElementId,
-        /// Why (the first cause of the Operation Error).
-        cause: Option<CauseCode>,
-        /// Whether the engine keeps trying (the cause may pass) or waits for a
-        /// re-registration interval (configuration conflict).
-        retrying: bool,
-    },
-    /// The PE was dropped before any registrar had it (nothing to deregister) and is
-    /// forgotten.
-    Withdrawn {
-        /// The pool.
-        pool_handle: PoolHandle,
-        /// The PE.
-        pe_id: PoolElementId,
-    },
-    /// The PE is deregistered (answered, or the attempts ran out) and forgotten.
-    Deregistered {
-        /// The pool.
-        pool_handle: PoolHandle,
-        /// The PE.
-        pe_id: PoolElementId,
-        /// The registrar answered (false: attempts ran out or no registrar).
-        confirmed: bool,
-    },
-    /// A registrar became the home of this engine's PEs by a keep-alive with the H flag.
-    HomeRegistrarChanged {
-        /// The new home.
-        registrar: RegistrarId,
-    },
-    /// The association to the home registrar was lost; a hunt is under way.
-    RegistrarLost,
-    /// A registrar reached in a hunt did not prove it is one: closed (security.md T6).
-    RegistrarRefused {
-        /// Who it was and why it was refused.
-        reason: String,
-    },
-    /// A keep-alive with the H flag came from a peer that did not prove it is the
-    /// registrar it names: the home stays (security.md T14).
-    HomeChangeIgnored {
-        /// The registrar ID the keep-alive claimed.
-        claimed: RegistrarId,
-        /// Who sent it and why it was ignored.
-        reason: String,
-    },
-    /// Something a peer sent could not be used (logged by the driver).
-    Warning(String),
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PendingKind {
     Registration,
@@ -173,6 +109,8 @@ enum PendingKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pending {
     kind: PendingKind,
+    /// When the request went out (for the round trip).
+    sent: Instant,
     deadline: Instant,
     attempts: u32,
 }
@@ -350,6 +288,7 @@ impl PoolElementEngine {
         });
         member.pending = Some(Pending {
             kind: PendingKind::Registration,
+            sent: now,
             deadline: now + self.config.registration_timeout,
             attempts: attempt,
         });
@@ -368,6 +307,7 @@ impl PoolElementEngine {
         };
         member.pending = Some(Pending {
             kind: PendingKind::Deregistration,
+            sent: now,
             deadline: now + self.config.deregistration_timeout,
             attempts: attempt,
         });
@@ -418,7 +358,17 @@ impl PoolElementEngine {
         if member.spec.pool_handle != pool_handle || member.leaving {
             return;
         }
-        member.pending = None;
+        if let Some(pending) = member.pending.take()
+            && matches!(pending.kind, PendingKind::Registration)
+        {
+            self.out
+                .push_back(Output::Event(PoolElementEvent::RegistrationAnswered {
+                    pool_handle,
+                    pe_id,
+                    accepted: !reject,
+                    round_trip: now.saturating_duration_since(pending.sent),
+                }));
+        }
         if !reject {
             let first = !member.registered;
             member.registered = true;

@@ -22,6 +22,10 @@ pub(super) fn describe() {
         "rserpool_pe_registrations_total",
         "registrations of the agent's PEs, by result (registered or refused)"
     );
+    describe_histogram!(
+        "rserpool_pe_registration_round_trip_seconds",
+        "from a registration or re-registration to the registrar's answer, by pool"
+    );
     describe_counter!(
         "rserpool_pe_deregistrations_total",
         "deregistrations of the agent's PEs, by whether the registrar confirmed"
@@ -82,6 +86,14 @@ pub(super) fn count(event: &PoolElementEvent) {
         }
         PoolElementEvent::HomeChangeIgnored { .. } => {
             metrics::counter!("rserpool_pe_home_changes_ignored_total").increment(1);
+        }
+        PoolElementEvent::RegistrationAnswered {
+            pool_handle,
+            round_trip,
+            ..
+        } => {
+            metrics::histogram!("rserpool_pe_registration_round_trip_seconds", "pool" => pool_handle.to_string())
+                .record(round_trip.as_secs_f64());
         }
         PoolElementEvent::Withdrawn { .. } | PoolElementEvent::Warning(_) => {}
     }

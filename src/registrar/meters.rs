@@ -4,6 +4,10 @@
 
 use rserpool_proto::registrar::{RegistrarEngine, RegistrarEvent, RemovalReason};
 
+/// The driver's histogram of each message's handling time: from taking it off the
+/// incoming queue to its answers queued for sending, by protocol.
+pub(super) const HANDLING_SECONDS: &str = "rserpool_registrar_message_handling_seconds";
+
 /// Pools given their own `rserpool_registrar_pool_elements_by_pool` series.
 const TOP_POOLS: usize = 10;
 
@@ -53,6 +57,10 @@ pub(super) fn describe() {
     describe_counter!(
         "rserpool_registrar_messages_total",
         "ASAP and ENRP messages received and sent"
+    );
+    metrics::describe_histogram!(
+        HANDLING_SECONDS,
+        "time from taking an ASAP or ENRP message off the queue to its answers queued, by protocol"
     );
     describe_gauge!(
         "rserpool_registrar_pool_elements",

@@ -184,6 +184,9 @@ pub(crate) struct Transports {
     pub(crate) enrp_local: Vec<SocketAddr>,
     /// TLS for every association this driver opens (over TCP or SCTP).
     pub(crate) tls: Option<Arc<tls::ControlTls>>,
+    /// The histogram the driver records each message's handling time in, by protocol
+    /// (the registrar's); none: not measured.
+    pub(crate) handling_histogram: Option<&'static str>,
     shutdown: CancellationToken,
 }
 
@@ -198,6 +201,7 @@ impl Transports {
             asap_local: Vec::new(),
             enrp_local: Vec::new(),
             tls: None,
+            handling_histogram: None,
             shutdown,
         }
     }
