@@ -12,7 +12,8 @@ use rserpool_proto::auth::Access;
 use rserpool_proto::engine::{Endpoint, TransportKind};
 use rserpool_proto::hunt::HuntConfig;
 use rserpool_proto::pool_user::{
-    PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, Resolution, ResolveError,
+    AnswerSource, PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, Resolution,
+    ResolveError,
 };
 use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle, Protocol};
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +35,49 @@ pub(crate) struct PoolUser {
     /// For cache hits, answered on the caller's task.
     engine: driver::Shared<PoolUserEngine>,
     waiters: Waiters,
+    /// Taken at the first resolution (after the metrics recorder is installed).
+    meters: Arc<std::sync::OnceLock<ResolutionMeters>>,
+}
+
+/// Resolutions by where their answer came from: counted, and timed.
+#[derive(Debug)]
+struct ResolutionMeters {
+    /// Cache, registrar, stale, failed.
+    by_source: [(metrics::Counter, metrics::Histogram); 4],
+}
+
+impl ResolutionMeters {
+    fn new() -> Self {
+        let meters = |source: &'static str| {
+            (
+                metrics::counter!("rserpool_pool_user_resolutions_total", "source" => source),
+                metrics::histogram!("rserpool_pool_user_resolution_seconds", "source" => source),
+            )
+        };
+        Self {
+            by_source: [
+                meters("cache"),
+                meters("registrar"),
+                meters("stale"),
+                meters("failed"),
+            ],
+        }
+    }
+
+    fn record(&self, result: &Result<Resolution, ResolveError>, took: Duration) {
+        let index = match result {
+            Ok(resolution) => match resolution.source {
+                AnswerSource::Cache => 0,
+                AnswerSource::Registrar => 1,
+                AnswerSource::Stale => 2,
+            },
+            Err(_) => 3,
+        };
+        if let Some((count, time)) = self.by_source.get(index) {
+            count.increment(1);
+            time.record(took.as_secs_f64());
+        }
+    }
 }
 
 /// A list of registrar addresses as endpoints of `transport`.
@@ -143,11 +187,26 @@ impl PoolUser {
             handle,
             engine,
             waiters,
+            meters: Arc::default(),
         })
     }
 
-    /// Resolves a pool handle (`items`: how many PEs, `None`: the registrar's choice).
+    /// Resolves a pool handle (`items`: how many PEs, `None`: the registrar's choice),
+    /// counted and timed by where the answer came from.
     pub(crate) async fn resolve(
+        &self,
+        pool_handle: PoolHandle,
+        items: Option<u32>,
+    ) -> Result<Resolution, ResolveError> {
+        let started = driver::now();
+        let result = self.resolve_unmetered(pool_handle, items).await;
+        self.meters
+            .get_or_init(ResolutionMeters::new)
+            .record(&result, driver::now().saturating_duration_since(started));
+        result
+    }
+
+    async fn resolve_unmetered(
         &self,
         pool_handle: PoolHandle,
         items: Option<u32>,
@@ -209,6 +268,14 @@ pub(crate) fn describe_metrics() {
     describe_counter!(
         "rserpool_pool_user_registrars_refused_total",
         "registrars not used because they did not prove they are one"
+    );
+    describe_counter!(
+        "rserpool_pool_user_resolutions_total",
+        "pool resolutions, by where the answer came from (cache, registrar, stale, failed)"
+    );
+    metrics::describe_histogram!(
+        "rserpool_pool_user_resolution_seconds",
+        "how long a pool resolution took, by where the answer came from"
     );
     describe_counter!(
         "rserpool_pool_user_stale_answers_total",

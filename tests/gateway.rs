@@ -154,6 +154,24 @@ fn counter_sessions_survive_killed_pes() {
         common::metric(&text, r#"rserpool_tcp_sessions_active{pool="CounterPool"}"#),
         Some(1.0)
     );
+    // Per PE: the session went to five PEs (the first and one per failover); the killed
+    // ones are counted as failed.
+    let sum = |prefix: &str| common::metric_sum(&text, prefix);
+    let per_pe = r#"rserpool_tcp_pe_sessions_total{pool="CounterPool",pe="0x"#;
+    assert!(sum(per_pe) >= 5.0, "{text}");
+    assert!(
+        text.contains(r#"result="failed"} "#),
+        "the killed PEs' sessions: {text}"
+    );
+    // Its pool user counted and timed the resolutions.
+    assert!(
+        sum("rserpool_pool_user_resolutions_total{") >= 5.0,
+        "{text}"
+    );
+    assert!(
+        sum("rserpool_pool_user_resolution_seconds_count{") >= 5.0,
+        "{text}"
+    );
 }
 
 /// A frozen PE (SIGSTOP: its connection stays open, it answers nothing) is detected by

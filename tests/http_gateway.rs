@@ -826,11 +826,7 @@ fn idle_and_silent_http2_connections_are_closed() {
 /// The sum of a counter's series in the gateway's /metrics.
 fn metric_sum(admin: SocketAddr, name: &str) -> u64 {
     let (_, metrics) = common::admin_get(admin, "/metrics");
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    common::metric_sum(&metrics, name) as u64
 }
 
 /// Opens `streams` POST streams on each of `connections` HTTP/2 connections to
@@ -1072,6 +1068,9 @@ fn a_frozen_pe_costs_a_get_no_more_than_the_hedge_delay() {
         assert!(took < Duration::from_secs(5), "GET {i} took {took:?}");
     }
     assert!(metric_sum(admin, "rserpool_http_hedges_total") >= 1);
+    // Per PE: requests sent to each, and the answering PEs' response-head times.
+    assert!(metric_sum(admin, "rserpool_http_pe_requests_total{") >= 2);
+    assert!(metric_sum(admin, "rserpool_http_pe_response_seconds_count{") >= 1);
     drop(frozen);
 }
 

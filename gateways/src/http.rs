@@ -349,6 +349,7 @@ impl LiveRoute {
     /// Records how a request to `pe` went (`offered`: the PEs the request could use;
     /// `head_after`: when its response head came); an ejection is logged and counted.
     fn observe(&self, pe: PoolElementId, ok: bool, offered: usize, head_after: Option<Duration>) {
+        self.meters.pes.record(pe, ok, head_after);
         let now = crate::now();
         let observed = self.health(|health| {
             if let Some(elapsed) = head_after {
@@ -377,6 +378,8 @@ struct RouteMeters {
     hedges: Counter,
     /// Response bodies completed from another PE, and ones that could not be.
     resume: resume::ResumeMeters,
+    /// Requests and response-head times per PE.
+    pes: crate::meters::PeMeters,
 }
 
 impl RouteMeters {
@@ -405,6 +408,7 @@ impl RouteMeters {
                 resumed: metrics::counter!("rserpool_http_bodies_resumed_total", &labels),
                 cut: metrics::counter!("rserpool_http_bodies_cut_total", &labels),
             },
+            pes: crate::meters::PeMeters::http(&route.pool_handle.to_string()),
         }
     }
 }
@@ -1227,11 +1231,11 @@ enum Flight {
     Two(attempts::Race),
 }
 
-/// How one attempt ended: its PE, how long it took (when the route's latencies are
-/// kept), and the response or why there is none.
+/// How one attempt ended: its PE, how long it took, and the response or why there is
+/// none.
 type AttemptEnd = (
     PoolElementId,
-    Option<Duration>,
+    Duration,
     Result<Response<ResponseBody>, attempts::Failure>,
 );
 
@@ -1305,7 +1309,7 @@ async fn run_attempts<D: Directory>(
                         element,
                         !status.is_server_error(),
                         request.usable.len(),
-                        elapsed,
+                        Some(elapsed),
                     );
                     let next = after_answer(live, request, under_way, pe, status);
                     if let Some(next) = next {
@@ -1477,9 +1481,8 @@ fn launch<'a>(
             live.upstream.send(address, outgoing, start),
         )
         .await;
-        // Only an observed-p99 hedge needs the time (one clock read less per request).
-        let elapsed = (live.route.hedge == Hedge::ObservedP99)
-            .then(|| crate::now().saturating_duration_since(start));
+        // For the per-PE response times and an observed-p99 hedge.
+        let elapsed = crate::now().saturating_duration_since(start);
         let result = match sent {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) if error.is_connect() => Err(attempts::Failure::NotSent),

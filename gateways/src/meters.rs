@@ -1,7 +1,97 @@
 //! `# HELP` for the gateways' metric families (the series themselves are made where
-//! they are counted).
+//! they are counted), and the per-PE series with their bound.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, describe_counter, describe_gauge, describe_histogram};
+use rserpool_proto::wire::PoolElementId;
+
+/// PEs of one route or listener with series of their own; later ones share
+/// `pe="other"` (PE identifiers are new with every restart: unbounded otherwise).
+pub const MAX_PE_SERIES: usize = 64;
+
+/// Requests per PE of one HTTP route (with their response-head times), or sessions per
+/// PE of one TCP listener.
+#[derive(Debug)]
+pub(crate) struct PeMeters {
+    count_family: &'static str,
+    time_family: Option<&'static str>,
+    pool: String,
+    known: Mutex<HashMap<PoolElementId, PeSeries>>,
+    other: PeSeries,
+}
+
+#[derive(Debug, Clone)]
+struct PeSeries {
+    ok: Counter,
+    failed: Counter,
+    seconds: Option<Histogram>,
+}
+
+impl PeMeters {
+    /// An HTTP route's: `rserpool_http_pe_requests_total`, `_response_seconds`.
+    pub(crate) fn http(pool: &str) -> Self {
+        Self::new(
+            "rserpool_http_pe_requests_total",
+            Some("rserpool_http_pe_response_seconds"),
+            pool,
+        )
+    }
+
+    /// A TCP listener's: `rserpool_tcp_pe_sessions_total`.
+    pub(crate) fn tcp(pool: &str) -> Self {
+        Self::new("rserpool_tcp_pe_sessions_total", None, pool)
+    }
+
+    fn new(count_family: &'static str, time_family: Option<&'static str>, pool: &str) -> Self {
+        let mut meters = Self {
+            count_family,
+            time_family,
+            pool: pool.to_owned(),
+            known: Mutex::new(HashMap::new()),
+            other: PeSeries {
+                ok: Counter::noop(),
+                failed: Counter::noop(),
+                seconds: None,
+            },
+        };
+        meters.other = meters.series("other".to_owned());
+        meters
+    }
+
+    fn series(&self, pe: String) -> PeSeries {
+        let pool = self.pool.clone();
+        PeSeries {
+            ok: metrics::counter!(self.count_family, "pool" => pool.clone(), "pe" => pe.clone(), "result" => "ok"),
+            failed: metrics::counter!(self.count_family, "pool" => pool.clone(), "pe" => pe.clone(), "result" => "failed"),
+            seconds: self
+                .time_family
+                .map(|family| metrics::histogram!(family, "pool" => pool, "pe" => pe)),
+        }
+    }
+
+    /// One request (session) to `pe`; `took`: until its response head, when one came.
+    pub(crate) fn record(&self, pe: PoolElementId, ok: bool, took: Option<Duration>) {
+        let series = self.known.lock().ok().map(|mut known| {
+            if let Some(series) = known.get(&pe) {
+                return series.clone();
+            }
+            if known.len() >= MAX_PE_SERIES {
+                return self.other.clone();
+            }
+            let series = self.series(pe.to_string());
+            known.insert(pe, series.clone());
+            series
+        });
+        let series = series.as_ref().unwrap_or(&self.other);
+        if ok { &series.ok } else { &series.failed }.increment(1);
+        if let (Some(histogram), Some(took)) = (&series.seconds, took) {
+            histogram.record(took.as_secs_f64());
+        }
+    }
+}
 
 /// Describes every family of the TCP, HTTP and DNS gateways; called once the
 /// process's recorder is installed.
@@ -12,6 +102,10 @@ pub fn describe() {
 }
 
 fn describe_tcp() {
+    describe_counter!(
+        "rserpool_tcp_pe_sessions_total",
+        "TCP sessions per PE, by result (the first 64 PEs of a listener; later ones as pe=other)"
+    );
     describe_counter!(
         "rserpool_tcp_sessions_total",
         "TCP gateway sessions opened, by pool"
@@ -51,6 +145,14 @@ fn describe_tcp() {
 }
 
 fn describe_http() {
+    describe_counter!(
+        "rserpool_http_pe_requests_total",
+        "requests sent to each PE, by result (the first 64 PEs of a route; later ones as pe=other)"
+    );
+    describe_histogram!(
+        "rserpool_http_pe_response_seconds",
+        "time from sending a request to a PE to its response head, by PE"
+    );
     describe_counter!(
         "rserpool_http_responses_total",
         "HTTP responses, by route, pool and status class"

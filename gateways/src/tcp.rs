@@ -182,6 +182,8 @@ struct Meters {
     idle_expired: Counter,
     stall: Histogram,
     ejections: Counter,
+    /// Sessions per PE.
+    pes: crate::meters::PeMeters,
 }
 
 impl Meters {
@@ -201,6 +203,7 @@ impl Meters {
             idle_expired: metrics::counter!("rserpool_tcp_idle_expired_total", &[label()]),
             stall: metrics::histogram!("rserpool_tcp_failover_stall_seconds", &[label()]),
             ejections: metrics::counter!("rserpool_tcp_pe_ejections_total", &[label()]),
+            pes: crate::meters::PeMeters::tcp(pool),
         }
     }
 }
@@ -272,6 +275,7 @@ impl<D> Listener<D> {
 
     /// Records how a session's PE did (`offered`: the PEs its last resolution listed).
     fn observe(&self, pe: PoolElementId, ok: bool, offered: usize) {
+        self.meters.pes.record(pe, ok, None);
         let now = crate::now();
         let ejections = self
             .health
