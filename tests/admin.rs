@@ -330,6 +330,12 @@ fn registrar_metrics_describe_every_family_and_follow_the_handlespace() {
         Some(1.0)
     );
     assert_eq!(common::metric(&text, "rserpool_registrar_pools"), Some(1.0));
+    // The agent's association.
+    assert!(
+        common::metric(&text, "rserpool_registrar_associations{protocol=\"asap\"}")
+            .is_some_and(|open| open >= 1.0),
+        "{text}"
+    );
     assert_eq!(
         common::metric(
             &text,

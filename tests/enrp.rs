@@ -214,4 +214,15 @@ fn peers_on_one_host_are_recorded_at_their_enrp_addresses() {
     let list = peers["peers"].as_array().unwrap();
     assert_eq!(list.len(), 1, "one entry for the one peer: {peers}");
     assert_eq!(list[0]["endpoint"], second_enrp.as_str(), "{peers}");
+    // ENRP messages by type: the peers' presences, both ways.
+    let (_, text) = common::admin_get(admin, "/metrics");
+    for direction in ["received", "sent"] {
+        let series = format!(
+            "rserpool_registrar_enrp_messages_total{{type=\"presence\",direction=\"{direction}\"}}"
+        );
+        assert!(
+            common::metric(&text, &series).is_some_and(|n| n >= 1.0),
+            "{series}: {text}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //! the engine when `/metrics` is scraped. Every family is described (`# HELP`), and
 //! every label has a bounded set of values (pools only for the ten largest).
 
-use rserpool_proto::registrar::{RegistrarEngine, RegistrarEvent, RemovalReason};
+use rserpool_proto::registrar::{ENRP_TYPE_NAMES, RegistrarEngine, RegistrarEvent, RemovalReason};
 
 /// The driver's histogram of each message's handling time: from taking it off the
 /// incoming queue to its answers queued for sending, by protocol.
@@ -58,6 +58,10 @@ pub(super) fn describe() {
         "rserpool_registrar_messages_total",
         "ASAP and ENRP messages received and sent"
     );
+    describe_counter!(
+        "rserpool_registrar_enrp_messages_total",
+        "ENRP messages received and sent, by type (other: a type RFC 5353 does not define)"
+    );
     metrics::describe_histogram!(
         HANDLING_SECONDS,
         "time from taking an ASAP or ENRP message off the queue to its answers queued, by protocol"
@@ -67,6 +71,10 @@ pub(super) fn describe() {
         "PEs in the handlespace (owned: registered here)"
     );
     describe_gauge!("rserpool_registrar_pools", "pools in the handlespace");
+    describe_gauge!(
+        "rserpool_registrar_associations",
+        "associations up now, by protocol (asap: PEs and pool users; enrp: peers); refused ones: rserpool_listener_refused_total"
+    );
     describe_gauge!(
         "rserpool_registrar_pool_elements_by_pool",
         "PEs of the ten largest pools"
@@ -207,6 +215,10 @@ pub(super) fn refresh(engine: &RegistrarEngine) {
     } else {
         0.0
     });
+    let (asap, enrp) = engine.open_associations();
+    for (protocol, open) in [("asap", asap), ("enrp", enrp)] {
+        metrics::gauge!("rserpool_registrar_associations", "protocol" => protocol).set(open as f64);
+    }
     let stats = engine.stats();
     for (protocol, direction, value) in [
         ("asap", "received", stats.asap_received),
@@ -216,5 +228,14 @@ pub(super) fn refresh(engine: &RegistrarEngine) {
     ] {
         metrics::counter!("rserpool_registrar_messages_total", "protocol" => protocol, "direction" => direction)
             .absolute(value);
+    }
+    for (direction, counts) in [
+        ("received", stats.enrp_received_by_type),
+        ("sent", stats.enrp_sent_by_type),
+    ] {
+        for (name, value) in ENRP_TYPE_NAMES.iter().zip(counts) {
+            metrics::counter!("rserpool_registrar_enrp_messages_total", "type" => *name, "direction" => direction)
+                .absolute(value);
+        }
     }
 }

@@ -197,7 +197,7 @@ impl RegistrarEngine {
                 body: presence,
             };
             if let Ok(payload) = message.encode() {
-                self.stats.enrp_sent += 1;
+                self.stats.enrp_sent(message.body.message_type());
                 self.out.push_back(Output::Datagram {
                     protocol: Protocol::Enrp,
                     payload,

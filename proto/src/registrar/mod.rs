@@ -11,11 +11,13 @@ mod discovery;
 mod enrp;
 mod peers;
 mod quota;
+mod stats;
 mod sync;
 mod takeover;
 
 pub use config::RegistrarConfig;
 pub use peers::{PeerStanding, PeerStatus};
+pub use stats::{ENRP_TYPE_NAMES, RegistrarStats};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -195,20 +197,6 @@ pub enum RegistrarEvent {
     },
 }
 
-/// Message counters (for metrics and benchmarks).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct RegistrarStats {
-    /// ASAP messages received on associations.
-    pub asap_received: u64,
-    /// ASAP messages sent.
-    pub asap_sent: u64,
-    /// ENRP messages received (associations and multicast).
-    pub enrp_received: u64,
-    /// ENRP messages sent (associations and multicast).
-    pub enrp_sent: u64,
-}
-
 #[derive(Debug)]
 struct Association {
     peer: PeerInfo,
@@ -314,6 +302,16 @@ impl RegistrarEngine {
         self.stats
     }
 
+    /// Associations up now: ASAP (PEs and pool users) and ENRP (peer registrars).
+    pub fn open_associations(&self) -> (usize, usize) {
+        let enrp = self
+            .associations
+            .values()
+            .filter(|a| a.peer.protocol == Protocol::Enrp)
+            .count();
+        (self.associations.len() - enrp, enrp)
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &RegistrarConfig {
         &self.config
@@ -390,7 +388,7 @@ impl RegistrarEngine {
         };
         match message.encode() {
             Ok(payload) => {
-                self.stats.enrp_sent += 1;
+                self.stats.enrp_sent(message.body.message_type());
                 self.out.push_back(Output::Transmit {
                     assoc,
                     protocol: Protocol::Enrp,
@@ -1093,7 +1091,7 @@ impl Engine for RegistrarEngine {
         }
         match protocol {
             Protocol::Asap => self.stats.asap_received += 1,
-            Protocol::Enrp => self.stats.enrp_received += 1,
+            Protocol::Enrp => self.stats.enrp_received(bytes.first().copied()),
         }
         match protocol {
             Protocol::Asap if self.defer_during_startup(assoc, bytes) => {}
@@ -1112,7 +1110,7 @@ impl Engine for RegistrarEngine {
         self.notice_oversleep(now);
         // Other registrars' ASAP announces are of no use to a registrar.
         if protocol == Protocol::Enrp {
-            self.stats.enrp_received += 1;
+            self.stats.enrp_received(bytes.first().copied());
             self.on_enrp_datagram(from, bytes, now);
         }
     }
