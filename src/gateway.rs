@@ -3,6 +3,7 @@
 //! their sessions when a PE fails (rserpool-gateways).
 
 mod admin;
+mod listeners;
 mod status_reports;
 
 use std::sync::Arc;
@@ -11,12 +12,12 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use rserpool_gateways::Lifecycle;
-use rserpool_gateways::dns::{self, DnsConfig, TcpLimits, hickory_name};
+use rserpool_gateways::dns::{DnsConfig, TcpLimits, hickory_name};
 use rserpool_gateways::health::{OutlierConfig, SuccessRateConfig};
 use rserpool_gateways::http::sticky::CookieSealer;
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{self, HttpListenerConfig, Route};
-use rserpool_gateways::tcp::{self, Framing, ListenerConfig, SctpUpstream};
+use rserpool_gateways::tcp::{Framing, ListenerConfig, SctpUpstream};
 use rserpool_proto::session::SessionConfig;
 use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
@@ -400,8 +401,101 @@ fn listener_config(section: &TcpListenerSection) -> Result<ListenerConfig, RunEr
 
 pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
-    let dns_configs = file
-        .gateway
+    // Checked before anything is bound.
+    let dns_configs = dns_starts(&file)?;
+    let (http_configs, tcp_configs) = listener_configs(&file)?;
+    let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
+    let shutdown = CancellationToken::new();
+    let lifecycle = Lifecycle::default();
+    let tls = crate::control_tls(file.tls.as_ref(), file.pool_user.transport)?;
+    let pool_user = Arc::new(PoolUser::start(
+        &file.pool_user,
+        tls.clone(),
+        DEFAULT_STALE_CACHE,
+        &shutdown,
+    )?);
+    let view = admin::Listeners::default();
+    // The metrics recorder goes in first: listeners take their meters when they start.
+    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
+    let admin = match file.admin.listen {
+        Some(listen) => crate::admin::start(
+            listen,
+            admin_security.clone(),
+            shutdown.clone(),
+            admin::routes(
+                &pool_user,
+                &file,
+                &lifecycle,
+                (&view, configured_pools(&file)),
+            ),
+            logging.clone(),
+        )
+        .await?
+        .to_string(),
+        None => "off".to_owned(),
+    };
+    rserpool_gateways::meters::describe();
+    crate::pool_user::describe_metrics();
+    tls.iter().for_each(|tls| tls.publish_expiry());
+    let certificates: Vec<(SocketAddr, Arc<CertificateResolver>)> = http_configs
+        .iter()
+        .filter_map(|c| Some((c.listen, c.tls.clone()?)))
+        .chain(dns_configs.iter().filter_map(|(_, _, dot)| dot.clone()))
+        .collect();
+    let shared = listeners::Shared {
+        pool_user: &pool_user,
+        lifecycle: &lifecycle,
+        view: &view,
+    };
+    let tcp = listeners::start_tcp(&file.gateway.tcp, tcp_configs, &shared).await?;
+    let (http, reloaders) =
+        listeners::start_http(&file.gateway.http, http_configs, &shared).await?;
+    let dns = listeners::start_dns(dns_configs, &shared).await?;
+    let registrars: Vec<String> = file
+        .pool_user
+        .registrars
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    // Before the ready line: a signal sent right after it (a supervisor's reload)
+    // must find the handlers, not the default action (SIGHUP would end the process).
+    let mut signals = Signals::install().map_err(RunError::Io)?;
+    let (tcp, http, dns) = (tcp.join(","), http.join(","), dns.join(","));
+    let named = [tcp.as_str(), http.as_str(), dns.as_str()].join(" ");
+    let transport = file.pool_user.transport;
+    let csp = status_reports::start(
+        &file.csp,
+        &pool_user,
+        &lifecycle,
+        transport,
+        named.trim(),
+        &shutdown,
+    )
+    .await?;
+    tracing::info!(role = "gateway", tcp = %tcp, http = %http, dns = %dns, registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
+    crate::systemd::ready(&shutdown);
+    tokio::spawn(warn_of_empty_pools(
+        pool_user.clone(),
+        configured_pools(&file),
+    ));
+    while signals.next().await == Request::Reload {
+        if let Some(tls) = &tls {
+            crate::reload_tls(tls);
+        }
+        reload_certificates(&certificates);
+        reload(&args, &logging, &reloaders).await;
+    }
+    crate::systemd::notify("STOPPING=1");
+    drain(&lifecycle, file.gateway.drain_timeout).await;
+    shutdown.cancel();
+    crate::csp::Reporter::finish(csp).await;
+    Ok(())
+}
+
+/// The DNS listeners' settings and DNS-over-TLS certificates, checked before anything
+/// is bound.
+fn dns_starts(file: &ConfigFile) -> Result<Vec<listeners::DnsStart>, RunError> {
+    file.gateway
         .dns
         .iter()
         .map(|section| {
@@ -418,200 +512,34 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
                 .transpose()?;
             Ok((section.listen, dns_config(section)?, dot))
         })
-        .collect::<Result<Vec<_>, RunError>>()?;
-    // Checked before anything is bound.
-    let (http_configs, tcp_configs) = listener_configs(&file)?;
-    let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
-    let shutdown = CancellationToken::new();
-    let lifecycle = Lifecycle::default();
-    let tls = crate::control_tls(file.tls.as_ref(), file.pool_user.transport)?;
-    let pool_user = Arc::new(PoolUser::start(
-        &file.pool_user,
-        tls.clone(),
-        DEFAULT_STALE_CACHE,
-        &shutdown,
-    )?);
-    let listeners = admin::Listeners::default();
-    // The metrics recorder goes in first: listeners take their meters when they start.
-    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
-    let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(
-            listen,
-            admin_security.clone(),
-            shutdown.clone(),
-            admin::routes(
-                &pool_user,
-                &file,
-                &lifecycle,
-                (&listeners, configured_pools(&file)),
-            ),
-            logging.clone(),
-        )
-        .await?
-        .to_string(),
-        None => "off".to_owned(),
-    };
-    rserpool_gateways::meters::describe();
-    crate::pool_user::describe_metrics();
-    tls.iter().for_each(|tls| tls.publish_expiry());
-    let mut bound = Vec::new();
-    for (section, config) in file.gateway.tcp.iter().zip(tcp_configs) {
-        let listener = tokio::net::TcpListener::bind(section.listen)
-            .await
-            .map_err(|e| RunError::Bind(section.listen, e))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| RunError::Bind(section.listen, e))?;
-        bound.push(format!("{address}={}", section.pool));
-        listeners.tcp(address, section.pool);
-        let config = ListenerConfig {
-            listen: address,
-            ..config
-        };
-        tokio::spawn(tcp::serve(
-            listener,
-            config,
-            pool_user.clone(),
-            lifecycle.clone(),
-        ));
-    }
-    let certificates: Vec<(SocketAddr, Arc<CertificateResolver>)> = http_configs
-        .iter()
-        .filter_map(|c| Some((c.listen, c.tls.clone()?)))
-        .chain(dns_configs.iter().filter_map(|(_, _, dot)| dot.clone()))
-        .collect();
-    let mut bound_http = Vec::new();
-    // Routes of each HTTP listener by its configured address, for SIGHUP.
-    let mut reloaders: Vec<(SocketAddr, http::Reloader)> = Vec::new();
-    for (section, config) in file.gateway.http.iter().zip(http_configs) {
-        let reloader = http::Reloader::new(&config, lifecycle.ejections.clone());
-        reloaders.push((config.listen, reloader.clone()));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| RunError::Bind(config.listen, e))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| RunError::Bind(config.listen, e))?;
-        let pools: Vec<String> = config
-            .routes
-            .iter()
-            .map(|r| r.pool_handle.to_string())
-            .collect();
-        bound_http.push(format!("{address}={}", pools.join("+")));
-        listeners.http(address, section);
-        let config = HttpListenerConfig {
-            listen: address,
-            ..config
-        };
-        tokio::spawn(http::serve(
-            listener,
-            config,
-            reloader,
-            pool_user.clone(),
-            lifecycle.clone(),
-        ));
-    }
-    let mut bound_dns = Vec::new();
-    for (listen, config, dot) in dns_configs {
-        let udp = tokio::net::UdpSocket::bind(listen)
-            .await
-            .map_err(|e| RunError::Bind(listen, e))?;
-        let address = udp.local_addr().map_err(|e| RunError::Bind(listen, e))?;
-        // TCP on the same port as UDP (a port 0 in the configuration picks one for both).
-        let tcp = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|e| RunError::Bind(address, e))?;
-        let dot = match dot {
-            Some((dot_listen, certificates)) => {
-                let listener = tokio::net::TcpListener::bind(dot_listen)
-                    .await
-                    .map_err(|e| RunError::Bind(dot_listen, e))?;
-                let bound = listener
-                    .local_addr()
-                    .map_err(|e| RunError::Bind(dot_listen, e))?;
-                bound_dns.push(format!("{bound}=tls:{}", config.zone));
-                listeners.dns(format!("{bound} (DNS over TLS)"), &config.zone.to_string());
-                Some(dns::DotListener {
-                    listener,
-                    certificates,
-                })
-            }
-            None => None,
-        };
-        bound_dns.push(format!("{address}={}", config.zone));
-        listeners.dns(format!("{address} (UDP, TCP)"), &config.zone.to_string());
-        tokio::spawn(dns::serve(
-            udp,
-            tcp,
-            dot,
-            config,
-            pool_user.clone(),
-            lifecycle.stop_accepting.clone(),
-        ));
-    }
-    let registrars: Vec<String> = file
-        .pool_user
-        .registrars
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    // Before the ready line: a signal sent right after it (a supervisor's reload)
-    // must find the handlers, not the default action (SIGHUP would end the process).
-    let mut signals = Signals::install().map_err(RunError::Io)?;
-    let listeners = [bound.join(","), bound_http.join(","), bound_dns.join(",")].join(" ");
-    let transport = file.pool_user.transport;
-    let csp = status_reports::start(
-        &file.csp,
-        &pool_user,
-        &lifecycle,
-        transport,
-        listeners.trim(),
-        &shutdown,
-    )
-    .await?;
-    tracing::info!(role = "gateway", tcp = %bound.join(","), http = %bound_http.join(","), dns = %bound_dns.join(","), registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
-    crate::systemd::ready(&shutdown);
-    tokio::spawn(warn_of_empty_pools(
-        pool_user.clone(),
-        configured_pools(&file),
-    ));
-    loop {
-        match signals.next().await {
-            Request::Stop => break,
-            Request::Reload => {
-                if let Some(tls) = &tls {
-                    crate::reload_tls(tls);
-                }
-                for (listen, resolver) in &certificates {
-                    match resolver.reload() {
-                        Ok(()) => tracing::info!(%listen, "SIGHUP: TLS certificates reloaded"),
-                        Err(error) => {
-                            tracing::error!(%listen, %error, "SIGHUP: TLS certificates not reloaded; the old ones stay")
-                        }
-                    }
-                }
-                reload(&args, &logging, &reloaders).await;
+        .collect()
+}
+
+/// SIGHUP: the HTTPS and DNS-over-TLS listeners' certificates are read again; a set
+/// that does not load leaves the old one in place.
+fn reload_certificates(certificates: &[(SocketAddr, Arc<CertificateResolver>)]) {
+    for (listen, resolver) in certificates {
+        match resolver.reload() {
+            Ok(()) => tracing::info!(%listen, "SIGHUP: TLS certificates reloaded"),
+            Err(error) => {
+                tracing::error!(%listen, %error, "SIGHUP: TLS certificates not reloaded; the old ones stay")
             }
         }
     }
-    crate::systemd::notify("STOPPING=1");
-    // Stop accepting; give open sessions the drain time, then close them.
+}
+
+/// Stops accepting, gives open sessions `drain_timeout`, then closes the rest.
+async fn drain(lifecycle: &Lifecycle, drain_timeout: Duration) {
     let open = lifecycle.sessions.len();
-    tracing::info!(drain = ?file.gateway.drain_timeout, open, "stopping: no new sessions");
+    tracing::info!(drain = ?drain_timeout, open, "stopping: no new sessions");
     lifecycle.stop_accepting.cancel();
     lifecycle.sessions.close();
     let drain = lifecycle.sessions.wait();
-    if tokio::time::timeout(file.gateway.drain_timeout, drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain_timeout, drain).await.is_err() {
         let open = lifecycle.sessions.len();
         tracing::warn!(open, "drain time over: closing the remaining sessions");
         lifecycle.close_sessions.cancel();
         // Closing flushes what is queued towards each client (bounded by the session).
         let _ = tokio::time::timeout(Duration::from_secs(6), lifecycle.sessions.wait()).await;
     }
-    shutdown.cancel();
-    crate::csp::Reporter::finish(csp).await;
-    Ok(())
 }

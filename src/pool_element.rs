@@ -506,20 +506,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
                 Request::Stop => break,
                 Request::Reload => reload(&args, &logging, &mut services, &handle, tls.as_deref()).await,
             },
-            Some(change) = changes.recv() => {
-                // A change from a service removed by a reload is stale.
-                let Some(running) = services.running.get(&change.service) else { continue };
-                let (service, id) = (&running.service, running.id);
-                services.backends.health(change.service, change.healthy);
-                let spec = spec(service, id);
-                if change.healthy {
-                    tracing::info!(pool = %service.pool, backend = %service.backend, pe = %id, "backend healthy: registering");
-                    handle.command(move |engine, now| { engine.register(spec, now); }).await;
-                } else {
-                    tracing::warn!(pool = %service.pool, backend = %service.backend, pe = %id, "backend unhealthy: deregistering");
-                    handle.command(move |engine, now| engine.deregister(id, now)).await;
-                }
-            }
+            Some(change) = changes.recv() => health_changed(&services, &handle, &change).await,
             Some(event) = events.recv() => {
                 registered.track(&event);
                 log_event(&event);
@@ -540,6 +527,34 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     let _ = logger.await;
     let _ = runtime.driver.await;
     Ok(())
+}
+
+/// A service became healthy (its PE registers) or unhealthy (it deregisters). A
+/// change from a service removed by a reload is stale and ignored.
+async fn health_changed(
+    services: &Services,
+    handle: &Handle<PoolElementEngine>,
+    change: &HealthChange,
+) {
+    let Some(running) = services.running.get(&change.service) else {
+        return;
+    };
+    let (service, id) = (&running.service, running.id);
+    services.backends.health(change.service, change.healthy);
+    if change.healthy {
+        tracing::info!(pool = %service.pool, backend = %service.backend, pe = %id, "backend healthy: registering");
+        let spec = spec(service, id);
+        handle
+            .command(move |engine, now| {
+                engine.register(spec, now);
+            })
+            .await;
+    } else {
+        tracing::warn!(pool = %service.pool, backend = %service.backend, pe = %id, "backend unhealthy: deregistering");
+        handle
+            .command(move |engine, now| engine.deregister(id, now))
+            .await;
+    }
 }
 
 /// How many PEs the engine still holds.

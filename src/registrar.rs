@@ -1,6 +1,7 @@
 //! `rserpool registrar`: wires the registrar engine to its listeners, the announce
 //! channel, the configuration and the signals.
 
+mod channels;
 mod meters;
 mod status_reports;
 
@@ -23,7 +24,7 @@ use crate::logging::Logging;
 use crate::signals::{Request, Signals};
 use crate::transport::admission::Admission;
 use crate::transport::tls::ControlTls;
-use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
+use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multihomed};
 
 /// The configuration file (if any) with the command-line overrides applied.
 fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
@@ -142,118 +143,45 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     transports.tls = tls.clone();
     transports.handling_histogram = Some(meters::HANDLING_SECONDS);
 
-    let bind = |address: SocketAddr| {
-        let addresses = multihomed(address, &section.multihome);
-        Listener::bind(section.transport, &addresses)
-            .and_then(|listener| {
-                // The real port; the configured address (SCTP lists every local address
-                // of a wildcard bind, which must not pick the multicast interface).
-                let port = listener
-                    .local_addresses()?
-                    .first()
-                    .map_or(0, SocketAddr::port);
-                Ok((listener, SocketAddr::new(address.ip(), port)))
-            })
-            .map_err(|e| RunError::Bind(address, e))
-    };
-    let (asap, asap_address) = bind(asap_configured)?;
-    let (enrp, enrp_address) = bind(enrp_configured)?;
-    if section.transport == TransportKind::Sctp {
-        // Linux refuses a second association between the same endpoints (an
-        // outgoing one to a peer that is already connected to us fails with
-        // EADDRNOTAVAIL), and the engine then uses the peer's association.
-        transports.enrp_local = enrp
-            .local_addresses()
-            .map_err(|e| RunError::Bind(enrp_address, e))?;
-    } else if !enrp_address.ip().is_unspecified() {
-        // Associations to peers leave from the ENRP address (any port): a peer records
-        // where they come from, and on a host with several registrars the default
-        // source address would be another registrar's (or none of them).
-        transports.enrp_local = vec![SocketAddr::new(enrp_address.ip(), 0)];
-    }
+    let (asap, asap_address) = bind_listener(&section, asap_configured)?;
+    let (enrp, enrp_address) = bind_listener(&section, enrp_configured)?;
+    transports.enrp_local = enrp_source(section.transport, &enrp, enrp_address)?;
 
     let mut engine_settings = engine_config(&section, enrp_configured, access);
-    let interface = config::multicast_interface(asap_address.ip(), section.announce.interface);
-    let announce = match (&section.announce.group, interface) {
-        (Multicast::Group(group), Some(interface)) => {
-            let channel = multicast::Channel::open(
-                Protocol::Asap,
-                *group,
-                interface,
-                section.announce.ttl,
-                incoming_tx.clone(),
-                shutdown.clone(),
-            )
-            .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
-            transports.add_multicast(Protocol::Asap, channel);
-            (group.to_string(), interface.to_string())
-        }
-        (Multicast::Group(group), None) => {
-            tracing::warn!(%group, "announces are off: the ASAP address is a wildcard; set registrar.announce.interface to pick the interface");
-            engine_settings.announce_interval = None;
-            ("off".to_owned(), "none".to_owned())
-        }
-        (Multicast::Off, _) => ("off".to_owned(), "none".to_owned()),
-    };
-
-    let enrp_interface =
-        config::multicast_interface(enrp_address.ip(), section.enrp_multicast.interface);
-    let enrp_multicast = match (&section.enrp_multicast.group, enrp_interface) {
-        (Multicast::Group(group), Some(interface)) => {
-            let channel = multicast::Channel::open(
-                Protocol::Enrp,
-                *group,
-                interface,
-                section.enrp_multicast.ttl,
-                incoming_tx.clone(),
-                shutdown.clone(),
-            )
-            .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
-            transports.add_multicast(Protocol::Enrp, channel);
-            engine_settings.enrp_multicast = true;
-            group.to_string()
-        }
-        (Multicast::Group(group), None) => {
-            tracing::warn!(%group, "ENRP multicast is off: the ENRP address is a wildcard; set registrar.enrp_multicast.interface to pick the interface");
-            "off".to_owned()
-        }
-        (Multicast::Off, _) => "off".to_owned(),
-    };
-
-    let mut engine = RegistrarEngine::new(engine_settings, crate::seed(), driver::now());
-    let wildcard = |interface: Option<std::net::Ipv4Addr>| interface.map(IpAddr::V4);
-    engine.set_endpoints(
-        vec![
-            asap.transport_parameter(wildcard(interface))
-                .map_err(|e| RunError::Bind(asap_address, e))?,
-        ],
-        Some(
-            enrp.transport_parameter(wildcard(enrp_interface))
-                .map_err(|e| RunError::Bind(enrp_address, e))?,
-        ),
-    );
+    let channels = channels::open(
+        &section,
+        (asap_address, enrp_address),
+        &mut transports,
+        (&incoming_tx, &shutdown),
+        &mut engine_settings,
+    )?;
+    let engine = RegistrarEngine::new(engine_settings, crate::seed(), driver::now());
+    let engine = with_endpoints(
+        engine,
+        (&asap, asap_address),
+        (&enrp, enrp_address),
+        &channels,
+    )?;
     let id = engine.id();
 
-    let ids = IncomingIds::default();
     let admission = section.limits.admission();
-    tokio::spawn(accept_loop(
-        asap,
-        Protocol::Asap,
-        tls.clone(),
-        ids.clone(),
-        incoming_tx.clone(),
-        Admission::new("asap", admission),
-        shutdown.clone(),
-    ));
-    tokio::spawn(accept_loop(
-        enrp,
-        Protocol::Enrp,
-        tls.clone(),
-        ids,
-        incoming_tx,
-        Admission::new("enrp", admission),
-        shutdown.clone(),
-    ));
+    let acceptors = [
+        (asap, Protocol::Asap, "asap"),
+        (enrp, Protocol::Enrp, "enrp"),
+    ];
+    let ids = IncomingIds::default();
+    for (listener, protocol, name) in acceptors {
+        tokio::spawn(accept_loop(
+            listener,
+            protocol,
+            tls.clone(),
+            ids.clone(),
+            incoming_tx.clone(),
+            Admission::new(name, admission),
+            shutdown.clone(),
+        ));
+    }
+    drop(incoming_tx);
 
     let (handle, commands) = Handle::<RegistrarEngine>::new();
     let driver = tokio::spawn(driver::run(
@@ -264,20 +192,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         log_event,
         shutdown.clone(),
     ));
-    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
-    let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(
-            listen,
-            admin_security.clone(),
-            shutdown.clone(),
-            admin_routes(&handle),
-            logging.clone(),
-        )
-        .await?
-        .to_string(),
-        None => "off".to_owned(),
-    };
-    meters::describe();
+    let admin = start_admin(&file, &args, &handle, &shutdown, &logging).await?;
     let addresses = (asap_address, enrp_address);
     let csp =
         status_reports::start(&file.csp, &handle, section.transport, addresses, &shutdown).await?;
@@ -285,28 +200,147 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
     let mut signals = Signals::install().map_err(RunError::Io)?;
+    say_ready(
+        id,
+        &admin,
+        (asap_address, enrp_address),
+        &channels,
+        &section,
+        tls.as_deref(),
+    );
+    crate::systemd::ready(&shutdown);
+    say_if_waiting_for_peers(&handle, &channels.enrp, section.peers.len()).await;
+    while signals.next().await == Request::Reload {
+        reload(&args, &logging, &handle, tls.as_deref()).await;
+    }
+    log_totals(&handle).await;
+    crate::systemd::notify("STOPPING=1");
+    tracing::info!("stopping: closing associations");
+    shutdown.cancel();
+    crate::csp::Reporter::finish(csp).await;
+    let _ = driver.await;
+    Ok(())
+}
+
+/// Binds a listener on `address` (with the section's multi-homing); returns it and
+/// the configured address with the real port (SCTP lists every local address of a
+/// wildcard bind, which must not pick the multicast interface).
+fn bind_listener(
+    section: &RegistrarSection,
+    address: SocketAddr,
+) -> Result<(Listener, SocketAddr), RunError> {
+    let addresses = multihomed(address, &section.multihome);
+    Listener::bind(section.transport, &addresses)
+        .and_then(|listener| {
+            let port = listener
+                .local_addresses()?
+                .first()
+                .map_or(0, SocketAddr::port);
+            Ok((listener, SocketAddr::new(address.ip(), port)))
+        })
+        .map_err(|e| RunError::Bind(address, e))
+}
+
+/// The engine with the transport parameters it announces and gives its peers: the
+/// listeners' addresses (a wildcard listener's: the multicast interface's).
+fn with_endpoints(
+    mut engine: RegistrarEngine,
+    (asap, asap_address): (&Listener, SocketAddr),
+    (enrp, enrp_address): (&Listener, SocketAddr),
+    channels: &channels::Channels,
+) -> Result<RegistrarEngine, RunError> {
+    let wildcard = |interface: Option<std::net::Ipv4Addr>| interface.map(IpAddr::V4);
+    engine.set_endpoints(
+        vec![
+            asap.transport_parameter(wildcard(channels.announce_interface))
+                .map_err(|e| RunError::Bind(asap_address, e))?,
+        ],
+        Some(
+            enrp.transport_parameter(wildcard(channels.enrp_interface))
+                .map_err(|e| RunError::Bind(enrp_address, e))?,
+        ),
+    );
+    Ok(engine)
+}
+
+/// The ready line: what the registrar serves, where.
+fn say_ready(
+    id: RegistrarId,
+    admin: &str,
+    (asap_address, enrp_address): (SocketAddr, SocketAddr),
+    channels: &channels::Channels,
+    section: &RegistrarSection,
+    tls: Option<&ControlTls>,
+) {
     tracing::info!(
         role = "registrar",
         id = %id,
         admin = %admin,
         asap = %asap_address,
         enrp = %enrp_address,
-        announce = %announce.0,
-        announce_interface = %announce.1,
-        enrp_multicast = %enrp_multicast,
+        announce = %channels.announce,
+        announce_interface = %channels
+            .announce_interface
+            .filter(|_| channels.announce != "off")
+            .map_or_else(|| "none".to_owned(), |i| i.to_string()),
+        enrp_multicast = %channels.enrp,
         peers = section.peers.len(),
         profile = ?section.profile,
-        tls = crate::transport::tls::ready_field(tls.as_deref()),
+        tls = crate::transport::tls::ready_field(tls),
         "ready"
     );
-    crate::systemd::ready(&shutdown);
-    say_if_waiting_for_peers(&handle, &enrp_multicast, section.peers.len()).await;
-    loop {
-        match signals.next().await {
-            Request::Stop => break,
-            Request::Reload => reload(&args, &logging, &handle, tls.as_deref()).await,
-        }
+}
+
+/// Where associations to peers leave from.
+fn enrp_source(
+    transport: TransportKind,
+    enrp: &Listener,
+    enrp_address: SocketAddr,
+) -> Result<Vec<SocketAddr>, RunError> {
+    if transport == TransportKind::Sctp {
+        // Linux refuses a second association between the same endpoints (an
+        // outgoing one to a peer that is already connected to us fails with
+        // EADDRNOTAVAIL), and the engine then uses the peer's association.
+        enrp.local_addresses()
+            .map_err(|e| RunError::Bind(enrp_address, e))
+    } else if enrp_address.ip().is_unspecified() {
+        Ok(Vec::new())
+    } else {
+        // The ENRP address (any port): a peer records where associations come from,
+        // and on a host with several registrars the default source address would be
+        // another registrar's (or none of them).
+        Ok(vec![SocketAddr::new(enrp_address.ip(), 0)])
     }
+}
+
+/// The admin listener (when configured) and the registrar's metric descriptions;
+/// returns its address for the ready line, or `off`.
+async fn start_admin(
+    file: &ConfigFile,
+    args: &RegistrarArgs,
+    handle: &Handle<RegistrarEngine>,
+    shutdown: &CancellationToken,
+    logging: &Logging,
+) -> Result<String, RunError> {
+    let security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
+    let admin = match file.admin.listen {
+        Some(listen) => crate::admin::start(
+            listen,
+            security,
+            shutdown.clone(),
+            admin_routes(handle),
+            logging.clone(),
+        )
+        .await?
+        .to_string(),
+        None => "off".to_owned(),
+    };
+    meters::describe();
+    Ok(admin)
+}
+
+/// The message counts of the run, said on the way out.
+async fn log_totals(handle: &Handle<RegistrarEngine>) {
     let totals = handle
         .ask(|engine| (engine.stats(), engine.handlespace().pool_element_count()))
         .await;
@@ -320,12 +354,6 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
             "totals"
         );
     }
-    crate::systemd::notify("STOPPING=1");
-    tracing::info!("stopping: closing associations");
-    shutdown.cancel();
-    crate::csp::Reporter::finish(csp).await;
-    let _ = driver.await;
-    Ok(())
 }
 
 /// `/readyz`: synchronised with the peers (ENRP start-up done); `/api/handlespace` and

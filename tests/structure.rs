@@ -42,9 +42,6 @@ const LONG_FUNCTIONS: &[&str] = &[
     "proto/src/registrar/mod.rs:admit",
     "proto/src/wire/asap.rs:decode_body",
     "proto/src/wire/enrp.rs:decode",
-    "src/gateway.rs:run",
-    "src/pool_element.rs:run",
-    "src/registrar.rs:run",
 ];
 
 /// Tests that still take a port by binding and dropping it (a race with every other
@@ -148,8 +145,8 @@ fn function_name(line: &str) -> Option<String> {
                 .collect();
             return (!name.is_empty()).then_some(name);
         }
-        let modifier = word.starts_with("pub")
-            || ["async", "const", "unsafe", "extern"].contains(&word);
+        let modifier =
+            word.starts_with("pub") || ["async", "const", "unsafe", "extern"].contains(&word);
         if !modifier {
             return None;
         }
