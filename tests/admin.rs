@@ -16,11 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Backend, Process, admin_get, eventually, free_port};
-
-fn admin_address() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
-}
+use common::{Backend, Process, admin_get, eventually};
 
 /// An agent registering `backend` in WebPool at `asap`, checking it by HTTP every
 /// 200 ms, with an admin listener on a port of its own (`address("admin")`).
@@ -61,9 +57,8 @@ fn switchable_backend() -> (SocketAddr, Arc<AtomicBool>) {
 
 #[test]
 fn readiness_and_json_views_of_every_role() {
-    let registrar_admin = admin_address();
-    let registrar = common::registrar(&["--admin", &registrar_admin.to_string()]);
-    let asap = registrar.address("asap");
+    let registrar = common::registrar(&["--admin", "127.0.0.1:0"]);
+    let (asap, registrar_admin) = (registrar.address("asap"), registrar.address("admin"));
     assert_eq!(
         admin_get(registrar_admin, "/readyz").0,
         200,
@@ -130,7 +125,6 @@ fn readiness_and_json_views_of_every_role() {
     );
 
     // A demo PE (`pe --serve`) has the same listener.
-    let demo_admin = admin_address();
     let demo = Process::start(&[
         "pe",
         "--serve",
@@ -140,8 +134,9 @@ fn readiness_and_json_views_of_every_role() {
         "--registrar",
         &asap.to_string(),
         "--admin",
-        &demo_admin.to_string(),
+        "127.0.0.1:0",
     ]);
+    let demo_admin = demo.address("admin");
     assert!(eventually(Duration::from_secs(10), || admin_get(
         demo_admin, "/readyz"
     )
@@ -150,17 +145,16 @@ fn readiness_and_json_views_of_every_role() {
     assert!(listed.contains(&demo.ready["pe"]), "{listed}");
 
     // The gateway is ready while a registrar answers, and says why not when none does.
-    let gateway_admin = admin_address();
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let _gateway = Process::start(&[
+    let gateway = Process::start(&[
         "gateway",
         "--registrar",
         &asap.to_string(),
         "--http",
-        &format!("{listen}=WebPool"),
+        "127.0.0.1:0=WebPool",
         "--admin",
-        &gateway_admin.to_string(),
+        "127.0.0.1:0",
     ]);
+    let gateway_admin = gateway.address("admin");
     assert!(eventually(Duration::from_secs(10), || admin_get(
         gateway_admin,
         "/readyz"

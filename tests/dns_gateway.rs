@@ -17,7 +17,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Process, eventually, free_port, registrar};
+use common::{Process, eventually, registrar};
 
 /// `dig` against the gateway: the answer lines (`+short`), or the whole output when
 /// `short` is false. `extra` adds options such as `+tcp` or `-b ADDR`.
@@ -41,22 +41,24 @@ fn status(output: &str) -> &str {
         .unwrap_or("none")
 }
 
-/// A gateway serving `pool.example.` with the given extra DNS keys.
+/// A gateway serving `pool.example.` with the given extra DNS keys; its UDP and TCP
+/// address (the ready line's first `dns` entry).
 fn dns_gateway(asap: SocketAddr, extra: &str) -> (Process, SocketAddr, std::path::PathBuf) {
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let path = std::env::temp_dir().join(format!(
         "rserpool-dns-{}-{}.yaml",
         std::process::id(),
-        listen.port()
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(
         &path,
         format!(
-            "pool_user:\n  registrars: [{asap}]\ngateway:\n  dns:\n    - listen: {listen}\n      zone: pool.example.\n{extra}"
+            "pool_user:\n  registrars: [{asap}]\ngateway:\n  dns:\n    - listen: 127.0.0.1:0\n      zone: pool.example.\n{extra}"
         ),
     )
     .unwrap();
     let gateway = Process::start(&["gateway", "--config", path.to_str().unwrap()]);
+    let listen = gateway.listener("dns");
     (gateway, listen, path)
 }
 
@@ -382,15 +384,21 @@ fn dns_over_tls_answers_with_the_configured_certificate() {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, generated.cert.pem()).unwrap();
     std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-    let dot: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (_gateway, _server, _path) = dns_gateway(
+    let (gateway, _server, _path) = dns_gateway(
         asap,
         &format!(
-            "      tcp_idle_timeout: 2s\n      tls:\n        listen: {dot}\n        certificates: [{{cert: {}, key: {}}}]\n",
+            "      tcp_idle_timeout: 2s\n      tls:\n        listen: 127.0.0.1:0\n        certificates: [{{cert: {}, key: {}}}]\n",
             cert.display(),
             key.display()
         ),
     );
+    // The DNS-over-TLS address: the ready line's `dns` entry for `=tls:`.
+    let dot: SocketAddr = gateway.ready["dns"]
+        .split(',')
+        .find_map(|entry| entry.strip_suffix("=tls:pool.example."))
+        .unwrap_or_else(|| panic!("no DNS-over-TLS listener: {:?}", gateway.ready))
+        .parse()
+        .unwrap();
     // A connection that never starts its handshake is closed after the idle timeout
     // (hickory's listener kept it), as plain TCP ones are.
     let mut silent = std::net::TcpStream::connect(dot).unwrap();

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Process, eventually, free_port, registrar, run};
+use common::{Backend, Process, eventually, registrar, run};
 
 /// pool element id -> home registrar, as `dump --json` on one registrar shows them.
 fn homes(enrp: SocketAddr) -> BTreeMap<String, String> {
@@ -48,11 +48,12 @@ fn homes(enrp: SocketAddr) -> BTreeMap<String, String> {
 
 #[test]
 fn a_killed_registrar_is_taken_over_and_resolution_continues() {
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-    let enrp = |i: usize| format!("127.0.0.1:{}", ports[i].1);
+    // Each registrar on a loopback address of its own (no other test uses 127.0.0.3x),
+    // so the peer lists can name the IANA ports before anything starts.
+    let enrp = |i: usize| format!("127.0.0.3{}:9901", i + 1);
     let registrars: Vec<Process> = (0..3)
         .map(|i| {
-            let asap = format!("127.0.0.1:{}", ports[i].0);
+            let asap = format!("127.0.0.3{}:3863", i + 1);
             let own = enrp(i);
             let mut args = vec![
                 "--asap",

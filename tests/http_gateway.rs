@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Process, Reply, eventually, free_port, registrar, try_request};
+use common::{Process, Reply, eventually, registrar, try_request};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -42,10 +42,11 @@ struct ConfigFile(String);
 
 impl ConfigFile {
     fn new(text: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "rserpool-http-{}-{}.yaml",
             std::process::id(),
-            free_port()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::write(&path, text).unwrap();
         Self(path.to_string_lossy().into_owned())
@@ -56,10 +57,6 @@ impl Drop for ConfigFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-fn listen() -> SocketAddr {
-    format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
 fn request(target: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -90,11 +87,11 @@ fn wait_for_pool(asap: SocketAddr, pool: &str, count: usize) {
 #[test]
 fn get_load_sees_no_failure_while_pes_are_killed() {
     let (_registrar, asap, mut pes) = web_pool(3);
-    let address = listen();
-    let (_gateway, _file) = gateway(
+    let (running, _file) = gateway(
         asap,
-        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+        &format!("  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n"),
     );
+    let address = running.listener("http");
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..2)
@@ -148,13 +145,13 @@ fn get_load_sees_no_failure_while_pes_are_killed() {
 fn sent_posts_fail_with_502_and_gets_are_retried() {
     let registrar = registrar(&[]);
     let asap = registrar.address("asap");
-    let address = listen();
     let (gateway, _file) = gateway(
         asap,
         &format!(
-            "  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n          slow_start: 0s\n"
+            "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          slow_start: 0s\n"
         ),
     );
+    let address = gateway.listener("http");
     let spare = common::demo_pe(asap, "http", "WebPool", "Priority:1");
     for (method, expected) in [("POST", 502), ("GET", 200)] {
         let mut preferred = common::demo_pe(asap, "http", "WebPool", "Priority:9");
@@ -197,14 +194,12 @@ fn sent_posts_fail_with_502_and_gets_are_retried() {
 #[test]
 fn sticky_sessions_survive_pe_death_across_gateways() {
     let (_registrar, asap, mut pes) = web_pool(3);
-    let listener = |address: SocketAddr| {
-        format!(
-            "  http:\n    - listen: {address}\n      sticky:\n        keys: [\"{KEY}\"]\n      routes:\n        - pool: WebPool\n"
-        )
-    };
-    let (one, two) = (listen(), listen());
-    let (_gateway_one, _file_one) = gateway(asap, &listener(one));
-    let (_gateway_two, _file_two) = gateway(asap, &listener(two));
+    let listener = format!(
+        "  http:\n    - listen: 127.0.0.1:0\n      sticky:\n        keys: [\"{KEY}\"]\n      routes:\n        - pool: WebPool\n"
+    );
+    let (gateway_one, _file_one) = gateway(asap, &listener);
+    let (gateway_two, _file_two) = gateway(asap, &listener);
+    let (one, two) = (gateway_one.listener("http"), gateway_two.listener("http"));
 
     let first = request(one, "GET", "/cart", &[]);
     assert_eq!(first.status, 200);
@@ -260,13 +255,13 @@ fn sticky_sessions_survive_pe_death_across_gateways() {
 #[test]
 fn limits_and_error_statuses() {
     let (_registrar, asap, _pes) = web_pool(1);
-    let address = listen();
-    let (_gateway, _file) = gateway(
+    let (running, _file) = gateway(
         asap,
         &format!(
-            "  http:\n    - listen: {address}\n      header_timeout: 1s\n      max_header_bytes: 8192\n      routes:\n        - pool: WebPool\n          max_body: 1000\n          first_byte_timeout: 500ms\n        - pool: EmptyPool\n          path: /empty\n"
+            "  http:\n    - listen: 127.0.0.1:0\n      header_timeout: 1s\n      max_header_bytes: 8192\n      routes:\n        - pool: WebPool\n          max_body: 1000\n          first_byte_timeout: 500ms\n        - pool: EmptyPool\n          path: /empty\n"
         ),
     );
+    let address = running.listener("http");
 
     let mut slow = TcpStream::connect(address).unwrap();
     slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
@@ -341,13 +336,13 @@ fn tls_picks_certificates_by_sni_speaks_h2_and_reloads() {
     std::fs::create_dir_all(&dir).unwrap();
     let (a_cert, a_key) = certificate(&dir, "a", "a.example");
     let (b_cert, b_key) = certificate(&dir, "b", "b.example");
-    let address = listen();
     let (gateway, _file) = gateway(
         asap,
         &format!(
-            "  http:\n    - listen: {address}\n      tls:\n        certificates:\n          - {{cert: {a_cert}, key: {a_key}, names: [a.example]}}\n          - {{cert: {b_cert}, key: {b_key}, names: [b.example]}}\n      routes:\n        - pool: WebPool\n"
+            "  http:\n    - listen: 127.0.0.1:0\n      tls:\n        certificates:\n          - {{cert: {a_cert}, key: {a_key}, names: [a.example]}}\n          - {{cert: {b_cert}, key: {b_key}, names: [b.example]}}\n      routes:\n        - pool: WebPool\n"
         ),
     );
+    let address = gateway.listener("http");
     let (version, body) = curl(address, "a.example", &a_cert).unwrap();
     assert_eq!(version, "2", "HTTP/2 by ALPN");
     assert!(body.starts_with("pe="), "{body}");
@@ -413,13 +408,13 @@ fn open_tunnel(address: SocketAddr) -> (TcpStream, String) {
 #[test]
 fn upgrades_are_tunnelled() {
     let (_registrar, asap, _pes) = web_pool(1);
-    let address = listen();
-    let (_gateway, _file) = gateway(
+    let (running, _file) = gateway(
         asap,
         &format!(
-            "  http:\n    - listen: {address}\n      max_connections: 3\n      routes:\n        - pool: WebPool\n"
+            "  http:\n    - listen: 127.0.0.1:0\n      max_connections: 3\n      routes:\n        - pool: WebPool\n"
         ),
     );
+    let address = running.listener("http");
     let (mut stream, head) = open_tunnel(address);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: echo"), "{head}");
@@ -449,13 +444,13 @@ fn upgrades_are_tunnelled() {
 #[test]
 fn idle_tunnels_are_closed() {
     let (_registrar, asap, _pes) = web_pool(1);
-    let address = listen();
-    let (_gateway, _file) = gateway(
+    let (running, _file) = gateway(
         asap,
         &format!(
-            "  http:\n    - listen: {address}\n      tunnel_idle_timeout: 1s\n      routes:\n        - pool: WebPool\n"
+            "  http:\n    - listen: 127.0.0.1:0\n      tunnel_idle_timeout: 1s\n      routes:\n        - pool: WebPool\n"
         ),
     );
+    let address = running.listener("http");
     let (mut busy, head) = open_tunnel(address);
     assert!(head.starts_with("http/1.1 101"), "{head}");
     let (mut quiet, head) = open_tunnel(address);
@@ -539,11 +534,11 @@ fn read_response(stream: &mut std::io::BufReader<TcpStream>) -> (u16, String, St
 )]
 fn serving_gateway() -> ((Process, Vec<Process>), SocketAddr, (Process, ConfigFile)) {
     let (registrar, asap, pes) = web_pool(1);
-    let address = listen();
     let gateway = gateway(
         asap,
-        &format!("  http:\n    - listen: {address}\n      routes:\n        - pool: WebPool\n"),
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n",
     );
+    let address = gateway.0.listener("http");
     assert!(eventually(Duration::from_secs(10), || try_request(
         address,
         "GET",
@@ -689,10 +684,10 @@ fn sigterm_finishes_requests_under_way_and_closes_idle_connections() {
 #[test]
 fn sighup_reloads_routes() {
     let (_registrar, asap, _pes) = web_pool(1);
-    let address = listen();
     let listener =
-        |paths: &str| format!("  http:\n    - listen: {address}\n      routes:\n{paths}");
+        |paths: &str| format!("  http:\n    - listen: 127.0.0.1:0\n      routes:\n{paths}");
     let (gateway, file) = gateway(asap, &listener("        - {pool: WebPool, path: /v1}\n"));
+    let address = gateway.listener("http");
     assert_eq!(request(address, "GET", "/v1/x", &[]).status, 200);
     assert_eq!(request(address, "GET", "/v2/x", &[]).status, 404);
 

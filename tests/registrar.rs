@@ -563,15 +563,10 @@ fn pe_agent_reloads_its_services_on_sighup() {
 /// among its peers skips it (one peer list for a whole StatefulSet).
 #[test]
 fn names_resolve_and_a_registrar_skips_itself_as_a_peer() {
-    let enrp: SocketAddr = format!("127.0.0.1:{}", common::free_port())
-        .parse()
-        .unwrap();
-    let registrar = registrar(&[
-        "--enrp",
-        &enrp.to_string(),
-        "--peer",
-        &format!("localhost:{}", enrp.port()),
-    ]);
+    // ENRP on a loopback address no other test uses, so the peer entry can name the
+    // port before the registrar starts.
+    let enrp: SocketAddr = "127.0.0.23:9901".parse().unwrap();
+    let registrar = registrar(&["--enrp", &enrp.to_string(), "--peer", &enrp.to_string()]);
     let asap = registrar.address("asap");
     let backend = Backend::start();
     let _agent = Process::start(&[

@@ -46,14 +46,7 @@ const LONG_FUNCTIONS: &[&str] = &[
 
 /// Tests that still take a port by binding and dropping it (a race with every other
 /// process on the host), to be moved to port 0 read back from the process.
-const FREE_PORT_USERS: &[&str] = &[
-    "tests/admin.rs",
-    "tests/dns_gateway.rs",
-    "tests/enrp.rs",
-    "tests/gateway.rs",
-    "tests/http_gateway.rs",
-    "tests/registrar.rs",
-];
+const FREE_PORT_USERS: &[&str] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -100,7 +100,7 @@ pub(super) async fn start_http(
 }
 
 /// UDP and TCP on one port (a port 0 in the configuration picks one for both), and
-/// DNS over TLS on its own.
+/// DNS over TLS on its own (named after it in the ready line).
 pub(super) async fn start_dns(
     starts: Vec<DnsStart>,
     shared: &Shared<'_>,
@@ -115,6 +115,8 @@ pub(super) async fn start_dns(
             .await
             .map_err(|e| RunError::Bind(address, e))?;
         let zone = config.zone.to_string();
+        bound.push(format!("{address}={zone}"));
+        shared.view.dns(format!("{address} (UDP, TCP)"), &zone);
         let dot = match dot {
             Some((dot_listen, certificates)) => {
                 let listener = tokio::net::TcpListener::bind(dot_listen)
@@ -134,8 +136,6 @@ pub(super) async fn start_dns(
             }
             None => None,
         };
-        bound.push(format!("{address}={zone}"));
-        shared.view.dns(format!("{address} (UDP, TCP)"), &zone);
         tokio::spawn(dns::serve(
             udp,
             tcp,

@@ -152,16 +152,6 @@ impl Drop for Process {
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1 (for configurations that must name
-/// their peers' ports before those start).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs `rserpool ARGS` to completion: (exit code, stdout, stderr).
 pub fn run(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(binary())
