@@ -89,7 +89,7 @@ fn get_load_sees_no_failure_while_pes_are_killed() {
     let (_registrar, asap, mut pes) = web_pool(3);
     let (running, _file) = gateway(
         asap,
-        &format!("  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n"),
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n",
     );
     let address = running.listener("http");
 
@@ -147,9 +147,7 @@ fn sent_posts_fail_with_502_and_gets_are_retried() {
     let asap = registrar.address("asap");
     let (gateway, _file) = gateway(
         asap,
-        &format!(
-            "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          slow_start: 0s\n"
-        ),
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          slow_start: 0s\n",
     );
     let address = gateway.listener("http");
     let spare = common::demo_pe(asap, "http", "WebPool", "Priority:1");
@@ -257,9 +255,7 @@ fn limits_and_error_statuses() {
     let (_registrar, asap, _pes) = web_pool(1);
     let (running, _file) = gateway(
         asap,
-        &format!(
-            "  http:\n    - listen: 127.0.0.1:0\n      header_timeout: 1s\n      max_header_bytes: 8192\n      routes:\n        - pool: WebPool\n          max_body: 1000\n          first_byte_timeout: 500ms\n        - pool: EmptyPool\n          path: /empty\n"
-        ),
+        "  http:\n    - listen: 127.0.0.1:0\n      header_timeout: 1s\n      max_header_bytes: 8192\n      routes:\n        - pool: WebPool\n          max_body: 1000\n          first_byte_timeout: 500ms\n        - pool: EmptyPool\n          path: /empty\n",
     );
     let address = running.listener("http");
 
@@ -410,9 +406,7 @@ fn upgrades_are_tunnelled() {
     let (_registrar, asap, _pes) = web_pool(1);
     let (running, _file) = gateway(
         asap,
-        &format!(
-            "  http:\n    - listen: 127.0.0.1:0\n      max_connections: 3\n      routes:\n        - pool: WebPool\n"
-        ),
+        "  http:\n    - listen: 127.0.0.1:0\n      max_connections: 3\n      routes:\n        - pool: WebPool\n",
     );
     let address = running.listener("http");
     let (mut stream, head) = open_tunnel(address);
@@ -446,9 +440,7 @@ fn idle_tunnels_are_closed() {
     let (_registrar, asap, _pes) = web_pool(1);
     let (running, _file) = gateway(
         asap,
-        &format!(
-            "  http:\n    - listen: 127.0.0.1:0\n      tunnel_idle_timeout: 1s\n      routes:\n        - pool: WebPool\n"
-        ),
+        "  http:\n    - listen: 127.0.0.1:0\n      tunnel_idle_timeout: 1s\n      routes:\n        - pool: WebPool\n",
     );
     let address = running.listener("http");
     let (mut busy, head) = open_tunnel(address);
