@@ -30,7 +30,6 @@ const LONG_FILES: &[&str] = &[
     "proto/src/registrar/mod.rs",
     "proto/src/session.rs",
     "proto/src/wire/params.rs",
-    "src/config.rs",
     "src/transport/sctp.rs",
 ];
 

@@ -1,0 +1,164 @@
+//! The `pe:` and `pool_user:` sections: the agent's services with their health checks,
+//! and the registrars a pool user asks.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use rserpool_proto::engine::TransportKind;
+use rserpool_proto::pool_element::HomeChanges;
+use rserpool_proto::wire::{Policy, PoolHandle};
+use serde::{Deserialize, Deserializer};
+
+use super::values::{
+    Multicast, Profile, addresses, duration, one, one_second, optional_duration, policy,
+    pool_handle, thirty_seconds, two_seconds,
+};
+
+/// How the `pe` agent checks its backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HealthCheck {
+    /// Always healthy.
+    None,
+    /// A TCP connect succeeds.
+    Tcp,
+    /// An HTTP GET of the path answers 2xx or 3xx.
+    Http(String),
+}
+
+impl<'de> Deserialize<'de> for HealthCheck {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_health(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) fn parse_health(text: &str) -> Result<HealthCheck, String> {
+    match text {
+        "none" => Ok(HealthCheck::None),
+        "tcp" => Ok(HealthCheck::Tcp),
+        _ => match text.strip_prefix("http:") {
+            Some(path) if path.starts_with('/') => Ok(HealthCheck::Http(path.to_owned())),
+            _ => Err(format!(
+                "health check {text:?}: use tcp, http:/PATH or none"
+            )),
+        },
+    }
+}
+
+/// One backend the `pe` agent registers.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceConfig {
+    #[serde(deserialize_with = "pool_handle")]
+    pub(crate) pool: PoolHandle,
+    pub(crate) backend: SocketAddr,
+    #[serde(default = "round_robin", deserialize_with = "policy")]
+    pub(crate) policy: Policy,
+    #[serde(default = "tcp_check")]
+    pub(crate) health: HealthCheck,
+    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    pub(crate) health_interval: Duration,
+    #[serde(default = "one_second", deserialize_with = "duration")]
+    pub(crate) health_timeout: Duration,
+    /// Failed checks in a row before the PE is deregistered.
+    #[serde(default = "one")]
+    pub(crate) fall: u32,
+    /// Passed checks in a row before it registers again.
+    #[serde(default = "one")]
+    pub(crate) rise: u32,
+    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+    pub(crate) reregistration_interval: Duration,
+}
+
+fn round_robin() -> Policy {
+    Policy::RoundRobin
+}
+
+fn tcp_check() -> HealthCheck {
+    HealthCheck::Tcp
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PeSection {
+    /// Registrars' ASAP addresses (`host:port` names resolve at start).
+    #[serde(deserialize_with = "addresses")]
+    pub(crate) registrars: Vec<SocketAddr>,
+    pub(crate) profile: Profile,
+    /// `sctp` or `tcp`: how registrars are reached (and reach this agent).
+    pub(crate) transport: TransportKind,
+    /// The agent's own ASAP endpoint (registrars reach it after a takeover); port 0
+    /// picks a free port.
+    pub(crate) asap: SocketAddr,
+    /// More addresses of this host for SCTP multi-homing of the ASAP endpoint.
+    pub(crate) multihome: Vec<IpAddr>,
+    /// Listen for registrar announces on this group (`off` for static registrars only).
+    pub(crate) announce: Multicast,
+    /// The interface address to listen for announces on (required with a group).
+    pub(crate) announce_interface: Option<Ipv4Addr>,
+    /// With TLS off, whose takeover (a keep-alive with the H flag) moves the PEs:
+    /// `known` registrars' hosts, or `any` peer.
+    pub(crate) home_changes: HomeChanges,
+    pub(crate) services: Vec<ServiceConfig>,
+}
+
+impl Default for PeSection {
+    fn default() -> Self {
+        Self {
+            registrars: Vec::new(),
+            profile: Profile::Rfc,
+            transport: TransportKind::Tcp,
+            asap: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            multihome: Vec::new(),
+            announce: Multicast::Off,
+            announce_interface: None,
+            home_changes: HomeChanges::default(),
+            services: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct PoolUserSection {
+    /// Registrars' ASAP addresses (`host:port` names resolve at start).
+    #[serde(deserialize_with = "addresses")]
+    pub(crate) registrars: Vec<SocketAddr>,
+    pub(crate) profile: Profile,
+    /// `sctp` or `tcp`: how registrars are reached.
+    pub(crate) transport: TransportKind,
+    pub(crate) announce: Multicast,
+    /// The interface address to listen for announces on (required with a group).
+    pub(crate) announce_interface: Option<Ipv4Addr>,
+    /// How long a resolution may be answered from the cache: `0s` asks every time;
+    /// the default is 0s for `resolve` and 1s for the gateways.
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) stale_cache: Option<Duration>,
+    /// How long the current registrar may answer nothing while a request waits
+    /// before another is hunted (default 2s).
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) registrar_silence: Option<Duration>,
+    /// How long past `stale_cache` a pool's last answer may still be served while no
+    /// registrar answers (default 30s; 0s: never; only with a cache).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) max_stale: Duration,
+    /// How long a request waits for a registrar before such an answer (default 500ms).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) stale_answer_after: Duration,
+}
+
+impl Default for PoolUserSection {
+    fn default() -> Self {
+        Self {
+            registrars: Vec::new(),
+            profile: Profile::Rfc,
+            transport: TransportKind::Tcp,
+            announce: Multicast::Off,
+            announce_interface: None,
+            stale_cache: None,
+            registrar_silence: None,
+            max_stale: Duration::from_secs(30),
+            stale_answer_after: Duration::from_millis(500),
+        }
+    }
+}
