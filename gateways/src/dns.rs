@@ -17,7 +17,6 @@
 //! zone REFUSED, an unreachable registrar SERVFAIL.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,21 +25,23 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV, TXT};
+use hickory_server::proto::rr::rdata::SOA;
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use metrics::Counter;
-use rserpool_proto::policy::spec;
-use rserpool_proto::wire::{Policy, PoolElement, PoolHandle, TransportProtocol};
+use rserpool_proto::wire::{PoolElement, PoolHandle};
 
 use crate::{Directory, DirectoryError};
 
 mod limits;
+mod records;
 mod tcp;
 use limits::{NegativeCache, RateLimiter};
 pub use tcp::TcpLimits;
+
+use records::Answer;
 
 /// A domain name from text (the zone of the configuration).
 pub fn hickory_name(text: &str) -> Result<Name, String> {
@@ -260,94 +261,6 @@ impl<D: Directory> PoolDns<D> {
     }
 }
 
-/// The first address of the family of each PE, each address once (an RRset holds no
-/// duplicates, RFC 2181 §5: PEs on one host share a record, SRV gives their ports), at
-/// most `count`.
-fn unique_addresses<'a>(
-    pes: impl Iterator<Item = &'a PoolElement>,
-    v6: bool,
-    count: usize,
-) -> Vec<IpAddr> {
-    let mut addresses: Vec<IpAddr> = Vec::new();
-    for address in pes.filter_map(|pe| address_of(pe, v6)) {
-        if addresses.len() == count {
-            break;
-        }
-        if !addresses.contains(&address.ip()) {
-            addresses.push(address.ip());
-        }
-    }
-    addresses
-}
-
-/// The PE's first address of a family, with its port.
-fn address_of(pe: &PoolElement, v6: bool) -> Option<SocketAddr> {
-    pe.user_transport
-        .addresses
-        .iter()
-        .find(|a| a.is_ipv6() == v6)
-        .map(|a| SocketAddr::new(*a, pe.user_transport.port))
-}
-
-fn address_record(name: &Name, ttl: u32, address: IpAddr) -> Record {
-    let rdata = match address {
-        IpAddr::V4(v4) => RData::A(A(v4)),
-        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
-    };
-    Record::from_rdata(name.clone(), ttl, rdata)
-}
-
-/// SRV priority (lower is preferred) and weight from the PE's policy.
-fn srv_priority_weight(policy: &Policy, priorities: &[u32]) -> (u16, u16) {
-    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-    match policy {
-        Policy::Priority { priority } => {
-            let rank = priorities.iter().position(|p| p == priority).unwrap_or(0);
-            (clamp(u32::try_from(rank).unwrap_or(u32::MAX)), 1)
-        }
-        Policy::WeightedRoundRobin { weight }
-        | Policy::WeightedRandom { weight }
-        | Policy::WeightedRandomDpf { weight, .. } => (0, clamp(*weight)),
-        _ => (0, 1),
-    }
-}
-
-fn transport_text(pe: &PoolElement) -> String {
-    let protocol = match pe.user_transport.protocol {
-        TransportProtocol::Tcp(_) => "tcp",
-        TransportProtocol::Udp => "udp",
-        TransportProtocol::Sctp(_) => "sctp",
-        _ => "other",
-    };
-    let addresses: Vec<String> = pe
-        .user_transport
-        .addresses
-        .iter()
-        .map(|a| SocketAddr::new(*a, pe.user_transport.port).to_string())
-        .collect();
-    format!("{protocol}:{}", addresses.join(","))
-}
-
-/// An answer under construction.
-#[derive(Default)]
-struct Answer {
-    code: Option<ResponseCode>,
-    answers: Vec<Record>,
-    additionals: Vec<Record>,
-    negative: bool,
-}
-
-impl Answer {
-    /// No such name (negative: resolvers cache it for the SOA minimum).
-    fn nxdomain() -> Self {
-        Self {
-            code: Some(ResponseCode::NXDomain),
-            negative: true,
-            ..Self::default()
-        }
-    }
-}
-
 impl<D: Directory> PoolDns<D> {
     async fn answer(&self, name: &Name, query_type: RecordType) -> Answer {
         let Some(target) = self.target(name) else {
@@ -389,79 +302,26 @@ impl<D: Directory> PoolDns<D> {
                 };
             }
         };
-        let mut answer = Answer::default();
-        match (target, query_type) {
-            (Target::Pool(_) | Target::Element(..), RecordType::A | RecordType::AAAA) => {
+        let count = self.config.answer_count;
+        let mut answer = match (target, query_type) {
+            (Target::Pool(_), RecordType::A | RecordType::AAAA) => {
+                records::addresses(&pes, None, name, ttl, count, query_type == RecordType::AAAA)
+            }
+            (Target::Element(_, id), RecordType::A | RecordType::AAAA) => {
                 let v6 = query_type == RecordType::AAAA;
-                let chosen = pes.iter().filter(|pe| match target {
-                    Target::Element(_, id) => pe.id.0 == id,
-                    _ => true,
-                });
-                answer.answers = unique_addresses(chosen, v6, self.config.answer_count)
-                    .into_iter()
-                    .map(|address| address_record(name, ttl, address))
-                    .collect();
-                if let Target::Element(_, id) = target
-                    && !pes.iter().any(|pe| pe.id.0 == id)
-                {
-                    answer.code = Some(ResponseCode::NXDomain);
-                }
+                records::addresses(&pes, Some(id), name, ttl, count, v6)
             }
-            (Target::Pool(_), RecordType::TXT) => {
-                answer.answers = pes
-                    .iter()
-                    .take(self.config.answer_count)
-                    .map(|pe| {
-                        let load = spec::load_fraction(&pe.policy)
-                            .map(|l| format!(" load={l:.3}"))
-                            .unwrap_or_default();
-                        let text = format!(
-                            "pe={} policy={}{load} transport={}",
-                            pe.id,
-                            spec::format(&pe.policy),
-                            transport_text(pe)
-                        );
-                        Record::from_rdata(name.clone(), ttl, RData::TXT(TXT::new(vec![text])))
-                    })
-                    .collect();
-            }
+            (Target::Pool(_), RecordType::TXT) => Answer {
+                answers: records::texts(&pes, name, ttl, count),
+                ..Answer::default()
+            },
             (Target::Srv(_), RecordType::SRV) => {
-                let mut priorities: Vec<u32> = pes
-                    .iter()
-                    .filter_map(|pe| match pe.policy {
-                        Policy::Priority { priority } => Some(priority),
-                        _ => None,
-                    })
-                    .collect();
-                priorities.sort_unstable_by(|a, b| b.cmp(a));
-                priorities.dedup();
                 let label: Vec<u8> = name.iter().nth(2).map(<[u8]>::to_vec).unwrap_or_default();
-                for pe in pes.iter().take(self.config.answer_count) {
-                    let Some(target) = self.element_name(&label, pe.id.0) else {
-                        continue;
-                    };
-                    let (priority, weight) = srv_priority_weight(&pe.policy, &priorities);
-                    answer.answers.push(Record::from_rdata(
-                        name.clone(),
-                        ttl,
-                        RData::SRV(SRV::new(
-                            priority,
-                            weight,
-                            pe.user_transport.port,
-                            target.clone(),
-                        )),
-                    ));
-                    for v6 in [false, true] {
-                        if let Some(address) = address_of(pe, v6) {
-                            answer
-                                .additionals
-                                .push(address_record(&target, ttl, address.ip()));
-                        }
-                    }
-                }
+                let target_of = |pe: &PoolElement| self.element_name(&label, pe.id.0);
+                records::services(&pes, name, ttl, count, target_of)
             }
-            _ => {}
-        }
+            _ => Answer::default(),
+        };
         if answer.answers.is_empty() && answer.code.is_none() {
             answer.negative = true;
         }
