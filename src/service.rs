@@ -43,7 +43,9 @@ use std::time::Duration;
 
 use rserpool_proto::engine::TransportKind;
 use rserpool_proto::pool_element::PoolElementSpec;
-use rserpool_proto::session::{ControlDeframer, ControlFrame, open_cookie, seal_cookie};
+use rserpool_proto::session::{
+    ControlDeframer, ControlFrame, data_frames, open_cookie, seal_cookie,
+};
 use rserpool_proto::wire::{
     AsapMessage, BusinessCard, Cookie, Policy, PoolElementId, PoolHandle, Transport,
     TransportProtocol, TransportUse,
@@ -527,11 +529,12 @@ impl Session {
     pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.output += data.len() as u64;
         if self.control && matches!(self.channel, Channel::Tcp(_)) {
-            let frame = ControlFrame::Data {
-                ppid: 0,
-                payload: data.to_vec(),
-            };
-            self.write(&frame.encode()).await
+            // Frames of at most MAX_CONTROL_FRAME bytes: a gateway refuses larger ones
+            // (and would take the session's PE for a failed one).
+            for frame in data_frames(0, data) {
+                self.write(&frame.encode()).await?;
+            }
+            Ok(())
         } else {
             self.write(data).await
         }

@@ -100,6 +100,17 @@ impl ControlFrame {
     }
 }
 
+/// Application data as control-channel frames: one per [`MAX_CONTROL_FRAME`] bytes,
+/// so that data of any length passes a peer's frame limit (the receiver sees the same
+/// byte stream; PPIDs are kept on every piece).
+pub fn data_frames(ppid: u32, data: &[u8]) -> impl Iterator<Item = ControlFrame> + '_ {
+    data.chunks(MAX_CONTROL_FRAME)
+        .map(move |piece| ControlFrame::Data {
+            ppid,
+            payload: piece.to_vec(),
+        })
+}
+
 /// A control channel stream that cannot be framed (the connection must be closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("control channel frame of {0} bytes exceeds the {MAX_CONTROL_FRAME}-byte limit")]

@@ -801,3 +801,30 @@ proptest! {
         prop_assert_eq!(String::from_utf8(world.client_received.clone()).unwrap(), String::from_utf8(counting(lines as u64)).unwrap());
     }
 }
+
+/// Data longer than one frame is cut into frames a receiver accepts, and arrives as
+/// the same bytes (a PE answering 2 MiB at once killed its own session: the gateway
+/// refused the one 2 MiB frame as a PE failure).
+#[test]
+fn long_data_is_cut_into_frames_within_the_limit() {
+    use rserpool_proto::session::{ControlDeframer, ControlFrame, MAX_CONTROL_FRAME, data_frames};
+    let data: Vec<u8> = (0..2 * MAX_CONTROL_FRAME + 123).map(|i| i as u8).collect();
+    let mut deframer = ControlDeframer::default();
+    let frames: Vec<ControlFrame> = data_frames(7, &data).collect();
+    assert_eq!(frames.len(), 3);
+    for frame in &frames {
+        deframer.push(&frame.encode());
+    }
+    let mut received = Vec::new();
+    while let Some(frame) = deframer.next_frame().expect("within the limit") {
+        match frame {
+            ControlFrame::Data { ppid, payload } => {
+                assert_eq!(ppid, 7);
+                assert!(payload.len() <= MAX_CONTROL_FRAME);
+                received.extend(payload);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(received, data);
+}
