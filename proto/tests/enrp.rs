@@ -374,10 +374,18 @@ fn loss_and_reordering_are_repaired_by_audits() {
         let mut sim = Sim::new(seed);
         let registrars = add_registrars(&mut sim, 3);
         sim.run_for(Duration::from_secs(6));
+        // A tenth of the handle updates between registrars are lost (ENRP type 0x04;
+        // RFC 5353 §2.4), and every message is delayed by up to 300 ms, so updates
+        // from different registrars arrive out of order.
         sim.loss = 0.1;
+        sim.loss_filter = |protocol, bytes| {
+            protocol == rserpool_proto::wire::Protocol::Enrp && bytes.first() == Some(&0x04)
+        };
         sim.jitter = Duration::from_millis(300);
+        // Re-registrations every 120 s: within the test only audits repair a lost
+        // handle update (with frequent re-registrations, the next one would).
         let mut pes: Vec<_> = (0..9)
-            .map(|i| add_pe(&mut sim, &[registrars[i % 3]], 2))
+            .map(|i| add_pe(&mut sim, &[registrars[i % 3]], 120))
             .collect();
         sim.run_for(Duration::from_secs(10));
         // Churn: some PEs leave while messages are lost.

@@ -214,6 +214,9 @@ pub struct Sim {
     last_on_link: BTreeMap<(NodeId, AssocId), Instant>,
     /// Probability that a message on an association or a datagram is lost.
     pub loss: f64,
+    /// Which messages `loss` applies to (protocol and bytes; all by default), as
+    /// raft-rs' test network filters messages by type.
+    pub loss_filter: fn(Protocol, &[u8]) -> bool,
     partitions: BTreeSet<(NodeId, NodeId)>,
 }
 
@@ -234,6 +237,7 @@ impl Sim {
             jitter: Duration::ZERO,
             last_on_link: BTreeMap::new(),
             loss: 0.0,
+            loss_filter: |_, _| true,
             partitions: BTreeSet::new(),
         }
     }
@@ -301,8 +305,11 @@ impl Sim {
         at
     }
 
-    fn lost(&mut self) -> bool {
-        self.loss > 0.0 && (self.rng.below(1_000_000) as f64) < self.loss * 1_000_000.0
+    /// Is this message lost? Draws only for messages the filter lets `loss` apply to.
+    fn lost(&mut self, protocol: Protocol, bytes: &[u8]) -> bool {
+        self.loss > 0.0
+            && (self.loss_filter)(protocol, bytes)
+            && (self.rng.below(1_000_000) as f64) < self.loss * 1_000_000.0
     }
 
     fn reachable(&self, a: NodeId, b: NodeId) -> bool {
@@ -339,9 +346,10 @@ impl Sim {
                 } => {
                     if let Some(&(peer, peer_assoc)) = self.links.get(&(n, assoc))
                         && self.reachable(n, peer)
-                        && !self.lost()
+                        && !self.lost(protocol, &payload)
                     {
-                        let at = self.now + self.latency;
+                        // Latency and jitter, in order on the association (a stream).
+                        let at = self.arrival((n, assoc));
                         self.schedule(
                             at,
                             Delivery::Message {
@@ -354,7 +362,8 @@ impl Sim {
                     }
                 }
                 Output::Datagram { protocol, payload } => {
-                    let at = self.now + self.latency;
+                    // Datagrams keep no order: jitter alone decides when each arrives.
+                    let at = self.now + self.latency + self.rng.fraction_of(self.jitter);
                     self.schedule(
                         at,
                         Delivery::Datagram {
@@ -530,7 +539,7 @@ impl Sim {
                         || !self.nodes[n].alive
                         || self.nodes[n].frozen
                         || !self.reachable(from, n)
-                        || self.lost()
+                        || self.lost(protocol, &bytes)
                     {
                         continue;
                     }
