@@ -457,6 +457,6 @@ mod tests {
         .unwrap_or_default();
         assert_eq!(config.registrar.id, Some(RegistrarId(0x1122_3344)));
         assert_eq!(config.registrar.announce.group, Multicast::Off);
-        assert_eq!(parse("", "x").unwrap_or_default(), ConfigFile::default());
+        assert_eq!(parse("", "x").unwrap(), ConfigFile::default());
     }
 }

@@ -1034,12 +1034,20 @@ fn runs_are_deterministic() {
         sim.run_for(Duration::from_secs(5));
         let requests: Vec<RequestId> = (0..10).map(|_| resolve(&mut sim, pu, None)).collect();
         sim.run_for(Duration::from_secs(60));
-        requests
-            .iter()
-            .map(|q| resolution(&sim, pu, *q))
-            .collect::<Vec<_>>()
+        let resolutions: Vec<_> = requests.iter().map(|q| resolution(&sim, pu, *q)).collect();
+        // Every node's events with their times, not only the outcome.
+        let events: Vec<String> = (0..sim.nodes.len())
+            .map(|n| format!("{:?}", sim.events(n)))
+            .collect();
+        (resolutions, events)
     };
-    assert_eq!(run(21), run(21));
+    let (first, again) = (run(21), run(21));
+    assert!(
+        first.1.iter().map(String::len).sum::<usize>() > 1000,
+        "events were recorded"
+    );
+    assert_eq!(first, again);
+    assert_ne!(first.1, run(22).1, "another seed gives another run");
 }
 
 /// A PE started before its registrar: once the registrar is up, the next hunt round

@@ -203,7 +203,8 @@ fn handle_updates_reach_every_registrar() {
 /// enrp.md §5.6-5.7: a registrar is killed; after last-heard + no-response + takeover
 /// time its PEs are owned by a survivor, every survivor still has every PE, and the PEs
 /// themselves moved to the new home (keep-alive with the H flag).
-fn crash_and_takeover(count: usize, seed: u64) {
+/// Returns the simulation and its registrars for checks of their own.
+fn crash_and_takeover(count: usize, seed: u64) -> (Sim, Vec<NodeId>) {
     let mut sim = Sim::new(seed);
     let registrars = add_registrars(&mut sim, count);
     sim.run_for(Duration::from_secs(6));
@@ -260,6 +261,7 @@ fn crash_and_takeover(count: usize, seed: u64) {
         sums.windows(2).all(|w| w[0] == w[1]),
         "{sums:?} (seed {seed})"
     );
+    (sim, registrars)
 }
 
 #[test]
@@ -280,7 +282,23 @@ fn crashed_registrar_is_taken_over_among_five() {
 /// one, so the takeover completes at once (rsplib's never does).
 #[test]
 fn two_registrars_complete_a_takeover() {
-    crash_and_takeover(2, 7);
+    let (sim, registrars) = crash_and_takeover(2, 7);
+    let at = |wanted: fn(&RegistrarEvent) -> bool| {
+        sim.events(registrars[1])
+            .iter()
+            .find_map(|(at, e)| match e {
+                NodeEvent::Registrar(e) if wanted(e) => Some(*at),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let started = at(|e| matches!(e, RegistrarEvent::TakeoverStarted { .. }));
+    let completed = at(|e| matches!(e, RegistrarEvent::TakeoverCompleted { .. }));
+    // No acknowledgement to wait for: done in the same step.
+    assert_eq!(
+        completed, started,
+        "started at {started:?}, completed at {completed:?}"
+    );
 }
 
 /// enrp.md §5.7, discrepancies.md item 34: when two registrars take over the same peer
