@@ -108,6 +108,8 @@ async fn answer(
         });
     let method = request.method().clone();
     let request_target = request.uri().to_string();
+    // What a test (or a curious user at debug level) can wait for: the request is here.
+    tracing::debug!(%method, target = %request_target, "request received");
     let key = header("idempotency-key");
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),

@@ -356,6 +356,7 @@ fn garbage_and_a_flood_from_one_prefix_leave_others_served() {
         gateway.wait_exit(Duration::from_millis(10)).is_none(),
         "the gateway is alive"
     );
+    // Pause: the rate limiter refills over a second (the scenario).
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         dig(server, "WebPool.pool.example", "A", &[], true).trim(),

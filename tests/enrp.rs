@@ -157,6 +157,7 @@ fn a_killed_registrar_is_taken_over_and_resolution_continues() {
             taken_over = Some(killed.elapsed());
             break;
         }
+        // Pause: between polls of a deadline-bound loop that measures the takeover time.
         std::thread::sleep(Duration::from_millis(200));
     }
     let taken_over = taken_over.expect("the survivors took the PEs over");

@@ -102,6 +102,7 @@ fn counter_sessions_survive_killed_pes() {
         for i in 0..lines {
             writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
             if i % 100 == 99 {
+                // Pause: the client paces its lines so PEs die mid-stream (the scenario).
                 thread::sleep(Duration::from_millis(15));
             }
         }
@@ -284,6 +285,7 @@ fn echo_backend() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>)
                         }
                     });
                 }
+                // Pause: a non-blocking accept found nobody; look again shortly.
                 Err(_) => thread::sleep(Duration::from_millis(5)),
             }
         }
@@ -352,7 +354,12 @@ fn data_only_pes_are_retried_before_any_answer() {
     assert!(eventually(Duration::from_secs(10), || {
         !common::resolve_ids(asap, "EchoPool").contains(&other_id)
     }));
-    thread::sleep(Duration::from_millis(1_200));
+    // The gateway's own view (its answer cache) no longer lists it.
+    let admin = gateway.address("admin");
+    assert!(eventually(Duration::from_secs(10), || {
+        let (status, view) = common::admin_get(admin, "/api/gateway");
+        status == 200 && !view.contains(&other_id)
+    }));
     let mark = gateway.log.lock().unwrap().len();
     for i in 0..30 {
         let message = format!("later {i}\n").into_bytes();
@@ -574,6 +581,7 @@ fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
     count(1);
     // Idle for five times the PE's silence limit at this interval (the scenario, not
     // a wait for something to happen).
+    // Pause: idle for five silence limits (the scenario, not a wait).
     thread::sleep(Duration::from_millis(1500));
     count(2);
     assert_eq!(

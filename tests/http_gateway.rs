@@ -114,13 +114,16 @@ fn get_load_sees_no_failure_while_pes_are_killed() {
         })
         .collect();
     for round in 0..4 {
+        // Pause: load runs between kills (the scenario).
         thread::sleep(Duration::from_millis(400));
         let victim = round % pes.len();
         pes[victim].signal("KILL");
         pes[victim].wait_exit(Duration::from_secs(5));
+        // Pause: the PE stays dead a moment under load (the scenario).
         thread::sleep(Duration::from_millis(300));
         pes[victim] = http_pe(asap, "WebPool");
     }
+    // Pause: load keeps running after the last replacement (the scenario).
     thread::sleep(Duration::from_millis(400));
     stop.store(true, Ordering::Relaxed);
     let mut served_by = std::collections::BTreeSet::new();
@@ -153,13 +156,23 @@ fn sent_posts_fail_with_502_and_gets_are_retried() {
     let spare = common::demo_pe(asap, "http", "WebPool", "Priority:1");
     for (method, expected) in [("POST", 502), ("GET", 200)] {
         let mut preferred = common::demo_pe(asap, "http", "WebPool", "Priority:9");
+        let preferred_id = preferred.ready["pe"].clone();
         wait_for_pool(asap, "WebPool", 2);
-        // Let the gateway's cache (1 s) learn the new PE.
-        thread::sleep(Duration::from_millis(1200));
+        // Until the gateway's cache (1 s) learns the new PE, requests go to the spare.
+        assert!(eventually(Duration::from_secs(10), || {
+            try_request(address, "GET", "/probe", &[], b"")
+                .is_some_and(|reply| reply.field("pe") == preferred_id)
+        }));
+        let seen = preferred.log.lock().unwrap().len();
         let slow = thread::spawn(move || {
             try_request(address, method, "/slow?delay_ms=4000", &[], b"payload")
         });
-        thread::sleep(Duration::from_millis(700));
+        // The request has reached the preferred PE before it dies.
+        assert!(eventually(Duration::from_secs(10), || {
+            preferred.log.lock().unwrap()[seen..]
+                .iter()
+                .any(|line| line.contains("request received") && line.contains("/slow"))
+        }));
         preferred.signal("KILL");
         preferred.wait_exit(Duration::from_secs(5));
         let reply = slow
@@ -456,6 +469,7 @@ fn idle_tunnels_are_closed() {
         let mut echoed = [0u8; 4];
         busy.read_exact(&mut echoed).unwrap();
         assert_eq!(&echoed, b"ping");
+        // Pause: traffic spaced below the idle timeout (the scenario).
         std::thread::sleep(Duration::from_millis(300));
     }
     quiet
@@ -643,7 +657,7 @@ fn http1_connections_pipeline_keep_alive_and_close() {
 /// its response (marked `Connection: close`), then the gateway exits 0.
 #[test]
 fn sigterm_finishes_requests_under_way_and_closes_idle_connections() {
-    let (_pool, address, (mut gateway, _file)) = serving_gateway();
+    let ((_registrar, pes), address, (mut gateway, _file)) = serving_gateway();
     let (mut idle_writer, mut idle) = connect(address);
     idle_writer
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -653,7 +667,9 @@ fn sigterm_finishes_requests_under_way_and_closes_idle_connections() {
     busy_writer
         .write_all(b"GET /?delay_ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    thread::sleep(Duration::from_millis(300));
+    // Under way: the PE has it.
+    assert!(eventually(Duration::from_secs(10), || pes[0]
+        .log_contains("target=/?delay_ms=1500")));
 
     gateway.signal("TERM");
     let mut rest = Vec::new();

@@ -585,6 +585,7 @@ fn names_resolve_and_a_registrar_skips_itself_as_a_peer() {
         registrar.log_contains("peers=1"),
         "configured, then skipped as itself"
     );
+    // Pause: time for a self-association to show if one were made: checks an absence.
     std::thread::sleep(Duration::from_millis(500));
     assert!(!registrar.log_contains("another registrar uses this registrar's ID"));
     assert!(

@@ -99,6 +99,7 @@ impl External {
             if self.child.try_wait().unwrap().is_some() {
                 return;
             }
+            // Pause: between polls of a process exit with a deadline.
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -120,6 +121,7 @@ fn rspregistrar(dir: &Path, name: &str, asap: u16, enrp: u16, peers: &[u16]) -> 
     args.extend(RSPLIB_FAST);
     args.push("-logcolor=off");
     let registrar = External::start(dir, name, "rspregistrar", &args);
+    // Pause: rspregistrar prints nothing when it listens; the first ASAP or ENRP contact retries anyway.
     thread::sleep(Duration::from_millis(500));
     registrar
 }
@@ -299,8 +301,10 @@ fn rspterminal(registrar: u16, pool: &str, lines: &[&str]) -> String {
     let mut stdin = child.stdin.take().unwrap();
     for line in lines {
         writeln!(stdin, "{line}").unwrap();
+        // Pause: rspterminal sends a line at a time, as a person would (the scenario).
         thread::sleep(Duration::from_millis(1500));
     }
+    // Pause: rspterminal gets its last answer (it prints nothing to wait for).
     thread::sleep(Duration::from_millis(1500));
     drop(stdin);
     let output = child.wait_with_output().unwrap();
@@ -520,6 +524,7 @@ fn enrp_peering_with_rspregistrar() {
         theirs.log()
     );
     // A few heartbeat cycles: the checksums must agree, so no audit repeats.
+    // Pause: a few heartbeat cycles: the check is that no audit repeats (an absence).
     thread::sleep(Duration::from_secs(6));
     let audits = ours
         .log
@@ -622,11 +627,13 @@ fn takeover_between_our_registrar_and_rspregistrars() {
             == 1));
         let pe = rsplib_id(&ids(&resolve(16875, "TakeoverPool2"))[0]);
         // Let the rspregistrars learn the PE from ours before it goes.
+        // Pause: rspregistrars learn the PE from ours by ENRP; hsdump cannot show that without joining.
         thread::sleep(Duration::from_secs(3));
         ours.signal("KILL");
         ours.wait_exit(Duration::from_secs(5));
         // hsdump joins the peer list as a registrar that would have to acknowledge the
         // takeover: look only once it has had time to finish.
+        // Pause: the takeover must have had time to finish before hsdump joins (it would have to acknowledge).
         thread::sleep(Duration::from_secs(8));
         assert!(
             eventually(Duration::from_secs(20), || {
@@ -922,8 +929,10 @@ fn captured_rsplib_messages_reencode_identically() {
             == 1));
         assert!(pingpong_acks(21864, "PingPongPool") >= 3);
         let _ = hsdump(21901);
+        // Pause: rspserver -pppfailureafter fails on its own schedule (rsplib says nothing to wait for).
         thread::sleep(Duration::from_secs(3));
     }
+    // Pause: after the last round, rspserver's failure count settles (rsplib says nothing to wait for).
     thread::sleep(Duration::from_millis(500));
     dumpcap.interrupt();
     let output = Command::new("tshark")

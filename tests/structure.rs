@@ -246,6 +246,32 @@ fn tests_take_ports_from_the_system() {
     assert!(paid.is_empty(), "take {paid:?} off FREE_PORT_USERS");
 }
 
+/// A sleep in a test is a pause the scenario needs (load between kills, an idle time,
+/// an absence to check), said in a `// Pause:` comment on the line above; waiting for
+/// something to happen polls it with a deadline (`eventually`) instead.
+#[test]
+fn every_sleep_in_the_tests_says_why() {
+    let mut unexplained = Vec::new();
+    for file in rust_files("tests") {
+        if file.ends_with("structure.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (at, line) in lines.iter().enumerate() {
+            let sleeps = line.contains("sleep(") && !line.trim_start().starts_with("//");
+            let explained = at > 0 && lines[at - 1].trim_start().starts_with("// Pause:");
+            if sleeps && !explained {
+                unexplained.push(format!("{file}:{}", at + 1));
+            }
+        }
+    }
+    assert!(
+        unexplained.is_empty(),
+        "sleeps without a `// Pause:` reason (poll the condition instead): {unexplained:?}"
+    );
+}
+
 #[test]
 fn the_repository_cites_no_notes_outside_it() {
     let mut citing = Vec::new();

@@ -135,6 +135,7 @@ impl Process {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
             }
+            // Pause: between polls of a process exit with a deadline.
             thread::sleep(Duration::from_millis(20));
         }
         None
@@ -187,6 +188,7 @@ pub fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
         if Instant::now() >= end {
             return false;
         }
+        // Pause: between polls of a condition with a deadline (eventually).
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -232,6 +234,7 @@ impl Backend {
                         counted.fetch_add(1, Ordering::Relaxed);
                         let _ = stream.write_all(response);
                     }
+                    // Pause: a non-blocking accept found nobody; look again shortly.
                     Err(_) => thread::sleep(Duration::from_millis(10)),
                 }
             }
@@ -360,19 +363,24 @@ pub fn receive(stream: &mut TcpStream) -> Option<Vec<u8>> {
 
 /// `rserpool pe --serve KIND` in `pool` with `policy`, registered at `asap`.
 pub fn demo_pe(asap: SocketAddr, kind: &str, pool: &str, policy: &str) -> Process {
-    Process::start(&[
-        "pe",
-        "--serve",
-        kind,
-        "--pool",
-        pool,
-        "--policy",
-        policy,
-        "--registrar",
-        &asap.to_string(),
-        "--reregistration-interval",
-        "5s",
-    ])
+    // At debug level an `http` demo PE says when a request reaches it
+    // (`request received`), which tests wait for instead of sleeping.
+    Process::start_with_env(
+        &[
+            "pe",
+            "--serve",
+            kind,
+            "--pool",
+            pool,
+            "--policy",
+            policy,
+            "--registrar",
+            &asap.to_string(),
+            "--reregistration-interval",
+            "5s",
+        ],
+        &[("RSERPOOL_LOG", "info,rserpool::demo_http=debug")],
+    )
 }
 
 /// An HTTP response as the tests read it.
