@@ -138,7 +138,8 @@ fn the_binary_runs_in_a_minimal_root_file_system() {
             .arg(common::binary()),
     );
     assert!(
-        stdout.contains("rserpool 0.1.0") && stdout.contains("rootfs check"),
+        stdout.contains(&format!("rserpool {}", env!("CARGO_PKG_VERSION")))
+            && stdout.contains("rootfs check"),
         "{stdout}"
     );
 }
