@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Testing"; .ci/run calls exactly this).
-# Installs what the tests need, then: rustfmt check, clippy with warnings denied, the
-# whole test suite, the kernel SCTP / rsplib tests in a VM (scripts/sctp-tests.sh),
+# Installs what the tests need, then: rustfmt check, clippy and rustdoc with warnings
+# denied (builds from the committed Cargo.lock), the whole test suite, the kernel SCTP / rsplib tests in a VM (scripts/sctp-tests.sh),
 # and a short run of the fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +31,16 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 (cd fuzz && cargo fmt -- --check)
 
-echo "== cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "== cargo clippy -D warnings (with the lock file as committed)"
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+
+echo "== cargo doc -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps --all-features --quiet
 
 echo "== cargo test"
 # Tests that need an external tool fail instead of skipping when this is set.
 export RSERPOOL_REQUIRE_TSHARK=1 RSERPOOL_REQUIRE_CHROMIUM=1 RSERPOOL_REQUIRE_TOOLS=1
-cargo test --workspace --all-features
+cargo test --locked --workspace --all-features
 
 echo "== kernel SCTP and rsplib interoperability (in the SCTP VM)"
 scripts/sctp-tests.sh

@@ -1,5 +1,5 @@
 //! Passive health of a pool's PEs as one gateway listener or route sees them: outlier
-//! ejection ([`outliers`]) and slow start ([`slow_start`]), shared by HTTP routes and
+//! ejection ([`outliers`]) and slow start (`slow_start`), shared by HTTP routes and
 //! TCP listeners. Sans-IO: the caller brings the time and says how each PE did.
 
 pub mod outliers;

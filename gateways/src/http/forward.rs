@@ -166,7 +166,7 @@ fn append_value(headers: &mut HeaderMap, name: HeaderName, item: &HeaderValue) {
     }
 }
 
-/// Removes the gateway's own headers ([`GATEWAY_HEADERS`]) a client sent.
+/// Removes the gateway's own headers (`GATEWAY_HEADERS`) a client sent.
 pub fn strip_gateway_headers(headers: &mut HeaderMap) {
     if headers.keys().any(|name| GATEWAY_HEADERS.contains(name)) {
         for name in &GATEWAY_HEADERS {

@@ -3,7 +3,7 @@
 //! cookie, sealed with XChaCha20-Poly1305 under a key from the configuration. Gateways
 //! sharing the key need no shared state; a client cannot read or forge its binding.
 //!
-//! Cookie value: base64url(nonce[24] || ciphertext), the cookie name bound in as
+//! Cookie value: `base64url(nonce[24] || ciphertext)`, the cookie name bound in as
 //! associated data. Plaintext: version (2), session id (u64), PE identifier (u32),
 //! issued (u64, seconds since the Unix epoch), sealed (u64, likewise), pool handle (u8
 //! length + bytes), ASAP cookie (u16 length + bytes).

@@ -83,12 +83,12 @@ pub enum PoolUserEvent {
     Warning(String),
 }
 
-/// A cache answer from [`PoolUserEngine::resolve_from_cache`].
+/// A cache answer from [`PoolUserEngine::resolve_from_cache`](super::PoolUserEngine::resolve_from_cache).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheHit {
     /// The PEs, the pool's policy applied to the cache.
     pub resolution: Resolution,
     /// The cached answer is near the end of its life and nothing renews it yet: the
-    /// caller should call [`PoolUserEngine::refresh`] (once; later hits say `false`).
+    /// caller should call [`PoolUserEngine::refresh`](super::PoolUserEngine::refresh) (once; later hits say `false`).
     pub refresh: bool,
 }
