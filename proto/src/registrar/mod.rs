@@ -495,18 +495,7 @@ impl RegistrarEngine {
         {
             return Err((ErrorCause::new(CauseCode::SECURITY_REJECTION), denied.0));
         }
-        if element.id.0 == 0 {
-            return Err(invalid("PE identifier 0"));
-        }
-        if element.asap_transport.is_some() {
-            return Err(invalid("ASAP transport parameter in a registration"));
-        }
-        if element.user_transport.port == 0 {
-            return Err(invalid("user transport port 0"));
-        }
-        if element.registration_life_ms == 0 {
-            return Err(invalid("registration life 0"));
-        }
+        registration_fields(&element).map_err(invalid)?;
         let peer = association.peer.clone();
         // Keep only user addresses the association proves (security.md T3).
         let transport_tlv = element
@@ -1020,6 +1009,25 @@ fn resolution_refused(pool_handle: PoolHandle, cause: CauseCode) -> AsapMessage 
         pool_elements: Vec::new(),
         error: Some(OperationError::single(ErrorCause::new(cause))),
     })
+}
+
+/// The fields a registration must carry as RFC 5352 §2.2.1 and §3.1 describe them: a
+/// PE identifier, a user transport port and a registration life, and no ASAP transport
+/// (the registrar fills that in from the association).
+fn registration_fields(element: &PoolElement) -> Result<(), &'static str> {
+    if element.id.0 == 0 {
+        return Err("PE identifier 0");
+    }
+    if element.asap_transport.is_some() {
+        return Err("ASAP transport parameter in a registration");
+    }
+    if element.user_transport.port == 0 {
+        return Err("user transport port 0");
+    }
+    if element.registration_life_ms == 0 {
+        return Err("registration life 0");
+    }
+    Ok(())
 }
 
 /// Addresses no PE can be reached at.

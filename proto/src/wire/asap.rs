@@ -415,21 +415,10 @@ fn decode_body(
         }),
         0x08 => AsapMessage::EndpointKeepAliveAck(decode_pe_ref(&mut params)?),
         0x09 => AsapMessage::EndpointUnreachable(decode_pe_ref(&mut params)?),
-        0x0a => {
-            let mut transports = Vec::new();
-            while let Some(transport) = take_transport(&mut params)? {
-                transports.push(transport);
-            }
-            let server_information = match params.take_if(PARAM_SERVER_INFORMATION)? {
-                Some(tlv) => Some(ServerInformation::decode(&tlv, params.sink())?),
-                None => None,
-            };
-            AsapMessage::ServerAnnounce(ServerAnnounce {
-                server_id: server_id.unwrap_or_default(),
-                transports,
-                server_information,
-            })
-        }
+        0x0a => AsapMessage::ServerAnnounce(decode_announce(
+            &mut params,
+            server_id.unwrap_or_default(),
+        )?),
         0x0b | 0x0c => {
             let tlv = params.expect(PARAM_COOKIE, "a cookie parameter")?;
             let cookie = Cookie {
@@ -441,17 +430,7 @@ fn decode_body(
                 AsapMessage::CookieEcho(cookie)
             }
         }
-        0x0d => {
-            let pool_handle = expect_pool_handle(&mut params)?;
-            // rsplib's decoder expects the handle twice (asap.md §3.12).
-            let _repeated_handle = params.take_if(PARAM_POOL_HANDLE)?;
-            let policy = take_policy(&mut params)?;
-            AsapMessage::BusinessCard(BusinessCard {
-                pool_handle,
-                policy,
-                pool_elements: take_pool_elements(&mut params)?,
-            })
-        }
+        0x0d => AsapMessage::BusinessCard(decode_business_card(&mut params)?),
         0x0e => {
             let tlv = params.expect(PARAM_OPERATION_ERROR, "an operation error parameter")?;
             AsapMessage::Error(ErrorReport {
@@ -462,6 +441,40 @@ fn decode_body(
     };
     params.finish("the end of the message")?;
     Ok(message)
+}
+
+/// A server announce's body (RFC 5352 §2.2): the registrar's transports, then its
+/// server information (rsplib sends it).
+fn decode_announce(
+    params: &mut Params<'_, '_>,
+    server_id: RegistrarId,
+) -> Result<ServerAnnounce, WireError> {
+    let mut transports = Vec::new();
+    while let Some(transport) = take_transport(params)? {
+        transports.push(transport);
+    }
+    let server_information = match params.take_if(PARAM_SERVER_INFORMATION)? {
+        Some(tlv) => Some(ServerInformation::decode(&tlv, params.sink())?),
+        None => None,
+    };
+    Ok(ServerAnnounce {
+        server_id,
+        transports,
+        server_information,
+    })
+}
+
+/// A business card's body (RFC 5352 §2.2): the pool handle (rsplib's decoder
+/// expects it twice, and sends it twice), the policy and the PEs to fail over to.
+fn decode_business_card(params: &mut Params<'_, '_>) -> Result<BusinessCard, WireError> {
+    let pool_handle = expect_pool_handle(params)?;
+    let _repeated_handle = params.take_if(PARAM_POOL_HANDLE)?;
+    let policy = take_policy(params)?;
+    Ok(BusinessCard {
+        pool_handle,
+        policy,
+        pool_elements: take_pool_elements(params)?,
+    })
 }
 
 pub(crate) fn expect_pool_handle(params: &mut Params<'_, '_>) -> Result<PoolHandle, WireError> {

@@ -193,6 +193,23 @@ const fn flag(set: bool, bit: u8) -> u8 {
     if set { bit } else { 0 }
 }
 
+/// A handle table response's pools (RFC 5353 §2): each pool handle followed by
+/// its pool elements.
+fn handle_table_entries(params: &mut Params<'_, '_>) -> Result<Vec<PoolEntries>, WireError> {
+    let mut pools = Vec::new();
+    while params.peek_type()? == Some(PARAM_POOL_HANDLE) {
+        let pool_handle = expect_pool_handle(params)?;
+        if params.peek_type()? != Some(PARAM_POOL_ELEMENT) {
+            return Err(params.unexpected("a pool element parameter"));
+        }
+        pools.push(PoolEntries {
+            pool_handle,
+            pool_elements: take_pool_elements(params)?,
+        });
+    }
+    Ok(pools)
+}
+
 impl EnrpMessage {
     /// Decodes one ENRP message (the caller knows it is ENRP: PPID 12 or the socket).
     pub fn decode(bytes: &[u8]) -> Result<Decoded<Self>, WireError> {
@@ -233,24 +250,11 @@ impl EnrpMessage {
             0x02 => EnrpBody::HandleTableRequest {
                 own_children_only: flags & FLAG_W != 0,
             },
-            0x03 => {
-                let mut pools = Vec::new();
-                while params.peek_type()? == Some(PARAM_POOL_HANDLE) {
-                    let pool_handle = expect_pool_handle(&mut params)?;
-                    if params.peek_type()? != Some(PARAM_POOL_ELEMENT) {
-                        return Err(params.unexpected("a pool element parameter"));
-                    }
-                    pools.push(PoolEntries {
-                        pool_handle,
-                        pool_elements: take_pool_elements(&mut params)?,
-                    });
-                }
-                EnrpBody::HandleTableResponse {
-                    reject: flags & FLAG_R != 0,
-                    more: flags & FLAG_M != 0,
-                    pools,
-                }
-            }
+            0x03 => EnrpBody::HandleTableResponse {
+                reject: flags & FLAG_R != 0,
+                more: flags & FLAG_M != 0,
+                pools: handle_table_entries(&mut params)?,
+            },
             0x04 => {
                 let pool_handle = expect_pool_handle(&mut params)?;
                 let tlv = params.expect(PARAM_POOL_ELEMENT, "a pool element parameter")?;
@@ -267,10 +271,8 @@ impl EnrpMessage {
                 while let Some(tlv) = params.take_if(PARAM_SERVER_INFORMATION)? {
                     servers.push(ServerInformation::decode(&tlv, params.sink())?);
                 }
-                EnrpBody::ListResponse {
-                    reject: flags & FLAG_R != 0,
-                    servers,
-                }
+                let reject = flags & FLAG_R != 0;
+                EnrpBody::ListResponse { reject, servers }
             }
             0x07 => EnrpBody::InitTakeover {
                 target: target.unwrap_or_default(),
