@@ -113,6 +113,20 @@ pub(crate) fn load_pool_user(
     Ok(file)
 }
 
+/// A section built from command-line values (`--tcp`, `--http`, `--dns`) with every
+/// other key at its default: the values go in as data, not as configuration text, so a
+/// pool handle such as `Web #1` stays whole.
+pub(crate) fn section_from<T: serde::de::DeserializeOwned>(
+    fields: serde_json::Value,
+    flag: &str,
+) -> Result<T, ConfigError> {
+    serde_json::from_value(fields).map_err(|error| ConfigError::Parse {
+        path: flag.to_owned(),
+        key: ".".to_owned(),
+        reason: error.to_string(),
+    })
+}
+
 /// Reads and validates a configuration file.
 pub(crate) fn load(path: &Path) -> Result<ConfigFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {

@@ -53,41 +53,26 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
     }
     for spec in &args.tcp {
         let (listen, pool) = listener_flag("--tcp", spec)?;
-        let defaults: TcpListenerSection = config::parse(
-            &format!("gateway:\n  tcp:\n    - listen: {listen}\n      pool: x\n"),
-            "defaults",
-        )?
-        .gateway
-        .tcp
-        .remove(0);
-        file.gateway.tcp.push(TcpListenerSection {
-            listen,
-            pool,
-            ..defaults
-        });
+        let fields = serde_json::json!({ "listen": listen.to_string(), "pool": pool });
+        file.gateway
+            .tcp
+            .push(config::section_from::<TcpListenerSection>(fields, "--tcp")?);
     }
     for spec in &args.http {
         let (listen, pool) = listener_flag("--http", spec)?;
-        let section: HttpListenerSection = config::parse(
-            &format!(
-                "gateway:\n  http:\n    - listen: {listen}\n      routes:\n        - pool: {pool}\n"
-            ),
-            "--http",
-        )?
-        .gateway
-        .http
-        .remove(0);
-        file.gateway.http.push(section);
+        let fields =
+            serde_json::json!({ "listen": listen.to_string(), "routes": [{ "pool": pool }] });
+        file.gateway
+            .http
+            .push(config::section_from::<HttpListenerSection>(
+                fields, "--http",
+            )?);
     }
     if let (Some(listen), Some(zone)) = (args.dns, &args.zone) {
-        let section: DnsSection = config::parse(
-            &format!("gateway:\n  dns:\n    - listen: {listen}\n      zone: {zone:?}\n"),
-            "--dns",
-        )?
-        .gateway
-        .dns
-        .remove(0);
-        file.gateway.dns.push(section);
+        let fields = serde_json::json!({ "listen": listen.to_string(), "zone": zone });
+        file.gateway
+            .dns
+            .push(config::section_from::<DnsSection>(fields, "--dns")?);
     }
     crate::apply_log_args(&mut file.log, &args.log);
     if file.gateway.tcp.is_empty() && file.gateway.http.is_empty() && file.gateway.dns.is_empty() {
@@ -143,8 +128,9 @@ async fn reload(args: &GatewayArgs, logging: &Logging, reloaders: &[(SocketAddr,
     );
 }
 
-/// `LISTEN_ADDR:PORT=POOL_HANDLE` of a listener flag.
-fn listener_flag(flag: &str, spec: &str) -> Result<(SocketAddr, PoolHandle), RunError> {
+/// `LISTEN_ADDR:PORT=POOL_HANDLE` of a listener flag: the address, and the pool handle
+/// as given (checked).
+fn listener_flag<'a>(flag: &str, spec: &'a str) -> Result<(SocketAddr, &'a str), RunError> {
     let (listen, pool) = spec.split_once('=').ok_or_else(|| {
         RunError::Usage(format!("{flag} {spec:?}: use LISTEN_ADDR:PORT=POOL_HANDLE"))
     })?;
@@ -153,7 +139,7 @@ fn listener_flag(flag: &str, spec: &str) -> Result<(SocketAddr, PoolHandle), Run
             "{flag} {spec:?}: {listen:?} is not an ADDRESS:PORT"
         ))
     })?;
-    let pool = PoolHandle::new(pool.as_bytes())
+    PoolHandle::new(pool.as_bytes())
         .map_err(|e| RunError::Usage(format!("{flag} {spec:?}: {e}")))?;
     Ok((listen, pool))
 }

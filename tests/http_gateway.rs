@@ -1416,3 +1416,32 @@ fn a_pool_without_pool_elements_is_named_at_start_and_in_its_503() {
         reply.body
     );
 }
+
+/// `--http` and `--tcp` take the pool handle as given: `Web #1` stays whole (the flags
+/// were turned into configuration text, where `#` starts a comment, and became `Web`).
+#[test]
+fn listener_flags_keep_the_pool_handle_whole() {
+    let registrar = registrar(&[]);
+    let gateway = Process::start(&[
+        "gateway",
+        "--registrar",
+        &registrar.address("asap").to_string(),
+        "--http",
+        "127.0.0.1:0=Web #1",
+        "--tcp",
+        "127.0.0.1:0=Echo: two",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let (status, view) = common::admin_get(gateway.address("admin"), "/api/gateway");
+    assert_eq!(status, 200);
+    let view: serde_json::Value = serde_json::from_str(&view).unwrap();
+    let mut pools: Vec<&str> = view["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pool"].as_str().unwrap())
+        .collect();
+    pools.sort_unstable();
+    assert_eq!(pools, ["Echo: two", "Web #1"], "{view}");
+}
