@@ -26,7 +26,6 @@ const LONG_FILES: &[&str] = &[
     "gateways/src/http/upstream.rs",
     "proto/src/handlespace/mod.rs",
     "proto/src/registrar/mod.rs",
-    "proto/src/wire/params.rs",
     "src/transport/sctp.rs",
 ];
 

@@ -55,7 +55,6 @@ impl Default for SessionConfig {
     derive(serde::Serialize),
     serde(rename_all = "snake_case")
 )]
-
 pub enum PeFailure {
     /// The connection could not be opened (refused, unreachable, timed out).
     Connect,

@@ -1,12 +1,13 @@
 //! ENRP messages (RFC 5353; enrp.md §2-3, wire-format.md §6), PPID 12.
 
 use super::asap::{expect_pool_handle, take_pool_elements};
+use super::causes::OperationError;
 use super::codec::{Params, UnknownSink, Writer};
 use super::error::{EncodeError, WireError};
 use super::params::{
-    OperationError, PARAM_OPERATION_ERROR, PARAM_PE_CHECKSUM, PARAM_POOL_ELEMENT,
-    PARAM_POOL_HANDLE, PARAM_SERVER_INFORMATION, PoolElement, PoolHandle, RegistrarId,
-    ServerInformation, UnknownParameter, decode_checksum, encode_checksum, encode_pool_handle,
+    PARAM_OPERATION_ERROR, PARAM_PE_CHECKSUM, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE,
+    PARAM_SERVER_INFORMATION, PoolElement, PoolHandle, RegistrarId, ServerInformation,
+    UnknownParameter, decode_checksum, encode_checksum, encode_pool_handle,
 };
 use super::{Decoded, MessageHeader, Protocol};
 

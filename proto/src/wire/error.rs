@@ -5,7 +5,7 @@
 //! back in an ASAP_ERROR / ENRP_ERROR (wire-format.md §3, §5; asap.md §8).
 
 use super::Protocol;
-use super::params::{CauseCode, ErrorCause};
+use super::causes::{CauseCode, ErrorCause};
 
 /// The largest copy of an offending message or parameter put into an error cause, so
 /// that the whole ENRP_ERROR (24 bytes of headers and padding around it) still fits in

@@ -5,28 +5,32 @@
 //! [`decode`]: it comes from the SCTP PPID or from the socket a message arrived on.
 
 mod asap;
+mod causes;
 mod checksum;
 mod codec;
 mod enrp;
 mod error;
 mod framing;
 mod params;
+mod selection;
 
 pub use asap::{
     AsapMessage, BusinessCard, Cookie, DeregistrationResponse, EndpointKeepAlive, ErrorReport,
     HandleResolution, HandleResolutionResponse, PoolElementRef, Registration, RegistrationResponse,
     ServerAnnounce,
 };
+pub use causes::{CauseCode, ErrorCause, OperationError};
 pub use checksum::{ChecksumAccumulator, handlespace_checksum, pe_sum};
 pub use codec::{MAX_UNKNOWN_PARAMETERS, round_up4};
 pub use enrp::{EnrpBody, EnrpMessage, PoolEntries, UpdateAction};
 pub use error::{EncodeError, MAX_CAUSE_COPY, WireError, WireErrorKind};
 pub use framing::{FramingError, MAX_FRAME, StreamDeframer, frame_length};
 pub use params::{
-    CauseCode, ErrorCause, Hex, MAX_POOL_HANDLE_LENGTH, MAX_TRANSPORT_ADDRESSES, OperationError,
-    Policy, PolicyType, PoolElement, PoolElementId, PoolHandle, PoolHandleError, RegistrarId,
-    ServerInformation, Transport, TransportProtocol, TransportUse, UnknownParameter,
+    Hex, MAX_POOL_HANDLE_LENGTH, MAX_TRANSPORT_ADDRESSES, PoolElement, PoolElementId, PoolHandle,
+    PoolHandleError, RegistrarId, ServerInformation, Transport, TransportProtocol, TransportUse,
+    UnknownParameter,
 };
+pub use selection::{Policy, PolicyType};
 
 use codec::Reader;
 use std::fmt;
