@@ -24,7 +24,6 @@ const MAX_FUNCTION_LINES: usize = 100;
 const LONG_FILES: &[&str] = &[
     "gateways/src/http.rs",
     "gateways/src/http/upstream.rs",
-    "proto/src/registrar/mod.rs",
     "src/transport/sctp.rs",
 ];
 
