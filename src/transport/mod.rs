@@ -14,6 +14,7 @@ pub(crate) mod bridge;
 pub(crate) mod identity;
 pub(crate) mod multicast;
 pub(crate) mod sctp;
+mod sctp_link;
 pub(crate) mod sctp_tls;
 pub(crate) mod tcp;
 pub(crate) mod tls;
@@ -298,7 +299,7 @@ impl Transports {
             }
             TransportKind::Sctp => {
                 let tls = self.tls.clone();
-                tokio::spawn(sctp::connect(
+                tokio::spawn(sctp_link::connect(
                     assoc, to, protocol, local, tls, incoming, shutdown,
                 ));
             }
@@ -447,7 +448,7 @@ pub(crate) async fn accept_loop(
                     tcp::serve(assoc, stream, protocol, tls, incoming, ticket).await;
                 }
                 Accepted::Sctp(association) => {
-                    sctp::serve(assoc, association, protocol, tls, incoming, ticket).await;
+                    sctp_link::serve(assoc, association, protocol, tls, incoming, ticket).await;
                 }
             }
         });
