@@ -20,6 +20,7 @@ mod hedge;
 mod held;
 mod idle;
 mod min_rate;
+mod response_head;
 mod resume;
 pub mod sticky;
 pub mod tls;
