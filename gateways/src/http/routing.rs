@@ -1,0 +1,308 @@
+//! A listener's routes at run time: each route's connections, meters, retry budget
+//! and PE health, the sticky-session keys, and their replacement on reload.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use metrics::{Counter, Histogram};
+use rserpool_proto::wire::PoolElementId;
+
+use self::sticky::CookieSealer;
+use self::upstream::Upstream;
+use crate::health::PoolHealth;
+use crate::random_u64;
+
+use super::*;
+
+/// A route at run time: its connections to PEs (pooled per PE) and meters.
+pub(super) struct LiveRoute {
+    pub(super) route: Route,
+    pub(super) upstream: Arc<Upstream>,
+    pub(super) meters: RouteMeters,
+    pub(super) budget: RetryBudget,
+    pub(super) health: Mutex<RouteHealth>,
+    /// Where its ejections are posted for the admin API.
+    pub(super) ejections: crate::health::EjectionBoard,
+    /// A PE's place was given back (`max_requests_per_pe`), and requests queued.
+    pub(super) freed: tokio::sync::Notify,
+    pub(super) queued: std::sync::atomic::AtomicUsize,
+}
+
+/// What a route knows of its PEs' health: ejections and slow starts, latencies, and
+/// requests under way.
+pub(super) struct RouteHealth {
+    pub(super) pes: PoolHealth,
+    /// Response-head times (a hedge delay from the observed p99).
+    pub(super) latencies: hedge::Latencies,
+    /// Requests waiting for each PE's answer (PEs with none are absent).
+    pub(super) waiting: HashMap<PoolElementId, usize>,
+}
+
+/// A request's place among those waiting for one PE (`max_requests_per_pe`); given
+/// back when dropped. Without a limit nothing is counted (`live` is `None`).
+pub(super) struct PeSlot<'a> {
+    pub(super) live: Option<&'a LiveRoute>,
+    pub(super) pe: PoolElementId,
+}
+
+impl Drop for PeSlot<'_> {
+    fn drop(&mut self) {
+        let Some(live) = self.live else {
+            return;
+        };
+        live.health(|health| {
+            if let Some(count) = health.waiting.get_mut(&self.pe) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    health.waiting.remove(&self.pe);
+                }
+            }
+        });
+        live.freed.notify_one();
+    }
+}
+
+impl LiveRoute {
+    /// A place among the requests waiting for `pe`, unless it has `max_requests_per_pe`.
+    pub(super) fn slot(&self, pe: PoolElementId) -> Option<PeSlot<'_>> {
+        let limit = self.route.max_requests_per_pe;
+        if limit == 0 {
+            return Some(PeSlot { live: None, pe });
+        }
+        let taken = self.health(|health| {
+            let count = health.waiting.entry(pe).or_default();
+            if *count >= limit {
+                return false;
+            }
+            *count += 1;
+            true
+        });
+        (taken != Some(false)).then_some(PeSlot {
+            live: Some(self),
+            pe,
+        })
+    }
+
+    /// Waits in the route's queue until a PE's place is given back (`true`), or until
+    /// `deadline` or with the queue full (`false`).
+    pub(super) async fn wait_for_place(&self, deadline: Instant) -> bool {
+        /// A place in the queue, given back however the wait ends (the client may go).
+        struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Queued<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        if crate::now() >= deadline {
+            return false;
+        }
+        let queued = self
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _place = Queued(&self.queued);
+        if queued >= MAX_QUEUED {
+            return false;
+        }
+        tokio::time::timeout_at(deadline.into(), self.freed.notified())
+            .await
+            .is_ok()
+    }
+
+    /// Runs `f` on the route's health (a poisoned lock: skipped).
+    pub(super) fn health<R>(&self, f: impl FnOnce(&mut RouteHealth) -> R) -> Option<R> {
+        self.health.lock().ok().map(|mut health| f(&mut health))
+    }
+
+    /// Records how a request to `pe` went (`offered`: the PEs the request could use;
+    /// `head_after`: when its response head came); an ejection is logged and counted.
+    pub(super) fn observe(
+        &self,
+        pe: PoolElementId,
+        ok: bool,
+        offered: usize,
+        head_after: Option<Duration>,
+    ) {
+        self.meters.pes.record(pe, ok, head_after);
+        let now = crate::now();
+        let observed = self.health(|health| {
+            if let Some(elapsed) = head_after {
+                health.latencies.record(elapsed);
+            }
+            health.pes.observe(pe, ok, offered, now)
+        });
+        for ejection in observed.unwrap_or_default() {
+            self.meters.ejections.increment(1);
+            let pool = self.route.pool_handle.to_string();
+            self.ejections.post(&pool, &ejection, "requests", now);
+        }
+    }
+}
+
+pub(super) struct RouteMeters {
+    /// By status class: 1xx to 5xx.
+    pub(super) responses: [Counter; 5],
+    pub(super) duration: Histogram,
+    pub(super) retries: Counter,
+    pub(super) failovers: Counter,
+    pub(super) ejections: Counter,
+    /// Attempts that passed over a PE at its request limit.
+    pub(super) busy: Counter,
+    /// Requests sent to a second PE while the first had not answered.
+    pub(super) hedges: Counter,
+    /// Response bodies completed from another PE, and ones that could not be.
+    pub(super) resume: resume::ResumeMeters,
+    /// Requests and response-head times per PE.
+    pub(super) pes: crate::meters::PeMeters,
+}
+
+impl RouteMeters {
+    pub(super) fn new(route: &Route) -> Self {
+        let pool = route.pool_handle.to_string();
+        let name = format!(
+            "{}{}",
+            route.host.as_deref().unwrap_or("*"),
+            route.path_prefix
+        );
+        let labels = [("route", name), ("pool", pool)];
+        let responses = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            let mut labels = labels.to_vec();
+            labels.push(("class", class.to_owned()));
+            metrics::counter!("rserpool_http_responses_total", &labels)
+        });
+        Self {
+            responses,
+            duration: metrics::histogram!("rserpool_http_request_duration_seconds", &labels),
+            retries: metrics::counter!("rserpool_http_retries_total", &labels),
+            failovers: metrics::counter!("rserpool_http_session_failovers_total", &labels),
+            ejections: metrics::counter!("rserpool_http_pe_ejections_total", &labels),
+            busy: metrics::counter!("rserpool_http_pe_busy_total", &labels),
+            hedges: metrics::counter!("rserpool_http_hedges_total", &labels),
+            resume: resume::ResumeMeters {
+                resumed: metrics::counter!("rserpool_http_bodies_resumed_total", &labels),
+                cut: metrics::counter!("rserpool_http_bodies_cut_total", &labels),
+            },
+            pes: crate::meters::PeMeters::http(&route.pool_handle.to_string()),
+        }
+    }
+}
+
+/// A token bucket for retries: each request adds `ratio` tokens, time adds 10 a second,
+/// a retry takes one.
+pub(super) struct RetryBudget {
+    pub(super) ratio: f64,
+    pub(super) state: Mutex<(f64, Instant)>,
+}
+
+impl RetryBudget {
+    const PER_SECOND: f64 = 10.0;
+    const CAP: f64 = 100.0;
+
+    pub(super) fn new(ratio: f64) -> Self {
+        Self {
+            ratio,
+            state: Mutex::new((Self::CAP, crate::now())),
+        }
+    }
+
+    pub(super) fn deposit(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = (state.0 + self.ratio).min(Self::CAP);
+        }
+    }
+
+    pub(super) fn withdraw(&self) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let at = crate::now();
+        let refill = at.saturating_duration_since(state.1).as_secs_f64() * Self::PER_SECOND;
+        *state = ((state.0 + refill).min(Self::CAP), at);
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A listener's routes and sticky-session keys: replaced whole by a reload, while
+/// requests under way finish with the ones they started with.
+pub(super) struct Routing {
+    pub(super) routes: Vec<LiveRoute>,
+    /// Some route names a host (else the `Host` header need not be read).
+    pub(super) routes_by_host: bool,
+    pub(super) sticky: Option<CookieSealer>,
+    /// TLS listener: cookies are `Secure`.
+    pub(super) https: bool,
+}
+
+impl Routing {
+    pub(super) fn new(
+        config: &HttpListenerConfig,
+        ejections: &crate::health::EjectionBoard,
+    ) -> Self {
+        Self {
+            routes_by_host: config.routes.iter().any(|route| route.host.is_some()),
+            routes: config
+                .routes
+                .iter()
+                .map(|route| LiveRoute {
+                    upstream: Upstream::new(route.connect_timeout),
+                    meters: RouteMeters::new(route),
+                    budget: RetryBudget::new(config.retry_ratio),
+                    health: Mutex::new(RouteHealth {
+                        pes: PoolHealth::new(route.outliers, route.slow_start, random_u64()),
+                        latencies: hedge::Latencies::default(),
+                        waiting: HashMap::new(),
+                    }),
+                    ejections: ejections.clone(),
+                    freed: tokio::sync::Notify::new(),
+                    queued: std::sync::atomic::AtomicUsize::new(0),
+                    route: route.clone(),
+                })
+                .collect(),
+            sticky: config.sticky.clone(),
+            https: config.tls.is_some(),
+        }
+    }
+}
+
+/// Changes the routes and sticky keys of a running listener (SIGHUP). Listen address,
+/// TLS, limits and timeouts of the listener itself need a restart.
+#[derive(Clone)]
+pub struct Reloader {
+    pub(super) routing: Arc<std::sync::RwLock<Arc<Routing>>>,
+    pub(super) ejections: crate::health::EjectionBoard,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+impl Reloader {
+    /// The routing of `config`, for [`serve`]; its routes post their ejections on
+    /// `ejections` (the gateway's [`Lifecycle::ejections`]).
+    pub fn new(config: &HttpListenerConfig, ejections: crate::health::EjectionBoard) -> Self {
+        let routing = Arc::new(Routing::new(config, &ejections));
+        Self {
+            routing: Arc::new(std::sync::RwLock::new(routing)),
+            ejections,
+        }
+    }
+
+    /// Takes the routes and sticky keys of `config` for new requests.
+    pub fn reload(&self, config: &HttpListenerConfig) {
+        let routing = Arc::new(Routing::new(config, &self.ejections));
+        if let Ok(mut current) = self.routing.write() {
+            *current = routing;
+        }
+    }
+
+    pub(super) fn current(&self) -> Option<Arc<Routing>> {
+        self.routing.read().ok().map(|routing| routing.clone())
+    }
+}
