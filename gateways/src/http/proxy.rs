@@ -101,46 +101,18 @@ pub(super) async fn proxy<D: Directory>(
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     let upgrade = client_upgrade.is_some();
-    let body = match body {
-        ClientBody::Streaming(body, budget) => match hold_body(body, route, &budget).await {
-            Ok(body) => body,
-            Err(BodyError::TooLarge) => {
-                return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-            }
-            Err(BodyError::TooSlow) => {
-                return refuse(StatusCode::REQUEST_TIMEOUT, "request body too slow");
-            }
-            Err(BodyError::Read) => {
-                return refuse(StatusCode::BAD_REQUEST, "request body unreadable");
-            }
-        },
-        // Within max_body (checked above); kept for replay only up to replay_buffer.
-        // Read whole by the HTTP/1.1 loop (one request at a time per connection).
-        ClientBody::Read(bytes) if bytes.len() <= route.replay_buffer => {
-            RequestBody::Whole(bytes, held::Held::default())
-        }
-        ClientBody::Read(bytes) => RequestBody::Streaming(
-            Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        ),
+    let body = match request_body(body, route).await {
+        Ok(body) => body,
+        Err((status, message)) => return refuse(status, message),
     };
     let binding = routing
         .sticky
         .as_ref()
         .and_then(|sealer| sealer.from_headers(&parts.headers, unix_seconds()))
         .filter(|binding| binding.pool_handle == route.pool_handle);
-    let mut pes = match state
-        .directory
-        .resolve(route.pool_handle, u32::try_from(route.max_attempts).ok())
-        .await
-    {
-        Ok(pes) if !pes.is_empty() => pes,
-        Ok(_) | Err(DirectoryError::UnknownPool) => {
-            let message = format!(
-                "pool {} has no pool element (none registered, or all gone)",
-                route.pool_handle
-            );
+    let pes = match pool_elements(state, route, binding.as_ref()).await {
+        Ok(pes) => pes,
+        Err(message) => {
             let mut outcome = refuse(StatusCode::SERVICE_UNAVAILABLE, &message);
             outcome
                 .response
@@ -148,43 +120,9 @@ pub(super) async fn proxy<D: Directory>(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return outcome;
         }
-        Err(DirectoryError::Unavailable) => {
-            let mut outcome = refuse(StatusCode::SERVICE_UNAVAILABLE, "no registrar reachable");
-            outcome
-                .response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return outcome;
-        }
     };
-    // A sticky session goes to its PE while that PE is in the pool.
-    if let Some(binding) = &binding
-        && let Some(index) = pes.iter().position(|pe| pe.id == binding.pe_id)
-    {
-        let bound = pes.remove(index);
-        pes.insert(0, bound);
-    }
-
-    forward::strip_hop_by_hop(&mut parts.headers, upgrade);
-    forward::strip_gateway_headers(&mut parts.headers);
-    forwarding.apply(&mut parts.headers, parts.version);
-    if parts.version == Version::HTTP_2
-        && !parts.headers.contains_key(header::HOST)
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(value) = HeaderValue::from_str(authority.as_str())
-    {
-        parts.headers.insert(header::HOST, value);
-    }
-    let session = routing.sticky.as_ref().map(|_| {
-        binding
-            .as_ref()
-            .map_or_else(random_u64, |binding| binding.session)
-    });
-    if let Some(session) = session
-        && let Ok(value) = HeaderValue::from_str(&format!("{session:016x}"))
-    {
-        parts.headers.insert(forward::SESSION, value);
-    }
+    let sticky = routing.sticky.is_some();
+    let session = forward_headers(&mut parts, forwarding, upgrade, sticky, binding.as_ref());
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     // The held bytes stay charged until the request is over (any attempt may send them).
     let (whole, streaming, _held) = match body {
@@ -196,33 +134,10 @@ pub(super) async fn proxy<D: Directory>(
     // or one made here), which its PEs honour, so it may go to the next PE when its PE
     // died before answering.
     let keyed = route.idempotency_keys && !idempotent && !upgrade && whole.is_some();
-    if keyed
-        && !parts.headers.contains_key(forward::IDEMPOTENCY_KEY)
-        && let Ok(key) =
-            HeaderValue::from_str(&format!("\"{:016x}{:016x}\"", random_u64(), random_u64()))
-    {
-        parts.headers.insert(forward::IDEMPOTENCY_KEY, key);
+    if keyed {
+        add_idempotency_key(&mut parts.headers);
     }
-
-    let mut usable: Vec<(&PoolElement, SocketAddr)> = pes
-        .iter()
-        .filter_map(|pe| Some((pe, pe_address(pe)?)))
-        .collect();
-    let sticky_first = binding
-        .as_ref()
-        .zip(usable.first())
-        .is_some_and(|(binding, (pe, _))| binding.pe_id == pe.id);
-    let hedge_delay = live
-        .health(|health| {
-            health.pes.order(
-                &mut usable,
-                usize::from(sticky_first),
-                |(pe, _)| pe.id,
-                started,
-            );
-            health.latencies.delay(route.hedge)
-        })
-        .flatten();
+    let (usable, hedge_delay) = ordered(live, &pes, binding.as_ref(), started);
     let plan = attempts::Plan {
         candidates: usable.len(),
         max_attempts: route.max_attempts,
@@ -257,7 +172,7 @@ pub(super) async fn proxy<D: Directory>(
                 .resume_cut_gets
                 .then(|| resume::resumable(&parts.method, &parts.headers, &response))
                 .flatten();
-            let mut response = finish_response(
+            let response = finish_response(
                 routing,
                 live,
                 response,
@@ -266,16 +181,19 @@ pub(super) async fn proxy<D: Directory>(
                 session,
                 pe,
             );
-            if let Some(resumable) = resumable {
-                let request = resume::Request {
-                    target: path_and_query.to_owned(),
-                    headers: std::mem::take(&mut parts.headers),
-                };
-                let source = resume_source(live, &usable, pe);
-                let meters = live.meters.resume.clone();
-                response = response
-                    .map(|body| resumable.wrap(body, request, source, meters).boxed_unsync());
-            }
+            let response = match resumable {
+                Some(resumable) => {
+                    let request = resume::Request {
+                        target: path_and_query.to_owned(),
+                        headers: std::mem::take(&mut parts.headers),
+                    };
+                    let source = resume_source(live, &usable, pe);
+                    let meters = live.meters.resume.clone();
+                    response
+                        .map(|body| resumable.wrap(body, request, source, meters).boxed_unsync())
+                }
+                None => response,
+            };
             return Outcome {
                 response,
                 pe: Some(pe),
@@ -284,6 +202,140 @@ pub(super) async fn proxy<D: Directory>(
         }
         Err(given_up) => given_up,
     };
+    given_up(route, &end, tried)
+}
+
+/// A keyed request carries an Idempotency-Key: the client's, or one made here, which
+/// its PEs honour, so it may go to the next PE when its PE died before answering.
+fn add_idempotency_key(headers: &mut http::HeaderMap) {
+    if !headers.contains_key(forward::IDEMPOTENCY_KEY)
+        && let Ok(key) =
+            HeaderValue::from_str(&format!("\"{:016x}{:016x}\"", random_u64(), random_u64()))
+    {
+        headers.insert(forward::IDEMPOTENCY_KEY, key);
+    }
+}
+
+/// The PEs that have an address, in the order to try them (a sticky session's PE
+/// first, ejected ones last, new ones maybe behind), and the route's hedge delay.
+fn ordered<'a>(
+    live: &LiveRoute,
+    pes: &'a [PoolElement],
+    binding: Option<&Binding>,
+    started: Instant,
+) -> (Vec<(&'a PoolElement, SocketAddr)>, Option<Duration>) {
+    let mut usable: Vec<(&PoolElement, SocketAddr)> = pes
+        .iter()
+        .filter_map(|pe| Some((pe, pe_address(pe)?)))
+        .collect();
+    let sticky_first = binding
+        .zip(usable.first())
+        .is_some_and(|(binding, (pe, _))| binding.pe_id == pe.id);
+    let hedge_delay = live
+        .health(|health| {
+            let keep = usize::from(sticky_first);
+            health
+                .pes
+                .order(&mut usable, keep, |(pe, _)| pe.id, started);
+            health.latencies.delay(live.route.hedge)
+        })
+        .flatten();
+    (usable, hedge_delay)
+}
+
+/// The client's body as the attempts take it: held whole (for a retry, within the
+/// route's budgets) or streamed; the refusal when it is too large, too slow or broken.
+async fn request_body(
+    body: ClientBody,
+    route: &Route,
+) -> Result<RequestBody, (StatusCode, &'static str)> {
+    match body {
+        ClientBody::Streaming(body, budget) => {
+            hold_body(body, route, &budget)
+                .await
+                .map_err(|error| match error {
+                    BodyError::TooLarge => {
+                        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                    }
+                    BodyError::TooSlow => (StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+                    BodyError::Read => (StatusCode::BAD_REQUEST, "request body unreadable"),
+                })
+        }
+        // Within max_body (checked before); kept for replay only up to replay_buffer.
+        // Read whole by the HTTP/1.1 loop (one request at a time per connection).
+        ClientBody::Read(bytes) if bytes.len() <= route.replay_buffer => {
+            Ok(RequestBody::Whole(bytes, held::Held::default()))
+        }
+        ClientBody::Read(bytes) => Ok(RequestBody::Streaming(
+            Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )),
+    }
+}
+
+/// The route's PEs as the pool user lists them, a sticky session's PE first while the
+/// pool holds it; why there are none (the 503's text).
+async fn pool_elements<D: Directory>(
+    state: &State<D>,
+    route: &Route,
+    binding: Option<&Binding>,
+) -> Result<Vec<PoolElement>, String> {
+    let resolved = state
+        .directory
+        .resolve(route.pool_handle, u32::try_from(route.max_attempts).ok())
+        .await;
+    let mut pes = match resolved {
+        Ok(pes) if !pes.is_empty() => pes,
+        Ok(_) | Err(DirectoryError::UnknownPool) => {
+            return Err(format!(
+                "pool {} has no pool element (none registered, or all gone)",
+                route.pool_handle
+            ));
+        }
+        Err(DirectoryError::Unavailable) => return Err("no registrar reachable".to_owned()),
+    };
+    if let Some(binding) = binding
+        && let Some(index) = pes.iter().position(|pe| pe.id == binding.pe_id)
+    {
+        let bound = pes.remove(index);
+        pes.insert(0, bound);
+    }
+    Ok(pes)
+}
+
+/// The request's fields as PEs get them: hop-by-hop fields and the gateway's own
+/// gone, forwarding fields added, `Host` from an HTTP/2 authority, and on a sticky
+/// route the session (kept from the cookie, or new), which it returns.
+fn forward_headers(
+    parts: &mut http::request::Parts,
+    forwarding: &forward::Forwarding,
+    upgrade: bool,
+    sticky: bool,
+    binding: Option<&Binding>,
+) -> Option<u64> {
+    forward::strip_hop_by_hop(&mut parts.headers, upgrade);
+    forward::strip_gateway_headers(&mut parts.headers);
+    forwarding.apply(&mut parts.headers, parts.version);
+    if parts.version == Version::HTTP_2
+        && !parts.headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+    let session = sticky.then(|| binding.map_or_else(random_u64, |binding| binding.session));
+    if let Some(session) = session
+        && let Ok(value) = HeaderValue::from_str(&format!("{session:016x}"))
+    {
+        parts.headers.insert(forward::SESSION, value);
+    }
+    session
+}
+
+/// No attempt delivered: 503 when every PE was busy (with `Retry-After`), 504 when
+/// the PE did not answer in time, else 502.
+fn given_up(route: &Route, end: &attempts::GiveUp, tried: usize) -> Outcome {
     if end.reason == attempts::Reason::BudgetSpent {
         tracing::warn!(pool = %route.pool_handle, "retry budget spent: not retrying");
     }
