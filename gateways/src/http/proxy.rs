@@ -158,51 +158,83 @@ pub(super) async fn proxy<D: Directory>(
         started,
     };
     let (end, tried) = match run_attempts(state, live, &request, streaming).await {
-        Ok(Delivered {
-            response,
-            pe,
-            rehomed,
-            tried,
-        }) => {
-            if rehomed {
-                live.meters.failovers.increment(1);
-                tracing::info!(pool = %route.pool_handle, to = %pe, "sticky session moved to another pool element");
-            }
-            let resumable = route
-                .resume_cut_gets
-                .then(|| resume::resumable(&parts.method, &parts.headers, &response))
-                .flatten();
-            let response = finish_response(
+        Ok(delivered) => {
+            let answer = Answering {
                 routing,
                 live,
-                response,
-                client_upgrade,
-                binding.as_ref(),
+                upgrade: client_upgrade,
+                binding: binding.as_ref(),
                 session,
-                pe,
-            );
-            let response = match resumable {
-                Some(resumable) => {
-                    let request = resume::Request {
-                        target: path_and_query.to_owned(),
-                        headers: std::mem::take(&mut parts.headers),
-                    };
-                    let source = resume_source(live, &usable, pe);
-                    let meters = live.meters.resume.clone();
-                    response
-                        .map(|body| resumable.wrap(body, request, source, meters).boxed_unsync())
-                }
-                None => response,
             };
-            return Outcome {
-                response,
-                pe: Some(pe),
-                attempts: tried,
-            };
+            let target = (path_and_query, &parts.method);
+            return answered(answer, delivered, target, &mut parts.headers, &usable);
         }
         Err(given_up) => given_up,
     };
     given_up(route, &end, tried)
+}
+
+/// What the client's answer is made with, besides the PE's response.
+struct Answering<'a> {
+    routing: &'a Routing,
+    live: &'a LiveRoute,
+    upgrade: Option<Tunnel>,
+    binding: Option<&'a Binding>,
+    session: Option<u64>,
+}
+
+/// A PE answered: the response as the client gets it, a GET's body resumable from
+/// another PE if it is cut (`target` and `headers`: the request's, for the Range
+/// request), and the failover of a sticky session counted.
+fn answered(
+    answer: Answering<'_>,
+    delivered: Delivered,
+    (target, method): (&str, &Method),
+    headers: &mut http::HeaderMap,
+    usable: &[(&PoolElement, SocketAddr)],
+) -> Outcome {
+    let Delivered {
+        response,
+        pe,
+        rehomed,
+        tried,
+    } = delivered;
+    let live = answer.live;
+    let route = &live.route;
+    if rehomed {
+        live.meters.failovers.increment(1);
+        tracing::info!(pool = %route.pool_handle, to = %pe, "sticky session moved to another pool element");
+    }
+    let resumable = route
+        .resume_cut_gets
+        .then(|| resume::resumable(method, headers, &response))
+        .flatten();
+    let response = finish_response(
+        answer.routing,
+        live,
+        response,
+        answer.upgrade,
+        answer.binding,
+        answer.session,
+        pe,
+    );
+    let response = match resumable {
+        Some(resumable) => {
+            let request = resume::Request {
+                target: target.to_owned(),
+                headers: std::mem::take(headers),
+            };
+            let source = resume_source(live, usable, pe);
+            let meters = live.meters.resume.clone();
+            response.map(|body| resumable.wrap(body, request, source, meters).boxed_unsync())
+        }
+        None => response,
+    };
+    Outcome {
+        response,
+        pe: Some(pe),
+        attempts: tried,
+    }
 }
 
 /// A keyed request carries an Idempotency-Key: the client's, or one made here, which
