@@ -49,6 +49,24 @@ fn id_of(text: &str) -> u64 {
     u64::from_str_radix(text.trim_start_matches("0x"), 16).unwrap()
 }
 
+/// An echo PE in EchoPool at the registrar `asap`, reporting to `monitor` every
+/// `interval` milliseconds.
+fn echo_pe(asap: &str, monitor: &str, interval: &str) -> Process {
+    Process::start(&[
+        "pe",
+        "--serve",
+        "echo",
+        "--pool",
+        "EchoPool",
+        "--registrar",
+        asap,
+        "--csp-server",
+        monitor,
+        "--csp-interval",
+        interval,
+    ])
+}
+
 fn tool_present(tool: &str, package: &str) -> bool {
     if Command::new(tool).arg("-h").output().is_ok() {
         return true;
@@ -71,17 +89,7 @@ fn every_role_reports_its_state_and_a_final_report_when_it_stops() {
     let mut registrar = common::registrar(&csp);
     let asap = registrar.address("asap").to_string();
     let registrar_id = id_of(&registrar.ready["id"]);
-    let mut pe_args = vec![
-        "pe",
-        "--serve",
-        "echo",
-        "--pool",
-        "EchoPool",
-        "--registrar",
-        &asap,
-    ];
-    pe_args.extend(csp);
-    let pe = Process::start(&pe_args);
+    let pe = echo_pe(&asap, &target, "250");
     let pe_id = id_of(&pe.ready["pe"]);
     let mut gateway_args = vec![
         "gateway",
@@ -268,17 +276,7 @@ fn rsplibs_cspmonitor_lists_our_registrar_and_pe() {
     let target = format!("127.0.0.1:{}", port.unwrap());
     let registrar = common::registrar(&["--csp-server", &target, "--csp-interval", "250"]);
     let asap = registrar.address("asap").to_string();
-    let pe = Process::start(&[
-        "pe",
-        "--serve",
-        "echo",
-        "--pool",
-        "EchoPool",
-        "--registrar",
-        &asap,
-        "--csp-server",
-        &target,
-    ]);
+    let pe = echo_pe(&asap, &target, "1000");
     let shown = |id: &str, kind: &str| format!("{kind} ${:x}", id_of(id));
     let (registrar_line, pe_line) = (
         shown(&registrar.ready["id"], "PR"),

@@ -148,38 +148,33 @@ fn no_file_over_700_lines_and_no_function_over_100_beyond_the_known_debts() {
     }
     long_functions.sort();
     long_functions.dedup();
-    let new_files: Vec<&String> = long_files
-        .iter()
-        .filter(|f| !LONG_FILES.contains(&f.as_str()))
-        .collect();
-    assert!(
-        new_files.is_empty(),
-        "over {MAX_FILE_LINES} lines: {new_files:?}"
+    same_debts(
+        &long_files,
+        LONG_FILES,
+        &format!("over {MAX_FILE_LINES} lines"),
+        "LONG_FILES",
     );
-    let paid: Vec<&&str> = LONG_FILES
-        .iter()
-        .filter(|f| !long_files.iter().any(|l| l == *f))
-        .collect();
-    assert!(
-        paid.is_empty(),
-        "no longer over the limit: take {paid:?} off LONG_FILES"
+    same_debts(
+        &long_functions,
+        LONG_FUNCTIONS,
+        &format!("over {MAX_FUNCTION_LINES} lines"),
+        "LONG_FUNCTIONS",
     );
-    let new_functions: Vec<&String> = long_functions
+}
+
+/// What a check `found` is exactly its list of known debts: nothing new (`what`), and
+/// nothing paid still listed (take it off `list`).
+fn same_debts(found: &[String], known: &[&str], what: &str, list: &str) {
+    let new: Vec<&String> = found
         .iter()
-        .filter(|f| !LONG_FUNCTIONS.contains(&f.as_str()))
+        .filter(|f| !known.contains(&f.as_str()))
         .collect();
-    assert!(
-        new_functions.is_empty(),
-        "over {MAX_FUNCTION_LINES} lines: {new_functions:?}"
-    );
-    let paid: Vec<&&str> = LONG_FUNCTIONS
+    assert!(new.is_empty(), "{what}: {new:?}");
+    let paid: Vec<&&str> = known
         .iter()
-        .filter(|f| !long_functions.iter().any(|l| l == *f))
+        .filter(|k| !found.iter().any(|f| f == *k))
         .collect();
-    assert!(
-        paid.is_empty(),
-        "no longer over the limit: take {paid:?} off LONG_FUNCTIONS"
-    );
+    assert!(paid.is_empty(), "no longer found: take {paid:?} off {list}");
 }
 
 #[test]
@@ -218,19 +213,12 @@ fn tests_take_ports_from_the_system() {
             users.push(file);
         }
     }
-    let new: Vec<&String> = users
-        .iter()
-        .filter(|f| !FREE_PORT_USERS.contains(&f.as_str()))
-        .collect();
-    assert!(
-        new.is_empty(),
-        "bind-and-drop ports (free_port) in {new:?}: bind port 0 in the process and read it back"
+    same_debts(
+        &users,
+        FREE_PORT_USERS,
+        "bind-and-drop ports (free_port; bind port 0 in the process and read it back)",
+        "FREE_PORT_USERS",
     );
-    let paid: Vec<&&str> = FREE_PORT_USERS
-        .iter()
-        .filter(|f| !users.iter().any(|u| u == *f))
-        .collect();
-    assert!(paid.is_empty(), "take {paid:?} off FREE_PORT_USERS");
 }
 
 /// A sleep in a test is a pause the scenario needs (load between kills, an idle time,
