@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![warn(clippy::indexing_slicing, missing_docs)]
 
+mod association;
 pub mod auth;
 pub mod csp;
 pub mod engine;

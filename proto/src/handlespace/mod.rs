@@ -32,7 +32,7 @@ pub use pool::Pool;
 use pool::{Loc, Selector};
 pub use types::{Limits, PoolElementEntry, PoolElementKey, Refusal, Upserted};
 
-use crate::engine::AssocId;
+use crate::association::AssocId;
 
 use crate::policy::{self, Fenwick, SelectionState};
 

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use crate::engine::AssocId;
+use crate::association::AssocId;
 use crate::policy::SelectionState;
 use crate::wire::{
     CauseCode, ErrorCause, PolicyType, PoolElement, PoolElementId, PoolHandle, RegistrarId,
