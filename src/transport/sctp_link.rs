@@ -20,15 +20,6 @@ use super::tcp;
 use super::tls::{self, ControlTls};
 use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
-/// The protocol a message belongs to by its PPID (IANA's, or rsplib's pre-IANA ones).
-fn protocol_of(ppid: u32) -> Option<Protocol> {
-    match ppid {
-        11 | 0xFAEE_B5D1 => Some(Protocol::Asap),
-        12 | 0xFAEE_B5D2 => Some(Protocol::Enrp),
-        _ => None,
-    }
-}
-
 fn peer_info(association: &Association, protocol: Protocol) -> io::Result<PeerInfo> {
     let peers = association.peer_addresses()?;
     let port = peers
@@ -208,7 +199,7 @@ async fn run(
         };
         match received {
             Ok(Received::Message { ppid, payload }) => {
-                let Some(protocol) = protocol_of(ppid) else {
+                let Some(protocol) = Protocol::from_ppid(ppid) else {
                     tracing::debug!(%assoc, ppid, "message with a foreign PPID dropped");
                     continue;
                 };

@@ -1,16 +1,19 @@
 //! ASAP messages (RFC 5352; asap.md §2-3, wire-format.md §6), PPID 11.
 
 use super::causes::OperationError;
+use super::codec::UnknownParameter;
 use super::codec::{Params, Reader, UnknownSink, Writer};
 use super::error::{EncodeError, WireError};
 use super::params::{
-    PARAM_COOKIE, PARAM_HANDLE_RESOLUTION_OPTION, PARAM_OPERATION_ERROR, PARAM_PE_IDENTIFIER,
-    PARAM_POLICY, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE, PARAM_SERVER_INFORMATION, PoolElement,
-    PoolElementId, PoolHandle, RegistrarId, ServerInformation, Transport, UnknownParameter,
+    PoolElement, PoolElementId, PoolHandle, RegistrarId, ServerInformation, Transport,
     decode_cookie, decode_items, decode_pe_id, decode_pool_handle, encode_cookie, encode_items,
     encode_pe_id, encode_pool_handle, take_transport,
 };
 use super::selection::Policy;
+use super::types::{
+    PARAM_COOKIE, PARAM_HANDLE_RESOLUTION_OPTION, PARAM_OPERATION_ERROR, PARAM_PE_IDENTIFIER,
+    PARAM_POLICY, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE, PARAM_SERVER_INFORMATION,
+};
 use super::{Decoded, MessageHeader, Protocol};
 
 /// The R (reject) flag of ASAP_REGISTRATION_RESPONSE.
@@ -161,7 +164,7 @@ pub struct Cookie {
     /// Opaque application state, at least one byte.
     #[cfg_attr(
         feature = "serde",
-        serde(serialize_with = "super::params::serialize_hex")
+        serde(serialize_with = "super::types::serialize_hex")
     )]
     pub cookie: Vec<u8>,
 }

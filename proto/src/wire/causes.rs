@@ -6,9 +6,9 @@ use std::fmt;
 
 use super::codec::{Tlv, Writer};
 use super::error::{EncodeError, MAX_CAUSE_COPY, WireError, WireErrorKind};
-use super::params::PARAM_OPERATION_ERROR;
+use super::types::PARAM_OPERATION_ERROR;
 #[cfg(feature = "serde")]
-use super::params::serialize_hex;
+use super::types::serialize_hex;
 
 /// An error cause code (wire-format.md §5). Open: any code is accepted.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -209,5 +209,37 @@ impl OperationError {
             w.uncounted_tail = last_padding;
             Ok(())
         })
+    }
+}
+
+impl WireError {
+    pub(crate) fn new(offset: usize, kind: WireErrorKind) -> Self {
+        Self { offset, kind }
+    }
+
+    /// The error cause to send back in an ASAP_ERROR / ENRP_ERROR, or `None` when the
+    /// message must be dropped silently (action bits 00, or damage that cannot be
+    /// attributed to one parameter: the transport should then treat the peer as
+    /// broken).
+    pub fn reply_cause(&self) -> Option<ErrorCause> {
+        match &self.kind {
+            WireErrorKind::UnrecognizedMessage { message, .. } => Some(ErrorCause::with_copy(
+                CauseCode::UNRECOGNIZED_MESSAGE,
+                message,
+            )),
+            WireErrorKind::UnrecognizedParameter {
+                report: true,
+                parameter,
+                ..
+            } => Some(ErrorCause::with_copy(
+                CauseCode::UNRECOGNIZED_PARAMETER,
+                parameter,
+            )),
+            WireErrorKind::UnexpectedParameter { parameter, .. }
+            | WireErrorKind::InvalidValue { parameter, .. } => {
+                Some(ErrorCause::with_copy(CauseCode::INVALID_VALUES, parameter))
+            }
+            _ => None,
+        }
     }
 }

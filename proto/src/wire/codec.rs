@@ -4,7 +4,8 @@
 //! input directly (house style 3, 7; modelled on rustls `msgs/codec.rs`).
 
 use super::error::{EncodeError, MAX_CAUSE_COPY, WireError, WireErrorKind};
-use super::params::UnknownParameter;
+#[cfg(feature = "serde")]
+use super::types::serialize_hex;
 
 /// The most unrecognized "skip" parameters one message may carry. Each is copied, so
 /// this bounds what a hostile peer can make us allocate per message.
@@ -424,5 +425,32 @@ impl<'u> Writer<'u> {
             })?
             .copy_from_slice(&length_u16.to_be_bytes());
         Ok(self.buf)
+    }
+}
+
+/// A parameter this codec did not recognize, whose action bits said "skip".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct UnknownParameter {
+    /// The TLV as received (header and value, no padding).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_hex"))]
+    pub raw: Vec<u8>,
+    /// For a top-level parameter, how many known parameters preceded it, so that
+    /// re-encoding puts it back in place; `None` for one found inside another
+    /// parameter (reported, not kept).
+    pub position: Option<u16>,
+}
+
+impl UnknownParameter {
+    /// The parameter type, action bits included.
+    pub fn param_type(&self) -> u16 {
+        let mut r = Reader::new(&self.raw, 0);
+        r.u16("parameter type").unwrap_or(0)
+    }
+
+    /// Action bits 11: the receiver must report it (cause 0x0001) while processing
+    /// the message.
+    pub fn must_report(&self) -> bool {
+        self.param_type() & 0x4000 != 0
     }
 }

@@ -2,12 +2,16 @@
 
 use super::asap::{expect_pool_handle, take_pool_elements};
 use super::causes::OperationError;
+use super::codec::UnknownParameter;
 use super::codec::{Params, UnknownSink, Writer};
 use super::error::{EncodeError, WireError};
 use super::params::{
+    PoolElement, PoolHandle, RegistrarId, ServerInformation, decode_checksum, encode_checksum,
+    encode_pool_handle,
+};
+use super::types::{
     PARAM_OPERATION_ERROR, PARAM_PE_CHECKSUM, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE,
-    PARAM_SERVER_INFORMATION, PoolElement, PoolHandle, RegistrarId, ServerInformation,
-    UnknownParameter, decode_checksum, encode_checksum, encode_pool_handle,
+    PARAM_SERVER_INFORMATION,
 };
 use super::{Decoded, MessageHeader, Protocol};
 

@@ -4,8 +4,7 @@
 //! `rserpool decode`), and knows which error cause, if any, the receiver should send
 //! back in an ASAP_ERROR / ENRP_ERROR (wire-format.md §3, §5; asap.md §8).
 
-use super::Protocol;
-use super::causes::{CauseCode, ErrorCause};
+use super::types::Protocol;
 
 /// The largest copy of an offending message or parameter put into an error cause, so
 /// that the whole ENRP_ERROR (24 bytes of headers and padding around it) still fits in
@@ -116,38 +115,6 @@ pub enum WireErrorKind {
         /// The limit.
         limit: usize,
     },
-}
-
-impl WireError {
-    pub(crate) fn new(offset: usize, kind: WireErrorKind) -> Self {
-        Self { offset, kind }
-    }
-
-    /// The error cause to send back in an ASAP_ERROR / ENRP_ERROR, or `None` when the
-    /// message must be dropped silently (action bits 00, or damage that cannot be
-    /// attributed to one parameter: the transport should then treat the peer as
-    /// broken).
-    pub fn reply_cause(&self) -> Option<ErrorCause> {
-        match &self.kind {
-            WireErrorKind::UnrecognizedMessage { message, .. } => Some(ErrorCause::with_copy(
-                CauseCode::UNRECOGNIZED_MESSAGE,
-                message,
-            )),
-            WireErrorKind::UnrecognizedParameter {
-                report: true,
-                parameter,
-                ..
-            } => Some(ErrorCause::with_copy(
-                CauseCode::UNRECOGNIZED_PARAMETER,
-                parameter,
-            )),
-            WireErrorKind::UnexpectedParameter { parameter, .. }
-            | WireErrorKind::InvalidValue { parameter, .. } => {
-                Some(ErrorCause::with_copy(CauseCode::INVALID_VALUES, parameter))
-            }
-            _ => None,
-        }
-    }
 }
 
 /// A message could not be encoded.

@@ -13,6 +13,7 @@ mod error;
 mod framing;
 mod params;
 mod selection;
+mod types;
 
 pub use asap::{
     AsapMessage, BusinessCard, Cookie, DeregistrationResponse, EndpointKeepAlive, ErrorReport,
@@ -21,70 +22,19 @@ pub use asap::{
 };
 pub use causes::{CauseCode, ErrorCause, OperationError};
 pub use checksum::{ChecksumAccumulator, handlespace_checksum, pe_sum};
+pub use codec::UnknownParameter;
 pub use codec::{MAX_UNKNOWN_PARAMETERS, round_up4};
 pub use enrp::{EnrpBody, EnrpMessage, PoolEntries, UpdateAction};
 pub use error::{EncodeError, MAX_CAUSE_COPY, WireError, WireErrorKind};
 pub use framing::{FramingError, MAX_FRAME, StreamDeframer, frame_length};
 pub use params::{
-    Hex, MAX_POOL_HANDLE_LENGTH, MAX_TRANSPORT_ADDRESSES, PoolElement, PoolElementId, PoolHandle,
+    MAX_POOL_HANDLE_LENGTH, MAX_TRANSPORT_ADDRESSES, PoolElement, PoolElementId, PoolHandle,
     PoolHandleError, RegistrarId, ServerInformation, Transport, TransportProtocol, TransportUse,
-    UnknownParameter,
 };
 pub use selection::{Policy, PolicyType};
+pub use types::{Hex, Protocol};
 
 use codec::Reader;
-use std::fmt;
-
-/// Which of the two protocols a message belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Serialize),
-    serde(rename_all = "lowercase")
-)]
-pub enum Protocol {
-    /// ASAP, PPID 11, port 3863.
-    Asap,
-    /// ENRP, PPID 12, port 9901.
-    Enrp,
-}
-
-impl Protocol {
-    /// The SCTP payload protocol identifier (IANA).
-    pub const fn ppid(self) -> u32 {
-        match self {
-            Self::Asap => 11,
-            Self::Enrp => 12,
-        }
-    }
-
-    /// The protocol for a PPID, also accepting rsplib's pre-IANA values
-    /// (discrepancies.md item 2).
-    pub const fn from_ppid(ppid: u32) -> Option<Self> {
-        match ppid {
-            11 | 0xfaee_b5d1 => Some(Self::Asap),
-            12 | 0xfaee_b5d2 => Some(Self::Enrp),
-            _ => None,
-        }
-    }
-
-    /// The IANA port (SCTP, and TCP for ASAP).
-    pub const fn port(self) -> u16 {
-        match self {
-            Self::Asap => 3863,
-            Self::Enrp => 9901,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Asap => "ASAP",
-            Self::Enrp => "ENRP",
-        })
-    }
-}
 
 /// A decoded message with what the header and the parameter walk left over.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,27 +4,15 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::codec::{Params, Reader, Tlv, UnknownSink, Writer};
+use super::codec::{Params, Tlv, UnknownSink, Writer};
 use super::error::{EncodeError, WireError, WireErrorKind};
 use super::selection::Policy;
-
-pub(crate) const PARAM_IPV4_ADDRESS: u16 = 0x0001;
-pub(crate) const PARAM_IPV6_ADDRESS: u16 = 0x0002;
-pub(crate) const PARAM_DCCP_TRANSPORT: u16 = 0x0003;
-pub(crate) const PARAM_SCTP_TRANSPORT: u16 = 0x0004;
-pub(crate) const PARAM_TCP_TRANSPORT: u16 = 0x0005;
-pub(crate) const PARAM_UDP_TRANSPORT: u16 = 0x0006;
-pub(crate) const PARAM_UDP_LITE_TRANSPORT: u16 = 0x0007;
-pub(crate) const PARAM_POLICY: u16 = 0x0008;
-pub(crate) const PARAM_POOL_HANDLE: u16 = 0x0009;
-pub(crate) const PARAM_POOL_ELEMENT: u16 = 0x000a;
-pub(crate) const PARAM_SERVER_INFORMATION: u16 = 0x000b;
-pub(crate) const PARAM_OPERATION_ERROR: u16 = 0x000c;
-pub(crate) const PARAM_COOKIE: u16 = 0x000d;
-pub(crate) const PARAM_PE_IDENTIFIER: u16 = 0x000e;
-pub(crate) const PARAM_PE_CHECKSUM: u16 = 0x000f;
-/// Handle Resolution Option (draft-dreibholz-rserpool-asap-hropt, an extension).
-pub(crate) const PARAM_HANDLE_RESOLUTION_OPTION: u16 = 0x803f;
+use super::types::{
+    PARAM_COOKIE, PARAM_DCCP_TRANSPORT, PARAM_HANDLE_RESOLUTION_OPTION, PARAM_IPV4_ADDRESS,
+    PARAM_IPV6_ADDRESS, PARAM_PE_CHECKSUM, PARAM_PE_IDENTIFIER, PARAM_POLICY, PARAM_POOL_ELEMENT,
+    PARAM_POOL_HANDLE, PARAM_SCTP_TRANSPORT, PARAM_SERVER_INFORMATION, PARAM_TCP_TRANSPORT,
+    PARAM_UDP_LITE_TRANSPORT, PARAM_UDP_TRANSPORT,
+};
 
 /// The most addresses one transport parameter may list (rsplib's
 /// `MAX_PE_TRANSPORTADDRESSES`).
@@ -150,21 +138,6 @@ impl serde::Serialize for PoolHandle {
 }
 
 /// Serializes bytes as a hex string (cookies, unknown parameters, cause details).
-#[cfg(feature = "serde")]
-pub(crate) fn serialize_hex<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(&Hex(bytes))
-}
-
-/// Formats bytes as lowercase hex.
-#[derive(Debug)]
-pub struct Hex<'a>(pub &'a [u8]);
-
-impl fmt::Display for Hex<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
-    }
-}
-
 /// Whether a PE accepts ASAP control messages on its data connection (wire-format.md §4.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(
@@ -471,33 +444,6 @@ impl ServerInformation {
             w.u32(self.server_id.0);
             self.transport.encode(w)
         })
-    }
-}
-
-/// A parameter this codec did not recognize, whose action bits said "skip".
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct UnknownParameter {
-    /// The TLV as received (header and value, no padding).
-    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_hex"))]
-    pub raw: Vec<u8>,
-    /// For a top-level parameter, how many known parameters preceded it, so that
-    /// re-encoding puts it back in place; `None` for one found inside another
-    /// parameter (reported, not kept).
-    pub position: Option<u16>,
-}
-
-impl UnknownParameter {
-    /// The parameter type, action bits included.
-    pub fn param_type(&self) -> u16 {
-        let mut r = Reader::new(&self.raw, 0);
-        r.u16("parameter type").unwrap_or(0)
-    }
-
-    /// Action bits 11: the receiver must report it (cause 0x0001) while processing
-    /// the message.
-    pub fn must_report(&self) -> bool {
-        self.param_type() & 0x4000 != 0
     }
 }
 

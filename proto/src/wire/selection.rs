@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::codec::{Tlv, Writer};
 use super::error::{EncodeError, WireError};
-use super::params::PARAM_POLICY;
+use super::types::PARAM_POLICY;
 
 /// A policy type number (wire-format.md §4.4). Open: unknown numbers are kept.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
