@@ -277,7 +277,8 @@ fn rsplibs_cspmonitor_lists_our_registrar_and_pe() {
     let registrar = common::registrar(&["--csp-server", &target, "--csp-interval", "250"]);
     let asap = registrar.address("asap").to_string();
     let pe = echo_pe(&asap, &target, "1000");
-    let shown = |id: &str, kind: &str| format!("{kind} ${:x}", id_of(id));
+    // cspmonitor prints 32-bit IDs with eight digits ($0f453917).
+    let shown = |id: &str, kind: &str| format!("{kind} ${:08x}", id_of(id));
     let (registrar_line, pe_line) = (
         shown(&registrar.ready["id"], "PR"),
         shown(&pe.ready["pe"], "PE"),
