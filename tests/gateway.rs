@@ -579,9 +579,8 @@ fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
         assert_eq!(line.trim(), expected.to_string());
     };
     count(1);
-    // Idle for five times the PE's silence limit at this interval (the scenario, not
-    // a wait for something to happen).
-    // Pause: idle for five silence limits (the scenario, not a wait).
+    // Pause: idle for five times the PE's silence limit at this interval (the scenario
+    // under test, not a wait for something to happen).
     thread::sleep(Duration::from_millis(1500));
     count(2);
     assert_eq!(

@@ -36,23 +36,31 @@ fn root() -> PathBuf {
 
 /// Every `.rs` file under `dir`, relative to the repository.
 fn rust_files(dir: &str) -> Vec<String> {
-    let mut files = Vec::new();
+    files(dir, &["rs"])
+}
+
+/// Every file under `dir` whose name ends in one of `extensions`, relative to the
+/// repository (build output and git's store left out).
+fn files(dir: &str, extensions: &[&str]) -> Vec<String> {
+    let mut found = Vec::new();
     let mut pending = vec![root().join(dir)];
     while let Some(dir) = pending.pop() {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                if !path.ends_with("target") {
+                if !path.ends_with("target") && !path.ends_with(".git") {
                     pending.push(path);
                 }
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                let relative = path.strip_prefix(root()).unwrap();
-                files.push(relative.to_string_lossy().into_owned());
+            } else if path
+                .extension()
+                .is_some_and(|e| extensions.iter().any(|x| e == *x))
+            {
+                found.push(relative(&path));
             }
         }
     }
-    files.sort();
-    files
+    found.sort();
+    found
 }
 
 fn source_files() -> Vec<String> {
@@ -222,7 +230,7 @@ fn tests_take_ports_from_the_system() {
 }
 
 /// A sleep in a test is a pause the scenario needs (load between kills, an idle time,
-/// an absence to check), said in a `// Pause:` comment on the line above; waiting for
+/// an absence to check), said in a `// Pause:` comment right above it; waiting for
 /// something to happen polls it with a deadline (`eventually`) instead.
 #[test]
 fn every_sleep_in_the_tests_says_why() {
@@ -235,7 +243,12 @@ fn every_sleep_in_the_tests_says_why() {
         let lines: Vec<&str> = text.lines().collect();
         for (at, line) in lines.iter().enumerate() {
             let sleeps = line.contains("sleep(") && !line.trim_start().starts_with("//");
-            let explained = at > 0 && lines[at - 1].trim_start().starts_with("// Pause:");
+            // The comment block right above the sleep says `Pause:` somewhere.
+            let explained = lines[..at]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with("//"))
+                .any(|l| l.trim_start().starts_with("// Pause:"));
             if sleeps && !explained {
                 unexplained.push(format!("{file}:{}", at + 1));
             }
@@ -249,30 +262,13 @@ fn every_sleep_in_the_tests_says_why() {
 
 #[test]
 fn the_repository_cites_no_notes_outside_it() {
-    let mut citing = Vec::new();
-    let mut pending = vec![root()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if path.is_dir() {
-                if !["target", ".git"].contains(&name.as_str()) {
-                    pending.push(path);
-                }
-                continue;
-            }
-            if !["rs", "md", "sh", "yaml", "toml"]
-                .iter()
-                .any(|e| name.ends_with(&format!(".{e}")))
-            {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
-            if cites_outside(&text) && path != root().join("tests/structure.rs") {
-                citing.push(relative(&path));
-            }
-        }
-    }
+    let citing: Vec<String> = files("", &["rs", "md", "sh", "yaml", "toml"])
+        .into_iter()
+        .filter(|file| file != "tests/structure.rs")
+        .filter(|file| {
+            cites_outside(&std::fs::read_to_string(root().join(file)).unwrap_or_default())
+        })
+        .collect();
     assert!(
         citing.is_empty(),
         "citations of ../shared/spec or ../shared/ARCHITECTURE.md (cite the RFC section, or docs/): {citing:?}"

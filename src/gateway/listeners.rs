@@ -38,12 +38,7 @@ pub(super) async fn start_tcp(
 ) -> Result<Vec<String>, RunError> {
     let mut bound = Vec::new();
     for (section, config) in sections.iter().zip(configs) {
-        let listener = tokio::net::TcpListener::bind(section.listen)
-            .await
-            .map_err(|e| RunError::Bind(section.listen, e))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| RunError::Bind(section.listen, e))?;
+        let (listener, address) = bind(section.listen).await?;
         bound.push(format!("{address}={}", section.pool));
         shared.view.tcp(address, section.pool);
         let config = ListenerConfig {
@@ -71,12 +66,7 @@ pub(super) async fn start_http(
     for (section, config) in sections.iter().zip(configs) {
         let reloader = http::Reloader::new(&config, shared.lifecycle.ejections.clone());
         reloaders.push((config.listen, reloader.clone()));
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| RunError::Bind(config.listen, e))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| RunError::Bind(config.listen, e))?;
+        let (listener, address) = bind(config.listen).await?;
         let pools: Vec<String> = config
             .routes
             .iter()
@@ -119,12 +109,7 @@ pub(super) async fn start_dns(
         shared.view.dns(format!("{address} (UDP, TCP)"), &zone);
         let dot = match dot {
             Some((dot_listen, certificates)) => {
-                let listener = tokio::net::TcpListener::bind(dot_listen)
-                    .await
-                    .map_err(|e| RunError::Bind(dot_listen, e))?;
-                let dot_address = listener
-                    .local_addr()
-                    .map_err(|e| RunError::Bind(dot_listen, e))?;
+                let (listener, dot_address) = bind(dot_listen).await?;
                 bound.push(format!("{dot_address}=tls:{zone}"));
                 shared
                     .view
@@ -146,4 +131,15 @@ pub(super) async fn start_dns(
         ));
     }
     Ok(bound)
+}
+
+/// A TCP listener on `address`, and the address it got (the real port for a 0).
+async fn bind(address: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), RunError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| RunError::Bind(address, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| RunError::Bind(address, e))?;
+    Ok((listener, bound))
 }

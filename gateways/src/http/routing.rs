@@ -125,8 +125,10 @@ impl LiveRoute {
     ) {
         self.meters.pes.record(pe, ok, head_after);
         let now = crate::now();
+        // Only an observed-p99 hedge reads the latencies.
+        let p99 = self.route.hedge == Hedge::ObservedP99;
         let observed = self.health(|health| {
-            if let Some(elapsed) = head_after {
+            if let Some(elapsed) = head_after.filter(|_| p99) {
                 health.latencies.record(elapsed);
             }
             health.pes.observe(pe, ok, offered, now)
