@@ -320,3 +320,147 @@ fn relative(path: &Path) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// Modules below the crate root that still import their parent's own items (as
+/// `file: name`), to be moved into a module of their own.
+const PARENT_IMPORTS: &[&str] = &[];
+
+/// Layers point one way: a module uses its siblings and children, never items its
+/// parent defines (the parent imports the child; the other way round is a cycle in
+/// disguise). The crate root is exempt: its items are the crate's vocabulary.
+/// Doc comments, test modules and inline modules (whose `super` is their own file) are
+/// not imports.
+#[test]
+fn no_module_imports_its_parents_items() {
+    let mut found = Vec::new();
+    for file in source_files() {
+        let Some((parent_file, parent_path)) = parent_of(&file) else {
+            continue;
+        };
+        let parent = std::fs::read_to_string(root().join(&parent_file)).unwrap();
+        let children = declared_modules(&parent);
+        let crate_path = format!("crate::{parent_path}::");
+        for line in outside_inline_modules(&code_lines(&file)) {
+            for prefix in ["super::", crate_path.as_str()] {
+                for name in names_after(&line, prefix) {
+                    if !children.contains(&name) && name != "super" && name != "self" {
+                        found.push(format!("{file}: {name}"));
+                    }
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    same_debts(
+        &found,
+        PARENT_IMPORTS,
+        "imports of a parent's items",
+        "PARENT_IMPORTS",
+    );
+}
+
+/// The file that declares `file`'s module and that module's path below the crate
+/// root; `None` for the crate roots and their direct children.
+fn parent_of(file: &str) -> Option<(String, String)> {
+    let path = Path::new(file);
+    let name = path.file_stem()?.to_str()?;
+    if ["lib", "main", "mod"].contains(&name) {
+        return None;
+    }
+    let dir = path.parent()?;
+    // The benchmark crate's shared code is included into each binary by path, not
+    // declared as a module tree.
+    let crate_dir = ["src", "proto/src", "gateways/src"]
+        .into_iter()
+        .find(|root| dir.starts_with(root))?;
+    let module = dir.strip_prefix(crate_dir).ok()?;
+    if module.as_os_str().is_empty() {
+        return None;
+    }
+    let flat = dir.with_extension("rs");
+    let parent_file = if root().join(&flat).exists() {
+        flat
+    } else {
+        dir.join("mod.rs")
+    };
+    let module_path = module.to_string_lossy().replace('/', "::");
+    Some((parent_file.to_string_lossy().into_owned(), module_path))
+}
+
+/// The modules a file declares (`mod name;`, with any visibility).
+fn declared_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "mod")?;
+            let declared = words.get(at + 1)?.strip_suffix(';')?;
+            words[..at]
+                .iter()
+                .all(|w| w.starts_with("pub") || w.starts_with("#["))
+                .then(|| declared.to_owned())
+        })
+        .collect()
+}
+
+/// Code lines, without comments and without the bodies of inline `mod name {` blocks.
+fn outside_inline_modules(lines: &[String]) -> Vec<String> {
+    let mut kept = Vec::new();
+    let mut depth_in_module: Option<i64> = None;
+    for line in lines {
+        let code = line.split("//").next().unwrap_or("").to_owned();
+        let words: Vec<&str> = code.split_whitespace().collect();
+        let opens_module = words.contains(&"mod") && code.trim_end().ends_with('{');
+        if depth_in_module.is_none() && opens_module {
+            depth_in_module = Some(0);
+        }
+        match depth_in_module.as_mut() {
+            Some(depth) => {
+                *depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+                if *depth <= 0 {
+                    depth_in_module = None;
+                }
+            }
+            None => kept.push(code),
+        }
+    }
+    kept
+}
+
+/// The first path segment after each `prefix` in `line`, every top-level one when a
+/// brace group follows (`super::{a, b::c}` gives `a` and `b`).
+fn names_after(line: &str, prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for (at, _) in line.match_indices(prefix) {
+        let preceded_by_path = line[..at].ends_with("::");
+        if preceded_by_path && prefix == "super::" {
+            continue;
+        }
+        let rest = &line[at + prefix.len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let (mut depth, mut current) = (0, String::new());
+            for c in group.chars() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => names.push(std::mem::take(&mut current)),
+                    _ => current.push(c),
+                }
+            }
+            names.push(current);
+        } else {
+            names.push(rest.to_owned());
+        }
+    }
+    names
+        .iter()
+        .map(|n| {
+            n.trim()
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '*')
+                .collect::<String>()
+        })
+        .filter(|n| !n.is_empty())
+        .collect()
+}

@@ -46,7 +46,7 @@ pub(crate) fn parse_monitor(text: &str) -> Result<SocketAddr, String> {
         Some((_, given)) if given.parse::<u16>().is_ok() => text.to_owned(),
         _ => format!("{text}:{port}"),
     };
-    super::resolve_address(&with_port).map_err(|e| format!("csp server: {e}"))
+    super::values::resolve_address(&with_port).map_err(|e| format!("csp server: {e}"))
 }
 
 /// An interval: a duration with a unit, or milliseconds alone as rsplib's
@@ -54,7 +54,7 @@ pub(crate) fn parse_monitor(text: &str) -> Result<SocketAddr, String> {
 pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = match text.trim().parse::<u64>() {
         Ok(millis) => Duration::from_millis(millis),
-        Err(_) => super::parse_duration(text)?,
+        Err(_) => super::values::parse_duration(text)?,
     };
     if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
         return Err(format!(

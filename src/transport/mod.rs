@@ -11,6 +11,7 @@
 
 pub(crate) mod admission;
 pub(crate) mod bridge;
+mod carrier;
 pub(crate) mod identity;
 pub(crate) mod multicast;
 pub(crate) mod sctp;
@@ -26,113 +27,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use admission::Admission;
+pub(crate) use carrier::{Incoming, Link, SEND_QUEUE};
 use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
 use rserpool_proto::wire::Protocol;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Messages queued for one association before it counts as stuck and is closed.
-pub(crate) const SEND_QUEUE: usize = 1024;
-
-/// What carrier tasks tell the driver.
-#[derive(Debug)]
-pub(crate) enum Incoming {
-    /// An association is up (accepted, or one the engine asked for).
-    Opened {
-        assoc: AssocId,
-        peer: PeerInfo,
-        link: Link,
-    },
-    /// An association the engine asked for could not be opened.
-    Failed { assoc: AssocId, reason: String },
-    /// An association ended (peer closed, reset, broken framing).
-    Closed { assoc: AssocId, reason: String },
-    /// A message arrived.
-    Message {
-        assoc: AssocId,
-        protocol: Protocol,
-        payload: Vec<u8>,
-    },
-    /// A multicast datagram arrived.
-    Datagram {
-        from: SocketAddr,
-        protocol: Protocol,
-        payload: Vec<u8>,
-    },
-}
-
-/// The driver's end of one association: its send queue, and the token that closes it.
-/// Closing (cancel, then drop the link) flushes the queue first.
-#[derive(Debug)]
-pub(crate) struct Link {
-    pub(crate) sender: mpsc::Sender<Vec<u8>>,
-    pub(crate) cancel: CancellationToken,
-}
-
-/// Tells the driver an association is up; returns the association's send queue and
-/// the token the driver cancels to close it (`None`: the driver is gone).
-pub(crate) async fn report_opened(
-    assoc: AssocId,
-    peer: PeerInfo,
-    incoming: &mpsc::Sender<Incoming>,
-) -> Option<(mpsc::Receiver<Vec<u8>>, CancellationToken)> {
-    let (sender, outgoing) = mpsc::channel::<Vec<u8>>(SEND_QUEUE);
-    let closed_locally = CancellationToken::new();
-    let link = Link {
-        sender,
-        cancel: closed_locally.clone(),
-    };
-    incoming
-        .send(Incoming::Opened { assoc, peer, link })
-        .await
-        .ok()?;
-    Some((outgoing, closed_locally))
-}
-
-/// How long one message may wait for a peer that does not read (and a closing
-/// association for its queue to drain).
-pub(crate) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Where a carrier writes an association's messages.
-pub(crate) trait MessageSink {
-    /// Sends one message.
-    fn send(&mut self, message: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
-    /// Ends the sending side gracefully (FIN, SHUTDOWN) after what was sent.
-    fn finish(&mut self) -> impl Future<Output = ()> + Send;
-}
-
-/// Sends what the driver queues for an association until the driver drops the link
-/// (then every queued message is out and the sink is finished), the association is
-/// aborted, or a send fails or stalls past [`WRITE_TIMEOUT`].
-pub(crate) async fn write_loop(
-    assoc: AssocId,
-    mut outgoing: mpsc::Receiver<Vec<u8>>,
-    mut sink: impl MessageSink,
-    abort: CancellationToken,
-) {
-    // Waited on across iterations (registering anew takes the token's lock twice).
-    let aborting = abort.cancelled();
-    tokio::pin!(aborting);
-    loop {
-        let message = tokio::select! {
-            () = &mut aborting => return,
-            message = outgoing.recv() => message,
-        };
-        let Some(message) = message else { break };
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(&message)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::debug!(%assoc, %error, "send failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%assoc, "send timed out: the peer does not read");
-                return;
-            }
-        }
-    }
-    sink.finish().await;
-}
 
 /// What an incoming event means to the engine.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Incoming;
+use super::carrier::Incoming;
 
 /// One joined multicast group.
 #[derive(Debug, Clone)]

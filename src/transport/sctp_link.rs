@@ -1,4 +1,4 @@
-//! An SCTP association as a link of the driver (`super::Transports`): accepted ones are
+//! An SCTP association as a link of the driver ([`Transports`](super::Transports)): accepted ones are
 //! admitted and, with TLS, handshaken over the association (RFC 3436); outgoing ones
 //! connect with a deadline; each then carries ASAP or ENRP messages by PPID (IANA's, or
 //! rsplib's pre-IANA ones) until it ends.
@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Ticket;
+use super::carrier::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 use super::sctp::{Association, MAX_MESSAGE, Received, needs_ipv6};
 use super::sctp_tls::SctpStream;
 use super::tcp;
 use super::tls::{self, ControlTls};
-use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
 fn peer_info(association: &Association, protocol: Protocol) -> io::Result<PeerInfo> {
     let peers = association.peer_addresses()?;

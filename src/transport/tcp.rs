@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Expulsion, Ticket};
+use super::carrier::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 use super::tls::{self, ControlTls, Secured};
-use super::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 
 /// How long an outgoing connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -32,7 +32,7 @@
 //! in success (dropped) or in [`Attempt::failed`], or the end ([`GiveUp`]); an attempt
 //! and its hedge make a [`Race`], which ends in one of them.
 
-use http::StatusCode;
+use http::{Method, StatusCode};
 
 /// What a request allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,6 +303,14 @@ impl Race {
             }
         }
     }
+}
+
+/// Whether a request may be sent again after a failure (RFC 9110 §9.2.2).
+pub(super) fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 #[cfg(test)]

@@ -6,10 +6,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use super::*;
+use super::config::{BODY_RATE_WINDOW, Route};
+use super::{held, min_rate};
+
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bodies the gateway sends either way.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A request as the client connection hands it over.
 pub(super) struct ClientRequest {

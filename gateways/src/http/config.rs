@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use rserpool_proto::wire::PoolHandle;
 
-use self::sticky::CookieSealer;
-
-use super::*;
+use super::sticky::CookieSealer;
 
 /// Where requests for a host and path go, and their limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +61,10 @@ pub struct Route {
 /// Requests one route's queue holds at most; more get 503 at once.
 pub const MAX_QUEUED: usize = 1024;
 
+use super::attempts::StatusSet;
+use super::hedge::Hedge;
+use super::tls;
+use crate::health::OutlierConfig;
 pub use crate::health::SLOW_START;
 
 /// Whether a route resumes cut GETs by default (it only ever splices what RFC 9110

@@ -18,16 +18,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use super::body::{BoxError, ClientBody, ClientRequest, ProxyBody};
+use super::connection::{State, serve_connection};
 use super::head::{LAST_CHUNK, MAX_HEADERS, Spans, put_chunk, put_field, put_fields};
-use super::{BoxError, ClientBody, ClientRequest, ProxyBody, State};
+use super::proxy::handle;
+use super::respond::{http_date, text};
 use crate::{Directory, Lifecycle};
 
 /// Request bodies up to this size are read by this loop; larger ones go to hyper.
@@ -96,11 +98,11 @@ pub(super) async fn serve<I, D>(
                         read: input.freeze(),
                         io,
                     };
-                    super::serve_connection(io, &builder, state, peer, lifecycle).await;
+                    serve_connection(io, &builder, state, peer, lifecycle).await;
                     return;
                 }
                 Err(Next::Malformed) => {
-                    let response = super::text(StatusCode::BAD_REQUEST, "malformed request");
+                    let response = text(StatusCode::BAD_REQUEST, "malformed request");
                     let _ = write_response(&mut io, &mut output, response, false, true).await;
                     return;
                 }
@@ -135,7 +137,7 @@ pub(super) async fn serve<I, D>(
             upgrade: None,
         };
         let response = tokio::select! {
-            response = super::handle(&state, peer, &forwarding, request) => response,
+            response = handle(&state, peer, &forwarding, request) => response,
             () = close_sessions.as_mut() => return,
         };
         // Shutting down: this response is the connection's last.
@@ -277,7 +279,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
         put_field(output, b"content-length", length.to_string().as_bytes());
     }
     if !parts.headers.contains_key(header::DATE) {
-        put_field(output, b"date", super::http_date().as_bytes());
+        put_field(output, b"date", http_date().as_bytes());
     }
     if chunked {
         put_field(output, b"transfer-encoding", b"chunked");
@@ -490,7 +492,7 @@ mod tests {
         );
 
         let mut wire = Vec::new();
-        let response = super::super::text(StatusCode::NOT_FOUND, "none");
+        let response = super::text(StatusCode::NOT_FOUND, "none");
         write_response(&mut wire, &mut output, response, true, false)
             .await
             .unwrap();

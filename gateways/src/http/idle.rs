@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::BoxError;
+use super::body::BoxError;
 
 /// A response body that fails when no frame comes for `idle` (the client then sees the
 /// connection cut, not a hang). The timer is armed only when the body has to wait: most

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use super::body::BoxError;
 
 /// The body came slower than the minimum rate.
 #[derive(Debug, thiserror::Error)]

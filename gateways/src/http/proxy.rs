@@ -8,16 +8,23 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode, Version};
+use http::header::HeaderValue;
+use http::{Method, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
 use rserpool_proto::wire::{PoolElement, PoolElementId};
 
-use self::sticky::Binding;
-use self::upstream::{Outgoing, OutgoingBody, ResponseBody};
+use super::attempts::idempotent;
+use super::body::{
+    BodyError, ClientBody, ClientRequest, ProxyBody, RequestBody, Tunnel, hold_body,
+};
+use super::config::Route;
+use super::connection::State;
+use super::respond::{finish_response, text, unix_seconds};
+use super::routing::{LiveRoute, Routing, pe_address, request_host, route_for};
+use super::sticky::Binding;
+use super::upstream::{Outgoing, OutgoingBody, ResponseBody};
+use super::{attempts, forward, hedge, held, resume};
 use crate::{Directory, DirectoryError, random_u64};
-
-use super::*;
 
 /// What the access log and the sticky cookie need to know of a request.
 pub(super) struct Outcome {

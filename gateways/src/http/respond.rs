@@ -4,16 +4,17 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode, Version};
-use http_body_util::BodyExt;
+use http::header::HeaderValue;
+use http::{Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rserpool_proto::wire::PoolElementId;
 
-use self::sticky::Binding;
-use self::upstream::ResponseBody;
-
-use super::*;
+use super::body::{ProxyBody, Tunnel};
+use super::routing::{LiveRoute, Routing};
+use super::sticky::Binding;
+use super::upstream::ResponseBody;
+use super::{forward, idle, watch};
 
 /// The PE's response as the client gets it: hop-by-hop headers gone, `Via` added, the
 /// session cookie (re)issued, an upgrade bridged.
@@ -128,4 +129,18 @@ pub(super) async fn bridge(tunnel: Tunnel, (upstream, early): (tokio::net::TcpSt
             }
         }
     }
+}
+
+/// A short plain-text answer of the gateway's own.
+pub(super) fn text(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(format!("{message}\n")))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
 }

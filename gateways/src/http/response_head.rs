@@ -5,10 +5,10 @@
 use std::io;
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap};
-use http::{Response, StatusCode, Version};
+use http::header::HeaderMap;
+use http::{Response, StatusCode, Version, header};
 
-use super::BoxError;
+use super::body::BoxError;
 use super::forward::connection_has;
 use super::head::{MAX_HEADERS, Spans};
 

@@ -18,14 +18,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::header::{HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::body::{BoxError, ProxyBody};
 use super::idle::IdleTimeout;
 use super::upstream::{Outgoing, OutgoingBody, ResponseBody, Upstream};
-use super::{BoxError, ProxyBody};
 
 /// What `If-Range` carries: the representation the client is getting.
 #[derive(Debug, Clone, PartialEq, Eq)]

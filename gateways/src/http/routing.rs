@@ -2,18 +2,21 @@
 //! and PE health, the sticky-session keys, and their replacement on reload.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::header;
 use metrics::{Counter, Histogram};
-use rserpool_proto::wire::PoolElementId;
+use rserpool_proto::wire::{PoolElement, PoolElementId, TransportProtocol};
 
-use self::sticky::CookieSealer;
-use self::upstream::Upstream;
+use super::config::{HttpListenerConfig, MAX_QUEUED, Route};
+use super::hedge::Hedge;
+use super::sticky::CookieSealer;
+use super::upstream::Upstream;
+use super::{hedge, resume};
 use crate::health::PoolHealth;
 use crate::random_u64;
-
-use super::*;
 
 /// A route at run time: its connections to PEs (pooled per PE) and meters.
 pub(super) struct LiveRoute {
@@ -306,5 +309,93 @@ impl Reloader {
 
     pub(super) fn current(&self) -> Option<Arc<Routing>> {
         self.routing.read().ok().map(|routing| routing.clone())
+    }
+}
+
+/// The route for a request: host-specific routes before host-less ones, then the longest
+/// path prefix.
+pub(super) fn route_for<'a>(
+    routes: &'a [LiveRoute],
+    host: Option<&str>,
+    path: &str,
+) -> Option<&'a LiveRoute> {
+    routes
+        .iter()
+        .filter(|live| live.route.matches_host(host) && live.route.matches_path(path))
+        .max_by_key(|live| (live.route.host.is_some(), live.route.path_prefix.len()))
+}
+
+/// The request's host without port: `Host`, else the URI's authority (HTTP/2).
+pub(super) fn request_host(request: &http::request::Parts) -> Option<String> {
+    let raw = request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri.authority().map(|a| a.as_str().to_owned()))?;
+    let host = match raw.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default().to_owned(),
+        None => raw.split(':').next().unwrap_or_default().to_owned(),
+    };
+    Some(host.to_ascii_lowercase())
+}
+
+/// The PE's HTTP address (its TCP user transport).
+pub(super) fn pe_address(pe: &PoolElement) -> Option<SocketAddr> {
+    matches!(pe.user_transport.protocol, TransportProtocol::Tcp(_))
+        .then(|| pe.user_transport.addresses.first())
+        .flatten()
+        .map(|address| SocketAddr::new(*address, pe.user_transport.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::config::Route;
+    use rserpool_proto::wire::PoolHandle;
+
+    fn route(host: Option<&str>, prefix: &str) -> Route {
+        Route {
+            host: host.map(str::to_owned),
+            path_prefix: prefix.to_owned(),
+            ..Route::new(PoolHandle::new(b"P").unwrap())
+        }
+    }
+
+    #[test]
+    fn path_prefixes_match_on_segment_boundaries() {
+        let api = route(None, "/api");
+        assert!(api.matches_path("/api"));
+        assert!(api.matches_path("/api/v1"));
+        assert!(!api.matches_path("/apix"));
+        assert!(!api.matches_path("/"));
+        assert!(route(None, "/").matches_path("/anything"));
+        assert!(route(None, "/static/").matches_path("/static/a.css"));
+    }
+
+    #[test]
+    fn hosts_match_exactly_or_by_wildcard() {
+        let exact = route(Some("Example.com"), "/");
+        assert!(exact.matches_host(Some("example.com")));
+        assert!(!exact.matches_host(Some("www.example.com")));
+        assert!(!exact.matches_host(None));
+        let wildcard = route(Some("*.example.com"), "/");
+        assert!(wildcard.matches_host(Some("www.example.com")));
+        assert!(!wildcard.matches_host(Some("example.com")));
+        assert!(!wildcard.matches_host(Some("badexample.com")));
+    }
+
+    #[test]
+    fn retry_budget_runs_out_and_refills_with_requests() {
+        let budget = RetryBudget::new(0.5);
+        let mut granted = 0;
+        while budget.withdraw() {
+            granted += 1;
+            assert!(granted <= 200, "the budget is bounded");
+        }
+        assert!(granted >= 100);
+        budget.deposit();
+        budget.deposit();
+        assert!(budget.withdraw(), "two requests at ratio 0.5 buy one retry");
     }
 }

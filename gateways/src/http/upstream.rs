@@ -15,17 +15,16 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::body::{BoxError, ProxyBody};
 use super::head::{LAST_CHUNK, put_chunk, put_field, put_fields};
-use super::response_head::UpstreamError;
-use super::response_head::{Chunk, Framing, parse_head};
-use super::{BoxError, ProxyBody};
+use super::response_head::{Chunk, Framing, UpstreamError, parse_head};
 
 /// Response heads larger than this are refused (502).
 const MAX_HEAD: usize = 64 * 1024;

@@ -6,7 +6,8 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use super::{RegistrarEngine, RegistrarEvent, RemovalReason};
+use super::engine::RegistrarEngine;
+use super::events::{RegistrarEvent, RemovalReason};
 use crate::auth::{Access, Denied};
 use crate::engine::{AssocId, PeerInfo};
 use crate::handlespace::{PoolElementEntry, PoolElementKey, Refusal, Upserted};

@@ -5,9 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::engine::RegistrarEngine;
+use super::events::RegistrarEvent;
 use super::peers::{Link, ListExchange, Peer, Standing, evictable};
 use super::sync::Phase;
-use super::{RegistrarEngine, RegistrarEvent};
 use crate::engine::{AssocId, Endpoint, Output, TransportKind};
 use crate::wire::{EnrpBody, EnrpMessage, RegistrarId, ServerInformation};
 

@@ -16,9 +16,10 @@
 
 use std::time::Instant;
 
+use super::engine::RegistrarEngine;
+use super::events::RegistrarEvent;
 use super::peers::{Link, Peer, PeerStanding, PeerStatus, Standing};
 use super::sync::Phase;
-use super::{RegistrarEngine, RegistrarEvent};
 use crate::engine::{AssocId, Engine, Output};
 use crate::wire::{
     EnrpBody, EnrpMessage, OperationError, PoolElement, PoolHandle, Protocol, RegistrarId,
@@ -55,7 +56,7 @@ impl RegistrarEngine {
         }
     }
 
-    pub(super) fn initial_phase(config: &super::RegistrarConfig, now: Instant) -> Phase {
+    pub(super) fn initial_phase(config: &super::config::RegistrarConfig, now: Instant) -> Phase {
         if config.static_peers.is_empty() && !config.enrp_multicast {
             Phase::Normal
         } else {

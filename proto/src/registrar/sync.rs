@@ -9,8 +9,9 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use super::engine::RegistrarEngine;
+use super::events::{RegistrarEvent, RemovalReason};
 use super::peers::{Audit, ListExchange};
-use super::{RegistrarEngine, RegistrarEvent, RemovalReason};
 use crate::handlespace::PoolElementKey;
 use crate::wire::{
     CauseCode, EnrpBody, PoolElement, PoolEntries, PoolHandle, RegistrarId, UpdateAction,

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::RegistrarEngine;
-use super::RegistrarEvent;
+use super::engine::RegistrarEngine;
+use super::events::RegistrarEvent;
 use super::peers::{Standing, takeover_witnesses};
 use crate::engine::{AssocId, Endpoint, Output};
 use crate::handlespace::PoolElementKey;

@@ -4,17 +4,18 @@ use super::causes::OperationError;
 use super::codec::UnknownParameter;
 use super::codec::{Params, Reader, UnknownSink, Writer};
 use super::error::{EncodeError, WireError};
+use super::header::{Decoded, MessageHeader};
 use super::params::{
     PoolElement, PoolElementId, PoolHandle, RegistrarId, ServerInformation, Transport,
     decode_cookie, decode_items, decode_pe_id, decode_pool_handle, encode_cookie, encode_items,
     encode_pe_id, encode_pool_handle, take_transport,
 };
 use super::selection::Policy;
+use super::types::Protocol;
 use super::types::{
     PARAM_COOKIE, PARAM_HANDLE_RESOLUTION_OPTION, PARAM_OPERATION_ERROR, PARAM_PE_IDENTIFIER,
     PARAM_POLICY, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE, PARAM_SERVER_INFORMATION,
 };
-use super::{Decoded, MessageHeader, Protocol};
 
 /// The R (reject) flag of ASAP_REGISTRATION_RESPONSE.
 const FLAG_REJECT: u8 = 0x01;

@@ -5,15 +5,16 @@ use super::causes::OperationError;
 use super::codec::UnknownParameter;
 use super::codec::{Params, UnknownSink, Writer};
 use super::error::{EncodeError, WireError};
+use super::header::{Decoded, MessageHeader};
 use super::params::{
     PoolElement, PoolHandle, RegistrarId, ServerInformation, decode_checksum, encode_checksum,
     encode_pool_handle,
 };
+use super::types::Protocol;
 use super::types::{
     PARAM_OPERATION_ERROR, PARAM_PE_CHECKSUM, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE,
     PARAM_SERVER_INFORMATION,
 };
-use super::{Decoded, MessageHeader, Protocol};
 
 /// An ENRP message: the two registrar IDs every ENRP message carries, and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
