@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use rserpool_proto::engine::TimerProfile;
 
 /// rserpool: Reliable Server Pooling (RFC 5351-5356) in Rust.
 #[derive(Debug, Parser)]
@@ -187,12 +188,14 @@ impl From<TransportArg> for rserpool_proto::engine::TransportKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum ProfileArg {
-    /// RFC 5352/5353 timers.
-    Rfc,
-    /// rsplib's faster timers (for mixing with rsplib peers).
-    Rsplib,
+/// The `--profile` values, with what each means.
+fn timer_profiles() -> impl clap::builder::TypedValueParser<Value = TimerProfile> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser as _};
+    PossibleValuesParser::new([
+        PossibleValue::new("rfc").help("RFC 5352/5353 timers"),
+        PossibleValue::new("rsplib").help("rsplib's faster timers (for mixing with rsplib peers)"),
+    ])
+    .try_map(|name| name.parse::<TimerProfile>())
 }
 
 /// `rserpool registrar`.
@@ -217,8 +220,8 @@ pub(crate) struct RegistrarArgs {
     #[arg(long)]
     pub(crate) id: Option<String>,
     /// Timer profile.
-    #[arg(long, value_enum)]
-    pub(crate) profile: Option<ProfileArg>,
+    #[arg(long, value_parser = timer_profiles())]
+    pub(crate) profile: Option<TimerProfile>,
     /// Announce group GROUP:PORT, or `off` (default 239.0.0.50:3863 on the ASAP
     /// address's interface).
     #[arg(long)]
@@ -297,8 +300,8 @@ pub(crate) struct PeArgs {
     #[arg(long)]
     pub(crate) multihome: Vec<std::net::IpAddr>,
     /// Timer profile.
-    #[arg(long, value_enum)]
-    pub(crate) profile: Option<ProfileArg>,
+    #[arg(long, value_parser = timer_profiles())]
+    pub(crate) profile: Option<TimerProfile>,
     /// Serve /metrics, /healthz, /readyz and /api/ on this address (no authentication:
     /// keep it on loopback or a management network).
     #[arg(long)]
@@ -341,8 +344,8 @@ pub(crate) struct GatewayArgs {
     #[arg(long, requires = "dns")]
     pub(crate) zone: Option<String>,
     /// Timer profile of the pool user.
-    #[arg(long, value_enum)]
-    pub(crate) profile: Option<ProfileArg>,
+    #[arg(long, value_parser = timer_profiles())]
+    pub(crate) profile: Option<TimerProfile>,
     /// Serve /metrics, /healthz, /readyz and /api/ on this address (e.g.
     /// 127.0.0.1:9102; no authentication: keep it on loopback or a management network).
     #[arg(long)]

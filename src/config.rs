@@ -23,13 +23,13 @@ pub(crate) use csp::{
     CspSection, parse_interval as parse_csp_interval, parse_monitor as parse_csp_monitor,
 };
 pub(crate) use gateway::{
-    CertificateSection, DnsSection, GatewaySection, HttpListenerSection, OutlierSection,
-    TcpListenerSection, sticky_keys,
+    CertificateSection, DnsSection, GatewaySection, HttpListenerSection, HttpRouteSection,
+    OutlierSection, StickySection, TcpListenerSection, sticky_keys,
 };
 pub(crate) use pe::{HealthCheck, PeSection, PoolUserSection, ServiceConfig, parse_health};
 pub(crate) use registrar::{RegistrarSection, asap_port, enrp_port};
 pub(crate) use values::{
-    ConfigError, Multicast, Profile, parse_duration, parse_id, parse_multicast, resolve_address,
+    ConfigError, Multicast, parse_duration, parse_id, parse_multicast, resolve_address,
 };
 
 /// The whole file: one optional section per role.
@@ -233,16 +233,6 @@ fn validate(config: &ConfigFile) -> Result<(), ConfigError> {
         if service.fall == 0 || service.rise == 0 || service.health_interval.is_zero() {
             return Err(ConfigError::Invalid(format!(
                 "pe.services[{i}]: fall, rise and health_interval must be above 0"
-            )));
-        }
-    }
-    for (i, listener) in config.gateway.tcp.iter().enumerate() {
-        gateway::validate_tcp_listener(i, listener)?;
-    }
-    for (i, listener) in config.gateway.http.iter().enumerate() {
-        if listener.h2_max_concurrent_streams == 0 {
-            return Err(ConfigError::Invalid(format!(
-                "gateway.http[{i}]: h2_max_concurrent_streams must be above 0"
             )));
         }
     }

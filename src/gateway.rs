@@ -4,6 +4,9 @@
 
 mod admin;
 mod listeners;
+mod settings;
+
+use settings::{dns_starts, http_listener_config, listener_configs};
 mod status_reports;
 
 use std::sync::Arc;
@@ -12,22 +15,14 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use rserpool_gateways::Lifecycle;
-use rserpool_gateways::dns::{DnsConfig, TcpLimits, hickory_name};
-use rserpool_gateways::health::{OutlierConfig, SuccessRateConfig};
-use rserpool_gateways::http::sticky::CookieSealer;
-use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
-use rserpool_gateways::http::{self, HttpListenerConfig, Route};
-use rserpool_gateways::tcp::{Framing, ListenerConfig, SctpUpstream};
-use rserpool_proto::session::SessionConfig;
+use rserpool_gateways::http::tls::CertificateResolver;
+use rserpool_gateways::http::{self};
 use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::GatewayArgs;
-use crate::config::{
-    self, CertificateSection, ConfigFile, DnsSection, HttpListenerSection, OutlierSection,
-    TcpListenerSection,
-};
+use crate::config::{self, ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection};
 use crate::logging::Logging;
 use crate::pool_user::PoolUser;
 use crate::signals::{Request, Signals};
@@ -49,7 +44,7 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
     }
     args.csp.apply(&mut file.csp);
     if let Some(profile) = args.profile {
-        file.pool_user.profile = crate::profile(profile);
+        file.pool_user.profile = profile;
     }
     for spec in &args.tcp {
         let (listen, pool) = listener_flag("--tcp", spec)?;
@@ -144,155 +139,6 @@ fn listener_flag<'a>(flag: &str, spec: &'a str) -> Result<(SocketAddr, &'a str),
     Ok((listen, pool))
 }
 
-fn dns_config(section: &DnsSection) -> Result<DnsConfig, RunError> {
-    let context = format!("gateway.dns {}", section.listen);
-    let mut zone = hickory_name(&section.zone)
-        .map_err(|e| RunError::Usage(format!("{context}: zone {:?}: {e}", section.zone)))?;
-    zone.set_fqdn(true);
-    let mut config = DnsConfig::new(zone);
-    config.ttl = section.ttl;
-    config.answer_count = section.answer_count.max(1);
-    config.negative_ttl = section.negative_ttl;
-    config.rate_limit = section.rate_limit;
-    config.tcp = TcpLimits {
-        max_connections: section.tcp_max_connections,
-        idle_timeout: section.tcp_idle_timeout,
-    };
-    for (label, pool) in &section.names {
-        let valid = !label.is_empty()
-            && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !valid {
-            return Err(RunError::Usage(format!(
-                "{context}: names: {label:?} is not a DNS label (letters, digits, -)"
-            )));
-        }
-        let handle = PoolHandle::new(pool.as_bytes())
-            .map_err(|e| RunError::Usage(format!("{context}: names.{label}: {e}")))?;
-        config.names.insert(label.to_ascii_lowercase(), handle);
-    }
-    Ok(config)
-}
-
-fn certificate_resolver(
-    context: &str,
-    certificates: &[CertificateSection],
-) -> Result<Arc<CertificateResolver>, RunError> {
-    let sources = certificates
-        .iter()
-        .map(|c| CertificateSource {
-            cert: c.cert.clone(),
-            key: c.key.clone(),
-            names: c.names.clone(),
-        })
-        .collect();
-    CertificateResolver::new(sources)
-        .map(Arc::new)
-        .map_err(|e| RunError::Usage(format!("{context}: tls: {e}")))
-}
-
-fn http_listener_config(section: &HttpListenerSection) -> Result<HttpListenerConfig, RunError> {
-    let context = format!("gateway.http {}", section.listen);
-    if section.routes.is_empty() {
-        return Err(RunError::Usage(format!(
-            "{context}: give at least one route"
-        )));
-    }
-    if !(0.0..=10.0).contains(&section.retry_ratio) {
-        return Err(RunError::Usage(format!(
-            "{context}: retry_ratio must be between 0 and 10"
-        )));
-    }
-    let mut routes = Vec::new();
-    for route in &section.routes {
-        if !route.path.starts_with('/') {
-            return Err(RunError::Usage(format!(
-                "{context}: route path {:?} must start with /",
-                route.path
-            )));
-        }
-        let retry_on =
-            rserpool_gateways::http::StatusSet::new(&route.retry_on).ok_or_else(|| {
-                RunError::Usage(format!(
-                    "{context}: route retry_on {:?}: only 4xx and 5xx statuses can be retried",
-                    route.retry_on
-                ))
-            })?;
-        routes.push(Route {
-            host: route.host.as_ref().map(|h| h.to_ascii_lowercase()),
-            path_prefix: route.path.clone(),
-            pool_handle: route.pool,
-            connect_timeout: route.connect_timeout,
-            first_byte_timeout: route.first_byte_timeout,
-            idle_timeout: route.idle_timeout,
-            max_body: route.max_body,
-            replay_buffer: route.replay_buffer,
-            max_attempts: route.max_attempts.max(1),
-            min_body_rate: route.min_body_rate,
-            retry_on,
-            outliers: outlier_config(&route.outlier_detection, &context)?,
-            slow_start: route.slow_start,
-            max_requests_per_pe: route.max_requests_per_pe,
-            queue_timeout: route.queue_timeout,
-            hedge: route.hedge_after,
-            resume_cut_gets: route.resume_cut_gets,
-            idempotency_keys: route.idempotency_keys,
-        });
-    }
-    let sticky = match &section.sticky {
-        Some(sticky) => {
-            let valid_name = !sticky.cookie.is_empty()
-                && sticky
-                    .cookie
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-            if !valid_name {
-                return Err(RunError::Usage(format!(
-                    "{context}: sticky cookie name {:?}: use letters, digits, _ - .",
-                    sticky.cookie
-                )));
-            }
-            let keys = config::sticky_keys(sticky)?;
-            CookieSealer::new(sticky.cookie.clone(), &keys, sticky.max_age)
-        }
-        None => None,
-    };
-    let tls = section
-        .tls
-        .as_ref()
-        .map(|tls| certificate_resolver(&context, &tls.certificates))
-        .transpose()?;
-    Ok(HttpListenerConfig {
-        listen: section.listen,
-        tls,
-        routes,
-        max_connections: section.max_connections,
-        header_timeout: section.header_timeout,
-        client_idle_timeout: section.client_idle_timeout,
-        tunnel_idle_timeout: section.tunnel_idle_timeout,
-        max_header_bytes: section.max_header_bytes,
-        sticky,
-        retry_ratio: section.retry_ratio,
-        max_held_body_bytes: section.max_held_body_bytes,
-        max_held_body_bytes_per_connection: section.max_held_body_bytes_per_connection,
-        h2_max_concurrent_streams: section.h2_max_concurrent_streams,
-    })
-}
-
-/// The HTTP and TCP listeners' settings, checked.
-fn listener_configs(
-    file: &ConfigFile,
-) -> Result<(Vec<HttpListenerConfig>, Vec<ListenerConfig>), RunError> {
-    let http = file.gateway.http.iter().map(http_listener_config);
-    let tcp = file.gateway.tcp.iter().map(listener_config);
-    Ok((
-        http.collect::<Result<_, _>>()?,
-        tcp.collect::<Result<_, _>>()?,
-    ))
-}
-
 /// The pools the TCP listeners and HTTP routes send to.
 fn configured_pools(file: &ConfigFile) -> std::collections::BTreeSet<PoolHandle> {
     let tcp = file.gateway.tcp.iter().map(|listener| listener.pool);
@@ -322,67 +168,6 @@ async fn warn_of_empty_pools(
             Err(_) => {}
         }
     }
-}
-
-/// A route's or TCP listener's passive health, checked.
-fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConfig, RunError> {
-    if section.max_ejected_percent > 100
-        || section.failure_percentage > 100
-        || section.base_ejection > section.max_ejection
-    {
-        return Err(RunError::Usage(format!(
-            "{context}: outlier_detection: max_ejected_percent and failure_percentage are at most 100 and base_ejection at most max_ejection"
-        )));
-    }
-    if !(0.0..=10.0).contains(&section.success_rate_stdev_factor) {
-        return Err(RunError::Usage(format!(
-            "{context}: outlier_detection: success_rate_stdev_factor must be between 0 and 10"
-        )));
-    }
-    Ok(OutlierConfig {
-        consecutive_failures: section.consecutive_failures,
-        base_ejection: section.base_ejection,
-        max_ejection: section.max_ejection,
-        max_ejected_percent: section.max_ejected_percent,
-        success_rate: SuccessRateConfig {
-            interval: section.interval,
-            request_volume: section.success_rate_request_volume,
-            failure_percentage: section.failure_percentage,
-            minimum_hosts: section.success_rate_minimum_hosts,
-            stdev_factor_permille: (section.success_rate_stdev_factor * 1000.0).round() as u32,
-        },
-    })
-}
-
-fn listener_config(section: &TcpListenerSection) -> Result<ListenerConfig, RunError> {
-    let context = format!("gateway.tcp {}", section.listen);
-    Ok(ListenerConfig {
-        sctp: SctpUpstream {
-            ppid: section.ppid,
-            framing: section.framing.map(|f| Framing {
-                offset: f.offset,
-                size: f.size,
-                adjust: f.adjust,
-                max_message: f.max_message,
-            }),
-        },
-        listen: section.listen,
-        pool_handle: section.pool,
-        session: SessionConfig {
-            replay_limit: section.replay_buffer,
-            connect_timeout: section.connect_timeout,
-            response_timeout: section.response_timeout,
-            failover_deadline: section.failover_deadline,
-            half_close_timeout: section.half_close_timeout,
-            heartbeat_interval: section.heartbeat_interval,
-            idle_timeout: (!section.idle_timeout.is_zero()).then_some(section.idle_timeout),
-            ..SessionConfig::default()
-        },
-        max_connections: section.max_connections,
-        buffer: section.buffer,
-        outliers: outlier_config(&section.outlier_detection, &context)?,
-        slow_start: section.slow_start,
-    })
 }
 
 pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
@@ -433,9 +218,8 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         lifecycle: &lifecycle,
         view: &view,
     };
-    let tcp = listeners::start_tcp(&file.gateway.tcp, tcp_configs, &shared).await?;
-    let (http, reloaders) =
-        listeners::start_http(&file.gateway.http, http_configs, &shared).await?;
+    let tcp = listeners::start_tcp(tcp_configs, &shared).await?;
+    let (http, reloaders) = listeners::start_http(http_configs, &shared).await?;
     let dns = listeners::start_dns(dns_configs, &shared).await?;
     let registrars: Vec<String> = file
         .pool_user
@@ -476,29 +260,6 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     shutdown.cancel();
     crate::csp::Reporter::finish(csp).await;
     Ok(())
-}
-
-/// The DNS listeners' settings and DNS-over-TLS certificates, checked before anything
-/// is bound.
-fn dns_starts(file: &ConfigFile) -> Result<Vec<listeners::DnsStart>, RunError> {
-    file.gateway
-        .dns
-        .iter()
-        .map(|section| {
-            let dot = section
-                .tls
-                .as_ref()
-                .map(|tls| {
-                    let context = format!("gateway.dns {}", section.listen);
-                    Ok::<_, RunError>((
-                        tls.listen,
-                        certificate_resolver(&context, &tls.certificates)?,
-                    ))
-                })
-                .transpose()?;
-            Ok((section.listen, dns_config(section)?, dot))
-        })
-        .collect()
 }
 
 /// SIGHUP: the HTTPS and DNS-over-TLS listeners' certificates are read again; a set

@@ -153,13 +153,6 @@ pub(crate) fn seed() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-pub(crate) fn profile(profile: cli::ProfileArg) -> config::Profile {
-    match profile {
-        cli::ProfileArg::Rfc => config::Profile::Rfc,
-        cli::ProfileArg::Rsplib => config::Profile::Rsplib,
-    }
-}
-
 pub(crate) fn apply_log_args(log: &mut config::LogConfig, args: &cli::LogArgs) {
     if let Some(level) = &args.log_level {
         log.level.clone_from(level);

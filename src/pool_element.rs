@@ -89,7 +89,7 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
     }
     section.multihome.extend(args.multihome.iter().copied());
     if let Some(profile) = args.profile {
-        section.profile = crate::profile(profile);
+        section.profile = profile;
     }
     crate::apply_log_args(&mut file.log, &args.log);
     // (--backend without --pool is clap's to refuse.)
@@ -389,7 +389,7 @@ pub(crate) fn start_engine(
     hunt.access = access;
     let config = PoolElementConfig {
         home_changes: section.home_changes,
-        ..PoolElementConfig::new(section.profile.into(), hunt)
+        ..PoolElementConfig::new(section.profile, hunt)
     };
     let engine = PoolElementEngine::new(config, crate::seed());
     let (events_tx, events) = mpsc::channel::<PoolElementEvent>(1024);

@@ -107,7 +107,7 @@ impl PoolUser {
         );
         hunt.transport = section.transport;
         hunt.access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
-        let mut config = PoolUserConfig::new(section.profile.into(), hunt);
+        let mut config = PoolUserConfig::new(section.profile, hunt);
         config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
         // Serving stale needs a cache to keep the last answers in.
         if !config.stale_cache.is_zero() {

@@ -57,7 +57,7 @@ fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), Ru
         section.id = Some(config::parse_id(id).map_err(RunError::Usage)?);
     }
     if let Some(profile) = args.profile {
-        section.profile = crate::profile(profile);
+        section.profile = profile;
     }
     if let Some(announce) = &args.announce {
         section.announce.group = config::parse_multicast(announce).map_err(RunError::Usage)?;
@@ -74,7 +74,7 @@ fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), Ru
 /// address, `access` what peers must prove.
 fn engine_config(section: &RegistrarSection, enrp: SocketAddr, access: Access) -> RegistrarConfig {
     let limits = &section.limits;
-    let profile = RegistrarConfig::new(section.profile.into());
+    let profile = RegistrarConfig::new(section.profile);
     RegistrarConfig {
         id: section.id,
         keepalive_interval: section.keepalive_interval,

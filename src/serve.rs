@@ -101,7 +101,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         control_channel: kind == ServeKind::Counter,
         reregistration_interval: crate::config::parse_duration(&args.reregistration_interval)
             .map_err(RunError::Usage)?,
-        rsplib_timers: matches!(args.profile, Some(crate::cli::ProfileArg::Rsplib)),
+        profile: args.profile.unwrap_or_default(),
         transport,
         multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
         tls,

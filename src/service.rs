@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use rserpool_proto::engine::TransportKind;
+pub use rserpool_proto::engine::{TimerProfile, TransportKind};
 use rserpool_proto::pool_element::PoolElementSpec;
 use rserpool_proto::session::{
     ControlDeframer, ControlFrame, data_frames, open_cookie, seal_cookie,
@@ -54,7 +54,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ControlTlsSection, Multicast, PeSection, Profile};
+use crate::config::{ControlTlsSection, Multicast, PeSection};
 use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, start_engine};
 use crate::transport::multihomed;
 use crate::transport::sctp::{self, Received};
@@ -78,8 +78,8 @@ pub struct ServiceConfig {
     pub control_channel: bool,
     /// How often to re-register (registration life is three times this).
     pub reregistration_interval: Duration,
-    /// Use rsplib's faster timers.
-    pub rsplib_timers: bool,
+    /// ASAP timers: the RFC's, or rsplib's faster ones.
+    pub profile: TimerProfile,
     /// SCTP (sessions with PPIDs; ASAP to registrars over SCTP too) or TCP.
     pub transport: TransportKind,
     /// More addresses of this host (SCTP multi-homing): the service and its ASAP
@@ -101,7 +101,7 @@ impl ServiceConfig {
             policy: Policy::RoundRobin,
             control_channel: true,
             reregistration_interval: Duration::from_secs(30),
-            rsplib_timers: false,
+            profile: TimerProfile::Rfc,
             transport: TransportKind::Tcp,
             multihome: Vec::new(),
             tls: None,
@@ -162,11 +162,7 @@ impl PoolElementService {
         let shutdown = CancellationToken::new();
         let section = PeSection {
             registrars: config.registrars.clone(),
-            profile: if config.rsplib_timers {
-                Profile::Rsplib
-            } else {
-                Profile::Rfc
-            },
+            profile: config.profile,
             transport: config.transport,
             asap: SocketAddr::new(listen.ip(), 0),
             multihome: config.multihome.clone(),

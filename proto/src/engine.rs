@@ -221,7 +221,7 @@ pub trait Engine {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(
     feature = "serde",
-    derive(serde::Serialize),
+    derive(serde::Serialize, serde::Deserialize),
     serde(rename_all = "lowercase")
 )]
 pub enum TimerProfile {
@@ -232,4 +232,21 @@ pub enum TimerProfile {
     /// rsplib's much faster defaults: needed to peer with rsplib registrars, which
     /// declare a registrar dead after about 10 s of silence.
     Rsplib,
+}
+
+impl TimerProfile {
+    /// Each profile with its name as configurations and command lines write it.
+    pub const NAMED: [(&'static str, Self); 2] = [("rfc", Self::Rfc), ("rsplib", Self::Rsplib)];
+}
+
+impl std::str::FromStr for TimerProfile {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::NAMED
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+            .map(|(_, profile)| *profile)
+            .ok_or_else(|| format!("{text:?} is not a timer profile (rfc, rsplib)"))
+    }
 }

@@ -7,10 +7,7 @@ use std::time::Duration;
 use rserpool_proto::wire::PoolHandle;
 use serde::{Deserialize, Deserializer};
 
-use super::values::{
-    ConfigError, duration, five_seconds, parse_duration, pool_handle, sixty_seconds, ten_seconds,
-    thirty_seconds, two_seconds,
-};
+use super::values::{ConfigError, duration, optional_duration, parse_duration, pool_handle};
 
 /// The gateways (their pool user is configured in `pool_user`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -51,22 +48,22 @@ pub(crate) struct DnsSection {
     pub(crate) names: std::collections::BTreeMap<String, String>,
     /// TTL of answers in seconds (0: resolvers ask every time, so the policy decides).
     #[serde(default)]
-    pub(crate) ttl: u32,
+    pub(crate) ttl: Option<u32>,
     /// PEs per answer at most.
-    #[serde(default = "eight")]
-    pub(crate) answer_count: usize,
+    #[serde(default)]
+    pub(crate) answer_count: Option<usize>,
     /// Seconds resolvers cache a negative answer (the SOA minimum).
-    #[serde(default = "five")]
-    pub(crate) negative_ttl: u32,
+    #[serde(default)]
+    pub(crate) negative_ttl: Option<u32>,
     /// UDP responses per second to one client /24 (IPv6: /56); 0: no limit.
-    #[serde(default = "two_hundred")]
-    pub(crate) rate_limit: u32,
+    #[serde(default)]
+    pub(crate) rate_limit: Option<u32>,
     /// TCP connections open at once; more are closed at once.
-    #[serde(default = "tcp_max_connections")]
-    pub(crate) tcp_max_connections: usize,
+    #[serde(default)]
+    pub(crate) tcp_max_connections: Option<usize>,
     /// A TCP connection must bring its next query within this.
-    #[serde(default = "ten_seconds", deserialize_with = "duration")]
-    pub(crate) tcp_idle_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) tcp_idle_timeout: Option<Duration>,
     /// DNS over TLS (RFC 7858) on its own address, certificates as for HTTP.
     pub(crate) tls: Option<DotSection>,
 }
@@ -78,52 +75,40 @@ pub(crate) struct DotSection {
     pub(crate) certificates: Vec<CertificateSection>,
 }
 
-fn eight() -> usize {
-    8
-}
-
-fn five() -> u32 {
-    5
-}
-
-fn two_hundred() -> u32 {
-    200
-}
-
 /// One HTTP listener of the gateway.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HttpListenerSection {
     pub(crate) listen: SocketAddr,
     pub(crate) routes: Vec<HttpRouteSection>,
-    #[serde(default = "ten_thousand")]
-    pub(crate) max_connections: usize,
+    #[serde(default)]
+    pub(crate) max_connections: Option<usize>,
     /// A client must send a request's head within this (an HTTP/2 connection, its
     /// first request).
-    #[serde(default = "ten_seconds", deserialize_with = "duration")]
-    pub(crate) header_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) header_timeout: Option<Duration>,
     /// An HTTP/2 connection idle this long (no byte either way, no request waiting)
     /// is closed.
-    #[serde(default = "sixty_seconds", deserialize_with = "duration")]
-    pub(crate) client_idle_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) client_idle_timeout: Option<Duration>,
     /// An upgraded tunnel (WebSocket) carrying nothing either way this long is closed.
-    #[serde(default = "tunnel_idle_timeout", deserialize_with = "duration")]
-    pub(crate) tunnel_idle_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) tunnel_idle_timeout: Option<Duration>,
     /// Larger request heads get 431.
-    #[serde(default = "sixty_four_kibibytes")]
-    pub(crate) max_header_bytes: usize,
+    #[serde(default)]
+    pub(crate) max_header_bytes: Option<usize>,
     /// Retries per request on average (plus 10 a second).
-    #[serde(default = "retry_ratio")]
-    pub(crate) retry_ratio: f64,
+    #[serde(default)]
+    pub(crate) retry_ratio: Option<f64>,
     /// Request-body bytes held for replay by the listener's connections together, and
     /// by one connection (its HTTP/2 streams); a body that does not fit is not held.
-    #[serde(default = "max_held_body_bytes")]
-    pub(crate) max_held_body_bytes: usize,
-    #[serde(default = "max_held_body_bytes_per_connection")]
-    pub(crate) max_held_body_bytes_per_connection: usize,
+    #[serde(default)]
+    pub(crate) max_held_body_bytes: Option<usize>,
+    #[serde(default)]
+    pub(crate) max_held_body_bytes_per_connection: Option<usize>,
     /// Streams one HTTP/2 connection may have open at once.
-    #[serde(default = "h2_max_concurrent_streams")]
-    pub(crate) h2_max_concurrent_streams: u32,
+    #[serde(default)]
+    pub(crate) h2_max_concurrent_streams: Option<u32>,
     pub(crate) sticky: Option<StickySection>,
     /// TLS termination: the listener speaks HTTPS (HTTP/2 by ALPN).
     pub(crate) tls: Option<TlsSection>,
@@ -155,55 +140,55 @@ pub(crate) struct HttpRouteSection {
     /// Exact host or `*.domain`; absent: every host.
     #[serde(default)]
     pub(crate) host: Option<String>,
-    #[serde(default = "root_path")]
-    pub(crate) path: String,
-    #[serde(default = "two_seconds", deserialize_with = "duration")]
-    pub(crate) connect_timeout: Duration,
-    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
-    pub(crate) first_byte_timeout: Duration,
-    #[serde(default = "sixty_seconds", deserialize_with = "duration")]
-    pub(crate) idle_timeout: Duration,
-    #[serde(default = "ten_mebibytes")]
-    pub(crate) max_body: u64,
-    #[serde(default = "sixty_four_kibibytes")]
-    pub(crate) replay_buffer: usize,
-    #[serde(default = "three")]
-    pub(crate) max_attempts: usize,
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) first_byte_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) idle_timeout: Option<Duration>,
+    #[serde(default)]
+    pub(crate) max_body: Option<u64>,
+    #[serde(default)]
+    pub(crate) replay_buffer: Option<usize>,
+    #[serde(default)]
+    pub(crate) max_attempts: Option<usize>,
     /// A streamed request body slower than this (bytes/s over 10 s windows) gets 408.
-    #[serde(default = "min_body_rate")]
-    pub(crate) min_body_rate: u64,
+    #[serde(default)]
+    pub(crate) min_body_rate: Option<u64>,
     /// Response statuses that send an idempotent request with a kept body to the next
     /// PE (502, 503, 504; `[]`: none).
-    #[serde(default = "retry_on")]
-    pub(crate) retry_on: Vec<u16>,
+    #[serde(default)]
+    pub(crate) retry_on: Option<Vec<u16>>,
     /// Passive health: when a failing PE is ejected.
     #[serde(default)]
     pub(crate) outlier_detection: OutlierSection,
     /// How long a new or returning PE's share of requests ramps up (10s; 0s: at once).
-    #[serde(default = "slow_start", deserialize_with = "duration")]
-    pub(crate) slow_start: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) slow_start: Option<Duration>,
     /// Requests waiting for one PE's answer at once (0: no limit); beyond, the next PE,
     /// and 503 with Retry-After when every PE is at the limit.
     #[serde(default)]
-    pub(crate) max_requests_per_pe: usize,
+    pub(crate) max_requests_per_pe: Option<usize>,
     /// How long a request finding every PE at its limit waits for a place (0s: 503 at
     /// once; at most 1 024 wait per route).
-    #[serde(default, deserialize_with = "duration")]
-    pub(crate) queue_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) queue_timeout: Option<Duration>,
     /// When a GET (any idempotent request with a kept body) still without an answer
     /// also goes to the next PE: `off` (default), a duration, or `p99` (the route's
     /// observed 99th percentile, at least 10 ms).
     #[serde(default, deserialize_with = "hedge")]
-    pub(crate) hedge_after: rserpool_gateways::http::Hedge,
+    pub(crate) hedge_after: Option<rserpool_gateways::http::Hedge>,
     /// A GET whose PE dies mid-body gets the rest from another PE when the response
     /// has a strong validator (true; false: cut it).
-    #[serde(default = "resume_cut_gets")]
-    pub(crate) resume_cut_gets: bool,
+    #[serde(default)]
+    pub(crate) resume_cut_gets: Option<bool>,
     /// POSTs (non-idempotent requests with a kept body) get an Idempotency-Key and go
     /// to the next PE when their PE died before answering (false; only for PEs that
     /// answer a repeated key with the first answer, as `pe --serve http` does).
     #[serde(default)]
-    pub(crate) idempotency_keys: bool,
+    pub(crate) idempotency_keys: Option<bool>,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).
@@ -250,34 +235,12 @@ impl Default for OutlierSection {
     }
 }
 
-/// The HTTP gateway library's own default.
-fn min_body_rate() -> u64 {
-    rserpool_gateways::http::MIN_BODY_RATE
-}
-
-fn slow_start() -> Duration {
-    rserpool_gateways::http::SLOW_START
-}
-
-/// The session layer's own default.
-fn heartbeat_interval() -> Duration {
-    rserpool_proto::session::SessionConfig::default().heartbeat_interval
-}
-
-fn resume_cut_gets() -> bool {
-    rserpool_gateways::http::RESUME_CUT_GETS
-}
-
-fn retry_on() -> Vec<u16> {
-    rserpool_gateways::http::RETRY_ON.to_vec()
-}
-
 /// Sticky sessions: the binding travels sealed in a cookie.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct StickySection {
-    #[serde(default = "cookie_name")]
-    pub(crate) cookie: String,
+    #[serde(default)]
+    pub(crate) cookie: Option<String>,
     /// 32-byte keys in hex (64 digits), the first one current; every gateway that
     /// should serve the same sessions needs them.
     #[serde(default)]
@@ -287,59 +250,8 @@ pub(crate) struct StickySection {
     pub(crate) key_file: Option<std::path::PathBuf>,
     /// How long a sealed binding is accepted (it is sealed again at half this age
     /// while the session is active): an older one replayed by a client is refused.
-    #[serde(default = "sticky_max_age", deserialize_with = "duration")]
-    pub(crate) max_age: Duration,
-}
-
-fn sticky_max_age() -> Duration {
-    Duration::from_secs(3600)
-}
-
-/// The HTTP gateway library's own default.
-fn tunnel_idle_timeout() -> Duration {
-    rserpool_gateways::http::TUNNEL_IDLE_TIMEOUT
-}
-
-/// The HTTP gateway library's own defaults.
-fn max_held_body_bytes() -> usize {
-    rserpool_gateways::http::MAX_HELD_BODY_BYTES
-}
-
-fn max_held_body_bytes_per_connection() -> usize {
-    rserpool_gateways::http::MAX_HELD_BODY_BYTES_PER_CONNECTION
-}
-
-fn h2_max_concurrent_streams() -> u32 {
-    rserpool_gateways::http::H2_MAX_CONCURRENT_STREAMS
-}
-
-/// The DNS gateway library's own default.
-fn tcp_max_connections() -> usize {
-    rserpool_gateways::dns::TcpLimits::default().max_connections
-}
-
-fn sixty_four_kibibytes() -> usize {
-    64 * 1024
-}
-
-fn ten_mebibytes() -> u64 {
-    10 << 20
-}
-
-fn retry_ratio() -> f64 {
-    0.2
-}
-
-fn root_path() -> String {
-    "/".to_owned()
-}
-
-fn three() -> usize {
-    3
-}
-
-fn cookie_name() -> String {
-    "rserpool_session".to_owned()
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) max_age: Option<Duration>,
 }
 
 /// The keys of a sticky section, read and checked.
@@ -392,37 +304,37 @@ pub(crate) struct TcpListenerSection {
     pub(crate) listen: SocketAddr,
     #[serde(deserialize_with = "pool_handle")]
     pub(crate) pool: PoolHandle,
-    #[serde(default = "five_seconds", deserialize_with = "duration")]
-    pub(crate) connect_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) connect_timeout: Option<Duration>,
     /// A PE silent this long while answers are due has failed (TCP control channels
     /// use heartbeats instead).
-    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
-    pub(crate) response_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) response_timeout: Option<Duration>,
     /// A TCP control channel idle this long gets a heartbeat; a PE silent for three
     /// intervals has failed (1s; 100ms to 2s: PEs answer each heartbeat and give up a
     /// gateway silent for 3 s).
-    #[serde(default = "heartbeat_interval", deserialize_with = "duration")]
-    pub(crate) heartbeat_interval: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) heartbeat_interval: Option<Duration>,
     /// How long one failover may take before the client is given up.
-    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
-    pub(crate) failover_deadline: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) failover_deadline: Option<Duration>,
     /// After the client half-closed, how long the PE may take to finish.
-    #[serde(default = "half_close_timeout", deserialize_with = "duration")]
-    pub(crate) half_close_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) half_close_timeout: Option<Duration>,
     /// A session with no data either way this long is closed (`0s`: never).
-    #[serde(default = "tcp_idle_timeout", deserialize_with = "duration")]
-    pub(crate) idle_timeout: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) idle_timeout: Option<Duration>,
     /// Client bytes kept for replay after a failover.
-    #[serde(default = "one_mebibyte")]
-    pub(crate) replay_buffer: usize,
+    #[serde(default)]
+    pub(crate) replay_buffer: Option<usize>,
     /// Bytes queued towards one side before the other side is no longer read.
-    #[serde(default = "quarter_mebibyte")]
-    pub(crate) buffer: usize,
-    #[serde(default = "ten_thousand")]
-    pub(crate) max_connections: usize,
+    #[serde(default)]
+    pub(crate) buffer: Option<usize>,
+    #[serde(default)]
+    pub(crate) max_connections: Option<usize>,
     /// PPID of data messages to SCTP pool elements.
     #[serde(default)]
-    pub(crate) ppid: u32,
+    pub(crate) ppid: Option<u32>,
     /// How the client's byte stream is cut into messages for SCTP pool elements
     /// (absent: each chunk read is one message).
     #[serde(default)]
@@ -433,8 +345,8 @@ pub(crate) struct TcpListenerSection {
     pub(crate) outlier_detection: OutlierSection,
     /// How long a new or returning PE's share of new sessions ramps up (10s; 0s: at
     /// once).
-    #[serde(default = "slow_start", deserialize_with = "duration")]
-    pub(crate) slow_start: Duration,
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) slow_start: Option<Duration>,
 }
 
 /// A length field in each message's header: `size` bytes (1, 2 or 4, big-endian) at
@@ -446,70 +358,15 @@ pub(crate) struct FramingSection {
     pub(crate) size: usize,
     #[serde(default)]
     pub(crate) adjust: i64,
-    #[serde(default = "max_message")]
-    pub(crate) max_message: usize,
-}
-
-/// The session layer's own default.
-fn tcp_idle_timeout() -> Duration {
-    rserpool_proto::session::SessionConfig::default()
-        .idle_timeout
-        .unwrap_or(Duration::ZERO)
-}
-
-fn half_close_timeout() -> Duration {
-    rserpool_proto::session::SessionConfig::default().half_close_timeout
-}
-
-fn max_message() -> usize {
-    65_535
-}
-
-fn one_mebibyte() -> usize {
-    1 << 20
-}
-
-fn quarter_mebibyte() -> usize {
-    256 * 1024
-}
-
-fn ten_thousand() -> usize {
-    10_000
-}
-
-/// The checks of `gateway.tcp[i]` serde cannot make.
-pub(super) fn validate_tcp_listener(
-    i: usize,
-    listener: &TcpListenerSection,
-) -> Result<(), ConfigError> {
-    if listener.buffer == 0 || listener.max_connections == 0 {
-        return Err(ConfigError::Invalid(format!(
-            "gateway.tcp[{i}]: buffer and max_connections must be above 0"
-        )));
-    }
-    // Our PE library gives up a gateway silent for 3 s (and answers each heartbeat).
-    if !(Duration::from_millis(100)..=Duration::from_secs(2)).contains(&listener.heartbeat_interval)
-    {
-        return Err(ConfigError::Invalid(format!(
-            "gateway.tcp[{i}]: heartbeat_interval must be between 100ms and 2s"
-        )));
-    }
-    if let Some(framing) = listener.framing
-        && (![1, 2, 4].contains(&framing.size) || framing.max_message == 0)
-    {
-        return Err(ConfigError::Invalid(format!(
-            "gateway.tcp[{i}].framing: size must be 1, 2 or 4 and max_message above 0"
-        )));
-    }
-    Ok(())
+    pub(crate) max_message: Option<usize>,
 }
 
 fn hedge<'de, D: Deserializer<'de>>(
     deserializer: D,
-) -> Result<rserpool_gateways::http::Hedge, D::Error> {
+) -> Result<Option<rserpool_gateways::http::Hedge>, D::Error> {
     use rserpool_gateways::http::Hedge;
     let text = String::deserialize(deserializer)?;
-    match text.as_str() {
+    let hedge = match text.as_str() {
         "off" => Ok(Hedge::Off),
         "p99" => Ok(Hedge::ObservedP99),
         _ => match parse_duration(&text) {
@@ -519,5 +376,6 @@ fn hedge<'de, D: Deserializer<'de>>(
                 "hedge_after {text:?}: give off, p99 or a duration ({error})"
             ))),
         },
-    }
+    };
+    hedge.map(Some)
 }

@@ -9,9 +9,11 @@ use rserpool_proto::pool_element::HomeChanges;
 use rserpool_proto::wire::{Policy, PoolHandle};
 use serde::{Deserialize, Deserializer};
 
+use rserpool_proto::engine::TimerProfile;
+
 use super::values::{
-    Multicast, Profile, addresses, duration, one, one_second, optional_duration, policy,
-    pool_handle, thirty_seconds, two_seconds,
+    Multicast, addresses, duration, one, one_second, optional_duration, policy, pool_handle,
+    thirty_seconds, two_seconds,
 };
 
 /// How the `pe` agent checks its backend.
@@ -84,7 +86,7 @@ pub(crate) struct PeSection {
     /// Registrars' ASAP addresses (`host:port` names resolve at start).
     #[serde(deserialize_with = "addresses")]
     pub(crate) registrars: Vec<SocketAddr>,
-    pub(crate) profile: Profile,
+    pub(crate) profile: TimerProfile,
     /// `sctp` or `tcp`: how registrars are reached (and reach this agent).
     pub(crate) transport: TransportKind,
     /// The agent's own ASAP endpoint (registrars reach it after a takeover); port 0
@@ -106,7 +108,7 @@ impl Default for PeSection {
     fn default() -> Self {
         Self {
             registrars: Vec::new(),
-            profile: Profile::Rfc,
+            profile: TimerProfile::Rfc,
             transport: TransportKind::Tcp,
             asap: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
             multihome: Vec::new(),
@@ -124,7 +126,7 @@ pub(crate) struct PoolUserSection {
     /// Registrars' ASAP addresses (`host:port` names resolve at start).
     #[serde(deserialize_with = "addresses")]
     pub(crate) registrars: Vec<SocketAddr>,
-    pub(crate) profile: Profile,
+    pub(crate) profile: TimerProfile,
     /// `sctp` or `tcp`: how registrars are reached.
     pub(crate) transport: TransportKind,
     pub(crate) announce: Multicast,
@@ -151,7 +153,7 @@ impl Default for PoolUserSection {
     fn default() -> Self {
         Self {
             registrars: Vec::new(),
-            profile: Profile::Rfc,
+            profile: TimerProfile::Rfc,
             transport: TransportKind::Tcp,
             announce: Multicast::Off,
             announce_interface: None,

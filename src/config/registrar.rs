@@ -7,7 +7,9 @@ use rserpool_proto::engine::TransportKind;
 use rserpool_proto::wire::RegistrarId;
 use serde::Deserialize;
 
-use super::values::{Multicast, Profile, addresses, duration, optional_duration, optional_id};
+use rserpool_proto::engine::TimerProfile;
+
+use super::values::{Multicast, addresses, duration, optional_duration, optional_id};
 
 /// ASAP announces (registrar side: sent; PE and pool user side: listened to).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -108,7 +110,7 @@ pub(crate) struct RegistrarSection {
     /// The registrar ID (`0x...` or decimal); random when absent.
     #[serde(deserialize_with = "optional_id")]
     pub(crate) id: Option<RegistrarId>,
-    pub(crate) profile: Profile,
+    pub(crate) profile: TimerProfile,
     /// `sctp` (the standard; what rsplib speaks) or `tcp` (the TCP mapping) for ASAP,
     /// ENRP and the associations to peers.
     pub(crate) transport: TransportKind,
@@ -173,7 +175,7 @@ impl Default for RegistrarSection {
         let engine = rserpool_proto::registrar::RegistrarConfig::default();
         Self {
             id: None,
-            profile: Profile::Rfc,
+            profile: TimerProfile::Rfc,
             transport: TransportKind::Tcp,
             asap: None,
             enrp: None,

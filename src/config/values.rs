@@ -5,7 +5,6 @@
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use rserpool_proto::engine::TimerProfile;
 use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
 use serde::{Deserialize, Deserializer};
 
@@ -22,36 +21,6 @@ pub(crate) enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
-}
-
-pub(super) fn ten_seconds() -> Duration {
-    Duration::from_secs(10)
-}
-
-pub(super) fn sixty_seconds() -> Duration {
-    Duration::from_secs(60)
-}
-
-pub(super) fn five_seconds() -> Duration {
-    Duration::from_secs(5)
-}
-
-/// The timer profile, as written in the file.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Profile {
-    #[default]
-    Rfc,
-    Rsplib,
-}
-
-impl From<Profile> for TimerProfile {
-    fn from(profile: Profile) -> Self {
-        match profile {
-            Profile::Rfc => Self::Rfc,
-            Profile::Rsplib => Self::Rsplib,
-        }
-    }
 }
 
 /// A multicast channel: `off`, or `GROUP:PORT` (IPv4), optionally with the interface

@@ -12,8 +12,9 @@ use rserpool_proto::pool_user::{AnswerSource, ResolveError};
 use rserpool_proto::wire::PoolHandle;
 use serde_json::{Value, json};
 
-use crate::config::{ConfigFile, HttpListenerSection};
+use crate::config::ConfigFile;
 use crate::pool_user::PoolUser;
+use rserpool_gateways::http::HttpListenerConfig;
 
 /// TCP sessions `/api/sessions` lists at most (the oldest).
 const MAX_LISTED_SESSIONS: usize = 1000;
@@ -31,25 +32,25 @@ impl Listeners {
         );
     }
 
-    pub(super) fn http(&self, address: std::net::SocketAddr, section: &HttpListenerSection) {
-        let routes: Vec<Value> = section
+    pub(super) fn http(&self, address: std::net::SocketAddr, config: &HttpListenerConfig) {
+        let routes: Vec<Value> = config
             .routes
             .iter()
             .map(|route| {
                 json!({
                     "host": route.host,
-                    "path": route.path,
-                    "pool": route.pool.to_string(),
+                    "path": route.path_prefix,
+                    "pool": route.pool_handle.to_string(),
                     "max_attempts": route.max_attempts,
-                    "hedge_after": format!("{:?}", route.hedge_after),
+                    "hedge_after": format!("{:?}", route.hedge),
                     "idempotency_keys": route.idempotency_keys,
                 })
             })
             .collect();
         self.add(json!({
-            "kind": if section.tls.is_some() { "https" } else { "http" },
+            "kind": if config.tls.is_some() { "https" } else { "http" },
             "address": address.to_string(),
-            "sticky": section.sticky.is_some(),
+            "sticky": config.sticky.is_some(),
             "routes": routes,
         }));
     }

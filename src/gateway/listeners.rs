@@ -13,7 +13,6 @@ use rserpool_gateways::tcp::{self, ListenerConfig};
 
 use super::admin::Listeners;
 use crate::RunError;
-use crate::config::{HttpListenerSection, TcpListenerSection};
 use crate::pool_user::PoolUser;
 
 /// A DNS listener to start: its address, settings, and DNS over TLS (address and
@@ -32,15 +31,14 @@ pub(super) struct Shared<'a> {
 }
 
 pub(super) async fn start_tcp(
-    sections: &[TcpListenerSection],
     configs: Vec<ListenerConfig>,
     shared: &Shared<'_>,
 ) -> Result<Vec<String>, RunError> {
     let mut bound = Vec::new();
-    for (section, config) in sections.iter().zip(configs) {
-        let (listener, address) = bind(section.listen).await?;
-        bound.push(format!("{address}={}", section.pool));
-        shared.view.tcp(address, section.pool);
+    for config in configs {
+        let (listener, address) = bind(config.listen).await?;
+        bound.push(format!("{address}={}", config.pool_handle));
+        shared.view.tcp(address, config.pool_handle);
         let config = ListenerConfig {
             listen: address,
             ..config
@@ -57,13 +55,12 @@ pub(super) async fn start_tcp(
 
 /// Also returns each HTTP listener's routes by its configured address, for SIGHUP.
 pub(super) async fn start_http(
-    sections: &[HttpListenerSection],
     configs: Vec<HttpListenerConfig>,
     shared: &Shared<'_>,
 ) -> Result<(Vec<String>, Vec<(SocketAddr, http::Reloader)>), RunError> {
     let mut bound = Vec::new();
     let mut reloaders = Vec::new();
-    for (section, config) in sections.iter().zip(configs) {
+    for config in configs {
         let reloader = http::Reloader::new(&config, shared.lifecycle.ejections.clone());
         reloaders.push((config.listen, reloader.clone()));
         let (listener, address) = bind(config.listen).await?;
@@ -73,7 +70,7 @@ pub(super) async fn start_http(
             .map(|r| r.pool_handle.to_string())
             .collect();
         bound.push(format!("{address}={}", pools.join("+")));
-        shared.view.http(address, section);
+        shared.view.http(address, &config);
         let config = HttpListenerConfig {
             listen: address,
             ..config

@@ -26,6 +26,12 @@ const NONCE: usize = 24;
 /// 4 KiB per cookie; the rest of the binding and the encoding need the remainder).
 pub const MAX_ASAP_COOKIE: usize = 2048;
 
+/// The cookie's name unless configured.
+pub const DEFAULT_COOKIE: &str = "rserpool_session";
+
+/// How long a sealed binding is accepted unless configured.
+pub const DEFAULT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A client's session: which PE serves it and the state that PE handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {

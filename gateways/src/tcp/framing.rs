@@ -20,6 +20,9 @@ pub struct Framing {
 pub struct FramingError(pub i64, pub usize);
 
 impl Framing {
+    /// The longest message unless configured (the largest a 16-bit length field gives).
+    pub const DEFAULT_MAX_MESSAGE: usize = 65_535;
+
     /// Bytes up to the end of the length field.
     pub(super) fn header(&self) -> usize {
         self.offset + self.size
