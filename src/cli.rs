@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rserpool_proto::engine::TimerProfile;
 
+use crate::config::HostPort;
+
 /// rserpool: Reliable Server Pooling (RFC 5351-5356) in Rust.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]
@@ -110,7 +112,7 @@ pub(crate) struct CspArgs {
     /// Send CSP status reports to this monitor, ADDRESS[:PORT] or HOST[:PORT] (port
     /// 2960 when left out).
     #[arg(long, env = "CSP_SERVER", value_parser = crate::config::parse_csp_monitor)]
-    pub(crate) csp_server: Option<SocketAddr>,
+    pub(crate) csp_server: Option<HostPort>,
     /// Time between CSP reports: milliseconds, as rsplib's -cspinterval, or a duration
     /// with a unit (250 ms to 60 s; default 1 s).
     #[arg(long, env = "CSP_INTERVAL", value_parser = crate::config::parse_csp_interval)]
@@ -120,7 +122,7 @@ pub(crate) struct CspArgs {
 impl CspArgs {
     /// The flags over the file's section.
     pub(crate) fn apply(&self, section: &mut crate::config::CspSection) {
-        if let Some(server) = self.csp_server {
+        if let Some(server) = self.csp_server.clone() {
             section.server = Some(server);
         }
         if let Some(interval) = self.csp_interval {
@@ -227,8 +229,8 @@ pub(crate) struct RegistrarArgs {
     #[arg(long)]
     pub(crate) announce: Option<String>,
     /// A peer registrar's ENRP address, ADDRESS:PORT or HOST:PORT (repeatable).
-    #[arg(long = "peer", value_parser = crate::config::resolve_address)]
-    pub(crate) peers: Vec<SocketAddr>,
+    #[arg(long = "peer")]
+    pub(crate) peers: Vec<HostPort>,
     /// ENRP presence multicast group GROUP:PORT, or `off` (default 239.0.0.51:9901 on
     /// the ENRP address's interface).
     #[arg(long)]
@@ -278,8 +280,8 @@ pub(crate) struct PeArgs {
     pub(crate) policy: String,
     /// A registrar's ASAP address, ADDRESS:PORT or HOST:PORT (repeatable; default
     /// 127.0.0.1:3863).
-    #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
-    pub(crate) registrars: Vec<SocketAddr>,
+    #[arg(long = "registrar")]
+    pub(crate) registrars: Vec<HostPort>,
     /// Health check: tcp, http:/PATH or none.
     #[arg(long, default_value = "tcp")]
     pub(crate) health: String,
@@ -325,8 +327,8 @@ pub(crate) struct GatewayArgs {
     pub(crate) config: Option<PathBuf>,
     /// A registrar's ASAP address, ADDRESS:PORT or HOST:PORT (repeatable; default
     /// 127.0.0.1:3863).
-    #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
-    pub(crate) registrars: Vec<SocketAddr>,
+    #[arg(long = "registrar")]
+    pub(crate) registrars: Vec<HostPort>,
     /// ASAP transport to registrars (default tcp).
     #[arg(long, value_enum)]
     pub(crate) transport: Option<TransportArg>,
@@ -368,8 +370,8 @@ pub(crate) struct ResolveArgs {
     pub(crate) pool_handle: String,
     /// A registrar's ASAP address, ADDRESS:PORT or HOST:PORT (repeatable; default
     /// 127.0.0.1:3863).
-    #[arg(long = "registrar", value_parser = crate::config::resolve_address)]
-    pub(crate) registrars: Vec<SocketAddr>,
+    #[arg(long = "registrar")]
+    pub(crate) registrars: Vec<HostPort>,
     /// ASAP transport to registrars (default tcp).
     #[arg(long, value_enum)]
     pub(crate) transport: Option<TransportArg>,
@@ -395,8 +397,8 @@ pub(crate) struct DumpArgs {
     /// The registrar's ENRP address, ADDRESS:PORT or HOST:PORT (default 127.0.0.1:9901,
     /// with TLS 127.0.0.1:9902; not its ASAP address: dump speaks ENRP).
     /// `--registrar` is accepted for it too.
-    #[arg(long = "enrp", alias = "registrar", value_parser = crate::config::resolve_address)]
-    pub(crate) registrar: Option<SocketAddr>,
+    #[arg(long = "enrp", alias = "registrar")]
+    pub(crate) registrar: Option<HostPort>,
     /// ENRP transport (default tcp).
     #[arg(long, value_enum, default_value = "tcp")]
     pub(crate) transport: TransportArg,

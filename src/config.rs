@@ -14,6 +14,7 @@ use serde::Deserialize;
 mod control_tls;
 mod csp;
 mod gateway;
+mod host_port;
 mod pe;
 mod registrar;
 mod values;
@@ -26,11 +27,10 @@ pub(crate) use gateway::{
     CertificateSection, DnsSection, GatewaySection, HttpListenerSection, HttpRouteSection,
     OutlierSection, StickySection, TcpListenerSection, sticky_keys,
 };
+pub(crate) use host_port::{HostPort, resolve_all};
 pub(crate) use pe::{HealthCheck, PeSection, PoolUserSection, ServiceConfig, parse_health};
 pub(crate) use registrar::{RegistrarSection, asap_port, enrp_port};
-pub(crate) use values::{
-    ConfigError, Multicast, parse_duration, parse_id, parse_multicast, resolve_address,
-};
+pub(crate) use values::{ConfigError, Multicast, parse_duration, parse_id, parse_multicast};
 
 /// The whole file: one optional section per role.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -97,7 +97,7 @@ impl Default for LogConfig {
 /// neither names one.
 pub(crate) fn load_pool_user(
     path: Option<&Path>,
-    registrars: &[std::net::SocketAddr],
+    registrars: &[HostPort],
     transport: Option<TransportKind>,
 ) -> Result<ConfigFile, ConfigError> {
     let mut file = match path {

@@ -60,9 +60,10 @@ impl Reporter {
         source: Source,
         shutdown: &CancellationToken,
     ) -> Result<Option<Self>, RunError> {
-        let Some(monitor) = section.server else {
+        let Some(monitor) = &section.server else {
             return Ok(None);
         };
+        let monitor = monitor.resolve().await.map_err(RunError::Usage)?;
         let local: SocketAddr = if monitor.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
         } else {

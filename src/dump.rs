@@ -205,9 +205,10 @@ pub(crate) async fn run(args: DumpArgs) -> Result<String, RunError> {
     let mut tls_section = None;
     crate::apply_tls_args(&mut tls_section, &args.tls)?;
     let tls = crate::control_tls(tls_section.as_ref(), args.transport.into())?;
-    let registrar = args.registrar.unwrap_or_else(|| {
-        SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config::enrp_port(tls.is_some()))
-    });
+    let registrar = match &args.registrar {
+        Some(registrar) => registrar.resolve().await.map_err(RunError::Usage)?,
+        None => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config::enrp_port(tls.is_some())),
+    };
     // A registrar's certificate speaks for its own ID only; anything else (an
     // observer's) may use any.
     let own_id = tls

@@ -179,12 +179,9 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let shutdown = CancellationToken::new();
     let lifecycle = Lifecycle::default();
     let tls = crate::control_tls(file.tls.as_ref(), file.pool_user.transport)?;
-    let pool_user = Arc::new(PoolUser::start(
-        &file.pool_user,
-        tls.clone(),
-        DEFAULT_STALE_CACHE,
-        &shutdown,
-    )?);
+    let pool_user = Arc::new(
+        PoolUser::start(&file.pool_user, tls.clone(), DEFAULT_STALE_CACHE, &shutdown).await?,
+    );
     let view = admin::Listeners::default();
     // The metrics recorder goes in first: listeners take their meters when they start.
     let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;

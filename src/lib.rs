@@ -41,14 +41,14 @@ pub(crate) fn default_registrar(tls: bool) -> SocketAddr {
 /// and this host's registrar when none is given.
 pub(crate) fn pool_user_settings(
     path: Option<&std::path::Path>,
-    registrars: &[SocketAddr],
+    registrars: &[config::HostPort],
     transport: Option<rserpool_proto::engine::TransportKind>,
     tls: &cli::TlsArgs,
 ) -> Result<config::ConfigFile, RunError> {
     let mut file = config::load_pool_user(path, registrars, transport)?;
     apply_tls_args(&mut file.tls, tls)?;
     if file.pool_user.registrars.is_empty() {
-        file.pool_user.registrars = vec![default_registrar(file.tls.is_some())];
+        file.pool_user.registrars = vec![default_registrar(file.tls.is_some()).into()];
     }
     Ok(file)
 }

@@ -79,7 +79,7 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
         section.registrars = args.registrars.clone();
     }
     if section.registrars.is_empty() && section.announce == Multicast::Off {
-        section.registrars = vec![crate::default_registrar(tls)];
+        section.registrars = vec![crate::default_registrar(tls).into()];
     }
     if let Some(asap) = args.asap {
         section.asap = asap;
@@ -338,7 +338,7 @@ pub(crate) struct PeRuntime {
 
 /// Binds the ASAP endpoint (registrar associations leave from its port), joins the
 /// announce channel if configured, and starts the engine on a driver.
-pub(crate) fn start_engine(
+pub(crate) async fn start_engine(
     section: &PeSection,
     tls: Option<Arc<ControlTls>>,
     shutdown: &CancellationToken,
@@ -381,8 +381,11 @@ pub(crate) fn start_engine(
         .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
         transports.add_multicast(Protocol::Asap, channel);
     }
+    let registrars = crate::config::resolve_all(&section.registrars)
+        .await
+        .map_err(RunError::Usage)?;
     let mut hunt = HuntConfig::new(
-        endpoints(section.transport, &section.registrars),
+        endpoints(section.transport, &registrars),
         Duration::from_secs(5),
     );
     hunt.transport = section.transport;
@@ -444,7 +447,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     let section = file.pe.clone();
     let tls = crate::control_tls(file.tls.as_ref(), section.transport)?;
     let shutdown = CancellationToken::new();
-    let mut runtime = start_engine(&section, tls.clone(), &shutdown)?;
+    let mut runtime = start_engine(&section, tls.clone(), &shutdown).await?;
     let (asap, handle) = (runtime.asap, runtime.handle.clone());
     let mut events = runtime
         .events

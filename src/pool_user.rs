@@ -88,10 +88,36 @@ pub(crate) fn endpoints(transport: TransportKind, registrars: &[SocketAddr]) -> 
         .collect()
 }
 
+/// The engine's settings: the section over the profile's defaults.
+fn engine_config(
+    section: &PoolUserSection,
+    registrars: &[SocketAddr],
+    access: Access,
+    stale_cache: Duration,
+) -> PoolUserConfig {
+    let mut hunt = HuntConfig::new(
+        endpoints(section.transport, registrars),
+        Duration::from_secs(5),
+    );
+    hunt.transport = section.transport;
+    hunt.access = access;
+    let mut config = PoolUserConfig::new(section.profile, hunt);
+    config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
+    // Serving stale needs a cache to keep the last answers in.
+    if !config.stale_cache.is_zero() {
+        config.max_stale = section.max_stale;
+    }
+    config.stale_answer_after = section.stale_answer_after;
+    if let Some(silence) = section.registrar_silence {
+        config.registrar_silence = silence;
+    }
+    config
+}
+
 impl PoolUser {
     /// Starts a pool user for the registrars of `section`; `stale_cache` applies when the
     /// section does not set one.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         section: &PoolUserSection,
         tls: Option<Arc<ControlTls>>,
         stale_cache: Duration,
@@ -101,22 +127,11 @@ impl PoolUser {
             crate::transport::sctp::probe()
                 .map_err(|e| RunError::Usage(format!("pool_user.transport: sctp: {e}")))?;
         }
-        let mut hunt = HuntConfig::new(
-            endpoints(section.transport, &section.registrars),
-            Duration::from_secs(5),
-        );
-        hunt.transport = section.transport;
-        hunt.access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
-        let mut config = PoolUserConfig::new(section.profile, hunt);
-        config.stale_cache = section.stale_cache.unwrap_or(stale_cache);
-        // Serving stale needs a cache to keep the last answers in.
-        if !config.stale_cache.is_zero() {
-            config.max_stale = section.max_stale;
-        }
-        config.stale_answer_after = section.stale_answer_after;
-        if let Some(silence) = section.registrar_silence {
-            config.registrar_silence = silence;
-        }
+        let registrars = crate::config::resolve_all(&section.registrars)
+            .await
+            .map_err(RunError::Usage)?;
+        let access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
+        let config = engine_config(section, &registrars, access, stale_cache);
         let engine = PoolUserEngine::new(config, crate::seed());
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
         let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());

@@ -65,14 +65,19 @@ fn apply_overrides(file: &mut ConfigFile, args: &RegistrarArgs) -> Result<(), Ru
     if let Some(group) = &args.enrp_multicast {
         section.enrp_multicast.group = config::parse_multicast(group).map_err(RunError::Usage)?;
     }
-    section.peers.extend(args.peers.iter().copied());
+    section.peers.extend(args.peers.iter().cloned());
     crate::apply_log_args(&mut file.log, &args.log);
     Ok(())
 }
 
 /// The engine's settings from the file's section; `enrp` is this registrar's ENRP
 /// address, `access` what peers must prove.
-fn engine_config(section: &RegistrarSection, enrp: SocketAddr, access: Access) -> RegistrarConfig {
+fn engine_config(
+    section: &RegistrarSection,
+    peers: &[SocketAddr],
+    enrp: SocketAddr,
+    access: Access,
+) -> RegistrarConfig {
     let limits = &section.limits;
     let profile = RegistrarConfig::new(section.profile);
     RegistrarConfig {
@@ -104,8 +109,7 @@ fn engine_config(section: &RegistrarSection, enrp: SocketAddr, access: Access) -
         // can then serve every registrar of a set (a Kubernetes StatefulSet).
         static_peers: crate::pool_user::endpoints(
             section.transport,
-            &section
-                .peers
+            &peers
                 .iter()
                 .copied()
                 .filter(|peer| *peer != enrp)
@@ -147,7 +151,10 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let (enrp, enrp_address) = bind_listener(&section, enrp_configured)?;
     transports.enrp_local = enrp_source(section.transport, &enrp, enrp_address)?;
 
-    let mut engine_settings = engine_config(&section, enrp_configured, access);
+    let peers = crate::config::resolve_all(&section.peers)
+        .await
+        .map_err(RunError::Usage)?;
+    let mut engine_settings = engine_config(&section, &peers, enrp_configured, access);
     let channels = channels::open(
         &section,
         (asap_address, enrp_address),
@@ -484,12 +491,19 @@ async fn reload(
     else {
         return;
     };
+    let peers = match crate::config::resolve_all(&file.registrar.peers).await {
+        Ok(peers) => peers,
+        Err(error) => {
+            tracing::error!(%error, "SIGHUP: configuration not reloaded");
+            return;
+        }
+    };
     if let Some(tls) = tls {
         crate::reload_tls(tls);
     }
     let (_, enrp) = file.registrar.addresses(tls.is_some());
     let access = tls.map_or(Access::Open, ControlTls::access);
-    let settings = engine_config(&file.registrar, enrp, access);
+    let settings = engine_config(&file.registrar, &peers, enrp, access);
     handle
         .command(move |engine, now| engine.reconfigure(settings, now))
         .await;

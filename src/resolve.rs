@@ -24,7 +24,8 @@ pub(crate) async fn run(args: ResolveArgs) -> Result<String, RunError> {
     let timeout = config::parse_duration(&args.timeout).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
     let tls = crate::control_tls(file.tls.as_ref(), file.pool_user.transport)?;
-    let pool_user = PoolUser::start(&file.pool_user, tls, std::time::Duration::ZERO, &shutdown)?;
+    let pool_user =
+        PoolUser::start(&file.pool_user, tls, std::time::Duration::ZERO, &shutdown).await?;
     let result = tokio::time::timeout(timeout, pool_user.resolve(pool_handle, args.count))
         .await
         .unwrap_or(Err(ResolveError::NoRegistrar));

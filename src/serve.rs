@@ -91,7 +91,9 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
     let registrars = if args.registrars.is_empty() {
         vec![crate::default_registrar(tls.is_some())]
     } else {
-        args.registrars.clone()
+        crate::config::resolve_all(&args.registrars)
+            .await
+            .map_err(RunError::Usage)?
     };
     let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     let transport = args.transport.map_or(file.pe.transport, Into::into);

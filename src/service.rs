@@ -54,7 +54,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ControlTlsSection, Multicast, PeSection};
+use crate::config::{ControlTlsSection, HostPort, Multicast, PeSection};
 use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, start_engine};
 use crate::transport::multihomed;
 use crate::transport::sctp::{self, Received};
@@ -161,7 +161,12 @@ impl PoolElementService {
             .map_err(|e| ServiceError::Listen(config.listen, e))?;
         let shutdown = CancellationToken::new();
         let section = PeSection {
-            registrars: config.registrars.clone(),
+            registrars: config
+                .registrars
+                .iter()
+                .copied()
+                .map(HostPort::from)
+                .collect(),
             profile: config.profile,
             transport: config.transport,
             asap: SocketAddr::new(listen.ip(), 0),
@@ -175,6 +180,7 @@ impl PoolElementService {
         let tls = crate::control_tls(tls_section.as_ref(), config.transport)
             .map_err(|e| ServiceError::Tls(e.to_string()))?;
         let mut runtime = start_engine(&section, tls.clone(), &shutdown)
+            .await
             .map_err(|e| ServiceError::Engine(e.to_string()))?;
         // Registration, refusals and home changes go to the log (and to `registered`).
         let registered = Registered::default();

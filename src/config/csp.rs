@@ -2,10 +2,11 @@
 //! Status Protocol, docs/csp.md). Off unless a monitor is named; the command line's
 //! `--csp-server`/`--csp-interval` (or rsplib's `CSP_SERVER`/`CSP_INTERVAL`) win.
 
-use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use super::host_port::HostPort;
 
 /// The shortest interval between reports (rsplib's lower bound).
 pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(250);
@@ -18,7 +19,7 @@ pub(crate) struct CspSection {
     /// The monitor, `ADDRESS[:PORT]` or `HOST[:PORT]` (port 2960 when left out);
     /// absent: no reports.
     #[serde(deserialize_with = "monitor")]
-    pub(crate) server: Option<SocketAddr>,
+    pub(crate) server: Option<HostPort>,
     /// Time between two reports (250 ms to 60 s).
     #[serde(deserialize_with = "interval")]
     pub(crate) interval: Duration,
@@ -33,20 +34,11 @@ impl Default for CspSection {
     }
 }
 
-/// A monitor address; the port defaults to CSP's 2960.
-pub(crate) fn parse_monitor(text: &str) -> Result<SocketAddr, String> {
-    let port = rserpool_proto::csp::DEFAULT_PORT;
-    if let Ok(address) = text.parse::<SocketAddr>() {
-        return Ok(address);
-    }
-    if let Ok(ip) = text.trim_matches(['[', ']']).parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let with_port = match text.rsplit_once(':') {
-        Some((_, given)) if given.parse::<u16>().is_ok() => text.to_owned(),
-        _ => format!("{text}:{port}"),
-    };
-    super::values::resolve_address(&with_port).map_err(|e| format!("csp server: {e}"))
+/// A monitor address; the port defaults to CSP's 2960 (a name is resolved when the
+/// reporter starts).
+pub(crate) fn parse_monitor(text: &str) -> Result<HostPort, String> {
+    HostPort::with_default_port(text, rserpool_proto::csp::DEFAULT_PORT)
+        .map_err(|e| format!("csp server: {e}"))
 }
 
 /// An interval: a duration with a unit, or milliseconds alone as rsplib's
@@ -64,7 +56,7 @@ pub(crate) fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(interval)
 }
 
-fn monitor<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+fn monitor<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<HostPort>, D::Error> {
     let text = String::deserialize(deserializer)?;
     parse_monitor(&text)
         .map(Some)

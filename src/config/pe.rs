@@ -11,9 +11,10 @@ use serde::{Deserialize, Deserializer};
 
 use rserpool_proto::engine::TimerProfile;
 
+use super::host_port::HostPort;
 use super::values::{
-    Multicast, addresses, duration, one, one_second, optional_duration, policy, pool_handle,
-    thirty_seconds, two_seconds,
+    Multicast, duration, one, one_second, optional_duration, policy, pool_handle, thirty_seconds,
+    two_seconds,
 };
 
 /// How the `pe` agent checks its backend.
@@ -84,8 +85,7 @@ fn tcp_check() -> HealthCheck {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PeSection {
     /// Registrars' ASAP addresses (`host:port` names resolve at start).
-    #[serde(deserialize_with = "addresses")]
-    pub(crate) registrars: Vec<SocketAddr>,
+    pub(crate) registrars: Vec<HostPort>,
     pub(crate) profile: TimerProfile,
     /// `sctp` or `tcp`: how registrars are reached (and reach this agent).
     pub(crate) transport: TransportKind,
@@ -124,8 +124,7 @@ impl Default for PeSection {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct PoolUserSection {
     /// Registrars' ASAP addresses (`host:port` names resolve at start).
-    #[serde(deserialize_with = "addresses")]
-    pub(crate) registrars: Vec<SocketAddr>,
+    pub(crate) registrars: Vec<HostPort>,
     pub(crate) profile: TimerProfile,
     /// `sctp` or `tcp`: how registrars are reached.
     pub(crate) transport: TransportKind,

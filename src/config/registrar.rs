@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use rserpool_proto::engine::TimerProfile;
 
-use super::values::{Multicast, addresses, duration, optional_duration, optional_id};
+use super::host_port::HostPort;
+use super::values::{Multicast, duration, optional_duration, optional_id};
 
 /// ASAP announces (registrar side: sent; PE and pool user side: listened to).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -133,8 +134,7 @@ pub(crate) struct RegistrarSection {
     pub(crate) handle_table_page_size: usize,
     pub(crate) limits: LimitsConfig,
     /// Registrars to peer with (their ENRP addresses; `host:port` names resolve at start).
-    #[serde(deserialize_with = "addresses")]
-    pub(crate) peers: Vec<SocketAddr>,
+    pub(crate) peers: Vec<HostPort>,
     /// ENRP_PRESENCE multicast (discovery of peers).
     pub(crate) enrp_multicast: EnrpMulticastConfig,
     /// ENRP timers; each defaults to the profile's value.

@@ -2,7 +2,7 @@
 //! names, pool handles, registrar IDs, policies, multicast groups, timer profiles, and
 //! the error a configuration that cannot be used is.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
@@ -109,51 +109,6 @@ pub(super) fn optional_duration<'de, D: Deserializer<'de>>(
 pub(super) fn policy<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Policy, D::Error> {
     let text = String::deserialize(deserializer)?;
     rserpool_proto::policy::spec::parse(&text).map_err(serde::de::Error::custom)
-}
-
-/// How long a `host:port` that does not resolve yet is retried at start (in Kubernetes,
-/// a StatefulSet's other pods get their names as they start).
-pub(super) const NAME_RESOLUTION_WAIT: Duration = Duration::from_secs(30);
-
-/// An address from `ADDRESS:PORT`, or `HOST:PORT` resolved by the system resolver
-/// (retried for a while: the name may not exist yet). The first address is taken.
-pub(crate) fn resolve_address(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(address) = text.parse() {
-        return Ok(address);
-    }
-    let (host, port) = text
-        .rsplit_once(':')
-        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-        .ok_or_else(|| format!("{text:?} is not ADDRESS:PORT or HOST:PORT"))?;
-    // Counted tries rather than a clock: this runs before any runtime, at start.
-    let pause = Duration::from_millis(500);
-    let tries = NAME_RESOLUTION_WAIT.as_millis() / pause.as_millis();
-    let port = port.parse::<u16>().unwrap_or(0);
-    let mut last = String::from("no address");
-    for _ in 0..tries {
-        use std::net::ToSocketAddrs as _;
-        match (host, port).to_socket_addrs() {
-            Ok(mut found) => match found.next() {
-                Some(address) => return Ok(address),
-                None => last = "no address".to_owned(),
-            },
-            Err(error) => last = error.to_string(),
-        }
-        std::thread::sleep(pause);
-    }
-    Err(format!(
-        "{text:?}: the name does not resolve after {NAME_RESOLUTION_WAIT:?} ({last})"
-    ))
-}
-
-pub(super) fn addresses<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Vec<SocketAddr>, D::Error> {
-    let texts = Vec::<String>::deserialize(deserializer)?;
-    texts
-        .iter()
-        .map(|text| resolve_address(text).map_err(serde::de::Error::custom))
-        .collect()
 }
 
 pub(super) fn pool_handle<'de, D: Deserializer<'de>>(
