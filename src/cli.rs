@@ -150,8 +150,9 @@ pub(crate) struct LogArgs {
     /// Log filter (overrides the file's log.level), e.g. `debug` or `rserpool=debug`.
     #[arg(long, env = "RSERPOOL_LOG")]
     pub(crate) log_level: Option<String>,
-    /// Log format (overrides log.format).
-    #[arg(long, value_enum)]
+    /// Log format (overrides log.format): `json` writes one JSON object per event, the
+    /// "ready" event with every listener's bound address among its fields.
+    #[arg(long, value_enum, env = "RSERPOOL_LOG_FORMAT")]
     pub(crate) log_format: Option<LogFormatArg>,
 }
 

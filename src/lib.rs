@@ -15,6 +15,7 @@ mod dump;
 mod gateway;
 pub mod idempotency;
 mod logging;
+mod pe_runtime;
 mod pool_element;
 mod pool_user;
 mod registrar;

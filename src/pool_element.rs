@@ -7,25 +7,16 @@
 //! associations from that port, so a registrar that takes the PEs over can reach it
 //! (asap.md §5.2 step 1).
 
+pub(crate) mod admin;
 mod backends;
-mod meters;
-mod registered;
 pub(crate) mod status_reports;
-
-pub(crate) use registered::Registered;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rserpool_proto::auth::Access;
-use rserpool_proto::hunt::HuntConfig;
-use rserpool_proto::pool_element::{
-    PoolElementConfig, PoolElementEngine, PoolElementEvent, PoolElementSpec,
-};
-use rserpool_proto::wire::CauseCode;
-use rserpool_proto::wire::{PoolElementId, Protocol, Transport, TransportProtocol, TransportUse};
+use rserpool_proto::pool_element::{PoolElementEngine, PoolElementSpec};
+use rserpool_proto::wire::{PoolElementId, Transport, TransportProtocol, TransportUse};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -34,16 +25,13 @@ use tokio_util::sync::CancellationToken;
 use crate::RunError;
 use crate::cli::PeArgs;
 use crate::config::{self, ConfigFile, HealthCheck, Multicast, PeSection, ServiceConfig};
-use crate::driver::{self, Handle};
-use crate::logging::{Logging, RateLimitedLog};
-use crate::pool_user::endpoints;
+use crate::driver::Handle;
+use crate::logging::Logging;
+use crate::pe_runtime::{
+    EngineSettings, Registered, deregister_all, describe_metrics, log_event, start_engine,
+};
 use crate::signals::{Request, Signals};
-use crate::transport::admission::{Admission, AdmissionLimits};
 use crate::transport::tls::ControlTls;
-use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
-
-/// How long deregistration may take at shutdown.
-const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
     let mut file = match &args.config {
@@ -276,7 +264,7 @@ async fn watch(
         }
         let started = tokio::time::Instant::now();
         let ok = check(&service).await;
-        meters::health_check(service.pool, ok, started.elapsed());
+        backends::count_check(service.pool, ok, started.elapsed());
         backends.checked(index, ok, started.elapsed());
         if !ok && !healthy && !said_never_healthy {
             said_never_healthy = true;
@@ -327,127 +315,14 @@ fn spec(service: &ServiceConfig, id: PoolElementId) -> PoolElementSpec {
 
 /// A running pool-element engine with its ASAP endpoint: shared by the `pe` agent and
 /// the native PE library (`service`).
-#[derive(Debug)]
-pub(crate) struct PeRuntime {
-    pub(crate) handle: Handle<PoolElementEngine>,
-    /// The engine's events (taken by whoever logs them).
-    pub(crate) events: Option<mpsc::Receiver<PoolElementEvent>>,
-    pub(crate) asap: SocketAddr,
-    pub(crate) driver: tokio::task::JoinHandle<()>,
-}
-
-/// Binds the ASAP endpoint (registrar associations leave from its port), joins the
-/// announce channel if configured, and starts the engine on a driver.
-pub(crate) async fn start_engine(
-    section: &PeSection,
-    tls: Option<Arc<ControlTls>>,
-    shutdown: &CancellationToken,
-) -> Result<PeRuntime, RunError> {
-    let (incoming_tx, incoming_rx) = mpsc::channel(1024);
-    let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
-    transports.tls = tls.clone();
-    let access = tls.as_ref().map_or(Access::Open, |tls| tls.access());
-    let addresses = multihomed(section.asap, &section.multihome);
-    let listener = Listener::bind(section.transport, &addresses)
-        .map_err(|e| RunError::Bind(section.asap, e))?;
-    let bound = listener
-        .local_addresses()
-        .map_err(|e| RunError::Bind(section.asap, e))?;
-    let asap = SocketAddr::new(
-        section.asap.ip(),
-        bound.first().map_or(section.asap.port(), SocketAddr::port),
-    );
-    transports.asap_local = bound;
-    tokio::spawn(accept_loop(
-        listener,
-        Protocol::Asap,
-        tls,
-        IncomingIds::default(),
-        incoming_tx.clone(),
-        Admission::new("pe_asap", AdmissionLimits::POOL_ELEMENT),
-        shutdown.clone(),
-    ));
-    if let (Multicast::Group(group), Some(interface)) =
-        (&section.announce, section.announce_interface)
-    {
-        let channel = multicast::Channel::open(
-            Protocol::Asap,
-            *group,
-            interface,
-            1,
-            incoming_tx,
-            shutdown.clone(),
-        )
-        .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
-        transports.add_multicast(Protocol::Asap, channel);
-    }
-    let registrars = crate::config::resolve_all(&section.registrars)
-        .await
-        .map_err(RunError::Usage)?;
-    let mut hunt = HuntConfig::new(
-        endpoints(section.transport, &registrars),
-        Duration::from_secs(5),
-    );
-    hunt.transport = section.transport;
-    hunt.access = access;
-    let config = PoolElementConfig {
-        home_changes: section.home_changes,
-        ..PoolElementConfig::new(section.profile, hunt)
-    };
-    let engine = PoolElementEngine::new(config, crate::seed());
-    let (events_tx, events) = mpsc::channel::<PoolElementEvent>(1024);
-    let (handle, commands) = Handle::<PoolElementEngine>::new();
-    let driver = tokio::spawn(driver::run(
-        std::sync::Arc::new(std::sync::Mutex::new(engine)),
-        transports,
-        incoming_rx,
-        commands,
-        move |event| {
-            if events_tx.try_send(event).is_err() {
-                tracing::warn!("event queue full: an event was dropped");
-            }
-        },
-        shutdown.clone(),
-    ));
-    Ok(PeRuntime {
-        handle,
-        events: Some(events),
-        asap,
-        driver,
-    })
-}
-
-/// Deregisters every PE and waits (up to a deadline) for the registrar's answers.
-pub(crate) async fn deregister_all(runtime: &PeRuntime) {
-    tracing::info!("stopping: deregistering pool elements");
-    runtime
-        .handle
-        .command(|engine, now| engine.deregister_all(now))
-        .await;
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
-    loop {
-        let remaining = handle_count(&runtime.handle).await;
-        if remaining == 0 {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                remaining,
-                "deregistration not confirmed in time; the registrations will expire"
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let section = file.pe.clone();
     let tls = crate::control_tls(file.tls.as_ref(), section.transport)?;
     let shutdown = CancellationToken::new();
-    let mut runtime = start_engine(&section, tls.clone(), &shutdown).await?;
+    let mut runtime =
+        start_engine(&engine_settings(&section).await?, tls.clone(), &shutdown).await?;
     let (asap, handle) = (runtime.asap, runtime.handle.clone());
     let mut events = runtime
         .events
@@ -473,7 +348,8 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
             listen,
             admin_security.clone(),
             shutdown.clone(),
-            registered.routes(
+            admin::routes(
+                &registered,
                 section.services.iter().map(|s| s.pool).collect(),
                 Some(services.backends.clone()),
             ),
@@ -532,6 +408,26 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The engine's settings from the `pe` section, registrar names resolved.
+async fn engine_settings(section: &PeSection) -> Result<EngineSettings, RunError> {
+    let registrars = config::resolve_all(&section.registrars)
+        .await
+        .map_err(RunError::Usage)?;
+    let announce = match (&section.announce, section.announce_interface) {
+        (Multicast::Group(group), Some(interface)) => Some((*group, interface)),
+        _ => None,
+    };
+    Ok(EngineSettings {
+        registrars,
+        profile: section.profile,
+        transport: section.transport,
+        asap: section.asap,
+        multihome: section.multihome.clone(),
+        announce,
+        home_changes: section.home_changes,
+    })
+}
+
 /// A service became healthy (its PE registers) or unhealthy (it deregisters). A
 /// change from a service removed by a reload is stale and ignored.
 async fn health_changed(
@@ -557,117 +453,5 @@ async fn health_changed(
         handle
             .command(move |engine, now| engine.deregister(id, now))
             .await;
-    }
-}
-
-/// How many PEs the engine still holds.
-async fn handle_count(handle: &Handle<PoolElementEngine>) -> usize {
-    handle
-        .ask(|engine| engine.pool_elements().count())
-        .await
-        .unwrap_or(0)
-}
-
-/// What to do about a refused registration, by its cause (RFC 5352 §3.4; the causes
-/// our registrar gives, README "rserpool registrar").
-fn refusal_hint(cause: Option<CauseCode>) -> &'static str {
-    match cause {
-        Some(CauseCode::INVALID_VALUES) => {
-            "the registrar takes only user transport addresses this agent's association comes from: for a backend on another address of this host give --asap ADDRESS:0 with that address (pe.asap)"
-        }
-        Some(CauseCode::INCONSISTENT_POOLING_POLICY) => {
-            "the pool's PEs use another policy: register with the pool's policy (--policy)"
-        }
-        Some(CauseCode::INCONSISTENT_TRANSPORT_TYPE | CauseCode::INCONSISTENT_DATA_CONTROL) => {
-            "the pool's PEs use another transport or transport use: register as they do"
-        }
-        Some(CauseCode::LACK_OF_RESOURCES) => {
-            "the registrar's limits are reached (its handlespace, or this host's share): see its log"
-        }
-        Some(CauseCode::SECURITY_REJECTION) => {
-            "this agent's certificate does not grant this pool at the registrar (RFC 5355): see the registrar's grants"
-        }
-        Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER) => {
-            "another PE registered this identifier: restart the agent (a new one is drawn)"
-        }
-        _ => "see the registrar's log for its reason",
-    }
-}
-
-/// `# HELP` for the PE side's metric families (once the recorder is installed).
-pub(crate) fn describe_metrics() {
-    meters::describe();
-}
-
-pub(crate) fn log_event(event: &PoolElementEvent) {
-    meters::count(event);
-    match event {
-        PoolElementEvent::Registered {
-            pool_handle,
-            pe_id,
-            registrar,
-            registrar_endpoint,
-        } => {
-            // The registrar's ID comes later (its first keep-alive): show what is known.
-            let at = registrar_endpoint
-                .as_ref()
-                .map_or_else(|| "unknown".to_owned(), ToString::to_string);
-            match registrar {
-                Some(id) => {
-                    tracing::info!(pool = %pool_handle, pe = %pe_id, registrar = %id, %at, "registered")
-                }
-                None => tracing::info!(pool = %pool_handle, pe = %pe_id, %at, "registered"),
-            }
-        }
-        PoolElementEvent::RegistrationRefused {
-            pool_handle,
-            pe_id,
-            cause,
-            retrying,
-        } => {
-            let cause_text = cause.map_or_else(|| "none given".to_owned(), |c| c.to_string());
-            let hint = refusal_hint(*cause);
-            let next = if *retrying {
-                "retrying"
-            } else {
-                "trying again at the next re-registration"
-            };
-            tracing::error!(pool = %pool_handle, pe = %pe_id, cause = %cause_text, hint, next, "registration refused");
-        }
-        PoolElementEvent::Deregistered {
-            pool_handle,
-            pe_id,
-            confirmed,
-        } => {
-            tracing::info!(pool = %pool_handle, pe = %pe_id, confirmed, "deregistered");
-        }
-        PoolElementEvent::Withdrawn { pool_handle, pe_id } => {
-            tracing::info!(pool = %pool_handle, pe = %pe_id, "stopped before any registrar had it: nothing to deregister");
-        }
-        PoolElementEvent::HomeRegistrarChanged { registrar } => {
-            tracing::info!(%registrar, "new home registrar");
-        }
-        PoolElementEvent::RegistrarLost => tracing::warn!("registrar association lost; hunting"),
-        PoolElementEvent::RegistrarRefused { reason } => {
-            static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
-            if let Some(suppressed) = LOG.permit() {
-                tracing::warn!(%reason, suppressed, "not registering at a registrar that did not prove it is one");
-            }
-        }
-        PoolElementEvent::HomeChangeIgnored { claimed, reason } => {
-            static LOG: RateLimitedLog = RateLimitedLog::new(Duration::from_secs(1));
-            if let Some(suppressed) = LOG.permit() {
-                tracing::warn!(%claimed, %reason, suppressed, "ignored a keep-alive claiming to be the new home registrar");
-            }
-        }
-        PoolElementEvent::Warning(warning) => tracing::warn!(%warning, "pool element"),
-        PoolElementEvent::RegistrationAnswered {
-            pool_handle,
-            pe_id,
-            accepted,
-            round_trip,
-        } => {
-            tracing::debug!(pool = %pool_handle, pe = %pe_id, accepted, ?round_trip, "registration answered")
-        }
     }
 }

@@ -122,7 +122,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
             listen,
             admin_security.clone(),
             service.shutdown.clone(),
-            service.registered.routes(vec![pool_handle], None),
+            crate::pool_element::admin::routes(&service.registered, vec![pool_handle], None),
             logging,
         )
         .await?
@@ -130,7 +130,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         None => "off".to_owned(),
     };
     // The metrics recorder is up now (with the admin listener).
-    crate::pool_element::describe_metrics();
+    crate::pe_runtime::describe_metrics();
     service.tls.iter().for_each(|tls| tls.publish_expiry());
     let place = format!("{kind:?} {address}").to_lowercase();
     let csp = crate::pool_element::status_reports::start(

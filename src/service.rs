@@ -39,8 +39,10 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use rserpool_proto::auth::PlainPeers;
 pub use rserpool_proto::engine::{TimerProfile, TransportKind};
 use rserpool_proto::pool_element::PoolElementSpec;
 use rserpool_proto::session::{
@@ -54,8 +56,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ControlTlsSection, HostPort, Multicast, PeSection};
-use crate::pool_element::{PeRuntime, Registered, deregister_all, log_event, start_engine};
+use crate::pe_runtime::{
+    EngineSettings, PeRuntime, Registered, deregister_all, log_event, start_engine,
+};
 use crate::transport::multihomed;
 use crate::transport::sctp::{self, Received};
 use crate::transport::tls::ControlTls;
@@ -160,26 +163,23 @@ impl PoolElementService {
             .local_addr()
             .map_err(|e| ServiceError::Listen(config.listen, e))?;
         let shutdown = CancellationToken::new();
-        let section = PeSection {
-            registrars: config
-                .registrars
-                .iter()
-                .copied()
-                .map(HostPort::from)
-                .collect(),
+        let settings = EngineSettings {
+            registrars: config.registrars.clone(),
             profile: config.profile,
             transport: config.transport,
             asap: SocketAddr::new(listen.ip(), 0),
             multihome: config.multihome.clone(),
-            announce: Multicast::Off,
-            announce_interface: None,
+            announce: None,
             home_changes: rserpool_proto::pool_element::HomeChanges::default(),
-            services: Vec::new(),
         };
-        let tls_section = config.tls.clone().map(ControlTlsSection::refusing_plain);
-        let tls = crate::control_tls(tls_section.as_ref(), config.transport)
+        // A native PE refuses peers without a certificate (RFC 5355).
+        let tls = config
+            .tls
+            .clone()
+            .map(|files| ControlTls::load(files, PlainPeers::Refused).map(Arc::new))
+            .transpose()
             .map_err(|e| ServiceError::Tls(e.to_string()))?;
-        let mut runtime = start_engine(&section, tls.clone(), &shutdown)
+        let mut runtime = start_engine(&settings, tls.clone(), &shutdown)
             .await
             .map_err(|e| ServiceError::Engine(e.to_string()))?;
         // Registration, refusals and home changes go to the log (and to `registered`).

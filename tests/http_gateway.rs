@@ -190,7 +190,7 @@ fn sent_posts_fail_with_502_and_gets_are_retried() {
                     .unwrap()
                     .iter()
                     .any(
-                        |l| l.contains("path=\"/slow\" status=200") && l.contains("attempts=2")
+                        |l| l.contains("path=/slow status=200") && l.contains("attempts=2")
                     )),
                 "the GET went to the killed PE first"
             );

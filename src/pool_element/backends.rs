@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rserpool_proto::wire::PoolElementId;
+use rserpool_proto::wire::{PoolElementId, PoolHandle};
 use serde_json::{Value, json};
 
 use crate::config::{HealthCheck, ServiceConfig};
@@ -113,4 +113,14 @@ impl Backends {
             .collect();
         json!({ "backends": list })
     }
+}
+
+/// One health check of `pool`'s backend.
+pub(super) fn count_check(pool: PoolHandle, ok: bool, took: Duration) {
+    let pool = pool.to_string();
+    let result = if ok { "ok" } else { "failed" };
+    metrics::counter!("rserpool_pe_health_checks_total", "pool" => pool.clone(), "result" => result)
+        .increment(1);
+    metrics::histogram!("rserpool_pe_health_check_seconds", "pool" => pool)
+        .record(took.as_secs_f64());
 }

@@ -1,5 +1,5 @@
-//! Helpers for end-to-end tests: run the real binary, wait for its structured "ready"
-//! line, kill it on drop; tiny HTTP backends that can be stopped and restarted.
+//! Helpers for end-to-end tests: run the real binary with JSON logs, wait for its
+//! "ready" event (the bound addresses are its fields), kill it on drop; tiny HTTP backends that can be stopped and restarted.
 
 #![allow(
     clippy::disallowed_methods,
@@ -51,6 +51,7 @@ impl Process {
         let mut child = Command::new(binary())
             .args(args)
             .env("RSERPOOL_LOG", "info")
+            .env("RSERPOOL_LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -63,28 +64,22 @@ impl Process {
         let lines = log.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains(" ready ")
-                    || line.ends_with(" ready")
-                    || line.contains("ready role=")
-                {
-                    let _ = ready_tx.send(line.clone());
+                let event = LogEvent::parse(&line);
+                if let Some(fields) = event.as_ref().and_then(LogEvent::ready_fields) {
+                    let _ = ready_tx.send(fields);
                 }
-                lines.lock().unwrap().push(line);
+                let text = event.map_or(line, |event| event.text());
+                lines.lock().unwrap().push(text);
             }
         });
-        let line = ready_rx
+        let ready = ready_rx
             .recv_timeout(Duration::from_secs(20))
             .unwrap_or_else(|_| {
                 // A copy: panicking with the guard alive would poison the log for the
                 // thread still reading the process's output.
                 let lines = log.lock().unwrap().clone();
-                panic!("no ready line from rserpool {args:?}: {lines:?}")
+                panic!("no ready event from rserpool {args:?}: {lines:?}")
             });
-        let ready = line
-            .split_whitespace()
-            .filter_map(|field| field.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
-            .collect();
         Self { child, ready, log }
     }
 
@@ -143,6 +138,69 @@ impl Process {
 
     pub fn log_contains(&self, text: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+}
+
+/// One event of a process started with `RSERPOOL_LOG_FORMAT=json` (tracing's JSON
+/// format: level, target, and the event's fields with its message among them).
+pub struct LogEvent {
+    level: String,
+    target: String,
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl LogEvent {
+    /// The event on `line`; `None` for anything else the process wrote (a panic).
+    pub fn parse(line: &str) -> Option<Self> {
+        let serde_json::Value::Object(mut event) = serde_json::from_str(line).ok()? else {
+            return None;
+        };
+        let serde_json::Value::Object(fields) = event.remove("fields")? else {
+            return None;
+        };
+        let text = |value: Option<&serde_json::Value>| {
+            value
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Some(Self {
+            level: text(event.get("level")),
+            target: text(event.get("target")),
+            fields,
+        })
+    }
+
+    /// The fields of the "ready" event, each as its text.
+    fn ready_fields(&self) -> Option<BTreeMap<String, String>> {
+        (self.fields.get("message")?.as_str()? == "ready").then(|| {
+            self.fields
+                .iter()
+                .filter(|(key, _)| *key != "message")
+                .map(|(key, value)| (key.clone(), Self::value_text(value)))
+                .collect()
+        })
+    }
+
+    /// The event as a line of the text format (`LEVEL target: message key=value ...`),
+    /// which the tests' log checks search.
+    fn text(&self) -> String {
+        let mut line = format!("{} {}:", self.level, self.target);
+        if let Some(message) = self.fields.get("message") {
+            line.push(' ');
+            line.push_str(&Self::value_text(message));
+        }
+        for (key, value) in self.fields.iter().filter(|(key, _)| *key != "message") {
+            line.push_str(&format!(" {key}={}", Self::value_text(value)));
+        }
+        line
+    }
+
+    fn value_text(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        }
     }
 }
 

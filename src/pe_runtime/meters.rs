@@ -2,8 +2,6 @@
 //! changes from the engine's events, and the PEs registered now (a gauge per pool, set
 //! when `/metrics` is scraped). Labels are bounded: pools come from the configuration.
 
-use std::time::Duration;
-
 use rserpool_proto::pool_element::PoolElementEvent;
 use rserpool_proto::wire::{PoolElementId, PoolHandle};
 
@@ -46,16 +44,6 @@ pub(super) fn describe() {
         "rserpool_pe_registered",
         "the agent's PEs registered now, by pool"
     );
-}
-
-/// One health check of `pool`'s backend.
-pub(super) fn health_check(pool: PoolHandle, ok: bool, took: Duration) {
-    let pool = pool.to_string();
-    let result = if ok { "ok" } else { "failed" };
-    metrics::counter!("rserpool_pe_health_checks_total", "pool" => pool.clone(), "result" => result)
-        .increment(1);
-    metrics::histogram!("rserpool_pe_health_check_seconds", "pool" => pool)
-        .record(took.as_secs_f64());
 }
 
 /// Moves the counters an event stands for.
