@@ -8,6 +8,7 @@
 
 mod association;
 pub mod auth;
+mod client;
 pub mod csp;
 pub mod engine;
 pub mod handlespace;

@@ -6,14 +6,14 @@
 //! One engine can hold several PEs (in one or several pools), as an rsplib ASAP
 //! instance does; they share the registrar association.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::auth::Access;
-use crate::engine::{AssocId, AssocIds, Endpoint, Engine, Output, PeerInfo, TimerProfile};
-use crate::hunt::{Hunt, HuntConfig, Lost};
-use crate::rng::SeededRng;
+use crate::client::ClientCore;
+use crate::engine::{AssocId, Endpoint, Engine, Output, PeerInfo, TimerProfile};
+use crate::hunt::{HuntConfig, Lost};
 mod events;
 
 pub use events::PoolElementEvent;
@@ -133,26 +133,20 @@ struct Member {
 #[derive(Debug)]
 pub struct PoolElementEngine {
     config: PoolElementConfig,
-    hunt: Hunt,
+    client: ClientCore<PoolElementEvent>,
     members: BTreeMap<PoolElementId, Member>,
     /// Associations registrars opened to us (takeover keep-alives), with their peers.
     peers: BTreeMap<AssocId, PeerInfo>,
-    ids: AssocIds,
-    rng: SeededRng,
-    out: VecDeque<Output<PoolElementEvent>>,
 }
 
 impl PoolElementEngine {
     /// An engine with no PEs yet.
     pub fn new(config: PoolElementConfig, seed: u64) -> Self {
         Self {
-            hunt: Hunt::new(config.hunt.clone()),
+            client: ClientCore::new(config.hunt.clone(), seed),
             config,
             members: BTreeMap::new(),
             peers: BTreeMap::new(),
-            ids: AssocIds::default(),
-            rng: SeededRng::new(seed),
-            out: VecDeque::new(),
         }
     }
 
@@ -179,7 +173,7 @@ impl PoolElementEngine {
 
     fn fresh_id(&mut self) -> PoolElementId {
         loop {
-            let id = PoolElementId(self.rng.nonzero_u32());
+            let id = PoolElementId(self.client.rng.nonzero_u32());
             if !self.members.contains_key(&id) {
                 return id;
             }
@@ -208,11 +202,10 @@ impl PoolElementEngine {
         if member.registered || member.pending.is_some() {
             self.send_deregistration(pe_id, now, 1);
         } else if let Some(member) = self.members.remove(&pe_id) {
-            self.out
-                .push_back(Output::Event(PoolElementEvent::Withdrawn {
-                    pool_handle: member.spec.pool_handle,
-                    pe_id,
-                }));
+            self.client.event(PoolElementEvent::Withdrawn {
+                pool_handle: member.spec.pool_handle,
+                pe_id,
+            });
         }
     }
 
@@ -233,7 +226,7 @@ impl PoolElementEngine {
 
     /// The home registrar's ID, if a registrar association is up and its ID known.
     pub fn home_registrar(&self) -> Option<RegistrarId> {
-        self.hunt.current_registrar().and_then(|(_, id)| id)
+        self.client.hunt.current_registrar().and_then(|(_, id)| id)
     }
 
     fn registration_life_ms(spec: &PoolElementSpec) -> u32 {
@@ -246,29 +239,17 @@ impl PoolElementEngine {
     }
 
     fn transmit(&mut self, assoc: AssocId, message: &AsapMessage) {
-        match message.encode() {
-            Ok(payload) => self.out.push_back(Output::Transmit {
-                assoc,
-                protocol: Protocol::Asap,
-                payload,
-            }),
-            Err(error) => self
-                .out
-                .push_back(Output::Event(PoolElementEvent::Warning(format!(
-                    "cannot encode {}: {error}",
-                    message.name()
-                )))),
-        }
+        self.client
+            .transmit(assoc, message, PoolElementEvent::Warning);
     }
 
     fn send_registration(&mut self, pe_id: PoolElementId, now: Instant, attempt: u32) {
-        let Some(assoc) = self.hunt.current() else {
+        let Some(assoc) = self.client.hunt.current() else {
             // Sent when a registrar association comes up (resume_all).
             if let Some(member) = self.members.get_mut(&pe_id) {
                 member.next_registration = None;
             }
-            self.hunt
-                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+            self.client.ensure(now);
             return;
         };
         let home = self.home_registrar().unwrap_or(RegistrarId::UNKNOWN);
@@ -297,9 +278,8 @@ impl PoolElementEngine {
     }
 
     fn send_deregistration(&mut self, pe_id: PoolElementId, now: Instant, attempt: u32) {
-        let Some(assoc) = self.hunt.current() else {
-            self.hunt
-                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+        let Some(assoc) = self.client.hunt.current() else {
+            self.client.ensure(now);
             return;
         };
         let Some(member) = self.members.get_mut(&pe_id) else {
@@ -320,12 +300,11 @@ impl PoolElementEngine {
 
     fn forget(&mut self, pe_id: PoolElementId, confirmed: bool) {
         if let Some(member) = self.members.remove(&pe_id) {
-            self.out
-                .push_back(Output::Event(PoolElementEvent::Deregistered {
-                    pool_handle: member.spec.pool_handle,
-                    pe_id,
-                    confirmed,
-                }));
+            self.client.event(PoolElementEvent::Deregistered {
+                pool_handle: member.spec.pool_handle,
+                pe_id,
+                confirmed,
+            });
         }
     }
 
@@ -351,7 +330,11 @@ impl PoolElementEngine {
         now: Instant,
     ) {
         let registrar = self.home_registrar();
-        let registrar_endpoint = self.hunt.current_registrar().map(|(at, _)| at.clone());
+        let registrar_endpoint = self
+            .client
+            .hunt
+            .current_registrar()
+            .map(|(at, _)| at.clone());
         let Some(member) = self.members.get_mut(&pe_id) else {
             return;
         };
@@ -361,26 +344,24 @@ impl PoolElementEngine {
         if let Some(pending) = member.pending.take()
             && matches!(pending.kind, PendingKind::Registration)
         {
-            self.out
-                .push_back(Output::Event(PoolElementEvent::RegistrationAnswered {
-                    pool_handle,
-                    pe_id,
-                    accepted: !reject,
-                    round_trip: now.saturating_duration_since(pending.sent),
-                }));
+            self.client.event(PoolElementEvent::RegistrationAnswered {
+                pool_handle,
+                pe_id,
+                accepted: !reject,
+                round_trip: now.saturating_duration_since(pending.sent),
+            });
         }
         if !reject {
             let first = !member.registered;
             member.registered = true;
             member.next_registration = Some(now + member.spec.reregistration_interval);
             if first {
-                self.out
-                    .push_back(Output::Event(PoolElementEvent::Registered {
-                        pool_handle,
-                        pe_id,
-                        registrar,
-                        registrar_endpoint,
-                    }));
+                self.client.event(PoolElementEvent::Registered {
+                    pool_handle,
+                    pe_id,
+                    registrar,
+                    registrar_endpoint,
+                });
             }
             return;
         }
@@ -402,8 +383,7 @@ impl PoolElementEngine {
             }
             Some(code) if code.is_address_problem() => {
                 member.next_registration = Some(now + self.config.refusal_retry_delay);
-                self.hunt
-                    .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+                self.client.drop_current(now);
                 true
             }
             Some(CauseCode::LACK_OF_RESOURCES) => {
@@ -415,13 +395,12 @@ impl PoolElementEngine {
                 false
             }
         };
-        self.out
-            .push_back(Output::Event(PoolElementEvent::RegistrationRefused {
-                pool_handle,
-                pe_id,
-                cause,
-                retrying,
-            }));
+        self.client.event(PoolElementEvent::RegistrationRefused {
+            pool_handle,
+            pe_id,
+            cause,
+            retrying,
+        });
     }
 
     fn on_keep_alive(&mut self, assoc: AssocId, keep_alive: &EndpointKeepAlive, now: Instant) {
@@ -437,19 +416,18 @@ impl PoolElementEngine {
         if concerned.is_empty() {
             return;
         }
-        if keep_alive.home && self.hunt.current() != Some(assoc) {
+        if keep_alive.home && self.client.hunt.current() != Some(assoc) {
             if let Some(endpoint) = self.proven_new_home(assoc, keep_alive.server_id, now) {
                 self.peers.remove(&assoc);
-                self.hunt
-                    .adopt(assoc, endpoint, keep_alive.server_id, now, &mut self.out);
-                self.out
-                    .push_back(Output::Event(PoolElementEvent::HomeRegistrarChanged {
-                        registrar: keep_alive.server_id,
-                    }));
+                self.client
+                    .adopt(assoc, endpoint, keep_alive.server_id, now);
+                self.client.event(PoolElementEvent::HomeRegistrarChanged {
+                    registrar: keep_alive.server_id,
+                });
                 adopted = true;
             }
-        } else if self.hunt.current() == Some(assoc) {
-            self.hunt.learn_id(assoc, keep_alive.server_id);
+        } else if self.client.hunt.current() == Some(assoc) {
+            self.client.hunt.learn_id(assoc, keep_alive.server_id);
         }
         // Always answer on the association the keep-alive came in on (discrepancies.md
         // item 33).
@@ -481,7 +459,7 @@ impl PoolElementEngine {
         now: Instant,
     ) -> Option<Endpoint> {
         let peer = self.peers.get(&assoc)?;
-        let access = self.hunt.access();
+        let access = self.client.hunt.access();
         let verdict = match access.is_registrar(&peer.authentication, Some(claimed)) {
             Err(denied) => Err(denied.0),
             Ok(())
@@ -490,7 +468,7 @@ impl PoolElementEngine {
                     && !peer
                         .addresses
                         .iter()
-                        .any(|address| self.hunt.knows_registrar_at(address, now)) =>
+                        .any(|address| self.client.hunt.knows_registrar_at(address, now)) =>
             {
                 Err(format!(
                     "{:?} is no registrar this PE was configured with, hunted or heard announced",
@@ -502,11 +480,8 @@ impl PoolElementEngine {
         match verdict {
             Ok(endpoint) => Some(endpoint),
             Err(reason) => {
-                self.out
-                    .push_back(Output::Event(PoolElementEvent::HomeChangeIgnored {
-                        claimed,
-                        reason,
-                    }));
+                self.client
+                    .event(PoolElementEvent::HomeChangeIgnored { claimed, reason });
                 None
             }
         }
@@ -518,7 +493,7 @@ impl PoolElementEngine {
                 .into_iter()
                 .flatten()
         });
-        members.chain(self.hunt.next_deadline()).min()
+        members.chain(self.client.hunt.next_deadline()).min()
     }
 }
 
@@ -526,34 +501,27 @@ impl Engine for PoolElementEngine {
     type Event = PoolElementEvent;
 
     fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
-        match self
-            .hunt
-            .on_up(assoc, &peer.authentication, now, &mut self.out)
-        {
+        match self.client.on_up(assoc, &peer.authentication, now) {
             Ok(true) => self.resume_all(now),
             // A registrar opened an association to our ASAP endpoint (takeover).
             Ok(false) => {
                 self.peers.insert(assoc, peer);
             }
             Err(denied) => {
-                self.out
-                    .push_back(Output::Event(PoolElementEvent::RegistrarRefused {
-                        reason: denied.0,
-                    }));
+                self.client
+                    .event(PoolElementEvent::RegistrarRefused { reason: denied.0 });
             }
         }
     }
 
     fn handle_association_down(&mut self, assoc: AssocId, now: Instant) {
         self.peers.remove(&assoc);
-        if self.hunt.on_down(assoc, now) == Lost::Current {
+        if self.client.hunt.on_down(assoc, now) == Lost::Current {
             for member in self.members.values_mut() {
                 member.pending = None;
             }
-            self.out
-                .push_back(Output::Event(PoolElementEvent::RegistrarLost));
-            self.hunt
-                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+            self.client.event(PoolElementEvent::RegistrarLost);
+            self.client.ensure(now);
         }
     }
 
@@ -572,14 +540,14 @@ impl Engine for PoolElementEngine {
                     });
                     self.transmit(assoc, &reply);
                 }
-                self.out
-                    .push_back(Output::Event(PoolElementEvent::Warning(format!(
-                        "malformed ASAP message on {assoc}: {error}"
-                    ))));
+                self.client.event(PoolElementEvent::Warning(format!(
+                    "malformed ASAP message on {assoc}: {error}"
+                )));
                 return;
             }
         };
-        let is_registrar = self.hunt.current() == Some(assoc) || self.peers.contains_key(&assoc);
+        let is_registrar =
+            self.client.hunt.current() == Some(assoc) || self.peers.contains_key(&assoc);
         match decoded.message {
             AsapMessage::RegistrationResponse(r) if is_registrar => {
                 self.on_registration_response(
@@ -603,18 +571,15 @@ impl Engine for PoolElementEngine {
                 self.on_keep_alive(assoc, &keep_alive, now)
             }
             AsapMessage::Error(report) => {
-                self.out
-                    .push_back(Output::Event(PoolElementEvent::Warning(format!(
-                        "ASAP_ERROR from {assoc}: {:?}",
-                        report.error.first_code()
-                    ))));
+                self.client.event(PoolElementEvent::Warning(format!(
+                    "ASAP_ERROR from {assoc}: {:?}",
+                    report.error.first_code()
+                )));
             }
-            other => self
-                .out
-                .push_back(Output::Event(PoolElementEvent::Warning(format!(
-                    "unexpected {} on {assoc}",
-                    other.name()
-                )))),
+            other => self.client.event(PoolElementEvent::Warning(format!(
+                "unexpected {} on {assoc}",
+                other.name()
+            ))),
         }
     }
 
@@ -625,20 +590,11 @@ impl Engine for PoolElementEngine {
         bytes: &[u8],
         now: Instant,
     ) {
-        self.hunt.on_datagram(
-            from,
-            protocol,
-            bytes,
-            now,
-            &mut self.ids,
-            &mut self.rng,
-            &mut self.out,
-        );
+        self.client.on_datagram(from, protocol, bytes, now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.hunt
-            .on_timeout(now, &mut self.ids, &mut self.rng, &mut self.out);
+        self.client.on_timeout(now);
         let due: Vec<(PoolElementId, Option<Pending>, bool, bool)> = self
             .members
             .values()
@@ -677,13 +633,13 @@ impl Engine for PoolElementEngine {
             }
         }
         if hunt_again {
-            self.hunt
-                .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+            self.client.drop_current(now);
         }
     }
 
     fn poll_output(&mut self) -> Output<PoolElementEvent> {
-        self.out
+        self.client
+            .out
             .pop_front()
             .unwrap_or_else(|| Output::Timeout(self.next_deadline()))
     }

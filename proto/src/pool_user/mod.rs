@@ -31,15 +31,15 @@ mod events;
 pub use config::PoolUserConfig;
 pub use events::{AnswerSource, CacheHit, PoolUserEvent, RequestId, Resolution, ResolveError};
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::engine::{AssocId, AssocIds, Engine, Output, PeerInfo};
+use crate::client::ClientCore;
+use crate::engine::{AssocId, Engine, Output, PeerInfo};
 use crate::handlespace::PoolElementKey;
-use crate::hunt::{Hunt, Lost};
+use crate::hunt::Lost;
 use crate::resolution_cache::{Cached, ResolutionCache};
-use crate::rng::SeededRng;
 use crate::wire::{
     AsapMessage, CauseCode, ErrorReport, HandleResolution, HandleResolutionResponse,
     OperationError, PoolElement, PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId,
@@ -88,30 +88,24 @@ enum Recipient {
 #[derive(Debug)]
 pub struct PoolUserEngine {
     config: PoolUserConfig,
-    hunt: Hunt,
+    client: ClientCore<PoolUserEvent>,
     cache: ResolutionCache,
     requests: BTreeMap<RequestId, Request>,
     /// When the current registrar last sent anything.
     last_heard: Option<Instant>,
     next_request: u64,
-    ids: AssocIds,
-    rng: SeededRng,
-    out: VecDeque<Output<PoolUserEvent>>,
 }
 
 impl PoolUserEngine {
     /// A pool user with an empty cache.
     pub fn new(config: PoolUserConfig, seed: u64) -> Self {
         Self {
-            hunt: Hunt::new(config.hunt.clone()),
+            client: ClientCore::new(config.hunt.clone(), seed),
             cache: ResolutionCache::new(config.stale_cache, config.max_stale, config.cache_limits),
             config,
             requests: BTreeMap::new(),
             last_heard: None,
             next_request: 1,
-            ids: AssocIds::default(),
-            rng: SeededRng::new(seed),
-            out: VecDeque::new(),
         }
     }
 
@@ -221,7 +215,9 @@ impl PoolUserEngine {
         items: Option<u32>,
         now: Instant,
     ) -> Option<CacheHit> {
-        let (cached, refresh) = self.cache.lookup(&pool_handle, items, now, &mut self.rng)?;
+        let (cached, refresh) =
+            self.cache
+                .lookup(&pool_handle, items, now, &mut self.client.rng)?;
         Some(CacheHit {
             resolution: cached_resolution(pool_handle, cached, AnswerSource::Cache),
             refresh,
@@ -233,7 +229,7 @@ impl PoolUserEngine {
     pub fn report_unreachable(&mut self, pool_handle: PoolHandle, pe_id: PoolElementId) {
         self.cache
             .unreachable(&PoolElementKey { pool_handle, pe_id });
-        if let Some(assoc) = self.hunt.current() {
+        if let Some(assoc) = self.client.hunt.current() {
             self.transmit(
                 assoc,
                 &AsapMessage::EndpointUnreachable(PoolElementRef { pool_handle, pe_id }),
@@ -248,47 +244,35 @@ impl PoolUserEngine {
 
     /// Is a registrar association up?
     pub fn has_registrar(&self) -> bool {
-        self.hunt.current().is_some()
+        self.client.hunt.current().is_some()
     }
 
     /// The current registrar's ID, if known.
     pub fn registrar(&self) -> Option<RegistrarId> {
-        self.hunt.current_registrar().and_then(|(_, id)| id)
+        self.client.hunt.current_registrar().and_then(|(_, id)| id)
     }
 
     /// The current registrar's endpoint and its ID (pool users learn the ID only from
     /// announces), while an association is up.
     pub fn current_registrar(&self) -> Option<(crate::engine::Endpoint, Option<RegistrarId>)> {
-        self.hunt
+        self.client
+            .hunt
             .current_registrar()
             .map(|(endpoint, id)| (endpoint.clone(), id))
     }
 
     fn resolved(&mut self, request: RequestId, result: Result<Resolution, ResolveError>) {
-        self.out
-            .push_back(Output::Event(PoolUserEvent::Resolved { request, result }));
+        self.client
+            .event(PoolUserEvent::Resolved { request, result });
     }
 
     fn transmit(&mut self, assoc: AssocId, message: &AsapMessage) {
-        match message.encode() {
-            Ok(payload) => self.out.push_back(Output::Transmit {
-                assoc,
-                protocol: Protocol::Asap,
-                payload,
-            }),
-            Err(error) => self
-                .out
-                .push_back(Output::Event(PoolUserEvent::Warning(format!(
-                    "cannot encode {}: {error}",
-                    message.name()
-                )))),
-        }
+        self.client.transmit(assoc, message, PoolUserEvent::Warning);
     }
 
     fn send_request(&mut self, request: RequestId, now: Instant, attempt: u32) {
-        let Some(assoc) = self.hunt.current() else {
-            self.hunt
-                .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+        let Some(assoc) = self.client.hunt.current() else {
+            self.client.ensure(now);
             return;
         };
         let Some(pending) = self.requests.get_mut(&request) else {
@@ -317,11 +301,10 @@ impl PoolUserEngine {
             })
             .map(|(id, _)| *id);
         let Some(request) = request else {
-            self.out
-                .push_back(Output::Event(PoolUserEvent::Warning(format!(
-                    "unsolicited handle resolution response for {}",
-                    response.pool_handle
-                ))));
+            self.client.event(PoolUserEvent::Warning(format!(
+                "unsolicited handle resolution response for {}",
+                response.pool_handle
+            )));
             return;
         };
         let Some(answered) = self.requests.remove(&request) else {
@@ -357,7 +340,7 @@ impl PoolUserEngine {
             // policy once more for each, or the answer if the cache could not take it.
             Recipient::Follower => Ok(engine
                 .cache
-                .select(&answer.pool_handle, answered.items, &mut engine.rng)
+                .select(&answer.pool_handle, answered.items, &mut engine.client.rng)
                 .map(|cached| cached_resolution(answer.pool_handle, cached, AnswerSource::Cache))
                 .unwrap_or_else(|| answer.clone())),
         });
@@ -399,17 +382,21 @@ impl PoolUserEngine {
         self.finish(request, &failed, |engine, _| {
             let stale = engine
                 .cache
-                .stale(&failed.pool_handle, failed.items, now, &mut engine.rng)
+                .stale(
+                    &failed.pool_handle,
+                    failed.items,
+                    now,
+                    &mut engine.client.rng,
+                )
                 .map(|cached| cached_resolution(failed.pool_handle, cached, AnswerSource::Stale));
             served += usize::from(stale.is_some());
             stale.ok_or(error)
         });
         if served > 0 {
-            self.out
-                .push_back(Output::Event(PoolUserEvent::AnsweredStale {
-                    pool_handle: failed.pool_handle,
-                    requests: served,
-                }));
+            self.client.event(PoolUserEvent::AnsweredStale {
+                pool_handle: failed.pool_handle,
+                requests: served,
+            });
         }
     }
 
@@ -425,7 +412,10 @@ impl PoolUserEngine {
         if waiting == 0 {
             return;
         }
-        let Some(first) = self.cache.stale(&pool_handle, items, now, &mut self.rng) else {
+        let Some(first) = self
+            .cache
+            .stale(&pool_handle, items, now, &mut self.client.rng)
+        else {
             return;
         };
         let Some(request) = self.requests.get_mut(&id) else {
@@ -439,23 +429,22 @@ impl PoolUserEngine {
             let cached = first.take().or_else(|| {
                 engine
                     .cache
-                    .stale(&pool_handle, items, now, &mut engine.rng)
+                    .stale(&pool_handle, items, now, &mut engine.client.rng)
             });
             cached
                 .map(|cached| cached_resolution(pool_handle, cached, AnswerSource::Stale))
                 .ok_or(ResolveError::NoRegistrar)
         });
-        self.out
-            .push_back(Output::Event(PoolUserEvent::AnsweredStale {
-                pool_handle,
-                requests: waiting,
-            }));
+        self.client.event(PoolUserEvent::AnsweredStale {
+            pool_handle,
+            requests: waiting,
+        });
     }
 
     fn next_deadline(&self) -> Option<Instant> {
         // One pass over the requests (this runs after every input): each one's T1, or
         // the silence it may prove first, and when its waiters may get a stale answer.
-        let current = self.hunt.current();
+        let current = self.client.hunt.current();
         let requests = self.requests.values().filter_map(|r| {
             let stale = r
                 .stale_at
@@ -468,7 +457,7 @@ impl PoolUserEngine {
         });
         requests
             .chain(self.cache.next_expiry())
-            .chain(self.hunt.next_deadline())
+            .chain(self.client.hunt.next_deadline())
             .min()
     }
 }
@@ -477,7 +466,7 @@ impl PoolUserEngine {
     /// When the current registrar will have been silent too long: the first request
     /// sent to it since it last sent anything, plus `registrar_silence`.
     fn silence_deadline(&self) -> Option<Instant> {
-        let current = self.hunt.current();
+        let current = self.client.hunt.current();
         self.requests
             .values()
             .filter_map(|r| r.sent)
@@ -494,8 +483,8 @@ impl PoolUserEngine {
 
     /// Fails the waiting requests once whole hunt rounds failed (asap.md §4.3 step 5).
     fn fail_waiting_after_failed_rounds(&mut self, now: Instant) {
-        if self.hunt.current().is_none()
-            && self.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
+        if self.client.hunt.current().is_none()
+            && self.client.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
             && !self.requests.is_empty()
         {
             self.fail_waiting(ResolveError::NoRegistrar, now);
@@ -520,44 +509,36 @@ impl Engine for PoolUserEngine {
     type Event = PoolUserEvent;
 
     fn handle_association_up(&mut self, assoc: AssocId, peer: PeerInfo, now: Instant) {
-        let current = match self
-            .hunt
-            .on_up(assoc, &peer.authentication, now, &mut self.out)
-        {
+        let current = match self.client.on_up(assoc, &peer.authentication, now) {
             Ok(current) => current,
             Err(denied) => {
-                self.out
-                    .push_back(Output::Event(PoolUserEvent::RegistrarRefused {
-                        reason: denied.0,
-                    }));
+                self.client
+                    .event(PoolUserEvent::RegistrarRefused { reason: denied.0 });
                 self.fail_waiting_after_failed_rounds(now);
                 return;
             }
         };
         if current {
             self.last_heard = Some(now);
-            self.out
-                .push_back(Output::Event(PoolUserEvent::RegistrarUp));
+            self.client.event(PoolUserEvent::RegistrarUp);
             let waiting: Vec<RequestId> = self.requests.keys().copied().collect();
             for request in waiting {
                 self.send_request(request, now, 1);
             }
         } else {
             // Nobody should open associations to a pool user.
-            self.out.push_back(Output::Close { assoc });
+            self.client.out.push_back(Output::Close { assoc });
         }
     }
 
     fn handle_association_down(&mut self, assoc: AssocId, now: Instant) {
-        if self.hunt.on_down(assoc, now) == Lost::Current {
+        if self.client.hunt.on_down(assoc, now) == Lost::Current {
             for request in self.requests.values_mut() {
                 request.sent = None;
             }
-            self.out
-                .push_back(Output::Event(PoolUserEvent::RegistrarLost));
+            self.client.event(PoolUserEvent::RegistrarLost);
             if !self.requests.is_empty() {
-                self.hunt
-                    .ensure(now, &mut self.ids, &mut self.rng, &mut self.out);
+                self.client.ensure(now);
             }
         } else {
             self.fail_waiting_after_failed_rounds(now);
@@ -568,7 +549,7 @@ impl Engine for PoolUserEngine {
         if protocol != Protocol::Asap {
             return;
         }
-        if self.hunt.current() == Some(assoc) {
+        if self.client.hunt.current() == Some(assoc) {
             self.last_heard = Some(now);
         }
         match AsapMessage::decode(bytes) {
@@ -577,18 +558,15 @@ impl Engine for PoolUserEngine {
                     self.on_response(assoc, response, now);
                 }
                 AsapMessage::Error(report) => {
-                    self.out
-                        .push_back(Output::Event(PoolUserEvent::Warning(format!(
-                            "ASAP_ERROR from the registrar: {:?}",
-                            report.error.first_code()
-                        ))));
+                    self.client.event(PoolUserEvent::Warning(format!(
+                        "ASAP_ERROR from the registrar: {:?}",
+                        report.error.first_code()
+                    )));
                 }
-                other => self
-                    .out
-                    .push_back(Output::Event(PoolUserEvent::Warning(format!(
-                        "unexpected {} from the registrar",
-                        other.name()
-                    )))),
+                other => self.client.event(PoolUserEvent::Warning(format!(
+                    "unexpected {} from the registrar",
+                    other.name()
+                ))),
             },
             Err(error) => {
                 if let Some(cause) = error.reply_cause()
@@ -601,10 +579,9 @@ impl Engine for PoolUserEngine {
                         }),
                     );
                 }
-                self.out
-                    .push_back(Output::Event(PoolUserEvent::Warning(format!(
-                        "malformed ASAP message from the registrar: {error}"
-                    ))));
+                self.client.event(PoolUserEvent::Warning(format!(
+                    "malformed ASAP message from the registrar: {error}"
+                )));
             }
         }
     }
@@ -616,20 +593,11 @@ impl Engine for PoolUserEngine {
         bytes: &[u8],
         now: Instant,
     ) {
-        self.hunt.on_datagram(
-            from,
-            protocol,
-            bytes,
-            now,
-            &mut self.ids,
-            &mut self.rng,
-            &mut self.out,
-        );
+        self.client.on_datagram(from, protocol, bytes, now);
     }
 
     fn handle_timeout(&mut self, now: Instant) {
-        self.hunt
-            .on_timeout(now, &mut self.ids, &mut self.rng, &mut self.out);
+        self.client.on_timeout(now);
         self.fail_waiting_after_failed_rounds(now);
         self.cache.purge(now);
         self.answer_late_requests(now);
@@ -643,14 +611,12 @@ impl Engine for PoolUserEngine {
             self.give_up(request, ResolveError::NoRegistrar, now);
         }
         if self.silence_deadline().is_some_and(|at| at <= now) {
-            self.out
-                .push_back(Output::Event(PoolUserEvent::RegistrarSilent));
+            self.client.event(PoolUserEvent::RegistrarSilent);
             for request in self.requests.values_mut() {
                 request.sent = None;
             }
             self.last_heard = None;
-            self.hunt
-                .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+            self.client.drop_current(now);
             return;
         }
         let due: Vec<(RequestId, u32)> = self
@@ -675,13 +641,13 @@ impl Engine for PoolUserEngine {
             }
         }
         if hunt_again {
-            self.hunt
-                .drop_current(now, &mut self.ids, &mut self.rng, &mut self.out);
+            self.client.drop_current(now);
         }
     }
 
     fn poll_output(&mut self) -> Output<PoolUserEvent> {
-        self.out
+        self.client
+            .out
             .pop_front()
             .unwrap_or_else(|| Output::Timeout(self.next_deadline()))
     }
