@@ -100,33 +100,85 @@ pub struct PoolElementSpec {
     pub registration_life: Option<Duration>,
 }
 
+/// A registration or deregistration awaiting its answer (T2, RFC 5352 §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PendingKind {
-    Registration,
-    Deregistration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Pending {
-    kind: PendingKind,
-    /// When the request went out (for the round trip).
+struct Request {
+    /// When it went out (for the round trip).
     sent: Instant,
     deadline: Instant,
     attempts: u32,
+}
+
+/// Where one PE stands with its registrars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Registering and registered. `registered`: a registration was accepted (here or
+    /// at an earlier registrar); `request`: the registration out; `next`: when to
+    /// register again (T4, or a retry after a refusal).
+    Serving {
+        registered: bool,
+        request: Option<Request>,
+        next: Option<Instant>,
+    },
+    /// Deregistration asked for; `request`: the deregistration out (none while no
+    /// registrar is up: it goes out when one is).
+    Leaving { request: Option<Request> },
+}
+
+impl Standing {
+    const NEW: Self = Self::Serving {
+        registered: false,
+        request: None,
+        next: None,
+    };
+
+    fn deadlines(self) -> [Option<Instant>; 2] {
+        match self {
+            Self::Serving { request, next, .. } => [request.map(|r| r.deadline), next],
+            Self::Leaving { request } => [request.map(|r| r.deadline), None],
+        }
+    }
+
+    const fn is_leaving(self) -> bool {
+        matches!(self, Self::Leaving { .. })
+    }
+
+    /// What time asks of a PE at `now`, if anything.
+    fn due(self, now: Instant) -> Option<Due> {
+        match self {
+            Self::Serving {
+                request: Some(request),
+                ..
+            } => (request.deadline <= now).then_some(Due::RegistrationUnanswered(request.attempts)),
+            Self::Serving {
+                request: None,
+                next: Some(next),
+                ..
+            } => (next <= now).then_some(Due::Register),
+            Self::Serving { .. } => None,
+            Self::Leaving {
+                request: Some(request),
+            } => {
+                (request.deadline <= now).then_some(Due::DeregistrationUnanswered(request.attempts))
+            }
+            Self::Leaving { request: None } => None,
+        }
+    }
+}
+
+/// A PE's timer that ran out.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    Register,
+    RegistrationUnanswered(u32),
+    DeregistrationUnanswered(u32),
 }
 
 #[derive(Debug, Clone)]
 struct Member {
     spec: PoolElementSpec,
     id: PoolElementId,
-    /// Has a registration been accepted (by the current or a previous registrar)?
-    registered: bool,
-    /// The request awaiting an answer.
-    pending: Option<Pending>,
-    /// When to re-register (T4), or to retry after a refusal.
-    next_registration: Option<Instant>,
-    /// Deregistration requested.
-    leaving: bool,
+    standing: Standing,
 }
 
 /// The pool element engine.
@@ -161,10 +213,7 @@ impl PoolElementEngine {
             Member {
                 spec,
                 id,
-                registered: false,
-                pending: None,
-                next_registration: None,
-                leaving: false,
+                standing: Standing::NEW,
             },
         );
         self.send_registration(id, now, 1);
@@ -185,7 +234,7 @@ impl PoolElementEngine {
     pub fn update_policy(&mut self, pe_id: PoolElementId, policy: Policy, now: Instant) {
         if let Some(member) = self.members.get_mut(&pe_id) {
             member.spec.policy = policy;
-            if !member.leaving {
+            if !member.standing.is_leaving() {
                 self.send_registration(pe_id, now, 1);
             }
         }
@@ -197,9 +246,16 @@ impl PoolElementEngine {
         let Some(member) = self.members.get_mut(&pe_id) else {
             return;
         };
-        member.leaving = true;
-        member.next_registration = None;
-        if member.registered || member.pending.is_some() {
+        let registered_or_registering = match member.standing {
+            Standing::Serving {
+                registered,
+                request,
+                ..
+            } => registered || request.is_some(),
+            Standing::Leaving { .. } => true,
+        };
+        member.standing = Standing::Leaving { request: None };
+        if registered_or_registering {
             self.send_deregistration(pe_id, now, 1);
         } else if let Some(member) = self.members.remove(&pe_id) {
             self.client.event(PoolElementEvent::Withdrawn {
@@ -219,9 +275,16 @@ impl PoolElementEngine {
 
     /// The PEs this engine holds, with whether each is registered.
     pub fn pool_elements(&self) -> impl Iterator<Item = (PoolElementId, &PoolHandle, bool)> {
-        self.members
-            .values()
-            .map(|m| (m.id, &m.spec.pool_handle, m.registered && !m.leaving))
+        self.members.values().map(|m| {
+            let registered = matches!(
+                m.standing,
+                Standing::Serving {
+                    registered: true,
+                    ..
+                }
+            );
+            (m.id, &m.spec.pool_handle, registered)
+        })
     }
 
     /// The home registrar's ID, if a registrar association is up and its ID known.
@@ -246,14 +309,21 @@ impl PoolElementEngine {
     fn send_registration(&mut self, pe_id: PoolElementId, now: Instant, attempt: u32) {
         let Some(assoc) = self.client.hunt.current() else {
             // Sent when a registrar association comes up (resume_all).
-            if let Some(member) = self.members.get_mut(&pe_id) {
-                member.next_registration = None;
+            if let Some(Member {
+                standing: Standing::Serving { next, .. },
+                ..
+            }) = self.members.get_mut(&pe_id)
+            {
+                *next = None;
             }
             self.client.ensure(now);
             return;
         };
         let home = self.home_registrar().unwrap_or(RegistrarId::UNKNOWN);
         let Some(member) = self.members.get_mut(&pe_id) else {
+            return;
+        };
+        let Standing::Serving { registered, .. } = member.standing else {
             return;
         };
         let message = AsapMessage::Registration(Registration {
@@ -267,13 +337,15 @@ impl PoolElementEngine {
                 asap_transport: None,
             },
         });
-        member.pending = Some(Pending {
-            kind: PendingKind::Registration,
-            sent: now,
-            deadline: now + self.config.registration_timeout,
-            attempts: attempt,
-        });
-        member.next_registration = None;
+        member.standing = Standing::Serving {
+            registered,
+            request: Some(Request {
+                sent: now,
+                deadline: now + self.config.registration_timeout,
+                attempts: attempt,
+            }),
+            next: None,
+        };
         self.transmit(assoc, &message);
     }
 
@@ -285,12 +357,13 @@ impl PoolElementEngine {
         let Some(member) = self.members.get_mut(&pe_id) else {
             return;
         };
-        member.pending = Some(Pending {
-            kind: PendingKind::Deregistration,
-            sent: now,
-            deadline: now + self.config.deregistration_timeout,
-            attempts: attempt,
-        });
+        member.standing = Standing::Leaving {
+            request: Some(Request {
+                sent: now,
+                deadline: now + self.config.deregistration_timeout,
+                attempts: attempt,
+            }),
+        };
         let message = AsapMessage::Deregistration(PoolElementRef {
             pool_handle: member.spec.pool_handle,
             pe_id,
@@ -310,8 +383,11 @@ impl PoolElementEngine {
 
     /// Sends every PE's outstanding business to a (new) current registrar.
     fn resume_all(&mut self, now: Instant) {
-        let ids: Vec<(PoolElementId, bool)> =
-            self.members.values().map(|m| (m.id, m.leaving)).collect();
+        let ids: Vec<(PoolElementId, bool)> = self
+            .members
+            .values()
+            .map(|m| (m.id, m.standing.is_leaving()))
+            .collect();
         for (id, leaving) in ids {
             if leaving {
                 self.send_deregistration(id, now, 1);
@@ -338,24 +414,32 @@ impl PoolElementEngine {
         let Some(member) = self.members.get_mut(&pe_id) else {
             return;
         };
-        if member.spec.pool_handle != pool_handle || member.leaving {
+        let Standing::Serving {
+            registered,
+            request,
+            ..
+        } = member.standing
+        else {
+            return;
+        };
+        if member.spec.pool_handle != pool_handle {
             return;
         }
-        if let Some(pending) = member.pending.take()
-            && matches!(pending.kind, PendingKind::Registration)
-        {
+        if let Some(request) = request {
             self.client.event(PoolElementEvent::RegistrationAnswered {
                 pool_handle,
                 pe_id,
                 accepted: !reject,
-                round_trip: now.saturating_duration_since(pending.sent),
+                round_trip: now.saturating_duration_since(request.sent),
             });
         }
         if !reject {
-            let first = !member.registered;
-            member.registered = true;
-            member.next_registration = Some(now + member.spec.reregistration_interval);
-            if first {
+            member.standing = Standing::Serving {
+                registered: true,
+                request: None,
+                next: Some(now + member.spec.reregistration_interval),
+            };
+            if !registered {
                 self.client.event(PoolElementEvent::Registered {
                     pool_handle,
                     pe_id,
@@ -366,7 +450,11 @@ impl PoolElementEngine {
             return;
         }
         let cause = error.and_then(OperationError::first_code);
-        member.registered = false;
+        let refused_until = |next: Instant| Standing::Serving {
+            registered: false,
+            request: None,
+            next: Some(next),
+        };
         // asap.md §5.2 step 5: what another attempt can cure.
         let retrying = match cause {
             Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER) => {
@@ -374,7 +462,7 @@ impl PoolElementEngine {
                 let new_id = self.fresh_id();
                 if let Some(member) = renamed.as_mut() {
                     member.id = new_id;
-                    member.next_registration = Some(now);
+                    member.standing = refused_until(now);
                 }
                 if let Some(member) = renamed {
                     self.members.insert(new_id, member);
@@ -382,16 +470,16 @@ impl PoolElementEngine {
                 true
             }
             Some(code) if code.is_address_problem() => {
-                member.next_registration = Some(now + self.config.refusal_retry_delay);
+                member.standing = refused_until(now + self.config.refusal_retry_delay);
                 self.client.drop_current(now);
                 true
             }
             Some(CauseCode::LACK_OF_RESOURCES) => {
-                member.next_registration = Some(now + self.config.refusal_retry_delay);
+                member.standing = refused_until(now + self.config.refusal_retry_delay);
                 true
             }
             _ => {
-                member.next_registration = Some(now + member.spec.reregistration_interval);
+                member.standing = refused_until(now + member.spec.reregistration_interval);
                 false
             }
         };
@@ -409,7 +497,7 @@ impl PoolElementEngine {
         let concerned: Vec<PoolElementId> = self
             .members
             .values()
-            .filter(|m| m.spec.pool_handle == keep_alive.pool_handle && !m.leaving)
+            .filter(|m| m.spec.pool_handle == keep_alive.pool_handle && !m.standing.is_leaving())
             .filter(|m| keep_alive.pe_id.is_none_or(|id| id == m.id))
             .map(|m| m.id)
             .collect();
@@ -488,11 +576,10 @@ impl PoolElementEngine {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let members = self.members.values().flat_map(|m| {
-            [m.pending.map(|p| p.deadline), m.next_registration]
-                .into_iter()
-                .flatten()
-        });
+        let members = self
+            .members
+            .values()
+            .flat_map(|m| m.standing.deadlines().into_iter().flatten());
         members.chain(self.client.hunt.next_deadline()).min()
     }
 }
@@ -518,7 +605,11 @@ impl Engine for PoolElementEngine {
         self.peers.remove(&assoc);
         if self.client.hunt.on_down(assoc, now) == Lost::Current {
             for member in self.members.values_mut() {
-                member.pending = None;
+                match &mut member.standing {
+                    Standing::Serving { request, .. } | Standing::Leaving { request } => {
+                        *request = None;
+                    }
+                }
             }
             self.client.event(PoolElementEvent::RegistrarLost);
             self.client.ensure(now);
@@ -559,10 +650,9 @@ impl Engine for PoolElementEngine {
                 );
             }
             AsapMessage::DeregistrationResponse(r) if is_registrar => {
-                let confirmed = self
-                    .members
-                    .get(&r.pe_id)
-                    .is_some_and(|m| m.leaving && m.spec.pool_handle == r.pool_handle);
+                let confirmed = self.members.get(&r.pe_id).is_some_and(|m| {
+                    m.standing.is_leaving() && m.spec.pool_handle == r.pool_handle
+                });
                 if confirmed {
                     self.forget(r.pe_id, true);
                 }
@@ -595,41 +685,37 @@ impl Engine for PoolElementEngine {
 
     fn handle_timeout(&mut self, now: Instant) {
         self.client.on_timeout(now);
-        let due: Vec<(PoolElementId, Option<Pending>, bool, bool)> = self
+        let due: Vec<(PoolElementId, Due)> = self
             .members
             .values()
-            .filter(|m| {
-                m.pending.is_some_and(|p| p.deadline <= now)
-                    || m.next_registration.is_some_and(|t| t <= now)
-            })
-            .map(|m| (m.id, m.pending, m.leaving, m.registered))
+            .filter_map(|m| Some((m.id, m.standing.due(now)?)))
             .collect();
         let mut hunt_again = false;
-        for (id, pending, leaving, _registered) in due {
-            match pending {
-                Some(p) if p.deadline <= now => match p.kind {
-                    PendingKind::Registration
-                        if p.attempts < self.config.max_registration_attempts =>
+        for (id, due) in due {
+            match due {
+                Due::Register => self.send_registration(id, now, 1),
+                Due::RegistrationUnanswered(attempts)
+                    if attempts < self.config.max_registration_attempts =>
+                {
+                    self.send_registration(id, now, attempts + 1);
+                }
+                Due::RegistrationUnanswered(_) => {
+                    // T2 exhausted: another registrar (asap.md §5.2 step 6).
+                    if let Some(Member {
+                        standing: Standing::Serving { request, .. },
+                        ..
+                    }) = self.members.get_mut(&id)
                     {
-                        self.send_registration(id, now, p.attempts + 1);
+                        *request = None;
                     }
-                    PendingKind::Registration => {
-                        // T2 exhausted: another registrar (asap.md §5.2 step 6).
-                        if let Some(member) = self.members.get_mut(&id) {
-                            member.pending = None;
-                        }
-                        hunt_again = true;
-                    }
-                    PendingKind::Deregistration
-                        if p.attempts < self.config.max_deregistration_attempts =>
-                    {
-                        self.send_deregistration(id, now, p.attempts + 1);
-                    }
-                    PendingKind::Deregistration => self.forget(id, false),
-                },
-                Some(_) => {}
-                None if !leaving => self.send_registration(id, now, 1),
-                None => {}
+                    hunt_again = true;
+                }
+                Due::DeregistrationUnanswered(attempts)
+                    if attempts < self.config.max_deregistration_attempts =>
+                {
+                    self.send_deregistration(id, now, attempts + 1);
+                }
+                Due::DeregistrationUnanswered(_) => self.forget(id, false),
             }
         }
         if hunt_again {
