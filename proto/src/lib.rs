@@ -16,7 +16,7 @@ pub mod hunt;
 pub mod policy;
 pub mod pool_element;
 pub mod pool_user;
-mod rate;
+pub mod rate;
 pub mod registrar;
 mod resolution_cache;
 pub mod rng;

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use rserpool_proto::rate::TokenBucket;
 use rserpool_proto::wire::PoolHandle;
 
 /// The slot of `key` among `slots`, by a hash keyed per process (so that nobody can
@@ -25,25 +26,24 @@ fn slot_of(
 /// a slot whose bucket has refilled (it holds nothing worth keeping); a prefix whose
 /// slot is held by an active one shares that one's budget (erring towards limiting).
 pub(super) struct RateLimiter {
-    per_second: f64,
+    per_second: u32,
     hasher: std::collections::hash_map::RandomState,
     slots: Mutex<Vec<Option<Bucket>>>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Bucket {
     prefix: IpAddr,
-    tokens: f64,
-    seen: Instant,
+    tokens: TokenBucket,
 }
 
-/// The slots of a rate limiter (about 3 MiB).
+/// The slots of a rate limiter (about 3.5 MiB).
 const RATE_LIMIT_SLOTS: usize = 65_536;
 
 impl RateLimiter {
     pub(super) fn new(per_second: u32) -> Self {
         Self {
-            per_second: f64::from(per_second),
+            per_second,
             hasher: std::collections::hash_map::RandomState::new(),
             slots: Mutex::new(vec![None; RATE_LIMIT_SLOTS]),
         }
@@ -62,29 +62,19 @@ impl RateLimiter {
             return true;
         };
         let prefix = Self::prefix(client);
-        let burst = self.per_second.max(1.0);
         let index = slot_of(&self.hasher, &prefix, RATE_LIMIT_SLOTS);
         let Some(slot) = slots.get_mut(index) else {
             return true;
         };
-        let fresh = Bucket {
+        let fresh = || Bucket {
             prefix,
-            tokens: burst,
-            seen: now,
+            tokens: TokenBucket::with_burst(self.per_second, self.per_second.max(1)),
         };
-        let bucket = slot.get_or_insert(fresh);
-        let refill = now.saturating_duration_since(bucket.seen).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(burst);
-        bucket.seen = now;
-        if bucket.prefix != prefix && bucket.tokens >= burst {
-            *bucket = fresh;
+        let bucket = slot.get_or_insert_with(fresh);
+        if bucket.prefix != prefix && bucket.tokens.is_full(now) {
+            *bucket = fresh();
         }
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        bucket.tokens.allow(now)
     }
 }
 

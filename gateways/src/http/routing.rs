@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use http::header;
 use metrics::{Counter, Histogram};
+use rserpool_proto::rate::TokenBucket;
 use rserpool_proto::wire::{PoolElement, PoolElementId, TransportProtocol};
 
 use super::config::{HttpListenerConfig, MAX_QUEUED, Route};
@@ -195,40 +196,35 @@ impl RouteMeters {
 /// A token bucket for retries: each request adds `ratio` tokens, time adds 10 a second,
 /// a retry takes one.
 pub(super) struct RetryBudget {
-    pub(super) ratio: f64,
-    pub(super) state: Mutex<(f64, Instant)>,
+    /// Thousandths of a retry each request earns.
+    earned_per_request: u64,
+    bucket: Mutex<TokenBucket>,
 }
 
 impl RetryBudget {
-    const PER_SECOND: f64 = 10.0;
-    const CAP: f64 = 100.0;
+    /// Retries a second that come on top of what requests earn, and the most saved.
+    const PER_SECOND: u32 = 10;
+    const CAP: u32 = 100;
 
     pub(super) fn new(ratio: f64) -> Self {
         Self {
-            ratio,
-            state: Mutex::new((Self::CAP, crate::now())),
+            earned_per_request: (ratio * 1000.0).round() as u64,
+            bucket: Mutex::new(TokenBucket::with_burst(Self::PER_SECOND, Self::CAP)),
         }
     }
 
+    /// A request came: it earns `ratio` of a retry.
     pub(super) fn deposit(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.0 = (state.0 + self.ratio).min(Self::CAP);
+        if let Ok(mut bucket) = self.bucket.lock() {
+            bucket.deposit(self.earned_per_request);
         }
     }
 
+    /// Whether a retry may go out now (it is taken from the budget).
     pub(super) fn withdraw(&self) -> bool {
-        let Ok(mut state) = self.state.lock() else {
-            return false;
-        };
-        let at = crate::now();
-        let refill = at.saturating_duration_since(state.1).as_secs_f64() * Self::PER_SECOND;
-        *state = ((state.0 + refill).min(Self::CAP), at);
-        if state.0 >= 1.0 {
-            state.0 -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.bucket
+            .lock()
+            .is_ok_and(|mut bucket| bucket.allow(crate::now()))
     }
 }
 
