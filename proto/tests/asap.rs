@@ -581,14 +581,7 @@ fn unreachability_reports_trigger_a_probe() {
     }
     sim.freeze(silent);
     sim.run_for(Duration::from_millis(100));
-    assert_eq!(
-        sim.registrar(r)
-            .handlespace()
-            .get(&key(silent_id))
-            .unwrap()
-            .unreachable_reports,
-        1
-    );
+    assert_eq!(sim.registrar(r).unreachable_reporters(&key(silent_id)), 1);
     for &pu in &pus[1..] {
         for id in [live_id, silent_id] {
             sim.with(pu, |role, _| match role {
@@ -603,14 +596,7 @@ fn unreachability_reports_trigger_a_probe() {
     });
     sim.run_for(Duration::from_secs(6));
     assert_eq!(registered_ids(&sim, r), [live_id], "seed {}", sim.seed);
-    assert_eq!(
-        sim.registrar(r)
-            .handlespace()
-            .get(&key(live_id))
-            .unwrap()
-            .unreachable_reports,
-        0
-    );
+    assert_eq!(sim.registrar(r).unreachable_reporters(&key(live_id)), 0);
     let _ = live;
 }
 

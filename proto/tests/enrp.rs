@@ -1003,15 +1003,13 @@ fn unreachability_reports_count_once_per_host() {
         report(&mut sim, pu, id);
     }
     sim.run_for(Duration::from_millis(200));
-    let reports = sim
-        .registrar(registrars[0])
-        .handlespace()
-        .get(&rserpool_proto::PoolElementKey {
-            pool_handle: pool(),
-            pe_id: id,
-        })
-        .map(|e| e.unreachable_reports);
-    assert_eq!(reports, Some(1), "seed {}", sim.seed);
+    let reports =
+        sim.registrar(registrars[0])
+            .unreachable_reporters(&rserpool_proto::PoolElementKey {
+                pool_handle: pool(),
+                pe_id: id,
+            });
+    assert_eq!(reports, 1, "seed {}", sim.seed);
 }
 
 /// A peer's ADD_PE made a registrar connect to an attacker-chosen host:port (a takeover

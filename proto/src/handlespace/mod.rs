@@ -295,7 +295,6 @@ impl Handlespace {
         let slot = pool.insert(PoolElementEntry {
             element,
             association,
-            unreachable_reports: 0,
             last_update: now,
             expires_at,
             keepalive_at: None,
@@ -351,7 +350,6 @@ impl Handlespace {
         );
         entry.expires_at = now + life(&element);
         entry.last_update = now;
-        entry.unreachable_reports = 0;
         if association.is_some() {
             entry.association = association;
         }
@@ -548,14 +546,6 @@ impl Handlespace {
             .and_then(|(_, loc)| self.key_of(*loc))
     }
 
-    /// Counts one ENDPOINT_UNREACHABLE report; returns the new count.
-    pub fn report_unreachable(&mut self, key: &PoolElementKey) -> Option<u32> {
-        let loc = self.locate(key)?;
-        let entry = self.entry_at_mut(loc)?;
-        entry.unreachable_reports = entry.unreachable_reports.saturating_add(1);
-        Some(entry.unreachable_reports)
-    }
-
     /// Moves a PE to another association (or none): after a takeover, the registrar
     /// supervises it over the association it opened to the PE.
     pub fn set_association(&mut self, key: &PoolElementKey, association: Option<AssocId>) {
@@ -571,15 +561,6 @@ impl Handlespace {
         }
         if let Some(new) = association {
             self.by_association.insert((new, loc));
-        }
-    }
-
-    /// Forgets the ENDPOINT_UNREACHABLE reports of a PE (it proved alive).
-    pub fn clear_unreachable(&mut self, key: &PoolElementKey) {
-        if let Some(loc) = self.locate(key)
-            && let Some(entry) = self.entry_at_mut(loc)
-        {
-            entry.unreachable_reports = 0;
         }
     }
 

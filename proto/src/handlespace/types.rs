@@ -135,8 +135,6 @@ pub struct PoolElementEntry {
     pub element: PoolElement,
     /// The association it was registered over (PEs this registrar owns).
     pub association: Option<AssocId>,
-    /// ENDPOINT_UNREACHABLE reports since the last registration (asap.md §6.5).
-    pub unreachable_reports: u32,
     /// When it was last registered or updated.
     pub last_update: Instant,
     /// When the registration life runs out without a refresh.

@@ -374,16 +374,15 @@ impl RegistrarEngine {
         else {
             return;
         };
-        // Several reports from one host count once.
+        // Several reports from one host count once. The list is the one record of
+        // reports: it is forgotten when the PE registers again, answers a keep-alive
+        // or leaves.
         let reporters = self.reporters.entry(key).or_default();
         if !allowed || reporters.contains(&host) {
             return;
         }
         reporters.push(host);
-        let Some(count) = self.handlespace.report_unreachable(&key) else {
-            return;
-        };
-        if count < self.config.max_bad_pe_reports {
+        if (reporters.len() as u64) < u64::from(self.config.max_bad_pe_reports) {
             return;
         }
         // Probe instead of trusting the reports: remove only if the PE does not answer
@@ -439,7 +438,6 @@ impl RegistrarEngine {
             .is_some_and(|e| e.owner() == self.id && e.association == Some(assoc));
         if ours && self.awaiting_ack.remove(&key).is_some() {
             self.reporters.remove(&key);
-            self.handlespace.clear_unreachable(&key);
             self.handlespace
                 .set_keepalive(&key, Some(now + self.config.keepalive_interval));
         }

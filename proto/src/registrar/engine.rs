@@ -116,6 +116,12 @@ impl RegistrarEngine {
         self.id
     }
 
+    /// The distinct hosts that reported a PE unreachable since it last registered or
+    /// answered a keep-alive (asap.md §6.5).
+    pub fn unreachable_reporters(&self, key: &PoolElementKey) -> usize {
+        self.reporters.get(key).map_or(0, Vec::len)
+    }
+
     /// The handlespace (read-only).
     pub fn handlespace(&self) -> &Handlespace {
         &self.handlespace
