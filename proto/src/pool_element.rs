@@ -21,6 +21,7 @@ pub use events::PoolElementEvent;
 use crate::wire::{
     AsapMessage, CauseCode, EndpointKeepAlive, ErrorReport, OperationError, Policy, PoolElement,
     PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId, Registration, Transport,
+    error_reply,
 };
 
 /// Timers and the registrar list of a pool element.
@@ -623,9 +624,7 @@ impl Engine for PoolElementEngine {
         let decoded = match AsapMessage::decode(bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
-                if let Some(cause) = error.reply_cause()
-                    && bytes.first() != Some(&0x0e)
-                {
+                if let Some(cause) = error_reply(Protocol::Asap, bytes, &error) {
                     let reply = AsapMessage::Error(ErrorReport {
                         error: OperationError::single(cause),
                     });

@@ -43,6 +43,7 @@ use crate::resolution_cache::{Cached, ResolutionCache};
 use crate::wire::{
     AsapMessage, CauseCode, ErrorReport, HandleResolution, HandleResolutionResponse,
     OperationError, PoolElement, PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId,
+    error_reply,
 };
 
 /// One resolution at a registrar.
@@ -569,9 +570,7 @@ impl Engine for PoolUserEngine {
                 ))),
             },
             Err(error) => {
-                if let Some(cause) = error.reply_cause()
-                    && bytes.first() != Some(&0x0e)
-                {
+                if let Some(cause) = error_reply(Protocol::Asap, bytes, &error) {
                     self.transmit(
                         assoc,
                         &AsapMessage::Error(ErrorReport {

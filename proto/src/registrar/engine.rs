@@ -12,7 +12,7 @@ use crate::rate::TokenBucket;
 use crate::rng::SeededRng;
 use crate::wire::{
     AsapMessage, EnrpBody, EnrpMessage, ErrorCause, ErrorReport, OperationError, PoolElement,
-    PoolEntries, Protocol, RegistrarId, ServerAnnounce, UpdateAction,
+    PoolEntries, Protocol, RegistrarId, ServerAnnounce, UpdateAction, error_reply,
 };
 
 use super::config::RegistrarConfig;
@@ -347,10 +347,7 @@ impl RegistrarEngine {
         let decoded = match AsapMessage::decode(bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
-                // Never answer an ASAP_ERROR with an ASAP_ERROR.
-                if let Some(cause) = error.reply_cause()
-                    && bytes.first() != Some(&0x0e)
-                {
+                if let Some(cause) = error_reply(Protocol::Asap, bytes, &error) {
                     self.reply_error_asap(assoc, cause);
                 }
                 self.malformed(assoc, format!("malformed ASAP message: {error}"));

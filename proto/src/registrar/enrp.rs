@@ -23,7 +23,7 @@ use super::sync::Phase;
 use crate::engine::{AssocId, Engine, Output};
 use crate::wire::{
     EnrpBody, EnrpMessage, OperationError, PoolElement, PoolHandle, Protocol, RegistrarId,
-    ServerInformation, UpdateAction,
+    ServerInformation, UpdateAction, error_reply,
 };
 
 impl RegistrarEngine {
@@ -277,9 +277,7 @@ impl RegistrarEngine {
         let decoded = match EnrpMessage::decode(bytes) {
             Ok(decoded) => decoded,
             Err(error) => {
-                if let Some(cause) = error.reply_cause()
-                    && bytes.first() != Some(&0x0a)
-                {
+                if let Some(cause) = error_reply(Protocol::Enrp, bytes, &error) {
                     let body = EnrpBody::Error {
                         error: OperationError::single(cause),
                     };

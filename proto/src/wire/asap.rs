@@ -11,11 +11,11 @@ use super::params::{
     encode_pe_id, encode_pool_handle, take_transport,
 };
 use super::selection::Policy;
-use super::types::Protocol;
 use super::types::{
     PARAM_COOKIE, PARAM_HANDLE_RESOLUTION_OPTION, PARAM_OPERATION_ERROR, PARAM_PE_IDENTIFIER,
     PARAM_POLICY, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE, PARAM_SERVER_INFORMATION,
 };
+use super::types::{Protocol, asap_type as T};
 
 /// The R (reject) flag of ASAP_REGISTRATION_RESPONSE.
 const FLAG_REJECT: u8 = 0x01;
@@ -198,20 +198,20 @@ impl AsapMessage {
     /// The message type byte.
     pub const fn message_type(&self) -> u8 {
         match self {
-            Self::Registration(_) => 0x01,
-            Self::Deregistration(_) => 0x02,
-            Self::RegistrationResponse(_) => 0x03,
-            Self::DeregistrationResponse(_) => 0x04,
-            Self::HandleResolution(_) => 0x05,
-            Self::HandleResolutionResponse(_) => 0x06,
-            Self::EndpointKeepAlive(_) => 0x07,
-            Self::EndpointKeepAliveAck(_) => 0x08,
-            Self::EndpointUnreachable(_) => 0x09,
-            Self::ServerAnnounce(_) => 0x0a,
-            Self::Cookie(_) => 0x0b,
-            Self::CookieEcho(_) => 0x0c,
-            Self::BusinessCard(_) => 0x0d,
-            Self::Error(_) => 0x0e,
+            Self::Registration(_) => T::REGISTRATION,
+            Self::Deregistration(_) => T::DEREGISTRATION,
+            Self::RegistrationResponse(_) => T::REGISTRATION_RESPONSE,
+            Self::DeregistrationResponse(_) => T::DEREGISTRATION_RESPONSE,
+            Self::HandleResolution(_) => T::HANDLE_RESOLUTION,
+            Self::HandleResolutionResponse(_) => T::HANDLE_RESOLUTION_RESPONSE,
+            Self::EndpointKeepAlive(_) => T::ENDPOINT_KEEP_ALIVE,
+            Self::EndpointKeepAliveAck(_) => T::ENDPOINT_KEEP_ALIVE_ACK,
+            Self::EndpointUnreachable(_) => T::ENDPOINT_UNREACHABLE,
+            Self::ServerAnnounce(_) => T::SERVER_ANNOUNCE,
+            Self::Cookie(_) => T::COOKIE,
+            Self::CookieEcho(_) => T::COOKIE_ECHO,
+            Self::BusinessCard(_) => T::BUSINESS_CARD,
+            Self::Error(_) => T::ERROR,
         }
     }
 
@@ -354,17 +354,19 @@ fn decode_body(
     body: &mut Reader<'_>,
     sink: UnknownSink<'_>,
 ) -> Result<AsapMessage, WireError> {
-    if !(0x01..=0x0e).contains(&header.message_type) {
+    if !(T::REGISTRATION..=T::ERROR).contains(&header.message_type) {
         return Err(header.unrecognized(Protocol::Asap));
     }
     // Fixed fields come before the parameters.
     let server_id = match header.message_type {
-        0x07 | 0x0a => Some(RegistrarId(body.u32("server identifier")?)),
+        T::ENDPOINT_KEEP_ALIVE | T::SERVER_ANNOUNCE => {
+            Some(RegistrarId(body.u32("server identifier")?))
+        }
         _ => None,
     };
     let mut params = Params::new(body.clone(), sink);
     let message = match header.message_type {
-        0x01 => {
+        T::REGISTRATION => {
             let pool_handle = expect_pool_handle(&mut params)?;
             let tlv = params.expect(PARAM_POOL_ELEMENT, "a pool element parameter")?;
             let pool_element = PoolElement::decode(&tlv, params.sink())?;
@@ -373,8 +375,8 @@ fn decode_body(
                 pool_element,
             })
         }
-        0x02 => AsapMessage::Deregistration(decode_pe_ref(&mut params)?),
-        0x03 => {
+        T::DEREGISTRATION => AsapMessage::Deregistration(decode_pe_ref(&mut params)?),
+        T::REGISTRATION_RESPONSE => {
             let r = decode_pe_ref(&mut params)?;
             AsapMessage::RegistrationResponse(RegistrationResponse {
                 reject: header.flags & FLAG_REJECT != 0,
@@ -383,7 +385,7 @@ fn decode_body(
                 error: take_operation_error(&mut params)?,
             })
         }
-        0x04 => {
+        T::DEREGISTRATION_RESPONSE => {
             let r = decode_pe_ref(&mut params)?;
             AsapMessage::DeregistrationResponse(DeregistrationResponse {
                 pool_handle: r.pool_handle,
@@ -391,14 +393,14 @@ fn decode_body(
                 error: take_operation_error(&mut params)?,
             })
         }
-        0x05 => AsapMessage::HandleResolution(HandleResolution {
+        T::HANDLE_RESOLUTION => AsapMessage::HandleResolution(HandleResolution {
             pool_handle: expect_pool_handle(&mut params)?,
             items: params
                 .take_if(PARAM_HANDLE_RESOLUTION_OPTION)?
                 .map(|tlv| decode_items(&tlv))
                 .transpose()?,
         }),
-        0x06 => {
+        T::HANDLE_RESOLUTION_RESPONSE => {
             let pool_handle = expect_pool_handle(&mut params)?;
             let policy = take_policy(&mut params)?;
             let pool_elements = take_pool_elements(&mut params)?;
@@ -409,7 +411,7 @@ fn decode_body(
                 error: take_operation_error(&mut params)?,
             })
         }
-        0x07 => AsapMessage::EndpointKeepAlive(EndpointKeepAlive {
+        T::ENDPOINT_KEEP_ALIVE => AsapMessage::EndpointKeepAlive(EndpointKeepAlive {
             home: header.flags & FLAG_HOME != 0,
             server_id: server_id.unwrap_or_default(),
             pool_handle: expect_pool_handle(&mut params)?,
@@ -418,25 +420,27 @@ fn decode_body(
                 .map(|tlv| decode_pe_id(&tlv))
                 .transpose()?,
         }),
-        0x08 => AsapMessage::EndpointKeepAliveAck(decode_pe_ref(&mut params)?),
-        0x09 => AsapMessage::EndpointUnreachable(decode_pe_ref(&mut params)?),
-        0x0a => AsapMessage::ServerAnnounce(decode_announce(
+        T::ENDPOINT_KEEP_ALIVE_ACK => {
+            AsapMessage::EndpointKeepAliveAck(decode_pe_ref(&mut params)?)
+        }
+        T::ENDPOINT_UNREACHABLE => AsapMessage::EndpointUnreachable(decode_pe_ref(&mut params)?),
+        T::SERVER_ANNOUNCE => AsapMessage::ServerAnnounce(decode_announce(
             &mut params,
             server_id.unwrap_or_default(),
         )?),
-        0x0b | 0x0c => {
+        T::COOKIE | T::COOKIE_ECHO => {
             let tlv = params.expect(PARAM_COOKIE, "a cookie parameter")?;
             let cookie = Cookie {
                 cookie: decode_cookie(&tlv)?,
             };
-            if header.message_type == 0x0b {
+            if header.message_type == T::COOKIE {
                 AsapMessage::Cookie(cookie)
             } else {
                 AsapMessage::CookieEcho(cookie)
             }
         }
-        0x0d => AsapMessage::BusinessCard(decode_business_card(&mut params)?),
-        0x0e => {
+        T::BUSINESS_CARD => AsapMessage::BusinessCard(decode_business_card(&mut params)?),
+        T::ERROR => {
             let tlv = params.expect(PARAM_OPERATION_ERROR, "an operation error parameter")?;
             AsapMessage::Error(ErrorReport {
                 error: OperationError::decode(&tlv)?,

@@ -10,11 +10,11 @@ use super::params::{
     PoolElement, PoolHandle, RegistrarId, ServerInformation, decode_checksum, encode_checksum,
     encode_pool_handle,
 };
-use super::types::Protocol;
 use super::types::{
     PARAM_OPERATION_ERROR, PARAM_PE_CHECKSUM, PARAM_POOL_ELEMENT, PARAM_POOL_HANDLE,
     PARAM_SERVER_INFORMATION,
 };
+use super::types::{Protocol, enrp_type as T};
 
 /// An ENRP message: the two registrar IDs every ENRP message carries, and the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,16 +146,16 @@ impl EnrpBody {
     /// The message type byte.
     pub const fn message_type(&self) -> u8 {
         match self {
-            Self::Presence { .. } => 0x01,
-            Self::HandleTableRequest { .. } => 0x02,
-            Self::HandleTableResponse { .. } => 0x03,
-            Self::HandleUpdate { .. } => 0x04,
-            Self::ListRequest => 0x05,
-            Self::ListResponse { .. } => 0x06,
-            Self::InitTakeover { .. } => 0x07,
-            Self::InitTakeoverAck { .. } => 0x08,
-            Self::TakeoverServer { .. } => 0x09,
-            Self::Error { .. } => 0x0a,
+            Self::Presence { .. } => T::PRESENCE,
+            Self::HandleTableRequest { .. } => T::HANDLE_TABLE_REQUEST,
+            Self::HandleTableResponse { .. } => T::HANDLE_TABLE_RESPONSE,
+            Self::HandleUpdate { .. } => T::HANDLE_UPDATE,
+            Self::ListRequest => T::LIST_REQUEST,
+            Self::ListResponse { .. } => T::LIST_RESPONSE,
+            Self::InitTakeover { .. } => T::INIT_TAKEOVER,
+            Self::InitTakeoverAck { .. } => T::INIT_TAKEOVER_ACK,
+            Self::TakeoverServer { .. } => T::TAKEOVER_SERVER,
+            Self::Error { .. } => T::ERROR,
         }
     }
 
@@ -220,7 +220,7 @@ impl EnrpMessage {
     /// Decodes one ENRP message (the caller knows it is ENRP: PPID 12 or the socket).
     pub fn decode(bytes: &[u8]) -> Result<Decoded<Self>, WireError> {
         let header = MessageHeader::read(bytes)?;
-        if !(0x01..=0x0a).contains(&header.message_type) {
+        if !(T::PRESENCE..=T::ERROR).contains(&header.message_type) {
             return Err(header.unrecognized(Protocol::Enrp));
         }
         let flags = header.flags;
@@ -228,11 +228,13 @@ impl EnrpMessage {
         let sender = RegistrarId(body.u32("sending server's identifier")?);
         let receiver = RegistrarId(body.u32("receiving server's identifier")?);
         let target = match header.message_type {
-            0x07..=0x09 => Some(RegistrarId(body.u32("target server's identifier")?)),
+            T::INIT_TAKEOVER..=T::TAKEOVER_SERVER => {
+                Some(RegistrarId(body.u32("target server's identifier")?))
+            }
             _ => None,
         };
         let action = match header.message_type {
-            0x04 => {
+            T::HANDLE_UPDATE => {
                 let action = UpdateAction(body.u16("update action")?);
                 let _reserved = body.u16("reserved field")?;
                 Some(action)
@@ -242,7 +244,7 @@ impl EnrpMessage {
         let mut unknown = Vec::new();
         let mut params = Params::new(body, UnknownSink::top_level(&mut unknown));
         let body = match header.message_type {
-            0x01 => EnrpBody::Presence {
+            T::PRESENCE => EnrpBody::Presence {
                 reply_required: flags & FLAG_R != 0,
                 checksum: params
                     .take_if(PARAM_PE_CHECKSUM)?
@@ -253,15 +255,15 @@ impl EnrpMessage {
                     None => None,
                 },
             },
-            0x02 => EnrpBody::HandleTableRequest {
+            T::HANDLE_TABLE_REQUEST => EnrpBody::HandleTableRequest {
                 own_children_only: flags & FLAG_W != 0,
             },
-            0x03 => EnrpBody::HandleTableResponse {
+            T::HANDLE_TABLE_RESPONSE => EnrpBody::HandleTableResponse {
                 reject: flags & FLAG_R != 0,
                 more: flags & FLAG_M != 0,
                 pools: handle_table_entries(&mut params)?,
             },
-            0x04 => {
+            T::HANDLE_UPDATE => {
                 let pool_handle = expect_pool_handle(&mut params)?;
                 let tlv = params.expect(PARAM_POOL_ELEMENT, "a pool element parameter")?;
                 EnrpBody::HandleUpdate {
@@ -271,8 +273,8 @@ impl EnrpMessage {
                     pool_element: PoolElement::decode(&tlv, params.sink())?,
                 }
             }
-            0x05 => EnrpBody::ListRequest,
-            0x06 => {
+            T::LIST_REQUEST => EnrpBody::ListRequest,
+            T::LIST_RESPONSE => {
                 let mut servers = Vec::new();
                 while let Some(tlv) = params.take_if(PARAM_SERVER_INFORMATION)? {
                     servers.push(ServerInformation::decode(&tlv, params.sink())?);
@@ -280,16 +282,16 @@ impl EnrpMessage {
                 let reject = flags & FLAG_R != 0;
                 EnrpBody::ListResponse { reject, servers }
             }
-            0x07 => EnrpBody::InitTakeover {
+            T::INIT_TAKEOVER => EnrpBody::InitTakeover {
                 target: target.unwrap_or_default(),
             },
-            0x08 => EnrpBody::InitTakeoverAck {
+            T::INIT_TAKEOVER_ACK => EnrpBody::InitTakeoverAck {
                 target: target.unwrap_or_default(),
             },
-            0x09 => EnrpBody::TakeoverServer {
+            T::TAKEOVER_SERVER => EnrpBody::TakeoverServer {
                 target: target.unwrap_or_default(),
             },
-            0x0a => {
+            T::ERROR => {
                 let tlv = params.expect(PARAM_OPERATION_ERROR, "an operation error parameter")?;
                 EnrpBody::Error {
                     error: OperationError::decode(&tlv)?,

@@ -33,7 +33,7 @@ pub use params::{
     PoolHandleError, RegistrarId, ServerInformation, Transport, TransportProtocol, TransportUse,
 };
 pub use selection::{Policy, PolicyType};
-pub use types::{Hex, Protocol};
+pub use types::{Hex, Protocol, asap_type, enrp_type};
 
 pub use header::Decoded;
 
@@ -83,6 +83,14 @@ impl Message {
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         self.encode_with_unknown(&[])
     }
+}
+
+/// The cause to answer a message that did not decode with, if any; never for an
+/// ERROR message itself, so that two peers cannot bounce errors at each other.
+pub fn error_reply(protocol: Protocol, bytes: &[u8], error: &WireError) -> Option<ErrorCause> {
+    error
+        .reply_cause()
+        .filter(|_| bytes.first() != Some(&protocol.error_type()))
 }
 
 /// Decodes exactly one message of the given protocol.

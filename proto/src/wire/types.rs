@@ -1,8 +1,42 @@
-//! The bottom of the codec: the two protocols, the parameter type numbers (RFC 5354
-//! §3), and bytes as hex. Everything else in the codec may use these; they use nothing
+//! The bottom of the codec: the two protocols, the message type numbers (RFC 5352 §2.2,
+//! RFC 5353 §2.1), the parameter type numbers (RFC 5354 §3), and bytes as hex. Everything else in the codec may use these; they use nothing
 //! of it.
 
 use std::fmt;
+
+/// ASAP message types (RFC 5352 §2.2).
+pub mod asap_type {
+    #![allow(missing_docs, reason = "each is the RFC's message name")]
+    pub const REGISTRATION: u8 = 0x01;
+    pub const DEREGISTRATION: u8 = 0x02;
+    pub const REGISTRATION_RESPONSE: u8 = 0x03;
+    pub const DEREGISTRATION_RESPONSE: u8 = 0x04;
+    pub const HANDLE_RESOLUTION: u8 = 0x05;
+    pub const HANDLE_RESOLUTION_RESPONSE: u8 = 0x06;
+    pub const ENDPOINT_KEEP_ALIVE: u8 = 0x07;
+    pub const ENDPOINT_KEEP_ALIVE_ACK: u8 = 0x08;
+    pub const ENDPOINT_UNREACHABLE: u8 = 0x09;
+    pub const SERVER_ANNOUNCE: u8 = 0x0a;
+    pub const COOKIE: u8 = 0x0b;
+    pub const COOKIE_ECHO: u8 = 0x0c;
+    pub const BUSINESS_CARD: u8 = 0x0d;
+    pub const ERROR: u8 = 0x0e;
+}
+
+/// ENRP message types (RFC 5353 §2.1).
+pub mod enrp_type {
+    #![allow(missing_docs, reason = "each is the RFC's message name")]
+    pub const PRESENCE: u8 = 0x01;
+    pub const HANDLE_TABLE_REQUEST: u8 = 0x02;
+    pub const HANDLE_TABLE_RESPONSE: u8 = 0x03;
+    pub const HANDLE_UPDATE: u8 = 0x04;
+    pub const LIST_REQUEST: u8 = 0x05;
+    pub const LIST_RESPONSE: u8 = 0x06;
+    pub const INIT_TAKEOVER: u8 = 0x07;
+    pub const INIT_TAKEOVER_ACK: u8 = 0x08;
+    pub const TAKEOVER_SERVER: u8 = 0x09;
+    pub const ERROR: u8 = 0x0a;
+}
 
 /// Which of the two protocols a message belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,6 +53,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The type number of the protocol's ERROR message.
+    pub const fn error_type(self) -> u8 {
+        match self {
+            Self::Asap => asap_type::ERROR,
+            Self::Enrp => enrp_type::ERROR,
+        }
+    }
+
     /// The SCTP payload protocol identifier (IANA).
     pub const fn ppid(self) -> u32 {
         match self {
