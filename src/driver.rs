@@ -74,8 +74,8 @@ pub(crate) async fn run<E, S>(
             () = sleep => Step::Timeout,
         };
         let timed = match (&step, transports.handling_histogram) {
-            (Step::Input(EngineInput::Message { protocol, .. }), Some(name)) => {
-                Some((name, *protocol, now()))
+            (Step::Input(EngineInput::Message(message)), Some(name)) => {
+                Some((name, message.protocol, now()))
             }
             _ => None,
         };
@@ -110,16 +110,12 @@ fn feed<E: Engine>(engine: &mut E, input: EngineInput) {
     match input {
         EngineInput::Up { assoc, peer } => engine.handle_association_up(assoc, peer, now),
         EngineInput::Down { assoc } => engine.handle_association_down(assoc, now),
-        EngineInput::Message {
-            assoc,
-            protocol,
-            payload,
-        } => engine.handle_message(assoc, protocol, &payload, now),
-        EngineInput::Datagram {
-            from,
-            protocol,
-            payload,
-        } => engine.handle_datagram(from, protocol, &payload, now),
+        EngineInput::Message(message) => {
+            engine.handle_message(message.assoc, message.protocol, &message.payload, now)
+        }
+        EngineInput::Datagram(datagram) => {
+            engine.handle_datagram(datagram.from, datagram.protocol, &datagram.payload, now)
+        }
     }
 }
 

@@ -27,17 +27,25 @@ pub(crate) enum Incoming {
     /// An association ended (peer closed, reset, broken framing).
     Closed { assoc: AssocId, reason: String },
     /// A message arrived.
-    Message {
-        assoc: AssocId,
-        protocol: Protocol,
-        payload: Vec<u8>,
-    },
+    Message(Arrived),
     /// A multicast datagram arrived.
-    Datagram {
-        from: SocketAddr,
-        protocol: Protocol,
-        payload: Vec<u8>,
-    },
+    Datagram(Heard),
+}
+
+/// A message that arrived on an association.
+#[derive(Debug)]
+pub(crate) struct Arrived {
+    pub(crate) assoc: AssocId,
+    pub(crate) protocol: Protocol,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// A datagram heard on a multicast channel.
+#[derive(Debug)]
+pub(crate) struct Heard {
+    pub(crate) from: SocketAddr,
+    pub(crate) protocol: Protocol,
+    pub(crate) payload: Vec<u8>,
 }
 
 /// The driver's end of one association: its send queue, and the token that closes it.

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use admission::Admission;
-pub(crate) use carrier::{Incoming, Link, SEND_QUEUE};
+pub(crate) use carrier::{Arrived, Heard, Incoming, Link, SEND_QUEUE};
 use rserpool_proto::engine::{AssocId, Endpoint, PeerInfo, TransportKind};
 use rserpool_proto::wire::Protocol;
 use tokio::sync::mpsc;
@@ -36,23 +36,10 @@ use tokio_util::sync::CancellationToken;
 /// What an incoming event means to the engine.
 #[derive(Debug)]
 pub(crate) enum EngineInput {
-    Up {
-        assoc: AssocId,
-        peer: PeerInfo,
-    },
-    Down {
-        assoc: AssocId,
-    },
-    Message {
-        assoc: AssocId,
-        protocol: Protocol,
-        payload: Vec<u8>,
-    },
-    Datagram {
-        from: SocketAddr,
-        protocol: Protocol,
-        payload: Vec<u8>,
-    },
+    Up { assoc: AssocId, peer: PeerInfo },
+    Down { assoc: AssocId },
+    Message(Arrived),
+    Datagram(Heard),
 }
 
 /// Numbers the associations the driver accepts (1, 2, ...; engines use the upper half).
@@ -138,27 +125,11 @@ impl Transports {
                 tracing::debug!(%assoc, %reason, "association closed");
                 Some(EngineInput::Down { assoc })
             }
-            Incoming::Message {
-                assoc,
-                protocol,
-                payload,
-            } => self
+            Incoming::Message(message) => self
                 .links
-                .contains_key(&assoc)
-                .then_some(EngineInput::Message {
-                    assoc,
-                    protocol,
-                    payload,
-                }),
-            Incoming::Datagram {
-                from,
-                protocol,
-                payload,
-            } => Some(EngineInput::Datagram {
-                from,
-                protocol,
-                payload,
-            }),
+                .contains_key(&message.assoc)
+                .then_some(EngineInput::Message(message)),
+            Incoming::Datagram(datagram) => Some(EngineInput::Datagram(datagram)),
         }
     }
 

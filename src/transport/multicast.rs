@@ -12,7 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::carrier::Incoming;
+use super::carrier::{Heard, Incoming};
 
 /// One joined multicast group.
 #[derive(Debug, Clone)]
@@ -58,11 +58,11 @@ impl Channel {
                     continue;
                 };
                 let payload = buffer.get(..count).unwrap_or_default().to_vec();
-                let datagram = Incoming::Datagram {
+                let datagram = Incoming::Datagram(Heard {
                     from,
                     protocol,
                     payload,
-                };
+                });
                 if incoming.send(datagram).await.is_err() {
                     return;
                 }

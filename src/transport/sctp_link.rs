@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Ticket;
-use super::carrier::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
+use super::carrier::{Arrived, Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 use super::sctp::{Association, MAX_MESSAGE, Received, needs_ipv6};
 use super::sctp_tls::SctpStream;
 use super::tcp;
@@ -203,11 +203,11 @@ async fn run(
                     tracing::debug!(%assoc, ppid, "message with a foreign PPID dropped");
                     continue;
                 };
-                let message = Incoming::Message {
+                let message = Incoming::Message(Arrived {
                     assoc,
                     protocol,
                     payload,
-                };
+                });
                 if incoming.send(message).await.is_err() {
                     break "driver gone".to_owned();
                 }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Expulsion, Ticket};
-use super::carrier::{Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
+use super::carrier::{Arrived, Incoming, MessageSink, WRITE_TIMEOUT, report_opened, write_loop};
 use super::tls::{self, ControlTls, Secured};
 
 /// How long an outgoing connection attempt may take.
@@ -383,11 +383,11 @@ impl Reassembly {
             match self.deframer.next_frame() {
                 Ok(Some(payload)) => {
                     completed = true;
-                    let message = Incoming::Message {
+                    let message = Incoming::Message(Arrived {
                         assoc: self.assoc,
                         protocol: self.protocol,
                         payload,
-                    };
+                    });
                     if incoming.send(message).await.is_err() {
                         return Err("driver gone".into());
                     }
