@@ -349,6 +349,23 @@ impl AsapMessage {
     }
 }
 
+fn decode_registration(params: &mut Params<'_, '_>) -> Result<AsapMessage, WireError> {
+    let pool_handle = expect_pool_handle(params)?;
+    let tlv = params.expect(PARAM_POOL_ELEMENT, "a pool element parameter")?;
+    let pool_element = PoolElement::decode(&tlv, params.sink())?;
+    Ok(AsapMessage::Registration(Registration {
+        pool_handle,
+        pool_element,
+    }))
+}
+
+fn take_cookie(params: &mut Params<'_, '_>) -> Result<Cookie, WireError> {
+    let tlv = params.expect(PARAM_COOKIE, "a cookie parameter")?;
+    Ok(Cookie {
+        cookie: decode_cookie(&tlv)?,
+    })
+}
+
 fn decode_body(
     header: &MessageHeader<'_>,
     body: &mut Reader<'_>,
@@ -366,15 +383,7 @@ fn decode_body(
     };
     let mut params = Params::new(body.clone(), sink);
     let message = match header.message_type {
-        T::REGISTRATION => {
-            let pool_handle = expect_pool_handle(&mut params)?;
-            let tlv = params.expect(PARAM_POOL_ELEMENT, "a pool element parameter")?;
-            let pool_element = PoolElement::decode(&tlv, params.sink())?;
-            AsapMessage::Registration(Registration {
-                pool_handle,
-                pool_element,
-            })
-        }
+        T::REGISTRATION => decode_registration(&mut params)?,
         T::DEREGISTRATION => AsapMessage::Deregistration(decode_pe_ref(&mut params)?),
         T::REGISTRATION_RESPONSE => {
             let r = decode_pe_ref(&mut params)?;
@@ -428,17 +437,8 @@ fn decode_body(
             &mut params,
             server_id.unwrap_or_default(),
         )?),
-        T::COOKIE | T::COOKIE_ECHO => {
-            let tlv = params.expect(PARAM_COOKIE, "a cookie parameter")?;
-            let cookie = Cookie {
-                cookie: decode_cookie(&tlv)?,
-            };
-            if header.message_type == T::COOKIE {
-                AsapMessage::Cookie(cookie)
-            } else {
-                AsapMessage::CookieEcho(cookie)
-            }
-        }
+        T::COOKIE => AsapMessage::Cookie(take_cookie(&mut params)?),
+        T::COOKIE_ECHO => AsapMessage::CookieEcho(take_cookie(&mut params)?),
         T::BUSINESS_CARD => AsapMessage::BusinessCard(decode_business_card(&mut params)?),
         T::ERROR => {
             let tlv = params.expect(PARAM_OPERATION_ERROR, "an operation error parameter")?;
