@@ -464,3 +464,26 @@ fn names_after(line: &str, prefix: &str) -> Vec<String> {
         .filter(|n| !n.is_empty())
         .collect()
 }
+
+/// The declared `rust-version` is the one the container image builds with (clippy's
+/// `incompatible_msrv`, denied in CI, checks the code against it; cargo refuses an
+/// older toolchain).
+#[test]
+fn the_container_builds_with_the_declared_rust_version() {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("rust-version = "))
+        .map(|version| version.trim_matches('"').to_owned())
+        .expect("Cargo.toml declares rust-version");
+    let containerfile =
+        std::fs::read_to_string(root().join("deploy/container/Containerfile")).unwrap();
+    let image = containerfile
+        .lines()
+        .find_map(|line| line.strip_prefix("FROM docker.io/library/rust:"))
+        .expect("the build stage is a rust image");
+    assert!(
+        image.starts_with(&format!("{declared}-")),
+        "the Containerfile builds with rust:{image}, Cargo.toml declares {declared}"
+    );
+}
