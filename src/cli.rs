@@ -105,6 +105,31 @@ pub(crate) struct TlsArgs {
     pub(crate) tls_plain: Option<String>,
 }
 
+/// The admin listener (over the file's `admin:` section).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct AdminArgs {
+    /// Serve /metrics, /healthz, /readyz and /api/ on this address (e.g.
+    /// 127.0.0.1:9102; no authentication: keep it on loopback or a management network).
+    #[arg(id = "admin", long = "admin", value_name = "ADMIN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// A file holding the bearer token the admin listener's /log and /api/ require.
+    #[arg(
+        long = "admin-token-file",
+        requires = "admin",
+        value_name = "ADMIN_TOKEN_FILE"
+    )]
+    pub(crate) token_file: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The flags over the file's section.
+    pub(crate) fn apply(&self, section: &mut crate::config::AdminSection) {
+        if self.listen.is_some() {
+            section.listen = self.listen;
+        }
+    }
+}
+
 /// Status reports to an rsplib `cspmonitor` (over the file's `csp:` section; rsplib's
 /// environment variables work too).
 #[derive(Debug, Clone, Default, Args)]
@@ -236,13 +261,8 @@ pub(crate) struct RegistrarArgs {
     /// the ENRP address's interface).
     #[arg(long)]
     pub(crate) enrp_multicast: Option<String>,
-    /// Serve /metrics, /healthz, /readyz and /api/ on this address (no authentication:
-    /// keep it on loopback or a management network).
-    #[arg(long)]
-    pub(crate) admin: Option<SocketAddr>,
-    /// A file holding the bearer token the admin listener's /log and /api/ require.
-    #[arg(long, requires = "admin")]
-    pub(crate) admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
@@ -305,13 +325,8 @@ pub(crate) struct PeArgs {
     /// Timer profile.
     #[arg(long, value_parser = timer_profiles())]
     pub(crate) profile: Option<TimerProfile>,
-    /// Serve /metrics, /healthz, /readyz and /api/ on this address (no authentication:
-    /// keep it on loopback or a management network).
-    #[arg(long)]
-    pub(crate) admin: Option<SocketAddr>,
-    /// A file holding the bearer token the admin listener's /log and /api/ require.
-    #[arg(long, requires = "admin")]
-    pub(crate) admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]
@@ -349,13 +364,8 @@ pub(crate) struct GatewayArgs {
     /// Timer profile of the pool user.
     #[arg(long, value_parser = timer_profiles())]
     pub(crate) profile: Option<TimerProfile>,
-    /// Serve /metrics, /healthz, /readyz and /api/ on this address (e.g.
-    /// 127.0.0.1:9102; no authentication: keep it on loopback or a management network).
-    #[arg(long)]
-    pub(crate) admin: Option<SocketAddr>,
-    /// A file holding the bearer token the admin listener's /log and /api/ require.
-    #[arg(long, requires = "admin")]
-    pub(crate) admin_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) admin: AdminArgs,
     #[command(flatten)]
     pub(crate) tls: TlsArgs,
     #[command(flatten)]

@@ -39,9 +39,7 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
         args.transport.map(Into::into),
         &args.tls,
     )?;
-    if args.admin.is_some() {
-        file.admin.listen = args.admin;
-    }
+    args.admin.apply(&mut file.admin);
     args.csp.apply(&mut file.csp);
     if let Some(profile) = args.profile {
         file.pool_user.profile = profile;
@@ -184,7 +182,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     );
     let view = admin::Listeners::default();
     // The metrics recorder goes in first: listeners take their meters when they start.
-    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
+    let admin_security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
     let admin = match file.admin.listen {
         Some(listen) => crate::admin::start(
             listen,

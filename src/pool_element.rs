@@ -38,9 +38,7 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
         Some(path) => config::load(path)?,
         None => ConfigFile::default(),
     };
-    if args.admin.is_some() {
-        file.admin.listen = args.admin;
-    }
+    args.admin.apply(&mut file.admin);
     args.csp.apply(&mut file.csp);
     crate::apply_tls_args(&mut file.tls, &args.tls)?;
     let tls = file.tls.is_some();
@@ -342,7 +340,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         services.add(service.clone());
     }
     let registered = Registered::default();
-    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
+    let admin_security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
     let admin = match file.admin.listen {
         Some(listen) => crate::admin::start(
             listen,

@@ -34,9 +34,7 @@ fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
     };
     apply_overrides(&mut file, args)?;
     args.csp.apply(&mut file.csp);
-    if args.admin.is_some() {
-        file.admin.listen = args.admin;
-    }
+    args.admin.apply(&mut file.admin);
     Ok(file)
 }
 
@@ -329,7 +327,7 @@ async fn start_admin(
     shutdown: &CancellationToken,
     logging: &Logging,
 ) -> Result<String, RunError> {
-    let security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
+    let security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
     let admin = match file.admin.listen {
         Some(listen) => crate::admin::start(
             listen,

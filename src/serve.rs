@@ -116,8 +116,8 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
             other => RunError::Usage(other.to_string()),
         })?;
     let address = service.local_addr().map_err(RunError::Io)?;
-    let admin_security = crate::admin::security(&file.admin, args.admin_token_file.as_deref())?;
-    let admin = match args.admin.or(file.admin.listen) {
+    let admin_security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
+    let admin = match args.admin.listen.or(file.admin.listen) {
         Some(listen) => crate::admin::start(
             listen,
             admin_security.clone(),
