@@ -285,8 +285,8 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    /// The routing of `config`, for [`serve`]; its routes post their ejections on
-    /// `ejections` (the gateway's [`Lifecycle::ejections`]).
+    /// The routing of `config`, for [`serve`](crate::http::serve); its routes post their ejections on
+    /// `ejections` (the gateway's [`Lifecycle::ejections`](crate::Lifecycle::ejections)).
     pub fn new(config: &HttpListenerConfig, ejections: crate::health::EjectionBoard) -> Self {
         let routing = Arc::new(Routing::new(config, &ejections));
         Self {

@@ -1,7 +1,7 @@
 //! The registrar ("ENRP server"): the ASAP server side (asap.md §5.3-6.5) and the
 //! handle-table responder of ENRP (enrp.md §5.5).
 //!
-//! It owns a [`Handlespace`]. PEs register over an association; the registrar checks
+//! It owns a [`Handlespace`](crate::handlespace::Handlespace). PEs register over an association; the registrar checks
 //! them (security.md §3), supervises the PEs it owns with keep-alives, answers handle
 //! resolutions with the pool's policy, counts unreachability reports, announces itself,
 //! and drops everything registered over an association that goes down.
