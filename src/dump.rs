@@ -1,5 +1,5 @@
 //! `rserpool dump`: a registrar's whole handlespace, fetched over ENRP with
-//! HANDLE_TABLE_REQUEST (W = 0) and paged with the M flag (enrp.md §5.5), as rsplib's
+//! HANDLE_TABLE_REQUEST (W = 0) and paged with the M flag (RFC 5353 §3.2.3), as rsplib's
 //! hsdump does.
 
 use std::fmt::Write as _;

@@ -5,7 +5,7 @@
 //!
 //! The agent listens on an ASAP endpoint of its own and opens its registrar
 //! associations from that port, so a registrar that takes the PEs over can reach it
-//! (asap.md §5.2 step 1).
+//! (RFC 5352 §3.1).
 
 pub(crate) mod admin;
 mod backends;

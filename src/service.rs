@@ -1,6 +1,6 @@
 //! The library for native pool elements: a service that registers itself in a pool
 //! and serves sessions whose state can survive a failover through ASAP cookies
-//! (asap.md §7).
+//! (RFC 5352 §3.8-3.9).
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {

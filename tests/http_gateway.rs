@@ -1,6 +1,6 @@
 //! End-to-end: the HTTP gateway in front of `pe --serve http` PEs (README, "HTTP
 //! gateway"). PEs are killed (-9) under load; requests that can be retried are, sticky
-//! sessions move with their state (the ASAP cookie over HTTP, asap.md §7), and limits
+//! sessions move with their state (the ASAP cookie over HTTP, RFC 5352 §3.8-3.9), and limits
 //! answer with the right status without touching other clients.
 
 #![allow(

@@ -55,7 +55,7 @@ fn agent(registrar: SocketAddr, backend: SocketAddr) -> Process {
 
 /// The scenario: two `pe` agents in front of two HTTP backends; `resolve`
 /// returns both; kill -9 one agent and it disappears (its association goes down,
-/// asap.md §5.5); stop a backend and its agent deregisters it within its health-check
+/// RFC 5352 §3.4); stop a backend and its agent deregisters it within its health-check
 /// interval; restart the backend and it comes back.
 #[test]
 fn pe_agents_register_fail_and_recover() {
@@ -459,7 +459,7 @@ fn a_port_in_use_is_an_error_not_a_shared_listener() {
     assert!(stderr.contains("another process listens on"), "{stderr}");
 }
 
-/// asap.md §4: a `pe` agent with no static registrar finds one by its multicast
+/// RFC 5352 §3.6: a `pe` agent with no static registrar finds one by its multicast
 /// announces (on the loopback interface, so nothing leaves the host).
 #[test]
 fn pe_agent_finds_a_registrar_by_its_announces() {

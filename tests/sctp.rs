@@ -4,7 +4,7 @@
 //! These machines' kernel has no SCTP, so every test but the first is `#[ignore]`d
 //! here and run by `scripts/sctp-tests.sh` inside the SCTP VM
 //! (`../shared/tools/sctpvm`), with the addresses 192.0.2.1 and 198.51.100.1 on a
-//! dummy interface: rsplib refuses loopback-only PE addresses (spec asap.md §5.2 step
+//! dummy interface: rsplib refuses loopback-only PE addresses (spec RFC 5352 §3.1 step
 //! 2), and two addresses make multi-homed endpoints.
 //!
 //! What is checked, with rsplib's own programs as the other side (issue 10):

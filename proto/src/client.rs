@@ -1,4 +1,4 @@
-//! The ASAP client core the PE and PU engines share (RFC 5352 §3.1, "server hunt"):
+//! The ASAP client core the PE and PU engines share (RFC 5352 §3.6, the server hunt):
 //! the hunt for a home registrar, the association identifiers the engine opens, the
 //! seeded generator, and the output queue the driver drains. Each engine adds its own
 //! procedures (registration, handle resolution) on top.

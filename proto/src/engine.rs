@@ -217,7 +217,7 @@ pub trait Engine {
     fn poll_output(&mut self) -> Output<Self::Event>;
 }
 
-/// Named timer and threshold sets (asap.md §9, enrp.md §6).
+/// Named timer and threshold sets (RFC 5352 §7, RFC 5353 §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(
     feature = "serde",

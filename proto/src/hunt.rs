@@ -1,4 +1,4 @@
-//! Finding a registrar: the registrar table and the server hunt (asap.md §4), shared
+//! Finding a registrar: the registrar table and the server hunt (RFC 5352 §3.6), shared
 //! by the pool element and the pool user.
 //!
 //! The table holds the statically configured registrars and those learned from
@@ -356,7 +356,7 @@ impl Hunt {
     }
 
     /// Makes an association the current registrar (a keep-alive with the H flag arrived
-    /// on it: asap.md §5.6). The old current association is closed.
+    /// on it: RFC 5352 §3.4). The old current association is closed.
     pub(crate) fn adopt<E>(
         &mut self,
         assoc: AssocId,
@@ -432,7 +432,7 @@ impl Hunt {
         }
     }
 
-    /// An ASAP_SERVER_ANNOUNCE arrived from `from` (asap.md §4.1): add or refresh the
+    /// An ASAP_SERVER_ANNOUNCE arrived from `from` (RFC 5352 §3.6): add or refresh the
     /// registrar; if a hunt is waiting, start a round at once.
     fn on_announce<E>(
         &mut self,

@@ -1,4 +1,4 @@
-//! The pool element's ASAP side (asap.md §5): registration with a registrar found by
+//! The pool element's ASAP side (RFC 5352 §3.1-3.4): registration with a registrar found by
 //! server hunt, re-registration on a timer and on policy changes, keep-alive answers
 //! (the H flag moves the PE to a new home registrar), deregistration, and failover to
 //! another registrar when the home one is lost.
@@ -66,7 +66,7 @@ pub enum HomeChanges {
 }
 
 impl PoolElementConfig {
-    /// The profile's values (asap.md §9): RFC T2/T3 30 s and 2 attempts, or rsplib's
+    /// The profile's values (RFC 5352 §7): RFC T2/T3 30 s and 2 attempts, or rsplib's
     /// 3 s and 1 attempt.
     pub fn new(profile: TimerProfile, hunt: HuntConfig) -> Self {
         let (timeout, attempts) = match profile {
@@ -159,7 +159,7 @@ impl PoolElementEngine {
     }
 
     /// Changes a PE's policy values (e.g. a new load) and re-registers at once
-    /// (asap.md §5.4).
+    /// (RFC 5352 §3.1).
     pub fn update_policy(&mut self, pe_id: PoolElementId, policy: Policy, now: Instant) {
         if let Some(member) = self.members.get_mut(&pe_id) {
             member.spec.policy = policy;
@@ -384,7 +384,7 @@ impl PoolElementEngine {
             request: None,
             next: Some(next),
         };
-        // asap.md §5.2 step 5: what another attempt can cure.
+        // RFC 5352 §3.1: what another attempt can cure.
         let retrying = match cause {
             Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER) => {
                 let mut renamed = self.members.remove(&pe_id);
@@ -422,7 +422,7 @@ impl PoolElementEngine {
 
     fn on_keep_alive(&mut self, assoc: AssocId, keep_alive: &EndpointKeepAlive, now: Instant) {
         let mut adopted = false;
-        // asap.md §5.6: the PEs concerned: the one named, else all of this pool.
+        // RFC 5352 §3.4: the PEs concerned: the one named, else all of this pool.
         let concerned: Vec<PoolElementId> = self
             .members
             .values()
@@ -446,8 +446,8 @@ impl PoolElementEngine {
         } else if self.client.hunt.current() == Some(assoc) {
             self.client.hunt.learn_id(assoc, keep_alive.server_id);
         }
-        // Always answer on the association the keep-alive came in on (discrepancies.md
-        // item 33).
+        // Always answer on the association the keep-alive came in on (docs/rsplib.md
+        // item 6).
         for pe_id in concerned {
             let ack = AsapMessage::EndpointKeepAliveAck(PoolElementRef {
                 pool_handle: keep_alive.pool_handle,
@@ -627,7 +627,7 @@ impl Engine for PoolElementEngine {
                     self.send_registration(id, now, attempts + 1);
                 }
                 Due::RegistrationUnanswered(_) => {
-                    // T2 exhausted: another registrar (asap.md §5.2 step 6).
+                    // T2 exhausted: another registrar (RFC 5352 §3.1).
                     if let Some(Member {
                         standing: Standing::Serving { request, .. },
                         ..

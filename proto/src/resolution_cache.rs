@@ -1,4 +1,4 @@
-//! A pool user's cache of handle resolution answers (asap.md §6.2): a handlespace of
+//! A pool user's cache of handle resolution answers (RFC 5352 §3.3): a handlespace of
 //! its own whose entries are fresh for the stale-cache value after a registrar sent
 //! them, with the pool's policy applied to what it holds (policies.md §5).
 //!

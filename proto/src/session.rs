@@ -1,4 +1,4 @@
-//! The ASAP session layer on the pool-user side (asap.md §7): one session per client
+//! The ASAP session layer on the pool-user side (RFC 5352 §3.8-3.9): one session per client
 //! connection of a gateway, moved to another PE when its PE fails, without the client
 //! noticing when that can be done without losing or repeating data.
 //!

@@ -128,7 +128,7 @@ fn key(pe: PoolElementId) -> PoolElementKey {
     }
 }
 
-/// asap.md §5.2-5.3, §6.1, §6.4: PEs register, the registrar becomes their home, and a
+/// RFC 5352 §3.1, §3.3: PEs register, the registrar becomes their home, and a
 /// pool user resolves the pool in policy order.
 #[test]
 fn registration_and_handle_resolution() {
@@ -277,7 +277,7 @@ fn pu_with_cache(sim: &mut Sim, registrars: &[NodeId], stale_cache: Duration) ->
     sim.add(Role::Pu(PoolUserEngine::new(config, sim.seed)))
 }
 
-/// asap.md §6.1-6.2 with a cache: requests for a pool that is being resolved wait for
+/// RFC 5352 §3.3 with a cache: requests for a pool that is being resolved wait for
 /// that resolution instead of each sending its own (a gateway resolves per client
 /// request), and each is answered from the cache it fills, the pool's policy applied
 /// per request (policies.md §5). Without a cache every request still asks.
@@ -321,7 +321,7 @@ fn with_a_cache_concurrent_resolutions_of_a_pool_share_one_request() {
 /// answer's life ask once for a refresh, whose answer fills the cache and is reported
 /// to nobody, so hits never miss while the registrar answers; a PE the registrar no
 /// longer has is still not used past the stale-cache value, and a pool the registrar
-/// no longer knows leaves the cache when the refresh says so (asap.md §6.2).
+/// no longer knows leaves the cache when the refresh says so (RFC 5352 §3.3).
 #[test]
 fn a_cache_in_use_is_refreshed_before_it_runs_out() {
     let mut sim = Sim::new(12);
@@ -413,7 +413,7 @@ fn a_cache_in_use_is_refreshed_before_it_runs_out() {
     assert!(empty_after.is_some_and(|ms| ms <= 1100), "{empty_after:?}");
 }
 
-/// asap.md §6.4 / wire-format.md §4.12: the Handle Resolution option's item count;
+/// RFC 5352 §3.3 / wire-format.md §4.12: the Handle Resolution option's item count;
 /// an unknown pool is Operation Error 0x0009.
 #[test]
 fn resolution_honours_the_item_count_and_reports_unknown_pools() {
@@ -447,7 +447,7 @@ fn resolution_honours_the_item_count_and_reports_unknown_pools() {
     );
 }
 
-/// asap.md §5.4: a PE re-registers every T4 and so outlives its registration life;
+/// RFC 5352 §3.1: a PE re-registers every T4 and so outlives its registration life;
 /// a policy change re-registers at once.
 #[test]
 fn reregistration_keeps_the_pe_and_carries_new_loads() {
@@ -475,7 +475,7 @@ fn reregistration_keeps_the_pe_and_carries_new_loads() {
     assert_eq!(entry.element.policy, Policy::LeastUsed { load: 9_999 });
 }
 
-/// asap.md §5.7 and §3.4: deregistration removes the PE; deregistering an unknown PE
+/// RFC 5352 §2.2.4, §3.2: deregistration removes the PE; deregistering an unknown PE
 /// is answered with success.
 #[test]
 fn deregistration() {
@@ -505,7 +505,7 @@ fn deregistration() {
     )));
 }
 
-/// asap.md §5.5 / discrepancies.md item 31: a crashed PE's association goes down and
+/// RFC 5352 §3.4 / docs/rsplib.md item 5: a crashed PE's association goes down and
 /// its PEs leave at once.
 #[test]
 fn pe_crash_removes_it_at_once() {
@@ -519,7 +519,7 @@ fn pe_crash_removes_it_at_once() {
     assert_eq!(registered_ids(&sim, r), [id_b]);
 }
 
-/// asap.md §5.5: a PE that stops answering (frozen, association still up) is removed
+/// RFC 5352 §3.4: a PE that stops answering (frozen, association still up) is removed
 /// after the keep-alive interval plus the keep-alive timeout.
 #[test]
 fn keepalive_supervision_removes_a_silent_pe() {
@@ -555,7 +555,7 @@ fn keepalive_supervision_removes_a_silent_pe() {
     );
 }
 
-/// asap.md §6.5, security.md T13: three reports from distinct pool users make the
+/// RFC 5352 §3.5, security.md T13: three reports from distinct pool users make the
 /// registrar probe the PE; a live PE stays, a dead one goes. Repeated reports from one
 /// pool user count once.
 #[test]
@@ -600,7 +600,7 @@ fn unreachability_reports_trigger_a_probe() {
     let _ = live;
 }
 
-/// asap.md §5.8, §4.3: when the home registrar dies, the PE hunts another and
+/// RFC 5352 §3.6-3.7: when the home registrar dies, the PE hunts another and
 /// re-registers with the same ID; a pool user fails over too.
 #[test]
 fn registrar_crash_fails_over_to_another_registrar() {
@@ -804,7 +804,7 @@ fn with_no_registrar_left_the_last_answer_is_served_instead_of_failing() {
     assert_eq!(answer, Err(ResolveError::NoRegistrar));
 }
 
-/// asap.md §5.2 step 6 and §6.1 step 3, with message loss: T2 and T1 retransmission
+/// RFC 5352 §3.1, §3.3, with message loss: T2 and T1 retransmission
 /// and re-hunting still get the PE registered and the pool resolved.
 #[test]
 fn message_loss_is_survived_by_retransmission() {
@@ -833,7 +833,7 @@ fn message_loss_is_survived_by_retransmission() {
     }
 }
 
-/// asap.md §5.3 step 4, §5.2 step 5: a PE whose policy conflicts with the pool is
+/// RFC 5352 §3.1: a PE whose policy conflicts with the pool is
 /// refused with cause 0x0005 and told so.
 #[test]
 fn inconsistent_policy_is_refused() {
@@ -855,7 +855,7 @@ fn inconsistent_policy_is_refused() {
 }
 
 /// security.md T3: a PE that advertises an address its association does not have is
-/// refused (the address check of asap.md §5.3 step 3).
+/// refused (the address check of RFC 5352 §3.1).
 #[test]
 fn foreign_user_addresses_are_refused() {
     let mut sim = Sim::new(10);
@@ -889,7 +889,7 @@ fn foreign_user_addresses_are_refused() {
     )));
 }
 
-/// asap.md §4.1, §4.3: a PE without static registrars finds one by its announces.
+/// RFC 5352 §3.6: a PE without static registrars finds one by its announces.
 #[test]
 fn announces_lead_to_a_registrar() {
     let mut sim = Sim::new(11);
@@ -908,7 +908,7 @@ fn announces_lead_to_a_registrar() {
 }
 
 /// A pool user with no reachable registrar fails its request after one hunt round
-/// instead of hanging (asap.md §4.3 step 5).
+/// instead of hanging (RFC 5352 §3.6).
 #[test]
 fn no_registrar_fails_the_request() {
     let mut sim = Sim::new(12);
@@ -923,7 +923,7 @@ fn no_registrar_fails_the_request() {
     );
 }
 
-/// asap.md §5.6: a keep-alive with the H flag on a new association makes its sender
+/// RFC 5352 §3.4: a keep-alive with the H flag on a new association makes its sender
 /// the PE's home; the acknowledgement goes back on that association. Driven by hand,
 /// as a registrar that took the PE over would.
 #[test]

@@ -407,7 +407,7 @@ fn malformed_input_gives_typed_errors_with_offsets() {
     }
 }
 
-/// asap.md §8 / enrp.md §5.9: an unknown message type is answered with cause 0x0002
+/// RFC 5352 §2.2.14 / RFC 5353 §3.7: an unknown message type is answered with cause 0x0002
 /// carrying the message.
 #[test]
 fn unknown_message_types_are_reported_with_a_copy() {

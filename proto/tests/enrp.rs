@@ -157,7 +157,7 @@ fn registrar_events(sim: &Sim, r: NodeId) -> Vec<RegistrarEvent> {
         .collect()
 }
 
-/// enrp.md §5.2-5.4: registrars find each other, and every PE registered at one is
+/// RFC 5353 §3.2-3.4: registrars find each other, and every PE registered at one is
 /// known to all, owned by the registrar it registered with.
 #[test]
 fn handle_updates_reach_every_registrar() {
@@ -200,7 +200,7 @@ fn handle_updates_reach_every_registrar() {
     }
 }
 
-/// enrp.md §5.6-5.7: a registrar is killed; after last-heard + no-response + takeover
+/// RFC 5353 §3.4.3, §3.5: a registrar is killed; after last-heard + no-response + takeover
 /// time its PEs are owned by a survivor, every survivor still has every PE, and the PEs
 /// themselves moved to the new home (keep-alive with the H flag).
 /// Returns the simulation and its registrars for checks of their own.
@@ -278,7 +278,7 @@ fn crashed_registrar_is_taken_over_among_five() {
     }
 }
 
-/// enrp.md §5.7: with two registrars the only peer that could acknowledge is the dead
+/// RFC 5353 §3.5: with two registrars the only peer that could acknowledge is the dead
 /// one, so the takeover completes at once (rsplib's never does).
 #[test]
 fn two_registrars_complete_a_takeover() {
@@ -301,7 +301,7 @@ fn two_registrars_complete_a_takeover() {
     );
 }
 
-/// enrp.md §5.7, discrepancies.md item 34: when two registrars take over the same peer
+/// RFC 5353 §3.5, docs/rsplib.md item 7: when two registrars take over the same peer
 /// at the same time, the lower ID wins and exactly one takeover completes.
 #[test]
 fn concurrent_takeovers_have_one_winner() {
@@ -348,7 +348,7 @@ fn concurrent_takeovers_have_one_winner() {
     }
 }
 
-/// enrp.md §5.3, §5.8: a partition and its heal; afterwards the handlespaces converge
+/// RFC 5353 §3.4, §3.6: a partition and its heal; afterwards the handlespaces converge
 /// (equal checksums) within a bounded number of heartbeat cycles.
 #[test]
 fn partition_and_heal_converge() {
@@ -384,7 +384,7 @@ fn partition_and_heal_converge() {
     }
 }
 
-/// enrp.md §5.4, §5.8 with message loss and reordering across associations: lost
+/// RFC 5353 §3.3, §3.6 with message loss and reordering across associations: lost
 /// updates are repaired by audits once the loss stops.
 #[test]
 fn loss_and_reordering_are_repaired_by_audits() {
@@ -428,7 +428,7 @@ fn loss_and_reordering_are_repaired_by_audits() {
     }
 }
 
-/// enrp.md §5.2: a registrar that starts later downloads the handlespace from its
+/// RFC 5353 §3.2: a registrar that starts later downloads the handlespace from its
 /// mentor, paged with the M flag, before it serves ASAP: a handle resolution sent to it
 /// during start-up is answered after the download, with every PE.
 #[test]
@@ -483,7 +483,7 @@ fn a_newcomer_downloads_the_handlespace_before_serving() {
     let _ = pes;
 }
 
-/// enrp.md §5.1-5.2: a crashed registrar comes back with the same ID: it rejoins,
+/// RFC 5353 §3.2: a crashed registrar comes back with the same ID: it rejoins,
 /// learns the handlespace again, and all registrars converge.
 #[test]
 fn dead_registrar_returns_with_the_same_id() {
@@ -510,7 +510,7 @@ fn dead_registrar_returns_with_the_same_id() {
     assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
 }
 
-/// enrp.md §5.7 step 4 and §5.3 step 8: a frozen registrar (alive, silent) is taken
+/// RFC 5353 §3.4-3.5: a frozen registrar (alive, silent) is taken
 /// over; when it wakes, its presence ends takeover state and the PEs stay with their
 /// new home, all registrars agreeing.
 #[test]
@@ -671,7 +671,7 @@ fn a_pe_follows_a_takeover_only_from_a_registrar_it_knows() {
     }
 }
 
-/// enrp.md §5.8: updates lost in a short partition (an ADD_PE and a DEL_PE) are
+/// RFC 5353 §3.6: updates lost in a short partition (an ADD_PE and a DEL_PE) are
 /// repaired by the checksum audit within a few heartbeats, long before the 90 s
 /// registration lives would have done it.
 #[test]
@@ -707,7 +707,7 @@ fn audits_repair_lost_updates() {
     );
 }
 
-/// enrp.md §5.4, security.md T5: an ADD_PE counts only from the registrar it names as
+/// RFC 5353 §3.3, security.md T5: an ADD_PE counts only from the registrar it names as
 /// the PE's home; a DEL_PE only from the PE's current home (rsplib accepts it from any).
 #[test]
 fn only_the_home_registrar_changes_its_pes() {
@@ -769,7 +769,7 @@ fn only_the_home_registrar_changes_its_pes() {
     assert_eq!(h.engine.handlespace().pool_element_count(), 0);
 }
 
-/// enrp.md §5.10: a takeover suggestion (T flag) from the PE's home is accepted: the
+/// draft-dreibholz-rserpool-enrp-takeover (the T flag): a takeover suggestion (T flag) from the PE's home is accepted: the
 /// registrar opens an association to the PE's ASAP endpoint and claims it with the H
 /// flag; from anyone else it is an ordinary (refused) update.
 #[test]
@@ -839,7 +839,7 @@ fn takeover_suggestions_are_accepted_from_the_home_only() {
     );
 }
 
-/// enrp.md §5.7: INIT_TAKEOVER naming this registrar is refuted with a presence, not
+/// RFC 5353 §3.5: INIT_TAKEOVER naming this registrar is refuted with a presence, not
 /// acknowledged; TAKEOVER_SERVER is accepted only for a takeover this registrar
 /// acknowledged.
 #[test]
@@ -894,7 +894,7 @@ fn takeover_messages_are_checked() {
     assert_eq!(h.engine.handlespace().get(&key).unwrap().owner(), b);
 }
 
-/// enrp.md §5.3: registrars with no configured peers find each other by multicast
+/// RFC 5353 §3.4: registrars with no configured peers find each other by multicast
 /// presences, open associations, and share their PEs.
 #[test]
 fn registrars_discover_each_other_by_multicast() {

@@ -1,4 +1,4 @@
-//! The ENRP peer lifecycle under hostile peers (enrp.md §5.3, §5.7; the hostile
+//! The ENRP peer lifecycle under hostile peers (RFC 5353 §3.4-3.5; the hostile
 //! networks issue): registrars named by others are candidates that must answer, expire
 //! and are never passed on; a takeover waits only for peers that are up and is retried
 //! after it stalls; a full peer table makes room for a live registrar; a known

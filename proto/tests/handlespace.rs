@@ -44,7 +44,7 @@ fn key(pool: &str, id: u32) -> PoolElementKey {
     }
 }
 
-/// policies.md §6 / asap.md §5.3 step 4: the first PE fixes policy type, transport
+/// policies.md §6 / RFC 5352 §3.1: the first PE fixes policy type, transport
 /// protocol and transport use; mismatches are refused with the RFC causes.
 #[test]
 fn the_first_pe_fixes_the_pool_and_mismatches_are_refused() {
@@ -198,7 +198,7 @@ fn limits_are_enforced_with_lack_of_resources() {
     assert_eq!(hs.pool_element_count(), 3);
 }
 
-/// asap.md §5.4: re-registration updates in place: new expiry, new values, selection
+/// RFC 5352 §3.1: re-registration updates in place: new expiry, new values, selection
 /// position kept; an owner change moves the checksum.
 #[test]
 fn reregistration_updates_in_place() {
@@ -233,7 +233,7 @@ fn reregistration_updates_in_place() {
     assert_eq!(hs.next_expiry(), Some(t1 + Duration::from_secs(5)));
 }
 
-/// asap.md §5.5 / discrepancies.md item 31: losing an association removes every PE
+/// RFC 5352 §3.4 / docs/rsplib.md item 5: losing an association removes every PE
 /// registered over it, at once.
 #[test]
 fn dropping_an_association_removes_its_pes() {
@@ -292,7 +292,7 @@ fn expiry_and_keepalive_indexes() {
     );
 }
 
-/// enrp.md §5.5: paging walks (pool handle, PE id) order and continues after a key.
+/// RFC 5353 §3.2.3: paging walks (pool handle, PE id) order and continues after a key.
 #[test]
 fn paging_order_and_continuation() {
     let mut hs = Handlespace::default();

@@ -1,4 +1,4 @@
-//! The session layer (asap.md §7, and the failover rules in proto/src/session.rs):
+//! The session layer (RFC 5352 §3.8-3.9, and the failover rules in proto/src/session.rs):
 //! a session driven by hand against simulated PEs that crash at arbitrary points.
 
 #![allow(
@@ -520,7 +520,7 @@ fn an_opaque_cookie_does_not_cover_a_request_sent_after_the_answer() {
 
 /// An SCTP PE with a control channel gets no TCP-framing heartbeats and is not expected
 /// to send any (SCTP watches the association); silent while an answer is due, it fails
-/// after the response timeout, like a data-only PE (asap.md §7.1). The timeout counts
+/// after the response timeout, like a data-only PE (RFC 5352 §1.1). The timeout counts
 /// from the request, not from the PE's last output before an idle spell (which once
 /// failed a PE at once on the first request after 30 s of quiet).
 #[test]
@@ -565,7 +565,7 @@ fn an_sctp_control_channel_has_no_heartbeats_and_times_out_on_answers() {
     );
 }
 
-/// The client's end of input reaches a control-channel PE as a half-close (asap.md §7:
+/// The client's end of input reaches a control-channel PE as a half-close (RFC 5352 §3.8-3.9:
 /// the PE learns the session is over), and the PE's close then ends the session
 /// cleanly instead of leaving it open forever.
 #[test]
@@ -716,7 +716,7 @@ fn an_empty_pool_fails_new_clients_fast() {
     assert_eq!(world.client_closed, Some(true));
 }
 
-/// asap.md §7.3: a business card's PEs are tried first on failover.
+/// RFC 5352 §3.9: a business card's PEs are tried first on failover.
 #[test]
 fn business_cards_choose_the_next_pe() {
     let mut world = World::new(vec![pe(1, true), pe(2, true), pe(3, true)]);

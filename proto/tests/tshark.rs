@@ -204,7 +204,7 @@ fn wireshark_dissects_every_message_type_without_warnings() {
         .into_iter()
         // rsplib sends cause 0x0005 empty; Wireshark 4.0.17 then throws a dissector
         // exception (it expects the offending policy TLV there). Our registrar sends
-        // the TLV (discrepancies.md item 7), so that is the form checked here.
+        // the TLV (docs/rsplib.md item 3), so that is the form checked here.
         .filter(|v| v.name != "registration_response_reject")
         .map(|v| (v.protocol, v.message))
         .collect();

@@ -63,7 +63,7 @@ pub(crate) struct Transports {
     incoming: mpsc::Sender<Incoming>,
     multicast: HashMap<Protocol, multicast::Channel>,
     /// The local addresses outgoing ASAP associations are bound to (a PE's ASAP
-    /// endpoint), so that registrars see the PE's listening port (asap.md §5.2).
+    /// endpoint), so that registrars see the PE's listening port (RFC 5352 §3.1).
     pub(crate) asap_local: Vec<SocketAddr>,
     /// The local addresses outgoing ENRP associations are bound to (a registrar's ENRP
     /// endpoint): rsplib accepts a peer's Server Information only when the association

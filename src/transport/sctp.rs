@@ -76,7 +76,7 @@ fn no_sctp(error: io::Error) -> io::Error {
 
 fn new_socket(ipv6: bool) -> io::Result<Socket> {
     let socket = plain_socket(ipv6)?;
-    // A PE's outgoing ASAP associations leave from its listening port (asap.md §5.2).
+    // A PE's outgoing ASAP associations leave from its listening port (RFC 5352 §3.1).
     socket.set_reuse_port(true)?;
     Ok(socket)
 }

@@ -35,7 +35,7 @@ fn socket_for(address: SocketAddr) -> io::Result<TcpSocket> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    // Outgoing ASAP associations of a PE share its listening port (asap.md §5.2).
+    // Outgoing ASAP associations of a PE share its listening port (RFC 5352 §3.1).
     socket.set_reuseport(true)?;
     Ok(socket)
 }

@@ -1,5 +1,5 @@
 //! The handlespace: every pool and pool element a registrar (or a pool user's cache)
-//! knows, with the indexes its procedures need (asap.md §5-6, enrp.md §5,
+//! knows, with the indexes its procedures need (RFC 5352 §3.1-3.5, RFC 5353 §3,
 //! policies.md).
 //!
 //! Every operation a registrar performs is O(log n) or better:
@@ -159,7 +159,7 @@ impl Handlespace {
     }
 
     /// PEs in (pool handle, PE id) order, starting after `after` (or at the start):
-    /// the stable order of handle-table paging (enrp.md §5.5).
+    /// the stable order of handle-table paging (RFC 5353 §3.2.3).
     pub fn iter_after(
         &self,
         after: Option<PoolElementKey>,

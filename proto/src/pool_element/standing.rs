@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-/// A registration or deregistration awaiting its answer (T2, RFC 5352 §5.1).
+/// A registration or deregistration awaiting its answer (T2, RFC 5352 §7.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Request {
     /// When it went out (for the round trip).

@@ -1,4 +1,4 @@
-//! What a pool user is told: timers, cache and registrars (asap.md §9).
+//! What a pool user is told: timers, cache and registrars (RFC 5352 §7).
 
 use std::time::Duration;
 
@@ -41,7 +41,7 @@ pub struct PoolUserConfig {
 }
 
 impl PoolUserConfig {
-    /// The profile's values (asap.md §9): RFC T1 15 s with 2 retransmissions, or
+    /// The profile's values (RFC 5352 §7): RFC T1 15 s with 2 retransmissions, or
     /// rsplib's 3 s with none. No caching by default.
     pub fn new(profile: TimerProfile, hunt: HuntConfig) -> Self {
         let (timeout, retransmits) = match profile {

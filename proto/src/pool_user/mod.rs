@@ -1,4 +1,4 @@
-//! The pool user's ASAP side (asap.md §6): handle resolution at a registrar found by
+//! The pool user's ASAP side (RFC 5352 §3.3-3.5): handle resolution at a registrar found by
 //! server hunt, with T1 retransmission and failover to another registrar; a cache (a
 //! handlespace of its own) whose entries go stale after the stale-cache value; and
 //! ENDPOINT_UNREACHABLE reports.
@@ -225,7 +225,7 @@ impl PoolUserEngine {
         })
     }
 
-    /// Reports a PE the user could not reach (asap.md §6.3): it leaves the cache and
+    /// Reports a PE the user could not reach (RFC 5352 §3.5): it leaves the cache and
     /// the registrar is told.
     pub fn report_unreachable(&mut self, pool_handle: PoolHandle, pe_id: PoolElementId) {
         self.cache
@@ -482,7 +482,7 @@ impl PoolUserEngine {
             .then(|| sent.at + self.config.registrar_silence)
     }
 
-    /// Fails the waiting requests once whole hunt rounds failed (asap.md §4.3 step 5).
+    /// Fails the waiting requests once whole hunt rounds failed (RFC 5352 §3.6).
     fn fail_waiting_after_failed_rounds(&mut self, now: Instant) {
         if self.client.hunt.current().is_none()
             && self.client.hunt.failed_rounds() >= self.config.fail_after_hunt_rounds
@@ -632,7 +632,7 @@ impl Engine for PoolUserEngine {
             if attempts <= self.config.max_request_retransmits {
                 self.send_request(request, now, attempts + 1);
             } else {
-                // T1 exhausted: try another registrar (asap.md §6.1 step 3).
+                // T1 exhausted: try another registrar (RFC 5352 §3.3).
                 if let Some(r) = self.requests.get_mut(&request) {
                     r.sent = None;
                 }

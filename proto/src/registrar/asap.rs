@@ -172,7 +172,7 @@ impl RegistrarEngine {
     /// identity (TLS), or from the same endpoint (address and port: the PE itself).
     /// Otherwise (its association is gone, or it is homed at another registrar), only
     /// from the PE's ASAP endpoint as its home recorded it (address and port: PEs
-    /// associate from their ASAP port, asap.md §5.2): a stranger on the same host
+    /// associate from their ASAP port, RFC 5352 §3.1): a stranger on the same host
     /// cannot re-home it.
     pub(super) fn may_take_identifier(
         &self,
@@ -250,7 +250,7 @@ impl RegistrarEngine {
             pe_id: target.pe_id,
         };
         let error = match self.handlespace.get(&key) {
-            // Deregistering an unknown PE succeeds (asap.md §3.4).
+            // Deregistering an unknown PE succeeds (RFC 5352 §2.2.4).
             None => None,
             Some(entry) if entry.association == Some(assoc) => {
                 self.remove(&key, RemovalReason::Deregistered);
@@ -344,7 +344,7 @@ impl RegistrarEngine {
         });
     }
 
-    // ASAP: unreachability reports (asap.md §6.5, security.md T13).
+    // ASAP: unreachability reports (RFC 5352 §3.5, security.md T13).
 
     pub(super) fn on_unreachable(&mut self, assoc: AssocId, report: PoolElementRef, now: Instant) {
         let pool = report.pool_handle;
@@ -395,7 +395,7 @@ impl RegistrarEngine {
         }
     }
 
-    // ASAP: keep-alive supervision (asap.md §5.5).
+    // ASAP: keep-alive supervision (RFC 5352 §3.4).
 
     pub(super) fn send_keepalive(&mut self, key: &PoolElementKey, now: Instant) {
         let Some(assoc) = self.handlespace.get(key).and_then(|e| e.association) else {
@@ -443,7 +443,7 @@ impl RegistrarEngine {
         }
     }
 
-    // ENRP: the handle table (enrp.md §5.5).
+    // ENRP: the handle table (RFC 5353 §3.2.3).
 }
 
 /// A handle resolution answered with no PE and `cause`.

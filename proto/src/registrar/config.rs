@@ -7,7 +7,7 @@ use crate::engine::{Endpoint, TimerProfile};
 use crate::handlespace::Limits;
 use crate::wire::{RegistrarId, Transport};
 
-/// What a registrar is told (asap.md §9, security.md §3).
+/// What a registrar is told (RFC 5352 §7, security.md §3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrarConfig {
     /// The registrar ID; `None` draws a random one.
@@ -92,7 +92,7 @@ pub struct RegistrarConfig {
 }
 
 impl RegistrarConfig {
-    /// The defaults with the profile's ENRP timers (enrp.md §6): RFC heartbeat 30 s,
+    /// The defaults with the profile's ENRP timers (RFC 5353 §4): RFC heartbeat 30 s,
     /// last-heard 61 s, no-response 5 s; or rsplib's 2.444 s, 5 s, 5 s (rsplib peers
     /// declare a registrar dead after about 10 s of silence).
     pub fn new(profile: TimerProfile) -> Self {
@@ -110,7 +110,7 @@ impl RegistrarConfig {
 
 impl Default for RegistrarConfig {
     /// The `rfc` profile. Keep-alive and announce timers are rsplib's in both profiles:
-    /// the RFC leaves them to the implementation (asap.md §9).
+    /// the RFC leaves them to the implementation (RFC 5352 §7).
     fn default() -> Self {
         Self {
             id: None,

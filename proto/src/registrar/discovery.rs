@@ -1,4 +1,4 @@
-//! Finding peers (enrp.md §5.3): presences over associations make a registrar a live
+//! Finding peers (RFC 5353 §3.4): presences over associations make a registrar a live
 //! peer; list responses and multicast presences only name candidates, which must
 //! answer before they count (see `peers`).
 
@@ -13,7 +13,7 @@ use crate::engine::{AssocId, Endpoint, Output, TransportKind};
 use crate::wire::{EnrpBody, EnrpMessage, RegistrarId, ServerInformation};
 
 impl RegistrarEngine {
-    /// ENRP_PRESENCE over the multicast channel (enrp.md §5.3): only a discovery hint
+    /// ENRP_PRESENCE over the multicast channel (RFC 5353 §3.4): only a discovery hint
     /// (anyone can send a datagram with any source): an unknown registrar becomes a
     /// candidate, to be connected to; no audit, no reply, no change to known peers.
     pub(super) fn on_enrp_datagram(&mut self, from: SocketAddr, bytes: &[u8], now: Instant) {
@@ -214,7 +214,7 @@ impl RegistrarEngine {
             peer.link = Link::Bound(assoc);
         }
         let previous = std::mem::replace(&mut peer.standing, Standing::Up { probe_at });
-        // Alive: every takeover of it ends (enrp.md §5.3 step 8).
+        // Alive: every takeover of it ends (RFC 5353 §3.4).
         self.acked_takeovers.remove(&sender);
         if previous.is_takeover() {
             self.event(RegistrarEvent::TakeoverCancelled { target: sender });
@@ -257,7 +257,7 @@ impl RegistrarEngine {
             peer.list = ListExchange::Asked;
             self.send_to_peer(index, EnrpBody::ListRequest);
         }
-        // Audit (enrp.md §5.8): presences over an association only (never multicast).
+        // Audit (RFC 5353 §3.6): presences over an association only (never multicast).
         if !auditing
             && self.mentor_sync != Some(sender)
             && self.phase == Phase::Normal

@@ -117,7 +117,7 @@ impl RegistrarEngine {
     }
 
     /// The distinct hosts that reported a PE unreachable since it last registered or
-    /// answered a keep-alive (asap.md §6.5).
+    /// answered a keep-alive (RFC 5352 §3.5).
     pub fn unreachable_reporters(&self, key: &PoolElementKey) -> usize {
         self.reporters.get(key).map_or(0, Vec::len)
     }
@@ -256,7 +256,7 @@ impl RegistrarEngine {
         self.send_asap(assoc, &message);
     }
 
-    // ASAP: registration (asap.md §5.3, security.md §3.1).
+    // ASAP: registration (RFC 5352 §3.1, security.md §3.1).
 
     pub(super) fn remove(
         &mut self,
@@ -269,7 +269,7 @@ impl RegistrarEngine {
     }
 
     /// After a PE left: forget its supervision state, and if it was ours tell the peers
-    /// (DEL_PE with the full PE parameter, enrp.md §5.4).
+    /// (DEL_PE with the full PE parameter, RFC 5353 §3.3).
     pub(super) fn removed(
         &mut self,
         key: &PoolElementKey,
@@ -285,7 +285,7 @@ impl RegistrarEngine {
         self.event(RegistrarEvent::Removed { key: *key, reason });
     }
 
-    // ASAP: handle resolution (asap.md §6.4).
+    // ASAP: handle resolution (RFC 5352 §3.3).
 
     pub(super) fn on_handle_table_request(
         &mut self,
@@ -399,7 +399,7 @@ impl RegistrarEngine {
             });
         }
         if let Some(interval) = self.config.announce_interval {
-            // T6 jittered by ±12.5 % (asap.md §4.2).
+            // T6 jittered by ±12.5 % (RFC 5352 §3.6).
             let jitter = interval / 4;
             self.next_announce = Some(now + interval - interval / 8 + self.rng.fraction_of(jitter));
         }

@@ -1,5 +1,5 @@
 //! ENRP: registrars that keep one handlespace and take over a dead peer's PEs
-//! (enrp.md §5). The peer table and its states are in `peers`, the handlespace
+//! (RFC 5353 §3). The peer table and its states are in `peers`, the handlespace
 //! exchange in `sync`, takeovers in `takeover`.
 //!
 //! * Peers come from configuration, from presences over associations, and (as
@@ -47,7 +47,7 @@ impl RegistrarEngine {
         self.phase == Phase::Normal
     }
 
-    /// While looking for a mentor at start-up (enrp.md §5.2): when the registrar gives
+    /// While looking for a mentor at start-up (RFC 5353 §3.2): when the registrar gives
     /// up looking and serves ASAP on its own (ASAP requests wait until then).
     pub fn mentor_deadline(&self) -> Option<Instant> {
         match self.phase {
@@ -205,7 +205,7 @@ impl RegistrarEngine {
                 });
             }
         }
-        // peer-heartbeat-cycle jittered by ±12.5 % (enrp.md §5.3).
+        // peer-heartbeat-cycle jittered by ±12.5 % (RFC 5353 §3.4).
         let interval = self.config.peer_heartbeat_interval;
         self.next_heartbeat = now + interval - interval / 8 + self.rng.fraction_of(interval / 4);
     }
@@ -298,7 +298,7 @@ impl RegistrarEngine {
         }
         let message = decoded.message;
         if message.sender == self.id {
-            // A registrar with our ID (enrp.md §5.1): IDs must be unique in a scope.
+            // A registrar with our ID (RFC 5353 §3.2.1): IDs must be unique in a scope.
             self.event(RegistrarEvent::IdCollision { assoc });
             return;
         }
@@ -437,7 +437,7 @@ impl RegistrarEngine {
         }
     }
 
-    /// Peer timers: probes, takeovers, expiries, stalled downloads (enrp.md §5.6-5.8).
+    /// Peer timers: probes, takeovers, expiries, stalled downloads (RFC 5353 §3.4.3, §3.5-3.6).
     pub(super) fn enrp_timeouts(&mut self, now: Instant) {
         if let Phase::Startup { deadline, .. } = self.phase
             && deadline <= now

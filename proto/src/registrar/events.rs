@@ -147,7 +147,7 @@ pub enum RegistrarEvent {
         /// PEs the peer no longer had, removed here.
         purged: usize,
     },
-    /// Another registrar uses this registrar's ID (enrp.md §5.1).
+    /// Another registrar uses this registrar's ID (RFC 5353 §3.2.1).
     IdCollision {
         /// Where it was heard.
         assoc: AssocId,

@@ -1,5 +1,5 @@
-//! The registrar ("ENRP server"): the ASAP server side (asap.md §5.3-6.5) and the
-//! handle-table responder of ENRP (enrp.md §5.5).
+//! The registrar ("ENRP server"): the ASAP server side (RFC 5352 §3.1-3.5, §3.7) and the
+//! handle-table responder of ENRP (RFC 5353 §3.2.3).
 //!
 //! It owns a [`Handlespace`](crate::handlespace::Handlespace). PEs register over an association; the registrar checks
 //! them (security.md §3), supervises the PEs it owns with keep-alives, answers handle

@@ -1,5 +1,5 @@
 //! The ENRP peer table: which registrars this one peers with, and where each stands
-//! (enrp.md §5.3, §5.6-5.7).
+//! (RFC 5353 §3.4-3.5).
 //!
 //! A registrar named by someone else (a LIST_RESPONSE, a multicast presence) is only a
 //! *candidate*: it is not listed to other registrars, not waited for in a takeover, and

@@ -1,4 +1,4 @@
-//! Keeping one handlespace among registrars (enrp.md §5.2, §5.4, §5.8): the start-up
+//! Keeping one handlespace among registrars (RFC 5353 §3.2-3.3, §3.6): the start-up
 //! download from a mentor, handle updates, and audits (a W = 1 download of a peer's own
 //! PEs when its checksum differs from ours).
 //!
@@ -17,7 +17,7 @@ use crate::wire::{
     CauseCode, EnrpBody, PoolElement, PoolEntries, PoolHandle, RegistrarId, UpdateAction,
 };
 
-/// Start-up phase (enrp.md §5.2).
+/// Start-up phase (RFC 5353 §3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Phase {
     /// Waiting for a mentor (until the deadline), or downloading its table.
@@ -80,7 +80,7 @@ impl RegistrarEngine {
     /// waits in its sockets (re-registrations of PEs that have moved since, the closes
     /// of their associations) predates that. Served as it comes, it would take the PEs
     /// back and then delete them everywhere; so it goes through start-up again: ASAP
-    /// waits until a peer's table is downloaded (enrp.md §5.2).
+    /// waits until a peer's table is downloaded (RFC 5353 §3.2).
     pub(super) fn notice_oversleep(&mut self, now: Instant) {
         // Deadlines already past when it resumes stay past until handled: the last
         // input counts too, so one pause is noticed once.

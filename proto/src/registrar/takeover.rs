@@ -1,4 +1,4 @@
-//! Takeover of a silent peer's PEs (enrp.md §5.7).
+//! Takeover of a silent peer's PEs (RFC 5353 §3.5).
 //!
 //! INIT_TAKEOVER goes to every peer; the takeover waits for the acknowledgement of the
 //! peers that are up (a candidate, a silent peer or one whose association broke is not
@@ -101,7 +101,7 @@ impl RegistrarEngine {
                     return;
                 };
                 match &peer.standing {
-                    // A race: the lower ID wins (enrp.md §5.7, discrepancies.md item 34).
+                    // A race: the lower ID wins (RFC 5353 §3.5, docs/rsplib.md item 7).
                     Standing::TakingOver { .. } if initiator < self.id => {
                         peer.standing = Standing::TakenOverBy {
                             initiator,

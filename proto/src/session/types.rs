@@ -69,7 +69,7 @@ pub enum PeFailure {
 }
 
 impl PeFailure {
-    /// Whether the PE is reported to the registrar as unreachable (asap.md §6.3): only
+    /// Whether the PE is reported to the registrar as unreachable (RFC 5352 §3.5): only
     /// when it could not be reached or stopped answering. A PE that closed or reset a
     /// session, or spoke garbage, was reachable: it may be ending sessions on purpose
     /// (rsplib's PingPong PEs close after N requests), and reporting it would have the

@@ -1,4 +1,4 @@
-//! ASAP messages (RFC 5352; asap.md §2-3, wire-format.md §6), PPID 11.
+//! ASAP messages (RFC 5352 §2.2; wire-format.md §6), PPID 11.
 
 use super::causes::OperationError;
 use super::codec::UnknownParameter;
@@ -173,7 +173,7 @@ pub struct Cookie {
 /// ASAP_BUSINESS_CARD: the PEs to fail over to, in order of preference.
 ///
 /// Encoded in the RFC form `PH | PE…`. Decoding also accepts rsplib's forms, with a
-/// policy after the handle and a repeated handle (asap.md §3.12); the repeated handle
+/// policy after the handle and a repeated handle (RFC 5352 §2.2.13); the repeated handle
 /// is not kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]

@@ -38,7 +38,7 @@ impl CauseCode {
     /// 0x000A Rejection due to security considerations.
     pub const SECURITY_REJECTION: Self = Self(0x000a);
 
-    /// The RFC name, or rsplib's name for its private codes (discrepancies.md item 5);
+    /// The RFC name, or rsplib's name for its private codes (docs/rsplib.md item 2);
     /// `None` for codes nobody defines.
     pub const fn name(self) -> Option<&'static str> {
         Some(match self.0 {

@@ -1,4 +1,4 @@
-//! ENRP messages (RFC 5353; enrp.md §2-3, wire-format.md §6), PPID 12.
+//! ENRP messages (RFC 5353 §2; wire-format.md §6), PPID 12.
 
 use super::asap::{expect_pool_handle, take_pool_elements};
 use super::causes::OperationError;
@@ -30,7 +30,7 @@ pub struct EnrpMessage {
 }
 
 /// An ENRP_HANDLE_UPDATE action (IANA "Update Action Types"). Open: other values are
-/// decoded and must be ignored by the receiver (enrp.md §2).
+/// decoded and must be ignored by the receiver (RFC 5353 §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct UpdateAction(pub u16);

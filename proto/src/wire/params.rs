@@ -126,7 +126,7 @@ id_newtype!(
 );
 
 impl RegistrarId {
-    /// "Not known yet" (wire-format.md §4.6, enrp.md §3).
+    /// "Not known yet" (wire-format.md §4.6, RFC 5353 §2).
     pub const UNKNOWN: Self = Self(0);
 }
 
@@ -149,7 +149,7 @@ pub enum TransportUse {
     /// 0x0000: application data only.
     #[default]
     DataOnly,
-    /// 0x0001: ASAP session-layer messages share the connection (asap.md §7).
+    /// 0x0001: ASAP session-layer messages share the connection (RFC 5352 §3.8-3.9).
     DataPlusControl,
 }
 
@@ -167,7 +167,7 @@ pub enum TransportProtocol {
     Tcp(TransportUse),
     /// UDP (0x0006).
     Udp,
-    /// UDP-Lite (0x0007). rsplib cannot decode it (discrepancies.md item 25).
+    /// UDP-Lite (0x0007). rsplib cannot decode it (docs/rsplib.md item 4).
     UdpLite,
     /// DCCP (0x0003) with its 32-bit service code. rsplib cannot decode it.
     Dccp {

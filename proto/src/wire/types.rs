@@ -70,7 +70,7 @@ impl Protocol {
     }
 
     /// The protocol for a PPID, also accepting rsplib's pre-IANA values
-    /// (discrepancies.md item 2).
+    /// (docs/rsplib.md item 1).
     pub const fn from_ppid(ppid: u32) -> Option<Self> {
         match ppid {
             11 | 0xfaee_b5d1 => Some(Self::Asap),
