@@ -1,5 +1,5 @@
 //! End-to-end tests of `rserpool decode` (the real binary): every vector of
-//! wire-format.md §9.14 round-trips through `--reencode`, JSON is valid, and malformed
+//! docs/wire.md §5 round-trips through `--reencode`, JSON is valid, and malformed
 //! input exits with status 1 and names the byte offset.
 
 #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "test code")]

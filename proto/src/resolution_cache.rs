@@ -1,6 +1,6 @@
 //! A pool user's cache of handle resolution answers (RFC 5352 §3.3): a handlespace of
 //! its own whose entries are fresh for the stale-cache value after a registrar sent
-//! them, with the pool's policy applied to what it holds (policies.md §5).
+//! them, with the pool's policy applied to what it holds (docs/policies.md §3).
 //!
 //! A hit in the last quarter of an answer's life says the pool should be refreshed
 //! (once), so a gateway renews the cache before it runs out instead of sending a burst

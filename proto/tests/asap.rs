@@ -151,7 +151,7 @@ fn registration_and_handle_resolution() {
         .unwrap()
         .clone();
     assert_eq!(entry.owner(), RegistrarId(0x11));
-    // The ASAP transport is derived from the association (wire-format.md §4.6).
+    // The ASAP transport is derived from the association (RFC 5354, Pool Element).
     let asap = entry.element.asap_transport.unwrap();
     assert_eq!(
         (asap.addresses[0], asap.port),
@@ -170,11 +170,11 @@ fn registration_and_handle_resolution() {
     let first = resolution(&sim, pu, first).unwrap().unwrap();
     let second = resolution(&sim, pu, second).unwrap().unwrap();
     assert_eq!(first.len(), 2);
-    // Round robin: the second answer starts with the other PE (policies.md §3.1).
+    // Round robin: the second answer starts with the other PE (RFC 5356, Round Robin).
     assert_eq!(second, [first[1], first[0]]);
 }
 
-/// policies.md §5: a pool user with a stale cache answers from it, applying the pool's
+/// docs/policies.md §3: a pool user with a stale cache answers from it, applying the pool's
 /// policy, and `resolve_from_cache` does so without queueing any output (the gateway
 /// calls it on its own task, outside the driver); past the cache's life it is `None`
 /// and the registrar is asked again.
@@ -280,7 +280,7 @@ fn pu_with_cache(sim: &mut Sim, registrars: &[NodeId], stale_cache: Duration) ->
 /// RFC 5352 §3.3 with a cache: requests for a pool that is being resolved wait for
 /// that resolution instead of each sending its own (a gateway resolves per client
 /// request), and each is answered from the cache it fills, the pool's policy applied
-/// per request (policies.md §5). Without a cache every request still asks.
+/// per request (docs/policies.md §3). Without a cache every request still asks.
 #[test]
 fn with_a_cache_concurrent_resolutions_of_a_pool_share_one_request() {
     for (stale_cache, expected_requests) in [(Duration::from_secs(1), 1), (Duration::ZERO, 5)] {
@@ -413,7 +413,7 @@ fn a_cache_in_use_is_refreshed_before_it_runs_out() {
     assert!(empty_after.is_some_and(|ms| ms <= 1100), "{empty_after:?}");
 }
 
-/// RFC 5352 §3.3 / wire-format.md §4.12: the Handle Resolution option's item count;
+/// RFC 5352 §3.3 / draft-dreibholz-rserpool-asap-hropt: the Handle Resolution option's item count;
 /// an unknown pool is Operation Error 0x0009.
 #[test]
 fn resolution_honours_the_item_count_and_reports_unknown_pools() {

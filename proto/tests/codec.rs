@@ -16,7 +16,7 @@ use rserpool_proto::wire::{
 };
 use vectors::{PE_A, echo_pool, ipv4, pe};
 
-/// wire-format.md §9.14: each vector decodes to the documented message, and encoding
+/// docs/wire.md §5: each vector decodes to the documented message, and encoding
 /// that message gives the identical bytes.
 #[test]
 fn every_spec_vector_decodes_to_its_fields_and_encodes_back_identically() {
@@ -146,7 +146,7 @@ fn registration_of(policy: Policy) -> Message {
     }))
 }
 
-/// wire-format.md §4.2: IPv4-mapped IPv6 addresses go on the wire as IPv4.
+/// RFC 5354, IPv6 Address: IPv4-mapped IPv6 addresses go on the wire as IPv4.
 #[test]
 fn ipv4_mapped_addresses_are_encoded_as_ipv4() {
     let mut mapped = pe(PE_A, RegistrarId::UNKNOWN, None);
@@ -177,7 +177,7 @@ fn resolution_with_unknown(param_type: u16, value: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// wire-format.md §3: the two action bits of an unrecognized parameter.
+/// docs/wire.md §2: the two action bits of an unrecognized parameter.
 #[test]
 fn unknown_parameters_follow_their_action_bits() {
     // 00: stop, discard silently.
@@ -293,7 +293,7 @@ fn kept_unknown_parameters_reencode_in_place() {
     );
 }
 
-/// wire-format.md §1-2: the message length may or may not count the final padding,
+/// docs/wire.md §1-2: the message length may or may not count the final padding,
 /// and a receiver tolerates a missing final padding.
 #[test]
 fn both_length_conventions_are_accepted() {

@@ -44,7 +44,7 @@ fn key(pool: &str, id: u32) -> PoolElementKey {
     }
 }
 
-/// policies.md §6 / RFC 5352 §3.1: the first PE fixes policy type, transport
+/// docs/policies.md §4 / RFC 5352 §3.1: the first PE fixes policy type, transport
 /// protocol and transport use; mismatches are refused with the RFC causes.
 #[test]
 fn the_first_pe_fixes_the_pool_and_mismatches_are_refused() {
@@ -113,7 +113,7 @@ fn the_first_pe_fixes_the_pool_and_mismatches_are_refused() {
 }
 
 /// The pool's only member may redefine it on re-registration (the pool is emptied and
-/// re-created, policies.md §6 rule 5).
+/// re-created, docs/policies.md §4 rule 5).
 #[test]
 fn the_only_member_may_redefine_its_pool() {
     let mut hs = Handlespace::default();
@@ -328,7 +328,7 @@ fn paging_order_and_continuation() {
     assert_eq!(rest, [5, 3]);
 }
 
-/// wire-format.md §8: ownership checksums and takeover.
+/// docs/wire.md §4: ownership checksums and takeover.
 #[test]
 fn checksums_follow_ownership_and_takeover() {
     let mut hs = Handlespace::default();
@@ -341,7 +341,7 @@ fn checksums_follow_ownership_and_takeover() {
     assert_eq!(
         hs.owner_checksum(RegistrarId(0x1122_3344)),
         0xf731,
-        "wire-format.md §8.2"
+        "docs/wire.md §4"
     );
     assert_eq!(hs.owner_checksum(RegistrarId(0x5566_7788)), 0xffff);
     let moved = hs.take_over(RegistrarId(0x1122_3344), RegistrarId(0x5566_7788));

@@ -76,7 +76,7 @@ fn load(percent: f64) -> u32 {
     (percent * 10.0) as u32 * (FULL / 1_000)
 }
 
-/// policies.md §3.1 and §4: only the first returned PE is rotated per request.
+/// RFC 5356, Round Robin and §4: only the first returned PE is rotated per request.
 #[test]
 fn round_robin_rotates_the_first_entry() {
     let mut hs = pool_of(&[Policy::RoundRobin, Policy::RoundRobin, Policy::RoundRobin]);
@@ -89,7 +89,7 @@ fn round_robin_rotates_the_first_entry() {
     assert_eq!(select(&mut hs, 10, &mut rng).len(), 3);
 }
 
-/// policies.md §3.2: within each round a PE is chosen as often as its weight, so
+/// RFC 5356, Weighted Round Robin: within each round a PE is chosen as often as its weight, so
 /// 10 000 selections give exactly the weight ratios.
 #[test]
 fn weighted_round_robin_gives_exact_weight_ratios() {
@@ -134,7 +134,7 @@ fn weighted_round_robin_newcomer_joins_the_current_round() {
     assert_eq!(counts, BTreeMap::from([(1, 100), (2, 100), (3, 100)]));
 }
 
-/// policies.md §3.3: equally likely, N drawn without replacement.
+/// RFC 5356, Random: equally likely, N drawn without replacement.
 #[test]
 fn random_draws_without_replacement_uniformly() {
     let mut hs = pool_of(&[
@@ -155,7 +155,7 @@ fn random_draws_without_replacement_uniformly() {
     }
 }
 
-/// policies.md §3.4: probability proportional to weight. With seed 11 and 100 000
+/// RFC 5356, Weighted Random: probability proportional to weight. With seed 11 and 100 000
 /// draws of weights 1:3:6, each share is within 0.75 percentage points (5σ) of
 /// 10 % / 30 % / 60 %.
 #[test]
@@ -172,7 +172,7 @@ fn weighted_random_follows_the_weights() {
 }
 
 /// Weight 0 never wins while a positive weight exists; a pool of only zero weights
-/// still answers (policies.md §3.4 leaves the choice to us; README documents it).
+/// still answers (RFC 5356, Weighted Random leaves the choice to us; README documents it).
 #[test]
 fn zero_weights_are_last_resort() {
     let mut hs = pool_of(&[
@@ -194,7 +194,7 @@ fn zero_weights_are_last_resort() {
     assert_eq!(tally(&mut wrr, 100, 3), BTreeMap::from([(2, 100)]));
 }
 
-/// policies.md §3.5: highest priority first, ties round robin, lower priorities only
+/// RFC 5356, Priority: highest priority first, ties round robin, lower priorities only
 /// after all higher ones.
 #[test]
 fn priority_prefers_the_highest_and_rotates_ties() {
@@ -210,7 +210,7 @@ fn priority_prefers_the_highest_and_rotates_ties() {
     assert_eq!(tally(&mut hs, 100, 1), BTreeMap::from([(2, 50), (3, 50)]));
 }
 
-/// policies.md §3.6: lowest load first, ties round robin.
+/// RFC 5356, Least Used: lowest load first, ties round robin.
 #[test]
 fn least_used_prefers_the_lowest_load() {
     let mut hs = pool_of(&[
@@ -232,7 +232,7 @@ fn least_used_prefers_the_lowest_load() {
     assert_eq!(select(&mut hs, 3, &mut rng)[0], 1);
 }
 
-/// policies.md §3.7: each selection adds the load degradation to the selected PE's key
+/// RFC 5356, Least Used with Degradation: each selection adds the load degradation to the selected PE's key
 /// (once, RFC intent); re-registration resets it.
 #[test]
 fn least_used_with_degradation_spreads_between_reregistrations() {
@@ -252,7 +252,7 @@ fn least_used_with_degradation_spreads_between_reregistrations() {
     assert_eq!(select(&mut hs, 2, &mut rng), [1, 2]);
 }
 
-/// policies.md §3.8: PLU prefers the lowest load after one more request
+/// RFC 5356, Priority Least Used: PLU prefers the lowest load after one more request
 /// (load + degradation); nothing accumulates.
 #[test]
 fn priority_least_used_uses_load_plus_degradation() {
@@ -276,7 +276,7 @@ fn priority_least_used_uses_load_plus_degradation() {
     }
 }
 
-/// policies.md §3.9: probability proportional to the unused capacity; a 100 %-loaded PE
+/// RFC 5356, Randomized Least Used: probability proportional to the unused capacity; a 100 %-loaded PE
 /// keeps a tiny share.
 #[test]
 fn randomized_least_used_follows_unused_capacity() {
@@ -291,7 +291,7 @@ fn randomized_least_used_follows_unused_capacity() {
     assert!(counts.get(&3).copied().unwrap_or(0) < 10, "{counts:?}");
 }
 
-/// policies.md §7 (extensions): degradation variants accumulate per selection.
+/// docs/policies.md §5 (extensions): degradation variants accumulate per selection.
 #[test]
 fn extension_policies_degrade_and_penalise_distance() {
     let mut rng = SeededRng::new(1);
@@ -335,7 +335,7 @@ fn extension_policies_degrade_and_penalise_distance() {
     assert!((near - 2.0 / 3.0).abs() < 0.015, "{counts:?}");
 }
 
-/// policies.md §4: the registrar advances only the first `max_increment` returned PEs;
+/// docs/policies.md §2: the registrar advances only the first `max_increment` returned PEs;
 /// an explicit value overrides the policy default.
 #[test]
 fn max_increment_controls_how_many_selected_pes_count_as_used() {

@@ -1,6 +1,6 @@
 //! The handlespace: every pool and pool element a registrar (or a pool user's cache)
 //! knows, with the indexes its procedures need (RFC 5352 §3.1-3.5, RFC 5353 §3,
-//! policies.md).
+//! docs/policies.md).
 //!
 //! Every operation a registrar performs is O(log n) or better:
 //! * by pool handle (`BTreeMap`), and by PE identifier within a pool (`BTreeMap`, which
@@ -8,7 +8,7 @@
 //! * by registration-life expiry and by keep-alive deadline (`BTreeSet` of instants);
 //! * by association, to drop everything registered over a dead association at once;
 //! * by owner (home registrar), with an incrementally maintained PE checksum per owner
-//!   and one over the whole handlespace (wire-format.md §8);
+//!   and one over the whole handlespace (docs/wire.md §4);
 //! * per pool, a selection structure for its policy (`crate::policy`): a sorted set for
 //!   ordered policies, a Fenwick tree of shares for weighted ones.
 //!
@@ -221,7 +221,7 @@ impl Handlespace {
         };
         match pool.check_consistency(&element) {
             Ok(()) => self.update(loc, element, association, now),
-            // The pool's only member may redefine it (policies.md §6 rule 5): the pool
+            // The pool's only member may redefine it (docs/policies.md §4 rule 5): the pool
             // is emptied and re-created.
             Err(_) if pool.len() == 1 => {
                 let old = self.remove(&key);
@@ -566,7 +566,7 @@ impl Handlespace {
 
     /// Selects up to `count` PEs of a pool with its policy, best first, and advances
     /// the selection state of the first `max_increment` of them (`None`: the policy's
-    /// default, policies.md §4). `None` if the pool does not exist.
+    /// default, docs/policies.md §2). `None` if the pool does not exist.
     pub fn select(
         &mut self,
         pool_handle: &PoolHandle,

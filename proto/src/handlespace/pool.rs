@@ -183,7 +183,7 @@ impl Pool {
         self.slots.remove(slot)
     }
 
-    /// Checks that a PE fits this pool (policies.md §6).
+    /// Checks that a PE fits this pool (docs/policies.md §4).
     pub(super) fn check_consistency(&self, element: &PoolElement) -> Result<(), Refusal> {
         let policy_type = element.policy.policy_type();
         if policy_type != self.policy_type {

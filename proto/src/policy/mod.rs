@@ -1,11 +1,11 @@
-//! Pool member selection policies (RFC 5356 and rsplib's extensions; policies.md).
+//! Pool member selection policies (RFC 5356 and rsplib's extensions; docs/policies.md).
 //!
 //! A policy is applied twice: by the registrar answering a handle resolution (select up
 //! to N PEs, best first) and by the pool user choosing one PE from its cache. Both use
 //! the handlespace's selection (`Handlespace::select`); this module says, per policy,
 //! how PEs are ordered or weighted and what a selection changes.
 //!
-//! Two families (policies.md §4):
+//! Two families (docs/policies.md §2):
 //! * **ordered** policies keep the pool sorted by a key, lowest first, with ties broken
 //!   by a sequence number that a selected PE renews (so among equals the least recently
 //!   selected comes first: round robin);
@@ -14,7 +14,7 @@
 //!
 //! Where this implementation differs from rsplib, it follows the RFC intent:
 //! * LUD adds the load degradation once per selection (rsplib adds it twice, and once
-//!   on insertion; policies.md §3.7).
+//!   on insertion; RFC 5356, Least Used with Degradation).
 //! * RLUD and RPLUD accumulate degradation per selection like LUD (rsplib never grows it,
 //!   so its RLUD behaves as RLU).
 //! * A PE with weight 0 (WRR, WRAND) is never chosen while a PE with a positive weight is
@@ -84,7 +84,7 @@ pub const fn is_supported(policy_type: PolicyType) -> bool {
 }
 
 /// Policies whose PEs re-register when their load changes (rsplib's
-/// `PPT_IS_ADAPTIVE`, policies.md §7).
+/// `PPT_IS_ADAPTIVE`, docs/policies.md §5).
 pub const fn is_adaptive(policy_type: PolicyType) -> bool {
     matches!(
         policy_type,
@@ -103,7 +103,7 @@ pub const fn is_adaptive(policy_type: PolicyType) -> bool {
 
 /// How many of the PEs returned by one selection count as used: 1 for the ordered
 /// policies and the randomized-least-used family, 0 for the stateless random policies
-/// (rsplib's "max increment" default, policies.md §4).
+/// (rsplib's "max increment" default, docs/policies.md §2).
 pub const fn default_max_increment(policy_type: PolicyType) -> usize {
     match policy_type {
         PolicyType::RANDOM | PolicyType::WEIGHTED_RANDOM | PolicyType::WEIGHTED_RANDOM_DPF => 0,
@@ -129,7 +129,7 @@ fn saturate(value: u64) -> u64 {
     value.min(FULL)
 }
 
-/// `distance × dpf`, the distance penalty (policies.md §7), capped at 100 %.
+/// `distance × dpf`, the distance penalty (docs/policies.md §5), capped at 100 %.
 fn distance_penalty(distance: u32, dpf: u32) -> u64 {
     saturate(u64::from(distance) * u64::from(dpf))
 }

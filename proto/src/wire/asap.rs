@@ -1,4 +1,4 @@
-//! ASAP messages (RFC 5352 §2.2; wire-format.md §6), PPID 11.
+//! ASAP messages (RFC 5352 §2.2), PPID 11.
 
 use super::causes::OperationError;
 use super::codec::UnknownParameter;
@@ -248,7 +248,7 @@ impl AsapMessage {
         })
     }
 
-    /// Encodes the message as rsplib does (wire-format.md §7, encoder checklist).
+    /// Encodes the message as rsplib does (docs/wire.md §3, encoder checklist).
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         self.encode_with_unknown(&[])
     }

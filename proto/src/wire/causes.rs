@@ -10,7 +10,7 @@ use super::types::PARAM_OPERATION_ERROR;
 #[cfg(feature = "serde")]
 use super::types::serialize_hex;
 
-/// An error cause code (wire-format.md §5). Open: any code is accepted.
+/// An error cause code (RFC 5354, Operation Error causes). Open: any code is accepted.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CauseCode(pub u16);
 

@@ -1,5 +1,5 @@
 //! The PE checksum: a 16-bit one's-complement sum over (pool handle, PE identifier)
-//! pairs, exactly as rsplib computes it (wire-format.md §8). Registrars advertise it in
+//! pairs, exactly as rsplib computes it (docs/wire.md §4). Registrars advertise it in
 //! ENRP_PRESENCE for the PEs they own and compare it to detect divergence.
 
 use super::params::{PoolElementId, PoolHandle};
@@ -68,7 +68,7 @@ mod tests {
         PoolHandle::new(s.as_bytes()).expect("valid handle")
     }
 
-    /// wire-format.md §8.2: the worked example and the other reference values.
+    /// docs/wire.md §4: the worked example and the other reference values.
     #[test]
     fn matches_the_worked_values_of_wire_format_8_2() {
         let echo = handle("EchoPool");

@@ -1,4 +1,4 @@
-//! Bounded reading and writing of headers and TLVs (wire-format.md §1-3, §7).
+//! Bounded reading and writing of headers and TLVs (docs/wire.md §1-3).
 //!
 //! Every read is checked against the bytes that remain; nothing indexes untrusted
 //! input directly (house style 3, 7; modelled on rustls `msgs/codec.rs`).
@@ -180,13 +180,13 @@ impl<'s> UnknownSink<'s> {
     }
 }
 
-/// Is this one of the parameter types this codec understands (wire-format.md §4)?
+/// Is this one of the parameter types this codec understands (RFC 5354)?
 pub(crate) const fn is_known_parameter(param_type: u16) -> bool {
     matches!(param_type, 0x0001..=0x000f | 0x803f)
 }
 
 /// Walks the parameters of one container (message body, Pool Element, transport ...),
-/// applying the unrecognized-parameter action bits (wire-format.md §3) and letting the
+/// applying the unrecognized-parameter action bits (docs/wire.md §2) and letting the
 /// caller take the known parameters in the documented order.
 #[derive(Debug)]
 pub(crate) struct Params<'a, 's> {
@@ -320,7 +320,7 @@ pub(crate) struct Writer<'u> {
     known_written: u16,
     depth: u8,
     /// Padding at the end of the current parameter that its length must not count
-    /// (only the last error cause of an Operation Error, wire-format.md §9.13).
+    /// (only the last error cause of an Operation Error, docs/wire.md §5).
     pub(crate) uncounted_tail: usize,
 }
 
@@ -373,7 +373,7 @@ impl<'u> Writer<'u> {
     }
 
     /// Writes one TLV: header, the value written by `body`, then padding. The length
-    /// field excludes the padding (wire-format.md §2).
+    /// field excludes the padding (docs/wire.md §2).
     pub(crate) fn param(
         &mut self,
         param_type: u16,

@@ -1,4 +1,4 @@
-//! ENRP messages (RFC 5353 §2; wire-format.md §6), PPID 12.
+//! ENRP messages (RFC 5353 §2), PPID 12.
 
 use super::asap::{expect_pool_handle, take_pool_elements};
 use super::causes::OperationError;
@@ -64,7 +64,7 @@ pub enum EnrpBody {
     Presence {
         /// R flag: answer with a PRESENCE.
         reply_required: bool,
-        /// Checksum over the PEs the sender owns (wire-format.md §8).
+        /// Checksum over the PEs the sender owns (docs/wire.md §4).
         #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_checksum"))]
         checksum: Option<u16>,
         /// The sender's ID and ENRP endpoint (rsplib requires it).

@@ -2,7 +2,7 @@
 //!
 //! A decoding error names the byte offset and what was wrong (for logs and for
 //! `rserpool decode`), and knows which error cause, if any, the receiver should send
-//! back in an ASAP_ERROR / ENRP_ERROR (wire-format.md §3, §5; RFC 5352 §2.2.14).
+//! back in an ASAP_ERROR / ENRP_ERROR (docs/wire.md §2; RFC 5354, Operation Error causes; RFC 5352 §2.2.14).
 
 use super::types::Protocol;
 

@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn frames_arrive_byte_by_byte_and_in_bulk() {
-        // Two ASAP_COOKIE messages (wire-format.md §9.12), the first fed one byte at a time.
+        // Two ASAP_COOKIE messages (docs/wire.md §5), the first fed one byte at a time.
         let cookie: [u8; 16] = [
             0x0b, 0, 0, 0x10, 0, 0x0d, 0, 0x09, b's', b't', b'a', b't', b'e', 0, 0, 0,
         ];

@@ -31,7 +31,7 @@ impl<M> Decoded<M> {
     }
 }
 
-/// The common 4-byte header and the body it delimits (wire-format.md §1, §7 step 1).
+/// The common 4-byte header and the body it delimits (docs/wire.md §1, §3).
 #[derive(Debug)]
 pub(crate) struct MessageHeader<'a> {
     pub(crate) message_type: u8,

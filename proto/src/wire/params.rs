@@ -1,4 +1,4 @@
-//! The RSerPool parameters (RFC 5354; wire-format.md §4-5) as typed values, with their
+//! The RSerPool parameters (RFC 5354) as typed values, with their
 //! decoding from a [`Tlv`] and encoding into a [`Writer`].
 
 use std::fmt;
@@ -18,7 +18,7 @@ use super::types::{
 /// `MAX_PE_TRANSPORTADDRESSES`).
 pub const MAX_TRANSPORT_ADDRESSES: usize = 64;
 
-/// The longest pool handle, in bytes (rsplib's `MAX_POOLHANDLESIZE`, wire-format.md §4.5).
+/// The longest pool handle, in bytes (rsplib's `MAX_POOLHANDLESIZE`, RFC 5354, Pool Handle).
 pub const MAX_POOL_HANDLE_LENGTH: usize = 32;
 
 /// A pool handle: an opaque byte string of 1 to 32 bytes, compared bytewise.
@@ -126,7 +126,7 @@ id_newtype!(
 );
 
 impl RegistrarId {
-    /// "Not known yet" (wire-format.md §4.6, RFC 5353 §2).
+    /// "Not known yet" (RFC 5354, Pool Element, RFC 5353 §2).
     pub const UNKNOWN: Self = Self(0);
 }
 
@@ -138,7 +138,7 @@ impl serde::Serialize for PoolHandle {
 }
 
 /// Serializes bytes as a hex string (cookies, unknown parameters, cause details).
-/// Whether a PE accepts ASAP control messages on its data connection (wire-format.md §4.3).
+/// Whether a PE accepts ASAP control messages on its data connection (RFC 5354, transport parameters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(
     feature = "serde",
@@ -354,7 +354,7 @@ pub struct PoolElement {
     /// The PE's policy and its values.
     pub policy: Policy,
     /// Where registrars reach the PE's ASAP endpoint: absent in registrations,
-    /// required in ENRP (wire-format.md §4.6). SCTP, or TCP with the TCP mapping.
+    /// required in ENRP (RFC 5354, Pool Element). SCTP, or TCP with the TCP mapping.
     pub asap_transport: Option<Transport>,
 }
 

@@ -7,7 +7,7 @@ use super::codec::{Tlv, Writer};
 use super::error::{EncodeError, WireError};
 use super::types::PARAM_POLICY;
 
-/// A policy type number (wire-format.md §4.4). Open: unknown numbers are kept.
+/// A policy type number (RFC 5354, Pool Member Selection Policy). Open: unknown numbers are kept.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyType(pub u32);
 
@@ -56,13 +56,13 @@ impl fmt::Debug for PolicyType {
 ///
 /// Load, degradation and DPF values are fractions of `u32::MAX` (0 = 0 %, `u32::MAX` =
 /// 100 %); weight and priority are plain integers; distance is in milliseconds
-/// (policies.md §2). Extra values after the ones a known type needs are accepted and
+/// (docs/policies.md §1). Extra values after the ones a known type needs are accepted and
 /// ignored, as rsplib does.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "policy"))]
 #[allow(
     missing_docs,
-    reason = "the fields are the policy values named in policies.md"
+    reason = "the fields are the policy values named in docs/policies.md"
 )]
 pub enum Policy {
     RoundRobin,

@@ -86,7 +86,7 @@ impl Vector {
     }
 }
 
-/// Every row of wire-format.md §9.14, in table order.
+/// Every row of docs/wire.md §5, in table order.
 pub(crate) fn all() -> Vec<Vector> {
     use Protocol::{Asap, Enrp};
     let v = |name, protocol, hex, message| Vector {
