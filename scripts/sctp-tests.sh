@@ -20,7 +20,7 @@ if [ ! -x "$vm/run" ]; then
 fi
 
 missing=()
-for tool in rspregistrar:rsplib-registrar rspserver:rsplib-services hsdump:rsplib-tools dumpcap:wireshark-common; do
+for tool in rspregistrar:rsplib-registrar rspserver:rsplib-tools pingpongclient:rsplib-services hsdump:rsplib-tools dumpcap:wireshark-common; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

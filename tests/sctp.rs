@@ -312,7 +312,8 @@ fn rspterminal(registrar: u16, pool: &str, lines: &[&str]) -> String {
 }
 
 /// `pingpongclient` for a few seconds: the number of pongs ("Ack #n") it got.
-fn pingpong_acks(registrar: u16, pool: &str) -> usize {
+/// How many pongs rsplib's `pingpongclient` got in 5 s, and what it printed.
+fn pingpong_acks(registrar: u16, pool: &str) -> (usize, String) {
     let output = Command::new("timeout")
         .args([
             "-s",
@@ -328,10 +329,16 @@ fn pingpong_acks(registrar: u16, pool: &str) -> usize {
         ])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&output.stdout)
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let acks = printed
         .lines()
         .filter(|line| line.contains("Ack #"))
-        .count()
+        .count();
+    (acks, printed)
 }
 
 /// On a host without SCTP the error says so and points to TCP; with SCTP the same
@@ -476,8 +483,12 @@ fn rsplib_pes_and_pool_users_work_through_our_registrar() {
         terminal.contains(&format!("from PE {echo_id}> hello via rserpool")),
         "{terminal}"
     );
-    let acks = pingpong_acks(14863, "PingPongPool");
-    assert!(acks >= 5, "pingpongclient got {acks} pongs");
+    let (acks, printed) = pingpong_acks(14863, "PingPongPool");
+    assert!(
+        acks >= 5,
+        "pingpongclient got {acks} pongs: {printed}\nregistrar: {}",
+        registrar.log.lock().unwrap().join("\n")
+    );
     let table = hsdump(14901);
     let listed: Vec<String> = hsdump_pes(&table).into_iter().map(|(id, _)| id).collect();
     assert!(listed.contains(&echo_id), "{table}");
@@ -927,7 +938,8 @@ fn captured_rsplib_messages_reencode_identically() {
         )
         .len()
             == 1));
-        assert!(pingpong_acks(21864, "PingPongPool") >= 3);
+        let (acks, printed) = pingpong_acks(21864, "PingPongPool");
+        assert!(acks >= 3, "pingpongclient got {acks} pongs: {printed}");
         let _ = hsdump(21901);
         // Pause: rspserver -pppfailureafter fails on its own schedule (rsplib says nothing to wait for).
         thread::sleep(Duration::from_secs(3));
