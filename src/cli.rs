@@ -291,6 +291,11 @@ pub(crate) struct PeArgs {
     /// Where the demo service listens (default 127.0.0.1:0).
     #[arg(long, requires = "serve")]
     pub(crate) listen: Option<SocketAddr>,
+    /// The open sessions a demo service counts as full load: it reports open sessions
+    /// / this as its load (for the load-based policies, e.g. `--policy LeastUsed`).
+    #[arg(long, requires = "serve", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_sessions: u32,
     /// `--serve counter`: follow each count with the PE that counted (`3 pe=0x0badcafe`),
     /// so a failover shows (`rserpool demo` sets it).
     #[arg(long, requires = "serve")]
@@ -312,6 +317,15 @@ pub(crate) struct PeArgs {
     /// Time between re-registrations (registration life is 3 times this).
     #[arg(long, default_value = "30s")]
     pub(crate) reregistration_interval: String,
+    /// Where the backend's load comes from, for the load-based policies (LeastUsed
+    /// ...): connections (its established connections; the default), http:/PATH (a
+    /// number it answers) or command:PROGRAM [ARGS] (a number it prints).
+    #[arg(long, requires = "backend", value_parser = crate::config::parse_source)]
+    pub(crate) load: Option<crate::config::LoadSource>,
+    /// The backend's connections that count as full load (with `--load connections`).
+    #[arg(long, requires = "backend", default_value_t = crate::config::DEFAULT_CAPACITY,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) capacity: u32,
     /// The agent's ASAP endpoint, where registrars reach it (default 0.0.0.0:0). A
     /// `--serve` PE has none of its own: registrars reach it on `--listen`.
     #[arg(long, conflicts_with = "serve")]

@@ -28,7 +28,10 @@ pub(crate) use gateway::{
     OutlierSection, StickySection, TcpListenerSection, sticky_keys,
 };
 pub(crate) use host_port::{HostPort, resolve_all};
-pub(crate) use pe::{HealthCheck, PeSection, PoolUserSection, ServiceConfig, parse_health};
+pub(crate) use pe::{
+    DEFAULT_CAPACITY, HealthCheck, LoadSource, PeSection, PoolUserSection, ServiceConfig,
+    parse_health, parse_source,
+};
 pub(crate) use registrar::{RegistrarSection, asap_port, enrp_port};
 pub(crate) use values::{ConfigError, Multicast, parse_duration, parse_id, parse_multicast};
 

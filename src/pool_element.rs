@@ -9,6 +9,7 @@
 
 pub(crate) mod admin;
 mod backends;
+mod load;
 pub(crate) mod status_reports;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,9 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
             rise: 1,
             reregistration_interval: config::parse_duration(&args.reregistration_interval)
                 .map_err(RunError::Usage)?,
+            load: args.load.clone().unwrap_or_default(),
+            capacity: args.capacity,
+            load_interval: None,
         });
     }
     if !args.registrars.is_empty() {
@@ -162,6 +166,8 @@ struct Services {
     shutdown: CancellationToken,
     /// What `/api/backends` shows.
     backends: backends::Backends,
+    /// The engine, told each service's load.
+    engine: Handle<PoolElementEngine>,
 }
 
 struct RunningService {
@@ -185,6 +191,14 @@ impl Services {
             (self.changes.clone(), self.backends.clone()),
             stop.clone(),
         ));
+        if rserpool_proto::policy::is_adaptive(service.policy.policy_type()) {
+            tokio::spawn(report_load(
+                service.clone(),
+                id,
+                self.engine.clone(),
+                stop.clone(),
+            ));
+        }
         self.running
             .insert(slot, RunningService { service, id, stop });
     }
@@ -296,6 +310,48 @@ async fn watch(
     }
 }
 
+/// Measures a service's load every interval and hands it to the engine (which
+/// re-registers when it changed by more than 1 %), until the service stops.
+async fn report_load(
+    service: ServiceConfig,
+    id: PoolElementId,
+    engine: Handle<PoolElementEngine>,
+    stop: CancellationToken,
+) {
+    let interval = service.load_interval.unwrap_or(service.health_interval);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let pool = service.pool.to_string();
+    // One line per run of failures: a load source that stays broken says so once.
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let measured =
+            load::measure(&service.load, service.backend, service.capacity, interval).await;
+        match measured {
+            Ok(fraction) => {
+                failing = false;
+                metrics::gauge!("rserpool_pe_load", "pool" => pool.clone()).set(fraction);
+                let load = rserpool_proto::policy::spec::fraction_to_wire(fraction);
+                engine
+                    .command(move |engine, now| engine.set_load(id, load, now))
+                    .await;
+            }
+            Err(error) => {
+                metrics::counter!("rserpool_pe_load_errors_total", "pool" => pool.clone())
+                    .increment(1);
+                if !failing {
+                    failing = true;
+                    tracing::warn!(pool = %service.pool, backend = %service.backend, source = ?service.load, %error, "cannot measure the backend's load: the last one stays");
+                }
+            }
+        }
+    }
+}
+
 fn spec(service: &ServiceConfig, id: PoolElementId) -> PoolElementSpec {
     PoolElementSpec {
         pool_handle: service.pool,
@@ -311,8 +367,7 @@ fn spec(service: &ServiceConfig, id: PoolElementId) -> PoolElementSpec {
     }
 }
 
-/// A running pool-element engine with its ASAP endpoint: shared by the `pe` agent and
-/// the native PE library (`service`).
+/// `rserpool pe`: the agent, until a stop signal.
 pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
@@ -335,6 +390,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
         changes: changes_tx,
         shutdown: shutdown.clone(),
         backends: backends::Backends::default(),
+        engine: handle.clone(),
     };
     for service in &section.services {
         services.add(service.clone());

@@ -159,28 +159,66 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
     } else {
         String::new()
     };
-    serve_sessions(kind, &service, &label, &mut signals).await;
+    serve_sessions(kind, &service, &label, args.max_sessions, &mut signals).await;
     service.shutdown().await;
     crate::csp::Reporter::finish(csp).await;
     Ok(())
 }
 
-/// Runs the demo service on every session until a stop signal.
+/// The sessions a demo service has open: its load, reported to the registrar as
+/// open / max (rsplib's TCP-like servers do the same).
+#[derive(Debug, Default)]
+struct OpenSessions {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+/// One open session; closing it (dropping) lowers the count.
+struct SessionSlot(std::sync::Arc<OpenSessions>);
+
+impl SessionSlot {
+    fn open(sessions: &std::sync::Arc<OpenSessions>) -> Self {
+        sessions
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sessions.changed.notify_one();
+        Self(sessions.clone())
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.changed.notify_one();
+    }
+}
+
+/// Runs the demo service on every session until a stop signal, reporting its load.
 async fn serve_sessions(
     kind: ServeKind,
     service: &PoolElementService,
     label: &str,
+    max_sessions: u32,
     signals: &mut Signals,
 ) {
     let http_sessions = crate::demo_http::Sessions::default();
     let pe_id = service.pe_id();
+    let open = std::sync::Arc::new(OpenSessions::default());
     loop {
         tokio::select! {
             request = signals.next() => if request == Request::Stop { break },
+            () = open.changed.notified() => {
+                let count = open.count.load(std::sync::atomic::Ordering::Relaxed);
+                service.set_load(count as f64 / f64::from(max_sessions)).await;
+            }
             accepted = service.accept() => match accepted {
                 Ok(session) => {
                     let (http_sessions, label) = (http_sessions.clone(), label.to_owned());
+                    let slot = SessionSlot::open(&open);
                     tokio::spawn(async move {
+                        let _slot = slot;
                         let result = match kind {
                             ServeKind::Counter => counter(session, &label).await,
                             ServeKind::Echo => echo(session).await,

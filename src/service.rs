@@ -284,6 +284,19 @@ impl PoolElementService {
             .await;
     }
 
+    /// Reports the PE's load, a fraction of its capacity (0.0 to 1.0), for the
+    /// load-based policies (least used and its variants; others ignore it). A change
+    /// of more than 1 % re-registers at once, at most once a second; a smaller one goes
+    /// with the next re-registration.
+    pub async fn set_load(&self, fraction: f64) {
+        let pe_id = self.pe_id;
+        let load = rserpool_proto::policy::spec::fraction_to_wire(fraction);
+        self.runtime
+            .handle
+            .command(move |engine, now| engine.set_load(pe_id, load, now))
+            .await;
+    }
+
     /// Deregisters the PE (waiting briefly for the registrar's answer) and stops.
     pub async fn shutdown(self) {
         deregister_all(&self.runtime).await;

@@ -8,106 +8,33 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::auth::Access;
 use crate::client::ClientCore;
-use crate::engine::{AssocId, Endpoint, Engine, Output, PeerInfo, TimerProfile};
-use crate::hunt::{HuntConfig, Lost};
+use crate::engine::{AssocId, Endpoint, Engine, Output, PeerInfo};
+use crate::hunt::Lost;
+mod config;
 mod events;
 mod standing;
 
+pub use config::{HomeChanges, LOAD_THRESHOLD, PoolElementConfig, PoolElementSpec};
 pub use events::PoolElementEvent;
 use standing::{Due, Request, Standing};
 
 use crate::wire::{
     AsapMessage, CauseCode, EndpointKeepAlive, ErrorReport, OperationError, Policy, PoolElement,
-    PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId, Registration, Transport,
-    error_reply,
+    PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId, Registration, error_reply,
 };
-
-/// Timers and the registrar list of a pool element.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolElementConfig {
-    /// Finding registrars.
-    pub hunt: HuntConfig,
-    /// T2: how long to wait for ASAP_REGISTRATION_RESPONSE.
-    pub registration_timeout: Duration,
-    /// MAX-REG-ATTEMPT: registrations sent to one registrar before hunting another.
-    pub max_registration_attempts: u32,
-    /// T3: how long to wait for ASAP_DEREGISTRATION_RESPONSE.
-    pub deregistration_timeout: Duration,
-    /// Deregistrations sent before giving up (the registration then just expires).
-    pub max_deregistration_attempts: u32,
-    /// Wait before trying again after a refusal that may pass (lack of resources).
-    pub refusal_retry_delay: Duration,
-    /// Whose keep-alive with the H flag may move this PE to a new home when no TLS
-    /// identity proves the sender.
-    pub home_changes: HomeChanges,
-}
-
-/// Who may take a PE over when identities are not enforced (security.md T14).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(
-    feature = "serde",
-    derive(serde::Deserialize),
-    serde(rename_all = "lowercase")
-)]
-pub enum HomeChanges {
-    /// A registrar on the host of one this PE was configured with, hunted or heard
-    /// announced: a stranger who reaches the ASAP endpoint cannot detach the PE from
-    /// its registrar. A registrar this PE knows nothing of cannot take it over either.
-    /// (`known` in configuration files.)
-    #[default]
-    #[cfg_attr(feature = "serde", serde(rename = "known"))]
-    KnownRegistrars,
-    /// Any peer that reaches the ASAP endpoint (rsplib's behaviour).
-    Any,
-}
-
-impl PoolElementConfig {
-    /// The profile's values (RFC 5352 §7): RFC T2/T3 30 s and 2 attempts, or rsplib's
-    /// 3 s and 1 attempt.
-    pub fn new(profile: TimerProfile, hunt: HuntConfig) -> Self {
-        let (timeout, attempts) = match profile {
-            TimerProfile::Rfc => (Duration::from_secs(30), 2),
-            TimerProfile::Rsplib => (Duration::from_secs(3), 1),
-        };
-        Self {
-            hunt,
-            registration_timeout: timeout,
-            max_registration_attempts: attempts,
-            deregistration_timeout: timeout,
-            max_deregistration_attempts: attempts,
-            refusal_retry_delay: Duration::from_secs(5),
-            home_changes: HomeChanges::default(),
-        }
-    }
-}
-
-/// What one PE registers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolElementSpec {
-    /// The pool to join.
-    pub pool_handle: PoolHandle,
-    /// The PE identifier; `None` draws a random non-zero one.
-    pub id: Option<PoolElementId>,
-    /// Where pool users reach it.
-    pub user_transport: Transport,
-    /// Its policy and current values.
-    pub policy: Policy,
-    /// T4: how often it re-registers.
-    pub reregistration_interval: Duration,
-    /// The registration life it advertises; `None` = 3 × the re-registration interval
-    /// (as rsplib does).
-    pub registration_life: Option<Duration>,
-}
 
 #[derive(Debug, Clone)]
 struct Member {
     spec: PoolElementSpec,
     id: PoolElementId,
     standing: Standing,
+    /// The load the last registration sent carried, and when it went out.
+    sent_load: Option<u32>,
+    sent_at: Option<Instant>,
 }
 
 /// The pool element engine.
@@ -143,6 +70,8 @@ impl PoolElementEngine {
                 spec,
                 id,
                 standing: Standing::NEW,
+                sent_load: None,
+                sent_at: None,
             },
         );
         self.send_registration(id, now, 1);
@@ -167,6 +96,58 @@ impl PoolElementEngine {
                 self.send_registration(pe_id, now, 1);
             }
         }
+    }
+
+    /// A PE's load changed (a share of 0xFFFFFFFF; policies without a load ignore it).
+    /// A change beyond [`PoolElementConfig::load_threshold`] from what the registrar
+    /// has re-registers at once, or as soon as [`PoolElementConfig::min_load_interval`]
+    /// after the last registration allows; a smaller one travels with the next
+    /// re-registration.
+    pub fn set_load(&mut self, pe_id: PoolElementId, load: u32, now: Instant) {
+        let Some(member) = self.members.get_mut(&pe_id) else {
+            return;
+        };
+        if member.spec.policy.load().is_none() {
+            return;
+        }
+        member.spec.policy = member.spec.policy.with_load(load);
+        let Some(report_at) = Self::load_report_at(&self.config, member, now) else {
+            return;
+        };
+        // The answer to a registration out schedules the next one (see
+        // `on_registration_response`); a leaving PE reports nothing.
+        if let Standing::Serving {
+            request: None,
+            next,
+            ..
+        } = &mut member.standing
+        {
+            if report_at > now {
+                *next = Some(next.map_or(report_at, |at| at.min(report_at)));
+            } else {
+                self.send_registration(pe_id, now, 1);
+            }
+        }
+    }
+
+    /// When a PE's load, further from what the registrar has than the threshold, may
+    /// be reported (now at the earliest); `None` if it need not be.
+    fn load_report_at(
+        config: &PoolElementConfig,
+        member: &Member,
+        now: Instant,
+    ) -> Option<Instant> {
+        let outdated = match (member.spec.policy.load(), member.sent_load) {
+            (Some(load), Some(sent)) => load.abs_diff(sent) > config.load_threshold,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        outdated.then(|| {
+            member
+                .sent_at
+                .map_or(now, |sent| sent + config.min_load_interval)
+                .max(now)
+        })
     }
 
     /// Deregisters a PE; it is forgotten when the registrar answers or the attempts run
@@ -275,6 +256,8 @@ impl PoolElementEngine {
             }),
             next: None,
         };
+        member.sent_load = member.spec.policy.load();
+        member.sent_at = Some(now);
         self.transmit(assoc, &message);
     }
 
@@ -363,10 +346,14 @@ impl PoolElementEngine {
             });
         }
         if !reject {
+            // T4, or sooner when the load changed while the registration was out.
+            let refresh = now + member.spec.reregistration_interval;
+            let next = Self::load_report_at(&self.config, member, now)
+                .map_or(refresh, |report_at| report_at.min(refresh));
             member.standing = Standing::Serving {
                 registered: true,
                 request: None,
-                next: Some(now + member.spec.reregistration_interval),
+                next: Some(next),
             };
             if !registered {
                 self.client.event(PoolElementEvent::Registered {

@@ -1062,3 +1062,127 @@ fn a_registrar_that_comes_up_late_is_found_within_a_second() {
     let took = sim.now - up;
     assert!(took <= Duration::from_millis(1300), "found after {took:?}");
 }
+
+/// A pool user without a cache: each resolution is the registrar's answer.
+fn add_uncached_pu(sim: &mut Sim, registrars: &[NodeId]) -> NodeId {
+    let mut config = PoolUserConfig::new(TimerProfile::Rsplib, hunt(registrars));
+    config.stale_cache = Duration::ZERO;
+    let engine = PoolUserEngine::new(config, sim.seed ^ 0x7777);
+    sim.add(Role::Pu(engine))
+}
+
+fn load(fraction: f64) -> u32 {
+    rserpool_proto::policy::spec::fraction_to_wire(fraction)
+}
+
+fn set_load(sim: &mut Sim, pe: NodeId, id: PoolElementId, fraction: f64) {
+    sim.with(pe, |role, now| match role {
+        Role::Pe(p) => p.set_load(id, load(fraction), now),
+        _ => unreachable!(),
+    });
+}
+
+/// Registrations of `id` the registrar has seen (first ones and refreshes).
+fn registrations_of(sim: &Sim, r: NodeId, id: PoolElementId) -> usize {
+    sim.events(r)
+        .iter()
+        .filter(|(_, e)| {
+            matches!(e, NodeEvent::Registrar(RegistrarEvent::Registered { key, .. }) if key.pe_id == id)
+        })
+        .count()
+}
+
+/// The registrar's order for the pool, as a pool user gets it.
+fn resolved_order(sim: &mut Sim, pu: NodeId) -> Vec<PoolElementId> {
+    let request = resolve(sim, pu, Some(3));
+    sim.run_for(Duration::from_millis(100));
+    resolution(sim, pu, request).unwrap().unwrap()
+}
+
+/// RFC 5356, Least Used: PEs reporting loads 0.1, 0.5 and 0.9 are resolved in that
+/// order, and a load a PE reports later reorders them within the rate limit of load
+/// reports (1 s).
+#[test]
+fn least_used_pools_resolve_by_the_loads_pes_report() {
+    let mut sim = Sim::new(41);
+    let r = add_registrar(&mut sim, 0x11);
+    let lu = |fraction| Policy::LeastUsed {
+        load: load(fraction),
+    };
+    let (_, heavy) = add_pe(&mut sim, &[r], lu(0.9), 30);
+    let (light_pe, light) = add_pe(&mut sim, &[r], lu(0.1), 30);
+    let (_, middle) = add_pe(&mut sim, &[r], lu(0.5), 30);
+    let pu = add_uncached_pu(&mut sim, &[r]);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(resolved_order(&mut sim, pu), [light, middle, heavy]);
+    set_load(&mut sim, light_pe, light, 0.95);
+    sim.run_for(Duration::from_millis(1100));
+    assert_eq!(
+        resolved_order(&mut sim, pu),
+        [middle, heavy, light],
+        "seed {}",
+        sim.seed
+    );
+}
+
+/// A PE whose load changes all the time re-registers at most once a second for it, a
+/// change within 1 % waits for the next re-registration, and the last load reaches
+/// the registrar within the rate limit.
+#[test]
+fn load_reports_are_rate_limited_and_thresholded() {
+    let mut sim = Sim::new(42);
+    let r = add_registrar(&mut sim, 0x11);
+    let (pe, id) = add_pe(&mut sim, &[r], Policy::LeastUsed { load: load(0.5) }, 30);
+    sim.run_for(Duration::from_secs(1));
+    let before = registrations_of(&sim, r, id);
+    set_load(&mut sim, pe, id, 0.505);
+    sim.run_for(Duration::from_secs(2));
+    assert_eq!(
+        registrations_of(&sim, r, id),
+        before,
+        "a change within 1 % does not re-register"
+    );
+    for step in 0..500 {
+        set_load(&mut sim, pe, id, if step % 2 == 0 { 0.1 } else { 0.9 });
+        sim.run_for(Duration::from_millis(10));
+    }
+    let during = registrations_of(&sim, r, id) - before;
+    assert!(
+        (4..=6).contains(&during),
+        "5 s of changes every 10 ms: {during} registrations (seed {})",
+        sim.seed
+    );
+    set_load(&mut sim, pe, id, 0.3);
+    sim.run_for(Duration::from_millis(1100));
+    let entry = sim.registrar(r).handlespace().get(&key(id)).unwrap();
+    assert_eq!(entry.element.policy, Policy::LeastUsed { load: load(0.3) });
+}
+
+/// RFC 5356, Least Used with Degradation: a burst of resolutions spreads over PEs of
+/// equal load instead of all going to one (each selection degrades the chosen PE).
+#[test]
+fn least_used_with_degradation_spreads_a_burst() {
+    let mut sim = Sim::new(43);
+    let r = add_registrar(&mut sim, 0x11);
+    let lud = Policy::LeastUsedDegradation {
+        load: load(0.2),
+        degradation: load(0.01),
+    };
+    let ids: Vec<PoolElementId> = (0..3)
+        .map(|_| add_pe(&mut sim, &[r], lud.clone(), 30).1)
+        .collect();
+    let pu = add_uncached_pu(&mut sim, &[r]);
+    sim.run_for(Duration::from_secs(1));
+    let mut firsts = std::collections::BTreeMap::<PoolElementId, usize>::new();
+    for _ in 0..12 {
+        let first = resolved_order(&mut sim, pu)[0];
+        *firsts.entry(first).or_default() += 1;
+    }
+    for id in &ids {
+        assert!(
+            firsts.get(id).copied().unwrap_or(0) >= 3,
+            "12 resolutions spread over 3 PEs: {firsts:?} (seed {})",
+            sim.seed
+        );
+    }
+}

@@ -48,6 +48,42 @@ pub(crate) fn parse_health(text: &str) -> Result<HealthCheck, String> {
     }
 }
 
+/// Where a service's load comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum LoadSource {
+    #[default]
+    Connections,
+    Http(String),
+    Command(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for LoadSource {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse_source(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+pub(crate) fn parse_source(text: &str) -> Result<LoadSource, String> {
+    if text == "connections" {
+        return Ok(LoadSource::Connections);
+    }
+    if let Some(path) = text.strip_prefix("http:")
+        && path.starts_with('/')
+    {
+        return Ok(LoadSource::Http(path.to_owned()));
+    }
+    if let Some(command) = text.strip_prefix("command:") {
+        let argv: Vec<String> = command.split_whitespace().map(str::to_owned).collect();
+        if !argv.is_empty() {
+            return Ok(LoadSource::Command(argv));
+        }
+    }
+    Err(format!(
+        "load source {text:?}: use connections, http:/PATH or command:PROGRAM [ARGS]"
+    ))
+}
+
 /// One backend the `pe` agent registers.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +107,23 @@ pub(crate) struct ServiceConfig {
     pub(crate) rise: u32,
     #[serde(default = "thirty_seconds", deserialize_with = "duration")]
     pub(crate) reregistration_interval: Duration,
+    /// Where the backend's load comes from, for the load-based policies (the others
+    /// ignore it): `connections`, `http:/PATH` or `command:PROGRAM [ARGS]`.
+    #[serde(default)]
+    pub(crate) load: LoadSource,
+    /// The connections (for `connections`) that count as full load.
+    #[serde(default = "default_capacity")]
+    pub(crate) capacity: u32,
+    /// How often the load is measured (absent: every health check interval).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) load_interval: Option<Duration>,
+}
+
+/// The connections that count as a backend's full load unless configured.
+pub(crate) const DEFAULT_CAPACITY: u32 = 100;
+
+fn default_capacity() -> u32 {
+    DEFAULT_CAPACITY
 }
 
 fn round_robin() -> Policy {

@@ -44,6 +44,14 @@ pub(super) fn describe() {
         "rserpool_pe_registered",
         "the agent's PEs registered now, by pool"
     );
+    describe_gauge!(
+        "rserpool_pe_load",
+        "the agent's last measurement of each backend's load (a fraction of its capacity), by pool"
+    );
+    describe_counter!(
+        "rserpool_pe_load_errors_total",
+        "measurements of a backend's load that failed (the last load stays), by pool"
+    );
 }
 
 /// Moves the counters an event stands for.

@@ -102,8 +102,10 @@ const TABLE: &[(PolicyType, &[&str], &[Value])] = &[
     ),
 ];
 
-fn fraction_to_wire(fraction: f64) -> u32 {
-    (fraction * f64::from(u32::MAX)).round() as u32
+/// A fraction (0.0 to 1.0, clamped) as the policy parameter carries loads and
+/// degradations: a share of 0xFFFFFFFF.
+pub fn fraction_to_wire(fraction: f64) -> u32 {
+    (fraction.clamp(0.0, 1.0) * f64::from(u32::MAX)).round() as u32
 }
 
 fn wire_to_fraction(value: u32) -> f64 {
@@ -202,19 +204,7 @@ impl fmt::Display for Spec<'_> {
 
 /// The load of a load-based policy, as a fraction (for display).
 pub fn load_fraction(policy: &Policy) -> Option<f64> {
-    match *policy {
-        Policy::LeastUsed { load }
-        | Policy::LeastUsedDegradation { load, .. }
-        | Policy::PriorityLeastUsed { load, .. }
-        | Policy::RandomizedLeastUsed { load }
-        | Policy::RandomizedPriorityLeastUsed { load, .. }
-        | Policy::RandomizedLeastUsedDegradation { load, .. }
-        | Policy::PriorityLeastUsedDegradation { load, .. }
-        | Policy::RandomizedPriorityLeastUsedDegradation { load, .. }
-        | Policy::LeastUsedDpf { load, .. }
-        | Policy::LeastUsedDegradationDpf { load, .. } => Some(wire_to_fraction(load)),
-        _ => None,
-    }
+    policy.load().map(wire_to_fraction)
 }
 
 #[cfg(test)]
