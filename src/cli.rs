@@ -308,15 +308,15 @@ pub(crate) struct PeArgs {
     /// 127.0.0.1:3863).
     #[arg(long = "registrar")]
     pub(crate) registrars: Vec<HostPort>,
-    /// Health check: tcp, http:/PATH or none.
-    #[arg(long, default_value = "tcp")]
-    pub(crate) health: String,
-    /// Time between health checks.
-    #[arg(long, default_value = "2s")]
-    pub(crate) health_interval: String,
-    /// Time between re-registrations (registration life is 3 times this).
-    #[arg(long, default_value = "30s")]
-    pub(crate) reregistration_interval: String,
+    /// Health check: tcp (the default), http:/PATH or none.
+    #[arg(long, value_parser = crate::config::parse_health)]
+    pub(crate) health: Option<crate::config::HealthCheck>,
+    /// Time between health checks (default 2s).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub(crate) health_interval: Option<std::time::Duration>,
+    /// Time between re-registrations (default 30s; registration life is 3 times this).
+    #[arg(long, value_parser = crate::config::parse_duration)]
+    pub(crate) reregistration_interval: Option<std::time::Duration>,
     /// Where the backend's load comes from, for the load-based policies (LeastUsed
     /// ...): connections (its established connections; the default), http:/PATH (a
     /// number it answers) or command:PROGRAM [ARGS] (a number it prints).

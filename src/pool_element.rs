@@ -14,7 +14,6 @@ pub(crate) mod status_reports;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use rserpool_proto::pool_element::{PoolElementEngine, PoolElementSpec};
 use rserpool_proto::wire::{PoolElementId, Transport, TransportProtocol, TransportUse};
@@ -47,22 +46,18 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
     if let (Some(pool), Some(backend)) = (&args.pool, args.backend) {
         let pool = rserpool_proto::wire::PoolHandle::new(pool.as_bytes())
             .map_err(|e| RunError::Usage(format!("--pool {pool:?}: {e}")))?;
+        let defaults = ServiceConfig::new(pool, backend);
         section.services.push(ServiceConfig {
-            pool,
-            backend,
             policy: rserpool_proto::policy::spec::parse(&args.policy)
                 .map_err(|e| RunError::Usage(e.to_string()))?,
-            health: config::parse_health(&args.health).map_err(RunError::Usage)?,
-            health_interval: config::parse_duration(&args.health_interval)
-                .map_err(RunError::Usage)?,
-            health_timeout: Duration::from_secs(1),
-            fall: 1,
-            rise: 1,
-            reregistration_interval: config::parse_duration(&args.reregistration_interval)
-                .map_err(RunError::Usage)?,
+            health: args.health.clone().unwrap_or(defaults.health.clone()),
+            health_interval: args.health_interval.unwrap_or(defaults.health_interval),
+            reregistration_interval: args
+                .reregistration_interval
+                .unwrap_or(defaults.reregistration_interval),
             load: args.load.clone().unwrap_or_default(),
             capacity: args.capacity,
-            load_interval: None,
+            ..defaults
         });
     }
     if !args.registrars.is_empty() {

@@ -97,17 +97,19 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
     };
     let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     let transport = args.transport.map_or(file.pe.transport, Into::into);
+    let defaults = ServiceConfig::new(pool_handle, listen, registrars.clone());
     let config = ServiceConfig {
         policy: rserpool_proto::policy::spec::parse(&args.policy)
             .map_err(|e| RunError::Usage(e.to_string()))?,
         control_channel: kind == ServeKind::Counter,
-        reregistration_interval: crate::config::parse_duration(&args.reregistration_interval)
-            .map_err(RunError::Usage)?,
+        reregistration_interval: args
+            .reregistration_interval
+            .unwrap_or(defaults.reregistration_interval),
         profile: args.profile.unwrap_or_default(),
         transport,
         multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
         tls,
-        ..ServiceConfig::new(pool_handle, listen, registrars.clone())
+        ..defaults
     };
     let service = PoolElementService::start(config)
         .await

@@ -12,10 +12,7 @@ use serde::{Deserialize, Deserializer};
 use rserpool_proto::engine::TimerProfile;
 
 use super::host_port::HostPort;
-use super::values::{
-    Multicast, duration, one, one_second, optional_duration, policy, pool_handle, thirty_seconds,
-    two_seconds,
-};
+use super::values::{Multicast, duration, optional_duration, policy, pool_handle};
 
 /// How the `pe` agent checks its backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,28 +88,31 @@ pub(crate) struct ServiceConfig {
     #[serde(deserialize_with = "pool_handle")]
     pub(crate) pool: PoolHandle,
     pub(crate) backend: SocketAddr,
-    #[serde(default = "round_robin", deserialize_with = "policy")]
+    #[serde(default = "defaults::policy", deserialize_with = "policy")]
     pub(crate) policy: Policy,
-    #[serde(default = "tcp_check")]
+    #[serde(default = "defaults::health")]
     pub(crate) health: HealthCheck,
-    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    #[serde(default = "defaults::health_interval", deserialize_with = "duration")]
     pub(crate) health_interval: Duration,
-    #[serde(default = "one_second", deserialize_with = "duration")]
+    #[serde(default = "defaults::health_timeout", deserialize_with = "duration")]
     pub(crate) health_timeout: Duration,
     /// Failed checks in a row before the PE is deregistered.
-    #[serde(default = "one")]
+    #[serde(default = "defaults::fall")]
     pub(crate) fall: u32,
     /// Passed checks in a row before it registers again.
-    #[serde(default = "one")]
+    #[serde(default = "defaults::rise")]
     pub(crate) rise: u32,
-    #[serde(default = "thirty_seconds", deserialize_with = "duration")]
+    #[serde(
+        default = "defaults::reregistration_interval",
+        deserialize_with = "duration"
+    )]
     pub(crate) reregistration_interval: Duration,
     /// Where the backend's load comes from, for the load-based policies (the others
     /// ignore it): `connections`, `http:/PATH` or `command:PROGRAM [ARGS]`.
     #[serde(default)]
     pub(crate) load: LoadSource,
     /// The connections (for `connections`) that count as full load.
-    #[serde(default = "default_capacity")]
+    #[serde(default = "defaults::capacity")]
     pub(crate) capacity: u32,
     /// How often the load is measured (absent: every health check interval).
     #[serde(default, deserialize_with = "optional_duration")]
@@ -122,16 +122,65 @@ pub(crate) struct ServiceConfig {
 /// The connections that count as a backend's full load unless configured.
 pub(crate) const DEFAULT_CAPACITY: u32 = 100;
 
-fn default_capacity() -> u32 {
-    DEFAULT_CAPACITY
+impl ServiceConfig {
+    /// A service with every default (the file's and the command line's).
+    pub(crate) fn new(pool: PoolHandle, backend: SocketAddr) -> Self {
+        Self {
+            pool,
+            backend,
+            policy: defaults::policy(),
+            health: defaults::health(),
+            health_interval: defaults::health_interval(),
+            health_timeout: defaults::health_timeout(),
+            fall: defaults::fall(),
+            rise: defaults::rise(),
+            reregistration_interval: defaults::reregistration_interval(),
+            load: LoadSource::default(),
+            capacity: defaults::capacity(),
+            load_interval: None,
+        }
+    }
 }
 
-fn round_robin() -> Policy {
-    Policy::RoundRobin
-}
+/// What a service leaves out: one place for the file and the command line.
+mod defaults {
+    use std::time::Duration;
 
-fn tcp_check() -> HealthCheck {
-    HealthCheck::Tcp
+    use rserpool_proto::wire::Policy;
+
+    use super::{DEFAULT_CAPACITY, HealthCheck};
+
+    pub(super) fn policy() -> Policy {
+        Policy::RoundRobin
+    }
+
+    pub(super) fn health() -> HealthCheck {
+        HealthCheck::Tcp
+    }
+
+    pub(super) fn health_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+
+    pub(super) fn health_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    pub(super) fn fall() -> u32 {
+        1
+    }
+
+    pub(super) fn rise() -> u32 {
+        1
+    }
+
+    pub(super) fn reregistration_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    pub(super) fn capacity() -> u32 {
+        DEFAULT_CAPACITY
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -51,22 +51,6 @@ pub(crate) fn parse_multicast(text: &str) -> Result<Multicast, String> {
     Ok(Multicast::Group(group))
 }
 
-pub(super) fn one_second() -> Duration {
-    Duration::from_secs(1)
-}
-
-pub(super) fn two_seconds() -> Duration {
-    Duration::from_secs(2)
-}
-
-pub(super) fn thirty_seconds() -> Duration {
-    Duration::from_secs(30)
-}
-
-pub(super) fn one() -> u32 {
-    1
-}
-
 /// Parses a duration with a unit: `250ms`, `5s`, `1.5s`, `2m`, `1h`.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
