@@ -316,7 +316,9 @@ impl rserpool_gateways::Directory for PoolUser {
     async fn report_unreachable(&self, pool_handle: PoolHandle, pe_id: PoolElementId) {
         Self::report_unreachable(self, pool_handle, pe_id).await;
     }
+}
 
+impl rserpool_gateways::SctpConnector for PoolUser {
     async fn connect_sctp(
         &self,
         pe: &PoolElement,

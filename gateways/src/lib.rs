@@ -7,12 +7,15 @@
 
 #![forbid(unsafe_code)]
 
+mod connector;
 pub mod dns;
 pub mod health;
 pub mod http;
 pub mod meters;
 pub mod pe_socket;
 pub mod tcp;
+
+pub use connector::SctpConnector;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -190,25 +193,6 @@ pub trait Directory: Send + Sync + 'static {
         pool_handle: PoolHandle,
         pe_id: PoolElementId,
     ) -> impl Future<Output = ()> + Send;
-
-    /// Opens an association to a PE whose user transport is SCTP and hands it over as
-    /// a local byte stream in the session layer's TCP encoding (control-channel frames
-    /// when the PE registered "data plus control", else the plain data), cutting
-    /// client bytes into messages as `upstream` says. The gateways crate has no socket
-    /// code for SCTP; without an implementation, SCTP PEs are unreachable.
-    fn connect_sctp(
-        &self,
-        pe: &PoolElement,
-        upstream: tcp::SctpUpstream,
-    ) -> impl Future<Output = std::io::Result<tokio::net::UnixStream>> + Send {
-        let _ = (pe, upstream);
-        async {
-            Err(std::io::Error::new(
-                std::io::ErrorKind::Unsupported,
-                "this gateway cannot reach SCTP pool elements",
-            ))
-        }
-    }
 }
 
 /// 64 random bits: new session ids and the slow-start generators' seeds.

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::health::PoolHealth;
-use crate::{Directory, Lifecycle};
+use crate::{Directory, Lifecycle, SctpConnector};
 
 mod config;
 mod framing;
@@ -29,7 +29,7 @@ pub use framing::{Framing, FramingError};
 use session::{Listener, Meters, run_session};
 
 /// Accepts clients until shut down; each gets a session task.
-pub async fn serve<D: Directory>(
+pub async fn serve<D: Directory + SctpConnector>(
     socket: TcpListener,
     config: ListenerConfig,
     directory: Arc<D>,

@@ -18,7 +18,7 @@ use super::config::ListenerConfig;
 use super::framing::FramingCheck;
 use super::side::{Side, Stream, connect, read_into, ready};
 use crate::health::PoolHealth;
-use crate::{Directory, DirectoryError};
+use crate::{Directory, DirectoryError, SctpConnector};
 
 /// A resolve or connect under way, polled alongside the session's sockets.
 pub(super) type Pending<'a, T> =
@@ -184,7 +184,7 @@ impl<'a> Ends<'a> {
     }
 
     /// Carries out what the session asks.
-    pub(super) async fn carry_out<D: Directory>(
+    pub(super) async fn carry_out<D: Directory + SctpConnector>(
         &mut self,
         session: &mut Session,
         listener: &'a Listener<D>,
@@ -319,7 +319,7 @@ pub(super) fn pe_read<D>(
 }
 
 /// Runs one client's session to its end.
-pub(super) async fn run_session<D: Directory>(
+pub(super) async fn run_session<D: Directory + SctpConnector>(
     client: TcpStream,
     peer: SocketAddr,
     listener: &Listener<D>,

@@ -14,7 +14,7 @@ use tokio::io::{Interest, Ready};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::config::SctpUpstream;
-use crate::Directory;
+use crate::SctpConnector;
 
 /// Bytes read from a socket at a time.
 pub(super) const READ_CHUNK: usize = 16 * 1024;
@@ -189,9 +189,9 @@ pub(super) async fn ready(side: Option<&Side>, interest: Interest) -> io::Result
 }
 
 /// Opens a connection to a PE's user transport: TCP (addresses in order), or SCTP
-/// through the directory's bridge.
-pub(super) async fn connect<D: Directory>(
-    directory: &D,
+/// through the connector.
+pub(super) async fn connect<C: SctpConnector>(
+    connector: &C,
     pe: &PoolElement,
     timeout: Duration,
     upstream: SctpUpstream,
@@ -199,7 +199,7 @@ pub(super) async fn connect<D: Directory>(
     match pe.user_transport.protocol {
         TransportProtocol::Tcp(_) => connect_tcp(pe, timeout).await.map(Stream::Tcp),
         TransportProtocol::Sctp(_) => {
-            match tokio::time::timeout(timeout, directory.connect_sctp(pe, upstream)).await {
+            match tokio::time::timeout(timeout, connector.connect_sctp(pe, upstream)).await {
                 Ok(Ok(stream)) => Some(Stream::Local(stream)),
                 Ok(Err(error)) => {
                     tracing::debug!(pe = %pe.id, %error, "SCTP pool element not reached");
