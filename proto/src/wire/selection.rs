@@ -167,8 +167,22 @@ impl Policy {
 
     /// The load of a load-based policy (RFC 5356's least-used family and rsplib's
     /// variants): a fraction of 0xFFFFFFFF; `None` for the others.
-    pub const fn load(&self) -> Option<u32> {
-        match *self {
+    pub fn load(&self) -> Option<u32> {
+        self.clone().load_mut().map(|load| *load)
+    }
+
+    /// The same policy carrying `new_load`; a policy without a load is unchanged.
+    pub fn with_load(&self, new_load: u32) -> Self {
+        let mut policy = self.clone();
+        if let Some(load) = policy.load_mut() {
+            *load = new_load;
+        }
+        policy
+    }
+
+    /// The load value, for the policies that have one (the first value of each).
+    fn load_mut(&mut self) -> Option<&mut u32> {
+        match self {
             Self::LeastUsed { load }
             | Self::LeastUsedDegradation { load, .. }
             | Self::PriorityLeastUsed { load, .. }
@@ -181,25 +195,6 @@ impl Policy {
             | Self::LeastUsedDegradationDpf { load, .. } => Some(load),
             _ => None,
         }
-    }
-
-    /// The same policy carrying `new_load`; a policy without a load is unchanged.
-    pub fn with_load(&self, new_load: u32) -> Self {
-        let mut policy = self.clone();
-        match &mut policy {
-            Self::LeastUsed { load }
-            | Self::LeastUsedDegradation { load, .. }
-            | Self::PriorityLeastUsed { load, .. }
-            | Self::RandomizedLeastUsed { load }
-            | Self::RandomizedPriorityLeastUsed { load, .. }
-            | Self::RandomizedLeastUsedDegradation { load, .. }
-            | Self::PriorityLeastUsedDegradation { load, .. }
-            | Self::RandomizedPriorityLeastUsedDegradation { load, .. }
-            | Self::LeastUsedDpf { load, .. }
-            | Self::LeastUsedDegradationDpf { load, .. } => *load = new_load,
-            _ => {}
-        }
-        policy
     }
 
     /// The values after the type, in wire order.
