@@ -1445,3 +1445,36 @@ fn listener_flags_keep_the_pool_handle_whole() {
     pools.sort_unstable();
     assert_eq!(pools, ["Echo: two", "Web #1"], "{view}");
 }
+
+/// `least_requests`: a PE with one of this gateway's requests waiting loses its place
+/// to an idle one, although the pool's policy (priority) puts it first; once it has
+/// answered, it is first again.
+#[test]
+fn least_requests_sends_around_a_pe_with_a_request_waiting() {
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    let preferred = common::demo_pe(asap, "http", "WebPool", "Priority:9");
+    let other = common::demo_pe(asap, "http", "WebPool", "Priority:1");
+    wait_for_pool(asap, "WebPool", 2);
+    let (gateway, _file) = gateway(
+        asap,
+        "  http:\n    - listen: 127.0.0.1:0\n      routes:\n        - pool: WebPool\n          slow_start: 0s\n          least_requests: true\n",
+    );
+    let address = gateway.listener("http");
+    let answered_by = |path: &str| request(address, "GET", path, &[]).field("pe").to_owned();
+    assert_eq!(answered_by("/first"), preferred.ready["pe"]);
+    let seen = preferred.log.lock().unwrap().len();
+    let slow = thread::spawn(move || try_request(address, "GET", "/slow?delay_ms=3000", &[], b""));
+    assert!(eventually(Duration::from_secs(10), || {
+        preferred.log.lock().unwrap()[seen..]
+            .iter()
+            .any(|line| line.contains("request received") && line.contains("/slow"))
+    }));
+    assert_eq!(
+        answered_by("/meanwhile"),
+        other.ready["pe"],
+        "the preferred PE has a request waiting"
+    );
+    assert_eq!(slow.join().unwrap().map(|reply| reply.status), Some(200));
+    assert_eq!(answered_by("/after"), preferred.ready["pe"]);
+}

@@ -189,6 +189,10 @@ pub(crate) struct HttpRouteSection {
     /// answer a repeated key with the first answer, as `pe --serve http` does).
     #[serde(default)]
     pub(crate) idempotency_keys: Option<bool>,
+    /// Order the PEs of a resolution by the requests this gateway has waiting at each,
+    /// fewest first, ties in the pool policy's order (false: the policy's order).
+    #[serde(default)]
+    pub(crate) least_requests: Option<bool>,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).

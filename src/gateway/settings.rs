@@ -179,6 +179,7 @@ fn route_config(route: &HttpRouteSection, context: &str) -> Result<Route, RunErr
         hedge: route.hedge_after.unwrap_or(defaults.hedge),
         resume_cut_gets: route.resume_cut_gets.unwrap_or(defaults.resume_cut_gets),
         idempotency_keys: route.idempotency_keys.unwrap_or(defaults.idempotency_keys),
+        least_requests: route.least_requests.unwrap_or(defaults.least_requests),
     })
 }
 

@@ -56,6 +56,9 @@ pub struct Route {
     /// How long a request that finds every PE at its limit waits for a place (zero:
     /// 503 at once); at most [`MAX_QUEUED`] wait per route.
     pub queue_timeout: Duration,
+    /// Whether the gateway's own count of requests waiting for each PE reorders the PEs
+    /// a resolution returned: fewest first, ties in the registrar's (the policy's) order.
+    pub least_requests: bool,
 }
 
 /// Requests one route's queue holds at most; more get 503 at once.
@@ -102,6 +105,7 @@ impl Route {
             hedge: Hedge::Off,
             resume_cut_gets: RESUME_CUT_GETS,
             idempotency_keys: false,
+            least_requests: false,
         }
     }
 

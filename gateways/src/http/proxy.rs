@@ -273,6 +273,12 @@ fn ordered<'a>(
     let hedge_delay = live
         .health(|health| {
             let keep = usize::from(sticky_first);
+            if live.route.least_requests
+                && let Some(rest) = usable.get_mut(keep..)
+            {
+                // Stable: PEs with as many requests keep the registrar's order.
+                rest.sort_by_key(|(pe, _)| health.waiting.get(&pe.id).copied().unwrap_or(0));
+            }
             health
                 .pes
                 .order(&mut usable, keep, |(pe, _)| pe.id, started);

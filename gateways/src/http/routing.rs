@@ -69,14 +69,15 @@ impl Drop for PeSlot<'_> {
 
 impl LiveRoute {
     /// A place among the requests waiting for `pe`, unless it has `max_requests_per_pe`.
+    /// Counted when there is a limit or the route orders PEs by their requests.
     pub(super) fn slot(&self, pe: PoolElementId) -> Option<PeSlot<'_>> {
         let limit = self.route.max_requests_per_pe;
-        if limit == 0 {
+        if limit == 0 && !self.route.least_requests {
             return Some(PeSlot { live: None, pe });
         }
         let taken = self.health(|health| {
             let count = health.waiting.entry(pe).or_default();
-            if *count >= limit {
+            if limit > 0 && *count >= limit {
                 return false;
             }
             *count += 1;
