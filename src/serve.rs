@@ -2,7 +2,7 @@
 //! ([`crate::service`]) running one of the demo services, with the agent's admin
 //! listener and status reports.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use rserpool_proto::wire::PoolHandle;
 
@@ -88,13 +88,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
     let pool_handle = PoolHandle::new(pool.as_bytes())
         .map_err(|e| RunError::Usage(format!("--pool {pool:?}: {e}")))?;
     let tls = service_tls(&file, &args)?;
-    let registrars = if args.registrars.is_empty() {
-        vec![crate::default_registrar(tls.is_some())]
-    } else {
-        crate::config::resolve_all(&args.registrars)
-            .await
-            .map_err(RunError::Usage)?
-    };
+    let (registrars, announce) = demo_registrars(&args, &file, tls.is_some()).await?;
     let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
     let transport = args.transport.map_or(file.pe.transport, Into::into);
     let defaults = ServiceConfig::new(pool_handle, listen, registrars.clone());
@@ -109,6 +103,7 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         transport,
         multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
         tls,
+        announce,
         ..defaults
     };
     let service = PoolElementService::start(config)
@@ -195,6 +190,32 @@ impl Drop for SessionSlot {
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.0.changed.notify_one();
     }
+}
+
+/// Where a demo PE finds registrars, as the agent does: the flags' registrars, else
+/// the file's, else this host's unless registrars are found by their announces.
+async fn demo_registrars(
+    args: &PeArgs,
+    file: &crate::config::ConfigFile,
+    tls: bool,
+) -> Result<(Vec<SocketAddr>, Option<(SocketAddrV4, Ipv4Addr)>), RunError> {
+    let announce = match (&file.pe.announce, file.pe.announce_interface) {
+        (crate::config::Multicast::Group(group), Some(interface)) => Some((*group, interface)),
+        _ => None,
+    };
+    let configured = if args.registrars.is_empty() {
+        &file.pe.registrars
+    } else {
+        &args.registrars
+    };
+    let registrars = match (configured.is_empty(), announce) {
+        (false, _) => crate::config::resolve_all(configured)
+            .await
+            .map_err(RunError::Usage)?,
+        (true, None) => vec![crate::default_registrar(tls)],
+        (true, Some(_)) => Vec::new(),
+    };
+    Ok((registrars, announce))
 }
 
 /// Runs the demo service on every session until a stop signal, reporting its load.

@@ -38,7 +38,7 @@
 //! trusts them must authenticate them (security.md T16).
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +92,9 @@ pub struct ServiceConfig {
     /// its certificate (`rserpool cert issue --pe POOL`), key and the deployment CA;
     /// `None`: plain and unauthenticated.
     pub tls: Option<TlsFiles>,
+    /// Registrars' announces to hear (RFC 5352 §3.6): the multicast group and the
+    /// address of the interface to join it on; `None`: only `registrars`.
+    pub announce: Option<(SocketAddrV4, Ipv4Addr)>,
 }
 
 impl ServiceConfig {
@@ -108,6 +111,7 @@ impl ServiceConfig {
             transport: TransportKind::Tcp,
             multihome: Vec::new(),
             tls: None,
+            announce: None,
         }
     }
 }
@@ -169,7 +173,7 @@ impl PoolElementService {
             transport: config.transport,
             asap: SocketAddr::new(listen.ip(), 0),
             multihome: config.multihome.clone(),
-            announce: None,
+            announce: config.announce,
             home_changes: rserpool_proto::pool_element::HomeChanges::default(),
         };
         // A native PE refuses peers without a certificate (RFC 5355).

@@ -494,6 +494,41 @@ fn pe_agent_finds_a_registrar_by_its_announces() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The same for a `pe --serve` demo PE: registrars found by their announces (the
+/// file's `announce` and `announce_interface`), none configured.
+#[test]
+fn demo_pe_finds_a_registrar_by_its_announces() {
+    // Another port than the agent's test, which may run at the same time.
+    let port = 20_001 + u16::try_from(std::process::id() % 20_000).unwrap();
+    let group = format!("239.0.0.50:{port}");
+    let registrar = registrar(&["--announce", &group]);
+    let dir = std::env::temp_dir().join(format!("rserpool-announce-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pe.yaml");
+    std::fs::write(
+        &config,
+        format!("pe:\n  announce: \"{group}\"\n  announce_interface: 127.0.0.1\n"),
+    )
+    .unwrap();
+    let _demo = Process::start(&[
+        "pe",
+        "--serve",
+        "echo",
+        "--pool",
+        "FoundEcho",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let asap = registrar.address("asap");
+    assert!(
+        eventually(Duration::from_secs(10), || resolved(asap, "FoundEcho")
+            .len()
+            == 1),
+        "registered through an announced registrar"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// SIGHUP on an agent: a service removed from its file is deregistered, a new one
 /// registered, the rest untouched; a broken file changes nothing.
 #[test]
