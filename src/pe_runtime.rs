@@ -26,10 +26,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::driver::{self, Handle};
-use crate::pool_user::endpoints;
 use crate::transport::admission::{Admission, AdmissionLimits};
 use crate::transport::tls::ControlTls;
-use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multicast, multihomed};
+use crate::transport::{IncomingIds, Listener, Transports, accept_loop, endpoints, multihomed};
 
 /// How long deregistration may take at shutdown.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
@@ -90,16 +89,9 @@ pub(crate) async fn start_engine(
         shutdown.clone(),
     ));
     if let Some((group, interface)) = section.announce {
-        let channel = multicast::Channel::open(
-            Protocol::Asap,
-            group,
-            interface,
-            1,
-            incoming_tx,
-            shutdown.clone(),
-        )
-        .map_err(|e| RunError::Bind(SocketAddr::V4(group), e))?;
-        transports.add_multicast(Protocol::Asap, channel);
+        transports
+            .join_announces(group, interface)
+            .map_err(|e| RunError::Bind(SocketAddr::V4(group), e))?;
     }
     let mut hunt = HuntConfig::new(
         endpoints(section.transport, &section.registrars),

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
 use crate::cli::PeArgs;
-use crate::config::{self, ConfigFile, HealthCheck, Multicast, PeSection, ServiceConfig};
+use crate::config::{self, ConfigFile, HealthCheck, PeSection, ServiceConfig};
 use crate::driver::Handle;
 use crate::logging::Logging;
 use crate::pe_runtime::{
@@ -60,12 +60,7 @@ fn settings(args: &PeArgs) -> Result<ConfigFile, RunError> {
             ..defaults
         });
     }
-    if !args.registrars.is_empty() {
-        section.registrars = args.registrars.clone();
-    }
-    if section.registrars.is_empty() && section.announce == Multicast::Off {
-        section.registrars = vec![crate::default_registrar(tls).into()];
-    }
+    section.choose_registrars(&args.registrars, crate::default_registrar(tls));
     if let Some(asap) = args.asap {
         section.asap = asap;
     }
@@ -186,7 +181,7 @@ impl Services {
             (self.changes.clone(), self.backends.clone()),
             stop.clone(),
         ));
-        if rserpool_proto::policy::is_adaptive(service.policy.policy_type()) {
+        if service.policy.load().is_some() {
             tokio::spawn(report_load(
                 service.clone(),
                 id,
@@ -462,10 +457,7 @@ async fn engine_settings(section: &PeSection) -> Result<EngineSettings, RunError
     let registrars = config::resolve_all(&section.registrars)
         .await
         .map_err(RunError::Usage)?;
-    let announce = match (&section.announce, section.announce_interface) {
-        (Multicast::Group(group), Some(interface)) => Some((*group, interface)),
-        _ => None,
-    };
+    let announce = section.announce.channel(section.announce_interface);
     Ok(EngineSettings {
         registrars,
         profile: section.profile,

@@ -15,16 +15,16 @@ use rserpool_proto::pool_user::{
     AnswerSource, PoolUserConfig, PoolUserEngine, PoolUserEvent, RequestId, Resolution,
     ResolveError,
 };
-use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle, Protocol};
+use rserpool_proto::wire::{PoolElement, PoolElementId, PoolHandle};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::RunError;
-use crate::config::{Multicast, PoolUserSection};
+use crate::config::PoolUserSection;
 use crate::driver::{self, Handle};
 use crate::logging::RateLimitedLog;
 use crate::transport::tls::ControlTls;
-use crate::transport::{Transports, multicast};
+use crate::transport::{Transports, endpoints};
 
 type Waiters = Arc<Mutex<HashMap<RequestId, oneshot::Sender<Result<Resolution, ResolveError>>>>>;
 
@@ -80,14 +80,6 @@ impl ResolutionMeters {
     }
 }
 
-/// A list of registrar addresses as endpoints of `transport`.
-pub(crate) fn endpoints(transport: TransportKind, registrars: &[SocketAddr]) -> Vec<Endpoint> {
-    registrars
-        .iter()
-        .map(|address| Endpoint::new(transport, *address))
-        .collect()
-}
-
 /// The engine's settings: the section over the profile's defaults.
 fn engine_config(
     section: &PoolUserSection,
@@ -136,19 +128,10 @@ impl PoolUser {
         let (incoming_tx, incoming_rx) = mpsc::channel(1024);
         let mut transports = Transports::new(incoming_tx.clone(), shutdown.clone());
         transports.tls = tls;
-        if let (Multicast::Group(group), Some(interface)) =
-            (&section.announce, section.announce_interface)
-        {
-            let channel = multicast::Channel::open(
-                Protocol::Asap,
-                *group,
-                interface,
-                1,
-                incoming_tx,
-                shutdown.clone(),
-            )
-            .map_err(|e| RunError::Bind(SocketAddr::V4(*group), e))?;
-            transports.add_multicast(Protocol::Asap, channel);
+        if let Some((group, interface)) = section.announce.channel(section.announce_interface) {
+            transports
+                .join_announces(group, interface)
+                .map_err(|e| RunError::Bind(SocketAddr::V4(group), e))?;
         }
         let waiters: Waiters = Arc::default();
         let sink_waiters = waiters.clone();

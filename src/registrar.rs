@@ -105,7 +105,7 @@ fn engine_config(
         handle_table_page_size: section.handle_table_page_size,
         // A peer entry naming this registrar's own ENRP address is skipped: one peer list
         // can then serve every registrar of a set (a Kubernetes StatefulSet).
-        static_peers: crate::pool_user::endpoints(
+        static_peers: crate::transport::endpoints(
             section.transport,
             &peers
                 .iter()

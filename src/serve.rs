@@ -199,23 +199,15 @@ async fn demo_registrars(
     file: &crate::config::ConfigFile,
     tls: bool,
 ) -> Result<(Vec<SocketAddr>, Option<(SocketAddrV4, Ipv4Addr)>), RunError> {
-    let announce = match (&file.pe.announce, file.pe.announce_interface) {
-        (crate::config::Multicast::Group(group), Some(interface)) => Some((*group, interface)),
-        _ => None,
-    };
-    let configured = if args.registrars.is_empty() {
-        &file.pe.registrars
-    } else {
-        &args.registrars
-    };
-    let registrars = match (configured.is_empty(), announce) {
-        (false, _) => crate::config::resolve_all(configured)
-            .await
-            .map_err(RunError::Usage)?,
-        (true, None) => vec![crate::default_registrar(tls)],
-        (true, Some(_)) => Vec::new(),
-    };
-    Ok((registrars, announce))
+    let mut section = file.pe.clone();
+    section.choose_registrars(&args.registrars, crate::default_registrar(tls));
+    let registrars = crate::config::resolve_all(&section.registrars)
+        .await
+        .map_err(RunError::Usage)?;
+    Ok((
+        registrars,
+        section.announce.channel(section.announce_interface),
+    ))
 }
 
 /// Runs the demo service on every session until a stop signal, reporting its load.

@@ -189,8 +189,8 @@ pub(crate) struct HttpRouteSection {
     /// answer a repeated key with the first answer, as `pe --serve http` does).
     #[serde(default)]
     pub(crate) idempotency_keys: Option<bool>,
-    /// Order the PEs of a resolution by the requests this gateway has waiting at each,
-    /// fewest first, ties in the pool policy's order (false: the policy's order).
+    /// Order the PEs of a resolution by the route's requests waiting at each, fewest
+    /// first, ties in the pool policy's order (false: the policy's order).
     #[serde(default)]
     pub(crate) least_requests: Option<bool>,
 }

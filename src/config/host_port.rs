@@ -73,11 +73,14 @@ impl HostPort {
     }
 }
 
-/// Every address of `list`, resolved (in order; the first failure ends it).
+/// Every address of `list`, resolved in order within one [`NAME_RESOLUTION_WAIT`] for
+/// the whole list (the first failure ends it).
 pub(crate) async fn resolve_all(list: &[HostPort]) -> Result<Vec<SocketAddr>, String> {
+    let deadline = tokio::time::Instant::now() + NAME_RESOLUTION_WAIT;
     let mut addresses = Vec::with_capacity(list.len());
     for entry in list {
-        addresses.push(entry.resolve().await?);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        addresses.push(entry.resolve_within(left).await?);
     }
     Ok(addresses)
 }

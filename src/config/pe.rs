@@ -206,6 +206,19 @@ pub(crate) struct PeSection {
     pub(crate) services: Vec<ServiceConfig>,
 }
 
+impl PeSection {
+    /// `--registrar` over the file's registrars; with neither, and no registrar
+    /// announces to hear, this host's (`local`).
+    pub(crate) fn choose_registrars(&mut self, flags: &[HostPort], local: SocketAddr) {
+        if !flags.is_empty() {
+            self.registrars = flags.to_vec();
+        }
+        if self.registrars.is_empty() && self.announce.channel(self.announce_interface).is_none() {
+            self.registrars = vec![local.into()];
+        }
+    }
+}
+
 impl Default for PeSection {
     fn default() -> Self {
         Self {

@@ -2,7 +2,7 @@
 //! names, pool handles, registrar IDs, policies, multicast groups, timer profiles, and
 //! the error a configuration that cannot be used is.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
 use rserpool_proto::wire::{Policy, PoolHandle, RegistrarId};
@@ -29,6 +29,16 @@ pub(crate) enum ConfigError {
 pub(crate) enum Multicast {
     Off,
     Group(SocketAddrV4),
+}
+
+impl Multicast {
+    /// The group and the interface to hear it on, when both are known.
+    pub(crate) fn channel(&self, interface: Option<Ipv4Addr>) -> Option<(SocketAddrV4, Ipv4Addr)> {
+        match (self, interface) {
+            (Self::Group(group), Some(interface)) => Some((*group, interface)),
+            _ => None,
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Multicast {

@@ -22,7 +22,7 @@ pub(crate) mod tls;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -96,6 +96,25 @@ impl Transports {
     /// Adds a multicast channel for a protocol's announces.
     pub(crate) fn add_multicast(&mut self, protocol: Protocol, channel: multicast::Channel) {
         self.multicast.insert(protocol, channel);
+    }
+
+    /// Hears registrars' ASAP announces on `group` at the interface `interface` (a PE's
+    /// or a pool user's hunt learns registrars from them, RFC 5352 §3.6).
+    pub(crate) fn join_announces(
+        &mut self,
+        group: SocketAddrV4,
+        interface: Ipv4Addr,
+    ) -> io::Result<()> {
+        let channel = multicast::Channel::open(
+            Protocol::Asap,
+            group,
+            interface,
+            1,
+            self.incoming.clone(),
+            self.shutdown.clone(),
+        )?;
+        self.add_multicast(Protocol::Asap, channel);
+        Ok(())
     }
 
     /// Turns a carrier event into an engine input; events for associations the engine
@@ -201,6 +220,14 @@ impl Transports {
 }
 
 /// An endpoint's addresses: `primary`, then the multi-homing ones with its port.
+/// A list of registrar addresses as endpoints of `transport`.
+pub(crate) fn endpoints(transport: TransportKind, registrars: &[SocketAddr]) -> Vec<Endpoint> {
+    registrars
+        .iter()
+        .map(|address| Endpoint::new(transport, *address))
+        .collect()
+}
+
 pub(crate) fn multihomed(primary: SocketAddr, more: &[std::net::IpAddr]) -> Vec<SocketAddr> {
     std::iter::once(primary)
         .chain(more.iter().map(|ip| SocketAddr::new(*ip, primary.port())))

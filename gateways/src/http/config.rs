@@ -56,8 +56,8 @@ pub struct Route {
     /// How long a request that finds every PE at its limit waits for a place (zero:
     /// 503 at once); at most [`MAX_QUEUED`] wait per route.
     pub queue_timeout: Duration,
-    /// Whether the gateway's own count of requests waiting for each PE reorders the PEs
-    /// a resolution returned: fewest first, ties in the registrar's (the policy's) order.
+    /// Whether this route's count of requests waiting for each PE reorders the PEs a
+    /// resolution returned: fewest first, ties in the registrar's (the policy's) order.
     pub least_requests: bool,
 }
 

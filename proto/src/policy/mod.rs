@@ -83,24 +83,6 @@ pub const fn is_supported(policy_type: PolicyType) -> bool {
     )
 }
 
-/// Policies whose PEs re-register when their load changes (rsplib's
-/// `PPT_IS_ADAPTIVE`, docs/policies.md §5).
-pub const fn is_adaptive(policy_type: PolicyType) -> bool {
-    matches!(
-        policy_type,
-        PolicyType::LEAST_USED
-            | PolicyType::LEAST_USED_DPF
-            | PolicyType::LEAST_USED_DEGRADATION
-            | PolicyType::LEAST_USED_DEGRADATION_DPF
-            | PolicyType::PRIORITY_LEAST_USED
-            | PolicyType::PRIORITY_LEAST_USED_DEGRADATION
-            | PolicyType::RANDOMIZED_LEAST_USED
-            | PolicyType::RANDOMIZED_LEAST_USED_DEGRADATION
-            | PolicyType::RANDOMIZED_PRIORITY_LEAST_USED
-            | PolicyType::RANDOMIZED_PRIORITY_LEAST_USED_DEGRADATION
-    )
-}
-
 /// How many of the PEs returned by one selection count as used: 1 for the ordered
 /// policies and the randomized-least-used family, 0 for the stateless random policies
 /// (rsplib's "max increment" default, docs/policies.md §2).
@@ -283,7 +265,9 @@ mod tests {
             !is_supported(PolicyType(0xb000_2004)),
             "declared by rsplib, not encodable"
         );
-        assert!(is_adaptive(PolicyType::LEAST_USED) && !is_adaptive(PolicyType::PRIORITY));
+        // The load-based policies (rsplib's `PPT_IS_ADAPTIVE`) are those with a load.
+        assert_eq!(Policy::LeastUsed { load: 7 }.load(), Some(7));
+        assert_eq!(Policy::Priority { priority: 7 }.load(), None);
     }
 
     #[test]

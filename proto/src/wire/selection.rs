@@ -166,7 +166,8 @@ impl Policy {
     }
 
     /// The load of a load-based policy (RFC 5356's least-used family and rsplib's
-    /// variants): a fraction of 0xFFFFFFFF; `None` for the others.
+    /// variants, the policies whose PEs report their load, rsplib's
+    /// `PPT_IS_ADAPTIVE`): a fraction of 0xFFFFFFFF; `None` for the others.
     pub fn load(&self) -> Option<u32> {
         self.clone().load_mut().map(|load| *load)
     }
