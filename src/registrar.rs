@@ -125,6 +125,7 @@ fn engine_config(
         mentor_discovery_timeout: section
             .mentor_discovery_timeout
             .unwrap_or(profile.mentor_discovery_timeout),
+        max_startup_hold: section.max_startup_hold.unwrap_or(profile.max_startup_hold),
         takeover_expiry: section.takeover_expiry.unwrap_or(profile.takeover_expiry),
         access,
         ..profile
@@ -523,8 +524,8 @@ fn distinct_listeners(asap: SocketAddr, enrp: SocketAddr) -> Result<(), RunError
 }
 
 /// Says that ASAP requests wait while the registrar looks for a mentor at start-up (a
-/// registrar on loopback with multicast on finds nobody, and would otherwise seem to
-/// hang for the mentor timeout).
+/// registrar on loopback with multicast on finds nobody, and would otherwise seem
+/// slow to answer).
 async fn say_if_waiting_for_peers(
     handle: &Handle<RegistrarEngine>,
     enrp_multicast: &impl std::fmt::Display,
@@ -539,7 +540,7 @@ async fn say_if_waiting_for_peers(
             seconds,
             enrp_multicast = %enrp_multicast,
             peers,
-            "looking for a peer registrar to synchronise with (ENRP start-up): ASAP requests wait until then; with no peers and --enrp-multicast off a registrar serves at once"
+            "looking for a peer registrar to synchronise with (ENRP start-up): ASAP requests wait until then, each for max_startup_hold at most; with no peers and --enrp-multicast off a registrar serves at once"
         );
     }
 }

@@ -22,27 +22,12 @@ fn counter_pe(asap: SocketAddr) -> Process {
     common::demo_pe(asap, "counter", "CounterPool", "RoundRobin")
 }
 
-/// A gateway with one TCP listener for `pool` (its address: `listener("tcp")`).
-fn gateway(asap: SocketAddr, pool: &str) -> Process {
-    Process::start(&[
-        "gateway",
-        "--registrar",
-        &asap.to_string(),
-        "--tcp",
-        &format!("127.0.0.1:0={pool}"),
-        "--admin",
-        "127.0.0.1:0",
-        "--log-level",
-        "info,rserpool_gateways=debug",
-    ])
-}
-
 /// A registrar, `count` counter PEs registered with it and a gateway in front of them.
 fn counter_pool(count: usize) -> (Process, Vec<Process>, SocketAddr, Process) {
     let registrar = registrar(&[]);
     let asap = registrar.address("asap");
     let pes: Vec<Process> = (0..count).map(|_| counter_pe(asap)).collect();
-    let gateway = gateway(asap, "CounterPool");
+    let gateway = common::tcp_gateway(asap, "CounterPool");
     let listen = gateway.listener("tcp");
     assert!(eventually(Duration::from_secs(10), || {
         common::resolve_ids(asap, "CounterPool").len() == count
@@ -320,7 +305,7 @@ fn data_only_pes_are_retried_before_any_answer() {
         agent(asap, other, "tcp"),
         agent(asap, dying, "none"),
     ];
-    let gateway = gateway(asap, "EchoPool");
+    let gateway = common::tcp_gateway(asap, "EchoPool");
     let listen = gateway.listener("tcp");
     assert!(eventually(Duration::from_secs(10), || common::resolve_ids(
         asap, "EchoPool"
@@ -383,7 +368,7 @@ fn sigterm_drains_open_sessions() {
     let asap = registrar.address("asap");
     let (backend, stop_backend) = echo_backend();
     let _agent = agent(asap, backend, "tcp");
-    let mut gateway = gateway(asap, "EchoPool");
+    let mut gateway = common::tcp_gateway(asap, "EchoPool");
     let listen = gateway.listener("tcp");
     assert!(eventually(Duration::from_secs(10), || {
         common::resolve_ids(asap, "EchoPool").len() == 1
@@ -507,7 +492,7 @@ fn a_pe_resetting_sessions_is_ejected_but_one_closing_them_is_not() {
         assert!(eventually(Duration::from_secs(10), || {
             common::resolve_ids(asap, "EchoPool").len() == 2
         }));
-        let gateway = gateway(asap, "EchoPool");
+        let gateway = common::tcp_gateway(asap, "EchoPool");
         let listen = gateway.listener("tcp");
         let mut i = 0;
         let ejected = eventually(Duration::from_secs(15), || {
@@ -614,7 +599,7 @@ fn short_heartbeats_keep_idle_sessions_and_find_frozen_pes() {
 #[test]
 fn a_client_without_a_reachable_registrar_is_closed_at_once_and_told_why() {
     // Nothing listens on port 1.
-    let gateway = gateway("127.0.0.1:1".parse().unwrap(), "CounterPool");
+    let gateway = common::tcp_gateway("127.0.0.1:1".parse().unwrap(), "CounterPool");
     let mut client = TcpStream::connect(gateway.listener("tcp")).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))

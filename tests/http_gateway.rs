@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::{Process, Reply, eventually, registrar, try_request};
+use common::{ConfigFile, Process, Reply, eventually, registrar, try_request};
 
 const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
@@ -35,28 +35,6 @@ fn gateway(asap: SocketAddr, yaml: &str) -> (Process, ConfigFile) {
     ));
     let process = Process::start(&["gateway", "--config", &file.0, "--admin", "127.0.0.1:0"]);
     (process, file)
-}
-
-/// A configuration file, removed when dropped.
-struct ConfigFile(String);
-
-impl ConfigFile {
-    fn new(text: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "rserpool-http-{}-{}.yaml",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::write(&path, text).unwrap();
-        Self(path.to_string_lossy().into_owned())
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 fn request(target: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {

@@ -20,12 +20,14 @@ use crate::{Directory, Lifecycle, SctpConnector};
 
 mod config;
 mod framing;
+mod open_sessions;
 mod session;
 mod side;
 
 pub use config::{ListenerConfig, SctpUpstream};
 pub use framing::{Framing, FramingError};
 
+use open_sessions::OpenSessions;
 use session::{Listener, Meters, run_session};
 
 /// Accepts clients until shut down; each gets a session task.
@@ -48,6 +50,7 @@ pub async fn serve<D: Directory + SctpConnector>(
             crate::random_u64(),
         )),
         ejections: lifecycle.ejections.clone(),
+        open_sessions: config.least_sessions.then(OpenSessions::default),
         config,
         directory,
     });

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::auth::Access;
 use crate::client::ClientCore;
@@ -35,6 +35,16 @@ struct Member {
     /// The load the last registration sent carried, and when it went out.
     sent_load: Option<u32>,
     sent_at: Option<Instant>,
+    /// Refusals in a row, and no registration of this PE goes out before `until`
+    /// (not even to a new registrar); `None` once one is accepted.
+    refused: Option<Refused>,
+}
+
+/// A PE whose registrations are being refused, backing off.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    in_a_row: u32,
+    until: Instant,
 }
 
 /// The pool element engine.
@@ -72,6 +82,7 @@ impl PoolElementEngine {
                 standing: Standing::NEW,
                 sent_load: None,
                 sent_at: None,
+                refused: None,
             },
         );
         self.send_registration(id, now, 1);
@@ -295,9 +306,12 @@ impl PoolElementEngine {
 
     /// Sends every PE's outstanding business to a (new) current registrar.
     fn resume_all(&mut self, now: Instant) {
+        // A PE backing off after refusals waits for its own timer, or a registrar
+        // that refuses for its address would be asked again at each new association.
         let ids: Vec<(PoolElementId, bool)> = self
             .members
             .values()
+            .filter(|m| m.refused.is_none_or(|r| r.until <= now) || m.standing.is_leaving())
             .map(|m| (m.id, m.standing.is_leaving()))
             .collect();
         for (id, leaving) in ids {
@@ -346,6 +360,7 @@ impl PoolElementEngine {
             });
         }
         if !reject {
+            member.refused = None;
             // T4, or sooner when the load changed while the registration was out.
             let refresh = now + member.spec.reregistration_interval;
             let next = Self::load_report_at(&self.config, member, now)
@@ -366,45 +381,63 @@ impl PoolElementEngine {
             return;
         }
         let cause = error.and_then(OperationError::first_code);
-        let refused_until = |next: Instant| Standing::Serving {
-            registered: false,
-            request: None,
-            next: Some(next),
-        };
+        let in_a_row = member.refused.map_or(1, |r| r.in_a_row.saturating_add(1));
+        let reregistration_interval = member.spec.reregistration_interval;
+        let backoff = Self::refusal_backoff(&self.config, in_a_row, &mut self.client.rng);
         // RFC 5352 §3.1: what another attempt can cure.
-        let retrying = match cause {
+        let (retrying, until, backing_off) = match cause {
             Some(CauseCode::NON_UNIQUE_PE_IDENTIFIER) => {
-                let mut renamed = self.members.remove(&pe_id);
-                let new_id = self.fresh_id();
-                if let Some(member) = renamed.as_mut() {
-                    member.id = new_id;
-                    member.standing = refused_until(now);
-                }
-                if let Some(member) = renamed {
-                    self.members.insert(new_id, member);
-                }
-                true
+                // A new identifier cures it at once, the first time.
+                let until = if in_a_row == 1 { now } else { now + backoff };
+                (true, until, self.rename(pe_id))
             }
             Some(code) if code.is_address_problem() => {
-                member.standing = refused_until(now + self.config.refusal_retry_delay);
                 self.client.drop_current(now);
-                true
+                (true, now + backoff, pe_id)
             }
-            Some(CauseCode::LACK_OF_RESOURCES) => {
-                member.standing = refused_until(now + self.config.refusal_retry_delay);
-                true
-            }
-            _ => {
-                member.standing = refused_until(now + member.spec.reregistration_interval);
-                false
-            }
+            Some(CauseCode::LACK_OF_RESOURCES) => (true, now + backoff, pe_id),
+            _ => (false, now + reregistration_interval.max(backoff), pe_id),
         };
+        if let Some(member) = self.members.get_mut(&backing_off) {
+            member.refused = Some(Refused { in_a_row, until });
+            member.standing = Standing::Serving {
+                registered: false,
+                request: None,
+                next: Some(until),
+            };
+        }
         self.client.event(PoolElementEvent::RegistrationRefused {
             pool_handle,
             pe_id,
             cause,
             retrying,
         });
+    }
+
+    /// The wait after the `in_a_row`th refusal in a row: the first delay doubled each
+    /// time, at most the longest, less up to a quarter of it at random.
+    fn refusal_backoff(
+        config: &PoolElementConfig,
+        in_a_row: u32,
+        rng: &mut crate::rng::SeededRng,
+    ) -> Duration {
+        let doublings = in_a_row.saturating_sub(1).min(16);
+        let delay = config
+            .refusal_retry_delay
+            .saturating_mul(1 << doublings)
+            .min(config.max_refusal_retry_delay);
+        delay.saturating_sub(rng.fraction_of(delay / 4))
+    }
+
+    /// Gives a PE a new identifier (the registrar has its old one for another PE);
+    /// returns it.
+    fn rename(&mut self, pe_id: PoolElementId) -> PoolElementId {
+        let new_id = self.fresh_id();
+        if let Some(mut member) = self.members.remove(&pe_id) {
+            member.id = new_id;
+            self.members.insert(new_id, member);
+        }
+        new_id
     }
 
     fn on_keep_alive(&mut self, assoc: AssocId, keep_alive: &EndpointKeepAlive, now: Instant) {

@@ -889,6 +889,62 @@ fn foreign_user_addresses_are_refused() {
     )));
 }
 
+/// A refusal that may pass (here the pool is full: lack of resources) is retried with
+/// a growing backoff, not at a fixed short interval, and the PE registers once the
+/// cause has passed.
+#[test]
+fn refused_registrations_back_off() {
+    let mut sim = Sim::new(12);
+    let config = RegistrarConfig {
+        id: Some(RegistrarId(0x11)),
+        announce_interval: None,
+        limits: rserpool_proto::handlespace::Limits {
+            max_pool_elements_per_pool: 1,
+            ..Default::default()
+        },
+        ..RegistrarConfig::default()
+    };
+    let r = sim.add(Role::Registrar(RegistrarEngine::new(config, 1, sim.now)));
+    let (first, first_id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_millis(50));
+    let (second, _) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+    sim.run_for(Duration::from_secs(64));
+    let refusals: Vec<Duration> = sim
+        .events(second)
+        .iter()
+        .filter_map(|(at, e)| match e {
+            NodeEvent::Pe(PoolElementEvent::RegistrationRefused {
+                cause: Some(CauseCode::LACK_OF_RESOURCES),
+                retrying: true,
+                ..
+            }) => Some(*at),
+            _ => None,
+        })
+        .collect();
+    // 1 s doubling with up to 25 % jitter: 6 or 7 refusals in 64 s (a fixed 1 s
+    // retry would make 64, the old fixed 5 s 13).
+    assert!(
+        (6..=7).contains(&refusals.len()),
+        "refusals at {refusals:?}"
+    );
+    let gaps: Vec<Duration> = refusals.windows(2).map(|w| w[1] - w[0]).collect();
+    for pair in gaps.windows(2) {
+        assert!(pair[1] >= pair[0] * 3 / 2, "gaps {gaps:?} do not grow");
+    }
+    // Room appears: the PE gets in within its current backoff (at most 60 s).
+    sim.with(first, |role, now| match role {
+        Role::Pe(pe) => pe.deregister(first_id, now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_secs(61));
+    assert_eq!(registered_ids(&sim, r).len(), 1);
+    assert!(
+        sim.events(second)
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Pe(PoolElementEvent::Registered { .. })))
+    );
+}
+
 /// RFC 5352 §3.6: a PE without static registrars finds one by its announces.
 #[test]
 fn announces_lead_to_a_registrar() {

@@ -483,6 +483,110 @@ fn a_newcomer_downloads_the_handlespace_before_serving() {
     let _ = pes;
 }
 
+/// A registrar whose mentor does not answer (frozen: its connects hang) still answers
+/// ASAP within rsplib's 3 s request timeout while it keeps looking for 5 s: requests
+/// wait `max_startup_hold` (1.5 s) at most, then see the handlespace as it stands; a
+/// pool user of ours does not take the registrar for frozen meanwhile.
+#[test]
+fn asap_is_answered_within_three_seconds_while_the_mentor_is_silent() {
+    let mut sim = Sim::new(15);
+    let registrars = add_registrars(&mut sim, 2);
+    sim.freeze(registrars[0]);
+    let (pe, _) = add_pe(&mut sim, &[registrars[1]], 30);
+    let pu_config = PoolUserConfig::new(TimerProfile::Rsplib, hunt(&[registrars[1]]));
+    let pu = sim.add(Role::Pu(PoolUserEngine::new(pu_config, 3)));
+    sim.run_for(Duration::from_millis(500));
+    let request: RequestId = sim.with(pu, |role, now| match role {
+        Role::Pu(p) => p.resolve(pool(), Some(10), now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_millis(2_700));
+    assert!(
+        !sim.registrar(registrars[1]).is_synchronized(),
+        "still looking for its mentor"
+    );
+    let registered = sim.events(pe).iter().find_map(|(at, e)| {
+        matches!(e, NodeEvent::Pe(PoolElementEvent::Registered { .. })).then_some(*at)
+    });
+    assert!(
+        registered.is_some_and(|at| at < Duration::from_secs(3)),
+        "registered at {registered:?}"
+    );
+    let answered = sim.events(pu).iter().find_map(|(at, e)| match e {
+        NodeEvent::Pu(PoolUserEvent::Resolved {
+            request: r,
+            result: Ok(res),
+        }) if *r == request => Some((*at, res.pool_elements.len())),
+        _ => None,
+    });
+    let (at, count) = answered.unwrap_or_else(|| panic!("not answered: {:?}", sim.events(pu)));
+    assert!(at < Duration::from_millis(2_500), "answered at {at:?}");
+    assert!(
+        !sim.events(pu)
+            .iter()
+            .any(|(_, e)| matches!(e, NodeEvent::Pu(PoolUserEvent::RegistrarSilent))),
+        "the pool user gave up on the registrar"
+    );
+    assert_eq!(count, 1);
+}
+
+/// A PE that registered at a starting registrar while it waited for its mentor stays
+/// that registrar's when the mentor's table (downloaded later) still names its old home.
+#[test]
+fn a_pe_registered_during_start_up_is_not_taken_back_by_the_mentors_table() {
+    let mut sim = Sim::new(16);
+    let registrars = add_registrars(&mut sim, 2);
+    sim.run_for(Duration::from_secs(6));
+    let (_, id) = add_pe(&mut sim, &[registrars[0]], 30);
+    sim.run_for(Duration::from_secs(1));
+    assert_eq!(
+        owner_at(&sim, registrars[0], id),
+        Some(registrar_id(registrars[0]))
+    );
+    // A newcomer whose mentor is frozen for 3 s, and the same PE (same identifier)
+    // moving to the newcomer meanwhile.
+    sim.freeze(registrars[0]);
+    let n = sim.nodes.len();
+    let newcomer = sim.add(Role::Registrar(RegistrarEngine::new(
+        registrar_config(n, &[registrars[0]]),
+        99,
+        sim.now,
+    )));
+    let config = PoolElementConfig::new(TimerProfile::Rsplib, hunt(&[newcomer]));
+    let moved = sim.add(Role::Pe(PoolElementEngine::new(config, 77)));
+    let spec = PoolElementSpec {
+        pool_handle: pool(),
+        id: Some(id),
+        user_transport: Transport {
+            protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+            port: 7000,
+            addresses: vec![Sim::address_of(moved)],
+        },
+        policy: Policy::RoundRobin,
+        reregistration_interval: Duration::from_secs(30),
+        registration_life: None,
+    };
+    sim.with(moved, |role, now| match role {
+        Role::Pe(pe) => pe.register(spec, now),
+        _ => unreachable!(),
+    });
+    sim.run_for(Duration::from_secs(3));
+    assert_eq!(owner_at(&sim, newcomer, id), Some(registrar_id(newcomer)));
+    sim.thaw(registrars[0]);
+    sim.run_for(Duration::from_secs(4));
+    assert!(sim.registrar(newcomer).is_synchronized());
+    assert!(
+        registrar_events(&sim, newcomer)
+            .iter()
+            .any(|e| matches!(e, RegistrarEvent::Synchronized { .. }))
+    );
+    assert_eq!(
+        owner_at(&sim, newcomer, id),
+        Some(registrar_id(newcomer)),
+        "the mentor's table took the PE back"
+    );
+}
+
 /// RFC 5353 §3.2: a crashed registrar comes back with the same ID: it rejoins,
 /// learns the handlespace again, and all registrars converge.
 #[test]

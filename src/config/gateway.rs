@@ -351,6 +351,9 @@ pub(crate) struct TcpListenerSection {
     /// once).
     #[serde(default, deserialize_with = "optional_duration")]
     pub(crate) slow_start: Option<Duration>,
+    /// PEs with fewer of this listener's open sessions first (off by default).
+    #[serde(default)]
+    pub(crate) least_sessions: Option<bool>,
 }
 
 /// A length field in each message's header: `size` bytes (1, 2 or 4, big-endian) at

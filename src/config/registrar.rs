@@ -146,6 +146,9 @@ pub(crate) struct RegistrarSection {
     pub(crate) max_time_no_response: Option<Duration>,
     #[serde(deserialize_with = "optional_duration")]
     pub(crate) mentor_discovery_timeout: Option<Duration>,
+    /// The longest an ASAP request waits while start-up synchronises.
+    #[serde(deserialize_with = "optional_duration")]
+    pub(crate) max_startup_hold: Option<Duration>,
     #[serde(deserialize_with = "optional_duration")]
     pub(crate) takeover_expiry: Option<Duration>,
 }
@@ -195,6 +198,7 @@ impl Default for RegistrarSection {
             max_time_last_heard: None,
             max_time_no_response: None,
             mentor_discovery_timeout: None,
+            max_startup_hold: None,
             takeover_expiry: None,
         }
     }

@@ -279,6 +279,7 @@ fn listener_config(section: &TcpListenerSection) -> Result<ListenerConfig, RunEr
         buffer,
         outliers: outlier_config(&section.outlier_detection, &context)?,
         slow_start: section.slow_start.unwrap_or(defaults.slow_start),
+        least_sessions: section.least_sessions.unwrap_or(defaults.least_sessions),
     })
 }
 

@@ -593,3 +593,40 @@ pub fn metric_sum(text: &str, prefix: &str) -> f64 {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// A configuration file, removed when dropped.
+pub struct ConfigFile(pub String);
+
+impl ConfigFile {
+    pub fn new(text: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "rserpool-test-{}-{}.yaml",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&path, text).unwrap();
+        Self(path.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A gateway with one TCP listener for `pool` (its address: `listener("tcp")`).
+pub fn tcp_gateway(asap: SocketAddr, pool: &str) -> Process {
+    Process::start(&[
+        "gateway",
+        "--registrar",
+        &asap.to_string(),
+        "--tcp",
+        &format!("127.0.0.1:0={pool}"),
+        "--admin",
+        "127.0.0.1:0",
+        "--log-level",
+        "info,rserpool_gateways=debug",
+    ])
+}

@@ -30,6 +30,9 @@ pub struct ListenerConfig {
     pub outliers: OutlierConfig,
     /// How long a new or returning PE's share of new sessions ramps up (zero: at once).
     pub slow_start: Duration,
+    /// Whether this listener's open sessions per PE reorder the PEs a resolution
+    /// returned (fewest first, ties in the pool policy's order; ejected PEs still last).
+    pub least_sessions: bool,
 }
 
 /// Upstream options for SCTP pool elements: the PPID of data messages, and how the
@@ -55,6 +58,7 @@ impl ListenerConfig {
             sctp: SctpUpstream::default(),
             outliers: OutlierConfig::default(),
             slow_start: crate::health::SLOW_START,
+            least_sessions: false,
         }
     }
 }

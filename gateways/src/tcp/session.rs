@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::ListenerConfig;
 use super::framing::FramingCheck;
+use super::open_sessions::{OpenSessions, SessionPlace};
 use super::side::{Side, Stream, connect, read_into, ready};
 use crate::health::PoolHealth;
 use crate::{Directory, DirectoryError, SctpConnector};
@@ -69,11 +70,17 @@ pub(super) struct Listener<D> {
     pub(super) directory: Arc<D>,
     pub(super) health: Mutex<PoolHealth>,
     pub(super) ejections: crate::health::EjectionBoard,
+    /// Open sessions per PE, with `least_sessions`.
+    pub(super) open_sessions: Option<OpenSessions>,
 }
 
 impl<D> Listener<D> {
-    /// `pes` with ejected PEs last and new ones (maybe) behind the settled.
-    pub(super) fn order(&self, pes: Vec<PoolElement>) -> Vec<PoolElement> {
+    /// `pes` with ejected PEs last and new ones (maybe) behind the settled; with
+    /// `least_sessions`, fewest open sessions first before that.
+    pub(super) fn order(&self, mut pes: Vec<PoolElement>) -> Vec<PoolElement> {
+        if let Some(open_sessions) = &self.open_sessions {
+            open_sessions.fewest_first(&mut pes);
+        }
         let mut order: Vec<usize> = (0..pes.len()).collect();
         if let Ok(mut health) = self.health.lock() {
             let id = |index: &usize| pes.get(*index).map_or(PoolElementId(0), |pe| pe.id);
@@ -103,17 +110,24 @@ impl<D> Listener<D> {
         Some(offered)
     }
 
-    /// What a session event means for the session table, passive health and metrics.
-    pub(super) fn on_event(
-        &self,
+    /// What a session event means for the session table, the open sessions per PE,
+    /// passive health and metrics.
+    pub(super) fn on_event<'a>(
+        &'a self,
         event: &SessionEvent,
-        entry: &crate::SessionEntry,
+        (entry, place): (&crate::SessionEntry, &mut Option<SessionPlace<'a>>),
         peer: SocketAddr,
         offered: usize,
     ) {
         match event {
-            SessionEvent::Started { pe } => entry.started(*pe),
-            SessionEvent::FailedOver { to, .. } => entry.failed_over(*to),
+            SessionEvent::Started { pe } => {
+                entry.started(*pe);
+                *place = self.open_sessions.as_ref().map(|s| s.open(*pe));
+            }
+            SessionEvent::FailedOver { to, .. } => {
+                entry.failed_over(*to);
+                *place = self.open_sessions.as_ref().map(|s| s.open(*to));
+            }
             SessionEvent::PeFailed { pe, failure } => {
                 if failure.counts_against_pe() {
                     self.observe(*pe, false, offered);
@@ -156,6 +170,8 @@ pub(super) struct Ends<'a> {
     /// The current PE sent data: its connection worked (outlier detection counts a
     /// success then, not at connect, since a PE that resets every session connects).
     pub(super) pe_answered: bool,
+    /// This session counted on its PE (`least_sessions`).
+    pub(super) place: Option<SessionPlace<'a>>,
 }
 
 impl<'a> Ends<'a> {
@@ -168,6 +184,7 @@ impl<'a> Ends<'a> {
             failed: false,
             offered: 0,
             pe_answered: false,
+            place: None,
         }
     }
 
@@ -230,7 +247,7 @@ impl<'a> Ends<'a> {
                 SessionOutput::ShutdownClient => self.client.shutdown_wanted = true,
                 SessionOutput::CloseClient { failed } => self.failed = failed,
                 SessionOutput::Event(event) => {
-                    listener.on_event(&event, entry, peer, self.offered);
+                    listener.on_event(&event, (entry, &mut self.place), peer, self.offered);
                 }
             }
         }

@@ -19,8 +19,13 @@ pub struct PoolElementConfig {
     pub deregistration_timeout: Duration,
     /// Deregistrations sent before giving up (the registration then just expires).
     pub max_deregistration_attempts: u32,
-    /// Wait before trying again after a refusal that may pass (lack of resources).
+    /// Wait before trying again after a first refusal that may pass (lack of
+    /// resources, an address the registrar does not take); it doubles with each
+    /// refusal in a row, up to `max_refusal_retry_delay`, with up to 25 % jitter so
+    /// that PEs refused together do not come back together.
     pub refusal_retry_delay: Duration,
+    /// The longest wait between two refused registrations.
+    pub max_refusal_retry_delay: Duration,
     /// Whose keep-alive with the H flag may move this PE to a new home when no TLS
     /// identity proves the sender.
     pub home_changes: HomeChanges,
@@ -68,7 +73,8 @@ impl PoolElementConfig {
             max_registration_attempts: attempts,
             deregistration_timeout: timeout,
             max_deregistration_attempts: attempts,
-            refusal_retry_delay: Duration::from_secs(5),
+            refusal_retry_delay: Duration::from_secs(1),
+            max_refusal_retry_delay: Duration::from_secs(60),
             home_changes: HomeChanges::default(),
             load_threshold: LOAD_THRESHOLD,
             min_load_interval: Duration::from_secs(1),

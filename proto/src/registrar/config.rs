@@ -84,6 +84,12 @@ pub struct RegistrarConfig {
     pub max_peers_per_host: usize,
     /// ASAP messages held while start-up synchronises; more are dropped.
     pub max_deferred_messages: usize,
+    /// The longest an ASAP message is held while start-up synchronises: after that it
+    /// is served with the handlespace as it stands, as rsplib's registrar serves ASAP
+    /// during start-up. Below rsplib's 3 s request timeout and below the 2 s after
+    /// which rserpool's pool users take a silent registrar for frozen, so that both
+    /// are answered before they give up on this registrar.
+    pub max_startup_hold: Duration,
     /// Act on takeover suggestions (T flag, an rsplib extension): take the PE over if
     /// its current home suggests it.
     pub accept_takeover_suggestions: bool,
@@ -143,6 +149,7 @@ impl Default for RegistrarConfig {
             max_candidate_peers: 32,
             max_peers_per_host: 16,
             max_deferred_messages: 4096,
+            max_startup_hold: Duration::from_millis(1_500),
             accept_takeover_suggestions: true,
             access: Access::Open,
         }

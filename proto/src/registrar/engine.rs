@@ -33,6 +33,14 @@ pub(super) struct Association {
     pub(super) table_cursor: Option<PoolElementKey>,
 }
 
+/// An ASAP message held during ENRP start-up (RFC 5353 §3.2).
+#[derive(Debug)]
+pub(super) struct Deferred {
+    pub(super) assoc: AssocId,
+    pub(super) bytes: Vec<u8>,
+    pub(super) arrived: Instant,
+}
+
 /// The registrar engine.
 #[derive(Debug)]
 pub struct RegistrarEngine {
@@ -56,7 +64,7 @@ pub struct RegistrarEngine {
     pub(super) phase: sync::Phase,
     pub(super) mentor_sync: Option<RegistrarId>,
     pub(super) mentor_sync_deadline: Option<Instant>,
-    pub(super) deferred: VecDeque<(AssocId, Vec<u8>)>,
+    pub(super) deferred: VecDeque<Deferred>,
     pub(super) next_heartbeat: Instant,
     /// Associations opened to taken-over PEs, with the PEs to claim on them.
     pub(super) takeover_links: BTreeMap<AssocId, Vec<PoolElementKey>>,
@@ -379,7 +387,7 @@ impl RegistrarEngine {
 
     pub(super) fn drop_association(&mut self, assoc: AssocId) {
         self.associations.remove(&assoc);
-        self.deferred.retain(|(a, _)| *a != assoc);
+        self.deferred.retain(|held| held.assoc != assoc);
         let removed = self.handlespace.remove_association(assoc);
         for (key, entry) in removed {
             self.removed(&key, &entry, RemovalReason::AssociationLost);
@@ -411,6 +419,7 @@ impl RegistrarEngine {
             self.handlespace.next_expiry(),
             self.next_announce,
             self.enrp_deadline(),
+            self.startup_hold_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -476,7 +485,7 @@ impl Engine for RegistrarEngine {
             Protocol::Enrp => self.stats.enrp_received(bytes.first().copied()),
         }
         match protocol {
-            Protocol::Asap if self.defer_during_startup(assoc, bytes) => {}
+            Protocol::Asap if self.defer_during_startup(assoc, bytes, now) => {}
             Protocol::Asap => self.on_asap(assoc, bytes, now),
             Protocol::Enrp => self.on_enrp(assoc, bytes, now),
         }
@@ -513,6 +522,7 @@ impl Engine for RegistrarEngine {
             self.announce(now);
         }
         self.enrp_timeouts(now);
+        self.serve_held_too_long(now);
     }
 
     fn poll_output(&mut self) -> Output<RegistrarEvent> {

@@ -16,7 +16,7 @@
 
 use std::time::Instant;
 
-use super::engine::RegistrarEngine;
+use super::engine::{Deferred, RegistrarEngine};
 use super::events::RegistrarEvent;
 use super::peers::{Link, Peer, PeerStanding, PeerStatus, Standing};
 use super::sync::Phase;
@@ -48,7 +48,7 @@ impl RegistrarEngine {
     }
 
     /// While looking for a mentor at start-up (RFC 5353 §3.2): when the registrar gives
-    /// up looking and serves ASAP on its own (ASAP requests wait until then).
+    /// up looking (ASAP requests wait until then, or `max_startup_hold` at most).
     pub fn mentor_deadline(&self) -> Option<Instant> {
         match self.phase {
             Phase::Startup { deadline, .. } => Some(deadline),
@@ -568,15 +568,56 @@ impl RegistrarEngine {
             .min()
     }
 
-    /// Holds an ASAP message until start-up has synchronised; false if it must be
-    /// handled now.
-    pub(super) fn defer_during_startup(&mut self, assoc: AssocId, bytes: &[u8]) -> bool {
-        if self.phase == Phase::Normal {
+    /// Holds an ASAP message until start-up has synchronised, or for
+    /// `max_startup_hold` at most; false if it must be handled now. Once one is held,
+    /// those after it are held too, so that each association's messages keep their order.
+    pub(super) fn defer_during_startup(
+        &mut self,
+        assoc: AssocId,
+        bytes: &[u8],
+        now: Instant,
+    ) -> bool {
+        if self.phase == Phase::Normal && self.deferred.is_empty() {
             return false;
         }
         if self.deferred.len() < self.config.max_deferred_messages {
-            self.deferred.push_back((assoc, bytes.to_vec()));
+            self.deferred.push_back(Deferred {
+                assoc,
+                bytes: bytes.to_vec(),
+                arrived: now,
+            });
+        } else {
+            // Counted and logged with the bad input: a flood during start-up.
+            self.event(RegistrarEvent::Malformed {
+                assoc,
+                detail: "ASAP message dropped: too many held during ENRP start-up".into(),
+            });
         }
         true
+    }
+
+    /// Serves the held ASAP messages that have waited `max_startup_hold`, and those
+    /// after them once start-up has finished.
+    pub(super) fn serve_held_too_long(&mut self, now: Instant) {
+        while let Some(held) = self.deferred.front() {
+            let due =
+                self.phase == Phase::Normal || held.arrived + self.config.max_startup_hold <= now;
+            if !due {
+                break;
+            }
+            let Some(held) = self.deferred.pop_front() else {
+                break;
+            };
+            if self.associations.contains_key(&held.assoc) {
+                self.on_asap(held.assoc, &held.bytes, now);
+            }
+        }
+    }
+
+    /// When the oldest held ASAP message is due.
+    pub(super) fn startup_hold_deadline(&self) -> Option<Instant> {
+        self.deferred
+            .front()
+            .map(|held| held.arrived + self.config.max_startup_hold)
     }
 }

@@ -125,11 +125,7 @@ impl RegistrarEngine {
         self.event(RegistrarEvent::Synchronized {
             pool_elements: self.handlespace.pool_element_count(),
         });
-        while let Some((assoc, bytes)) = self.deferred.pop_front() {
-            if self.associations.contains_key(&assoc) {
-                self.on_asap(assoc, &bytes, now);
-            }
-        }
+        self.serve_held_too_long(now);
     }
 
     pub(super) fn on_handle_table_response(
@@ -163,6 +159,15 @@ impl RegistrarEngine {
                     pool_handle: entries.pool_handle,
                     pe_id: element.id,
                 };
+                // A PE that registered here while start-up waited (max_startup_hold)
+                // is newer news than the mentor's copy of where it was before.
+                let registered_here = self
+                    .handlespace
+                    .get(&key)
+                    .is_some_and(|e| e.owner() == self.id);
+                if mentor && registered_here {
+                    continue;
+                }
                 self.learn(key, element, now);
                 if let Some(audit) = self.peers.get_mut(index).and_then(|p| p.audit.as_mut()) {
                     audit.marked.remove(&key);
