@@ -196,6 +196,32 @@ pub(crate) enum ServeKind {
     Echo,
     /// A small web service with per-session counts (HTTP cookie mapping).
     Http,
+    /// rsplib's PingPong (PPID 33, cookies `<PP-TD1>` and the reply number).
+    Pingpong,
+    /// rsplib's CalcApp (PPID 34: jobs, cookies, keep-alives).
+    Calcapp,
+}
+
+/// Options of `pe --serve pingpong|calcapp` (rsplib's `rspserver` options in brackets).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RsplibServiceArgs {
+    /// `pingpong`: close a session after this many replies on this PE, so that the
+    /// client fails over (`-pppfailureafter`).
+    #[arg(long, requires = "serve", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) failure_after: Option<u32>,
+    /// `calcapp`: calculations per second, shared equally by the running jobs
+    /// (`-capcapacity`).
+    #[arg(long, requires = "serve", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) calculations_per_second: u64,
+    /// `calcapp`: a cookie after this many calculations of a job
+    /// (`-capcookiemaxcalculations`).
+    #[arg(long, requires = "serve", default_value_t = 5_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) cookie_max_calculations: u64,
+    /// `calcapp`: a cookie at least this often while a job runs (`-capcookiemaxtime`).
+    #[arg(long, requires = "serve", default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub(crate) cookie_max_time: std::time::Duration,
 }
 
 /// How ASAP and ENRP travel.
@@ -285,14 +311,18 @@ pub(crate) struct PeArgs {
     pub(crate) backend: Option<SocketAddr>,
     /// Run a demo service in the agent itself instead of fronting a backend: `counter`
     /// (a control channel; each line is answered with the session's line count, which
-    /// survives failover through cookies) or `echo` (a plain byte stream).
+    /// survives failover through cookies), `echo` (a plain byte stream; over SCTP with a
+    /// control channel, as rsplib's echo PEs), `http`, or rsplib's `pingpong` and
+    /// `calcapp`.
     #[arg(long, value_enum, requires = "pool")]
     pub(crate) serve: Option<ServeKind>,
     /// Where the demo service listens (default 127.0.0.1:0).
     #[arg(long, requires = "serve")]
     pub(crate) listen: Option<SocketAddr>,
     /// The open sessions a demo service counts as full load: it reports open sessions
-    /// / this as its load (for the load-based policies, e.g. `--policy LeastUsed`).
+    /// / this as its load (for the load-based policies, e.g. `--policy LeastUsed`);
+    /// `calcapp`: the jobs it runs at once (more are rejected), and its load is jobs /
+    /// this.
     #[arg(long, requires = "serve", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max_sessions: u32,
@@ -300,6 +330,12 @@ pub(crate) struct PeArgs {
     /// so a failover shows (`rserpool demo` sets it).
     #[arg(long, requires = "serve")]
     pub(crate) show_pe: bool,
+    /// A demo service registers load 0 whatever it has open (the load-based policies
+    /// then see every PE idle): for comparisons, such as bench/adaptive.sh's.
+    #[arg(long, requires = "serve")]
+    pub(crate) no_load_reports: bool,
+    #[command(flatten)]
+    pub(crate) rsplib_service: RsplibServiceArgs,
     /// Policy in rsplib's syntax: RoundRobin, WeightedRoundRobin:3,
     /// LeastUsedDegradation:0.1, Priority:5, ...
     #[arg(long, default_value = "RoundRobin")]

@@ -20,6 +20,7 @@ mod pool_element;
 mod pool_user;
 mod registrar;
 mod resolve;
+mod rsplib_services;
 mod serve;
 pub mod service;
 mod signals;

@@ -1,15 +1,19 @@
-//! `rserpool pe --serve counter|echo|http`: a native PE of the library
-//! ([`crate::service`]) running one of the demo services, with the agent's admin
-//! listener and status reports.
+//! `rserpool pe --serve counter|echo|http|pingpong|calcapp`: a native PE of the
+//! library ([`crate::service`]) running one of the demo services (rsplib's in
+//! [`crate::rsplib_services`]), with the agent's admin listener and status reports.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
+use rserpool_proto::engine::TransportKind;
 use rserpool_proto::wire::PoolHandle;
 
 use crate::RunError;
-use crate::cli::{PeArgs, ServeKind};
+use crate::cli::{PeArgs, RsplibServiceArgs, ServeKind};
 use crate::config::ControlTlsSection;
 use crate::logging::Logging;
+use crate::rsplib_services::calcapp::{self, CalcAppOptions};
+use crate::rsplib_services::pingpong::{self, PingPongOptions};
+use crate::service::load::Occupancy;
 use crate::service::{Event, PoolElementService, ServiceConfig, ServiceError, Session, TlsFiles};
 use crate::signals::{Request, Signals};
 
@@ -87,25 +91,8 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
         .ok_or_else(|| RunError::Usage("--serve needs --pool".into()))?;
     let pool_handle = PoolHandle::new(pool.as_bytes())
         .map_err(|e| RunError::Usage(format!("--pool {pool:?}: {e}")))?;
-    let tls = service_tls(&file, &args)?;
-    let (registrars, announce) = demo_registrars(&args, &file, tls.is_some()).await?;
-    let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
-    let transport = args.transport.map_or(file.pe.transport, Into::into);
-    let defaults = ServiceConfig::new(pool_handle, listen, registrars.clone());
-    let config = ServiceConfig {
-        policy: rserpool_proto::policy::spec::parse(&args.policy)
-            .map_err(|e| RunError::Usage(e.to_string()))?,
-        control_channel: kind == ServeKind::Counter,
-        reregistration_interval: args
-            .reregistration_interval
-            .unwrap_or(defaults.reregistration_interval),
-        profile: args.profile.unwrap_or_default(),
-        transport,
-        multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
-        tls,
-        announce,
-        ..defaults
-    };
+    let config = service_config(kind, pool_handle, &args, &file).await?;
+    let (registrars, transport) = (config.registrars.clone(), config.transport);
     let service = PoolElementService::start(config)
         .await
         .map_err(|e| match e {
@@ -156,40 +143,51 @@ pub(crate) async fn run_demo(kind: ServeKind, args: PeArgs) -> Result<(), RunErr
     } else {
         String::new()
     };
-    serve_sessions(kind, &service, &label, args.max_sessions, &mut signals).await;
+    let demo = Demo {
+        kind,
+        label,
+        max_sessions: args.max_sessions,
+        load_reports: !args.no_load_reports,
+        rsplib: &args.rsplib_service,
+    };
+    serve_sessions(&demo, &service, &mut signals).await;
     service.shutdown().await;
     crate::csp::Reporter::finish(csp).await;
     Ok(())
 }
 
-/// The sessions a demo service has open: its load, reported to the registrar as
-/// open / max (rsplib's TCP-like servers do the same).
-#[derive(Debug, Default)]
-struct OpenSessions {
-    count: std::sync::atomic::AtomicUsize,
-    changed: tokio::sync::Notify,
-}
-
-/// One open session; closing it (dropping) lowers the count.
-struct SessionSlot(std::sync::Arc<OpenSessions>);
-
-impl SessionSlot {
-    fn open(sessions: &std::sync::Arc<OpenSessions>) -> Self {
-        sessions
-            .count
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        sessions.changed.notify_one();
-        Self(sessions.clone())
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.changed.notify_one();
-    }
+/// How the demo PE registers and serves: the flags over the file's `pe` section.
+async fn service_config(
+    kind: ServeKind,
+    pool_handle: PoolHandle,
+    args: &PeArgs,
+    file: &crate::config::ConfigFile,
+) -> Result<ServiceConfig, RunError> {
+    let tls = service_tls(file, args)?;
+    let (registrars, announce) = demo_registrars(args, file, tls.is_some()).await?;
+    let listen = args.listen.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let transport = args.transport.map_or(file.pe.transport, Into::into);
+    let defaults = ServiceConfig::new(pool_handle, listen, registrars);
+    Ok(ServiceConfig {
+        policy: rserpool_proto::policy::spec::parse(&args.policy)
+            .map_err(|e| RunError::Usage(e.to_string()))?,
+        // rsplib's echo PEs register data plus control over SCTP: ours too, so that
+        // they can share a pool.
+        control_channel: match kind {
+            ServeKind::Counter | ServeKind::Pingpong | ServeKind::Calcapp => true,
+            ServeKind::Echo => transport == TransportKind::Sctp,
+            ServeKind::Http => false,
+        },
+        reregistration_interval: args
+            .reregistration_interval
+            .unwrap_or(defaults.reregistration_interval),
+        profile: args.profile.unwrap_or_default(),
+        transport,
+        multihome: [file.pe.multihome.clone(), args.multihome.clone()].concat(),
+        tls,
+        announce,
+        ..defaults
+    })
 }
 
 /// Where a demo PE finds registrars, as the agent does: the flags' registrars, else
@@ -210,30 +208,42 @@ async fn demo_registrars(
     ))
 }
 
-/// Runs the demo service on every session until a stop signal, reporting its load.
-async fn serve_sessions(
+/// What a demo PE serves, from its command line.
+struct Demo<'a> {
     kind: ServeKind,
-    service: &PoolElementService,
-    label: &str,
+    /// What follows each count of `counter` (the PE, with `--show-pe`).
+    label: String,
     max_sessions: u32,
-    signals: &mut Signals,
-) {
+    /// `false`: load 0 is registered whatever is open (`--no-load-reports`).
+    load_reports: bool,
+    rsplib: &'a RsplibServiceArgs,
+}
+
+/// Runs the demo service on every session until a stop signal, reporting its load:
+/// open sessions (for `calcapp`: running jobs) over `--max-sessions`.
+async fn serve_sessions(demo: &Demo<'_>, service: &PoolElementService, signals: &mut Signals) {
     let http_sessions = crate::demo_http::Sessions::default();
     let pe_id = service.pe_id();
-    let open = std::sync::Arc::new(OpenSessions::default());
+    let occupancy = Occupancy::new(demo.max_sessions as usize);
+    let pingpong = PingPongOptions {
+        failure_after: demo.rsplib.failure_after,
+    };
+    let calcapp = CalcAppOptions {
+        calculations_per_second: demo.rsplib.calculations_per_second as f64,
+        cookie_max_calculations: demo.rsplib.cookie_max_calculations,
+        cookie_max_time: demo.rsplib.cookie_max_time,
+    };
     loop {
         tokio::select! {
             request = signals.next() => if request == Request::Stop { break },
-            () = open.changed.notified() => {
-                let count = open.count.load(std::sync::atomic::Ordering::Relaxed);
-                service.set_load(count as f64 / f64::from(max_sessions)).await;
-            }
+            () = occupancy.changed(), if demo.load_reports => service.set_load(occupancy.load()).await,
             accepted = service.accept() => match accepted {
                 Ok(session) => {
-                    let (http_sessions, label) = (http_sessions.clone(), label.to_owned());
-                    let slot = SessionSlot::open(&open);
+                    let (http_sessions, label, kind) = (http_sessions.clone(), demo.label.clone(), demo.kind);
+                    let occupancy = occupancy.clone();
                     tokio::spawn(async move {
-                        let _slot = slot;
+                        // CalcApp counts its jobs, the others their sessions.
+                        let _place = (kind != ServeKind::Calcapp).then(|| occupancy.take());
                         let result = match kind {
                             ServeKind::Counter => counter(session, &label).await,
                             ServeKind::Echo => echo(session).await,
@@ -243,14 +253,33 @@ async fn serve_sessions(
                                     .map_err(std::io::Error::other),
                                 None => Ok(()),
                             },
+                            ServeKind::Pingpong => pingpong::serve(session, pingpong).await,
+                            ServeKind::Calcapp => calcapp::serve(session, occupancy, calcapp).await,
                         };
                         if let Err(error) = result {
-                            tracing::debug!(%error, "session ended");
+                            session_failed(kind, &error);
                         }
                     });
                 }
                 Err(error) => tracing::warn!(%error, "accept failed"),
             },
         }
+    }
+}
+
+/// A session that ended in an error: invalid input is counted and logged (at most
+/// once a second), the rest (a client gone) at debug level.
+fn session_failed(kind: ServeKind, error: &std::io::Error) {
+    if error.kind() != std::io::ErrorKind::InvalidData {
+        tracing::debug!(%error, "session ended");
+        return;
+    }
+    let service = format!("{kind:?}").to_lowercase();
+    metrics::counter!("rserpool_pe_session_errors_total", "service" => service.clone())
+        .increment(1);
+    static LOG: crate::logging::RateLimitedLog =
+        crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
+    if let Some(suppressed) = LOG.permit() {
+        tracing::warn!(service, %error, suppressed, "session closed: invalid input from the client");
     }
 }

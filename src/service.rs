@@ -36,6 +36,18 @@
 //! gateway drops the part the client already has. The gateway keeps cookies and hands
 //! them back untouched: a service that keeps secrets in them must encrypt them, and one that
 //! trusts them must authenticate them (security.md T16).
+//!
+//! A service whose cookies other PEs read too (rsplib's services, pools shared with
+//! rsplib's PEs) sends them without the envelope ([`Session::send_opaque_cookie`]); a
+//! gateway then takes the cookie to cover everything up to the PE's latest answer.
+//!
+//! # Load
+//!
+//! For the load-based policies a service reports how full it is
+//! ([`PoolElementService::set_load`]); [`load::Occupancy`] counts sessions or jobs
+//! against a maximum for that.
+
+pub mod load;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -419,16 +431,40 @@ impl Session {
     /// The next event; heartbeats are sent and checked meanwhile (on TCP: SCTP
     /// watches the peer itself).
     pub async fn next_event(&mut self) -> std::io::Result<Event> {
+        Ok(self.next_event_before(None).await?.unwrap_or(Event::Closed))
+    }
+
+    /// The next event, or `None` at `deadline` if none came by then: for services
+    /// with timers of their own (keep-alives, work in progress). Call it rather than
+    /// dropping [`Session::next_event`] at a timeout, which could cut a heartbeat
+    /// half written.
+    pub async fn next_event_before(
+        &mut self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> std::io::Result<Option<Event>> {
         let mut buffer = vec![0u8; 16 * 1024];
+        let expired = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut expired = std::pin::pin!(expired);
         loop {
             if let Some(event) = self.pending.pop_front() {
-                return Ok(event);
+                return Ok(Some(event));
             }
             let stream = match &mut self.channel {
                 Channel::Tcp(stream) => stream,
                 Channel::Sctp { association, ppid } => {
-                    match association.receive(sctp::MAX_MESSAGE).await? {
-                        Received::Closed(_) => return Ok(Event::Closed),
+                    // The association keeps a partly received message: dropping
+                    // the receive at the deadline loses nothing.
+                    let received = tokio::select! {
+                        received = association.receive(sctp::MAX_MESSAGE) => received?,
+                        () = &mut expired => return Ok(None),
+                    };
+                    match received {
+                        Received::Closed(_) => return Ok(Some(Event::Closed)),
                         Received::Message {
                             ppid: ASAP_PPID,
                             payload,
@@ -451,10 +487,11 @@ impl Session {
                 (self.last_write + HEARTBEAT).min(self.last_read + HEARTBEAT * 3),
             );
             tokio::select! {
+                () = &mut expired => return Ok(None),
                 read = stream.read(&mut buffer) => {
                     let count = read?;
                     if count == 0 {
-                        return Ok(Event::Closed);
+                        return Ok(Some(Event::Closed));
                     }
                     self.last_read = tokio::time::Instant::now();
                     self.receive(buffer.get(..count).unwrap_or_default())?;
@@ -465,7 +502,7 @@ impl Session {
                 () = tick, if self.control => {
                     let now = tokio::time::Instant::now();
                     if now >= self.last_read + HEARTBEAT * 3 {
-                        return Ok(Event::Closed);
+                        return Ok(Some(Event::Closed));
                     }
                     if now >= self.last_write + HEARTBEAT {
                         self.write(&ControlFrame::Heartbeat.encode()).await?;
@@ -562,10 +599,19 @@ impl Session {
     /// Sends a cookie: `state` after processing the first `consumed` client bytes, all
     /// of whose answers have been sent. Ignored on a plain byte stream.
     pub async fn send_cookie(&mut self, state: &[u8], consumed: u64) -> std::io::Result<()> {
+        let cookie = seal_cookie(consumed.min(self.input), self.output, state);
+        self.send_opaque_cookie(cookie).await
+    }
+
+    /// Sends a cookie the pool user keeps and echoes as it is, without the library's
+    /// envelope (the client bytes and answers it covers): for a service whose cookies
+    /// others read too, such as rsplib's PingPong and CalcApp, whose PEs may share a
+    /// pool with ours. A gateway takes such a cookie to cover everything up to the
+    /// PE's latest answer. Ignored on a plain byte stream.
+    pub async fn send_opaque_cookie(&mut self, cookie: Vec<u8>) -> std::io::Result<()> {
         if !self.control {
             return Ok(());
         }
-        let cookie = seal_cookie(consumed.min(self.input), self.output, state);
         let message = AsapMessage::Cookie(Cookie { cookie })
             .encode()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;

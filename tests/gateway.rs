@@ -60,13 +60,7 @@ fn serving_pe(gateway: &Process) -> Option<String> {
 }
 
 fn failovers(gateway: &Process) -> usize {
-    gateway
-        .log
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|l| l.contains("session failed over"))
-        .count()
+    gateway.log_count("session failed over")
 }
 
 /// The scenario: a client sends 10 000 lines over one connection while the PE

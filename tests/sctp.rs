@@ -1109,3 +1109,171 @@ fn tls_over_sctp_between_our_registrar_pe_and_pool_users() {
         registrar.log_contains("TLS: association refused")
     }));
 }
+
+/// rsplib's `pingpongclient` against two of our PingPong PEs that close every session
+/// after 5 replies: it fails over with the cookie and never sees a gap in the reply
+/// numbers.
+#[test]
+#[ignore = "needs kernel SCTP and rsplib: scripts/sctp-tests.sh runs it in the SCTP VM"]
+fn rsplib_pingpongclient_fails_over_between_our_pingpong_pes_without_a_gap() {
+    let _registrar = our_registrar(25863, 25901, &[], &[]);
+    let _pes: Vec<Process> = (0..2)
+        .map(|i| {
+            our_pe(
+                "pingpong",
+                "OurPingPong",
+                25001 + i,
+                25863,
+                &["--failure-after", "5"],
+            )
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(10), || resolve(
+        25863,
+        "OurPingPong"
+    )
+    .len()
+        == 2));
+    let (acks, printed) = pingpong_acks(25863, "OurPingPong");
+    assert!(acks >= 10, "pingpongclient got {acks} pongs: {printed}");
+    assert!(printed.contains("FAILOVER"), "no failover: {printed}");
+    assert!(!printed.contains("Detected gap"), "{printed}");
+}
+
+/// rsplib's `calcappclient` against two of our CalcApp PEs; the PE running a job is
+/// killed a second or more into it: the other resumes the job from the cookie, and
+/// the job completes.
+#[test]
+#[ignore = "needs kernel SCTP and rsplib: scripts/sctp-tests.sh runs it in the SCTP VM"]
+fn rsplib_calcappclient_jobs_survive_a_killed_calcapp_pe() {
+    let dir = scratch("calcapp");
+    let _registrar = our_registrar(25864, 25902, &[], &[]);
+    let pes: Vec<Process> = (0..2)
+        .map(|i| {
+            our_pe(
+                "calcapp",
+                "OurCalcApp",
+                25011 + i,
+                25864,
+                &["--cookie-max-time", "500ms"],
+            )
+        })
+        .collect();
+    assert!(eventually(Duration::from_secs(10), || resolve(
+        25864,
+        "OurCalcApp"
+    )
+    .len()
+        == 2));
+    let scalar = dir.join("calcapp.sca");
+    let client = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "45",
+            "calcappclient",
+            "-poolhandle=OurCalcApp",
+            &format!("-registrar={A}:25864"),
+            "-asapannounce=off",
+            "-logcolor=off",
+            "-loglevel=2",
+            "-jobsize=2000000",
+            "-jobinterval=2",
+            "-runtime=20",
+            &format!("-scalar={}", scalar.display()),
+            &format!("-vector={}", dir.join("calcapp.vec").display()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A PE with a job running (accepted or resumed more often than completed), seen
+    // running twice 1 s apart (a cookie every 0.5 s meanwhile), is killed.
+    let running = |pe: &Process| {
+        pe.log_count("CalcApp job accepted") + pe.log_count("CalcApp job resumed")
+            > pe.log_count("CalcApp job completed")
+    };
+    let mut serving = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let Some(index) = pes.iter().position(running) else {
+                return false;
+            };
+            // Pause: the job must have run a while (cookies out) when its PE dies.
+            thread::sleep(Duration::from_secs(1));
+            serving = Some(index);
+            running(&pes[index])
+        }),
+        "no job ran for 1 s"
+    );
+    let serving = serving.unwrap();
+    pes[serving].signal("KILL");
+    let output = client.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let survivor = &pes[1 - serving];
+    assert!(
+        eventually(Duration::from_secs(5), || survivor
+            .log_contains("CalcApp job resumed from a cookie")),
+        "the job was not resumed: {printed}"
+    );
+    // The job running when its PE died completes after the failover.
+    let failover = printed
+        .find("FAILOVER")
+        .unwrap_or_else(|| panic!("no failover: {printed}"));
+    let running = printed[..failover]
+        .rmatch_indices(" accepted")
+        .next()
+        .and_then(|(at, _)| printed[..at].rsplit("Job #").next())
+        .unwrap_or_else(|| panic!("no job accepted before the failover: {printed}"));
+    assert!(
+        printed[failover..].contains(&format!("Job #{running} completed")),
+        "job {running} did not complete after the failover: {printed}"
+    );
+    let scalars = std::fs::read_to_string(&scalar).unwrap_or_default();
+    assert!(scalars.contains("Total Jobs Completed"), "{scalars}");
+}
+
+/// rsplib's echo PE and ours in one pool (both "data plus control" over SCTP):
+/// `rspterminal` is served by each in turn.
+#[test]
+#[ignore = "needs kernel SCTP and rsplib: scripts/sctp-tests.sh runs it in the SCTP VM"]
+fn rsplib_and_our_echo_pes_share_a_pool() {
+    let dir = scratch("mixed-echo");
+    let _registrar = our_registrar(25865, 25903, &[], &[]);
+    let theirs = rspserver(&dir, "echo", "-echo", "MixedEcho", 25865, &[]);
+    let ours = our_pe("echo", "MixedEcho", 25021, 25865, &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || resolve(25865, "MixedEcho")
+            .len()
+            == 2),
+        "not both registered: {}\n{:?}",
+        theirs.log(),
+        ours.log.lock().unwrap()
+    );
+    for pe in resolve(25865, "MixedEcho") {
+        assert_eq!(
+            pe["user_transport"]["protocol"]["sctp"], "data_plus_control",
+            "{pe}"
+        );
+    }
+    let ours_id = rsplib_id(&ours.ready["pe"]);
+    let answered: Vec<String> = (0..2)
+        .map(|i| rspterminal(25865, "MixedEcho", &[&format!("hello {i}")]))
+        .collect();
+    assert!(
+        answered
+            .iter()
+            .any(|terminal| terminal.contains(&format!("from PE {ours_id}> hello"))),
+        "our PE served no rspterminal: {answered:?}"
+    );
+    assert!(
+        answered
+            .iter()
+            .any(|terminal| terminal.contains("from PE $") && !terminal.contains(&ours_id)),
+        "rsplib's PE served no rspterminal: {answered:?}"
+    );
+}

@@ -9,6 +9,10 @@ use rserpool_proto::wire::{PoolElementId, PoolHandle};
 pub(super) fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
+        "rserpool_pe_session_errors_total",
+        "sessions of a demo service (pe --serve) closed for invalid client input, by service"
+    );
+    describe_counter!(
         "rserpool_pe_health_checks_total",
         "health checks of each service's backend, by pool and result"
     );

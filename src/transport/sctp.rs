@@ -209,12 +209,17 @@ impl Listener {
 #[derive(Debug)]
 pub(crate) struct Association {
     socket: AsyncFd<Socket>,
+    /// The message being reassembled from partial deliveries: kept here, not in
+    /// [`Association::receive`]'s future, so that a receive dropped in a `select!`
+    /// loses no part of it.
+    partial: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Association {
     fn new(socket: Socket) -> io::Result<Self> {
         Ok(Self {
             socket: sys::register(socket)?,
+            partial: std::sync::Mutex::default(),
         })
     }
 
@@ -285,19 +290,27 @@ impl Association {
 
     /// Reads the next whole message (reassembling partial deliveries up to `max` bytes),
     /// or the end of the association. Address changes of a multi-homed peer are logged.
+    /// Cancel-safe: a receive dropped before it returns loses nothing.
     pub(crate) async fn receive(&self, max: usize) -> io::Result<Received> {
-        let mut message = Vec::new();
         loop {
             let mut ready = self.socket.readable().await?;
-            let piece = ready.try_io(|socket| read_piece(socket.get_ref(), &mut message, max));
+            let piece = ready.try_io(|socket| {
+                let mut partial = self
+                    .partial
+                    .lock()
+                    .map_err(|_| io::Error::other("receive buffer poisoned"))?;
+                read_piece(socket.get_ref(), &mut partial, max)
+            });
             let Ok(piece) = piece else { continue };
             match piece {
                 Ok(Piece::Part) => {}
                 Ok(Piece::Last { ppid }) => {
-                    return Ok(Received::Message {
-                        ppid,
-                        payload: message,
-                    });
+                    let payload = self
+                        .partial
+                        .lock()
+                        .map(|mut partial| std::mem::take(&mut *partial))
+                        .unwrap_or_default();
+                    return Ok(Received::Message { ppid, payload });
                 }
                 Ok(Piece::Notification(None)) => {}
                 Ok(Piece::Notification(Some(reason))) => return Ok(Received::Closed(reason)),
@@ -305,7 +318,13 @@ impl Association {
                 Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {
                     return Ok(Received::Closed("aborted by the peer".into()));
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // A message too long is dropped whole, not continued by the next.
+                    if let Ok(mut partial) = self.partial.lock() {
+                        partial.clear();
+                    }
+                    return Err(error);
+                }
             }
         }
     }

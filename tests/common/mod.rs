@@ -136,6 +136,16 @@ impl Process {
         None
     }
 
+    /// How many of its log lines so far contain `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains(text))
+            .count()
+    }
+
     pub fn log_contains(&self, text: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(text))
     }
