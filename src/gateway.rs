@@ -5,20 +5,18 @@
 mod admin;
 mod listeners;
 mod settings;
-
-use settings::{dns_starts, http_listener_config, listener_configs};
 mod status_reports;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
 use rserpool_gateways::Lifecycle;
 use rserpool_gateways::http::tls::CertificateResolver;
-use rserpool_gateways::http::{self};
 use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
+
+use listeners::{ListenerSet, configured_pools};
 
 use crate::RunError;
 use crate::cli::GatewayArgs;
@@ -77,48 +75,28 @@ fn settings(args: &GatewayArgs) -> Result<ConfigFile, RunError> {
     Ok(file)
 }
 
-/// SIGHUP: re-reads the configuration; the log level and the routes and sticky keys of
-/// running HTTP listeners change at once (open connections go on); other changes need
-/// a restart and are said so. On an error nothing changes.
-async fn reload(args: &GatewayArgs, logging: &Logging, reloaders: &[(SocketAddr, http::Reloader)]) {
-    // The listeners' settings (and certificates) are checked before anything, the log
-    // level too, changes.
+/// SIGHUP: re-reads the configuration; the log level changes, and the listeners
+/// follow it (see `listeners`). On an error nothing changes.
+async fn reload(args: &GatewayArgs, logging: &Logging, listeners: &mut ListenerSet) {
     let args = args.clone();
     let load = move || {
         let file = settings(&args)?;
-        let configs = file
-            .gateway
-            .http
-            .iter()
-            .map(http_listener_config)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((file, configs))
+        listeners::check(&file)?;
+        Ok((file, ()))
     };
-    let Some((_, configs)) = crate::logging::reread(load, logging).await else {
+    let Some((file, ())) = crate::logging::reread(load, logging).await else {
         return;
     };
-    for config in &configs {
-        match reloaders
-            .iter()
-            .find(|(listen, _)| *listen == config.listen)
-        {
-            Some((listen, reloader)) => {
-                reloader.reload(config);
-                tracing::info!(%listen, routes = config.routes.len(), "SIGHUP: HTTP routes reloaded");
-            }
-            None => {
-                tracing::warn!(listen = %config.listen, "SIGHUP: a new HTTP listener needs a restart")
-            }
-        }
+    match listeners.apply(&file).await {
+        Ok(changes) => tracing::info!(
+            added = changes.added,
+            removed = changes.removed,
+            replaced = changes.replaced,
+            routes_reloaded = changes.routes_reloaded,
+            "SIGHUP: reloaded (log level, listeners, HTTP routes and sticky keys, TLS certificates)"
+        ),
+        Err(error) => tracing::error!(%error, "SIGHUP: listeners not changed (the log level was)"),
     }
-    for (listen, _) in reloaders {
-        if !configs.iter().any(|c| c.listen == *listen) {
-            tracing::warn!(%listen, "SIGHUP: removing an HTTP listener needs a restart; it keeps serving");
-        }
-    }
-    tracing::info!(
-        "SIGHUP: reloaded (log level, HTTP routes, sticky keys, TLS certificates); TCP and DNS listeners change with a restart"
-    );
 }
 
 /// `LISTEN_ADDR:PORT=POOL_HANDLE` of a listener flag: the address, and the pool handle
@@ -135,17 +113,6 @@ fn listener_flag<'a>(flag: &str, spec: &'a str) -> Result<(SocketAddr, &'a str),
     PoolHandle::new(pool.as_bytes())
         .map_err(|e| RunError::Usage(format!("{flag} {spec:?}: {e}")))?;
     Ok((listen, pool))
-}
-
-/// The pools the TCP listeners and HTTP routes send to.
-fn configured_pools(file: &ConfigFile) -> std::collections::BTreeSet<PoolHandle> {
-    let tcp = file.gateway.tcp.iter().map(|listener| listener.pool);
-    let http = file
-        .gateway
-        .http
-        .iter()
-        .flat_map(|listener| listener.routes.iter().map(|route| route.pool));
-    tcp.chain(http).collect()
 }
 
 /// Says which configured pools have no PE at start (a typo in a pool name, or PEs
@@ -171,8 +138,7 @@ async fn warn_of_empty_pools(
 pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let file = settings(&args)?;
     // Checked before anything is bound.
-    let dns_configs = dns_starts(&file)?;
-    let (http_configs, tcp_configs) = listener_configs(&file)?;
+    listeners::check(&file)?;
     let logging = Logging::init(&file.log.level, file.log.format).map_err(RunError::Usage)?;
     let shutdown = CancellationToken::new();
     let lifecycle = Lifecycle::default();
@@ -180,7 +146,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     let pool_user = Arc::new(
         PoolUser::start(&file.pool_user, tls.clone(), DEFAULT_STALE_CACHE, &shutdown).await?,
     );
-    let view = admin::Listeners::default();
+    let view = admin::ListenerView::default();
     // The metrics recorder goes in first: listeners take their meters when they start.
     let admin_security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
     let admin = match file.admin.listen {
@@ -192,7 +158,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
                 &pool_user,
                 &file,
                 &lifecycle,
-                (&view, configured_pools(&file)),
+                (&view, configured_pools(&file).first().copied()),
             ),
             logging.clone(),
         )
@@ -203,19 +169,13 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     rserpool_gateways::meters::describe();
     crate::pool_user::describe_metrics();
     tls.iter().for_each(|tls| tls.publish_expiry());
-    let certificates: Vec<(SocketAddr, Arc<CertificateResolver>)> = http_configs
-        .iter()
-        .filter_map(|c| Some((c.listen, c.tls.clone()?)))
-        .chain(dns_configs.iter().filter_map(|(_, _, dot)| dot.clone()))
-        .collect();
     let shared = listeners::Shared {
-        pool_user: &pool_user,
-        lifecycle: &lifecycle,
-        view: &view,
+        pool_user: pool_user.clone(),
+        lifecycle: lifecycle.clone(),
+        view,
+        drain_timeout: file.gateway.drain_timeout,
     };
-    let tcp = listeners::start_tcp(tcp_configs, &shared).await?;
-    let (http, reloaders) = listeners::start_http(http_configs, &shared).await?;
-    let dns = listeners::start_dns(dns_configs, &shared).await?;
+    let mut listeners = ListenerSet::start(&file, shared).await?;
     let registrars: Vec<String> = file
         .pool_user
         .registrars
@@ -225,7 +185,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
     let mut signals = Signals::install().map_err(RunError::Io)?;
-    let (tcp, http, dns) = (tcp.join(","), http.join(","), dns.join(","));
+    let [tcp, http, dns] = listeners.ready_fields();
     let named = [tcp.as_str(), http.as_str(), dns.as_str()].join(" ");
     let transport = file.pool_user.transport;
     let csp = status_reports::start(
@@ -247,11 +207,15 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         if let Some(tls) = &tls {
             crate::reload_tls(tls);
         }
-        reload_certificates(&certificates);
-        reload(&args, &logging, &reloaders).await;
+        reload_certificates(&listeners.certificates());
+        reload(&args, &logging, &mut listeners).await;
     }
     crate::systemd::notify("STOPPING=1");
-    drain(&lifecycle, file.gateway.drain_timeout).await;
+    // Without their handles the listeners' tasks drop their sockets when they stop
+    // (a handle would keep the socket it returns, and the port would stay open).
+    let drain_timeout = listeners.drain_timeout();
+    drop(listeners);
+    drain(&lifecycle, drain_timeout).await;
     shutdown.cancel();
     crate::csp::Reporter::finish(csp).await;
     Ok(())

@@ -56,15 +56,17 @@ pub use self::hedge::{HEDGE_FLOOR, Hedge, MIN_SAMPLES};
 pub use self::routing::Reloader;
 pub use crate::health::OutlierConfig;
 
-/// Accepts clients until shut down and serves their requests (HTTP/1.1, and HTTP/2
-/// with prior knowledge).
+/// Accepts clients until `lifecycle.stop_accepting` and serves their requests
+/// (HTTP/1.1, and HTTP/2 with prior knowledge); keep-alive connections close at their
+/// next request boundary then. Returns the listening socket, so that a listener with
+/// new settings can go on with it (clients that connect meanwhile wait in its backlog).
 pub async fn serve<D: Directory>(
     socket: TcpListener,
     config: HttpListenerConfig,
     routing: Reloader,
     directory: Arc<D>,
     lifecycle: Lifecycle,
-) {
+) -> TcpListener {
     let state = Arc::new(State {
         routing,
         https: config.tls.is_some(),
@@ -88,7 +90,7 @@ pub async fn serve<D: Directory>(
             Ok(tls_config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config))),
             Err(error) => {
                 tracing::error!(listen = %config.listen, %error, "TLS setup failed: listener not served");
-                return;
+                return socket;
             }
         },
         None => None,
@@ -114,7 +116,7 @@ pub async fn serve<D: Directory>(
     let refused = metrics::counter!("rserpool_http_connections_refused_total", "listen" => config.listen.to_string());
     loop {
         let accepted = tokio::select! {
-            () = lifecycle.stop_accepting.cancelled() => return,
+            () = lifecycle.stop_accepting.cancelled() => return socket,
             accepted = socket.accept() => accepted,
         };
         let Ok((stream, peer)) = accepted else {

@@ -30,13 +30,15 @@ pub use framing::{Framing, FramingError};
 use open_sessions::OpenSessions;
 use session::{Listener, Meters, run_session};
 
-/// Accepts clients until shut down; each gets a session task.
+/// Accepts clients until `lifecycle.stop_accepting`; each gets a session task. Returns
+/// the listening socket then, so that a listener with new settings can go on with it
+/// (clients that connect meanwhile wait in its backlog).
 pub async fn serve<D: Directory + SctpConnector>(
     socket: TcpListener,
     config: ListenerConfig,
     directory: Arc<D>,
     lifecycle: Lifecycle,
-) {
+) -> TcpListener {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let pool = config.pool_handle.to_string();
     let refused =
@@ -56,7 +58,7 @@ pub async fn serve<D: Directory + SctpConnector>(
     });
     loop {
         let accepted = tokio::select! {
-            () = lifecycle.stop_accepting.cancelled() => return,
+            () = lifecycle.stop_accepting.cancelled() => return socket,
             accepted = socket.accept() => accepted,
         };
         let Ok((client, peer)) = accepted else {

@@ -21,73 +21,74 @@ const MAX_LISTED_SESSIONS: usize = 1000;
 /// How long `/api/gateway` waits for a pool's resolution (mostly a cache hit).
 const POOL_WAIT: Duration = Duration::from_secs(1);
 
-/// The listeners as they were bound (real ports), for `/api/gateway`.
+/// The listeners as they are bound (real ports) and the pools they use, for
+/// `/api/gateway`; set again when SIGHUP changes them.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Listeners(Arc<Mutex<Vec<Value>>>);
+pub(super) struct ListenerView(Arc<Mutex<(Vec<Value>, BTreeSet<PoolHandle>)>>);
 
-impl Listeners {
-    pub(super) fn tcp(&self, address: std::net::SocketAddr, pool: PoolHandle) {
-        self.add(
-            json!({ "kind": "tcp", "address": address.to_string(), "pool": pool.to_string() }),
-        );
-    }
-
-    pub(super) fn http(&self, address: std::net::SocketAddr, config: &HttpListenerConfig) {
-        let routes: Vec<Value> = config
-            .routes
-            .iter()
-            .map(|route| {
-                json!({
-                    "host": route.host,
-                    "path": route.path_prefix,
-                    "pool": route.pool_handle.to_string(),
-                    "max_attempts": route.max_attempts,
-                    "hedge_after": format!("{:?}", route.hedge),
-                    "idempotency_keys": route.idempotency_keys,
-                })
-            })
-            .collect();
-        self.add(json!({
-            "kind": if config.tls.is_some() { "https" } else { "http" },
-            "address": address.to_string(),
-            "sticky": config.sticky.is_some(),
-            "routes": routes,
-        }));
-    }
-
-    pub(super) fn dns(&self, address: String, zone: &str) {
-        self.add(json!({ "kind": "dns", "address": address, "zone": zone }));
-    }
-
-    fn add(&self, listener: Value) {
-        if let Ok(mut listeners) = self.0.lock() {
-            listeners.push(listener);
+impl ListenerView {
+    pub(super) fn set(&self, listeners: Vec<Value>, pools: BTreeSet<PoolHandle>) {
+        if let Ok(mut view) = self.0.lock() {
+            *view = (listeners, pools);
         }
     }
 
-    fn list(&self) -> Vec<Value> {
-        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    fn listeners(&self) -> Vec<Value> {
+        self.0.lock().map(|v| v.0.clone()).unwrap_or_default()
+    }
+
+    fn pools(&self) -> BTreeSet<PoolHandle> {
+        self.0.lock().map(|v| v.1.clone()).unwrap_or_default()
     }
 }
 
-/// The admin routes of the gateway; `pools`: the ones its listeners and routes use.
+/// A TCP listener's entry in `/api/gateway`.
+pub(super) fn tcp_entry(address: std::net::SocketAddr, pool: PoolHandle) -> Value {
+    json!({ "kind": "tcp", "address": address.to_string(), "pool": pool.to_string() })
+}
+
+/// An HTTP listener's entry, with its routes.
+pub(super) fn http_entry(address: std::net::SocketAddr, config: &HttpListenerConfig) -> Value {
+    let routes: Vec<Value> = config
+        .routes
+        .iter()
+        .map(|route| {
+            json!({
+                "host": route.host,
+                "path": route.path_prefix,
+                "pool": route.pool_handle.to_string(),
+                "max_attempts": route.max_attempts,
+                "hedge_after": format!("{:?}", route.hedge),
+                "idempotency_keys": route.idempotency_keys,
+            })
+        })
+        .collect();
+    json!({
+        "kind": if config.tls.is_some() { "https" } else { "http" },
+        "address": address.to_string(),
+        "sticky": config.sticky.is_some(),
+        "routes": routes,
+    })
+}
+
+/// A DNS listener's entry.
+pub(super) fn dns_entry(address: String, zone: &str) -> Value {
+    json!({ "kind": "dns", "address": address, "zone": zone })
+}
+
+/// The admin routes of the gateway; `probe_pool`: a pool its listeners use (or none).
 pub(super) fn routes(
     pool_user: &Arc<PoolUser>,
     file: &ConfigFile,
     lifecycle: &Lifecycle,
-    (listeners, pools): (&Listeners, BTreeSet<PoolHandle>),
+    (listeners, probe_pool): (&ListenerView, Option<PoolHandle>),
 ) -> crate::admin::Routes {
-    let probe_pool = pools
-        .iter()
-        .next()
-        .copied()
-        .or_else(|| PoolHandle::new(b"rserpool-readiness").ok());
+    let probe_pool = probe_pool.or_else(|| PoolHandle::new(b"rserpool-readiness").ok());
     let ready_user = pool_user.clone();
     let view = Arc::new(GatewayView {
         pool_user: pool_user.clone(),
         lifecycle: lifecycle.clone(),
         listeners: listeners.clone(),
-        pools,
         registrars: file
             .pool_user
             .registrars
@@ -157,22 +158,22 @@ fn sessions(lifecycle: &Lifecycle) -> Value {
 struct GatewayView {
     pool_user: Arc<PoolUser>,
     lifecycle: Lifecycle,
-    listeners: Listeners,
-    pools: BTreeSet<PoolHandle>,
+    listeners: ListenerView,
     registrars: Vec<String>,
 }
 
 impl GatewayView {
     async fn render(&self) -> Value {
-        let mut pools = Vec::with_capacity(self.pools.len());
-        for pool in &self.pools {
-            pools.push(self.pool(*pool).await);
+        let configured = self.listeners.pools();
+        let mut pools = Vec::with_capacity(configured.len());
+        for pool in configured {
+            pools.push(self.pool(pool).await);
         }
         let in_use = self.pool_user.registrar().map(
             |(endpoint, id)| json!({ "endpoint": endpoint.to_string(), "id": id.map(|id| id.0) }),
         );
         json!({
-            "listeners": self.listeners.list(),
+            "listeners": self.listeners.listeners(),
             "pools": pools,
             "registrars": { "configured": self.registrars, "in_use": in_use },
         })

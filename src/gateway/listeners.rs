@@ -1,18 +1,33 @@
-//! Binding the gateway's TCP, HTTP and DNS listeners and starting their tasks. Each
-//! start returns `ADDRESS=POOL` (or `=ZONE`) texts for the ready line; the admin view
-//! learns the bound addresses (a port 0 in the configuration is the real one there).
+//! The gateway's listeners: checking, binding and starting each TCP, HTTP and DNS
+//! listener, and following a new configuration on SIGHUP. A listener is known by its
+//! kind and configured address. On SIGHUP new ones open; removed ones stop accepting
+//! and their sessions get `drain_timeout`; changed ones go on with the same listening
+//! socket and the new settings (clients connecting meanwhile wait in its backlog; open
+//! TCP sessions keep the settings they started with; HTTP keep-alive connections close
+//! at their next request boundary), except a DNS listener, which is bound again; an
+//! HTTP listener whose routes or sticky keys alone changed keeps its connections. All
+//! that can fail (settings, binding new addresses) is done before anything changes.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rserpool_gateways::Lifecycle;
 use rserpool_gateways::dns::{self, DnsConfig};
 use rserpool_gateways::http::tls::CertificateResolver;
 use rserpool_gateways::http::{self, HttpListenerConfig};
 use rserpool_gateways::tcp::{self, ListenerConfig};
+use rserpool_proto::wire::PoolHandle;
+use serde_json::Value;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
-use super::admin::Listeners;
+use super::admin::{self, ListenerView};
+use super::settings::{dns_start, http_listener_config, tcp_listener_config};
 use crate::RunError;
+use crate::config::{ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection};
 use crate::pool_user::PoolUser;
 
 /// A DNS listener to start: its address, settings, and DNS over TLS (address and
@@ -24,119 +39,515 @@ pub(super) type DnsStart = (
 );
 
 /// What every listener's task gets.
-pub(super) struct Shared<'a> {
-    pub(super) pool_user: &'a Arc<PoolUser>,
-    pub(super) lifecycle: &'a Lifecycle,
-    pub(super) view: &'a Listeners,
+pub(super) struct Shared {
+    pub(super) pool_user: Arc<PoolUser>,
+    pub(super) lifecycle: Lifecycle,
+    pub(super) view: ListenerView,
+    /// How long a removed listener's sessions may go on.
+    pub(super) drain_timeout: Duration,
 }
 
-pub(super) async fn start_tcp(
-    configs: Vec<ListenerConfig>,
-    shared: &Shared<'_>,
-) -> Result<Vec<String>, RunError> {
-    let mut bound = Vec::new();
-    for config in configs {
-        let (listener, address) = bind(config.listen).await?;
-        bound.push(format!("{address}={}", config.pool_handle));
-        shared.view.tcp(address, config.pool_handle);
-        let config = ListenerConfig {
-            listen: address,
-            ..config
-        };
-        tokio::spawn(tcp::serve(
-            listener,
-            config,
-            shared.pool_user.clone(),
-            shared.lifecycle.clone(),
-        ));
+/// A listener as configured: what SIGHUP compares.
+#[derive(Debug, Clone, PartialEq)]
+enum Section {
+    Tcp(TcpListenerSection),
+    Http(HttpListenerSection),
+    Dns(DnsSection),
+}
+
+impl Section {
+    /// The file's listeners: TCP, HTTP, then DNS, each in the file's order.
+    fn all(file: &ConfigFile) -> Vec<Self> {
+        let tcp = file.gateway.tcp.iter().cloned().map(Self::Tcp);
+        let http = file.gateway.http.iter().cloned().map(Self::Http);
+        let dns = file.gateway.dns.iter().cloned().map(Self::Dns);
+        tcp.chain(http).chain(dns).collect()
     }
-    Ok(bound)
+
+    /// Kind and configured address: what makes two configurations' listeners one.
+    fn key(&self) -> (&'static str, SocketAddr) {
+        match self {
+            Self::Tcp(section) => ("tcp", section.listen),
+            Self::Http(section) => ("http", section.listen),
+            Self::Dns(section) => ("dns", section.listen),
+        }
+    }
+
+    /// The settings the gateway library takes, checked.
+    fn check(&self) -> Result<Checked, RunError> {
+        Ok(match self {
+            Self::Tcp(section) => Checked::Tcp(tcp_listener_config(section)?),
+            Self::Http(section) => Checked::Http(http_listener_config(section)?),
+            Self::Dns(section) => Checked::Dns(dns_start(section)?),
+        })
+    }
+
+    /// Whether `new` differs from this HTTP listener in its routes and sticky keys
+    /// only (which a running listener takes without a restart).
+    fn routes_only(&self, new: &Self) -> bool {
+        let (Self::Http(old), Self::Http(new)) = (self, new) else {
+            return false;
+        };
+        let mut same = new.clone();
+        same.routes.clone_from(&old.routes);
+        same.sticky.clone_from(&old.sticky);
+        same == *old
+    }
 }
 
-/// Also returns each HTTP listener's routes by its configured address, for SIGHUP.
-pub(super) async fn start_http(
-    configs: Vec<HttpListenerConfig>,
-    shared: &Shared<'_>,
-) -> Result<(Vec<String>, Vec<(SocketAddr, http::Reloader)>), RunError> {
-    let mut bound = Vec::new();
-    let mut reloaders = Vec::new();
-    for config in configs {
-        let reloader = http::Reloader::new(&config, shared.lifecycle.ejections.clone());
-        reloaders.push((config.listen, reloader.clone()));
-        let (listener, address) = bind(config.listen).await?;
-        let pools: Vec<String> = config
-            .routes
+/// A listener's checked settings.
+enum Checked {
+    Tcp(ListenerConfig),
+    Http(HttpListenerConfig),
+    Dns(DnsStart),
+}
+
+/// A listener's checked settings with its bound sockets, ready to start.
+enum Prepared {
+    Tcp(ListenerConfig, TcpListener),
+    Http(HttpListenerConfig, TcpListener),
+    Dns(DnsStart, DnsSockets),
+}
+
+/// UDP and TCP on one port, and DNS over TLS on its own.
+struct DnsSockets {
+    udp: UdpSocket,
+    tcp: TcpListener,
+    dot: Option<TcpListener>,
+}
+
+/// A running listener.
+struct Running {
+    section: Section,
+    /// Where it listens (the real port for a 0 in the configuration).
+    bound: SocketAddr,
+    /// `ADDRESS=POOL` (or `=ZONE`) texts for the ready line.
+    named: Vec<String>,
+    /// Its entries in `/api/gateway`.
+    view: Vec<Value>,
+    /// Cancelled: it stops accepting (a child of the gateway's `stop_accepting`).
+    stop: CancellationToken,
+    /// Cancelled: its sessions are closed (a child of `close_sessions`).
+    close: CancellationToken,
+    /// Gives the listening socket back when stopped (TCP and HTTP).
+    task: JoinHandle<Option<TcpListener>>,
+    reloader: Option<http::Reloader>,
+    certificates: Vec<(SocketAddr, Arc<CertificateResolver>)>,
+}
+
+/// What one SIGHUP changed.
+#[derive(Debug, Default)]
+pub(super) struct Changes {
+    pub(super) added: usize,
+    pub(super) removed: usize,
+    pub(super) replaced: usize,
+    pub(super) routes_reloaded: usize,
+}
+
+/// What SIGHUP does to one listener of the new configuration.
+enum Step {
+    Keep(Running),
+    Routes(Running, Section, HttpListenerConfig),
+    Replace(Running, Section, Checked),
+    Add(Section, Prepared),
+}
+
+/// The running listeners.
+pub(super) struct ListenerSet {
+    running: Vec<Running>,
+    shared: Shared,
+}
+
+/// Checks every listener of `file` (before anything is bound).
+pub(super) fn check(file: &ConfigFile) -> Result<(), RunError> {
+    Section::all(file)
+        .iter()
+        .try_for_each(|s| s.check().map(drop))
+}
+
+impl ListenerSet {
+    /// Binds and starts the listeners of `file`; a failure to bind is an error.
+    pub(super) async fn start(file: &ConfigFile, shared: Shared) -> Result<Self, RunError> {
+        let mut set = Self {
+            running: Vec::new(),
+            shared,
+        };
+        for section in Section::all(file) {
+            let prepared = prepare(section.check()?, None, None).await?;
+            let running = set.launch(section, prepared);
+            set.running.push(running);
+        }
+        set.publish(file);
+        Ok(set)
+    }
+
+    /// The ready line's `tcp`, `http` and `dns` fields.
+    pub(super) fn ready_fields(&self) -> [String; 3] {
+        ["tcp", "http", "dns"].map(|kind| {
+            let named: Vec<&str> = self
+                .running
+                .iter()
+                .filter(|r| r.section.key().0 == kind)
+                .flat_map(|r| r.named.iter().map(String::as_str))
+                .collect();
+            named.join(",")
+        })
+    }
+
+    /// How long sessions may go on when the gateway stops (the latest configuration's).
+    pub(super) fn drain_timeout(&self) -> Duration {
+        self.shared.drain_timeout
+    }
+
+    /// The HTTPS and DNS-over-TLS listeners' certificates (read again on SIGHUP).
+    pub(super) fn certificates(&self) -> Vec<(SocketAddr, Arc<CertificateResolver>)> {
+        self.running
             .iter()
-            .map(|r| r.pool_handle.to_string())
-            .collect();
-        bound.push(format!("{address}={}", pools.join("+")));
-        shared.view.http(address, &config);
-        let config = HttpListenerConfig {
-            listen: address,
-            ..config
-        };
-        tokio::spawn(http::serve(
-            listener,
-            config,
-            reloader,
-            shared.pool_user.clone(),
-            shared.lifecycle.clone(),
-        ));
+            .flat_map(|r| r.certificates.iter().cloned())
+            .collect()
     }
-    Ok((bound, reloaders))
-}
 
-/// UDP and TCP on one port (a port 0 in the configuration picks one for both), and
-/// DNS over TLS on its own (named after it in the ready line).
-pub(super) async fn start_dns(
-    starts: Vec<DnsStart>,
-    shared: &Shared<'_>,
-) -> Result<Vec<String>, RunError> {
-    let mut bound = Vec::new();
-    for (listen, config, dot) in starts {
-        let udp = tokio::net::UdpSocket::bind(listen)
-            .await
-            .map_err(|e| RunError::Bind(listen, e))?;
-        let address = udp.local_addr().map_err(|e| RunError::Bind(listen, e))?;
-        let tcp = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|e| RunError::Bind(address, e))?;
-        let zone = config.zone.to_string();
-        bound.push(format!("{address}={zone}"));
-        shared.view.dns(format!("{address} (UDP, TCP)"), &zone);
-        let dot = match dot {
-            Some((dot_listen, certificates)) => {
-                let (listener, dot_address) = bind(dot_listen).await?;
-                bound.push(format!("{dot_address}=tls:{zone}"));
-                shared
-                    .view
-                    .dns(format!("{dot_address} (DNS over TLS)"), &zone);
-                Some(dns::DotListener {
-                    listener,
-                    certificates,
-                })
+    /// Follows `file`'s listeners (SIGHUP). On an error (settings, an address that
+    /// cannot be bound) nothing has changed.
+    pub(super) async fn apply(&mut self, file: &ConfigFile) -> Result<Changes, RunError> {
+        self.shared.drain_timeout = file.gateway.drain_timeout;
+        let mut old = std::mem::take(&mut self.running);
+        let steps = match self.plan(file, &mut old).await {
+            Ok(steps) => steps,
+            Err(error) => {
+                // The listeners the plan took out of `old` went back into it.
+                self.running = old;
+                return Err(error);
             }
-            None => None,
         };
-        tokio::spawn(dns::serve(
-            udp,
-            tcp,
-            dot,
-            config,
-            shared.pool_user.clone(),
-            shared.lifecycle.stop_accepting.clone(),
-        ));
+        let mut changes = Changes::default();
+        for removed in old {
+            tracing::info!(listener = %removed.bound, kind = removed.section.key().0, drain = ?self.shared.drain_timeout, "SIGHUP: listener removed; its sessions drain");
+            self.retire(removed).await;
+            changes.removed += 1;
+        }
+        for step in steps {
+            let running = match step {
+                Step::Keep(running) => running,
+                Step::Routes(mut running, section, config) => {
+                    if let Some(reloader) = &running.reloader {
+                        reloader.reload(&config);
+                    }
+                    tracing::info!(listener = %running.bound, "SIGHUP: HTTP routes and sticky keys reloaded");
+                    running.section = section;
+                    changes.routes_reloaded += 1;
+                    running
+                }
+                Step::Replace(running, section, checked) => {
+                    changes.replaced += 1;
+                    match self.replace(running, section, checked).await {
+                        Some(running) => running,
+                        None => continue,
+                    }
+                }
+                Step::Add(section, prepared) => {
+                    changes.added += 1;
+                    let running = self.launch(section, prepared);
+                    tracing::info!(listener = %running.bound, kind = running.section.key().0, "SIGHUP: listener added");
+                    running
+                }
+            };
+            self.running.push(running);
+        }
+        self.publish(file);
+        Ok(changes)
     }
-    Ok(bound)
+
+    /// What each listener of `file` needs, taking the running ones it keeps out of
+    /// `old` (what is left there goes). Binds the new addresses; on an error the
+    /// running listeners taken are put back into `old`.
+    async fn plan(&self, file: &ConfigFile, old: &mut Vec<Running>) -> Result<Vec<Step>, RunError> {
+        let mut steps = Vec::new();
+        let mut result = Ok(());
+        for section in Section::all(file) {
+            let taken = old
+                .iter()
+                .position(|r| r.section.key() == section.key())
+                .map(|at| old.remove(at));
+            let step = match taken {
+                Some(running) if running.section == section => Ok(Step::Keep(running)),
+                Some(running) => match section.check() {
+                    Ok(Checked::Http(config)) if running.section.routes_only(&section) => {
+                        Ok(Step::Routes(running, section, config))
+                    }
+                    Ok(checked) => Ok(Step::Replace(running, section, checked)),
+                    Err(error) => {
+                        old.push(running);
+                        Err(error)
+                    }
+                },
+                None => match section.check() {
+                    Ok(checked) => prepare(checked, None, None)
+                        .await
+                        .map(|prepared| Step::Add(section, prepared)),
+                    Err(error) => Err(error),
+                },
+            };
+            match step {
+                Ok(step) => steps.push(step),
+                Err(error) => {
+                    result = Err(error);
+                    break;
+                }
+            }
+        }
+        if let Err(error) = result {
+            // Put back what was taken; the sockets bound for new listeners close.
+            for step in steps {
+                match step {
+                    Step::Keep(running)
+                    | Step::Routes(running, ..)
+                    | Step::Replace(running, ..) => {
+                        old.push(running);
+                    }
+                    Step::Add(..) => {}
+                }
+            }
+            return Err(error);
+        }
+        Ok(steps)
+    }
+
+    /// Stops `old` and starts `section` in its place: on the same listening socket
+    /// (TCP, HTTP), or bound again at the same address (DNS; if that fails, `old`'s
+    /// settings are bound again, and if that fails too the listener is gone until a
+    /// SIGHUP finds it as new).
+    async fn replace(&self, old: Running, section: Section, checked: Checked) -> Option<Running> {
+        let (bound, previous) = (old.bound, old.section.clone());
+        old.stop.cancel();
+        let socket = old.task.await.ok().flatten();
+        tracing::info!(listener = %bound, kind = section.key().0, "SIGHUP: listener replaced; its open sessions keep their settings");
+        let error = match prepare(checked, socket, Some(bound)).await {
+            Ok(prepared) => return Some(self.launch(section, prepared)),
+            Err(error) => error,
+        };
+        tracing::error!(listener = %bound, %error, "SIGHUP: the changed listener could not be bound again; starting its previous settings");
+        let restored = match previous.check() {
+            Ok(checked) => prepare(checked, None, Some(bound)).await,
+            Err(error) => Err(error),
+        };
+        match restored {
+            Ok(prepared) => Some(self.launch(previous, prepared)),
+            Err(error) => {
+                tracing::error!(listener = %bound, %error, "SIGHUP: listener lost; fix the configuration and send SIGHUP again");
+                None
+            }
+        }
+    }
+
+    /// Stops accepting and closes the listening socket at once; the listener's open
+    /// sessions are closed after `drain_timeout` if they have not ended by then.
+    async fn retire(&self, running: Running) {
+        running.stop.cancel();
+        let _ = running.task.await;
+        let (close, drain) = (running.close, self.shared.drain_timeout);
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            close.cancel();
+        });
+    }
+
+    /// Starts a listener's task on its sockets.
+    fn launch(&self, section: Section, prepared: Prepared) -> Running {
+        let lifecycle = Lifecycle {
+            stop_accepting: self.shared.lifecycle.stop_accepting.child_token(),
+            close_sessions: self.shared.lifecycle.close_sessions.child_token(),
+            ..self.shared.lifecycle.clone()
+        };
+        let (stop, close) = (
+            lifecycle.stop_accepting.clone(),
+            lifecycle.close_sessions.clone(),
+        );
+        let pool_user = self.shared.pool_user.clone();
+        let mut running = match prepared {
+            Prepared::Tcp(config, socket) => {
+                let bound = local_address(&socket, config.listen);
+                let config = ListenerConfig {
+                    listen: bound,
+                    ..config
+                };
+                let pool = config.pool_handle;
+                let task = tokio::spawn(async move {
+                    Some(tcp::serve(socket, config, pool_user, lifecycle).await)
+                });
+                Running::new(section, bound, task, vec![format!("{bound}={pool}")])
+                    .with_view(admin::tcp_entry(bound, pool))
+            }
+            Prepared::Http(config, socket) => {
+                let bound = local_address(&socket, config.listen);
+                let reloader =
+                    http::Reloader::new(&config, self.shared.lifecycle.ejections.clone());
+                let config = HttpListenerConfig {
+                    listen: bound,
+                    ..config
+                };
+                let pools: Vec<String> = config
+                    .routes
+                    .iter()
+                    .map(|r| r.pool_handle.to_string())
+                    .collect();
+                let view = admin::http_entry(bound, &config);
+                let certificates: Vec<_> = config.tls.iter().map(|t| (bound, t.clone())).collect();
+                let routing = reloader.clone();
+                let task = tokio::spawn(async move {
+                    Some(http::serve(socket, config, routing, pool_user, lifecycle).await)
+                });
+                let mut running = Running::new(
+                    section,
+                    bound,
+                    task,
+                    vec![format!("{bound}={}", pools.join("+"))],
+                )
+                .with_view(view);
+                running.reloader = Some(reloader);
+                running.certificates = certificates;
+                running
+            }
+            Prepared::Dns(
+                (_, config, dot),
+                DnsSockets {
+                    udp,
+                    tcp,
+                    dot: dot_socket,
+                },
+            ) => {
+                let bound = udp
+                    .local_addr()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                let zone = config.zone.to_string();
+                let mut named = vec![format!("{bound}={zone}")];
+                let mut view = vec![admin::dns_entry(format!("{bound} (UDP, TCP)"), &zone)];
+                let mut certificates = Vec::new();
+                let dot = match (dot, dot_socket) {
+                    (Some((listen, resolver)), Some(listener)) => {
+                        let dot_bound = local_address(&listener, listen);
+                        named.push(format!("{dot_bound}=tls:{zone}"));
+                        view.push(admin::dns_entry(
+                            format!("{dot_bound} (DNS over TLS)"),
+                            &zone,
+                        ));
+                        certificates.push((dot_bound, resolver.clone()));
+                        Some(dns::DotListener {
+                            listener,
+                            certificates: resolver,
+                        })
+                    }
+                    _ => None,
+                };
+                let task = tokio::spawn(async move {
+                    dns::serve(udp, tcp, dot, config, pool_user, lifecycle.stop_accepting).await;
+                    None
+                });
+                let mut running = Running::new(section, bound, task, named);
+                running.view = view;
+                running.certificates = certificates;
+                running
+            }
+        };
+        running.stop = stop;
+        running.close = close;
+        running
+    }
+
+    /// Tells `/api/gateway` the listeners and the pools they use.
+    fn publish(&self, file: &ConfigFile) {
+        let entries = self.running.iter().flat_map(|r| r.view.iter().cloned());
+        self.shared
+            .view
+            .set(entries.collect(), configured_pools(file));
+    }
 }
 
-/// A TCP listener on `address`, and the address it got (the real port for a 0).
-async fn bind(address: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), RunError> {
-    let listener = tokio::net::TcpListener::bind(address)
+impl Running {
+    fn new(
+        section: Section,
+        bound: SocketAddr,
+        task: JoinHandle<Option<TcpListener>>,
+        named: Vec<String>,
+    ) -> Self {
+        Self {
+            section,
+            bound,
+            named,
+            view: Vec::new(),
+            stop: CancellationToken::new(),
+            close: CancellationToken::new(),
+            task,
+            reloader: None,
+            certificates: Vec::new(),
+        }
+    }
+
+    fn with_view(mut self, entry: Value) -> Self {
+        self.view.push(entry);
+        self
+    }
+}
+
+/// The pools the TCP listeners and HTTP routes send to.
+pub(super) fn configured_pools(file: &ConfigFile) -> BTreeSet<PoolHandle> {
+    let tcp = file.gateway.tcp.iter().map(|listener| listener.pool);
+    let http = file
+        .gateway
+        .http
+        .iter()
+        .flat_map(|listener| listener.routes.iter().map(|route| route.pool));
+    tcp.chain(http).collect()
+}
+
+/// A listener's settings with its sockets: `socket` (a stopped listener's, handed
+/// on), else bound at its configured address or at `at` (a listener bound again keeps
+/// its port). DNS takes UDP and TCP on one port (a port 0 picks one for both), and DNS
+/// over TLS on its own.
+async fn prepare(
+    checked: Checked,
+    socket: Option<TcpListener>,
+    at: Option<SocketAddr>,
+) -> Result<Prepared, RunError> {
+    let stream = |listen: SocketAddr| async move {
+        match socket {
+            Some(socket) => Ok(socket),
+            None => bind_stream(at.unwrap_or(listen)).await,
+        }
+    };
+    match checked {
+        Checked::Tcp(config) => {
+            let socket = stream(config.listen).await?;
+            Ok(Prepared::Tcp(config, socket))
+        }
+        Checked::Http(config) => {
+            let socket = stream(config.listen).await?;
+            Ok(Prepared::Http(config, socket))
+        }
+        Checked::Dns(start) => {
+            let listen = at.unwrap_or(start.0);
+            let udp = UdpSocket::bind(listen)
+                .await
+                .map_err(|e| RunError::Bind(listen, e))?;
+            let address = udp.local_addr().map_err(|e| RunError::Bind(listen, e))?;
+            let tcp = bind_stream(address).await?;
+            let dot = match &start.2 {
+                Some((dot_listen, _)) => Some(bind_stream(*dot_listen).await?),
+                None => None,
+            };
+            Ok(Prepared::Dns(start, DnsSockets { udp, tcp, dot }))
+        }
+    }
+}
+
+/// A TCP listener on `address`.
+async fn bind_stream(address: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(address)
         .await
-        .map_err(|e| RunError::Bind(address, e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| RunError::Bind(address, e))?;
-    Ok((listener, bound))
+        .map_err(|e| RunError::Bind(address, e))
+}
+
+/// Where a listening socket is bound (the real port for a 0).
+fn local_address(socket: &TcpListener, configured: SocketAddr) -> SocketAddr {
+    socket.local_addr().unwrap_or(configured)
 }

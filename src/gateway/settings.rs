@@ -18,8 +18,8 @@ use rserpool_proto::wire::PoolHandle;
 use super::listeners;
 use crate::RunError;
 use crate::config::{
-    self, CertificateSection, ConfigFile, DnsSection, HttpListenerSection, HttpRouteSection,
-    OutlierSection, StickySection, TcpListenerSection,
+    self, CertificateSection, DnsSection, HttpListenerSection, HttpRouteSection, OutlierSection,
+    StickySection, TcpListenerSection,
 };
 
 fn dns_config(section: &DnsSection) -> Result<DnsConfig, RunError> {
@@ -200,18 +200,6 @@ fn cookie_sealer(sticky: &StickySection, context: &str) -> Result<Option<CookieS
     Ok(CookieSealer::new(name, &keys, max_age))
 }
 
-/// The HTTP and TCP listeners' settings, checked.
-pub(super) fn listener_configs(
-    file: &ConfigFile,
-) -> Result<(Vec<HttpListenerConfig>, Vec<ListenerConfig>), RunError> {
-    let http = file.gateway.http.iter().map(http_listener_config);
-    let tcp = file.gateway.tcp.iter().map(listener_config);
-    Ok((
-        http.collect::<Result<_, _>>()?,
-        tcp.collect::<Result<_, _>>()?,
-    ))
-}
-
 /// A route's or TCP listener's passive health, checked.
 fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConfig, RunError> {
     if section.max_ejected_percent > 100
@@ -243,7 +231,10 @@ fn outlier_config(section: &OutlierSection, context: &str) -> Result<OutlierConf
 }
 
 /// One TCP listener: what the section leaves out is [`ListenerConfig::new`]'s.
-fn listener_config(section: &TcpListenerSection) -> Result<ListenerConfig, RunError> {
+/// A TCP listener's settings, checked.
+pub(super) fn tcp_listener_config(
+    section: &TcpListenerSection,
+) -> Result<ListenerConfig, RunError> {
     let context = format!("gateway.tcp {}", section.listen);
     let defaults = ListenerConfig::new(section.listen, section.pool);
     let session = session_config(section, &defaults.session, &context)?;
@@ -322,25 +313,19 @@ fn session_config(
     })
 }
 
-/// The DNS listeners' settings and DNS-over-TLS certificates, checked before anything
+/// A DNS listener's settings and DNS-over-TLS certificates, checked before anything
 /// is bound.
-pub(super) fn dns_starts(file: &ConfigFile) -> Result<Vec<listeners::DnsStart>, RunError> {
-    file.gateway
-        .dns
-        .iter()
-        .map(|section| {
-            let dot = section
-                .tls
-                .as_ref()
-                .map(|tls| {
-                    let context = format!("gateway.dns {}", section.listen);
-                    Ok::<_, RunError>((
-                        tls.listen,
-                        certificate_resolver(&context, &tls.certificates)?,
-                    ))
-                })
-                .transpose()?;
-            Ok((section.listen, dns_config(section)?, dot))
+pub(super) fn dns_start(section: &DnsSection) -> Result<listeners::DnsStart, RunError> {
+    let dot = section
+        .tls
+        .as_ref()
+        .map(|tls| {
+            let context = format!("gateway.dns {}", section.listen);
+            Ok::<_, RunError>((
+                tls.listen,
+                certificate_resolver(&context, &tls.certificates)?,
+            ))
         })
-        .collect()
+        .transpose()?;
+    Ok((section.listen, dns_config(section)?, dot))
 }
