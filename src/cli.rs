@@ -414,6 +414,11 @@ pub(crate) struct GatewayArgs {
     /// Timer profile of the pool user.
     #[arg(long, value_parser = timer_profiles())]
     pub(crate) profile: Option<TimerProfile>,
+    /// Write the process ID here once serving (removed at exit unless a newer
+    /// process wrote its own): scripts find the gateway, and the new process after a
+    /// binary upgrade (SIGUSR2).
+    #[arg(long)]
+    pub(crate) pid_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) admin: AdminArgs,
     #[command(flatten)]

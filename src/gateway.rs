@@ -6,6 +6,7 @@ mod admin;
 mod listeners;
 mod settings;
 mod status_reports;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
 
 use listeners::{ListenerSet, configured_pools};
+use upgrade::{Inherited, PidFile};
 
 use crate::RunError;
 use crate::cli::GatewayArgs;
@@ -147,24 +149,29 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         PoolUser::start(&file.pool_user, tls.clone(), DEFAULT_STALE_CACHE, &shutdown).await?,
     );
     let view = admin::ListenerView::default();
+    let mut inherited = Inherited::receive()?;
+    // Stops the admin listener when an upgrade's new process has taken it over.
+    let admin_stop = shutdown.child_token();
     // The metrics recorder goes in first: listeners take their meters when they start.
-    let admin_security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
-    let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(
-            listen,
-            admin_security.clone(),
-            shutdown.clone(),
-            admin::routes(
+    let (admin, admin_socket) = match admin_listener(&file, inherited.as_mut()).await? {
+        Some((listener, duplicate)) => {
+            let routes = admin::routes(
                 &pool_user,
                 &file,
                 &lifecycle,
                 (&view, configured_pools(&file).first().copied()),
-            ),
-            logging.clone(),
-        )
-        .await?
-        .to_string(),
-        None => "off".to_owned(),
+            );
+            let security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
+            let bound = crate::admin::start_on(
+                listener,
+                security,
+                admin_stop.clone(),
+                routes,
+                logging.clone(),
+            )?;
+            (bound.to_string(), duplicate)
+        }
+        None => ("off".to_owned(), None),
     };
     rserpool_gateways::meters::describe();
     crate::pool_user::describe_metrics();
@@ -175,7 +182,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         view,
         drain_timeout: file.gateway.drain_timeout,
     };
-    let mut listeners = ListenerSet::start(&file, shared).await?;
+    let mut listeners = ListenerSet::start(&file, shared, inherited.as_mut()).await?;
     let registrars: Vec<String> = file
         .pool_user
         .registrars
@@ -184,7 +191,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         .collect();
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
-    let mut signals = Signals::install().map_err(RunError::Io)?;
+    let mut signals = Signals::install_with_upgrade().map_err(RunError::Io)?;
     let [tcp, http, dns] = listeners.ready_fields();
     let named = [tcp.as_str(), http.as_str(), dns.as_str()].join(" ");
     let transport = file.pool_user.transport;
@@ -199,17 +206,23 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     .await?;
     tracing::info!(role = "gateway", tcp = %tcp, http = %http, dns = %dns, registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
     crate::systemd::ready(&shutdown);
+    let pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
+    if let Some(inherited) = inherited {
+        inherited.ready();
+    }
     tokio::spawn(warn_of_empty_pools(
         pool_user.clone(),
         configured_pools(&file),
     ));
-    while signals.next().await == Request::Reload {
-        if let Some(tls) = &tls {
-            crate::reload_tls(tls);
-        }
-        reload_certificates(&listeners.certificates());
-        reload(&args, &logging, &mut listeners).await;
-    }
+    let upgrade = (admin_socket.as_ref(), &admin_stop);
+    serve_signals(
+        &mut signals,
+        (&args, &logging),
+        tls.as_deref(),
+        &mut listeners,
+        upgrade,
+    )
+    .await;
     crate::systemd::notify("STOPPING=1");
     // Without their handles the listeners' tasks drop their sockets when they stop
     // (a handle would keep the socket it returns, and the port would stay open).
@@ -218,7 +231,98 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     drain(&lifecycle, drain_timeout).await;
     shutdown.cancel();
     crate::csp::Reporter::finish(csp).await;
+    if let Some(pid_file) = pid_file {
+        pid_file.remove_if_ours();
+    }
     Ok(())
+}
+
+/// Serves the operator's signals until a stop, or an upgrade whose new process serves
+/// (its admin listener then stops here: `admin_stop`).
+async fn serve_signals(
+    signals: &mut Signals,
+    (args, logging): (&GatewayArgs, &Logging),
+    tls: Option<&crate::transport::tls::ControlTls>,
+    listeners: &mut ListenerSet,
+    (admin_socket, admin_stop): (Option<&std::os::fd::OwnedFd>, &CancellationToken),
+) {
+    loop {
+        match signals.next().await {
+            Request::Stop => return,
+            Request::Reload => {
+                if let Some(tls) = tls {
+                    crate::reload_tls(tls);
+                }
+                reload_certificates(&listeners.certificates());
+                reload(args, logging, listeners).await;
+            }
+            Request::Upgrade => {
+                if upgraded(listeners, admin_socket).await {
+                    admin_stop.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The admin listener's socket (handed over by an upgrade, else bound) and a
+/// duplicate of it for the next upgrade; `None` when the admin listener is off.
+async fn admin_listener(
+    file: &ConfigFile,
+    inherited: Option<&mut Inherited>,
+) -> Result<Option<(tokio::net::TcpListener, Option<std::os::fd::OwnedFd>)>, RunError> {
+    let Some(listen) = file.admin.listen else {
+        return Ok(None);
+    };
+    let handed = inherited
+        .and_then(|inherited| inherited.take("admin"))
+        .and_then(|mut sockets| sockets.pop())
+        .map(|fd| {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)
+        });
+    let listener = match handed {
+        Some(handed) => handed.map_err(|e| RunError::Bind(listen, e))?,
+        None => tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| RunError::Bind(listen, e))?,
+    };
+    let duplicate = std::os::fd::AsFd::as_fd(&listener)
+        .try_clone_to_owned()
+        .ok();
+    Ok(Some((listener, duplicate)))
+}
+
+/// SIGUSR2: hands every listening socket to a new process of this binary; true once
+/// the new process serves (this one then drains and exits).
+async fn upgraded(listeners: &ListenerSet, admin: Option<&std::os::fd::OwnedFd>) -> bool {
+    let mut sockets = match listeners.sockets() {
+        Ok(sockets) => sockets,
+        Err(error) => {
+            tracing::error!(%error, "upgrade: cannot duplicate the listening sockets; this process keeps serving");
+            return false;
+        }
+    };
+    if let Some(admin) = admin.and_then(|fd| fd.try_clone().ok()) {
+        sockets.push(("admin".to_owned(), vec![admin]));
+    }
+    tracing::info!(sockets = sockets.len(), "upgrade: starting the new process");
+    match upgrade::hand_over(sockets).await {
+        Ok(pid) => {
+            tracing::info!(
+                pid,
+                "upgrade: the new process serves; this one stops accepting and drains"
+            );
+            crate::systemd::notify(&format!("MAINPID={pid}"));
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "upgrade failed: this process keeps serving");
+            false
+        }
+    }
 }
 
 /// SIGHUP: the HTTPS and DNS-over-TLS listeners' certificates are read again; a set

@@ -428,6 +428,8 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
             request = signals.next() => match request {
                 Request::Stop => break,
                 Request::Reload => reload(&args, &logging, &mut services, &handle, tls.as_deref()).await,
+                // The agent does not take SIGUSR2 (Signals::install).
+                Request::Upgrade => {}
             },
             Some(change) = changes.recv() => health_changed(&services, &handle, &change).await,
             Some(event) = events.recv() => {

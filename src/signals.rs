@@ -1,5 +1,5 @@
 //! Process signals: SIGTERM and SIGINT ask for a graceful stop, SIGHUP for a
-//! configuration reload.
+//! configuration reload, and (to the gateway only) SIGUSR2 for a binary upgrade.
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -8,6 +8,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 pub(crate) enum Request {
     Stop,
     Reload,
+    Upgrade,
 }
 
 /// The signal streams of one process.
@@ -16,6 +17,8 @@ pub(crate) struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
+    /// SIGUSR2, for the roles that upgrade in place (others keep its default action).
+    upgrade: Option<Signal>,
 }
 
 impl Signals {
@@ -24,6 +27,15 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
+            upgrade: None,
+        })
+    }
+
+    /// [`Signals::install`] and SIGUSR2 as [`Request::Upgrade`].
+    pub(crate) fn install_with_upgrade() -> std::io::Result<Self> {
+        Ok(Self {
+            upgrade: Some(signal(SignalKind::user_defined2())?),
+            ..Self::install()?
         })
     }
 
@@ -33,6 +45,12 @@ impl Signals {
             _ = self.terminate.recv() => Request::Stop,
             _ = self.interrupt.recv() => Request::Stop,
             _ = self.hangup.recv() => Request::Reload,
+            Some(()) = async {
+                match &mut self.upgrade {
+                    Some(upgrade) => upgrade.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => Request::Upgrade,
         }
     }
 }

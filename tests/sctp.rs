@@ -374,7 +374,11 @@ fn our_registrar_pe_and_gateway_over_multihomed_sctp() {
         == 1));
     let pes = resolve(13863, "SctpEcho");
     let transport = &pes[0]["user_transport"];
-    assert_eq!(transport["protocol"]["sctp"], "data_only", "{transport}");
+    // Over SCTP the echo PE registers a control channel, as rsplib's echo PEs do.
+    assert_eq!(
+        transport["protocol"]["sctp"], "data_plus_control",
+        "{transport}"
+    );
     assert_eq!(transport["port"], 17001);
     let addresses: Vec<&str> = transport["addresses"]
         .as_array()

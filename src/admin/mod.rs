@@ -108,17 +108,26 @@ pub(crate) async fn start(
     routes: Routes,
     logging: Logging,
 ) -> Result<SocketAddr, RunError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| RunError::Bind(listen, e))?;
+    start_on(listener, security, shutdown, routes, logging)
+}
+
+/// [`start`] on a listening socket already bound (one handed over by an upgrade).
+pub(crate) fn start_on(
+    listener: TcpListener,
+    security: AdminSecurity,
+    shutdown: CancellationToken,
+    routes: Routes,
+    logging: Logging,
+) -> Result<SocketAddr, RunError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| RunError::Usage(format!("metrics: {e}")))?;
     describe_common();
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| RunError::Bind(listen, e))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|e| RunError::Bind(listen, e))?;
+    let bound = listener.local_addr().map_err(RunError::Io)?;
     tokio::spawn(upkeep(handle.clone(), shutdown.clone()));
     let shared = Arc::new(Shared {
         metrics: handle,

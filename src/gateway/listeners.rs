@@ -8,8 +8,9 @@
 //! HTTP listener whose routes or sticky keys alone changed keeps its connections. All
 //! that can fail (settings, binding new addresses) is done before anything changes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, ListenerView};
 use super::settings::{dns_start, http_listener_config, tcp_listener_config};
+use super::upgrade::{Inherited, Sockets};
 use crate::RunError;
 use crate::config::{ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection};
 use crate::pool_user::PoolUser;
@@ -62,6 +64,20 @@ impl Section {
         let http = file.gateway.http.iter().cloned().map(Self::Http);
         let dns = file.gateway.dns.iter().cloned().map(Self::Dns);
         tcp.chain(http).chain(dns).collect()
+    }
+
+    /// `kind address #n` for each of `sections` (n counts those with the same kind
+    /// and address): how an upgrade names the sockets it hands over.
+    fn names<'a>(sections: impl Iterator<Item = &'a Self>) -> Vec<String> {
+        let mut seen: BTreeMap<(&'static str, SocketAddr), usize> = BTreeMap::new();
+        sections
+            .map(|section| {
+                let (kind, listen) = section.key();
+                let n = seen.entry((kind, listen)).or_default();
+                *n += 1;
+                format!("{kind} {listen} #{}", *n - 1)
+            })
+            .collect()
     }
 
     /// Kind and configured address: what makes two configurations' listeners one.
@@ -133,6 +149,8 @@ struct Running {
     task: JoinHandle<Option<TcpListener>>,
     reloader: Option<http::Reloader>,
     certificates: Vec<(SocketAddr, Arc<CertificateResolver>)>,
+    /// Its listening sockets (duplicates), to hand over in an upgrade.
+    sockets: Vec<OwnedFd>,
 }
 
 /// What one SIGHUP changed.
@@ -166,19 +184,46 @@ pub(super) fn check(file: &ConfigFile) -> Result<(), RunError> {
 }
 
 impl ListenerSet {
-    /// Binds and starts the listeners of `file`; a failure to bind is an error.
-    pub(super) async fn start(file: &ConfigFile, shared: Shared) -> Result<Self, RunError> {
+    /// Starts the listeners of `file`: on the sockets an upgrade handed over, else
+    /// bound here; a failure to bind is an error.
+    pub(super) async fn start(
+        file: &ConfigFile,
+        shared: Shared,
+        mut inherited: Option<&mut Inherited>,
+    ) -> Result<Self, RunError> {
         let mut set = Self {
             running: Vec::new(),
             shared,
         };
-        for section in Section::all(file) {
-            let prepared = prepare(section.check()?, None, None).await?;
+        let sections = Section::all(file);
+        for (name, section) in Section::names(sections.iter()).into_iter().zip(sections) {
+            let checked = section.check()?;
+            let prepared = match inherited.as_deref_mut().and_then(|i| i.take(&name)) {
+                Some(sockets) => adopt(checked, sockets, &name)?,
+                None => prepare(checked, None, None).await?,
+            };
             let running = set.launch(section, prepared);
             set.running.push(running);
         }
         set.publish(file);
         Ok(set)
+    }
+
+    /// Duplicates of every listening socket, by name, for an upgrade.
+    pub(super) fn sockets(&self) -> std::io::Result<Sockets> {
+        let names = Section::names(self.running.iter().map(|r| &r.section));
+        names
+            .into_iter()
+            .zip(&self.running)
+            .map(|(name, running)| {
+                let sockets = running
+                    .sockets
+                    .iter()
+                    .map(OwnedFd::try_clone)
+                    .collect::<Result<_, _>>()?;
+                Ok((name, sockets))
+            })
+            .collect()
     }
 
     /// The ready line's `tcp`, `http` and `dns` fields.
@@ -363,94 +408,116 @@ impl ListenerSet {
             lifecycle.stop_accepting.clone(),
             lifecycle.close_sessions.clone(),
         );
-        let pool_user = self.shared.pool_user.clone();
+        let sockets = prepared.duplicates();
         let mut running = match prepared {
-            Prepared::Tcp(config, socket) => {
-                let bound = local_address(&socket, config.listen);
-                let config = ListenerConfig {
-                    listen: bound,
-                    ..config
-                };
-                let pool = config.pool_handle;
-                let task = tokio::spawn(async move {
-                    Some(tcp::serve(socket, config, pool_user, lifecycle).await)
-                });
-                Running::new(section, bound, task, vec![format!("{bound}={pool}")])
-                    .with_view(admin::tcp_entry(bound, pool))
-            }
-            Prepared::Http(config, socket) => {
-                let bound = local_address(&socket, config.listen);
-                let reloader =
-                    http::Reloader::new(&config, self.shared.lifecycle.ejections.clone());
-                let config = HttpListenerConfig {
-                    listen: bound,
-                    ..config
-                };
-                let pools: Vec<String> = config
-                    .routes
-                    .iter()
-                    .map(|r| r.pool_handle.to_string())
-                    .collect();
-                let view = admin::http_entry(bound, &config);
-                let certificates: Vec<_> = config.tls.iter().map(|t| (bound, t.clone())).collect();
-                let routing = reloader.clone();
-                let task = tokio::spawn(async move {
-                    Some(http::serve(socket, config, routing, pool_user, lifecycle).await)
-                });
-                let mut running = Running::new(
-                    section,
-                    bound,
-                    task,
-                    vec![format!("{bound}={}", pools.join("+"))],
-                )
-                .with_view(view);
-                running.reloader = Some(reloader);
-                running.certificates = certificates;
-                running
-            }
-            Prepared::Dns(
-                (_, config, dot),
-                DnsSockets {
-                    udp,
-                    tcp,
-                    dot: dot_socket,
-                },
-            ) => {
-                let bound = udp
-                    .local_addr()
-                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                let zone = config.zone.to_string();
-                let mut named = vec![format!("{bound}={zone}")];
-                let mut view = vec![admin::dns_entry(format!("{bound} (UDP, TCP)"), &zone)];
-                let mut certificates = Vec::new();
-                let dot = match (dot, dot_socket) {
-                    (Some((listen, resolver)), Some(listener)) => {
-                        let dot_bound = local_address(&listener, listen);
-                        named.push(format!("{dot_bound}=tls:{zone}"));
-                        view.push(admin::dns_entry(
-                            format!("{dot_bound} (DNS over TLS)"),
-                            &zone,
-                        ));
-                        certificates.push((dot_bound, resolver.clone()));
-                        Some(dns::DotListener {
-                            listener,
-                            certificates: resolver,
-                        })
-                    }
-                    _ => None,
-                };
-                let task = tokio::spawn(async move {
-                    dns::serve(udp, tcp, dot, config, pool_user, lifecycle.stop_accepting).await;
-                    None
-                });
-                let mut running = Running::new(section, bound, task, named);
-                running.view = view;
-                running.certificates = certificates;
-                running
+            Prepared::Tcp(config, socket) => self.launch_tcp(section, config, socket, lifecycle),
+            Prepared::Http(config, socket) => self.launch_http(section, config, socket, lifecycle),
+            Prepared::Dns((_, config, dot), sockets) => {
+                self.launch_dns(section, (config, dot), sockets, lifecycle)
             }
         };
         running.stop = stop;
         running.close = close;
+        running.sockets = sockets;
+        running
+    }
+
+    fn launch_tcp(
+        &self,
+        section: Section,
+        config: ListenerConfig,
+        socket: TcpListener,
+        lifecycle: Lifecycle,
+    ) -> Running {
+        let bound = local_address(&socket, config.listen);
+        let config = ListenerConfig {
+            listen: bound,
+            ..config
+        };
+        let pool = config.pool_handle;
+        let pool_user = self.shared.pool_user.clone();
+        let task =
+            tokio::spawn(
+                async move { Some(tcp::serve(socket, config, pool_user, lifecycle).await) },
+            );
+        Running::new(section, bound, task, vec![format!("{bound}={pool}")])
+            .with_view(admin::tcp_entry(bound, pool))
+    }
+
+    fn launch_http(
+        &self,
+        section: Section,
+        config: HttpListenerConfig,
+        socket: TcpListener,
+        lifecycle: Lifecycle,
+    ) -> Running {
+        let bound = local_address(&socket, config.listen);
+        let reloader = http::Reloader::new(&config, self.shared.lifecycle.ejections.clone());
+        let config = HttpListenerConfig {
+            listen: bound,
+            ..config
+        };
+        let pools: Vec<String> = config
+            .routes
+            .iter()
+            .map(|r| r.pool_handle.to_string())
+            .collect();
+        let view = admin::http_entry(bound, &config);
+        let certificates: Vec<_> = config.tls.iter().map(|t| (bound, t.clone())).collect();
+        let (routing, pool_user) = (reloader.clone(), self.shared.pool_user.clone());
+        let task = tokio::spawn(async move {
+            Some(http::serve(socket, config, routing, pool_user, lifecycle).await)
+        });
+        let named = vec![format!("{bound}={}", pools.join("+"))];
+        let mut running = Running::new(section, bound, task, named).with_view(view);
+        running.reloader = Some(reloader);
+        running.certificates = certificates;
+        running
+    }
+
+    fn launch_dns(
+        &self,
+        section: Section,
+        (config, dot): (DnsConfig, Option<(SocketAddr, Arc<CertificateResolver>)>),
+        sockets: DnsSockets,
+        lifecycle: Lifecycle,
+    ) -> Running {
+        let DnsSockets {
+            udp,
+            tcp,
+            dot: dot_socket,
+        } = sockets;
+        let bound = udp
+            .local_addr()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let zone = config.zone.to_string();
+        let mut named = vec![format!("{bound}={zone}")];
+        let mut view = vec![admin::dns_entry(format!("{bound} (UDP, TCP)"), &zone)];
+        let mut certificates = Vec::new();
+        let dot = match (dot, dot_socket) {
+            (Some((listen, resolver)), Some(listener)) => {
+                let dot_bound = local_address(&listener, listen);
+                named.push(format!("{dot_bound}=tls:{zone}"));
+                view.push(admin::dns_entry(
+                    format!("{dot_bound} (DNS over TLS)"),
+                    &zone,
+                ));
+                certificates.push((dot_bound, resolver.clone()));
+                Some(dns::DotListener {
+                    listener,
+                    certificates: resolver,
+                })
+            }
+            _ => None,
+        };
+        let pool_user = self.shared.pool_user.clone();
+        let task = tokio::spawn(async move {
+            dns::serve(udp, tcp, dot, config, pool_user, lifecycle.stop_accepting).await;
+            None
+        });
+        let mut running = Running::new(section, bound, task, named);
+        running.view = view;
+        running.certificates = certificates;
         running
     }
 
@@ -480,6 +547,7 @@ impl Running {
             task,
             reloader: None,
             certificates: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 
@@ -537,6 +605,64 @@ async fn prepare(
             };
             Ok(Prepared::Dns(start, DnsSockets { udp, tcp, dot }))
         }
+    }
+}
+
+impl Prepared {
+    /// Duplicates of its listening sockets (a socket that cannot be duplicated is
+    /// left out: an upgrade then binds that listener anew).
+    fn duplicates(&self) -> Vec<OwnedFd> {
+        let sockets: Vec<std::os::fd::BorrowedFd<'_>> = match self {
+            Self::Tcp(_, socket) | Self::Http(_, socket) => vec![socket.as_fd()],
+            Self::Dns(_, dns) => [
+                Some(dns.udp.as_fd()),
+                Some(dns.tcp.as_fd()),
+                dns.dot.as_ref().map(AsFd::as_fd),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        };
+        sockets
+            .into_iter()
+            .filter_map(|fd| fd.try_clone_to_owned().ok())
+            .collect()
+    }
+}
+
+/// A listener's settings on the sockets an upgrade handed over for it (`name`).
+fn adopt(checked: Checked, sockets: Vec<OwnedFd>, name: &str) -> Result<Prepared, RunError> {
+    let failed = |what: String| RunError::Failed(format!("upgrade: listener {name}: {what}"));
+    let stream = |fd: OwnedFd| -> Result<TcpListener, RunError> {
+        let listener = std::net::TcpListener::from(fd);
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| failed(e.to_string()))?;
+        TcpListener::from_std(listener).map_err(|e| failed(e.to_string()))
+    };
+    let count = sockets.len();
+    let mut sockets = sockets.into_iter();
+    match (checked, sockets.next(), sockets.next(), sockets.next()) {
+        (Checked::Tcp(config), Some(fd), None, None) => Ok(Prepared::Tcp(config, stream(fd)?)),
+        (Checked::Http(config), Some(fd), None, None) => Ok(Prepared::Http(config, stream(fd)?)),
+        (Checked::Dns(start), Some(udp), Some(tcp), dot) if dot.is_some() == start.2.is_some() => {
+            let udp = std::net::UdpSocket::from(udp);
+            udp.set_nonblocking(true)
+                .map_err(|e| failed(e.to_string()))?;
+            let udp = UdpSocket::from_std(udp).map_err(|e| failed(e.to_string()))?;
+            let dot = dot.map(stream).transpose()?;
+            Ok(Prepared::Dns(
+                start,
+                DnsSockets {
+                    udp,
+                    tcp: stream(tcp)?,
+                    dot,
+                },
+            ))
+        }
+        _ => Err(failed(format!(
+            "{count} sockets handed over do not fit its settings"
+        ))),
     }
 }
 
