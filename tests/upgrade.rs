@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +55,67 @@ fn step(writer: &mut TcpStream, reader: &mut BufReader<TcpStream>, count: &mut u
     assert_eq!(answer.trim(), count.to_string());
 }
 
+/// GETs on one keep-alive connection after another until `stop`: each answered 200
+/// counts in `answered`, anything else (no answer, a broken connection) in `failed`.
+fn keep_alive_load(
+    target: SocketAddr,
+    stop: &AtomicBool,
+    answered: &AtomicU64,
+    failed: &AtomicU64,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(stream) = TcpStream::connect(target) else {
+            failed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut reader = BufReader::new(stream);
+        while !stop.load(Ordering::Relaxed) {
+            match one_get(&mut writer, &mut reader) {
+                Some((200, close)) => {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                    if close {
+                        break;
+                    }
+                }
+                _ => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One GET on a keep-alive connection: the status, and whether the answer closes it.
+fn one_get(writer: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> Option<(u16, bool)> {
+    writer
+        .write_all(b"GET / HTTP/1.1\r\nHost: upgrade.test\r\n\r\n")
+        .ok()?;
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let status = line.split_whitespace().nth(1)?.parse().ok()?;
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let header = line.trim_end().to_ascii_lowercase();
+        if header.is_empty() {
+            break;
+        }
+        if let Some(value) = header.strip_prefix("content-length:") {
+            length = value.trim().parse().ok()?;
+        }
+        close |= header == "connection: close";
+    }
+    let mut body = vec![0u8; length];
+    std::io::Read::read_exact(reader, &mut body).ok()?;
+    Some((status, close))
+}
+
 #[test]
 fn sigusr2_hands_the_listeners_to_a_new_process() {
     let registrar = registrar(&[]);
@@ -88,20 +149,17 @@ fn sigusr2_hands_the_listeners_to_a_new_process() {
     let admin = gateway.address("admin");
     assert_eq!(pid_in(&pid_file), Some(gateway.pid()));
 
-    // HTTP requests all the time, each on a new connection: none may fail.
+    // HTTP requests all the time on four keep-alive connections, each sending its next
+    // request as soon as it has an answer: none may fail (a connection the old process
+    // closes must be closed after an answer that says so, not under a request).
     let stop = Arc::new(AtomicBool::new(false));
     let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load = {
-        let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match common::try_request(http, "GET", "/", &[], b"") {
-                    Some(reply) if reply.status == 200 => answered.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
+            std::thread::spawn(move || keep_alive_load(http, &stop, &answered, &failed))
         })
-    };
+        .collect();
     let mut writer = TcpStream::connect(tcp).unwrap();
     writer
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -159,7 +217,9 @@ fn sigusr2_hands_the_listeners_to_a_new_process() {
     }
     assert!(gateway.wait_exit(Duration::from_secs(1)).is_some());
     stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    for thread in load {
+        thread.join().unwrap();
+    }
     assert_eq!(
         failed.load(Ordering::Relaxed),
         0,

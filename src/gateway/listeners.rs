@@ -162,12 +162,23 @@ pub(super) struct Changes {
     pub(super) routes_reloaded: usize,
 }
 
-/// What SIGHUP does to one listener of the new configuration.
+/// What SIGHUP does to one listener of the new configuration (by the index of the
+/// running listener it continues).
 enum Step {
-    Keep(Running),
-    Routes(Running, Section, HttpListenerConfig),
-    Replace(Running, Section, Checked),
+    Keep(usize),
+    Routes(usize, Section, HttpListenerConfig),
+    Replace(usize, Section, Checked),
     Add(Section, Prepared),
+}
+
+impl Step {
+    /// The running listener it continues.
+    fn running(&self) -> Option<usize> {
+        match self {
+            Self::Keep(at) | Self::Routes(at, ..) | Self::Replace(at, ..) => Some(*at),
+            Self::Add(..) => None,
+        }
+    }
 }
 
 /// The running listeners.
@@ -255,26 +266,26 @@ impl ListenerSet {
     /// Follows `file`'s listeners (SIGHUP). On an error (settings, an address that
     /// cannot be bound) nothing has changed.
     pub(super) async fn apply(&mut self, file: &ConfigFile) -> Result<Changes, RunError> {
+        let steps = self.plan(file).await?;
         self.shared.drain_timeout = file.gateway.drain_timeout;
-        let mut old = std::mem::take(&mut self.running);
-        let steps = match self.plan(file, &mut old).await {
-            Ok(steps) => steps,
-            Err(error) => {
-                // The listeners the plan took out of `old` went back into it.
-                self.running = old;
-                return Err(error);
-            }
-        };
+        let mut old: Vec<Option<Running>> = std::mem::take(&mut self.running)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let kept: BTreeSet<usize> = steps.iter().filter_map(Step::running).collect();
         let mut changes = Changes::default();
-        for removed in old {
-            tracing::info!(listener = %removed.bound, kind = removed.section.key().0, drain = ?self.shared.drain_timeout, "SIGHUP: listener removed; its sessions drain");
-            self.retire(removed).await;
-            changes.removed += 1;
+        for (at, slot) in old.iter_mut().enumerate() {
+            if let Some(removed) = slot.take_if(|_| !kept.contains(&at)) {
+                tracing::info!(listener = %removed.bound, kind = removed.section.key().0, drain = ?self.shared.drain_timeout, "SIGHUP: listener removed; its sessions drain");
+                self.retire(removed).await;
+                changes.removed += 1;
+            }
         }
+        let mut take = |at: usize| old.get_mut(at).and_then(Option::take);
         for step in steps {
             let running = match step {
-                Step::Keep(running) => running,
-                Step::Routes(mut running, section, config) => {
+                Step::Keep(at) => take(at),
+                Step::Routes(at, section, config) => take(at).map(|mut running| {
                     if let Some(reloader) = &running.reloader {
                         reloader.reload(&config);
                     }
@@ -282,78 +293,59 @@ impl ListenerSet {
                     running.section = section;
                     changes.routes_reloaded += 1;
                     running
-                }
-                Step::Replace(running, section, checked) => {
-                    changes.replaced += 1;
-                    match self.replace(running, section, checked).await {
-                        Some(running) => running,
-                        None => continue,
+                }),
+                Step::Replace(at, section, checked) => match take(at) {
+                    Some(running) => {
+                        changes.replaced += 1;
+                        self.replace(running, section, checked).await
                     }
-                }
+                    None => None,
+                },
                 Step::Add(section, prepared) => {
                     changes.added += 1;
                     let running = self.launch(section, prepared);
                     tracing::info!(listener = %running.bound, kind = running.section.key().0, "SIGHUP: listener added");
-                    running
+                    Some(running)
                 }
             };
-            self.running.push(running);
+            self.running.extend(running);
         }
         self.publish(file);
         Ok(changes)
     }
 
-    /// What each listener of `file` needs, taking the running ones it keeps out of
-    /// `old` (what is left there goes). Binds the new addresses; on an error the
-    /// running listeners taken are put back into `old`.
-    async fn plan(&self, file: &ConfigFile, old: &mut Vec<Running>) -> Result<Vec<Step>, RunError> {
+    /// What each listener of `file` needs, by the running listener (its index) it
+    /// continues; new addresses are bound here. Changes nothing: on an error the
+    /// sockets bound close.
+    async fn plan(&self, file: &ConfigFile) -> Result<Vec<Step>, RunError> {
+        let mut taken = vec![false; self.running.len()];
         let mut steps = Vec::new();
-        let mut result = Ok(());
         for section in Section::all(file) {
-            let taken = old
-                .iter()
-                .position(|r| r.section.key() == section.key())
-                .map(|at| old.remove(at));
-            let step = match taken {
-                Some(running) if running.section == section => Ok(Step::Keep(running)),
-                Some(running) => match section.check() {
-                    Ok(Checked::Http(config)) if running.section.routes_only(&section) => {
-                        Ok(Step::Routes(running, section, config))
+            let found = self.running.iter().enumerate().find(|(at, running)| {
+                !taken.get(*at).copied().unwrap_or(true) && running.section.key() == section.key()
+            });
+            let step = match found {
+                Some((at, running)) => {
+                    if let Some(slot) = taken.get_mut(at) {
+                        *slot = true;
                     }
-                    Ok(checked) => Ok(Step::Replace(running, section, checked)),
-                    Err(error) => {
-                        old.push(running);
-                        Err(error)
+                    if running.section == section {
+                        Step::Keep(at)
+                    } else {
+                        match section.check()? {
+                            Checked::Http(config) if running.section.routes_only(&section) => {
+                                Step::Routes(at, section, config)
+                            }
+                            checked => Step::Replace(at, section, checked),
+                        }
                     }
-                },
-                None => match section.check() {
-                    Ok(checked) => prepare(checked, None, None)
-                        .await
-                        .map(|prepared| Step::Add(section, prepared)),
-                    Err(error) => Err(error),
-                },
+                }
+                None => {
+                    let prepared = prepare(section.check()?, None, None).await?;
+                    Step::Add(section, prepared)
+                }
             };
-            match step {
-                Ok(step) => steps.push(step),
-                Err(error) => {
-                    result = Err(error);
-                    break;
-                }
-            }
-        }
-        if let Err(error) = result {
-            // Put back what was taken; the sockets bound for new listeners close.
-            for step in steps {
-                match step {
-                    Step::Keep(running)
-                    | Step::Routes(running, ..)
-                    | Step::Replace(running, ..) => {
-                        old.push(running);
-                    }
-                    Step::Add(..) => {}
-                }
-            }
-            return Err(error);
+            steps.push(step);
         }
         Ok(steps)
     }
@@ -593,12 +585,7 @@ async fn prepare(
             Ok(Prepared::Http(config, socket))
         }
         Checked::Dns(start) => {
-            let listen = at.unwrap_or(start.0);
-            let udp = UdpSocket::bind(listen)
-                .await
-                .map_err(|e| RunError::Bind(listen, e))?;
-            let address = udp.local_addr().map_err(|e| RunError::Bind(listen, e))?;
-            let tcp = bind_stream(address).await?;
+            let (udp, tcp) = bind_dns(at.unwrap_or(start.0)).await?;
             let dot = match &start.2 {
                 Some((dot_listen, _)) => Some(bind_stream(*dot_listen).await?),
                 None => None,
@@ -663,6 +650,29 @@ fn adopt(checked: Checked, sockets: Vec<OwnedFd>, name: &str) -> Result<Prepared
         _ => Err(failed(format!(
             "{count} sockets handed over do not fit its settings"
         ))),
+    }
+}
+
+/// UDP and TCP on one port. With port 0 the UDP socket picks it, and when another
+/// process holds that port for TCP, another one is picked (a few times).
+async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), RunError> {
+    let mut attempts = 0;
+    loop {
+        let udp = UdpSocket::bind(listen)
+            .await
+            .map_err(|e| RunError::Bind(listen, e))?;
+        let address = udp.local_addr().map_err(|e| RunError::Bind(listen, e))?;
+        match TcpListener::bind(address).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error)
+                if listen.port() == 0
+                    && error.kind() == std::io::ErrorKind::AddrInUse
+                    && attempts < 10 =>
+            {
+                attempts += 1;
+            }
+            Err(error) => return Err(RunError::Bind(address, error)),
+        }
     }
 }
 

@@ -35,9 +35,30 @@ use crate::{Directory, Lifecycle};
 /// Request bodies up to this size are read by this loop; larger ones go to hyper.
 const MAX_BODY: usize = 64 * 1024;
 const READ_SIZE: usize = 8 * 1024;
+/// How long an idle keep-alive connection may still bring a request once its listener
+/// stops.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Response bytes gathered before they are written (a body larger than this goes out
 /// in pieces).
 const WRITE_BATCH: usize = 64 * 1024;
+
+/// Once the listener stops (a drain, an upgrade, a removed or replaced listener), an
+/// idle connection is closed only after [`STOP_GRACE`] without a request: a client may
+/// have sent its next request already, which a close would lose (HAProxy's
+/// `idle-close-on-response`); that request is answered with `Connection: close`. The
+/// grace, once started, is kept in `grace` (this future is dropped at each request).
+async fn idle_expired(
+    stop: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    grace: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+) {
+    if grace.is_none() {
+        stop.await;
+        *grace = Some(Box::pin(tokio::time::sleep(STOP_GRACE)));
+    }
+    if let Some(grace) = grace {
+        grace.as_mut().await;
+    }
+}
 
 /// The connection settings of a listener that this loop applies.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +108,7 @@ pub(super) async fn serve<I, D>(
     // Registered with the tokens once, not per request.
     let mut stop_accepting = std::pin::pin!(lifecycle.stop_accepting.cancelled());
     let mut close_sessions = std::pin::pin!(lifecycle.close_sessions.cancelled());
+    let mut grace = None;
     loop {
         let waiting_since = crate::now();
         let request = loop {
@@ -123,7 +145,7 @@ pub(super) async fn serve<I, D>(
                     timer.as_mut().reset(deadline.into());
                     continue;
                 }
-                () = stop_accepting.as_mut(), if idle => return,
+                () = idle_expired(stop_accepting.as_mut(), &mut grace), if idle => return,
             };
             if !matches!(read, Ok(read) if read > 0) {
                 return;
