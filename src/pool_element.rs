@@ -428,7 +428,7 @@ pub(crate) async fn run(args: PeArgs) -> Result<(), RunError> {
             request = signals.next() => match request {
                 Request::Stop => break,
                 Request::Reload => reload(&args, &logging, &mut services, &handle, tls.as_deref()).await,
-                // The agent does not take SIGUSR2 (Signals::install).
+                // Never given by Signals::install (it logs SIGUSR2 and goes on).
                 Request::Upgrade => {}
             },
             Some(change) = changes.recv() => health_changed(&services, &handle, &change).await,

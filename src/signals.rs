@@ -1,5 +1,6 @@
 //! Process signals: SIGTERM and SIGINT ask for a graceful stop, SIGHUP for a
-//! configuration reload, and (to the gateway only) SIGUSR2 for a binary upgrade.
+//! configuration reload, and SIGUSR2 for a binary upgrade (the gateway's; the other
+//! roles log that they have none instead of ending, SIGUSR2's default action).
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -17,8 +18,9 @@ pub(crate) struct Signals {
     terminate: Signal,
     interrupt: Signal,
     hangup: Signal,
-    /// SIGUSR2, for the roles that upgrade in place (others keep its default action).
-    upgrade: Option<Signal>,
+    user2: Signal,
+    /// Whether SIGUSR2 is a [`Request::Upgrade`] (else it is logged and ignored).
+    upgrades: bool,
 }
 
 impl Signals {
@@ -27,30 +29,33 @@ impl Signals {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             hangup: signal(SignalKind::hangup())?,
-            upgrade: None,
+            user2: signal(SignalKind::user_defined2())?,
+            upgrades: false,
         })
     }
 
-    /// [`Signals::install`] and SIGUSR2 as [`Request::Upgrade`].
+    /// [`Signals::install`] with SIGUSR2 as [`Request::Upgrade`].
     pub(crate) fn install_with_upgrade() -> std::io::Result<Self> {
         Ok(Self {
-            upgrade: Some(signal(SignalKind::user_defined2())?),
+            upgrades: true,
             ..Self::install()?
         })
     }
 
     /// The next request.
     pub(crate) async fn next(&mut self) -> Request {
-        tokio::select! {
-            _ = self.terminate.recv() => Request::Stop,
-            _ = self.interrupt.recv() => Request::Stop,
-            _ = self.hangup.recv() => Request::Reload,
-            Some(()) = async {
-                match &mut self.upgrade {
-                    Some(upgrade) => upgrade.recv().await,
-                    None => std::future::pending().await,
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return Request::Stop,
+                _ = self.interrupt.recv() => return Request::Stop,
+                _ = self.hangup.recv() => return Request::Reload,
+                _ = self.user2.recv() => {
+                    if self.upgrades {
+                        return Request::Upgrade;
+                    }
+                    tracing::warn!("SIGUSR2 ignored: only the gateway upgrades in place; restart this role to upgrade it");
                 }
-            } => Request::Upgrade,
+            }
         }
     }
 }

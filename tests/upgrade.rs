@@ -264,3 +264,17 @@ fn sigusr2_hands_the_listeners_to_a_new_process() {
         "the pid file stays after the last process stopped"
     );
 }
+
+/// The other roles have no in-place upgrade: SIGUSR2 is logged and they go on serving
+/// (its default action would end them).
+#[test]
+fn a_registrar_logs_sigusr2_and_goes_on() {
+    let registrar = registrar(&[]);
+    registrar.signal("USR2");
+    assert!(eventually(Duration::from_secs(10), || registrar
+        .log_contains("SIGUSR2 ignored")));
+    let _pe = common::demo_pe(registrar.address("asap"), "echo", "EchoPool", "RoundRobin");
+    assert!(eventually(Duration::from_secs(10), || {
+        common::resolve_ids(registrar.address("asap"), "EchoPool").len() == 1
+    }));
+}
