@@ -36,7 +36,9 @@ for _ in $(seq "$UPGRADES"); do
     kill -USR2 "$old"
     until [ "$(cat "$pid_file" 2>/dev/null)" != "$old" ] && [ -s "$pid_file" ]; do sleep 0.005; done
     serving=$(now_ms)
-    while kill -0 "$old" 2>/dev/null; do sleep 0.005; done
+    # Gone: no such process, or a zombie nobody has reaped yet (an upgraded process's
+    # parent is the one before it, which has exited).
+    while kill -0 "$old" 2>/dev/null && ! grep -q ') Z ' "/proc/$old/stat" 2>/dev/null; do sleep 0.005; done
     gone=$(now_ms)
     echo "$start $serving $gone" >> "$work/upgrades"
     sleep 1

@@ -352,4 +352,5 @@ async fn drain(lifecycle: &Lifecycle, drain_timeout: Duration) {
         // Closing flushes what is queued towards each client (bounded by the session).
         let _ = tokio::time::timeout(Duration::from_secs(6), lifecycle.sessions.wait()).await;
     }
+    tracing::info!(open = lifecycle.sessions.len(), "drained");
 }
