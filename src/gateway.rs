@@ -204,9 +204,10 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         &shutdown,
     )
     .await?;
+    // Written before the ready line: whoever waits for that line finds the file.
+    let pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
     tracing::info!(role = "gateway", tcp = %tcp, http = %http, dns = %dns, registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
     crate::systemd::ready(&shutdown);
-    let pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
     if let Some(inherited) = inherited {
         inherited.ready();
     }
@@ -278,11 +279,7 @@ async fn admin_listener(
     let handed = inherited
         .and_then(|inherited| inherited.take("admin"))
         .and_then(|mut sockets| sockets.pop())
-        .map(|fd| {
-            let listener = std::net::TcpListener::from(fd);
-            listener.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(listener)
-        });
+        .map(upgrade::tcp_listener);
     let listener = match handed {
         Some(handed) => handed.map_err(|e| RunError::Bind(listen, e))?,
         None => tokio::net::TcpListener::bind(listen)

@@ -141,7 +141,8 @@ fn a_calcapp_job_survives_its_pe_from_the_cookie() {
     let pid = pes[index].pid().to_string();
     let accepted = std::time::Instant::now();
     let killer = std::thread::spawn(move || {
-        // Pause: the job runs 3 s of its 5 s (cookies every 0.2 s) before its PE dies.
+        // Pause: the kill's moment is the thing under test (3 s into a 5 s job, with
+        // cookies every 0.2 s): nothing observable marks it.
         std::thread::sleep(Duration::from_secs(3));
         std::process::Command::new("kill")
             .args(["-KILL", &pid])

@@ -1203,7 +1203,8 @@ fn rsplib_calcappclient_jobs_survive_a_killed_calcapp_pe() {
             let Some(index) = pes.iter().position(running) else {
                 return false;
             };
-            // Pause: the job must have run a while (cookies out) when its PE dies.
+            // Pause: the kill's moment is the thing under test (a job 1 s or more under
+            // way, cookies out); the condition is checked again after it.
             thread::sleep(Duration::from_secs(1));
             serving = Some(index);
             running(&pes[index])

@@ -39,7 +39,8 @@ fn open_sessions(listen: SocketAddr, sessions: usize) -> Vec<TcpStream> {
     (0..sessions)
         .map(|i| {
             if i > 0 {
-                // Pause: the scenario opens sessions 0.1 s apart, inside one cache window.
+                // Pause: the spacing is the thing under test (sessions 0.1 s apart, inside
+                // one cache window).
                 thread::sleep(Duration::from_millis(100));
             }
             let mut client = TcpStream::connect(listen).unwrap();

@@ -179,6 +179,37 @@ fn log_ejection(pool: &str, ejection: &Ejection, unit: &str) {
     }
 }
 
+/// Work under way per PE: an HTTP route's requests waiting for an answer, a TCP
+/// listener's open sessions (PEs with none are absent). What `least_requests` and
+/// `least_sessions` order by, and `max_requests_per_pe` bounds.
+#[derive(Debug, Default)]
+pub(crate) struct PeCounts(HashMap<PoolElementId, usize>);
+
+impl PeCounts {
+    pub(crate) fn count(&self, pe: PoolElementId) -> usize {
+        self.0.get(&pe).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn add(&mut self, pe: PoolElementId) {
+        *self.0.entry(pe).or_default() += 1;
+    }
+
+    pub(crate) fn remove(&mut self, pe: PoolElementId) {
+        if let Some(count) = self.0.get_mut(&pe) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.0.remove(&pe);
+            }
+        }
+    }
+
+    /// Orders `items` by their PE's count, fewest first; a stable sort, so PEs with as
+    /// many keep the order they came in (the pool policy's).
+    pub(crate) fn fewest_first<T>(&self, items: &mut [T], pe: impl Fn(&T) -> PoolElementId) {
+        items.sort_by_key(|item| self.count(pe(item)));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

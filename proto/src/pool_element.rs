@@ -35,16 +35,10 @@ struct Member {
     /// The load the last registration sent carried, and when it went out.
     sent_load: Option<u32>,
     sent_at: Option<Instant>,
-    /// Refusals in a row, and no registration of this PE goes out before `until`
-    /// (not even to a new registrar); `None` once one is accepted.
-    refused: Option<Refused>,
-}
-
-/// A PE whose registrations are being refused, backing off.
-#[derive(Debug, Clone, Copy)]
-struct Refused {
-    in_a_row: u32,
-    until: Instant,
+    /// Registrations refused in a row (0 once one is accepted); while there are, the
+    /// standing's `next` is the end of the backoff, which a new registrar association
+    /// does not cut short.
+    refusals: u32,
 }
 
 /// The pool element engine.
@@ -82,7 +76,7 @@ impl PoolElementEngine {
                 standing: Standing::NEW,
                 sent_load: None,
                 sent_at: None,
-                refused: None,
+                refusals: 0,
             },
         );
         self.send_registration(id, now, 1);
@@ -311,7 +305,7 @@ impl PoolElementEngine {
         let ids: Vec<(PoolElementId, bool)> = self
             .members
             .values()
-            .filter(|m| m.refused.is_none_or(|r| r.until <= now) || m.standing.is_leaving())
+            .filter(|m| m.refusals == 0 || !m.standing.waits_until_after(now))
             .map(|m| (m.id, m.standing.is_leaving()))
             .collect();
         for (id, leaving) in ids {
@@ -360,7 +354,7 @@ impl PoolElementEngine {
             });
         }
         if !reject {
-            member.refused = None;
+            member.refusals = 0;
             // T4, or sooner when the load changed while the registration was out.
             let refresh = now + member.spec.reregistration_interval;
             let next = Self::load_report_at(&self.config, member, now)
@@ -381,7 +375,7 @@ impl PoolElementEngine {
             return;
         }
         let cause = error.and_then(OperationError::first_code);
-        let in_a_row = member.refused.map_or(1, |r| r.in_a_row.saturating_add(1));
+        let in_a_row = member.refusals.saturating_add(1);
         let reregistration_interval = member.spec.reregistration_interval;
         let backoff = Self::refusal_backoff(&self.config, in_a_row, &mut self.client.rng);
         // RFC 5352 §3.1: what another attempt can cure.
@@ -399,7 +393,7 @@ impl PoolElementEngine {
             _ => (false, now + reregistration_interval.max(backoff), pe_id),
         };
         if let Some(member) = self.members.get_mut(&backing_off) {
-            member.refused = Some(Refused { in_a_row, until });
+            member.refusals = in_a_row;
             member.standing = Standing::Serving {
                 registered: false,
                 request: None,

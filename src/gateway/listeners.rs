@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, ListenerView};
 use super::settings::{dns_start, http_listener_config, tcp_listener_config};
-use super::upgrade::{Inherited, Sockets};
+use super::upgrade::{Inherited, Sockets, tcp_listener};
 use crate::RunError;
 use crate::config::{ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection};
 use crate::pool_user::PoolUser;
@@ -620,13 +620,7 @@ impl Prepared {
 /// A listener's settings on the sockets an upgrade handed over for it (`name`).
 fn adopt(checked: Checked, sockets: Vec<OwnedFd>, name: &str) -> Result<Prepared, RunError> {
     let failed = |what: String| RunError::Failed(format!("upgrade: listener {name}: {what}"));
-    let stream = |fd: OwnedFd| -> Result<TcpListener, RunError> {
-        let listener = std::net::TcpListener::from(fd);
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| failed(e.to_string()))?;
-        TcpListener::from_std(listener).map_err(|e| failed(e.to_string()))
-    };
+    let stream = |fd: OwnedFd| tcp_listener(fd).map_err(|e| failed(e.to_string()));
     let count = sockets.len();
     let mut sockets = sockets.into_iter();
     match (checked, sockets.next(), sockets.next(), sockets.next()) {

@@ -212,6 +212,13 @@ fn send(stream: &UnixStream, sockets: &Sockets) -> Result<(), UpgradeError> {
     Ok(())
 }
 
+/// A listening TCP socket handed over, for tokio.
+pub(super) fn tcp_listener(fd: OwnedFd) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::from(fd);
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
 /// What the new process got from the old one.
 pub(super) struct Inherited {
     sockets: BTreeMap<String, Vec<OwnedFd>>,

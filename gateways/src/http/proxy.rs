@@ -277,7 +277,7 @@ fn ordered<'a>(
                 && let Some(rest) = usable.get_mut(keep..)
             {
                 // Stable: PEs with as many requests keep the registrar's order.
-                rest.sort_by_key(|(pe, _)| health.waiting.get(&pe.id).copied().unwrap_or(0));
+                health.waiting.fewest_first(rest, |(pe, _)| pe.id);
             }
             health
                 .pes

@@ -1,7 +1,6 @@
 //! A listener's routes at run time: each route's connections, meters, retry budget
 //! and PE health, the sticky-session keys, and their replacement on reload.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use super::hedge::Hedge;
 use super::sticky::CookieSealer;
 use super::upstream::Upstream;
 use super::{hedge, resume};
-use crate::health::PoolHealth;
+use crate::health::{PeCounts, PoolHealth};
 use crate::random_u64;
 
 /// A route at run time: its connections to PEs (pooled per PE) and meters.
@@ -39,8 +38,8 @@ pub(super) struct RouteHealth {
     pub(super) pes: PoolHealth,
     /// Response-head times (a hedge delay from the observed p99).
     pub(super) latencies: hedge::Latencies,
-    /// Requests waiting for each PE's answer (PEs with none are absent).
-    pub(super) waiting: HashMap<PoolElementId, usize>,
+    /// Requests waiting for each PE's answer.
+    pub(super) waiting: PeCounts,
 }
 
 /// A request's place among those waiting for one PE (`max_requests_per_pe`); given
@@ -55,14 +54,7 @@ impl Drop for PeSlot<'_> {
         let Some(live) = self.live else {
             return;
         };
-        live.health(|health| {
-            if let Some(count) = health.waiting.get_mut(&self.pe) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    health.waiting.remove(&self.pe);
-                }
-            }
-        });
+        live.health(|health| health.waiting.remove(self.pe));
         live.freed.notify_one();
     }
 }
@@ -76,11 +68,10 @@ impl LiveRoute {
             return Some(PeSlot { live: None, pe });
         }
         let taken = self.health(|health| {
-            let count = health.waiting.entry(pe).or_default();
-            if limit > 0 && *count >= limit {
+            if limit > 0 && health.waiting.count(pe) >= limit {
                 return false;
             }
-            *count += 1;
+            health.waiting.add(pe);
             true
         });
         (taken != Some(false)).then_some(PeSlot {
@@ -257,7 +248,7 @@ impl Routing {
                     health: Mutex::new(RouteHealth {
                         pes: PoolHealth::new(route.outliers, route.slow_start, random_u64()),
                         latencies: hedge::Latencies::default(),
-                        waiting: HashMap::new(),
+                        waiting: PeCounts::default(),
                     }),
                     ejections: ejections.clone(),
                     freed: tokio::sync::Notify::new(),

@@ -5,39 +5,35 @@
 //! reach the choice through the PEs' own load reports (a load-based policy at the
 //! registrar), so this only evens out what one listener adds between two reports.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use rserpool_proto::wire::{PoolElement, PoolElementId};
 
-/// Open sessions per PE (PEs with none are absent; bounded by the listener's
-/// `max_connections`).
+use crate::health::PeCounts;
+
+/// Open sessions per PE (bounded by the listener's `max_connections`).
 #[derive(Debug, Default)]
-pub(super) struct OpenSessions(Mutex<HashMap<PoolElementId, usize>>);
+pub(super) struct OpenSessions(Mutex<PeCounts>);
 
 impl OpenSessions {
-    /// Orders `pes` by their open sessions, fewest first; a stable sort, so PEs with as
-    /// many keep the order they came in.
+    /// Orders `pes` by their open sessions, fewest first (ties keep their order).
     pub(super) fn fewest_first(&self, pes: &mut [PoolElement]) {
-        let Ok(counts) = self.0.lock() else {
-            return;
-        };
-        pes.sort_by_key(|pe| counts.get(&pe.id).copied().unwrap_or(0));
+        if let Ok(counts) = self.0.lock() {
+            counts.fewest_first(pes, |pe| pe.id);
+        }
     }
 
     /// Counts a session on `pe` until the returned place is dropped.
     pub(super) fn open(&self, pe: PoolElementId) -> SessionPlace<'_> {
         if let Ok(mut counts) = self.0.lock() {
-            *counts.entry(pe).or_default() += 1;
+            counts.add(pe);
         }
         SessionPlace { sessions: self, pe }
     }
 
     #[cfg(test)]
     fn count(&self, pe: PoolElementId) -> usize {
-        self.0
-            .lock()
-            .map_or(0, |counts| counts.get(&pe).copied().unwrap_or(0))
+        self.0.lock().map_or(0, |counts| counts.count(pe))
     }
 }
 
@@ -50,13 +46,8 @@ pub(super) struct SessionPlace<'a> {
 
 impl Drop for SessionPlace<'_> {
     fn drop(&mut self) {
-        if let Ok(mut counts) = self.sessions.0.lock()
-            && let Some(count) = counts.get_mut(&self.pe)
-        {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.pe);
-            }
+        if let Ok(mut counts) = self.sessions.0.lock() {
+            counts.remove(self.pe);
         }
     }
 }

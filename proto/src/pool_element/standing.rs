@@ -42,6 +42,11 @@ impl Standing {
         }
     }
 
+    /// Serving, with nothing out, and the next registration due after `now`.
+    pub(super) fn waits_until_after(self, now: Instant) -> bool {
+        matches!(self, Self::Serving { request: None, next: Some(next), .. } if next > now)
+    }
+
     pub(super) const fn is_leaving(self) -> bool {
         matches!(self, Self::Leaving { .. })
     }
