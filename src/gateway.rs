@@ -3,6 +3,8 @@
 //! their sessions when a PE fails (rserpool-gateways).
 
 mod admin;
+mod bind;
+mod carry;
 mod listeners;
 mod settings;
 mod status_reports;
@@ -209,14 +211,14 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     tracing::info!(role = "gateway", tcp = %tcp, http = %http, dns = %dns, registrars = %registrars.join(","), admin = %admin, tls = crate::transport::tls::ready_field(tls.as_deref()), "ready");
     crate::systemd::ready(&shutdown);
     if let Some(inherited) = inherited {
-        inherited.ready();
+        carry::take_over(inherited, listeners.handovers());
     }
     tokio::spawn(warn_of_empty_pools(
         pool_user.clone(),
         configured_pools(&file),
     ));
     let upgrade = (admin_socket.as_ref(), &admin_stop);
-    serve_signals(
+    let departing = serve_signals(
         &mut signals,
         (&args, &logging),
         tls.as_deref(),
@@ -225,11 +227,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     )
     .await;
     crate::systemd::notify("STOPPING=1");
-    // Without their handles the listeners' tasks drop their sockets when they stop
-    // (a handle would keep the socket it returns, and the port would stay open).
-    let drain_timeout = listeners.drain_timeout();
-    drop(listeners);
-    drain(&lifecycle, drain_timeout).await;
+    stop(listeners, &lifecycle, departing).await;
     shutdown.cancel();
     crate::csp::Reporter::finish(csp).await;
     if let Some(pid_file) = pid_file {
@@ -239,17 +237,18 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
 }
 
 /// Serves the operator's signals until a stop, or an upgrade whose new process serves
-/// (its admin listener then stops here: `admin_stop`).
+/// (its admin listener then stops here: `admin_stop`; the sessions leaving for it are
+/// returned).
 async fn serve_signals(
     signals: &mut Signals,
     (args, logging): (&GatewayArgs, &Logging),
     tls: Option<&crate::transport::tls::ControlTls>,
     listeners: &mut ListenerSet,
     (admin_socket, admin_stop): (Option<&std::os::fd::OwnedFd>, &CancellationToken),
-) {
+) -> Option<carry::Departing> {
     loop {
         match signals.next().await {
-            Request::Stop => return,
+            Request::Stop => return None,
             Request::Reload => {
                 if let Some(tls) = tls {
                     crate::reload_tls(tls);
@@ -258,9 +257,9 @@ async fn serve_signals(
                 reload(args, logging, listeners).await;
             }
             Request::Upgrade => {
-                if upgraded(listeners, admin_socket).await {
+                if let Some(departing) = upgraded(listeners, admin_socket).await {
                     admin_stop.cancel();
-                    return;
+                    return Some(departing);
                 }
             }
         }
@@ -292,14 +291,18 @@ async fn admin_listener(
     Ok(Some((listener, duplicate)))
 }
 
-/// SIGUSR2: hands every listening socket to a new process of this binary; true once
-/// the new process serves (this one then drains and exits).
-async fn upgraded(listeners: &ListenerSet, admin: Option<&std::os::fd::OwnedFd>) -> bool {
+/// SIGUSR2: hands every listening socket to a new process of this binary; once the
+/// new process serves, the TCP sessions leaving for it (this process then drains and
+/// exits).
+async fn upgraded(
+    listeners: &ListenerSet,
+    admin: Option<&std::os::fd::OwnedFd>,
+) -> Option<carry::Departing> {
     let mut sockets = match listeners.sockets() {
         Ok(sockets) => sockets,
         Err(error) => {
             tracing::error!(%error, "upgrade: cannot duplicate the listening sockets; this process keeps serving");
-            return false;
+            return None;
         }
     };
     if let Some(admin) = admin.and_then(|fd| fd.try_clone().ok()) {
@@ -307,17 +310,18 @@ async fn upgraded(listeners: &ListenerSet, admin: Option<&std::os::fd::OwnedFd>)
     }
     tracing::info!(sockets = sockets.len(), "upgrade: starting the new process");
     match upgrade::hand_over(sockets).await {
-        Ok(pid) => {
+        Ok(successor) => {
+            let pid = successor.pid;
             tracing::info!(
                 pid,
-                "upgrade: the new process serves; this one stops accepting and drains"
+                "upgrade: the new process serves; this one stops accepting, hands its TCP sessions over and drains"
             );
             crate::systemd::notify(&format!("MAINPID={pid}"));
-            true
+            Some(carry::send_sessions(successor, listeners.handovers()))
         }
         Err(error) => {
             tracing::error!(%error, "upgrade failed: this process keeps serving");
-            false
+            None
         }
     }
 }
@@ -332,6 +336,19 @@ fn reload_certificates(certificates: &[(SocketAddr, Arc<CertificateResolver>)]) 
                 tracing::error!(%listen, %error, "SIGHUP: TLS certificates not reloaded; the old ones stay")
             }
         }
+    }
+}
+
+/// Stops: the listeners' sockets close, open sessions get `drain_timeout`, and what
+/// an upgrade carried is said.
+async fn stop(listeners: ListenerSet, lifecycle: &Lifecycle, departing: Option<carry::Departing>) {
+    let drain_timeout = listeners.drain_timeout();
+    // Without their handles the listeners' tasks drop their sockets when they stop
+    // (a handle would keep the socket it returns, and the port would stay open).
+    drop(listeners);
+    drain(lifecycle, drain_timeout).await;
+    if let Some(departing) = departing {
+        departing.finish().await;
     }
 }
 

@@ -433,3 +433,46 @@ fn dns_over_tls_answers_with_the_configured_certificate() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Over UDP, a query whose header reads but whose body does not parse gets FORMERR
+/// with its ID (RFC 1035 §4.1.1); a packet that is itself a response, or shorter than
+/// a header, gets nothing (answering would reflect traffic to a spoofed source); a
+/// valid query from the same socket right after is answered.
+#[test]
+fn malformed_udp_queries_get_formerr_and_responses_nothing() {
+    let (_registrar, asap, _pe) = one_pe_pool();
+    let (_gateway, server, _path) = dns_gateway(asap, "");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut buffer = [0u8; 1500];
+    // One question announced, none there.
+    client
+        .send_to(
+            &[0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xff],
+            server,
+        )
+        .unwrap();
+    let (length, _) = client.recv_from(&mut buffer).unwrap();
+    assert_eq!(length, 12);
+    assert_eq!(&buffer[..2], &[0xab, 0xcd], "its ID");
+    assert_eq!(buffer[2] & 0x80, 0x80, "a response");
+    assert_eq!(buffer[3] & 0x0f, 1, "FORMERR");
+    // A response, and a fragment: no answer; then a query is answered, and nothing
+    // else is waiting.
+    let mut response = hex_query("WebPool.pool.example");
+    response[2] |= 0x80;
+    client.send_to(&response, server).unwrap();
+    client.send_to(&[1, 2, 3], server).unwrap();
+    let mut query = hex_query("WebPool.pool.example");
+    query[..2].copy_from_slice(&[0x12, 0x34]);
+    client.send_to(&query, server).unwrap();
+    let (_, _) = client.recv_from(&mut buffer).unwrap();
+    assert_eq!(
+        &buffer[..2],
+        &[0x12, 0x34],
+        "the first answer is the query's"
+    );
+    assert!(client.recv_from(&mut buffer).is_err(), "nothing else came");
+}

@@ -1,7 +1,8 @@
 //! Binary upgrade of the gateway (SIGUSR2): the new process takes over every listening
-//! socket, so no client is refused and no HTTP request fails while both run; the old
-//! one's open sessions go on until `drain_timeout`, then it exits; a new process that
-//! cannot start leaves the old one serving.
+//! socket, so no client is refused and no HTTP request fails while both run, and every
+//! open TCP session with its state, so no session sees more than a pause; the old one
+//! exits once they have left; a new process that cannot start leaves the old one
+//! serving.
 
 #![allow(
     clippy::unwrap_used,
@@ -116,8 +117,100 @@ fn one_get(writer: &mut TcpStream, reader: &mut BufReader<TcpStream>) -> Option<
     Some((status, close))
 }
 
+/// A TCP session that sends a line every 10 ms until `stop`; its lines sent.
+fn chatty_session(target: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let (mut writer, mut reader) = session_to(target);
+        let mut count = 0;
+        while !stop.load(Ordering::Relaxed) {
+            step(&mut writer, &mut reader, &mut count);
+            // Pause: the session's pace (a line every 10 ms), as the scenario says.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        count
+    })
+}
+
+fn session_to(target: SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let writer = TcpStream::connect(target).unwrap();
+    writer
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let reader = BufReader::new(writer.try_clone().unwrap());
+    (writer, reader)
+}
+
+/// DNS queries over UDP one after another until `stop`, each waiting up to 3 s for
+/// its answer: (answered, unanswered).
+fn dns_load(server: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, u64)> {
+    std::thread::spawn(move || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let (mut answered, mut unanswered) = (0, 0);
+        let mut id: u16 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            id = id.wrapping_add(1);
+            let mut query = vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+            query[..2].copy_from_slice(&id.to_be_bytes());
+            for label in ["WebPool", "pool", "test"] {
+                query.push(u8::try_from(label.len()).unwrap());
+                query.extend_from_slice(label.as_bytes());
+            }
+            query.extend_from_slice(&[0, 0, 1, 0, 1]);
+            socket.send_to(&query, server).unwrap();
+            let mut buffer = [0u8; 512];
+            loop {
+                match socket.recv(&mut buffer) {
+                    Ok(n) if n >= 2 && buffer[..2] == id.to_be_bytes() => {
+                        answered += 1;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        unanswered += 1;
+                        break;
+                    }
+                }
+            }
+            // Pause: the query pace, as the scenario says.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (answered, unanswered)
+    })
+}
+
+/// SIGUSR2 to `old`; the new process's PID once it wrote the pid file.
+fn upgrade(old: u32, pid_file: &PathBuf, gateway: &Process) -> u32 {
+    let signalled = std::process::Command::new("kill")
+        .args(["-USR2", &old.to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let mut new = None;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            new = pid_in(pid_file).filter(|pid| *pid != old);
+            new.is_some()
+        }),
+        "no new process wrote the pid file: {:#?}",
+        gateway.log.lock().unwrap()
+    );
+    new.unwrap()
+}
+
+/// Binary upgrades in a row under load: TCP sessions sending a line every 10 ms, idle
+/// TCP sessions, keep-alive HTTP requests and DNS queries. Every session goes over to
+/// each new process with its count continuous (the sessions' sockets and state are
+/// carried, not re-opened), no HTTP request fails, no DNS query goes unanswered, and
+/// after each upgrade one gateway process is left.
 #[test]
-fn sigusr2_hands_the_listeners_to_a_new_process() {
+fn upgrades_carry_the_sessions_and_lose_nothing() {
+    const CHATTY: usize = 20;
+    const IDLE: usize = 200;
+    const UPGRADES: usize = 8;
+    const BULK: usize = 1_000_000;
     let registrar = registrar(&[]);
     let asap = registrar.address("asap");
     let _counter = common::demo_pe(asap, "counter", "CounterPool", "RoundRobin");
@@ -127,7 +220,7 @@ fn sigusr2_hands_the_listeners_to_a_new_process() {
             && common::resolve_ids(asap, "WebPool").len() == 1
     }));
     let file = ConfigFile::new(&format!(
-        "pool_user:\n  registrars: [{asap}]\ngateway:\n  drain_timeout: 3s\n  tcp:\n    - {{listen: 127.0.0.1:0, pool: CounterPool}}\n  http:\n    - listen: 127.0.0.1:0\n      routes: [{{pool: WebPool}}]\n  dns:\n    - {{listen: 127.0.0.1:0, zone: pool.test.}}\n"
+        "pool_user:\n  registrars: [{asap}]\ngateway:\n  drain_timeout: 5s\n  tcp:\n    - {{listen: 127.0.0.1:0, pool: CounterPool}}\n  http:\n    - listen: 127.0.0.1:0\n      routes: [{{pool: WebPool}}]\n  dns:\n    - {{listen: 127.0.0.1:0, zone: pool.test.}}\n"
     ));
     let pid_file =
         std::env::temp_dir().join(format!("rserpool-upgrade-test-{}.pid", std::process::id()));
@@ -149,92 +242,113 @@ fn sigusr2_hands_the_listeners_to_a_new_process() {
     let admin = gateway.address("admin");
     assert_eq!(pid_in(&pid_file), Some(gateway.pid()));
 
-    // HTTP requests all the time on four keep-alive connections, each sending its next
-    // request as soon as it has an answer: none may fail (a connection the old process
-    // closes must be closed after an answer that says so, not under a request).
     let stop = Arc::new(AtomicBool::new(false));
     let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..4)
+    let http_load: Vec<_> = (0..4)
         .map(|_| {
             let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
             std::thread::spawn(move || keep_alive_load(http, &stop, &answered, &failed))
         })
         .collect();
-    let mut writer = TcpStream::connect(tcp).unwrap();
-    writer
+    let dns_load = dns_load(dns, stop.clone());
+    let chatty: Vec<_> = (0..CHATTY)
+        .map(|_| chatty_session(tcp, stop.clone()))
+        .collect();
+    let mut idle: Vec<_> = (0..IDLE)
+        .map(|_| {
+            let (mut writer, mut reader) = session_to(tcp);
+            step(&mut writer, &mut reader, &mut 0);
+            (writer, reader)
+        })
+        .collect();
+
+    // A client that sends many lines without reading: the answers fill its socket
+    // buffers and the gateway's, then back up in the gateway's queue towards it
+    // (a quarter of a megabyte) when the first upgrade comes, and must go over with
+    // the session (without them it misses counts: seen failing so).
+    let bulk_socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    bulk_socket.set_recv_buffer_size(4096).unwrap();
+    bulk_socket.connect(&tcp.into()).unwrap();
+    let bulk_writer = TcpStream::from(bulk_socket);
+    bulk_writer
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut reader = BufReader::new(writer.try_clone().unwrap());
-    let mut count = 0;
-    step(&mut writer, &mut reader, &mut count);
+    let mut bulk_reader = BufReader::new(bulk_writer.try_clone().unwrap());
+    let bulk = std::thread::spawn(move || {
+        let mut writer = bulk_writer;
+        writer.write_all(&b"x\n".repeat(BULK)).unwrap();
+        writer
+    });
+    assert!(eventually(Duration::from_secs(10), || {
+        let (_, metrics) = common::admin_get(admin, "/metrics");
+        common::metric_sum(&metrics, "rserpool_tcp_sessions_active") >= (CHATTY + IDLE + 1) as f64
+    }));
 
     let mut old = gateway.pid();
-    for round in 1..=3 {
-        let signalled = std::process::Command::new("kill")
-            .args(["-USR2", &old.to_string()])
-            .status()
-            .unwrap();
-        assert!(signalled.success());
-        let mut new = None;
-        assert!(
-            eventually(Duration::from_secs(20), || {
-                new = pid_in(&pid_file).filter(|pid| *pid != old);
-                new.is_some()
-            }),
-            "round {round}: no new process wrote the pid file: {:#?}",
-            gateway.log.lock().unwrap()
-        );
-        let new = new.unwrap();
+    for round in 1..=UPGRADES {
+        let new = upgrade(old, &pid_file, &gateway);
         stray.0.push(new);
-        // The first process's session goes on while it drains.
-        if round == 1 {
-            step(&mut writer, &mut reader, &mut count);
+        if round == 2 {
+            let mut expected = 0;
+            let mut line = String::new();
+            while expected < BULK {
+                line.clear();
+                bulk_reader.read_line(&mut line).unwrap();
+                expected += 1;
+                assert_eq!(line.trim(), expected.to_string(), "bulk session");
+            }
         }
-        // New clients reach the new process on the same ports.
-        let mut fresh = TcpStream::connect(tcp).unwrap();
-        fresh
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let mut fresh_reader = BufReader::new(fresh.try_clone().unwrap());
-        let mut fresh_count = 0;
-        step(&mut fresh, &mut fresh_reader, &mut fresh_count);
+        // The old process exits once its sessions have left and its HTTP connections
+        // closed, well within its 5 s drain.
         assert!(
-            TcpStream::connect(dns).is_ok(),
-            "round {round}: DNS over TCP"
+            eventually(Duration::from_secs(15), || !alive(old)),
+            "round {round}: the old process {old} did not exit"
         );
         assert_eq!(
             common::admin_get(admin, "/healthz").0,
             200,
             "round {round}: admin"
         );
-        // The old process exits once its sessions are drained (3 s at most).
-        drop((fresh, fresh_reader));
-        assert!(
-            eventually(Duration::from_secs(15), || !alive(old)),
-            "round {round}: the old process {old} did not exit"
-        );
         old = new;
     }
-    assert!(gateway.wait_exit(Duration::from_secs(1)).is_some());
     stop.store(true, Ordering::Relaxed);
-    for thread in load {
+    drop(bulk.join().unwrap());
+    for session in chatty {
+        assert!(session.join().unwrap() > 10);
+    }
+    // Each idle session's next line is its second: the same session, carried.
+    for (writer, reader) in &mut idle {
+        let mut count = 1;
+        step(writer, reader, &mut count);
+    }
+    for thread in http_load {
         thread.join().unwrap();
     }
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "HTTP requests failed during the upgrades"
-    );
+    let (dns_answered, unanswered) = dns_load.join().unwrap();
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "HTTP requests failed");
     assert!(answered.load(Ordering::Relaxed) > 10);
-    // The first process's session was closed at the end of its drain.
-    let mut rest = String::new();
-    assert!(
-        matches!(reader.read_line(&mut rest), Ok(0) | Err(_)),
-        "{rest:?}"
+    assert_eq!(
+        unanswered, 0,
+        "DNS queries unanswered ({dns_answered} answered)"
     );
+    let (_, metrics) = common::admin_get(admin, "/metrics");
+    let arrived: f64 = metrics
+        .lines()
+        .filter(|line| {
+            line.starts_with("rserpool_tcp_sessions_handed_over_total{")
+                && line.contains("direction=\"arrived\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        arrived >= (CHATTY + IDLE) as f64,
+        "{arrived} sessions arrived in the last process"
+    );
+    assert!(gateway.wait_exit(Duration::from_secs(1)).is_some());
 
     // A new process that cannot start (its configuration no longer loads): the old
-    // one says so and keeps serving.
+    // one says so and keeps serving, its sessions too.
     std::fs::write(&file.0, "gateway:\n  tcp: [{listen: nonsense}]\n").unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-USR2", &old.to_string()])
@@ -247,11 +361,9 @@ fn sigusr2_hands_the_listeners_to_a_new_process() {
     );
     assert!(alive(old));
     assert_eq!(pid_in(&pid_file), Some(old));
-    let mut after = TcpStream::connect(tcp).unwrap();
-    after
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut after_reader = BufReader::new(after.try_clone().unwrap());
+    let (writer, reader) = &mut idle[0];
+    step(writer, reader, &mut 2);
+    let (mut after, mut after_reader) = session_to(tcp);
     step(&mut after, &mut after_reader, &mut 0);
 
     // SIGTERM to the last process: it stops and removes its pid file.

@@ -38,6 +38,7 @@ use crate::{Directory, DirectoryError};
 mod limits;
 mod records;
 mod tcp;
+mod udp;
 use limits::{NegativeCache, RateLimiter};
 pub use tcp::TcpLimits;
 
@@ -519,9 +520,8 @@ pub async fn serve<D: Directory>(
 ) {
     let tcp_limits = config.tcp;
     let handler = Arc::new(PoolDns::new(config, directory));
-    let mut server = hickory_server::Server::new(Shared(handler.clone()));
-    server.register_socket(udp);
     let mut streams = tokio::task::JoinSet::new();
+    streams.spawn(udp::serve(udp, handler.clone(), shutdown.clone()));
     streams.spawn(tcp::serve(
         tcp::Stream::Tcp(tcp),
         handler.clone(),
@@ -542,28 +542,7 @@ pub async fn serve<D: Directory>(
             Err(error) => tracing::error!(%error, "DNS over TLS not served"),
         }
     }
-    shutdown.cancelled().await;
-    if let Err(error) = server.shutdown_gracefully().await {
-        tracing::warn!(%error, "DNS server stopped with an error");
-    }
     streams.join_all().await;
-}
-
-/// One handler for hickory's UDP and TLS listeners and our TCP listener (one cache,
-/// one set of meters).
-struct Shared<H>(Arc<H>);
-
-#[async_trait::async_trait]
-impl<H: RequestHandler> RequestHandler for Shared<H> {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        self.0
-            .handle_request::<R, T>(request, response_handle)
-            .await
-    }
 }
 
 #[cfg(test)]

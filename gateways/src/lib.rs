@@ -81,6 +81,18 @@ pub struct SessionInfo {
 impl SessionTable {
     /// Adds a session; it leaves the table when the returned entry is dropped.
     pub fn open(&self, listener: SocketAddr, pool: PoolHandle, client: SocketAddr) -> SessionEntry {
+        self.open_since(listener, pool, client, (now(), 0))
+    }
+
+    /// A session that began earlier (`started`, with `failovers` so far): one carried
+    /// over from the previous process by an upgrade.
+    pub fn open_since(
+        &self,
+        listener: SocketAddr,
+        pool: PoolHandle,
+        client: SocketAddr,
+        (started, failovers): (Instant, u32),
+    ) -> SessionEntry {
         let mut id = 0;
         if let Ok(mut rows) = self.0.lock() {
             rows.next += 1;
@@ -92,8 +104,8 @@ impl SessionTable {
                     pool,
                     client,
                     pe: None,
-                    started: now(),
-                    failovers: 0,
+                    started,
+                    failovers,
                 },
             );
         }
@@ -143,6 +155,20 @@ pub struct SessionEntry {
 }
 
 impl SessionEntry {
+    /// How long the session has been open, and its failovers so far.
+    pub fn age_and_failovers(&self) -> (Duration, u32) {
+        let at = now();
+        self.table
+            .0
+            .lock()
+            .ok()
+            .and_then(|rows| {
+                let row = rows.open.get(&self.id)?;
+                Some((at.saturating_duration_since(row.started), row.failovers))
+            })
+            .unwrap_or_default()
+    }
+
     /// The session reached its (first) PE.
     pub fn started(&self, pe: PoolElementId) {
         self.table.update(self.id, |row| row.pe = Some(pe));

@@ -135,6 +135,14 @@ fn describe_tcp() {
         "sessions closed after idle_timeout without data"
     );
     describe_counter!(
+        "rserpool_tcp_sessions_handed_over_total",
+        "sessions carried by a binary upgrade, by pool and direction (departed: to the next process, arrived: from the previous one)"
+    );
+    describe_counter!(
+        "rserpool_tcp_handover_failures_total",
+        "sessions lost in a binary upgrade (a socket or record that would not convert), by pool"
+    );
+    describe_counter!(
         "rserpool_tcp_connections_refused_total",
         "clients closed at once because the listener had max_connections"
     );
@@ -220,6 +228,10 @@ fn describe_dns() {
     describe_counter!(
         "rserpool_dns_rate_limited_total",
         "DNS queries dropped or truncated by response rate limiting"
+    );
+    describe_counter!(
+        "rserpool_dns_udp_queries_dropped_total",
+        "DNS queries over UDP dropped unanswered, by reason (busy: 4096 in progress; malformed)"
     );
     describe_counter!(
         "rserpool_dns_tcp_connections_refused_total",

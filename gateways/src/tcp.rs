@@ -19,25 +19,31 @@ use crate::health::PoolHealth;
 use crate::{Directory, Lifecycle, SctpConnector};
 
 mod config;
+mod events;
 mod framing;
+mod handover;
 mod open_sessions;
 mod session;
 mod side;
 
 pub use config::{ListenerConfig, SctpUpstream};
 pub use framing::{Framing, FramingError};
+pub use handover::{HandedSession, Handover};
 
+use events::Meters;
 use open_sessions::OpenSessions;
-use session::{Listener, Meters, run_session};
+use session::{Listener, run_arrived, run_session};
 
-/// Accepts clients until `lifecycle.stop_accepting`; each gets a session task. Returns
-/// the listening socket then, so that a listener with new settings can go on with it
-/// (clients that connect meanwhile wait in its backlog).
+/// Accepts clients until `lifecycle.stop_accepting`; each gets a session task, as
+/// does each session `handover` brings from the previous process (a binary upgrade;
+/// sessions leave through it too). Returns the listening socket then, so that a
+/// listener with new settings can go on with it (clients that connect meanwhile wait
+/// in its backlog).
 pub async fn serve<D: Directory + SctpConnector>(
     socket: TcpListener,
     config: ListenerConfig,
     directory: Arc<D>,
-    lifecycle: Lifecycle,
+    (lifecycle, handover): (Lifecycle, Handover),
 ) -> TcpListener {
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let pool = config.pool_handle.to_string();
@@ -55,11 +61,24 @@ pub async fn serve<D: Directory + SctpConnector>(
         open_sessions: config.least_sessions.then(OpenSessions::default),
         config,
         directory,
+        handover,
     });
+    let mut arrivals = listener.handover.arrived();
     loop {
         let accepted = tokio::select! {
             () = lifecycle.stop_accepting.cancelled() => return socket,
             accepted = socket.accept() => accepted,
+            Some(handed) = next_arrival(arrivals.as_mut()) => {
+                // Over the limit or not: refusing would cut a session that is running.
+                let permit = slots.clone().try_acquire_owned().ok();
+                let (listener, close) = (listener.clone(), lifecycle.close_sessions.clone());
+                let table = lifecycle.table.clone();
+                lifecycle.sessions.spawn(async move {
+                    run_arrived(handed, &listener, close, &table).await;
+                    drop(permit);
+                });
+                continue;
+            }
         };
         let Ok((client, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -80,5 +99,15 @@ pub async fn serve<D: Directory + SctpConnector>(
             run_session(client, peer, &listener, close, &entry).await;
             drop(permit);
         });
+    }
+}
+
+/// The next session handed over by the previous process (never, without arrivals).
+async fn next_arrival(
+    arrivals: Option<&mut tokio::sync::mpsc::Receiver<HandedSession>>,
+) -> Option<HandedSession> {
+    match arrivals {
+        Some(arrivals) => arrivals.recv().await,
+        None => std::future::pending().await,
     }
 }

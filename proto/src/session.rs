@@ -49,6 +49,7 @@
 
 mod control;
 mod machine;
+mod snapshot;
 mod types;
 
 pub use control::{
@@ -56,4 +57,5 @@ pub use control::{
     PPID_HEARTBEAT, data_frames, open_cookie, seal_cookie,
 };
 pub use machine::{RecoveryPoint, Session};
+pub use snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 pub use types::{PeFailure, SessionConfig, SessionEvent, SessionOutput};

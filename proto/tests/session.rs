@@ -265,6 +265,18 @@ impl World {
         }
     }
 
+    /// The gateway is upgraded: the session, frozen where it can move, goes on in a
+    /// thawed copy (the PE's connection is handed over with it, so the PE keeps its
+    /// state and unsent output). Freezing the thawed copy gives the same bytes.
+    fn upgrade(&mut self) -> bool {
+        let Some(bytes) = self.session.freeze(self.now) else {
+            return false;
+        };
+        self.session = Session::thaw(&bytes, SessionConfig::default(), self.now).unwrap();
+        assert_eq!(self.session.freeze(self.now).as_deref(), Some(&bytes[..]));
+        true
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
         self.session.timeout(self.now);
@@ -800,6 +812,108 @@ proptest! {
         prop_assert_eq!(world.client_closed, None);
         prop_assert_eq!(String::from_utf8(world.client_received.clone()).unwrap(), String::from_utf8(counting(lines as u64)).unwrap());
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Upgrades of the gateway anywhere between crashes (a partial frame in the PE's
+    /// output, a line half sent, just after a failover): the client still sees every
+    /// count exactly once and in order.
+    #[test]
+    fn counter_sessions_survive_upgrades_and_crashes_anywhere(
+        lines in 1usize..60,
+        chunk in 1usize..9,
+        speak in 1usize..40,
+        crash_every in 3usize..12,
+        upgrade_every in 1usize..5,
+        seed in any::<u64>(),
+    ) {
+        let directory: Vec<PoolElement> = (1..=3).map(|i| pe(i, true)).collect();
+        let mut world = World::new(directory);
+        world.run();
+        let input: Vec<u8> = (0..lines).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let mut rng = seed;
+        let mut upgrades = 0;
+        for (step, piece) in input.chunks(chunk).enumerate() {
+            world.client_sends(piece);
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            world.pe_speaks(speak + (rng >> 60) as usize);
+            if step % upgrade_every == 0 && world.upgrade() {
+                upgrades += 1;
+            }
+            if step % crash_every == crash_every - 1 {
+                world.kill(PeFailure::Reset);
+            }
+        }
+        for _ in 0..1000 {
+            world.pe_speaks(usize::MAX);
+        }
+        prop_assert!(upgrades > 0);
+        prop_assert_eq!(world.client_closed, None);
+        prop_assert_eq!(String::from_utf8(world.client_received.clone()).unwrap(), String::from_utf8(counting(lines as u64)).unwrap());
+    }
+
+    /// A snapshot is input from another process: cut short or with any byte changed,
+    /// it is refused or gives a session whose own snapshot holds together, and never
+    /// panics.
+    #[test]
+    fn damaged_snapshots_are_refused_without_panicking(
+        cut in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        value in any::<u8>(),
+    ) {
+        let mut world = World::new(vec![pe(1, true), pe(2, true)]);
+        world.run();
+        world.client_sends(b"a\nb\n");
+        world.pe_speaks(13);
+        let bytes = world.session.freeze(world.now).unwrap();
+        let short = &bytes[..cut.index(bytes.len())];
+        prop_assert!(Session::thaw(short, SessionConfig::default(), world.now).is_err());
+        let mut changed = bytes.clone();
+        changed[at.index(bytes.len())] = value;
+        if let Ok(mut session) = Session::thaw(&changed, SessionConfig::default(), world.now) {
+            session.client_data(b"c\n", world.now);
+            session.pe_data(&[0; 9], world.now);
+            session.timeout(world.now + Duration::from_secs(5));
+            while session.poll().is_some() {}
+        }
+    }
+}
+
+/// Only a connected session with nothing left for its driver can move: while it
+/// resolves, connects or has output waiting, `freeze` says no; a data-only session that
+/// has not answered yet is still retried transparently after the move (rule 1 travels
+/// with it), and output half delivered continues where it stopped.
+#[test]
+fn a_session_moves_only_when_quiet_and_keeps_its_rules() {
+    let now = Instant::now();
+    let mut session = Session::new(pool(), SessionConfig::default(), now);
+    assert!(session.freeze(now).is_none(), "resolving");
+    let _ = session.poll();
+    session.resolved(vec![pe(1, false), pe(2, false)], now);
+    assert!(session.freeze(now).is_none(), "connect not carried out");
+    let _ = session.poll();
+    assert!(session.freeze(now).is_none(), "connecting");
+
+    let mut world = World::new(vec![pe(1, false), pe(2, false)]);
+    world.run();
+    world.client_sends(b"hello\n");
+    world.session.client_data(b"x", world.now);
+    assert!(world.session.freeze(world.now).is_none(), "output waiting");
+    world.run();
+    assert!(world.upgrade());
+    // PE 1 dies before answering: retried on PE 2 with everything the client sent.
+    world.crash(PeFailure::Reset);
+    world.pe_speaks(3);
+    assert!(world.upgrade());
+    world.pe_speaks(usize::MAX);
+    assert_eq!(world.client_received, b"hello\nx");
+    assert!(world.failed_over());
+    // Now it answered: a data-only PE's death after that closes the client (rule 3).
+    assert!(world.upgrade());
+    world.crash(PeFailure::Reset);
+    assert_eq!(world.client_closed, Some(true));
 }
 
 /// Data longer than one frame is cut into frames a receiver accepts, and arrives as

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,24 +21,17 @@ use rserpool_gateways::http::{self, HttpListenerConfig};
 use rserpool_gateways::tcp::{self, ListenerConfig};
 use rserpool_proto::wire::PoolHandle;
 use serde_json::Value;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::admin::{self, ListenerView};
+use super::bind::{Checked, DnsSockets, Prepared, adopt, local_address, prepare};
 use super::settings::{dns_start, http_listener_config, tcp_listener_config};
-use super::upgrade::{Inherited, Sockets, tcp_listener};
+use super::upgrade::{Inherited, Sockets};
 use crate::RunError;
 use crate::config::{ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection};
 use crate::pool_user::PoolUser;
-
-/// A DNS listener to start: its address, settings, and DNS over TLS (address and
-/// certificates) when configured.
-pub(super) type DnsStart = (
-    SocketAddr,
-    DnsConfig,
-    Option<(SocketAddr, Arc<CertificateResolver>)>,
-);
 
 /// What every listener's task gets.
 pub(super) struct Shared {
@@ -111,27 +104,6 @@ impl Section {
     }
 }
 
-/// A listener's checked settings.
-enum Checked {
-    Tcp(ListenerConfig),
-    Http(HttpListenerConfig),
-    Dns(DnsStart),
-}
-
-/// A listener's checked settings with its bound sockets, ready to start.
-enum Prepared {
-    Tcp(ListenerConfig, TcpListener),
-    Http(HttpListenerConfig, TcpListener),
-    Dns(DnsStart, DnsSockets),
-}
-
-/// UDP and TCP on one port, and DNS over TLS on its own.
-struct DnsSockets {
-    udp: UdpSocket,
-    tcp: TcpListener,
-    dot: Option<TcpListener>,
-}
-
 /// A running listener.
 struct Running {
     section: Section,
@@ -151,6 +123,8 @@ struct Running {
     certificates: Vec<(SocketAddr, Arc<CertificateResolver>)>,
     /// Its listening sockets (duplicates), to hand over in an upgrade.
     sockets: Vec<OwnedFd>,
+    /// Its sessions' way to and from another process in an upgrade (TCP).
+    handover: Option<tcp::Handover>,
 }
 
 /// What one SIGHUP changed.
@@ -234,6 +208,16 @@ impl ListenerSet {
                     .collect::<Result<_, _>>()?;
                 Ok((name, sockets))
             })
+            .collect()
+    }
+
+    /// The TCP listeners' ways for sessions in an upgrade, by name.
+    pub(super) fn handovers(&self) -> Vec<(String, tcp::Handover)> {
+        let names = Section::names(self.running.iter().map(|r| &r.section));
+        names
+            .into_iter()
+            .zip(&self.running)
+            .filter_map(|(name, running)| Some((name, running.handover.clone()?)))
             .collect()
     }
 
@@ -428,12 +412,16 @@ impl ListenerSet {
         };
         let pool = config.pool_handle;
         let pool_user = self.shared.pool_user.clone();
+        let handover = tcp::Handover::default();
+        let sessions = (lifecycle, handover.clone());
         let task =
             tokio::spawn(
-                async move { Some(tcp::serve(socket, config, pool_user, lifecycle).await) },
+                async move { Some(tcp::serve(socket, config, pool_user, sessions).await) },
             );
-        Running::new(section, bound, task, vec![format!("{bound}={pool}")])
-            .with_view(admin::tcp_entry(bound, pool))
+        let mut running = Running::new(section, bound, task, vec![format!("{bound}={pool}")])
+            .with_view(admin::tcp_entry(bound, pool));
+        running.handover = Some(handover);
+        running
     }
 
     fn launch_http(
@@ -540,6 +528,7 @@ impl Running {
             reloader: None,
             certificates: Vec::new(),
             sockets: Vec::new(),
+            handover: None,
         }
     }
 
@@ -558,126 +547,4 @@ pub(super) fn configured_pools(file: &ConfigFile) -> BTreeSet<PoolHandle> {
         .iter()
         .flat_map(|listener| listener.routes.iter().map(|route| route.pool));
     tcp.chain(http).collect()
-}
-
-/// A listener's settings with its sockets: `socket` (a stopped listener's, handed
-/// on), else bound at its configured address or at `at` (a listener bound again keeps
-/// its port). DNS takes UDP and TCP on one port (a port 0 picks one for both), and DNS
-/// over TLS on its own.
-async fn prepare(
-    checked: Checked,
-    socket: Option<TcpListener>,
-    at: Option<SocketAddr>,
-) -> Result<Prepared, RunError> {
-    let stream = |listen: SocketAddr| async move {
-        match socket {
-            Some(socket) => Ok(socket),
-            None => bind_stream(at.unwrap_or(listen)).await,
-        }
-    };
-    match checked {
-        Checked::Tcp(config) => {
-            let socket = stream(config.listen).await?;
-            Ok(Prepared::Tcp(config, socket))
-        }
-        Checked::Http(config) => {
-            let socket = stream(config.listen).await?;
-            Ok(Prepared::Http(config, socket))
-        }
-        Checked::Dns(start) => {
-            let (udp, tcp) = bind_dns(at.unwrap_or(start.0)).await?;
-            let dot = match &start.2 {
-                Some((dot_listen, _)) => Some(bind_stream(*dot_listen).await?),
-                None => None,
-            };
-            Ok(Prepared::Dns(start, DnsSockets { udp, tcp, dot }))
-        }
-    }
-}
-
-impl Prepared {
-    /// Duplicates of its listening sockets (a socket that cannot be duplicated is
-    /// left out: an upgrade then binds that listener anew).
-    fn duplicates(&self) -> Vec<OwnedFd> {
-        let sockets: Vec<std::os::fd::BorrowedFd<'_>> = match self {
-            Self::Tcp(_, socket) | Self::Http(_, socket) => vec![socket.as_fd()],
-            Self::Dns(_, dns) => [
-                Some(dns.udp.as_fd()),
-                Some(dns.tcp.as_fd()),
-                dns.dot.as_ref().map(AsFd::as_fd),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        };
-        sockets
-            .into_iter()
-            .filter_map(|fd| fd.try_clone_to_owned().ok())
-            .collect()
-    }
-}
-
-/// A listener's settings on the sockets an upgrade handed over for it (`name`).
-fn adopt(checked: Checked, sockets: Vec<OwnedFd>, name: &str) -> Result<Prepared, RunError> {
-    let failed = |what: String| RunError::Failed(format!("upgrade: listener {name}: {what}"));
-    let stream = |fd: OwnedFd| tcp_listener(fd).map_err(|e| failed(e.to_string()));
-    let count = sockets.len();
-    let mut sockets = sockets.into_iter();
-    match (checked, sockets.next(), sockets.next(), sockets.next()) {
-        (Checked::Tcp(config), Some(fd), None, None) => Ok(Prepared::Tcp(config, stream(fd)?)),
-        (Checked::Http(config), Some(fd), None, None) => Ok(Prepared::Http(config, stream(fd)?)),
-        (Checked::Dns(start), Some(udp), Some(tcp), dot) if dot.is_some() == start.2.is_some() => {
-            let udp = std::net::UdpSocket::from(udp);
-            udp.set_nonblocking(true)
-                .map_err(|e| failed(e.to_string()))?;
-            let udp = UdpSocket::from_std(udp).map_err(|e| failed(e.to_string()))?;
-            let dot = dot.map(stream).transpose()?;
-            Ok(Prepared::Dns(
-                start,
-                DnsSockets {
-                    udp,
-                    tcp: stream(tcp)?,
-                    dot,
-                },
-            ))
-        }
-        _ => Err(failed(format!(
-            "{count} sockets handed over do not fit its settings"
-        ))),
-    }
-}
-
-/// UDP and TCP on one port. With port 0 the UDP socket picks it, and when another
-/// process holds that port for TCP, another one is picked (a few times).
-async fn bind_dns(listen: SocketAddr) -> Result<(UdpSocket, TcpListener), RunError> {
-    let mut attempts = 0;
-    loop {
-        let udp = UdpSocket::bind(listen)
-            .await
-            .map_err(|e| RunError::Bind(listen, e))?;
-        let address = udp.local_addr().map_err(|e| RunError::Bind(listen, e))?;
-        match TcpListener::bind(address).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(error)
-                if listen.port() == 0
-                    && error.kind() == std::io::ErrorKind::AddrInUse
-                    && attempts < 10 =>
-            {
-                attempts += 1;
-            }
-            Err(error) => return Err(RunError::Bind(address, error)),
-        }
-    }
-}
-
-/// A TCP listener on `address`.
-async fn bind_stream(address: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| RunError::Bind(address, e))
-}
-
-/// Where a listening socket is bound (the real port for a 0).
-fn local_address(socket: &TcpListener, configured: SocketAddr) -> SocketAddr {
-    socket.local_addr().unwrap_or(configured)
 }

@@ -15,7 +15,7 @@ use rserpool_gateways::tcp::{Framing, ListenerConfig, SctpUpstream};
 use rserpool_proto::session::SessionConfig;
 use rserpool_proto::wire::PoolHandle;
 
-use super::listeners;
+use super::bind;
 use crate::RunError;
 use crate::config::{
     self, CertificateSection, DnsSection, HttpListenerSection, HttpRouteSection, OutlierSection,
@@ -315,7 +315,7 @@ fn session_config(
 
 /// A DNS listener's settings and DNS-over-TLS certificates, checked before anything
 /// is bound.
-pub(super) fn dns_start(section: &DnsSection) -> Result<listeners::DnsStart, RunError> {
+pub(super) fn dns_start(section: &DnsSection) -> Result<bind::DnsStart, RunError> {
     let dot = section
         .tls
         .as_ref()

@@ -4,13 +4,17 @@
 //! (`SCM_RIGHTS`), so no client is refused while both run. Once the new process says
 //! it serves, the old one stops accepting, lets its open sessions go on for
 //! `drain_timeout`, and exits. If the new process does not start, connect or get ready,
-//! the old one goes on serving and says why. Open sessions and connections are not
-//! carried over (README, "Upgrading the binary").
+//! the old one goes on serving and says why. Open TCP-gateway sessions go over too
+//! (`carry`); HTTP connections finish in the old process (README, "Upgrading the
+//! binary").
 //!
 //! The exchange: the new process connects to the socket named in its environment
 //! ([`FROM_VARIABLE`]); the old one sends, in one message, a JSON list of the
 //! listeners (each a key and its number of sockets) with the sockets attached in that
-//! order; the new one answers `ready` once its ready line is out.
+//! order; the new one answers `ready` and the JSON list of its TCP listeners that take
+//! sessions, once its ready line is out. Then the old process sends the open sessions
+//! of those listeners that can move, one message each, and closes the connection when
+//! its drain is over (`carry`).
 
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -60,8 +64,16 @@ pub(super) enum UpgradeError {
     Io(#[from] std::io::Error),
 }
 
-/// Starts the new process, hands it `sockets` and waits until it serves; its PID.
-pub(super) async fn hand_over(sockets: Sockets) -> Result<u32, UpgradeError> {
+/// The new process, serving: its PID, the connection to it, and the TCP listeners
+/// that take this process's sessions (by name).
+pub(super) struct Successor {
+    pub(super) pid: u32,
+    pub(super) stream: UnixStream,
+    pub(super) takes_sessions: Vec<String>,
+}
+
+/// Starts the new process, hands it `sockets` and waits until it serves.
+pub(super) async fn hand_over(sockets: Sockets) -> Result<Successor, UpgradeError> {
     tokio::task::spawn_blocking(move || {
         let directory =
             std::env::temp_dir().join(format!("rserpool-upgrade-{}", std::process::id()));
@@ -73,10 +85,7 @@ pub(super) async fn hand_over(sockets: Sockets) -> Result<u32, UpgradeError> {
     .map_err(|error| UpgradeError::Io(std::io::Error::other(error)))?
 }
 
-fn hand_over_from(directory: &Path, sockets: &Sockets) -> Result<u32, UpgradeError> {
-    if sockets.iter().map(|(_, fds)| fds.len()).sum::<usize>() > MAX_SOCKETS {
-        return Err(UpgradeError::TooManySockets);
-    }
+fn hand_over_from(directory: &Path, sockets: &Sockets) -> Result<Successor, UpgradeError> {
     // A directory only this user can enter: nobody else can connect and take the sockets.
     let _ = std::fs::remove_dir_all(directory);
     std::fs::DirBuilder::new().mode(0o700).create(directory)?;
@@ -95,15 +104,21 @@ fn hand_over_from(directory: &Path, sockets: &Sockets) -> Result<u32, UpgradeErr
         let _ = child.kill();
         let _ = child.wait();
     }
-    result.map(|()| child.id())
+    let (stream, takes_sessions) = result?;
+    Ok(Successor {
+        pid: child.id(),
+        stream,
+        takes_sessions,
+    })
 }
 
-/// Waits for the new process to connect, sends it the sockets and waits for `ready`.
+/// Waits for the new process to connect, sends it the sockets and waits for its
+/// `ready` line (which names the TCP listeners that take sessions).
 fn serve_child(
     listener: &UnixListener,
     child: &mut Child,
     sockets: &Sockets,
-) -> Result<(), UpgradeError> {
+) -> Result<(UnixStream, Vec<String>), UpgradeError> {
     let started = crate::driver::now();
     let mut stream = loop {
         match listener.accept() {
@@ -120,19 +135,18 @@ fn serve_child(
         }
     };
     stream.set_nonblocking(false)?;
-    send(&stream, sockets)?;
+    send_listeners(&stream, sockets)?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     let started = crate::driver::now();
     let mut answer = Vec::new();
-    let mut buffer = [0u8; 64];
-    while !answer.starts_with(b"ready") {
-        match stream.read(&mut buffer) {
+    let mut byte = [0u8; 1];
+    // Byte by byte: whatever follows the line is not this exchange's.
+    while !answer.ends_with(b"\n") {
+        match stream.read(&mut byte) {
             // Closed without `ready`: it is exiting; a process that closed it and
             // goes on is of no use either.
             Ok(0) => return Err(exit_of(child)),
-            Ok(count) if answer.len() < 64 => {
-                answer.extend_from_slice(buffer.get(..count).unwrap_or_default())
-            }
+            Ok(_) if answer.len() < MAX_HEADER => answer.extend_from_slice(&byte),
             Ok(_) => return Err(UpgradeError::Io(std::io::Error::other("unexpected answer"))),
             Err(error)
                 if matches!(
@@ -146,7 +160,12 @@ fn serve_child(
             return Err(UpgradeError::Timeout("get ready"));
         }
     }
-    Ok(())
+    let takes_sessions = answer
+        .strip_prefix(b"ready")
+        .map(|rest| serde_json::from_slice::<Vec<String>>(rest).unwrap_or_default())
+        .ok_or_else(|| UpgradeError::Io(std::io::Error::other("unexpected answer")))?;
+    stream.set_read_timeout(None)?;
+    Ok((stream, takes_sessions))
 }
 
 /// Why the new process is of no use: its exit status within a second, else a timeout
@@ -181,35 +200,91 @@ fn own_binary() -> std::io::Result<PathBuf> {
 }
 
 /// The list of listeners and, attached, their sockets.
-fn send(stream: &UnixStream, sockets: &Sockets) -> Result<(), UpgradeError> {
+fn send_listeners(stream: &UnixStream, sockets: &Sockets) -> Result<(), UpgradeError> {
+    if sockets.iter().map(|(_, fds)| fds.len()).sum::<usize>() > MAX_SOCKETS {
+        return Err(UpgradeError::TooManySockets);
+    }
     let list: Vec<serde_json::Value> = sockets
         .iter()
         .map(|(key, fds)| serde_json::json!({ "key": key, "sockets": fds.len() }))
         .collect();
     let header = serde_json::to_vec(&list).map_err(std::io::Error::other)?;
-    let length = u32::try_from(header.len()).map_err(std::io::Error::other)?;
     let fds: Vec<BorrowedFd<'_>> = sockets
         .iter()
         .flat_map(|(_, fds)| fds.iter().map(AsFd::as_fd))
         .collect();
+    send_message(stream, &header, &fds)?;
+    Ok(())
+}
+
+/// One message: its length (32 bits), its bytes, and `fds` attached to its first
+/// bytes (they travel with them; a message is read whole before the next one, so
+/// no socket can end up with the wrong message).
+pub(super) fn send_message(
+    stream: &UnixStream,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    let length = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
     let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(UpgradeError::TooManySockets);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(std::io::Error::other("too many sockets for one message"));
     }
     let prefix = length.to_be_bytes();
     let sent = rustix::net::sendmsg(
         stream,
-        &[IoSlice::new(&prefix), IoSlice::new(&header)],
+        &[IoSlice::new(&prefix), IoSlice::new(bytes)],
         &mut control,
-        SendFlags::empty(),
-    )
-    .map_err(std::io::Error::from)?;
-    // The sockets went with the first bytes; the rest of a long list follows plainly.
-    let mut rest = [&prefix[..], &header[..]].concat();
-    rest.drain(..sent.min(rest.len()));
-    (&*stream).write_all(&rest)?;
-    Ok(())
+        SendFlags::NOSIGNAL,
+    )?;
+    // The sockets went with the first bytes; the rest of a long message follows plainly.
+    let rest = [&prefix[..], bytes].concat();
+    (&*stream).write_all(rest.get(sent..).unwrap_or_default())
+}
+
+/// Reads one message of at most `max_length` bytes with at most `max_fds` sockets;
+/// `None` at the end of the stream.
+pub(super) fn receive_message(
+    stream: &UnixStream,
+    max_length: usize,
+    max_fds: usize,
+) -> std::io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut prefix = [0u8; 4];
+    // The length alone first: the sockets come with it, and nothing of the next
+    // message is read.
+    let received = rustix::net::recvmsg(
+        stream,
+        &mut [IoSliceMut::new(&mut prefix)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    if received.bytes == 0 {
+        return Ok(None);
+    }
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if received.flags.contains(rustix::net::ReturnFlags::CTRUNC) || fds.len() > max_fds {
+        return Err(std::io::Error::other(
+            "more sockets than the message may carry",
+        ));
+    }
+    (&*stream).read_exact(prefix.get_mut(received.bytes..).unwrap_or_default())?;
+    let length = u32::from_be_bytes(prefix) as usize;
+    if length > max_length {
+        return Err(std::io::Error::other(format!(
+            "a message of {length} bytes (at most {max_length})"
+        )));
+    }
+    let mut bytes = vec![0u8; length];
+    (&*stream).read_exact(&mut bytes)?;
+    Ok(Some((bytes, fds)))
 }
 
 /// A listening TCP socket handed over, for tokio.
@@ -241,7 +316,7 @@ impl Inherited {
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(failed)?;
-        let (list, mut fds) = receive(&stream).map_err(failed)?;
+        let (list, mut fds) = receive_listeners(&stream).map_err(failed)?;
         let mut sockets = BTreeMap::new();
         for (key, count) in list {
             let taken: Vec<OwnedFd> = fds.drain(..count.min(fds.len())).collect();
@@ -255,51 +330,30 @@ impl Inherited {
         self.sockets.remove(key)
     }
 
-    /// Tells the old process that this one serves (it then stops accepting). The
-    /// sockets nobody took (listeners the configuration no longer has) close here.
-    pub(super) fn ready(mut self) {
-        if let Err(error) = self.stream.write_all(b"ready\n") {
-            tracing::warn!(%error, "upgrade: could not tell the old process that this one serves");
+    /// Tells the old process that this one serves (it then stops accepting) and which
+    /// TCP listeners take its sessions, which then come on the returned connection.
+    /// The sockets nobody took (listeners the configuration no longer has) close here.
+    pub(super) fn ready(mut self, takes_sessions: &[String]) -> Option<UnixStream> {
+        let names = serde_json::to_string(takes_sessions).unwrap_or_else(|_| "[]".into());
+        match self.stream.write_all(format!("ready{names}\n").as_bytes()) {
+            Ok(()) => Some(self.stream),
+            Err(error) => {
+                tracing::warn!(%error, "upgrade: could not tell the old process that this one serves");
+                None
+            }
         }
     }
 }
 
-/// Reads the list of listeners and the sockets attached to it.
 /// The listeners handed over: each one's name and number of sockets.
 type Listing = Vec<(String, usize)>;
 
-fn receive(stream: &UnixStream) -> std::io::Result<(Listing, Vec<OwnedFd>)> {
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SOCKETS))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let mut buffer = vec![0u8; 4 + MAX_HEADER];
-    let received = rustix::net::recvmsg(
-        stream,
-        &mut [IoSliceMut::new(&mut buffer)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
-    let mut got = received.bytes;
-    let length = buffer
-        .first_chunk::<4>()
-        .map(|b| u32::from_be_bytes(*b) as usize)
-        .filter(|length| *length <= MAX_HEADER && got >= 4)
+/// Reads the list of listeners and the sockets attached to it.
+fn receive_listeners(stream: &UnixStream) -> std::io::Result<(Listing, Vec<OwnedFd>)> {
+    let (header, fds) = receive_message(stream, MAX_HEADER, MAX_SOCKETS)?
         .ok_or_else(|| std::io::Error::other("no list of listeners"))?;
-    while got < 4 + length {
-        let more = (&*stream).read(buffer.get_mut(got..4 + length).unwrap_or_default())?;
-        if more == 0 {
-            return Err(std::io::Error::other("the list of listeners was cut short"));
-        }
-        got += more;
-    }
     let list: Vec<serde_json::Value> =
-        serde_json::from_slice(buffer.get(4..4 + length).unwrap_or_default())
-            .map_err(std::io::Error::other)?;
+        serde_json::from_slice(&header).map_err(std::io::Error::other)?;
     let list = list
         .iter()
         .filter_map(|entry| {

@@ -13,8 +13,11 @@ use std::time::Duration;
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use metrics::Counter;
@@ -128,7 +131,7 @@ async fn connection<H: RequestHandler>(
             tracing::debug!(%client, "malformed DNS query over a stream: closing");
             return;
         };
-        let answer = Answer::default();
+        let answer = Answer::new(protocol);
         handler
             .handle_request::<_, TokioTime>(&request, answer.clone())
             .await;
@@ -161,13 +164,24 @@ async fn read_message(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<
     Ok(Some(message))
 }
 
-/// Where the handler puts its response for the connection to write.
-#[derive(Clone, Default)]
-struct Answer(Arc<Mutex<Option<Vec<u8>>>>);
+/// Where the handler puts its response, encoded for `protocol` (over UDP cut to the
+/// size the query allows, with TC set), for the caller to send.
+#[derive(Clone)]
+pub(super) struct Answer {
+    protocol: Protocol,
+    bytes: Arc<Mutex<Option<Vec<u8>>>>,
+}
 
 impl Answer {
-    fn take(&self) -> Option<Vec<u8>> {
-        self.0.lock().ok().and_then(|mut answer| answer.take())
+    pub(super) fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            bytes: Arc::default(),
+        }
+    }
+
+    pub(super) fn take(&self) -> Option<Vec<u8>> {
+        self.bytes.lock().ok().and_then(|mut answer| answer.take())
     }
 }
 
@@ -184,11 +198,33 @@ impl ResponseHandler for Answer {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
+        // As hickory's own UDP handle: the size the query offers (512 without EDNS,
+        // RFC 1035 §4.2.1), records beyond it left out with TC set; a response that
+        // cannot be written at all becomes SERVFAIL.
+        let max_size = match self.protocol {
+            Protocol::Udp => response.edns().map_or(512, Edns::max_payload),
+            _ => u16::MAX,
+        };
+        let id = response.metadata().id;
         let mut bytes = Vec::with_capacity(512);
         let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(u16::MAX);
-        let info = response.destructive_emit(&mut encoder)?;
-        if let Ok(mut answer) = self.0.lock() {
+        encoder.set_max_size(max_size);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(%error, "DNS response not encoded: SERVFAIL");
+                bytes.clear();
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                header.emit(&mut BinEncoder::new(&mut bytes))?;
+                ResponseInfo::from(header)
+            }
+        };
+        if let Ok(mut answer) = self.bytes.lock() {
             *answer = Some(bytes);
         }
         Ok(info)

@@ -1,21 +1,24 @@
 //! One client's session: the task that drives both sockets as the session layer
 //! (`rserpool_proto::session`) decides, what a listener's sessions share (the pool,
-//! meters, passive health), and the log and meters of the session's events.
+//! meters, passive health), and a session's departure to the next process in a binary
+//! upgrade and its arrival there (the record itself: `handover`).
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use metrics::{Counter, Gauge, Histogram};
 use rserpool_proto::session::{PeFailure, Session, SessionEvent, SessionOutput};
 use rserpool_proto::wire::{PoolElement, PoolElementId};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc::OwnedPermit;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ListenerConfig;
+use super::events::{Meters, record};
 use super::framing::FramingCheck;
+use super::handover::{DriverState, HandedSession, Handover, SideState};
 use super::open_sessions::{OpenSessions, SessionPlace};
 use super::side::{Side, Stream, connect, read_into, ready};
 use crate::health::PoolHealth;
@@ -24,43 +27,6 @@ use crate::{Directory, DirectoryError, SctpConnector};
 /// A resolve or connect under way, polled alongside the session's sockets.
 pub(super) type Pending<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-
-/// A listener's per-pool meters, looked up once rather than per session.
-pub(super) struct Meters {
-    pub(super) sessions: Counter,
-    pub(super) active: Gauge,
-    pub(super) failed: Counter,
-    pub(super) failovers_with_cookie: Counter,
-    pub(super) failovers_without_cookie: Counter,
-    pub(super) half_closed_expired: Counter,
-    pub(super) idle_expired: Counter,
-    pub(super) stall: Histogram,
-    pub(super) ejections: Counter,
-    /// Sessions per PE.
-    pub(super) pes: crate::meters::PeMeters,
-}
-
-impl Meters {
-    pub(super) fn new(pool: &str) -> Self {
-        let label = || ("pool", pool.to_owned());
-        let failovers = |cookie: &'static str| metrics::counter!("rserpool_tcp_failovers_total", "pool" => pool.to_owned(), "cookie" => cookie);
-        Self {
-            sessions: metrics::counter!("rserpool_tcp_sessions_total", &[label()]),
-            active: metrics::gauge!("rserpool_tcp_sessions_active", &[label()]),
-            failed: metrics::counter!("rserpool_tcp_sessions_failed_total", &[label()]),
-            failovers_with_cookie: failovers("true"),
-            failovers_without_cookie: failovers("false"),
-            half_closed_expired: metrics::counter!(
-                "rserpool_tcp_half_closed_expired_total",
-                &[label()]
-            ),
-            idle_expired: metrics::counter!("rserpool_tcp_idle_expired_total", &[label()]),
-            stall: metrics::histogram!("rserpool_tcp_failover_stall_seconds", &[label()]),
-            ejections: metrics::counter!("rserpool_tcp_pe_ejections_total", &[label()]),
-            pes: crate::meters::PeMeters::tcp(pool),
-        }
-    }
-}
 
 /// What every session of a listener shares.
 pub(super) struct Listener<D> {
@@ -72,6 +38,8 @@ pub(super) struct Listener<D> {
     pub(super) ejections: crate::health::EjectionBoard,
     /// Open sessions per PE, with `least_sessions`.
     pub(super) open_sessions: Option<OpenSessions>,
+    /// Sessions leaving for the next process, and arriving from the previous one.
+    pub(super) handover: Handover,
 }
 
 impl<D> Listener<D> {
@@ -175,6 +143,69 @@ pub(super) struct Ends<'a> {
 }
 
 impl<'a> Ends<'a> {
+    /// Whether the session's sockets can go to another process now: both TCP, neither
+    /// failed, no resolution or connection under way.
+    pub(super) fn can_leave(&self) -> bool {
+        let tcp = |side: &Side| matches!(side.stream, Stream::Tcp(_)) && !side.failed;
+        tcp(&self.client)
+            && self.pe.as_ref().is_some_and(tcp)
+            && self.resolving.is_none()
+            && self.connecting.is_none()
+    }
+
+    /// The client's socket can take more: writes its queue (a failure ends the session).
+    fn flush_client(&mut self, session: &mut Session) {
+        self.client.flush();
+        if self.client.take_failure() {
+            session.client_closed();
+        }
+    }
+
+    /// The PE's socket can take more: writes its queue (a failure is the PE's).
+    fn flush_pe(&mut self, session: &mut Session) {
+        if let Some(side) = &mut self.pe {
+            side.flush();
+            if side.take_failure() {
+                session.pe_failed(PeFailure::Reset, crate::now());
+            }
+        }
+    }
+
+    /// Sends each side's pending FIN once its queue is out.
+    fn shutdown_when_flushed(&mut self) {
+        self.client.shutdown_when_flushed();
+        if let Some(side) = &mut self.pe {
+            side.shutdown_when_flushed();
+        }
+    }
+
+    /// What to wait for: reading the client, reading the PE, writing the client,
+    /// writing the PE. A side is read only while the other side's queue (and the
+    /// session's unsent client bytes) stay below `high`: back-pressure end to end.
+    fn interests(&self, session: &Session, high: usize) -> [bool; 4] {
+        let (client, pe) = (&self.client, &self.pe);
+        let read_client = !client.eof
+            && session.unsent() < high as u64
+            && pe.as_ref().is_none_or(|side| side.queued < high);
+        let read_pe = pe.as_ref().is_some_and(|side| !side.eof) && client.queued < high;
+        let write_client = !client.pending.is_empty();
+        let write_pe = pe.as_ref().is_some_and(|side| !side.pending.is_empty());
+        [read_client, read_pe, write_client, write_pe]
+    }
+
+    /// The client's and the PE's sockets, taken out of this process's reactor (no FIN
+    /// is sent: the connections go on elsewhere).
+    pub(super) fn into_sockets(self) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        let owned = |side: Side| match side.stream {
+            Stream::Tcp(stream) => stream.into_std().map(std::os::fd::OwnedFd::from),
+            Stream::Local(_) => Err(io::Error::other("not a TCP connection")),
+        };
+        let pe = self
+            .pe
+            .ok_or_else(|| io::Error::other("no PE connection"))?;
+        Ok((owned(self.client)?, owned(pe)?))
+    }
+
     pub(super) fn new(client: TcpStream) -> Self {
         Self {
             client: Side::new(Stream::Tcp(client)),
@@ -295,14 +326,20 @@ impl<'a> Ends<'a> {
     }
 }
 
-/// Client bytes for the session, checked against the listener's framing when the PEs
-/// take messages.
-pub(super) fn client_bytes<D>(
+/// What a read from the client means for the session: its bytes, checked against the
+/// listener's framing when the PEs take messages, its half-close, or its end.
+pub(super) fn client_read<D>(
     session: &mut Session,
+    result: Option<io::Result<&[u8]>>,
     framing: Option<&mut FramingCheck>,
-    bytes: &[u8],
     (listener, peer): (&Listener<D>, SocketAddr),
 ) {
+    let bytes = match result {
+        None => return,
+        Some(Ok([])) => return session.client_eof(crate::now()),
+        Some(Ok(bytes)) => bytes,
+        Some(Err(_)) => return session.client_closed(),
+    };
     match framing.map(|check| check.feed(bytes)) {
         Some(Err(error)) => {
             tracing::warn!(%peer, pool = %listener.pool, %error, "client stream breaks the listener's framing: closing it");
@@ -345,15 +382,44 @@ pub(super) async fn run_session<D: Directory + SctpConnector>(
 ) {
     let config = &listener.config;
     listener.meters.sessions.increment(1);
+    let driven = Driven {
+        session: Session::new(config.pool_handle, config.session, crate::now()),
+        ends: Ends::new(client),
+        framing: config.sctp.framing.map(FramingCheck::new),
+    };
+    drive(driven, peer, listener, shutdown, entry).await;
+}
+
+/// A session and what its task holds.
+pub(super) struct Driven<'a> {
+    pub(super) session: Session,
+    pub(super) ends: Ends<'a>,
+    pub(super) framing: Option<FramingCheck>,
+}
+
+/// Drives a session until it ends, or leaves for the next process.
+pub(super) async fn drive<'a, D: Directory + SctpConnector>(
+    driven: Driven<'a>,
+    peer: SocketAddr,
+    listener: &'a Listener<D>,
+    shutdown: CancellationToken,
+    entry: &crate::SessionEntry,
+) {
+    let config = &listener.config;
     listener.meters.active.increment(1.0);
-    let mut ends = Ends::new(client);
-    let mut framing = config.sctp.framing.map(FramingCheck::new);
-    let mut session = Session::new(config.pool_handle, config.session, crate::now());
+    let Driven {
+        mut session,
+        mut ends,
+        mut framing,
+    } = driven;
     // Made once: a timer and a cancellation wait per loop turn would cost each turn.
     let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut timer_at = None;
     let mut closing = std::pin::pin!(shutdown.cancelled());
     let mut shutdown_seen = false;
+    let mut leaving = std::pin::pin!(listener.handover.leave().cancelled());
+    let (mut leave_wanted, mut staying) = (false, false);
+    let mut departure = None;
     let high = config.buffer;
     loop {
         ends.carry_out(&mut session, listener, (entry, peer)).await;
@@ -363,10 +429,15 @@ pub(super) async fn run_session<D: Directory + SctpConnector>(
         if session.is_closed() {
             break;
         }
-        ends.client.shutdown_when_flushed();
-        if let Some(side) = &mut ends.pe {
-            side.shutdown_when_flushed();
+        if let Some(place) = departure.take() {
+            let state = (&session, framing.as_ref());
+            // Not movable after all: the place goes back, and is asked for again.
+            match depart(ends, state, listener, (entry, peer), place) {
+                Some(staying) => ends = staying,
+                None => return,
+            }
         }
+        ends.shutdown_when_flushed();
         let deadline = session.next_timeout();
         if let Some(at) = deadline
             && timer_at != Some(at)
@@ -374,26 +445,23 @@ pub(super) async fn run_session<D: Directory + SctpConnector>(
             timer.as_mut().reset(tokio::time::Instant::from_std(at));
             timer_at = Some(at);
         }
-        let (client, pe) = (&ends.client, &ends.pe);
-        let read_client = !client.eof
-            && session.unsent() < high as u64
-            && pe.as_ref().is_none_or(|side| side.queued < high);
-        let read_pe = pe.as_ref().is_some_and(|side| !side.eof) && client.queued < high;
-        let write_client = !client.pending.is_empty();
-        let write_pe = pe.as_ref().is_some_and(|side| !side.pending.is_empty());
+        let [read_client, read_pe, write_client, write_pe] = ends.interests(&session, high);
+        let departs = leave_wanted && !staying && !shutdown_seen && ends.can_leave();
         tokio::select! {
+            () = &mut leaving, if !leave_wanted => leave_wanted = true,
+            // The session goes on while it waits for its place in the queue of
+            // departures: it stops only to be frozen and sent.
+            place = listener.handover.departure(), if departs => match place {
+                Some(place) => departure = Some(place),
+                None => staying = true,
+            },
             () = &mut closing, if !shutdown_seen => {
                 shutdown_seen = true;
                 session.client_closed();
             }
             ready = ready(Some(&ends.client), Interest::READABLE), if read_client => match ready {
-                Ok(_) => read_into(&mut ends.client, |result| match result {
-                    None => {}
-                    Some(Ok([])) => session.client_eof(crate::now()),
-                    Some(Ok(bytes)) => {
-                        client_bytes(&mut session, framing.as_mut(), bytes, (listener, peer));
-                    }
-                    Some(Err(_)) => session.client_closed(),
+                Ok(_) => read_into(&mut ends.client, |result| {
+                    client_read(&mut session, result, framing.as_mut(), (listener, peer));
                 }),
                 Err(_) => session.client_closed(),
             },
@@ -406,18 +474,10 @@ pub(super) async fn run_session<D: Directory + SctpConnector>(
                 (Ok(_), None) => {}
             },
             _ = ready(Some(&ends.client), Interest::WRITABLE), if write_client => {
-                ends.client.flush();
-                if ends.client.take_failure() {
-                    session.client_closed();
-                }
+                ends.flush_client(&mut session);
             }
             _ = ready(ends.pe.as_ref(), Interest::WRITABLE), if write_pe => {
-                if let Some(side) = &mut ends.pe {
-                    side.flush();
-                    if side.take_failure() {
-                        session.pe_failed(PeFailure::Reset, crate::now());
-                    }
-                }
+                ends.flush_pe(&mut session);
             }
             answer = async { ends.resolving.as_mut().expect("guarded").await }, if ends.resolving.is_some() => {
                 ends.resolving = None;
@@ -437,37 +497,128 @@ pub(super) async fn run_session<D: Directory + SctpConnector>(
     ends.finish(&listener.meters).await;
 }
 
-pub(super) fn record(pool: &str, meters: &Meters, peer: SocketAddr, event: &SessionEvent) {
-    match event {
-        SessionEvent::Started { pe } => tracing::debug!(%peer, pool, pe = %pe, "session started"),
-        SessionEvent::PeFailed { pe, failure } => {
-            tracing::debug!(%peer, pool, pe = %pe, ?failure, "pool element failed");
-        }
-        SessionEvent::FailedOver {
-            from,
-            to,
-            failure,
-            with_cookie,
-            stall,
-        } => {
-            if *with_cookie {
-                meters.failovers_with_cookie.increment(1);
-            } else {
-                meters.failovers_without_cookie.increment(1);
+/// Hands the session to the next process through its place in the queue of
+/// departures, if it is at a point where it can move; else the ends come back.
+fn depart<'a, D>(
+    ends: Ends<'a>,
+    (session, framing): (&Session, Option<&FramingCheck>),
+    listener: &'a Listener<D>,
+    (entry, peer): (&crate::SessionEntry, SocketAddr),
+    (name, place): (Arc<str>, OwnedPermit<HandedSession>),
+) -> Option<Ends<'a>> {
+    let record = match (&ends.pe, ends.can_leave()) {
+        (Some(pe), true) => session.freeze(crate::now()).map(|session| {
+            let (age, failovers) = entry.age_and_failovers();
+            DriverState {
+                peer,
+                age,
+                failovers,
+                session,
+                client: SideState::of(&ends.client),
+                pe: SideState::of(pe),
+                framing: DriverState::framing_of(framing),
+                pe_answered: ends.pe_answered,
+                offered: ends.offered as u64,
             }
-            meters.stall.record(stall.as_secs_f64());
-            tracing::info!(%peer, pool, from = %from, to = %to, ?failure, with_cookie, stall_ms = stall.as_millis(), "session failed over");
+        }),
+        _ => None,
+    };
+    let Some(record) = record else {
+        return Some(ends);
+    };
+    listener.meters.active.decrement(1.0);
+    match ends.into_sockets() {
+        Ok((client, pe)) => {
+            listener.meters.departed.increment(1);
+            place.send(HandedSession {
+                listener: name,
+                client,
+                pe,
+                record: record.encode(),
+            });
         }
-        SessionEvent::HalfCloseExpired => {
-            meters.half_closed_expired.increment(1);
-            tracing::debug!(%peer, pool, "session closed: the PE did not finish after the client's half-close");
-        }
-        SessionEvent::IdleExpired => {
-            meters.idle_expired.increment(1);
-            tracing::debug!(%peer, pool, "session closed: no data either way for the idle timeout");
-        }
-        SessionEvent::Unrecoverable { failure, reason } => {
-            tracing::warn!(%peer, pool, ?failure, reason, "session closed: it could not fail over");
+        Err(error) => {
+            listener.meters.handover_failures.increment(1);
+            tracing::warn!(%peer, pool = %listener.pool, %error, "upgrade: a session could not be handed over and is lost");
         }
     }
+    None
+}
+
+/// Runs a session the previous process handed over, on this listener.
+pub(super) async fn run_arrived<D: Directory + SctpConnector>(
+    handed: HandedSession,
+    listener: &Listener<D>,
+    shutdown: CancellationToken,
+    table: &crate::SessionTable,
+) {
+    let (driven, state) = match thaw(handed, listener) {
+        Ok(thawed) => thawed,
+        Err(error) => {
+            listener.meters.handover_failures.increment(1);
+            tracing::warn!(pool = %listener.pool, %error, "upgrade: a session handed over could not be taken on: closing it");
+            return;
+        }
+    };
+    listener.meters.arrived.increment(1);
+    let started = (state.started(crate::now()), state.failovers);
+    let pool = driven.session.pool_handle();
+    let entry = table.open_since(listener.config.listen, pool, state.peer, started);
+    let mut driven = driven;
+    if let Some(pe) = driven.session.current_pe() {
+        entry.started(pe);
+        driven.ends.place = listener.open_sessions.as_ref().map(|s| s.open(pe));
+    }
+    drive(driven, state.peer, listener, shutdown, &entry).await;
+}
+
+/// A handed-over session made ready to drive here.
+fn thaw<'a, D>(
+    handed: HandedSession,
+    listener: &'a Listener<D>,
+) -> Result<(Driven<'a>, DriverState), ThawError> {
+    let mut state = DriverState::decode(&handed.record)?;
+    let config = &listener.config;
+    let session = Session::thaw(&state.session, config.session, crate::now())?;
+    let mut ends = Ends::new(adopt_stream(handed.client)?);
+    let mut pe = Side::new(Stream::Tcp(adopt_stream(handed.pe)?));
+    std::mem::take(&mut state.client).restore(&mut ends.client);
+    std::mem::take(&mut state.pe).restore(&mut pe);
+    ends.pe = Some(pe);
+    ends.pe_answered = state.pe_answered;
+    ends.offered = usize::try_from(state.offered).unwrap_or(0);
+    let framing = config.sctp.framing.map(|framing| {
+        let mut check = FramingCheck::new(framing);
+        if let Some((header, remaining)) = state.framing.take()
+            && header.len() < framing.header()
+            && remaining <= framing.max_message as u64
+        {
+            check.header = header;
+            check.remaining = remaining as usize;
+        }
+        check
+    });
+    let driven = Driven {
+        session,
+        ends,
+        framing,
+    };
+    Ok((driven, state))
+}
+
+/// A connected TCP socket handed over, for tokio (anything else is refused).
+fn adopt_stream(fd: std::os::fd::OwnedFd) -> Result<TcpStream, ThawError> {
+    let stream = std::net::TcpStream::from(fd);
+    stream.peer_addr()?;
+    stream.set_nonblocking(true)?;
+    Ok(TcpStream::from_std(stream)?)
+}
+
+/// Why a handed-over session could not be taken on.
+#[derive(Debug, thiserror::Error)]
+enum ThawError {
+    #[error(transparent)]
+    Record(#[from] rserpool_proto::session::SnapshotError),
+    #[error("its socket: {0}")]
+    Socket(#[from] io::Error),
 }

@@ -74,6 +74,19 @@ pub struct ControlDeframer {
 }
 
 impl ControlDeframer {
+    /// A deframer that goes on with `unread` (a frame begun in another process).
+    pub(super) fn with_unread(unread: Vec<u8>) -> Self {
+        Self {
+            buffer: unread,
+            start: 0,
+        }
+    }
+
+    /// Bytes received but not yet cut into a frame.
+    pub(super) fn unread(&self) -> &[u8] {
+        self.buffer.get(self.start..).unwrap_or_default()
+    }
+
     /// Adds received bytes.
     pub fn push(&mut self, data: &[u8]) {
         if self.start > 0 && self.start == self.buffer.len() {

@@ -22,7 +22,7 @@ pub struct RecoveryPoint {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum State {
+pub(super) enum State {
     /// Waiting for the directory's answer.
     Resolving,
     /// Waiting before asking again (no usable PE).
@@ -38,48 +38,56 @@ enum State {
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {
-    pool_handle: PoolHandle,
-    config: SessionConfig,
-    state: State,
-    out: VecDeque<SessionOutput>,
+    pub(super) pool_handle: PoolHandle,
+    pub(super) config: SessionConfig,
+    pub(super) state: State,
+    pub(super) out: VecDeque<SessionOutput>,
     /// Client bytes [retained_from, client_in) still held.
-    retained: VecDeque<u8>,
-    retained_from: u64,
-    client_in: u64,
+    pub(super) retained: VecDeque<u8>,
+    pub(super) retained_from: u64,
+    pub(super) client_in: u64,
     /// Client bytes sent to the current PE (absolute offset).
-    sent_to_pe: u64,
+    pub(super) sent_to_pe: u64,
     /// When the client half-closed (it sends nothing more).
-    client_finished: Option<Instant>,
+    pub(super) client_finished: Option<Instant>,
     /// When data last went either way (client bytes in, PE output to the client).
-    last_traffic: Instant,
+    pub(super) last_traffic: Instant,
     /// Output delivered to the client (absolute offset).
-    delivered: u64,
+    pub(super) delivered: u64,
     /// Absolute output offset of the current PE's next byte.
-    pe_out: u64,
-    recovery: RecoveryPoint,
+    pub(super) pe_out: u64,
+    pub(super) recovery: RecoveryPoint,
     /// The recovery point can still be used (bytes held, rule 2 or nothing delivered).
-    recoverable: bool,
+    pub(super) recoverable: bool,
     /// The current PE uses the control channel.
-    control: bool,
+    pub(super) control: bool,
     /// Its control channel is the TCP framing with heartbeats; on SCTP the transport
     /// watches the peer, and a silent PE is judged like a data-only one.
-    heartbeats: bool,
-    deframer: ControlDeframer,
+    pub(super) heartbeats: bool,
+    pub(super) deframer: ControlDeframer,
     /// PEs suggested by business cards, in order.
-    business_card: Vec<PoolElement>,
+    pub(super) business_card: Vec<PoolElement>,
     /// PEs that failed during this failover.
-    failed: Vec<PoolElementId>,
+    pub(super) failed: Vec<PoolElementId>,
     /// The failure that started the failover under way, and when.
-    failover: Option<(PoolElementId, PeFailure, Instant)>,
-    retries: u32,
-    last_pe_activity: Instant,
-    last_sent_to_pe: Instant,
+    pub(super) failover: Option<(PoolElementId, PeFailure, Instant)>,
+    pub(super) retries: u32,
+    pub(super) last_pe_activity: Instant,
+    pub(super) last_sent_to_pe: Instant,
     /// Client bytes sent to the PE before its latest output: a data-only PE is awaited
     /// (and can time out) only when bytes were sent after its last answer.
-    answered_upto: u64,
+    pub(super) answered_upto: u64,
     /// The client's half-close was passed on to the current PE.
-    pe_shutdown_sent: bool,
-    had_pe: bool,
+    pub(super) pe_shutdown_sent: bool,
+    pub(super) had_pe: bool,
+}
+
+/// Whether `pe` speaks the control channel, and whether that channel is the TCP
+/// framing with heartbeats (on SCTP the transport watches the peer).
+pub(super) fn control_channel(pe: &PoolElement) -> (bool, bool) {
+    let control = pe.user_transport.protocol.transport_use() == TransportUse::DataPlusControl;
+    let heartbeats = control && matches!(pe.user_transport.protocol, TransportProtocol::Tcp(_));
+    (control, heartbeats)
 }
 
 impl Session {
@@ -198,9 +206,7 @@ impl Session {
             return;
         };
         let pe = pe.clone();
-        self.control = pe.user_transport.protocol.transport_use() == TransportUse::DataPlusControl;
-        self.heartbeats =
-            self.control && matches!(pe.user_transport.protocol, TransportProtocol::Tcp(_));
+        (self.control, self.heartbeats) = control_channel(&pe);
         self.deframer = ControlDeframer::default();
         self.last_pe_activity = now;
         self.last_sent_to_pe = now;
@@ -610,7 +616,7 @@ impl Session {
     }
 
     /// Drops the client bytes no recovery can need; gives up recovery past the limit.
-    fn trim_retained(&mut self) {
+    pub(super) fn trim_retained(&mut self) {
         // Unsent bytes are always kept; replay needs the bytes from the recovery point.
         let needed_from =
             if self.recoverable && (self.control || self.delivered <= self.recovery.produced) {
