@@ -14,7 +14,7 @@
 # the longest in the same span before the first upgrade (the anchor); the gateway
 # processes left after each upgrade; the new process's RSS after the first and the
 # last upgrade; then what held: sessions continuous, HTTP requests failed, DNS queries
-# unanswered.
+# unanswered, HTTP connections opened (CONNECTIONS when every one went over).
 #   bench/upgrade.sh [UPGRADES] [CONNECTIONS] [CHATTY] [IDLE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -85,4 +85,4 @@ echo "client-visible stall of a chatty session in an upgrade's window (ms): $(gr
 echo "gateway processes after each upgrade: $(awk '{ print $4 }' "$work/upgrades" | sort -u | tr '\n' ' ')"
 echo "RSS of the gateway after the first upgrade: ${first_rss} KiB, after the last: ${last_rss} KiB ($(awk -v a="$first_rss" -v b="$last_rss" 'BEGIN { printf "%+.1f %%", (b - a) * 100 / a }'))"
 cat "$work/sessions.out"
-echo "HTTP: $requests requests, $failed failed"
+echo "HTTP: $requests requests, $failed failed, $(awk '{ print $6 }' "$work/load.out") connections opened for $CONNECTIONS keep-alive clients"

@@ -152,6 +152,9 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     );
     let view = admin::ListenerView::default();
     let mut inherited = Inherited::receive()?;
+    if let Some(inherited) = inherited.as_mut() {
+        carry::take_cache(inherited, &pool_user);
+    }
     // Stops the admin listener when an upgrade's new process has taken it over.
     let admin_stop = shutdown.child_token();
     // The metrics recorder goes in first: listeners take their meters when they start.
@@ -217,7 +220,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
         pool_user.clone(),
         configured_pools(&file),
     ));
-    let upgrade = (admin_socket.as_ref(), &admin_stop);
+    let upgrade = (admin_socket.as_ref(), &admin_stop, &*pool_user);
     let departing = serve_signals(
         &mut signals,
         (&args, &logging),
@@ -244,7 +247,11 @@ async fn serve_signals(
     (args, logging): (&GatewayArgs, &Logging),
     tls: Option<&crate::transport::tls::ControlTls>,
     listeners: &mut ListenerSet,
-    (admin_socket, admin_stop): (Option<&std::os::fd::OwnedFd>, &CancellationToken),
+    (admin_socket, admin_stop, pool_user): (
+        Option<&std::os::fd::OwnedFd>,
+        &CancellationToken,
+        &PoolUser,
+    ),
 ) -> Option<carry::Departing> {
     loop {
         match signals.next().await {
@@ -257,7 +264,7 @@ async fn serve_signals(
                 reload(args, logging, listeners).await;
             }
             Request::Upgrade => {
-                if let Some(departing) = upgraded(listeners, admin_socket).await {
+                if let Some(departing) = upgraded(listeners, admin_socket, pool_user).await {
                     admin_stop.cancel();
                     return Some(departing);
                 }
@@ -297,6 +304,7 @@ async fn admin_listener(
 async fn upgraded(
     listeners: &ListenerSet,
     admin: Option<&std::os::fd::OwnedFd>,
+    pool_user: &PoolUser,
 ) -> Option<carry::Departing> {
     let mut sockets = match listeners.sockets() {
         Ok(sockets) => sockets,
@@ -309,12 +317,12 @@ async fn upgraded(
         sockets.push(("admin".to_owned(), vec![admin]));
     }
     tracing::info!(sockets = sockets.len(), "upgrade: starting the new process");
-    match upgrade::hand_over(sockets).await {
+    match upgrade::hand_over(sockets, pool_user.carry_cache()).await {
         Ok(successor) => {
             let pid = successor.pid;
             tracing::info!(
                 pid,
-                "upgrade: the new process serves; this one stops accepting, hands its TCP sessions over and drains"
+                "upgrade: the new process serves; this one stops accepting, hands its TCP sessions and idle HTTP connections over and drains"
             );
             crate::systemd::notify(&format!("MAINPID={pid}"));
             Some(carry::send_sessions(successor, listeners.handovers()))

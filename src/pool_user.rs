@@ -247,6 +247,19 @@ impl PoolUser {
         driver::lock(&self.engine).current_registrar()
     }
 
+    /// The cache's answers for the next process of a binary upgrade.
+    pub(crate) fn carry_cache(&self) -> Vec<u8> {
+        driver::lock(&self.engine).carry_cache(driver::now())
+    }
+
+    /// Fills the cache from the previous process's answers; the pools taken.
+    pub(crate) fn adopt_cache(
+        &self,
+        record: &[u8],
+    ) -> Result<usize, rserpool_proto::session::SnapshotError> {
+        driver::lock(&self.engine).adopt_cache(record, driver::now())
+    }
+
     /// Reports a PE that could not be reached: it leaves the cache and the registrar is
     /// told.
     pub(crate) async fn report_unreachable(&self, pool_handle: PoolHandle, pe_id: PoolElementId) {

@@ -57,14 +57,15 @@ fn step(writer: &mut TcpStream, reader: &mut BufReader<TcpStream>, count: &mut u
 }
 
 /// GETs on one keep-alive connection after another until `stop`: each answered 200
-/// counts in `answered`, anything else (no answer, a broken connection) in `failed`.
+/// counts in `answered`, anything else (no answer, a broken connection) in `failed`;
+/// each connection opened in `connections`.
 fn keep_alive_load(
     target: SocketAddr,
     stop: &AtomicBool,
-    answered: &AtomicU64,
-    failed: &AtomicU64,
+    (answered, failed, connections): (&AtomicU64, &AtomicU64, &AtomicU64),
 ) {
     while !stop.load(Ordering::Relaxed) {
+        connections.fetch_add(1, Ordering::Relaxed);
         let Ok(stream) = TcpStream::connect(target) else {
             failed.fetch_add(1, Ordering::Relaxed);
             continue;
@@ -203,8 +204,9 @@ fn upgrade(old: u32, pid_file: &PathBuf, gateway: &Process) -> u32 {
 /// Binary upgrades in a row under load: TCP sessions sending a line every 10 ms, idle
 /// TCP sessions, keep-alive HTTP requests and DNS queries. Every session goes over to
 /// each new process with its count continuous (the sessions' sockets and state are
-/// carried, not re-opened), no HTTP request fails, no DNS query goes unanswered, and
-/// after each upgrade one gateway process is left.
+/// carried, not re-opened), so does every keep-alive connection (between two
+/// requests), no HTTP request fails, no DNS query goes unanswered, and after each
+/// upgrade one gateway process is left.
 #[test]
 fn upgrades_carry_the_sessions_and_lose_nothing() {
     const CHATTY: usize = 20;
@@ -243,11 +245,13 @@ fn upgrades_carry_the_sessions_and_lose_nothing() {
     assert_eq!(pid_in(&pid_file), Some(gateway.pid()));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let counts: Arc<[AtomicU64; 3]> = Arc::new(Default::default());
     let http_load: Vec<_> = (0..4)
         .map(|_| {
-            let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
-            std::thread::spawn(move || keep_alive_load(http, &stop, &answered, &failed))
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                keep_alive_load(http, &stop, (&counts[0], &counts[1], &counts[2]));
+            })
         })
         .collect();
     let dns_load = dns_load(dns, stop.clone());
@@ -326,8 +330,15 @@ fn upgrades_carry_the_sessions_and_lose_nothing() {
         thread.join().unwrap();
     }
     let (dns_answered, unanswered) = dns_load.join().unwrap();
+    let [answered, failed, connections] = &*counts;
     assert_eq!(failed.load(Ordering::Relaxed), 0, "HTTP requests failed");
     assert!(answered.load(Ordering::Relaxed) > 10);
+    // The keep-alive connections went over with every upgrade: none was closed.
+    assert_eq!(
+        connections.load(Ordering::Relaxed),
+        4,
+        "keep-alive connections re-opened"
+    );
     assert_eq!(
         unanswered, 0,
         "DNS queries unanswered ({dns_answered} answered)"
@@ -346,6 +357,13 @@ fn upgrades_carry_the_sessions_and_lose_nothing() {
         "{arrived} sessions arrived in the last process"
     );
     assert!(gateway.wait_exit(Duration::from_secs(1)).is_some());
+    // The pool user's cache went over with each upgrade (every new process's log is
+    // in this one's, through the inherited stderr).
+    assert!(
+        gateway.log_count("upgrade: the old process's pool-user cache taken") >= UPGRADES,
+        "{:#?}",
+        gateway.log.lock().unwrap()
+    );
 
     // A new process that cannot start (its configuration no longer loads): the old
     // one says so and keeps serving, its sessions too.

@@ -23,6 +23,7 @@ mod hedge;
 mod held;
 mod idle;
 mod min_rate;
+mod moving;
 mod proxy;
 mod respond;
 mod response_head;
@@ -39,10 +40,10 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use self::config::H2_MAX_SEND_BUFFER;
 use self::connection::{State, serve_connection};
+use crate::handover::Handover;
 use crate::{Directory, Lifecycle};
 
 pub use self::attempts::StatusSet;
@@ -58,33 +59,24 @@ pub use crate::health::OutlierConfig;
 
 /// Accepts clients until `lifecycle.stop_accepting` and serves their requests
 /// (HTTP/1.1, and HTTP/2 with prior knowledge); keep-alive connections close at their
-/// next request boundary then. Returns the listening socket, so that a listener with
-/// new settings can go on with it (clients that connect meanwhile wait in its backlog).
+/// next request boundary then, or, on a plain listener whose connections leave for
+/// the next process (`handover`, a binary upgrade), go there at it. Connections that
+/// the previous process hands over are served too. Returns the listening socket, so
+/// that a listener with new settings can go on with it (clients that connect meanwhile
+/// wait in its backlog).
 pub async fn serve<D: Directory>(
     socket: TcpListener,
     config: HttpListenerConfig,
-    routing: Reloader,
-    directory: Arc<D>,
-    lifecycle: Lifecycle,
+    (routing, directory): (Reloader, Arc<D>),
+    (lifecycle, handover): (Lifecycle, Handover),
 ) -> TcpListener {
-    let state = Arc::new(State {
-        routing,
-        https: config.tls.is_some(),
-        directory,
-        slots: Arc::new(Semaphore::new(config.max_connections)),
-        header_timeout: config.header_timeout,
-        client_idle_timeout: config.client_idle_timeout,
-        tunnel_idle_timeout: config.tunnel_idle_timeout,
-        closed_no_request: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "no_request"),
-        closed_idle: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "idle"),
-        held_bodies: held::ReplayBudget::listener(config.max_held_body_bytes),
-        held_body_bytes_per_connection: config.max_held_body_bytes_per_connection,
-        held_meters: held::HeldMeters {
-            bytes: metrics::gauge!("rserpool_http_held_body_bytes", "listen" => config.listen.to_string()),
-            held: metrics::counter!("rserpool_http_bodies_held_total", "listen" => config.listen.to_string()),
-            not_held: metrics::counter!("rserpool_http_bodies_not_held_total", "listen" => config.listen.to_string()),
-        },
-    });
+    let state = Arc::new(State::new(&config, (routing, directory), handover));
+    // A TLS session cannot be handed over: only a plain listener takes connections.
+    let mut arrivals = config
+        .tls
+        .is_none()
+        .then(|| state.handover.arrived())
+        .flatten();
     let acceptor = match &config.tls {
         Some(resolver) => match tls::server_config(resolver.clone()) {
             Ok(tls_config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config))),
@@ -118,6 +110,17 @@ pub async fn serve<D: Directory>(
         let accepted = tokio::select! {
             () = lifecycle.stop_accepting.cancelled() => return socket,
             accepted = socket.accept() => accepted,
+            Some(handed) = crate::handover::next_arrival(arrivals.as_mut()) => {
+                // Over the limit or not: refusing would cut a connection that is open.
+                let permit = state.slots.clone().try_acquire_owned().ok();
+                let (state, builder) = (state.clone(), builder.clone());
+                let lifecycle = lifecycle.clone();
+                lifecycle.sessions.clone().spawn(async move {
+                    h1::serve_arrived(handed, state, limits, builder, &lifecycle).await;
+                    drop(permit);
+                });
+                continue;
+            }
         };
         let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -9,6 +9,7 @@
 
 mod connector;
 pub mod dns;
+pub mod handover;
 pub mod health;
 pub mod http;
 pub mod meters;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::handover::Handover;
 use crate::health::PoolHealth;
 use crate::{Directory, Lifecycle, SctpConnector};
 
@@ -28,7 +29,6 @@ mod side;
 
 pub use config::{ListenerConfig, SctpUpstream};
 pub use framing::{Framing, FramingError};
-pub use handover::{HandedSession, Handover};
 
 use events::Meters;
 use open_sessions::OpenSessions;
@@ -68,7 +68,7 @@ pub async fn serve<D: Directory + SctpConnector>(
         let accepted = tokio::select! {
             () = lifecycle.stop_accepting.cancelled() => return socket,
             accepted = socket.accept() => accepted,
-            Some(handed) = next_arrival(arrivals.as_mut()) => {
+            Some(handed) = crate::handover::next_arrival(arrivals.as_mut()) => {
                 // Over the limit or not: refusing would cut a session that is running.
                 let permit = slots.clone().try_acquire_owned().ok();
                 let (listener, close) = (listener.clone(), lifecycle.close_sessions.clone());
@@ -99,15 +99,5 @@ pub async fn serve<D: Directory + SctpConnector>(
             run_session(client, peer, &listener, close, &entry).await;
             drop(permit);
         });
-    }
-}
-
-/// The next session handed over by the previous process (never, without arrivals).
-async fn next_arrival(
-    arrivals: Option<&mut tokio::sync::mpsc::Receiver<HandedSession>>,
-) -> Option<HandedSession> {
-    match arrivals {
-        Some(arrivals) => arrivals.recv().await,
-        None => std::future::pending().await,
     }
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::handlespace::{Handlespace, Limits, PoolElementKey};
 use crate::rng::SeededRng;
-use crate::wire::{HandleResolutionResponse, PolicyType, PoolElement, PoolHandle};
+use crate::session::{SnapshotError, SnapshotReader, SnapshotWriter};
+use crate::wire::{AsapMessage, HandleResolutionResponse, PolicyType, PoolElement, PoolHandle};
 
 /// PEs chosen from the cache by the pool's policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,18 +121,20 @@ impl ResolutionCache {
         {
             return;
         }
-        self.drop_last_answer(&response.pool_handle);
-        let usable_until = now + self.fresh_for + self.max_stale;
+        let answer = LastAnswer {
+            usable_until: now + self.fresh_for + self.max_stale,
+            policy_type,
+            pool_elements: response.pool_elements.clone(),
+        };
+        self.put_last_answer(response.pool_handle, answer);
+    }
+
+    /// Keeps `answer` as the pool's last answer, in place of any before it.
+    fn put_last_answer(&mut self, pool_handle: PoolHandle, answer: LastAnswer) {
+        self.drop_last_answer(&pool_handle);
         self.last_answers_by_end
-            .insert((usable_until, response.pool_handle));
-        self.last_answers.insert(
-            response.pool_handle,
-            LastAnswer {
-                usable_until,
-                policy_type,
-                pool_elements: response.pool_elements.clone(),
-            },
-        );
+            .insert((answer.usable_until, pool_handle));
+        self.last_answers.insert(pool_handle, answer);
     }
 
     fn drop_last_answer(&mut self, pool_handle: &PoolHandle) {
@@ -294,5 +297,83 @@ impl ResolutionCache {
 
     pub(crate) fn next_expiry(&self) -> Option<Instant> {
         self.is_on().then(|| self.entries.next_expiry()).flatten()
+    }
+
+    /// What the cache knows, for another process (a gateway's binary upgrade): per
+    /// pool, its policy type, its PEs (the last answer's when one is kept, else the
+    /// fresh ones) and how long they stay fresh and usable, as ages from `now`.
+    pub(crate) fn carry(&self, now: Instant, w: &mut SnapshotWriter) {
+        let pools: BTreeSet<PoolHandle> = self
+            .refresh_at
+            .keys()
+            .chain(self.last_answers.keys())
+            .copied()
+            .collect();
+        for pool_handle in pools {
+            let last = self.last_answers.get(&pool_handle);
+            let fresh = self.refresh_at.get(&pool_handle).map(|refresh| {
+                // An answer is fresh a quarter of its life past its refresh time.
+                (*refresh + self.fresh_for / 4).saturating_duration_since(now)
+            });
+            let (policy_type, pool_elements) = match (last, self.entries.pool(&pool_handle)) {
+                (Some(last), _) => (last.policy_type, last.pool_elements.clone()),
+                (None, Some(pool)) => (
+                    pool.policy_type(),
+                    pool.elements().map(|e| e.element.clone()).collect(),
+                ),
+                (None, None) => continue,
+            };
+            let response = AsapMessage::HandleResolutionResponse(HandleResolutionResponse {
+                pool_handle,
+                policy: None,
+                pool_elements,
+                error: None,
+            });
+            let Ok(bytes) = response.encode() else {
+                continue;
+            };
+            w.bytes(&bytes);
+            w.u64(u64::from(policy_type.0));
+            w.duration(fresh.unwrap_or_default());
+            w.duration(last.map_or(Duration::ZERO, |last| {
+                last.usable_until.saturating_duration_since(now)
+            }));
+        }
+    }
+
+    /// Takes one pool's answer written by [`ResolutionCache::carry`]: fresh for what
+    /// was left of its freshness (at most this cache's `fresh_for`), and kept for
+    /// serving stale as long as it was usable there (at most this cache's bound).
+    pub(crate) fn adopt(
+        &mut self,
+        r: &mut SnapshotReader<'_>,
+        now: Instant,
+    ) -> Result<(), SnapshotError> {
+        let decoded = AsapMessage::decode(r.bytes()?).map(|decoded| decoded.message);
+        let Ok(AsapMessage::HandleResolutionResponse(response)) = decoded else {
+            return Err(SnapshotError::Invalid("pool answer"));
+        };
+        let policy_type = u32::try_from(r.u64()?)
+            .map(PolicyType)
+            .map_err(|_| SnapshotError::Invalid("policy type"))?;
+        let (fresh, usable) = (r.duration()?, r.duration()?);
+        if !fresh.is_zero() {
+            self.store(&response, None, now);
+            if let Some(refresh) = self.refresh_at.get_mut(&response.pool_handle) {
+                *refresh = now + fresh.min(self.fresh_for) * 3 / 4;
+            }
+        }
+        let usable = usable.min(self.fresh_for + self.max_stale);
+        self.drop_last_answer(&response.pool_handle);
+        let room = self.last_answers.len() < self.max_last_answers;
+        if !usable.is_zero() && !self.max_stale.is_zero() && room {
+            let answer = LastAnswer {
+                usable_until: now + usable,
+                policy_type,
+                pool_elements: response.pool_elements,
+            };
+            self.put_last_answer(response.pool_handle, answer);
+        }
+        Ok(())
     }
 }

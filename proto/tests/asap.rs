@@ -1242,3 +1242,60 @@ fn least_used_with_degradation_spreads_a_burst() {
         );
     }
 }
+
+/// A gateway's binary upgrade carries its pool user's cache: the new pool user answers
+/// from the carried answer at once, and once it is no longer fresh and no registrar
+/// answers (the only one crashed), serves it stale as the old one would have; a new
+/// pool user without it fails. A record cut short or from another form is refused
+/// without panicking.
+#[test]
+fn a_carried_cache_serves_the_next_process_fresh_then_stale() {
+    for carried in [true, false] {
+        let mut sim = Sim::new(23);
+        let r = add_registrar(&mut sim, 0x11);
+        let (_, id) = add_pe(&mut sim, &[r], Policy::RoundRobin, 30);
+        sim.run_for(Duration::from_secs(1));
+        let old = pu_serving_stale(&mut sim, &[r], Duration::from_secs(30));
+        let first = resolve(&mut sim, old, None);
+        sim.run_for(Duration::from_millis(100));
+        assert!(answered(&sim, old, first).unwrap().1.is_ok());
+        sim.crash(r);
+        let record = sim.with(old, |role, now| match role {
+            Role::Pu(pu) => pu.carry_cache(now),
+            _ => unreachable!(),
+        });
+        let new = pu_serving_stale(&mut sim, &[r], Duration::from_secs(30));
+        let fresh = sim.with(new, |role, now| match role {
+            Role::Pu(pu) => {
+                if carried {
+                    assert_eq!(pu.adopt_cache(&record, now), Ok(1));
+                }
+                pu.resolve_from_cache(pool(), None, now)
+                    .map(|hit| hit.resolution.pool_elements[0].id)
+            }
+            _ => unreachable!(),
+        });
+        assert_eq!(fresh, carried.then_some(id), "fresh from the carried cache");
+        sim.run_for(Duration::from_secs(2));
+        let request = resolve(&mut sim, new, None);
+        sim.run_for(Duration::from_secs(10));
+        let answer = answered(&sim, new, request).expect("answered").1;
+        if carried {
+            assert_eq!(answer, Ok((vec![id], AnswerSource::Stale)));
+        } else {
+            assert_eq!(answer, Err(ResolveError::NoRegistrar));
+        }
+        sim.with(new, |role, now| match role {
+            Role::Pu(pu) => {
+                assert_eq!(pu.adopt_cache(&record[..8], now), Ok(0), "no pool");
+                for cut in (1..record.len()).filter(|cut| *cut != 8) {
+                    assert!(pu.adopt_cache(&record[..cut], now).is_err(), "cut {cut}");
+                }
+                let mut other = record.clone();
+                other[7] = 9;
+                assert!(pu.adopt_cache(&other, now).is_err());
+            }
+            _ => unreachable!(),
+        });
+    }
+}

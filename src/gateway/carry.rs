@@ -1,6 +1,6 @@
-//! Open TCP-gateway sessions carried by a binary upgrade: the old process sends each
-//! session that can move (its two sockets and its record, see
-//! `rserpool_gateways::tcp::Handover`) to the new one, one message each on the
+//! Open TCP-gateway sessions and idle HTTP/1.1 connections carried by a binary
+//! upgrade: the old process sends each one that can move (its sockets and its record,
+//! see `rserpool_gateways::handover`) to the new one, one message each on the
 //! upgrade's connection; the new one gives each to its listener of the same name.
 //! The old process closes the connection when its drain is over, which ends the new
 //! one's reading.
@@ -11,15 +11,19 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rserpool_gateways::tcp::{HandedSession, Handover};
+use rserpool_gateways::handover::{Handed, Handover};
 use rserpool_proto::session::{SnapshotError, SnapshotReader, SnapshotWriter};
 use tokio::sync::mpsc;
 
 use super::upgrade::{Inherited, Successor, receive_message, send_message};
+use crate::pool_user::PoolUser;
 
 /// Sessions frozen and waiting for the thread that sends them: each waits at most
 /// this many sends (the rest go on serving until their turn).
 const DEPARTURES: usize = 16;
+
+/// The most sockets one session carries (a TCP session's client and PE).
+const MAX_SOCKETS: usize = 2;
 
 /// The largest session message (a session's replay buffer and both sides' queues).
 const MAX_SESSION_MESSAGE: usize = 64 << 20;
@@ -42,7 +46,7 @@ struct Carried {
 
 /// Sends the sessions of the listeners the new process takes, as they can move.
 pub(super) fn send_sessions(successor: Successor, handovers: Handovers) -> Departing {
-    let (to, mut from) = mpsc::channel::<HandedSession>(DEPARTURES);
+    let (to, mut from) = mpsc::channel::<Handed>(DEPARTURES);
     let taking: Vec<Handover> = handovers
         .into_iter()
         .filter(|(name, _)| successor.takes_sessions.contains(name))
@@ -94,7 +98,7 @@ impl Departing {
     }
 }
 
-fn send_session(stream: &UnixStream, session: &HandedSession) -> std::io::Result<()> {
+fn send_session(stream: &UnixStream, session: &Handed) -> std::io::Result<()> {
     let mut w = SnapshotWriter::default();
     w.bytes(session.listener.as_bytes());
     w.bytes(&session.record);
@@ -102,11 +106,21 @@ fn send_session(stream: &UnixStream, session: &HandedSession) -> std::io::Result
     if message.len() > MAX_SESSION_MESSAGE {
         return Err(std::io::Error::other("a session too large to hand over"));
     }
-    send_message(
-        stream,
-        &message,
-        &[session.client.as_fd(), session.pe.as_fd()],
-    )
+    let sockets: Vec<_> = session.sockets.iter().map(AsFd::as_fd).collect();
+    send_message(stream, &message, &sockets)
+}
+
+/// Fills the pool user's cache with the old process's answers.
+pub(super) fn take_cache(inherited: &mut Inherited, pool_user: &PoolUser) {
+    let Some(record) = inherited.take_cache() else {
+        return;
+    };
+    match pool_user.adopt_cache(&record) {
+        Ok(pools) => tracing::info!(pools, "upgrade: the old process's pool-user cache taken"),
+        Err(error) => {
+            tracing::warn!(%error, "upgrade: the old process's pool-user cache not taken");
+        }
+    }
 }
 
 /// Tells the old process that this one serves and which TCP listeners take its
@@ -125,7 +139,7 @@ fn receive_sessions(stream: UnixStream, handovers: Handovers) {
     std::thread::spawn(move || {
         let mut carried = Carried::default();
         loop {
-            let (message, fds) = match receive_message(&stream, MAX_SESSION_MESSAGE, 2) {
+            let (message, fds) = match receive_message(&stream, MAX_SESSION_MESSAGE, MAX_SOCKETS) {
                 Ok(Some(received)) => received,
                 Ok(None) => break,
                 Err(error) => {
@@ -153,25 +167,23 @@ fn receive_sessions(stream: UnixStream, handovers: Handovers) {
     });
 }
 
-/// A session message: its listener's name and record, and its two sockets.
+/// A session message: its listener's name and record, and its sockets.
 fn parse_session(
     message: &[u8],
-    fds: Vec<std::os::fd::OwnedFd>,
-) -> Result<(String, HandedSession), SnapshotError> {
+    sockets: Vec<std::os::fd::OwnedFd>,
+) -> Result<(String, Handed), SnapshotError> {
     let mut r = SnapshotReader::new(message);
     let name = std::str::from_utf8(r.bytes()?)
         .map_err(|_| SnapshotError::Invalid("listener"))?
         .to_owned();
     let record = r.bytes()?.to_vec();
     r.end()?;
-    let mut fds = fds.into_iter();
-    let (Some(client), Some(pe), None) = (fds.next(), fds.next(), fds.next()) else {
+    if sockets.is_empty() {
         return Err(SnapshotError::Invalid("sockets"));
-    };
-    let session = HandedSession {
+    }
+    let session = Handed {
         listener: Arc::from(name.as_str()),
-        client,
-        pe,
+        sockets,
         record,
     };
     Ok((name, session))

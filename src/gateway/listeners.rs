@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use rserpool_gateways::Lifecycle;
 use rserpool_gateways::dns::{self, DnsConfig};
+use rserpool_gateways::handover::Handover;
 use rserpool_gateways::http::tls::CertificateResolver;
 use rserpool_gateways::http::{self, HttpListenerConfig};
 use rserpool_gateways::tcp::{self, ListenerConfig};
@@ -123,8 +124,8 @@ struct Running {
     certificates: Vec<(SocketAddr, Arc<CertificateResolver>)>,
     /// Its listening sockets (duplicates), to hand over in an upgrade.
     sockets: Vec<OwnedFd>,
-    /// Its sessions' way to and from another process in an upgrade (TCP).
-    handover: Option<tcp::Handover>,
+    /// Its sessions' way to and from another process in an upgrade (TCP, plain HTTP).
+    handover: Option<Handover>,
 }
 
 /// What one SIGHUP changed.
@@ -211,8 +212,9 @@ impl ListenerSet {
             .collect()
     }
 
-    /// The TCP listeners' ways for sessions in an upgrade, by name.
-    pub(super) fn handovers(&self) -> Vec<(String, tcp::Handover)> {
+    /// The TCP and plain HTTP listeners' ways for sessions and connections in an
+    /// upgrade, by name.
+    pub(super) fn handovers(&self) -> Vec<(String, Handover)> {
         let names = Section::names(self.running.iter().map(|r| &r.section));
         names
             .into_iter()
@@ -412,7 +414,7 @@ impl ListenerSet {
         };
         let pool = config.pool_handle;
         let pool_user = self.shared.pool_user.clone();
-        let handover = tcp::Handover::default();
+        let handover = Handover::default();
         let sessions = (lifecycle, handover.clone());
         let task =
             tokio::spawn(
@@ -445,13 +447,17 @@ impl ListenerSet {
         let view = admin::http_entry(bound, &config);
         let certificates: Vec<_> = config.tls.iter().map(|t| (bound, t.clone())).collect();
         let (routing, pool_user) = (reloader.clone(), self.shared.pool_user.clone());
+        // Idle plain connections go over in an upgrade; TLS ones cannot.
+        let handover = config.tls.is_none().then(Handover::default);
+        let connections = (lifecycle, handover.clone().unwrap_or_default());
         let task = tokio::spawn(async move {
-            Some(http::serve(socket, config, routing, pool_user, lifecycle).await)
+            Some(http::serve(socket, config, (routing, pool_user), connections).await)
         });
         let named = vec![format!("{bound}={}", pools.join("+"))];
         let mut running = Running::new(section, bound, task, named).with_view(view);
         running.reloader = Some(reloader);
         running.certificates = certificates;
+        running.handover = handover;
         running
     }
 

@@ -11,7 +11,9 @@
 //! The exchange: the new process connects to the socket named in its environment
 //! ([`FROM_VARIABLE`]); the old one sends, in one message, a JSON list of the
 //! listeners (each a key and its number of sockets) with the sockets attached in that
-//! order; the new one answers `ready` and the JSON list of its TCP listeners that take
+//! order, then the pool user's cache (a record of its answers, so the new process
+//! does not start cold and can serve stale at once); the new one answers `ready` and
+//! the JSON list of its TCP listeners that take
 //! sessions, once its ready line is out. Then the old process sends the open sessions
 //! of those listeners that can move, one message each, and closes the connection when
 //! its drain is over (`carry`).
@@ -39,6 +41,8 @@ pub(super) const FROM_VARIABLE: &str = "RSERPOOL_UPGRADE_FROM";
 const MAX_SOCKETS: usize = 250;
 /// The largest list of listeners (JSON).
 const MAX_HEADER: usize = 64 * 1024;
+/// The largest pool-user cache record (the cache's bounds keep it well below).
+const MAX_CACHE: usize = 64 << 20;
 /// How long the new process may take to connect, and then to be ready.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,12 +76,13 @@ pub(super) struct Successor {
     pub(super) takes_sessions: Vec<String>,
 }
 
-/// Starts the new process, hands it `sockets` and waits until it serves.
-pub(super) async fn hand_over(sockets: Sockets) -> Result<Successor, UpgradeError> {
+/// Starts the new process, hands it `sockets` and the pool user's `cache` (its
+/// record), and waits until it serves.
+pub(super) async fn hand_over(sockets: Sockets, cache: Vec<u8>) -> Result<Successor, UpgradeError> {
     tokio::task::spawn_blocking(move || {
         let directory =
             std::env::temp_dir().join(format!("rserpool-upgrade-{}", std::process::id()));
-        let result = hand_over_from(&directory, &sockets);
+        let result = hand_over_from(&directory, &sockets, &cache);
         let _ = std::fs::remove_dir_all(&directory);
         result
     })
@@ -85,7 +90,11 @@ pub(super) async fn hand_over(sockets: Sockets) -> Result<Successor, UpgradeErro
     .map_err(|error| UpgradeError::Io(std::io::Error::other(error)))?
 }
 
-fn hand_over_from(directory: &Path, sockets: &Sockets) -> Result<Successor, UpgradeError> {
+fn hand_over_from(
+    directory: &Path,
+    sockets: &Sockets,
+    cache: &[u8],
+) -> Result<Successor, UpgradeError> {
     // A directory only this user can enter: nobody else can connect and take the sockets.
     let _ = std::fs::remove_dir_all(directory);
     std::fs::DirBuilder::new().mode(0o700).create(directory)?;
@@ -99,7 +108,7 @@ fn hand_over_from(directory: &Path, sockets: &Sockets) -> Result<Successor, Upgr
         .stdin(Stdio::null())
         .spawn()
         .map_err(|error| UpgradeError::Spawn { binary, error })?;
-    let result = serve_child(&listener, &mut child, sockets);
+    let result = serve_child(&listener, &mut child, (sockets, cache));
     if result.is_err() && matches!(child.try_wait(), Ok(None)) {
         let _ = child.kill();
         let _ = child.wait();
@@ -117,7 +126,7 @@ fn hand_over_from(directory: &Path, sockets: &Sockets) -> Result<Successor, Upgr
 fn serve_child(
     listener: &UnixListener,
     child: &mut Child,
-    sockets: &Sockets,
+    (sockets, cache): (&Sockets, &[u8]),
 ) -> Result<(UnixStream, Vec<String>), UpgradeError> {
     let started = crate::driver::now();
     let mut stream = loop {
@@ -136,6 +145,7 @@ fn serve_child(
     };
     stream.set_nonblocking(false)?;
     send_listeners(&stream, sockets)?;
+    send_message(&stream, cache, &[])?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     let started = crate::driver::now();
     let mut answer = Vec::new();
@@ -297,6 +307,8 @@ pub(super) fn tcp_listener(fd: OwnedFd) -> std::io::Result<tokio::net::TcpListen
 /// What the new process got from the old one.
 pub(super) struct Inherited {
     sockets: BTreeMap<String, Vec<OwnedFd>>,
+    /// The pool user's cache (its record), until taken.
+    cache: Option<Vec<u8>>,
     stream: UnixStream,
 }
 
@@ -317,12 +329,24 @@ impl Inherited {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(failed)?;
         let (list, mut fds) = receive_listeners(&stream).map_err(failed)?;
+        let cache = receive_message(&stream, MAX_CACHE, 0)
+            .map_err(failed)?
+            .map(|(record, _)| record);
         let mut sockets = BTreeMap::new();
         for (key, count) in list {
             let taken: Vec<OwnedFd> = fds.drain(..count.min(fds.len())).collect();
             sockets.insert(key, taken);
         }
-        Ok(Some(Self { sockets, stream }))
+        Ok(Some(Self {
+            sockets,
+            cache,
+            stream,
+        }))
+    }
+
+    /// The old process's pool-user cache (its record), once.
+    pub(super) fn take_cache(&mut self) -> Option<Vec<u8>> {
+        self.cache.take()
     }
 
     /// The sockets of the listener `key`, if the old process had it.

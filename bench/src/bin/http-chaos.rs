@@ -270,12 +270,16 @@ struct Answer {
 
 /// Sends `request` (a whole request) on `stream` (opened if `None`) and reads the
 /// answer; `None` if there is none (the connection is then dropped).
+/// Connections opened by `exchange` (the load's keep-alive connections re-opened).
+static CONNECTS: AtomicU64 = AtomicU64::new(0);
+
 async fn exchange(
     stream: &mut Option<TcpStream>,
     target: SocketAddr,
     request: &str,
 ) -> Option<Answer> {
     if stream.is_none() {
+        CONNECTS.fetch_add(1, Ordering::Relaxed);
         let connected = TcpStream::connect(target).await.ok()?;
         let _ = connected.set_nodelay(true);
         *stream = Some(connected);
@@ -424,5 +428,8 @@ async fn load(target: SocketAddr, connections: usize, seconds: u64, samples: Str
         }
     }
     file.flush().unwrap();
-    println!("requests {total} failed {failed}");
+    println!(
+        "requests {total} failed {failed} connections {}",
+        CONNECTS.load(Ordering::Relaxed)
+    );
 }

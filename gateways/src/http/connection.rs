@@ -14,6 +14,7 @@ use metrics::Counter;
 use tokio::sync::Semaphore;
 
 use super::body::{ClientBody, ClientRequest, Tunnel};
+use super::config::HttpListenerConfig;
 use super::proxy::handle;
 use super::respond::text;
 use super::routing::Reloader;
@@ -40,6 +41,37 @@ pub(super) struct State<D> {
     pub(super) held_bodies: Arc<Semaphore>,
     pub(super) held_body_bytes_per_connection: usize,
     pub(super) held_meters: held::HeldMeters,
+    /// Idle HTTP/1.1 connections leaving for the next process (a binary upgrade).
+    pub(super) handover: crate::handover::Handover,
+}
+
+impl<D> State<D> {
+    /// A listener's shared state, its meters looked up once.
+    pub(super) fn new(
+        config: &HttpListenerConfig,
+        (routing, directory): (Reloader, Arc<D>),
+        handover: crate::handover::Handover,
+    ) -> Self {
+        Self {
+            routing,
+            https: config.tls.is_some(),
+            directory,
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            header_timeout: config.header_timeout,
+            client_idle_timeout: config.client_idle_timeout,
+            tunnel_idle_timeout: config.tunnel_idle_timeout,
+            closed_no_request: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "no_request"),
+            closed_idle: metrics::counter!("rserpool_http_connections_closed_total", "listen" => config.listen.to_string(), "reason" => "idle"),
+            held_bodies: held::ReplayBudget::listener(config.max_held_body_bytes),
+            held_body_bytes_per_connection: config.max_held_body_bytes_per_connection,
+            held_meters: held::HeldMeters {
+                bytes: metrics::gauge!("rserpool_http_held_body_bytes", "listen" => config.listen.to_string()),
+                held: metrics::counter!("rserpool_http_bodies_held_total", "listen" => config.listen.to_string()),
+                not_held: metrics::counter!("rserpool_http_bodies_not_held_total", "listen" => config.listen.to_string()),
+            },
+            handover,
+        }
+    }
 }
 
 /// Serves one client connection with hyper until it ends, breaks a time limit (see

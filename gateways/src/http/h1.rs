@@ -28,8 +28,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::body::{BoxError, ClientBody, ClientRequest, ProxyBody};
 use super::connection::{State, serve_connection};
 use super::head::{LAST_CHUNK, MAX_HEADERS, Spans, put_chunk, put_field, put_fields};
+use super::moving::{self, Movable};
 use super::proxy::handle;
 use super::respond::{http_date, text};
+use crate::handover::Handed;
 use crate::{Directory, Lifecycle};
 
 /// Request bodies up to this size are read by this loop; larger ones go to hyper.
@@ -75,6 +77,20 @@ struct Parsed {
     close: bool,
 }
 
+impl Parsed {
+    /// The request for the proxy, whether it is a HEAD, and whether the client asked
+    /// to close after it.
+    fn into_request(self) -> (ClientRequest, bool, bool) {
+        let head_only = self.parts.method == Method::HEAD;
+        let request = ClientRequest {
+            parts: self.parts,
+            body: ClientBody::Read(self.body),
+            upgrade: None,
+        };
+        (request, head_only, self.close)
+    }
+}
+
 /// What to do when there is no request to serve yet.
 enum Next {
     /// More bytes are needed.
@@ -95,7 +111,7 @@ pub(super) async fn serve<I, D>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     lifecycle: &Lifecycle,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Movable + Unpin + Send + 'static,
     D: Directory,
 {
     let forwarding = super::forward::Forwarding::new(peer, state.https);
@@ -109,7 +125,8 @@ pub(super) async fn serve<I, D>(
     let mut stop_accepting = std::pin::pin!(lifecycle.stop_accepting.cancelled());
     let mut close_sessions = std::pin::pin!(lifecycle.close_sessions.cancelled());
     let mut grace = None;
-    loop {
+    let (movable, mut staying) = (io.movable(), false);
+    let departure = 'serving: loop {
         let waiting_since = crate::now();
         let request = loop {
             match next_request(&mut input, limits.max_header_bytes) {
@@ -146,24 +163,28 @@ pub(super) async fn serve<I, D>(
                     continue;
                 }
                 () = idle_expired(stop_accepting.as_mut(), &mut grace), if idle => return,
+                // Between two requests with nothing read: it can go to the next process.
+                place = state.handover.departure(), if idle && movable && !staying => match place {
+                    Some(place) => break 'serving place,
+                    None => {
+                        staying = true;
+                        continue;
+                    }
+                },
             };
             if !matches!(read, Ok(read) if read > 0) {
                 return;
             }
         };
-        let Parsed { parts, body, close } = request;
-        let head_only = parts.method == Method::HEAD;
-        let request = ClientRequest {
-            parts,
-            body: ClientBody::Read(body),
-            upgrade: None,
-        };
+        let (request, head_only, close) = request.into_request();
         let response = tokio::select! {
             response = handle(&state, peer, &forwarding, request) => response,
             () = close_sessions.as_mut() => return,
         };
-        // Shutting down: this response is the connection's last.
-        let close = close || lifecycle.stop_accepting.is_cancelled();
+        // Shutting down: this response is the connection's last, unless the connection
+        // goes on in the next process.
+        let stopping = lifecycle.stop_accepting.is_cancelled();
+        let close = close || (stopping && !(movable && state.handover.leaving()));
         let written = tokio::select! {
             written = write_response(&mut io, &mut output, response, head_only, close) => written,
             // A client too slow to take its response does not hold up the exit.
@@ -176,6 +197,23 @@ pub(super) async fn serve<I, D>(
         if close {
             let _ = io.shutdown().await;
             return;
+        }
+    };
+    moving::depart(io, departure);
+}
+
+/// Serves a connection the previous process handed over (a binary upgrade).
+pub(super) async fn serve_arrived<D: Directory>(
+    handed: Handed,
+    state: Arc<State<D>>,
+    limits: Limits,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    lifecycle: &Lifecycle,
+) {
+    match moving::arrive(handed) {
+        Ok((stream, peer)) => serve(stream, state, peer, limits, builder, lifecycle).await,
+        Err(error) => {
+            tracing::warn!(%error, "upgrade: an HTTP connection handed over could not be taken on: closing it");
         }
     }
 }

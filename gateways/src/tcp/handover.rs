@@ -1,5 +1,5 @@
-//! TCP-gateway sessions carried from one process to the next (the gateway's binary
-//! upgrade): a session leaves at a point where no byte is in the process's hands
+//! The record of a TCP-gateway session carried from one process to the next (the
+//! gateway's binary upgrade; the channel is [`crate::handover`]): a session leaves at a point where no byte is in the process's hands
 //! but its own state (everything read went into the session layer, everything to
 //! write waits in its sides' queues), as its two sockets and one record: the session
 //! layer's snapshot (`Session::freeze`) and the driver's queues and flags. The next
@@ -10,107 +10,15 @@
 //! move: they finish here within `drain_timeout`.
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rserpool_proto::session::{SnapshotError, SnapshotReader, SnapshotWriter};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::framing::FramingCheck;
 use super::side::Side;
 
-/// Sessions arriving from the previous process wait here for their listener.
-const ARRIVALS: usize = 64;
-
 /// The form of a handed session's record this build writes and reads.
 const VERSION: u64 = 1;
-
-/// One session between two processes.
-#[derive(Debug)]
-pub struct HandedSession {
-    /// The listener it belongs to, by its name in the upgrade exchange.
-    pub listener: Arc<str>,
-    /// The client's connection.
-    pub client: OwnedFd,
-    /// The PE's connection.
-    pub pe: OwnedFd,
-    /// The session and its driver's state (project-local form).
-    pub record: Vec<u8>,
-}
-
-/// A TCP listener's side of an upgrade: its sessions leave for the next process when
-/// asked, and sessions of the previous process arrive.
-#[derive(Debug, Clone)]
-pub struct Handover(Arc<Shared>);
-
-#[derive(Debug)]
-struct Shared {
-    /// Cancelled: sessions are to leave as soon as they can move.
-    leave: CancellationToken,
-    /// The listener's name in the upgrade exchange, and where its sessions go.
-    departures: Mutex<Option<(Arc<str>, mpsc::Sender<HandedSession>)>>,
-    arrivals: mpsc::Sender<HandedSession>,
-    arrived: Mutex<Option<mpsc::Receiver<HandedSession>>>,
-}
-
-impl Default for Handover {
-    fn default() -> Self {
-        let (arrivals, arrived) = mpsc::channel(ARRIVALS);
-        Self(Arc::new(Shared {
-            leave: CancellationToken::new(),
-            departures: Mutex::new(None),
-            arrivals,
-            arrived: Mutex::new(Some(arrived)),
-        }))
-    }
-}
-
-impl Handover {
-    /// Sends every session that can move to `to`, each as soon as it is at a point
-    /// where it can, as sessions of the listener `name` (in the upgrade exchange).
-    pub fn depart(&self, name: &str, to: mpsc::Sender<HandedSession>) {
-        if let Ok(mut departures) = self.0.departures.lock() {
-            *departures = Some((name.into(), to));
-        }
-        self.0.leave.cancel();
-    }
-
-    /// No more departures (the next process is gone, or the drain is over): sessions
-    /// that have not left finish here.
-    pub fn stay(&self) {
-        if let Ok(mut departures) = self.0.departures.lock() {
-            departures.take();
-        }
-    }
-
-    /// Hands a session of the previous process to this listener (waits while the
-    /// listener is behind; gives it back when the listener has stopped).
-    pub fn arrive(&self, session: HandedSession) -> Result<(), HandedSession> {
-        self.0
-            .arrivals
-            .blocking_send(session)
-            .map_err(|error| error.0)
-    }
-
-    /// Cancelled when sessions are to leave.
-    pub(super) fn leave(&self) -> &CancellationToken {
-        &self.0.leave
-    }
-
-    /// The listener's name and a place in the queue of departures, while sessions
-    /// leave.
-    pub(super) async fn departure(&self) -> Option<(Arc<str>, mpsc::OwnedPermit<HandedSession>)> {
-        let (name, to) = self.0.departures.lock().ok()?.clone()?;
-        Some((name, to.reserve_owned().await.ok()?))
-    }
-
-    /// The sessions arriving for this listener (taken once, by the listener's task).
-    pub(super) fn arrived(&self) -> Option<mpsc::Receiver<HandedSession>> {
-        self.0.arrived.lock().ok()?.take()
-    }
-}
 
 /// What the driver of a session holds besides the session and the sockets.
 #[derive(Debug)]

@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::config::ListenerConfig;
 use super::events::{Meters, record};
 use super::framing::FramingCheck;
-use super::handover::{DriverState, HandedSession, Handover, SideState};
+use super::handover::{DriverState, SideState};
 use super::open_sessions::{OpenSessions, SessionPlace};
 use super::side::{Side, Stream, connect, read_into, ready};
+use crate::handover::{Handed, Handover};
 use crate::health::PoolHealth;
 use crate::{Directory, DirectoryError, SctpConnector};
 
@@ -504,7 +505,7 @@ fn depart<'a, D>(
     (session, framing): (&Session, Option<&FramingCheck>),
     listener: &'a Listener<D>,
     (entry, peer): (&crate::SessionEntry, SocketAddr),
-    (name, place): (Arc<str>, OwnedPermit<HandedSession>),
+    (name, place): (Arc<str>, OwnedPermit<Handed>),
 ) -> Option<Ends<'a>> {
     let record = match (&ends.pe, ends.can_leave()) {
         (Some(pe), true) => session.freeze(crate::now()).map(|session| {
@@ -530,10 +531,9 @@ fn depart<'a, D>(
     match ends.into_sockets() {
         Ok((client, pe)) => {
             listener.meters.departed.increment(1);
-            place.send(HandedSession {
+            place.send(Handed {
                 listener: name,
-                client,
-                pe,
+                sockets: vec![client, pe],
                 record: record.encode(),
             });
         }
@@ -547,7 +547,7 @@ fn depart<'a, D>(
 
 /// Runs a session the previous process handed over, on this listener.
 pub(super) async fn run_arrived<D: Directory + SctpConnector>(
-    handed: HandedSession,
+    handed: Handed,
     listener: &Listener<D>,
     shutdown: CancellationToken,
     table: &crate::SessionTable,
@@ -574,14 +574,15 @@ pub(super) async fn run_arrived<D: Directory + SctpConnector>(
 
 /// A handed-over session made ready to drive here.
 fn thaw<'a, D>(
-    handed: HandedSession,
+    handed: Handed,
     listener: &'a Listener<D>,
 ) -> Result<(Driven<'a>, DriverState), ThawError> {
     let mut state = DriverState::decode(&handed.record)?;
     let config = &listener.config;
     let session = Session::thaw(&state.session, config.session, crate::now())?;
-    let mut ends = Ends::new(adopt_stream(handed.client)?);
-    let mut pe = Side::new(Stream::Tcp(adopt_stream(handed.pe)?));
+    let [client, pe] = <[_; 2]>::try_from(handed.sockets).map_err(|_| ThawError::Sockets)?;
+    let mut ends = Ends::new(crate::handover::tcp_stream(client)?);
+    let mut pe = Side::new(Stream::Tcp(crate::handover::tcp_stream(pe)?));
     std::mem::take(&mut state.client).restore(&mut ends.client);
     std::mem::take(&mut state.pe).restore(&mut pe);
     ends.pe = Some(pe);
@@ -606,14 +607,6 @@ fn thaw<'a, D>(
     Ok((driven, state))
 }
 
-/// A connected TCP socket handed over, for tokio (anything else is refused).
-fn adopt_stream(fd: std::os::fd::OwnedFd) -> Result<TcpStream, ThawError> {
-    let stream = std::net::TcpStream::from(fd);
-    stream.peer_addr()?;
-    stream.set_nonblocking(true)?;
-    Ok(TcpStream::from_std(stream)?)
-}
-
 /// Why a handed-over session could not be taken on.
 #[derive(Debug, thiserror::Error)]
 enum ThawError {
@@ -621,4 +614,6 @@ enum ThawError {
     Record(#[from] rserpool_proto::session::SnapshotError),
     #[error("its socket: {0}")]
     Socket(#[from] io::Error),
+    #[error("not the two sockets of a session")]
+    Sockets,
 }

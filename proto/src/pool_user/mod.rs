@@ -40,11 +40,16 @@ use crate::engine::{AssocId, Engine, Output, PeerInfo};
 use crate::handlespace::PoolElementKey;
 use crate::hunt::Lost;
 use crate::resolution_cache::{Cached, ResolutionCache};
+use crate::session::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::wire::{
     AsapMessage, CauseCode, ErrorReport, HandleResolution, HandleResolutionResponse,
     OperationError, PoolElement, PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId,
     error_reply,
 };
+
+/// The form of the cache record ([`PoolUserEngine::carry_cache`]) this build writes
+/// and reads.
+const CACHE_RECORD_VERSION: u64 = 1;
 
 /// One resolution at a registrar.
 #[derive(Debug, Clone)]
@@ -236,6 +241,33 @@ impl PoolUserEngine {
                 &AsapMessage::EndpointUnreachable(PoolElementRef { pool_handle, pe_id }),
             );
         }
+    }
+
+    /// The cache's answers, for the next process of a gateway's binary upgrade (so it
+    /// does not start cold, and can serve stale while no registrar answers): a
+    /// versioned record, ages from `now`.
+    pub fn carry_cache(&self, now: Instant) -> Vec<u8> {
+        let mut w = SnapshotWriter::default();
+        w.u64(CACHE_RECORD_VERSION);
+        self.cache.carry(now, &mut w);
+        w.finish()
+    }
+
+    /// Fills the cache from [`carry_cache`](Self::carry_cache)'s record (checked as
+    /// hostile input); the pools taken. A record that breaks off keeps what came
+    /// before the break.
+    pub fn adopt_cache(&mut self, record: &[u8], now: Instant) -> Result<usize, SnapshotError> {
+        let mut r = SnapshotReader::new(record);
+        let version = r.u64()?;
+        if version != CACHE_RECORD_VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        let mut pools = 0;
+        while !r.is_empty() {
+            self.cache.adopt(&mut r, now)?;
+            pools += 1;
+        }
+        Ok(pools)
     }
 
     /// The cached PEs of a pool (fresh or not), in identifier order.

@@ -122,6 +122,11 @@ impl<'a> SnapshotReader<'a> {
         self.u64().map(Duration::from_nanos)
     }
 
+    /// Whether every field has been read.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+
     /// Checks that nothing follows the last field.
     pub fn end(self) -> Result<(), SnapshotError> {
         match self.rest.len() {
