@@ -1194,11 +1194,12 @@ fn rsplib_calcappclient_jobs_survive_a_killed_calcapp_pe() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // A PE with a job running (accepted or resumed more often than completed), seen
-    // running twice 1 s apart (a cookie every 0.5 s meanwhile), is killed.
+    // A PE with a job running (accepted or resumed more often than completed or
+    // ended otherwise: the client aborted it, went silent or closed), seen running
+    // twice 1 s apart (a cookie every 0.5 s meanwhile), is killed.
     let running = |pe: &Process| {
         pe.log_count("CalcApp job accepted") + pe.log_count("CalcApp job resumed")
-            > pe.log_count("CalcApp job completed")
+            > pe.log_count("CalcApp job completed") + pe.log_count("CalcApp job ended")
     };
     let mut serving = None;
     assert!(
@@ -1226,7 +1227,9 @@ fn rsplib_calcappclient_jobs_survive_a_killed_calcapp_pe() {
     assert!(
         eventually(Duration::from_secs(5), || survivor
             .log_contains("CalcApp job resumed from a cookie")),
-        "the job was not resumed: {printed}"
+        "the job was not resumed: {printed}\nthe killed PE: {:#?}\nthe survivor: {:#?}",
+        pes[serving].log.lock().unwrap(),
+        survivor.log.lock().unwrap()
     );
     // The job running when its PE died completes after the failover.
     let failover = printed

@@ -149,32 +149,50 @@ pub(crate) async fn serve(
         job: None,
         last_step: Instant::now(),
     };
-    let mut buffer = MessageBuffer::default();
-    loop {
-        let now = Instant::now();
-        calcapp.progress(now).await?;
-        if calcapp.client_is_silent(now) {
-            tracing::debug!("CalcApp client did not acknowledge a keep-alive: session dropped");
-            return Ok(());
-        }
-        let deadline = calcapp.job.as_ref().map(|_| now + PROGRESS_STEP);
-        match calcapp.session.next_event_before(deadline).await? {
-            None => {}
-            Some(Event::Data(bytes)) => {
-                buffer.push(&bytes);
-                while let Some(bytes) = buffer.next_message()? {
-                    let message = Message::decode(&bytes)?;
-                    calcapp.on_message(message).await?;
-                }
-            }
-            Some(Event::CookieEcho(cookie)) => calcapp.resume(&cookie).await?,
-            Some(Event::BusinessCard(_)) => {}
-            Some(Event::Closed) => return Ok(()),
-        }
+    let result = calcapp.run().await;
+    // A job that neither completed nor moved on is said to have ended here (an
+    // operator, and the tests, tell a running job from one that is gone by these).
+    if let Some(job) = &calcapp.job {
+        let reason = match &result {
+            Ok(()) => "its session ended",
+            Err(_) => "its session failed",
+        };
+        tracing::info!(job = job.id, reason, "CalcApp job ended");
     }
+    result
 }
 
 impl CalcAppSession {
+    /// Serves the session's messages and its job until the session ends.
+    async fn run(&mut self) -> std::io::Result<()> {
+        let mut buffer = MessageBuffer::default();
+        loop {
+            let now = Instant::now();
+            self.progress(now).await?;
+            if self.client_is_silent(now) {
+                if let Some(job) = self.job.take() {
+                    let reason = "the client did not acknowledge a keep-alive";
+                    tracing::info!(job = job.id, reason, "CalcApp job ended");
+                }
+                return Ok(());
+            }
+            let deadline = self.job.as_ref().map(|_| now + PROGRESS_STEP);
+            match self.session.next_event_before(deadline).await? {
+                None => {}
+                Some(Event::Data(bytes)) => {
+                    buffer.push(&bytes);
+                    while let Some(bytes) = buffer.next_message()? {
+                        let message = Message::decode(&bytes)?;
+                        self.on_message(message).await?;
+                    }
+                }
+                Some(Event::CookieEcho(cookie)) => self.resume(&cookie).await?,
+                Some(Event::BusinessCard(_)) => {}
+                Some(Event::Closed) => return Ok(()),
+            }
+        }
+    }
+
     /// Starts a job at `completed` calculations, or rejects it when the PE is full.
     async fn start(&mut self, id: u32, size: u64, completed: u64) -> std::io::Result<bool> {
         let Some(place) = self
@@ -255,7 +273,15 @@ impl CalcAppSession {
                     job.unanswered_since = None;
                 }
             }
-            ABORT => self.job = None,
+            ABORT => {
+                if let Some(job) = self.job.take() {
+                    tracing::info!(
+                        job = job.id,
+                        reason = "the client aborted it",
+                        "CalcApp job ended"
+                    );
+                }
+            }
             _ => {}
         }
         Ok(())

@@ -7,6 +7,12 @@
 //!     Writes `epoch_ms stall_ms` to FILE for every answer of a chatty session that came
 //!     more than 12 ms after the one before (the stall: the gap less the 10 ms pace),
 //!     and prints what held and what broke.
+//!
+//! session-load idle --target ADDR --connections N --kind tcp|http
+//!     Opens N connections (256 at a time), each carrying one exchange (tcp: a byte
+//!     echoed, so the proxy's connection to the backend is up; http: a GET answered,
+//!     the connection kept alive), prints `ready N` once all are open, and holds them
+//!     until killed (bench/sessions.sh measures the proxy's memory meanwhile).
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -189,8 +195,72 @@ async fn run(flags: &std::collections::BTreeMap<String, String>) {
     }
 }
 
+/// One idle connection after its exchange.
+async fn idle_connection(target: SocketAddr, http: bool) -> TcpStream {
+    let mut stream = TcpStream::connect(target).await.unwrap();
+    if http {
+        stream
+            .write_all(b"GET /item/1 HTTP/1.1\r\nHost: sessions\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = tokio::io::AsyncReadExt::read(&mut stream, &mut byte)
+                .await
+                .unwrap();
+            assert!(read == 1, "the connection closed before its answer");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let length: usize = head
+            .split("content-length:")
+            .nth(1)
+            .and_then(|rest| rest.split("\r\n").next())
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; length];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut body)
+            .await
+            .unwrap();
+    } else {
+        stream.write_all(b"x").await.unwrap();
+        let mut echo = [0u8; 1];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut echo)
+            .await
+            .unwrap();
+    }
+    stream
+}
+
+async fn hold_idle(flags: &std::collections::BTreeMap<String, String>) {
+    let target: SocketAddr = get(flags, "target", None);
+    let connections: usize = get(flags, "connections", Some(1000));
+    let http = match get::<String>(flags, "kind", Some("tcp".into())).as_str() {
+        "tcp" => false,
+        "http" => true,
+        other => panic!("--kind tcp or http, not {other}"),
+    };
+    let mut held = Vec::with_capacity(connections);
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..connections {
+        if opening.len() >= 256 {
+            held.push(opening.join_next().await.unwrap().unwrap());
+        }
+        opening.spawn(idle_connection(target, http));
+    }
+    while let Some(stream) = opening.join_next().await {
+        held.push(stream.unwrap());
+    }
+    println!("ready {}", held.len());
+    std::future::pending::<()>().await;
+}
+
 fn main() {
-    let (mode, flags) = flags::flags("run");
-    assert_eq!(mode, "run", "the mode is run");
-    flags::runtime().block_on(run(&flags));
+    let (mode, flags) = flags::flags("run or idle");
+    match mode.as_str() {
+        "run" => flags::runtime().block_on(run(&flags)),
+        "idle" => flags::runtime().block_on(hold_idle(&flags)),
+        other => panic!("unknown mode {other}"),
+    }
 }

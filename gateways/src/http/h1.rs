@@ -125,7 +125,11 @@ pub(super) async fn serve<I, D>(
     let mut stop_accepting = std::pin::pin!(lifecycle.stop_accepting.cancelled());
     let mut close_sessions = std::pin::pin!(lifecycle.close_sessions.cancelled());
     let mut grace = None;
-    let (movable, mut staying) = (io.movable(), false);
+    // Waited on across requests too: leaving for the next process is rare, a future
+    // made anew per request would take the token's lock each time.
+    let leave = state.handover.leave().clone();
+    let mut leaving = std::pin::pin!(leave.cancelled());
+    let (movable, mut leave_seen, mut staying) = (io.movable(), false, false);
     let departure = 'serving: loop {
         let waiting_since = crate::now();
         let request = loop {
@@ -140,11 +144,7 @@ pub(super) async fn serve<I, D>(
                     serve_connection(io, &builder, state, peer, lifecycle).await;
                     return;
                 }
-                Err(Next::Malformed) => {
-                    let response = text(StatusCode::BAD_REQUEST, "malformed request");
-                    let _ = write_response(&mut io, &mut output, response, false, true).await;
-                    return;
-                }
+                Err(Next::Malformed) => return malformed(&mut io, &mut output).await,
             }
             if input.capacity() - input.len() < READ_SIZE / 2 {
                 input.reserve(READ_SIZE);
@@ -154,17 +154,18 @@ pub(super) async fn serve<I, D>(
                 biased;
                 read = io.read_buf(&mut input) => read,
                 () = timer.as_mut() => {
-                    let deadline = waiting_since + limits.header_timeout;
-                    if crate::now() >= deadline {
-                        tracing::debug!(%peer, "no request head within header_timeout: closing");
+                    if header_timed_out(timer.as_mut(), waiting_since + limits.header_timeout, peer) {
                         return;
                     }
-                    timer.as_mut().reset(deadline.into());
                     continue;
                 }
                 () = idle_expired(stop_accepting.as_mut(), &mut grace), if idle => return,
+                () = &mut leaving, if idle && movable && !leave_seen => {
+                    leave_seen = true;
+                    continue;
+                }
                 // Between two requests with nothing read: it can go to the next process.
-                place = state.handover.departure(), if idle && movable && !staying => match place {
+                place = state.handover.departure(), if idle && leave_seen && !staying => match place {
                     Some(place) => break 'serving place,
                     None => {
                         staying = true;
@@ -216,6 +217,27 @@ pub(super) async fn serve_arrived<D: Directory>(
             tracing::warn!(%error, "upgrade: an HTTP connection handed over could not be taken on: closing it");
         }
     }
+}
+
+/// A head that httparse accepted but `http` does not: 400, and the connection ends.
+async fn malformed<I: AsyncWrite + Unpin>(io: &mut I, output: &mut BytesMut) {
+    let response = text(StatusCode::BAD_REQUEST, "malformed request");
+    let _ = write_response(io, output, response, false, true).await;
+}
+
+/// The connection's header timer fired: whether the head is late (it is closed then),
+/// else the timer is pushed on to the current head's deadline.
+fn header_timed_out(
+    timer: Pin<&mut tokio::time::Sleep>,
+    deadline: std::time::Instant,
+    peer: SocketAddr,
+) -> bool {
+    if crate::now() >= deadline {
+        tracing::debug!(%peer, "no request head within header_timeout: closing");
+        return true;
+    }
+    timer.reset(deadline.into());
+    false
 }
 
 /// The next request at the start of `input` (consumed with its body), or what to do
