@@ -14,6 +14,7 @@
 
 mod attempts;
 mod body;
+mod buffers;
 mod config;
 mod connection;
 pub mod forward;

@@ -26,9 +26,10 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::body::{BoxError, ClientBody, ClientRequest, ProxyBody};
+use super::buffers;
 use super::connection::{State, serve_connection};
 use super::head::{LAST_CHUNK, MAX_HEADERS, Spans, put_chunk, put_field, put_fields};
-use super::moving::{self, Movable};
+use super::moving::{self, ClientConnection};
 use super::proxy::handle;
 use super::respond::{http_date, text};
 use crate::handover::Handed;
@@ -36,7 +37,7 @@ use crate::{Directory, Lifecycle};
 
 /// Request bodies up to this size are read by this loop; larger ones go to hyper.
 const MAX_BODY: usize = 64 * 1024;
-const READ_SIZE: usize = 8 * 1024;
+const READ_SIZE: usize = buffers::SIZE;
 /// How long an idle keep-alive connection may still bring a request once its listener
 /// stops.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -111,12 +112,12 @@ pub(super) async fn serve<I, D>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     lifecycle: &Lifecycle,
 ) where
-    I: AsyncRead + AsyncWrite + Movable + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + ClientConnection + Unpin + Send + 'static,
     D: Directory,
 {
     let forwarding = super::forward::Forwarding::new(peer, state.https);
-    let mut input = BytesMut::with_capacity(READ_SIZE);
-    let mut output = BytesMut::with_capacity(READ_SIZE);
+    // Taken from the thread's spare buffers when needed.
+    let (mut input, mut output) = (BytesMut::new(), BytesMut::new());
     // One timer for the connection's life: it fires at most once per header_timeout
     // and is pushed on if a newer head is still in time, rather than re-armed per
     // request.
@@ -129,7 +130,7 @@ pub(super) async fn serve<I, D>(
     // made anew per request would take the token's lock each time.
     let leave = state.handover.leave().clone();
     let mut leaving = std::pin::pin!(leave.cancelled());
-    let (movable, mut leave_seen, mut staying) = (io.movable(), false, false);
+    let (movable, mut leave_seen, mut staying) = (io.plain(), false, false);
     let departure = 'serving: loop {
         let waiting_since = crate::now();
         let request = loop {
@@ -146,13 +147,11 @@ pub(super) async fn serve<I, D>(
                 }
                 Err(Next::Malformed) => return malformed(&mut io, &mut output).await,
             }
-            if input.capacity() - input.len() < READ_SIZE / 2 {
-                input.reserve(READ_SIZE);
-            }
             let idle = input.is_empty();
+            make_room(&mut input, &mut output, idle && movable);
             let read = tokio::select! {
                 biased;
-                read = io.read_buf(&mut input) => read,
+                read = read_into(&mut io, &mut input) => read,
                 () = timer.as_mut() => {
                     if header_timed_out(timer.as_mut(), waiting_since + limits.header_timeout, peer) {
                         return;
@@ -217,6 +216,31 @@ pub(super) async fn serve_arrived<D: Directory>(
             tracing::warn!(%error, "upgrade: an HTTP connection handed over could not be taken on: closing it");
         }
     }
+}
+
+/// Room for the next read: a plain connection waiting for a request gives both its
+/// buffers back (`read_into` takes one again when input comes); otherwise `input` gets
+/// room for a whole read.
+fn make_room(input: &mut BytesMut, output: &mut BytesMut, waiting_plain: bool) {
+    if waiting_plain {
+        buffers::give_back(input);
+        buffers::give_back(output);
+    } else if input.capacity() - input.len() < READ_SIZE / 2 {
+        input.reserve(READ_SIZE);
+    }
+}
+
+/// Reads into `input`; without a buffer, first waits until input has come, then takes
+/// one (cancel-safe: readiness consumes nothing).
+async fn read_into<I: AsyncRead + ClientConnection + Unpin>(
+    io: &mut I,
+    input: &mut BytesMut,
+) -> std::io::Result<usize> {
+    if input.capacity() == 0 {
+        std::future::poll_fn(|cx| io.poll_read_ready(cx)).await?;
+        *input = buffers::take();
+    }
+    io.read_buf(input).await
 }
 
 /// A head that httparse accepted but `http` does not: 400, and the connection ends.
@@ -341,6 +365,9 @@ async fn write_response<I: AsyncWrite + Unpin>(
         || status == StatusCode::NOT_MODIFIED;
     let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
     let chunked = !bodyless && !declared && body.size_hint().exact().is_none();
+    if output.capacity() == 0 {
+        *output = buffers::take();
+    }
     output.clear();
     output.put_slice(b"HTTP/1.1 ");
     output.put_slice(status.as_str().as_bytes());

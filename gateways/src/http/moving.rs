@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use rserpool_proto::session::{SnapshotError, SnapshotReader, SnapshotWriter};
 use tokio::net::TcpStream;
@@ -19,36 +20,49 @@ use crate::handover::Handed;
 /// The form of an HTTP connection's record this build writes and reads.
 const VERSION: u64 = 1;
 
-/// A client connection, as far as it can go to another process.
-pub(super) trait Movable {
-    /// Whether it can.
-    fn movable(&self) -> bool;
+/// A client connection: whether it can go to another process, and whether it can wait
+/// for input without holding a buffer.
+pub(super) trait ClientConnection {
+    /// Whether it is a plain socket: it can move, and its readiness says when input
+    /// comes (a TLS stream may hold decrypted input its socket's readiness does not
+    /// show).
+    fn plain(&self) -> bool;
     /// Its socket, taken out of this process's reactor (`None`: it cannot move).
     fn into_socket(self) -> Option<OwnedFd>;
+    /// Ready once input has come (at once when it is not [`plain`](Self::plain)).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
 }
 
-impl Movable for TcpStream {
-    fn movable(&self) -> bool {
+impl ClientConnection for TcpStream {
+    fn plain(&self) -> bool {
         true
     }
 
     fn into_socket(self) -> Option<OwnedFd> {
         self.into_std().ok().map(OwnedFd::from)
     }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Self::poll_read_ready(self, cx)
+    }
 }
 
-impl<IO> Movable for tokio_rustls::server::TlsStream<IO> {
-    fn movable(&self) -> bool {
+impl<IO> ClientConnection for tokio_rustls::server::TlsStream<IO> {
+    fn plain(&self) -> bool {
         false
     }
 
     fn into_socket(self) -> Option<OwnedFd> {
         None
     }
+
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Sends the idle connection `io` to the next process through its place.
-pub(super) fn depart<I: Movable>(io: I, (name, place): (Arc<str>, OwnedPermit<Handed>)) {
+pub(super) fn depart<I: ClientConnection>(io: I, (name, place): (Arc<str>, OwnedPermit<Handed>)) {
     let Some(socket) = io.into_socket() else {
         handed_over("lost");
         return;
