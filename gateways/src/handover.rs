@@ -12,6 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Sessions arriving from the previous process wait here for their listener.
 const ARRIVALS: usize = 64;
+/// The largest record a session leaves with (its replay buffer and queues, bounded by
+/// the listener's limits, stay far below); a larger one stays in this process.
+pub const MAX_RECORD: usize = 64 << 20;
 
 /// One session or connection between two processes.
 #[derive(Debug)]

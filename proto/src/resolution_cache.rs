@@ -224,7 +224,19 @@ impl ResolutionCache {
         if !self.is_on() {
             return;
         }
-        let fresh_ms = u32::try_from(self.fresh_for.as_millis()).unwrap_or(u32::MAX);
+        self.store_fresh(response, asked, now, self.fresh_for);
+        self.keep_last_answer(response, now);
+    }
+
+    /// Stores an answer's PEs as fresh for `fresh_for` (refreshed three quarters in).
+    fn store_fresh(
+        &mut self,
+        response: &HandleResolutionResponse,
+        asked: Option<u32>,
+        now: Instant,
+        fresh_for: Duration,
+    ) {
+        let fresh_ms = u32::try_from(fresh_for.as_millis()).unwrap_or(u32::MAX);
         for pe in &response.pool_elements {
             let mut cached = pe.clone();
             cached.registration_life_ms = fresh_ms;
@@ -240,7 +252,7 @@ impl ResolutionCache {
         }
         if self.entries.pool(&response.pool_handle).is_some() {
             self.refresh_at
-                .insert(response.pool_handle, now + self.fresh_for * 3 / 4);
+                .insert(response.pool_handle, now + fresh_for * 3 / 4);
             let full = asked.is_some_and(|n| response.pool_elements.len() >= n as usize);
             if full {
                 self.cut_short.insert(response.pool_handle);
@@ -248,7 +260,6 @@ impl ResolutionCache {
                 self.cut_short.remove(&response.pool_handle);
             }
         }
-        self.keep_last_answer(response, now);
     }
 
     /// Drops a pool's cached PEs and its last answer (the registrar knows no PE of it).
@@ -357,11 +368,9 @@ impl ResolutionCache {
             .map(PolicyType)
             .map_err(|_| SnapshotError::Invalid("policy type"))?;
         let (fresh, usable) = (r.duration()?, r.duration()?);
+        let fresh = fresh.min(self.fresh_for);
         if !fresh.is_zero() {
-            self.store(&response, None, now);
-            if let Some(refresh) = self.refresh_at.get_mut(&response.pool_handle) {
-                *refresh = now + fresh.min(self.fresh_for) * 3 / 4;
-            }
+            self.store_fresh(&response, None, now, fresh);
         }
         let usable = usable.min(self.fresh_for + self.max_stale);
         self.drop_last_answer(&response.pool_handle);

@@ -11,7 +11,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use rserpool_gateways::handover::{Handed, Handover};
+use rserpool_gateways::handover::{Handed, Handover, MAX_RECORD};
 use rserpool_proto::session::{SnapshotError, SnapshotReader, SnapshotWriter};
 use tokio::sync::mpsc;
 
@@ -25,10 +25,10 @@ const DEPARTURES: usize = 16;
 /// The most sockets one session carries (a TCP session's client and PE).
 const MAX_SOCKETS: usize = 2;
 
-/// The largest session message (a session's replay buffer and both sides' queues).
-const MAX_SESSION_MESSAGE: usize = 64 << 20;
+/// The largest session message: its record and its listener's name.
+const MAX_SESSION_MESSAGE: usize = MAX_RECORD + 64 * 1024;
 
-/// The TCP listeners that take part in an upgrade, by name.
+/// The TCP and plain HTTP listeners that take part in an upgrade, by name.
 pub(super) type Handovers = Vec<(String, Handover)>;
 
 /// Sessions leaving for the new process.

@@ -35,14 +35,17 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "../load/clock.rs"]
+mod clock;
 #[path = "../load/flags.rs"]
 mod flags;
 
+use clock::epoch_ms;
 use flags::get;
 
 fn main() {
@@ -70,16 +73,6 @@ fn main() {
         )),
         other => panic!("unknown mode {other}"),
     }
-}
-
-fn epoch_ms() -> u64 {
-    u64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// The sickness a backend is told to have: until when (ms since the epoch).

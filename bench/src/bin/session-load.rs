@@ -25,14 +25,17 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
+#[path = "../load/clock.rs"]
+mod clock;
 #[path = "../load/flags.rs"]
 mod flags;
 
+use clock::epoch_ms;
 use flags::get;
 
 /// A session's line and the answer it must get.
@@ -71,18 +74,11 @@ async fn session(
     (writer, BufReader::new(reader))
 }
 
-fn epoch_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
 /// A line every 10 ms until `until`; its lines, or what broke it. Stalls go to `gaps`.
 async fn chatty(
     target: SocketAddr,
     until: Instant,
-    gaps: Arc<Mutex<Vec<(u128, u128)>>>,
+    gaps: Arc<Mutex<Vec<(u64, u128)>>>,
 ) -> Result<u64, String> {
     let (mut writer, mut reader) = session(target).await;
     let mut count = 0;

@@ -130,7 +130,7 @@ pub(super) async fn serve<I, D>(
     // made anew per request would take the token's lock each time.
     let leave = state.handover.leave().clone();
     let mut leaving = std::pin::pin!(leave.cancelled());
-    let (movable, mut leave_seen, mut staying) = (io.plain(), false, false);
+    let (plain, mut leave_seen, mut staying) = (io.plain(), false, false);
     let departure = 'serving: loop {
         let waiting_since = crate::now();
         let request = loop {
@@ -148,7 +148,7 @@ pub(super) async fn serve<I, D>(
                 Err(Next::Malformed) => return malformed(&mut io, &mut output).await,
             }
             let idle = input.is_empty();
-            make_room(&mut input, &mut output, idle && movable);
+            make_room(&mut input, &mut output, idle && plain);
             let read = tokio::select! {
                 biased;
                 read = read_into(&mut io, &mut input) => read,
@@ -159,7 +159,7 @@ pub(super) async fn serve<I, D>(
                     continue;
                 }
                 () = idle_expired(stop_accepting.as_mut(), &mut grace), if idle => return,
-                () = &mut leaving, if idle && movable && !leave_seen => {
+                () = &mut leaving, if idle && plain && !leave_seen => {
                     leave_seen = true;
                     continue;
                 }
@@ -184,7 +184,7 @@ pub(super) async fn serve<I, D>(
         // Shutting down: this response is the connection's last, unless the connection
         // goes on in the next process.
         let stopping = lifecycle.stop_accepting.is_cancelled();
-        let close = close || (stopping && !(movable && state.handover.leaving()));
+        let close = close || (stopping && !(plain && state.handover.leaving()));
         let written = tokio::select! {
             written = write_response(&mut io, &mut output, response, head_only, close) => written,
             // A client too slow to take its response does not hold up the exit.

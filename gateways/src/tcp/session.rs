@@ -21,7 +21,7 @@ use super::framing::FramingCheck;
 use super::handover::{DriverState, SideState};
 use super::open_sessions::{OpenSessions, SessionPlace};
 use super::side::{Side, Stream, connect, read_into, ready};
-use crate::handover::{Handed, Handover};
+use crate::handover::{Handed, Handover, MAX_RECORD};
 use crate::health::PoolHealth;
 use crate::{Directory, DirectoryError, SctpConnector};
 
@@ -433,19 +433,17 @@ pub(super) async fn drive<'a, D: Directory + SctpConnector>(
         if let Some(place) = departure.take() {
             let state = (&session, framing.as_ref());
             // Not movable after all: the place goes back, and is asked for again.
-            match depart(ends, state, listener, (entry, peer), place) {
-                Some(staying) => ends = staying,
-                None => return,
-            }
+            ends = match depart(ends, state, listener, (entry, peer), place) {
+                Departure::Left => return,
+                Departure::NotNow(back) => back,
+                Departure::Stays(back) => {
+                    staying = true;
+                    back
+                }
+            };
         }
         ends.shutdown_when_flushed();
-        let deadline = session.next_timeout();
-        if let Some(at) = deadline
-            && timer_at != Some(at)
-        {
-            timer.as_mut().reset(tokio::time::Instant::from_std(at));
-            timer_at = Some(at);
-        }
+        let deadline = rearm(timer.as_mut(), &mut timer_at, session.next_timeout());
         let [read_client, read_pe, write_client, write_pe] = ends.interests(&session, high);
         let departs = leave_wanted && !staying && !shutdown_seen && ends.can_leave();
         tokio::select! {
@@ -498,15 +496,41 @@ pub(super) async fn drive<'a, D: Directory + SctpConnector>(
     ends.finish(&listener.meters).await;
 }
 
+/// Points the session's timer at `deadline` unless it is there already (resetting a
+/// timer costs; most turns keep the deadline); the deadline.
+fn rearm(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    timer_at: &mut Option<std::time::Instant>,
+    deadline: Option<std::time::Instant>,
+) -> Option<std::time::Instant> {
+    if let Some(at) = deadline
+        && *timer_at != Some(at)
+    {
+        timer.reset(tokio::time::Instant::from_std(at));
+        *timer_at = Some(at);
+    }
+    deadline
+}
+
+/// What became of a session asked to leave.
+enum Departure<'a> {
+    /// It went to the next process (or was lost on the way, which is logged).
+    Left,
+    /// It is not at a point where it can move: asked again later.
+    NotNow(Ends<'a>),
+    /// Its record is too large to move: it finishes here.
+    Stays(Ends<'a>),
+}
+
 /// Hands the session to the next process through its place in the queue of
-/// departures, if it is at a point where it can move; else the ends come back.
+/// departures, if it is at a point where it can move.
 fn depart<'a, D>(
     ends: Ends<'a>,
     (session, framing): (&Session, Option<&FramingCheck>),
     listener: &'a Listener<D>,
     (entry, peer): (&crate::SessionEntry, SocketAddr),
     (name, place): (Arc<str>, OwnedPermit<Handed>),
-) -> Option<Ends<'a>> {
+) -> Departure<'a> {
     let record = match (&ends.pe, ends.can_leave()) {
         (Some(pe), true) => session.freeze(crate::now()).map(|session| {
             let (age, failovers) = entry.age_and_failovers();
@@ -524,9 +548,13 @@ fn depart<'a, D>(
         }),
         _ => None,
     };
-    let Some(record) = record else {
-        return Some(ends);
+    let Some(record) = record.map(|record| record.encode()) else {
+        return Departure::NotNow(ends);
     };
+    if record.len() > MAX_RECORD {
+        tracing::info!(%peer, pool = %listener.pool, bytes = record.len(), "upgrade: a session too large to hand over finishes here");
+        return Departure::Stays(ends);
+    }
     listener.meters.active.decrement(1.0);
     match ends.into_sockets() {
         Ok((client, pe)) => {
@@ -534,7 +562,7 @@ fn depart<'a, D>(
             place.send(Handed {
                 listener: name,
                 sockets: vec![client, pe],
-                record: record.encode(),
+                record,
             });
         }
         Err(error) => {
@@ -542,7 +570,7 @@ fn depart<'a, D>(
             tracing::warn!(%peer, pool = %listener.pool, %error, "upgrade: a session could not be handed over and is lost");
         }
     }
-    None
+    Departure::Left
 }
 
 /// Runs a session the previous process handed over, on this listener.
