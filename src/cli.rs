@@ -287,6 +287,11 @@ pub(crate) struct RegistrarArgs {
     /// the ENRP address's interface).
     #[arg(long)]
     pub(crate) enrp_multicast: Option<String>,
+    /// Write the process ID here once serving (removed at exit unless a newer
+    /// process wrote its own): scripts find the registrar, and the new process after
+    /// a binary upgrade (SIGUSR2).
+    #[arg(long)]
+    pub(crate) pid_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) admin: AdminArgs,
     #[command(flatten)]

@@ -19,8 +19,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::transport::{EngineInput, Incoming, Transports};
 
-/// A role command: runs on the driver's task with the engine and the current time.
-pub(crate) type Command<E> = Box<dyn FnOnce(&mut E, Instant) + Send>;
+/// A role command: runs on the driver's task with the engine and the current time,
+/// and says whether the driver goes on.
+pub(crate) type Command<E> = Box<dyn FnOnce(&mut E, Instant) -> Flow + Send>;
+
+/// What the driver does after a command.
+pub(crate) enum Flow {
+    /// Goes on.
+    Go,
+    /// Handles nothing more (no input, no timer, no command) until the sender is
+    /// dropped: the engine stays as the command left it (an upgrade's record of it
+    /// stays true while the new process starts).
+    HoldUntil(tokio::sync::oneshot::Receiver<()>),
+}
+
+/// A held driver ([`Handle::hold`]): it goes on when this is dropped.
+pub(crate) struct Held {
+    _release: tokio::sync::oneshot::Sender<()>,
+}
 
 /// The current time as the engines see it.
 pub(crate) fn now() -> Instant {
@@ -79,13 +95,22 @@ pub(crate) async fn run<E, S>(
             }
             _ => None,
         };
-        let mut engine = lock(&engine);
-        match step {
-            Step::Command(command) => command(&mut engine, now()),
-            Step::Input(input) => feed(&mut *engine, input),
-            Step::Timeout => engine.handle_timeout(now()),
-        }
-        deadline = drain(&mut *engine, &mut transports, &mut sink);
+        let flow = {
+            let mut locked = lock(&engine);
+            let flow = match step {
+                Step::Command(command) => command(&mut locked, now()),
+                Step::Input(input) => {
+                    feed(&mut *locked, input);
+                    Flow::Go
+                }
+                Step::Timeout => {
+                    locked.handle_timeout(now());
+                    Flow::Go
+                }
+            };
+            deadline = drain(&mut *locked, &mut transports, &mut sink);
+            flow
+        };
         if let Some((name, protocol, started)) = timed {
             let protocol = match protocol {
                 Protocol::Asap => "asap",
@@ -93,6 +118,13 @@ pub(crate) async fn run<E, S>(
             };
             metrics::histogram!(name, "protocol" => protocol)
                 .record(now().saturating_duration_since(started).as_secs_f64());
+        }
+        if let Flow::HoldUntil(released) = flow {
+            tokio::select! {
+                biased;
+                () = &mut shutting_down => break,
+                _ = released => {}
+            }
         }
     }
     transports.close_all();
@@ -181,7 +213,31 @@ impl<E: Engine + 'static> Handle<E> {
         &self,
         command: impl FnOnce(&mut E, Instant) + Send + 'static,
     ) -> bool {
-        self.commands.send(Box::new(command)).await.is_ok()
+        self.commands
+            .send(Box::new(move |engine, now| {
+                command(engine, now);
+                Flow::Go
+            }))
+            .await
+            .is_ok()
+    }
+
+    /// Asks the engine something and holds the driver right after (nothing else
+    /// reaches the engine) until the returned [`Held`] is dropped; `None` if the
+    /// driver has stopped.
+    pub(crate) async fn hold<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&E, Instant) -> T + Send + 'static,
+    ) -> Option<(T, Held)> {
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+        let (release, released) = tokio::sync::oneshot::channel();
+        let command: Command<E> = Box::new(move |engine, now| {
+            let _ = answer_tx.send(query(engine, now));
+            Flow::HoldUntil(released)
+        });
+        self.commands.send(command).await.ok()?;
+        let answer = answer_rx.await.ok()?;
+        Some((answer, Held { _release: release }))
     }
 
     /// Asks the engine something; `None` if the driver has stopped.

@@ -8,7 +8,6 @@ mod carry;
 mod listeners;
 mod settings;
 mod status_reports;
-mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +18,8 @@ use rserpool_gateways::http::tls::CertificateResolver;
 use rserpool_proto::wire::PoolHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::upgrade::{self, Inherited, PidFile};
 use listeners::{ListenerSet, configured_pools};
-use upgrade::{Inherited, PidFile};
 
 use crate::RunError;
 use crate::cli::GatewayArgs;
@@ -158,26 +157,14 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     // Stops the admin listener when an upgrade's new process has taken it over.
     let admin_stop = shutdown.child_token();
     // The metrics recorder goes in first: listeners take their meters when they start.
-    let (admin, admin_socket) = match admin_listener(&file, inherited.as_mut()).await? {
-        Some((listener, duplicate)) => {
-            let routes = admin::routes(
-                &pool_user,
-                &file,
-                &lifecycle,
-                (&view, configured_pools(&file).first().copied()),
-            );
-            let security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
-            let bound = crate::admin::start_on(
-                listener,
-                security,
-                admin_stop.clone(),
-                routes,
-                logging.clone(),
-            )?;
-            (bound.to_string(), duplicate)
-        }
-        None => ("off".to_owned(), None),
-    };
+    let handed = upgrade::handed(inherited.as_mut(), "admin");
+    let (admin, admin_socket) = start_admin(
+        (&file, &args),
+        handed,
+        (&pool_user, &lifecycle, &view),
+        (&admin_stop, &logging),
+    )
+    .await?;
     rserpool_gateways::meters::describe();
     crate::pool_user::describe_metrics();
     tls.iter().for_each(|tls| tls.publish_expiry());
@@ -239,6 +226,36 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The admin listener (when configured; on the socket an upgrade `handed` over, if
+/// any): its address for the ready line, or `off`, and a copy of its socket for the
+/// next upgrade.
+async fn start_admin(
+    (file, args): (&ConfigFile, &GatewayArgs),
+    handed: Option<std::os::fd::OwnedFd>,
+    (pool_user, lifecycle, view): (&Arc<PoolUser>, &Lifecycle, &admin::ListenerView),
+    (admin_stop, logging): (&CancellationToken, &Logging),
+) -> Result<(String, Option<std::os::fd::OwnedFd>), RunError> {
+    let Some((listener, duplicate)) = upgrade::admin_listener(file.admin.listen, handed).await?
+    else {
+        return Ok(("off".to_owned(), None));
+    };
+    let routes = admin::routes(
+        pool_user,
+        file,
+        lifecycle,
+        (view, configured_pools(file).first().copied()),
+    );
+    let security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
+    let bound = crate::admin::start_on(
+        listener,
+        security,
+        admin_stop.clone(),
+        routes,
+        logging.clone(),
+    )?;
+    Ok((bound.to_string(), duplicate))
+}
+
 /// Serves the operator's signals until a stop, or an upgrade whose new process serves
 /// (its admin listener then stops here: `admin_stop`; the sessions leaving for it are
 /// returned).
@@ -271,31 +288,6 @@ async fn serve_signals(
             }
         }
     }
-}
-
-/// The admin listener's socket (handed over by an upgrade, else bound) and a
-/// duplicate of it for the next upgrade; `None` when the admin listener is off.
-async fn admin_listener(
-    file: &ConfigFile,
-    inherited: Option<&mut Inherited>,
-) -> Result<Option<(tokio::net::TcpListener, Option<std::os::fd::OwnedFd>)>, RunError> {
-    let Some(listen) = file.admin.listen else {
-        return Ok(None);
-    };
-    let handed = inherited
-        .and_then(|inherited| inherited.take("admin"))
-        .and_then(|mut sockets| sockets.pop())
-        .map(upgrade::tcp_listener);
-    let listener = match handed {
-        Some(handed) => handed.map_err(|e| RunError::Bind(listen, e))?,
-        None => tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|e| RunError::Bind(listen, e))?,
-    };
-    let duplicate = std::os::fd::AsFd::as_fd(&listener)
-        .try_clone_to_owned()
-        .ok();
-    Ok(Some((listener, duplicate)))
 }
 
 /// SIGUSR2: hands every listening socket to a new process of this binary; once the

@@ -26,6 +26,7 @@ pub mod service;
 mod signals;
 mod systemd;
 mod transport;
+mod upgrade;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;

@@ -28,7 +28,9 @@ use crate::RunError;
 use crate::driver::{self, Handle};
 use crate::transport::admission::{Admission, AdmissionLimits};
 use crate::transport::tls::ControlTls;
-use crate::transport::{IncomingIds, Listener, Transports, accept_loop, endpoints, multihomed};
+use crate::transport::{
+    AcceptPause, IncomingIds, Listener, Transports, accept_loop, endpoints, multihomed,
+};
 
 /// How long deregistration may take at shutdown.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
@@ -81,12 +83,11 @@ pub(crate) async fn start_engine(
     transports.asap_local = bound;
     tokio::spawn(accept_loop(
         listener,
-        Protocol::Asap,
-        tls,
+        (Protocol::Asap, tls),
         IncomingIds::default(),
         incoming_tx.clone(),
         Admission::new("pe_asap", AdmissionLimits::POOL_ELEMENT),
-        shutdown.clone(),
+        (AcceptPause::default(), shutdown.clone()),
     ));
     if let Some((group, interface)) = section.announce {
         transports

@@ -256,7 +256,7 @@ impl PoolUser {
     pub(crate) fn adopt_cache(
         &self,
         record: &[u8],
-    ) -> Result<usize, rserpool_proto::session::SnapshotError> {
+    ) -> Result<usize, rserpool_proto::snapshot::SnapshotError> {
         driver::lock(&self.engine).adopt_cache(record, driver::now())
     }
 

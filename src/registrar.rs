@@ -2,8 +2,10 @@
 //! channel, the configuration and the signals.
 
 mod channels;
+mod logs;
 mod meters;
 mod status_reports;
+mod upgrade;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use rserpool_proto::auth::{Access, PeerIdentity};
 use rserpool_proto::engine::TransportKind;
 use rserpool_proto::handlespace::Limits;
-use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine, RegistrarEvent};
+use rserpool_proto::registrar::{RegistrarConfig, RegistrarEngine};
 use rserpool_proto::wire::{Protocol, RegistrarId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,8 @@ use crate::logging::Logging;
 use crate::signals::{Request, Signals};
 use crate::transport::admission::Admission;
 use crate::transport::tls::ControlTls;
-use crate::transport::{IncomingIds, Listener, Transports, accept_loop, multihomed};
+use crate::transport::{AcceptPause, IncomingIds, Listener, Transports, accept_loop, multihomed};
+use crate::upgrade::{Inherited, PidFile};
 
 /// The configuration file (if any) with the command-line overrides applied.
 fn settings(args: &RegistrarArgs) -> Result<ConfigFile, RunError> {
@@ -146,8 +149,10 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     transports.tls = tls.clone();
     transports.handling_histogram = Some(meters::HANDLING_SECONDS);
 
-    let (asap, asap_address) = bind_listener(&section, asap_configured)?;
-    let (enrp, enrp_address) = bind_listener(&section, enrp_configured)?;
+    let mut inherited = Inherited::receive()?;
+    let configured = (asap_configured, enrp_configured);
+    let ([(asap, asap_address), (enrp, enrp_address)], mut sockets) =
+        listeners(&section, configured, inherited.as_mut())?;
     transports.enrp_local = enrp_source(section.transport, &enrp, enrp_address)?;
 
     let peers = crate::config::resolve_all(&section.peers)
@@ -161,7 +166,12 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         (&incoming_tx, &shutdown),
         &mut engine_settings,
     )?;
-    let engine = RegistrarEngine::new(engine_settings, crate::seed(), driver::now());
+    let engine = upgrade::engine(
+        engine_settings,
+        inherited.as_mut(),
+        crate::seed(),
+        driver::now(),
+    );
     let engine = with_endpoints(
         engine,
         (&asap, asap_address),
@@ -169,25 +179,8 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         &channels,
     )?;
     let id = engine.id();
-
-    let admission = section.limits.admission();
-    let acceptors = [
-        (asap, Protocol::Asap, "asap"),
-        (enrp, Protocol::Enrp, "enrp"),
-    ];
-    let ids = IncomingIds::default();
-    for (listener, protocol, name) in acceptors {
-        tokio::spawn(accept_loop(
-            listener,
-            protocol,
-            tls.clone(),
-            ids.clone(),
-            incoming_tx.clone(),
-            Admission::new(name, admission),
-            shutdown.clone(),
-        ));
-    }
-    drop(incoming_tx);
+    let acceptors = [(asap, Protocol::Asap), (enrp, Protocol::Enrp)];
+    let pause = start_accepting(acceptors, (&section, &tls), incoming_tx, &shutdown);
 
     let (handle, commands) = Handle::<RegistrarEngine>::new();
     let driver = tokio::spawn(driver::run(
@@ -195,56 +188,161 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
         transports,
         incoming_rx,
         commands,
-        log_event,
+        logs::log_event,
         shutdown.clone(),
     ));
-    let admin = start_admin(&file, &args, &handle, &shutdown, &logging).await?;
+    let admin_socket = crate::upgrade::handed(inherited.as_mut(), "admin");
+    let admin = start_admin(&file, &args, &handle, &shutdown, &logging, admin_socket).await?;
+    if let Some(socket) = admin.1 {
+        sockets.keep("admin", Ok(socket));
+    }
     let addresses = (asap_address, enrp_address);
     let csp =
         status_reports::start(&file.csp, &handle, section.transport, addresses, &shutdown).await?;
     tls.iter().for_each(|tls| tls.publish_expiry());
     // Before the ready line: a signal sent right after it (a supervisor's reload)
     // must find the handlers, not the default action (SIGHUP would end the process).
-    let mut signals = Signals::install().map_err(RunError::Io)?;
-    say_ready(
-        id,
-        &admin,
-        (asap_address, enrp_address),
-        &channels,
-        &section,
-        tls.as_deref(),
-    );
+    let mut signals = Signals::install_with_upgrade().map_err(RunError::Io)?;
+    // Written before the ready line: whoever waits for that line finds the file.
+    let pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
+    say_ready(id, &admin.0, addresses, &channels, &section, tls.as_deref());
     crate::systemd::ready(&shutdown);
+    // The old process stops once it reads this.
+    drop(inherited.map(|inherited| inherited.ready(&[])));
     say_if_waiting_for_peers(&handle, &channels.enrp, section.peers.len()).await;
-    while signals.next().await == Request::Reload {
-        reload(&args, &logging, &handle, tls.as_deref()).await;
+    let upgrade = upgrade::Upgrade {
+        sockets,
+        pause,
+        addresses,
+    };
+    let serving = (&handle, tls.as_deref(), &upgrade);
+    let upgraded = serve_signals(&mut signals, &args, &logging, serving).await;
+    if upgraded.is_none() {
+        log_totals(&handle).await;
     }
-    log_totals(&handle).await;
     crate::systemd::notify("STOPPING=1");
     tracing::info!("stopping: closing associations");
+    // Before the hold ends: a held driver stops without handling what waited.
     shutdown.cancel();
+    drop(upgraded);
     crate::csp::Reporter::finish(csp).await;
     let _ = driver.await;
+    if let Some(pid_file) = pid_file {
+        pid_file.remove_if_ours();
+    }
     Ok(())
 }
 
-/// Binds a listener on `address` (with the section's multi-homing); returns it and
+/// Accepts ASAP and ENRP associations, each listener under its admission limits;
+/// returns what pauses them.
+fn start_accepting(
+    acceptors: [(Listener, Protocol); 2],
+    (section, tls): (&RegistrarSection, &Option<Arc<ControlTls>>),
+    incoming: mpsc::Sender<crate::transport::Incoming>,
+    shutdown: &CancellationToken,
+) -> AcceptPause {
+    let pause = AcceptPause::default();
+    let admission = section.limits.admission();
+    let ids = IncomingIds::default();
+    for (listener, protocol) in acceptors {
+        let name = match protocol {
+            Protocol::Asap => "asap",
+            Protocol::Enrp => "enrp",
+        };
+        tokio::spawn(accept_loop(
+            listener,
+            (protocol, tls.clone()),
+            ids.clone(),
+            incoming.clone(),
+            Admission::new(name, admission),
+            (pause.clone(), shutdown.clone()),
+        ));
+    }
+    pause
+}
+
+/// Serves the operator's signals until a stop, or an upgrade whose new process serves
+/// (then the hold on this process's engine is returned).
+async fn serve_signals(
+    signals: &mut Signals,
+    args: &RegistrarArgs,
+    logging: &Logging,
+    (handle, tls, upgrade): (
+        &Handle<RegistrarEngine>,
+        Option<&ControlTls>,
+        &upgrade::Upgrade,
+    ),
+) -> Option<upgrade::Departing> {
+    loop {
+        match signals.next().await {
+            Request::Stop => return None,
+            Request::Reload => reload(args, logging, handle, tls).await,
+            Request::Upgrade => {
+                if let Some(departing) = upgrade.run(handle).await {
+                    return Some(departing);
+                }
+            }
+        }
+    }
+}
+
+/// The ASAP and ENRP listeners (handed over by an upgrade, else bound) with their
+/// addresses, and copies of their sockets for the next upgrade.
+fn listeners(
+    section: &RegistrarSection,
+    (asap, enrp): (SocketAddr, SocketAddr),
+    mut inherited: Option<&mut Inherited>,
+) -> Result<([(Listener, SocketAddr); 2], upgrade::Sockets), RunError> {
+    let mut handed = |key| crate::upgrade::handed(inherited.as_deref_mut(), key);
+    let asap = bind_listener(section, asap, handed("asap"))?;
+    let enrp = bind_listener(section, enrp, handed("enrp"))?;
+    let mut sockets = upgrade::Sockets::default();
+    sockets.keep("asap", asap.0.duplicate());
+    sockets.keep("enrp", enrp.0.duplicate());
+    Ok(([asap, enrp], sockets))
+}
+
+/// Binds a listener on `address` (with the section's multi-homing), or takes the
+/// socket an upgrade `handed` over; returns it and
 /// the configured address with the real port (SCTP lists every local address of a
 /// wildcard bind, which must not pick the multicast interface).
 fn bind_listener(
     section: &RegistrarSection,
     address: SocketAddr,
+    handed: Option<std::os::fd::OwnedFd>,
 ) -> Result<(Listener, SocketAddr), RunError> {
     let addresses = multihomed(address, &section.multihome);
-    Listener::bind(section.transport, &addresses)
-        .and_then(|listener| {
-            let port = listener
-                .local_addresses()?
-                .first()
-                .map_or(0, SocketAddr::port);
-            Ok((listener, SocketAddr::new(address.ip(), port)))
-        })
-        .map_err(|e| RunError::Bind(address, e))
+    let handed = handed
+        .map(|socket| Listener::from_handed(section.transport, socket))
+        .transpose()
+        .map_err(|e| RunError::Bind(address, e))?
+        .filter(|listener| still_configured(listener, address));
+    match handed {
+        Some(listener) => Ok(listener),
+        None => Listener::bind(section.transport, &addresses),
+    }
+    .and_then(|listener| {
+        let port = listener
+            .local_addresses()?
+            .first()
+            .map_or(0, SocketAddr::port);
+        Ok((listener, SocketAddr::new(address.ip(), port)))
+    })
+    .map_err(|e| RunError::Bind(address, e))
+}
+
+/// Whether a listener handed over by an upgrade is where the configuration says (it
+/// may have moved the listener meanwhile: then a new one is bound, and the old
+/// process's socket closes with it).
+fn still_configured(listener: &Listener, address: SocketAddr) -> bool {
+    let bound = listener.local_addresses().unwrap_or_default();
+    let same = bound
+        .iter()
+        .any(|b| b.ip() == address.ip() && (address.port() == 0 || b.port() == address.port()));
+    if !same {
+        tracing::warn!(%address, ?bound, "upgrade: the configuration moved a listener; binding it anew");
+    }
+    same
 }
 
 /// The engine with the transport parameters it announces and gives its peers: the
@@ -319,27 +417,31 @@ fn enrp_source(
     }
 }
 
-/// The admin listener (when configured) and the registrar's metric descriptions;
-/// returns its address for the ready line, or `off`.
+/// The admin listener (when configured; on the socket an upgrade `handed` over, if
+/// any) and the registrar's metric descriptions; returns its address for the ready
+/// line, or `off`, and a copy of its socket for the next upgrade.
 async fn start_admin(
     file: &ConfigFile,
     args: &RegistrarArgs,
     handle: &Handle<RegistrarEngine>,
     shutdown: &CancellationToken,
     logging: &Logging,
-) -> Result<String, RunError> {
+    handed: Option<std::os::fd::OwnedFd>,
+) -> Result<(String, Option<std::os::fd::OwnedFd>), RunError> {
     let security = crate::admin::security(&file.admin, args.admin.token_file.as_deref())?;
-    let admin = match file.admin.listen {
-        Some(listen) => crate::admin::start(
-            listen,
-            security,
-            shutdown.clone(),
-            admin_routes(handle),
-            logging.clone(),
-        )
-        .await?
-        .to_string(),
-        None => "off".to_owned(),
+    let admin = match crate::upgrade::admin_listener(file.admin.listen, handed).await? {
+        Some((listener, duplicate)) => {
+            let routes = admin_routes(handle);
+            let bound = crate::admin::start_on(
+                listener,
+                security,
+                shutdown.clone(),
+                routes,
+                logging.clone(),
+            )?;
+            (bound.to_string(), duplicate)
+        }
+        None => ("off".to_owned(), None),
     };
     meters::describe();
     Ok(admin)
@@ -542,101 +644,5 @@ async fn say_if_waiting_for_peers(
             peers,
             "looking for a peer registrar to synchronise with (ENRP start-up): ASAP requests wait until then, each for max_startup_hold at most; with no peers and --enrp-multicast off a registrar serves at once"
         );
-    }
-}
-
-fn log_event(event: RegistrarEvent) {
-    meters::count(&event);
-    match event {
-        RegistrarEvent::Registered { key, new: true } => {
-            tracing::info!(pool = %key.pool_handle, pe = %key.pe_id, "pool element registered");
-        }
-        RegistrarEvent::Registered { key, new: false } => {
-            tracing::debug!(pool = %key.pool_handle, pe = %key.pe_id, "pool element re-registered");
-        }
-        RegistrarEvent::Refused { key, cause, reason } => {
-            // A peer decides how often this happens.
-            static LOG: crate::logging::RateLimitedLog =
-                crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
-            if let Some(suppressed) = LOG.permit() {
-                tracing::warn!(pool = %key.pool_handle, pe = %key.pe_id, %cause, %reason, suppressed, "registration refused");
-            }
-        }
-        RegistrarEvent::Removed { key, reason } => {
-            tracing::info!(pool = %key.pool_handle, pe = %key.pe_id, ?reason, "pool element removed");
-        }
-        RegistrarEvent::Resolved { pool_handle, count } => {
-            tracing::debug!(pool = %pool_handle, count, "handle resolution");
-        }
-        RegistrarEvent::Malformed { assoc, detail } => {
-            // A peer decides how often this happens.
-            static LOG: crate::logging::RateLimitedLog =
-                crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
-            if let Some(suppressed) = LOG.permit() {
-                tracing::warn!(%assoc, %detail, suppressed, "bad input");
-            }
-        }
-        RegistrarEvent::Closed { assoc, reason } => {
-            tracing::warn!(%assoc, reason, "association closed");
-        }
-        RegistrarEvent::Synchronized { pool_elements } => {
-            tracing::info!(pool_elements, "synchronized: serving ASAP");
-        }
-        RegistrarEvent::PeerUp { id, endpoint } => {
-            let endpoint = endpoint.map(|e| e.to_string()).unwrap_or_default();
-            tracing::info!(peer = %id, %endpoint, "peer registrar up");
-        }
-        RegistrarEvent::PeerLost { id } => tracing::warn!(peer = %id, "peer registrar lost"),
-        RegistrarEvent::Overslept { by } => {
-            tracing::warn!(
-                by_ms = by.as_millis(),
-                "this registrar did not run for a while (stopped?): synchronising with its peers again before serving ASAP"
-            );
-        }
-        RegistrarEvent::CandidateExpired { id } => {
-            tracing::info!(peer = %id, "named registrar never answered: forgotten");
-        }
-        RegistrarEvent::TakeoverStarted { target } => {
-            tracing::warn!(peer = %target, "peer silent: starting takeover");
-        }
-        RegistrarEvent::TakeoverCompleted {
-            target,
-            pool_elements,
-        } => {
-            tracing::warn!(peer = %target, pool_elements, "took over the pool elements of a dead peer");
-        }
-        RegistrarEvent::TakeoverAbandoned { target } => {
-            tracing::info!(peer = %target, "takeover abandoned");
-        }
-        RegistrarEvent::TakeoverCancelled { target } => {
-            tracing::info!(peer = %target, "peer alive again: takeover cancelled");
-        }
-        RegistrarEvent::PeerTookOver {
-            target,
-            by,
-            pool_elements,
-        } => {
-            tracing::info!(peer = %target, by = %by, pool_elements, "another registrar took over a dead peer");
-        }
-        RegistrarEvent::AuditStarted { peer } => {
-            tracing::info!(%peer, "checksum mismatch: auditing");
-        }
-        RegistrarEvent::AuditCompleted { peer, purged } => {
-            tracing::info!(%peer, purged, "audit complete");
-        }
-        RegistrarEvent::Denied {
-            assoc,
-            action,
-            reason,
-        } => {
-            static LOG: crate::logging::RateLimitedLog =
-                crate::logging::RateLimitedLog::new(std::time::Duration::from_secs(1));
-            if let Some(suppressed) = LOG.permit() {
-                tracing::warn!(%assoc, action, %reason, suppressed, "refused: not authorized");
-            }
-        }
-        RegistrarEvent::IdCollision { assoc } => {
-            tracing::error!(%assoc, "another registrar uses this registrar's ID: give each registrar its own --id");
-        }
     }
 }

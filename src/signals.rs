@@ -1,6 +1,7 @@
 //! Process signals: SIGTERM and SIGINT ask for a graceful stop, SIGHUP for a
-//! configuration reload, and SIGUSR2 for a binary upgrade (the gateway's; the other
-//! roles log that they have none instead of ending, SIGUSR2's default action).
+//! configuration reload, and SIGUSR2 for a binary upgrade (the gateway's and the
+//! registrar's; the other roles log that they have none instead of ending, SIGUSR2's
+//! default action).
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -53,7 +54,7 @@ impl Signals {
                     if self.upgrades {
                         return Request::Upgrade;
                     }
-                    tracing::warn!("SIGUSR2 ignored: only the gateway upgrades in place; restart this role to upgrade it");
+                    tracing::warn!("SIGUSR2 ignored: only the gateway and the registrar upgrade in place; restart this role to upgrade it");
                 }
             }
         }

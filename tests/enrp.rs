@@ -16,35 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Process, eventually, registrar, run};
-
-/// pool element id -> home registrar, as `dump --json` on one registrar shows them.
-fn homes(enrp: SocketAddr) -> BTreeMap<String, String> {
-    let (code, stdout, _) = run(&[
-        "dump",
-        "--registrar",
-        &enrp.to_string(),
-        "--json",
-        "--timeout",
-        "3s",
-    ]);
-    if code != 0 {
-        return BTreeMap::new();
-    }
-    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    json["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|pool| pool["pool_elements"].as_array().unwrap().clone())
-        .map(|pe| {
-            (
-                pe["id"].as_str().unwrap().to_owned(),
-                pe["home_registrar"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
+use common::{Backend, Process, eventually, homes, registrar, run};
 
 #[test]
 fn a_killed_registrar_is_taken_over_and_resolution_continues() {

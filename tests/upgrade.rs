@@ -1,4 +1,4 @@
-//! Binary upgrade of the gateway (SIGUSR2): the new process takes over every listening
+//! Binary upgrade of the gateway and the registrar (SIGUSR2): the new process takes over every listening
 //! socket, so no client is refused and no HTTP request fails while both run, and every
 //! open TCP session with its state, so no session sees more than a pause; the old one
 //! exits once they have left; a new process that cannot start leaves the old one
@@ -395,16 +395,129 @@ fn upgrades_carry_the_sessions_and_lose_nothing() {
     );
 }
 
-/// The other roles have no in-place upgrade: SIGUSR2 is logged and they go on serving
+/// PE agents have no in-place upgrade: SIGUSR2 is logged and they go on serving
 /// (its default action would end them).
 #[test]
-fn a_registrar_logs_sigusr2_and_goes_on() {
+fn a_pe_agent_logs_sigusr2_and_goes_on() {
     let registrar = registrar(&[]);
-    registrar.signal("USR2");
-    assert!(eventually(Duration::from_secs(10), || registrar
+    let pe = common::demo_pe(registrar.address("asap"), "echo", "EchoPool", "RoundRobin");
+    pe.signal("USR2");
+    assert!(eventually(Duration::from_secs(10), || pe
         .log_contains("SIGUSR2 ignored")));
-    let _pe = common::demo_pe(registrar.address("asap"), "echo", "EchoPool", "RoundRobin");
     assert!(eventually(Duration::from_secs(10), || {
         common::resolve_ids(registrar.address("asap"), "EchoPool").len() == 1
     }));
+}
+
+/// Binary upgrades of a registrar with a peer and three PEs, under handle resolutions
+/// (each over an association of its own): every resolution answers all three PEs (the
+/// listening sockets and the handlespace go over; associations arriving meanwhile
+/// wait for the new process), every new process has the same registrar ID, the peer
+/// starts no takeover (RFC 5353 §3.6) and keeps the PEs at their home; a new process
+/// that cannot start leaves the old one serving.
+#[test]
+fn registrar_upgrades_keep_the_pool_resolvable_and_start_no_takeover() {
+    const UPGRADES: usize = 5;
+    let peer = registrar(&[]);
+    let file = ConfigFile::new("log:\n  level: info\n");
+    let pid_file = std::env::temp_dir().join(format!(
+        "rserpool-registrar-upgrade-test-{}.pid",
+        std::process::id()
+    ));
+    let peer_enrp = peer.address("enrp").to_string();
+    let args = common::registrar_args(&[
+        "--config",
+        &file.0,
+        "--peer",
+        &peer_enrp,
+        "--admin",
+        "127.0.0.1:0",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+    ]);
+    let mut upgraded = Process::start(&args);
+    let mut stray = Stray(Vec::new());
+    let (asap, id) = (upgraded.address("asap"), upgraded.ready["id"].clone());
+    let admin = upgraded.address("admin");
+    let pes: Vec<Process> = (0..3)
+        .map(|_| common::demo_pe(asap, "echo", "EchoPool", "RoundRobin"))
+        .collect();
+    assert!(eventually(Duration::from_secs(15), || {
+        common::homes(peer.address("enrp")).len() == 3
+    }));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each answer counts the PEs homed at the upgraded registrar's ID.
+    let resolutions = {
+        let (stop, id, asap) = (stop.clone(), id.clone(), asap.to_string());
+        std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let pes = common::resolve_pes(&asap, "EchoPool", &[]);
+                answers.push(pes.iter().filter(|pe| pe["home_registrar"] == *id).count());
+            }
+            answers
+        })
+    };
+    let mut old = upgraded.pid();
+    for _ in 0..UPGRADES {
+        let new = upgrade(old, &pid_file, &upgraded);
+        stray.0.push(new);
+        assert!(
+            eventually(Duration::from_secs(15), || !alive(old)),
+            "the old registrar did not exit"
+        );
+        old = new;
+        // The PEs re-registered at the new process (their associations to the old
+        // one closed) before the next upgrade.
+        assert!(eventually(Duration::from_secs(15), || {
+            let (_, metrics) = common::admin_get(admin, "/metrics");
+            common::metric(
+                &metrics,
+                "rserpool_registrar_registrations_total{kind=\"renewal\"}",
+            ) >= Some(3.0)
+        }));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let answers = resolutions.join().unwrap();
+    assert!(answers.len() >= UPGRADES, "{answers:?}");
+    assert!(
+        answers.iter().all(|count| *count == 3),
+        "a resolution at the upgraded registrar missed PEs: {answers:?}"
+    );
+    let taken = upgraded.log_count("upgrade: the old process's handlespace taken");
+    assert_eq!(taken, UPGRADES, "{:#?}", upgraded.log.lock().unwrap());
+    let ids = upgraded.log_count(&format!("id={id}"));
+    assert!(ids > UPGRADES, "a new process took another registrar ID");
+    assert!(
+        !peer.log_contains("starting takeover"),
+        "{:#?}",
+        peer.log.lock().unwrap()
+    );
+    let at_peer = common::homes(peer.address("enrp"));
+    assert_eq!(at_peer.len(), 3);
+    assert!(at_peer.values().all(|home| *home == id), "{at_peer:?}");
+
+    // A new process that cannot start: the old one says so and goes on serving, and
+    // accepting.
+    std::fs::write(&file.0, "registrar:\n  asap: nonsense\n").unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-USR2", &old.to_string()])
+        .status();
+    assert!(
+        eventually(Duration::from_secs(20), || upgraded
+            .log_contains("upgrade failed")),
+        "{:#?}",
+        upgraded.log.lock().unwrap()
+    );
+    assert!(alive(old));
+    assert_eq!(pid_in(&pid_file), Some(old));
+    assert_eq!(common::resolve_ids(asap, "EchoPool").len(), 3);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &old.to_string()])
+        .status();
+    assert!(eventually(Duration::from_secs(15), || !alive(old)));
+    assert!(!pid_file.exists());
+    let _ = upgraded.wait_exit(Duration::from_secs(5));
+    drop(pes);
 }

@@ -21,6 +21,7 @@ pub mod registrar;
 mod resolution_cache;
 pub mod rng;
 pub mod session;
+pub mod snapshot;
 pub mod wire;
 
 pub use engine::AssocId;

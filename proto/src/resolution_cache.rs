@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::handlespace::{Handlespace, Limits, PoolElementKey};
 use crate::rng::SeededRng;
-use crate::session::{SnapshotError, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::wire::{AsapMessage, HandleResolutionResponse, PolicyType, PoolElement, PoolHandle};
 
 /// PEs chosen from the cache by the pool's policy.

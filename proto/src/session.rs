@@ -57,5 +57,4 @@ pub use control::{
     PPID_HEARTBEAT, data_frames, open_cookie, seal_cookie,
 };
 pub use machine::{RecoveryPoint, Session};
-pub use snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 pub use types::{PeFailure, SessionConfig, SessionEvent, SessionOutput};

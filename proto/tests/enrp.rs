@@ -614,6 +614,87 @@ fn dead_registrar_returns_with_the_same_id() {
     assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
 }
 
+/// A registrar's binary upgrade (the old process closes its associations, the new one
+/// starts from the carried handlespace under the same ID): the pool stays resolvable
+/// there from the first moment (a restart would start empty and hold ASAP until a
+/// mentor's table came), no peer starts a takeover (RFC 5353 §3.6: the new process
+/// answers before MAX-TIME-NO-RESPONSE), and the PEs keep their home.
+#[test]
+fn an_upgraded_registrar_keeps_its_pool_and_is_not_taken_over() {
+    for seed in [12, 13, 14] {
+        let mut sim = Sim::new(seed);
+        let registrars = add_registrars(&mut sim, 3);
+        sim.run_for(Duration::from_secs(6));
+        let pes: Vec<_> = (0..4)
+            .map(|_| add_pe(&mut sim, &[registrars[0]], 3))
+            .collect();
+        sim.run_for(Duration::from_secs(3));
+        let all: BTreeSet<_> = pes.iter().map(|(_, id)| *id).collect();
+        assert_eq!(ids_at(&sim, registrars[0]), all);
+        for _ in 0..3 {
+            let record = sim.registrar(registrars[0]).carry_handlespace(sim.now);
+            sim.crash(registrars[0]);
+            let config = registrar_config(registrars[0], &registrars);
+            let (engine, adopted) =
+                RegistrarEngine::adopt(config, seed + 1000, &record, sim.now).unwrap();
+            assert_eq!(adopted.pool_elements, 4);
+            sim.restart(registrars[0], Role::Registrar(engine));
+            for _ in 0..100 {
+                assert_eq!(ids_at(&sim, registrars[0]), all, "seed {seed}");
+                sim.run_for(Duration::from_millis(100));
+            }
+        }
+        sim.run_for(Duration::from_secs(20));
+        for &r in &registrars {
+            assert_eq!(ids_at(&sim, r), all, "registrar {r}, seed {seed}");
+            for id in &all {
+                assert_eq!(owner_at(&sim, r, *id), Some(registrar_id(registrars[0])));
+            }
+            let takeovers = registrar_events(&sim, r)
+                .into_iter()
+                .filter(|e| matches!(e, RegistrarEvent::TakeoverStarted { .. }))
+                .count();
+            assert_eq!(takeovers, 0, "registrar {r}, seed {seed}");
+        }
+        let sums = checksums(&sim, &registrars);
+        assert!(sums.windows(2).all(|w| w[0] == w[1]), "{sums:?}");
+    }
+}
+
+/// A carried handlespace is input like any other: a record cut anywhere, or naming
+/// another registrar ID than the configuration, is refused.
+#[test]
+fn a_carried_handlespace_is_checked() {
+    let mut sim = Sim::new(15);
+    let registrars = add_registrars(&mut sim, 1);
+    add_pe(&mut sim, &registrars, 3);
+    sim.run_for(Duration::from_secs(3));
+    let record = sim.registrar(registrars[0]).carry_handlespace(sim.now);
+    // With a peer to find, a fresh registrar would hold ASAP until its table came.
+    let config = || registrar_config(registrars[0], &[registrars[0], 7]);
+    for cut in 0..record.len() {
+        // A cut between two pools is a shorter record, not a broken one.
+        if let Ok((engine, _)) = RegistrarEngine::adopt(config(), 1, &record[..cut], sim.now) {
+            assert!(engine.handlespace().pool_element_count() <= 1);
+        }
+    }
+    // Any byte changed: refused or taken, never a panic.
+    for at in 0..record.len() {
+        let mut changed = record.clone();
+        changed[at] ^= 0xA5;
+        let _ = RegistrarEngine::adopt(config(), 1, &changed, sim.now);
+    }
+    let other = RegistrarConfig {
+        id: Some(RegistrarId(0x999)),
+        ..config()
+    };
+    assert!(RegistrarEngine::adopt(other, 1, &record, sim.now).is_err());
+    let (engine, adopted) = RegistrarEngine::adopt(config(), 1, &record, sim.now).unwrap();
+    assert_eq!((adopted.pool_elements, adopted.refused), (1, 0));
+    assert_eq!(engine.id(), registrar_id(registrars[0]));
+    assert!(engine.is_synchronized());
+}
+
 /// RFC 5353 §3.4-3.5: a frozen registrar (alive, silent) is taken
 /// over; when it wakes, its presence ends takeover state and the PEs stay with their
 /// new home, all registrars agreeing.

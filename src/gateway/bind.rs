@@ -11,8 +11,8 @@ use rserpool_gateways::http::tls::CertificateResolver;
 use rserpool_gateways::tcp::ListenerConfig;
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::upgrade::tcp_listener;
 use crate::RunError;
+use crate::upgrade::tcp_listener;
 
 /// A DNS listener to start: its address, settings, and DNS over TLS (address and
 /// certificates) when configured.

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use rserpool_gateways::handover::{Handed, Handover, MAX_RECORD};
-use rserpool_proto::session::{SnapshotError, SnapshotReader, SnapshotWriter};
+use rserpool_proto::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use tokio::sync::mpsc;
 
-use super::upgrade::{Inherited, Successor, receive_message, send_message};
 use crate::pool_user::PoolUser;
+use crate::upgrade::{Inherited, Successor, receive_message, send_message};
 
 /// Sessions frozen and waiting for the thread that sends them: each waits at most
 /// this many sends (the rest go on serving until their turn).
@@ -112,7 +112,7 @@ fn send_session(stream: &UnixStream, session: &Handed) -> std::io::Result<()> {
 
 /// Fills the pool user's cache with the old process's answers.
 pub(super) fn take_cache(inherited: &mut Inherited, pool_user: &PoolUser) {
-    let Some(record) = inherited.take_cache() else {
+    let Some(record) = inherited.take_state() else {
         return;
     };
     match pool_user.adopt_cache(&record) {

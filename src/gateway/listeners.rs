@@ -29,10 +29,10 @@ use tokio_util::sync::CancellationToken;
 use super::admin::{self, ListenerView};
 use super::bind::{Checked, DnsSockets, Prepared, adopt, local_address, prepare};
 use super::settings::{dns_start, http_listener_config, tcp_listener_config};
-use super::upgrade::{Inherited, Sockets};
 use crate::RunError;
 use crate::config::{ConfigFile, DnsSection, HttpListenerSection, TcpListenerSection};
 use crate::pool_user::PoolUser;
+use crate::upgrade::{Inherited, Sockets};
 
 /// What every listener's task gets.
 pub(super) struct Shared {

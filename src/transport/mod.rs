@@ -23,6 +23,7 @@ pub(crate) mod tls;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -298,6 +299,22 @@ impl Listener {
         Ok(self.kind().transport_parameter(addresses, port))
     }
 
+    /// A listening socket of `transport` handed over by a binary upgrade.
+    pub(crate) fn from_handed(transport: TransportKind, fd: OwnedFd) -> io::Result<Self> {
+        match transport {
+            TransportKind::Tcp => tcp::listener_from(fd).map(Self::Tcp),
+            TransportKind::Sctp => sctp::Listener::from_handed(fd).map(Self::Sctp),
+        }
+    }
+
+    /// A duplicate of the listening socket, for a binary upgrade.
+    pub(crate) fn duplicate(&self) -> io::Result<OwnedFd> {
+        match self {
+            Self::Tcp(listener) => listener.as_fd().try_clone_to_owned(),
+            Self::Sctp(listener) => listener.duplicate(),
+        }
+    }
+
     fn kind(&self) -> TransportKind {
         match self {
             Self::Tcp(_) => TransportKind::Tcp,
@@ -306,23 +323,59 @@ impl Listener {
     }
 }
 
-/// Accepts associations for one protocol until shut down, each under the listener's
-/// `admission` (connection limits, time limits, memory budget). With `tls`, every
-/// association must complete a TLS handshake (over TCP, plain peers may speak plain
-/// where allowed).
+/// Stops accept loops for a while: a registrar's upgrade leaves the associations
+/// that arrive while it hands over in the kernel's backlog, for the new process
+/// (the old one would close them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AcceptPause(Arc<tokio::sync::watch::Sender<bool>>);
+
+/// A pause of the accept loops; they go on when it is dropped.
+pub(crate) struct Paused(AcceptPause);
+
+impl AcceptPause {
+    pub(crate) fn pause(&self) -> Paused {
+        self.0.send_replace(true);
+        Paused(self.clone())
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        (self.0).0.send_replace(false);
+    }
+}
+
+/// Accepts associations for one protocol until shut down (and not while `pause`d),
+/// each under the listener's `admission` (connection limits, time limits, memory
+/// budget). With `tls`, every association must complete a TLS handshake (over TCP,
+/// plain peers may speak plain where allowed).
 pub(crate) async fn accept_loop(
     listener: Listener,
-    protocol: Protocol,
-    tls: Option<Arc<tls::ControlTls>>,
+    (protocol, tls): (Protocol, Option<Arc<tls::ControlTls>>),
     ids: IncomingIds,
     incoming: mpsc::Sender<Incoming>,
     admission: Arc<Admission>,
-    shutdown: CancellationToken,
+    (pause, shutdown): (AcceptPause, CancellationToken),
 ) {
+    let mut paused = pause.0.subscribe();
     loop {
+        // The sender lives in `pause`: these waits end only by a change.
+        let pausing = async {
+            let _ = paused.wait_for(|paused| *paused).await;
+        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return,
-            accepted = accept(&listener) => accepted,
+            () = pausing => None,
+            accepted = accept(&listener) => Some(accepted),
+        };
+        let Some(accepted) = accepted else {
+            let resuming = async {
+                let _ = paused.wait_for(|paused| !*paused).await;
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = resuming => continue,
+            }
         };
         let (accepted, host) = match accepted {
             Ok(accepted) => accepted,

@@ -15,7 +15,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
@@ -185,6 +185,18 @@ impl Listener {
     /// The bound addresses (all of them, with the port).
     pub(crate) fn local_addresses(&self) -> io::Result<Vec<SocketAddr>> {
         addresses_option(self.socket.get_ref(), SCTP_GET_LOCAL_ADDRS)
+    }
+
+    /// A listening socket handed over by a binary upgrade.
+    pub(crate) fn from_handed(fd: OwnedFd) -> io::Result<Self> {
+        let socket = Socket::from(fd);
+        socket.set_nonblocking(true)?;
+        sys::register(socket).map(|socket| Self { socket })
+    }
+
+    /// A duplicate of the listening socket, for a binary upgrade.
+    pub(crate) fn duplicate(&self) -> io::Result<OwnedFd> {
+        self.socket.get_ref().as_fd().try_clone_to_owned()
     }
 
     /// Accepts the next association.

@@ -640,3 +640,32 @@ pub fn tcp_gateway(asap: SocketAddr, pool: &str) -> Process {
         "info,rserpool_gateways=debug",
     ])
 }
+
+/// Pool element identifier -> home registrar, as `dump --json` at the registrar whose
+/// ENRP address is `enrp` shows them (empty when it does not answer).
+pub fn homes(enrp: SocketAddr) -> BTreeMap<String, String> {
+    let (code, stdout, _) = run(&[
+        "dump",
+        "--registrar",
+        &enrp.to_string(),
+        "--json",
+        "--timeout",
+        "3s",
+    ]);
+    if code != 0 {
+        return BTreeMap::new();
+    }
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    json["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|pool| pool["pool_elements"].as_array().unwrap().clone())
+        .map(|pe| {
+            (
+                pe["id"].as_str().unwrap().to_owned(),
+                pe["home_registrar"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use rserpool_proto::session::{SnapshotError, SnapshotReader, SnapshotWriter};
+use rserpool_proto::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::OwnedPermit;
 

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rserpool_proto::session::{SnapshotError, SnapshotReader, SnapshotWriter};
+use rserpool_proto::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 
 use super::framing::FramingCheck;
 use super::side::Side;

@@ -639,7 +639,7 @@ fn thaw<'a, D>(
 #[derive(Debug, thiserror::Error)]
 enum ThawError {
     #[error(transparent)]
-    Record(#[from] rserpool_proto::session::SnapshotError),
+    Record(#[from] rserpool_proto::snapshot::SnapshotError),
     #[error("its socket: {0}")]
     Socket(#[from] io::Error),
     #[error("not the two sockets of a session")]

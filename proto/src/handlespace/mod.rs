@@ -516,6 +516,20 @@ impl Handlespace {
             .and_then(|(_, loc)| self.key_of(*loc))
     }
 
+    /// Moves a PE's registration-life expiry (a binary upgrade carries what was left
+    /// of it, rather than a fresh life).
+    pub fn set_expiry(&mut self, key: &PoolElementKey, at: Instant) {
+        let Some(loc) = self.locate(key) else {
+            return;
+        };
+        let Some(entry) = self.entry_at_mut(loc) else {
+            return;
+        };
+        let old = std::mem::replace(&mut entry.expires_at, at);
+        self.by_expiry.remove(&(old, loc));
+        self.by_expiry.insert((at, loc));
+    }
+
     /// Sets (or clears) the keep-alive deadline of a PE.
     pub fn set_keepalive(&mut self, key: &PoolElementKey, at: Option<Instant>) {
         let Some(loc) = self.locate(key) else {

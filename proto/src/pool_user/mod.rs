@@ -40,7 +40,7 @@ use crate::engine::{AssocId, Engine, Output, PeerInfo};
 use crate::handlespace::PoolElementKey;
 use crate::hunt::Lost;
 use crate::resolution_cache::{Cached, ResolutionCache};
-use crate::session::{SnapshotError, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use crate::wire::{
     AsapMessage, CauseCode, ErrorReport, HandleResolution, HandleResolutionResponse,
     OperationError, PoolElement, PoolElementId, PoolElementRef, PoolHandle, Protocol, RegistrarId,

@@ -7,6 +7,7 @@
 //! and drops everything registered over an association that goes down.
 
 mod asap;
+mod carry;
 mod config;
 mod discovery;
 mod engine;
@@ -18,6 +19,7 @@ mod stats;
 mod sync;
 mod takeover;
 
+pub use carry::Adopted;
 pub use config::RegistrarConfig;
 pub use engine::RegistrarEngine;
 pub use events::{RegistrarEvent, RemovalReason};

@@ -1,22 +1,22 @@
-//! Binary upgrade on SIGUSR2, as nginx does it: the running gateway starts the binary
-//! at its own path (the new version after a package upgrade) with its own arguments,
-//! and hands it every listening socket (the admin listener's too) over a Unix socket
-//! (`SCM_RIGHTS`), so no client is refused while both run. Once the new process says
-//! it serves, the old one stops accepting, lets its open sessions go on for
-//! `drain_timeout`, and exits. If the new process does not start, connect or get ready,
-//! the old one goes on serving and says why. Open TCP-gateway sessions go over too
-//! (`carry`); HTTP connections finish in the old process (README, "Upgrading the
-//! binary").
+//! Binary upgrade on SIGUSR2, as nginx does it: the running process (a gateway or a
+//! registrar) starts the binary at its own path (the new version after a package
+//! upgrade) with its own arguments, and hands it every listening socket (the admin
+//! listener's too) over a Unix socket (`SCM_RIGHTS`), so no client is refused while
+//! both run, with a record of its state. Once the new process says it serves, the old
+//! one stops accepting and goes (the gateway drains its sessions for `drain_timeout`
+//! and carries those that can move, `gateway::carry`; the registrar closes its
+//! associations). If the new process does not start, connect or get ready, the old
+//! one goes on serving and says why (README, "Upgrading the binary").
 //!
 //! The exchange: the new process connects to the socket named in its environment
 //! ([`FROM_VARIABLE`]); the old one sends, in one message, a JSON list of the
 //! listeners (each a key and its number of sockets) with the sockets attached in that
-//! order, then the pool user's cache (a record of its answers, so the new process
-//! does not start cold and can serve stale at once); the new one answers `ready` and
-//! the JSON list of its TCP listeners that take
-//! sessions, once its ready line is out. Then the old process sends the open sessions
-//! of those listeners that can move, one message each, and closes the connection when
-//! its drain is over (`carry`).
+//! order, then its state record (the gateway's pool-user cache, so the new process
+//! does not start cold and can serve stale at once; the registrar's handlespace); the
+//! new one answers `ready` and the JSON list of its listeners that take connections
+//! (the gateway's TCP listeners that take sessions), once its ready line is out. Then
+//! a gateway sends the open sessions of those listeners that can move, one message
+//! each, and closes the connection when its drain is over.
 
 use std::collections::BTreeMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
@@ -36,23 +36,24 @@ use rustix::net::{
 use crate::RunError;
 
 /// Names the old process's socket in the new process's environment.
-pub(super) const FROM_VARIABLE: &str = "RSERPOOL_UPGRADE_FROM";
+pub(crate) const FROM_VARIABLE: &str = "RSERPOOL_UPGRADE_FROM";
 /// The most sockets one upgrade hands over (one `SCM_RIGHTS` message; Linux takes 253).
 const MAX_SOCKETS: usize = 250;
 /// The largest list of listeners (JSON).
 const MAX_HEADER: usize = 64 * 1024;
-/// The largest pool-user cache record (the cache's bounds keep it well below).
-const MAX_CACHE: usize = 64 << 20;
+/// The largest state record (the pool-user cache's and the handlespace's bounds keep
+/// them well below).
+const MAX_STATE: usize = 256 << 20;
 /// How long the new process may take to connect, and then to be ready.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Listening sockets by listener key (`admin`, `tcp 127.0.0.1:7100 #0`, ...).
-pub(super) type Sockets = Vec<(String, Vec<OwnedFd>)>;
+pub(crate) type Sockets = Vec<(String, Vec<OwnedFd>)>;
 
 /// Why an upgrade did not happen (the old process goes on serving).
 #[derive(Debug, thiserror::Error)]
-pub(super) enum UpgradeError {
+pub(crate) enum UpgradeError {
     #[error("cannot start {binary}: {error}")]
     Spawn {
         binary: PathBuf,
@@ -68,21 +69,21 @@ pub(super) enum UpgradeError {
     Io(#[from] std::io::Error),
 }
 
-/// The new process, serving: its PID, the connection to it, and the TCP listeners
-/// that take this process's sessions (by name).
-pub(super) struct Successor {
-    pub(super) pid: u32,
-    pub(super) stream: UnixStream,
-    pub(super) takes_sessions: Vec<String>,
+/// The new process, serving: its PID, the connection to it, and the listeners that
+/// take this process's connections (by name: a gateway's TCP sessions).
+pub(crate) struct Successor {
+    pub(crate) pid: u32,
+    pub(crate) stream: UnixStream,
+    pub(crate) takes_sessions: Vec<String>,
 }
 
-/// Starts the new process, hands it `sockets` and the pool user's `cache` (its
-/// record), and waits until it serves.
-pub(super) async fn hand_over(sockets: Sockets, cache: Vec<u8>) -> Result<Successor, UpgradeError> {
+/// Starts the new process, hands it `sockets` and the role's `state` record, and
+/// waits until it serves.
+pub(crate) async fn hand_over(sockets: Sockets, state: Vec<u8>) -> Result<Successor, UpgradeError> {
     tokio::task::spawn_blocking(move || {
         let directory =
             std::env::temp_dir().join(format!("rserpool-upgrade-{}", std::process::id()));
-        let result = hand_over_from(&directory, &sockets, &cache);
+        let result = hand_over_from(&directory, &sockets, &state);
         let _ = std::fs::remove_dir_all(&directory);
         result
     })
@@ -93,7 +94,7 @@ pub(super) async fn hand_over(sockets: Sockets, cache: Vec<u8>) -> Result<Succes
 fn hand_over_from(
     directory: &Path,
     sockets: &Sockets,
-    cache: &[u8],
+    state: &[u8],
 ) -> Result<Successor, UpgradeError> {
     // A directory only this user can enter: nobody else can connect and take the sockets.
     let _ = std::fs::remove_dir_all(directory);
@@ -108,7 +109,7 @@ fn hand_over_from(
         .stdin(Stdio::null())
         .spawn()
         .map_err(|error| UpgradeError::Spawn { binary, error })?;
-    let result = serve_child(&listener, &mut child, (sockets, cache));
+    let result = serve_child(&listener, &mut child, (sockets, state));
     if result.is_err() && matches!(child.try_wait(), Ok(None)) {
         let _ = child.kill();
         let _ = child.wait();
@@ -126,7 +127,7 @@ fn hand_over_from(
 fn serve_child(
     listener: &UnixListener,
     child: &mut Child,
-    (sockets, cache): (&Sockets, &[u8]),
+    (sockets, state): (&Sockets, &[u8]),
 ) -> Result<(UnixStream, Vec<String>), UpgradeError> {
     let started = crate::driver::now();
     let mut stream = loop {
@@ -145,7 +146,7 @@ fn serve_child(
     };
     stream.set_nonblocking(false)?;
     send_listeners(&stream, sockets)?;
-    send_message(&stream, cache, &[])?;
+    send_message(&stream, state, &[])?;
     stream.set_read_timeout(Some(Duration::from_millis(200)))?;
     let started = crate::driver::now();
     let mut answer = Vec::new();
@@ -230,7 +231,7 @@ fn send_listeners(stream: &UnixStream, sockets: &Sockets) -> Result<(), UpgradeE
 /// One message: its length (32 bits), its bytes, and `fds` attached to its first
 /// bytes (they travel with them; a message is read whole before the next one, so
 /// no socket can end up with the wrong message).
-pub(super) fn send_message(
+pub(crate) fn send_message(
     stream: &UnixStream,
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
@@ -255,7 +256,7 @@ pub(super) fn send_message(
 
 /// Reads one message of at most `max_length` bytes with at most `max_fds` sockets;
 /// `None` at the end of the stream.
-pub(super) fn receive_message(
+pub(crate) fn receive_message(
     stream: &UnixStream,
     max_length: usize,
     max_fds: usize,
@@ -297,24 +298,43 @@ pub(super) fn receive_message(
     Ok(Some((bytes, fds)))
 }
 
-/// A listening TCP socket handed over, for tokio.
-pub(super) fn tcp_listener(fd: OwnedFd) -> std::io::Result<tokio::net::TcpListener> {
-    let listener = std::net::TcpListener::from(fd);
-    listener.set_nonblocking(true)?;
-    tokio::net::TcpListener::from_std(listener)
+pub(crate) use crate::transport::tcp::listener_from as tcp_listener;
+
+/// The one socket of listener `key` that the old process handed over, if any.
+pub(crate) fn handed(inherited: Option<&mut Inherited>, key: &str) -> Option<OwnedFd> {
+    inherited?.take(key)?.pop()
+}
+
+/// The admin listener's socket (handed over by an upgrade, else bound on `listen`)
+/// and a duplicate of it for the next upgrade; `None` when the admin listener is off.
+pub(crate) async fn admin_listener(
+    listen: Option<std::net::SocketAddr>,
+    handed: Option<OwnedFd>,
+) -> Result<Option<(tokio::net::TcpListener, Option<OwnedFd>)>, RunError> {
+    let Some(listen) = listen else {
+        return Ok(None);
+    };
+    let listener = match handed.map(tcp_listener) {
+        Some(handed) => handed.map_err(|e| RunError::Bind(listen, e))?,
+        None => tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| RunError::Bind(listen, e))?,
+    };
+    let duplicate = listener.as_fd().try_clone_to_owned().ok();
+    Ok(Some((listener, duplicate)))
 }
 
 /// What the new process got from the old one.
-pub(super) struct Inherited {
+pub(crate) struct Inherited {
     sockets: BTreeMap<String, Vec<OwnedFd>>,
-    /// The pool user's cache (its record), until taken.
-    cache: Option<Vec<u8>>,
+    /// The old process's state record, until taken.
+    state: Option<Vec<u8>>,
     stream: UnixStream,
 }
 
 impl Inherited {
     /// The sockets of the old process, when this process was started by an upgrade.
-    pub(super) fn receive() -> Result<Option<Self>, RunError> {
+    pub(crate) fn receive() -> Result<Option<Self>, RunError> {
         let Some(path) = std::env::var_os(FROM_VARIABLE) else {
             return Ok(None);
         };
@@ -329,7 +349,7 @@ impl Inherited {
             .set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(failed)?;
         let (list, mut fds) = receive_listeners(&stream).map_err(failed)?;
-        let cache = receive_message(&stream, MAX_CACHE, 0)
+        let state = receive_message(&stream, MAX_STATE, 0)
             .map_err(failed)?
             .map(|(record, _)| record);
         let mut sockets = BTreeMap::new();
@@ -339,25 +359,26 @@ impl Inherited {
         }
         Ok(Some(Self {
             sockets,
-            cache,
+            state,
             stream,
         }))
     }
 
-    /// The old process's pool-user cache (its record), once.
-    pub(super) fn take_cache(&mut self) -> Option<Vec<u8>> {
-        self.cache.take()
+    /// The old process's state record, once.
+    pub(crate) fn take_state(&mut self) -> Option<Vec<u8>> {
+        self.state.take()
     }
 
     /// The sockets of the listener `key`, if the old process had it.
-    pub(super) fn take(&mut self, key: &str) -> Option<Vec<OwnedFd>> {
+    pub(crate) fn take(&mut self, key: &str) -> Option<Vec<OwnedFd>> {
         self.sockets.remove(key)
     }
 
     /// Tells the old process that this one serves (it then stops accepting) and which
-    /// TCP listeners take its sessions, which then come on the returned connection.
+    /// listeners take its connections (a gateway's TCP sessions), which then come on
+    /// the returned connection.
     /// The sockets nobody took (listeners the configuration no longer has) close here.
-    pub(super) fn ready(mut self, takes_sessions: &[String]) -> Option<UnixStream> {
+    pub(crate) fn ready(mut self, takes_sessions: &[String]) -> Option<UnixStream> {
         let names = serde_json::to_string(takes_sessions).unwrap_or_else(|_| "[]".into());
         match self.stream.write_all(format!("ready{names}\n").as_bytes()) {
             Ok(()) => Some(self.stream),
@@ -391,13 +412,13 @@ fn receive_listeners(stream: &UnixStream) -> std::io::Result<(Listing, Vec<Owned
 }
 
 /// `--pid-file`: this process's ID, written once it serves.
-pub(super) struct PidFile {
+pub(crate) struct PidFile {
     path: PathBuf,
 }
 
 impl PidFile {
     /// Writes the file (whole: through a temporary file renamed over it).
-    pub(super) fn write(path: &Path) -> Result<Self, RunError> {
+    pub(crate) fn write(path: &Path) -> Result<Self, RunError> {
         let temporary = path.with_extension("tmp");
         std::fs::write(&temporary, format!("{}\n", std::process::id()))
             .and_then(|()| std::fs::rename(&temporary, path))
@@ -408,7 +429,7 @@ impl PidFile {
     }
 
     /// Removes the file unless a newer process (an upgrade's) wrote its own.
-    pub(super) fn remove_if_ours(self) {
+    pub(crate) fn remove_if_ours(self) {
         let ours = std::fs::read_to_string(&self.path)
             .is_ok_and(|text| text.trim() == std::process::id().to_string());
         if ours {
