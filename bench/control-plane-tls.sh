@@ -15,7 +15,9 @@
 # killed (SIGKILL) and started again on the same ports; printed is the time from the
 # loss to every PE registered again (the PEs reconnect as the `pe` agent's hunt does,
 # after 250 ms doubling to 5 s), plain and TLS.
-#   bench/control-plane-tls.sh [ROUNDS] [SECONDS] [PES] [PUS]
+# The same with the registrar upgraded in place (SIGUSR2) instead, and how many PEs it
+# answers for a pool the moment it serves again (the restarted one starts empty).
+#   bench/control-plane-tls.sh [ROUNDS] [SECONDS] [PES] [PUS]   (ONLY=restart: the last part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; SECONDS_=${2:-5}; PES=${3:-1000}; PUS=${4:-2000}
@@ -38,7 +40,7 @@ registrar() {
     [ "$mode" = tls ] && tls=(--tls-cert "$pki/bench-registrar.pem" --tls-key "$pki/bench-registrar-key.pem" --tls-ca "$pki/ca.pem")
     [ -n "$cpu" ] && pin=(env TOKIO_WORKER_THREADS=1 taskset -c "$cpu")
     setsid "${pin[@]}" "$bin/rserpool" registrar --asap "$asap" --enrp "$enrp" --announce off --enrp-multicast off \
-        --config "$work/registrar.yaml" --log-level warn,rserpool::registrar=info "${tls[@]}" 2>"$log" & pids+=($!)
+        --config "$work/registrar.yaml" --log-level warn,rserpool::registrar=info --pid-file "$log.pid" "${tls[@]}" 2>"$log" & pids+=($!)
     registrar_pid=$!
     ready "$log" ready
 }
@@ -78,6 +80,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 ratio() { awk -v t="$2" -v p="$1" 'BEGIN {printf "%.3f", t/p}'; }
 
 declare -A asap registrar
+if [ "${ONLY:-all}" != restart ]; then
 echo "== side by side on CPU 0 (one thread each), generators on CPU 1; ${SECONDS_} s measured per run"
 echo "   registrations: $PES PEs in a closed loop; resolutions: $PUS pool users in a closed loop, $PES PEs every 250 ms"
 printf '%-6s %-22s %10s %10s %7s %7s %8s %7s\n' round run plain tls plain% tls% refused ratio
@@ -99,24 +102,46 @@ for r in $(seq "$ROUNDS"); do
 done
 echo "TLS/plain registrations/s: ${reg_ratios[*]} (median $(printf '%s\n' "${reg_ratios[@]}" | median))"
 echo "TLS/plain resolutions/s:   ${res_ratios[*]} (median $(printf '%s\n' "${res_ratios[@]}" | median))"
+fi
 
-echo "== 1000 PEs registered again after a registrar restart (SIGKILL, same ports)"
+# resolved MODE ADDRESS: how many PEs the registrar at ADDRESS answers for BenchPool0
+# (100 of the 1 000 when all are there), asked once, at once.
+resolved() {
+    local tls=()
+    [ "$1" = tls ] && tls=(--tls-cert "$pki/bench-pu.pem" --tls-key "$pki/bench-pu-key.pem" --tls-ca "$pki/ca.pem")
+    local answer
+    answer=$("$bin/rserpool" resolve BenchPool0 --registrar "$2" --count 1000 --json --timeout 5s "${tls[@]}" 2>/dev/null) || true
+    awk -F'"id"' 'NF > 1 {n += NF - 1} END {print n + 0}' <<<"$answer"
+}
+
+echo "== 1000 PEs held by the load generator: the registrar restarted (SIGKILL, then started"
+echo "   again on the same ports) against upgraded in place (SIGUSR2, same binary), same run"
+printf '%-6s %-8s %34s %40s\n' mode how "BenchPool0 PEs when it serves again" "all PEs registered again after the loss"
 for mode in plain tls; do
-    log=$work/restart-$mode.log
-    registrar "$mode" 127.0.0.1:0 127.0.0.1:0 "$log"
-    address=$(grep -o 'asap=[0-9.:]*' "$log" | cut -d= -f2)
-    enrp_address=$(grep -o 'enrp=[0-9.:]*' "$log" | cut -d= -f2)
-    # shellcheck disable=SC2046 # the flags of the mode
-    "$bin/registrar-load" --registrar "$address" --pes 1000 --register-only \
-        $(load_flags "$mode") >"$work/load-$mode.out" & pids+=($!)
-    load_pid=$!
-    for _ in $(seq 300); do grep -q '^registered' "$work/load-$mode.out" && break; sleep 0.1; done
-    first=$(head -n1 "$work/load-$mode.out")
-    kill -9 "$registrar_pid"; wait "$registrar_pid" 2>/dev/null || true
-    registrar "$mode" "$address" "$enrp_address" "$log.2"
-    for _ in $(seq 300); do [ "$(grep -c '^registered' "$work/load-$mode.out")" -ge 2 ] && break; sleep 0.1; done
-    again=$(sed -n 2p "$work/load-$mode.out")
-    echo "$mode: first $first; after the restart: ${again:-not all registered within 30 s}"
-    kill "$load_pid" "$registrar_pid" 2>/dev/null || true
-    wait "$load_pid" "$registrar_pid" 2>/dev/null || true
+    for how in restart upgrade; do
+        log=$work/$how-$mode.log
+        registrar "$mode" 127.0.0.1:0 127.0.0.1:0 "$log"
+        address=$(grep -o 'asap=[0-9.:]*' "$log" | cut -d= -f2)
+        enrp_address=$(grep -o 'enrp=[0-9.:]*' "$log" | cut -d= -f2)
+        # shellcheck disable=SC2046 # the flags of the mode
+        "$bin/registrar-load" --registrar "$address" --pes 1000 --register-only \
+            $(load_flags "$mode") >"$work/load-$mode.out" & pids+=($!)
+        load_pid=$!
+        for _ in $(seq 300); do grep -q '^registered' "$work/load-$mode.out" && break; sleep 0.1; done
+        if [ "$how" = restart ]; then
+            kill -9 "$registrar_pid"; wait "$registrar_pid" 2>/dev/null || true
+            registrar "$mode" "$address" "$enrp_address" "$log.2"
+        else
+            kill -USR2 "$registrar_pid"
+            for _ in $(seq 1000); do [ "$(cat "$log.pid")" != "$registrar_pid" ] && break; sleep 0.01; done
+            registrar_pid=$(cat "$log.pid"); pids+=("$registrar_pid")
+        fi
+        count=$(resolved "$mode" "$address")
+        for _ in $(seq 300); do [ "$(grep -c '^registered' "$work/load-$mode.out")" -ge 2 ] && break; sleep 0.1; done
+        again=$(sed -n 2p "$work/load-$mode.out")
+        printf '%-6s %-8s %34s %40s\n' "$mode" "$how" "$count of 100" "${again:-not all within 30 s}"
+        kill "$load_pid" "$registrar_pid" 2>/dev/null || true
+        wait "$load_pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$registrar_pid" 2>/dev/null || break; sleep 0.05; done
+    done
 done
