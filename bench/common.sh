@@ -80,7 +80,7 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 
 # start_knot [CONFIG LINE...]: Knot DNS with ../shared/baselines/knot.conf (127.0.0.1:15354)
 # serving echopool.pool.example as a static zone of 8 A records, each CONFIG LINE
-# appended to its configuration.
+# appended to its configuration; KNOT_UDP_WORKERS UDP workers (default 1).
 start_knot() {
     mkdir -p "$work/knot"
     {
@@ -90,7 +90,8 @@ start_knot() {
         for i in $(seq 8); do echo "echopool IN A 10.0.0.$i"; done
     } > "$work/knot/pool.example.zone"
     {
-        sed -e "s#/tmp/baselines/knot#$work/knot#g" ../shared/baselines/knot.conf
+        sed -e "s#/tmp/baselines/knot#$work/knot#g" \
+            -e "s/udp-workers: 1/udp-workers: ${KNOT_UDP_WORKERS:-1}/" ../shared/baselines/knot.conf
         local line
         for line in "$@"; do echo "$line"; done
     } > "$work/knot.conf"

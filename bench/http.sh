@@ -4,7 +4,8 @@
 # nginx backends (../shared/baselines), on the same machine; then the same over TLS
 # (a self-signed ECDSA certificate; HTTP/1.1, keep-alive). Each figure is the median of
 # ROUNDS alternating runs; prints requests/s, p50 and p99 and the ratios to HAProxy.
-#   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls: one part)
+#   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls: one part; THREADS=2: plain
+#                                   HTTP again on two threads, and the ratios to one)
 # The gateway runs with one thread (TOKIO_WORKER_THREADS=1) like HAProxy's nbthread 1.
 # The gateway adds X-Forwarded-For, X-Forwarded-Proto, Forwarded and Via (requests; Via
 # on responses too); ../shared/baselines/haproxy.cfg adds none. The ratios are taken to
@@ -13,7 +14,7 @@
 # as it is ("haproxy_bare") and nginx (no such headers either) are measured beside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-5}
+SECONDS_=${1:-5}; ROUNDS=${ROUNDS:-5}; THREADS=${THREADS:-1}
 baselines=$(cd ../shared/baselines && pwd)
 # shellcheck source=bench/common.sh
 . bench/common.sh
@@ -154,3 +155,28 @@ if [ -z "${ONLY:-}" ] || [ "$ONLY" = tls ]; then
         nginx==https://127.0.0.1:18490/
 fi
 echo "gateway RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"
+
+# THREADS=2: plain HTTP/1.1 again with the gateway on two worker threads, HAProxy (with
+# the forwarding headers) on nbthread 2 and nginx on 2 workers; the backends stay as
+# they are. Each side's median at two threads over its median at one is printed.
+if [ "$THREADS" -ge 2 ] && [ -z "${ONLY:-}" -o "${ONLY:-}" = plain ]; then
+    read -r one_gateway _ <<<"$med_gateway"; read -r one_haproxy _ <<<"$med_haproxy"; read -r one_nginx _ <<<"$med_nginx"
+    gone() { for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done; }
+    kill "$gateway"; gone "$gateway"
+    TOKIO_WORKER_THREADS=$THREADS setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway-$THREADS.log" & gateway=$!; pids+=($gateway)
+    ready "$work/gateway-$THREADS.log" ready
+    old=$(cat "$work/haproxy-fwd.pid"); kill "$old"; gone "$old"
+    sed "s/nbthread 1/nbthread $THREADS/" "$work/haproxy-fwd.cfg" > "$work/haproxy-fwd-$THREADS.cfg"
+    haproxy -f "$work/haproxy-fwd-$THREADS.cfg" -D -p "$work/haproxy-fwd-$THREADS.pid"; pids+=("$(cat "$work/haproxy-fwd-$THREADS.pid")")
+    old=$(cat /tmp/baselines/nginx-proxy.pid); kill -QUIT "$old"; gone "$old"
+    sed -e "s/worker_processes 1/worker_processes $THREADS/" -e "s#/tmp/baselines/nginx-proxy#$work/nginx-proxy-$THREADS#g" \
+        "$baselines/nginx-proxy.conf" > "$work/nginx-proxy-$THREADS.conf"
+    nginx -c "$work/nginx-proxy-$THREADS.conf"; pid_files+=("$work/nginx-proxy-$THREADS.pid")
+    until curl -fs -o /dev/null http://127.0.0.1:18089/ && curl -fs -o /dev/null http://127.0.0.1:18095/ \
+        && curl -fs -o /dev/null http://127.0.0.1:18090/; do sleep 0.2; done
+    compare "plain HTTP/1.1, $THREADS threads (nginx: $THREADS workers)" "gateway=$gateway=http://127.0.0.1:18089/" \
+        "haproxy=$(cat "$work/haproxy-fwd-$THREADS.pid")=http://127.0.0.1:18095/" nginx==http://127.0.0.1:18090/
+    read -r two_gateway _ <<<"$med_gateway"; read -r two_haproxy _ <<<"$med_haproxy"; read -r two_nginx _ <<<"$med_nginx"
+    awk -v g1="$one_gateway" -v g2="$two_gateway" -v h1="$one_haproxy" -v h2="$two_haproxy" -v n1="$one_nginx" -v n2="$two_nginx" -v n="$THREADS" \
+        'BEGIN { printf "=> %d threads against one (same run): gateway %.2fx, HAProxy %.2fx, nginx %.2fx\n", n, g2 / g1, h2 / h1, n2 / n1 }'
+fi

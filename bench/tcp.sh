@@ -7,7 +7,8 @@
 #   bench/tcp.sh [SECONDS] [KILLS]      (ROUNDS=3: runs per side, medians compared;
 #                                        ONLY=bulk|connect|stall: one part)
 # The gateway runs with one worker thread (TOKIO_WORKER_THREADS=1) like HAProxy's
-# nbthread 1; THREADS=2 bench/tcp.sh gives it both cores.
+# nbthread 1; THREADS=2 bench/tcp.sh measures again with two threads on both sides and
+# prints each side's ratio of two threads to one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_=${1:-5}; KILLS=${2:-50}; THREADS=${THREADS:-1}; ROUNDS=${ROUNDS:-3}
@@ -19,12 +20,15 @@ cargo build --release --quiet -p rserpool -p rserpool-bench
 setsid "$bin/tcp-load" echo --listen 127.0.0.1:18101 & pids+=($!)
 setsid "$bin/tcp-load" echo --listen 127.0.0.1:18102 & pids+=($!)
 start_pool EchoPool 18101 18102
-TOKIO_WORKER_THREADS=$THREADS setsid "$bin/rserpool" gateway --registrar "$asap" \
-    --tcp 127.0.0.1:18093=EchoPool --log-level warn,rserpool::gateway=info 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
-ready "$work/gateway.log" ready
-cat > "$work/haproxy.cfg" <<CFG
+# start_proxies N: the gateway with N tokio worker threads and HAProxy with nbthread N
+# ($gateway, $haproxy).
+start_proxies() {
+    TOKIO_WORKER_THREADS=$1 setsid "$bin/rserpool" gateway --registrar "$asap" \
+        --tcp 127.0.0.1:18093=EchoPool --log-level warn,rserpool::gateway=info 2>"$work/gateway-$1.log" & gateway=$!; pids+=($gateway)
+    ready "$work/gateway-$1.log" ready
+    cat > "$work/haproxy.cfg" <<CFG
 global
-  nbthread 1
+  nbthread $1
   maxconn 5000
 defaults
   mode tcp
@@ -39,8 +43,13 @@ backend bet
   server s1 127.0.0.1:18101
   server s2 127.0.0.1:18102
 CFG
-haproxy -f "$work/haproxy.cfg" -D -p "$work/haproxy.pid"
-haproxy=$(cat "$work/haproxy.pid"); pids+=("$haproxy")
+    haproxy -f "$work/haproxy.cfg" -D -p "$work/haproxy.pid"
+    haproxy=$(cat "$work/haproxy.pid"); pids+=("$haproxy")
+}
+stop_proxies() {
+    kill "$gateway" "$haproxy"
+    for _ in $(seq 100); do kill -0 "$gateway" 2>/dev/null || kill -0 "$haproxy" 2>/dev/null || break; sleep 0.05; done
+}
 until "$bin/rserpool" resolve EchoPool --registrar "$asap" --count 10 | grep -q "2 pool element"; do sleep 0.2; done
 
 field() { grep -o "$1=[0-9.]*" | cut -d= -f2; }
@@ -64,7 +73,7 @@ compare() {
         value=$(echo "$out" | field "$KEY"); h+=("$value")
         hwork=$(awk -v a="$hwork" -v v="$value" -v s="$SECONDS_" 'BEGIN { print a + v * s }')
     done
-    local gm hm hz
+    local hz
     gm=$(printf '%s\n' "${g[@]}" | median); hm=$(printf '%s\n' "${h[@]}" | median)
     hz=$(getconf CLK_TCK)
     awk -v g="$gm" -v h="$hm" -v n="$name" -v k="$KEY" -v unit="$UNIT" -v per="$PER" \
@@ -74,15 +83,35 @@ compare() {
                 gc / hz * 1e6 / (gw / per), hc / hz * 1e6 / (hw / per), (hc / hw) / (gc / gw) }'
 }
 wanted() { [ -z "${ONLY:-}" ] || [ "$ONLY" = "$1" ]; }
-echo "== TCP gateway vs HAProxy 2.6 mode tcp ($ROUNDS x $SECONDS_ s each, alternating; gateway worker threads: $THREADS)"
-if wanted bulk; then
-    KEY=MiB/s UNIT=MiB PER=1 compare "bulk, 1 connection" bulk --connections 1 --seconds "$SECONDS_"
-    KEY=MiB/s UNIT=MiB PER=1 compare "bulk, 64 connections" bulk --connections 64 --seconds "$SECONDS_"
+# measure_at N: every figure with both proxies on N threads; medians in by_threads.
+declare -A by_threads
+measure_at() {
+    start_proxies "$1"
+    echo "== TCP gateway vs HAProxy 2.6 mode tcp ($ROUNDS x $SECONDS_ s each, alternating; gateway worker threads and HAProxy nbthread: $1)"
+    if wanted bulk; then
+        KEY=MiB/s UNIT=MiB PER=1 compare "bulk, 1 connection" bulk --connections 1 --seconds "$SECONDS_"
+        by_threads["bulk1 $1"]="$gm $hm"
+        KEY=MiB/s UNIT=MiB PER=1 compare "bulk, 64 connections" bulk --connections 64 --seconds "$SECONDS_"
+        by_threads["bulk64 $1"]="$gm $hm"
+    fi
+    if wanted connect; then
+        KEY=connections/s UNIT=connection PER=1 compare "connection rate, 64 clients" connect --concurrency 64 --seconds "$SECONDS_"
+        by_threads["connect $1"]="$gm $hm"
+    fi
+    echo "gateway RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"
+    stop_proxies
+}
+measure_at 1
+if [ "$THREADS" -ge 2 ]; then
+    measure_at "$THREADS"
+    echo "== $THREADS threads against one (same run; each side's median at $THREADS over its median at 1)"
+    for figure in bulk1 bulk64 connect; do
+        [ -n "${by_threads["$figure 1"]:-}" ] || continue
+        read -r g1 h1 <<<"${by_threads["$figure 1"]}"; read -r g2 h2 <<<"${by_threads["$figure $THREADS"]}"
+        awk -v f="$figure" -v g1="$g1" -v h1="$h1" -v g2="$g2" -v h2="$h2" -v n="$THREADS" 'BEGIN {
+            printf "   %-8s gateway %.2fx, HAProxy %.2fx; gateway/HAProxy at %d threads %.2f\n", f, g2 / g1, h2 / h1, n, g2 / h2 }'
+    done
 fi
-if wanted connect; then
-    KEY=connections/s UNIT=connection PER=1 compare "connection rate, 64 clients" connect --concurrency 64 --seconds "$SECONDS_"
-fi
-echo "gateway RSS after the runs: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"
 
 wanted stall || exit 0
 echo "== Failover stall: the PE serving a session killed with -9, $KILLS times"
