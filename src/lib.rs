@@ -205,8 +205,14 @@ pub(crate) const PARENT_PID_VARIABLE: &str = "RSERPOOL_PARENT_PID";
 
 /// A child of `rserpool demo` ends with it, even when the demo is killed with -9: the
 /// kernel sends it SIGTERM when its parent dies (PR_SET_PDEATHSIG), so its PEs
-/// deregister and its ports are free for the next demo.
+/// deregister and its ports are free for the next demo. Not the new process of a
+/// binary upgrade: its parent is the old process, which exits once it serves (the
+/// signal would stop it then); it ends with the demo's Ctrl-C (its process group) or
+/// by its own SIGTERM.
 fn end_with_parent() {
+    if std::env::var_os(upgrade::FROM_VARIABLE).is_some() {
+        return;
+    }
     let Some(parent) = std::env::var(PARENT_PID_VARIABLE)
         .ok()
         .and_then(|pid| pid.parse::<i32>().ok())

@@ -395,6 +395,32 @@ fn upgrades_carry_the_sessions_and_lose_nothing() {
     );
 }
 
+/// A role started by `rserpool demo` (which ties its children to itself with
+/// RSERPOOL_PARENT_PID) upgrades too: the new process, whose parent is the old one,
+/// does not take that for its parent having died. (It did: the new process exited at
+/// once and every upgrade under the demo failed.)
+#[test]
+fn a_role_tied_to_its_parent_upgrades() {
+    let pid_file = std::env::temp_dir().join(format!(
+        "rserpool-tied-upgrade-test-{}.pid",
+        std::process::id()
+    ));
+    let parent = std::process::id().to_string();
+    let args = common::registrar_args(&["--pid-file", pid_file.to_str().unwrap()]);
+    let registrar = Process::start_with_env(&args, &[("RSERPOOL_PARENT_PID", &parent)]);
+    let mut stray = Stray(Vec::new());
+    let new = upgrade(registrar.pid(), &pid_file, &registrar);
+    stray.0.push(new);
+    assert!(eventually(Duration::from_secs(15), || !alive(
+        registrar.pid()
+    )));
+    assert!(alive(new), "{:#?}", registrar.log.lock().unwrap());
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status();
+    assert!(eventually(Duration::from_secs(15), || !alive(new)));
+}
+
 /// PE agents have no in-place upgrade: SIGUSR2 is logged and they go on serving
 /// (its default action would end them).
 #[test]
