@@ -311,12 +311,10 @@ async fn upgraded(
     tracing::info!(sockets = sockets.len(), "upgrade: starting the new process");
     match upgrade::hand_over(sockets, pool_user.carry_cache()).await {
         Ok(successor) => {
-            let pid = successor.pid;
             tracing::info!(
-                pid,
+                pid = successor.pid,
                 "upgrade: the new process serves; this one stops accepting, hands its TCP sessions and idle HTTP connections over and drains"
             );
-            crate::systemd::notify(&format!("MAINPID={pid}"));
             Some(carry::send_sessions(successor, listeners.handovers()))
         }
         Err(error) => {

@@ -194,7 +194,7 @@ pub(crate) async fn run(args: RegistrarArgs) -> Result<(), RunError> {
     let admin_socket = crate::upgrade::handed(inherited.as_mut(), "admin");
     let admin = start_admin(&file, &args, &handle, &shutdown, &logging, admin_socket).await?;
     if let Some(socket) = admin.1 {
-        sockets.keep("admin", Ok(socket));
+        sockets.keep("admin".to_owned(), Ok(socket));
     }
     let addresses = (asap_address, enrp_address);
     let csp =
@@ -293,33 +293,35 @@ fn listeners(
     (asap, enrp): (SocketAddr, SocketAddr),
     mut inherited: Option<&mut Inherited>,
 ) -> Result<([(Listener, SocketAddr); 2], upgrade::Sockets), RunError> {
-    let mut handed = |key| crate::upgrade::handed(inherited.as_deref_mut(), key);
-    let asap = bind_listener(section, asap, handed("asap"))?;
-    let enrp = bind_listener(section, enrp, handed("enrp"))?;
     let mut sockets = upgrade::Sockets::default();
-    sockets.keep("asap", asap.0.duplicate());
-    sockets.keep("enrp", enrp.0.duplicate());
+    let mut listener = |name, address| {
+        // Keyed by what the configuration says: a listener it moved, or gave another
+        // transport, finds no socket and is bound anew (the old one closes).
+        let addresses = multihomed(address, &section.multihome);
+        let key = format!("{name} {:?} {addresses:?}", section.transport);
+        let handed = crate::upgrade::handed(inherited.as_deref_mut(), &key);
+        let bound = bind_listener(section, (address, &addresses), handed)?;
+        sockets.keep(key, bound.0.duplicate());
+        Ok::<_, RunError>(bound)
+    };
+    let asap = listener("asap", asap)?;
+    let enrp = listener("enrp", enrp)?;
     Ok(([asap, enrp], sockets))
 }
 
-/// Binds a listener on `address` (with the section's multi-homing), or takes the
-/// socket an upgrade `handed` over; returns it and
-/// the configured address with the real port (SCTP lists every local address of a
-/// wildcard bind, which must not pick the multicast interface).
+/// Binds a listener on the configured `address` and, for SCTP, every one of
+/// `addresses` (it and the section's multi-homing), or takes the socket an upgrade
+/// `handed` over; returns it and the configured address with the real port (SCTP
+/// lists every local address of a wildcard bind, which must not pick the multicast
+/// interface).
 fn bind_listener(
     section: &RegistrarSection,
-    address: SocketAddr,
+    (address, addresses): (SocketAddr, &[SocketAddr]),
     handed: Option<std::os::fd::OwnedFd>,
 ) -> Result<(Listener, SocketAddr), RunError> {
-    let addresses = multihomed(address, &section.multihome);
-    let handed = handed
-        .map(|socket| Listener::from_handed(section.transport, socket))
-        .transpose()
-        .map_err(|e| RunError::Bind(address, e))?
-        .filter(|listener| still_configured(listener, address));
     match handed {
-        Some(listener) => Ok(listener),
-        None => Listener::bind(section.transport, &addresses),
+        Some(socket) => Listener::from_handed(section.transport, socket),
+        None => Listener::bind(section.transport, addresses),
     }
     .and_then(|listener| {
         let port = listener
@@ -329,20 +331,6 @@ fn bind_listener(
         Ok((listener, SocketAddr::new(address.ip(), port)))
     })
     .map_err(|e| RunError::Bind(address, e))
-}
-
-/// Whether a listener handed over by an upgrade is where the configuration says (it
-/// may have moved the listener meanwhile: then a new one is bound, and the old
-/// process's socket closes with it).
-fn still_configured(listener: &Listener, address: SocketAddr) -> bool {
-    let bound = listener.local_addresses().unwrap_or_default();
-    let same = bound
-        .iter()
-        .any(|b| b.ip() == address.ip() && (address.port() == 0 || b.port() == address.port()));
-    if !same {
-        tracing::warn!(%address, ?bound, "upgrade: the configuration moved a listener; binding it anew");
-    }
-    same
 }
 
 /// The engine with the transport parameters it announces and gives its peers: the

@@ -78,9 +78,9 @@ pub(crate) struct Successor {
 }
 
 /// Starts the new process, hands it `sockets` and the role's `state` record, and
-/// waits until it serves.
+/// waits until it serves; then tells systemd the new main PID.
 pub(crate) async fn hand_over(sockets: Sockets, state: Vec<u8>) -> Result<Successor, UpgradeError> {
-    tokio::task::spawn_blocking(move || {
+    let successor = tokio::task::spawn_blocking(move || {
         let directory =
             std::env::temp_dir().join(format!("rserpool-upgrade-{}", std::process::id()));
         let result = hand_over_from(&directory, &sockets, &state);
@@ -88,7 +88,9 @@ pub(crate) async fn hand_over(sockets: Sockets, state: Vec<u8>) -> Result<Succes
         result
     })
     .await
-    .map_err(|error| UpgradeError::Io(std::io::Error::other(error)))?
+    .map_err(|error| UpgradeError::Io(std::io::Error::other(error)))??;
+    crate::systemd::notify(&format!("MAINPID={}", successor.pid));
+    Ok(successor)
 }
 
 fn hand_over_from(
@@ -298,8 +300,6 @@ pub(crate) fn receive_message(
     Ok(Some((bytes, fds)))
 }
 
-pub(crate) use crate::transport::tcp::listener_from as tcp_listener;
-
 /// The one socket of listener `key` that the old process handed over, if any.
 pub(crate) fn handed(inherited: Option<&mut Inherited>, key: &str) -> Option<OwnedFd> {
     inherited?.take(key)?.pop()
@@ -314,7 +314,7 @@ pub(crate) async fn admin_listener(
     let Some(listen) = listen else {
         return Ok(None);
     };
-    let listener = match handed.map(tcp_listener) {
+    let listener = match handed.map(crate::transport::tcp::listener_from) {
         Some(handed) => handed.map_err(|e| RunError::Bind(listen, e))?,
         None => tokio::net::TcpListener::bind(listen)
             .await

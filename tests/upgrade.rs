@@ -201,6 +201,40 @@ fn upgrade(old: u32, pid_file: &PathBuf, gateway: &Process) -> u32 {
     new.unwrap()
 }
 
+/// A new process that cannot start (`broken` written over the configuration file):
+/// the old process `old` logs `upgrade failed` and stays the one in the pid file.
+fn failed_upgrade(
+    old: u32,
+    (file, broken): (&ConfigFile, &str),
+    pid_file: &PathBuf,
+    log: &Process,
+) {
+    std::fs::write(&file.0, broken).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-USR2", &old.to_string()])
+        .status();
+    assert!(
+        eventually(Duration::from_secs(20), || log
+            .log_contains("upgrade failed")),
+        "{:#?}",
+        log.log.lock().unwrap()
+    );
+    assert!(alive(old));
+    assert_eq!(pid_in(pid_file), Some(old));
+}
+
+/// SIGTERM to the last process `last`: it stops and removes its pid file.
+fn stop_last(last: u32, pid_file: &std::path::Path) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &last.to_string()])
+        .status();
+    assert!(eventually(Duration::from_secs(15), || !alive(last)));
+    assert!(
+        !pid_file.exists(),
+        "the pid file stays after the last process stopped"
+    );
+}
+
 /// Binary upgrades in a row under load: TCP sessions sending a line every 10 ms, idle
 /// TCP sessions, keep-alive HTTP requests and DNS queries. Every session goes over to
 /// each new process with its count continuous (the sessions' sockets and state are
@@ -367,32 +401,14 @@ fn upgrades_carry_the_sessions_and_lose_nothing() {
 
     // A new process that cannot start (its configuration no longer loads): the old
     // one says so and keeps serving, its sessions too.
-    std::fs::write(&file.0, "gateway:\n  tcp: [{listen: nonsense}]\n").unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-USR2", &old.to_string()])
-        .status();
-    assert!(
-        eventually(Duration::from_secs(20), || gateway
-            .log_contains("upgrade failed")),
-        "{:#?}",
-        gateway.log.lock().unwrap()
-    );
-    assert!(alive(old));
-    assert_eq!(pid_in(&pid_file), Some(old));
+    let broken = "gateway:\n  tcp: [{listen: nonsense}]\n";
+    failed_upgrade(old, (&file, broken), &pid_file, &gateway);
     let (writer, reader) = &mut idle[0];
     step(writer, reader, &mut 2);
     let (mut after, mut after_reader) = session_to(tcp);
     step(&mut after, &mut after_reader, &mut 0);
 
-    // SIGTERM to the last process: it stops and removes its pid file.
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &old.to_string()])
-        .status();
-    assert!(eventually(Duration::from_secs(15), || !alive(old)));
-    assert!(
-        !pid_file.exists(),
-        "the pid file stays after the last process stopped"
-    );
+    stop_last(old, &pid_file);
 }
 
 /// A role started by `rserpool demo` (which ties its children to itself with
@@ -415,10 +431,7 @@ fn a_role_tied_to_its_parent_upgrades() {
         registrar.pid()
     )));
     assert!(alive(new), "{:#?}", registrar.log.lock().unwrap());
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &new.to_string()])
-        .status();
-    assert!(eventually(Duration::from_secs(15), || !alive(new)));
+    stop_last(new, &pid_file);
 }
 
 /// PE agents have no in-place upgrade: SIGUSR2 is logged and they go on serving
@@ -526,24 +539,14 @@ fn registrar_upgrades_keep_the_pool_resolvable_and_start_no_takeover() {
 
     // A new process that cannot start: the old one says so and goes on serving, and
     // accepting.
-    std::fs::write(&file.0, "registrar:\n  asap: nonsense\n").unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-USR2", &old.to_string()])
-        .status();
-    assert!(
-        eventually(Duration::from_secs(20), || upgraded
-            .log_contains("upgrade failed")),
-        "{:#?}",
-        upgraded.log.lock().unwrap()
+    failed_upgrade(
+        old,
+        (&file, "registrar:\n  asap: nonsense\n"),
+        &pid_file,
+        &upgraded,
     );
-    assert!(alive(old));
-    assert_eq!(pid_in(&pid_file), Some(old));
     assert_eq!(common::resolve_ids(asap, "EchoPool").len(), 3);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &old.to_string()])
-        .status();
-    assert!(eventually(Duration::from_secs(15), || !alive(old)));
-    assert!(!pid_file.exists());
+    stop_last(old, &pid_file);
     let _ = upgraded.wait_exit(Duration::from_secs(5));
     drop(pes);
 }

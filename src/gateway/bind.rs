@@ -12,7 +12,7 @@ use rserpool_gateways::tcp::ListenerConfig;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::RunError;
-use crate::upgrade::tcp_listener;
+use crate::transport::tcp::listener_from;
 
 /// A DNS listener to start: its address, settings, and DNS over TLS (address and
 /// certificates) when configured.
@@ -107,7 +107,7 @@ pub(super) fn adopt(
     name: &str,
 ) -> Result<Prepared, RunError> {
     let failed = |what: String| RunError::Failed(format!("upgrade: listener {name}: {what}"));
-    let stream = |fd: OwnedFd| tcp_listener(fd).map_err(|e| failed(e.to_string()));
+    let stream = |fd: OwnedFd| listener_from(fd).map_err(|e| failed(e.to_string()));
     let count = sockets.len();
     let mut sockets = sockets.into_iter();
     match (checked, sockets.next(), sockets.next(), sockets.next()) {

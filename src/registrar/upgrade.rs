@@ -24,13 +24,14 @@ use crate::upgrade::{self, Inherited};
 /// How long associations accepted just before an upgrade have to send their requests.
 const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Duplicates of the listening sockets, by key (`asap`, `enrp`, `admin`), kept for
-/// the next upgrade (the listeners' own sockets live in their accept loops).
+/// Duplicates of the listening sockets, by key (the ASAP and ENRP listeners' name,
+/// transport and addresses; `admin`), kept for the next upgrade (the listeners' own
+/// sockets live in their accept loops).
 #[derive(Default)]
-pub(super) struct Sockets(Vec<(&'static str, OwnedFd)>);
+pub(super) struct Sockets(Vec<(String, OwnedFd)>);
 
 impl Sockets {
-    pub(super) fn keep(&mut self, key: &'static str, socket: std::io::Result<OwnedFd>) {
+    pub(super) fn keep(&mut self, key: String, socket: std::io::Result<OwnedFd>) {
         match socket {
             Ok(socket) => self.0.push((key, socket)),
             Err(error) => {
@@ -42,7 +43,7 @@ impl Sockets {
     fn duplicates(&self) -> std::io::Result<upgrade::Sockets> {
         self.0
             .iter()
-            .map(|(key, socket)| Ok(((*key).to_owned(), vec![socket.try_clone()?])))
+            .map(|(key, socket)| Ok((key.clone(), vec![socket.try_clone()?])))
             .collect()
     }
 }
@@ -96,58 +97,39 @@ impl Upgrade {
     /// the driver before dropping it, so nothing more is handled here); otherwise
     /// this process goes on serving and says why.
     pub(super) async fn run(&self, handle: &Handle<RegistrarEngine>) -> Option<Departing> {
-        upgraded(handle, (&self.sockets, &self.pause), self.addresses).await
-    }
-}
-
-async fn upgraded(
-    handle: &Handle<RegistrarEngine>,
-    (sockets, pause): (&Sockets, &AcceptPause),
-    addresses: (SocketAddr, SocketAddr),
-) -> Option<Departing> {
-    let sockets = match sockets.duplicates() {
-        Ok(sockets) => sockets,
-        Err(error) => {
-            tracing::error!(%error, "upgrade: cannot duplicate the listening sockets; this process keeps serving");
-            return None;
-        }
-    };
-    // Associations arriving from here on wait in the backlog for the new process;
-    // those that came just before get `SETTLE` to ask and be answered here (closed
-    // right after they came up, a pool user would count a failed hunt round, and a
-    // one-shot one gives up).
-    let paused = pause.pause();
-    tokio::time::sleep(SETTLE).await;
-    let (record, held) = handle
-        .hold(|engine, now| {
-            let pool_elements = engine.handlespace().pool_element_count();
-            (engine.carry_handlespace(now), pool_elements)
-        })
-        .await?;
-    let (record, pool_elements) = record;
-    tracing::info!(
-        asap = %addresses.0,
-        enrp = %addresses.1,
-        pool_elements,
-        bytes = record.len(),
-        "upgrade: starting the new process (this one handles nothing meanwhile)"
-    );
-    match upgrade::hand_over(sockets, record).await {
-        Ok(successor) => {
-            let pid = successor.pid;
-            tracing::info!(
-                pid,
-                "upgrade: the new process serves; this one closes its associations and exits"
-            );
-            crate::systemd::notify(&format!("MAINPID={pid}"));
-            Some(Departing {
-                _held: held,
-                _paused: paused,
-            })
-        }
-        Err(error) => {
-            tracing::error!(%error, "upgrade failed: this process keeps serving");
-            None
+        let sockets = match self.sockets.duplicates() {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                tracing::error!(%error, "upgrade: cannot duplicate the listening sockets; this process keeps serving");
+                return None;
+            }
+        };
+        // Associations arriving from here on wait in the backlog for the new process;
+        // those that came just before get `SETTLE` to ask and be answered here (closed
+        // right after they came up, a pool user would count a failed hunt round, and a
+        // one-shot one gives up).
+        let paused = self.pause.pause();
+        tokio::time::sleep(SETTLE).await;
+        let (record, held) = handle
+            .hold(|engine, now| engine.carry_handlespace(now))
+            .await?;
+        let (asap, enrp) = self.addresses;
+        tracing::info!(%asap, %enrp, bytes = record.len(), "upgrade: starting the new process (this one handles nothing meanwhile)");
+        match upgrade::hand_over(sockets, record).await {
+            Ok(successor) => {
+                tracing::info!(
+                    pid = successor.pid,
+                    "upgrade: the new process serves; this one closes its associations and exits"
+                );
+                Some(Departing {
+                    _held: held,
+                    _paused: paused,
+                })
+            }
+            Err(error) => {
+                tracing::error!(%error, "upgrade failed: this process keeps serving");
+                None
+            }
         }
     }
 }

@@ -84,22 +84,17 @@ impl RegistrarEngine {
                 "registrar ID (the configuration names another)",
             ));
         }
-        let mut engine = Self::new(
-            RegistrarConfig {
-                id: Some(id),
-                ..config
-            },
-            seed,
-            now,
-        );
+        // Its view is a moment old, not empty: it serves at once, and checksums in
+        // the peers' heartbeats start an audit where it differs (RFC 5353 §3.6).
+        let config = RegistrarConfig {
+            id: Some(id),
+            ..config
+        };
+        let mut engine = Self::starting(config, seed, Phase::Normal, now);
         let mut adopted = Adopted::default();
         while !r.is_empty() {
             engine.adopt_pool(&mut r, now, &mut adopted)?;
         }
-        // Its view is a moment old, not empty: it serves at once, and checksums in
-        // the peers' heartbeats start an audit where it differs (RFC 5353 §3.6).
-        engine.phase = Phase::Normal;
-        engine.next_announce = engine.config.announce_interval.map(|_| now);
         Ok((engine, adopted))
     }
 

@@ -82,12 +82,24 @@ impl RegistrarEngine {
     /// A registrar with an empty handlespace. Its ID is the configured one, or drawn
     /// from the seed.
     pub fn new(config: RegistrarConfig, seed: u64, now: Instant) -> Self {
+        let phase = Self::initial_phase(&config, now);
+        Self::starting(config, seed, phase, now)
+    }
+
+    /// A registrar with an empty handlespace that starts in `phase` (a fresh one
+    /// looks for a mentor when it has peers; one that goes on from an upgrade's record
+    /// serves at once).
+    pub(super) fn starting(
+        config: RegistrarConfig,
+        seed: u64,
+        phase: sync::Phase,
+        now: Instant,
+    ) -> Self {
         let mut rng = SeededRng::new(seed);
         let id = config
             .id
             .filter(|id| *id != RegistrarId::UNKNOWN)
             .unwrap_or_else(|| RegistrarId(rng.nonzero_u32()));
-        let phase = Self::initial_phase(&config, now);
         let mut engine = Self {
             handlespace: Handlespace::new(config.limits),
             next_announce: None,
