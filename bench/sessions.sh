@@ -29,7 +29,7 @@ setsid "$bin/rserpool" pe --pool WebPool --backend 127.0.0.1:18123 --registrar "
 # pool_has POOL N: waits (30 s) until the registrar lists N PEs in POOL.
 pool_has() {
     for _ in $(seq 150); do
-        "$bin/rserpool" resolve "$1" --registrar "$asap" --count 10 | grep -q "$2 pool element" && return 0
+        "$bin/rserpool" resolve "$1" --registrar "$asap" --count 10 2>/dev/null | grep -q "$2 pool element" && return 0
         sleep 0.2
     done
     echo "$1 never had $2 PEs" >&2; exit 1

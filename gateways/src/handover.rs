@@ -87,9 +87,21 @@ impl Handover {
         &self.0.leave
     }
 
-    /// The listener's name and a place in the queue of departures, once sessions are
-    /// to leave (waits until then); `None` when the next process takes no more.
-    pub(crate) async fn departure(&self) -> Option<(Arc<str>, mpsc::OwnedPermit<Handed>)> {
+    /// The listener's name and a place in the queue of departures when the session
+    /// `wants` one (forever otherwise), once sessions are to leave (waits until then);
+    /// `None` when the next process takes no more. The wait is on the heap: it is rare,
+    /// and every session's task would otherwise be as large as it.
+    pub(crate) async fn departure(
+        &self,
+        wants: bool,
+    ) -> Option<(Arc<str>, mpsc::OwnedPermit<Handed>)> {
+        if !wants {
+            return std::future::pending().await;
+        }
+        Box::pin(self.place()).await
+    }
+
+    async fn place(&self) -> Option<(Arc<str>, mpsc::OwnedPermit<Handed>)> {
         self.0.leave.cancelled().await;
         let (name, to) = self.0.departures.lock().ok()?.clone()?;
         Some((name, to.reserve_owned().await.ok()?))

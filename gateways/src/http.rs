@@ -136,25 +136,26 @@ pub async fn serve<D: Directory>(
         let state = state.clone();
         let builder = builder.clone();
         let lifecycle = lifecycle.clone();
-        let acceptor = acceptor.clone();
+        // Two tasks of their own kinds: one future for both would size every plain
+        // connection's task by the TLS one (8 KiB more per idle connection).
+        let Some(acceptor) = acceptor.clone() else {
+            lifecycle.sessions.clone().spawn(async move {
+                h1::serve(stream, state, peer, limits, builder, &lifecycle).await;
+                drop(permit);
+            });
+            continue;
+        };
         lifecycle.sessions.clone().spawn(async move {
-            match acceptor {
-                Some(acceptor) => {
-                    // A client that does not finish its handshake in time is dropped
-                    // (the header timeout covers the TLS part too).
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        // HTTP/2 by ALPN is hyper's; HTTP/1.1 starts on the fast path.
-                        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            serve_connection(tls, &builder, state, peer, &lifecycle).await
-                        }
-                        Ok(Ok(tls)) => {
-                            h1::serve(tls, state, peer, limits, builder, &lifecycle).await
-                        }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+            // A client that does not finish its handshake in time is dropped (the
+            // header timeout covers the TLS part too).
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                // HTTP/2 by ALPN is hyper's; HTTP/1.1 starts on the fast path.
+                Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    serve_connection(tls, &builder, state, peer, &lifecycle).await
                 }
-                None => h1::serve(stream, state, peer, limits, builder, &lifecycle).await,
+                Ok(Ok(tls)) => h1::serve(tls, state, peer, limits, builder, &lifecycle).await,
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
             drop(permit);
         });

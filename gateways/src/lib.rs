@@ -15,6 +15,8 @@ pub mod http;
 pub mod meters;
 pub mod pe_socket;
 pub mod tcp;
+#[cfg(test)]
+mod testing;
 
 pub use connector::SctpConnector;
 

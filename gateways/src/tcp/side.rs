@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use rserpool_proto::wire::{PoolElement, TransportProtocol};
 use socket2::SockRef;
-use tokio::io::{Interest, Ready};
+use std::task::{Context, Poll};
+
+use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
 use super::config::SctpUpstream;
@@ -45,10 +47,19 @@ impl Stream {
         }
     }
 
-    pub(super) async fn ready(&self, interest: Interest) -> io::Result<Ready> {
-        match self {
-            Self::Tcp(stream) => stream.ready(interest).await,
-            Self::Local(stream) => stream.ready(interest).await,
+    /// Whether the socket is ready to read (`interest` readable) or to write. Polled
+    /// rather than awaited: the socket keeps the task's waker, and a session waiting on
+    /// four of these holds no future for each.
+    pub(super) fn poll_ready(
+        &self,
+        cx: &mut Context<'_>,
+        interest: Interest,
+    ) -> Poll<io::Result<()>> {
+        match (self, interest.is_readable()) {
+            (Self::Tcp(stream), true) => stream.poll_read_ready(cx),
+            (Self::Tcp(stream), false) => stream.poll_write_ready(cx),
+            (Self::Local(stream), true) => stream.poll_read_ready(cx),
+            (Self::Local(stream), false) => stream.poll_write_ready(cx),
         }
     }
 
@@ -181,11 +192,14 @@ impl Side {
 }
 
 /// Waits until `side` is ready for `interest` (forever when there is no side).
-pub(super) async fn ready(side: Option<&Side>, interest: Interest) -> io::Result<Ready> {
-    match side {
-        Some(side) => side.stream.ready(interest).await,
-        None => std::future::pending().await,
-    }
+pub(super) fn ready(
+    side: Option<&Side>,
+    interest: Interest,
+) -> impl Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| match side {
+        Some(side) => side.stream.poll_ready(cx, interest),
+        None => Poll::Pending,
+    })
 }
 
 /// Opens a connection to a PE's user transport: TCP (addresses in order), or SCTP

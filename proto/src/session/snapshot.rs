@@ -8,6 +8,7 @@
 //! against the others, and a snapshot that does not hold together is refused with a
 //! [`SnapshotError`] rather than trusted.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::control::ControlDeframer;
@@ -79,7 +80,11 @@ impl Session {
     /// A session thawed from [`Session::freeze`]'s bytes, connected to the same PE
     /// over the connection the driver was handed with it; `config` is this process's
     /// (the replay limit applies from here on).
-    pub fn thaw(bytes: &[u8], config: SessionConfig, now: Instant) -> Result<Self, SnapshotError> {
+    pub fn thaw(
+        bytes: &[u8],
+        config: impl Into<Arc<SessionConfig>>,
+        now: Instant,
+    ) -> Result<Self, SnapshotError> {
         let mut r = SnapshotReader::new(bytes);
         let version = r.u64()?;
         if version != VERSION {

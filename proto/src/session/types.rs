@@ -92,8 +92,9 @@ pub enum SessionOutput {
     /// Ask the directory for PEs of the pool (answer with `resolved`).
     Resolve(PoolHandle),
     /// Open a connection to a PE's user transport (answer with `pe_connected` or
-    /// `pe_failed`). Any previous PE connection is closed first.
-    Connect(PoolElement),
+    /// `pe_failed`). Any previous PE connection is closed first. Boxed: every session
+    /// keeps its queue of outputs, whose slots are as large as the largest variant.
+    Connect(Box<PoolElement>),
     /// Write bytes to the PE connection (already framed for a control channel).
     SendToPe(Vec<u8>),
     /// Close the PE connection.
