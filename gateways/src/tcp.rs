@@ -19,6 +19,7 @@ use crate::handover::Handover;
 use crate::health::PoolHealth;
 use crate::{Directory, Lifecycle, SctpConnector};
 
+mod arrival;
 mod config;
 mod events;
 mod framing;
@@ -30,9 +31,10 @@ mod side;
 pub use config::{ListenerConfig, SctpUpstream};
 pub use framing::{Framing, FramingError};
 
+use arrival::run_arrived;
 use events::Meters;
 use open_sessions::OpenSessions;
-use session::{Listener, run_arrived, run_session};
+use session::{Listener, run_session};
 
 /// Accepts clients until `lifecycle.stop_accepting`; each gets a session task, as
 /// does each session `handover` brings from the previous process (a binary upgrade;

@@ -1,7 +1,7 @@
 //! One client's session: the task that drives both sockets as the session layer
 //! (`rserpool_proto::session`) decides, what a listener's sessions share (the pool,
 //! meters, passive health), and a session's departure to the next process in a binary
-//! upgrade and its arrival there (the record itself: `handover`).
+//! upgrade (its arrival there: `arrival`; the record itself: `handover`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -412,10 +412,10 @@ pub(super) async fn run_session<D: Directory + SctpConnector>(
         ends: Ends::new(client),
         framing: config.sctp.framing.map(FramingCheck::new),
     });
-    // Outside tokio's cooperative budget, which the sockets' readiness polls would
-    // spend: a session made to yield every few dozen reads cost about 15 % of the
-    // bulk throughput (tcp-load bulk, 64 connections). A session still waits once its
-    // sockets are drained, so what one turn moves is bounded by their buffers.
+    // Outside tokio's cooperative budget, which each poll of a socket's readiness
+    // spends: yielding every 128 of them cost about 15 % of the bulk throughput
+    // (tcp-load bulk, 64 connections); `drive` yields every TURNS_BEFORE_YIELDING
+    // turns instead.
     tokio::task::unconstrained(drive(driven, peer, listener, shutdown, entry)).await;
 }
 
@@ -427,6 +427,20 @@ pub(super) struct Driven<'a> {
     pub(super) session: Session,
     pub(super) ends: Ends<'a>,
     pub(super) framing: Option<FramingCheck>,
+}
+
+/// Turns of a session's loop (each moves at most one read of each side) before it
+/// lets the thread's other tasks run.
+const TURNS_BEFORE_YIELDING: u32 = 1024;
+
+/// Counts a turn of a session's loop and now and then lets the thread's other tasks
+/// run: outside tokio's budget (see `run_session`), a session whose sockets never run
+/// dry would keep its thread.
+async fn take_turn(turns: &mut u32) {
+    *turns = turns.wrapping_add(1);
+    if turns.is_multiple_of(TURNS_BEFORE_YIELDING) {
+        tokio::task::yield_now().await;
+    }
 }
 
 /// Drives a session until it ends, or leaves for the next process.
@@ -448,7 +462,9 @@ pub(super) async fn drive<'a, D: Directory + SctpConnector>(
     let (mut leave_wanted, mut staying) = (false, false);
     let mut departure = None;
     let high = config.buffer;
+    let mut turns = 0u32;
     loop {
+        take_turn(&mut turns).await;
         let Driven { session, ends, .. } = &mut *driven;
         ends.carry_out(session, listener, (entry, peer)).await;
         if ends.report_write_failures(session) {
@@ -607,84 +623,6 @@ fn depart<'a, D>(
         }
     }
     Departure::Left
-}
-
-/// Runs a session the previous process handed over, on this listener.
-pub(super) async fn run_arrived<D: Directory + SctpConnector>(
-    handed: Handed,
-    listener: &Listener<D>,
-    shutdown: CancellationToken,
-    table: &crate::SessionTable,
-) {
-    let (driven, state) = match thaw(handed, listener) {
-        Ok(thawed) => thawed,
-        Err(error) => {
-            listener.meters.handover_failures.increment(1);
-            tracing::warn!(pool = %listener.pool, %error, "upgrade: a session handed over could not be taken on: closing it");
-            return;
-        }
-    };
-    listener.meters.arrived.increment(1);
-    let started = (state.started(crate::now()), state.failovers);
-    let pool = driven.session.pool_handle();
-    let entry = table.open_since(listener.config.listen, pool, state.peer, started);
-    let mut driven = driven;
-    if let Some(pe) = driven.session.current_pe() {
-        entry.started(pe);
-        driven.ends.place = listener.open_sessions.as_ref().map(|s| s.open(pe));
-    }
-    // Unconstrained as in `run_session`.
-    tokio::task::unconstrained(drive(driven, state.peer, listener, shutdown, &entry)).await;
-}
-
-/// A handed-over session made ready to drive here.
-fn thaw<'a, D>(
-    handed: Handed,
-    listener: &'a Listener<D>,
-) -> Result<(Box<Driven<'a>>, DriverState), ThawError> {
-    let mut state = DriverState::decode(&handed.record)?;
-    let config = &listener.config;
-    let session = Session::thaw(
-        &state.session,
-        listener.session_config.clone(),
-        crate::now(),
-    )?;
-    let [client, pe] = <[_; 2]>::try_from(handed.sockets).map_err(|_| ThawError::Sockets)?;
-    let mut ends = Ends::new(crate::handover::tcp_stream(client)?);
-    let mut pe = Side::new(Stream::Tcp(crate::handover::tcp_stream(pe)?));
-    std::mem::take(&mut state.client).restore(&mut ends.client);
-    std::mem::take(&mut state.pe).restore(&mut pe);
-    ends.pe = Some(pe);
-    ends.pe_answered = state.pe_answered;
-    ends.offered = usize::try_from(state.offered).unwrap_or(0);
-    let framing = config.sctp.framing.map(|framing| {
-        let mut check = FramingCheck::new(framing);
-        if let Some((header, remaining)) = state.framing.take()
-            && header.len() < framing.header()
-            && remaining <= framing.max_message as u64
-        {
-            check.header = header;
-            check.remaining = remaining as usize;
-        }
-        check
-    });
-    let driven = Box::new(Driven {
-        session,
-        ends,
-        framing,
-    });
-    Ok((driven, state))
-}
-
-/// Why a handed-over session could not be taken on.
-#[derive(Debug, thiserror::Error)]
-enum ThawError {
-    #[error(transparent)]
-    Record(#[from] rserpool_proto::snapshot::SnapshotError),
-    #[error("its socket: {0}")]
-    Socket(#[from] io::Error),
-    #[error("not the two sockets of a session")]
-    Sockets,
 }
 
 #[cfg(test)]
