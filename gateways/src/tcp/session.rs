@@ -393,14 +393,15 @@ pub(super) fn pe_read<D>(
     }
 }
 
-/// Runs one client's session to its end.
-pub(super) async fn run_session<D: Directory + SctpConnector>(
+/// Runs one client's session to its end. Not an async fn: that would keep a copy of
+/// each argument in the session's task beside the one `drive` keeps.
+pub(super) fn run_session<D: Directory + SctpConnector>(
     client: TcpStream,
     peer: SocketAddr,
     listener: &Listener<D>,
     shutdown: CancellationToken,
     entry: &crate::SessionEntry,
-) {
+) -> impl Future<Output = ()> {
     let config = &listener.config;
     listener.meters.sessions.increment(1);
     let driven = Box::new(Driven {
@@ -416,7 +417,7 @@ pub(super) async fn run_session<D: Directory + SctpConnector>(
     // spends: yielding every 128 of them cost about 15 % of the bulk throughput
     // (tcp-load bulk, 64 connections); `drive` yields every TURNS_BEFORE_YIELDING
     // turns instead.
-    tokio::task::unconstrained(drive(driven, peer, listener, shutdown, entry)).await;
+    tokio::task::unconstrained(drive(driven, peer, listener, shutdown, entry))
 }
 
 /// A session and what its task holds; on the heap (`Box<Driven>`), because a future
