@@ -61,7 +61,6 @@ pub async fn serve<D: Directory + SctpConnector>(
         )),
         ejections: lifecycle.ejections.clone(),
         open_sessions: config.least_sessions.then(OpenSessions::default),
-        session_config: Arc::new(config.session),
         config,
         directory,
         handover,

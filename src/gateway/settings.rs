@@ -265,7 +265,7 @@ pub(super) fn tcp_listener_config(
         },
         listen: section.listen,
         pool_handle: section.pool,
-        session,
+        session: session.into(),
         max_connections,
         buffer,
         outliers: outlier_config(&section.outlier_detection, &context)?,

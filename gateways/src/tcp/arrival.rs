@@ -20,7 +20,7 @@ pub(super) async fn run_arrived<D: Directory + SctpConnector>(
     shutdown: CancellationToken,
     table: &crate::SessionTable,
 ) {
-    let (driven, state) = match thaw(handed, listener) {
+    let (mut driven, state) = match thaw(handed, listener) {
         Ok(thawed) => thawed,
         Err(error) => {
             listener.meters.handover_failures.increment(1);
@@ -32,7 +32,6 @@ pub(super) async fn run_arrived<D: Directory + SctpConnector>(
     let started = (state.started(crate::now()), state.failovers);
     let pool = driven.session.pool_handle();
     let entry = table.open_since(listener.config.listen, pool, state.peer, started);
-    let mut driven = driven;
     if let Some(pe) = driven.session.current_pe() {
         entry.started(pe);
         driven.ends.place = listener.open_sessions.as_ref().map(|s| s.open(pe));
@@ -48,11 +47,7 @@ fn thaw<'a, D>(
 ) -> Result<(Box<Driven<'a>>, DriverState), ThawError> {
     let mut state = DriverState::decode(&handed.record)?;
     let config = &listener.config;
-    let session = Session::thaw(
-        &state.session,
-        listener.session_config.clone(),
-        crate::now(),
-    )?;
+    let session = Session::thaw(&state.session, config.session.clone(), crate::now())?;
     let [client, pe] = <[_; 2]>::try_from(handed.sockets).map_err(|_| ThawError::Sockets)?;
     let mut ends = Ends::new(crate::handover::tcp_stream(client)?);
     let mut pe = Side::new(Stream::Tcp(crate::handover::tcp_stream(pe)?));

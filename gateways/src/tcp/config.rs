@@ -2,6 +2,7 @@
 //! how client bytes become messages for PEs whose user transport is SCTP.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rserpool_proto::session::SessionConfig;
@@ -17,8 +18,9 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// The pool their sessions go to.
     pub pool_handle: PoolHandle,
-    /// Session timeouts and replay limit.
-    pub session: SessionConfig,
+    /// Session timeouts and replay limit, shared by the listener's sessions (each would
+    /// otherwise hold a copy).
+    pub session: Arc<SessionConfig>,
     /// Open client connections at most; more are closed at once.
     pub max_connections: usize,
     /// Bytes queued towards one side before the gateway stops reading the other.
@@ -52,7 +54,7 @@ impl ListenerConfig {
         Self {
             listen,
             pool_handle,
-            session: SessionConfig::default(),
+            session: Arc::new(SessionConfig::default()),
             max_connections: 10_000,
             buffer: 256 * 1024,
             sctp: SctpUpstream::default(),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rserpool_proto::session::{PeFailure, Session, SessionConfig, SessionEvent, SessionOutput};
+use rserpool_proto::session::{PeFailure, Session, SessionEvent, SessionOutput};
 use rserpool_proto::wire::{PoolElement, PoolElementId};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -32,8 +32,6 @@ pub(super) type Pending<'a, T> =
 /// What every session of a listener shares.
 pub(super) struct Listener<D> {
     pub(super) config: ListenerConfig,
-    /// `config.session`, shared by the sessions.
-    pub(super) session_config: Arc<SessionConfig>,
     pub(super) pool: String,
     pub(super) meters: Meters,
     pub(super) directory: Arc<D>,
@@ -242,31 +240,28 @@ impl<'a> Ends<'a> {
         (entry, peer): (&crate::SessionEntry, SocketAddr),
     ) {
         while let Some(output) = session.poll() {
-            // Nothing of `output` is held across the report's wait, which would size
-            // every session's task.
-            let unreachable = match output {
-                SessionOutput::ReportUnreachable(pe_id) => pe_id,
-                output => {
-                    self.apply(output, listener, (entry, peer));
-                    continue;
-                }
-            };
-            // On the heap: rare, and it too would size every session's task.
-            let directory = &listener.directory;
-            let pool_handle = listener.config.pool_handle;
-            Box::pin(directory.report_unreachable(pool_handle, unreachable)).await;
+            // `apply` takes the output, so that nothing of it is held across the
+            // report's wait; the report is on the heap: rare, and it would size every
+            // session's task.
+            if let Some(unreachable) = self.apply(output, listener, (entry, peer)) {
+                let directory = &listener.directory;
+                let pool_handle = listener.config.pool_handle;
+                Box::pin(directory.report_unreachable(pool_handle, unreachable)).await;
+            }
         }
     }
 
-    /// Carries out one output of the session that needs no waiting.
+    /// Carries out one output of the session, except the one that needs a wait: the
+    /// PE to report unreachable, returned.
     fn apply<D: Directory + SctpConnector>(
         &mut self,
         output: SessionOutput,
         listener: &'a Listener<D>,
         (entry, peer): (&crate::SessionEntry, SocketAddr),
-    ) {
+    ) -> Option<PoolElementId> {
         let config = &listener.config;
         match output {
+            SessionOutput::ReportUnreachable(pe_id) => return Some(pe_id),
             SessionOutput::Resolve(handle) => {
                 self.resolving = Some(Box::pin(listener.directory.resolve(handle, None)));
             }
@@ -300,9 +295,8 @@ impl<'a> Ends<'a> {
             SessionOutput::Event(event) => {
                 listener.on_event(&event, (entry, &mut self.place), peer, self.offered);
             }
-            // Reported by `carry_out`, which waits for it.
-            SessionOutput::ReportUnreachable(_) => {}
         }
+        None
     }
 
     /// A failed write is news for the session once its current output is done;
@@ -405,11 +399,7 @@ pub(super) fn run_session<D: Directory + SctpConnector>(
     let config = &listener.config;
     listener.meters.sessions.increment(1);
     let driven = Box::new(Driven {
-        session: Session::new(
-            config.pool_handle,
-            listener.session_config.clone(),
-            crate::now(),
-        ),
+        session: Session::new(config.pool_handle, config.session.clone(), crate::now()),
         ends: Ends::new(client),
         framing: config.sctp.framing.map(FramingCheck::new),
     });
@@ -646,7 +636,6 @@ mod tests {
             health: Mutex::new(PoolHealth::new(config.outliers, config.slow_start, 1)),
             ejections: EjectionBoard::default(),
             open_sessions: None,
-            session_config: Arc::new(config.session),
             config,
             directory: Arc::new(NoPool),
             handover: Handover::default(),

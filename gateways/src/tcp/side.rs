@@ -6,12 +6,11 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rserpool_proto::wire::{PoolElement, TransportProtocol};
 use socket2::SockRef;
-use std::task::{Context, Poll};
-
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
