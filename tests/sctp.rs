@@ -1196,7 +1196,12 @@ fn rsplib_calcappclient_jobs_survive_a_killed_calcapp_pe() {
         .unwrap();
     // A PE with a job running (accepted or resumed more often than completed or
     // ended otherwise: the client aborted it, went silent or closed), seen running
-    // twice 1 s apart (a cookie every 0.5 s meanwhile), is killed.
+    // twice 1 s apart (a cookie every 0.5 s meanwhile), is killed. Its log is read
+    // from a pipe, behind the PE: a job seen running may have completed already
+    // (CI once killed a PE whose job had just completed, and nothing was left to
+    // resume). So the PE is frozen first (SIGSTOP: it writes nothing more, and the
+    // client's keep-alive gives it 5 s) and killed only if its job still runs once
+    // the log has caught up; otherwise it is thawed and another job is waited for.
     let running = |pe: &Process| {
         pe.log_count("CalcApp job accepted") + pe.log_count("CalcApp job resumed")
             > pe.log_count("CalcApp job completed") + pe.log_count("CalcApp job ended")
@@ -1210,8 +1215,16 @@ fn rsplib_calcappclient_jobs_survive_a_killed_calcapp_pe() {
             // Pause: the kill's moment is the thing under test (a job 1 s or more under
             // way, cookies out); the condition is checked again after it.
             thread::sleep(Duration::from_secs(1));
+            if !running(&pes[index]) {
+                return false;
+            }
+            pes[index].signal("STOP");
+            if eventually(Duration::from_secs(2), || !running(&pes[index])) {
+                pes[index].signal("CONT");
+                return false;
+            }
             serving = Some(index);
-            running(&pes[index])
+            true
         }),
         "no job ran for 1 s"
     );
