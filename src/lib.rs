@@ -1,6 +1,7 @@
 //! rserpool: Reliable Server Pooling (RFC 5351-5356). The `rserpool` binary's roles and
 //! tools live here; the public API is [`service`], the library for native pool
-//! elements. `main.rs` only calls [`run`].
+//! elements, and [`sctp`], a kernel SCTP association for tools (the benchmarks' load
+//! generator). `main.rs` only calls [`run`].
 
 mod admin;
 mod cert;
@@ -23,6 +24,14 @@ mod resolve;
 mod rsplib_services;
 mod serve;
 pub mod service;
+
+/// One kernel SCTP association (a one-to-one socket, Linux) that sends and receives
+/// whole messages with their payload protocol identifier: what `bench/`'s load
+/// generator speaks to registrars over SCTP, so that the project's only `unsafe` code
+/// stays in one module.
+pub mod sctp {
+    pub use crate::transport::sctp::{Association, Received};
+}
 mod signals;
 mod systemd;
 mod transport;

@@ -1301,3 +1301,59 @@ fn rsplib_and_our_echo_pes_share_a_pool() {
         "rsplib's PE served no rspterminal: {answered:?}"
     );
 }
+
+/// A burst of handle resolutions on one association is answered whole and at once. The
+/// registrar lets the kernel hold an answer while more are queued behind it (MSG_MORE,
+/// to bundle them in fewer packets) and sends the last one without the hint, which
+/// flushes them all: an answer held with nothing sent after it would wait forever.
+#[test]
+#[ignore = "needs kernel SCTP and rsplib: scripts/sctp-tests.sh runs it in the SCTP VM"]
+fn a_burst_of_resolutions_on_one_association_is_answered_at_once() {
+    use rserpool::sctp::{Association, Received};
+    use rserpool_proto::wire::{AsapMessage, HandleResolution, PoolHandle};
+
+    let _registrar = our_registrar(26863, 26902, &[], &[]);
+    let _pe = our_pe("echo", "BurstPool", 26011, 26863, &[]);
+    assert!(eventually(Duration::from_secs(10), || resolve(
+        26863,
+        "BurstPool"
+    )
+    .len()
+        == 1));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let registrar = format!("{A}:26863").parse().unwrap();
+        let association = Association::connect(&[registrar], &[]).await.unwrap();
+        let request = AsapMessage::HandleResolution(HandleResolution {
+            pool_handle: PoolHandle::new(b"BurstPool").unwrap(),
+            items: None,
+        })
+        .encode()
+        .unwrap();
+        for round in 0..20 {
+            for _ in 0..32 {
+                association.send(11, &request).await.unwrap();
+            }
+            for answered in 0..32 {
+                let received =
+                    tokio::time::timeout(Duration::from_secs(10), association.receive(65_535))
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!("round {round}: answer {answered} of 32 did not come")
+                        })
+                        .unwrap();
+                let Received::Message { ppid: 11, payload } = received else {
+                    panic!("round {round}: {received:?}");
+                };
+                let message = AsapMessage::decode(&payload).unwrap().message;
+                let AsapMessage::HandleResolutionResponse(response) = message else {
+                    panic!("round {round}: not an answer: {message:?}");
+                };
+                assert_eq!(response.pool_elements.len(), 1, "round {round}");
+            }
+        }
+    });
+}

@@ -82,8 +82,10 @@ pub(crate) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_
 
 /// Where a carrier writes an association's messages.
 pub(crate) trait MessageSink {
-    /// Sends one message.
-    fn send(&mut self, message: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Sends one message; `more` says another is queued behind it already (a sink may
+    /// hold this one to send both together, provided a send with `more` false sends
+    /// everything held).
+    fn send(&mut self, message: &[u8], more: bool) -> impl Future<Output = io::Result<()>> + Send;
     /// Ends the sending side gracefully (FIN, SHUTDOWN) after what was sent.
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -106,7 +108,8 @@ pub(crate) async fn write_loop(
             message = outgoing.recv() => message,
         };
         let Some(message) = message else { break };
-        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(&message)).await {
+        let more = !outgoing.is_empty();
+        match tokio::time::timeout(WRITE_TIMEOUT, sink.send(&message, more)).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::debug!(%assoc, %error, "send failed");
@@ -119,4 +122,67 @@ pub(crate) async fn write_loop(
         }
     }
     sink.finish().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each message sent, and whether `more` was said with it.
+    type Sent = Vec<(Vec<u8>, bool)>;
+
+    /// Records what it was given.
+    #[derive(Default)]
+    struct Recorder {
+        sent: std::sync::Arc<std::sync::Mutex<Sent>>,
+    }
+
+    impl MessageSink for Recorder {
+        async fn send(&mut self, message: &[u8], more: bool) -> io::Result<()> {
+            if let Ok(mut sent) = self.sent.lock() {
+                sent.push((message.to_vec(), more));
+            }
+            Ok(())
+        }
+
+        async fn finish(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn a_sink_is_told_of_queued_messages_and_the_last_one_is_sent_without_hold() {
+        let (sender, outgoing) = mpsc::channel(SEND_QUEUE);
+        let recorder = Recorder::default();
+        let sent = recorder.sent.clone();
+        // Three queued before the loop runs: the first two may be held, the third must
+        // send them all (a held message with nothing behind it would wait forever).
+        for message in [b"a", b"b", b"c"] {
+            sender.send(message.to_vec()).await.unwrap();
+        }
+        let looping = tokio::spawn(write_loop(
+            AssocId(1),
+            outgoing,
+            recorder,
+            CancellationToken::new(),
+        ));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sent.lock().unwrap().len() < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the queue was not sent"
+            );
+            tokio::task::yield_now().await;
+        }
+        // One more after the queue ran dry: alone, it is not held.
+        sender.send(b"d".to_vec()).await.unwrap();
+        drop(sender);
+        looping.await.unwrap();
+        let sent = sent.lock().unwrap().clone();
+        let expected: Sent = vec![
+            (b"a".to_vec(), true),
+            (b"b".to_vec(), true),
+            (b"c".to_vec(), false),
+            (b"d".to_vec(), false),
+        ];
+        assert_eq!(sent, expected);
+    }
 }

@@ -14,15 +14,19 @@
 //! options, `sendmsg` and `recvmsg` calls that socket2 has no safe wrapper for.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-/// IPPROTO_SCTP and SOL_SCTP.
-const IPPROTO_SCTP: i32 = 132;
+mod layout;
+
+use layout::{
+    IPPROTO_SCTP, MSG_NOTIFICATION, SCTP_SNDINFO, control_message, notification, pack,
+    receive_ppid, unpack,
+};
 
 // Socket options (linux/sctp.h).
 const SCTP_NODELAY: i32 = 3;
@@ -34,27 +38,13 @@ const SCTP_GET_PEER_ADDRS: i32 = 108;
 const SCTP_GET_LOCAL_ADDRS: i32 = 109;
 const SCTP_SOCKOPT_CONNECTX: i32 = 110;
 
-// Ancillary data types (linux/sctp.h).
-const SCTP_SNDINFO: i32 = 2;
-const SCTP_RCVINFO: i32 = 3;
-
-// Notifications (RFC 6458 §6.1).
-const MSG_NOTIFICATION: i32 = 0x8000;
-const SCTP_ASSOC_CHANGE: u16 = 0x8001;
-const SCTP_PEER_ADDR_CHANGE: u16 = 0x8002;
-const SCTP_SHUTDOWN_EVENT: u16 = 0x8005;
-const SCTP_COMM_LOST: u16 = 1;
-const SCTP_RESTART: u16 = 2;
-const SCTP_SHUTDOWN_COMP: u16 = 3;
-const SCTP_CANT_STR_ASSOC: u16 = 4;
-
 /// The largest message read whole; ASAP and ENRP messages are at most 65 535 bytes
 /// (their length field), data messages are bounded by the caller.
 pub(crate) const MAX_MESSAGE: usize = 65_535;
 
 /// What a read produced.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Received {
+pub enum Received {
     /// A whole message and its payload protocol identifier.
     Message { ppid: u32, payload: Vec<u8> },
     /// The association ended (the peer shut it down, it was lost or aborted).
@@ -219,7 +209,7 @@ impl Listener {
 /// One SCTP association (a one-to-one socket). Reading and writing may go on at once
 /// from two tasks sharing it.
 #[derive(Debug)]
-pub(crate) struct Association {
+pub struct Association {
     socket: AsyncFd<Socket>,
     /// The message being reassembled from partial deliveries: kept here, not in
     /// [`Association::receive`]'s future, so that a receive dropped in a `select!`
@@ -237,7 +227,7 @@ impl Association {
 
     /// Opens an association to a peer reachable at any of `remote` (one port), from
     /// `local` if given (bound to all of those addresses; their port may be 0).
-    pub(crate) async fn connect(remote: &[SocketAddr], local: &[SocketAddr]) -> io::Result<Self> {
+    pub async fn connect(remote: &[SocketAddr], local: &[SocketAddr]) -> io::Result<Self> {
         if remote.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -283,7 +273,20 @@ impl Association {
     }
 
     /// Sends one message with `ppid` on stream 0, ordered.
-    pub(crate) async fn send(&self, ppid: u32, payload: &[u8]) -> io::Result<()> {
+    pub async fn send(&self, ppid: u32, payload: &[u8]) -> io::Result<()> {
+        self.transmit(ppid, payload, 0).await
+    }
+
+    /// Sends one message as [`Association::send`] does, but lets the kernel hold it
+    /// (`MSG_MORE`, Linux 4.14 and later) until a later send without the hint: for a
+    /// sender that knows more messages follow at once, so that they leave bundled in
+    /// as few packets as fit, each packet costing both ends a pass through their SCTP
+    /// stacks and one less SACK.
+    pub(crate) async fn send_holding(&self, ppid: u32, payload: &[u8]) -> io::Result<()> {
+        self.transmit(ppid, payload, libc::MSG_MORE).await
+    }
+
+    async fn transmit(&self, ppid: u32, payload: &[u8], flags: i32) -> io::Result<()> {
         // struct sctp_sndinfo: sid u16, flags u16, ppid u32 (network order, passed to
         // the wire as is), context u32, assoc_id i32.
         let mut info = [0u8; 16];
@@ -293,7 +296,9 @@ impl Association {
         let control = control_message(SCTP_SNDINFO, &info);
         loop {
             let mut ready = self.socket.writable().await?;
-            match ready.try_io(|socket| sys::send(socket.get_ref().as_fd(), &control, payload)) {
+            let sent = ready
+                .try_io(|socket| sys::send(socket.get_ref().as_fd(), &control, payload, flags));
+            match sent {
                 Ok(result) => return result.map(drop),
                 Err(_would_block) => {}
             }
@@ -303,7 +308,7 @@ impl Association {
     /// Reads the next whole message (reassembling partial deliveries up to `max` bytes),
     /// or the end of the association. Address changes of a multi-homed peer are logged.
     /// Cancel-safe: a receive dropped before it returns loses nothing.
-    pub(crate) async fn receive(&self, max: usize) -> io::Result<Received> {
+    pub async fn receive(&self, max: usize) -> io::Result<Received> {
         loop {
             let mut ready = self.socket.readable().await?;
             let piece = ready.try_io(|socket| {
@@ -394,161 +399,6 @@ fn read_piece(socket: &Socket, message: &mut Vec<u8>, max: usize) -> io::Result<
     })
 }
 
-/// Handles a notification: `Some(reason)` when it ends the association.
-fn notification(data: &[u8]) -> Option<String> {
-    let u16_at = |at: usize| {
-        data.get(at..at + 2)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_ne_bytes)
-    };
-    match u16_at(0)? {
-        SCTP_ASSOC_CHANGE => match u16_at(8)? {
-            SCTP_COMM_LOST => Some("association lost (peer unreachable on every path)".into()),
-            SCTP_SHUTDOWN_COMP => Some("shut down".into()),
-            SCTP_CANT_STR_ASSOC => Some("association could not be started".into()),
-            // The peer restarted: its state (registrations, sessions) is gone.
-            SCTP_RESTART => Some("the peer restarted".into()),
-            _ => None,
-        },
-        SCTP_SHUTDOWN_EVENT => Some("shut down by the peer".into()),
-        SCTP_PEER_ADDR_CHANGE => {
-            // struct sctp_paddr_change: type, flags, length, sockaddr_storage (128), state.
-            let address = data.get(8..136).and_then(|a| unpack(a).into_iter().next());
-            let state = match data.get(136..140).and_then(|b| b.try_into().ok()) {
-                Some(bytes) => match i32::from_ne_bytes(bytes) {
-                    0 => "available",
-                    1 => "unreachable",
-                    2 => "removed",
-                    3 => "added",
-                    4 => "made primary",
-                    5 => "confirmed",
-                    6 => "potentially failed",
-                    _ => "changed",
-                },
-                None => "changed",
-            };
-            tracing::info!(address = ?address, state, "SCTP path changed");
-            None
-        }
-        _ => None,
-    }
-}
-
-/// The PPID of a received message, from its SCTP_RCVINFO (0 when missing).
-fn receive_ppid(control: &[u8]) -> u32 {
-    // struct sctp_rcvinfo: sid u16, ssn u16, flags u16, (pad), ppid u32 at 8.
-    let mut rest = control;
-    let header = std::mem::size_of::<libc::cmsghdr>();
-    while rest.len() >= header {
-        let length = rest
-            .get(..std::mem::size_of::<usize>())
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, usize::from_ne_bytes);
-        let level = read_i32(rest, std::mem::size_of::<usize>());
-        let kind = read_i32(rest, std::mem::size_of::<usize>() + 4);
-        if length < header {
-            break;
-        }
-        if level == Some(IPPROTO_SCTP) && kind == Some(SCTP_RCVINFO) {
-            return rest
-                .get(header + 8..header + 12)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u32::from_be_bytes);
-        }
-        let advance = length.next_multiple_of(std::mem::size_of::<usize>());
-        rest = rest.get(advance..).unwrap_or_default();
-    }
-    0
-}
-
-fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(i32::from_ne_bytes)
-}
-
-/// One control message (struct cmsghdr + data) at level SOL_SCTP.
-fn control_message(kind: i32, data: &[u8]) -> Vec<u8> {
-    let header = std::mem::size_of::<libc::cmsghdr>();
-    let mut message = Vec::with_capacity(header + data.len());
-    message.extend_from_slice(&(header + data.len()).to_ne_bytes());
-    message.extend_from_slice(&IPPROTO_SCTP.to_ne_bytes());
-    message.extend_from_slice(&kind.to_ne_bytes());
-    message.resize(header, 0);
-    message.extend_from_slice(data);
-    message.resize(
-        (header + data.len()).next_multiple_of(std::mem::size_of::<usize>()),
-        0,
-    );
-    message
-}
-
-/// Socket addresses packed one after another as sctp_bindx/sctp_connectx take them.
-fn pack(addresses: &[SocketAddr]) -> Vec<u8> {
-    let mut packed = Vec::new();
-    for address in addresses {
-        match address {
-            SocketAddr::V4(v4) => {
-                packed.extend_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-                packed.extend_from_slice(&v4.port().to_be_bytes());
-                packed.extend_from_slice(&v4.ip().octets());
-                packed.extend_from_slice(&[0; 8]);
-            }
-            SocketAddr::V6(v6) => {
-                packed.extend_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
-                packed.extend_from_slice(&v6.port().to_be_bytes());
-                packed.extend_from_slice(&v6.flowinfo().to_be_bytes());
-                packed.extend_from_slice(&v6.ip().octets());
-                packed.extend_from_slice(&v6.scope_id().to_ne_bytes());
-            }
-        }
-    }
-    packed
-}
-
-/// The inverse of [`pack`]; IPv4-mapped IPv6 addresses come back as IPv4.
-fn unpack(mut packed: &[u8]) -> Vec<SocketAddr> {
-    let mut addresses = Vec::new();
-    loop {
-        let family = packed
-            .get(..2)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_ne_bytes);
-        let port = packed
-            .get(2..4)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u16::from_be_bytes);
-        match family.map(i32::from) {
-            Some(libc::AF_INET) => {
-                let Some(octets) = packed.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok())
-                else {
-                    break;
-                };
-                addresses.push(SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(octets),
-                    port,
-                )));
-                packed = packed.get(16..).unwrap_or_default();
-            }
-            Some(libc::AF_INET6) => {
-                let Some(octets) = packed.get(8..24).and_then(|b| <[u8; 16]>::try_from(b).ok())
-                else {
-                    break;
-                };
-                let ip = Ipv6Addr::from(octets);
-                addresses.push(match ip.to_ipv4_mapped() {
-                    Some(v4) => SocketAddr::V4(SocketAddrV4::new(v4, port)),
-                    None => SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0)),
-                });
-                packed = packed.get(28..).unwrap_or_default();
-            }
-            _ => break,
-        }
-    }
-    addresses
-}
-
 /// SCTP_GET_PEER_ADDRS / SCTP_GET_LOCAL_ADDRS: struct sctp_getaddrs (assoc_id i32,
 /// count u32, packed addresses).
 fn addresses_option(socket: &Socket, option: i32) -> io::Result<Vec<SocketAddr>> {
@@ -573,7 +423,7 @@ mod sys {
     use socket2::Socket;
     use tokio::io::unix::AsyncFd;
 
-    use super::IPPROTO_SCTP;
+    use super::layout::IPPROTO_SCTP;
 
     /// Hands a socket to the tokio reactor.
     pub(super) fn register(socket: Socket) -> io::Result<AsyncFd<Socket>> {
@@ -631,8 +481,14 @@ mod sys {
         }
     }
 
-    /// sendmsg of one message with one ancillary block, without blocking or SIGPIPE.
-    pub(super) fn send(fd: BorrowedFd<'_>, control: &[u8], payload: &[u8]) -> io::Result<usize> {
+    /// sendmsg of one message with one ancillary block, without blocking or SIGPIPE,
+    /// and with `flags` besides.
+    pub(super) fn send(
+        fd: BorrowedFd<'_>,
+        control: &[u8],
+        payload: &[u8],
+        flags: i32,
+    ) -> io::Result<usize> {
         let mut part = libc::iovec {
             iov_base: payload.as_ptr().cast_mut().cast(),
             iov_len: payload.len(),
@@ -649,7 +505,7 @@ mod sys {
             libc::sendmsg(
                 fd.as_raw_fd(),
                 &raw const header,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT | flags,
             )
         };
         if sent < 0 {
@@ -695,46 +551,5 @@ mod sys {
             control: header.msg_controllen.min(control.len()),
             flags: header.msg_flags,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_pack_and_unpack() {
-        let addresses: Vec<SocketAddr> = vec![
-            "192.0.2.1:3863".parse().unwrap(),
-            "[2001:db8::1]:3863".parse().unwrap(),
-            "198.51.100.7:9901".parse().unwrap(),
-        ];
-        let packed = pack(&addresses);
-        assert_eq!(packed.len(), 16 + 28 + 16);
-        assert_eq!(unpack(&packed), addresses);
-    }
-
-    #[test]
-    fn receive_info_gives_the_ppid() {
-        let mut info = [0u8; 28];
-        info[8..12].copy_from_slice(&11u32.to_be_bytes());
-        let control = control_message(SCTP_RCVINFO, &info);
-        assert_eq!(receive_ppid(&control), 11);
-        // Another block first is skipped.
-        let mut both = control_message(SCTP_SNDINFO, &[0u8; 16]);
-        both.extend(control_message(SCTP_RCVINFO, &info));
-        assert_eq!(receive_ppid(&both), 11);
-        assert_eq!(receive_ppid(&[]), 0);
-    }
-
-    #[test]
-    fn association_notifications_end_it() {
-        let mut change = vec![0u8; 20];
-        change[..2].copy_from_slice(&SCTP_ASSOC_CHANGE.to_ne_bytes());
-        change[8..10].copy_from_slice(&SCTP_COMM_LOST.to_ne_bytes());
-        assert!(notification(&change).is_some());
-        change[8..10].copy_from_slice(&0u16.to_ne_bytes()); // COMM_UP
-        assert_eq!(notification(&change), None);
-        assert_eq!(notification(&[1]), None);
     }
 }

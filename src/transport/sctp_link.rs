@@ -46,8 +46,12 @@ struct Sink {
 }
 
 impl MessageSink for Sink {
-    async fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        self.association.send(self.ppid, message).await
+    async fn send(&mut self, message: &[u8], more: bool) -> io::Result<()> {
+        if more {
+            self.association.send_holding(self.ppid, message).await
+        } else {
+            self.association.send(self.ppid, message).await
+        }
     }
 
     async fn finish(&mut self) {

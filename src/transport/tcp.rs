@@ -200,7 +200,7 @@ pub(crate) async fn connect(
 }
 
 impl MessageSink for tokio::net::tcp::OwnedWriteHalf {
-    async fn send(&mut self, message: &[u8]) -> io::Result<()> {
+    async fn send(&mut self, message: &[u8], _more: bool) -> io::Result<()> {
         self.write_all(message).await
     }
 

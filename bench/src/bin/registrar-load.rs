@@ -1,11 +1,20 @@
-//! Load for registrars over the TCP mapping, as in rsplib's published load points: PEs
-//! that re-register on a fixed interval (spread over several registrars if given) and
-//! pool users that resolve in a closed loop (one outstanding request per association).
-//! Prints rates and latency.
+//! Load for registrars over the TCP mapping or kernel SCTP, as in rsplib's published
+//! load points: PEs that re-register on a fixed interval (spread over several
+//! registrars if given) and pool users that resolve in a closed loop (one outstanding
+//! request per association, or `--in-flight K`). Prints rates and latency.
 //!
 //! registrar-load --registrar ADDR [--registrar ADDR...] [--pes N] [--pes-per-association K]
-//!                [--pus N] [--interval-ms MS] [--seconds S] [--register-only]
-//!                [--tls DIR]
+//!                [--pus N] [--in-flight K] [--interval-ms MS] [--seconds S]
+//!                [--register-only] [--tls DIR] [--sctp] [--pools N] [--round-robin]
+//!
+//! The PEs are spread over `--pools` pools (10 by default, `BenchPool0`...), with the
+//! Least Used policy (each its own load) or, with `--round-robin`, Round Robin; pool
+//! user `i` resolves pool `i % pools`.
+//!
+//! `--sctp` speaks ASAP over kernel SCTP (PPID 11, one message per SCTP message, as
+//! rsplib does; Linux only, e.g. in `../shared/tools/sctpvm`), and registers the PEs at
+//! the registrar's own address (the association's, which registrars check the
+//! registered addresses against), with an SCTP user transport.
 //!
 //! `--interval-ms 0` re-registers in a closed loop (each association sends its next
 //! round as soon as the last is answered): registration throughput.
@@ -43,8 +52,6 @@ use tokio::net::TcpStream;
 #[path = "../load/tls.rs"]
 mod tls;
 
-const POOLS: u32 = 10;
-
 #[derive(Debug, Clone)]
 struct Options {
     registrars: Vec<SocketAddr>,
@@ -55,6 +62,10 @@ struct Options {
     seconds: u64,
     register_only: bool,
     tls: Option<std::path::PathBuf>,
+    sctp: bool,
+    in_flight: u32,
+    pools: u32,
+    round_robin: bool,
 }
 
 fn options() -> Options {
@@ -67,6 +78,10 @@ fn options() -> Options {
         seconds: 10,
         register_only: false,
         tls: None,
+        sctp: false,
+        in_flight: 1,
+        pools: 10,
+        round_robin: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -80,51 +95,101 @@ fn options() -> Options {
             "--seconds" => options.seconds = value().parse().unwrap(),
             "--register-only" => options.register_only = true,
             "--tls" => options.tls = Some(value().into()),
+            "--sctp" => options.sctp = true,
+            "--in-flight" => options.in_flight = value().parse().unwrap(),
+            "--pools" => options.pools = value().parse().unwrap(),
+            "--round-robin" => options.round_robin = true,
             other => panic!("unknown flag {other}"),
         }
     }
     assert!(!options.registrars.is_empty(), "give --registrar ADDR");
+    assert!(options.in_flight > 0, "--in-flight is at least 1");
+    assert!(options.pools > 0, "--pools is at least 1");
+    assert!(
+        !(options.sctp && options.tls.is_some()),
+        "--sctp with --tls is not supported (RFC 3436 TLS over SCTP is not built here)"
+    );
     options
 }
 
-fn pool(i: u32) -> PoolHandle {
-    PoolHandle::new(format!("BenchPool{}", i % POOLS).as_bytes()).unwrap()
+fn pool(i: u32, options: &Options) -> PoolHandle {
+    PoolHandle::new(format!("BenchPool{}", i % options.pools).as_bytes()).unwrap()
 }
 
-/// A plain or TLS association.
+/// A plain or TLS stream of the TCP mapping.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 type Association = Box<dyn Stream>;
 
-/// Opens an association, with TLS as `identity` when `tls` is given.
-async fn connect(registrar: SocketAddr, tls: Option<&tls::Client>) -> Option<Association> {
-    let stream = TcpStream::connect(registrar).await.ok()?;
-    let _ = stream.set_nodelay(true);
-    match tls {
-        None => Some(Box::new(stream)),
-        Some(client) => client.connect(stream).await,
+/// The ASAP payload protocol identifier (RFC 5352 §3).
+const ASAP_PPID: u32 = 11;
+
+/// One ASAP association to a registrar: a TCP-mapping stream (plain or TLS) or a kernel
+/// SCTP association.
+enum Link {
+    Stream {
+        stream: Association,
+        deframer: StreamDeframer,
+        buffer: Vec<u8>,
+    },
+    Sctp(rserpool::sctp::Association),
+}
+
+impl Link {
+    /// Opens an association, with TLS as `identity` when `tls` is given.
+    async fn open(registrar: SocketAddr, sctp: bool, tls: Option<&tls::Client>) -> Option<Self> {
+        if sctp {
+            let association = rserpool::sctp::Association::connect(&[registrar], &[])
+                .await
+                .ok()?;
+            return Some(Self::Sctp(association));
+        }
+        let stream = TcpStream::connect(registrar).await.ok()?;
+        let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            None => Box::new(stream),
+            Some(client) => client.connect(stream).await?,
+        };
+        Some(Self::Stream {
+            stream,
+            deframer: StreamDeframer::new(),
+            buffer: vec![0; 64 * 1024],
+        })
     }
-}
 
-/// Writes and flushes (a TLS stream holds records until flushed).
-async fn send(stream: &mut Association, message: &[u8]) -> bool {
-    stream.write_all(message).await.is_ok() && stream.flush().await.is_ok()
-}
+    /// Sends one message (over the TCP mapping, written and flushed: a TLS stream holds
+    /// records until flushed).
+    async fn send(&mut self, message: &[u8]) -> bool {
+        match self {
+            Self::Stream { stream, .. } => {
+                stream.write_all(message).await.is_ok() && stream.flush().await.is_ok()
+            }
+            Self::Sctp(association) => association.send(ASAP_PPID, message).await.is_ok(),
+        }
+    }
 
-async fn read_message(
-    stream: &mut Association,
-    deframer: &mut StreamDeframer,
-    buffer: &mut [u8],
-) -> Option<Vec<u8>> {
-    loop {
-        if let Ok(Some(frame)) = deframer.next_frame() {
-            return Some(frame);
+    /// The next message, or `None` once the association ended.
+    async fn receive(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Self::Stream {
+                stream,
+                deframer,
+                buffer,
+            } => loop {
+                if let Ok(Some(frame)) = deframer.next_frame() {
+                    return Some(frame);
+                }
+                let count = stream.read(buffer).await.ok()?;
+                if count == 0 {
+                    return None;
+                }
+                deframer.push(&buffer[..count]).ok()?;
+            },
+            Self::Sctp(association) => match association.receive(65_535).await.ok()? {
+                rserpool::sctp::Received::Message { payload, .. } => Some(payload),
+                rserpool::sctp::Received::Closed(_) => None,
+            },
         }
-        let count = stream.read(buffer).await.ok()?;
-        if count == 0 {
-            return None;
-        }
-        deframer.push(&buffer[..count]).ok()?;
     }
 }
 
@@ -139,21 +204,32 @@ struct Counters {
     lost_associations: AtomicU64,
 }
 
-fn registration(i: u32, interval: Duration) -> Vec<u8> {
+fn registration(i: u32, options: &Options, sctp_at: Option<IpAddr>) -> Vec<u8> {
+    let (protocol, address) = match sctp_at {
+        Some(address) => (TransportProtocol::Sctp(TransportUse::DataOnly), address),
+        None => (
+            TransportProtocol::Tcp(TransportUse::DataOnly),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ),
+    };
     AsapMessage::Registration(Registration {
-        pool_handle: pool(i),
+        pool_handle: pool(i, options),
         pool_element: PoolElement {
             id: PoolElementId(i + 1),
             home_registrar: RegistrarId::UNKNOWN,
-            registration_life_ms: u32::try_from((interval * 3).as_millis())
+            registration_life_ms: u32::try_from((options.interval * 3).as_millis())
                 .unwrap()
                 .max(30_000),
             user_transport: Transport {
-                protocol: TransportProtocol::Tcp(TransportUse::DataOnly),
+                protocol,
                 port: 10_000 + u16::try_from(i % 50_000).unwrap(),
-                addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+                addresses: vec![address],
             },
-            policy: Policy::LeastUsed { load: i },
+            policy: if options.round_robin {
+                Policy::RoundRobin
+            } else {
+                Policy::LeastUsed { load: i }
+            },
             asap_transport: None,
         },
     })
@@ -175,13 +251,13 @@ async fn pool_elements(
     tls: Option<Arc<tls::Client>>,
 ) {
     let messages: Vec<Vec<u8>> = (first..first + count)
-        .map(|i| registration(i, options.interval))
+        .map(|i| registration(i, &options, options.sctp.then(|| registrar.ip())))
         .collect();
     // Spread the associations over the interval.
     tokio::time::sleep(options.interval.mul_f64(f64::from(first % 1000) / 1000.0)).await;
     let mut retry = Duration::from_millis(250);
     loop {
-        let Some(mut stream) = connect(registrar, tls.as_deref()).await else {
+        let Some(mut link) = Link::open(registrar, options.sctp, tls.as_deref()).await else {
             if !options.register_only {
                 return;
             }
@@ -190,7 +266,7 @@ async fn pool_elements(
             continue;
         };
         retry = Duration::from_millis(250);
-        serve_pool_elements(&mut stream, &messages, &options, end, &counters).await;
+        serve_pool_elements(&mut link, &messages, &options, end, &counters).await;
         if !options.register_only {
             return;
         }
@@ -200,14 +276,12 @@ async fn pool_elements(
 }
 
 async fn serve_pool_elements(
-    stream: &mut Association,
+    link: &mut Link,
     messages: &[Vec<u8>],
     options: &Options,
     end: Instant,
     counters: &Counters,
 ) {
-    let mut deframer = StreamDeframer::new();
-    let mut buffer = vec![0u8; 64 * 1024];
     // Interval 0: a closed loop (each round as soon as the last one is answered).
     // Rounds missed while the registrar was busy (with handshakes, say) are skipped, not
     // sent in a burst: the load point is one registration per PE per interval.
@@ -226,7 +300,7 @@ async fn serve_pool_elements(
                 ticker.tick().await;
             }
             for message in messages {
-                if !send(stream, message).await {
+                if !link.send(message).await {
                     return;
                 }
             }
@@ -234,7 +308,7 @@ async fn serve_pool_elements(
         rounds += 1;
         let mut answered = 0;
         while answered < messages.len() || options.register_only {
-            let Some(reply) = read_message(stream, &mut deframer, &mut buffer).await else {
+            let Some(reply) = link.receive().await else {
                 return;
             };
             match AsapMessage::decode(&reply).map(|d| d.message) {
@@ -258,7 +332,7 @@ async fn serve_pool_elements(
                             pool_handle: k.pool_handle,
                             pe_id,
                         });
-                        let _ = send(stream, &ack.encode().unwrap()).await;
+                        let _ = link.send(&ack.encode().unwrap()).await;
                     }
                 }
                 _ => {}
@@ -267,41 +341,43 @@ async fn serve_pool_elements(
     }
 }
 
-/// A pool user resolving in a closed loop from `start` until `end`; it opens its
-/// association (and completes a TLS handshake) before `start`.
+/// A pool user resolving in a closed loop (`in_flight` requests outstanding, each
+/// answered one followed by the next) from `start` until `end`; it opens its association
+/// (and completes a TLS handshake) before `start`.
 async fn pool_user(
     registrar: SocketAddr,
     i: u32,
+    options: Arc<Options>,
     start: Arc<tokio::sync::Barrier>,
     end: Instant,
     counters: Arc<Counters>,
     tls: Option<Arc<tls::Client>>,
 ) {
-    let stream = connect(registrar, tls.as_deref()).await;
+    let link = Link::open(registrar, options.sctp, tls.as_deref()).await;
     start.wait().await;
-    let Some(mut stream) = stream else {
+    let Some(mut link) = link else {
         return;
     };
     let request = AsapMessage::HandleResolution(HandleResolution {
-        pool_handle: pool(i),
+        pool_handle: pool(i, &options),
         items: None,
     })
     .encode()
     .unwrap();
-    let mut deframer = StreamDeframer::new();
-    let mut buffer = vec![0u8; 8192];
+    // Answers come in order on one association: the oldest request is the one answered.
+    let mut sent = std::collections::VecDeque::new();
     while Instant::now() < end {
-        let start = Instant::now();
-        if !send(&mut stream, &request).await {
+        while sent.len() < options.in_flight as usize {
+            sent.push_back(Instant::now());
+            if !link.send(&request).await {
+                return;
+            }
+        }
+        if link.receive().await.is_none() {
             return;
         }
-        if read_message(&mut stream, &mut deframer, &mut buffer)
-            .await
-            .is_none()
-        {
-            return;
-        }
-        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let asked = sent.pop_front().unwrap();
+        let us = u64::try_from(asked.elapsed().as_micros()).unwrap_or(u64::MAX);
         counters.resolutions.fetch_add(1, Ordering::Relaxed);
         counters.latency_us.fetch_add(us, Ordering::Relaxed);
         counters.max_latency_us.fetch_max(us, Ordering::Relaxed);
@@ -342,11 +418,13 @@ async fn main() {
     }
     tokio::time::sleep(warmup).await;
     let start = Arc::new(tokio::sync::Barrier::new(options.pus as usize + 1));
+    let shared = Arc::new(options.clone());
     for i in 0..options.pus {
         let registrar = options.registrars[i as usize % options.registrars.len()];
         tasks.push(tokio::spawn(pool_user(
             registrar,
             i,
+            shared.clone(),
             start.clone(),
             end,
             counters.clone(),
@@ -354,6 +432,8 @@ async fn main() {
         )));
     }
     start.wait().await;
+    // For scripts that sample a process's CPU over the measured period.
+    println!("measuring for {} s", options.seconds);
     let registrations_before = counters.registrations.load(Ordering::Relaxed);
     let measured = Instant::now();
     for task in tasks {
@@ -364,12 +444,14 @@ async fn main() {
     let resolutions = counters.resolutions.load(Ordering::Relaxed);
     let mean_us = counters.latency_us.load(Ordering::Relaxed) / resolutions.max(1);
     println!(
-        "pool elements: {} over {} association(s), re-registering every {:?}; pool users: {} (closed loop); registrars: {}",
+        "pool elements: {} over {} association(s), re-registering every {:?}; pool users: {} (closed loop, {} in flight each); registrars: {}; {}",
         options.pes,
         associations,
         options.interval,
         options.pus,
-        options.registrars.len()
+        options.in_flight,
+        options.registrars.len(),
+        if options.sctp { "SCTP" } else { "TCP mapping" }
     );
     println!(
         "registrations/s:       {:.0}",
