@@ -200,8 +200,28 @@ pub(crate) async fn connect(
 }
 
 impl MessageSink for tokio::net::tcp::OwnedWriteHalf {
-    async fn send(&mut self, message: &[u8], _more: bool) -> io::Result<()> {
-        self.write_all(message).await
+    /// With `more`, the kernel may hold the bytes (`MSG_MORE`, as a cork for this one
+    /// write) to send them with what follows in full segments; the next write without
+    /// it sends everything.
+    async fn send(&mut self, message: &[u8], more: bool) -> io::Result<()> {
+        if !more {
+            return self.write_all(message).await;
+        }
+        let stream: &TcpStream = self.as_ref();
+        let mut rest = message;
+        while !rest.is_empty() {
+            stream.writable().await?;
+            let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+                socket2::SockRef::from(stream).send_with_flags(rest, libc::MSG_MORE)
+            });
+            match sent {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(count) => rest = rest.get(count..).unwrap_or_default(),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(())
     }
 
     async fn finish(&mut self) {
