@@ -980,8 +980,25 @@ fn captured_rsplib_messages_reencode_identically() {
         let Some((ppids, payloads)) = line.split_once('\t') else {
             continue;
         };
-        for (ppid, payload) in ppids.split('/').zip(payloads.split('/')) {
-            messages.insert((ppid.to_owned(), payload.replace(':', "")));
+        // One packet may bundle several DATA chunks (our registrar sends a burst with
+        // MSG_MORE): tshark lists their PPIDs joined by the aggregator and their payloads
+        // joined by '/' or, for chunks of one packet, by a backslash. Neither is a hex digit.
+        let ppids: Vec<&str> = ppids
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|p| !p.is_empty())
+            .collect();
+        let payloads: Vec<String> = payloads
+            .split(|c: char| !(c.is_ascii_hexdigit() || c == ':'))
+            .filter(|p| !p.is_empty())
+            .map(|p| p.replace(':', ""))
+            .collect();
+        assert_eq!(
+            ppids.len(),
+            payloads.len(),
+            "PPIDs and payloads of one packet: {line}"
+        );
+        for (ppid, payload) in ppids.into_iter().zip(payloads) {
+            messages.insert((ppid.to_owned(), payload));
         }
     }
     let kinds: std::collections::BTreeSet<&str> =

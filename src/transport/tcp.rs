@@ -486,7 +486,8 @@ pub(super) async fn run_session<S>(
                 let Some(message) = message else {
                     break "driver gone".to_owned();
                 };
-                if let Err(reason) = send_flushed(&mut stream, &message).await {
+                let batch = gather(message, &mut outgoing);
+                if let Err(reason) = send_flushed(&mut stream, &batch).await {
                     tracing::debug!(%assoc, %reason, "send failed");
                     break reason;
                 }
@@ -501,8 +502,26 @@ pub(super) async fn run_session<S>(
     let _ = incoming.send(Incoming::Closed { assoc, reason }).await;
 }
 
-/// Writes one message and flushes it (a TLS session holds records until flushed),
-/// within [`WRITE_TIMEOUT`].
+/// The most plaintext one TLS record carries (RFC 8446 §5.1, RFC 5246 §6.2.1).
+const TLS_RECORD_PLAINTEXT: usize = 16_384;
+
+/// `first` and the messages queued behind it, up to about one TLS record's plaintext:
+/// written at once they leave as one record and one flush, where each message alone
+/// costs a record (its own encryption) and a system call. The plain mappings bundle
+/// with `MSG_MORE` instead (`carrier::write_loop`).
+fn gather(first: Vec<u8>, outgoing: &mut mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+    let mut batch = first;
+    while batch.len() < TLS_RECORD_PLAINTEXT {
+        let Ok(next) = outgoing.try_recv() else {
+            break;
+        };
+        batch.extend_from_slice(&next);
+    }
+    batch
+}
+
+/// Writes one message (or several, gathered) and flushes it (a TLS session holds
+/// records until flushed), within [`WRITE_TIMEOUT`].
 async fn send_flushed(
     stream: &mut (impl AsyncWrite + Unpin),
     message: &[u8],
@@ -544,4 +563,26 @@ where
         while matches!(stream.read(&mut discard).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn queued_messages_are_gathered_in_order_up_to_one_record() {
+        let (sender, mut outgoing) = mpsc::channel(16);
+        for message in [b"bb".to_vec(), b"ccc".to_vec()] {
+            sender.send(message).await.unwrap();
+        }
+        assert_eq!(gather(b"a".to_vec(), &mut outgoing), b"abbccc");
+        assert!(outgoing.try_recv().is_err(), "everything queued was taken");
+        // Past one record's plaintext, the rest waits for the next write.
+        for _ in 0..2 {
+            sender.send(vec![2; 1_000]).await.unwrap();
+        }
+        let batch = gather(vec![1; 16_000], &mut outgoing);
+        assert_eq!(batch.len(), 17_000);
+        assert_eq!(outgoing.try_recv().unwrap(), vec![2; 1_000]);
+    }
 }
