@@ -112,9 +112,12 @@ fn identity_of(args: &CertIssueArgs) -> Result<PeerIdentity, RunError> {
         pool_user: grant(&args.pu_pools, "pu")?,
         observer: args.observer,
     };
-    if identity::uris(&identity).is_empty() {
+    if identity::uris(&identity).is_empty()
+        && args.dns_names.is_empty()
+        && args.ip_addresses.is_empty()
+    {
         return Err(RunError::Usage(
-            "the certificate would grant nothing: give --registrar-id, --pe, --pu or --observer"
+            "the certificate would grant nothing: give --registrar-id, --pe, --pu, --observer, --dns or --ip"
                 .into(),
         ));
     }
@@ -159,6 +162,18 @@ pub(crate) fn issue(args: &CertIssueArgs) -> Result<String, RunError> {
                 .map_err(|e| failed(&uri, e))
         })
         .collect::<Result<_, _>>()?;
+    for dns in &args.dns_names {
+        let name = dns
+            .clone()
+            .try_into()
+            .map_err(|e| RunError::Usage(format!("--dns {dns:?}: {e}")))?;
+        params.subject_alt_names.push(SanType::DnsName(name));
+    }
+    params.subject_alt_names.extend(
+        args.ip_addresses
+            .iter()
+            .map(|address| SanType::IpAddress(*address)),
+    );
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -173,7 +188,16 @@ pub(crate) fn issue(args: &CertIssueArgs) -> Result<String, RunError> {
     let (cert_path, key_path) = files(&args.dir, &args.name);
     write(&cert_path, &certificate.pem(), false)?;
     write(&key_path, &key.serialize_pem(), true)?;
-    let grants = identity::uris(&identity).join(" ");
+    let names = args
+        .dns_names
+        .iter()
+        .cloned()
+        .chain(args.ip_addresses.iter().map(ToString::to_string));
+    let grants = identity::uris(&identity)
+        .into_iter()
+        .chain(names)
+        .collect::<Vec<_>>()
+        .join(" ");
     Ok(format!(
         "certificate: {}\nkey: {}\ngrants: {grants}\n",
         cert_path.display(),

@@ -81,6 +81,13 @@ pub(crate) struct CertIssueArgs {
     /// May read a registrar's whole handle table (`rserpool dump`).
     #[arg(long)]
     pub(crate) observer: bool,
+    /// A DNS name the holder serves under, for TLS servers such as PEs behind the HTTP
+    /// gateway's `pe_tls` (repeatable).
+    #[arg(long = "dns")]
+    pub(crate) dns_names: Vec<String>,
+    /// An IP address the holder serves at (repeatable).
+    #[arg(long = "ip")]
+    pub(crate) ip_addresses: Vec<std::net::IpAddr>,
     /// Days the certificate is valid.
     #[arg(long, default_value_t = 365)]
     pub(crate) days: u32,

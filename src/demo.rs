@@ -239,6 +239,8 @@ fn issue_certificates(dir: &Path) -> Result<(), RunError> {
             pe_pools: strings(pe),
             pu_pools: strings(pu),
             observer,
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
             days: 30,
         })
     };

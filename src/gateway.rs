@@ -96,7 +96,7 @@ async fn reload(args: &GatewayArgs, logging: &Logging, listeners: &mut ListenerS
             removed = changes.removed,
             replaced = changes.replaced,
             routes_reloaded = changes.routes_reloaded,
-            "SIGHUP: reloaded (log level, listeners, HTTP routes and sticky keys, TLS certificates)"
+            "SIGHUP: reloaded (log level, listeners, HTTP routes and sticky keys, TLS certificates and TLS towards PEs)"
         ),
         Err(error) => tracing::error!(%error, "SIGHUP: listeners not changed (the log level was)"),
     }
@@ -278,6 +278,7 @@ async fn serve_signals(
                     crate::reload_tls(tls);
                 }
                 reload_certificates(&listeners.certificates());
+                listeners.reload_pe_tls();
                 reload(args, logging, listeners).await;
             }
             Request::Upgrade => {

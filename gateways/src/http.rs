@@ -25,6 +25,8 @@ mod held;
 mod idle;
 mod min_rate;
 mod moving;
+mod pe_stream;
+pub mod pe_tls;
 mod proxy;
 mod respond;
 mod response_head;

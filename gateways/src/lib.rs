@@ -12,6 +12,7 @@ pub mod dns;
 pub mod handover;
 pub mod health;
 pub mod http;
+pub mod logs;
 pub mod meters;
 pub mod pe_socket;
 pub mod tcp;

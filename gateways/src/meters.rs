@@ -186,6 +186,10 @@ fn describe_http() {
         "PEs ejected by passive health (consecutive failures, success rate)"
     );
     describe_counter!(
+        "rserpool_http_pe_tls_failures_total",
+        "TLS handshakes with PEs that failed (certificate not trusted or not naming the PE, no TLS), by pool"
+    );
+    describe_counter!(
         "rserpool_http_pe_busy_total",
         "attempts that passed over a PE at max_requests_per_pe"
     );

@@ -193,6 +193,26 @@ pub(crate) struct HttpRouteSection {
     /// first, ties in the pool policy's order (false: the policy's order).
     #[serde(default)]
     pub(crate) least_requests: Option<bool>,
+    /// TLS towards the route's PEs (absent: plain TCP).
+    #[serde(default)]
+    pub(crate) pe_tls: Option<PeTlsSection>,
+}
+
+/// TLS towards a route's PEs: whom to trust and which name they must prove.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeTlsSection {
+    /// CA certificates (PEM) the PEs' certificates must chain to.
+    pub(crate) ca: std::path::PathBuf,
+    /// The name the PEs' certificates must carry, sent as SNI; absent: each PE's IP
+    /// address (an IP SAN).
+    #[serde(default)]
+    pub(crate) server_name: Option<String>,
+    /// A client certificate chain and its key (PEM), for PEs that ask for one.
+    #[serde(default)]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub(crate) key: Option<std::path::PathBuf>,
 }
 
 /// A route's passive health (the HTTP gateway library's defaults).

@@ -249,6 +249,26 @@ impl ListenerSet {
             .collect()
     }
 
+    /// SIGHUP: the HTTP routes' TLS towards PEs is read again; files that do not load
+    /// leave the ones in use.
+    pub(super) fn reload_pe_tls(&self) {
+        for running in &self.running {
+            let Some(reloader) = &running.reloader else {
+                continue;
+            };
+            for (pool, outcome) in reloader.reload_pe_tls() {
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(listener = %running.bound, %pool, "SIGHUP: TLS towards PEs reloaded");
+                    }
+                    Err(error) => {
+                        tracing::error!(listener = %running.bound, %pool, %error, "SIGHUP: TLS towards PEs not reloaded; the old files stay");
+                    }
+                }
+            }
+        }
+    }
+
     /// Follows `file`'s listeners (SIGHUP). On an error (settings, an address that
     /// cannot be bound) nothing has changed.
     pub(super) async fn apply(&mut self, file: &ConfigFile) -> Result<Changes, RunError> {

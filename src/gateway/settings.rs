@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rserpool_gateways::dns::{DnsConfig, TcpLimits, hickory_name};
 use rserpool_gateways::health::{OutlierConfig, SuccessRateConfig};
+use rserpool_gateways::http::pe_tls::{PeTls, PeTlsSource};
 use rserpool_gateways::http::sticky::{self, CookieSealer};
 use rserpool_gateways::http::tls::{CertificateResolver, CertificateSource};
 use rserpool_gateways::http::{HttpListenerConfig, Route, StatusSet};
@@ -19,7 +20,7 @@ use super::bind;
 use crate::RunError;
 use crate::config::{
     self, CertificateSection, DnsSection, HttpListenerSection, HttpRouteSection, OutlierSection,
-    StickySection, TcpListenerSection,
+    PeTlsSection, StickySection, TcpListenerSection,
 };
 
 fn dns_config(section: &DnsSection) -> Result<DnsConfig, RunError> {
@@ -180,7 +181,33 @@ fn route_config(route: &HttpRouteSection, context: &str) -> Result<Route, RunErr
         resume_cut_gets: route.resume_cut_gets.unwrap_or(defaults.resume_cut_gets),
         idempotency_keys: route.idempotency_keys.unwrap_or(defaults.idempotency_keys),
         least_requests: route.least_requests.unwrap_or(defaults.least_requests),
+        pe_tls: route
+            .pe_tls
+            .as_ref()
+            .map(|section| pe_tls(section, route.pool, context))
+            .transpose()?,
     })
+}
+
+/// A route's TLS towards its PEs, its files read.
+fn pe_tls(section: &PeTlsSection, pool: PoolHandle, context: &str) -> Result<Arc<PeTls>, RunError> {
+    let client_certificate = match (&section.cert, &section.key) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        _ => {
+            return Err(RunError::Usage(format!(
+                "{context}: route {pool}: pe_tls: cert and key go together"
+            )));
+        }
+    };
+    let source = PeTlsSource {
+        ca: section.ca.clone(),
+        server_name: section.server_name.clone(),
+        client_certificate,
+    };
+    PeTls::new(source, &pool.to_string())
+        .map(Arc::new)
+        .map_err(|e| RunError::Usage(format!("{context}: route {pool}: pe_tls: {e}")))
 }
 
 /// A listener's sticky sessions: the cookie's name checked, the keys read.

@@ -11,6 +11,8 @@
     reason = "each test binary uses part of these helpers"
 )]
 
+pub mod pki;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

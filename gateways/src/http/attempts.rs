@@ -94,6 +94,10 @@ pub(crate) enum Answered {
 pub(crate) enum Failure {
     /// Nothing reached the PE (the connection was refused or could not be made).
     NotSent,
+    /// Nothing reached the PE: its TLS handshake failed (its certificate does not
+    /// verify, or it speaks no TLS). Not reported unreachable: it answered, and a
+    /// registrar cannot judge who it is.
+    Untrusted,
     /// The request (or part of it) went out and the connection broke before a
     /// response.
     Lost,
@@ -252,14 +256,16 @@ impl Attempt {
             Step::GiveUp(GiveUp {
                 status: match failure {
                     Failure::TimedOut => StatusCode::GATEWAY_TIMEOUT,
-                    Failure::NotSent | Failure::Lost => StatusCode::BAD_GATEWAY,
+                    Failure::NotSent | Failure::Untrusted | Failure::Lost => {
+                        StatusCode::BAD_GATEWAY
+                    }
                 },
                 reason,
             })
         };
         let plan = self.plan;
         let resendable = match failure {
-            Failure::NotSent => plan.replayable,
+            Failure::NotSent | Failure::Untrusted => plan.replayable,
             Failure::Lost | Failure::TimedOut => plan.replayable && (plan.idempotent || plan.keyed),
         };
         if !resendable {
@@ -444,6 +450,7 @@ mod tests {
         assert!(Failure::NotSent.reports_unreachable());
         assert!(Failure::TimedOut.reports_unreachable());
         assert!(!Failure::Lost.reports_unreachable());
+        assert!(!Failure::Untrusted.reports_unreachable());
     }
 
     /// One attempt's outcome: a failure, or a response with this status.
@@ -457,6 +464,7 @@ mod tests {
     fn outcome() -> impl Strategy<Value = Outcome> {
         prop_oneof![
             Just(Outcome::Failed(Failure::NotSent)),
+            Just(Outcome::Failed(Failure::Untrusted)),
             Just(Outcome::Failed(Failure::Lost)),
             Just(Outcome::Failed(Failure::TimedOut)),
             Just(Outcome::Answered(200)),
@@ -508,7 +516,10 @@ mod tests {
                             prop_assert!(
                                 idempotent
                                     || !sent
-                                    || matches!(previous, Outcome::Failed(Failure::NotSent))
+                                    || matches!(
+                                        previous,
+                                        Outcome::Failed(Failure::NotSent | Failure::Untrusted)
+                                    )
                                     || (keyed && matches!(previous, Outcome::Failed(_)))
                             );
                         }
@@ -704,7 +715,14 @@ mod tests {
                                 let next = attempt.failed(failure, &mut pay);
                                 if matches!(next, Step::Try(_)) {
                                     prop_assert!(replayable);
-                                    prop_assert!(idempotent || keyed || failure == Failure::NotSent);
+                                    prop_assert!(
+                                        idempotent
+                                            || keyed
+                                            || matches!(
+                                                failure,
+                                                Failure::NotSent | Failure::Untrusted
+                                            )
+                                    );
                                 }
                                 Flight::Next(next)
                             }

@@ -59,6 +59,8 @@ pub struct Route {
     /// Whether this route's count of requests waiting for each PE reorders the PEs a
     /// resolution returned: fewest first, ties in the registrar's (the policy's) order.
     pub least_requests: bool,
+    /// TLS towards the PEs, their certificates checked; `None`: plain TCP.
+    pub pe_tls: Option<Arc<PeTls>>,
 }
 
 /// Requests one route's queue holds at most; more get 503 at once.
@@ -66,6 +68,7 @@ pub const MAX_QUEUED: usize = 1024;
 
 use super::attempts::StatusSet;
 use super::hedge::Hedge;
+use super::pe_tls::PeTls;
 use super::tls;
 use crate::health::OutlierConfig;
 pub use crate::health::SLOW_START;
@@ -106,6 +109,7 @@ impl Route {
             resume_cut_gets: RESUME_CUT_GETS,
             idempotency_keys: false,
             least_requests: false,
+            pe_tls: None,
         }
     }
 

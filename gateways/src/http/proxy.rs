@@ -688,8 +688,7 @@ pub(super) fn launch<'a>(
         let elapsed = crate::now().saturating_duration_since(start);
         let result = match sent {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() => Err(attempts::Failure::NotSent),
-            Ok(Err(_)) => Err(attempts::Failure::Lost),
+            Ok(Err(error)) => Err(error.failure()),
             Err(_) => Err(attempts::Failure::TimedOut),
         };
         (id, elapsed, result)

@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use rserpool_proto::wire::PoolElementId;
 
 use super::body::{ProxyBody, Tunnel};
+use super::pe_stream::PeStream;
 use super::routing::{LiveRoute, Routing};
 use super::sticky::Binding;
 use super::upstream::ResponseBody;
@@ -98,7 +99,7 @@ pub(super) fn unix_seconds() -> u64 {
 /// PE's bytes that came with its 101 go to the client first. The tunnel ends when
 /// either side does, or when it carried nothing either way for its idle timeout; its
 /// connection slot is given back then.
-pub(super) async fn bridge(tunnel: Tunnel, (upstream, early): (tokio::net::TcpStream, Bytes)) {
+pub(super) async fn bridge(tunnel: Tunnel, (upstream, early): (PeStream, Bytes)) {
     use tokio::io::AsyncWriteExt as _;
     let Tunnel {
         client,

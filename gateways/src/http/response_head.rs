@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use http::header::HeaderMap;
 use http::{Response, StatusCode, Version, header};
 
+use super::attempts::Failure;
 use super::body::BoxError;
 use super::forward::connection_has;
 use super::head::{MAX_HEADERS, Spans};
@@ -19,6 +20,10 @@ pub(super) enum UpstreamError {
     Connect(io::Error),
     #[error("connecting to the pool element timed out")]
     ConnectTimeout,
+    /// The PE did not prove who it is (a certificate that does not verify) or speaks
+    /// no TLS.
+    #[error("TLS handshake with the pool element failed: {0}")]
+    Tls(io::Error),
     #[error("connection to the pool element lost: {0}")]
     Lost(io::Error),
     #[error("the pool element closed the connection without a response")]
@@ -32,7 +37,16 @@ pub(super) enum UpstreamError {
 impl UpstreamError {
     /// Nothing reached the PE: the request may go anywhere else.
     pub(super) fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect(_) | Self::ConnectTimeout)
+        matches!(self, Self::Connect(_) | Self::ConnectTimeout | Self::Tls(_))
+    }
+
+    /// How the attempt failed, for the next step.
+    pub(super) fn failure(&self) -> Failure {
+        match self {
+            Self::Tls(_) => Failure::Untrusted,
+            _ if self.is_connect() => Failure::NotSent,
+            _ => Failure::Lost,
+        }
     }
 }
 

@@ -242,7 +242,7 @@ impl Routing {
                 .routes
                 .iter()
                 .map(|route| LiveRoute {
-                    upstream: Upstream::new(route.connect_timeout),
+                    upstream: Upstream::new(route.connect_timeout, route.pe_tls.clone()),
                     meters: RouteMeters::new(route),
                     budget: RetryBudget::new(config.retry_ratio),
                     health: Mutex::new(RouteHealth {
@@ -293,6 +293,28 @@ impl Reloader {
         if let Ok(mut current) = self.routing.write() {
             *current = routing;
         }
+    }
+
+    /// Reads the files of every route's TLS towards PEs again (SIGHUP): new
+    /// connections use them; a route whose files do not load keeps the ones in use.
+    /// Each route with `pe_tls`, with the outcome.
+    pub fn reload_pe_tls(
+        &self,
+    ) -> Vec<(
+        rserpool_proto::wire::PoolHandle,
+        Result<(), super::tls::TlsError>,
+    )> {
+        let Some(routing) = self.current() else {
+            return Vec::new();
+        };
+        routing
+            .routes
+            .iter()
+            .filter_map(|live| {
+                let tls = live.route.pe_tls.as_ref()?;
+                Some((live.route.pool_handle, tls.reload()))
+            })
+            .collect()
     }
 
     pub(super) fn current(&self) -> Option<Arc<Routing>> {

@@ -31,6 +31,8 @@ pub enum TlsError {
     File { path: String, reason: String },
     #[error("no certificate configured")]
     Empty,
+    #[error("server name {name:?}: {reason}")]
+    ServerName { name: String, reason: String },
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
 }

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 
 use super::body::{BoxError, ProxyBody};
 use super::head::{LAST_CHUNK, put_chunk, put_field, put_fields};
+use super::pe_stream::PeStream;
+use super::pe_tls::PeTls;
 use super::response_head::{Chunk, Framing, UpstreamError, parse_head};
 
 /// Response heads larger than this are refused (502).
@@ -64,7 +66,7 @@ pub(super) struct Outgoing<'a> {
 /// A PE's socket, the bytes read from it but not yet used, and the buffer requests
 /// are written from (kept for the next request).
 struct Connection {
-    stream: TcpStream,
+    stream: PeStream,
     buffer: BytesMut,
     head: BytesMut,
 }
@@ -85,6 +87,8 @@ struct IdlePool {
 /// Connections to the PEs of one route.
 pub(super) struct Upstream {
     connect_timeout: Duration,
+    /// TLS towards the PEs (the route's `pe_tls`); `None`: plain TCP.
+    tls: Option<Arc<PeTls>>,
     idle: Mutex<IdlePool>,
 }
 
@@ -92,14 +96,16 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Upstream {
-    pub(super) fn new(connect_timeout: Duration) -> Arc<Self> {
+    pub(super) fn new(connect_timeout: Duration, tls: Option<Arc<PeTls>>) -> Arc<Self> {
         Arc::new(Self {
             connect_timeout,
+            tls,
             idle: Mutex::new(IdlePool::default()),
         })
     }
@@ -137,12 +143,25 @@ impl Upstream {
         Ok(Response::from_parts(head, body))
     }
 
+    /// A new connection to `address`: TCP, then the TLS handshake when the route has
+    /// `pe_tls`, both within the connect timeout.
     async fn connect(&self, address: SocketAddr) -> Result<Connection, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(address))
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(address))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Connect)?;
         crate::pe_socket::tune(&stream);
+        let stream = match &self.tls {
+            None => PeStream::Plain(stream),
+            Some(tls) => {
+                let secured = tokio::time::timeout_at(deadline, tls.connect(stream, address))
+                    .await
+                    .map_err(|_| UpstreamError::ConnectTimeout)?
+                    .map_err(UpstreamError::Tls)?;
+                PeStream::Tls(Box::new(secured))
+            }
+        };
         Ok(Connection {
             stream,
             // Allocated at the first read: a connection still sending a request (a
@@ -162,8 +181,9 @@ impl Upstream {
                 connections.clear();
                 break;
             }
-            if still_open(&entry.connection.stream) {
-                return Some(entry.connection);
+            let mut connection = entry.connection;
+            if connection.stream.still_open() {
+                return Some(connection);
             }
         }
         idle.by_pe.remove(&address);
@@ -195,14 +215,6 @@ impl Upstream {
             since: now,
         });
     }
-}
-
-/// False when the runtime has seen the idle connection become readable: the PE closed
-/// it (or sent bytes nobody asked for). Looks at the readiness the runtime already
-/// has; no system call.
-fn still_open(stream: &TcpStream) -> bool {
-    let mut context = Context::from_waker(Waker::noop());
-    stream.poll_read_ready(&mut context).is_pending()
 }
 
 /// Writes a request; `false` when the PE answered before the whole body went out.
@@ -268,25 +280,33 @@ async fn write_request(
             }
             head.put_slice(b"\r\n");
             write_all(&mut connection.stream, &head).await?;
-            stream_body(&mut connection.stream, body, length.is_none()).await?
+            stream_body(connection, body, length.is_none()).await?
         }
     };
+    // TLS may hold the last record until flushed (a no-op on a plain socket).
+    connection
+        .stream
+        .flush()
+        .await
+        .map_err(UpstreamError::Lost)?;
     connection.head = head;
     Ok(complete)
 }
 
-async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), UpstreamError> {
+async fn write_all(stream: &mut PeStream, bytes: &[u8]) -> Result<(), UpstreamError> {
     stream.write_all(bytes).await.map_err(UpstreamError::Lost)
 }
 
 /// Copies a streaming request body to the PE. A PE that answers before it has read the
-/// whole body (an early error) stops the copy: its response is read next (`false`).
+/// whole body (an early error) stops the copy: its response is read next (`false`),
+/// starting from what came meanwhile (in the connection's buffer).
 async fn stream_body(
-    stream: &mut TcpStream,
+    connection: &mut Connection,
     mut body: ProxyBody,
     chunked: bool,
 ) -> Result<bool, UpstreamError> {
-    let (mut reader, mut writer) = stream.split();
+    let (mut reader, mut writer) = tokio::io::split(&mut connection.stream);
+    let early = &mut connection.buffer;
     let copy = async {
         // A chunk goes out in one write with its framing.
         let mut chunk = BytesMut::new();
@@ -306,6 +326,8 @@ async fn stream_body(
                 &data[..]
             };
             writer.write_all(bytes).await.map_err(UpstreamError::Lost)?;
+            // Over TLS a chunk is not out until flushed (the PE may wait for it).
+            writer.flush().await.map_err(UpstreamError::Lost)?;
         }
         if chunked {
             writer
@@ -315,11 +337,11 @@ async fn stream_body(
         }
         Ok(())
     };
-    let mut probe = [0u8; 1];
+    early.reserve(READ_SIZE);
     tokio::select! {
         copied = copy => copied.map(|()| true),
         // Bytes (or the end) from the PE before the body is through: its answer.
-        _ = reader.peek(&mut probe) => Ok(false),
+        read = reader.read_buf(early) => read.map(|_| false).map_err(UpstreamError::Lost),
     }
 }
 
@@ -380,7 +402,7 @@ impl std::fmt::Debug for ResponseBody {
 impl ResponseBody {
     /// The PE's connection after a `101 Switching Protocols`, with the bytes it sent
     /// after the head.
-    pub(super) fn into_upgraded(mut self) -> Option<(TcpStream, Bytes)> {
+    pub(super) fn into_upgraded(mut self) -> Option<(PeStream, Bytes)> {
         self.connection
             .take()
             .map(|connection| (connection.stream, connection.buffer.freeze()))
@@ -673,7 +695,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(Duration::from_secs(1), None);
         let connection = upstream.connect(address).await.unwrap();
         let body = ResponseBody {
             connection: Some(connection),
@@ -772,7 +794,7 @@ mod tests {
 
     #[tokio::test]
     async fn keep_alive_connections_are_reused_and_closing_ones_are_not() {
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(Duration::from_secs(1), None);
         let (address, accepted) = fake_pe(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
         for _ in 0..3 {
             assert_eq!(
@@ -792,7 +814,7 @@ mod tests {
 
     #[tokio::test]
     async fn interim_responses_are_skipped_and_refused_connects_say_so() {
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(Duration::from_secs(1), None);
         let (address, _) = fake_pe(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
         )
@@ -846,7 +868,7 @@ mod tests {
                 open.push(socket);
             }
         });
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(Duration::from_secs(1), None);
         for _ in 0..2 {
             let endless = OutgoingBody::Streaming {
                 body: Endless.boxed_unsync(),
