@@ -4,8 +4,11 @@
 # nginx backends (../shared/baselines), on the same machine; then the same over TLS
 # (a self-signed ECDSA certificate; HTTP/1.1, keep-alive). Each figure is the median of
 # ROUNDS alternating runs; prints requests/s, p50 and p99 and the ratios to HAProxy.
-#   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls: one part; THREADS=2: plain
+#   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls|h2: one part; THREADS=2: plain
 #                                   HTTP again on two threads, and the ratios to one)
+# The h2 part: clients speak HTTP/1.1 to the gateway (`pe_protocol: http2`) and to
+# HAProxy (`proto h2` servers), both speaking h2c to two nginx backends listening with
+# `http2` (nginx 1.22's h2c with prior knowledge), forwarding headers on both.
 # The gateway runs with one thread (TOKIO_WORKER_THREADS=1) like HAProxy's nbthread 1.
 # The gateway adds X-Forwarded-For, X-Forwarded-Proto, Forwarded and Via (requests; Via
 # on responses too); ../shared/baselines/haproxy.cfg adds none. The ratios are taken to
@@ -28,6 +31,21 @@ nginx -c "$baselines/nginx-backend.conf"
 nginx -c "$baselines/nginx-proxy.conf"
 haproxy -f "$baselines/haproxy.cfg" -D -p "$work/haproxy.pid"; pids+=("$(cat "$work/haproxy.pid")")
 
+# The global and defaults sections of the HAProxy configurations written here.
+haproxy_head() {
+    cat <<CFG
+global
+  nbthread 1
+  maxconn 5000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+CFG
+}
+
 # HAProxy passing on the same forwarding headers as the gateway (PROTO: http or https).
 haproxy_forwarding() {
     cat <<CFG
@@ -48,15 +66,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
     -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 cat "$work/cert.pem" "$work/key.pem" > "$work/combined.pem"
 cat > "$work/haproxy-tls.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 5000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
+$(haproxy_head)
 frontend fe
   bind 127.0.0.1:18491 ssl crt $work/combined.pem alpn http/1.1
 $(haproxy_forwarding https)
@@ -82,15 +92,50 @@ http {
 CFG
 nginx -c "$work/nginx-tls.conf"
 
-# The gateway: a registrar, one `pe` agent per backend, plain and TLS listeners.
+# h2c backends (the same answer as the baselines' backends) and HAProxy speaking h2 to them.
+cat > "$work/nginx-h2-backend.conf" <<CFG
+worker_processes 1;
+pid $work/nginx-h2-backend.pid;
+error_log $work/nginx-h2-backend-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:18083 http2; location / { return 200 "hello from backend\n"; } }
+  server { listen 127.0.0.1:18084 http2; location / { return 200 "hello from backend\n"; } }
+}
+CFG
+nginx -c "$work/nginx-h2-backend.conf"; pid_files+=("$work/nginx-h2-backend.pid")
+cat > "$work/haproxy-h2.cfg" <<CFG
+$(haproxy_head)
+frontend fe
+  bind 127.0.0.1:18097
+$(haproxy_forwarding http)
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+  server s1 127.0.0.1:18083 proto h2
+  server s2 127.0.0.1:18084 proto h2
+CFG
+haproxy -f "$work/haproxy-h2.cfg" -D -p "$work/haproxy-h2.pid"; pids+=("$(cat "$work/haproxy-h2.pid")")
+
+# The gateway: a registrar, one `pe` agent per backend, plain and TLS listeners, and one
+# speaking h2c to the h2 backends.
 start_pool WebPool 18081 18082
+for port in 18083 18084; do
+    setsid "$bin/rserpool" pe --pool H2Pool --backend 127.0.0.1:"$port" --registrar "$asap" --health tcp \
+        2>"$work/pe-$port.log" & pids+=($!)
+done
 web_gateway_config "    - listen: 127.0.0.1:18489
       tls:
         certificates: [{cert: $work/cert.pem, key: $work/key.pem}]
-      routes: [{pool: WebPool}]"
+      routes: [{pool: WebPool}]" "    - listen: 127.0.0.1:18093
+      routes: [{pool: H2Pool, pe_protocol: http2}]"
 TOKIO_WORKER_THREADS=1 setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready
-until "$bin/rserpool" resolve WebPool --registrar "$asap" --count 10 | grep -q "2 pool element"; do sleep 0.2; done
+for pool in WebPool H2Pool; do
+    until "$bin/rserpool" resolve "$pool" --registrar "$asap" --count 10 | grep -q "2 pool element"; do sleep 0.2; done
+done
 
 # wrk's figures: requests/s and the p50/p99 latency in ms.
 measure() {
@@ -153,6 +198,10 @@ fi
 if [ -z "${ONLY:-}" ] || [ "$ONLY" = tls ]; then
     compare "TLS (HTTP/1.1)" "gateway=$gateway=https://127.0.0.1:18489/" "haproxy=$(cat "$work/haproxy-tls.pid")=https://127.0.0.1:18491/" \
         nginx==https://127.0.0.1:18490/
+fi
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = h2 ]; then
+    compare "HTTP/1.1 clients, h2c to the backends" "gateway=$gateway=http://127.0.0.1:18093/" \
+        "haproxy=$(cat "$work/haproxy-h2.pid")=http://127.0.0.1:18097/"
 fi
 echo "gateway RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"
 

@@ -25,7 +25,7 @@ pub(crate) use csp::{
 };
 pub(crate) use gateway::{
     CertificateSection, DnsSection, GatewaySection, HttpListenerSection, HttpRouteSection,
-    OutlierSection, PeTlsSection, StickySection, TcpListenerSection, sticky_keys,
+    OutlierSection, PeProtocol, PeTlsSection, StickySection, TcpListenerSection, sticky_keys,
 };
 pub(crate) use host_port::{HostPort, resolve_all};
 pub(crate) use pe::{

@@ -35,33 +35,7 @@ struct TlsBackend {
 
 impl TlsBackend {
     fn start(pki: &Pki, name: &str, clients_of: Option<&Pki>) -> Self {
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(pki.path(&format!("{name}.pem")))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-        let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}-key.pem"))).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match clients_of {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(ca.path("ca.pem")).unwrap() {
-                    roots.add(cert.unwrap()).unwrap();
-                }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider,
-                )
-                .build()
-                .unwrap();
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let config = Arc::new(builder.with_single_cert(chain, key).unwrap());
+        let config = Arc::new(server_config(pki, name, clients_of));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let (handshakes, requests) = (Arc::default(), Arc::default());
@@ -79,6 +53,97 @@ impl TlsBackend {
             requests,
         }
     }
+}
+
+/// An HTTPS backend speaking HTTP/2 only (ALPN `h2`), answering `200 hello`; it
+/// counts HTTP/2 connections and requests.
+struct H2Backend {
+    address: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl H2Backend {
+    fn start(pki: &Pki, name: &str) -> Self {
+        let mut config = server_config(pki, name, None);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = Arc::<AtomicUsize>::default();
+        let requests = Arc::<AtomicUsize>::default();
+        let counts = (Arc::clone(&connections), Arc::clone(&requests));
+        thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((socket, _)) = listener.accept().await {
+                    let (acceptor, counts) = (acceptor.clone(), counts.clone());
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(socket).await else {
+                            return;
+                        };
+                        let Ok(mut connection) = h2::server::handshake(tls).await else {
+                            return;
+                        };
+                        // Counted here: the PE agent's TCP health checks connect too.
+                        counts.0.fetch_add(1, Ordering::Relaxed);
+                        while let Some(Ok((_, mut respond))) = connection.accept().await {
+                            counts.1.fetch_add(1, Ordering::Relaxed);
+                            let head = http::Response::builder()
+                                .header("content-length", "5")
+                                .body(())
+                                .unwrap();
+                            if let Ok(mut body) = respond.send_response(head, false) {
+                                let _ = body.send_data(bytes::Bytes::from_static(b"hello"), true);
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        Self {
+            address,
+            connections,
+            requests,
+        }
+    }
+}
+
+/// The TLS settings of a backend presenting certificate NAME of `pki`; with
+/// `clients_of`, it asks for a client certificate of that CA.
+fn server_config(pki: &Pki, name: &str, clients_of: Option<&Pki>) -> rustls::ServerConfig {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(pki.path(&format!("{name}.pem")))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(pki.path(&format!("{name}-key.pem"))).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients_of {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca.path("ca.pem")).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder.with_single_cert(chain, key).unwrap()
 }
 
 /// One client connection: the handshake, then `200 hello` to each request head.
@@ -152,11 +217,17 @@ fn say_hello(gateway: SocketAddr, times: usize) {
 
 /// A registrar and one agent per backend, all in WebPool.
 fn pool(backends: &[&TlsBackend]) -> (Process, SocketAddr, Vec<Process>) {
+    let addresses: Vec<SocketAddr> = backends.iter().map(|backend| backend.address).collect();
+    pool_at(&addresses)
+}
+
+/// A registrar and one agent per backend address, all in WebPool.
+fn pool_at(backends: &[SocketAddr]) -> (Process, SocketAddr, Vec<Process>) {
     let registrar = registrar(&[]);
     let asap = registrar.address("asap");
     let agents: Vec<Process> = backends
         .iter()
-        .map(|backend| agent(asap, backend.address, &["--health", "tcp"]))
+        .map(|backend| agent(asap, *backend, &["--health", "tcp"]))
         .collect();
     assert!(eventually(Duration::from_secs(10), || {
         common::resolve_ids(asap, "WebPool").len() == backends.len()
@@ -315,4 +386,40 @@ fn unusable_pe_tls_settings_are_refused_at_start() {
         assert_ne!(code, 0, "{settings}");
         assert!(stderr.contains(expected), "{settings}: {stderr}");
     }
+}
+
+/// `pe_protocol: http2` over TLS: ALPN `h2`, and the requests of many clients at once
+/// share the PE's one connection.
+#[test]
+fn http2_over_tls_carries_many_clients_on_one_connection() {
+    let pki = Pki::new("pe-h2");
+    pki.issue("web", &["--dns", "web.internal"]);
+    let backend = H2Backend::start(&pki, "web");
+    let (_registrar, asap, _agents) = pool_at(&[backend.address]);
+    let route = web_internal_route(&pki) + "          pe_protocol: http2\n";
+    let (gateway, _file) = gateway(asap, &route);
+    let address = gateway.listener("http");
+    // The first request opens the connection; the others find it.
+    say_hello(address, 1);
+    let clients: Vec<_> = (0..8)
+        .map(|_| thread::spawn(move || say_hello(address, 5)))
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert_eq!(backend.requests.load(Ordering::Relaxed), 41);
+    assert_eq!(backend.connections.load(Ordering::Relaxed), 1);
+}
+
+/// A PE that does not take HTTP/2 by ALPN is served over HTTP/1.1.
+#[test]
+fn http2_routes_speak_http1_to_pes_that_choose_it() {
+    let pki = Pki::new("pe-h2-fallback");
+    pki.issue("web", &["--dns", "web.internal"]);
+    let backend = TlsBackend::start(&pki, "web", None);
+    let (_registrar, asap, _agents) = pool(&[&backend]);
+    let route = web_internal_route(&pki) + "          pe_protocol: http2\n";
+    let (gateway, _file) = gateway(asap, &route);
+    say_hello(gateway.listener("http"), 3);
+    assert_eq!(backend.requests.load(Ordering::Relaxed), 3);
 }

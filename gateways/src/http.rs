@@ -25,6 +25,8 @@ mod held;
 mod idle;
 mod min_rate;
 mod moving;
+mod pe_h2;
+mod pe_request;
 mod pe_stream;
 pub mod pe_tls;
 mod proxy;

@@ -196,6 +196,19 @@ pub(crate) struct HttpRouteSection {
     /// TLS towards the route's PEs (absent: plain TCP).
     #[serde(default)]
     pub(crate) pe_tls: Option<PeTlsSection>,
+    /// HTTP towards the route's PEs: `http1` (the default) or `http2` (h2c with prior
+    /// knowledge on plain TCP; offered by ALPN over TLS, where the PE chooses).
+    #[serde(default)]
+    pub(crate) pe_protocol: PeProtocol,
+}
+
+/// The HTTP version a route speaks to its PEs.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PeProtocol {
+    #[default]
+    Http1,
+    Http2,
 }
 
 /// TLS towards a route's PEs: whom to trust and which name they must prove.

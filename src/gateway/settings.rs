@@ -20,7 +20,7 @@ use super::bind;
 use crate::RunError;
 use crate::config::{
     self, CertificateSection, DnsSection, HttpListenerSection, HttpRouteSection, OutlierSection,
-    PeTlsSection, StickySection, TcpListenerSection,
+    PeProtocol, PeTlsSection, StickySection, TcpListenerSection,
 };
 
 fn dns_config(section: &DnsSection) -> Result<DnsConfig, RunError> {
@@ -186,6 +186,7 @@ fn route_config(route: &HttpRouteSection, context: &str) -> Result<Route, RunErr
             .as_ref()
             .map(|section| pe_tls(section, route.pool, context))
             .transpose()?,
+        pe_http2: route.pe_protocol == PeProtocol::Http2,
     })
 }
 

@@ -94,10 +94,11 @@ pub(crate) enum Answered {
 pub(crate) enum Failure {
     /// Nothing reached the PE (the connection was refused or could not be made).
     NotSent,
-    /// Nothing reached the PE: its TLS handshake failed (its certificate does not
-    /// verify, or it speaks no TLS). Not reported unreachable: it answered, and a
-    /// registrar cannot judge who it is.
-    Untrusted,
+    /// Nothing reached the PE's application, though the PE answered: its TLS
+    /// handshake failed (its certificate does not verify, or it speaks no TLS), its
+    /// HTTP/2 handshake failed, or it refused the request's stream. Not reported
+    /// unreachable: a registrar cannot judge who it is, and it is alive.
+    Declined,
     /// The request (or part of it) went out and the connection broke before a
     /// response.
     Lost,
@@ -256,16 +257,14 @@ impl Attempt {
             Step::GiveUp(GiveUp {
                 status: match failure {
                     Failure::TimedOut => StatusCode::GATEWAY_TIMEOUT,
-                    Failure::NotSent | Failure::Untrusted | Failure::Lost => {
-                        StatusCode::BAD_GATEWAY
-                    }
+                    Failure::NotSent | Failure::Declined | Failure::Lost => StatusCode::BAD_GATEWAY,
                 },
                 reason,
             })
         };
         let plan = self.plan;
         let resendable = match failure {
-            Failure::NotSent | Failure::Untrusted => plan.replayable,
+            Failure::NotSent | Failure::Declined => plan.replayable,
             Failure::Lost | Failure::TimedOut => plan.replayable && (plan.idempotent || plan.keyed),
         };
         if !resendable {
@@ -450,7 +449,7 @@ mod tests {
         assert!(Failure::NotSent.reports_unreachable());
         assert!(Failure::TimedOut.reports_unreachable());
         assert!(!Failure::Lost.reports_unreachable());
-        assert!(!Failure::Untrusted.reports_unreachable());
+        assert!(!Failure::Declined.reports_unreachable());
     }
 
     /// One attempt's outcome: a failure, or a response with this status.
@@ -464,7 +463,7 @@ mod tests {
     fn outcome() -> impl Strategy<Value = Outcome> {
         prop_oneof![
             Just(Outcome::Failed(Failure::NotSent)),
-            Just(Outcome::Failed(Failure::Untrusted)),
+            Just(Outcome::Failed(Failure::Declined)),
             Just(Outcome::Failed(Failure::Lost)),
             Just(Outcome::Failed(Failure::TimedOut)),
             Just(Outcome::Answered(200)),
@@ -518,7 +517,7 @@ mod tests {
                                     || !sent
                                     || matches!(
                                         previous,
-                                        Outcome::Failed(Failure::NotSent | Failure::Untrusted)
+                                        Outcome::Failed(Failure::NotSent | Failure::Declined)
                                     )
                                     || (keyed && matches!(previous, Outcome::Failed(_)))
                             );
@@ -720,7 +719,7 @@ mod tests {
                                             || keyed
                                             || matches!(
                                                 failure,
-                                                Failure::NotSent | Failure::Untrusted
+                                                Failure::NotSent | Failure::Declined
                                             )
                                     );
                                 }

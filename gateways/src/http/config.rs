@@ -61,6 +61,9 @@ pub struct Route {
     pub least_requests: bool,
     /// TLS towards the PEs, their certificates checked; `None`: plain TCP.
     pub pe_tls: Option<Arc<PeTls>>,
+    /// HTTP/2 towards the PEs: h2c with prior knowledge on plain TCP, offered by ALPN
+    /// over TLS (a PE choosing HTTP/1.1 gets HTTP/1.1).
+    pub pe_http2: bool,
 }
 
 /// Requests one route's queue holds at most; more get 503 at once.
@@ -110,6 +113,7 @@ impl Route {
             idempotency_keys: false,
             least_requests: false,
             pe_tls: None,
+            pe_http2: false,
         }
     }
 

@@ -37,7 +37,7 @@ pub struct PeTls {
     /// The route's pool, for logs and metrics.
     pool: String,
     server_name: Option<ServerName<'static>>,
-    connector: RwLock<TlsConnector>,
+    connectors: RwLock<Connectors>,
     refusals: metrics::Counter,
     log: RateLimitedLog,
 }
@@ -61,8 +61,17 @@ impl PartialEq for PeTls {
 
 impl Eq for PeTls {}
 
-/// The ALPN protocol offered: the gateway speaks HTTP/1.1 to PEs.
+/// The same client settings with the two ALPN offers.
+#[derive(Clone)]
+struct Connectors {
+    /// `http/1.1` alone (an upgrade, or a route speaking HTTP/1.1).
+    http1: TlsConnector,
+    /// `h2` first, then `http/1.1`: the PE chooses.
+    http2: TlsConnector,
+}
+
 const ALPN_HTTP1: &[u8] = b"http/1.1";
+const ALPN_H2: &[u8] = b"h2";
 
 impl PeTls {
     /// Reads the files; an error names the file or the name at fault. `pool`: the
@@ -78,12 +87,12 @@ impl PeTls {
                 })
             })
             .transpose()?;
-        let connector = RwLock::new(connector(&source)?);
+        let connectors = RwLock::new(connectors(&source)?);
         Ok(Self {
             source,
             pool: pool.to_owned(),
             server_name,
-            connector,
+            connectors,
             refusals: metrics::counter!("rserpool_http_pe_tls_failures_total", "pool" => pool.to_owned()),
             log: RateLimitedLog::new(std::time::Duration::from_secs(1)),
         })
@@ -91,28 +100,35 @@ impl PeTls {
 
     /// Reads the files again (SIGHUP); on an error the ones in use stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let connector = connector(&self.source)?;
-        if let Ok(mut current) = self.connector.write() {
-            *current = connector;
+        let connectors = connectors(&self.source)?;
+        if let Ok(mut current) = self.connectors.write() {
+            *current = connectors;
         }
         Ok(())
     }
 
-    /// The TLS handshake with the PE at `address` over `stream`.
+    /// The TLS handshake with the PE at `address` over `stream`, offering HTTP/2 by
+    /// ALPN when `offer_h2`.
     pub(super) async fn connect(
         &self,
         stream: TcpStream,
         address: SocketAddr,
+        offer_h2: bool,
     ) -> std::io::Result<TlsStream<TcpStream>> {
         let name = self
             .server_name
             .clone()
             .unwrap_or_else(|| ServerName::IpAddress(address.ip().into()));
-        let connector = self
-            .connector
+        let connectors = self
+            .connectors
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
+        let connector = if offer_h2 {
+            connectors.http2
+        } else {
+            connectors.http1
+        };
         let secured = connector.connect(name, stream).await;
         if let Err(error) = &secured {
             self.refused(address, error);
@@ -144,7 +160,7 @@ fn file_error(path: &std::path::Path, reason: impl std::fmt::Display) -> TlsErro
     }
 }
 
-fn connector(source: &PeTlsSource) -> Result<TlsConnector, TlsError> {
+fn connectors(source: &PeTlsSource) -> Result<Connectors, TlsError> {
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(&source.ca).map_err(|e| file_error(&source.ca, e))? {
         roots
@@ -173,5 +189,10 @@ fn connector(source: &PeTlsSource) -> Result<TlsConnector, TlsError> {
         }
     };
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+    let http1 = TlsConnector::from(Arc::new(config.clone()));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+    Ok(Connectors {
+        http1,
+        http2: TlsConnector::from(Arc::new(config)),
+    })
 }

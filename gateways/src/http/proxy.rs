@@ -19,10 +19,11 @@ use super::body::{
 };
 use super::config::Route;
 use super::connection::State;
+use super::pe_request::{Outgoing, OutgoingBody};
 use super::respond::{finish_response, text, unix_seconds};
 use super::routing::{LiveRoute, Routing, pe_address, request_host, route_for};
 use super::sticky::Binding;
-use super::upstream::{Outgoing, OutgoingBody, ResponseBody};
+use super::upstream::ResponseBody;
 use super::{attempts, forward, hedge, held, resume};
 use crate::{Directory, DirectoryError, random_u64};
 

@@ -32,6 +32,16 @@ pub(super) enum UpstreamError {
     Malformed(&'static str),
     #[error("reading the request body failed: {0}")]
     RequestBody(BoxError),
+    #[error("{0}")]
+    Http2Handshake(super::pe_h2::HandshakeError),
+    #[error("the request cannot be sent over HTTP/2: {0}")]
+    Http2Request(http::Error),
+    /// The PE refused the stream or the connection was gone before it went out: the
+    /// request never reached the PE's application (RFC 9113 §8.7).
+    #[error("the pool element did not process the request: {0}")]
+    Unprocessed(hyper::Error),
+    #[error("HTTP/2 exchange with the pool element failed: {0}")]
+    Http2(hyper::Error),
 }
 
 impl UpstreamError {
@@ -43,7 +53,7 @@ impl UpstreamError {
     /// How the attempt failed, for the next step.
     pub(super) fn failure(&self) -> Failure {
         match self {
-            Self::Tls(_) => Failure::Untrusted,
+            Self::Tls(_) | Self::Http2Handshake(_) | Self::Unprocessed(_) => Failure::Declined,
             _ if self.is_connect() => Failure::NotSent,
             _ => Failure::Lost,
         }

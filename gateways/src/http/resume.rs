@@ -25,7 +25,8 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::body::{BoxError, ProxyBody};
 use super::idle::IdleTimeout;
-use super::upstream::{Outgoing, OutgoingBody, ResponseBody, Upstream};
+use super::pe_request::{Outgoing, OutgoingBody};
+use super::upstream::{ResponseBody, Upstream};
 
 /// What `If-Range` carries: the representation the client is getting.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -242,7 +242,11 @@ impl Routing {
                 .routes
                 .iter()
                 .map(|route| LiveRoute {
-                    upstream: Upstream::new(route.connect_timeout, route.pe_tls.clone()),
+                    upstream: Upstream::new(
+                        route.connect_timeout,
+                        route.pe_tls.clone(),
+                        route.pe_http2,
+                    ),
                     meters: RouteMeters::new(route),
                     budget: RetryBudget::new(config.retry_ratio),
                     health: Mutex::new(RouteHealth {

@@ -14,62 +14,28 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::net::TcpStream;
 
 use super::body::{BoxError, ProxyBody};
-use super::head::{LAST_CHUNK, put_chunk, put_field, put_fields};
+use super::pe_h2::{self, H2Connections};
+use super::pe_request::{
+    Connection, Outgoing, OutgoingBody, READ_SIZE, declared_length, read_head, write_request,
+};
 use super::pe_stream::PeStream;
 use super::pe_tls::PeTls;
-use super::response_head::{Chunk, Framing, UpstreamError, parse_head};
+use super::response_head::{Chunk, Framing, UpstreamError};
 
-/// Response heads larger than this are refused (502).
-const MAX_HEAD: usize = 64 * 1024;
 /// A chunk-size or trailer line longer than this is malformed.
 const MAX_LINE: usize = 4096;
-const READ_SIZE: usize = 16 * 1024;
-/// Request bodies up to this size go out in the same write as the head.
-const COALESCE: usize = 16 * 1024;
 /// Idle connections kept per PE.
 const IDLE_PER_PE: usize = 256;
 /// Below common backend keep-alive timeouts, so that the gateway does not send on a
 /// connection the PE is closing.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
-
-/// The request body as it goes out.
-pub(super) enum OutgoingBody {
-    /// Held whole: sent with `Content-Length`.
-    Whole(Bytes),
-    /// Streamed from the client: `Content-Length` when the client declared one, else
-    /// chunked.
-    Streaming {
-        body: ProxyBody,
-        length: Option<u64>,
-    },
-}
-
-/// A request for a PE; `headers` are sent as they are, minus any framing headers (the
-/// body's framing is the client's own), then `extra` (this attempt's own headers).
-pub(super) struct Outgoing<'a> {
-    pub(super) method: &'a Method,
-    pub(super) target: &'a str,
-    pub(super) headers: &'a HeaderMap,
-    pub(super) extra: Vec<(HeaderName, HeaderValue)>,
-    pub(super) body: OutgoingBody,
-}
-
-/// A PE's socket, the bytes read from it but not yet used, and the buffer requests
-/// are written from (kept for the next request).
-struct Connection {
-    stream: PeStream,
-    buffer: BytesMut,
-    head: BytesMut,
-}
 
 struct IdleConnection {
     connection: Connection,
@@ -89,7 +55,15 @@ pub(super) struct Upstream {
     connect_timeout: Duration,
     /// TLS towards the PEs (the route's `pe_tls`); `None`: plain TCP.
     tls: Option<Arc<PeTls>>,
+    /// HTTP/2 connections, one per PE, when the route asks for HTTP/2.
+    http2: Option<H2Connections>,
     idle: Mutex<IdlePool>,
+}
+
+/// A new connection to a PE and the protocol it speaks.
+enum Opened {
+    Http1(PeStream),
+    Http2(PeStream),
 }
 
 impl std::fmt::Debug for Upstream {
@@ -97,40 +71,86 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls.is_some())
+            .field("http2", &self.http2.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl Upstream {
-    pub(super) fn new(connect_timeout: Duration, tls: Option<Arc<PeTls>>) -> Arc<Self> {
+    /// `http2`: requests go over HTTP/2 to PEs that speak it (the route's
+    /// `pe_protocol: http2`).
+    pub(super) fn new(
+        connect_timeout: Duration,
+        tls: Option<Arc<PeTls>>,
+        http2: bool,
+    ) -> Arc<Self> {
         Arc::new(Self {
             connect_timeout,
             tls,
+            http2: http2.then(H2Connections::default),
             idle: Mutex::new(IdlePool::default()),
         })
     }
 
-    /// Sends `request` to the PE at `address` and reads the response's head; the body
-    /// follows from the same connection, which goes back to the pool when the body has
-    /// been read to its end. `now`: when the request started (the pool's clock: idle
-    /// connections are timed from the start of their last request, a little early).
+    /// Sends `request` to the PE at `address` and reads the response's head. Over
+    /// HTTP/1.1 the body follows from the same connection, which goes back to the pool
+    /// when the body has been read to its end; over HTTP/2 the PE's connection carries
+    /// other requests meanwhile. `now`: when the request started (the pools' clock:
+    /// idle connections are timed from the start of their last request, a little
+    /// early).
     pub(super) async fn send(
         self: &Arc<Self>,
         address: SocketAddr,
         request: Outgoing<'_>,
         now: Instant,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let mut connection = match self.checkout(address, now) {
-            Some(connection) => connection,
-            None => self.connect(address).await?,
+        // HTTP/2 has no 101: an upgrade goes over HTTP/1.1.
+        let h2 = self
+            .http2
+            .as_ref()
+            .filter(|_| !request.headers.contains_key(header::UPGRADE));
+        let connection = match (h2, self.checkout(address, now)) {
+            (None, Some(connection)) => connection,
+            (Some(h2), idle) => {
+                if let Some(sender) = h2.sender(address, now) {
+                    return self.send_h2(sender, address, request).await;
+                }
+                match idle {
+                    // A PE that chose HTTP/1.1 by ALPN.
+                    Some(connection) => connection,
+                    None => match self.connect(address, true).await? {
+                        Opened::Http2(stream) => {
+                            let sender = h2
+                                .connect(address, stream, now)
+                                .await
+                                .map_err(UpstreamError::Http2Handshake)?;
+                            return self.send_h2(sender, address, request).await;
+                        }
+                        Opened::Http1(stream) => Connection::new(stream),
+                    },
+                }
+            }
+            (None, None) => match self.connect(address, false).await? {
+                Opened::Http1(stream) | Opened::Http2(stream) => Connection::new(stream),
+            },
         };
+        self.send_h1(connection, address, request, now).await
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut connection: Connection,
+        address: SocketAddr,
+        request: Outgoing<'_>,
+        now: Instant,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let head_only = *request.method == Method::HEAD;
         let complete = write_request(&mut connection, address, request).await?;
         let (head, framing, keep_alive) = read_head(&mut connection, head_only).await?;
         // A request whose body was cut short by an early answer leaves the connection
         // mid-message: it cannot carry another.
         let keep_alive = keep_alive && complete;
-        let mut body = ResponseBody {
+        let mut body = H1Body {
             connection: Some(connection),
             framing,
             keep_alive,
@@ -140,34 +160,70 @@ impl Upstream {
         if matches!(body.framing, Framing::Done) && head.status != StatusCode::SWITCHING_PROTOCOLS {
             body.finish();
         }
-        Ok(Response::from_parts(head, body))
+        Ok(Response::from_parts(head, ResponseBody::Http1(body)))
+    }
+
+    async fn send_h2(
+        &self,
+        sender: hyper::client::conn::http2::SendRequest<ProxyBody>,
+        address: SocketAddr,
+        request: Outgoing<'_>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let Outgoing {
+            method,
+            target,
+            headers,
+            extra,
+            body,
+        } = request;
+        let body = match body {
+            OutgoingBody::Whole(bytes) => {
+                let length = declared_length(method, bytes.len());
+                (pe_h2::whole(bytes), length)
+            }
+            OutgoingBody::Streaming { body, length } => (body, length),
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let request = pe_h2::request((method, target, scheme), headers, extra, body, address)
+            .map_err(UpstreamError::Http2Request)?;
+        let response = pe_h2::send(sender, request).await.map_err(|error| {
+            if pe_h2::unprocessed(&error) {
+                UpstreamError::Unprocessed(error)
+            } else {
+                UpstreamError::Http2(error)
+            }
+        })?;
+        Ok(response.map(ResponseBody::Http2))
     }
 
     /// A new connection to `address`: TCP, then the TLS handshake when the route has
-    /// `pe_tls`, both within the connect timeout.
-    async fn connect(&self, address: SocketAddr) -> Result<Connection, UpstreamError> {
+    /// `pe_tls`, both within the connect timeout. `offer_h2`: HTTP/2 is wanted (h2c
+    /// with prior knowledge on a plain route; offered by ALPN over TLS, where the PE
+    /// chooses).
+    async fn connect(&self, address: SocketAddr, offer_h2: bool) -> Result<Opened, UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let stream = tokio::time::timeout_at(deadline, TcpStream::connect(address))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout)?
             .map_err(UpstreamError::Connect)?;
         crate::pe_socket::tune(&stream);
-        let stream = match &self.tls {
-            None => PeStream::Plain(stream),
-            Some(tls) => {
-                let secured = tokio::time::timeout_at(deadline, tls.connect(stream, address))
-                    .await
-                    .map_err(|_| UpstreamError::ConnectTimeout)?
-                    .map_err(UpstreamError::Tls)?;
-                PeStream::Tls(Box::new(secured))
-            }
+        let Some(tls) = &self.tls else {
+            return Ok(if offer_h2 {
+                Opened::Http2(PeStream::Plain(stream))
+            } else {
+                Opened::Http1(PeStream::Plain(stream))
+            });
         };
-        Ok(Connection {
-            stream,
-            // Allocated at the first read: a connection still sending a request (a
-            // body the client sends slowly) holds no read buffer.
-            buffer: BytesMut::new(),
-            head: BytesMut::with_capacity(1024),
+        let secured = tokio::time::timeout_at(deadline, tls.connect(stream, address, offer_h2))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Tls)?;
+        let chose_h2 = secured.get_ref().1.alpn_protocol() == Some(b"h2");
+        let stream = PeStream::Tls(Box::new(secured));
+        Ok(if chose_h2 {
+            Opened::Http2(stream)
+        } else {
+            Opened::Http1(stream)
         })
     }
 
@@ -217,172 +273,8 @@ impl Upstream {
     }
 }
 
-/// Writes a request; `false` when the PE answered before the whole body went out.
-async fn write_request(
-    connection: &mut Connection,
-    address: SocketAddr,
-    request: Outgoing<'_>,
-) -> Result<bool, UpstreamError> {
-    let Outgoing {
-        method,
-        target,
-        headers,
-        extra,
-        body,
-    } = request;
-    let mut head = std::mem::take(&mut connection.head);
-    head.clear();
-    head.put_slice(method.as_str().as_bytes());
-    head.put_u8(b' ');
-    head.put_slice(target.as_bytes());
-    head.put_slice(b" HTTP/1.1\r\n");
-    if !headers.contains_key(header::HOST) {
-        put_field(&mut head, b"host", address.to_string().as_bytes());
-    }
-    // The body's framing is this request's own.
-    put_fields(
-        &mut head,
-        headers,
-        &[header::CONTENT_LENGTH, header::TRANSFER_ENCODING],
-    );
-    for (name, value) in &extra {
-        put_field(&mut head, name.as_str().as_bytes(), value.as_bytes());
-    }
-    let bodyless = matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE
-    );
-    let complete = match body {
-        OutgoingBody::Whole(bytes) => {
-            if !(bytes.is_empty() && bodyless) {
-                put_field(
-                    &mut head,
-                    b"content-length",
-                    bytes.len().to_string().as_bytes(),
-                );
-            }
-            head.put_slice(b"\r\n");
-            if bytes.len() <= COALESCE {
-                head.put_slice(&bytes);
-                write_all(&mut connection.stream, &head).await?;
-            } else {
-                write_all(&mut connection.stream, &head).await?;
-                write_all(&mut connection.stream, &bytes).await?;
-            }
-            true
-        }
-        OutgoingBody::Streaming { body, length } => {
-            match length {
-                Some(length) => {
-                    put_field(&mut head, b"content-length", length.to_string().as_bytes());
-                }
-                None => put_field(&mut head, b"transfer-encoding", b"chunked"),
-            }
-            head.put_slice(b"\r\n");
-            write_all(&mut connection.stream, &head).await?;
-            stream_body(connection, body, length.is_none()).await?
-        }
-    };
-    // TLS may hold the last record until flushed (a no-op on a plain socket).
-    connection
-        .stream
-        .flush()
-        .await
-        .map_err(UpstreamError::Lost)?;
-    connection.head = head;
-    Ok(complete)
-}
-
-async fn write_all(stream: &mut PeStream, bytes: &[u8]) -> Result<(), UpstreamError> {
-    stream.write_all(bytes).await.map_err(UpstreamError::Lost)
-}
-
-/// Copies a streaming request body to the PE. A PE that answers before it has read the
-/// whole body (an early error) stops the copy: its response is read next (`false`),
-/// starting from what came meanwhile (in the connection's buffer).
-async fn stream_body(
-    connection: &mut Connection,
-    mut body: ProxyBody,
-    chunked: bool,
-) -> Result<bool, UpstreamError> {
-    let (mut reader, mut writer) = tokio::io::split(&mut connection.stream);
-    let early = &mut connection.buffer;
-    let copy = async {
-        // A chunk goes out in one write with its framing.
-        let mut chunk = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(UpstreamError::RequestBody)?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if data.is_empty() {
-                continue;
-            }
-            let bytes = if chunked {
-                chunk.clear();
-                put_chunk(&mut chunk, &data);
-                &chunk[..]
-            } else {
-                &data[..]
-            };
-            writer.write_all(bytes).await.map_err(UpstreamError::Lost)?;
-            // Over TLS a chunk is not out until flushed (the PE may wait for it).
-            writer.flush().await.map_err(UpstreamError::Lost)?;
-        }
-        if chunked {
-            writer
-                .write_all(LAST_CHUNK)
-                .await
-                .map_err(UpstreamError::Lost)?;
-        }
-        Ok(())
-    };
-    early.reserve(READ_SIZE);
-    tokio::select! {
-        copied = copy => copied.map(|()| true),
-        // Bytes (or the end) from the PE before the body is through: its answer.
-        read = reader.read_buf(early) => read.map(|_| false).map_err(UpstreamError::Lost),
-    }
-}
-
-/// Reads and parses the response head, skipping interim (1xx) responses other than 101.
-async fn read_head(
-    connection: &mut Connection,
-    head_only: bool,
-) -> Result<(http::response::Parts, Framing, bool), UpstreamError> {
-    let mut received_any = false;
-    loop {
-        if !connection.buffer.is_empty()
-            && let Some(parsed) = parse_head(&mut connection.buffer, head_only)?
-        {
-            let (parts, _, _) = &parsed;
-            if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
-                continue;
-            }
-            return Ok(parsed);
-        }
-        if connection.buffer.len() >= MAX_HEAD {
-            return Err(UpstreamError::Malformed("response head too large"));
-        }
-        connection.buffer.reserve(READ_SIZE);
-        let read = connection
-            .stream
-            .read_buf(&mut connection.buffer)
-            .await
-            .map_err(UpstreamError::Lost)?;
-        if read == 0 {
-            return Err(if received_any {
-                UpstreamError::Malformed("response head cut short")
-            } else {
-                UpstreamError::Closed
-            });
-        }
-        received_any = true;
-    }
-}
-
-/// A response body read from the PE's connection as the client takes it.
-pub(super) struct ResponseBody {
+/// A response body read from the PE's HTTP/1.1 connection as the client takes it.
+pub(super) struct H1Body {
     connection: Option<Connection>,
     framing: Framing,
     keep_alive: bool,
@@ -391,15 +283,15 @@ pub(super) struct ResponseBody {
     started: Instant,
 }
 
-impl std::fmt::Debug for ResponseBody {
+impl std::fmt::Debug for H1Body {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseBody")
+        f.debug_struct("H1Body")
             .field("framing", &self.framing)
             .finish_non_exhaustive()
     }
 }
 
-impl ResponseBody {
+impl H1Body {
     /// The PE's connection after a `101 Switching Protocols`, with the bytes it sent
     /// after the head.
     pub(super) fn into_upgraded(mut self) -> Option<(PeStream, Bytes)> {
@@ -554,7 +446,7 @@ enum Step {
     NeedMore,
 }
 
-impl Body for ResponseBody {
+impl Body for H1Body {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -616,9 +508,70 @@ impl Body for ResponseBody {
     }
 }
 
+/// A PE's response body, as the client takes it.
+#[derive(Debug)]
+pub(super) enum ResponseBody {
+    Http1(H1Body),
+    Http2(hyper::body::Incoming),
+}
+
+impl ResponseBody {
+    /// The PE's connection after a `101 Switching Protocols` (HTTP/1.1 only), with
+    /// the bytes it sent after the head.
+    pub(super) fn into_upgraded(self) -> Option<(PeStream, Bytes)> {
+        match self {
+            Self::Http1(body) => body.into_upgraded(),
+            Self::Http2(_) => None,
+        }
+    }
+
+    /// Whether more of the body is still to come from the PE.
+    pub(super) fn reads_more(&self) -> bool {
+        match self {
+            Self::Http1(body) => body.reads_more(),
+            Self::Http2(body) => !body.is_end_stream(),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Http1(body) => Pin::new(body).poll_frame(cx),
+            Self::Http2(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Http1(body) => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::response_head::parse_head;
+    use http::header::HeaderMap;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn parse(raw: &[u8], head_only: bool) -> (http::response::Parts, Framing, bool, BytesMut) {
         let mut buffer = BytesMut::from(raw);
@@ -695,10 +648,12 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         });
-        let upstream = Upstream::new(Duration::from_secs(1), None);
-        let connection = upstream.connect(address).await.unwrap();
-        let body = ResponseBody {
-            connection: Some(connection),
+        let upstream = Upstream::new(Duration::from_secs(1), None, false);
+        let Ok(Opened::Http1(stream)) = upstream.connect(address, false).await else {
+            panic!("no HTTP/1.1 connection");
+        };
+        let body = H1Body {
+            connection: Some(Connection::new(stream)),
             framing,
             keep_alive: true,
             home: Some((upstream, address)),
@@ -794,7 +749,7 @@ mod tests {
 
     #[tokio::test]
     async fn keep_alive_connections_are_reused_and_closing_ones_are_not() {
-        let upstream = Upstream::new(Duration::from_secs(1), None);
+        let upstream = Upstream::new(Duration::from_secs(1), None, false);
         let (address, accepted) = fake_pe(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
         for _ in 0..3 {
             assert_eq!(
@@ -814,7 +769,7 @@ mod tests {
 
     #[tokio::test]
     async fn interim_responses_are_skipped_and_refused_connects_say_so() {
-        let upstream = Upstream::new(Duration::from_secs(1), None);
+        let upstream = Upstream::new(Duration::from_secs(1), None, false);
         let (address, _) = fake_pe(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
         )
@@ -868,7 +823,7 @@ mod tests {
                 open.push(socket);
             }
         });
-        let upstream = Upstream::new(Duration::from_secs(1), None);
+        let upstream = Upstream::new(Duration::from_secs(1), None, false);
         for _ in 0..2 {
             let endless = OutgoingBody::Streaming {
                 body: Endless.boxed_unsync(),
@@ -888,5 +843,65 @@ mod tests {
             2,
             "a connection left mid-body is not reused"
         );
+    }
+
+    /// An h2c PE (hyper's HTTP/2 server): answers each request with its version, its
+    /// `:authority` and the length of its body. The count is of connections accepted.
+    async fn h2c_pe() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let service = hyper::service::service_fn(
+                    |request: http::Request<hyper::body::Incoming>| async move {
+                        let said = format!(
+                            "{:?} {}",
+                            request.version(),
+                            request.uri().authority().map_or("", |a| a.as_str())
+                        );
+                        let body = request.into_body().collect().await?.to_bytes();
+                        let answer = format!("{said} {}", body.len());
+                        Ok::<_, hyper::Error>(Response::new(http_body_util::Full::new(
+                            Bytes::from(answer),
+                        )))
+                    },
+                );
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(socket), service),
+                );
+            }
+        });
+        (address, accepted)
+    }
+
+    #[tokio::test]
+    async fn http2_requests_of_many_clients_share_one_connection_per_pe() {
+        let upstream = Upstream::new(Duration::from_secs(1), None, true);
+        let (address, accepted) = h2c_pe().await;
+        let expected = format!("HTTP/2.0 {address} 0");
+        assert_eq!(
+            get(&upstream, address).await,
+            (StatusCode::OK, expected.clone().into_bytes())
+        );
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..16 {
+            let upstream = upstream.clone();
+            requests.spawn(async move { get(&upstream, address).await });
+        }
+        while let Some(answer) = requests.join_next().await {
+            assert_eq!(
+                answer.unwrap(),
+                (StatusCode::OK, expected.clone().into_bytes())
+            );
+        }
+        let body = OutgoingBody::Whole(Bytes::from_static(b"12345"));
+        let response = send(&upstream, address, Method::POST, body).await.unwrap();
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(answer, format!("HTTP/2.0 {address} 5").as_bytes());
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
