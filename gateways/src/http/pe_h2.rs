@@ -27,7 +27,13 @@ struct Shared {
 /// The HTTP/2 connections of one route, one per PE.
 #[derive(Default)]
 pub(super) struct H2Connections {
-    by_pe: Mutex<HashMap<SocketAddr, Shared, foldhash::fast::RandomState>>,
+    shared: Mutex<SharedConnections>,
+}
+
+#[derive(Default)]
+struct SharedConnections {
+    by_pe: HashMap<SocketAddr, Shared, foldhash::fast::RandomState>,
+    last_sweep: Option<Instant>,
 }
 
 /// A connection no request used for this long is closed (the PE's resources are
@@ -43,21 +49,32 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 pub(super) struct HandshakeError(hyper::Error);
 
 impl H2Connections {
-    /// The open connection to `address`, if there is one; closed ones are forgotten,
-    /// and so, once in a while, are those nobody used for [`IDLE_TIMEOUT`].
+    /// The open connection to `address`, if there is one. Once a second, closed
+    /// connections and those nobody used for [`IDLE_TIMEOUT`] are forgotten (their
+    /// tasks end once their last request has).
     pub(super) fn sender(
         &self,
         address: SocketAddr,
         now: Instant,
     ) -> Option<SendRequest<ProxyBody>> {
-        let mut by_pe = self.by_pe.lock().ok()?;
-        by_pe.retain(|_, shared| {
-            !shared.sender.is_closed()
-                && now.saturating_duration_since(shared.last_used) < IDLE_TIMEOUT
-        });
-        let shared = by_pe.get_mut(&address)?;
-        shared.last_used = now;
-        Some(shared.sender.clone())
+        let mut shared = self.shared.lock().ok()?;
+        if shared
+            .last_sweep
+            .is_none_or(|last| now.saturating_duration_since(last) >= Duration::from_secs(1))
+        {
+            shared.last_sweep = Some(now);
+            shared.by_pe.retain(|_, connection| {
+                !connection.sender.is_closed()
+                    && now.saturating_duration_since(connection.last_used) < IDLE_TIMEOUT
+            });
+        }
+        let connection = shared.by_pe.get_mut(&address)?;
+        if connection.sender.is_closed() {
+            shared.by_pe.remove(&address);
+            return None;
+        }
+        connection.last_used = now;
+        Some(connection.sender.clone())
     }
 
     /// The HTTP/2 handshake over `stream` (its connection preface and SETTINGS); the
@@ -80,8 +97,8 @@ impl H2Connections {
                 tracing::debug!(pe = %address, %error, "HTTP/2 connection to a PE ended");
             }
         });
-        if let Ok(mut by_pe) = self.by_pe.lock() {
-            by_pe.insert(
+        if let Ok(mut shared) = self.shared.lock() {
+            shared.by_pe.insert(
                 address,
                 Shared {
                     sender: sender.clone(),
