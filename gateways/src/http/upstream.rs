@@ -762,11 +762,12 @@ mod tests {
         }
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         // A pooled connection holds no read buffer while it waits.
-        let idle = upstream.idle.lock().unwrap();
-        let pooled = &idle.by_pe[&address];
-        assert_eq!(pooled.len(), 1);
-        assert_eq!(pooled[0].connection.buffer.capacity(), 0);
-        drop(idle);
+        {
+            let idle = upstream.idle.lock().unwrap();
+            let pooled = &idle.by_pe[&address];
+            assert_eq!(pooled.len(), 1);
+            assert_eq!(pooled[0].connection.buffer.capacity(), 0);
+        }
 
         let (address, accepted) =
             fake_pe(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok").await;
