@@ -169,14 +169,8 @@ impl Upstream {
         address: SocketAddr,
         request: Outgoing<'_>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
-        let Outgoing {
-            method,
-            target,
-            headers,
-            extra,
-            body,
-        } = request;
-        let body = match body {
+        let method = request.method;
+        let body = match request.body {
             OutgoingBody::Whole(bytes) => {
                 let length = declared_length(method, bytes.len());
                 (pe_h2::whole(bytes), length)
@@ -184,7 +178,8 @@ impl Upstream {
             OutgoingBody::Streaming { body, length } => (body, length),
         };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let request = pe_h2::request((method, target, scheme), headers, extra, body, address)
+        let head = (method, request.target, scheme);
+        let request = pe_h2::request(head, request.headers, request.extra, body, address)
             .map_err(UpstreamError::Http2Request)?;
         let response = pe_h2::send(sender, request).await.map_err(|error| {
             if pe_h2::unprocessed(&error) {
