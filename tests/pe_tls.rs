@@ -146,7 +146,8 @@ fn server_config(pki: &Pki, name: &str, clients_of: Option<&Pki>) -> rustls::Ser
     builder.with_single_cert(chain, key).unwrap()
 }
 
-/// One client connection: the handshake, then `200 hello` to each request head.
+/// One client connection: the handshake, then `200 hello` to each request head; a
+/// request to upgrade to `echo` is answered 101 and everything after it echoed.
 fn serve(
     stream: std::net::TcpStream,
     config: Arc<rustls::ServerConfig>,
@@ -167,8 +168,16 @@ fn serve(
     let mut buffer = [0u8; 4096];
     loop {
         while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
             pending.drain(..end + 4);
             requests.fetch_add(1, Ordering::Relaxed);
+            if head.contains("upgrade: echo") {
+                let switching = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n";
+                if tls.write_all(switching).is_ok() {
+                    echo(tls, pending);
+                }
+                return;
+            }
             let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
             if tls.write_all(answer).and_then(|()| tls.flush()).is_err() {
                 return;
@@ -177,6 +186,24 @@ fn serve(
         match tls.read(&mut buffer) {
             Ok(0) | Err(_) => return,
             Ok(read) => pending.extend_from_slice(&buffer[..read]),
+        }
+    }
+}
+
+/// Echoes what comes after an upgrade (`early` first) until the peer closes.
+fn echo(
+    mut tls: rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>,
+    early: Vec<u8>,
+) {
+    let mut buffer = [0u8; 4096];
+    let mut data = early;
+    loop {
+        if tls.write_all(&data).and_then(|()| tls.flush()).is_err() {
+            return;
+        }
+        match tls.read(&mut buffer) {
+            Ok(0) | Err(_) => return,
+            Ok(read) => data = buffer[..read].to_vec(),
         }
     }
 }
@@ -422,4 +449,39 @@ fn http2_routes_speak_http1_to_pes_that_choose_it() {
     let (gateway, _file) = gateway(asap, &route);
     say_hello(gateway.listener("http"), 3);
     assert_eq!(backend.requests.load(Ordering::Relaxed), 3);
+}
+
+/// An upgrade (WebSocket and the like) through a `pe_tls` route: the tunnel runs over
+/// the PE's TLS connection (HTTP/1.1 even on an HTTP/2 route).
+#[test]
+fn an_upgrade_is_tunnelled_over_the_pes_tls_connection() {
+    let pki = Pki::new("pe-upgrade");
+    pki.issue("web", &["--dns", "web.internal"]);
+    let backend = TlsBackend::start(&pki, "web", None);
+    let (_registrar, asap, _agents) = pool(&[&backend]);
+    let route = web_internal_route(&pki) + "          pe_protocol: http2\n";
+    let (gateway, _file) = gateway(asap, &route);
+    let mut client = std::net::TcpStream::connect(gateway.listener("http")).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: web\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(client.read(&mut byte).unwrap(), 1, "closed in the head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for line in ["first line\n", "second line\n"] {
+        client.write_all(line.as_bytes()).unwrap();
+        let mut echoed = vec![0u8; line.len()];
+        client.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, line.as_bytes());
+    }
 }
