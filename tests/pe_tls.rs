@@ -29,6 +29,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// with `clients_of`, it asks for a client certificate of that CA.
 struct TlsBackend {
     address: SocketAddr,
+    /// TCP connections accepted, handshake or not.
+    accepted: Arc<AtomicUsize>,
     handshakes: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
 }
@@ -39,16 +41,20 @@ impl TlsBackend {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
         let (handshakes, requests) = (Arc::default(), Arc::default());
+        let accepted = Arc::<AtomicUsize>::default();
         let counts = (Arc::clone(&handshakes), Arc::clone(&requests));
+        let accepting = Arc::clone(&accepted);
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
+                accepting.fetch_add(1, Ordering::Relaxed);
                 let (config, counts) = (config.clone(), counts.clone());
                 thread::spawn(move || serve(stream, config, &counts));
             }
         });
         Self {
             address,
+            accepted,
             handshakes,
             requests,
         }
@@ -484,4 +490,37 @@ fn an_upgrade_is_tunnelled_over_the_pes_tls_connection() {
         client.read_exact(&mut echoed).unwrap();
         assert_eq!(echoed, line.as_bytes());
     }
+}
+
+/// Requests that arrive together for a PE whose HTTP/2 connection cannot be opened (an
+/// impostor: its certificate is of another CA) wait for the one opening it and then
+/// give up with it: one connection, not one per request.
+#[test]
+fn requests_waiting_for_a_failed_http2_connection_give_up_with_it() {
+    let pki = Pki::new("pe-h2-failed");
+    let other = Pki::new("pe-h2-failed-other");
+    other.issue("web", &["--dns", "web.internal"]);
+    let impostor = TlsBackend::start(&other, "web", None);
+    let registrar = registrar(&[]);
+    let asap = registrar.address("asap");
+    // No health checks: they would connect too.
+    let _agent = agent(asap, impostor.address, &["--health", "none"]);
+    assert!(eventually(Duration::from_secs(10), || {
+        common::resolve_ids(asap, "WebPool").len() == 1
+    }));
+    let route = web_internal_route(&pki) + "          pe_protocol: http2\n";
+    let (gateway, _file) = gateway(asap, &route);
+    let address = gateway.listener("http");
+    let start = std::sync::Barrier::new(8);
+    thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                start.wait();
+                assert_eq!(get(address, "/").0, 502);
+            });
+        }
+    });
+    assert_eq!(impostor.handshakes.load(Ordering::Relaxed), 0);
+    let accepted = impostor.accepted.load(Ordering::Relaxed);
+    assert!(accepted <= 2, "{accepted} connections for 8 requests");
 }

@@ -14,76 +14,122 @@ use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 
 use super::body::ProxyBody;
 use super::pe_stream::PeStream;
 
-/// A PE's HTTP/2 connection, as requests share it.
-struct Shared {
-    sender: SendRequest<ProxyBody>,
-    last_used: Instant,
+/// What a route knows of one PE's HTTP/2.
+enum PeLink {
+    /// Its connection, shared by the requests.
+    Http2 {
+        sender: SendRequest<ProxyBody>,
+        last_used: Instant,
+    },
+    /// It chose HTTP/1.1 by ALPN (at this time): requests go to the HTTP/1.1 pool.
+    Http1(Instant),
+    /// A request is opening its connection; the others wait for it (the receiver
+    /// sees the end when the opener's [`Opening`] goes).
+    Opening(watch::Receiver<()>),
+    /// The last attempt to open it failed (at this time).
+    Failed(Instant),
 }
 
 /// The HTTP/2 connections of one route, one per PE.
 #[derive(Default)]
 pub(super) struct H2Connections {
-    shared: Mutex<SharedConnections>,
+    links: Mutex<Links>,
 }
 
 #[derive(Default)]
-struct SharedConnections {
-    by_pe: HashMap<SocketAddr, Shared, foldhash::fast::RandomState>,
+struct Links {
+    by_pe: HashMap<SocketAddr, PeLink, foldhash::fast::RandomState>,
     last_sweep: Option<Instant>,
 }
 
 /// A connection no request used for this long is closed (the PE's resources are
-/// freed; the next request opens another).
+/// freed; the next request opens another); a PE's choice of HTTP/1.1 is remembered as
+/// long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// PING after this long without a frame from the PE, and close the connection when
 /// the PING is not answered within as long: a frozen PE is found while requests wait.
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Requests that waited for a connection that could not be opened go elsewhere, and
+/// so do those that come this soon after.
+const FAILED_FOR: Duration = Duration::from_secs(1);
 
 /// Why an HTTP/2 connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("HTTP/2 handshake with the pool element failed: {0}")]
 pub(super) struct HandshakeError(hyper::Error);
 
+/// What a request for a PE does next.
+pub(super) enum Turn<'a> {
+    /// Send over this connection.
+    Http2(SendRequest<ProxyBody>),
+    /// Go to the HTTP/1.1 pool: the PE chose HTTP/1.1.
+    Http1,
+    /// Another request is opening the connection: wait for `changed()` to end, then
+    /// ask again.
+    Wait(watch::Receiver<()>),
+    /// Open the connection; requests for the PE wait until this is settled or dropped
+    /// (dropped unsettled: the attempt failed).
+    Open(Opening<'a>),
+    /// Opening it failed just now: the request goes to the next PE.
+    Failed,
+}
+
+/// The right to open a PE's connection, held while it is opened.
+pub(super) struct Opening<'a> {
+    connections: &'a H2Connections,
+    address: SocketAddr,
+    /// Dropped after the link is settled: the waiting requests look again.
+    _done: watch::Sender<()>,
+}
+
 impl H2Connections {
-    /// The open connection to `address`, if there is one. Once a second, closed
-    /// connections and those nobody used for [`IDLE_TIMEOUT`] are forgotten (their
-    /// tasks end once their last request has).
-    pub(super) fn sender(
-        &self,
-        address: SocketAddr,
-        now: Instant,
-    ) -> Option<SendRequest<ProxyBody>> {
-        let mut shared = self.shared.lock().ok()?;
-        if shared
+    /// What a request for the PE at `address` does. Once a second, closed connections,
+    /// those nobody used for [`IDLE_TIMEOUT`] and stale choices are forgotten (a
+    /// connection's task ends once its last request has).
+    pub(super) fn turn(&self, address: SocketAddr, now: Instant) -> Turn<'_> {
+        let Ok(mut links) = self.links.lock() else {
+            return Turn::Failed;
+        };
+        if links
             .last_sweep
             .is_none_or(|last| now.saturating_duration_since(last) >= Duration::from_secs(1))
         {
-            shared.last_sweep = Some(now);
-            shared.by_pe.retain(|_, connection| {
-                !connection.sender.is_closed()
-                    && now.saturating_duration_since(connection.last_used) < IDLE_TIMEOUT
-            });
+            links.last_sweep = Some(now);
+            links.by_pe.retain(|_, link| link.current(now));
         }
-        let connection = shared.by_pe.get_mut(&address)?;
-        if connection.sender.is_closed() {
-            shared.by_pe.remove(&address);
-            return None;
+        match links.by_pe.get_mut(&address) {
+            Some(PeLink::Http2 { sender, last_used }) if !sender.is_closed() => {
+                *last_used = now;
+                return Turn::Http2(sender.clone());
+            }
+            Some(PeLink::Opening(done)) => return Turn::Wait(done.clone()),
+            Some(link @ (PeLink::Http1(_) | PeLink::Failed(_))) if link.current(now) => {
+                return match link {
+                    PeLink::Http1(_) => Turn::Http1,
+                    _ => Turn::Failed,
+                };
+            }
+            _ => {}
         }
-        connection.last_used = now;
-        Some(connection.sender.clone())
+        let (done, waiting) = watch::channel(());
+        links.by_pe.insert(address, PeLink::Opening(waiting));
+        Turn::Open(Opening {
+            connections: self,
+            address,
+            _done: done,
+        })
     }
 
     /// The HTTP/2 handshake over `stream` (its connection preface and SETTINGS); the
     /// connection's task runs until the PE closes it or no request needs it.
-    pub(super) async fn connect(
-        &self,
+    pub(super) async fn handshake(
         address: SocketAddr,
         stream: PeStream,
-        now: Instant,
     ) -> Result<SendRequest<ProxyBody>, HandshakeError> {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -97,16 +143,56 @@ impl H2Connections {
                 tracing::debug!(pe = %address, %error, "HTTP/2 connection to a PE ended");
             }
         });
-        if let Ok(mut shared) = self.shared.lock() {
-            shared.by_pe.insert(
-                address,
-                Shared {
-                    sender: sender.clone(),
-                    last_used: now,
-                },
-            );
-        }
         Ok(sender)
+    }
+
+    fn settle(&self, address: SocketAddr, link: PeLink) {
+        if let Ok(mut links) = self.links.lock() {
+            links.by_pe.insert(address, link);
+        }
+    }
+}
+
+impl PeLink {
+    /// Whether it still holds at `now`.
+    fn current(&self, now: Instant) -> bool {
+        let age = |since: &Instant| now.saturating_duration_since(*since);
+        match self {
+            Self::Http2 { sender, last_used } => {
+                !sender.is_closed() && age(last_used) < IDLE_TIMEOUT
+            }
+            Self::Http1(since) => age(since) < IDLE_TIMEOUT,
+            Self::Opening(_) => true,
+            Self::Failed(since) => age(since) < FAILED_FOR,
+        }
+    }
+}
+
+impl Opening<'_> {
+    /// The connection is up: the waiting requests use it.
+    pub(super) fn opened(self, sender: SendRequest<ProxyBody>, now: Instant) {
+        let link = PeLink::Http2 {
+            sender,
+            last_used: now,
+        };
+        self.connections.settle(self.address, link);
+    }
+
+    /// The PE chose HTTP/1.1: the waiting requests go to the HTTP/1.1 pool.
+    pub(super) fn chose_http1(self, now: Instant) {
+        self.connections.settle(self.address, PeLink::Http1(now));
+    }
+}
+
+impl Drop for Opening<'_> {
+    /// Unsettled, the attempt failed; the waiting requests go elsewhere.
+    fn drop(&mut self) {
+        if let Ok(mut links) = self.connections.links.lock()
+            && let Some(link) = links.by_pe.get_mut(&self.address)
+            && matches!(link, PeLink::Opening(_))
+        {
+            *link = PeLink::Failed(crate::now());
+        }
     }
 }
 

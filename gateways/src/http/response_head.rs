@@ -42,6 +42,10 @@ pub(super) enum UpstreamError {
     Unprocessed(hyper::Error),
     #[error("HTTP/2 exchange with the pool element failed: {0}")]
     Http2(hyper::Error),
+    /// Another request could not open the PE's HTTP/2 connection a moment ago (it
+    /// reported the PE when that was due).
+    #[error("connecting to the pool element failed just now")]
+    OpeningFailed,
 }
 
 impl UpstreamError {
@@ -53,7 +57,9 @@ impl UpstreamError {
     /// How the attempt failed, for the next step.
     pub(super) fn failure(&self) -> Failure {
         match self {
-            Self::Tls(_) | Self::Http2Handshake(_) | Self::Unprocessed(_) => Failure::Declined,
+            Self::Tls(_) | Self::Http2Handshake(_) | Self::Unprocessed(_) | Self::OpeningFailed => {
+                Failure::Declined
+            }
             _ if self.is_connect() => Failure::NotSent,
             _ => Failure::Lost,
         }

@@ -21,7 +21,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::body::{BoxError, ProxyBody};
-use super::pe_h2::{self, H2Connections};
+use super::pe_h2::{self, H2Connections, Turn};
 use super::pe_request::{
     Connection, Outgoing, OutgoingBody, READ_SIZE, declared_length, read_head, write_request,
 };
@@ -111,28 +111,36 @@ impl Upstream {
             .filter(|_| !request.headers.contains_key(header::UPGRADE));
         let connection = match (h2, self.checkout(address, now)) {
             (None, Some(connection)) => connection,
-            (Some(h2), idle) => {
-                if let Some(sender) = h2.sender(address, now) {
-                    return self.send_h2(sender, address, request).await;
-                }
-                match idle {
-                    // A PE that chose HTTP/1.1 by ALPN.
-                    Some(connection) => connection,
-                    None => match self.connect(address, true).await? {
+            (Some(h2), idle) => loop {
+                match h2.turn(address, now) {
+                    Turn::Http2(sender) => return self.send_h2(sender, address, request).await,
+                    Turn::Wait(mut done) => {
+                        // Ends when the opener settles or gives up.
+                        let _ = done.changed().await;
+                    }
+                    Turn::Failed => return Err(UpstreamError::OpeningFailed),
+                    Turn::Http1 => {
+                        break match idle {
+                            Some(connection) => connection,
+                            None => self.connect_http1(address).await?,
+                        };
+                    }
+                    Turn::Open(opening) => match self.connect(address, true).await? {
                         Opened::Http2(stream) => {
-                            let sender = h2
-                                .connect(address, stream, now)
+                            let sender = H2Connections::handshake(address, stream)
                                 .await
                                 .map_err(UpstreamError::Http2Handshake)?;
+                            opening.opened(sender.clone(), now);
                             return self.send_h2(sender, address, request).await;
                         }
-                        Opened::Http1(stream) => Connection::new(stream),
+                        Opened::Http1(stream) => {
+                            opening.chose_http1(now);
+                            break Connection::new(stream);
+                        }
                     },
                 }
-            }
-            (None, None) => match self.connect(address, false).await? {
-                Opened::Http1(stream) | Opened::Http2(stream) => Connection::new(stream),
             },
+            (None, None) => self.connect_http1(address).await?,
         };
         self.send_h1(connection, address, request, now).await
     }
@@ -189,6 +197,13 @@ impl Upstream {
             }
         })?;
         Ok(response.map(ResponseBody::Http2))
+    }
+
+    /// A new HTTP/1.1 connection to `address`.
+    async fn connect_http1(&self, address: SocketAddr) -> Result<Connection, UpstreamError> {
+        match self.connect(address, false).await? {
+            Opened::Http1(stream) | Opened::Http2(stream) => Ok(Connection::new(stream)),
+        }
     }
 
     /// A new connection to `address`: TCP, then the TLS handshake when the route has
@@ -884,14 +899,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http2_requests_of_many_clients_share_one_connection_per_pe() {
+    async fn http2_requests_of_many_clients_share_one_connection_per_pe_opened_once() {
         let upstream = Upstream::new(Duration::from_secs(1), None, true);
         let (address, accepted) = h2c_pe().await;
         let expected = format!("HTTP/2.0 {address} 0");
-        assert_eq!(
-            get(&upstream, address).await,
-            (StatusCode::OK, expected.clone().into_bytes())
-        );
+        // All at once, before the PE has a connection: one opens it, the others wait.
         let mut requests = tokio::task::JoinSet::new();
         for _ in 0..16 {
             let upstream = upstream.clone();
