@@ -4,11 +4,15 @@
 # nginx backends (../shared/baselines), on the same machine; then the same over TLS
 # (a self-signed ECDSA certificate; HTTP/1.1, keep-alive). Each figure is the median of
 # ROUNDS alternating runs; prints requests/s, p50 and p99 and the ratios to HAProxy.
-#   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls|h2: one part; THREADS=2: plain
+#   bench/http.sh [SECONDS]        (ROUNDS=5; ONLY=plain|tls|h2|pe-tls: one part; THREADS=2: plain
 #                                   HTTP again on two threads, and the ratios to one)
 # The h2 part: clients speak HTTP/1.1 to the gateway (`pe_protocol: http2`) and to
 # HAProxy (`proto h2` servers), both speaking h2c to two nginx backends listening with
 # `http2` (nginx 1.22's h2c with prior knowledge), forwarding headers on both.
+# The pe-tls part: plain HTTP/1.1 clients; the gateway (`pe_tls`, the backends'
+# certificate checked against a deployment CA from `rserpool cert` and their IP
+# address) and HAProxy (`ssl verify required ca-file`, the chain checked) speak
+# HTTP/1.1 over TLS to two nginx backends; connections kept alive on both sides.
 # The gateway runs with one thread (TOKIO_WORKER_THREADS=1) like HAProxy's nbthread 1.
 # The gateway adds X-Forwarded-For, X-Forwarded-Proto, Forwarded and Via (requests; Via
 # on responses too); ../shared/baselines/haproxy.cfg adds none. The ratios are taken to
@@ -119,21 +123,59 @@ backend be
 CFG
 haproxy -f "$work/haproxy-h2.cfg" -D -p "$work/haproxy-h2.pid"; pids+=("$(cat "$work/haproxy-h2.pid")")
 
-# The gateway: a registrar, one `pe` agent per backend, plain and TLS listeners, and one
-# speaking h2c to the h2 backends.
+# TLS backends (a certificate for 127.0.0.1 from a deployment CA) and HAProxy speaking
+# TLS to them.
+"$bin/rserpool" cert ca --dir "$work/pki" >/dev/null
+"$bin/rserpool" cert issue --dir "$work/pki" --name backend --ip 127.0.0.1 >/dev/null
+cat > "$work/nginx-tls-backend.conf" <<CFG
+worker_processes 1;
+pid $work/nginx-tls-backend.pid;
+error_log $work/nginx-tls-backend-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  ssl_certificate $work/pki/backend.pem;
+  ssl_certificate_key $work/pki/backend-key.pem;
+  server { listen 127.0.0.1:18085 ssl; location / { return 200 "hello from backend\n"; } }
+  server { listen 127.0.0.1:18086 ssl; location / { return 200 "hello from backend\n"; } }
+}
+CFG
+nginx -c "$work/nginx-tls-backend.conf"; pid_files+=("$work/nginx-tls-backend.pid")
+cat > "$work/haproxy-pe-tls.cfg" <<CFG
+$(haproxy_head)
+frontend fe
+  bind 127.0.0.1:18098
+$(haproxy_forwarding http)
+  default_backend be
+backend be
+  balance roundrobin
+  http-reuse always
+  server s1 127.0.0.1:18085 ssl verify required ca-file $work/pki/ca.pem
+  server s2 127.0.0.1:18086 ssl verify required ca-file $work/pki/ca.pem
+CFG
+haproxy -f "$work/haproxy-pe-tls.cfg" -D -p "$work/haproxy-pe-tls.pid"; pids+=("$(cat "$work/haproxy-pe-tls.pid")")
+
+# The gateway: a registrar, one `pe` agent per backend, plain and TLS listeners, one
+# speaking h2c to the h2 backends and one speaking TLS to the TLS backends.
 start_pool WebPool 18081 18082
 for port in 18083 18084; do
     setsid "$bin/rserpool" pe --pool H2Pool --backend 127.0.0.1:"$port" --registrar "$asap" --health tcp \
+        2>"$work/pe-$port.log" & pids+=($!)
+done
+for port in 18085 18086; do
+    setsid "$bin/rserpool" pe --pool TlsPool --backend 127.0.0.1:"$port" --registrar "$asap" --health tcp \
         2>"$work/pe-$port.log" & pids+=($!)
 done
 web_gateway_config "    - listen: 127.0.0.1:18489
       tls:
         certificates: [{cert: $work/cert.pem, key: $work/key.pem}]
       routes: [{pool: WebPool}]" "    - listen: 127.0.0.1:18093
-      routes: [{pool: H2Pool, pe_protocol: http2}]"
+      routes: [{pool: H2Pool, pe_protocol: http2}]" "    - listen: 127.0.0.1:18094
+      routes: [{pool: TlsPool, pe_tls: {ca: $work/pki/ca.pem}}]"
 TOKIO_WORKER_THREADS=1 setsid "$bin/rserpool" gateway --config "$work/gateway.yaml" 2>"$work/gateway.log" & gateway=$!; pids+=($gateway)
 ready "$work/gateway.log" ready
-for pool in WebPool H2Pool; do
+for pool in WebPool H2Pool TlsPool; do
     until "$bin/rserpool" resolve "$pool" --registrar "$asap" --count 10 | grep -q "2 pool element"; do sleep 0.2; done
 done
 
@@ -151,6 +193,12 @@ compare() {
     local part=$1; shift
     declare -A rps p50 p99 cpu served
     local target name url out pid t0
+    # wrk counts error answers as requests too: each target must answer as the backends do.
+    for target in "$@"; do
+        name=${target%%=*}; url=${target##*=}
+        curl -fsk --max-time 5 "$url" | grep -q "hello from backend" \
+            || { echo "$name ($url) does not answer with the backends' 200" >&2; exit 1; }
+    done
     for _ in $(seq "$ROUNDS"); do
         for target in "$@"; do
             name=${target%%=*}; pid=${target#*=}; url=${pid#*=}; pid=${pid%%=*}
@@ -202,6 +250,10 @@ fi
 if [ -z "${ONLY:-}" ] || [ "$ONLY" = h2 ]; then
     compare "HTTP/1.1 clients, h2c to the backends" "gateway=$gateway=http://127.0.0.1:18093/" \
         "haproxy=$(cat "$work/haproxy-h2.pid")=http://127.0.0.1:18097/"
+fi
+if [ -z "${ONLY:-}" ] || [ "$ONLY" = pe-tls ]; then
+    compare "HTTP/1.1 clients, TLS to the backends" "gateway=$gateway=http://127.0.0.1:18094/" \
+        "haproxy=$(cat "$work/haproxy-pe-tls.pid")=http://127.0.0.1:18098/"
 fi
 echo "gateway RSS: $(awk '/VmRSS/ {print $2, $3}' /proc/$gateway/status)"
 
