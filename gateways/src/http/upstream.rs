@@ -795,9 +795,10 @@ mod tests {
         )
         .await;
         assert_eq!(get(&upstream, address).await.0, StatusCode::CREATED);
-        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = closed.local_addr().unwrap();
-        drop(closed);
+        // A port bound but not listening refuses connections, and stays this test's.
+        let bound = tokio::net::TcpSocket::new_v4().unwrap();
+        bound.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = bound.local_addr().unwrap();
         let empty = OutgoingBody::Whole(Bytes::new());
         let refused = send(&upstream, address, Method::GET, empty)
             .await
