@@ -96,65 +96,57 @@ http {
 CFG
 nginx -c "$work/nginx-tls.conf"
 
-# h2c backends (the same answer as the baselines' backends) and HAProxy speaking h2 to them.
-cat > "$work/nginx-h2-backend.conf" <<CFG
+# backends NAME PORT1 PORT2 LISTEN [DIRECTIVE...]: two nginx backends giving the
+# baselines' answer, listening with LISTEN's options, and a connection is never
+# recycled (nginx closes one after `keepalive_requests`, 1 000 by default, requests or
+# HTTP/2 streams).
+backends() {
+    local name=$1 first=$2 second=$3 listen=$4; shift 4
+    cat > "$work/nginx-$name.conf" <<CFG
 worker_processes 1;
-pid $work/nginx-h2-backend.pid;
-error_log $work/nginx-h2-backend-error.log;
+pid $work/nginx-$name.pid;
+error_log $work/nginx-$name-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
-  server { listen 127.0.0.1:18083 http2; location / { return 200 "hello from backend\n"; } }
-  server { listen 127.0.0.1:18084 http2; location / { return 200 "hello from backend\n"; } }
+  keepalive_requests 1000000;
+$(printf '  %s\n' "$@")
+  server { listen 127.0.0.1:$first $listen; location / { return 200 "hello from backend\n"; } }
+  server { listen 127.0.0.1:$second $listen; location / { return 200 "hello from backend\n"; } }
 }
 CFG
-nginx -c "$work/nginx-h2-backend.conf"; pid_files+=("$work/nginx-h2-backend.pid")
-cat > "$work/haproxy-h2.cfg" <<CFG
+    nginx -c "$work/nginx-$name.conf"; pid_files+=("$work/nginx-$name.pid")
+}
+
+# haproxy_to NAME LISTEN SERVER1 SERVER2 OPTIONS: HAProxy on LISTEN with the forwarding
+# headers, round robin over the two servers with OPTIONS.
+haproxy_to() {
+    cat > "$work/haproxy-$1.cfg" <<CFG
 $(haproxy_head)
 frontend fe
-  bind 127.0.0.1:18097
+  bind $2
 $(haproxy_forwarding http)
   default_backend be
 backend be
   balance roundrobin
   http-reuse always
-  server s1 127.0.0.1:18083 proto h2
-  server s2 127.0.0.1:18084 proto h2
+  server s1 $3 $5
+  server s2 $4 $5
 CFG
-haproxy -f "$work/haproxy-h2.cfg" -D -p "$work/haproxy-h2.pid"; pids+=("$(cat "$work/haproxy-h2.pid")")
+    haproxy -f "$work/haproxy-$1.cfg" -D -p "$work/haproxy-$1.pid"; pids+=("$(cat "$work/haproxy-$1.pid")")
+}
+
+# h2c backends and HAProxy speaking h2 to them.
+backends h2-backend 18083 18084 http2
+haproxy_to h2 127.0.0.1:18097 127.0.0.1:18083 127.0.0.1:18084 "proto h2"
 
 # TLS backends (a certificate for 127.0.0.1 from a deployment CA) and HAProxy speaking
 # TLS to them.
 "$bin/rserpool" cert ca --dir "$work/pki" >/dev/null
 "$bin/rserpool" cert issue --dir "$work/pki" --name backend --ip 127.0.0.1 >/dev/null
-cat > "$work/nginx-tls-backend.conf" <<CFG
-worker_processes 1;
-pid $work/nginx-tls-backend.pid;
-error_log $work/nginx-tls-backend-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  ssl_certificate $work/pki/backend.pem;
-  ssl_certificate_key $work/pki/backend-key.pem;
-  server { listen 127.0.0.1:18085 ssl; location / { return 200 "hello from backend\n"; } }
-  server { listen 127.0.0.1:18086 ssl; location / { return 200 "hello from backend\n"; } }
-}
-CFG
-nginx -c "$work/nginx-tls-backend.conf"; pid_files+=("$work/nginx-tls-backend.pid")
-cat > "$work/haproxy-pe-tls.cfg" <<CFG
-$(haproxy_head)
-frontend fe
-  bind 127.0.0.1:18098
-$(haproxy_forwarding http)
-  default_backend be
-backend be
-  balance roundrobin
-  http-reuse always
-  server s1 127.0.0.1:18085 ssl verify required ca-file $work/pki/ca.pem
-  server s2 127.0.0.1:18086 ssl verify required ca-file $work/pki/ca.pem
-CFG
-haproxy -f "$work/haproxy-pe-tls.cfg" -D -p "$work/haproxy-pe-tls.pid"; pids+=("$(cat "$work/haproxy-pe-tls.pid")")
+backends tls-backend 18085 18086 ssl "ssl_certificate $work/pki/backend.pem;" \
+    "ssl_certificate_key $work/pki/backend-key.pem;"
+haproxy_to pe-tls 127.0.0.1:18098 127.0.0.1:18085 127.0.0.1:18086 "ssl verify required ca-file $work/pki/ca.pem"
 
 # The gateway: a registrar, one `pe` agent per backend, plain and TLS listeners, one
 # speaking h2c to the h2 backends and one speaking TLS to the TLS backends.

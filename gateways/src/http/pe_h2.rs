@@ -58,11 +58,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// so do those that come this soon after.
 const FAILED_FOR: Duration = Duration::from_secs(1);
 
-/// Why an HTTP/2 connection could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("HTTP/2 handshake with the pool element failed: {0}")]
-pub(super) struct HandshakeError(hyper::Error);
-
 /// What a request for a PE does next.
 pub(super) enum Turn<'a> {
     /// Send over this connection.
@@ -130,14 +125,13 @@ impl H2Connections {
     pub(super) async fn handshake(
         address: SocketAddr,
         stream: PeStream,
-    ) -> Result<SendRequest<ProxyBody>, HandshakeError> {
+    ) -> Result<SendRequest<ProxyBody>, hyper::Error> {
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE)
             .keep_alive_timeout(KEEP_ALIVE)
             .handshake(TokioIo::new(stream))
-            .await
-            .map_err(HandshakeError)?;
+            .await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(pe = %address, %error, "HTTP/2 connection to a PE ended");

@@ -32,8 +32,8 @@ pub(super) enum UpstreamError {
     Malformed(&'static str),
     #[error("reading the request body failed: {0}")]
     RequestBody(BoxError),
-    #[error("{0}")]
-    Http2Handshake(super::pe_h2::HandshakeError),
+    #[error("HTTP/2 handshake with the pool element failed: {0}")]
+    Http2Handshake(hyper::Error),
     #[error("the request cannot be sent over HTTP/2: {0}")]
     Http2Request(http::Error),
     /// The PE refused the stream or the connection was gone before it went out: the
